@@ -1,0 +1,22 @@
+// Command chio-agent is the Chio node agent, sidecar and policy tool.
+//
+// main stays thin: it builds the cobra command tree and runs it. Each command
+// lives in its own file with its own options struct.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRootCommand().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "chio-agent:", err)
+		os.Exit(exitCode(err))
+	}
+}

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// exitError carries a specific process exit status out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// exitCode maps an error returned by a command to the process exit status.
+func exitCode(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
+}
+
+// errNotImplemented is returned by commands whose issue has not landed yet, so
+// that nothing pretends to work.
+func errNotImplemented(cmd *cobra.Command) error {
+	return fmt.Errorf("%s: not implemented yet", cmd.CommandPath())
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "chio-agent",
+		Short: "Chio for Go: policy-mediated, receipted egress for AI agents",
+		Long: `chio-agent mediates what AI agents do. A kernel evaluates each action against a
+HushSpec policy, decides, and signs a Chio receipt for every decision into a log
+sealed by Merkle checkpoints.
+
+It runs as a node agent (eBPF cgroup hooks redirect the outbound connections of
+unmodified processes through a local evaluator), as an HTTP sidecar in front of
+an API, or as a Go library linked into a trusted agent.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(
+		newVersionCommand(),
+		newDemoCommand(),
+		newExecCommand(),
+		newRunCommand(),
+		newStatusCommand(),
+		newUninstallCommand(),
+		newPolicyCommand(),
+		newReceiptsCommand(),
+		newKeygenCommand(),
+		newAPICommand(),
+	)
+	return root
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version of this build",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintf(cmd.OutOrStdout(), "chio-agent %s\n", version)
+			return nil
+		},
+	}
+}
