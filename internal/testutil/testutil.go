@@ -1,0 +1,70 @@
+// Package testutil holds helpers shared by the tests of every package: where
+// the shared conformance data lives, and how privileged tests skip.
+//
+// A privileged test skips with a one-line reason on a machine that cannot run
+// it, but under CI=true a skip is a failure: CI runs as root and must run them.
+package testutil
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// Skip skips the test with reason, except under CI=true, where it fails the
+// test instead: a privileged test that CI cannot run is a broken CI, not a pass.
+func Skip(t testing.TB, reason string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("privileged test cannot run under CI=true: %s", reason)
+	}
+	t.Skip(reason)
+}
+
+// RequireRoot skips (or, under CI, fails) the test unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Skip(t, "needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
+	}
+}
+
+// ConformanceDir returns the directory of the shared conformance data: the
+// CHIO_CONFORMANCE_DIR variable when set, else shared/conformance beside the
+// repository (../shared/conformance from the module root). The data is read in
+// place at test time and never copied into the repository; its absence fails
+// the test, since a conformance test that does not run proves nothing.
+func ConformanceDir(t testing.TB) string {
+	t.Helper()
+	if d := os.Getenv("CHIO_CONFORMANCE_DIR"); d != "" {
+		return d
+	}
+	root, err := ModuleRoot()
+	if err != nil {
+		t.Fatalf("find module root: %v", err)
+	}
+	d := filepath.Join(filepath.Dir(root), "shared", "conformance")
+	if _, err := os.Stat(d); err != nil {
+		t.Fatalf("conformance data not found at %s (set CHIO_CONFORMANCE_DIR): %v", d, err)
+	}
+	return d
+}
+
+// ModuleRoot returns the directory holding go.mod, searching upwards from the
+// working directory (go test runs each package in its own directory).
+func ModuleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", os.ErrNotExist
+		}
+		dir = parent
+	}
+}
