@@ -1,0 +1,17 @@
+package bpf
+
+import (
+	"errors"
+
+	"github.com/cilium/ebpf"
+)
+
+var (
+	// ErrNotSupported wraps a kernel feature this machine lacks (BTF, a program
+	// type, a helper). Tests skip on it; the agent refuses to start.
+	ErrNotSupported = ebpf.ErrNotSupported
+
+	// ErrNoOriginal means no original destination is recorded for a connection:
+	// it was not redirected by these programs, or its entry was already taken.
+	ErrNoOriginal = errors.New("no original destination recorded")
+)

@@ -1,0 +1,268 @@
+package bpf_test
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// The test binary doubles as the client that runs inside the cgroup: with
+// CHIO_TEST_DIAL set it dials that address, prints what it got back, and exits.
+func TestMain(m *testing.M) {
+	if addr := os.Getenv("CHIO_TEST_DIAL"); addr != "" {
+		os.Exit(dialChild(addr))
+	}
+	os.Exit(m.Run())
+}
+
+func dialChild(addr string) int {
+	var c net.Conn
+	var err error
+	if os.Getenv("CHIO_TEST_DIAL_INET6") != "" {
+		c, err = dialInet6(addr)
+	} else {
+		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+	}
+	if err != nil {
+		fmt.Printf("dial-error %v\n", err)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return 3
+		}
+		return 2
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		fmt.Printf("read-error %v\n", err)
+		return 2
+	}
+	fmt.Print(line)
+	return 0
+}
+
+// dialInet6 connects an AF_INET6 socket, even to a v4-mapped address, which
+// Go's dialer would otherwise turn into an AF_INET one.
+func dialInet6(addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "inet6")
+	defer f.Close()
+	if err := unix.Connect(fd, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}); err != nil {
+		return nil, err
+	}
+	return net.FileConn(f)
+}
+
+// redirectEnv is one loaded and attached set of programs, a protected and an
+// unprotected cgroup under a common parent, and listeners that answer each
+// redirected connection with the original destination the programs recorded.
+type redirectEnv struct {
+	objs      *bpf.Objects
+	protected testutil.Cgroup
+	plain     testutil.Cgroup
+	seen      chan bpf.Original
+}
+
+func newRedirectEnv(t *testing.T) *redirectEnv {
+	t.Helper()
+	testutil.RequireRoot(t)
+	if err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
+		t.Fatalf("ensure bpffs: %v", err)
+	}
+	parent := testutil.NewCgroup(t, "")
+	env := &redirectEnv{
+		protected: testutil.NewCgroup(t, parent.Path),
+		plain:     testutil.NewCgroup(t, parent.Path),
+		seen:      make(chan bpf.Original, 16),
+	}
+	objs, err := bpf.Load(bpf.Options{})
+	if errors.Is(err, bpf.ErrNotSupported) {
+		testutil.Skip(t, "kernel lacks a needed eBPF feature: "+err.Error())
+	}
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	env.objs = objs
+	t.Cleanup(func() {
+		if err := objs.Close(); err != nil {
+			t.Errorf("close objects: %v", err)
+		}
+	})
+	if err := objs.AttachCgroup(parent.Path); err != nil {
+		t.Fatalf("attach: %v", err)
+	}
+	l4 := env.listen(t, "tcp4", "127.0.0.1:0")
+	l6 := env.listen(t, "tcp6", "[::1]:0")
+	if err := objs.Protect(env.protected.ID, bpf.Workload{ID: 7, Listen4: l4, Listen6: l6}); err != nil {
+		t.Fatalf("protect: %v", err)
+	}
+	return env
+}
+
+// listen starts a listener that, for each connection, recovers the original
+// destination and writes "redirected <dst>\n" back before closing.
+func (e *redirectEnv) listen(t *testing.T, network, addr string) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatalf("listen %s: %v", addr, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go e.answer(t, c.(*net.TCPConn))
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func (e *redirectEnv) answer(t *testing.T, c *net.TCPConn) {
+	defer c.Close()
+	cookie, err := bpf.NetnsCookie(c)
+	if err != nil {
+		t.Errorf("netns cookie: %v", err)
+		return
+	}
+	orig, err := e.objs.TakeOriginal(cookie, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+	if err != nil {
+		fmt.Fprintf(c, "unknown %v\n", err)
+		return
+	}
+	e.seen <- orig
+	fmt.Fprintf(c, "redirected %s\n", orig.Dst)
+}
+
+// freeAddr returns an address on loopback where nothing listens.
+func freeAddr(t *testing.T, network, host string) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	ap := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+	return ap
+}
+
+// runIn runs the test binary as a dialing client inside cg and returns its
+// output, exit status and pid.
+func runIn(t *testing.T, cg testutil.Cgroup, addr string, env ...string) (string, int, int) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), "CHIO_TEST_DIAL="+addr), env...)
+	cg.CommandIn(t, cmd)
+	out, err := cmd.Output()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run client: %v", err)
+	}
+	return strings.TrimSpace(string(out)), code, cmd.Process.Pid
+}
+
+func TestConnectRedirectedFromProtectedCgroup(t *testing.T) {
+	env := newRedirectEnv(t)
+	for _, tc := range []struct {
+		name, network, host string
+		family              int
+	}{
+		{"ipv4", "tcp4", "127.0.0.1", unix.AF_INET},
+		{"ipv6", "tcp6", "::1", unix.AF_INET6},
+		// An AF_INET6 socket dialing a v4-mapped address reaches the IPv4
+		// listener, and the original is reported unmapped.
+		{"v4-mapped", "tcp4", "127.0.0.1", unix.AF_INET6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			target := freeAddr(t, tc.network, tc.host)
+			dial := target.String()
+			var extra []string
+			if tc.name == "v4-mapped" {
+				dial = netip.AddrPortFrom(netip.AddrFrom16(target.Addr().As16()), target.Port()).String()
+				extra = append(extra, "CHIO_TEST_DIAL_INET6=1")
+			}
+			out, code, pid := runIn(t, env.protected, dial, extra...)
+			if code != 0 {
+				t.Fatalf("protected client: exit %d, output %q; want a redirected connection", code, out)
+			}
+			if want := "redirected " + target.String(); out != want {
+				t.Fatalf("protected client got %q, want %q", out, want)
+			}
+			select {
+			case orig := <-env.seen:
+				if orig.Dst != target || orig.WorkloadID != 7 || int(orig.PID) != pid || orig.CgroupID != env.protected.ID {
+					t.Fatalf("original = %+v; want dst %s, workload 7, pid %d, cgroup %d", orig, target, pid, env.protected.ID)
+				}
+				if orig.Family != tc.family {
+					t.Fatalf("original family = %d, want %d", orig.Family, tc.family)
+				}
+				if orig.Comm == "" {
+					t.Fatalf("original has no comm: %+v", orig)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("listener recorded no original")
+			}
+		})
+	}
+}
+
+func TestConnectNotRedirectedOutsideProtectedCgroup(t *testing.T) {
+	env := newRedirectEnv(t)
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		network := "tcp4"
+		if strings.Contains(host, ":") {
+			network = "tcp6"
+		}
+		target := freeAddr(t, network, host)
+		// A sibling cgroup under the same attach point is not protected.
+		out, code, _ := runIn(t, env.plain, target.String())
+		if code != 3 {
+			t.Fatalf("unprotected client to %s: exit %d, output %q; want connection refused (exit 3)", target, code, out)
+		}
+		// Nor is this test process, outside the attach point altogether.
+		if c, err := net.DialTimeout("tcp", target.String(), time.Second); err == nil {
+			c.Close()
+			t.Fatalf("dial %s from the test process succeeded; want refused", target)
+		}
+	}
+	select {
+	case orig := <-env.seen:
+		t.Fatalf("listener saw a connection from outside the protected cgroup: %+v", orig)
+	default:
+	}
+}
+
+func TestUnprotectStopsRedirect(t *testing.T) {
+	env := newRedirectEnv(t)
+	if err := env.objs.Unprotect(env.protected.ID); err != nil {
+		t.Fatalf("unprotect: %v", err)
+	}
+	target := freeAddr(t, "tcp4", "127.0.0.1")
+	if out, code, _ := runIn(t, env.protected, target.String()); code != 3 {
+		t.Fatalf("client after unprotect: exit %d, output %q; want refused", code, out)
+	}
+}
