@@ -48,11 +48,3 @@ func newAPICommand() *cobra.Command {
 	})
 	return api
 }
-
-func newDemoCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "demo",
-		Short: "Show the redirect on local servers (not implemented yet)",
-		RunE:  func(cmd *cobra.Command, _ []string) error { return errNotImplemented(cmd) },
-	}
-}

@@ -12,8 +12,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -132,4 +134,15 @@ func Remove(path string) error {
 		unix.Nanosleep(&unix.Timespec{Nsec: 5_000_000}, nil)
 	}
 	return fmt.Errorf("remove cgroup %s: %w", path, err)
+}
+
+// PlaceCommand makes cmd start directly inside the cgroup whose directory is
+// open as dir (clone3 with CLONE_INTO_CGROUP), so that not even its first
+// instruction runs outside. dir must stay open until cmd has started.
+func PlaceCommand(cmd *exec.Cmd, dir *os.File) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.UseCgroupFD = true
+	cmd.SysProcAttr.CgroupFD = int(dir.Fd())
 }

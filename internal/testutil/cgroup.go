@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
@@ -55,9 +54,5 @@ func (c Cgroup) CommandIn(t testing.TB, cmd *exec.Cmd) {
 		t.Fatalf("open cgroup: %v", err)
 	}
 	t.Cleanup(func() { f.Close() })
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.UseCgroupFD = true
-	cmd.SysProcAttr.CgroupFD = int(f.Fd())
+	cgroupfs.PlaceCommand(cmd, f)
 }

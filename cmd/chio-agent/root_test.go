@@ -1,0 +1,53 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// run executes the command tree with args and returns its output and error.
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCommand()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+func TestVersionPrintsInjectedVersion(t *testing.T) {
+	old := version
+	version = "v9.9.9-test"
+	t.Cleanup(func() { version = old })
+	out, err := run(t, "version")
+	if err != nil || out != "chio-agent v9.9.9-test\n" {
+		t.Fatalf("version = %q, %v", out, err)
+	}
+}
+
+func TestHelpListsCommandTree(t *testing.T) {
+	out, err := run(t, "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"exec", "run", "status", "uninstall", "policy", "receipts", "api", "demo", "version"} {
+		if !strings.Contains(out, "\n  "+c+" ") {
+			t.Errorf("--help does not list %q:\n%s", c, out)
+		}
+	}
+}
+
+func TestUnbuiltCommandsSaySoAndFail(t *testing.T) {
+	for _, args := range [][]string{{"exec"}, {"run"}, {"status"}, {"uninstall"}, {"api", "protect"}} {
+		_, err := run(t, args...)
+		if err == nil || !strings.Contains(err.Error(), "not implemented yet") {
+			t.Errorf("%v: err = %v; want a not-implemented error", args, err)
+		}
+		if err != nil && exitCode(err) == 0 {
+			t.Errorf("%v: exit code 0", args)
+		}
+	}
+}
