@@ -46,7 +46,8 @@ func RunDemo(ctx context.Context, opts DemoOptions) (err error) {
 	if err != nil {
 		return fmt.Errorf("demo needs curl: %w", err)
 	}
-	w := opts.Out
+	// The forwarder narrates from its own goroutines.
+	w := &lockedWriter{w: opts.Out}
 	if err := bpf.EnsureBPFFS(opts.BPFFS); err != nil {
 		return err
 	}
@@ -157,6 +158,18 @@ func runCurl(ctx context.Context, curl, url string, cgroup *os.File) (string, er
 		return s, fmt.Errorf("%w: %s", err, s)
 	}
 	return s, nil
+}
+
+// lockedWriter serializes writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // demoForwarder is the smallest transparent forwarder: recover the original
