@@ -27,7 +27,7 @@ test: deps-test lint check-generate test-go bench-smoke fuzz-smoke
 # CI runs as root and every privileged test must run there.
 test-go:
 	@mkdir -p .tmp
-	set -o pipefail; $(GO) test -race -count=1 -timeout 30m ./... 2>&1 | tee .tmp/test.log
+	set -o pipefail; $(GO) test -race -count=1 -v -timeout 30m ./... 2>&1 | tee .tmp/test.log
 	@if [ "$$CI" = "true" ] && grep -q -- '--- SKIP' .tmp/test.log; then \
 		echo "CI=true: these tests skipped, and CI must run them all:"; grep -- '--- SKIP' .tmp/test.log; exit 1; fi
 
