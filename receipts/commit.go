@@ -1,0 +1,408 @@
+package receipts
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Append adds one signed receipt to the log. data is the JSON of a signed
+// chio.receipt.v1 (canonical or not: the log stores the canonical form). The
+// work that scales with the receipt (canonicalizing, parsing, hashing the
+// Merkle leaf) happens here, in the caller's goroutine, so that the single
+// committer only writes.
+//
+// In ModeSync Append returns the receipt's sequence number once it is
+// durable. In ModeAsync it returns 0 once the receipt is queued. A full queue
+// blocks until there is room or ctx ends. If ctx ends after the receipt was
+// queued, Append returns ctx.Err() and the receipt may still become durable.
+func (l *Log) Append(ctx context.Context, data []byte) (uint64, error) {
+	r, err := l.prepare(data)
+	if err != nil {
+		return 0, err
+	}
+	return l.submit(ctx, r, true)
+}
+
+// TryAppend is Append that returns ErrQueueFull instead of blocking on a
+// full queue.
+func (l *Log) TryAppend(ctx context.Context, data []byte) (uint64, error) {
+	r, err := l.prepare(data)
+	if err != nil {
+		return 0, err
+	}
+	return l.submit(ctx, r, false)
+}
+
+func (l *Log) prepare(data []byte) (*request, error) {
+	if l.opts.ReadOnly {
+		return nil, fmt.Errorf("append receipt: %w", ErrReadOnly)
+	}
+	canon, err := canonicalReceipt(data)
+	if err != nil {
+		return nil, fmt.Errorf("append receipt: %v: %w", err, ErrInvalidReceipt)
+	}
+	e, key, err := parseEntry(canon)
+	if err != nil {
+		return nil, fmt.Errorf("append receipt: %v: %w", err, ErrInvalidReceipt)
+	}
+	if key != l.pubHex {
+		return nil, fmt.Errorf("append receipt %s: signed by %s, log key is %s: %w", e.ID, key, l.pubHex, ErrKeyMismatch)
+	}
+	r := &request{kind: reqAppend, entry: e, leaf: LeafHash(canon)}
+	if l.opts.Mode == ModeSync {
+		r.done = make(chan result, 1)
+	}
+	return r, nil
+}
+
+func (l *Log) submit(ctx context.Context, r *request, block bool) (uint64, error) {
+	l.closeMu.RLock()
+	if l.closed {
+		l.closeMu.RUnlock()
+		return 0, fmt.Errorf("append receipt: %w", ErrClosed)
+	}
+	if p := l.failed.Load(); p != nil {
+		l.closeMu.RUnlock()
+		return 0, fmt.Errorf("append receipt: %w", *p)
+	}
+	// Count the receipt as accepted before the committer can see it, so the
+	// mark is never below what is durable.
+	if r.kind == reqAppend {
+		l.mark.v.Add(1)
+	}
+	var err error
+	if block {
+		select {
+		case l.queue <- r:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	} else {
+		select {
+		case l.queue <- r:
+		default:
+			err = ErrQueueFull
+		}
+	}
+	l.closeMu.RUnlock()
+	if err != nil {
+		if r.kind == reqAppend {
+			l.mark.v.Add(^uint64(0))
+		}
+		return 0, fmt.Errorf("append receipt: %w", err)
+	}
+	if r.done == nil {
+		return 0, nil
+	}
+	select {
+	case res := <-r.done:
+		return res.seq, res.err
+	case <-ctx.Done():
+		return 0, fmt.Errorf("append receipt: %w", ctx.Err())
+	}
+}
+
+// Flush returns once every receipt queued before it is durable (useful in
+// async mode). With seal, it also checkpoints the unsealed tail.
+func (l *Log) Flush(ctx context.Context, seal bool) error {
+	if l.opts.ReadOnly {
+		return fmt.Errorf("flush receipt log: %w", ErrReadOnly)
+	}
+	r := &request{kind: reqFlush, done: make(chan result, 1)}
+	if seal {
+		r.kind = reqSeal
+	}
+	_, err := l.submit(ctx, r, true)
+	return err
+}
+
+// Close stops accepting receipts, commits everything queued, seals the
+// tail with a checkpoint and closes the file. Appends blocked on a full
+// queue are let through first.
+func (l *Log) Close() error {
+	if l.opts.ReadOnly {
+		return l.db.Close()
+	}
+	l.closeMu.Lock()
+	if l.closed {
+		l.closeMu.Unlock()
+		return fmt.Errorf("close receipt log: %w", ErrClosed)
+	}
+	l.closed = true
+	close(l.queue) // no sender remains: each holds closeMu shared
+	l.closeMu.Unlock()
+	<-l.done
+	err := l.db.Close()
+	if merr := l.mark.close(); err == nil {
+		err = merr
+	}
+	if err != nil {
+		return fmt.Errorf("close receipt log %s: %w", l.path, err)
+	}
+	if p := l.failed.Load(); p != nil {
+		return fmt.Errorf("close receipt log %s: %w", l.path, *p)
+	}
+	return nil
+}
+
+// run is the committer: it takes what is queued (up to MaxBatch), writes it
+// in one transaction with one fsync, answers the waiters, and seals the
+// tail when the log goes quiet.
+func (l *Log) run() {
+	defer close(l.done)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	batch := make([]*request, 0, l.opts.MaxBatch)
+	for {
+		select {
+		case r, ok := <-l.queue:
+			if !ok {
+				l.seal()
+				return
+			}
+			batch = append(batch[:0], r)
+		drain:
+			for len(batch) < l.opts.MaxBatch {
+				select {
+				case r, ok := <-l.queue:
+					if !ok {
+						break drain
+					}
+					batch = append(batch, r)
+				default:
+					break drain
+				}
+			}
+			l.commit(batch)
+			clear(batch)
+		case <-timer.C:
+			l.seal()
+		}
+		if len(l.st.pending) > 0 {
+			d := l.opts.CheckpointIdle
+			if age := l.opts.Now().Sub(l.st.pendingSince); l.opts.CheckpointMaxDelay-age < d {
+				d = max(l.opts.CheckpointMaxDelay-age, 0)
+			}
+			timer.Reset(d)
+		} else {
+			timer.Stop()
+		}
+	}
+}
+
+// commit writes one batch. On failure the in-memory chain state is rolled
+// back with the transaction, so the next batch continues from what is on
+// disk, without a gap.
+func (l *Log) commit(batch []*request) {
+	saved := l.st.clone()
+	res := make([]result, len(batch))
+	sealAfter := false
+	appended := 0
+	err := l.update(func(tx *bolt.Tx) error {
+		ids := tx.Bucket(bktIDs)
+		for i, r := range batch {
+			switch r.kind {
+			case reqSeal:
+				sealAfter = true
+				continue
+			case reqFlush:
+				continue
+			}
+			idb, _ := hex.DecodeString(r.entry.ID)
+			if prev := ids.Get(idb); prev != nil {
+				res[i].err = fmt.Errorf("append receipt %s: already stored as seq %d: %w", r.entry.ID, getU64(prev), ErrInvalidReceipt)
+				continue
+			}
+			seq := l.st.lastSeq + 1
+			if err := putEntry(tx, seq, idb, &r.entry); err != nil {
+				return err
+			}
+			l.st.lastSeq = seq
+			if len(l.st.pending) == 0 {
+				l.st.pendingStart = seq
+				l.st.pendingSince = l.opts.Now()
+			}
+			l.st.pending = append(l.st.pending, r.leaf)
+			res[i].seq = seq
+			appended++
+			if len(l.st.pending) >= l.opts.CheckpointEvery {
+				if err := l.checkpointTx(tx); err != nil {
+					return err
+				}
+			}
+		}
+		if sealAfter && len(l.st.pending) > 0 {
+			if err := l.checkpointTx(tx); err != nil {
+				return err
+			}
+		}
+		return l.putMeta(tx)
+	})
+	if err != nil {
+		l.st = saved
+		err = fmt.Errorf("commit receipts to %s: %w", l.path, err)
+		lostAsync := false
+		notDurable := uint64(0)
+		for i, r := range batch {
+			if r.kind == reqAppend {
+				if r.done == nil {
+					lostAsync = true
+				} else {
+					notDurable++
+				}
+			}
+			res[i] = result{err: err}
+		}
+		// Sync callers learn of the failure, so their receipts are not
+		// counted as lost; async ones were promised, so they are.
+		l.mark.v.Add(-notDurable)
+		if lostAsync {
+			l.failed.CompareAndSwap(nil, &err)
+		}
+		l.log.WithError(err).WithField(fieldBatch, len(batch)).Error("receipt commit failed")
+	} else {
+		for i, r := range batch {
+			if r.kind == reqAppend && res[i].err != nil {
+				l.mark.v.Add(^uint64(0)) // refused duplicate: never to be stored
+			}
+		}
+		if appended > 0 {
+			l.durable.Store(l.st.lastSeq)
+			l.notifyMu.Lock()
+			close(l.notify)
+			l.notify = make(chan struct{})
+			l.notifyMu.Unlock()
+		}
+	}
+	for i, r := range batch {
+		if r.done != nil {
+			r.done <- res[i]
+		}
+	}
+}
+
+// seal checkpoints the unsealed tail on its own.
+func (l *Log) seal() {
+	if len(l.st.pending) == 0 {
+		return
+	}
+	saved := l.st.clone()
+	err := l.update(func(tx *bolt.Tx) error {
+		if err := l.checkpointTx(tx); err != nil {
+			return err
+		}
+		return l.putMeta(tx)
+	})
+	if err != nil {
+		l.st = saved
+		l.log.WithError(err).Error("seal receipt log tail")
+	}
+}
+
+func (l *Log) putMeta(tx *bolt.Tx) error {
+	meta := tx.Bucket(bktMeta)
+	if err := meta.Put(metaLastSeq, u64key(l.st.lastSeq)); err != nil {
+		return err
+	}
+	// The accepted mark as a lower bound that survives a power cut.
+	return meta.Put(metaAccepted, u64key(max(l.mark.v.Load(), l.st.lastSeq)))
+}
+
+func putEntry(tx *bolt.Tx, seq uint64, idb []byte, e *Entry) error {
+	k := u64key(seq)
+	if err := tx.Bucket(bktReceipts).Put(k, e.Receipt); err != nil {
+		return fmt.Errorf("put receipt %d: %w", seq, err)
+	}
+	if err := tx.Bucket(bktIDs).Put(idb, k); err != nil {
+		return fmt.Errorf("index receipt %d: %w", seq, err)
+	}
+	for _, ix := range []struct {
+		b   []byte
+		key []byte
+	}{
+		{bktTime, timeKey(e.Timestamp, seq)},
+		{bktDecision, valueKey(e.Decision, seq)},
+		{bktWorkload, valueKey(e.Workload, seq)},
+		{bktHost, valueKey(e.Host, seq)},
+	} {
+		if err := tx.Bucket(ix.b).Put(ix.key, nil); err != nil {
+			return fmt.Errorf("index receipt %d: %w", seq, err)
+		}
+	}
+	return nil
+}
+
+// checkpointTx seals the pending leaves into the next checkpoint, signed
+// with the log's key, chained to the previous one.
+func (l *Log) checkpointTx(tx *bolt.Tx) error {
+	s := &l.st
+	n := uint64(len(s.pending))
+	body := CheckpointBody{
+		Schema:                   CheckpointSchema,
+		CheckpointSeq:            s.cpSeq + 1,
+		BatchStartSeq:            s.pendingStart,
+		BatchEndSeq:              s.pendingStart + n - 1,
+		TreeSize:                 n,
+		MerkleRoot:               MerkleRoot(s.pending).String(),
+		IssuedAt:                 l.opts.Now().Unix(),
+		KernelKey:                l.pubHex,
+		PreviousCheckpointSHA256: s.prevSHA,
+	}
+	leaf, err := chainLeafHash(&body)
+	if err != nil {
+		return err
+	}
+	s.chain.push(leaf)
+	body.ChainRoot = s.chain.root().String()
+	_, stored, err := signCheckpoint(l.opts.Key, body)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bktCheckpoints).Put(u64key(body.CheckpointSeq), stored); err != nil {
+		return fmt.Errorf("put checkpoint %d: %w", body.CheckpointSeq, err)
+	}
+	if err := tx.Bucket(bktCPByEnd).Put(u64key(body.BatchEndSeq), u64key(body.CheckpointSeq)); err != nil {
+		return fmt.Errorf("index checkpoint %d: %w", body.CheckpointSeq, err)
+	}
+	if err := tx.Bucket(bktMeta).Put(metaChain, s.chain.marshal()); err != nil {
+		return fmt.Errorf("put chain frontier: %w", err)
+	}
+	sha, err := body.BodySHA256()
+	if err != nil {
+		return err
+	}
+	s.cpSeq = body.CheckpointSeq
+	s.prevSHA = sha
+	s.pendingStart = body.BatchEndSeq + 1
+	s.pending = s.pending[:0]
+	l.log.WithFields(logrus.Fields{fieldCheckpoint: body.CheckpointSeq, fieldSeq: body.BatchEndSeq}).Debug("checkpoint")
+	return nil
+}
+
+// WaitAfter blocks until a receipt after seq is durable or ctx ends; it
+// lets an in-process reader follow the log.
+func (l *Log) WaitAfter(ctx context.Context, seq uint64) error {
+	if l.opts.ReadOnly {
+		return fmt.Errorf("wait for receipts: %w", ErrReadOnly)
+	}
+	for {
+		l.notifyMu.Lock()
+		ch := l.notify
+		l.notifyMu.Unlock()
+		if l.durable.Load() > seq {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-l.done:
+			return fmt.Errorf("wait for receipts: %w", ErrClosed)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

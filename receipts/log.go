@@ -1,0 +1,602 @@
+package receipts
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// FormatVersion is written in every log's header; Open refuses any other.
+const FormatVersion = "chio-receipt-log/1"
+
+// Mode says when Append returns.
+type Mode int
+
+const (
+	// ModeSync: Append returns once its receipt is durable (committed and
+	// fsynced). The default, and the one the node agent uses so that no
+	// connection is allowed before its receipt is on disk.
+	ModeSync Mode = iota
+	// ModeAsync: Append returns as soon as the receipt is queued. A crash
+	// loses what is queued; the next Open counts and records the loss.
+	ModeAsync
+)
+
+func (m Mode) String() string {
+	if m == ModeAsync {
+		return "async"
+	}
+	return "sync"
+}
+
+// ParseMode reads "sync" or "async".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "sync", "":
+		return ModeSync, nil
+	case "async":
+		return ModeAsync, nil
+	}
+	return ModeSync, fmt.Errorf("parse durability mode %q: want sync or async", s)
+}
+
+// Options configure Open. The zero value opens a writable log in sync mode
+// with the defaults below, and needs only Key.
+type Options struct {
+	// Key is the kernel's Ed25519 signing key. It signs checkpoints, and
+	// every appended receipt must name its public key. Required unless
+	// ReadOnly. A new log records it in its header; an existing log whose
+	// header names another key is refused unless RotateKey is set.
+	Key ed25519.PrivateKey
+	// RotateKey lets Open continue a log whose header names a different
+	// key, recording the rotation (from which sequence number the new key
+	// signs) in the log. Default false. Danger: set it only when the
+	// operator means to rotate; a key that changed by accident (a lost key
+	// file regenerated) must stop the agent instead.
+	RotateKey bool
+	// ReadOnly opens the file read-only under a shared lock: reads, proofs,
+	// verify and export work; Append returns ErrReadOnly. Default false.
+	ReadOnly bool
+	// Mode is the durability mode. Default ModeSync.
+	Mode Mode
+	// CheckpointEvery is the number of receipts per checkpoint batch.
+	// Default 100.
+	CheckpointEvery int
+	// CheckpointIdle seals the unsealed tail after this much time without a
+	// commit, so a quiet node still checkpoints its last receipts. Default
+	// 1s.
+	CheckpointIdle time.Duration
+	// CheckpointMaxDelay seals the tail once its oldest receipt has waited
+	// this long, even under a steady trickle that is never idle. Default
+	// 30s.
+	CheckpointMaxDelay time.Duration
+	// QueueSize bounds the receipts waiting for the committer; a full queue
+	// blocks Append (backpressure) rather than growing memory. Default 4096.
+	QueueSize int
+	// MaxBatch is the most receipts one transaction (one fsync) commits.
+	// Default 2048.
+	MaxBatch int
+	// LockTimeout is how long Open waits for another process to release the
+	// file before failing with ErrLocked. Default 2s. Zero means the default;
+	// negative waits forever (danger: a reader then hangs behind a daemon).
+	LockTimeout time.Duration
+	// Logger receives operational messages (recovered losses, rotations,
+	// commit failures). Default: discarded.
+	Logger logrus.FieldLogger
+	// Now is the clock for checkpoint issued_at and records. Default
+	// time.Now; tests set it.
+	Now func() time.Time
+}
+
+func (o *Options) withDefaults() Options {
+	c := *o
+	if c.CheckpointEvery <= 0 {
+		c.CheckpointEvery = 100
+	}
+	if c.CheckpointIdle <= 0 {
+		c.CheckpointIdle = time.Second
+	}
+	if c.CheckpointMaxDelay <= 0 {
+		c.CheckpointMaxDelay = 30 * time.Second
+	}
+	if c.QueueSize <= 0 {
+		c.QueueSize = 4096
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 2048
+	}
+	switch {
+	case c.LockTimeout == 0:
+		c.LockTimeout = 2 * time.Second
+	case c.LockTimeout < 0:
+		c.LockTimeout = 0 // bbolt: wait forever
+	}
+	if c.Logger == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		c.Logger = l
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Log field keys.
+const (
+	fieldPath       = "path"
+	fieldSeq        = "seq"
+	fieldCheckpoint = "checkpoint"
+	fieldLost       = "lost"
+	fieldKey        = "kernel_key"
+	fieldBatch      = "batch"
+)
+
+// Bucket and header key names: the on-disk layout (docs/receipt-log.md).
+var (
+	bktMeta        = []byte("meta")
+	bktReceipts    = []byte("receipts")
+	bktIDs         = []byte("ids")
+	bktTime        = []byte("by_time")
+	bktDecision    = []byte("by_decision")
+	bktWorkload    = []byte("by_workload")
+	bktHost        = []byte("by_host")
+	bktCheckpoints = []byte("checkpoints")
+	bktCPByEnd     = []byte("checkpoint_by_end")
+	bktKeys        = []byte("keys")
+	bktLosses      = []byte("losses")
+
+	allBuckets = [][]byte{bktMeta, bktReceipts, bktIDs, bktTime, bktDecision, bktWorkload, bktHost,
+		bktCheckpoints, bktCPByEnd, bktKeys, bktLosses}
+
+	metaFormat    = []byte("format")
+	metaKernelKey = []byte("kernel_key")
+	metaLogID     = []byte("log_id")
+	metaCreated   = []byte("created_at")
+	metaLastSeq   = []byte("last_seq")
+	metaAccepted  = []byte("accepted")
+	metaChain     = []byte("chain_frontier")
+)
+
+// KeyRecord is one entry of the key history: from SinceSeq on, receipts
+// and checkpoints are signed by KernelKey.
+type KeyRecord struct {
+	// KernelKey is the public key, hex.
+	KernelKey string `json:"kernel_key"`
+	// SinceSeq is the first receipt sequence number signed by this key.
+	SinceSeq uint64 `json:"since_seq"`
+	// RecordedAt is when the key was installed, unix seconds.
+	RecordedAt int64 `json:"recorded_at"`
+	// PreviousKey is the key it replaced; "" for the first.
+	PreviousKey string `json:"previous_key,omitempty"`
+}
+
+// LossRecord says that receipts accepted in async mode were lost in a crash.
+type LossRecord struct {
+	// AfterSeq is the last durable sequence number when the loss was found.
+	AfterSeq uint64 `json:"after_seq"`
+	// Count is the number of accepted receipts that never became durable.
+	Count uint64 `json:"count"`
+	// DetectedAt is when Open found the loss, unix seconds.
+	DetectedAt int64 `json:"detected_at"`
+}
+
+type reqKind uint8
+
+const (
+	reqAppend reqKind = iota
+	reqFlush          // reply once everything queued before it is durable
+	reqSeal           // like reqFlush, and checkpoint the tail
+)
+
+type request struct {
+	kind  reqKind
+	entry Entry
+	leaf  Hash
+	done  chan result // nil for async appends
+}
+
+type result struct {
+	seq uint64
+	err error
+}
+
+// chainState is what the committer needs to continue the checkpoint chain.
+type chainState struct {
+	lastSeq      uint64
+	pending      []Hash // leaves of receipts after the last checkpoint
+	pendingStart uint64
+	pendingSince time.Time
+	cpSeq        uint64
+	prevSHA      string
+	chain        frontier
+}
+
+func (s *chainState) clone() chainState {
+	c := *s
+	c.pending = append([]Hash(nil), s.pending...)
+	c.chain = s.chain.clone()
+	return c
+}
+
+// Log is an open receipt log. Its methods are safe for concurrent use.
+type Log struct {
+	path   string
+	db     *bolt.DB
+	opts   Options
+	log    logrus.FieldLogger
+	pubHex string
+
+	queue chan *request
+	mark  *acceptMark
+
+	closeMu sync.RWMutex // Append holds it shared while enqueueing
+	closed  bool
+	done    chan struct{} // closed when the committer exits
+	failed  atomic.Pointer[error]
+
+	st chainState // owned by the committer goroutine after Open
+
+	notifyMu sync.Mutex
+	notify   chan struct{} // closed and replaced after each commit
+	durable  atomic.Uint64
+
+	recovery Recovery
+}
+
+// Recovery is what Open found and did about an unclean shutdown.
+type Recovery struct {
+	// LastSeq is the last durable receipt at open.
+	LastSeq uint64
+	// Unsealed is the number of receipts after the last checkpoint at open;
+	// the next checkpoint seals them.
+	Unsealed int
+	// Lost is the number of receipts accepted (queued) before the previous
+	// process stopped that never became durable. Non-zero only after a crash
+	// in async mode (or of sync Appends that had not yet returned).
+	Lost uint64
+	// Rotated is true when Open recorded a key rotation.
+	Rotated bool
+}
+
+// Open opens the receipt log at path, creating it when it does not exist
+// (unless ReadOnly). A writable open finds the tail, checks the last
+// checkpoint's signature and chain, and continues the same chain; receipts
+// written after the last checkpoint are sealed by the next one.
+func Open(path string, opts Options) (*Log, error) {
+	o := opts.withDefaults()
+	l := &Log{path: path, opts: o, log: o.Logger.WithField(fieldPath, path), notify: make(chan struct{})}
+	if !o.ReadOnly {
+		if len(o.Key) != ed25519.PrivateKeySize {
+			return nil, fmt.Errorf("open receipt log %s: %w", path, ErrNoKey)
+		}
+		l.pubHex = hex.EncodeToString(o.Key.Public().(ed25519.PublicKey))
+	}
+	st, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist) && o.ReadOnly:
+		return nil, fmt.Errorf("open receipt log %s: %w", path, ErrNotFound)
+	case err == nil && st.Size() == 0:
+		// bbolt would initialise an empty file in place; an empty file where
+		// a log should be is evidence of truncation, so it is left alone.
+		return nil, fmt.Errorf("open receipt log %s: file is empty (truncated?): %w", path, ErrCorrupt)
+	case err == nil && !st.Mode().IsRegular():
+		return nil, fmt.Errorf("open receipt log %s: not a regular file: %w", path, ErrCorrupt)
+	case err != nil && !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("open receipt log %s: %w", path, err)
+	}
+	db, err := openBolt(path, o)
+	if err != nil {
+		return nil, err
+	}
+	l.db = db
+	if o.ReadOnly {
+		if err := l.checkHeaderRO(); err != nil {
+			db.Close()
+			return nil, err
+		}
+		return l, nil
+	}
+	if err := l.openWritable(); err != nil {
+		db.Close()
+		l.mark.close()
+		return nil, err
+	}
+	l.queue = make(chan *request, o.QueueSize)
+	l.done = make(chan struct{})
+	go l.run()
+	return l, nil
+}
+
+func openBolt(path string, o Options) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, fmt.Errorf("open receipt log %s: unreadable database (%v): %w", path, r, ErrCorrupt)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:  o.LockTimeout,
+		ReadOnly: o.ReadOnly,
+		// The map freelist is not synced: bbolt rebuilds it on open, which
+		// saves a write per commit on the hot path.
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+		// Large enough that readers in this process rarely block a remap.
+		InitialMmapSize: 64 << 20,
+	})
+	switch {
+	case err == nil:
+		return db, nil
+	case errors.Is(err, berrors.ErrTimeout):
+		wait := o.LockTimeout
+		return nil, fmt.Errorf("open receipt log %s: %w (waited %s; is chio-agent running?)", path, ErrLocked, wait)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum),
+		errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrInvalidMapping):
+		return nil, fmt.Errorf("open receipt log %s: %v: %w", path, err, ErrCorrupt)
+	}
+	return nil, fmt.Errorf("open receipt log %s: %w", path, err)
+}
+
+// view runs fn in a read transaction, turning a bbolt panic on a damaged
+// page into an ErrCorrupt error instead of a crash.
+func (l *Log) view(fn func(tx *bolt.Tx) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("read receipt log %s: damaged page (%v): %w", l.path, r, ErrCorrupt)
+		}
+	}()
+	return l.db.View(fn)
+}
+
+func (l *Log) update(fn func(tx *bolt.Tx) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("write receipt log %s: damaged page (%v): %w", l.path, r, ErrCorrupt)
+		}
+	}()
+	return l.db.Update(fn)
+}
+
+func checkBuckets(tx *bolt.Tx, path string) error {
+	for _, b := range allBuckets {
+		if tx.Bucket(b) == nil {
+			return fmt.Errorf("open receipt log %s: bucket %q missing: %w", path, b, ErrCorrupt)
+		}
+	}
+	if v := tx.Bucket(bktMeta).Get(metaFormat); string(v) != FormatVersion {
+		return fmt.Errorf("open receipt log %s: format %q, this build reads %q: %w", path, v, FormatVersion, ErrFormat)
+	}
+	return nil
+}
+
+func (l *Log) checkHeaderRO() error {
+	return l.view(func(tx *bolt.Tx) error {
+		if tx.Bucket(bktMeta) == nil {
+			return fmt.Errorf("open receipt log %s: no header (not a receipt log?): %w", l.path, ErrCorrupt)
+		}
+		return checkBuckets(tx, l.path)
+	})
+}
+
+func (l *Log) openWritable() error {
+	now := l.opts.Now()
+	var logID []byte
+	var headerAccepted uint64
+	err := l.update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bktMeta)
+		if meta != nil {
+			return nil
+		}
+		// A bbolt file with buckets but no header is someone else's
+		// database, or a log that lost its header: never write over it.
+		if k, _ := tx.Cursor().First(); k != nil {
+			return fmt.Errorf("open receipt log %s: database has no receipt log header (bucket %q found): %w", l.path, k, ErrCorrupt)
+		}
+		return l.initLog(tx, now)
+	})
+	if err != nil {
+		return err
+	}
+	err = l.update(func(tx *bolt.Tx) error {
+		if err := checkBuckets(tx, l.path); err != nil {
+			return err
+		}
+		meta := tx.Bucket(bktMeta)
+		logID = append([]byte(nil), meta.Get(metaLogID)...)
+		if v := meta.Get(metaAccepted); len(v) == 8 {
+			headerAccepted = getU64(v)
+		}
+		if err := l.checkKey(tx, now); err != nil {
+			return err
+		}
+		return l.loadState(tx)
+	})
+	if err != nil {
+		return err
+	}
+	l.durable.Store(l.st.lastSeq)
+	l.recovery.LastSeq = l.st.lastSeq
+	l.recovery.Unsealed = len(l.st.pending)
+
+	mark, found, err := openAcceptMark(l.path+".accepted", logID)
+	if err != nil {
+		return err
+	}
+	l.mark = mark
+	accepted := max(found, headerAccepted)
+	if accepted > l.st.lastSeq {
+		lost := accepted - l.st.lastSeq
+		l.recovery.Lost = lost
+		rec := LossRecord{AfterSeq: l.st.lastSeq, Count: lost, DetectedAt: now.Unix()}
+		data, _ := json.Marshal(rec)
+		if err := l.update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bktLosses)
+			seq, _ := b.NextSequence()
+			if err := b.Put(u64key(seq), data); err != nil {
+				return err
+			}
+			return tx.Bucket(bktMeta).Put(metaAccepted, u64key(l.st.lastSeq))
+		}); err != nil {
+			return fmt.Errorf("record lost receipts in %s: %w", l.path, err)
+		}
+		l.log.WithFields(logrus.Fields{fieldLost: lost, fieldSeq: l.st.lastSeq}).
+			Warn("receipts accepted before the last crash were never made durable")
+	}
+	mark.v.Store(l.st.lastSeq)
+	if l.st.lastSeq > 0 || l.recovery.Unsealed > 0 {
+		l.log.WithFields(logrus.Fields{fieldSeq: l.st.lastSeq, fieldCheckpoint: l.st.cpSeq}).
+			Info("receipt log reopened")
+	}
+	return nil
+}
+
+func (l *Log) initLog(tx *bolt.Tx, now time.Time) error {
+	for _, b := range allBuckets {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return fmt.Errorf("create receipt log %s: %w", l.path, err)
+		}
+	}
+	id := make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return fmt.Errorf("create receipt log %s: %w", l.path, err)
+	}
+	meta := tx.Bucket(bktMeta)
+	kr, _ := json.Marshal(KeyRecord{KernelKey: l.pubHex, SinceSeq: 1, RecordedAt: now.Unix()})
+	for _, kv := range [][2][]byte{
+		{metaFormat, []byte(FormatVersion)},
+		{metaKernelKey, []byte(l.pubHex)},
+		{metaLogID, id},
+		{metaCreated, u64key(uint64(now.Unix()))},
+		{metaLastSeq, u64key(0)},
+		{metaAccepted, u64key(0)},
+	} {
+		if err := meta.Put(kv[0], kv[1]); err != nil {
+			return fmt.Errorf("create receipt log %s: %w", l.path, err)
+		}
+	}
+	if err := tx.Bucket(bktKeys).Put(u64key(1), kr); err != nil {
+		return fmt.Errorf("create receipt log %s: %w", l.path, err)
+	}
+	l.log.WithField(fieldKey, l.pubHex).Info("created receipt log")
+	return nil
+}
+
+func (l *Log) checkKey(tx *bolt.Tx, now time.Time) error {
+	meta := tx.Bucket(bktMeta)
+	logKey := string(meta.Get(metaKernelKey))
+	if logKey == l.pubHex {
+		return nil
+	}
+	if !l.opts.RotateKey {
+		return fmt.Errorf("open receipt log %s: log is signed by kernel key %s but the signing key given is %s; refusing to continue with another key (rotate explicitly): %w",
+			l.path, logKey, l.pubHex, ErrKeyMismatch)
+	}
+	var last uint64
+	if v := meta.Get(metaLastSeq); len(v) == 8 {
+		last = getU64(v)
+	}
+	kr, _ := json.Marshal(KeyRecord{KernelKey: l.pubHex, SinceSeq: last + 1, RecordedAt: now.Unix(), PreviousKey: logKey})
+	if err := tx.Bucket(bktKeys).Put(u64key(last+1), kr); err != nil {
+		return fmt.Errorf("record key rotation in %s: %w", l.path, err)
+	}
+	if err := meta.Put(metaKernelKey, []byte(l.pubHex)); err != nil {
+		return fmt.Errorf("record key rotation in %s: %w", l.path, err)
+	}
+	l.recovery.Rotated = true
+	l.log.WithFields(logrus.Fields{fieldKey: l.pubHex, "previous_key": logKey, fieldSeq: last + 1}).
+		Warn("rotated receipt log signing key")
+	return nil
+}
+
+// loadState finds the tail: the last receipt, the last checkpoint (whose
+// signature and chain root are checked against the stored frontier), and
+// the leaves of the receipts after it.
+func (l *Log) loadState(tx *bolt.Tx) error {
+	meta := tx.Bucket(bktMeta)
+	var s chainState
+	v := meta.Get(metaLastSeq)
+	if len(v) != 8 {
+		return fmt.Errorf("open receipt log %s: header has no last_seq: %w", l.path, ErrCorrupt)
+	}
+	s.lastSeq = getU64(v)
+	var lastKey uint64
+	if k, _ := tx.Bucket(bktReceipts).Cursor().Last(); k != nil {
+		lastKey = getU64(k)
+	}
+	if lastKey != s.lastSeq {
+		return fmt.Errorf("open receipt log %s: header says the last receipt is seq %d but the last stored is seq %d (receipts removed or added outside the log); refusing to write: %w",
+			l.path, s.lastSeq, lastKey, ErrTampered)
+	}
+	if fb := meta.Get(metaChain); fb != nil {
+		f, err := unmarshalFrontier(fb)
+		if err != nil {
+			return fmt.Errorf("open receipt log %s: %v: %w", l.path, err, ErrCorrupt)
+		}
+		s.chain = f
+	}
+	s.pendingStart = 1
+	if k, data := tx.Bucket(bktCheckpoints).Cursor().Last(); k != nil {
+		cp, err := parseCheckpoint(data)
+		if err != nil {
+			return fmt.Errorf("open receipt log %s: last checkpoint %d: %v: %w", l.path, getU64(k), err, ErrTampered)
+		}
+		if err := cp.VerifySignature(); err != nil {
+			return fmt.Errorf("open receipt log %s: last checkpoint %d: %v: %w", l.path, getU64(k), err, ErrTampered)
+		}
+		if cp.Body.CheckpointSeq != getU64(k) || s.chain.n != cp.Body.CheckpointSeq ||
+			s.chain.root().String() != cp.Body.ChainRoot {
+			return fmt.Errorf("open receipt log %s: last checkpoint %d does not match the stored chain: %w", l.path, getU64(k), ErrTampered)
+		}
+		if cp.Body.BatchEndSeq > s.lastSeq {
+			return fmt.Errorf("open receipt log %s: last checkpoint %d covers up to seq %d past the last receipt %d: %w",
+				l.path, cp.Body.CheckpointSeq, cp.Body.BatchEndSeq, s.lastSeq, ErrTampered)
+		}
+		s.cpSeq = cp.Body.CheckpointSeq
+		s.prevSHA, err = cp.Body.BodySHA256()
+		if err != nil {
+			return err
+		}
+		s.pendingStart = cp.Body.BatchEndSeq + 1
+	} else if s.chain.n != 0 {
+		return fmt.Errorf("open receipt log %s: chain frontier names %d checkpoints but none is stored: %w", l.path, s.chain.n, ErrTampered)
+	}
+	c := tx.Bucket(bktReceipts).Cursor()
+	want := s.pendingStart
+	for k, data := c.Seek(u64key(s.pendingStart)); k != nil; k, data = c.Next() {
+		if getU64(k) != want {
+			return fmt.Errorf("open receipt log %s: receipt seq %d missing from the unsealed tail: %w", l.path, want, ErrTampered)
+		}
+		s.pending = append(s.pending, LeafHash(data))
+		want++
+	}
+	if len(s.pending) > 0 {
+		s.pendingSince = l.opts.Now()
+	}
+	l.st = s
+	return nil
+}
+
+// Recovery reports what Open found: the tail, unsealed receipts, receipts
+// lost in a crash, a key rotation.
+func (l *Log) Recovery() Recovery { return l.recovery }
+
+// Path is the database file.
+func (l *Log) Path() string { return l.path }
+
+// KernelKey is the public key (hex) this log signs with; "" when read-only.
+func (l *Log) KernelKey() string { return l.pubHex }
+
+// LastSeq is the last durable sequence number (writable logs only).
+func (l *Log) LastSeq() uint64 { return l.durable.Load() }

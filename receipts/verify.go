@@ -1,0 +1,350 @@
+package receipts
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/kernel/jcs"
+)
+
+// ReceiptChecker verifies one signed receipt given as canonical JSON: its
+// id, its signature by its kernel_key, and whatever else the receipt format
+// requires. It returns nil when the receipt is valid.
+type ReceiptChecker func(canonical []byte) error
+
+// VerifyOptions configure Verify.
+type VerifyOptions struct {
+	// TrustedKey, when set (hex), is the only key the log's first key record
+	// may name; without it Verify trusts the header's key history, which
+	// proves integrity but not origin.
+	TrustedKey string
+	// CheckReceipt verifies each receipt's signature and id. Default
+	// VerifyReceipt.
+	CheckReceipt ReceiptChecker
+	// Workers bounds the goroutines checking signatures. Default GOMAXPROCS.
+	Workers int
+}
+
+// Report summarises a verified log.
+type Report struct {
+	Stats
+	// Verified is the number of receipts whose signature and id were checked.
+	Verified uint64 `json:"verified"`
+}
+
+// Verify checks the whole log: the header and key history; every receipt's
+// canonical form, id, signature and key; sequence continuity; the indexes;
+// every checkpoint's body, Merkle root, signature, previous-checkpoint hash
+// and chain root; and that the header's last_seq and chain frontier match
+// what is stored. It returns the first defect in sequence order as a
+// *DefectError (wrapping ErrTampered or ErrCorrupt).
+func (l *Log) Verify(ctx context.Context, o VerifyOptions) (*Report, error) {
+	if o.CheckReceipt == nil {
+		o.CheckReceipt = VerifyReceipt
+	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	rep := &Report{}
+	err := l.view(func(tx *bolt.Tx) error {
+		v := &verifier{tx: tx, o: o, rep: rep, ctx: ctx}
+		return v.run()
+	})
+	if err != nil {
+		return rep, err
+	}
+	st, err := l.Stats()
+	if err != nil {
+		return rep, err
+	}
+	rep.Stats = st
+	return rep, nil
+}
+
+type verifier struct {
+	tx   *bolt.Tx
+	o    VerifyOptions
+	rep  *Report
+	ctx  context.Context
+	keys []KeyRecord
+
+	chain   frontier
+	prevSHA string
+	nextSeq uint64 // next receipt seq expected
+}
+
+// keyAt is the key in effect for receipt seq, and its index in the history.
+func (v *verifier) keyAt(seq uint64) (string, int) {
+	i := 0
+	for j, k := range v.keys {
+		if k.SinceSeq <= seq {
+			i = j
+		}
+	}
+	return v.keys[i].KernelKey, i
+}
+
+func (v *verifier) run() error {
+	for _, b := range allBuckets {
+		if v.tx.Bucket(b) == nil {
+			return corrupt(0, 0, "bucket %q missing", b)
+		}
+	}
+	meta := v.tx.Bucket(bktMeta)
+	if f := string(meta.Get(metaFormat)); f != FormatVersion {
+		return &DefectError{Reason: fmt.Sprintf("format %q, this build reads %q", f, FormatVersion), Err: ErrFormat}
+	}
+	var err error
+	if v.keys, err = readKeys(v.tx); err != nil {
+		return corrupt(0, 0, "%v", err)
+	}
+	if v.keys[0].SinceSeq != 1 {
+		return tampered(0, 0, "key history starts at seq %d, not 1", v.keys[0].SinceSeq)
+	}
+	if v.o.TrustedKey != "" && v.keys[0].KernelKey != v.o.TrustedKey {
+		return tampered(0, 0, "log's first key is %s, trusted key is %s", v.keys[0].KernelKey, v.o.TrustedKey)
+	}
+	for i := 1; i < len(v.keys); i++ {
+		if v.keys[i].PreviousKey != v.keys[i-1].KernelKey {
+			return tampered(v.keys[i].SinceSeq, 0, "key rotation names previous key %s, history says %s", v.keys[i].PreviousKey, v.keys[i-1].KernelKey)
+		}
+	}
+	if cur := string(meta.Get(metaKernelKey)); cur != v.keys[len(v.keys)-1].KernelKey {
+		return tampered(0, 0, "header key %s is not the last key in the history", cur)
+	}
+
+	v.nextSeq = 1
+	cps := v.tx.Bucket(bktCheckpoints).Cursor()
+	rc := v.tx.Bucket(bktReceipts).Cursor()
+	rk, rv := rc.First()
+	var cpCount uint64
+	for ck, cv := cps.First(); ck != nil; ck, cv = cps.Next() {
+		cpCount++
+		if len(ck) != 8 || getU64(ck) != cpCount {
+			return tampered(v.nextSeq, cpCount, "checkpoint %d missing (found key %x)", cpCount, ck)
+		}
+		cp, err := parseCheckpoint(cv)
+		if err != nil {
+			return tampered(v.nextSeq, cpCount, "%v", err)
+		}
+		b := &cp.Body
+		if b.CheckpointSeq != cpCount {
+			return tampered(v.nextSeq, cpCount, "body says checkpoint_seq %d", b.CheckpointSeq)
+		}
+		if err := checkBody(b); err != nil {
+			return tampered(v.nextSeq, cpCount, "%v", err)
+		}
+		if b.BatchStartSeq != v.nextSeq {
+			return tampered(v.nextSeq, cpCount, "batch starts at seq %d, previous batch ended at %d", b.BatchStartSeq, v.nextSeq-1)
+		}
+		var leaves []Hash
+		leaves, rk, rv, err = v.receipts(rc, rk, rv, b.BatchEndSeq, cpCount)
+		if err != nil {
+			return err
+		}
+		if uint64(len(leaves)) != b.TreeSize {
+			return tampered(v.nextSeq, cpCount, "checkpoint covers seq %d-%d but the log ends at seq %d", b.BatchStartSeq, b.BatchEndSeq, v.nextSeq-1)
+		}
+		if root := MerkleRoot(leaves); root.String() != b.MerkleRoot {
+			return tampered(b.BatchStartSeq, cpCount, "merkle_root %s does not match receipts %d-%d (computed %s)", b.MerkleRoot, b.BatchStartSeq, b.BatchEndSeq, root)
+		}
+		if b.PreviousCheckpointSHA256 != v.prevSHA {
+			return tampered(0, cpCount, "previous_checkpoint_sha256 %q, previous body hashes to %q", b.PreviousCheckpointSHA256, v.prevSHA)
+		}
+		leaf, err := chainLeafHash(b)
+		if err != nil {
+			return tampered(0, cpCount, "%v", err)
+		}
+		v.chain.push(leaf)
+		if r := v.chain.root().String(); r != b.ChainRoot {
+			return tampered(0, cpCount, "chain_root %s, checkpoints 1-%d give %s", b.ChainRoot, cpCount, r)
+		}
+		_, endIdx := v.keyAt(b.BatchEndSeq)
+		ok := false
+		for _, k := range v.keys[endIdx:] {
+			ok = ok || k.KernelKey == b.KernelKey
+		}
+		if !ok {
+			return tampered(0, cpCount, "signed by %s, not a key of this log at or after seq %d", b.KernelKey, b.BatchEndSeq)
+		}
+		if err := cp.VerifySignature(); err != nil {
+			return tampered(0, cpCount, "%v", err)
+		}
+		if e := v.tx.Bucket(bktCPByEnd).Get(u64key(b.BatchEndSeq)); len(e) != 8 || getU64(e) != cpCount {
+			return corrupt(0, cpCount, "checkpoint index does not name checkpoint %d at seq %d", cpCount, b.BatchEndSeq)
+		}
+		if v.prevSHA, err = b.BodySHA256(); err != nil {
+			return err
+		}
+	}
+	// The unsealed tail.
+	if _, rk, _, err = v.receipts(rc, rk, rv, ^uint64(0), 0); err != nil {
+		return err
+	}
+	if rk != nil {
+		return corrupt(getU64(rk), 0, "unexpected receipt key")
+	}
+	last := v.nextSeq - 1
+	if hv := meta.Get(metaLastSeq); len(hv) != 8 || getU64(hv) != last {
+		hl := uint64(0)
+		if len(hv) == 8 {
+			hl = getU64(hv)
+		}
+		if hl > last {
+			return tampered(last+1, 0, "receipt missing: header says the log ends at seq %d, the last stored is %d", hl, last)
+		}
+		return tampered(hl+1, 0, "receipt not recorded in the header: header says the log ends at seq %d, the last stored is %d", hl, last)
+	}
+	fb := meta.Get(metaChain)
+	if cpCount > 0 || fb != nil {
+		if !bytes.Equal(fb, v.chain.marshal()) {
+			return tampered(0, cpCount, "header chain frontier does not match the checkpoints")
+		}
+	}
+	if n := uint64(v.tx.Bucket(bktCPByEnd).Stats().KeyN); n != cpCount {
+		return corrupt(0, 0, "checkpoint index has %d entries for %d checkpoints", n, cpCount)
+	}
+	for _, b := range [][]byte{bktIDs, bktTime, bktDecision, bktWorkload, bktHost} {
+		if n := uint64(v.tx.Bucket(b).Stats().KeyN); n != last {
+			return corrupt(0, 0, "index %s has %d entries for %d receipts", b, n, last)
+		}
+	}
+	return nil
+}
+
+// receipts reads receipts from the cursor position up to seq end (or the
+// last), checking continuity, storage form, indexes and (in parallel)
+// signatures, and returns their leaves and the cursor's next position.
+func (v *verifier) receipts(c *bolt.Cursor, k, val []byte, end uint64, cp uint64) ([]Hash, []byte, []byte, error) {
+	const chunk = 1024
+	var leaves []Hash
+	for k != nil && v.nextSeq <= end {
+		if err := v.ctx.Err(); err != nil {
+			return nil, nil, nil, err
+		}
+		type item struct {
+			seq  uint64
+			data []byte
+		}
+		items := make([]item, 0, chunk)
+		for ; k != nil && len(items) < chunk && v.nextSeq+uint64(len(items)) <= end; k, val = c.Next() {
+			want := v.nextSeq + uint64(len(items))
+			if len(k) != 8 || getU64(k) != want {
+				if len(k) == 8 && getU64(k) > want {
+					return nil, nil, nil, tampered(want, cp, "receipt missing (next stored is seq %d)", getU64(k))
+				}
+				return nil, nil, nil, corrupt(want, cp, "bad receipt key %x", k)
+			}
+			items = append(items, item{want, val})
+		}
+		errs := make([]error, len(items))
+		ents := make([]Entry, len(items))
+		var wg sync.WaitGroup
+		per := (len(items) + v.o.Workers - 1) / v.o.Workers
+		for w := 0; w < len(items); w += per {
+			wg.Add(1)
+			go func(lo, hi int) {
+				defer wg.Done()
+				for i := lo; i < hi; i++ {
+					ents[i], errs[i] = v.checkOne(items[i].seq, items[i].data)
+				}
+			}(w, min(w+per, len(items)))
+		}
+		wg.Wait()
+		for i, it := range items {
+			if errs[i] != nil {
+				var de *DefectError
+				if errors.As(errs[i], &de) {
+					de.Checkpoint = cp
+					return nil, nil, nil, de
+				}
+				return nil, nil, nil, tampered(it.seq, cp, "%v", errs[i])
+			}
+			if err := v.checkIndexes(&ents[i]); err != nil {
+				err.(*DefectError).Checkpoint = cp
+				return nil, nil, nil, err
+			}
+			leaves = append(leaves, LeafHash(it.data))
+			v.rep.Verified++
+		}
+		v.nextSeq += uint64(len(items))
+	}
+	return leaves, k, val, nil
+}
+
+// checkOne checks one stored receipt's own content. It runs on worker
+// goroutines, so it must not touch the transaction: bbolt transactions are
+// not safe for concurrent use, even for reads.
+func (v *verifier) checkOne(seq uint64, data []byte) (Entry, error) {
+	canon, err := jcs.Canonicalize(data)
+	if err != nil {
+		return Entry{}, tampered(seq, 0, "stored receipt is not JSON: %v", err)
+	}
+	if !bytes.Equal(canon, data) {
+		return Entry{}, tampered(seq, 0, "stored receipt is not in canonical form")
+	}
+	e, key, err := parseEntry(data)
+	if err != nil {
+		return Entry{}, tampered(seq, 0, "%v", err)
+	}
+	if want, _ := v.keyAt(seq); key != want {
+		return Entry{}, tampered(seq, 0, "signed by %s, the log's key at this seq is %s", key, want)
+	}
+	if err := v.o.CheckReceipt(data); err != nil {
+		return Entry{}, tampered(seq, 0, "%v", err)
+	}
+	e.Seq = seq
+	return e, nil
+}
+
+// checkIndexes checks that every index names the receipt (main goroutine).
+func (v *verifier) checkIndexes(e *Entry) error {
+	idb, _ := hex.DecodeString(e.ID)
+	if s := v.tx.Bucket(bktIDs).Get(idb); len(s) != 8 || getU64(s) != e.Seq {
+		return corrupt(e.Seq, 0, "id index does not map %s to this seq", e.ID)
+	}
+	for _, ix := range []struct {
+		b   []byte
+		key []byte
+	}{
+		{bktTime, timeKey(e.Timestamp, e.Seq)},
+		{bktDecision, valueKey(e.Decision, e.Seq)},
+		{bktWorkload, valueKey(e.Workload, e.Seq)},
+		{bktHost, valueKey(e.Host, e.Seq)},
+	} {
+		if k, _ := v.tx.Bucket(ix.b).Cursor().Seek(ix.key); !bytes.Equal(k, ix.key) {
+			return corrupt(e.Seq, 0, "index %s has no entry for this receipt", ix.b)
+		}
+	}
+	return nil
+}
+
+// VerifyReceipt is the default ReceiptChecker: kernel.VerifyJSON's id,
+// signature, parameter-hash and consistency checks must all pass. Whether
+// the key is trusted is the log's question (its key history), not the
+// receipt's.
+func VerifyReceipt(canonical []byte) error {
+	res, err := kernel.VerifyJSON(canonical)
+	if err != nil {
+		return err
+	}
+	if res.SignatureValid && res.ReceiptIDValid && res.ParameterHashValid {
+		return nil
+	}
+	switch {
+	case !res.ReceiptIDValid:
+		return fmt.Errorf("receipt id does not match its body (%s)", strings.Join(res.Problems, "; "))
+	case !res.ParameterHashValid:
+		return fmt.Errorf("parameter_hash does not match parameters (%s)", strings.Join(res.Problems, "; "))
+	}
+	return fmt.Errorf("signature invalid (%s)", strings.Join(res.Problems, "; "))
+}
