@@ -1,0 +1,158 @@
+package hushspec
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+)
+
+func hushspecDir(t *testing.T) string {
+	t.Helper()
+	return filepath.Join(testutil.ConformanceDir(t), "hushspec")
+}
+
+func globFixtures(t *testing.T, pattern string, want int) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(hushspecDir(t), pattern))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != want {
+		t.Fatalf("%s: found %d fixture files, want %d", pattern, len(files), want)
+	}
+	return files
+}
+
+func TestConformanceEvaluation(t *testing.T) {
+	total := 0
+	for _, f := range globFixtures(t, "evaluation/*.test.yaml", 8) {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			tf, err := LoadTestFile(f)
+			if err != nil {
+				t.Fatalf("load: %v", err)
+			}
+			for _, r := range tf.Run() {
+				total++
+				if !r.Passed() {
+					t.Errorf("%s", r)
+				}
+			}
+		})
+	}
+	if total != 32 {
+		t.Errorf("ran %d cases, want the 32 of the fixture set", total)
+	}
+}
+
+func TestConformanceValid(t *testing.T) {
+	for _, f := range globFixtures(t, "valid/*.yaml", 11) {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			doc, err := ParseDocument(data, f)
+			if err != nil {
+				t.Fatalf("valid fixture rejected: %v", err)
+			}
+			if _, ok := doc.tree["extends"]; ok {
+				return // extends-basic names a built-in base; see TestExtendsBuiltinRefused
+			}
+			if _, err := Parse(data); err != nil {
+				t.Fatalf("valid fixture does not compile: %v", err)
+			}
+		})
+	}
+}
+
+func TestConformanceInvalid(t *testing.T) {
+	want := map[string]error{
+		"bad-default-action.yaml":      ErrEnum,
+		"bad-severity.yaml":            ErrEnum,
+		"duplicate-pattern-names.yaml": ErrDuplicate,
+		"missing-version.yaml":         ErrMissingField,
+		"unknown-rule.yaml":            ErrUnknownField,
+		"unknown-top-level.yaml":       ErrUnknownField,
+	}
+	for _, f := range globFixtures(t, "invalid/*.yaml", 6) {
+		name := filepath.Base(f)
+		t.Run(name, func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Parse(data, WithFilename(name))
+			if err == nil {
+				t.Fatal("invalid fixture accepted")
+			}
+			if !errors.Is(err, ErrInvalidPolicy) {
+				t.Errorf("error %v does not wrap ErrInvalidPolicy", err)
+			}
+			if w, ok := want[name]; !ok {
+				t.Errorf("no expectation for new fixture %s", name)
+			} else if !errors.Is(err, w) {
+				t.Errorf("error %v, want %v", err, w)
+			}
+			for _, fe := range FieldErrors(err) {
+				if fe.Line == 0 {
+					t.Errorf("error without a line: %v", fe)
+				}
+			}
+		})
+	}
+}
+
+func treeJSON(t *testing.T, d *Document) any {
+	t.Helper()
+	b, err := json.Marshal(d.tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestConformanceMerge(t *testing.T) {
+	dir := filepath.Join(hushspecDir(t), "merge")
+	for child, expected := range map[string]string{
+		"child-deep-merge.yaml": "expected-deep-merge.yaml",
+		"child-replace.yaml":    "expected-replace.yaml",
+	} {
+		t.Run(child, func(t *testing.T) {
+			got, err := LoadDocument(filepath.Join(dir, child))
+			if err != nil {
+				t.Fatalf("resolve: %v", err)
+			}
+			data, err := os.ReadFile(filepath.Join(dir, expected))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := ParseDocument(data, expected)
+			if err != nil {
+				t.Fatalf("parse expected: %v", err)
+			}
+			if g, w := treeJSON(t, got), treeJSON(t, want); !reflect.DeepEqual(g, w) {
+				t.Errorf("merged document differs:\n got  %v\n want %v", g, w)
+			}
+			p, err := LoadFile(filepath.Join(dir, child))
+			if err != nil {
+				t.Fatalf("load: %v", err)
+			}
+			wp, err := Parse(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Hash() != wp.Hash() {
+				t.Errorf("hash of resolved %s != hash of %s", child, expected)
+			}
+		})
+	}
+}
