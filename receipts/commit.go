@@ -162,7 +162,9 @@ func (l *Log) run() {
 		select {
 		case r, ok := <-l.queue:
 			if !ok {
-				l.seal()
+				if !l.crashOnClose {
+					l.seal()
+				}
 				return
 			}
 			batch = append(batch[:0], r)

@@ -254,6 +254,10 @@ type Log struct {
 	durable  atomic.Uint64
 
 	recovery Recovery
+
+	// crashOnClose makes Close skip sealing the tail, as a crash would;
+	// tests only.
+	crashOnClose bool
 }
 
 // Recovery is what Open found and did about an unclean shutdown.

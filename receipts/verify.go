@@ -340,6 +340,15 @@ func VerifyReceipt(canonical []byte) error {
 	if res.SignatureValid && res.ReceiptIDValid && res.ParameterHashValid {
 		return nil
 	}
+	// Trust is decided by the log's key history; the kernel's "not a
+	// trusted signer" note would only mislead here.
+	var problems []string
+	for _, p := range res.Problems {
+		if !strings.Contains(p, "trusted") {
+			problems = append(problems, p)
+		}
+	}
+	res.Problems = problems
 	switch {
 	case !res.ReceiptIDValid:
 		return fmt.Errorf("receipt id does not match its body (%s)", strings.Join(res.Problems, "; "))
