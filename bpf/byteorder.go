@@ -1,6 +1,9 @@
 package bpf
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"net/netip"
+)
 
 // The programs keep addresses and ports in network byte order inside fields
 // the Go bindings see as native (little-endian: bpf2go builds bpfel only)
@@ -17,3 +20,23 @@ func htons(p uint16) uint16 {
 }
 
 func ntohs(p uint16) uint16 { return htons(p) }
+
+// addrWords lays an address out as the programs store it: 16 bytes in network
+// order, IPv4 as v4-mapped IPv6.
+func addrWords(a netip.Addr) [4]uint32 {
+	b := a.As16()
+	var w [4]uint32
+	for i := range w {
+		w[i] = nativeFromNet(b[4*i : 4*i+4])
+	}
+	return w
+}
+
+// wordsAddr is the inverse of addrWords; v4-mapped addresses come back as IPv4.
+func wordsAddr(w [4]uint32) netip.Addr {
+	var b [16]byte
+	for i, v := range w {
+		netFromNative(b[4*i:4*i+4], v)
+	}
+	return netip.AddrFrom16(b).Unmap()
+}

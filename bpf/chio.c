@@ -1,25 +1,36 @@
 //go:build ignore
 
-// chio.c: the connect-time redirect of protected workloads.
+// chio.c: connect-time enforcement for protected workloads.
 //
 // A workload is a cgroup v2 subtree. The programs attach once, at a cgroup that
 // contains every workload (the cgroup2 root in production), and decide per
 // socket by looking the connecting task's cgroup and its ancestors up in the
-// `workloads` map. A protected TCP connect() is rewritten to the workload's
-// listener; the original destination is kept under the socket cookie until the
-// connection is established, then re-keyed by the client's 4-tuple side
+// `workloads` map.
+//
+// TCP: a protected connect() is checked against the static verdict map (CIDR +
+// port: deny refuses at once, exempt passes untouched), then rewritten to the
+// workload's listener. The original destination is kept under the socket
+// cookie until the connection is established, then re-keyed by the client side
 // (netns cookie, local address, local port), which is what the proxy sees as
 // the peer of the connection it accepts.
+//
+// UDP: everything from a protected workload is refused except traffic to the
+// configured DNS resolvers and exempt destinations, so QUIC cannot go around
+// the TCP path. Refusals are reported through a ring buffer, rate-limited per
+// workload and destination so that a flood cannot flood the receipt log.
 
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-// From <sys/socket.h>, which cannot be included for the BPF target.
+// From <sys/socket.h> and <netinet/in.h>, which cannot be included for the BPF target.
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -29,15 +40,31 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define TASK_COMM_LEN 16
 #define READ_CTX32(f) (*(volatile __u32 *)&(f))
 
+// One event per workload, protocol and destination per this many ns at most;
+// the event carries how many refusals it stands for.
+#define EVENT_INTERVAL_NS 1000000000ULL
+
+enum verdict {
+	VERDICT_NONE = 0,
+	VERDICT_DENY = 1,   // refuse at connect()/sendmsg(), report an event
+	VERDICT_EXEMPT = 2, // pass untouched (operator-configured exemption)
+};
+
+enum event_kind {
+	EVENT_TCP_DENIED = 1, // refused by the static verdict map
+	EVENT_UDP_REFUSED = 2, // UDP from a protected workload, not DNS, not exempt
+	EVENT_NO_RECORD = 3,   // the original could not be recorded: refused
+};
+
 // Addresses are stored as 16 bytes in network order, IPv4 as v4-mapped IPv6
 // (::ffff:a.b.c.d), so one key type serves both families and an AF_INET6
 // socket connecting to a v4-mapped address matches an IPv4 listener's view.
 struct workload {
-	__u32 id;          // the agent's workload id, echoed in events
-	__u32 listen_ip4;  // IPv4 listener address, network order
+	__u32 id;            // the agent's workload id, echoed in events
+	__u32 listen_ip4;    // IPv4 listener address, network order
 	__u32 listen_ip6[4]; // IPv6 listener address, network order
-	__u16 listen_port4;  // IPv4 listener port, network order
-	__u16 listen_port6;  // IPv6 listener port, network order
+	__u16 listen_port4;  // IPv4 listener port, network order; 0: refuse IPv4
+	__u16 listen_port6;  // IPv6 listener port, network order; 0: refuse IPv6
 };
 
 struct orig_dst {
@@ -60,11 +87,66 @@ struct tuple_key {
 	__u32 pad1;
 };
 
+// LPM key: workload, protocol and port match exactly (port 0 = any port, looked
+// up second), the address by prefix. prefixlen counts bits from workload_id on.
+struct verdict_key {
+	__u32 prefixlen;
+	__u32 workload_id;
+	__u8 proto;        // IPPROTO_TCP or IPPROTO_UDP
+	__u8 pad;
+	__u16 port;        // host order; 0 = any port
+	__u32 addr[4];     // v4-mapped for IPv4, network order
+};
+
+struct verdict_val {
+	__u32 verdict;     // enum verdict
+	__u32 rule_id;     // the agent's id of the rule, echoed in events
+};
+
+struct resolver_key {
+	__u32 addr[4];     // v4-mapped for IPv4, network order
+	__u16 port;        // host order
+	__u16 pad;
+};
+
+struct event {
+	__u64 cgroup_id;
+	__u32 kind;        // enum event_kind
+	__u32 workload_id;
+	__u32 pid;
+	__u32 uid;
+	__u32 addr[4];     // destination, v4-mapped for IPv4, network order
+	__u16 port;        // destination port, host order
+	__u8 proto;
+	__u8 pad;
+	__u32 rule_id;
+	__u32 count;       // refusals this event stands for (1 + suppressed)
+	__u8 comm[TASK_COMM_LEN];
+};
+
+// Referenced so that bpf2go can emit the Go type of ring-buffer records.
+const struct event *unused_event __attribute__((unused));
+
+struct rate_key {
+	__u32 workload_id;
+	__u32 addr[4];
+	__u16 port;
+	__u8 proto;
+	__u8 kind;
+};
+
+struct rate_val {
+	__u64 last_ns;     // when the last event for this key was emitted
+	__u32 suppressed;  // refusals since then
+	__u32 pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u64);            // cgroup id
 	__type(value, struct workload);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } workloads SEC(".maps");
 
 // Pending originals: between connect() and the handshake. LRU so that sockets
@@ -74,6 +156,7 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, __u64);            // socket cookie
 	__type(value, struct orig_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } orig_by_cookie SEC(".maps");
 
 // Established originals, looked up (and deleted) by the proxy on accept. LRU
@@ -83,13 +166,45 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, struct tuple_key);
 	__type(value, struct orig_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } orig_by_tuple SEC(".maps");
 
-// Sockets carrying this mark belong to the agent and are never redirected, so
-// the proxy's own outbound dials cannot loop back into it. 0 disables the check.
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__type(key, struct verdict_key);
+	__type(value, struct verdict_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} verdicts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct resolver_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} resolvers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct rate_key);
+	__type(value, struct rate_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} event_rate SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+// Sockets carrying this mark belong to the agent and are never touched, so the
+// proxy's own upstream dials cannot loop back into it. 0 disables the check.
 volatile const __u32 agent_mark = 0;
 
-static __always_inline struct workload *lookup_workload(__u64 *cgid)
+static __always_inline struct workload *lookup_workload(void)
 {
 	struct workload *found = 0;
 	__u64 id;
@@ -104,94 +219,181 @@ static __always_inline struct workload *lookup_workload(__u64 *cgid)
 		if (w)
 			found = w;
 	}
-	*cgid = bpf_get_current_cgroup_id();
 	return found;
 }
 
-static __always_inline int skip_socket(struct bpf_sock_addr *ctx)
+static __always_inline int agent_socket(struct bpf_sock_addr *ctx)
 {
-	if (ctx->type != SOCK_STREAM)
-		return 1;
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
+		return 0;
+	return agent_mark != 0 && sk->mark == agent_mark;
+}
+
+// dst_addr reads the destination of ctx as a v4-mapped/IPv6 address.
+static __always_inline void dst_addr(struct bpf_sock_addr *ctx, int v6, __u32 addr[4])
+{
+	if (!v6) {
+		addr[0] = 0;
+		addr[1] = 0;
+		addr[2] = bpf_htonl(0x0000ffff);
+		addr[3] = ctx->user_ip4;
+		return;
+	}
+	addr[0] = ctx->user_ip6[0];
+	addr[1] = ctx->user_ip6[1];
+	addr[2] = ctx->user_ip6[2];
+	addr[3] = ctx->user_ip6[3];
+}
+
+static __always_inline struct verdict_val *lookup_verdict(__u32 workload_id, __u8 proto,
+							   __u16 port, __u32 addr[4])
+{
+	struct verdict_key k = {};
+	k.prefixlen = 64 + 128;
+	k.workload_id = workload_id;
+	k.proto = proto;
+	k.port = port;
+	k.addr[0] = addr[0];
+	k.addr[1] = addr[1];
+	k.addr[2] = addr[2];
+	k.addr[3] = addr[3];
+	struct verdict_val *v = bpf_map_lookup_elem(&verdicts, &k);
+	if (v)
+		return v;
+	k.port = 0;
+	return bpf_map_lookup_elem(&verdicts, &k);
+}
+
+static __always_inline void report(__u32 kind, struct workload *w, __u8 proto, __u16 port,
+				   __u32 addr[4], __u32 rule_id)
+{
+	struct rate_key rk = {};
+	rk.workload_id = w->id;
+	rk.addr[0] = addr[0];
+	rk.addr[1] = addr[1];
+	rk.addr[2] = addr[2];
+	rk.addr[3] = addr[3];
+	rk.port = port;
+	rk.proto = proto;
+	rk.kind = kind;
+
+	__u64 now = bpf_ktime_get_ns();
+	__u32 count = 1;
+	struct rate_val *rv = bpf_map_lookup_elem(&event_rate, &rk);
+	if (rv) {
+		if (now - rv->last_ns < EVENT_INTERVAL_NS) {
+			__sync_fetch_and_add(&rv->suppressed, 1);
+			return;
+		}
+		count += rv->suppressed;
+		rv->suppressed = 0;
+		rv->last_ns = now;
+	} else {
+		struct rate_val nv = {.last_ns = now};
+		bpf_map_update_elem(&event_rate, &rk, &nv, BPF_ANY);
+	}
+
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return; // the ring is full: the agent counts drops from the rate map's totals
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->kind = kind;
+	e->workload_id = w->id;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->addr[0] = addr[0];
+	e->addr[1] = addr[1];
+	e->addr[2] = addr[2];
+	e->addr[3] = addr[3];
+	e->port = port;
+	e->proto = proto;
+	e->pad = 0;
+	e->rule_id = rule_id;
+	e->count = count;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int is_resolver(__u32 addr[4], __u16 port)
+{
+	struct resolver_key k = {};
+	k.addr[0] = addr[0];
+	k.addr[1] = addr[1];
+	k.addr[2] = addr[2];
+	k.addr[3] = addr[3];
+	k.port = port;
+	return bpf_map_lookup_elem(&resolvers, &k) != 0;
+}
+
+// udp decides a UDP connect() or sendmsg() of a protected workload.
+static __always_inline int udp(struct bpf_sock_addr *ctx, struct workload *w, int v6)
+{
+	__u32 addr[4];
+	dst_addr(ctx, v6, addr);
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	if (is_resolver(addr, port))
 		return 1;
-	if (agent_mark != 0 && sk->mark == agent_mark)
+	struct verdict_val *v = lookup_verdict(w->id, IPPROTO_UDP, port, addr);
+	if (v && v->verdict == VERDICT_EXEMPT)
 		return 1;
+	report(EVENT_UDP_REFUSED, w, IPPROTO_UDP, port, addr, v ? v->rule_id : 0);
 	return 0;
 }
 
-static __always_inline void fill_process(struct orig_dst *o, struct bpf_sock_addr *ctx,
-					 struct workload *w, __u64 cgid)
+// tcp decides a TCP connect() of a protected workload and redirects it.
+static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, int v6)
 {
-	o->workload_id = w->id;
-	o->pid = bpf_get_current_pid_tgid() >> 32;
-	o->uid = (__u32)bpf_get_current_uid_gid();
-	o->cgroup_id = cgid;
-	o->netns_cookie = bpf_get_netns_cookie(ctx);
-	bpf_get_current_comm(&o->comm, sizeof(o->comm));
-}
+	__u32 addr[4];
+	dst_addr(ctx, v6, addr);
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 
-SEC("cgroup/connect4")
-int chio_connect4(struct bpf_sock_addr *ctx)
-{
-	__u64 cgid;
-
-	if (skip_socket(ctx))
+	// DNS over TCP to a configured resolver is part of name resolution.
+	if (is_resolver(addr, port))
 		return 1;
-	struct workload *w = lookup_workload(&cgid);
-	if (!w || w->listen_port4 == 0)
+	struct verdict_val *v = lookup_verdict(w->id, IPPROTO_TCP, port, addr);
+	if (v && v->verdict == VERDICT_EXEMPT)
 		return 1;
+	if (v && v->verdict == VERDICT_DENY) {
+		report(EVENT_TCP_DENIED, w, IPPROTO_TCP, port, addr, v->rule_id);
+		return 0;
+	}
 
-	struct orig_dst o = {};
-	o.addr[2] = bpf_htonl(0x0000ffff);
-	o.addr[3] = ctx->user_ip4;
-	o.port = (__u16)ctx->user_port;
-	o.family = AF_INET;
-	fill_process(&o, ctx, w, cgid);
-
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	if (bpf_map_update_elem(&orig_by_cookie, &cookie, &o, BPF_ANY))
-		return 0; // cannot record where it wanted to go: refuse, never pass unfiltered
-
-	ctx->user_ip4 = w->listen_ip4;
-	ctx->user_port = (__u32)w->listen_port4;
-	return 1;
-}
-
-SEC("cgroup/connect6")
-int chio_connect6(struct bpf_sock_addr *ctx)
-{
-	__u64 cgid;
-
-	if (skip_socket(ctx))
-		return 1;
-	struct workload *w = lookup_workload(&cgid);
-	if (!w)
-		return 1;
-
-	struct orig_dst o = {};
-	o.addr[0] = ctx->user_ip6[0];
-	o.addr[1] = ctx->user_ip6[1];
-	o.addr[2] = ctx->user_ip6[2];
-	o.addr[3] = ctx->user_ip6[3];
-	o.port = (__u16)ctx->user_port;
-	o.family = AF_INET6;
-	fill_process(&o, ctx, w, cgid);
-
-	int mapped = o.addr[0] == 0 && o.addr[1] == 0 && o.addr[2] == bpf_htonl(0x0000ffff);
+	int mapped = addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0x0000ffff);
 	if (mapped ? w->listen_port4 == 0 : w->listen_port6 == 0)
 		return 0; // no listener for this family: refuse rather than pass
 
+	struct orig_dst o = {};
+	o.addr[0] = addr[0];
+	o.addr[1] = addr[1];
+	o.addr[2] = addr[2];
+	o.addr[3] = addr[3];
+	o.port = (__u16)ctx->user_port;
+	o.family = v6 ? AF_INET6 : AF_INET;
+	o.workload_id = w->id;
+	o.pid = bpf_get_current_pid_tgid() >> 32;
+	o.uid = (__u32)bpf_get_current_uid_gid();
+	o.cgroup_id = bpf_get_current_cgroup_id();
+	o.netns_cookie = bpf_get_netns_cookie(ctx);
+	bpf_get_current_comm(&o.comm, sizeof(o.comm));
+
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	if (bpf_map_update_elem(&orig_by_cookie, &cookie, &o, BPF_ANY))
+	if (bpf_map_update_elem(&orig_by_cookie, &cookie, &o, BPF_ANY)) {
+		// Cannot record where it wanted to go: refuse, never pass unfiltered.
+		report(EVENT_NO_RECORD, w, IPPROTO_TCP, port, addr, 0);
 		return 0;
+	}
 
 	if (mapped) {
-		// An AF_INET6 socket reaching IPv4: send it to the IPv4 listener.
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
-		ctx->user_ip6[3] = w->listen_ip4;
+		if (!v6) {
+			ctx->user_ip4 = w->listen_ip4;
+		} else {
+			// An AF_INET6 socket reaching IPv4: send it to the IPv4 listener.
+			ctx->user_ip6[0] = 0;
+			ctx->user_ip6[1] = 0;
+			ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+			ctx->user_ip6[3] = w->listen_ip4;
+		}
 		ctx->user_port = (__u32)w->listen_port4;
 	} else {
 		ctx->user_ip6[0] = w->listen_ip6[0];
@@ -201,6 +403,55 @@ int chio_connect6(struct bpf_sock_addr *ctx)
 		ctx->user_port = (__u32)w->listen_port6;
 	}
 	return 1;
+}
+
+static __always_inline int decide(struct bpf_sock_addr *ctx, int v6)
+{
+	if (agent_socket(ctx))
+		return 1;
+	__u32 type = ctx->type;
+	if (type != SOCK_STREAM && type != SOCK_DGRAM)
+		return 1;
+	struct workload *w = lookup_workload();
+	if (!w)
+		return 1;
+	if (type == SOCK_DGRAM)
+		return udp(ctx, w, v6);
+	return tcp(ctx, w, v6);
+}
+
+SEC("cgroup/connect4")
+int chio_connect4(struct bpf_sock_addr *ctx)
+{
+	return decide(ctx, 0);
+}
+
+SEC("cgroup/connect6")
+int chio_connect6(struct bpf_sock_addr *ctx)
+{
+	return decide(ctx, 1);
+}
+
+SEC("cgroup/sendmsg4")
+int chio_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	if (agent_socket(ctx))
+		return 1;
+	struct workload *w = lookup_workload();
+	if (!w)
+		return 1;
+	return udp(ctx, w, 0);
+}
+
+SEC("cgroup/sendmsg6")
+int chio_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	if (agent_socket(ctx))
+		return 1;
+	struct workload *w = lookup_workload();
+	if (!w)
+		return 1;
+	return udp(ctx, w, 1);
 }
 
 SEC("sockops")
@@ -216,10 +467,9 @@ int chio_sockops(struct bpf_sock_ops *ctx)
 
 	struct tuple_key k = {};
 	k.netns_cookie = bpf_get_netns_cookie(ctx);
-	// Read every context field unconditionally: the verifier refuses a context
-	// pointer that the compiler has offset differently on two branches.
-	// Volatile 4-byte reads also keep it from merging two fields into one
-	// 8-byte load, which bpf_sock_ops does not allow.
+	// Read every context field unconditionally with volatile 4-byte loads: the
+	// verifier refuses a context pointer the compiler has offset differently
+	// on two branches, and an 8-byte load merged from two fields.
 	__u32 family = READ_CTX32(ctx->family);
 	__u32 ip4 = READ_CTX32(ctx->local_ip4);
 	__u32 ip6_0 = READ_CTX32(ctx->local_ip6[0]), ip6_1 = READ_CTX32(ctx->local_ip6[1]);

@@ -13,6 +13,23 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type chioEvent struct {
+	_          structs.HostLayout
+	CgroupId   uint64
+	Kind       uint32
+	WorkloadId uint32
+	Pid        uint32
+	Uid        uint32
+	Addr       [4]uint32
+	Port       uint16
+	Proto      uint8
+	Pad        uint8
+	RuleId     uint32
+	Count      uint32
+	Comm       [16]uint8
+	_          [4]byte
+}
+
 type chioOrigDst struct {
 	_           structs.HostLayout
 	Addr        [4]uint32
@@ -26,6 +43,29 @@ type chioOrigDst struct {
 	Comm        [16]uint8
 }
 
+type chioRateKey struct {
+	_          structs.HostLayout
+	WorkloadId uint32
+	Addr       [4]uint32
+	Port       uint16
+	Proto      uint8
+	Kind       uint8
+}
+
+type chioRateVal struct {
+	_          structs.HostLayout
+	LastNs     uint64
+	Suppressed uint32
+	Pad        uint32
+}
+
+type chioResolverKey struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+	Port uint16
+	Pad  uint16
+}
+
 type chioTupleKey struct {
 	_           structs.HostLayout
 	NetnsCookie uint64
@@ -33,6 +73,22 @@ type chioTupleKey struct {
 	Port        uint16
 	Pad0        uint16
 	Pad1        uint32
+}
+
+type chioVerdictKey struct {
+	_          structs.HostLayout
+	Prefixlen  uint32
+	WorkloadId uint32
+	Proto      uint8
+	Pad        uint8
+	Port       uint16
+	Addr       [4]uint32
+}
+
+type chioVerdictVal struct {
+	_       structs.HostLayout
+	Verdict uint32
+	RuleId  uint32
 }
 
 type chioWorkload struct {
@@ -48,14 +104,21 @@ type chioWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	chioMapEventRate        = "event_rate"
+	chioMapEvents           = "events"
 	chioMapOrigByCookie     = "orig_by_cookie"
 	chioMapOrigByTuple      = "orig_by_tuple"
+	chioMapResolvers        = "resolvers"
+	chioMapVerdicts         = "verdicts"
 	chioMapWorkloads        = "workloads"
 	chioProgChioConnect4    = "chio_connect4"
 	chioProgChioConnect6    = "chio_connect6"
+	chioProgChioSendmsg4    = "chio_sendmsg4"
+	chioProgChioSendmsg6    = "chio_sendmsg6"
 	chioProgChioSockRelease = "chio_sock_release"
 	chioProgChioSockops     = "chio_sockops"
 	chioVarAgentMark        = "agent_mark"
+	chioVarUnusedEvent      = "unused_event"
 )
 
 // loadChio returns the embedded CollectionSpec for chio.
@@ -102,6 +165,8 @@ type chioSpecs struct {
 type chioProgramSpecs struct {
 	ChioConnect4    *ebpf.ProgramSpec `ebpf:"chio_connect4"`
 	ChioConnect6    *ebpf.ProgramSpec `ebpf:"chio_connect6"`
+	ChioSendmsg4    *ebpf.ProgramSpec `ebpf:"chio_sendmsg4"`
+	ChioSendmsg6    *ebpf.ProgramSpec `ebpf:"chio_sendmsg6"`
 	ChioSockRelease *ebpf.ProgramSpec `ebpf:"chio_sock_release"`
 	ChioSockops     *ebpf.ProgramSpec `ebpf:"chio_sockops"`
 }
@@ -110,8 +175,12 @@ type chioProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioMapSpecs struct {
+	EventRate    *ebpf.MapSpec `ebpf:"event_rate"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
 	OrigByCookie *ebpf.MapSpec `ebpf:"orig_by_cookie"`
 	OrigByTuple  *ebpf.MapSpec `ebpf:"orig_by_tuple"`
+	Resolvers    *ebpf.MapSpec `ebpf:"resolvers"`
+	Verdicts     *ebpf.MapSpec `ebpf:"verdicts"`
 	Workloads    *ebpf.MapSpec `ebpf:"workloads"`
 }
 
@@ -119,7 +188,8 @@ type chioMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioVariableSpecs struct {
-	AgentMark *ebpf.VariableSpec `ebpf:"agent_mark"`
+	AgentMark   *ebpf.VariableSpec `ebpf:"agent_mark"`
+	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
 // chioObjects contains all objects after they have been loaded into the kernel.
@@ -142,15 +212,23 @@ func (o *chioObjects) Close() error {
 //
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioMaps struct {
+	EventRate    *ebpf.Map `ebpf:"event_rate"`
+	Events       *ebpf.Map `ebpf:"events"`
 	OrigByCookie *ebpf.Map `ebpf:"orig_by_cookie"`
 	OrigByTuple  *ebpf.Map `ebpf:"orig_by_tuple"`
+	Resolvers    *ebpf.Map `ebpf:"resolvers"`
+	Verdicts     *ebpf.Map `ebpf:"verdicts"`
 	Workloads    *ebpf.Map `ebpf:"workloads"`
 }
 
 func (m *chioMaps) Close() error {
 	return _ChioClose(
+		m.EventRate,
+		m.Events,
 		m.OrigByCookie,
 		m.OrigByTuple,
+		m.Resolvers,
+		m.Verdicts,
 		m.Workloads,
 	)
 }
@@ -159,7 +237,8 @@ func (m *chioMaps) Close() error {
 //
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioVariables struct {
-	AgentMark *ebpf.Variable `ebpf:"agent_mark"`
+	AgentMark   *ebpf.Variable `ebpf:"agent_mark"`
+	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 }
 
 // chioPrograms contains all programs after they have been loaded into the kernel.
@@ -168,6 +247,8 @@ type chioVariables struct {
 type chioPrograms struct {
 	ChioConnect4    *ebpf.Program `ebpf:"chio_connect4"`
 	ChioConnect6    *ebpf.Program `ebpf:"chio_connect6"`
+	ChioSendmsg4    *ebpf.Program `ebpf:"chio_sendmsg4"`
+	ChioSendmsg6    *ebpf.Program `ebpf:"chio_sendmsg6"`
 	ChioSockRelease *ebpf.Program `ebpf:"chio_sock_release"`
 	ChioSockops     *ebpf.Program `ebpf:"chio_sockops"`
 }
@@ -176,6 +257,8 @@ func (p *chioPrograms) Close() error {
 	return _ChioClose(
 		p.ChioConnect4,
 		p.ChioConnect6,
+		p.ChioSendmsg4,
+		p.ChioSendmsg6,
 		p.ChioSockRelease,
 		p.ChioSockops,
 	)

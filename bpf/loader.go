@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -12,19 +13,41 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// DefaultPinDir is where the node agent pins its maps, programs and links.
+const DefaultPinDir = "/sys/fs/bpf/chio"
+
 // Options configure the programs at load time.
 type Options struct {
 	// AgentMark is the SO_MARK the agent puts on its own sockets; sockets with
-	// it are never redirected, so the proxy's upstream dials cannot loop. 0
-	// (the default) disables the check: then the agent must run outside every
+	// it are never touched, so the proxy's upstream dials cannot loop. 0 (the
+	// default) disables the check: then the agent must run outside every
 	// protected cgroup.
 	AgentMark uint32
+	// PinDir, when set, pins maps (PinDir/maps), programs (PinDir/progs) and
+	// links (PinDir/links) so that they outlive the process: while the agent
+	// is down, protected connections still go to its (absent) listener and
+	// fail. A later Load with the same PinDir adopts the pinned maps, and
+	// Attach swaps the new programs into the pinned links atomically. Empty
+	// (the default): nothing outlives Close, as `chio-agent exec` wants.
+	PinDir string
 }
 
 // Objects are the loaded programs and maps, and the links that attach them.
 type Objects struct {
-	objs  chioObjects
-	links []link.Link
+	objs   chioObjects
+	opts   Options
+	links  []Attachment
+	cgroup string
+}
+
+// Attachment is one program attached to a cgroup through a bpf_link.
+type Attachment struct {
+	Name    string // program name in chio.c
+	Hook    string // attach point, e.g. cgroup/connect4
+	Cgroup  string // cgroup directory it is attached to
+	PinPath string // where the link is pinned; empty when not pinned
+	Adopted bool   // the link was pinned by an earlier agent and reused
+	link    link.Link
 }
 
 // Workload is what the programs need to know of a protected cgroup.
@@ -51,7 +74,24 @@ type Original struct {
 	Comm        string
 }
 
-// Load loads the programs and maps into the kernel. Close releases them.
+type hook struct {
+	name string
+	typ  ebpf.AttachType
+	text string
+	prog func(*chioPrograms) *ebpf.Program
+}
+
+var hooks = []hook{
+	{chioProgChioConnect4, ebpf.AttachCGroupInet4Connect, "cgroup/connect4", func(p *chioPrograms) *ebpf.Program { return p.ChioConnect4 }},
+	{chioProgChioConnect6, ebpf.AttachCGroupInet6Connect, "cgroup/connect6", func(p *chioPrograms) *ebpf.Program { return p.ChioConnect6 }},
+	{chioProgChioSendmsg4, ebpf.AttachCGroupUDP4Sendmsg, "cgroup/sendmsg4", func(p *chioPrograms) *ebpf.Program { return p.ChioSendmsg4 }},
+	{chioProgChioSendmsg6, ebpf.AttachCGroupUDP6Sendmsg, "cgroup/sendmsg6", func(p *chioPrograms) *ebpf.Program { return p.ChioSendmsg6 }},
+	{chioProgChioSockops, ebpf.AttachCGroupSockOps, "sockops", func(p *chioPrograms) *ebpf.Program { return p.ChioSockops }},
+	{chioProgChioSockRelease, ebpf.AttachCgroupInetSockRelease, "cgroup/sock_release", func(p *chioPrograms) *ebpf.Program { return p.ChioSockRelease }},
+}
+
+// Load loads the programs and maps into the kernel (adopting pinned maps when
+// Options.PinDir names a directory that has them). Close releases them.
 func Load(opts Options) (*Objects, error) {
 	spec, err := loadChio()
 	if err != nil {
@@ -60,41 +100,105 @@ func Load(opts Options) (*Objects, error) {
 	if err := spec.Variables[chioVarAgentMark].Set(opts.AgentMark); err != nil {
 		return nil, fmt.Errorf("set agent_mark: %w", err)
 	}
-	o := &Objects{}
-	if err := spec.LoadAndAssign(&o.objs, nil); err != nil {
+	var copts ebpf.CollectionOptions
+	if opts.PinDir == "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	} else {
+		if err := EnsureBPFFS(filepath.Dir(opts.PinDir)); err != nil {
+			return nil, err
+		}
+		for _, d := range []string{"maps", "progs", "links"} {
+			if err := os.MkdirAll(filepath.Join(opts.PinDir, d), 0o700); err != nil {
+				return nil, fmt.Errorf("make pin directory: %w", err)
+			}
+		}
+		copts.Maps.PinPath = filepath.Join(opts.PinDir, "maps")
+	}
+	o := &Objects{opts: opts}
+	if err := spec.LoadAndAssign(&o.objs, &copts); err != nil {
 		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
+		switch {
+		case errors.As(err, &verr):
 			return nil, fmt.Errorf("load programs: %+v", verr)
+		case errors.Is(err, ebpf.ErrMapIncompatible):
+			return nil, fmt.Errorf("load programs: a map pinned under %s by another version does not match this one (run chio-agent uninstall first): %w", opts.PinDir, err)
 		}
 		return nil, fmt.Errorf("load programs: %w", err)
+	}
+	if opts.PinDir != "" {
+		for _, h := range hooks {
+			path := filepath.Join(opts.PinDir, "progs", h.name)
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				o.objs.Close()
+				return nil, fmt.Errorf("replace pinned program %s: %w", path, err)
+			}
+			if err := h.prog(&o.objs.chioPrograms).Pin(path); err != nil {
+				o.objs.Close()
+				return nil, fmt.Errorf("pin program %s: %w", h.name, err)
+			}
+		}
 	}
 	return o, nil
 }
 
 // AttachCgroup attaches every program to the cgroup v2 directory at path
-// through bpf_links, which the kernel detaches when they are closed.
+// through bpf_links. With a PinDir, links pinned by an earlier agent are
+// adopted and their programs replaced in place (the hooks never go empty),
+// and new links are pinned.
 func (o *Objects) AttachCgroup(path string) error {
-	for _, a := range []struct {
-		name string
-		typ  ebpf.AttachType
-		prog *ebpf.Program
-	}{
-		{"connect4", ebpf.AttachCGroupInet4Connect, o.objs.ChioConnect4},
-		{"connect6", ebpf.AttachCGroupInet6Connect, o.objs.ChioConnect6},
-		{"sockops", ebpf.AttachCGroupSockOps, o.objs.ChioSockops},
-		{"sock_release", ebpf.AttachCgroupInetSockRelease, o.objs.ChioSockRelease},
-	} {
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.typ, Program: a.prog})
-		if err != nil {
-			return fmt.Errorf("attach %s to %s: %w", a.name, path, err)
+	for _, h := range hooks {
+		prog := h.prog(&o.objs.chioPrograms)
+		a := Attachment{Name: h.name, Hook: h.text, Cgroup: path}
+		if o.opts.PinDir != "" {
+			a.PinPath = filepath.Join(o.opts.PinDir, "links", h.name)
+			l, err := link.LoadPinnedLink(a.PinPath, nil)
+			switch {
+			case err == nil:
+				if err := l.Update(prog); err != nil {
+					l.Close()
+					return fmt.Errorf("adopt pinned %s link: %w", h.name, err)
+				}
+				a.link, a.Adopted = l, true
+				o.links = append(o.links, a)
+				continue
+			case !errors.Is(err, os.ErrNotExist):
+				return fmt.Errorf("load pinned %s link: %w", h.name, err)
+			}
 		}
-		o.links = append(o.links, l)
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: h.typ, Program: prog})
+		if err != nil {
+			return fmt.Errorf("attach %s to %s: %w", h.name, path, err)
+		}
+		if a.PinPath != "" {
+			if err := l.Pin(a.PinPath); err != nil {
+				l.Close()
+				return fmt.Errorf("pin %s link: %w", h.name, err)
+			}
+		}
+		a.link = l
+		o.links = append(o.links, a)
 	}
+	o.cgroup = path
 	return nil
 }
 
+// Attachments describes the attached links (for status).
+func (o *Objects) Attachments() []Attachment { return append([]Attachment(nil), o.links...) }
+
+// LinkID returns the kernel id of an attachment's link, and of its program.
+func (a Attachment) IDs() (linkID, progID uint32, err error) {
+	info, err := a.link.Info()
+	if err != nil {
+		return 0, 0, fmt.Errorf("link info %s: %w", a.Name, err)
+	}
+	return uint32(info.ID), uint32(info.Program), nil
+}
+
 // Protect starts redirecting the TCP connections of every process in the
-// cgroup (and its descendants) to the workload's listeners.
+// cgroup (and its descendants) to the workload's listeners, and refusing its
+// UDP except DNS to the resolvers.
 func (o *Objects) Protect(cgroupID uint64, w Workload) error {
 	var v chioWorkload
 	v.Id = w.ID
@@ -111,10 +215,7 @@ func (o *Objects) Protect(cgroupID uint64, w Workload) error {
 		if !w.Listen6.Addr().Is6() || w.Listen6.Addr().Is4In6() {
 			return fmt.Errorf("protect cgroup %d: IPv6 listener %s is not IPv6", cgroupID, w.Listen6)
 		}
-		b := w.Listen6.Addr().As16()
-		for i := range v.ListenIp6 {
-			v.ListenIp6[i] = nativeFromNet(b[4*i : 4*i+4])
-		}
+		v.ListenIp6 = addrWords(w.Listen6.Addr())
 		v.ListenPort6 = htons(w.Listen6.Port())
 	}
 	if err := o.objs.Workloads.Put(cgroupID, &v); err != nil {
@@ -131,16 +232,38 @@ func (o *Objects) Unprotect(cgroupID uint64) error {
 	return nil
 }
 
+// Workloads returns the protected cgroups, as pinned state shows them to a
+// restarted agent.
+func (o *Objects) Workloads() (map[uint64]Workload, error) {
+	out := make(map[uint64]Workload)
+	var k uint64
+	var v chioWorkload
+	it := o.objs.Workloads.Iterate()
+	for it.Next(&k, &v) {
+		w := Workload{ID: v.Id}
+		if v.ListenPort4 != 0 {
+			var b [4]byte
+			netFromNative(b[:], v.ListenIp4)
+			w.Listen4 = netip.AddrPortFrom(netip.AddrFrom4(b), ntohs(v.ListenPort4))
+		}
+		if v.ListenPort6 != 0 {
+			w.Listen6 = netip.AddrPortFrom(wordsAddr(v.ListenIp6), ntohs(v.ListenPort6))
+		}
+		out[k] = w
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list workloads: %w", err)
+	}
+	return out, nil
+}
+
 // TakeOriginal returns and forgets the original destination of the redirected
 // connection whose client side is client in the network namespace netnsCookie
 // (the peer address and SO_NETNS_COOKIE of the accepted socket).
 func (o *Objects) TakeOriginal(netnsCookie uint64, client netip.AddrPort) (Original, error) {
 	var k chioTupleKey
 	k.NetnsCookie = netnsCookie
-	b := client.Addr().As16() // IPv4 becomes v4-mapped, as the programs store it
-	for i := range k.Addr {
-		k.Addr[i] = nativeFromNet(b[4*i : 4*i+4])
-	}
+	k.Addr = addrWords(client.Addr())
 	k.Port = client.Port()
 	var v chioOrigDst
 	if err := o.objs.OrigByTuple.LookupAndDelete(&k, &v); err != nil {
@@ -149,12 +272,8 @@ func (o *Objects) TakeOriginal(netnsCookie uint64, client netip.AddrPort) (Origi
 		}
 		return Original{}, fmt.Errorf("take original of %s: %w", client, err)
 	}
-	var addr [16]byte
-	for i, w := range v.Addr {
-		netFromNative(addr[4*i:4*i+4], w)
-	}
 	return Original{
-		Dst:         netip.AddrPortFrom(netip.AddrFrom16(addr).Unmap(), ntohs(v.Port)),
+		Dst:         netip.AddrPortFrom(wordsAddr(v.Addr), ntohs(v.Port)),
 		Family:      int(v.Family),
 		WorkloadID:  v.WorkloadId,
 		PID:         v.Pid,
@@ -165,15 +284,94 @@ func (o *Objects) TakeOriginal(netnsCookie uint64, client netip.AddrPort) (Origi
 	}, nil
 }
 
-// Close detaches every link and releases programs and maps.
+// MapCounts returns how many entries the connection-tracking maps hold, so
+// tests and status can show that connections leave nothing behind.
+func (o *Objects) MapCounts() (pending, established int, err error) {
+	count := func(m *ebpf.Map, k, v any) (int, error) {
+		n := 0
+		it := m.Iterate()
+		for it.Next(k, v) {
+			n++
+		}
+		return n, it.Err()
+	}
+	var ck uint64
+	var tk chioTupleKey
+	var ov chioOrigDst
+	if pending, err = count(o.objs.OrigByCookie, &ck, &ov); err != nil {
+		return 0, 0, fmt.Errorf("count pending originals: %w", err)
+	}
+	if established, err = count(o.objs.OrigByTuple, &tk, &ov); err != nil {
+		return 0, 0, fmt.Errorf("count established originals: %w", err)
+	}
+	return pending, established, nil
+}
+
+// Close releases the process's handles. Links, programs and maps that are
+// pinned stay in the kernel (that is the point of pinning); unpinned ones are
+// detached and freed.
 func (o *Objects) Close() error {
 	var errs []error
-	for _, l := range o.links {
-		errs = append(errs, l.Close())
+	for _, a := range o.links {
+		if a.PinPath == "" {
+			// Detach now: closing the last fd detaches too, but only once the
+			// kernel gets round to freeing the link.
+			if err := a.link.Detach(); err != nil && !errors.Is(err, ErrNotSupported) {
+				errs = append(errs, fmt.Errorf("detach %s: %w", a.Name, err))
+			}
+		}
+		errs = append(errs, a.link.Close())
 	}
 	o.links = nil
 	errs = append(errs, o.objs.Close())
 	return errors.Join(errs...)
+}
+
+// Uninstall detaches every link pinned under pinDir and removes every pin.
+// Links are detached explicitly before they are unpinned, so that the hooks
+// are gone when Uninstall returns rather than when the kernel frees them.
+// Missing pins are not an error.
+func Uninstall(pinDir string) ([]string, error) {
+	var removed []string
+	var errs []error
+	links, _ := filepath.Glob(filepath.Join(pinDir, "links", "*"))
+	for _, p := range links {
+		l, err := link.LoadPinnedLink(p, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("open pinned link %s: %w", p, err))
+			continue
+		}
+		if err := l.Detach(); err != nil {
+			errs = append(errs, fmt.Errorf("detach %s: %w", p, err))
+		}
+		l.Close()
+	}
+	for _, sub := range []string{"links", "progs", "maps"} {
+		dir := filepath.Join(pinDir, sub)
+		entries, err := os.ReadDir(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read %s: %w", dir, err))
+			continue
+		}
+		for _, e := range entries {
+			p := filepath.Join(dir, e.Name())
+			if err := os.Remove(p); err != nil {
+				errs = append(errs, fmt.Errorf("unpin %s: %w", p, err))
+				continue
+			}
+			removed = append(removed, p)
+		}
+		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+		}
+	}
+	if err := os.Remove(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("remove %s: %w", pinDir, err))
+	}
+	return removed, errors.Join(errs...)
 }
 
 // NetnsCookie returns the network-namespace cookie of a socket

@@ -24,6 +24,9 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv("CHIO_TEST_DIAL"); addr != "" {
 		os.Exit(dialChild(addr))
 	}
+	if addr := os.Getenv("CHIO_TEST_UDP"); addr != "" {
+		os.Exit(udpChild(addr))
+	}
 	os.Exit(m.Run())
 }
 
@@ -50,6 +53,44 @@ func dialChild(addr string) int {
 		return 2
 	}
 	fmt.Print(line)
+	return 0
+}
+
+// udpChild sends datagrams to addr, unconnected (sendmsg hook) and then
+// connected (connect hook). Exit 0: all sent; 4: refused with EPERM.
+func udpChild(addr string) int {
+	ap, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		fmt.Printf("resolve-error %v\n", err)
+		return 2
+	}
+	pc, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		fmt.Printf("listen-error %v\n", err)
+		return 2
+	}
+	defer pc.Close()
+	n := 1
+	fmt.Sscan(os.Getenv("CHIO_TEST_UDP_COUNT"), &n)
+	for i := 0; i < n; i++ {
+		if _, err := pc.WriteToUDP([]byte("ping"), ap); err != nil {
+			fmt.Printf("sendto-error %v\n", err)
+			if errors.Is(err, syscall.EPERM) {
+				return 4
+			}
+			return 2
+		}
+	}
+	c, err := net.DialUDP("udp", nil, ap)
+	if err != nil {
+		fmt.Printf("connect-error %v\n", err)
+		if errors.Is(err, syscall.EPERM) {
+			return 4
+		}
+		return 2
+	}
+	c.Close()
+	fmt.Println("sent")
 	return 0
 }
 
@@ -171,8 +212,19 @@ func freeAddr(t *testing.T, network, host string) netip.AddrPort {
 // output, exit status and pid.
 func runIn(t *testing.T, cg testutil.Cgroup, addr string, env ...string) (string, int, int) {
 	t.Helper()
+	return runChild(t, cg, append([]string{"CHIO_TEST_DIAL=" + addr}, env...))
+}
+
+// runUDPIn runs the test binary as a UDP sender inside cg.
+func runUDPIn(t *testing.T, cg testutil.Cgroup, addr string, env ...string) (string, int, int) {
+	t.Helper()
+	return runChild(t, cg, append([]string{"CHIO_TEST_UDP=" + addr}, env...))
+}
+
+func runChild(t *testing.T, cg testutil.Cgroup, env []string) (string, int, int) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(append(os.Environ(), "CHIO_TEST_DIAL="+addr), env...)
+	cmd.Env = append(os.Environ(), env...)
 	cg.CommandIn(t, cmd)
 	out, err := cmd.Output()
 	code := 0

@@ -1,0 +1,224 @@
+package bpf_test
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+)
+
+// readEvent returns the next refusal event, failing the test after a while.
+func readEvent(t *testing.T, rd *bpf.EventReader) bpf.Event {
+	t.Helper()
+	ch := make(chan bpf.Event, 1)
+	errc := make(chan error, 1)
+	go func() {
+		e, err := rd.Read()
+		if err != nil {
+			errc <- err
+			return
+		}
+		ch <- e
+	}()
+	select {
+	case e := <-ch:
+		return e
+	case err := <-errc:
+		t.Fatalf("read event: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no refusal event reported")
+	}
+	return bpf.Event{}
+}
+
+func openEvents(t *testing.T, objs *bpf.Objects) *bpf.EventReader {
+	t.Helper()
+	rd, err := objs.OpenEvents()
+	if err != nil {
+		t.Fatalf("open events: %v", err)
+	}
+	t.Cleanup(func() { rd.Close() })
+	return rd
+}
+
+func TestStaticDenyRefusesAtConnectAndReports(t *testing.T) {
+	env := newRedirectEnv(t)
+	rd := openEvents(t, env.objs)
+	target := freeAddr(t, "tcp4", "127.0.0.1")
+	rule := bpf.VerdictRule{Prefix: netip.PrefixFrom(target.Addr(), 8).Masked(), Port: target.Port(), Proto: bpf.ProtoTCP, Verdict: bpf.VerdictDeny, RuleID: 42}
+	if err := env.objs.SetVerdicts(7, []bpf.VerdictRule{rule}); err != nil {
+		t.Fatalf("set verdicts: %v", err)
+	}
+	out, code, pid := runIn(t, env.protected, target.String())
+	if code != 2 || out == "" {
+		t.Fatalf("denied client: exit %d, output %q; want a refused connect (EPERM)", code, out)
+	}
+	e := readEvent(t, rd)
+	if e.Kind != bpf.EventTCPDenied || e.RuleID != 42 || e.Dst != target || int(e.PID) != pid || e.WorkloadID != 7 || e.Count != 1 || e.Proto != bpf.ProtoTCP {
+		t.Fatalf("event = %+v; want tcp_denied rule 42 to %s by pid %d", e, target, pid)
+	}
+	// Another port of the same prefix is not denied: it is redirected.
+	other := freeAddr(t, "tcp4", "127.0.0.1")
+	if out, code, _ := runIn(t, env.protected, other.String()); code != 0 {
+		t.Fatalf("client to a port the rule does not name: exit %d, %q; want redirected", code, out)
+	}
+	// Replacing the rules removes the old one.
+	if err := env.objs.SetVerdicts(7, nil); err != nil {
+		t.Fatalf("clear verdicts: %v", err)
+	}
+	if out, code, _ := runIn(t, env.protected, target.String()); code != 0 {
+		t.Fatalf("client after the rule was removed: exit %d, %q; want redirected", code, out)
+	}
+}
+
+func TestExemptPassesUntouched(t *testing.T) {
+	env := newRedirectEnv(t)
+	target := freeAddr(t, "tcp6", "::1")
+	rule := bpf.VerdictRule{Prefix: netip.PrefixFrom(target.Addr(), 128), Proto: bpf.ProtoTCP, Verdict: bpf.VerdictExempt}
+	if err := env.objs.SetVerdicts(7, []bpf.VerdictRule{rule}); err != nil {
+		t.Fatalf("set verdicts: %v", err)
+	}
+	// Exempt: the connect goes to the real (empty) destination and is refused
+	// by the kernel, not redirected to the listener.
+	if out, code, _ := runIn(t, env.protected, target.String()); code != 3 {
+		t.Fatalf("exempt client: exit %d, %q; want a direct, refused connect", code, out)
+	}
+}
+
+func TestUDPRefusedExceptResolversAndAggregated(t *testing.T) {
+	env := newRedirectEnv(t)
+	rd := openEvents(t, env.objs)
+	resolver := netip.MustParseAddrPort("127.0.0.53:53")
+	if err := env.objs.SetResolvers([]netip.AddrPort{resolver}); err != nil {
+		t.Fatalf("set resolvers: %v", err)
+	}
+	// DNS to the resolver goes out (unconnected and connected).
+	if out, code, _ := runUDPIn(t, env.protected, resolver.String(), "CHIO_TEST_UDP_COUNT=3"); code != 0 {
+		t.Fatalf("UDP to the resolver: exit %d, %q; want sent", code, out)
+	}
+	// Anything else (QUIC on 443 here) is refused.
+	quic := netip.MustParseAddrPort("127.0.0.1:443")
+	out, code, pid := runUDPIn(t, env.protected, quic.String())
+	if code != 4 {
+		t.Fatalf("UDP to %s: exit %d, %q; want EPERM", quic, code, out)
+	}
+	e := readEvent(t, rd)
+	if e.Kind != bpf.EventUDPRefused || e.Dst != quic || int(e.PID) != pid || e.Proto != bpf.ProtoUDP || e.Count != 1 {
+		t.Fatalf("event = %+v; want udp_refused to %s by pid %d", e, quic, pid)
+	}
+	// A flood to the same destination yields no further event within the
+	// interval; after it, one event counts what was suppressed. The flood runs
+	// in children that each stop at their first refusal: five of them, then,
+	// after the interval, a sixth.
+	for i := 0; i < 5; i++ {
+		runUDPIn(t, env.protected, quic.String())
+	}
+	time.Sleep(1100 * time.Millisecond) // the rate limit's interval: not an assertion on speed
+	runUDPIn(t, env.protected, quic.String())
+	e = readEvent(t, rd)
+	if e.Kind != bpf.EventUDPRefused || e.Count != 6 {
+		t.Fatalf("aggregated event = %+v; want udp_refused standing for 6 refusals (5 suppressed + this one)", e)
+	}
+	// An unprotected process's UDP is untouched.
+	if out, code, _ := runUDPIn(t, env.plain, quic.String()); code != 0 {
+		t.Fatalf("unprotected UDP: exit %d, %q; want sent", code, out)
+	}
+}
+
+func TestPinnedStateSurvivesAgentAndIsAdopted(t *testing.T) {
+	testutil.RequireRoot(t)
+	if err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
+		t.Fatalf("ensure bpffs: %v", err)
+	}
+	var b [6]byte
+	rand.Read(b[:])
+	pinDir := filepath.Join("/sys/fs/bpf", "chio-test-"+hex.EncodeToString(b[:]))
+	t.Cleanup(func() { bpf.Uninstall(pinDir) })
+
+	parent := testutil.NewCgroup(t, "")
+	protected := testutil.NewCgroup(t, parent.Path)
+	listen := freeAddr(t, "tcp4", "127.0.0.1")
+
+	objs, err := bpf.Load(bpf.Options{PinDir: pinDir})
+	if err != nil {
+		t.Fatalf("load pinned: %v", err)
+	}
+	if err := objs.AttachCgroup(parent.Path); err != nil {
+		t.Fatalf("attach: %v", err)
+	}
+	if err := objs.Protect(protected.ID, bpf.Workload{ID: 3, Listen4: listen}); err != nil {
+		t.Fatalf("protect: %v", err)
+	}
+	// The agent goes away without cleaning up, as after SIGKILL.
+	if err := objs.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	target := freeAddr(t, "tcp4", "127.0.0.1")
+	if out, code, _ := runIn(t, protected, target.String()); code != 3 {
+		t.Fatalf("with no agent: exit %d, %q; want refused (the redirect still points at the absent listener)", code, out)
+	}
+
+	// A new agent adopts the pinned maps and links.
+	objs2, err := bpf.Load(bpf.Options{PinDir: pinDir})
+	if err != nil {
+		t.Fatalf("reload pinned: %v", err)
+	}
+	t.Cleanup(func() { objs2.Close() })
+	ws, err := objs2.Workloads()
+	if err != nil || ws[protected.ID].ID != 3 || ws[protected.ID].Listen4 != listen {
+		t.Fatalf("adopted workloads = %v, %v; want workload 3 listening on %s", ws, err, listen)
+	}
+	if err := objs2.AttachCgroup(parent.Path); err != nil {
+		t.Fatalf("re-attach: %v", err)
+	}
+	for _, a := range objs2.Attachments() {
+		if !a.Adopted {
+			t.Errorf("attachment %s was not adopted from its pin", a.Name)
+		}
+		if _, _, err := a.IDs(); err != nil {
+			t.Errorf("ids: %v", err)
+		}
+	}
+	// Its listener comes back on the pinned address: enforcement resumes.
+	ln, err := net.Listen("tcp4", listen.String())
+	if err != nil {
+		t.Fatalf("listen again: %v", err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("back\n"))
+			c.Close()
+		}
+	}()
+	if out, code, _ := runIn(t, protected, target.String()); code != 0 || out != "back" {
+		t.Fatalf("after restart: exit %d, %q; want the new listener", code, out)
+	}
+
+	// Uninstall removes every pin; with no handle left the hooks detach.
+	if err := objs2.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	removed, err := bpf.Uninstall(pinDir)
+	if err != nil || len(removed) == 0 {
+		t.Fatalf("uninstall: %v, %v", removed, err)
+	}
+	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pin directory still there after uninstall: %v", err)
+	}
+	if out, code, _ := runIn(t, protected, target.String()); code != 3 {
+		t.Fatalf("after uninstall: exit %d, %q; want a direct (refused) connect", code, out)
+	}
+}

@@ -1,0 +1,144 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+)
+
+// Proto is an IP protocol number as the verdict map keys it.
+type Proto uint8
+
+// Protocols the programs decide on.
+const (
+	ProtoTCP Proto = 6
+	ProtoUDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case ProtoTCP:
+		return "tcp"
+	case ProtoUDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto-%d", uint8(p))
+}
+
+// Verdict is what the static verdict map says of a destination.
+type Verdict uint32
+
+// Verdicts of the static map (enum verdict in chio.c).
+const (
+	// VerdictDeny refuses at connect()/sendmsg(); an event is reported.
+	VerdictDeny Verdict = 1
+	// VerdictExempt passes the connection untouched: no redirect, no receipt.
+	// Operator-configured only; it widens access, so use it sparingly.
+	VerdictExempt Verdict = 2
+)
+
+// VerdictRule is one entry of a workload's static verdict map.
+type VerdictRule struct {
+	Prefix  netip.Prefix // destination prefix; a single address is a /32 or /128
+	Port    uint16       // destination port; 0 matches every port
+	Proto   Proto        // ProtoTCP or ProtoUDP
+	Verdict Verdict
+	RuleID  uint32 // echoed in events so the agent can name the rule
+}
+
+func verdictKey(workloadID uint32, r VerdictRule) (chioVerdictKey, error) {
+	if !r.Prefix.IsValid() {
+		return chioVerdictKey{}, fmt.Errorf("verdict rule: invalid prefix")
+	}
+	if r.Proto != ProtoTCP && r.Proto != ProtoUDP {
+		return chioVerdictKey{}, fmt.Errorf("verdict rule %s: protocol %d is neither tcp nor udp", r.Prefix, r.Proto)
+	}
+	p := r.Prefix.Masked()
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96 // stored v4-mapped
+	}
+	return chioVerdictKey{
+		Prefixlen:  uint32(64 + bits),
+		WorkloadId: workloadID,
+		Proto:      uint8(r.Proto),
+		Port:       r.Port,
+		Addr:       addrWords(p.Addr()),
+	}, nil
+}
+
+// SetVerdicts replaces the static verdict rules of one workload: the new
+// rules are written first, then the workload's stale ones removed, so a rule
+// present in both sets is never absent.
+func (o *Objects) SetVerdicts(workloadID uint32, rules []VerdictRule) error {
+	want := make(map[chioVerdictKey]bool, len(rules))
+	for _, r := range rules {
+		if r.Verdict != VerdictDeny && r.Verdict != VerdictExempt {
+			return fmt.Errorf("set verdicts: rule %s has unknown verdict %d", r.Prefix, r.Verdict)
+		}
+		k, err := verdictKey(workloadID, r)
+		if err != nil {
+			return fmt.Errorf("set verdicts: %w", err)
+		}
+		v := chioVerdictVal{Verdict: uint32(r.Verdict), RuleId: r.RuleID}
+		if err := o.objs.Verdicts.Put(&k, &v); err != nil {
+			return fmt.Errorf("set verdicts: put %s: %w", r.Prefix, err)
+		}
+		want[k] = true
+	}
+	var stale []chioVerdictKey
+	var k chioVerdictKey
+	var v chioVerdictVal
+	it := o.objs.Verdicts.Iterate()
+	for it.Next(&k, &v) {
+		if k.WorkloadId == workloadID && !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("set verdicts: list: %w", err)
+	}
+	for i := range stale {
+		if err := o.objs.Verdicts.Delete(&stale[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("set verdicts: delete stale rule: %w", err)
+		}
+	}
+	return nil
+}
+
+// SetResolvers replaces the DNS resolvers protected workloads may reach over
+// UDP (and TCP) without going through the proxy.
+func (o *Objects) SetResolvers(resolvers []netip.AddrPort) error {
+	want := make(map[chioResolverKey]bool, len(resolvers))
+	one := uint8(1)
+	for _, r := range resolvers {
+		if !r.IsValid() || r.Port() == 0 {
+			return fmt.Errorf("set resolvers: %s is not an address and port", r)
+		}
+		k := chioResolverKey{Addr: addrWords(r.Addr()), Port: r.Port()}
+		if err := o.objs.Resolvers.Put(&k, &one); err != nil {
+			return fmt.Errorf("set resolvers: put %s: %w", r, err)
+		}
+		want[k] = true
+	}
+	var stale []chioResolverKey
+	var k chioResolverKey
+	var v uint8
+	it := o.objs.Resolvers.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("set resolvers: list: %w", err)
+	}
+	for i := range stale {
+		if err := o.objs.Resolvers.Delete(&stale[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("set resolvers: delete stale: %w", err)
+		}
+	}
+	return nil
+}
