@@ -17,9 +17,9 @@ type EventKind uint32
 
 // Event kinds (enum event_kind in chio.c).
 const (
-	EventTCPDenied   EventKind = 1 // TCP connect refused by the static verdict map
-	EventUDPRefused  EventKind = 2 // UDP from a protected workload, not DNS, not exempt
-	EventNoRecord    EventKind = 3 // the original could not be recorded: connect refused
+	EventTCPDenied  EventKind = 1 // TCP connect refused by the static verdict map
+	EventUDPRefused EventKind = 2 // UDP from a protected workload, not DNS, not exempt
+	EventNoRecord   EventKind = 3 // the original could not be recorded: connect refused
 )
 
 func (k EventKind) String() string {
