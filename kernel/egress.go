@@ -1,0 +1,314 @@
+package kernel
+
+import (
+	"crypto/ed25519"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/backbay-labs/chio-agent/kernel/jcs"
+)
+
+// How an egress connection is named in a receipt (docs/receipts.md).
+const (
+	// EgressToolServer is the receipt's tool_server: the "server" that
+	// performs the action is the node agent's egress path, not a tool
+	// server of the agent's choosing.
+	EgressToolServer = "chio-agent/egress"
+	// EgressToolName is the receipt's tool_name: the system call every
+	// mediated connection starts from, whatever the transport.
+	EgressToolName = "connect"
+	// GuardEgressPolicy names the HushSpec egress rules as a guard in
+	// decisions and evidence, in Chio's CamelCase guard style.
+	GuardEgressPolicy = "HushSpecEgressGuard"
+	// EgressMetadataSchema versions the layout of parameters and metadata
+	// below, so readers can tell egress receipts apart and evolve with them.
+	EgressMetadataSchema = "chio-agent.egress.v1"
+)
+
+// Transports an egress event may use.
+const (
+	TransportTCP = "tcp"
+	TransportUDP = "udp"
+)
+
+// EgressEvent is one outbound connection as the node agent saw it: where it
+// went, what the first bytes said about it, and who made it. Fields that
+// were not seen are left zero and are then left out of the receipt.
+type EgressEvent struct {
+	// Host is the destination name as the workload asked for it, when the
+	// agent knows one beyond the protocol peek (from a DNS answer it
+	// served, or the HTTP CONNECT line). Empty when only an address is known.
+	Host string
+	// IP is the original destination address recovered from the datapath.
+	// Required.
+	IP netip.Addr
+	// Port is the original destination port. Required (non-zero).
+	Port uint16
+	// Transport is TransportTCP or TransportUDP. Required.
+	Transport string
+	// SNI is the server_name of a TLS ClientHello, when one was peeked.
+	SNI string
+	// ALPN lists the protocols the ClientHello offered, in its order.
+	ALPN []string
+	// HTTPHost is the Host header of an HTTP/1.x request, when one was peeked.
+	HTTPHost string
+	// HTTPMethod and HTTPPath come from the HTTP/1.x request line. Only the
+	// path is recorded: a query string is cut off before it reaches a
+	// receipt, since it often carries credentials and receipts are kept.
+	HTTPMethod string
+	HTTPPath   string
+	// Workload is who the connection belongs to.
+	Workload WorkloadIdentity
+	// Process is the task that called connect(), when the datapath named it.
+	Process ProcessIdentity
+}
+
+// WorkloadIdentity names a protected workload.
+type WorkloadIdentity struct {
+	// Name is the workload's name (e.g. namespace/pod). Required.
+	Name string
+	// CgroupPath is the workload's cgroup v2 path relative to the cgroup2
+	// mount (e.g. /kubepods.slice/...).
+	CgroupPath string
+	// Labels are identity labels (Kubernetes labels, unit names...).
+	Labels map[string]string
+}
+
+// ProcessIdentity names the process that connected. PID 0 means unknown,
+// and then none of the fields are recorded.
+type ProcessIdentity struct {
+	PID  uint32 // thread group id, as the host's pid namespace sees it
+	UID  uint32 // the task's uid in the initial user namespace
+	Comm string // the kernel's 16-byte task name
+}
+
+// Target is what the policy is evaluated against: the name the client
+// itself put on the wire (TLS SNI, then HTTP Host), else the name asked for,
+// else the address. SNI and Host are chosen by the client and prove nothing
+// about the address dialled; the receipt records both so a reader can see a
+// mismatch (domain fronting), and callers that care compare them.
+func (e *EgressEvent) Target() string {
+	switch {
+	case e.SNI != "":
+		return e.SNI
+	case e.HTTPHost != "":
+		return e.HTTPHost
+	case e.Host != "":
+		return e.Host
+	default:
+		return e.IP.String()
+	}
+}
+
+// Outcome is the kernel's decision on an action and how it was reached: the
+// input from which the receipt's decision and evidence are written.
+type Outcome struct {
+	// Verdict is VerdictAllow or VerdictDeny: what the agent enforces.
+	Verdict string
+	// PolicyDecision is the policy's own decision (allow, warn or deny);
+	// a warn is enforced as allow and recorded here. Optional.
+	PolicyDecision string
+	// Guard names what decided, e.g. GuardEgressPolicy, or the agent's
+	// static verdict map. Default GuardEgressPolicy.
+	Guard string
+	// Reason explains the decision in words. Optional.
+	Reason string
+	// MatchedRule is the policy rule that decided, e.g. rules.egress.block.
+	MatchedRule string
+	// Pattern is the policy pattern that matched, as written. Optional.
+	Pattern string
+}
+
+// BuildEgressReceipt turns one egress connection and its outcome into a
+// signed mediated_decision receipt (field by field in docs/receipts.md).
+// policyHash is the policy's hash as the policy engine computes it (SHA-256
+// hex of its canonical JSON); at is when the decision was made.
+func BuildEgressReceipt(ev EgressEvent, out Outcome, policyHash string, key ed25519.PrivateKey, at time.Time) (Receipt, error) {
+	body, err := EgressReceiptBody(ev, out, policyHash, at)
+	if err != nil {
+		return Receipt{}, err
+	}
+	r, err := Sign(body, key)
+	if err != nil {
+		return Receipt{}, fmt.Errorf("build egress receipt: %w", err)
+	}
+	return r, nil
+}
+
+// EgressReceiptBody is BuildEgressReceipt without the signature, for callers
+// that sign elsewhere.
+func EgressReceiptBody(ev EgressEvent, out Outcome, policyHash string, at time.Time) (Receipt, error) {
+	if err := ev.validate(); err != nil {
+		return Receipt{}, fmt.Errorf("build egress receipt: %w", err)
+	}
+	if out.Verdict != VerdictAllow && out.Verdict != VerdictDeny {
+		return Receipt{}, fmt.Errorf("build egress receipt: %w: verdict %q is neither allow nor deny", ErrInvalidEvent, out.Verdict)
+	}
+	if at.Unix() < 0 {
+		return Receipt{}, fmt.Errorf("build egress receipt: %w: timestamp %v before 1970", ErrInvalidEvent, at)
+	}
+	guard := out.Guard
+	if guard == "" {
+		guard = GuardEgressPolicy
+	}
+
+	params, err := jcs.Marshal(ev.parameters())
+	if err != nil {
+		return Receipt{}, fmt.Errorf("build egress receipt: %w: parameters: %w", ErrInvalidEvent, err)
+	}
+	meta, err := jcs.Marshal(ev.metadata(out))
+	if err != nil {
+		return Receipt{}, fmt.Errorf("build egress receipt: %w: metadata: %w", ErrInvalidEvent, err)
+	}
+	return Receipt{
+		Timestamp:     uint64(at.Unix()),
+		ToolServer:    EgressToolServer,
+		ToolName:      EgressToolName,
+		Action:        Action{Parameters: params},
+		Decision:      &Decision{Verdict: out.Verdict, Reason: out.Reason, Guard: guard},
+		ReceiptKind:   KindMediatedDecision,
+		BoundaryClass: BoundaryPrevent,
+		TrustLevel:    TrustMediated,
+		RedactionMode: "none",
+		PolicyHash:    policyHash,
+		Evidence: []Evidence{{
+			GuardName: guard,
+			Verdict:   out.Verdict == VerdictAllow,
+			Details:   out.details(ev.Target()),
+		}},
+		Metadata: meta,
+	}, nil
+}
+
+func (e *EgressEvent) validate() error {
+	if !e.IP.IsValid() {
+		return fmt.Errorf("%w: no destination address", ErrInvalidEvent)
+	}
+	if e.Port == 0 {
+		return fmt.Errorf("%w: destination port 0", ErrInvalidEvent)
+	}
+	if e.Transport != TransportTCP && e.Transport != TransportUDP {
+		return fmt.Errorf("%w: transport %q is neither tcp nor udp", ErrInvalidEvent, e.Transport)
+	}
+	if e.Workload.Name == "" {
+		return fmt.Errorf("%w: no workload name", ErrInvalidEvent)
+	}
+	// Peeked bytes come from an untrusted client: refuse what would not
+	// canonicalize rather than sign something a verifier reads differently.
+	strs := []string{e.Host, e.SNI, e.HTTPHost, e.HTTPMethod, e.HTTPPath, e.Workload.Name, e.Workload.CgroupPath, e.Process.Comm}
+	strs = append(strs, e.ALPN...)
+	for k, v := range e.Workload.Labels {
+		strs = append(strs, k, v)
+	}
+	for _, s := range strs {
+		if !utf8.ValidString(s) {
+			return fmt.Errorf("%w: %q is not valid utf-8", ErrInvalidEvent, s)
+		}
+	}
+	return nil
+}
+
+// parameters is what was attempted: the destination and what the client
+// said about it. Same destination, same parameter_hash.
+func (e *EgressEvent) parameters() map[string]any {
+	ip := e.IP.Unmap() // an IPv4 destination reached over a v6 socket is still IPv4
+	p := map[string]any{
+		"ip":        ip.WithZone("").String(),
+		"port":      e.Port,
+		"transport": e.Transport,
+		"target":    e.Target(),
+	}
+	putString(p, "host", e.Host)
+	putString(p, "sni", e.SNI)
+	putString(p, "http_host", e.HTTPHost)
+	putString(p, "http_method", e.HTTPMethod)
+	if e.HTTPPath != "" {
+		path, _, _ := strings.Cut(e.HTTPPath, "?")
+		path, _, _ = strings.Cut(path, "#")
+		p["http_path"] = path
+	}
+	if len(e.ALPN) > 0 {
+		p["alpn"] = e.ALPN
+	}
+	return p
+}
+
+// metadata is who acted and how the policy reached its decision.
+func (e *EgressEvent) metadata(out Outcome) map[string]any {
+	w := map[string]any{"name": e.Workload.Name}
+	putString(w, "cgroup", e.Workload.CgroupPath)
+	if len(e.Workload.Labels) > 0 {
+		w["labels"] = e.Workload.Labels
+	}
+	m := map[string]any{
+		"schema":   EgressMetadataSchema,
+		"workload": w,
+	}
+	if e.Process.PID != 0 {
+		proc := map[string]any{"pid": e.Process.PID, "uid": e.Process.UID}
+		putString(proc, "comm", e.Process.Comm)
+		m["process"] = proc
+	}
+	putString(m, "policy_decision", out.PolicyDecision)
+	putString(m, "matched_rule", out.MatchedRule)
+	putString(m, "pattern", out.Pattern)
+	return m
+}
+
+func putString(m map[string]any, k, v string) {
+	if v != "" {
+		m[k] = v
+	}
+}
+
+// details is the evidence entry's one-line account of the decision.
+func (o Outcome) details(target string) string {
+	var b strings.Builder
+	b.WriteString(o.Verdict)
+	if o.PolicyDecision != "" && o.PolicyDecision != o.Verdict {
+		fmt.Fprintf(&b, " (policy: %s)", o.PolicyDecision)
+	}
+	fmt.Fprintf(&b, " %s", target)
+	if o.MatchedRule != "" {
+		fmt.Fprintf(&b, " by %s", o.MatchedRule)
+	}
+	if o.Pattern != "" {
+		fmt.Fprintf(&b, " pattern %s", o.Pattern)
+	}
+	if o.Reason != "" {
+		fmt.Fprintf(&b, ": %s", o.Reason)
+	}
+	return b.String()
+}
+
+// EgressParameters decodes the parameters of an egress receipt, for tools
+// that read receipts back (the field names are those of docs/receipts.md).
+type EgressParameters struct {
+	Target     string   `json:"target"`
+	Host       string   `json:"host,omitempty"`
+	IP         string   `json:"ip"`
+	Port       uint16   `json:"port"`
+	Transport  string   `json:"transport"`
+	SNI        string   `json:"sni,omitempty"`
+	ALPN       []string `json:"alpn,omitempty"`
+	HTTPHost   string   `json:"http_host,omitempty"`
+	HTTPMethod string   `json:"http_method,omitempty"`
+	HTTPPath   string   `json:"http_path,omitempty"`
+}
+
+// ParseEgressParameters reads the parameters of a receipt written by
+// BuildEgressReceipt.
+func ParseEgressParameters(r *Receipt) (EgressParameters, error) {
+	var p EgressParameters
+	if r.ToolServer != EgressToolServer {
+		return p, fmt.Errorf("parse egress parameters: %w: tool_server %q is not %s", ErrInvalidReceipt, r.ToolServer, EgressToolServer)
+	}
+	if err := json.Unmarshal(r.Action.Parameters, &p); err != nil {
+		return p, fmt.Errorf("parse egress parameters: %w: %w", ErrInvalidReceipt, err)
+	}
+	return p, nil
+}

@@ -1,0 +1,201 @@
+package kernel
+
+import (
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+)
+
+// docExampleEvent and docExampleOutcome produce the example receipt shown in
+// docs/receipts.md; TestEgressDocExample keeps the two in step.
+func docExampleEvent() EgressEvent {
+	return EgressEvent{
+		IP:        netip.MustParseAddr("::ffff:203.0.113.7"),
+		Port:      443,
+		Transport: TransportTCP,
+		SNI:       "exfil.example.net",
+		ALPN:      []string{"h2", "http/1.1"},
+		Workload: WorkloadIdentity{
+			Name:       "agents/research-agent-7f9c",
+			CgroupPath: "/kubepods.slice/kubepods-pod1234.slice/cri-containerd-abcd.scope",
+			Labels:     map[string]string{"app": "research-agent", "team": "ml"},
+		},
+		Process: ProcessIdentity{PID: 4242, UID: 1000, Comm: "python3"},
+	}
+}
+
+func docExampleOutcome() Outcome {
+	return Outcome{
+		Verdict:        VerdictDeny,
+		PolicyDecision: "deny",
+		Guard:          GuardEgressPolicy,
+		Reason:         "host not in egress allow list",
+		MatchedRule:    "rules.egress.default",
+	}
+}
+
+const docExamplePolicyHash = "5e0a3f6a4f0dc2b1d1f0b6a0c7e8b0f5c2a3e4d5f60718293a4b5c6d7e8f9012"
+
+// docExampleKey is a published test key: never use it for anything else.
+func docExampleKey() ed25519.PrivateKey {
+	return ed25519.NewKeyFromSeed([]byte("chio-agent docs example key 0001"))
+}
+
+func docExampleReceipt(t *testing.T) Receipt {
+	t.Helper()
+	r, err := BuildEgressReceipt(docExampleEvent(), docExampleOutcome(), docExamplePolicyHash, docExampleKey(), time.Unix(1767225600, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestBuildEgressReceipt(t *testing.T) {
+	key := testKey(t)
+	trusted := Verifier{TrustedKeys: []ed25519.PublicKey{key.Public().(ed25519.PublicKey)}}
+	ev := EgressEvent{
+		Host: "api.example.com", IP: netip.MustParseAddr("127.0.0.1"), Port: 8080, Transport: TransportTCP,
+		HTTPHost: "api.example.com:8080", HTTPMethod: "POST", HTTPPath: "/v1/upload?token=SECRET#frag",
+		Workload: WorkloadIdentity{Name: "w1"},
+	}
+	out := Outcome{Verdict: VerdictAllow, PolicyDecision: "warn", Reason: "egress to api.example.com is logged", MatchedRule: "rules.egress.allow", Pattern: "*.example.com"}
+	r, err := BuildEgressReceipt(ev, out, "ph", key, time.Unix(1700000000, 999))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := trusted.Verify(r)
+	if !res.OK || !res.Authorized || res.Result != ResultAuthorized {
+		t.Fatalf("verify: %+v", res)
+	}
+	if r.ToolServer != EgressToolServer || r.ToolName != EgressToolName || r.Timestamp != 1700000000 || r.PolicyHash != "ph" ||
+		r.ReceiptKind != KindMediatedDecision || r.BoundaryClass != BoundaryPrevent || r.TrustLevel != TrustMediated || r.CapabilityID != "" {
+		t.Fatalf("receipt header: %+v", r)
+	}
+	if r.Decision.Guard != GuardEgressPolicy || r.Decision.Reason != out.Reason || r.Decision.Verdict != VerdictAllow {
+		t.Fatalf("decision: %+v", r.Decision)
+	}
+	if len(r.Evidence) != 1 || !r.Evidence[0].Verdict || r.Evidence[0].Details != "allow (policy: warn) api.example.com:8080 by rules.egress.allow pattern *.example.com: egress to api.example.com is logged" {
+		t.Fatalf("evidence: %+v", r.Evidence)
+	}
+	if strings.Contains(string(r.Action.Parameters), "SECRET") || strings.Contains(string(r.Action.Parameters), "frag") {
+		t.Fatalf("query string reached the receipt: %s", r.Action.Parameters)
+	}
+	p, err := ParseEgressParameters(&r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := EgressParameters{Target: "api.example.com:8080", Host: "api.example.com", IP: "127.0.0.1", Port: 8080, Transport: "tcp",
+		HTTPHost: "api.example.com:8080", HTTPMethod: "POST", HTTPPath: "/v1/upload"}
+	if p.Target != want.Target || p.Host != want.Host || p.IP != want.IP || p.Port != want.Port || p.Transport != want.Transport ||
+		p.HTTPHost != want.HTTPHost || p.HTTPMethod != want.HTTPMethod || p.HTTPPath != want.HTTPPath || p.SNI != "" || p.ALPN != nil {
+		t.Fatalf("parameters %+v, want %+v", p, want)
+	}
+	if string(r.Metadata) != `{"matched_rule":"rules.egress.allow","pattern":"*.example.com","policy_decision":"warn","schema":"chio-agent.egress.v1","workload":{"name":"w1"}}` {
+		t.Fatalf("metadata: %s", r.Metadata)
+	}
+	// A deny is signed too, and its evidence says the guard failed it.
+	r, err = BuildEgressReceipt(ev, Outcome{Verdict: VerdictDeny}, "ph", key, time.Unix(1700000000, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := trusted.Verify(r); !res.OK || res.Authorized || res.Result != ResultDenied || r.Evidence[0].Verdict {
+		t.Fatalf("deny: %+v %+v", res, r.Evidence)
+	}
+}
+
+func TestEgressTarget(t *testing.T) {
+	ev := EgressEvent{IP: netip.MustParseAddr("2001:db8::1")}
+	steps := []struct {
+		set  func()
+		want string
+	}{
+		{func() {}, "2001:db8::1"},
+		{func() { ev.Host = "asked.example" }, "asked.example"},
+		{func() { ev.HTTPHost = "host.example" }, "host.example"},
+		{func() { ev.SNI = "sni.example" }, "sni.example"},
+	}
+	for _, s := range steps {
+		s.set()
+		if got := ev.Target(); got != s.want {
+			t.Errorf("Target() = %q, want %q", got, s.want)
+		}
+	}
+}
+
+func TestBuildEgressReceiptRejects(t *testing.T) {
+	key := testKey(t)
+	ok := docExampleEvent()
+	cases := map[string]func(e *EgressEvent, o *Outcome){
+		"no ip":         func(e *EgressEvent, o *Outcome) { e.IP = netip.Addr{} },
+		"port 0":        func(e *EgressEvent, o *Outcome) { e.Port = 0 },
+		"transport":     func(e *EgressEvent, o *Outcome) { e.Transport = "sctp" },
+		"no workload":   func(e *EgressEvent, o *Outcome) { e.Workload.Name = "" },
+		"bad sni":       func(e *EgressEvent, o *Outcome) { e.SNI = "a\xffb" },
+		"bad label":     func(e *EgressEvent, o *Outcome) { e.Workload.Labels = map[string]string{"k": "\xfe"} },
+		"bad alpn":      func(e *EgressEvent, o *Outcome) { e.ALPN = []string{"\xc3"} },
+		"warn verdict":  func(e *EgressEvent, o *Outcome) { o.Verdict = "warn" },
+		"empty verdict": func(e *EgressEvent, o *Outcome) { o.Verdict = "" },
+	}
+	for name, edit := range cases {
+		ev, out := ok, docExampleOutcome()
+		ev.Workload.Labels = map[string]string{"app": "x"}
+		edit(&ev, &out)
+		if _, err := BuildEgressReceipt(ev, out, "ph", key, time.Unix(1, 0)); !errors.Is(err, ErrInvalidEvent) {
+			t.Errorf("%s: want ErrInvalidEvent, got %v", name, err)
+		}
+	}
+	if _, err := BuildEgressReceipt(ok, docExampleOutcome(), "ph", key, time.Unix(-5, 0)); !errors.Is(err, ErrInvalidEvent) {
+		t.Errorf("negative time: %v", err)
+	}
+	if _, err := BuildEgressReceipt(ok, docExampleOutcome(), "ph", key[:10], time.Unix(1, 0)); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("bad key: %v", err)
+	}
+	if _, err := ParseEgressParameters(&Receipt{ToolServer: "srv-files"}); !errors.Is(err, ErrInvalidReceipt) {
+		t.Errorf("non-egress receipt: %v", err)
+	}
+}
+
+// TestEgressDocExample checks that docs/receipts.md shows exactly the receipt
+// this code builds, and that the receipt as printed there verifies.
+func TestEgressDocExample(t *testing.T) {
+	r := docExampleReceipt(t)
+	want, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := testutil.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile(filepath.Join(root, "docs", "receipts.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(doc), "```json\n"+string(want)+"\n```") {
+		t.Fatalf("docs/receipts.md does not show the current example receipt; it should read:\n%s", want)
+	}
+	res, err := Verifier{TrustedKeys: []ed25519.PublicKey{docExampleKey().Public().(ed25519.PublicKey)}}.VerifyJSON(want)
+	if err != nil || !res.OK || res.Result != ResultDenied {
+		t.Fatalf("doc example does not verify: %+v, %v", res, err)
+	}
+}
+
+func BenchmarkBuildEgressReceipt(b *testing.B) {
+	key := testKey(b)
+	ev, out := docExampleEvent(), docExampleOutcome()
+	at := time.Unix(1767225600, 0)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := BuildEgressReceipt(ev, out, docExamplePolicyHash, key, at); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
