@@ -1,0 +1,265 @@
+// Package config reads kernel.yaml, the one configuration file shared by the
+// node agent (`chio-agent run`, `exec --config`) and the sidecar
+// (`api protect`): where the policy comes from, where receipts go, which key
+// signs them, and, for the node agent, which workloads to protect.
+//
+// The file is strict: unknown keys are errors, as are values of the wrong
+// type. Before parsing, ${VAR} and ${VAR:-default} are replaced from the
+// environment ($$ is a literal $); a ${VAR} that is unset is an error, so a
+// missing variable cannot silently turn into an empty path. The CHIO_*
+// environment contract then overrides the file where it applies, and command
+// line flags override both (see Apply).
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// MaxFileSize bounds kernel.yaml; anything larger is refused unread.
+const MaxFileSize = 1 << 20
+
+// Config is kernel.yaml. Every field is optional in the file; Defaults fills
+// what a deployment usually leaves out.
+type Config struct {
+	// Version of this format. 1, the default, is the only one.
+	Version int `yaml:"version"`
+	// Policy is where the HushSpec policy comes from: a path, file://PATH,
+	// or http(s)://URL. Env: CHIO_POLICY_SOURCE.
+	Policy string `yaml:"policy"`
+	// PanicFile is the HushSpec panic sentinel: while it exists, every
+	// decision is deny. Default: none.
+	PanicFile string `yaml:"panic_file"`
+	// Receipts configures the receipt log.
+	Receipts Receipts `yaml:"receipts"`
+	// SigningKey names the Ed25519 key file (hex seed). Env CHIO_SIGNING_KEY
+	// (the hex seed itself) takes precedence over the file.
+	SigningKey string `yaml:"signing_key"`
+	// TrustedIssuerKeys are hex Ed25519 public keys whose capability tokens
+	// are trusted. Env: CHIO_TRUSTED_ISSUER_KEY, CHIO_TRUSTED_ISSUER_KEYS.
+	TrustedIssuerKeys []string `yaml:"trusted_issuer_keys"`
+	// LogLevel is logrus's level name (debug, info, warn, error). Default
+	// info. Env: CHIO_LOG_LEVEL.
+	LogLevel string `yaml:"log_level"`
+	// Agent configures the node agent; ignored by the sidecar.
+	Agent Agent `yaml:"agent"`
+}
+
+// Receipts configures the receipt log.
+type Receipts struct {
+	// Sink is the bbolt file (a path or file://PATH). Env: CHIO_RECEIPT_SINK.
+	Sink string `yaml:"sink"`
+	// Mode is sync (default: a decision takes effect only once its receipt
+	// is durable) or async (faster; a crash can lose queued receipts, and
+	// the log then says how many).
+	Mode string `yaml:"mode"`
+	// CheckpointEvery is the number of receipts per checkpoint. Default 100.
+	CheckpointEvery int `yaml:"checkpoint_every"`
+	// CheckpointIdle seals the tail after this much quiet. Default 1s.
+	CheckpointIdle Duration `yaml:"checkpoint_idle"`
+}
+
+// Agent configures the node agent.
+type Agent struct {
+	// PinDir is where programs, links and maps are pinned. Default
+	// /sys/fs/bpf/chio.
+	PinDir string `yaml:"pin_dir"`
+	// StatusSocket is the root-only unix socket `chio-agent status` talks
+	// to. Default /run/chio-agent/status.sock.
+	StatusSocket string `yaml:"status_socket"`
+	// ListenPort is the port of the proxy's listener in every network
+	// namespace (127.0.0.1 and ::1). 0 (default) picks a free port in the
+	// host namespace and reuses it everywhere; a restarted agent reuses the
+	// port its pinned state names.
+	ListenPort uint16 `yaml:"listen_port"`
+	// Resolvers are the DNS servers (address:port) protected workloads may
+	// reach over UDP and TCP without the proxy. Default: none (no DNS).
+	Resolvers []string `yaml:"resolvers"`
+	// Hosts are static name → address answers the proxy's anti-spoofing
+	// check uses before DNS (as /etc/hosts would). Default: none.
+	Hosts map[string][]string `yaml:"hosts"`
+	// Timeouts bound each proxied connection.
+	Timeouts Timeouts `yaml:"timeouts"`
+	// Workloads are the protected workloads.
+	Workloads []Workload `yaml:"workloads"`
+}
+
+// Timeouts bound each proxied connection.
+type Timeouts struct {
+	// FirstBytes is how long the proxy waits for the client's first bytes
+	// (TLS ClientHello, HTTP request head). Default 5s.
+	FirstBytes Duration `yaml:"first_bytes"`
+	// Idle closes a connection after this long with no data either way.
+	// Default 5m.
+	Idle Duration `yaml:"idle"`
+	// Total closes a connection this long after it was accepted. Default 1h.
+	Total Duration `yaml:"total"`
+	// Dial bounds the upstream connect. Default 10s.
+	Dial Duration `yaml:"dial"`
+}
+
+// Workload is one protected workload.
+type Workload struct {
+	// Name identifies the workload in receipts and status. Required, unique.
+	Name string `yaml:"name"`
+	// Cgroup is the workload's cgroup v2 directory, absolute or relative
+	// to the cgroup2 mount. Required.
+	Cgroup string `yaml:"cgroup"`
+	// Netns is the network namespace its processes use (a path such as
+	// /var/run/netns/NAME or /proc/PID/ns/net). Default: the host's.
+	Netns string `yaml:"netns"`
+	// Labels are identity labels recorded in every receipt.
+	Labels map[string]string `yaml:"labels"`
+	// Exempt destinations pass untouched: no proxy, no receipt. Danger: each
+	// entry widens access past the policy.
+	Exempt []Exempt `yaml:"exempt"`
+}
+
+// Exempt is a destination a workload reaches without the proxy.
+type Exempt struct {
+	// CIDR is an address or prefix. Required.
+	CIDR string `yaml:"cidr"`
+	// Ports limits the exemption to these ports. Default: every port.
+	Ports []uint16 `yaml:"ports"`
+	// Proto is tcp, udp, or empty for both.
+	Proto string `yaml:"proto"`
+}
+
+// Duration is a time.Duration written as Go writes durations ("5s", "1m30s").
+type Duration time.Duration
+
+// UnmarshalYAML parses a duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: duration must be a string like 5s: %w", n.Line, err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: invalid duration %q", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the duration, or def when it is zero.
+func (d Duration) D(def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+// Load reads, interpolates and parses kernel.yaml, then validates it.
+func Load(path string, lookup func(string) (string, bool)) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read kernel config: %w", err)
+	}
+	defer f.Close()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(ioLimit(f, MaxFileSize+1)); err != nil {
+		return nil, fmt.Errorf("read kernel config %s: %w", path, err)
+	}
+	if buf.Len() > MaxFileSize {
+		return nil, fmt.Errorf("read kernel config %s: larger than %d bytes", path, MaxFileSize)
+	}
+	c, err := Parse(buf.Bytes(), lookup)
+	if err != nil {
+		return nil, fmt.Errorf("kernel config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse interpolates and parses kernel.yaml text, then validates it.
+func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	text, err := Interpolate(string(data), lookup)
+	if err != nil {
+		return nil, err
+	}
+	var c Config
+	dec := yaml.NewDecoder(strings.NewReader(text))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, errEOF) {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Validate checks values the YAML types cannot.
+func (c *Config) Validate() error {
+	if c.Version != 0 && c.Version != 1 {
+		return fmt.Errorf("version: %d is not supported (only 1)", c.Version)
+	}
+	switch c.Receipts.Mode {
+	case "", "sync", "async":
+	default:
+		return fmt.Errorf("receipts.mode: %q is neither sync nor async", c.Receipts.Mode)
+	}
+	if c.Receipts.CheckpointEvery < 0 {
+		return fmt.Errorf("receipts.checkpoint_every: must not be negative")
+	}
+	for i, r := range c.Agent.Resolvers {
+		if _, err := netip.ParseAddrPort(r); err != nil {
+			return fmt.Errorf("agent.resolvers[%d]: %q is not address:port: %w", i, r, err)
+		}
+	}
+	for name, addrs := range c.Agent.Hosts {
+		for _, a := range addrs {
+			if _, err := netip.ParseAddr(a); err != nil {
+				return fmt.Errorf("agent.hosts[%s]: %q is not an IP address", name, a)
+			}
+		}
+	}
+	seen := map[string]bool{}
+	for i, w := range c.Agent.Workloads {
+		if w.Name == "" {
+			return fmt.Errorf("agent.workloads[%d].name: required", i)
+		}
+		if seen[w.Name] {
+			return fmt.Errorf("agent.workloads[%d].name: %q is used twice", i, w.Name)
+		}
+		seen[w.Name] = true
+		if w.Cgroup == "" {
+			return fmt.Errorf("agent.workloads[%d] (%s).cgroup: required", i, w.Name)
+		}
+		for j, e := range w.Exempt {
+			if _, err := ParsePrefix(e.CIDR); err != nil {
+				return fmt.Errorf("agent.workloads[%d].exempt[%d].cidr: %w", i, j, err)
+			}
+			switch e.Proto {
+			case "", "tcp", "udp":
+			default:
+				return fmt.Errorf("agent.workloads[%d].exempt[%d].proto: %q is neither tcp nor udp", i, j, e.Proto)
+			}
+		}
+	}
+	return nil
+}
+
+// ParsePrefix accepts a CIDR or a single address (as a full-length prefix).
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR: %w", s, err)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}

@@ -1,0 +1,81 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+)
+
+var errEOF = io.EOF
+
+func ioLimit(r io.Reader, n int64) io.Reader { return io.LimitReader(r, n) }
+
+// Interpolate replaces ${VAR} and ${VAR:-default} with values from lookup.
+// $$ is a literal $. An unset ${VAR} without a default is an error naming the
+// variable and its line; a ${ that does not close is an error too.
+func Interpolate(s string, lookup func(string) (string, bool)) (string, error) {
+	if !strings.Contains(s, "$") {
+		return s, nil
+	}
+	var b strings.Builder
+	line := 1
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '\n' {
+			line++
+		}
+		if c != '$' || i+1 >= len(s) {
+			b.WriteByte(c)
+			continue
+		}
+		switch s[i+1] {
+		case '$':
+			b.WriteByte('$')
+			i++
+			continue
+		case '{':
+		default:
+			b.WriteByte(c)
+			continue
+		}
+		end := strings.IndexByte(s[i+2:], '}')
+		if end < 0 || strings.ContainsRune(s[i+2:i+2+end], '\n') {
+			return "", fmt.Errorf("line %d: unterminated ${", line)
+		}
+		expr := s[i+2 : i+2+end]
+		name, def, hasDef := strings.Cut(expr, ":-")
+		if !validName(name) {
+			return "", fmt.Errorf("line %d: invalid variable name %q in ${%s}", line, name, expr)
+		}
+		v, ok := lookup(name)
+		switch {
+		case ok && v != "":
+		case hasDef:
+			v = def
+		case ok:
+			// Set but empty, with no default: the empty value is what was asked for.
+		default:
+			return "", fmt.Errorf("line %d: %w: ${%s}", line, ErrUnsetVariable, name)
+		}
+		b.WriteString(v)
+		i += 2 + end
+	}
+	return b.String(), nil
+}
+
+// ErrUnsetVariable means kernel.yaml names a variable the environment lacks.
+var ErrUnsetVariable = errors.New("environment variable not set")
+
+func validName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		if r == '_' || (r >= 'A' && r <= 'Z') || (r >= 'a' && r <= 'z') || (i > 0 && r >= '0' && r <= '9') {
+			continue
+		}
+		return false
+	}
+	return true
+}
