@@ -5,4 +5,19 @@
 // It is a plain Go library with no I/O of its own beyond loading policy files,
 // so a trusted agent can link it and call it without any IPC; the node agent
 // and the sidecar use it the same way.
+//
+// What lives where:
+//
+//   - kernel.go: Kernel, the facade: New, EvaluateEgress, EvaluateToolCall,
+//     SetPolicy (hot reload by atomic swap; each decision sees one policy).
+//   - receipt.go: the chio.receipt.v1 format, Sign, Verify and VerifyJSON.
+//   - egress.go: how one network connection becomes a receipt
+//     (docs/receipts.md documents the mapping).
+//   - capability.go: chio.capability.v1 tokens and trusted issuers.
+//   - keys.go: loading, generating and printing Ed25519 keys.
+//   - jcs/: RFC 8785 canonical JSON, the bytes every hash and signature
+//     covers.
+//
+// Every error path fails closed: an evaluation that errs returns a deny
+// outcome and no receipt, and the caller must refuse the action.
 package kernel

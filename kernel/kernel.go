@@ -1,0 +1,227 @@
+package kernel
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/backbay-labs/chio-agent/kernel/jcs"
+)
+
+// GuardToolAccess names the HushSpec tool_access rules as a guard.
+const GuardToolAccess = "HushSpecToolAccessGuard"
+
+// ToolCallMetadataSchema versions the metadata of tool-call receipts.
+const ToolCallMetadataSchema = "chio-agent.tool_call.v1"
+
+// Log field keys.
+const (
+	logFieldAction  = "action"
+	logFieldTarget  = "target"
+	logFieldVerdict = "verdict"
+	logFieldRule    = "matched_rule"
+	logFieldReceipt = "receipt_id"
+)
+
+// Options configures New.
+type Options struct {
+	// Policy is the HushSpec policy to decide with. Required; replace it
+	// later with SetPolicy.
+	Policy *hushspec.Policy
+	// SigningKey signs every receipt. Required. In the in-process shape the
+	// agent's process holds it too, so receipts prove what the kernel
+	// decided only as far as that process is trusted.
+	SigningKey ed25519.PrivateKey
+	// Clock gives the time of each decision. Default time.Now; tests pass a
+	// fixed clock to get reproducible receipts.
+	Clock func() time.Time
+	// Logger receives one debug entry per decision. Default: discard.
+	Logger logrus.FieldLogger
+}
+
+// Kernel decides actions against a HushSpec policy and signs a receipt for
+// every decision. It is safe for concurrent use; SetPolicy swaps the policy
+// without blocking decisions in flight, each of which uses one policy (and
+// its hash) from start to end.
+type Kernel struct {
+	policy atomic.Pointer[policyState]
+	key    ed25519.PrivateKey
+	clock  func() time.Time
+	log    logrus.FieldLogger
+}
+
+// policyState pairs a policy with its hash, so a reload between the two
+// reads can never sign one policy's decision with the other's hash.
+type policyState struct {
+	p    *hushspec.Policy
+	hash string
+}
+
+// New returns a Kernel for opts.
+func New(opts Options) (*Kernel, error) {
+	if opts.Policy == nil {
+		return nil, fmt.Errorf("new kernel: %w", ErrNoPolicy)
+	}
+	if len(opts.SigningKey) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("new kernel: %w: signing key is %d bytes, want %d", ErrInvalidKey, len(opts.SigningKey), ed25519.PrivateKeySize)
+	}
+	k := &Kernel{key: opts.SigningKey, clock: opts.Clock, log: opts.Logger}
+	if k.clock == nil {
+		k.clock = time.Now
+	}
+	if k.log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		k.log = l
+	}
+	k.SetPolicy(opts.Policy)
+	return k, nil
+}
+
+// SetPolicy replaces the policy for every later decision (hot reload). A
+// nil policy is ignored: a kernel never loses its policy, since deciding
+// without one could only fail open or fail everything.
+func (k *Kernel) SetPolicy(p *hushspec.Policy) {
+	if p == nil {
+		return
+	}
+	k.policy.Store(&policyState{p: p, hash: p.Hash()})
+}
+
+// PolicyHash returns the hash of the current policy.
+func (k *Kernel) PolicyHash() string { return k.policy.Load().hash }
+
+// KernelKey returns the hex public key receipts carry as kernel_key.
+func (k *Kernel) KernelKey() string { return PublicKeyHex(k.key.Public().(ed25519.PublicKey)) }
+
+// EvaluateEgress decides one outbound connection and returns the outcome
+// with its signed receipt. On error (a cancelled ctx, an event the receipt
+// cannot describe) the outcome is a deny and there is no receipt: the
+// caller must refuse the connection, as a decision that cannot be recorded
+// cannot be allowed.
+func (k *Kernel) EvaluateEgress(ctx context.Context, ev EgressEvent) (Outcome, Receipt, error) {
+	if err := ctx.Err(); err != nil {
+		return failClosed(err), Receipt{}, fmt.Errorf("evaluate egress: %w", err)
+	}
+	st := k.policy.Load()
+	target := ev.Target()
+	out := outcomeOf(st.p.Evaluate(hushspec.Action{Type: "egress", Target: target}), GuardEgressPolicy)
+	r, err := BuildEgressReceipt(ev, out, st.hash, k.key, k.clock())
+	if err != nil {
+		return failClosed(err), Receipt{}, fmt.Errorf("evaluate egress: %w", err)
+	}
+	k.logDecision("egress", target, out, r.ID)
+	return out, r, nil
+}
+
+// ToolCall is one tool invocation by an in-process agent.
+type ToolCall struct {
+	// ToolServer and ToolName name the tool, as the receipt records them.
+	// Both required; ToolName is what tool_access rules match.
+	ToolServer string
+	ToolName   string
+	// Arguments is the call's JSON arguments (an object in practice; nil
+	// means {}). Their canonical size is checked against max_args_size.
+	Arguments json.RawMessage
+	// CapabilityID is recorded as capability_id when the call is made under
+	// a capability token. The kernel does not verify the token here: verify
+	// it with Capability.Verify before the call.
+	CapabilityID string
+}
+
+// EvaluateToolCall decides one tool call and returns the outcome with its
+// signed receipt. Errors deny, as for EvaluateEgress.
+func (k *Kernel) EvaluateToolCall(ctx context.Context, call ToolCall) (Outcome, Receipt, error) {
+	if err := ctx.Err(); err != nil {
+		return failClosed(err), Receipt{}, fmt.Errorf("evaluate tool call: %w", err)
+	}
+	if call.ToolServer == "" || call.ToolName == "" {
+		err := fmt.Errorf("%w: tool server and tool name are required", ErrInvalidReceipt)
+		return failClosed(err), Receipt{}, fmt.Errorf("evaluate tool call: %w", err)
+	}
+	args := call.Arguments
+	if len(args) == 0 {
+		args = json.RawMessage("{}")
+	}
+	// Canonicalize first so max_args_size measures what the receipt holds,
+	// however the caller spaced its JSON.
+	canon, err := jcs.Canonicalize(args)
+	if err != nil {
+		err = fmt.Errorf("%w: arguments: %w", ErrInvalidReceipt, err)
+		return failClosed(err), Receipt{}, fmt.Errorf("evaluate tool call: %w", err)
+	}
+	st := k.policy.Load()
+	out := outcomeOf(st.p.Evaluate(hushspec.Action{Type: "tool_call", Target: call.ToolName, ArgsSize: int64(len(canon))}), GuardToolAccess)
+	meta := map[string]any{"schema": ToolCallMetadataSchema}
+	putString(meta, "policy_decision", out.PolicyDecision)
+	putString(meta, "matched_rule", out.MatchedRule)
+	putString(meta, "pattern", out.Pattern)
+	metaJSON, err := jcs.Marshal(meta)
+	if err != nil {
+		return failClosed(err), Receipt{}, fmt.Errorf("evaluate tool call: %w", err)
+	}
+	at := k.clock().Unix()
+	if at < 0 {
+		err := fmt.Errorf("%w: clock before 1970", ErrInvalidReceipt)
+		return failClosed(err), Receipt{}, fmt.Errorf("evaluate tool call: %w", err)
+	}
+	r, err := Sign(Receipt{
+		Timestamp:     uint64(at),
+		CapabilityID:  call.CapabilityID,
+		ToolServer:    call.ToolServer,
+		ToolName:      call.ToolName,
+		Action:        Action{Parameters: canon},
+		Decision:      &Decision{Verdict: out.Verdict, Reason: out.Reason, Guard: out.Guard},
+		ReceiptKind:   KindMediatedDecision,
+		BoundaryClass: BoundaryPrevent,
+		TrustLevel:    TrustMediated,
+		RedactionMode: "none",
+		PolicyHash:    st.hash,
+		Evidence:      []Evidence{{GuardName: out.Guard, Verdict: out.Verdict == VerdictAllow, Details: out.details(call.ToolName)}},
+		Metadata:      metaJSON,
+	}, k.key)
+	if err != nil {
+		return failClosed(err), Receipt{}, fmt.Errorf("evaluate tool call: %w", err)
+	}
+	k.logDecision("tool_call", call.ToolName, out, r.ID)
+	return out, r, nil
+}
+
+// outcomeOf maps a HushSpec result onto an enforced outcome: warn is
+// enforced as allow with the policy's decision kept; anything that is not
+// allow or warn denies.
+func outcomeOf(res hushspec.Result, guard string) Outcome {
+	out := Outcome{
+		Verdict:        VerdictDeny,
+		PolicyDecision: res.Decision,
+		Guard:          guard,
+		Reason:         res.Reason,
+		MatchedRule:    res.MatchedRule,
+		Pattern:        res.Pattern,
+	}
+	if res.Decision == hushspec.DecisionAllow || res.Decision == hushspec.DecisionWarn {
+		out.Verdict = VerdictAllow
+	}
+	return out
+}
+
+func failClosed(err error) Outcome {
+	return Outcome{Verdict: VerdictDeny, Reason: err.Error()}
+}
+
+func (k *Kernel) logDecision(action, target string, out Outcome, id string) {
+	k.log.WithFields(logrus.Fields{
+		logFieldAction:  action,
+		logFieldTarget:  target,
+		logFieldVerdict: out.Verdict,
+		logFieldRule:    out.MatchedRule,
+		logFieldReceipt: id,
+	}).Debug("decision")
+}
