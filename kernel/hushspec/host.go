@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"golang.org/x/net/idna"
@@ -70,6 +71,18 @@ func normalizeTarget(target string) (host, error) {
 	if h, ok := fastHost(target); ok {
 		return host{name: h}, nil
 	}
+	if isLDHUpper(target) {
+		// ASCII letters have no context-sensitive lowercase and IDNA maps
+		// them to themselves, so ASCII lowercasing is the whole job.
+		if h, ok := fastHost(strings.ToLower(target)); ok {
+			return host{name: h}, nil
+		}
+	}
+	return slowNormalize(target)
+}
+
+// slowNormalize is the full normalization every fast path must agree with.
+func slowNormalize(target string) (host, error) {
 	if !utf8.ValidString(target) {
 		return host{}, hostErr(target, "not valid UTF-8")
 	}
@@ -176,11 +189,35 @@ func validPort(p string) bool {
 func isAlpha(c byte) bool { return c|0x20 >= 'a' && c|0x20 <= 'z' }
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
-// lowerCaser applies the full Unicode lowercase mapping with the SpecialCasing
-// context rules (final sigma) for the root locale. It is not safe for
-// concurrent use, hence one per call through cases.Lower (cheap).
+// isLDHUpper reports whether s holds only ASCII letters, digits, '-', '_'
+// and '.', with at least one upper-case letter.
+func isLDHUpper(s string) bool {
+	upper := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'A' && c <= 'Z':
+			upper = true
+		case (c >= 'a' && c <= 'z') || isDigit(c) || c == '-' || c == '_' || c == '.':
+		default:
+			return false
+		}
+	}
+	return upper
+}
+
+// casers pools root-locale lowercasers: a cases.Caser keeps state and is not
+// safe for concurrent use, and building one per call costs more than the
+// casing itself.
+var casers = sync.Pool{New: func() any { c := cases.Lower(language.Und); return &c }}
+
+// lowerLabel applies the full Unicode lowercase mapping with the
+// SpecialCasing context rules (final sigma) of the root locale.
 func lowerLabel(s string) string {
-	return cases.Lower(language.Und).String(s)
+	c := casers.Get().(*cases.Caser)
+	out := c.String(s)
+	casers.Put(c)
+	return out
 }
 
 // normalizeHostPart turns extracted host text into a normalized host.

@@ -91,6 +91,17 @@ func compileHostPattern(p string) (compiledHostPattern, error) {
 			sub[i] = l
 		}
 	}
+	// "10.0.0.*" reads as an address range, but wildcards never match IP
+	// literals; refuse it rather than let it silently match nothing.
+	numeric := true
+	for i, l := range raw {
+		if wild[i] == "" && !looksNumeric(l) {
+			numeric = false
+		}
+	}
+	if numeric && len(raw) > 1 {
+		return compiledHostPattern{}, fmt.Errorf("wildcards never match IP addresses")
+	}
 	h, err := normalizeHostPart(p, strings.Join(sub, "."))
 	if err != nil {
 		return compiledHostPattern{}, err
