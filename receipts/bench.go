@@ -18,6 +18,14 @@ import (
 // few workloads, allowed or denied. Benchmarks and tests use it so that the
 // logs they write are ordinary, verifiable logs.
 func SyntheticReceipt(key ed25519.PrivateKey, n int, now time.Time) ([]byte, error) {
+	r, err := syntheticReceipt(key, n, now)
+	if err != nil {
+		return nil, err
+	}
+	return r.CanonicalJSON()
+}
+
+func syntheticReceipt(key ed25519.PrivateKey, n int, now time.Time) (*kernel.Receipt, error) {
 	hosts := []string{"api.openai.com", "api.anthropic.com", "github.com", "pypi.org", "evil.example"}
 	host := hosts[n%len(hosts)]
 	verdict, reason := kernel.VerdictAllow, ""
@@ -40,7 +48,7 @@ func SyntheticReceipt(key ed25519.PrivateKey, n int, now time.Time) ([]byte, err
 	if err != nil {
 		return nil, fmt.Errorf("sign synthetic receipt: %w", err)
 	}
-	return r.CanonicalJSON()
+	return &r, nil
 }
 
 // BenchOptions configure Bench.
@@ -82,11 +90,11 @@ func Bench(ctx context.Context, l *Log, o BenchOptions) (BenchResult, error) {
 	if o.Writers <= 0 {
 		o.Writers = 16
 	}
-	var pre [][]byte
+	var pre []*kernel.Receipt
 	if o.PreSign {
-		pre = make([][]byte, o.Count)
+		pre = make([]*kernel.Receipt, o.Count)
 		for i := range pre {
-			b, err := SyntheticReceipt(l.opts.Key, i, l.opts.Now())
+			b, err := syntheticReceipt(l.opts.Key, i, l.opts.Now())
 			if err != nil {
 				return BenchResult{}, err
 			}
@@ -115,17 +123,17 @@ func Bench(ctx context.Context, l *Log, o BenchOptions) (BenchResult, error) {
 					}
 					t0 = due // latency from when the receipt was due: no coordinated omission
 				}
-				data := []byte(nil)
+				var rc *kernel.Receipt
 				if pre != nil {
-					data = pre[i]
+					rc = pre[i]
 				} else {
 					var err error
-					if data, err = SyntheticReceipt(l.opts.Key, i, l.opts.Now()); err != nil {
+					if rc, err = syntheticReceipt(l.opts.Key, i, l.opts.Now()); err != nil {
 						firstErr.CompareAndSwap(nil, &err)
 						return
 					}
 				}
-				if _, err := l.Append(ctx, data); err != nil {
+				if _, err := l.AppendReceipt(ctx, rc); err != nil {
 					firstErr.CompareAndSwap(nil, &err)
 					return
 				}

@@ -3,11 +3,14 @@ package receipts
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/backbay-labs/chio-agent/kernel"
 )
 
 // Append adds one signed receipt to the log. data is the JSON of a signed
@@ -22,6 +25,42 @@ import (
 // queued, Append returns ctx.Err() and the receipt may still become durable.
 func (l *Log) Append(ctx context.Context, data []byte) (uint64, error) {
 	r, err := l.prepare(data)
+	if err != nil {
+		return 0, err
+	}
+	return l.submit(ctx, r, true)
+}
+
+// AppendReceipt is Append for a receipt the caller holds as a signed
+// kernel.Receipt (what kernel.Sign returns). It reads the indexed fields
+// from the struct instead of parsing JSON, which makes it the cheaper path
+// for the agent's per-connection receipts.
+func (l *Log) AppendReceipt(ctx context.Context, rc *kernel.Receipt) (uint64, error) {
+	if l.opts.ReadOnly {
+		return 0, fmt.Errorf("append receipt: %w", ErrReadOnly)
+	}
+	canon, err := rc.CanonicalJSON()
+	if err != nil {
+		return 0, fmt.Errorf("append receipt: %v: %w", err, ErrInvalidReceipt)
+	}
+	e := Entry{ID: rc.ID, Timestamp: int64(rc.Timestamp), Decision: "none", Receipt: canon}
+	if rc.Decision != nil {
+		e.Decision = rc.Decision.Verdict
+	}
+	if len(rc.Metadata) > 0 {
+		var m map[string]json.RawMessage
+		if json.Unmarshal(rc.Metadata, &m) == nil {
+			e.Workload = firstString(m, workloadKeys...)
+		}
+	}
+	var p map[string]json.RawMessage
+	if json.Unmarshal(rc.Action.Parameters, &p) == nil {
+		e.Host = firstString(p, hostKeys...)
+	}
+	if err := checkEntry(&e, rc.KernelKey, rc.Signature, rc.Timestamp); err != nil {
+		return 0, fmt.Errorf("append receipt: %v: %w", err, ErrInvalidReceipt)
+	}
+	r, err := l.request(e, rc.KernelKey, LeafHash(canon))
 	if err != nil {
 		return 0, err
 	}
@@ -50,10 +89,14 @@ func (l *Log) prepare(data []byte) (*request, error) {
 	if err != nil {
 		return nil, fmt.Errorf("append receipt: %v: %w", err, ErrInvalidReceipt)
 	}
+	return l.request(e, key, LeafHash(canon))
+}
+
+func (l *Log) request(e Entry, key string, leaf Hash) (*request, error) {
 	if key != l.pubHex {
 		return nil, fmt.Errorf("append receipt %s: signed by %s, log key is %s: %w", e.ID, key, l.pubHex, ErrKeyMismatch)
 	}
-	r := &request{kind: reqAppend, entry: e, leaf: LeafHash(canon)}
+	r := &request{kind: reqAppend, entry: e, leaf: leaf}
 	if l.opts.Mode == ModeSync {
 		r.done = make(chan result, 1)
 	}
@@ -155,6 +198,10 @@ func (l *Log) Close() error {
 // tail when the log goes quiet.
 func (l *Log) run() {
 	defer close(l.done)
+	defer func() {
+		close(l.replies)
+		<-l.repliesDone
+	}()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	batch := make([]*request, 0, l.opts.MaxBatch)
@@ -281,9 +328,32 @@ func (l *Log) commit(batch []*request) {
 			l.notifyMu.Unlock()
 		}
 	}
+	// Waking hundreds of waiters costs as much as building the next
+	// transaction; hand it to the notifier so the committer moves on.
+	waiters := make([]*request, 0, len(batch))
+	results := make([]result, 0, len(batch))
 	for i, r := range batch {
 		if r.done != nil {
-			r.done <- res[i]
+			waiters = append(waiters, r)
+			results = append(results, res[i])
+		}
+	}
+	if len(waiters) > 0 {
+		l.replies <- replyBatch{waiters, results}
+	}
+}
+
+type replyBatch struct {
+	reqs []*request
+	res  []result
+}
+
+// notifier delivers commit results to waiting Appends, in commit order.
+func (l *Log) notifier() {
+	defer close(l.repliesDone)
+	for b := range l.replies {
+		for i, r := range b.reqs {
+			r.done <- b.res[i]
 		}
 	}
 }
@@ -315,9 +385,17 @@ func (l *Log) putMeta(tx *bolt.Tx) error {
 	return meta.Put(metaAccepted, u64key(max(l.mark.v.Load(), l.st.lastSeq)))
 }
 
+// appendOnlyFill is the fill percent for buckets whose keys only grow
+// (receipts and the time index): bbolt's default of one half would leave
+// every page of an append-only bucket half empty.
+const appendOnlyFill = 0.95
+
 func putEntry(tx *bolt.Tx, seq uint64, idb []byte, e *Entry) error {
 	k := u64key(seq)
-	if err := tx.Bucket(bktReceipts).Put(k, e.Receipt); err != nil {
+	recs := tx.Bucket(bktReceipts)
+	recs.FillPercent = appendOnlyFill
+	tx.Bucket(bktTime).FillPercent = appendOnlyFill
+	if err := recs.Put(k, e.Receipt); err != nil {
 		return fmt.Errorf("put receipt %d: %w", seq, err)
 	}
 	if err := tx.Bucket(bktIDs).Put(idb, k); err != nil {

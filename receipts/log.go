@@ -239,8 +239,10 @@ type Log struct {
 	log    logrus.FieldLogger
 	pubHex string
 
-	queue chan *request
-	mark  *acceptMark
+	queue       chan *request
+	mark        *acceptMark
+	replies     chan replyBatch // committed batches whose waiters to wake
+	repliesDone chan struct{}
 
 	closeMu sync.RWMutex // Append holds it shared while enqueueing
 	closed  bool
@@ -320,6 +322,9 @@ func Open(path string, opts Options) (*Log, error) {
 	}
 	l.queue = make(chan *request, o.QueueSize)
 	l.done = make(chan struct{})
+	l.replies = make(chan replyBatch, 4)
+	l.repliesDone = make(chan struct{})
+	go l.notifier()
 	go l.run()
 	return l, nil
 }

@@ -62,15 +62,6 @@ func parseEntry(canonical []byte) (Entry, string, error) {
 	if err := dec.Decode(&v); err != nil {
 		return Entry{}, "", fmt.Errorf("decode receipt: %w", err)
 	}
-	if !isHex(v.ID, 64) {
-		return Entry{}, "", fmt.Errorf("receipt id %q is not 64 lowercase hex digits", v.ID)
-	}
-	if !isHex(v.KernelKey, 64) {
-		return Entry{}, "", fmt.Errorf("receipt kernel_key %q is not 64 lowercase hex digits", v.KernelKey)
-	}
-	if !isHex(v.Signature, 128) {
-		return Entry{}, "", fmt.Errorf("receipt signature is not 128 lowercase hex digits")
-	}
 	ts, err := strconv.ParseInt(string(v.Timestamp), 10, 64)
 	if err != nil || ts < 0 {
 		return Entry{}, "", fmt.Errorf("receipt timestamp %q is not a non-negative integer", v.Timestamp)
@@ -79,14 +70,40 @@ func parseEntry(canonical []byte) (Entry, string, error) {
 	if v.Decision != nil {
 		e.Decision = v.Decision.Verdict
 	}
-	e.Workload = firstString(v.Metadata, "workload", "workload_id", "workload_name")
-	e.Host = firstString(v.Action.Parameters, "host", "sni", "server_name")
-	for name, s := range map[string]string{"decision": e.Decision, "workload": e.Workload, "host": e.Host} {
-		if len(s) > maxIndexValue {
-			return Entry{}, "", fmt.Errorf("receipt %s is %d bytes, more than %d", name, len(s), maxIndexValue)
-		}
+	e.Workload = firstString(v.Metadata, workloadKeys...)
+	e.Host = firstString(v.Action.Parameters, hostKeys...)
+	if err := checkEntry(&e, v.KernelKey, v.Signature, 0); err != nil {
+		return Entry{}, "", err
 	}
 	return e, v.KernelKey, nil
+}
+
+// Where the indexed workload and host are read from: metadata and
+// action.parameters members, first match wins.
+var (
+	workloadKeys = []string{"workload", "workload_id", "workload_name"}
+	hostKeys     = []string{"host", "sni", "server_name"}
+)
+
+func checkEntry(e *Entry, key, sig string, ts uint64) error {
+	if !isHex(e.ID, 64) {
+		return fmt.Errorf("receipt id %q is not 64 lowercase hex digits", e.ID)
+	}
+	if !isHex(key, 64) {
+		return fmt.Errorf("receipt kernel_key %q is not 64 lowercase hex digits", key)
+	}
+	if !isHex(sig, 128) {
+		return fmt.Errorf("receipt signature is not 128 lowercase hex digits")
+	}
+	if ts > 1<<62 {
+		return fmt.Errorf("receipt timestamp %d out of range", ts)
+	}
+	for _, f := range [...]struct{ name, v string }{{"decision", e.Decision}, {"workload", e.Workload}, {"host", e.Host}} {
+		if len(f.v) > maxIndexValue {
+			return fmt.Errorf("receipt %s is %d bytes, more than %d", f.name, len(f.v), maxIndexValue)
+		}
+	}
+	return nil
 }
 
 // firstString returns the first of keys that holds a JSON string in m. A

@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Independent verifier for a chio-agent receipt log export (JSON Lines).
+
+    chio-agent receipts export --db receipts.db --format jsonl > log.jsonl
+    python3 scripts/verify_export.py [--key HEX] log.jsonl
+
+It shares no code with chio-agent: canonical JSON (RFC 8785), receipt ids and
+signatures (chio.receipt.v1), Merkle roots and the checkpoint chain
+(chio.checkpoint_statement.v2) are recomputed here from the format alone.
+Needs Python 3 and the 'cryptography' package (Debian: python3-cryptography)
+for Ed25519. Exits 0 when every check holds, 1 naming the first bad line and
+sequence number otherwise, 3 when it cannot run.
+"""
+
+import argparse
+import hashlib
+import json
+import sys
+
+try:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+except ImportError:  # pragma: no cover
+    print("verify_export: the 'cryptography' package is required (apt-get install python3-cryptography)", file=sys.stderr)
+    sys.exit(3)
+
+CHECKPOINT_SCHEMA = "chio.checkpoint_statement.v2"
+
+
+class Defect(Exception):
+    pass
+
+
+# ---- RFC 8785 canonical JSON
+
+
+def _num(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)  # Chio writes integers exactly
+    if v != v or v in (float("inf"), float("-inf")):
+        raise Defect("non-finite number")
+    if v == 0:
+        return "0"
+    sign = "-" if v < 0 else ""
+    r = repr(abs(v))  # shortest round-trip digits
+    mant, _, exp = r.partition("e")
+    exp = int(exp) if exp else 0
+    ip, _, fp = mant.partition(".")
+    if fp == "0":
+        fp = ""
+    digits = (ip + fp).lstrip("0")
+    lead = len(ip + fp) - len((ip + fp).lstrip("0"))
+    n = len(ip) + exp - lead  # value = 0.digits * 10^n
+    digits = digits.rstrip("0")
+    k = len(digits)
+    if k <= n <= 21:
+        s = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        s = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        s = "0." + "0" * (-n) + digits
+    else:
+        e = n - 1
+        es = ("+" if e >= 0 else "-") + str(abs(e))
+        s = digits[0] + ("." + digits[1:] if k > 1 else "") + "e" + es
+    return sign + s
+
+
+def canon(v):
+    if v is None:
+        return "null"
+    if isinstance(v, (bool, int, float)):
+        return _num(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list):
+        return "[" + ",".join(canon(x) for x in v) + "]"
+    if isinstance(v, dict):
+        keys = sorted(v.keys(), key=lambda k: k.encode("utf-16-be"))
+        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + canon(v[k]) for k in keys) + "}"
+    raise Defect("unsupported value %r" % (v,))
+
+
+def cbytes(v):
+    return canon(v).encode("utf-8")
+
+
+def _no_dupes(pairs):
+    d = {}
+    for k, val in pairs:
+        if k in d:
+            raise Defect("duplicate key %r" % k)
+        d[k] = val
+    return d
+
+
+def parse(line):
+    return json.loads(line, object_pairs_hook=_no_dupes)
+
+
+# ---- hashing and signatures
+
+
+def sha256_hex(b):
+    return hashlib.sha256(b).hexdigest()
+
+
+def leaf(b):
+    return hashlib.sha256(b"\x00" + b).digest()
+
+
+def node(l, r):
+    return hashlib.sha256(b"\x01" + l + r).digest()
+
+
+def merkle_root(leaves):
+    level = list(leaves)
+    while len(level) > 1:
+        nxt = [node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])  # odd last node carried up
+        level = nxt
+    return level[0]
+
+
+def hexfield(v, n, what):
+    if not isinstance(v, str) or len(v) != n or v != v.lower():
+        raise Defect("%s is not %d lowercase hex digits" % (what, n))
+    try:
+        return bytes.fromhex(v)
+    except ValueError:
+        raise Defect("%s is not hex" % what)
+
+
+def ed25519_ok(key_hex, sig_hex, msg, what):
+    key = hexfield(key_hex, 64, what + " key")
+    sig = hexfield(sig_hex, 128, what + " signature")
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(sig, msg)
+    except InvalidSignature:
+        raise Defect(what + " signature does not verify")
+
+
+def check_receipt(r, key):
+    if not isinstance(r, dict):
+        raise Defect("receipt is not an object")
+    for f in ("id", "timestamp", "tool_server", "tool_name", "action", "receipt_kind", "boundary_class",
+              "trust_level", "kernel_key", "signature"):
+        if f not in r:
+            raise Defect("receipt lacks %s" % f)
+    if key is not None and r["kernel_key"] != key:
+        raise Defect("receipt signed by %s, expected %s" % (r["kernel_key"], key))
+    body = {k: v for k, v in r.items() if k not in ("id", "signature")}
+    if sha256_hex(cbytes(body)) != r["id"]:
+        raise Defect("receipt id does not match its body")
+    params = r["action"].get("parameters", {}) if isinstance(r["action"], dict) else None
+    if sha256_hex(cbytes(params)) != r["action"].get("parameter_hash"):
+        raise Defect("parameter_hash does not match parameters")
+    kind, boundary, trust = r["receipt_kind"], r["boundary_class"], r["trust_level"]
+    want = {"mediated_decision": ("prevent", "mediated", True),
+            "trace_observation": ("detect_only", "verified", False),
+            "advisory_evaluation": ("advisory_only", "advisory", False)}.get(kind)
+    if want is None or (boundary, trust) != want[:2]:
+        raise Defect("receipt kind %s does not agree with boundary %s and trust %s" % (kind, boundary, trust))
+    if want[2] != ("decision" in r) or want[2] == ("observation_outcome" in r):
+        raise Defect("receipt kind %s has the wrong decision/observation_outcome" % kind)
+    ed25519_ok(r["kernel_key"], r["signature"], cbytes({"body": body, "id": r["id"]}), "receipt")
+
+
+def check_root(v, what):
+    if not isinstance(v, str) or not v.startswith("0x"):
+        raise Defect("%s is not 0x-prefixed" % what)
+    return hexfield(v[2:], 64, what)
+
+
+def verify(lines, key):
+    next_seq, batch, cps = 1, [], 0
+    prev_sha, chain = None, []
+    first_key = key
+    for lineno, line in enumerate(lines, 1):
+        line = line.rstrip("\n")
+        if not line:
+            continue
+        try:
+            obj = parse(line)
+        except (ValueError, Defect) as e:
+            raise Defect("line %d: not JSON: %s" % (lineno, e))
+        if cbytes(obj).decode("utf-8") != line:
+            raise Defect("line %d: not canonical JSON" % lineno)
+        kind = obj.get("kind")
+        if kind == "receipt":
+            seq = obj.get("seq")
+            if seq != next_seq:
+                raise Defect("line %d: receipt seq %s, expected seq %d (missing or out of order)" % (lineno, seq, next_seq))
+            try:
+                check_receipt(obj["receipt"], first_key)
+            except Defect as e:
+                raise Defect("line %d: receipt seq %d: %s" % (lineno, seq, e))
+            if first_key is None:
+                first_key = obj["receipt"]["kernel_key"]
+            batch.append(leaf(cbytes(obj["receipt"])))
+            next_seq += 1
+        elif kind == "checkpoint":
+            cp = obj.get("checkpoint", {})
+            b = cp.get("body", {})
+            cps += 1
+            where = "line %d: checkpoint %d" % (lineno, cps)
+            fields = {"schema", "checkpoint_seq", "batch_start_seq", "batch_end_seq", "tree_size", "merkle_root",
+                      "issued_at", "kernel_key", "chain_root"}
+            if set(cp) != {"body", "signature"} or not fields <= set(b) or not set(b) <= fields | {"previous_checkpoint_sha256"}:
+                raise Defect("%s: unexpected fields" % where)
+            if b["schema"] != CHECKPOINT_SCHEMA or b["checkpoint_seq"] != cps:
+                raise Defect("%s: schema %s, checkpoint_seq %s" % (where, b["schema"], b["checkpoint_seq"]))
+            start = next_seq - len(batch)
+            if b["batch_start_seq"] != start or b["batch_end_seq"] != next_seq - 1 or b["tree_size"] != len(batch) or not batch:
+                raise Defect("%s: covers seq %s-%s (%s), the receipts before it are seq %d-%d" % (
+                    where, b["batch_start_seq"], b["batch_end_seq"], b["tree_size"], start, next_seq - 1))
+            if check_root(b["merkle_root"], "merkle_root") != merkle_root(batch):
+                raise Defect("%s: merkle_root does not match receipts %d-%d" % (where, start, next_seq - 1))
+            if b.get("previous_checkpoint_sha256") != prev_sha:
+                raise Defect("%s: previous_checkpoint_sha256 does not chain to checkpoint %d" % (where, cps - 1))
+            chain.append(leaf(cbytes({"checkpoint_seq": cps, "batch_start_seq": b["batch_start_seq"],
+                                      "batch_end_seq": b["batch_end_seq"], "merkle_root": b["merkle_root"]})))
+            if check_root(b["chain_root"], "chain_root") != merkle_root(chain):
+                raise Defect("%s: chain_root does not match checkpoints 1-%d" % (where, cps))
+            if key is not None and b["kernel_key"] != key:
+                raise Defect("%s: signed by %s, expected %s" % (where, b["kernel_key"], key))
+            try:
+                ed25519_ok(b["kernel_key"], cp["signature"], cbytes(b), "checkpoint")
+            except Defect as e:
+                raise Defect("%s: %s" % (where, e))
+            prev_sha = sha256_hex(cbytes(b))
+            batch = []
+        else:
+            raise Defect("line %d: unknown kind %r" % (lineno, kind))
+    return next_seq - 1, cps, len(batch)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--key", help="trusted kernel public key (hex); default: the first receipt's key")
+    ap.add_argument("export", help="JSON Lines export ('-' for standard input)")
+    a = ap.parse_args()
+    f = sys.stdin if a.export == "-" else open(a.export, encoding="utf-8")
+    try:
+        receipts, checkpoints, unsealed = verify(f, a.key)
+    except Defect as e:
+        print("verify_export: FAIL: %s" % e, file=sys.stderr)
+        return 1
+    print("ok: %d receipts, %d checkpoints, %d unsealed" % (receipts, checkpoints, unsealed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
