@@ -1,0 +1,200 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/backbay-labs/chio-agent/receipts"
+)
+
+func runCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCommand()
+	var out bytes.Buffer
+	root.SetArgs(args)
+	root.SetOut(&out)
+	root.SetErr(&out)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func cliKey() ed25519.PrivateKey {
+	seed := sha256.Sum256([]byte("cli-test"))
+	return ed25519.NewKeyFromSeed(seed[:])
+}
+
+// cliLog writes a log of n receipts with the bench command and returns its
+// path and the key that signed it.
+func cliLog(t *testing.T, n string) string {
+	t.Helper()
+	db := filepath.Join(t.TempDir(), "r.db")
+	keyFile := filepath.Join(t.TempDir(), "k")
+	os.WriteFile(keyFile, []byte(hex.EncodeToString(cliKey().Seed())+"\n"), 0o600)
+	t.Setenv("CHIO_SIGNING_KEY", "")
+	out, err := runCLI(t, "receipts", "bench", "--db", db, "--count", n, "--writers", "4", "--key-file", keyFile, "--checkpoint-every", "10")
+	if err != nil || !strings.Contains(out, "receipts/s") {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	return db
+}
+
+func TestReceiptsVerifyOK(t *testing.T) {
+	db := cliLog(t, "45")
+	out, err := runCLI(t, "receipts", "verify", "--db", db)
+	if err != nil {
+		t.Fatalf("verify: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "receipts     45") || !strings.Contains(out, "checkpoints  5") {
+		t.Fatalf("verify output:\n%s", out)
+	}
+	pub := hex.EncodeToString(cliKey().Public().(ed25519.PublicKey))
+	if _, err := runCLI(t, "receipts", "verify", "--db", db, "--key", pub); err != nil {
+		t.Fatalf("verify with the right key: %v", err)
+	}
+	if _, err := runCLI(t, "receipts", "verify", "--db", db, "--key", strings.Repeat("ab", 32)); exitCode(err) != exitVerifyFailed {
+		t.Fatalf("verify with a wrong trusted key: %v", err)
+	}
+}
+
+func TestReceiptsVerifyNamesTamperedSeq(t *testing.T) {
+	db := cliLog(t, "30")
+	bdb, err := bolt.Open(db, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = bdb.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("receipts"))
+		k := make([]byte, 8)
+		k[7] = 23
+		v := bytes.Clone(b.Get(k))
+		v = bytes.Replace(v, []byte(`"port":443`), []byte(`"port":444`), 1)
+		return b.Put(k, v)
+	})
+	bdb.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCLI(t, "receipts", "verify", "--db", db)
+	if exitCode(err) != exitVerifyFailed || !strings.Contains(err.Error(), "receipt seq 23") {
+		t.Fatalf("verify of a tampered log: %v\n%s", err, out)
+	}
+}
+
+func TestReceiptsListShowProveExport(t *testing.T) {
+	db := cliLog(t, "40")
+	out, err := runCLI(t, "receipts", "list", "--db", db, "--decision", "deny", "--json", "--limit", "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 8 { // every fifth synthetic receipt is a deny
+		t.Fatalf("list --decision deny: %d lines\n%s", len(lines), out)
+	}
+	var e receipts.Entry
+	if err := json.Unmarshal([]byte(lines[0]), &e); err != nil || e.Decision != "deny" || e.Host != "evil.example" {
+		t.Fatalf("list entry %+v: %v", e, err)
+	}
+	out, err = runCLI(t, "receipts", "list", "--db", db, "--host", "github.com", "--workload", "agent-2", "--limit", "2")
+	if err != nil || strings.Count(out, "github.com") != 2 || !strings.HasPrefix(out, "SEQ") {
+		t.Fatalf("list --host --workload: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, "receipts", "list", "--db", db, "--since", "yesterday"); err == nil {
+		t.Fatal("list accepted --since yesterday")
+	}
+	for _, arg := range []string{"5", e.ID} {
+		out, err = runCLI(t, "receipts", "show", arg, "--db", db)
+		if err != nil || !strings.Contains(out, `"receipt"`) {
+			t.Fatalf("show %s: %v\n%s", arg, err, out)
+		}
+	}
+	if _, err := runCLI(t, "receipts", "show", "999", "--db", db); !errors.Is(err, receipts.ErrNotFound) {
+		t.Fatalf("show 999: %v", err)
+	}
+	out, err = runCLI(t, "receipts", "prove", "17", "--db", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p receipts.Proof
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Check(hex.EncodeToString(cliKey().Public().(ed25519.PublicKey)), receipts.VerifyReceipt); err != nil || p.Seq != 17 {
+		t.Fatalf("proof from the CLI: %v", err)
+	}
+	out, err = runCLI(t, "receipts", "export", "--db", db, "--format", "jsonl")
+	if err != nil || strings.Count(out, `"kind":"receipt"`) != 40 || strings.Count(out, `"kind":"checkpoint"`) != 4 {
+		t.Fatalf("export: %v (%d bytes)", err, len(out))
+	}
+	if _, err := runCLI(t, "receipts", "export", "--db", db, "--format", "csv"); err == nil {
+		t.Fatal("export accepted --format csv")
+	}
+	out, err = runCLI(t, "receipts", "tail", "--db", db, "-n", "3")
+	if err != nil || strings.Count(out, "\n") != 4 || !strings.Contains(out, "\n40 ") {
+		t.Fatalf("tail: %v\n%s", err, out)
+	}
+}
+
+func TestReceiptsReadersTimeOutOnHeldLog(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "held.db")
+	l, err := receipts.Open(db, receipts.Options{Key: cliKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = runCLI(t, "receipts", "verify", "--db", db, "--lock-timeout", "100ms")
+	if !errors.Is(err, receipts.ErrLocked) || !strings.Contains(err.Error(), db) {
+		t.Fatalf("verify of a held log: %v", err)
+	}
+}
+
+func TestReceiptsMissingAndCorruptFiles(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := runCLI(t, "receipts", "verify", "--db", filepath.Join(dir, "nope.db")); !errors.Is(err, receipts.ErrNotFound) {
+		t.Fatalf("missing: %v", err)
+	}
+	junk := filepath.Join(dir, "junk.db")
+	os.WriteFile(junk, bytes.Repeat([]byte("x"), 10000), 0o600)
+	_, err := runCLI(t, "receipts", "verify", "--db", junk)
+	if !errors.Is(err, receipts.ErrCorrupt) || !strings.Contains(err.Error(), junk) {
+		t.Fatalf("junk: %v", err)
+	}
+	if b, _ := os.ReadFile(junk); !bytes.Equal(b, bytes.Repeat([]byte("x"), 10000)) {
+		t.Fatal("a reader changed the damaged file")
+	}
+}
+
+func TestKeygen(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "k")
+	out, err := runCLI(t, "keygen", "--out", p)
+	if err != nil || !strings.Contains(out, "kernel_key ") {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	st, err := os.Stat(p)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode: %v %v", st.Mode(), err)
+	}
+	if _, err := runCLI(t, "keygen", "--out", p); err == nil {
+		t.Fatal("keygen overwrote a key")
+	}
+}
+
+func TestBenchRefusesAnotherKeysLog(t *testing.T) {
+	db := cliLog(t, "5")
+	other := filepath.Join(t.TempDir(), "other")
+	seed := sha256.Sum256([]byte("other"))
+	os.WriteFile(other, []byte(hex.EncodeToString(seed[:])+"\n"), 0o600)
+	if _, err := runCLI(t, "receipts", "bench", "--db", db, "--count", "5", "--key-file", other); !errors.Is(err, receipts.ErrKeyMismatch) {
+		t.Fatalf("bench with another key: %v", err)
+	}
+}
