@@ -189,8 +189,8 @@ func writeFiles(t *testing.T, files map[string]string) string {
 
 func TestExtendsCycles(t *testing.T) {
 	dir := writeFiles(t, map[string]string{
-		"self.yaml": "hushspec: \"0.1.0\"\nextends: self.yaml\n",
-		"a.yaml":    "hushspec: \"0.1.0\"\nextends: sub/b.yaml\n",
+		"self.yaml":  "hushspec: \"0.1.0\"\nextends: self.yaml\n",
+		"a.yaml":     "hushspec: \"0.1.0\"\nextends: sub/b.yaml\n",
 		"sub/b.yaml": "hushspec: \"0.1.0\"\nextends: ../a\n",
 	})
 	for _, f := range []string{"self.yaml", "a.yaml"} {

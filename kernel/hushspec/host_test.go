@@ -9,7 +9,7 @@ func TestNormalizeHost(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"api.example.com", "api.example.com"},
 		{"API.Example.COM", "api.example.com"},
-		{"api.example.com.", "api.example.com"},                // trailing dot
+		{"api.example.com.", "api.example.com"},                   // trailing dot
 		{"https://api.example.com/v1/x?q=1#f", "api.example.com"}, // URL to host
 		{"https://user:pw@api.example.com:8443/", "api.example.com"},
 		{"user@api.example.com", "api.example.com"},

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+)
+
+func writePolicy(t *testing.T, name, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestPolicyCheckValid(t *testing.T) {
+	path := writePolicy(t, "p.yaml", "hushspec: \"0.1.0\"\nname: demo\nrules:\n  egress:\n    allow: [api.example.com]\n")
+	out, err := run(t, "policy", "check", path)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if !strings.Contains(out, "ok: policy demo, hash ") {
+		t.Errorf("output %q", out)
+	}
+}
+
+func TestPolicyCheckPrintsEveryErrorWithLine(t *testing.T) {
+	path := writePolicy(t, "bad.yaml", `hushspec: "0.1.0"
+rules:
+  egress:
+    enabled: "true"
+    default: maybe
+  nonexistent_guard: {}
+`)
+	out, err := run(t, "policy", "check", path)
+	if err == nil || exitCode(err) != 1 {
+		t.Fatalf("err %v (exit %d), want exit 1", err, exitCode(err))
+	}
+	for _, want := range []string{
+		path + ":4:14: rules.egress.enabled: wrong type",
+		path + ":5:14: rules.egress.default: value not allowed",
+		path + ":6:3: rules.nonexistent_guard: unknown field",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestPolicyCheckBadInput(t *testing.T) {
+	big := writePolicy(t, "big.yaml", "hushspec: \"0.1.0\"\nname: "+strings.Repeat("x", 2<<20)+"\n")
+	bomb := writePolicy(t, "bomb.yaml", "hushspec: \"0.1.0\"\nextensions:\n  posture:\n    a: &a [x, x]\n    b: [*a, *a]\n")
+	garbage := writePolicy(t, "garbage.yaml", "\x00\x01{{{[")
+	for _, path := range []string{big, bomb, garbage, filepath.Join(t.TempDir(), "missing.yaml")} {
+		out, err := run(t, "policy", "check", path)
+		if err == nil || exitCode(err) != 1 || strings.TrimSpace(out) == "" {
+			t.Errorf("%s: err %v, output %q", filepath.Base(path), err, out)
+		}
+	}
+}
+
+func TestPolicyEval(t *testing.T) {
+	path := writePolicy(t, "p.yaml", `hushspec: "0.1.0"
+rules:
+  egress:
+    allow: ["*.example.com"]
+    block: [evil.example.com]
+  tool_access:
+    require_confirmation: [deploy]
+    max_args_size: 100
+  secret_patterns:
+    patterns:
+      - {name: aws, pattern: "AKIA[0-9A-Z]{16}", severity: critical}
+`)
+	for _, tc := range []struct {
+		args           []string
+		decision, rule string
+	}{
+		{[]string{"--type", "egress", "--target", "https://API.example.com:443/x"}, "allow", "rules.egress.allow"},
+		{[]string{"--type", "egress", "--target", "evil.example.com."}, "deny", "rules.egress.block"},
+		{[]string{"--type", "egress", "--target", "example.com"}, "deny", "rules.egress.default"},
+		{[]string{"--type", "tool_call", "--target", "deploy"}, "warn", "rules.tool_access.require_confirmation"},
+		{[]string{"--type", "tool_call", "--target", "x", "--args-size", "101"}, "deny", "rules.tool_access.max_args_size"},
+		{[]string{"--type", "file_write", "--target", "/a", "--content", "k=AKIAABCDEFGHIJKLMNOP"}, "deny", "rules.secret_patterns.patterns.aws"},
+		{[]string{"--type", "nonsense"}, "deny", "__unknown_action_type__"},
+	} {
+		out, err := run(t, append([]string{"policy", "eval", path}, tc.args...)...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", tc.args, err, out)
+		}
+		var got map[string]any
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("%v: output is not one JSON object: %q", tc.args, out)
+		}
+		if got["decision"] != tc.decision || got["matched_rule"] != tc.rule || got["reason"] == "" {
+			t.Errorf("%v: got %v, want %s %s", tc.args, got, tc.decision, tc.rule)
+		}
+	}
+	if _, err := run(t, "policy", "eval", path); err == nil {
+		t.Error("eval without --type succeeded")
+	}
+}
+
+func TestPolicyEvalPanicSentinel(t *testing.T) {
+	path := writePolicy(t, "p.yaml", "hushspec: \"0.1.0\"\n")
+	sentinel := writePolicy(t, "panic", "")
+	out, err := run(t, "policy", "eval", path, "--type", "egress", "--target", "a.com", "--panic-sentinel", sentinel)
+	if err != nil || !strings.Contains(out, `"decision":"deny"`) || !strings.Contains(out, "__hushspec_panic__") {
+		t.Errorf("%v %s", err, out)
+	}
+}
+
+func TestPolicyTestConformanceFixtures(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(testutil.ConformanceDir(t), "hushspec", "evaluation", "*.test.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no fixtures: %v", err)
+	}
+	out, err := run(t, append([]string{"policy", "test"}, files...)...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if !strings.HasSuffix(out, "32 passed, 0 failed\n") {
+		t.Errorf("output %q", out)
+	}
+}
+
+func TestPolicyTestReportsFailures(t *testing.T) {
+	path := writePolicy(t, "t.test.yaml", `hushspec_test: "0.1.0"
+description: "one passes, one fails"
+policy:
+  hushspec: "0.1.0"
+  rules:
+    egress:
+      allow: [a.com]
+cases:
+  - description: "allowed"
+    action: {type: egress, target: a.com}
+    expect: {decision: allow, matched_rule: rules.egress.allow}
+  - description: "wrong expectation"
+    action: {type: egress, target: b.com}
+    expect: {decision: allow}
+`)
+	out, err := run(t, "policy", "test", path)
+	if err == nil || exitCode(err) != 1 {
+		t.Fatalf("err %v, want exit 1", err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], `:12: "wrong expectation": decision: got deny, want allow`) || lines[1] != "1 passed, 1 failed" {
+		t.Errorf("output:\n%s", out)
+	}
+	bad := writePolicy(t, "bad.test.yaml", "hushspec_test: \"0.1.0\"\ndescription: x\npolicy: {hushspec: \"0.1.0\", rules: {egress: {default: maybe}}}\ncases: []\n")
+	out, err = run(t, "policy", "test", bad)
+	if err == nil || !strings.Contains(out, "policy.rules.egress.default") || !strings.HasSuffix(out, "0 passed, 1 failed\n") {
+		t.Errorf("err %v output:\n%s", err, out)
+	}
+}
