@@ -1,0 +1,165 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+)
+
+// DaemonOptions configure RunDaemon.
+type DaemonOptions struct {
+	// Agent configures the datapath and proxy. PinDir should be set (the
+	// default bpf.DefaultPinDir is applied when empty) so that protection
+	// outlives the daemon.
+	Agent Options
+	// Workloads to protect.
+	Workloads []WorkloadSpec
+	// StatusSocket is served for `chio-agent status`. Default
+	// DefaultStatusSocket.
+	StatusSocket string
+	// ReloadPolicy loads the policy again; called on a Reload signal and
+	// when the watched file changes. A failure keeps the old policy.
+	ReloadPolicy func(ctx context.Context) (*hushspec.Policy, error)
+	// WatchFile is the policy file to watch for changes ("" watches none).
+	WatchFile string
+	// WatchInterval is how often WatchFile is checked. Default 1s.
+	WatchInterval time.Duration
+	// Reload delivers reload requests (SIGHUP).
+	Reload <-chan os.Signal
+	// ReadyFile, when set, is written once every workload is protected and
+	// the status socket is up, and removed on exit.
+	ReadyFile string
+	// Version is reported by status.
+	Version string
+}
+
+// RunDaemon runs the node agent until ctx ends: it adopts pinned state,
+// protects the configured workloads, serves status, and reloads the policy
+// on request or file change. On return the pinned programs stay attached, so
+// protected workloads fail closed until an agent runs again.
+func RunDaemon(ctx context.Context, o DaemonOptions) error {
+	if o.Agent.PinDir == "" {
+		o.Agent.PinDir = "/sys/fs/bpf/chio"
+	}
+	if o.StatusSocket == "" {
+		o.StatusSocket = DefaultStatusSocket
+	}
+	if o.WatchInterval <= 0 {
+		o.WatchInterval = time.Second
+	}
+	a, err := Start(o.Agent)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	log := o.Agent.Logger
+	for _, w := range o.Workloads {
+		if err := a.Protect(w); err != nil {
+			return err
+		}
+	}
+	if removed, err := a.UnprotectStale(); err != nil {
+		return fmt.Errorf("drop stale workloads: %w", err)
+	} else if len(removed) > 0 {
+		log.WithField("cgroups", removed).Info("stopped protecting workloads no longer configured")
+	}
+
+	sctx, scancel := context.WithCancel(ctx)
+	defer scancel()
+	statusErr := make(chan error, 1)
+	go func() {
+		statusErr <- ServeStatus(sctx, o.StatusSocket, func() Status { return a.Status(o.Version) })
+	}()
+	// ServeStatus fails fast on a socket it cannot take; wait for it to
+	// answer before declaring readiness.
+	if err := waitStatus(ctx, o.StatusSocket, statusErr); err != nil {
+		return err
+	}
+	if o.ReadyFile != "" {
+		if err := os.WriteFile(o.ReadyFile, []byte(fmt.Sprintf("%d\n", os.Getpid())), 0o644); err != nil {
+			return fmt.Errorf("write ready file: %w", err)
+		}
+		defer os.Remove(o.ReadyFile)
+	}
+	log.WithField("workloads", len(o.Workloads)).Info("chio-agent running")
+
+	var lastStat fileStamp
+	if o.WatchFile != "" {
+		lastStat, _ = stamp(o.WatchFile)
+	}
+	tick := time.NewTicker(o.WatchInterval)
+	defer tick.Stop()
+	reload := func(why string) {
+		if o.ReloadPolicy == nil {
+			return
+		}
+		p, err := o.ReloadPolicy(ctx)
+		if err != nil {
+			a.proxy.errs.add(fmt.Errorf("policy reload (%s) refused, old policy stays: %w", why, err))
+			log.WithError(err).Error("policy reload refused; the old policy stays in force")
+			return
+		}
+		a.SetPolicy(p, a.polSource)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-statusErr:
+			if err != nil {
+				return err
+			}
+			return nil
+		case <-o.Reload:
+			reload("signal")
+		case <-tick.C:
+			if o.WatchFile == "" {
+				continue
+			}
+			st, err := stamp(o.WatchFile)
+			if err != nil || st == lastStat {
+				continue
+			}
+			lastStat = st
+			reload("file changed")
+		}
+	}
+}
+
+func waitStatus(ctx context.Context, path string, errc <-chan error) error {
+	for i := 0; i < 500; i++ {
+		select {
+		case err := <-errc:
+			if err == nil {
+				err = errors.New("status server stopped")
+			}
+			return err
+		default:
+		}
+		if _, err := QueryStatus(ctx, path); err == nil {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("status socket %s never answered", path)
+}
+
+// fileStamp identifies a version of a file: an editor that replaces the file
+// changes the inode, one that rewrites it changes size or mtime.
+type fileStamp struct {
+	ino   uint64
+	size  int64
+	mtime time.Time
+}
+
+func stamp(path string) (fileStamp, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileStamp{}, err
+	}
+	return fileStamp{ino: inode(fi), size: fi.Size(), mtime: fi.ModTime()}, nil
+}

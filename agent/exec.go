@@ -1,0 +1,162 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
+)
+
+// ExecOptions configure Exec.
+type ExecOptions struct {
+	// Agent configures the proxy; AttachCgroup and PinDir are set by Exec
+	// (a fresh cgroup, nothing pinned).
+	Agent Options
+	// Name is the workload's name in receipts. Default "exec/<command>".
+	Name string
+	// Labels are recorded in every receipt.
+	Labels map[string]string
+	// Args is the command and its arguments. Required.
+	Args []string
+	// Stdin, Stdout, Stderr are the command's. Defaults: the process's own.
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+// Exec runs a command unmodified in a fresh protected cgroup, every TCP
+// connection of it (and of its children) through the proxy, and returns its
+// exit status. Everything Exec made is removed before it returns; the
+// receipt log is the caller's to close.
+func Exec(ctx context.Context, o ExecOptions) (int, error) {
+	if len(o.Args) == 0 {
+		return 0, errors.New("exec: no command given")
+	}
+	path, err := exec.LookPath(o.Args[0])
+	if err != nil {
+		return 0, fmt.Errorf("exec: %w", err)
+	}
+	mnt, err := cgroupfs.Mount()
+	if err != nil {
+		return 0, fmt.Errorf("exec: %w", err)
+	}
+	cg := filepath.Join(mnt, fmt.Sprintf("chio-exec-%d", os.Getpid()))
+	if _, err := cgroupfs.Create(cg); err != nil {
+		return 0, fmt.Errorf("exec: %w", err)
+	}
+	defer cgroupfs.Remove(cg)
+
+	opts := o.Agent
+	opts.AttachCgroup, opts.PinDir = cg, ""
+	a, err := Start(opts)
+	if err != nil {
+		return 0, err
+	}
+	defer a.Close()
+	name := o.Name
+	if name == "" {
+		name = "exec/" + filepath.Base(o.Args[0])
+	}
+	if err := a.Protect(WorkloadSpec{Name: name, Cgroup: cg, Labels: o.Labels}); err != nil {
+		return 0, err
+	}
+
+	dir, err := os.Open(cg)
+	if err != nil {
+		return 0, fmt.Errorf("exec: %w", err)
+	}
+	defer dir.Close()
+	cmd := exec.Command(path, o.Args[1:]...)
+	cmd.Args[0] = o.Args[0]
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = orReader(o.Stdin, os.Stdin), orWriter(o.Stdout, os.Stdout), orWriter(o.Stderr, os.Stderr)
+	cgroupfs.PlaceCommand(cmd, dir)
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("exec %s: %w", o.Args[0], err)
+	}
+	// Signals meant for the command reach it; exec itself waits for it.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				cmd.Process.Signal(s)
+			case <-ctx.Done():
+				cmd.Process.Signal(syscall.SIGTERM)
+				return
+			case <-done:
+				return
+			}
+		}
+	}()
+	err = cmd.Wait()
+	close(done)
+	if err == nil {
+		return 0, nil
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal()), nil
+		}
+		return ee.ExitCode(), nil
+	}
+	return 0, fmt.Errorf("exec %s: %w", o.Args[0], err)
+}
+
+func orReader(r, def io.Reader) io.Reader {
+	if r == nil {
+		return def
+	}
+	return r
+}
+
+func orWriter(w, def io.Writer) io.Writer {
+	if w == nil {
+		return def
+	}
+	return w
+}
+
+// FormatDecision renders a decision as one line for a terminal.
+func FormatDecision(d Decision) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "chio: %-5s %s", strings.ToUpper(d.Verdict), d.Comm)
+	if d.PID != 0 {
+		fmt.Fprintf(&b, "[%d]", d.PID)
+	}
+	b.WriteString(" → ")
+	if d.Name != "" {
+		fmt.Fprintf(&b, "%s (%s %s)", d.Name, d.Dst, d.Protocol)
+	} else {
+		fmt.Fprintf(&b, "%s/%s", d.Dst, d.Transport)
+	}
+	if d.MatchedRule != "" {
+		fmt.Fprintf(&b, " %s", d.MatchedRule)
+	} else if d.Guard != "" {
+		fmt.Fprintf(&b, " %s", d.Guard)
+	}
+	if d.Reason != "" {
+		fmt.Fprintf(&b, ": %s", d.Reason)
+	}
+	if d.ReceiptID != "" {
+		id := d.ReceiptID
+		if len(id) > 12 {
+			id = id[:12]
+		}
+		fmt.Fprintf(&b, " [receipt %s seq %d]", id, d.Seq)
+	}
+	if d.Err != "" {
+		fmt.Fprintf(&b, " (failed: %s)", d.Err)
+	}
+	return b.String()
+}

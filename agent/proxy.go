@@ -1,0 +1,499 @@
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/backbay-labs/chio-agent/receipts"
+)
+
+// Guards named in receipts for decisions the agent makes itself rather than
+// the policy's egress rules.
+const (
+	// GuardAntiSpoof refuses a connection whose TLS SNI or HTTP Host names a
+	// host the destination address does not belong to.
+	GuardAntiSpoof = "ChioAgentAntiSpoofGuard"
+	// GuardProtocol refuses a connection whose first bytes could not be
+	// read or parsed (nothing sent, malformed, too large).
+	GuardProtocol = "ChioAgentProtocolGuard"
+	// GuardDatapath covers refusals made in the kernel: the static verdict
+	// map, UDP lockdown, a connection the proxy itself would loop on.
+	GuardDatapath = "ChioAgentDatapathGuard"
+)
+
+// Timeouts bound each proxied connection.
+type Timeouts struct {
+	// FirstBytes is how long a client has to send its first message
+	// (ClientHello, request head). Default 5s.
+	FirstBytes time.Duration
+	// Idle closes a connection with no data either way for this long.
+	// Default 5m.
+	Idle time.Duration
+	// Total closes a connection this long after it was accepted. Default 1h.
+	Total time.Duration
+	// Dial bounds the upstream connect. Default 10s.
+	Dial time.Duration
+}
+
+func (t Timeouts) withDefaults() Timeouts {
+	if t.FirstBytes <= 0 {
+		t.FirstBytes = 5 * time.Second
+	}
+	if t.Idle <= 0 {
+		t.Idle = 5 * time.Minute
+	}
+	if t.Total <= 0 {
+		t.Total = time.Hour
+	}
+	if t.Dial <= 0 {
+		t.Dial = 10 * time.Second
+	}
+	return t
+}
+
+// Decision is one decided connection (or kernel refusal), as the agent
+// reports it to its OnDecision hook and its status.
+type Decision struct {
+	Time        time.Time      `json:"time"`
+	Workload    string         `json:"workload"`
+	PID         uint32         `json:"pid,omitempty"`
+	Comm        string         `json:"comm,omitempty"`
+	Dst         netip.AddrPort `json:"dst"`
+	Transport   string         `json:"transport"`
+	Name        string         `json:"name,omitempty"`     // SNI or Host, when seen
+	Protocol    string         `json:"protocol,omitempty"` // tls, http, opaque …
+	Verdict     string         `json:"verdict"`            // allow or deny
+	Guard       string         `json:"guard"`
+	MatchedRule string         `json:"matched_rule,omitempty"`
+	Reason      string         `json:"reason,omitempty"`
+	ReceiptID   string         `json:"receipt_id,omitempty"`
+	Seq         uint64         `json:"seq,omitempty"`
+	Count       uint32         `json:"count,omitempty"` // kernel refusals this stands for
+	Err         string         `json:"error,omitempty"` // why the connection failed after the decision
+}
+
+// counters are the allowed/denied/failed totals status shows.
+type counters struct {
+	allowed, denied, failed, receiptErrors atomic.Uint64
+}
+
+// proxy decides and relays the connections redirected to its listeners.
+type proxy struct {
+	objs      *bpf.Objects
+	log       *receipts.Log
+	key       ed25519.PrivateKey
+	policy    *atomic.Pointer[hushspec.Policy]
+	workloads *registry
+	resolver  *resolver
+	timeouts  Timeouts
+	mark      uint32
+	logger    logrus.FieldLogger
+	onDecide  func(Decision)
+	counts    *counters
+	errs      *errorRing
+	now       func() time.Time
+
+	wg sync.WaitGroup
+}
+
+// serve accepts on ln until it is closed.
+func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, netnsPath string) {
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			p.errs.add(fmt.Errorf("accept on %s: %w", ln.Addr(), err))
+			time.Sleep(10 * time.Millisecond) // e.g. EMFILE: don't spin
+			continue
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.handle(ctx, c, netnsPath)
+		}()
+	}
+}
+
+// conn is the state of one proxied connection.
+type conn struct {
+	client *net.TCPConn
+	orig   bpf.Original
+	w      *workload
+	sniff  Sniffed
+	event  kernel.EgressEvent
+	out    kernel.Outcome
+}
+
+func (p *proxy) handle(ctx context.Context, c *net.TCPConn, netnsPath string) {
+	defer c.Close()
+	start := p.now()
+	c.SetDeadline(start.Add(p.timeouts.withDefaults().Total))
+
+	cookie, err := bpf.NetnsCookie(c)
+	if err != nil {
+		p.errs.add(err)
+		resetClose(c)
+		return
+	}
+	peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	orig, err := p.objs.TakeOriginal(cookie, peer)
+	if err != nil {
+		// Not a redirected connection (something dialled the listener
+		// itself), or its entry is gone: nothing to decide, nothing relayed.
+		p.logger.WithField("peer", peer).WithError(err).Debug("connection without an original destination")
+		resetClose(c)
+		return
+	}
+	w := p.workloads.byID(orig.WorkloadID)
+	if w == nil {
+		p.errs.add(fmt.Errorf("connection from unknown workload id %d", orig.WorkloadID))
+		resetClose(c)
+		return
+	}
+	cn := &conn{client: c, orig: orig, w: w}
+	cn.event = kernel.EgressEvent{
+		IP:        orig.Dst.Addr(),
+		Port:      orig.Dst.Port(),
+		Transport: kernel.TransportTCP,
+		Workload:  w.identity(),
+		Process:   kernel.ProcessIdentity{PID: orig.PID, UID: orig.UID, Comm: orig.Comm},
+	}
+
+	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	if orig.Dst.Addr().Unmap() == local.Addr().Unmap() && orig.Dst.Port() == local.Port() {
+		cn.out = kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardDatapath,
+			Reason: "destination is the agent's own listener"}
+		p.finish(ctx, cn, start)
+		return
+	}
+
+	to := p.timeouts.withDefaults()
+	sn, err := Sniff(c, SniffOptions{Deadline: to.FirstBytes})
+	cn.sniff = sn
+	if err != nil {
+		cn.out = kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
+			Reason: "reading the first bytes failed: " + err.Error()}
+		p.finish(ctx, cn, start)
+		return
+	}
+	cn.event.SNI = sn.SNI
+	cn.event.ALPN = sn.ALPN
+	cn.event.HTTPHost = sn.Host
+	cn.event.HTTPMethod = sn.Method
+	cn.event.HTTPPath = sn.Path
+	cn.out = p.decide(ctx, cn)
+	p.finish(ctx, cn, start)
+}
+
+// decide evaluates the connection: protocol sanity, the policy, then the
+// anti-spoofing check for an allowed name.
+func (p *proxy) decide(ctx context.Context, cn *conn) kernel.Outcome {
+	sn := cn.sniff
+	switch {
+	case sn.Protocol == ProtocolNone && sn.Stop == StopTimeout:
+		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
+			Reason: fmt.Sprintf("client sent nothing within %s", p.timeouts.withDefaults().FirstBytes)}
+	case sn.Protocol == ProtocolNone:
+		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
+			Reason: "client closed before sending anything"}
+	case sn.Stop == StopMalformed:
+		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
+			Reason: fmt.Sprintf("malformed %s: %s", sn.Protocol, sn.Malformed)}
+	case sn.Stop != StopComplete && (sn.Protocol == ProtocolTLS || sn.Protocol == ProtocolHTTP):
+		// A name may be in the part that never came: do not decide on the IP.
+		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
+			Reason: fmt.Sprintf("incomplete %s first message (%s)", sn.Protocol, sn.Stop)}
+	}
+
+	pol := p.policy.Load()
+	target := cn.event.Target()
+	res := pol.Evaluate(hushspec.Action{Type: "egress", Target: target})
+	out := kernel.Outcome{
+		Verdict:        kernel.VerdictAllow,
+		PolicyDecision: res.Decision,
+		Guard:          kernel.GuardEgressPolicy,
+		Reason:         res.Reason,
+		MatchedRule:    res.MatchedRule,
+		Pattern:        res.Pattern,
+	}
+	if res.Decision == hushspec.DecisionDeny {
+		out.Verdict = kernel.VerdictDeny
+		return out
+	}
+	// The name came from the client. Allowing it is only right if the
+	// address it dialled belongs to that name; otherwise a client could send
+	// an allowed SNI to a forbidden address.
+	name := res.Host
+	if name == "" {
+		name = target
+	}
+	if _, err := netip.ParseAddr(name); err == nil {
+		return out // an IP literal was evaluated: nothing to spoof
+	}
+	ok, err := p.resolver.owns(ctx, name, cn.orig.Dst.Addr())
+	switch {
+	case err != nil:
+		return kernel.Outcome{Verdict: kernel.VerdictDeny, PolicyDecision: res.Decision, Guard: GuardAntiSpoof,
+			MatchedRule: res.MatchedRule,
+			Reason:      fmt.Sprintf("cannot check that %s belongs to %s: %v", cn.orig.Dst.Addr(), name, err)}
+	case !ok:
+		return kernel.Outcome{Verdict: kernel.VerdictDeny, PolicyDecision: res.Decision, Guard: GuardAntiSpoof,
+			MatchedRule: res.MatchedRule,
+			Reason:      fmt.Sprintf("destination %s is not an address of %s", cn.orig.Dst.Addr(), name)}
+	}
+	return out
+}
+
+// finish writes the receipt, then acts on the decision. No receipt, no
+// connection: if the receipt cannot be written the connection is refused.
+func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
+	d := Decision{
+		Time:        start,
+		Workload:    cn.w.name,
+		PID:         cn.orig.PID,
+		Comm:        cn.orig.Comm,
+		Dst:         cn.orig.Dst,
+		Transport:   kernel.TransportTCP,
+		Protocol:    string(cn.sniff.Protocol),
+		Name:        firstNonEmpty(cn.sniff.SNI, cn.sniff.Host),
+		Verdict:     cn.out.Verdict,
+		Guard:       cn.out.Guard,
+		MatchedRule: cn.out.MatchedRule,
+		Reason:      cn.out.Reason,
+	}
+	id, seq, err := p.receipt(ctx, cn.event, cn.out)
+	d.ReceiptID, d.Seq = id, seq
+	if err != nil {
+		p.counts.receiptErrors.Add(1)
+		p.errs.add(fmt.Errorf("receipt for %s: %w", cn.orig.Dst, err))
+		d.Verdict, d.Err = kernel.VerdictDeny, "receipt not written: "+err.Error()
+		p.counts.failed.Add(1)
+		p.report(d)
+		resetClose(cn.client)
+		return
+	}
+	if cn.out.Verdict != kernel.VerdictAllow {
+		p.counts.denied.Add(1)
+		p.report(d)
+		p.refuse(cn, id)
+		return
+	}
+	p.counts.allowed.Add(1)
+	if err := p.relay(ctx, cn); err != nil {
+		p.counts.failed.Add(1)
+		d.Err = err.Error()
+	}
+	p.report(d)
+}
+
+func (p *proxy) report(d Decision) {
+	if p.onDecide != nil {
+		p.onDecide(d)
+	}
+	p.logger.WithFields(logrus.Fields{
+		"workload": d.Workload, "pid": d.PID, "comm": d.Comm, "dst": d.Dst.String(),
+		"name": d.Name, "verdict": d.Verdict, "rule": d.MatchedRule, "receipt": d.ReceiptID,
+	}).Info(d.Reason)
+}
+
+// receipt signs and appends the receipt of one decision, returning its id
+// and sequence number. In sync mode it returns once the receipt is durable.
+func (p *proxy) receipt(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome) (string, uint64, error) {
+	r, err := kernel.BuildEgressReceipt(ev, out, p.policy.Load().Hash(), p.key, p.now())
+	if err != nil {
+		return "", 0, err
+	}
+	b, err := r.CanonicalJSON()
+	if err != nil {
+		return "", 0, err
+	}
+	seq, err := p.log.Append(ctx, b)
+	if err != nil {
+		return r.ID, 0, err
+	}
+	return r.ID, seq, nil
+}
+
+// refuse ends a denied connection the way its protocol understands: an
+// access_denied alert for TLS, a 403 with the reason and receipt id for HTTP,
+// a reset for anything else.
+func (p *proxy) refuse(cn *conn, receiptID string) {
+	c := cn.client
+	c.SetWriteDeadline(p.now().Add(2 * time.Second))
+	switch cn.sniff.Protocol {
+	case ProtocolTLS:
+		// A fatal access_denied(49) alert in a TLS 1.2-framed record, which
+		// every TLS client can read before its handshake.
+		c.Write([]byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 49})
+		c.CloseWrite()
+		drainBriefly(c)
+	case ProtocolHTTP:
+		body, _ := json.Marshal(map[string]string{
+			"error":      "chio_access_denied",
+			"message":    cn.out.Reason,
+			"reason":     cn.out.Reason,
+			"guard":      cn.out.Guard,
+			"receipt_id": receiptID,
+		})
+		fmt.Fprintf(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: %d\r\nX-Chio-Receipt-Id: %s\r\nConnection: close\r\n\r\n%s",
+			len(body), receiptID, body)
+		c.CloseWrite()
+		drainBriefly(c)
+	default:
+		resetClose(c)
+	}
+}
+
+// relay dials the original destination from the workload's network
+// namespace, replays the sniffed prefix, and copies both ways. Copies between
+// two TCP sockets use splice(2) inside the Go runtime, so payload bytes do not
+// pass through user space.
+func (p *proxy) relay(ctx context.Context, cn *conn) error {
+	to := p.timeouts.withDefaults()
+	var up *net.TCPConn
+	err := inNetns(cn.w.netns, func() error {
+		d := net.Dialer{Timeout: to.Dial, Control: p.markSocket}
+		c, err := d.DialContext(ctx, "tcp", cn.orig.Dst.String())
+		if err != nil {
+			return err
+		}
+		up = c.(*net.TCPConn)
+		return nil
+	})
+	if err != nil {
+		resetClose(cn.client)
+		return fmt.Errorf("dial %s: %w", cn.orig.Dst, err)
+	}
+	defer up.Close()
+	up.SetDeadline(p.now().Add(to.Total))
+	if len(cn.sniff.Prefix) > 0 {
+		if _, err := up.Write(cn.sniff.Prefix); err != nil {
+			resetClose(cn.client)
+			return fmt.Errorf("replay first bytes: %w", err)
+		}
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go idleWatch(stop, cn.client, up, to.Idle)
+
+	errc := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(up, cn.client)
+		up.CloseWrite()
+		errc <- err
+	}()
+	_, err1 := io.Copy(cn.client, up)
+	cn.client.CloseWrite()
+	err2 := <-errc
+	if err := errors.Join(err1, err2); err != nil && !isBenignCopyErr(err) {
+		return fmt.Errorf("relay: %w", err)
+	}
+	return nil
+}
+
+// markSocket puts the agent's mark on its upstream sockets, which the
+// programs never redirect.
+func (p *proxy) markSocket(_, _ string, rc syscall.RawConn) error {
+	if p.mark == 0 {
+		return nil
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(p.mark))
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// idleWatch closes both sockets once neither has received data for idle.
+// It reads the kernel's own last-receive times (TCP_INFO), so the relay can
+// stay on splice(2) without counting bytes in user space.
+func idleWatch(stop <-chan struct{}, a, b *net.TCPConn, idle time.Duration) {
+	tick := idle / 4
+	if tick < 50*time.Millisecond {
+		tick = 50 * time.Millisecond
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		ia, erra := sinceLastRecv(a)
+		ib, errb := sinceLastRecv(b)
+		if erra != nil || errb != nil {
+			return
+		}
+		if ia >= idle && ib >= idle {
+			a.Close()
+			b.Close()
+			return
+		}
+	}
+}
+
+func sinceLastRecv(c *net.TCPConn) (time.Duration, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var info *unix.TCPInfo
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		info, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil {
+		return 0, err
+	}
+	if serr != nil {
+		return 0, serr
+	}
+	return time.Duration(info.Last_data_recv) * time.Millisecond, nil
+}
+
+func isBenignCopyErr(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF)
+}
+
+// resetClose closes with a TCP reset rather than an orderly FIN.
+func resetClose(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}
+
+// drainBriefly lets the client read what was written before the close, so
+// the kernel does not turn unread input into a reset that eats our reply.
+func drainBriefly(c *net.TCPConn) {
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

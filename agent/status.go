@@ -1,0 +1,208 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/receipts"
+)
+
+// DefaultStatusSocket is where `chio-agent run` serves its status.
+const DefaultStatusSocket = "/run/chio-agent/status.sock"
+
+// Status is what `chio-agent status` shows.
+type Status struct {
+	Version     string             `json:"version"`
+	PID         int                `json:"pid"`
+	StartedAt   time.Time          `json:"started_at"`
+	PinDir      string             `json:"pin_dir,omitempty"`
+	Attachments []AttachmentStatus `json:"attachments"`
+	Workloads   []WorkloadStatus   `json:"workloads"`
+	Listeners   []ListenerStatus   `json:"listeners"`
+	Counts      CountStatus        `json:"counts"`
+	Maps        MapStatus          `json:"maps"`
+	Receipts    ReceiptStatus      `json:"receipts"`
+	Policy      PolicyStatus       `json:"policy"`
+	Errors      []TimedError       `json:"errors"`
+	Extra       map[string]any     `json:"extra,omitempty"`
+}
+
+// AttachmentStatus is one attached program.
+type AttachmentStatus struct {
+	Program string `json:"program"`
+	Hook    string `json:"hook"`
+	Cgroup  string `json:"cgroup"`
+	LinkID  uint32 `json:"link_id"`
+	ProgID  uint32 `json:"prog_id"`
+	PinPath string `json:"pin_path,omitempty"`
+	Adopted bool   `json:"adopted"`
+}
+
+// WorkloadStatus is one protected workload.
+type WorkloadStatus struct {
+	Name     string            `json:"name"`
+	ID       uint32            `json:"id"`
+	Cgroup   string            `json:"cgroup"`
+	CgroupID uint64            `json:"cgroup_id"`
+	Netns    string            `json:"netns,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Exempt   int               `json:"exempt_rules"`
+}
+
+// ListenerStatus is one proxy listener.
+type ListenerStatus struct {
+	Netns string `json:"netns,omitempty"`
+	Addr  string `json:"addr"`
+}
+
+// CountStatus are the decision totals since start.
+type CountStatus struct {
+	Allowed       uint64 `json:"allowed"`
+	Denied        uint64 `json:"denied"`
+	Failed        uint64 `json:"failed"`
+	ReceiptErrors uint64 `json:"receipt_errors"`
+}
+
+// MapStatus are the connection-tracking map sizes.
+type MapStatus struct {
+	PendingOriginals     int `json:"pending_originals"`
+	EstablishedOriginals int `json:"established_originals"`
+}
+
+// ReceiptStatus is the receipt log's head.
+type ReceiptStatus struct {
+	Path           string `json:"path"`
+	KernelKey      string `json:"kernel_key"`
+	LastSeq        uint64 `json:"last_seq"`
+	Checkpoints    uint64 `json:"checkpoints"`
+	SealedSeq      uint64 `json:"sealed_seq"`
+	LastCheckpoint string `json:"last_checkpoint_root,omitempty"`
+}
+
+// PolicyStatus is the policy in force.
+type PolicyStatus struct {
+	Name     string    `json:"name"`
+	Hash     string    `json:"hash"`
+	Source   string    `json:"source"`
+	LoadedAt time.Time `json:"loaded_at"`
+}
+
+// Status reports the agent's state.
+func (a *Agent) Status(version string) Status {
+	s := Status{Version: version, PID: os.Getpid(), StartedAt: a.started, PinDir: a.opts.PinDir,
+		Attachments: []AttachmentStatus{}, Workloads: []WorkloadStatus{}, Listeners: []ListenerStatus{}}
+	for _, at := range a.objs.Attachments() {
+		as := AttachmentStatus{Program: at.Name, Hook: at.Hook, Cgroup: at.Cgroup, PinPath: at.PinPath, Adopted: at.Adopted}
+		as.LinkID, as.ProgID, _ = at.IDs()
+		s.Attachments = append(s.Attachments, as)
+	}
+	for _, w := range a.reg.all() {
+		s.Workloads = append(s.Workloads, WorkloadStatus{Name: w.name, ID: w.id, Cgroup: w.cgroup,
+			CgroupID: w.cgroupID, Netns: w.netns, Labels: w.labels, Exempt: len(w.exempt)})
+	}
+	a.mu.Lock()
+	for _, lp := range a.listeners {
+		for _, ad := range []string{lp.addr4.String(), lp.addr6.String()} {
+			if ad != "invalid AddrPort" {
+				s.Listeners = append(s.Listeners, ListenerStatus{Netns: lp.netns, Addr: ad})
+			}
+		}
+	}
+	p := a.policy.Load()
+	s.Policy = PolicyStatus{Name: p.Name(), Hash: p.Hash(), Source: a.polSource, LoadedAt: a.polLoaded}
+	a.mu.Unlock()
+	c := a.proxy.counts
+	s.Counts = CountStatus{Allowed: c.allowed.Load(), Denied: c.denied.Load(), Failed: c.failed.Load(), ReceiptErrors: c.receiptErrors.Load()}
+	s.Maps.PendingOriginals, s.Maps.EstablishedOriginals, _ = a.objs.MapCounts()
+	s.Receipts = receiptStatus(a.opts.Log)
+	s.Errors = a.proxy.errs.list()
+	if s.Errors == nil {
+		s.Errors = []TimedError{}
+	}
+	return s
+}
+
+func receiptStatus(l *receipts.Log) ReceiptStatus {
+	rs := ReceiptStatus{Path: l.Path(), KernelKey: l.KernelKey(), LastSeq: l.LastSeq()}
+	if st, err := l.Stats(); err == nil {
+		rs.Checkpoints, rs.SealedSeq = st.Checkpoints, st.SealedSeq
+		if st.Checkpoints > 0 {
+			if cp, err := l.Checkpoint(st.Checkpoints); err == nil {
+				rs.LastCheckpoint = cp.Body.MerkleRoot
+			}
+		}
+	}
+	return rs
+}
+
+// ServeStatus serves GET /status as JSON on a unix socket that only root can
+// reach (the directory is 0700 and the socket 0600), until ctx ends.
+func ServeStatus(ctx context.Context, path string, status func() Status) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("status socket: %w", err)
+	}
+	if err := os.Chmod(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("status socket: %w", err)
+	}
+	// A stale socket from a killed agent is in the way; a live one is not
+	// ours to take.
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return fmt.Errorf("status socket %s: another agent is serving it", path)
+	}
+	os.Remove(path)
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return fmt.Errorf("status socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(status())
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { <-ctx.Done(); srv.Close() }()
+	err = srv.Serve(ln)
+	os.Remove(path)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// QueryStatus asks the agent serving the socket at path for its status.
+func QueryStatus(ctx context.Context, path string) (Status, error) {
+	if _, err := os.Stat(path); err != nil {
+		return Status{}, fmt.Errorf("%w (no status socket at %s)", ErrNotRunning, path)
+	}
+	cl := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}, Timeout: 5 * time.Second}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/status", nil)
+	resp, err := cl.Do(req)
+	if err != nil {
+		return Status{}, fmt.Errorf("%w (status socket %s: %v)", ErrNotRunning, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return Status{}, fmt.Errorf("status: agent answered %s", resp.Status)
+	}
+	var s Status
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return Status{}, fmt.Errorf("status: decode: %w", err)
+	}
+	return s, nil
+}

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/agent"
+)
+
+type execOptions struct {
+	node  nodeFlags
+	name  string
+	quiet bool
+}
+
+func (o *execOptions) AddFlags(fs *pflag.FlagSet) {
+	o.node.AddFlags(fs)
+	fs.StringVar(&o.name, "name", "", "workload name in receipts (default exec/<command>)")
+	fs.BoolVarP(&o.quiet, "quiet", "q", false, "do not print decisions on stderr")
+}
+
+func newExecCommand() *cobra.Command {
+	o := &execOptions{}
+	cmd := &cobra.Command{
+		Use:   "exec --policy FILE [--receipts PATH] [--config FILE] -- CMD [ARGS...]",
+		Short: "Run a command unmodified with every connection it makes decided by policy and receipted",
+		Long: `exec makes a fresh cgroup, attaches the eBPF connect hooks to it, and runs CMD
+inside: every TCP connection CMD or its children make is redirected to a proxy
+in this process, which reads the TLS SNI or HTTP Host, decides by the HushSpec
+policy, writes a signed receipt, then forwards or refuses. UDP is refused except
+DNS to the resolvers the config names. Each decision is printed on stderr.
+
+exec exits with CMD's status (128+N if a signal N ended it) and removes the
+cgroup and programs. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).`,
+		Example: `  chio-agent keygen --out chio.key
+  chio-agent exec --policy policy.yaml --key chio.key -- curl https://api.example.com/`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			setup, err := o.node.resolve(cmd.Context(), "chio-receipts.db", "warn", os.LookupEnv)
+			if err != nil {
+				return err
+			}
+			defer setup.close()
+			stderr := cmd.ErrOrStderr()
+			var mu sync.Mutex
+			if !o.quiet {
+				setup.agentOpts.OnDecision = func(d agent.Decision) {
+					mu.Lock()
+					defer mu.Unlock()
+					fmt.Fprintln(stderr, agent.FormatDecision(d))
+				}
+			}
+			code, err := agent.Exec(cmd.Context(), agent.ExecOptions{
+				Agent: setup.agentOpts, Name: o.name, Args: args,
+				Stdin: cmd.InOrStdin(), Stdout: cmd.OutOrStdout(), Stderr: stderr,
+			})
+			if err != nil {
+				return err
+			}
+			if err := setup.close(); err != nil {
+				return fmt.Errorf("close receipt log: %w", err)
+			}
+			if code != 0 {
+				return &exitError{code: code, err: fmt.Errorf("%s exited with status %d", args[0], code)}
+			}
+			return nil
+		},
+	}
+	o.AddFlags(cmd.Flags())
+	return cmd
+}

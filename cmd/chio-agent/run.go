@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/agent"
+	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
+	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+)
+
+type runOptions struct {
+	node         nodeFlags
+	pinDir       string
+	statusSocket string
+	readyFile    string
+}
+
+func (o *runOptions) AddFlags(fs *pflag.FlagSet) {
+	o.node.AddFlags(fs)
+	fs.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned programs, links and maps (default the config's, else "+bpf.DefaultPinDir+")")
+	fs.StringVar(&o.statusSocket, "status-socket", "", "unix socket for `chio-agent status` (default the config's, else "+agent.DefaultStatusSocket+")")
+	fs.StringVar(&o.readyFile, "ready-file", "", "write this file (the agent's pid) once every workload is protected")
+}
+
+func newRunCommand() *cobra.Command {
+	o := &runOptions{}
+	cmd := &cobra.Command{
+		Use:   "run --config FILE",
+		Short: "Run the node agent: protect the workloads kernel.yaml names",
+		Long: `run is the node agent daemon. It attaches the eBPF programs at the cgroup2 root
+and pins them (with their maps and links) under the pin directory, protects
+every workload kernel.yaml lists (cgroup paths, optionally a network namespace),
+and decides, receipts and relays their connections until it is stopped.
+
+Protection outlives the daemon: while it is down, protected workloads' new
+connections fail; a restarted daemon adopts the pinned state. The policy is
+reloaded on SIGHUP and when its file changes; a bad new policy is refused and
+the old one stays in force. chio-agent uninstall removes the pinned state.
+
+Flags override the CHIO_* variables (CHIO_KERNEL_CONFIG_PATH,
+CHIO_POLICY_SOURCE, CHIO_RECEIPT_SINK, CHIO_SIGNING_KEY, CHIO_LOG_LEVEL), which
+override kernel.yaml.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			setup, err := o.node.resolve(ctx, "/var/lib/chio-agent/receipts.db", "info", os.LookupEnv)
+			if err != nil {
+				return err
+			}
+			defer setup.close()
+			setup.logger.SetFormatter(jsonFormatter())
+			ac := setup.cfg.Agent
+			opts := setup.agentOpts
+			opts.PinDir = firstOf(o.pinDir, ac.PinDir, bpf.DefaultPinDir)
+			workloads, err := workloadSpecs(ac.Workloads)
+			if err != nil {
+				return err
+			}
+			if len(workloads) == 0 {
+				return fmt.Errorf("kernel config names no workloads (agent.workloads): nothing to protect")
+			}
+			reloadSig := make(chan os.Signal, 1)
+			signal.Notify(reloadSig, syscall.SIGHUP)
+			defer signal.Stop(reloadSig)
+			watch := ""
+			if _, err := os.Stat(setup.policySource); err == nil {
+				watch = setup.policySource
+			}
+			return agent.RunDaemon(ctx, agent.DaemonOptions{
+				Agent:        opts,
+				Workloads:    workloads,
+				StatusSocket: firstOf(o.statusSocket, ac.StatusSocket, agent.DefaultStatusSocket),
+				ReloadPolicy: func(ctx context.Context) (*hushspec.Policy, error) {
+					return config.LoadPolicy(ctx, setup.policySource, setup.cfg.PanicFile)
+				},
+				WatchFile: watch,
+				Reload:    reloadSig,
+				ReadyFile: o.readyFile,
+				Version:   version,
+			})
+		},
+	}
+	o.AddFlags(cmd.Flags())
+	return cmd
+}
+
+// workloadSpecs turns kernel.yaml's workloads into what the agent protects.
+func workloadSpecs(ws []config.Workload) ([]agent.WorkloadSpec, error) {
+	mnt, err := cgroupfs.Mount()
+	if err != nil {
+		return nil, err
+	}
+	var out []agent.WorkloadSpec
+	for _, w := range ws {
+		cg, err := cgroupfs.Resolve(mnt, w.Cgroup)
+		if err != nil {
+			return nil, fmt.Errorf("workload %s: %w", w.Name, err)
+		}
+		spec := agent.WorkloadSpec{Name: w.Name, Cgroup: cg, Netns: w.Netns, Labels: w.Labels}
+		for _, e := range w.Exempt {
+			p, err := config.ParsePrefix(e.CIDR)
+			if err != nil {
+				return nil, fmt.Errorf("workload %s: %w", w.Name, err)
+			}
+			protos := []bpf.Proto{bpf.ProtoTCP, bpf.ProtoUDP}
+			switch e.Proto {
+			case "tcp":
+				protos = protos[:1]
+			case "udp":
+				protos = protos[1:]
+			}
+			ports := e.Ports
+			if len(ports) == 0 {
+				ports = []uint16{0}
+			}
+			for _, pr := range protos {
+				for _, port := range ports {
+					spec.Exempt = append(spec.Exempt, bpf.VerdictRule{Prefix: p, Port: port, Proto: pr, Verdict: bpf.VerdictExempt})
+				}
+			}
+		}
+		out = append(out, spec)
+	}
+	return out, nil
+}
+
+func firstOf(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

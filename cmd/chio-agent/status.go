@@ -1,0 +1,123 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/agent"
+)
+
+type statusOptions struct {
+	socket string
+	json   bool
+}
+
+func (o *statusOptions) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.socket, "socket", agent.DefaultStatusSocket, "the running agent's status socket")
+	fs.BoolVar(&o.json, "json", false, "print the status as JSON")
+}
+
+func newStatusCommand() *cobra.Command {
+	o := &statusOptions{}
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show what the running agent has attached, protected and decided",
+		Long: `status asks the running agent over its root-only unix socket and shows each
+program and link (ids, attach point, pin path), the protected workloads, the
+proxy's listeners, allowed/denied/failed counts, the receipt log's head and last
+checkpoint, the policy in force, and the last errors. With no agent running it
+says so and exits 1.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := agent.QueryStatus(cmd.Context(), o.socket)
+			if err != nil {
+				return err
+			}
+			if o.json {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(s)
+			}
+			printStatus(cmd.OutOrStdout(), s)
+			return nil
+		},
+	}
+	o.AddFlags(cmd.Flags())
+	return cmd
+}
+
+func printStatus(out io.Writer, s agent.Status) {
+	fmt.Fprintf(out, "chio-agent %s, pid %d, up since %s\n", s.Version, s.PID, s.StartedAt.Format("2006-01-02 15:04:05 MST"))
+	fmt.Fprintf(out, "policy     %s (sha256 %s) from %s\n", orDash(s.Policy.Name), short(s.Policy.Hash), orDash(s.Policy.Source))
+	fmt.Fprintf(out, "receipts   %s: last seq %d, %d checkpoints sealing through seq %d, last root %s\n",
+		s.Receipts.Path, s.Receipts.LastSeq, s.Receipts.Checkpoints, s.Receipts.SealedSeq, orDash(short(s.Receipts.LastCheckpoint)))
+	fmt.Fprintf(out, "decisions  %d allowed, %d denied, %d failed (%d receipt errors)\n",
+		s.Counts.Allowed, s.Counts.Denied, s.Counts.Failed, s.Counts.ReceiptErrors)
+	fmt.Fprintf(out, "originals  %d pending, %d established (connection-tracking map entries)\n\n",
+		s.Maps.PendingOriginals, s.Maps.EstablishedOriginals)
+
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROGRAM\tHOOK\tPROG ID\tLINK ID\tCGROUP\tPIN\tADOPTED")
+	for _, a := range s.Attachments {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%v\n", a.Program, a.Hook, a.ProgID, a.LinkID, a.Cgroup, orDash(a.PinPath), a.Adopted)
+	}
+	tw.Flush()
+	fmt.Fprintln(out)
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKLOAD\tID\tCGROUP\tNETNS\tLABELS\tEXEMPT RULES")
+	for _, w := range s.Workloads {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\n", w.Name, w.ID, w.Cgroup, orDash(w.Netns), labels(w.Labels), w.Exempt)
+	}
+	tw.Flush()
+	fmt.Fprintln(out)
+	for _, l := range s.Listeners {
+		ns := l.Netns
+		if ns == "" {
+			ns = "host"
+		}
+		fmt.Fprintf(out, "listener   %s (netns %s)\n", l.Addr, ns)
+	}
+	if len(s.Errors) > 0 {
+		fmt.Fprintln(out, "\nlast errors:")
+		for _, e := range s.Errors {
+			fmt.Fprintf(out, "  %s  %s\n", e.Time.Format("15:04:05"), e.Message)
+		}
+	}
+}
+
+func labels(m map[string]string) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	var kv []string
+	for k, v := range m {
+		kv = append(kv, k+"="+v)
+	}
+	sort.Strings(kv)
+	return strings.Join(kv, ",")
+}
+
+func short(h string) string {
+	h = strings.TrimPrefix(h, "0x")
+	if len(h) > 16 {
+		return h[:16] + "…"
+	}
+	return h
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func jsonFormatter() logrus.Formatter { return &logrus.JSONFormatter{} }

@@ -1,0 +1,54 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/agent"
+	"github.com/backbay-labs/chio-agent/bpf"
+)
+
+type uninstallOptions struct {
+	pinDir string
+	socket string
+	force  bool
+}
+
+func (o *uninstallOptions) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.pinDir, "pin-dir", bpf.DefaultPinDir, "bpffs directory the agent pinned under")
+	fs.StringVar(&o.socket, "socket", agent.DefaultStatusSocket, "status socket of a running agent")
+	fs.BoolVar(&o.force, "force", false, "uninstall even while an agent is running")
+}
+
+func newUninstallCommand() *cobra.Command {
+	o := &uninstallOptions{}
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Detach and remove every program, link and map the node agent pinned",
+		Long: `uninstall detaches every link pinned under the pin directory and removes the
+pins, so protected workloads connect directly again (unprotected, unreceipted).
+It refuses while an agent is running unless --force is given: stop the agent
+first, or its workloads would lose protection under it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := agent.QueryStatus(cmd.Context(), o.socket); err == nil && !o.force {
+				return fmt.Errorf("an agent is running (status socket %s): stop it first, or pass --force", o.socket)
+			}
+			removed, err := bpf.Uninstall(o.pinDir)
+			for _, p := range removed {
+				fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", p)
+			}
+			if err != nil {
+				return err
+			}
+			if len(removed) == 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "nothing pinned under %s\n", o.pinDir)
+			}
+			return nil
+		},
+	}
+	o.AddFlags(cmd.Flags())
+	return cmd
+}
