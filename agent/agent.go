@@ -233,7 +233,7 @@ func (a *Agent) Protect(spec WorkloadSpec) error {
 	w := &workload{id: id, name: spec.Name, cgroup: spec.Cgroup, cgroupID: cgID,
 		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp}
 	a.reg.add(w)
-	if err := a.objs.SetVerdicts(id, spec.Exempt); err != nil {
+	if err := a.objs.SetVerdicts(id, a.verdictRules(w, a.policy.Load().EgressBlockedAddrs())); err != nil {
 		a.reg.remove(w)
 		a.releaseListener(lp)
 		return fmt.Errorf("protect %s: %w", spec.Name, err)
@@ -293,6 +293,25 @@ func (a *Agent) UnprotectStale() ([]uint64, error) {
 		removed = append(removed, cg)
 	}
 	return removed, nil
+}
+
+// staticRuleBase numbers the verdict rules made from the policy's blocked
+// addresses (rule id = base + index), apart from exemptions (id 0).
+const staticRuleBase = 1
+
+// verdictRules is what the kernel's verdict map holds for a workload: its
+// exemptions, then the policy's blocked IP literals, which are refused at
+// connect() without waiting for the proxy. A blocked address that is also
+// exempt stays blocked: the later rule wins and the policy fails closed.
+func (a *Agent) verdictRules(w *workload, blocked []hushspec.BlockedAddr) []bpf.VerdictRule {
+	rules := append([]bpf.VerdictRule(nil), w.exempt...)
+	for i, b := range blocked {
+		rules = append(rules, bpf.VerdictRule{
+			Prefix: netip.PrefixFrom(b.Addr, b.Addr.BitLen()), Proto: bpf.ProtoTCP,
+			Verdict: bpf.VerdictDeny, RuleID: uint32(staticRuleBase + i),
+		})
+	}
+	return rules
 }
 
 // listenerFor returns the listener pair of a network namespace, opening it
@@ -364,11 +383,18 @@ func (a *Agent) releaseListener(lp *listenerPair) {
 	delete(a.listeners, lp.netns)
 }
 
-// SetPolicy replaces the policy for every later decision.
+// SetPolicy replaces the policy for every later decision, and the kernel's
+// static refusals that come from it.
 func (a *Agent) SetPolicy(p *hushspec.Policy, source string) {
-	a.policy.Store(p)
 	a.mu.Lock()
+	a.policy.Store(p)
 	a.polSource, a.polLoaded = source, time.Now()
+	blocked := p.EgressBlockedAddrs()
+	for _, w := range a.reg.all() {
+		if err := a.objs.SetVerdicts(w.id, a.verdictRules(w, blocked)); err != nil {
+			a.proxy.errs.add(fmt.Errorf("update static verdicts of %s: %w", w.name, err))
+		}
+	}
 	a.mu.Unlock()
 	a.opts.Logger.WithFields(logrus.Fields{"policy": p.Name(), "hash": p.Hash()}).Info("policy loaded")
 }
@@ -406,7 +432,7 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 	case bpf.EventUDPRefused:
 		reason = "UDP is refused for protected workloads except DNS to the configured resolvers (QUIC would bypass the TCP path)"
 	case bpf.EventTCPDenied:
-		reason = fmt.Sprintf("refused at connect() by static verdict rule %d", e.RuleID)
+		reason = "host matched a block pattern; refused at connect() in the kernel"
 	case bpf.EventNoRecord:
 		reason = "the datapath could not record the original destination; connect refused"
 	default:
@@ -421,8 +447,15 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 		Process:  kernel.ProcessIdentity{PID: e.PID, UID: e.UID, Comm: e.Comm},
 	}
 	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardDatapath, Reason: reason}
+	if e.Kind == bpf.EventTCPDenied {
+		// The policy's own block rule, enforced early.
+		out.Guard, out.PolicyDecision, out.MatchedRule = kernel.GuardEgressPolicy, hushspec.DecisionDeny, "rules.egress.block"
+		if blocked := a.policy.Load().EgressBlockedAddrs(); e.RuleID >= staticRuleBase && int(e.RuleID-staticRuleBase) < len(blocked) {
+			out.Pattern = blocked[e.RuleID-staticRuleBase].Pattern
+		}
+	}
 	d := Decision{Time: time.Now(), Workload: w.name, PID: e.PID, Comm: e.Comm, Dst: e.Dst,
-		Transport: transport, Verdict: kernel.VerdictDeny, Guard: GuardDatapath, Reason: reason, Count: e.Count}
+		Transport: transport, Verdict: kernel.VerdictDeny, Guard: out.Guard, MatchedRule: out.MatchedRule, Reason: reason, Count: e.Count}
 	id, seq, err := a.proxy.receipt(a.ctx, ev, out)
 	d.ReceiptID, d.Seq = id, seq
 	if err != nil {
