@@ -443,8 +443,9 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 	}
 	ev := kernel.EgressEvent{
 		IP: e.Dst.Addr(), Port: e.Dst.Port(), Transport: transport,
-		Workload: w.identity(),
-		Process:  kernel.ProcessIdentity{PID: e.PID, UID: e.UID, Comm: e.Comm},
+		Workload:     w.identity(),
+		Process:      kernel.ProcessIdentity{PID: e.PID, UID: e.UID, Comm: e.Comm},
+		ConnectionID: newConnectionID(),
 	}
 	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardDatapath, Reason: reason}
 	if e.Kind == bpf.EventTCPDenied {

@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -170,11 +172,12 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, netnsPath string) {
 	}
 	cn := &conn{client: c, orig: orig, w: w}
 	cn.event = kernel.EgressEvent{
-		IP:        orig.Dst.Addr(),
-		Port:      orig.Dst.Port(),
-		Transport: kernel.TransportTCP,
-		Workload:  w.identity(),
-		Process:   kernel.ProcessIdentity{PID: orig.PID, UID: orig.UID, Comm: orig.Comm},
+		IP:           orig.Dst.Addr(),
+		Port:         orig.Dst.Port(),
+		Transport:    kernel.TransportTCP,
+		Workload:     w.identity(),
+		Process:      kernel.ProcessIdentity{PID: orig.PID, UID: orig.UID, Comm: orig.Comm},
+		ConnectionID: newConnectionID(),
 	}
 
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
@@ -487,6 +490,13 @@ func resetClose(c *net.TCPConn) {
 func drainBriefly(c *net.TCPConn) {
 	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 	io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+}
+
+// newConnectionID is a random 128-bit id for one connection's receipt.
+func newConnectionID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func firstNonEmpty(s ...string) string {

@@ -65,6 +65,11 @@ type EgressEvent struct {
 	Workload WorkloadIdentity
 	// Process is the task that called connect(), when the datapath named it.
 	Process ProcessIdentity
+	// ConnectionID is the agent's unique id for this connection (or this
+	// aggregated kernel refusal). Two connections of one process to one
+	// destination within a second are otherwise identical, and so would be
+	// their receipt ids; it also correlates a receipt with the agent's logs.
+	ConnectionID string
 }
 
 // WorkloadIdentity names a protected workload.
@@ -199,7 +204,7 @@ func (e *EgressEvent) validate() error {
 	}
 	// Peeked bytes come from an untrusted client: refuse what would not
 	// canonicalize rather than sign something a verifier reads differently.
-	strs := []string{e.Host, e.SNI, e.HTTPHost, e.HTTPMethod, e.HTTPPath, e.Workload.Name, e.Workload.CgroupPath, e.Process.Comm}
+	strs := []string{e.Host, e.SNI, e.HTTPHost, e.HTTPMethod, e.HTTPPath, e.Workload.Name, e.Workload.CgroupPath, e.Process.Comm, e.ConnectionID}
 	strs = append(strs, e.ALPN...)
 	for k, v := range e.Workload.Labels {
 		strs = append(strs, k, v)
@@ -248,6 +253,7 @@ func (e *EgressEvent) metadata(out Outcome) map[string]any {
 		"schema":   EgressMetadataSchema,
 		"workload": w,
 	}
+	putString(m, "connection_id", e.ConnectionID)
 	if e.Process.PID != 0 {
 		proc := map[string]any{"pid": e.Process.PID, "uid": e.Process.UID}
 		putString(proc, "comm", e.Process.Comm)

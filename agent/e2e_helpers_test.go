@@ -1,0 +1,270 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/backbay-labs/chio-agent/receipts"
+)
+
+// The policy the end-to-end tests run under, written as a user would from
+// the HushSpec docs.
+const e2ePolicy = `hushspec: "0.1.0"
+name: e2e
+rules:
+  egress:
+    allow: ["api.allowed.test", "**.allowed.test", "::1"]
+    block: ["forbidden.test", "127.0.0.9"]
+    default: block
+`
+
+// e2e is one agent protecting one workload cgroup, with local servers.
+type e2e struct {
+	t        *testing.T
+	dir      string
+	agent    *Agent
+	log      *receipts.Log
+	key      ed25519.PrivateKey
+	parent   testutil.Cgroup
+	wl       testutil.Cgroup
+	ca       string // CA bundle path for clients
+	cert     tls.Certificate
+	mu       sync.Mutex
+	decided  []Decision
+	httpsURL string // https://api.allowed.test:PORT, served on 127.0.0.1
+	httpAddr netip.AddrPort
+	tlsAddr  netip.AddrPort
+}
+
+type e2eOptions struct {
+	mode   receipts.Mode
+	netns  string
+	policy string
+	hosts  map[string][]netip.Addr
+}
+
+func requireTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			testutil.Skip(t, tool+" is not installed (make test installs it)")
+		}
+	}
+}
+
+func newE2E(t *testing.T, o e2eOptions) *e2e {
+	t.Helper()
+	testutil.RequireRoot(t)
+	e := &e2e{t: t, dir: t.TempDir()}
+	e.parent = testutil.NewCgroup(t, "")
+	e.wl = testutil.NewCgroup(t, e.parent.Path)
+	e.makeCA()
+
+	pol := o.policy
+	if pol == "" {
+		pol = e2ePolicy
+	}
+	policy, err := hushspec.Parse([]byte(pol))
+	if err != nil {
+		t.Fatalf("policy: %v", err)
+	}
+	_, e.key, _ = ed25519.GenerateKey(rand.Reader)
+	e.log, err = receipts.Open(filepath.Join(e.dir, "receipts.db"), receipts.Options{Key: e.key, Mode: o.mode})
+	if err != nil {
+		t.Fatalf("open log: %v", err)
+	}
+	t.Cleanup(func() {
+		// After the agent has stopped (cleanups run last-in first-out).
+		if _, err := e.log.Verify(context.Background(), receipts.VerifyOptions{}); err != nil {
+			t.Errorf("verify receipt log: %v", err)
+		}
+		e.log.Close()
+	})
+	hosts := map[string][]netip.Addr{
+		"api.allowed.test":   {netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")},
+		"other.allowed.test": {netip.MustParseAddr("127.0.0.1")},
+		"forbidden.test":     {netip.MustParseAddr("127.0.0.2")},
+	}
+	for k, v := range o.hosts {
+		hosts[k] = v
+	}
+	e.agent, err = Start(Options{
+		Policy: policy, Key: e.key, Log: e.log, AttachCgroup: e.parent.Path,
+		Hosts:     hosts,
+		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53")},
+		Timeouts:  Timeouts{FirstBytes: 2 * time.Second},
+		OnDecision: func(d Decision) {
+			e.mu.Lock()
+			e.decided = append(e.decided, d)
+			e.mu.Unlock()
+		},
+	})
+	if errors.Is(err, bpf.ErrNotSupported) {
+		testutil.Skip(t, "kernel lacks an eBPF feature: "+err.Error())
+	}
+	if err != nil {
+		t.Fatalf("start agent: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := e.agent.Close(); err != nil {
+			t.Errorf("close agent: %v", err)
+		}
+	})
+	if err := e.agent.Protect(WorkloadSpec{Name: "e2e/wl", Cgroup: e.wl.Path, Netns: o.netns, Labels: map[string]string{"suite": "e2e"}}); err != nil {
+		t.Fatalf("protect: %v", err)
+	}
+	e.tlsAddr = e.serveHTTPS("tcp4", "127.0.0.1:0", "allowed-api")
+	e.httpAddr = e.serveHTTP("tcp4", "127.0.0.1:0", "plain-api")
+	e.httpsURL = fmt.Sprintf("https://api.allowed.test:%d/hello", e.tlsAddr.Port())
+	return e
+}
+
+// makeCA writes a CA and a leaf certificate for the test names.
+func (e *e2e) makeCA() {
+	t := e.t
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "chio e2e CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leafTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "api.allowed.test"},
+		DNSNames:    []string{"api.allowed.test", "other.allowed.test", "forbidden.test"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
+		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cert = tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: leafKey}
+	e.ca = filepath.Join(e.dir, "ca.pem")
+	if err := os.WriteFile(e.ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *e2e) serveHTTPS(network, addr, body string) netip.AddrPort {
+	e.t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		e.t.Fatalf("listen %s: %v", addr, err)
+	}
+	srv := &http.Server{Handler: bodyHandler(body), TLSConfig: &tls.Config{Certificates: []tls.Certificate{e.cert}}}
+	go srv.ServeTLS(ln, "", "")
+	e.t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func (e *e2e) serveHTTP(network, addr, body string) netip.AddrPort {
+	e.t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		e.t.Fatalf("listen %s: %v", addr, err)
+	}
+	srv := &http.Server{Handler: bodyHandler(body)}
+	srv.SetKeepAlivesEnabled(false)
+	go srv.Serve(ln)
+	e.t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func bodyHandler(body string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s host=%s path=%s", body, r.Host, r.URL.Path)
+	})
+}
+
+// run runs a client inside the protected workload and returns its combined
+// output and exit status.
+func (e *e2e) run(name string, args ...string) (string, int) {
+	e.t.Helper()
+	return e.runIn(e.wl, name, args...)
+}
+
+func (e *e2e) runIn(cg testutil.Cgroup, name string, args ...string) (string, int) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cg.CommandIn(e.t, cmd)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return strings.TrimSpace(string(out)), 0
+	case errors.As(err, &ee):
+		return strings.TrimSpace(string(out)), ee.ExitCode()
+	default:
+		e.t.Fatalf("run %s: %v", name, err)
+	}
+	return "", -1
+}
+
+// lastDecision waits for the decision that matches and returns it.
+func (e *e2e) waitDecision(match func(Decision) bool) Decision {
+	e.t.Helper()
+	for i := 0; i < 500; i++ {
+		e.mu.Lock()
+		for _, d := range e.decided {
+			if match(d) {
+				e.mu.Unlock()
+				return d
+			}
+		}
+		e.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.t.Fatalf("no matching decision among %d: %+v", len(e.decided), e.decided)
+	return Decision{}
+}
+
+// receiptFor reads the stored receipt of a decision and checks it verifies.
+func (e *e2e) receiptFor(d Decision) string {
+	e.t.Helper()
+	if d.Seq == 0 || d.ReceiptID == "" {
+		e.t.Fatalf("decision has no receipt: %+v", d)
+	}
+	ent, err := e.log.Get(d.Seq)
+	if err != nil {
+		e.t.Fatalf("receipt %d: %v", d.Seq, err)
+	}
+	raw := string(ent.Receipt)
+	if !strings.Contains(raw, d.ReceiptID) {
+		e.t.Fatalf("receipt %d is not %s: %s", d.Seq, d.ReceiptID, raw)
+	}
+	return raw
+}

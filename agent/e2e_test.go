@@ -1,0 +1,314 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/receipts"
+)
+
+func TestCurlHTTPSAllowedByName(t *testing.T) {
+	requireTools(t, "curl")
+	e := newE2E(t, e2eOptions{})
+	out, code := e.run("curl", "-sS", "--max-time", "10", "--cacert", e.ca,
+		"--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.tlsAddr.Port()), e.httpsURL)
+	if code != 0 || !strings.HasPrefix(out, "allowed-api host=api.allowed.test") {
+		t.Fatalf("curl: exit %d, %q; want the allowed API's answer", code, out)
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Name == "api.allowed.test" })
+	if d.Verdict != kernel.VerdictAllow || d.Protocol != "tls" || d.Comm != "curl" || d.MatchedRule != "rules.egress.allow" || d.Dst != e.tlsAddr {
+		t.Fatalf("decision = %+v", d)
+	}
+	raw := e.receiptFor(d)
+	for _, want := range []string{`"sni":"api.allowed.test"`, `"verdict":"allow"`, `"comm":"curl"`, `"name":"e2e/wl"`} {
+		if !strings.Contains(raw, want) {
+			t.Errorf("receipt lacks %s: %s", want, raw)
+		}
+	}
+}
+
+func TestCurlHTTPSDeniedGetsTLSAlert(t *testing.T) {
+	requireTools(t, "curl")
+	e := newE2E(t, e2eOptions{})
+	// forbidden.test is served by the same server, on an address it owns.
+	_, code := e.run("curl", "-sS", "--max-time", "10", "--cacert", e.ca,
+		"--resolve", fmt.Sprintf("forbidden.test:%d:127.0.0.1", e.tlsAddr.Port()),
+		fmt.Sprintf("https://forbidden.test:%d/", e.tlsAddr.Port()))
+	if code == 0 {
+		t.Fatal("curl to a blocked host succeeded")
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Name == "forbidden.test" })
+	if d.Verdict != kernel.VerdictDeny || d.MatchedRule != "rules.egress.block" {
+		t.Fatalf("decision = %+v; want deny by rules.egress.block", d)
+	}
+	e.receiptFor(d)
+}
+
+func TestCurlHTTPDeniedGets403WithReceiptID(t *testing.T) {
+	requireTools(t, "curl")
+	e := newE2E(t, e2eOptions{})
+	out, code := e.run("curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}",
+		"--resolve", fmt.Sprintf("unlisted.test:%d:127.0.0.1", e.httpAddr.Port()),
+		fmt.Sprintf("http://unlisted.test:%d/secret?token=abc", e.httpAddr.Port()))
+	if code != 0 || !strings.HasSuffix(out, "\n403") {
+		t.Fatalf("curl: exit %d, %q; want a 403", code, out)
+	}
+	var body struct {
+		Error     string `json:"error"`
+		ReceiptID string `json:"receipt_id"`
+	}
+	jsonPart := out[:strings.LastIndex(out, "\n")]
+	if err := json.Unmarshal([]byte(jsonPart), &body); err != nil {
+		t.Fatalf("403 body is not JSON: %q", jsonPart)
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Name == "unlisted.test" })
+	if body.Error != "chio_access_denied" || body.ReceiptID != d.ReceiptID || d.MatchedRule != "rules.egress.default" {
+		t.Fatalf("403 names receipt %q, decision %+v", body.ReceiptID, d)
+	}
+	raw := e.receiptFor(d)
+	if strings.Contains(raw, "token=abc") {
+		t.Errorf("receipt keeps the query string: %s", raw)
+	}
+}
+
+func TestSNISpoofRefused(t *testing.T) {
+	requireTools(t, "curl")
+	e := newE2E(t, e2eOptions{})
+	// A forbidden server on 127.0.0.2; the client names an allowed host in
+	// SNI while dialling it.
+	spoofed := e.serveHTTPS("tcp4", "127.0.0.2:0", "forbidden-server")
+	out, code := e.run("curl", "-sS", "--max-time", "10", "--cacert", e.ca,
+		"--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.2", spoofed.Port()),
+		fmt.Sprintf("https://api.allowed.test:%d/", spoofed.Port()))
+	if code == 0 || strings.Contains(out, "forbidden-server") {
+		t.Fatalf("spoofed SNI reached the server: exit %d, %q", code, out)
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Dst == spoofed })
+	if d.Verdict != kernel.VerdictDeny || d.Guard != GuardAntiSpoof {
+		t.Fatalf("decision = %+v; want deny by %s", d, GuardAntiSpoof)
+	}
+	e.receiptFor(d)
+}
+
+func TestPythonURLLibAndSSL(t *testing.T) {
+	requireTools(t, "python3")
+	e := newE2E(t, e2eOptions{})
+	// urllib over HTTP with an allowed Host header, and stdlib ssl with an
+	// allowed SNI: unmodified Python clients.
+	script := fmt.Sprintf(`
+import socket, ssl, urllib.request
+req = urllib.request.Request("http://127.0.0.1:%d/py", headers={"Host": "api.allowed.test"})
+print(urllib.request.urlopen(req, timeout=10).read().decode())
+ctx = ssl.create_default_context(cafile=%q)
+with socket.create_connection(("127.0.0.1", %d), timeout=10) as s:
+    with ctx.wrap_socket(s, server_hostname="other.allowed.test") as t:
+        t.sendall(b"GET /tls HTTP/1.1\r\nHost: other.allowed.test\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            b = t.recv(4096)
+            if not b: break
+            data += b
+        print(data.decode().split("\r\n\r\n", 1)[1])
+try:
+    urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/", headers={"Host": "nope.test"}), timeout=10)
+    print("UNEXPECTED-ALLOW")
+except urllib.error.HTTPError as err:
+    print("denied", err.code)
+`, e.httpAddr.Port(), e.ca, e.tlsAddr.Port(), e.httpAddr.Port())
+	out, code := e.run("python3", "-c", script)
+	if code != 0 {
+		t.Fatalf("python: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{"plain-api host=api.allowed.test path=/py", "allowed-api host=other.allowed.test path=/tls", "denied 403"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("python output lacks %q:\n%s", want, out)
+		}
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Name == "other.allowed.test" })
+	if d.Verdict != kernel.VerdictAllow || d.Comm != "python3" || d.MatchedRule != "rules.egress.allow" {
+		t.Fatalf("decision = %+v", d)
+	}
+}
+
+func TestIPv6Loopback(t *testing.T) {
+	requireTools(t, "curl")
+	e := newE2E(t, e2eOptions{})
+	a6 := e.serveHTTP("tcp6", "[::1]:0", "v6-api")
+	out, code := e.run("curl", "-sS", "-g", "--max-time", "10", fmt.Sprintf("http://[::1]:%d/v6", a6.Port()))
+	if code != 0 || !strings.HasPrefix(out, "v6-api") {
+		t.Fatalf("curl [::1]: exit %d, %q", code, out)
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Dst == a6 })
+	if d.Verdict != kernel.VerdictAllow || d.Name != "::1" {
+		t.Fatalf("decision = %+v", d)
+	}
+	// A name over IPv6 is checked against its IPv6 addresses too.
+	out, code = e.run("curl", "-sS", "-g", "--max-time", "10", "--resolve", fmt.Sprintf("api.allowed.test:%d:[::1]", a6.Port()),
+		fmt.Sprintf("http://api.allowed.test:%d/v6name", a6.Port()))
+	if code != 0 || !strings.Contains(out, "path=/v6name") {
+		t.Fatalf("curl name over [::1]: exit %d, %q", code, out)
+	}
+}
+
+func TestStaticBlockRefusedAtConnect(t *testing.T) {
+	requireTools(t, "curl")
+	e := newE2E(t, e2eOptions{})
+	// 127.0.0.9 is an IP literal of the block list: refused in the kernel,
+	// never reaching the proxy, and still receipted.
+	_, code := e.run("curl", "-sS", "--max-time", "5", "http://127.0.0.9:9/")
+	if code != 7 {
+		t.Fatalf("curl to a blocked address: exit %d; want 7 (could not connect)", code)
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Dst.Addr() == netip.MustParseAddr("127.0.0.9") })
+	if d.Verdict != kernel.VerdictDeny || d.MatchedRule != "rules.egress.block" || d.Guard != kernel.GuardEgressPolicy {
+		t.Fatalf("decision = %+v", d)
+	}
+	raw := e.receiptFor(d)
+	if !strings.Contains(raw, `"pattern":"127.0.0.9"`) && !strings.Contains(raw, "127.0.0.9") {
+		t.Errorf("receipt does not name the address: %s", raw)
+	}
+}
+
+func TestClientSendingNothingIsReceipted(t *testing.T) {
+	requireTools(t, "python3")
+	e := newE2E(t, e2eOptions{})
+	// Connect and send nothing until the proxy's first-bytes deadline (2s).
+	out, code := e.run("python3", "-c", fmt.Sprintf(`
+import socket
+s = socket.create_connection(("127.0.0.1", %d), timeout=10)
+print("eof" if s.recv(10) == b"" else "data")
+`, e.httpAddr.Port()))
+	_ = out
+	_ = code
+	d := e.waitDecision(func(d Decision) bool { return d.Dst == e.httpAddr && d.Verdict == kernel.VerdictDeny })
+	if d.Guard != GuardProtocol || !strings.Contains(d.Reason, "sent nothing") {
+		t.Fatalf("decision = %+v; want a protocol deny saying the client sent nothing", d)
+	}
+	e.receiptFor(d)
+}
+
+func TestAsyncReceiptsStillVerify(t *testing.T) {
+	requireTools(t, "curl")
+	e := newE2E(t, e2eOptions{mode: receipts.ModeAsync})
+	for i := 0; i < 5; i++ {
+		if out, code := e.run("curl", "-sS", "--max-time", "10", "--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.httpAddr.Port()),
+			fmt.Sprintf("http://api.allowed.test:%d/%d", e.httpAddr.Port(), i)); code != 0 {
+			t.Fatalf("curl %d: exit %d, %q", i, code, out)
+		}
+	}
+	// Async decisions do not wait for their receipts: they carry the id,
+	// and the log holds all five once flushed.
+	e.waitDecision(func(d Decision) bool { return d.Name == "api.allowed.test" && d.ReceiptID != "" })
+	if err := e.log.Flush(context.Background(), true); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if n := e.log.LastSeq(); n != 5 {
+		t.Fatalf("log holds %d receipts after flush, want 5", n)
+	}
+}
+
+func TestGoClientHTTPS(t *testing.T) {
+	e := newE2E(t, e2eOptions{})
+	cmd := []string{"env", "CHIO_E2E_CHILD=https", "CHIO_E2E_CA=" + e.ca, "CHIO_E2E_ADDR=" + e.tlsAddr.String(),
+		"CHIO_E2E_URL=" + e.httpsURL, os.Args[0], "-test.run=^$"}
+	out, code := e.run(cmd[0], cmd[1:]...)
+	if code != 0 || !strings.HasPrefix(out, "200 allowed-api host=api.allowed.test") {
+		t.Fatalf("Go client: exit %d, %q", code, out)
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Name == "api.allowed.test" })
+	if d.Verdict != kernel.VerdictAllow || d.Protocol != "tls" {
+		t.Fatalf("decision = %+v", d)
+	}
+}
+
+func TestUDPRefusedWhileDNSWorks(t *testing.T) {
+	e := newE2E(t, e2eOptions{})
+	serveDNS(t, "127.0.0.53:53")
+	out, code := e.run("env", "CHIO_E2E_CHILD=dns-udp", "CHIO_E2E_DNS=127.0.0.53:53", "CHIO_E2E_UDP=127.0.0.1:443", os.Args[0], "-test.run=^$")
+	if code != 0 || !strings.Contains(out, "dns [127.0.0.1]") || !strings.Contains(out, "udp refused") {
+		t.Fatalf("child: exit %d, %q; want DNS answered and UDP refused", code, out)
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Transport == kernel.TransportUDP })
+	if d.Verdict != kernel.VerdictDeny || d.Dst != netip.MustParseAddrPort("127.0.0.1:443") || d.Guard != GuardDatapath {
+		t.Fatalf("decision = %+v", d)
+	}
+	raw := e.receiptFor(d)
+	if !strings.Contains(raw, `"transport":"udp"`) {
+		t.Errorf("receipt does not say udp: %s", raw)
+	}
+}
+
+// TestTenThousandConnectionsLeaveNothingBehind drives 10,000 connections
+// through the proxy and checks that the BPF maps and the agent's file
+// descriptors are as they were.
+func TestTenThousandConnectionsLeaveNothingBehind(t *testing.T) {
+	e := newE2E(t, e2eOptions{})
+	url := fmt.Sprintf("http://api.allowed.test:%d/n", e.httpAddr.Port())
+	// Warm up once so lazily opened descriptors (epoll, bbolt) exist.
+	addr := "CHIO_E2E_ADDR=" + e.httpAddr.String()
+	if out, code := e.run("env", "CHIO_E2E_CHILD=conns", "CHIO_E2E_N=1", "CHIO_E2E_PAR=1", "CHIO_E2E_URL="+url, addr,
+		os.Args[0], "-test.run=^$"); code != 0 {
+		t.Fatalf("warm-up: %d %q", code, out)
+	}
+	fdsBefore := countFDs(t)
+	p0, e0, err := e.agent.objs.MapCounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, code := e.run("env", "CHIO_E2E_CHILD=conns", "CHIO_E2E_N=10000", "CHIO_E2E_PAR=32", "CHIO_E2E_URL="+url, addr, os.Args[0], "-test.run=^$")
+	if code != 0 {
+		e.mu.Lock()
+		last := e.decided[len(e.decided)-1]
+		e.mu.Unlock()
+		t.Fatalf("10,000 connections: exit %d, %q; last decision %+v; errors %v", code, out, last, e.agent.proxy.errs.list())
+	}
+	var p1, e1, fdsAfter int
+	for i := 0; i < 300; i++ { // in-flight handlers finish after the client has its answer
+		p1, e1, _ = e.agent.objs.MapCounts()
+		fdsAfter = countFDs(t)
+		if p1 == p0 && e1 == e0 && fdsAfter == fdsBefore {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if p1 != p0 || e1 != e0 {
+		t.Errorf("map entries: pending %d→%d, established %d→%d", p0, p1, e0, e1)
+	}
+	if fdsAfter != fdsBefore {
+		t.Errorf("agent socket descriptors: %d before, %d after", fdsBefore, fdsAfter)
+		out, _ := exec.Command("sh", "-c", fmt.Sprintf("ss -tanp | grep 'pid=%d,' | head -20", os.Getpid())).CombinedOutput()
+		t.Logf("sockets:\n%s", out)
+	}
+	if got := e.agent.proxy.counts.allowed.Load(); got != 10001 {
+		t.Errorf("allowed count = %d, want 10001", got)
+	}
+	if n := e.log.LastSeq(); n != 10001 {
+		t.Errorf("receipts = %d, want 10001", n)
+	}
+}
+
+// countFDs counts the test process's socket descriptors: the agent's
+// listeners and connections (and the test servers'). Other descriptors come
+// and go with the Go runtime and os/exec (pidfds, pipes), not with the proxy.
+func countFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
+}
