@@ -1,0 +1,284 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/agent"
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/kernel"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// binary builds chio-agent once per test run: end-to-end tests start the
+// real binary, as an operator would.
+func binary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "chio-agent-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "chio-agent")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build: %v: %s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// daemon is one `chio-agent run` under test.
+type daemon struct {
+	t      *testing.T
+	bin    string
+	config string
+	ready  string
+	socket string
+	cmd    *exec.Cmd
+	logs   *strings.Builder
+}
+
+func (d *daemon) start() {
+	d.t.Helper()
+	os.Remove(d.ready)
+	d.logs = &strings.Builder{}
+	d.cmd = exec.Command(d.bin, "run", "--config", d.config, "--ready-file", d.ready)
+	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatalf("start agent: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- d.cmd.Wait() }()
+	for {
+		if _, err := os.Stat(d.ready); err == nil {
+			break
+		}
+		select {
+		case err := <-exited:
+			d.t.Fatalf("agent exited before ready: %v\n%s", err, d.logs)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	// Wait on this process elsewhere from now on.
+	go func() { <-exited }()
+}
+
+func (d *daemon) signal(s syscall.Signal) {
+	d.t.Helper()
+	if err := d.cmd.Process.Signal(s); err != nil {
+		d.t.Fatalf("signal %v: %v", s, err)
+	}
+}
+
+func (d *daemon) status() agent.Status {
+	d.t.Helper()
+	out, err := exec.Command(d.bin, "status", "--json", "--socket", d.socket).Output()
+	if err != nil {
+		d.t.Fatalf("status: %v", err)
+	}
+	var s agent.Status
+	if err := json.Unmarshal(out, &s); err != nil {
+		d.t.Fatalf("status JSON: %v: %s", err, out)
+	}
+	return s
+}
+
+// TestRunDaemonLifecycle runs the node agent as an operator would: protect a
+// cgroup, kill the agent with SIGKILL (protected connections then fail
+// rather than pass), restart it (it adopts the pinned state and enforcement
+// resumes), reload the policy by SIGHUP and by editing the file (a bad
+// policy is refused and the old one stays), and uninstall.
+func TestRunDaemonLifecycle(t *testing.T) {
+	testutil.RequireRoot(t)
+	if _, err := exec.LookPath("curl"); err != nil {
+		testutil.Skip(t, "curl is not installed")
+	}
+	bin := binary(t)
+	dir := t.TempDir()
+	cg := testutil.NewCgroup(t, "")
+	var rb [6]byte
+	rand.Read(rb[:])
+	pinDir := "/sys/fs/bpf/chio-test-" + hex.EncodeToString(rb[:])
+	t.Cleanup(func() { exec.Command(bin, "uninstall", "--force", "--pin-dir", pinDir).Run() })
+
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "upstream") })}
+	srv.SetKeepAlivesEnabled(false)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+
+	keyPath := filepath.Join(dir, "key")
+	if _, err := kernel.GenerateKeyFile(keyPath); err != nil {
+		t.Fatal(err)
+	}
+	policy := filepath.Join(dir, "policy.yaml")
+	writePolicy := func(allow, block string) {
+		t.Helper()
+		text := fmt.Sprintf("hushspec: \"0.1.0\"\nname: lifecycle\nrules:\n  egress:\n    allow: [%s]\n    block: [%s]\n    default: block\n", allow, block)
+		// Write-and-rename, as editors and ConfigMap updates do.
+		tmp := policy + ".tmp"
+		if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, policy); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writePolicy(`"api.allowed.test"`, "")
+	db := filepath.Join(dir, "receipts.db")
+	d := &daemon{t: t, bin: bin, config: filepath.Join(dir, "kernel.yaml"), ready: filepath.Join(dir, "ready"), socket: filepath.Join(dir, "status.sock")}
+	kcfg := fmt.Sprintf(`policy: %s
+signing_key: %s
+receipts: {sink: "file://%s"}
+agent:
+  pin_dir: %s
+  status_socket: %s
+  hosts: {api.allowed.test: [127.0.0.1]}
+  workloads:
+    - name: lifecycle
+      cgroup: %s
+      labels: {test: lifecycle}
+`, policy, keyPath, db, pinDir, d.socket, cg.Path)
+	if err := os.WriteFile(d.config, []byte(kcfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	curl := func() (string, int) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
+			"--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.1", port), fmt.Sprintf("http://api.allowed.test:%d/", port))
+		cg.CommandIn(t, cmd)
+		out, err := cmd.Output()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return string(out), ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), 0
+	}
+	eventually := func(what string, ok func() bool) {
+		t.Helper()
+		for i := 0; i < 300; i++ {
+			if ok() {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("%s never happened; agent logs:\n%s", what, d.logs)
+	}
+
+	// No agent yet: status says so and fails.
+	if out, err := exec.Command(bin, "status", "--socket", d.socket).CombinedOutput(); err == nil || !strings.Contains(string(out), "no chio-agent is running") {
+		t.Fatalf("status with no agent: %v, %q", err, out)
+	}
+
+	d.start()
+	if out, code := curl(); code != 0 || out != "200" {
+		t.Fatalf("allowed curl: exit %d, %q\n%s", code, out, d.logs)
+	}
+	s := d.status()
+	if len(s.Attachments) != 6 || len(s.Workloads) != 1 || s.Workloads[0].Name != "lifecycle" || s.Counts.Allowed != 1 || s.Policy.Name != "lifecycle" {
+		t.Fatalf("status = %+v", s)
+	}
+	for _, a := range s.Attachments {
+		if a.Adopted || !strings.HasPrefix(a.PinPath, pinDir) || a.LinkID == 0 || a.ProgID == 0 {
+			t.Fatalf("fresh attachment = %+v", a)
+		}
+	}
+
+	// SIGKILL: nothing cleans up; protected connections fail closed.
+	d.signal(syscall.SIGKILL)
+	eventually("agent gone", func() bool { return d.cmd.ProcessState != nil || d.cmd.Process.Signal(syscall.Signal(0)) != nil })
+	if out, code := curl(); code != 7 {
+		t.Fatalf("curl with the agent killed: exit %d, %q; want 7 (refused), never a pass", code, out)
+	}
+
+	// Restart: pinned links adopted, enforcement resumes.
+	d.start()
+	if out, code := curl(); code != 0 || out != "200" {
+		t.Fatalf("curl after restart: exit %d, %q\n%s", code, out, d.logs)
+	}
+	for _, a := range d.status().Attachments {
+		if !a.Adopted {
+			t.Fatalf("attachment not adopted after restart: %+v", a)
+		}
+	}
+
+	// SIGHUP reload to a policy that blocks the host.
+	writePolicy("", `"api.allowed.test"`)
+	d.signal(syscall.SIGHUP)
+	eventually("reload to deny", func() bool { out, _ := curl(); return out == "403" })
+
+	// A bad policy is refused; the old one stays in force.
+	if err := os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\nrules:\n  egress:\n    default: maybe\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(syscall.SIGHUP)
+	eventually("bad policy refused", func() bool {
+		for _, e := range d.status().Errors {
+			if strings.Contains(e.Message, "policy reload") {
+				return true
+			}
+		}
+		return false
+	})
+	if out, _ := curl(); out != "403" {
+		t.Fatalf("after a refused reload: %q; want the old policy's 403", out)
+	}
+
+	// Editing the file reloads without a signal.
+	writePolicy(`"api.allowed.test"`, "")
+	eventually("reload on file change", func() bool { out, _ := curl(); return out == "200" })
+
+	// SIGTERM: a clean stop; the pins stay (fail-closed until uninstall).
+	d.signal(syscall.SIGTERM)
+	eventually("agent stopped", func() bool { return d.cmd.Process.Signal(syscall.Signal(0)) != nil })
+	if _, code := curl(); code != 7 {
+		t.Fatalf("curl after SIGTERM: exit %d; want 7 (pinned redirect to no listener)", code)
+	}
+	out, err := exec.Command(bin, "uninstall", "--pin-dir", pinDir, "--socket", d.socket).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "removed "+pinDir+"/links/chio_connect4") {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("pin dir left after uninstall: %v", err)
+	}
+	if out, code := curl(); code != 0 || out != "200" {
+		t.Fatalf("curl after uninstall: exit %d, %q; want a direct connection", code, out)
+	}
+	if out, err := exec.Command(bin, "receipts", "verify", "--db", db).CombinedOutput(); err != nil {
+		t.Fatalf("receipts verify: %v\n%s", err, out)
+	}
+}
