@@ -99,9 +99,11 @@ type Agent struct {
 	polLoaded time.Time
 	started   time.Time
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	bg     sync.WaitGroup
+	ctx       context.Context
+	cancel    context.CancelFunc
+	bg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 }
 
 type listenerPair struct {
@@ -469,9 +471,14 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 }
 
 // Close stops the listeners, waits for in-flight connections, and releases
-// the programs. Pinned links and maps stay: protected workloads keep failing
+// the programs (once; later calls return the first result). Pinned links and maps stay: protected workloads keep failing
 // closed until an agent adopts them again or `uninstall` removes them.
 func (a *Agent) Close() error {
+	a.closeOnce.Do(func() { a.closeErr = a.close() })
+	return a.closeErr
+}
+
+func (a *Agent) close() error {
 	a.mu.Lock()
 	for _, lp := range a.listeners {
 		lp.ln4.Close()

@@ -2,17 +2,11 @@ package agent
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -142,36 +136,17 @@ func newE2E(t *testing.T, o e2eOptions) *e2e {
 	return e
 }
 
-// makeCA writes a CA and a leaf certificate for the test names.
+// makeCA writes a CA and a server certificate for the test names.
 func (e *e2e) makeCA() {
-	t := e.t
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "chio e2e CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	ca, err := newLocalCA([]string{"api.allowed.test", "other.allowed.test", "forbidden.test"},
+		[]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")})
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	leafTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "api.allowed.test"},
-		DNSNames:    []string{"api.allowed.test", "other.allowed.test", "forbidden.test"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")},
-		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.cert = tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: leafKey}
+	e.cert = ca.Cert
 	e.ca = filepath.Join(e.dir, "ca.pem")
-	if err := os.WriteFile(e.ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644); err != nil {
-		t.Fatal(err)
+	if err := os.WriteFile(e.ca, ca.PEM, 0o644); err != nil {
+		e.t.Fatal(err)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
+	"github.com/backbay-labs/chio-agent/kernel"
 )
 
 // ExecOptions configure Exec.
@@ -140,7 +141,8 @@ func FormatDecision(d Decision) string {
 	} else {
 		fmt.Fprintf(&b, "%s/%s", d.Dst, d.Transport)
 	}
-	if d.MatchedRule != "" {
+	// The policy rule when the policy decided; else the agent's own guard.
+	if d.MatchedRule != "" && (d.Guard == "" || d.Guard == kernel.GuardEgressPolicy) {
 		fmt.Fprintf(&b, " %s", d.MatchedRule)
 	} else if d.Guard != "" {
 		fmt.Fprintf(&b, " %s", d.Guard)

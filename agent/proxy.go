@@ -300,11 +300,12 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 		return
 	}
 	p.counts.allowed.Add(1)
+	p.report(d) // as decided; the relay may run for hours
 	if err := p.relay(ctx, cn); err != nil {
 		p.counts.failed.Add(1)
-		d.Err = err.Error()
+		p.errs.add(fmt.Errorf("relay %s (receipt %s): %w", cn.orig.Dst, id, err))
+		p.logger.WithFields(logrus.Fields{"dst": cn.orig.Dst.String(), "receipt": id}).WithError(err).Warn("relay failed")
 	}
-	p.report(d)
 }
 
 func (p *proxy) report(d Decision) {

@@ -9,26 +9,32 @@ import (
 )
 
 // The README's first command runs this demo; it must keep working for real.
-func TestDemoShowsRedirectForwardAndFailClosed(t *testing.T) {
+func TestDemoEndToEnd(t *testing.T) {
 	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("curl"); err != nil {
-		testutil.Skip(t, "demo needs curl")
+	for _, tool := range []string{"curl", "python3"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			testutil.Skip(t, "demo needs "+tool)
+		}
 	}
-	out, err := run(t, "demo")
+	out, err := run(t, "demo", "--dir", t.TempDir())
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
 	for _, want := range []string{
-		"agent: intercepted curl (pid ",
-		"curl printed: hello from the local API",
-		"curl failed: ",
+		"chio: ALLOW curl[",
+		"→ hello from the allowed API",
+		"tlsv1 alert access denied",
+		`403 {"error":"chio_access_denied"`,
+		"ChioAgentAntiSpoofGuard: destination 127.0.0.2 is not an address of api.allowed.test",
+		"refused: [Errno 1] Operation not permitted",
+		"the receipt log verifies: 5 receipts",
 		"demo done",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
 	}
-	if n := strings.Count(out, "agent: intercepted"); n != 1 {
-		t.Errorf("demo intercepted %d connections, want exactly 1 (the protected curl):\n%s", n, out)
+	if strings.Contains(out, "FORBIDDEN API") {
+		t.Errorf("a client reached the forbidden API:\n%s", out)
 	}
 }
