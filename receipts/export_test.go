@@ -59,12 +59,18 @@ func TestExportOrderAndShape(t *testing.T) {
 // an independent implementation of the formats, and checks that it notices
 // tampering too.
 func TestExportVerifiesWithPython(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		testutil.Skip(t, "python3 not installed")
+	// The python3 on PATH may be another installation than Debian's (pyenv);
+	// take the first that has the cryptography package (make test installs
+	// Debian's python3-cryptography).
+	py := ""
+	for _, cand := range []string{"python3", "/usr/bin/python3"} {
+		if p, err := exec.LookPath(cand); err == nil && exec.Command(p, "-c", "import cryptography").Run() == nil {
+			py = p
+			break
+		}
 	}
-	if err := exec.Command(py, "-c", "import cryptography").Run(); err != nil {
-		testutil.Skip(t, "python3 'cryptography' package not installed (apt-get install python3-cryptography)")
+	if py == "" {
+		testutil.Skip(t, "no python3 with the 'cryptography' package (apt-get install python3-cryptography)")
 	}
 	root, err := testutil.ModuleRoot()
 	if err != nil {
