@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/backbay-labs/chio-agent/agent"
+	"github.com/backbay-labs/chio-agent/kernel/config"
 )
 
 type execOptions struct {
@@ -32,7 +33,8 @@ func newExecCommand() *cobra.Command {
 inside: every TCP connection CMD or its children make is redirected to a proxy
 in this process, which reads the TLS SNI or HTTP Host, decides by the HushSpec
 policy, writes a signed receipt, then forwards or refuses. UDP is refused except
-DNS to the resolvers the config names. Each decision is printed on stderr.
+DNS to the resolvers the config names (by default, the nameservers of
+/etc/resolv.conf). Each decision is printed on stderr.
 
 exec exits with CMD's status (128+N if a signal N ended it) and removes the
 cgroup and programs. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).`,
@@ -45,6 +47,14 @@ cgroup and programs. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).`,
 				return err
 			}
 			defer setup.close()
+			if len(setup.agentOpts.Resolvers) == 0 {
+				// Let the command resolve names as it would unprotected.
+				rs, err := config.SystemResolvers("/etc/resolv.conf")
+				if err != nil {
+					setup.logger.WithError(err).Warn("no DNS resolvers: the command's UDP is refused, DNS included")
+				}
+				setup.agentOpts.Resolvers = rs
+			}
 			stderr := cmd.ErrOrStderr()
 			var mu sync.Mutex
 			if !o.quiet {

@@ -68,6 +68,9 @@ override kernel.yaml.`,
 			if len(workloads) == 0 {
 				return fmt.Errorf("kernel config names no workloads (agent.workloads): nothing to protect")
 			}
+			if len(opts.Resolvers) == 0 {
+				setup.logger.Warn("agent.resolvers is empty: protected workloads cannot reach any DNS server over UDP")
+			}
 			reloadSig := make(chan os.Signal, 1)
 			signal.Notify(reloadSig, syscall.SIGHUP)
 			defer signal.Stop(reloadSig)
