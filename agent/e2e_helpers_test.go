@@ -58,6 +58,7 @@ type e2eOptions struct {
 	netns  string
 	policy string
 	hosts  map[string][]netip.Addr
+	idle   time.Duration
 }
 
 func requireTools(t *testing.T, tools ...string) {
@@ -109,7 +110,7 @@ func newE2E(t *testing.T, o e2eOptions) *e2e {
 		Policy: policy, Key: e.key, Log: e.log, AttachCgroup: e.parent.Path,
 		Hosts:     hosts,
 		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53")},
-		Timeouts:  Timeouts{FirstBytes: 2 * time.Second},
+		Timeouts:  Timeouts{FirstBytes: 2 * time.Second, Idle: o.idle},
 		OnDecision: func(d Decision) {
 			e.mu.Lock()
 			e.decided = append(e.decided, d)

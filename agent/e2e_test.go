@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -311,4 +313,45 @@ func countFDs(t *testing.T) int {
 		}
 	}
 	return n
+}
+
+func TestIdleConnectionClosed(t *testing.T) {
+	requireTools(t, "python3")
+	e := newE2E(t, e2eOptions{idle: 300 * time.Millisecond})
+	// An upstream that answers and then holds the connection open forever.
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				buf := make([]byte, 4096)
+				n, _ := c.Read(buf)
+				c.Write(buf[:n])
+				io.Copy(io.Discard, c) // never closes first
+				c.Close()
+			}()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	out, code := e.run("python3", "-c", fmt.Sprintf(`
+import socket
+s = socket.create_connection(("127.0.0.1", %d), timeout=20)
+s.sendall(b"GET / HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n")
+got = s.recv(4096)
+try:
+    rest = s.recv(4096)
+    print("closed" if rest == b"" else "more data")
+except socket.timeout:
+    print("still open")
+`, port))
+	if code != 0 || out != "closed" {
+		t.Fatalf("idle connection: exit %d, %q; want the proxy to close it", code, out)
+	}
 }

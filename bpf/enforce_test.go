@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -220,5 +221,24 @@ func TestPinnedStateSurvivesAgentAndIsAdopted(t *testing.T) {
 	}
 	if out, code, _ := runIn(t, protected, target.String()); code != 3 {
 		t.Fatalf("after uninstall: exit %d, %q; want a direct (refused) connect", code, out)
+	}
+}
+
+func TestAgentMarkedSocketsAreNeverRedirected(t *testing.T) {
+	const mark = 0x43484941
+	env := newRedirectEnvWith(t, bpf.Options{AgentMark: mark})
+	target := freeAddr(t, "tcp4", "127.0.0.1")
+	// Inside the protected cgroup, an unmarked socket is redirected…
+	if out, code, _ := runIn(t, env.protected, target.String()); code != 0 {
+		t.Fatalf("unmarked: exit %d, %q; want redirected", code, out)
+	}
+	// …and a socket with the agent's mark goes where it asked (and is
+	// refused there, as nothing listens).
+	if out, code, _ := runIn(t, env.protected, target.String(), fmt.Sprintf("CHIO_TEST_MARK=%d", mark)); code != 3 {
+		t.Fatalf("marked: exit %d, %q; want a direct, refused connect", code, out)
+	}
+	// Another mark is not the agent's.
+	if out, code, _ := runIn(t, env.protected, target.String(), "CHIO_TEST_MARK=7"); code != 0 {
+		t.Fatalf("other mark: exit %d, %q; want redirected", code, out)
 	}
 }

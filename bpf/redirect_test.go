@@ -36,7 +36,18 @@ func dialChild(addr string) int {
 	if os.Getenv("CHIO_TEST_DIAL_INET6") != "" {
 		c, err = dialInet6(addr)
 	} else {
-		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+		d := net.Dialer{Timeout: 5 * time.Second}
+		if m := os.Getenv("CHIO_TEST_MARK"); m != "" {
+			// Mark the socket as the agent marks its own.
+			var mark int
+			fmt.Sscan(m, &mark)
+			d.Control = func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, mark) })
+				return serr
+			}
+		}
+		c, err = d.Dial("tcp", addr)
 	}
 	if err != nil {
 		fmt.Printf("dial-error %v\n", err)
@@ -125,6 +136,11 @@ type redirectEnv struct {
 
 func newRedirectEnv(t *testing.T) *redirectEnv {
 	t.Helper()
+	return newRedirectEnvWith(t, bpf.Options{})
+}
+
+func newRedirectEnvWith(t *testing.T, opts bpf.Options) *redirectEnv {
+	t.Helper()
 	testutil.RequireRoot(t)
 	if err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
 		t.Fatalf("ensure bpffs: %v", err)
@@ -135,7 +151,7 @@ func newRedirectEnv(t *testing.T) *redirectEnv {
 		plain:     testutil.NewCgroup(t, parent.Path),
 		seen:      make(chan bpf.Original, 16),
 	}
-	objs, err := bpf.Load(bpf.Options{})
+	objs, err := bpf.Load(opts)
 	if errors.Is(err, bpf.ErrNotSupported) {
 		testutil.Skip(t, "kernel lacks a needed eBPF feature: "+err.Error())
 	}
