@@ -233,7 +233,8 @@ func (a *Agent) Protect(spec WorkloadSpec) error {
 		return fmt.Errorf("protect %s: %w", spec.Name, err)
 	}
 	w := &workload{id: id, name: spec.Name, cgroup: spec.Cgroup, cgroupID: cgID,
-		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp}
+		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp,
+		ident: workloadIdentity(spec.Name, spec.Cgroup, spec.Labels)}
 	a.reg.add(w)
 	if err := a.objs.SetVerdicts(id, a.verdictRules(w, a.policy.Load().EgressBlockedAddrs())); err != nil {
 		a.reg.remove(w)
@@ -505,16 +506,21 @@ type workload struct {
 	labels   map[string]string
 	exempt   []bpf.VerdictRule
 	listen   *listenerPair
+	ident    kernel.WorkloadIdentity // as receipts name it, computed once
 }
 
-func (w *workload) identity() kernel.WorkloadIdentity {
-	cg := w.cgroup
+func (w *workload) identity() kernel.WorkloadIdentity { return w.ident }
+
+// workloadIdentity names a workload in receipts: its cgroup relative to the
+// cgroup2 mount, as Kubernetes and systemd name cgroups.
+func workloadIdentity(name, cgroup string, labels map[string]string) kernel.WorkloadIdentity {
+	cg := cgroup
 	if mnt, err := cgroupfs.Mount(); err == nil {
 		if rel, err := filepath.Rel(mnt, cg); err == nil && !strings.HasPrefix(rel, "..") {
 			cg = "/" + rel
 		}
 	}
-	return kernel.WorkloadIdentity{Name: w.name, CgroupPath: cg, Labels: w.labels}
+	return kernel.WorkloadIdentity{Name: name, CgroupPath: cg, Labels: labels}
 }
 
 type registry struct {

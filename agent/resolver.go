@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -21,14 +22,56 @@ type resolver struct {
 	static  map[string][]netip.Addr
 	dns     *net.Resolver
 	timeout time.Duration
+	now     func() time.Time
+
+	// cache keeps DNS answers for cacheTTL, so that a burst of connections
+	// to one name costs one lookup. Go's resolver does not cache.
+	mu    sync.Mutex
+	cache map[string]cached
 }
+
+type cached struct {
+	addrs   []netip.Addr
+	expires time.Time
+}
+
+const (
+	// cacheTTL bounds how stale an answer the check may use. Short: a name
+	// that moves is followed within seconds.
+	cacheTTL = 10 * time.Second
+	// cacheMax bounds the cache; when full it is emptied, never grown.
+	cacheMax = 4096
+)
 
 func newResolver(static map[string][]netip.Addr) *resolver {
 	m := make(map[string][]netip.Addr, len(static))
 	for k, v := range static {
 		m[strings.TrimSuffix(strings.ToLower(k), ".")] = v
 	}
-	return &resolver{static: m, dns: net.DefaultResolver, timeout: 2 * time.Second}
+	return &resolver{static: m, dns: net.DefaultResolver, timeout: 2 * time.Second, now: time.Now, cache: map[string]cached{}}
+}
+
+func (r *resolver) lookup(ctx context.Context, name string) ([]netip.Addr, error) {
+	now := r.now()
+	r.mu.Lock()
+	c, ok := r.cache[name]
+	r.mu.Unlock()
+	if ok && now.Before(c.expires) {
+		return c.addrs, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	as, err := r.dns.LookupNetIP(ctx, "ip", name)
+	if err != nil {
+		return nil, err // failures are not cached: the next connection asks again
+	}
+	r.mu.Lock()
+	if len(r.cache) >= cacheMax {
+		clear(r.cache)
+	}
+	r.cache[name] = cached{addrs: as, expires: now.Add(cacheTTL)}
+	r.mu.Unlock()
+	return as, nil
 }
 
 func (r *resolver) owns(ctx context.Context, name string, addr netip.Addr) (bool, error) {
@@ -42,9 +85,7 @@ func (r *resolver) owns(ctx context.Context, name string, addr netip.Addr) (bool
 		}
 		return false, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	as, err := r.dns.LookupNetIP(ctx, "ip", name)
+	as, err := r.lookup(ctx, name)
 	if err != nil {
 		return false, fmt.Errorf("resolve %s: %w", name, err)
 	}
