@@ -50,6 +50,8 @@ type Config struct {
 	LogLevel string `yaml:"log_level"`
 	// Agent configures the node agent; ignored by the sidecar.
 	Agent Agent `yaml:"agent"`
+	// Sidecar configures `api protect`; ignored by the node agent.
+	Sidecar Sidecar `yaml:"sidecar"`
 }
 
 // Receipts configures the receipt log.
@@ -208,6 +210,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Receipts.CheckpointEvery < 0 {
 		return fmt.Errorf("receipts.checkpoint_every: must not be negative")
+	}
+	if err := c.Sidecar.validate(); err != nil {
+		return err
 	}
 	for i, r := range c.Agent.Resolvers {
 		if _, err := netip.ParseAddrPort(r); err != nil {

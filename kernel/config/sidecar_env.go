@@ -1,0 +1,281 @@
+package config
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/kernel"
+)
+
+// The CHIO_* environment contract (docs/sidecar.md lists what each does).
+const (
+	EnvListenAddr             = "CHIO_LISTEN_ADDR"
+	EnvHealthPath             = "CHIO_HEALTH_PATH"
+	EnvKernelConfigPath       = "CHIO_KERNEL_CONFIG_PATH"
+	EnvPolicySource           = "CHIO_POLICY_SOURCE"
+	EnvReceiptSink            = "CHIO_RECEIPT_SINK"
+	EnvSigningKey             = kernel.EnvSigningKey
+	EnvCapabilityAuthorityURL = "CHIO_CAPABILITY_AUTHORITY_URL"
+	EnvLogLevel               = "CHIO_LOG_LEVEL"
+	EnvTrustedIssuerKey       = kernel.EnvTrustedIssuerKey
+	EnvTrustedIssuerKeys      = kernel.EnvTrustedIssuerKeys
+	EnvSidecarControlToken    = "CHIO_SIDECAR_CONTROL_TOKEN"
+)
+
+// SidecarEnv is every variable `api protect` reads, in the guide's order.
+// Deployment manifests for the sidecar may name these and no others (their
+// drift tests check it).
+var SidecarEnv = []string{
+	EnvListenAddr, EnvHealthPath, EnvKernelConfigPath, EnvPolicySource, EnvReceiptSink,
+	EnvSigningKey, EnvCapabilityAuthorityURL, EnvLogLevel, EnvTrustedIssuerKey,
+	EnvTrustedIssuerKeys, EnvSidecarControlToken,
+}
+
+// NodeAgentEnv is the part of the contract `run` and `exec` read: the node
+// agent has no listener of its own to configure, no capability tokens and
+// no admin surface.
+var NodeAgentEnv = []string{EnvKernelConfigPath, EnvPolicySource, EnvReceiptSink, EnvSigningKey, EnvLogLevel}
+
+// MinControlTokenBytes is the shortest CHIO_SIDECAR_CONTROL_TOKEN accepted:
+// a short token on a network-reachable admin surface is guessable.
+const MinControlTokenBytes = 16
+
+// SidecarFlags are the command line values of `api protect`; empty means
+// not given. Flags override the environment, which overrides kernel.yaml.
+type SidecarFlags struct {
+	Config       string // kernel.yaml path
+	Upstream     string
+	Spec         string
+	Listen       string
+	HealthPath   string
+	Policy       string
+	Receipts     string
+	ReceiptMode  string
+	KeyFile      string
+	LogLevel     string
+	ToolServer   string
+	MaxBodyBytes int64 // 0: not given
+}
+
+// SidecarSettings is everything `api protect` needs, merged from flags,
+// environment and kernel.yaml with defaults filled in and syntax checked.
+// Nothing has been opened or fetched yet.
+type SidecarSettings struct {
+	// KernelConfigPath is the kernel.yaml read, or "" when none was.
+	KernelConfigPath string
+	// PolicySource is a path, file:// or http(s):// URL (scheme checked).
+	PolicySource string
+	// PanicFile is the HushSpec panic sentinel, or "".
+	PanicFile string
+	// ReceiptPath is the bbolt file of the receipt log.
+	ReceiptPath string
+	// ReceiptMode is sync or async.
+	ReceiptMode string
+	// CheckpointEvery and CheckpointIdle tune checkpoints; zero means the
+	// receipt log's defaults.
+	CheckpointEvery int
+	CheckpointIdle  time.Duration
+	// SigningKeySeed is the hex seed from CHIO_SIGNING_KEY. Secret: never
+	// log it. Used only when SigningKeyFile came from no flag.
+	SigningKeySeed string
+	// SigningKeyFile is the key file, from --key or signing_key.
+	SigningKeyFile string
+	// SigningKeyFromFlag says --key was given, which beats the variable.
+	SigningKeyFromFlag bool
+	// TrustedIssuerKeys are the capability issuers trusted; empty means
+	// capability tokens are not required (and not read).
+	TrustedIssuerKeys []ed25519.PublicKey
+	// CapabilityAuthorityURL is where agents get tokens, or "".
+	CapabilityAuthorityURL string
+	// LogLevel is logrus's level name.
+	LogLevel string
+	// ControlToken opens the admin surface; "" keeps it closed. Secret.
+	ControlToken string
+	// Listen is host:port.
+	Listen string
+	// HealthPath is the readiness endpoint's path.
+	HealthPath string
+	// Upstream is the protected API's base URL (checked by ParseUpstream).
+	Upstream string
+	// Spec is the OpenAPI document's path.
+	Spec string
+	// ToolServer is the receipts' tool_server; "" means the upstream's origin.
+	ToolServer string
+	// MaxBodyBytes bounds request bodies.
+	MaxBodyBytes int64
+	// Timeouts bound connections.
+	Timeouts ResolvedTimeouts
+}
+
+// ResolveSidecar merges flags, the environment and kernel.yaml (named by
+// --config or CHIO_KERNEL_CONFIG_PATH) into settings. It fails closed with
+// an error naming what is wrong: a kernel.yaml that cannot be read, a
+// missing policy, upstream or spec, a scheme this build cannot read or
+// write, a malformed key or token.
+func ResolveSidecar(f SidecarFlags, lookup func(string) (string, bool)) (*SidecarSettings, error) {
+	env := func(name string) string {
+		v, ok := lookup(name)
+		if !ok {
+			return ""
+		}
+		return strings.TrimSpace(v)
+	}
+	s := &SidecarSettings{}
+	cfg := &Config{}
+	s.KernelConfigPath = first(f.Config, env(EnvKernelConfigPath))
+	if s.KernelConfigPath != "" {
+		c, err := Load(s.KernelConfigPath, lookup)
+		if err != nil {
+			return nil, err
+		}
+		cfg = c
+	}
+	sc := cfg.Sidecar
+
+	s.PolicySource = first(f.Policy, env(EnvPolicySource), cfg.Policy)
+	if s.PolicySource == "" {
+		return nil, fmt.Errorf("resolve sidecar: no policy: give --policy, $%s or policy: in kernel.yaml", EnvPolicySource)
+	}
+	if err := CheckPolicyScheme(s.PolicySource); err != nil {
+		return nil, err
+	}
+	s.PanicFile = cfg.PanicFile
+
+	sink := first(f.Receipts, env(EnvReceiptSink), cfg.Receipts.Sink, DefaultSidecarReceipts)
+	path, err := ReceiptPath(sink)
+	if err != nil {
+		return nil, err
+	}
+	s.ReceiptPath = path
+	s.ReceiptMode = first(f.ReceiptMode, cfg.Receipts.Mode, "sync")
+	if s.ReceiptMode != "sync" && s.ReceiptMode != "async" {
+		return nil, fmt.Errorf("resolve sidecar: receipt mode %q is neither sync nor async", s.ReceiptMode)
+	}
+	s.CheckpointEvery = cfg.Receipts.CheckpointEvery
+	s.CheckpointIdle = cfg.Receipts.CheckpointIdle.D(0)
+
+	if v := env(EnvSigningKey); v != "" {
+		if _, err := kernel.ParseSeedHex(v); err != nil {
+			return nil, fmt.Errorf("resolve sidecar: %s: %w", EnvSigningKey, err)
+		}
+		s.SigningKeySeed = v
+	}
+	s.SigningKeyFromFlag = f.KeyFile != ""
+	s.SigningKeyFile = first(f.KeyFile, cfg.SigningKey)
+	if s.SigningKeySeed == "" && s.SigningKeyFile == "" {
+		return nil, fmt.Errorf("resolve sidecar: %w: set %s, give --key FILE or signing_key: in kernel.yaml (chio-agent keygen --out FILE writes one)", kernel.ErrNoSigningKey, EnvSigningKey)
+	}
+
+	s.TrustedIssuerKeys, err = kernel.TrustedIssuerKeys(kernel.LookupEnv(lookup))
+	if err != nil {
+		return nil, fmt.Errorf("resolve sidecar: %w", err)
+	}
+	if len(s.TrustedIssuerKeys) == 0 {
+		for i, h := range cfg.TrustedIssuerKeys {
+			k, err := kernel.ParsePublicKeyHex(strings.TrimSpace(h))
+			if err != nil {
+				return nil, fmt.Errorf("resolve sidecar: trusted_issuer_keys[%d]: %w", i, err)
+			}
+			s.TrustedIssuerKeys = append(s.TrustedIssuerKeys, k)
+		}
+	}
+
+	s.CapabilityAuthorityURL = first(env(EnvCapabilityAuthorityURL), sc.CapabilityAuthorityURL)
+	if s.CapabilityAuthorityURL != "" {
+		if err := checkAuthorityURL(s.CapabilityAuthorityURL); err != nil {
+			return nil, fmt.Errorf("resolve sidecar: %s: %w", EnvCapabilityAuthorityURL, err)
+		}
+	}
+	s.LogLevel = first(f.LogLevel, env(EnvLogLevel), cfg.LogLevel, "info")
+
+	// The token is taken as set, untrimmed: a secret is compared byte for byte.
+	if v, ok := lookup(EnvSidecarControlToken); ok && v != "" {
+		if len(v) < MinControlTokenBytes {
+			return nil, fmt.Errorf("resolve sidecar: %s is %d bytes; use at least %d random bytes (or unset it to keep the admin surface closed)", EnvSidecarControlToken, len(v), MinControlTokenBytes)
+		}
+		s.ControlToken = v
+	}
+
+	s.Listen = first(f.Listen, env(EnvListenAddr), sc.Listen, DefaultSidecarListen)
+	if _, port, err := net.SplitHostPort(s.Listen); err != nil {
+		return nil, fmt.Errorf("resolve sidecar: listen address %q is not host:port: %w", s.Listen, err)
+	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return nil, fmt.Errorf("resolve sidecar: listen address %q: port %q is not a number", s.Listen, port)
+	}
+	s.HealthPath = first(f.HealthPath, env(EnvHealthPath), sc.HealthPath, DefaultHealthPath)
+	if err := checkHealthPath(s.HealthPath); err != nil {
+		return nil, fmt.Errorf("resolve sidecar: health path: %w", err)
+	}
+
+	s.Upstream = first(f.Upstream, sc.Upstream)
+	if s.Upstream == "" {
+		return nil, fmt.Errorf("resolve sidecar: no upstream: give --upstream URL or sidecar.upstream in kernel.yaml")
+	}
+	if _, err := ParseUpstream(s.Upstream); err != nil {
+		return nil, fmt.Errorf("resolve sidecar: upstream: %w", err)
+	}
+	spec := first(f.Spec, sc.Spec)
+	if spec == "" {
+		return nil, fmt.Errorf("resolve sidecar: no OpenAPI spec: give --spec FILE or sidecar.spec in kernel.yaml")
+	}
+	if s.Spec, err = localPath("spec", spec); err != nil {
+		return nil, err
+	}
+	s.ToolServer = first(f.ToolServer, sc.ToolServer)
+	s.MaxBodyBytes = sc.MaxBodyBytes
+	if f.MaxBodyBytes != 0 {
+		s.MaxBodyBytes = f.MaxBodyBytes
+	}
+	if s.MaxBodyBytes < 0 {
+		return nil, fmt.Errorf("resolve sidecar: max body bytes must not be negative")
+	}
+	if s.MaxBodyBytes == 0 {
+		s.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	s.Timeouts = sc.Timeouts.withDefaults()
+	return s, nil
+}
+
+// CheckPolicyScheme refuses, before anything is fetched, a policy source
+// whose scheme LoadPolicy cannot read.
+func CheckPolicyScheme(source string) error {
+	scheme, _, ok := strings.Cut(source, "://")
+	if !ok {
+		return nil
+	}
+	switch scheme {
+	case "file", "http", "https":
+		return nil
+	}
+	return fmt.Errorf("policy source: %w %q in %q (this build reads a path, file:// and http(s)://)", ErrUnsupportedScheme, scheme, source)
+}
+
+// localPath accepts a path or file://PATH and refuses other schemes.
+func localPath(what, s string) (string, error) {
+	scheme, _, ok := strings.Cut(s, "://")
+	if !ok {
+		return s, nil
+	}
+	if scheme != "file" {
+		return "", fmt.Errorf("%s: %w %q in %q (this build reads a path or file://)", what, ErrUnsupportedScheme, scheme, s)
+	}
+	// ReceiptPath applies the same file:// rules.
+	p, err := ReceiptPath(s)
+	if err != nil {
+		return "", fmt.Errorf("%s: %q is not a file:// URL of a local path", what, s)
+	}
+	return p, nil
+}
+
+func first(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
