@@ -1,0 +1,125 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"text/tabwriter"
+	"time"
+)
+
+// Targets of issue 5 item 8.
+const (
+	targetAsyncAdded = 100 * time.Microsecond // added p50 setup, async receipts
+	targetSyncAdded  = 1500 * time.Microsecond
+	targetThroughput = 0.90 // of direct
+	targetHookNs     = 500.0
+)
+
+type report struct {
+	modes, bulkModes      []mode
+	lats                  map[string][]time.Duration
+	bulks                 map[string][]float64 // bytes/s per transfer
+	progs                 map[string]progStats
+	conns, rounds, warmup int
+	bulkBytes             int64
+	bulkRuns              int
+	load0, load1          string
+	elapsed               time.Duration
+}
+
+// quantile is the nearest-rank quantile of sorted values.
+func quantile[T any](sorted []T, q float64) T {
+	i := int(q*float64(len(sorted))+0.5) - 1
+	i = max(0, min(i, len(sorted)-1))
+	return sorted[i]
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%.1f µs", float64(d)/1e3) }
+
+func signedUS(d time.Duration) string { return fmt.Sprintf("%+.1f µs", float64(d)/1e3) }
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT met"
+}
+
+func (r report) print(out io.Writer) {
+	fmt.Fprintf(out, "\nload average at end: %s; elapsed %s\n", r.load1, r.elapsed.Round(time.Second))
+	fmt.Fprintf(out, "\nConnection setup: connect → request → first response byte, a new connection each, one at a time\n")
+	fmt.Fprintf(out, "(%d connections per mode in %d interleaved rounds, %d unmeasured warm-up connections per client process)\n\n",
+		r.conns, r.rounds, r.warmup)
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "mode\tn\tp50\tp99\tp50 added\tp50 ratio\tp99 added\tp99 ratio\t")
+	type q struct{ p50, p99 time.Duration }
+	qs := map[string]q{}
+	for _, m := range r.modes {
+		v := slices.Clone(r.lats[m.name])
+		slices.Sort(v)
+		if len(v) == 0 {
+			continue
+		}
+		qs[m.name] = q{quantile(v, 0.50), quantile(v, 0.99)}
+	}
+	base := qs[r.modes[0].name]
+	for _, m := range r.modes {
+		x := qs[m.name]
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%.2f×\t%s\t%.2f×\t\n", m.name, len(r.lats[m.name]),
+			us(x.p50), us(x.p99), signedUS(x.p50-base.p50), float64(x.p50)/float64(base.p50),
+			signedUS(x.p99-base.p99), float64(x.p99)/float64(base.p99))
+	}
+	tw.Flush()
+
+	fmt.Fprintf(out, "\nBulk throughput: %d MiB streamed per transfer, %d transfers per mode, interleaved (median; min–max)\n\n", r.bulkBytes>>20, r.bulkRuns)
+	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "mode\tmedian\tmin\tmax\tvs direct\t")
+	med := map[string]float64{}
+	for _, m := range r.bulkModes {
+		v := slices.Clone(r.bulks[m.name])
+		slices.Sort(v)
+		if len(v) == 0 {
+			continue
+		}
+		med[m.name] = quantile(v, 0.5)
+	}
+	gbs := func(x float64) string { return fmt.Sprintf("%.2f GB/s", x/1e9) }
+	for _, m := range r.bulkModes {
+		v := slices.Clone(r.bulks[m.name])
+		slices.Sort(v)
+		if len(v) == 0 {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.0f%%\t\n", m.name, gbs(med[m.name]), gbs(v[0]), gbs(v[len(v)-1]),
+			100*med[m.name]/med[r.bulkModes[0].name])
+	}
+	tw.Flush()
+
+	fmt.Fprintf(out, "\nBPF programs of the agent runs (kernel run statistics, BPF_ENABLE_STATS):\n\n")
+	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "program\truns\ttotal\tper run\t")
+	names := make([]string, 0, len(r.progs))
+	for n := range r.progs {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		p := r.progs[n]
+		if p.count == 0 {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f ns\t\n", n, p.count, p.runtime, float64(p.runtime.Nanoseconds())/float64(p.count))
+	}
+	tw.Flush()
+
+	async, sync := qs[r.modes[1].name], qs[r.modes[2].name]
+	hook := r.progs["chio_connect4"]
+	hookNs := float64(hook.runtime.Nanoseconds()) / float64(max(hook.count, 1))
+	thr := med[r.bulkModes[1].name] / med[r.bulkModes[0].name]
+	fmt.Fprintf(out, "\nTargets:\n")
+	fmt.Fprintf(out, "  added p50 setup, async receipts ≤ %s: %s (%s)\n", us(targetAsyncAdded), signedUS(async.p50-base.p50), verdict(async.p50-base.p50 <= targetAsyncAdded))
+	fmt.Fprintf(out, "  added p50 setup, sync receipts ≤ %s: %s (%s)\n", us(targetSyncAdded), signedUS(sync.p50-base.p50), verdict(sync.p50-base.p50 <= targetSyncAdded))
+	fmt.Fprintf(out, "  bulk throughput ≥ %.0f%% of direct: %.0f%% (%s)\n", 100*targetThroughput, 100*thr, verdict(thr >= targetThroughput))
+	fmt.Fprintf(out, "  connect hook ≤ %.0f ns per call: %.0f ns (%s)\n", targetHookNs, hookNs, verdict(hook.count > 0 && hookNs <= targetHookNs))
+}
