@@ -423,7 +423,9 @@ func TestStartRefuses(t *testing.T) {
 		want   string
 	}{
 		{"missing policy", func(s *config.SidecarSettings) { s.PolicySource = dir + "/nope.yaml" }, "nope.yaml"},
-		{"invalid policy", func(s *config.SidecarSettings) { s.PolicySource = writeFile(t, dir, "bad.yaml", "hushspec: \"0.1.0\"\nrulez: {}\n") }, "rulez"},
+		{"invalid policy", func(s *config.SidecarSettings) {
+			s.PolicySource = writeFile(t, dir, "bad.yaml", "hushspec: \"0.1.0\"\nrulez: {}\n")
+		}, "rulez"},
 		{"unsupported policy scheme", func(s *config.SidecarSettings) { s.PolicySource = "gs://bucket/policy.yaml" }, "unsupported scheme"},
 		{"missing spec", func(s *config.SidecarSettings) { s.Spec = dir + "/none.yaml" }, "none.yaml"},
 		{"spec without operationId", func(s *config.SidecarSettings) {
