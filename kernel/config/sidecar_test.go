@@ -88,7 +88,7 @@ sidecar:
 	e := map[string]string{
 		EnvKernelConfigPath: cfg, EnvPolicySource: "/env/policy.yaml", EnvReceiptSink: "file:///env/r.db",
 		EnvListenAddr: "0.0.0.0:9090", EnvHealthPath: "/env-health", EnvLogLevel: "debug", EnvSigningKey: seedHex,
-		EnvTrustedIssuerKeys: strings.Repeat("cd", 32) + "," + strings.Repeat("ef", 32),
+		EnvTrustedIssuerKeys:   strings.Repeat("cd", 32) + "," + strings.Repeat("ef", 32),
 		EnvSidecarControlToken: "a-control-token-of-some-length", EnvCapabilityAuthorityURL: "https://auth.example.test",
 	}
 	s, err = ResolveSidecar(SidecarFlags{}, env(e))
