@@ -1,0 +1,101 @@
+package sidecar
+
+import (
+	"io"
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/kernel/config"
+)
+
+// The benchmarks measure what a request gains by going through the sidecar:
+// the same keep-alive client asks the same loopback upstream for GET
+// /pets/{id}, straight or through the sidecar (route match, policy
+// decision, Ed25519 receipt, append to the receipt log, reverse proxy).
+// Each reports the p50 and p99 of its own requests; BenchmarkSidecarAdded
+// interleaves direct and proxied requests so both see the same machine at
+// the same moment, and reports the difference. BENCHMARKS.md has figures.
+
+func benchGet(b *testing.B, c *http.Client, url string) time.Duration {
+	start := time.Now()
+	resp, err := c.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	d := time.Since(start)
+	if resp.StatusCode != 200 {
+		b.Fatalf("GET %s: %d", url, resp.StatusCode)
+	}
+	return d
+}
+
+func quantile(d []time.Duration, q float64) float64 {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(q * float64(len(s)-1))
+	return float64(s[i].Nanoseconds()) / 1e3
+}
+
+func reportLatency(b *testing.B, prefix string, d []time.Duration) {
+	b.ReportMetric(quantile(d, 0.50), prefix+"p50-µs")
+	b.ReportMetric(quantile(d, 0.99), prefix+"p99-µs")
+}
+
+func benchFixture(b *testing.B, mode string) *fixture {
+	f := startFixture(b, func(s *config.SidecarSettings) { s.ReceiptMode = mode })
+	// Warm both connections so no benchmark pays a TCP handshake.
+	benchGet(b, f.client, f.upstream.URL+"/pets/1")
+	benchGet(b, f.client, f.base+"/pets/1")
+	return f
+}
+
+func BenchmarkDirect(b *testing.B) {
+	f := benchFixture(b, "async")
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		lat = append(lat, benchGet(b, f.client, f.upstream.URL+"/pets/1"))
+	}
+	b.StopTimer()
+	reportLatency(b, "", lat)
+}
+
+func benchSidecar(b *testing.B, mode string) {
+	f := benchFixture(b, mode)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		lat = append(lat, benchGet(b, f.client, f.base+"/pets/1"))
+	}
+	b.StopTimer()
+	reportLatency(b, "", lat)
+}
+
+func BenchmarkSidecarAsync(b *testing.B) { benchSidecar(b, "async") }
+func BenchmarkSidecarSync(b *testing.B)  { benchSidecar(b, "sync") }
+
+// BenchmarkSidecarAdded reports the latency the sidecar adds, as the
+// difference of quantiles of interleaved direct and proxied requests.
+func BenchmarkSidecarAdded(b *testing.B) {
+	for _, mode := range []string{"async", "sync"} {
+		b.Run(mode, func(b *testing.B) {
+			f := benchFixture(b, mode)
+			direct := make([]time.Duration, 0, b.N)
+			proxied := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				direct = append(direct, benchGet(b, f.client, f.upstream.URL+"/pets/1"))
+				proxied = append(proxied, benchGet(b, f.client, f.base+"/pets/1"))
+			}
+			b.StopTimer()
+			reportLatency(b, "direct-", direct)
+			reportLatency(b, "sidecar-", proxied)
+			b.ReportMetric(quantile(proxied, 0.50)-quantile(direct, 0.50), "added-p50-µs")
+			b.ReportMetric(quantile(proxied, 0.99)-quantile(direct, 0.99), "added-p99-µs")
+		})
+	}
+}
