@@ -237,6 +237,13 @@ func CheckConsistency(r *Receipt) error {
 // a generic canonicalizer on the per-connection path; TestAppendBodyMatchesJCS
 // holds it to jcs.Marshal. params and meta must already be canonical.
 func appendBody(dst []byte, r *Receipt, params, meta []byte) []byte {
+	return appendMembers(dst, r, params, meta, false)
+}
+
+// appendMembers writes the receipt's members in RFC 8785 order; with full
+// it also writes id and signature where they sort, which gives the
+// canonical form of the whole signed receipt.
+func appendMembers(dst []byte, r *Receipt, params, meta []byte, full bool) []byte {
 	dst = append(dst, `{"action":{"parameter_hash":`...)
 	dst = jcs.AppendString(dst, r.Action.ParameterHash)
 	dst = append(dst, `,"parameters":`...)
@@ -281,6 +288,10 @@ func appendBody(dst []byte, r *Receipt, params, meta []byte) []byte {
 		}
 		dst = append(dst, ']')
 	}
+	if full {
+		dst = append(dst, `,"id":`...)
+		dst = jcs.AppendString(dst, r.ID)
+	}
 	dst = append(dst, `,"kernel_key":`...)
 	dst = jcs.AppendString(dst, r.KernelKey)
 	if len(meta) > 0 {
@@ -292,6 +303,10 @@ func appendBody(dst []byte, r *Receipt, params, meta []byte) []byte {
 	dst = append(dst, `,"receipt_kind":`...)
 	dst = jcs.AppendString(dst, r.ReceiptKind)
 	dst = optString(dst, `,"redaction_mode":`, r.RedactionMode)
+	if full {
+		dst = append(dst, `,"signature":`...)
+		dst = jcs.AppendString(dst, r.Signature)
+	}
 	dst = append(dst, `,"timestamp":`...)
 	dst = strconv.AppendUint(dst, r.Timestamp, 10)
 	dst = append(dst, `,"tool_name":`...)
@@ -315,6 +330,11 @@ func optString(dst []byte, prefix, s string) []byte {
 // signature included): the bytes a receipt log stores and a Merkle leaf
 // hashes.
 func (r *Receipt) CanonicalJSON() ([]byte, error) {
+	if out, ok := r.appendCanonical(); ok {
+		return out, nil
+	}
+	// Invalid UTF-8 or JSON somewhere: the generic path gives the same
+	// result or error it always has.
 	b, err := json.Marshal(r)
 	if err != nil {
 		return nil, fmt.Errorf("encode receipt: %w", err)
@@ -324,6 +344,63 @@ func (r *Receipt) CanonicalJSON() ([]byte, error) {
 		return nil, fmt.Errorf("encode receipt: %w", err)
 	}
 	return out, nil
+}
+
+// appendCanonical is CanonicalJSON written by hand: the same bytes as
+// canonicalizing encoding/json's output (TestCanonicalJSONFastPath holds it
+// to that), without the encode-then-reparse round trip. It reports false,
+// leaving the case to the generic path, when a string is not valid UTF-8
+// (encoding/json would substitute U+FFFD) or parameters or metadata fail to
+// canonicalize (so the error stays the generic one).
+func (r *Receipt) appendCanonical() ([]byte, bool) {
+	if !stringsValid(r) {
+		return nil, false
+	}
+	buf := make([]byte, 0, 640+2*(len(r.Action.Parameters)+len(r.Metadata)))
+	var err error
+	var params, meta []byte
+	switch {
+	case r.Action.Parameters == nil:
+		buf = append(buf, "null"...) // as encoding/json writes a nil RawMessage
+	case len(r.Action.Parameters) == 0:
+		return nil, false // encoding/json refuses an empty, non-nil RawMessage
+	default:
+		if buf, err = jcs.Append(buf, r.Action.Parameters); err != nil {
+			return nil, false
+		}
+	}
+	params = buf[:len(buf):len(buf)]
+	if len(r.Metadata) > 0 {
+		if buf, err = jcs.Append(buf, r.Metadata); err != nil {
+			return nil, false
+		}
+		meta = buf[len(params):len(buf):len(buf)]
+	}
+	out := buf[len(buf):]
+	out = appendMembers(out, r, params, meta, true)
+	// out shares buf's array after the scratch parameters and metadata;
+	// hand back a slice that owns only the receipt.
+	return out[:len(out):len(out)], true
+}
+
+// stringsValid reports whether every string member of r is valid UTF-8.
+func stringsValid(r *Receipt) bool {
+	for _, s := range [...]string{r.ID, r.CapabilityID, r.ToolServer, r.ToolName, r.ToolOrigin, r.ReceiptKind,
+		r.BoundaryClass, r.TrustLevel, r.ObservationOutcome, r.RedactionMode, r.ContentHash, r.PolicyHash,
+		r.KernelKey, r.Signature, r.Action.ParameterHash} {
+		if !utf8.ValidString(s) {
+			return false
+		}
+	}
+	if d := r.Decision; d != nil && !(utf8.ValidString(d.Verdict) && utf8.ValidString(d.Reason) && utf8.ValidString(d.Guard)) {
+		return false
+	}
+	for i := range r.Evidence {
+		if !utf8.ValidString(r.Evidence[i].GuardName) || !utf8.ValidString(r.Evidence[i].Details) {
+			return false
+		}
+	}
+	return true
 }
 
 // Result is what a receipt claims happened. It is read from the receipt's

@@ -2,8 +2,7 @@ package receipts
 
 import (
 	"context"
-	"encoding/hex"
-	"encoding/json"
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -47,16 +46,9 @@ func (l *Log) AppendReceipt(ctx context.Context, rc *kernel.Receipt) (uint64, er
 	if rc.Decision != nil {
 		e.Decision = rc.Decision.Verdict
 	}
-	if len(rc.Metadata) > 0 {
-		var m map[string]json.RawMessage
-		if json.Unmarshal(rc.Metadata, &m) == nil {
-			e.Workload = firstString(m, workloadKeys...)
-		}
-	}
-	var p map[string]json.RawMessage
-	if json.Unmarshal(rc.Action.Parameters, &p) == nil {
-		e.Host = firstString(p, hostKeys...)
-	}
+	// CanonicalJSON accepted both, so they are valid JSON.
+	e.Workload = indexedString(rc.Metadata, workloadKeys)
+	e.Host = indexedString(rc.Action.Parameters, hostKeys)
 	if err := checkEntry(&e, rc.KernelKey, rc.Signature, rc.Timestamp); err != nil {
 		return 0, fmt.Errorf("append receipt: %v: %w", err, ErrInvalidReceipt)
 	}
@@ -253,7 +245,11 @@ func (l *Log) commit(batch []*request) {
 	sealAfter := false
 	appended := 0
 	err := l.update(func(tx *bolt.Tx) error {
-		ids := tx.Bucket(bktIDs)
+		bk := entryBuckets(tx)
+		// bbolt keeps the keys it is given until the commit; carving them
+		// out of one arena saves six allocations per receipt.
+		var arena keyArena
+		arena.buf = make([]byte, 0, len(batch)*entryKeysSize)
 		for i, r := range batch {
 			switch r.kind {
 			case reqSeal:
@@ -262,13 +258,16 @@ func (l *Log) commit(batch []*request) {
 			case reqFlush:
 				continue
 			}
-			idb, _ := hex.DecodeString(r.entry.ID)
-			if prev := ids.Get(idb); prev != nil {
+			idb := arena.take(32)
+			if !decodeHex(idb, r.entry.ID) {
+				return fmt.Errorf("receipt id %q is not hex: %w", r.entry.ID, ErrInvalidReceipt) // checkEntry made sure it is
+			}
+			if prev := bk.ids.Get(idb); prev != nil {
 				res[i].err = fmt.Errorf("append receipt %s: already stored as seq %d: %w", r.entry.ID, getU64(prev), ErrInvalidReceipt)
 				continue
 			}
 			seq := l.st.lastSeq + 1
-			if err := putEntry(tx, seq, idb, &r.entry); err != nil {
+			if err := bk.put(&arena, seq, idb, &r.entry); err != nil {
 				return err
 			}
 			l.st.lastSeq = seq
@@ -390,27 +389,98 @@ func (l *Log) putMeta(tx *bolt.Tx) error {
 // every page of an append-only bucket half empty.
 const appendOnlyFill = 0.95
 
-func putEntry(tx *bolt.Tx, seq uint64, idb []byte, e *Entry) error {
-	k := u64key(seq)
-	recs := tx.Bucket(bktReceipts)
-	recs.FillPercent = appendOnlyFill
-	tx.Bucket(bktTime).FillPercent = appendOnlyFill
-	if err := recs.Put(k, e.Receipt); err != nil {
+// decodeHex decodes the hex string s into dst (len(s) == 2*len(dst))
+// without converting s to a byte slice first.
+func decodeHex(dst []byte, s string) bool {
+	if len(s) != 2*len(dst) {
+		return false
+	}
+	for i := range dst {
+		hi, ok1 := unhex(s[2*i])
+		lo, ok2 := unhex(s[2*i+1])
+		if !ok1 || !ok2 {
+			return false
+		}
+		dst[i] = hi<<4 | lo
+	}
+	return true
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+// entryBucketSet holds the buckets one receipt is written to, looked up once
+// per transaction.
+type entryBucketSet struct {
+	recs, ids, time, decision, workload, host *bolt.Bucket
+}
+
+func entryBuckets(tx *bolt.Tx) entryBucketSet {
+	b := entryBucketSet{
+		recs: tx.Bucket(bktReceipts), ids: tx.Bucket(bktIDs), time: tx.Bucket(bktTime),
+		decision: tx.Bucket(bktDecision), workload: tx.Bucket(bktWorkload), host: tx.Bucket(bktHost),
+	}
+	b.recs.FillPercent = appendOnlyFill
+	b.time.FillPercent = appendOnlyFill
+	return b
+}
+
+// entryKeysSize is what one receipt's keys usually take from a keyArena
+// (seq, id, time, and three short index values).
+const entryKeysSize = 8 + 32 + 16 + 3*(2+24+8)
+
+// keyArena hands out key buffers from one allocation. A slice it returned
+// stays valid after the arena grows (the old array lives on while used).
+type keyArena struct{ buf []byte }
+
+func (a *keyArena) take(n int) []byte {
+	if cap(a.buf)-len(a.buf) < n {
+		a.buf = make([]byte, 0, max(n, 2*cap(a.buf)))
+	}
+	b := a.buf[len(a.buf) : len(a.buf)+n : len(a.buf)+n]
+	a.buf = a.buf[:len(a.buf)+n]
+	return b
+}
+
+func (a *keyArena) valueKey(value string, seq uint64) []byte {
+	b := a.take(2 + len(value) + 8)
+	binary.BigEndian.PutUint16(b, uint16(len(value)))
+	copy(b[2:], value)
+	putU64(b[2+len(value):], seq)
+	return b
+}
+
+func (bk *entryBucketSet) put(a *keyArena, seq uint64, idb []byte, e *Entry) error {
+	k := a.take(8)
+	putU64(k, seq)
+	if err := bk.recs.Put(k, e.Receipt); err != nil {
 		return fmt.Errorf("put receipt %d: %w", seq, err)
 	}
-	if err := tx.Bucket(bktIDs).Put(idb, k); err != nil {
+	if err := bk.ids.Put(idb, k); err != nil {
 		return fmt.Errorf("index receipt %d: %w", seq, err)
 	}
-	for _, ix := range []struct {
-		b   []byte
+	tk := a.take(16)
+	putU64(tk, uint64(e.Timestamp))
+	putU64(tk[8:], seq)
+	for _, ix := range [...]struct {
+		b   *bolt.Bucket
 		key []byte
 	}{
-		{bktTime, timeKey(e.Timestamp, seq)},
-		{bktDecision, valueKey(e.Decision, seq)},
-		{bktWorkload, valueKey(e.Workload, seq)},
-		{bktHost, valueKey(e.Host, seq)},
+		{bk.time, tk},
+		{bk.decision, a.valueKey(e.Decision, seq)},
+		{bk.workload, a.valueKey(e.Workload, seq)},
+		{bk.host, a.valueKey(e.Host, seq)},
 	} {
-		if err := tx.Bucket(ix.b).Put(ix.key, nil); err != nil {
+		if err := ix.b.Put(ix.key, nil); err != nil {
 			return fmt.Errorf("index receipt %d: %w", seq, err)
 		}
 	}
