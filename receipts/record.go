@@ -3,11 +3,9 @@ package receipts
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 
 	"github.com/backbay-labs/chio-agent/kernel/jcs"
 )
@@ -128,12 +126,17 @@ func firstString(m map[string]json.RawMessage, keys ...string) string {
 	return ""
 }
 
+// isHex reports whether s is n lowercase hex digits.
 func isHex(s string, n int) bool {
-	if len(s) != n || strings.ToLower(s) != s {
+	if len(s) != n {
 		return false
 	}
-	_, err := hex.DecodeString(s)
-	return err == nil
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // canonicalReceipt returns the canonical form of a receipt given as JSON.

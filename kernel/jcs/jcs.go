@@ -22,6 +22,15 @@ func Canonicalize(data []byte) ([]byte, error) {
 // Append appends the canonical form of the JSON text data to dst, so hot
 // paths can reuse a buffer. On error dst is returned unchanged in content.
 func Append(dst, data []byte) ([]byte, error) {
+	if isCanonical(data) {
+		return append(dst, data...), nil
+	}
+	return appendParsed(dst, data)
+}
+
+// appendParsed is Append without the already-canonical shortcut: parse
+// into a tree, sort, write back.
+func appendParsed(dst, data []byte) ([]byte, error) {
 	p := parser{data: data}
 	p.skipSpace()
 	v, err := p.value()
