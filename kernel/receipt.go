@@ -174,23 +174,38 @@ func checkFields(r *Receipt) error {
 	if d := r.Decision; d != nil && d.Verdict != VerdictAllow && d.Verdict != VerdictDeny {
 		return fmt.Errorf("%w: decision verdict %q is neither allow nor deny", ErrInvalidReceipt, d.Verdict)
 	}
-	strs := []string{r.CapabilityID, r.ToolServer, r.ToolName, r.ToolOrigin, r.ReceiptKind, r.BoundaryClass,
-		r.TrustLevel, r.ObservationOutcome, r.RedactionMode, r.ContentHash, r.PolicyHash}
-	if d := r.Decision; d != nil {
-		strs = append(strs, d.Reason, d.Guard)
-	}
 	for _, e := range r.Evidence {
 		if e.GuardName == "" {
 			return fmt.Errorf("%w: evidence entry without guard_name", ErrInvalidReceipt)
 		}
-		strs = append(strs, e.GuardName, e.Details)
 	}
-	for _, s := range strs {
+	// Checked in the order a list of all of them would be, without building
+	// the list: Sign runs this for every receipt.
+	for _, s := range [...]string{r.CapabilityID, r.ToolServer, r.ToolName, r.ToolOrigin, r.ReceiptKind, r.BoundaryClass,
+		r.TrustLevel, r.ObservationOutcome, r.RedactionMode, r.ContentHash, r.PolicyHash} {
 		if !utf8.ValidString(s) {
-			return fmt.Errorf("%w: string %q is not valid utf-8", ErrInvalidReceipt, s)
+			return invalidUTF8(s)
+		}
+	}
+	if d := r.Decision; d != nil {
+		for _, s := range [...]string{d.Reason, d.Guard} {
+			if !utf8.ValidString(s) {
+				return invalidUTF8(s)
+			}
+		}
+	}
+	for _, e := range r.Evidence {
+		for _, s := range [...]string{e.GuardName, e.Details} {
+			if !utf8.ValidString(s) {
+				return invalidUTF8(s)
+			}
 		}
 	}
 	return nil
+}
+
+func invalidUTF8(s string) error {
+	return fmt.Errorf("%w: string %q is not valid utf-8", ErrInvalidReceipt, s)
 }
 
 // CheckConsistency reports whether the receipt's kind, boundary class, trust
