@@ -1,0 +1,770 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/backbay-labs/chio-agent/agent/sidecar"
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+)
+
+const apiSpec = `openapi: 3.0.3
+info: {title: Pets, version: "1"}
+paths:
+  /pets:
+    get: {operationId: listPets}
+  /pets/{petId}:
+    get: {operationId: getPet}
+    delete: {operationId: deletePet}
+`
+
+const apiPolicy = `hushspec: "0.1.0"
+rules:
+  tool_access:
+    allow: [listPets, getPet]
+    default: block
+`
+
+// apiEnv clears the CHIO_* contract for a test, so the machine's own
+// environment cannot leak in, and sets a signing key.
+func apiEnv(t *testing.T) {
+	for _, n := range config.SidecarEnv {
+		t.Setenv(n, "")
+	}
+	t.Setenv(config.EnvSigningKey, strings.Repeat("07", 32))
+}
+
+func TestAPIProtectRefusesToStart(t *testing.T) {
+	dir := t.TempDir()
+	spec := filepath.Join(dir, "openapi.yaml")
+	policy := filepath.Join(dir, "policy.yaml")
+	badPolicy := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(spec, []byte(apiSpec), 0o600)
+	os.WriteFile(policy, []byte(apiPolicy), 0o600)
+	os.WriteFile(badPolicy, []byte("hushspec: \"0.1.0\"\nrules: {tool_acess: {}}\n"), 0o600)
+	base := []string{"api", "protect", "--upstream", "http://127.0.0.1:1", "--spec", spec, "--listen", "127.0.0.1:0"}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"no policy", nil, nil, "no policy"},
+		{"missing policy", []string{"--policy", filepath.Join(dir, "absent.yaml")}, nil, "absent.yaml"},
+		{"invalid policy", []string{"--policy", badPolicy}, nil, "tool_acess"},
+		{"gs policy", nil, map[string]string{config.EnvPolicySource: "gs://bucket/policy.yaml"}, `unsupported scheme "gs"`},
+		{"s3 receipts", []string{"--policy", policy, "--receipts", "s3://bucket/receipts"}, nil, `unsupported scheme "s3"`},
+		{"bigquery receipts", []string{"--policy", policy}, map[string]string{config.EnvReceiptSink: "bigquery://p/d"}, `unsupported scheme "bigquery"`},
+		{"missing kernel config", []string{"--policy", policy}, map[string]string{config.EnvKernelConfigPath: filepath.Join(dir, "none.yaml")}, "none.yaml"},
+		{"invalid kernel config", []string{"--policy", policy, "--config", spec}, nil, "field openapi not found"},
+		{"bad spec", []string{"--policy", policy, "--spec", policy}, nil, "openapi"},
+		{"short control token", []string{"--policy", policy}, map[string]string{config.EnvSidecarControlToken: "123"}, "at least 16"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			apiEnv(t)
+			t.Setenv(config.EnvReceiptSink, filepath.Join(t.TempDir(), "r.db"))
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			// The later --spec flag wins over base's.
+			err := runBounded(t, append(slices.Clone(base), tc.args...)...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || exitCode(err) == 0 {
+				t.Fatalf("err = %v; want a non-zero exit mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// runBounded runs the command tree under a deadline, so a start that
+// wrongly succeeds fails the test instead of serving forever.
+func runBounded(t *testing.T, args ...string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	root := newRootCommand()
+	root.SetOut(io.Discard)
+	root.SetErr(io.Discard)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if ctx.Err() != nil {
+		t.Fatalf("%v started and served until the deadline; want a refused start", args)
+	}
+	return err
+}
+
+func TestLocalHealthURL(t *testing.T) {
+	for env, want := range map[[2]string]string{
+		{"", ""}:                      "http://127.0.0.1:9090/chio/health",
+		{"0.0.0.0:8080", "/ready"}:    "http://127.0.0.1:8080/ready",
+		{"[::]:8080", ""}:             "http://[::1]:8080/chio/health",
+		{":7000", ""}:                 "http://127.0.0.1:7000/chio/health",
+		{"10.0.0.5:9000", "/healthz"}: "http://10.0.0.5:9000/healthz",
+	} {
+		got, err := localHealthURL(func(k string) (string, bool) {
+			switch k {
+			case config.EnvListenAddr:
+				return env[0], env[0] != ""
+			case config.EnvHealthPath:
+				return env[1], env[1] != ""
+			}
+			return "", false
+		})
+		if err != nil || got != want {
+			t.Errorf("%v: %q %v; want %q", env, got, err, want)
+		}
+	}
+}
+
+// TestAPIProtectEndToEnd runs the binary as a new user would: a small local
+// API, a spec, a policy, `chio-agent api protect` in front, curl-like
+// clients; then `api health`, a clean stop, and the receipt log verified.
+func TestAPIProtectEndToEnd(t *testing.T) {
+	bin := binary(t)
+	dir := t.TempDir()
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "pets api: "+r.URL.Path)
+	}))
+	defer api.Close()
+	os.WriteFile(filepath.Join(dir, "openapi.yaml"), []byte(apiSpec), 0o600)
+	os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(apiPolicy), 0o600)
+	keyOut, err := exec.Command(bin, "keygen", "--out", filepath.Join(dir, "kernel.key")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("keygen: %v %s", err, keyOut)
+	}
+	ready := filepath.Join(dir, "ready")
+	db := filepath.Join(dir, "receipts.db")
+	cmd := exec.Command(bin, "api", "protect", "--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"),
+		"--listen", "127.0.0.1:0", "--ready-file", ready, "--key", filepath.Join(dir, "kernel.key"))
+	cmd.Env = append(os.Environ(), config.EnvPolicySource+"="+filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink+"=file://"+db,
+		config.EnvSigningKey+"=", config.EnvTrustedIssuerKey+"=", config.EnvTrustedIssuerKeys+"=", config.EnvKernelConfigPath+"=",
+		config.EnvSidecarControlToken+"=", config.EnvListenAddr+"=", config.EnvHealthPath+"=")
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	}()
+	var addr string
+	for addr == "" {
+		if b, err := os.ReadFile(ready); err == nil && strings.HasSuffix(string(b), "\n") {
+			addr = strings.TrimSpace(string(b))
+			break
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("sidecar exited before ready: %v\n%s", err, logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	get := func(method, path string) (*http.Response, string) {
+		req, _ := http.NewRequest(method, "http://"+addr+path, nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	resp, body := get("GET", "/pets/1")
+	if resp.StatusCode != 200 || body != "pets api: /pets/1" || resp.Header.Get(sidecar.HeaderReceiptID) == "" {
+		t.Fatalf("allowed: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	resp, body = get("DELETE", "/pets/1")
+	if resp.StatusCode != 403 || !strings.Contains(body, `"error":"chio_access_denied"`) || !strings.Contains(body, resp.Header.Get(sidecar.HeaderReceiptID)) {
+		t.Fatalf("denied: %d %q", resp.StatusCode, body)
+	}
+	resp, _ = get("GET", "/internal/debug")
+	if resp.StatusCode != 403 || resp.Header.Get(sidecar.HeaderReceiptID) == "" {
+		t.Fatalf("unmatched: %d", resp.StatusCode)
+	}
+	resp, _ = get("GET", "/chio/admin/status")
+	if resp.StatusCode != 403 {
+		t.Fatalf("admin without a token: %d; want 403", resp.StatusCode)
+	}
+	hc := exec.Command(bin, "api", "health", "--url", "http://"+addr+config.DefaultHealthPath)
+	if out, err := hc.CombinedOutput(); err != nil || !strings.Contains(string(out), `"status":"ok"`) {
+		t.Fatalf("api health: %v %s", err, out)
+	}
+
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("sidecar exit: %v\n%s", err, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("sidecar did not stop on SIGTERM\n%s", logs.String())
+	}
+	out, err := exec.Command(bin, "receipts", "verify", "--db", db).CombinedOutput()
+	if err != nil {
+		t.Fatalf("receipts verify: %v %s", err, out)
+	}
+	// A sidecar that is gone is not healthy.
+	if err := exec.Command(bin, "api", "health", "--url", "http://"+addr+config.DefaultHealthPath, "--timeout", "2s").Run(); err == nil {
+		t.Fatal("api health passed with the sidecar stopped")
+	}
+}
+
+func TestNodeAgentEnvMatchesRun(t *testing.T) {
+	got := []string{envKernelConfig, envPolicySource, envReceiptSink, kernel.EnvSigningKey, envLogLevel}
+	if !slices.Equal(got, config.NodeAgentEnv) {
+		t.Fatalf("node agent reads %v; config.NodeAgentEnv says %v", got, config.NodeAgentEnv)
+	}
+}
+
+// ---- Manifest drift: deploy/ may only say what the binary does. ----
+
+func deployDir(t *testing.T) string {
+	root, err := testutil.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(root, "deploy")
+}
+
+func readDeploy(t *testing.T, rel string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(deployDir(t), rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// checkArgs fails unless the binary accepts args: a runnable command, its
+// flags and its positional arguments.
+func checkArgs(t *testing.T, src string, args []string) {
+	t.Helper()
+	root := newRootCommand()
+	cmd, rest, err := root.Find(args)
+	if err != nil || cmd == root || !cmd.Runnable() {
+		t.Errorf("%s: %q is no command of chio-agent (%v)", src, args, err)
+		return
+	}
+	if err := cmd.ParseFlags(rest); err != nil {
+		t.Errorf("%s: %q: %v", src, args, err)
+		return
+	}
+	if err := cmd.ValidateArgs(cmd.Flags().Args()); err != nil {
+		t.Errorf("%s: %q: %v", src, args, err)
+	}
+}
+
+func checkEnvNames(t *testing.T, src string, names, allowed []string) {
+	t.Helper()
+	for _, n := range names {
+		if strings.HasPrefix(n, "CHIO_") && !slices.Contains(allowed, n) {
+			t.Errorf("%s names %s, which this binary does not read here (it reads %v)", src, n, allowed)
+		}
+	}
+}
+
+// sidecarEndpoint is the health path and port a sidecar container serves,
+// from its environment, as the binary computes them.
+func sidecarEndpoint(t *testing.T, src string, env map[string]string) (string, int) {
+	t.Helper()
+	listen := env[config.EnvListenAddr]
+	if listen == "" {
+		t.Fatalf("%s: a container sidecar must set %s (the default is loopback only)", src, config.EnvListenAddr)
+	}
+	_, port, err := splitHostPort(listen)
+	if err != nil {
+		t.Fatalf("%s: %s: %v", src, config.EnvListenAddr, err)
+	}
+	path := env[config.EnvHealthPath]
+	if path == "" {
+		path = config.DefaultHealthPath
+	}
+	return path, port
+}
+
+func splitHostPort(s string) (string, int, error) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 {
+		return "", 0, strconv.ErrSyntax
+	}
+	p, err := strconv.Atoi(s[i+1:])
+	return s[:i], p, err
+}
+
+type k8sContainer struct {
+	Name    string   `yaml:"name"`
+	Command []string `yaml:"command"`
+	Args    []string `yaml:"args"`
+	Env     []struct {
+		Name  string `yaml:"name"`
+		Value string `yaml:"value"`
+	} `yaml:"env"`
+	Ports []struct {
+		ContainerPort int `yaml:"containerPort"`
+	} `yaml:"ports"`
+	SecurityContext *struct {
+		Privileged               *bool  `yaml:"privileged"`
+		RunAsUser                *int64 `yaml:"runAsUser"`
+		RunAsNonRoot             *bool  `yaml:"runAsNonRoot"`
+		ReadOnlyRootFilesystem   *bool  `yaml:"readOnlyRootFilesystem"`
+		AllowPrivilegeEscalation *bool  `yaml:"allowPrivilegeEscalation"`
+		Capabilities             struct {
+			Add  []string `yaml:"add"`
+			Drop []string `yaml:"drop"`
+		} `yaml:"capabilities"`
+	} `yaml:"securityContext"`
+	StartupProbe   *k8sProbe `yaml:"startupProbe"`
+	ReadinessProbe *k8sProbe `yaml:"readinessProbe"`
+	LivenessProbe  *k8sProbe `yaml:"livenessProbe"`
+	VolumeMounts   []struct {
+		Name      string `yaml:"name"`
+		MountPath string `yaml:"mountPath"`
+	} `yaml:"volumeMounts"`
+}
+
+type k8sProbe struct {
+	HTTPGet *struct {
+		Path string `yaml:"path"`
+		Port int    `yaml:"port"`
+	} `yaml:"httpGet"`
+	Exec *struct {
+		Command []string `yaml:"command"`
+	} `yaml:"exec"`
+}
+
+type k8sPodSpec struct {
+	AutomountServiceAccountToken *bool          `yaml:"automountServiceAccountToken"`
+	Containers                   []k8sContainer `yaml:"containers"`
+	Volumes                      []struct {
+		Name     string `yaml:"name"`
+		HostPath *struct {
+			Path string `yaml:"path"`
+		} `yaml:"hostPath"`
+		ConfigMap *struct {
+			Name string `yaml:"name"`
+		} `yaml:"configMap"`
+	} `yaml:"volumes"`
+}
+
+func (c *k8sContainer) envMap() (map[string]string, []string) {
+	m := map[string]string{}
+	var names []string
+	for _, e := range c.Env {
+		m[e.Name] = e.Value
+		names = append(names, e.Name)
+	}
+	return m, names
+}
+
+func TestDeployCloudRun(t *testing.T) {
+	var svc struct {
+		Spec struct {
+			Template struct {
+				Spec k8sPodSpec `yaml:"spec"`
+			} `yaml:"template"`
+		} `yaml:"spec"`
+	}
+	if err := yaml.Unmarshal(readDeploy(t, "cloud-run/service.yaml"), &svc); err != nil {
+		t.Fatal(err)
+	}
+	var c *k8sContainer
+	for i := range svc.Spec.Template.Spec.Containers {
+		if svc.Spec.Template.Spec.Containers[i].Name == "chio-sidecar" {
+			c = &svc.Spec.Template.Spec.Containers[i]
+		}
+	}
+	if c == nil {
+		t.Fatal("cloud-run: no chio-sidecar container")
+	}
+	env, names := c.envMap()
+	checkEnvNames(t, "cloud-run", names, config.SidecarEnv)
+	checkArgs(t, "cloud-run args", c.Args)
+	path, port := sidecarEndpoint(t, "cloud-run", env)
+	if len(c.Ports) != 1 || c.Ports[0].ContainerPort != port {
+		t.Errorf("cloud-run: container port %v; the sidecar listens on %d", c.Ports, port)
+	}
+	if p := c.StartupProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != path || p.HTTPGet.Port != port {
+		t.Errorf("cloud-run: startup probe %+v; want GET %s on %d", p, path, port)
+	}
+	if p := c.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != sidecar.PathLive || p.HTTPGet.Port != port {
+		t.Errorf("cloud-run: liveness probe; want GET %s on %d", sidecar.PathLive, port)
+	}
+	if sc := c.SecurityContext; sc != nil && sc.RunAsUser != nil && *sc.RunAsUser == 0 {
+		t.Error("cloud-run: the sidecar must not run as root")
+	}
+	checkReceiptMount(t, "cloud-run", env, c)
+}
+
+// checkReceiptMount: the receipt sink must sit on a mounted volume, since
+// the root filesystem is read-only (or, on Cloud Run, not ours to keep).
+func checkReceiptMount(t *testing.T, src string, env map[string]string, c *k8sContainer) {
+	t.Helper()
+	sink, err := config.ReceiptPath(env[config.EnvReceiptSink])
+	if err != nil {
+		t.Errorf("%s: %v", src, err)
+		return
+	}
+	for _, m := range c.VolumeMounts {
+		if strings.HasPrefix(sink, strings.TrimSuffix(m.MountPath, "/")+"/") {
+			return
+		}
+	}
+	t.Errorf("%s: receipt sink %s is on no mounted volume", src, sink)
+}
+
+func TestDeployECS(t *testing.T) {
+	var td struct {
+		ContainerDefinitions []struct {
+			Name                   string   `json:"name"`
+			User                   string   `json:"user"`
+			ReadonlyRootFilesystem *bool    `json:"readonlyRootFilesystem"`
+			Command                []string `json:"command"`
+			EntryPoint             []string `json:"entryPoint"`
+			PortMappings           []struct {
+				ContainerPort int `json:"containerPort"`
+			} `json:"portMappings"`
+			Environment []struct{ Name, Value string } `json:"environment"`
+			Secrets     []struct {
+				Name      string `json:"name"`
+				ValueFrom string `json:"valueFrom"`
+			} `json:"secrets"`
+			MountPoints []struct {
+				ContainerPath string `json:"containerPath"`
+			} `json:"mountPoints"`
+			HealthCheck *struct {
+				Command []string `json:"command"`
+			} `json:"healthCheck"`
+		} `json:"containerDefinitions"`
+	}
+	dec := json.NewDecoder(strings.NewReader(string(readDeploy(t, "ecs/task-definition.json"))))
+	if err := dec.Decode(&td); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range td.ContainerDefinitions {
+		if c.Name != "chio-sidecar" {
+			continue
+		}
+		found = true
+		env := map[string]string{}
+		var names []string
+		for _, e := range c.Environment {
+			env[e.Name] = e.Value
+			names = append(names, e.Name)
+		}
+		for _, s := range c.Secrets {
+			names = append(names, s.Name)
+		}
+		checkEnvNames(t, "ecs", names, config.SidecarEnv)
+		if c.EntryPoint != nil {
+			t.Error("ecs: entryPoint overrides the image's /chio-agent")
+		}
+		checkArgs(t, "ecs command", c.Command)
+		_, port := sidecarEndpoint(t, "ecs", env)
+		if len(c.PortMappings) != 1 || c.PortMappings[0].ContainerPort != port {
+			t.Errorf("ecs: port mappings %v; the sidecar listens on %d", c.PortMappings, port)
+		}
+		if c.User != "65532:65532" {
+			t.Errorf("ecs: user %q; want 65532:65532", c.User)
+		}
+		if c.ReadonlyRootFilesystem == nil || !*c.ReadonlyRootFilesystem {
+			t.Error("ecs: readonlyRootFilesystem must be true")
+		}
+		hc := c.HealthCheck
+		if hc == nil || len(hc.Command) < 3 || hc.Command[0] != "CMD" || hc.Command[1] != "/chio-agent" {
+			t.Fatalf("ecs: health check %+v; want CMD /chio-agent api health", hc)
+		}
+		checkArgs(t, "ecs health check", hc.Command[2:])
+		if !slices.Equal(hc.Command[2:4], []string{"api", "health"}) {
+			t.Errorf("ecs: health check runs %v; want api health", hc.Command[2:])
+		}
+		sink, _ := config.ReceiptPath(env[config.EnvReceiptSink])
+		mounted := false
+		for _, m := range c.MountPoints {
+			mounted = mounted || strings.HasPrefix(sink, m.ContainerPath+"/")
+		}
+		if !mounted {
+			t.Errorf("ecs: receipt sink %s is on no mount point", sink)
+		}
+	}
+	if !found {
+		t.Fatal("ecs: no chio-sidecar container")
+	}
+}
+
+func TestDeployAzure(t *testing.T) {
+	text := string(readDeploy(t, "azure/container-app.bicep"))
+	start := strings.Index(text, "name: 'chio-sidecar'")
+	end := strings.Index(text, "name: 'api'")
+	if start < 0 || end < start {
+		t.Fatal("azure: no chio-sidecar container before the api container")
+	}
+	block := text[start:end]
+	quoted := regexp.MustCompile(`'([^']*)'`)
+	argsLine := regexp.MustCompile(`args: \[([^\]]*)\]`).FindStringSubmatch(block)
+	if argsLine == nil {
+		t.Fatal("azure: no args")
+	}
+	var args []string
+	for _, m := range quoted.FindAllStringSubmatch(argsLine[1], -1) {
+		args = append(args, m[1])
+	}
+	checkArgs(t, "azure args", args)
+	env := map[string]string{}
+	var names []string
+	for _, m := range regexp.MustCompile(`\{ name: '([^']+)', (value|secretRef): '([^']*)' \}`).FindAllStringSubmatch(block, -1) {
+		names = append(names, m[1])
+		if m[2] == "value" {
+			env[m[1]] = m[3]
+		}
+	}
+	if len(names) == 0 {
+		t.Fatal("azure: no environment found")
+	}
+	checkEnvNames(t, "azure", names, config.SidecarEnv)
+	path, port := sidecarEndpoint(t, "azure", env)
+	tp := regexp.MustCompile(`targetPort: (\d+)`).FindStringSubmatch(text)
+	if tp == nil || tp[1] != strconv.Itoa(port) {
+		t.Errorf("azure: ingress targetPort %v; the sidecar listens on %d", tp, port)
+	}
+	probes := map[string][2]string{}
+	for _, m := range regexp.MustCompile(`type: '(\w+)', httpGet: \{ path: '([^']+)', port: (\d+) \}`).FindAllStringSubmatch(block, -1) {
+		probes[m[1]] = [2]string{m[2], m[3]}
+	}
+	if probes["Readiness"] != [2]string{path, strconv.Itoa(port)} || probes["Liveness"] != [2]string{sidecar.PathLive, strconv.Itoa(port)} {
+		t.Errorf("azure: probes %v; want readiness %s and liveness %s on %d", probes, path, sidecar.PathLive, port)
+	}
+}
+
+// dockerfile reads the directives of the final stage of a Dockerfile.
+func dockerfile(t *testing.T, rel string) map[string][]string {
+	t.Helper()
+	d := map[string][]string{}
+	text := strings.ReplaceAll(string(readDeploy(t, rel)), "\\\n", " ")
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		word, rest, _ := strings.Cut(line, " ")
+		word = strings.ToUpper(word)
+		if word == "FROM" {
+			d = map[string][]string{} // keep the last stage only
+		}
+		d[word] = append(d[word], strings.TrimSpace(rest))
+	}
+	return d
+}
+
+func jsonArray(t *testing.T, src, s string) []string {
+	t.Helper()
+	var a []string
+	if err := json.Unmarshal([]byte(s), &a); err != nil {
+		t.Fatalf("%s: %q is not an exec-form JSON array: %v", src, s, err)
+	}
+	return a
+}
+
+func dockerEnv(d map[string][]string) map[string]string {
+	env := map[string]string{}
+	for _, e := range d["ENV"] {
+		for _, kv := range strings.Fields(e) {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				env[k] = v
+			}
+		}
+	}
+	return env
+}
+
+func TestDeploySidecarDockerfile(t *testing.T) {
+	d := dockerfile(t, "sidecar/Dockerfile")
+	if u := d["USER"]; len(u) != 1 || u[0] != "65532:65532" {
+		t.Errorf("sidecar Dockerfile: USER %v; want 65532:65532", u)
+	}
+	if ep := d["ENTRYPOINT"]; len(ep) != 1 || !slices.Equal(jsonArray(t, "ENTRYPOINT", ep[0]), []string{"/chio-agent"}) {
+		t.Errorf("sidecar Dockerfile: ENTRYPOINT %v; want [\"/chio-agent\"]", ep)
+	}
+	if len(d["COPY"]) != 1 || !strings.HasSuffix(d["COPY"][0], " /chio-agent") {
+		t.Errorf("sidecar Dockerfile: the binary is not copied to /chio-agent: %v", d["COPY"])
+	}
+	checkArgs(t, "sidecar Dockerfile CMD", jsonArray(t, "CMD", d["CMD"][0]))
+	env := dockerEnv(d)
+	names := make([]string, 0, len(env))
+	for k := range env {
+		names = append(names, k)
+	}
+	checkEnvNames(t, "sidecar Dockerfile", names, config.SidecarEnv)
+	_, port := sidecarEndpoint(t, "sidecar Dockerfile", env)
+	if e := d["EXPOSE"]; len(e) != 1 || e[0] != strconv.Itoa(port) {
+		t.Errorf("sidecar Dockerfile: EXPOSE %v; the sidecar listens on %d", e, port)
+	}
+	hc := d["HEALTHCHECK"]
+	if len(hc) != 1 || !strings.Contains(hc[0], " CMD ") {
+		t.Fatalf("sidecar Dockerfile: HEALTHCHECK %v", hc)
+	}
+	_, cmd, _ := strings.Cut(hc[0], " CMD ")
+	hcArgs := jsonArray(t, "HEALTHCHECK", cmd)
+	if hcArgs[0] != "/chio-agent" || !slices.Equal(hcArgs[1:3], []string{"api", "health"}) {
+		t.Errorf("sidecar Dockerfile: health check %v; want /chio-agent api health", hcArgs)
+	}
+	checkArgs(t, "sidecar Dockerfile HEALTHCHECK", hcArgs[1:])
+	// The receipt log must be on the declared volume (read-only root).
+	sink, _ := config.ReceiptPath(env[config.EnvReceiptSink])
+	if v := d["VOLUME"]; len(v) != 1 || !strings.HasPrefix(sink, jsonArray(t, "VOLUME", v[0])[0]+"/") {
+		t.Errorf("sidecar Dockerfile: receipt sink %s is not on the VOLUME %v", sink, v)
+	}
+}
+
+func TestDeployNodeAgent(t *testing.T) {
+	d := dockerfile(t, "node-agent/Dockerfile")
+	if ep := d["ENTRYPOINT"]; len(ep) != 1 || !slices.Equal(jsonArray(t, "ENTRYPOINT", ep[0]), []string{"/chio-agent"}) {
+		t.Errorf("node-agent Dockerfile: ENTRYPOINT %v", ep)
+	}
+	checkArgs(t, "node-agent Dockerfile CMD", jsonArray(t, "CMD", d["CMD"][0]))
+	var names []string
+	for k := range dockerEnv(d) {
+		names = append(names, k)
+	}
+	checkEnvNames(t, "node-agent Dockerfile", names, config.NodeAgentEnv)
+
+	var ds struct {
+		Kind string `yaml:"kind"`
+		Spec struct {
+			Template struct {
+				Spec k8sPodSpec `yaml:"spec"`
+			} `yaml:"template"`
+		} `yaml:"spec"`
+	}
+	if err := yaml.Unmarshal(readDeploy(t, "kubernetes/daemonset.yaml"), &ds); err != nil || ds.Kind != "DaemonSet" {
+		t.Fatalf("daemonset: %v (kind %q)", err, ds.Kind)
+	}
+	pod := ds.Spec.Template.Spec
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		t.Error("daemonset: the agent uses no Kubernetes API; automountServiceAccountToken must be false")
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("daemonset: %d containers", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	env, names := c.envMap()
+	checkEnvNames(t, "daemonset", names, config.NodeAgentEnv)
+	checkArgs(t, "daemonset args", c.Args)
+	sc := c.SecurityContext
+	if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Error("daemonset: readOnlyRootFilesystem must be true")
+	}
+	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Error("daemonset: the agent must not be privileged nor escalate")
+	}
+	if sc != nil && (!slices.Equal(sc.Capabilities.Drop, []string{"ALL"}) || len(sc.Capabilities.Add) == 0) {
+		t.Errorf("daemonset: capabilities %+v; want drop ALL and add only what is needed", sc.Capabilities)
+	}
+	for _, cp := range sc.Capabilities.Add {
+		if !slices.Contains([]string{"BPF", "NET_ADMIN", "SYS_ADMIN"}, cp) {
+			t.Errorf("daemonset: capability %s is more than the agent needs", cp)
+		}
+	}
+	hostPaths := map[string]bool{}
+	configMap := ""
+	for _, v := range pod.Volumes {
+		if v.HostPath != nil {
+			hostPaths[v.HostPath.Path] = true
+		}
+		if v.ConfigMap != nil {
+			configMap = v.Name
+		}
+	}
+	for _, p := range []string{"/sys/fs/bpf", "/sys/fs/cgroup"} {
+		if !hostPaths[p] {
+			t.Errorf("daemonset: no hostPath volume for %s", p)
+		}
+	}
+
+	// The kernel.yaml the agent reads is the ConfigMap's, and it parses.
+	var cm struct {
+		Kind string            `yaml:"kind"`
+		Data map[string]string `yaml:"data"`
+	}
+	if err := yaml.Unmarshal(readDeploy(t, "kubernetes/configmap.yaml"), &cm); err != nil || cm.Kind != "ConfigMap" {
+		t.Fatalf("configmap: %v", err)
+	}
+	cfgPath := env[config.EnvKernelConfigPath]
+	if i := slices.Index(c.Args, "--config"); i >= 0 && i+1 < len(c.Args) {
+		cfgPath = c.Args[i+1]
+	}
+	mountDir := ""
+	for _, m := range c.VolumeMounts {
+		if m.Name == configMap {
+			mountDir = m.MountPath
+		}
+	}
+	key := strings.TrimPrefix(cfgPath, mountDir+"/")
+	if mountDir == "" || key == cfgPath || cm.Data[key] == "" {
+		t.Fatalf("daemonset: config %s is not a key of the mounted ConfigMap (mounted at %q)", cfgPath, mountDir)
+	}
+	cfg, err := config.Parse([]byte(cm.Data[key]), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatalf("configmap kernel.yaml: %v", err)
+	}
+	policyKey := strings.TrimPrefix(cfg.Policy, mountDir+"/")
+	if _, err := hushspec.Parse([]byte(cm.Data[policyKey])); err != nil {
+		t.Errorf("configmap policy %s (key %s): %v", cfg.Policy, policyKey, err)
+	}
+	// Probes run the binary against the socket kernel.yaml names.
+	for name, p := range map[string]*k8sProbe{"startup": c.StartupProbe, "readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		if p == nil || p.Exec == nil || len(p.Exec.Command) < 2 || p.Exec.Command[0] != "/chio-agent" {
+			t.Errorf("daemonset: %s probe must exec /chio-agent", name)
+			continue
+		}
+		checkArgs(t, "daemonset "+name+" probe", p.Exec.Command[1:])
+		if i := slices.Index(p.Exec.Command, "--socket"); i < 0 || p.Exec.Command[i+1] != cfg.Agent.StatusSocket {
+			t.Errorf("daemonset: %s probe asks another socket than %s", name, cfg.Agent.StatusSocket)
+		}
+	}
+	// No RBAC: nothing in deploy/kubernetes grants API access.
+	entries, _ := os.ReadDir(filepath.Join(deployDir(t), "kubernetes"))
+	for _, e := range entries {
+		b := readDeploy(t, filepath.Join("kubernetes", e.Name()))
+		if regexp.MustCompile(`(?m)^kind: (Cluster)?Role(Binding)?$`).Match(b) {
+			t.Errorf("kubernetes/%s defines RBAC the agent does not use", e.Name())
+		}
+	}
+}
+
+func TestDeployKernelYAMLExample(t *testing.T) {
+	cfg, err := config.Parse(readDeploy(t, "kernel.yaml"), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatalf("deploy/kernel.yaml: %v", err)
+	}
+	if cfg.Sidecar.Upstream == "" || len(cfg.Agent.Workloads) == 0 {
+		t.Fatalf("deploy/kernel.yaml should show both sections: %+v", cfg)
+	}
+	if _, err := hex.DecodeString(strings.Repeat("0", 64)); err != nil {
+		t.Fatal(err)
+	}
+}
