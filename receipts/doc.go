@@ -14,7 +14,8 @@
 // Append (JSON bytes) and AppendReceipt (a kernel.Receipt) are safe for
 // concurrent use and are where the per-receipt CPU work happens; a single
 // committer goroutine batches everything queued into one bbolt transaction
-// and one fsync, and issues a checkpoint every Options.CheckpointEvery
+// (one commit: an fdatasync for the pages, another for the meta page), and
+// issues a checkpoint every Options.CheckpointEvery
 // receipts and when the log goes quiet. In ModeAsync, Append returns once
 // the receipt is queued; the queue is bounded, and a crash's loss is counted
 // on the next Open (Recovery().Lost) and recorded in the log.
@@ -34,6 +35,13 @@
 // read-only opens from other processes fail with ErrLocked after
 // Options.LockTimeout while the agent runs. In-process readers (the agent's
 // own status server) use the open Log, and WaitAfter follows it.
+//
+// A commit allocates in proportion to the pages it touches (bbolt copies
+// each touched page into a node), tens of KB per receipt at small batches.
+// With a small live heap the Go GC then runs every few milliseconds and the
+// committer pays for it: a process that appends thousands of receipts a
+// second should run with GOGC=400 or so (BENCHMARKS.md measures the
+// difference). The package leaves that process-wide setting to its caller.
 //
 // The on-disk layout, durability modes and formats are described in
 // docs/receipt-log.md.
