@@ -236,12 +236,7 @@ func (a *Agent) Protect(spec WorkloadSpec) error {
 		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp,
 		ident: workloadIdentity(spec.Name, spec.Cgroup, spec.Labels)}
 	a.reg.add(w)
-	if err := a.objs.SetVerdicts(id, a.verdictRules(w, a.policy.Load().EgressBlockedAddrs())); err != nil {
-		a.reg.remove(w)
-		a.releaseListener(lp)
-		return fmt.Errorf("protect %s: %w", spec.Name, err)
-	}
-	if err := a.objs.Protect(cgID, bpf.Workload{ID: id, Listen4: lp.addr4, Listen6: lp.addr6}); err != nil {
+	if err := a.syncDatapath(w, a.policy.Load().EgressBlockedAddrs()); err != nil {
 		a.reg.remove(w)
 		a.releaseListener(lp)
 		return fmt.Errorf("protect %s: %w", spec.Name, err)
@@ -315,6 +310,15 @@ func (a *Agent) verdictRules(w *workload, blocked []hushspec.BlockedAddr) []bpf.
 		})
 	}
 	return rules
+}
+
+// syncDatapath writes a workload's verdict rules, then its workloads-map
+// entry (which starts redirecting its connections).
+func (a *Agent) syncDatapath(w *workload, blocked []hushspec.BlockedAddr) error {
+	if err := a.objs.SetVerdicts(w.id, a.verdictRules(w, blocked)); err != nil {
+		return err
+	}
+	return a.objs.Protect(w.cgroupID, bpf.Workload{ID: w.id, Listen4: w.listen.addr4, Listen6: w.listen.addr6})
 }
 
 // listenerFor returns the listener pair of a network namespace, opening it
@@ -394,7 +398,7 @@ func (a *Agent) SetPolicy(p *hushspec.Policy, source string) {
 	a.polSource, a.polLoaded = source, time.Now()
 	blocked := p.EgressBlockedAddrs()
 	for _, w := range a.reg.all() {
-		if err := a.objs.SetVerdicts(w.id, a.verdictRules(w, blocked)); err != nil {
+		if err := a.syncDatapath(w, blocked); err != nil {
 			a.proxy.errs.add(fmt.Errorf("update static verdicts of %s: %w", w.name, err))
 		}
 	}

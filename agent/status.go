@@ -71,9 +71,12 @@ type CountStatus struct {
 	ReceiptErrors uint64 `json:"receipt_errors"`
 }
 
-// MapStatus are the connection-tracking map sizes.
+// MapStatus are the connection-tracking map sizes; both near zero on a
+// healthy agent.
 type MapStatus struct {
-	PendingOriginals     int `json:"pending_originals"`
+	// PendingOriginals are connects between connect() and the handshake.
+	PendingOriginals int `json:"pending_originals"`
+	// EstablishedOriginals are connections waiting for the proxy.
 	EstablishedOriginals int `json:"established_originals"`
 }
 

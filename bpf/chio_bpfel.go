@@ -94,6 +94,7 @@ type chioVerdictVal struct {
 type chioWorkload struct {
 	_           structs.HostLayout
 	Id          uint32
+	Flags       uint32
 	ListenIp4   uint32
 	ListenIp6   [4]uint32
 	ListenPort4 uint16
@@ -106,8 +107,8 @@ type chioWorkload struct {
 const (
 	chioMapEventRate        = "event_rate"
 	chioMapEvents           = "events"
-	chioMapOrigByCookie     = "orig_by_cookie"
 	chioMapOrigByTuple      = "orig_by_tuple"
+	chioMapOrigPending      = "orig_pending"
 	chioMapResolvers        = "resolvers"
 	chioMapVerdicts         = "verdicts"
 	chioMapWorkloads        = "workloads"
@@ -175,13 +176,13 @@ type chioProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioMapSpecs struct {
-	EventRate    *ebpf.MapSpec `ebpf:"event_rate"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	OrigByCookie *ebpf.MapSpec `ebpf:"orig_by_cookie"`
-	OrigByTuple  *ebpf.MapSpec `ebpf:"orig_by_tuple"`
-	Resolvers    *ebpf.MapSpec `ebpf:"resolvers"`
-	Verdicts     *ebpf.MapSpec `ebpf:"verdicts"`
-	Workloads    *ebpf.MapSpec `ebpf:"workloads"`
+	EventRate   *ebpf.MapSpec `ebpf:"event_rate"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	OrigByTuple *ebpf.MapSpec `ebpf:"orig_by_tuple"`
+	OrigPending *ebpf.MapSpec `ebpf:"orig_pending"`
+	Resolvers   *ebpf.MapSpec `ebpf:"resolvers"`
+	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
+	Workloads   *ebpf.MapSpec `ebpf:"workloads"`
 }
 
 // chioVariableSpecs contains global variables before they are loaded into the kernel.
@@ -212,21 +213,21 @@ func (o *chioObjects) Close() error {
 //
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioMaps struct {
-	EventRate    *ebpf.Map `ebpf:"event_rate"`
-	Events       *ebpf.Map `ebpf:"events"`
-	OrigByCookie *ebpf.Map `ebpf:"orig_by_cookie"`
-	OrigByTuple  *ebpf.Map `ebpf:"orig_by_tuple"`
-	Resolvers    *ebpf.Map `ebpf:"resolvers"`
-	Verdicts     *ebpf.Map `ebpf:"verdicts"`
-	Workloads    *ebpf.Map `ebpf:"workloads"`
+	EventRate   *ebpf.Map `ebpf:"event_rate"`
+	Events      *ebpf.Map `ebpf:"events"`
+	OrigByTuple *ebpf.Map `ebpf:"orig_by_tuple"`
+	OrigPending *ebpf.Map `ebpf:"orig_pending"`
+	Resolvers   *ebpf.Map `ebpf:"resolvers"`
+	Verdicts    *ebpf.Map `ebpf:"verdicts"`
+	Workloads   *ebpf.Map `ebpf:"workloads"`
 }
 
 func (m *chioMaps) Close() error {
 	return _ChioClose(
 		m.EventRate,
 		m.Events,
-		m.OrigByCookie,
 		m.OrigByTuple,
+		m.OrigPending,
 		m.Resolvers,
 		m.Verdicts,
 		m.Workloads,

@@ -13,6 +13,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// workloadHasVerdicts is WL_HAS_VERDICTS in chio.c.
+const workloadHasVerdicts = 1
+
 // DefaultPinDir is where the node agent pins its maps, programs and links.
 const DefaultPinDir = "/sys/fs/bpf/chio"
 
@@ -60,6 +63,10 @@ type Workload struct {
 	// Listen6 is the IPv6 listener for native IPv6 connections. Invalid means
 	// such connections are refused.
 	Listen6 netip.AddrPort
+	// HasVerdicts reports that the workload has verdict rules (kept by
+	// SetVerdicts and Protect; ignored on input). Without it the programs
+	// skip the verdict map: most workloads have none.
+	HasVerdicts bool
 }
 
 // Original is what a redirected connection wanted, and who asked.
@@ -202,6 +209,13 @@ func (a Attachment) IDs() (linkID, progID uint32, err error) {
 func (o *Objects) Protect(cgroupID uint64, w Workload) error {
 	var v chioWorkload
 	v.Id = w.ID
+	has, err := o.hasVerdicts(w.ID)
+	if err != nil {
+		return fmt.Errorf("protect cgroup %d: %w", cgroupID, err)
+	}
+	if has {
+		v.Flags |= workloadHasVerdicts
+	}
 	if w.Listen4.IsValid() {
 		a := w.Listen4.Addr().Unmap()
 		if !a.Is4() {
@@ -240,7 +254,7 @@ func (o *Objects) Workloads() (map[uint64]Workload, error) {
 	var v chioWorkload
 	it := o.objs.Workloads.Iterate()
 	for it.Next(&k, &v) {
-		w := Workload{ID: v.Id}
+		w := Workload{ID: v.Id, HasVerdicts: v.Flags&workloadHasVerdicts != 0}
 		if v.ListenPort4 != 0 {
 			var b [4]byte
 			netFromNative(b[:], v.ListenIp4)
@@ -284,8 +298,9 @@ func (o *Objects) TakeOriginal(netnsCookie uint64, client netip.AddrPort) (Origi
 	}, nil
 }
 
-// MapCounts returns how many entries the connection-tracking maps hold, so
-// tests and status can show that connections leave nothing behind.
+// MapCounts returns how many originals wait between connect() and the
+// handshake (pending) and for the proxy to take them (established), so tests
+// and status can show that connections leave nothing behind.
 func (o *Objects) MapCounts() (pending, established int, err error) {
 	count := func(m *ebpf.Map, k, v any) (int, error) {
 		n := 0
@@ -298,7 +313,7 @@ func (o *Objects) MapCounts() (pending, established int, err error) {
 	var ck uint64
 	var tk chioTupleKey
 	var ov chioOrigDst
-	if pending, err = count(o.objs.OrigByCookie, &ck, &ov); err != nil {
+	if pending, err = count(o.objs.OrigPending, &ck, &ov); err != nil {
 		return 0, 0, fmt.Errorf("count pending originals: %w", err)
 	}
 	if established, err = count(o.objs.OrigByTuple, &tk, &ov); err != nil {

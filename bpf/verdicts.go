@@ -71,8 +71,69 @@ func verdictKey(workloadID uint32, r VerdictRule) (chioVerdictKey, error) {
 
 // SetVerdicts replaces the static verdict rules of one workload: the new
 // rules are written first, then the workload's stale ones removed, so a rule
-// present in both sets is never absent.
+// present in both sets is never absent. The workload's entries are told they
+// have rules only once the rules are in place, and told they have none before
+// the last ones go, so the programs never skip a rule in force.
 func (o *Objects) SetVerdicts(workloadID uint32, rules []VerdictRule) error {
+	if len(rules) == 0 {
+		if err := o.setVerdictFlag(workloadID, false); err != nil {
+			return err
+		}
+	}
+	if err := o.putVerdicts(workloadID, rules); err != nil {
+		return err
+	}
+	if len(rules) > 0 {
+		return o.setVerdictFlag(workloadID, true)
+	}
+	return nil
+}
+
+// setVerdictFlag sets or clears WL_HAS_VERDICTS on every workloads-map entry
+// of the workload.
+func (o *Objects) setVerdictFlag(workloadID uint32, on bool) error {
+	var k uint64
+	var v chioWorkload
+	type entry struct {
+		k uint64
+		v chioWorkload
+	}
+	var change []entry
+	it := o.objs.Workloads.Iterate()
+	for it.Next(&k, &v) {
+		if v.Id == workloadID && (v.Flags&workloadHasVerdicts != 0) != on {
+			v.Flags ^= workloadHasVerdicts
+			change = append(change, entry{k, v})
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("set verdicts: list workloads: %w", err)
+	}
+	for _, e := range change {
+		if err := o.objs.Workloads.Update(e.k, &e.v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("set verdicts: flag workload %d: %w", workloadID, err)
+		}
+	}
+	return nil
+}
+
+// hasVerdicts says whether the verdict map holds rules for the workload.
+func (o *Objects) hasVerdicts(workloadID uint32) (bool, error) {
+	var k chioVerdictKey
+	var v chioVerdictVal
+	it := o.objs.Verdicts.Iterate()
+	for it.Next(&k, &v) {
+		if k.WorkloadId == workloadID {
+			return true, nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return false, fmt.Errorf("list verdicts: %w", err)
+	}
+	return false, nil
+}
+
+func (o *Objects) putVerdicts(workloadID uint32, rules []VerdictRule) error {
 	want := make(map[chioVerdictKey]bool, len(rules))
 	for _, r := range rules {
 		if r.Verdict != VerdictDeny && r.Verdict != VerdictExempt {

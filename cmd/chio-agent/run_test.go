@@ -73,6 +73,7 @@ func (d *daemon) start() {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- d.cmd.Wait() }()
+	deadline := time.After(60 * time.Second)
 	for {
 		if _, err := os.Stat(d.ready); err == nil {
 			break
@@ -80,6 +81,9 @@ func (d *daemon) start() {
 		select {
 		case err := <-exited:
 			d.t.Fatalf("agent exited before ready: %v\n%s", err, d.logs)
+		case <-deadline:
+			d.cmd.Process.Kill()
+			d.t.Fatalf("agent not ready after 60s:\n%s", d.logs)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
