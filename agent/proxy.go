@@ -282,9 +282,26 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 		MatchedRule: cn.out.MatchedRule,
 		Reason:      cn.out.Reason,
 	}
+	// An allowed connection's upstream dial overlaps the receipt's signing
+	// and commit: nothing is sent upstream until the receipt is written
+	// (durable in sync mode), and if it cannot be written the upstream
+	// connection is closed unused.
+	var dialed chan dialResult
+	if cn.out.Verdict == kernel.VerdictAllow {
+		dialed = make(chan dialResult, 1)
+		go func() {
+			up, err := p.dial(ctx, cn)
+			dialed <- dialResult{up, err}
+		}()
+	}
 	id, seq, err := p.receipt(ctx, cn.event, cn.out)
 	d.ReceiptID, d.Seq = id, seq
 	if err != nil {
+		if dialed != nil {
+			if r := <-dialed; r.up != nil {
+				r.up.Close()
+			}
+		}
 		p.counts.receiptErrors.Add(1)
 		p.errs.add(fmt.Errorf("receipt for %s: %w", cn.orig.Dst, err))
 		d.Verdict, d.Err = kernel.VerdictDeny, "receipt not written: "+err.Error()
@@ -301,7 +318,14 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	}
 	p.counts.allowed.Add(1)
 	p.report(d) // as decided; the relay may run for hours
-	if err := p.relay(ctx, cn); err != nil {
+	r := <-dialed
+	if r.err != nil {
+		resetClose(cn.client)
+		r.err = fmt.Errorf("dial %s: %w", cn.orig.Dst, r.err)
+	} else {
+		r.err = p.relay(cn, r.up)
+	}
+	if err := r.err; err != nil {
 		p.counts.failed.Add(1)
 		p.errs.add(fmt.Errorf("relay %s (receipt %s): %w", cn.orig.Dst, id, err))
 		p.logger.WithFields(logrus.Fields{"dst": cn.orig.Dst.String(), "receipt": id}).WithError(err).Warn("relay failed")
@@ -366,15 +390,17 @@ func (p *proxy) refuse(cn *conn, receiptID string) {
 	}
 }
 
-// relay dials the original destination from the workload's network
-// namespace, replays the sniffed prefix, and copies both ways. Copies between
-// two TCP sockets use splice(2) inside the Go runtime, so payload bytes do not
-// pass through user space.
-func (p *proxy) relay(ctx context.Context, cn *conn) error {
-	to := p.timeouts.withDefaults()
+type dialResult struct {
+	up  *net.TCPConn
+	err error
+}
+
+// dial connects to the original destination from the workload's network
+// namespace, with the agent's mark so the programs leave the socket alone.
+func (p *proxy) dial(ctx context.Context, cn *conn) (*net.TCPConn, error) {
 	var up *net.TCPConn
 	err := inNetns(cn.w.netns, func() error {
-		d := net.Dialer{Timeout: to.Dial, Control: p.markSocket}
+		d := net.Dialer{Timeout: p.timeouts.withDefaults().Dial, Control: p.markSocket}
 		c, err := d.DialContext(ctx, "tcp", cn.orig.Dst.String())
 		if err != nil {
 			return err
@@ -382,10 +408,14 @@ func (p *proxy) relay(ctx context.Context, cn *conn) error {
 		up = c.(*net.TCPConn)
 		return nil
 	})
-	if err != nil {
-		resetClose(cn.client)
-		return fmt.Errorf("dial %s: %w", cn.orig.Dst, err)
-	}
+	return up, err
+}
+
+// relay replays the sniffed prefix upstream and copies both ways. Copies
+// between two TCP sockets use splice(2) inside the Go runtime, so payload
+// bytes do not pass through user space.
+func (p *proxy) relay(cn *conn, up *net.TCPConn) error {
+	to := p.timeouts.withDefaults()
 	defer up.Close()
 	up.SetDeadline(p.now().Add(to.Total))
 	if len(cn.sniff.Prefix) > 0 {
