@@ -188,6 +188,41 @@ func (l *Log) Close() error {
 // run is the committer: it takes what is queued (up to MaxBatch), writes it
 // in one transaction with one fsync, answers the waiters, and seals the
 // tail when the log goes quiet.
+// gather adds what is queued to batch, up to MaxBatch. In async mode it
+// lingers for more (AsyncLinger) so a trickle shares one transaction.
+func (l *Log) gather(batch []*request) []*request {
+	var linger <-chan time.Time
+	if l.opts.Mode == ModeAsync && l.opts.AsyncLinger > 0 {
+		t := time.NewTimer(l.opts.AsyncLinger)
+		defer t.Stop()
+		linger = t.C
+	}
+	for len(batch) < l.opts.MaxBatch {
+		select {
+		case r, ok := <-l.queue:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, r)
+			continue
+		default:
+		}
+		if linger == nil {
+			return batch
+		}
+		select {
+		case r, ok := <-l.queue:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, r)
+		case <-linger:
+			return batch
+		}
+	}
+	return batch
+}
+
 func (l *Log) run() {
 	defer close(l.done)
 	defer func() {
@@ -207,18 +242,7 @@ func (l *Log) run() {
 				return
 			}
 			batch = append(batch[:0], r)
-		drain:
-			for len(batch) < l.opts.MaxBatch {
-				select {
-				case r, ok := <-l.queue:
-					if !ok {
-						break drain
-					}
-					batch = append(batch, r)
-				default:
-					break drain
-				}
-			}
+			batch = l.gather(batch)
 			l.commit(batch)
 			clear(batch)
 		case <-timer.C:

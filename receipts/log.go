@@ -88,6 +88,12 @@ type Options struct {
 	// MaxBatch is the most receipts one transaction (one fsync) commits.
 	// Default 2048.
 	MaxBatch int
+	// AsyncLinger, in ModeAsync only, lets the committer wait this long after
+	// the first queued receipt for more before it commits, so that a trickle
+	// of receipts shares fsyncs instead of paying one each (nobody waits on
+	// an async commit). Default 5ms; negative disables. It widens what a
+	// crash can lose by at most this much, and the log counts such losses.
+	AsyncLinger time.Duration
 	// LockTimeout is how long Open waits for another process to release the
 	// file before failing with ErrLocked. Default 2s. Zero means the default;
 	// negative waits forever (danger: a reader then hangs behind a daemon).
@@ -113,6 +119,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if c.QueueSize <= 0 {
 		c.QueueSize = 4096
+	}
+	if c.AsyncLinger == 0 {
+		c.AsyncLinger = 5 * time.Millisecond
 	}
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = 2048
