@@ -35,6 +35,13 @@ func TestCurlHTTPSAllowedByName(t *testing.T) {
 			t.Errorf("receipt lacks %s: %s", want, raw)
 		}
 	}
+	// The log's indexes find it by destination and workload.
+	var found []uint64
+	err := e.log.Scan(context.Background(), receipts.Filter{Host: "api.allowed.test", Workload: "e2e/wl", Decision: "allow"},
+		func(en receipts.Entry) error { found = append(found, en.Seq); return nil })
+	if err != nil || len(found) != 1 || found[0] != d.Seq {
+		t.Fatalf("scan by host and workload = %v, %v; want [%d]", found, err, d.Seq)
+	}
 }
 
 func TestCurlHTTPSDeniedGetsTLSAlert(t *testing.T) {

@@ -349,11 +349,7 @@ func (p *proxy) receipt(ctx context.Context, ev kernel.EgressEvent, out kernel.O
 	if err != nil {
 		return "", 0, err
 	}
-	b, err := r.CanonicalJSON()
-	if err != nil {
-		return "", 0, err
-	}
-	seq, err := p.log.Append(ctx, b)
+	seq, err := p.log.AppendReceipt(ctx, &r)
 	if err != nil {
 		return r.ID, 0, err
 	}

@@ -80,7 +80,10 @@ func parseEntry(canonical []byte) (Entry, string, error) {
 // action.parameters members, first match wins.
 var (
 	workloadKeys = []string{"workload", "workload_id", "workload_name"}
-	hostKeys     = []string{"host", "sni", "server_name"}
+	// target is what an egress receipt's policy evaluated (SNI, else HTTP
+	// Host, else the name asked for, else the IP); the others are what
+	// other receipt producers call the destination.
+	hostKeys = []string{"target", "host", "sni", "server_name"}
 )
 
 func checkEntry(e *Entry, key, sig string, ts uint64) error {
