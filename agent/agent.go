@@ -198,6 +198,8 @@ func Start(opts Options) (*Agent, error) {
 		counts:    &counters{},
 		errs:      &errorRing{},
 		now:       time.Now,
+
+		receiptSlots: make(chan struct{}, 1024),
 	}
 	a.bg.Add(1)
 	go func() { defer a.bg.Done(); a.readEvents() }()

@@ -110,6 +110,9 @@ type proxy struct {
 	counts    *counters
 	errs      *errorRing
 	now       func() time.Time
+	// receiptSlots bounds the receipts being signed beside their relays in
+	// async mode.
+	receiptSlots chan struct{}
 
 	wg sync.WaitGroup
 }
@@ -282,17 +285,31 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 		MatchedRule: cn.out.MatchedRule,
 		Reason:      cn.out.Reason,
 	}
+	if cn.out.Verdict == kernel.VerdictAllow && p.log.Mode() == receipts.ModeAsync {
+		// Async receipts do not hold the decision up, so neither does their
+		// signing: it runs beside the relay, up to a bound, past which the
+		// connection waits its turn (backpressure, never unbounded memory).
+		select {
+		case p.receiptSlots <- struct{}{}:
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				defer func() { <-p.receiptSlots }()
+				p.finishReceipt(ctx, cn, d)
+			}()
+			p.counts.allowed.Add(1)
+			p.connect(ctx, cn, d.ReceiptID, p.dialAsync(ctx, cn))
+			return
+		default:
+		}
+	}
 	// An allowed connection's upstream dial overlaps the receipt's signing
 	// and commit: nothing is sent upstream until the receipt is written
 	// (durable in sync mode), and if it cannot be written the upstream
 	// connection is closed unused.
 	var dialed chan dialResult
 	if cn.out.Verdict == kernel.VerdictAllow {
-		dialed = make(chan dialResult, 1)
-		go func() {
-			up, err := p.dial(ctx, cn)
-			dialed <- dialResult{up, err}
-		}()
+		dialed = p.dialAsync(ctx, cn)
 	}
 	id, seq, err := p.receipt(ctx, cn.event, cn.out)
 	d.ReceiptID, d.Seq = id, seq
@@ -318,6 +335,34 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	}
 	p.counts.allowed.Add(1)
 	p.report(d) // as decided; the relay may run for hours
+	p.connect(ctx, cn, id, dialed)
+}
+
+// finishReceipt writes the receipt of an allowed connection that is already
+// being relayed (async mode), then reports the decision.
+func (p *proxy) finishReceipt(ctx context.Context, cn *conn, d Decision) {
+	id, seq, err := p.receipt(context.WithoutCancel(ctx), cn.event, cn.out)
+	d.ReceiptID, d.Seq = id, seq
+	if err != nil {
+		p.counts.receiptErrors.Add(1)
+		p.errs.add(fmt.Errorf("receipt for %s: %w", cn.orig.Dst, err))
+		d.Err = "receipt not written: " + err.Error()
+	}
+	p.report(d)
+}
+
+// dialAsync starts the upstream dial and returns where its result arrives.
+func (p *proxy) dialAsync(ctx context.Context, cn *conn) chan dialResult {
+	dialed := make(chan dialResult, 1)
+	go func() {
+		up, err := p.dial(ctx, cn)
+		dialed <- dialResult{up, err}
+	}()
+	return dialed
+}
+
+// connect waits for the upstream dial and relays.
+func (p *proxy) connect(ctx context.Context, cn *conn, receiptID string, dialed chan dialResult) {
 	r := <-dialed
 	if r.err != nil {
 		resetClose(cn.client)
@@ -327,8 +372,8 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	}
 	if err := r.err; err != nil {
 		p.counts.failed.Add(1)
-		p.errs.add(fmt.Errorf("relay %s (receipt %s): %w", cn.orig.Dst, id, err))
-		p.logger.WithFields(logrus.Fields{"dst": cn.orig.Dst.String(), "receipt": id}).WithError(err).Warn("relay failed")
+		p.errs.add(fmt.Errorf("relay %s (receipt %s): %w", cn.orig.Dst, receiptID, err))
+		p.logger.WithFields(logrus.Fields{"dst": cn.orig.Dst.String(), "receipt": receiptID}).WithError(err).Warn("relay failed")
 	}
 }
 

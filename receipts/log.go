@@ -613,6 +613,9 @@ func (l *Log) Recovery() Recovery { return l.recovery }
 // Path is the database file.
 func (l *Log) Path() string { return l.path }
 
+// Mode returns the log's durability mode.
+func (l *Log) Mode() Mode { return l.opts.Mode }
+
 // KernelKey is the public key (hex) this log signs with; "" when read-only.
 func (l *Log) KernelKey() string { return l.pubHex }
 
