@@ -200,9 +200,11 @@ func Start(opts Options) (*Agent, error) {
 		now:       time.Now,
 
 		receiptSlots: make(chan struct{}, 1024),
+		idle:         newIdleSet(opts.Timeouts.withDefaults().Idle),
 	}
-	a.bg.Add(1)
+	a.bg.Add(2)
 	go func() { defer a.bg.Done(); a.readEvents() }()
+	go func() { defer a.bg.Done(); a.proxy.idle.run(a.ctx.Done()) }()
 	return a, nil
 }
 

@@ -113,12 +113,21 @@ type proxy struct {
 	// receiptSlots bounds the receipts being signed beside their relays in
 	// async mode.
 	receiptSlots chan struct{}
+	// idle closes relays that have gone quiet.
+	idle *idleSet
 
 	wg sync.WaitGroup
 }
 
 // serve accepts on ln until it is closed.
 func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, netnsPath string) {
+	// Accepted sockets live in the listener's namespace: one cookie for all.
+	cookie, err := bpf.NetnsCookie(ln)
+	if err != nil {
+		p.errs.add(fmt.Errorf("listener %s: %w", ln.Addr(), err))
+		ln.Close()
+		return
+	}
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
@@ -132,7 +141,7 @@ func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, netnsPath string
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			p.handle(ctx, c, netnsPath)
+			p.handle(ctx, c, cookie)
 		}()
 	}
 }
@@ -147,17 +156,11 @@ type conn struct {
 	out    kernel.Outcome
 }
 
-func (p *proxy) handle(ctx context.Context, c *net.TCPConn, netnsPath string) {
+func (p *proxy) handle(ctx context.Context, c *net.TCPConn, cookie uint64) {
 	defer c.Close()
 	start := p.now()
 	c.SetDeadline(start.Add(p.timeouts.withDefaults().Total))
 
-	cookie, err := bpf.NetnsCookie(c)
-	if err != nil {
-		p.errs.add(err)
-		resetClose(c)
-		return
-	}
 	peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	orig, err := p.objs.TakeOriginal(cookie, peer)
 	if err != nil {
@@ -465,9 +468,9 @@ func (p *proxy) relay(cn *conn, up *net.TCPConn) error {
 			return fmt.Errorf("replay first bytes: %w", err)
 		}
 	}
-	stop := make(chan struct{})
-	defer close(stop)
-	go idleWatch(stop, cn.client, up, to.Idle)
+	pair := &relayPair{a: cn.client, b: up}
+	p.idle.add(pair)
+	defer p.idle.remove(pair)
 
 	errc := make(chan error, 1)
 	go func() {
@@ -499,32 +502,65 @@ func (p *proxy) markSocket(_, _ string, rc syscall.RawConn) error {
 	return serr
 }
 
-// idleWatch closes both sockets once neither has received data for idle.
-// It reads the kernel's own last-receive times (TCP_INFO), so the relay can
-// stay on splice(2) without counting bytes in user space.
-func idleWatch(stop <-chan struct{}, a, b *net.TCPConn, idle time.Duration) {
-	tick := idle / 4
+// relayPair is a relayed connection's two sockets.
+type relayPair struct{ a, b *net.TCPConn }
+
+// idleSet closes relayed connections once neither socket has received data
+// for the idle timeout. One goroutine checks every relay a few times per
+// timeout, reading the kernel's own last-receive times (TCP_INFO), so the
+// relay stays on splice(2) with no byte counting and no timer per connection.
+type idleSet struct {
+	idle  time.Duration
+	mu    sync.Mutex
+	pairs map[*relayPair]struct{}
+}
+
+func newIdleSet(idle time.Duration) *idleSet {
+	return &idleSet{idle: idle, pairs: map[*relayPair]struct{}{}}
+}
+
+func (s *idleSet) add(p *relayPair) {
+	s.mu.Lock()
+	s.pairs[p] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *idleSet) remove(p *relayPair) {
+	s.mu.Lock()
+	delete(s.pairs, p)
+	s.mu.Unlock()
+}
+
+// run checks the relays until stop is closed.
+func (s *idleSet) run(stop <-chan struct{}) {
+	tick := s.idle / 4
 	if tick < 50*time.Millisecond {
 		tick = 50 * time.Millisecond
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	var batch []*relayPair
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
 		}
-		ia, erra := sinceLastRecv(a)
-		ib, errb := sinceLastRecv(b)
-		if erra != nil || errb != nil {
-			return
+		s.mu.Lock()
+		batch = batch[:0]
+		for p := range s.pairs {
+			batch = append(batch, p)
 		}
-		if ia >= idle && ib >= idle {
-			a.Close()
-			b.Close()
-			return
+		s.mu.Unlock()
+		for _, p := range batch {
+			ia, erra := sinceLastRecv(p.a)
+			ib, errb := sinceLastRecv(p.b)
+			if erra == nil && errb == nil && ia >= s.idle && ib >= s.idle {
+				p.a.Close()
+				p.b.Close()
+			}
 		}
+		clear(batch)
 	}
 }
 
