@@ -59,36 +59,65 @@ type daemon struct {
 	ready  string
 	socket string
 	cmd    *exec.Cmd
-	logs   *strings.Builder
+	logs   *syncBuffer
+	exited chan struct{} // closed once the process has been waited for
+}
+
+// syncBuffer collects the agent's output; the test reads it while the
+// process may still write.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// gone says whether the agent process has exited.
+func (d *daemon) gone() bool {
+	select {
+	case <-d.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 func (d *daemon) start() {
 	d.t.Helper()
 	os.Remove(d.ready)
-	d.logs = &strings.Builder{}
+	d.logs = &syncBuffer{}
 	d.cmd = exec.Command(d.bin, "run", "--config", d.config, "--ready-file", d.ready)
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatalf("start agent: %v", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- d.cmd.Wait() }()
+	d.exited = make(chan struct{})
+	var waitErr error
+	go func() { waitErr = d.cmd.Wait(); close(d.exited) }()
 	deadline := time.After(60 * time.Second)
 	for {
 		if _, err := os.Stat(d.ready); err == nil {
 			break
 		}
 		select {
-		case err := <-exited:
-			d.t.Fatalf("agent exited before ready: %v\n%s", err, d.logs)
+		case <-d.exited:
+			d.t.Fatalf("agent exited before ready: %v\n%s", waitErr, d.logs)
 		case <-deadline:
 			d.cmd.Process.Kill()
 			d.t.Fatalf("agent not ready after 60s:\n%s", d.logs)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	// Wait on this process elsewhere from now on.
-	go func() { <-exited }()
 }
 
 func (d *daemon) signal(s syscall.Signal) {
@@ -224,7 +253,7 @@ agent:
 
 	// SIGKILL: nothing cleans up; protected connections fail closed.
 	d.signal(syscall.SIGKILL)
-	eventually("agent gone", func() bool { return d.cmd.ProcessState != nil || d.cmd.Process.Signal(syscall.Signal(0)) != nil })
+	eventually("agent gone", d.gone)
 	if out, code := curl(); code != 7 {
 		t.Fatalf("curl with the agent killed: exit %d, %q; want 7 (refused), never a pass", code, out)
 	}
@@ -268,7 +297,7 @@ agent:
 
 	// SIGTERM: a clean stop; the pins stay (fail-closed until uninstall).
 	d.signal(syscall.SIGTERM)
-	eventually("agent stopped", func() bool { return d.cmd.Process.Signal(syscall.Signal(0)) != nil })
+	eventually("agent stopped", d.gone)
 	if _, code := curl(); code != 7 {
 		t.Fatalf("curl after SIGTERM: exit %d; want 7 (pinned redirect to no listener)", code)
 	}
