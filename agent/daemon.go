@@ -72,7 +72,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	defer scancel()
 	statusErr := make(chan error, 1)
 	go func() {
-		statusErr <- ServeStatus(sctx, o.StatusSocket, func() Status { return a.Status(o.Version) })
+		statusErr <- ServeStatus(sctx, o.StatusSocket, func() Status { return a.Status(o.Version) }, o.Agent.Log)
 	}()
 	// ServeStatus fails fast on a socket it cannot take; wait for it to
 	// answer before declaring readiness.

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -146,9 +148,16 @@ func receiptStatus(l *receipts.Log) ReceiptStatus {
 	return rs
 }
 
-// ServeStatus serves GET /status as JSON on a unix socket that only root can
-// reach (the directory is 0700 and the socket 0600), until ctx ends.
-func ServeStatus(ctx context.Context, path string, status func() Status) error {
+// ServeStatus serves, on a unix socket that only root can reach (the
+// directory is 0700 and the socket 0600), until ctx ends:
+//
+//	GET /status               the agent's Status as JSON
+//	GET /receipts?after=N     receipts after seq N as JSON lines (limit=M bounds them)
+//	GET /receipts/snapshot    a consistent copy of the receipt log file
+//
+// The receipt endpoints let `chio-agent receipts …` read a log the running
+// agent holds (bbolt lets no other process open it meanwhile).
+func ServeStatus(ctx context.Context, path string, status func() Status, log *receipts.Log) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("status socket: %w", err)
 	}
@@ -175,6 +184,30 @@ func ServeStatus(ctx context.Context, path string, status func() Status) error {
 		enc.SetIndent("", "  ")
 		enc.Encode(status())
 	})
+	mux.HandleFunc("GET /receipts/snapshot", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		log.Snapshot(w) // a failure cuts the stream short; the reader's open fails
+	})
+	mux.HandleFunc("GET /receipts", func(w http.ResponseWriter, r *http.Request) {
+		var f receipts.Filter
+		var err error
+		if v := r.URL.Query().Get("after"); v != "" {
+			if f.AfterSeq, err = strconv.ParseUint(v, 10, 64); err != nil {
+				http.Error(w, "after: not a sequence number", http.StatusBadRequest)
+				return
+			}
+		}
+		f.Limit = 10000
+		if v := r.URL.Query().Get("limit"); v != "" {
+			if f.Limit, err = strconv.Atoi(v); err != nil || f.Limit <= 0 || f.Limit > 10000 {
+				http.Error(w, "limit: want 1 to 10000", http.StatusBadRequest)
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "application/jsonl")
+		enc := json.NewEncoder(w)
+		log.Scan(r.Context(), f, func(e receipts.Entry) error { return enc.Encode(e) })
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { <-ctx.Done(); srv.Close() }()
 	err = srv.Serve(ln)
@@ -185,24 +218,68 @@ func ServeStatus(ctx context.Context, path string, status func() Status) error {
 	return err
 }
 
-// QueryStatus asks the agent serving the socket at path for its status.
-func QueryStatus(ctx context.Context, path string) (Status, error) {
+// get asks the agent serving the socket at path for one resource.
+func get(ctx context.Context, path, resource string, timeout time.Duration) (*http.Response, error) {
 	if _, err := os.Stat(path); err != nil {
-		return Status{}, fmt.Errorf("%w (no status socket at %s)", ErrNotRunning, path)
+		return nil, fmt.Errorf("%w (no status socket at %s)", ErrNotRunning, path)
 	}
 	cl := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", path)
-	}}, Timeout: 5 * time.Second}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/status", nil)
+	}}, Timeout: timeout}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+resource, nil)
 	resp, err := cl.Do(req)
 	if err != nil {
-		return Status{}, fmt.Errorf("%w (status socket %s: %v)", ErrNotRunning, path, err)
+		return nil, fmt.Errorf("%w (status socket %s: %v)", ErrNotRunning, path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("agent answered %s for %s", resp.Status, resource)
+	}
+	return resp, nil
+}
+
+// FetchSnapshot copies the running agent's receipt log into w.
+func FetchSnapshot(ctx context.Context, socket string, w io.Writer) error {
+	resp, err := get(ctx, socket, "/receipts/snapshot", 0)
+	if err != nil {
+		return fmt.Errorf("snapshot receipt log: %w", err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return Status{}, fmt.Errorf("status: agent answered %s", resp.Status)
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("snapshot receipt log: %w", err)
 	}
+	return nil
+}
+
+// FetchReceipts returns up to limit receipts after seq from the running
+// agent's log.
+func FetchReceipts(ctx context.Context, socket string, after uint64, limit int) ([]receipts.Entry, error) {
+	resp, err := get(ctx, socket, fmt.Sprintf("/receipts?after=%d&limit=%d", after, limit), 30*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("fetch receipts: %w", err)
+	}
+	defer resp.Body.Close()
+	var out []receipts.Entry
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var e receipts.Entry
+		if err := dec.Decode(&e); errors.Is(err, io.EOF) {
+			return out, nil
+		} else if err != nil {
+			return out, fmt.Errorf("fetch receipts: %w", err)
+		}
+		out = append(out, e)
+	}
+}
+
+// QueryStatus asks the agent serving the socket at path for its status.
+func QueryStatus(ctx context.Context, path string) (Status, error) {
+	resp, err := get(ctx, path, "/status", 5*time.Second)
+	if err != nil {
+		return Status{}, err
+	}
+	defer resp.Body.Close()
 	var s Status
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		return Status{}, fmt.Errorf("status: decode: %w", err)

@@ -1,6 +1,7 @@
 package receipts
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -252,5 +253,37 @@ func TestBadFiles(t *testing.T) {
 	}
 	if _, err := Open(filepath.Join(dir, "missing.db"), Options{ReadOnly: true}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing: %v", err)
+	}
+}
+
+func TestSnapshotWhileAppendingIsAVerifiableLog(t *testing.T) {
+	key := testKey("snap")
+	l, path := openTest(t, Options{Key: key, CheckpointEvery: 5})
+	ctx := context.Background()
+	for i := 0; i < 12; i++ {
+		if _, err := l.Append(ctx, receipt(t, key, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var buf bytes.Buffer
+	if _, err := l.Snapshot(&buf); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	// The original is still open for writing; the copy opens read-only.
+	cp := filepath.Join(filepath.Dir(path), "copy.db")
+	if err := os.WriteFile(cp, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(cp, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("open snapshot: %v", err)
+	}
+	defer c.Close()
+	rep, err := c.Verify(ctx, VerifyOptions{})
+	if err != nil {
+		t.Fatalf("verify snapshot: %v", err)
+	}
+	if rep.LastSeq != 12 {
+		t.Fatalf("snapshot holds %d receipts, want 12", rep.LastSeq)
 	}
 }

@@ -427,3 +427,20 @@ func (l *Log) Export(ctx context.Context, w io.Writer) error {
 	}
 	return nil
 }
+
+// Snapshot writes a consistent copy of the whole log file to w (a bbolt
+// read transaction's WriteTo), while appends go on. A reader that cannot
+// open the file because the agent holds it (ErrLocked) can open such a copy
+// instead: every read, verify, export and proof then works on it.
+func (l *Log) Snapshot(w io.Writer) (int64, error) {
+	var n int64
+	err := l.view(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	if err != nil {
+		return n, fmt.Errorf("snapshot receipt log %s: %w", l.path, err)
+	}
+	return n, nil
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/backbay-labs/chio-agent/agent"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
@@ -52,17 +53,52 @@ type dbOptions struct {
 	// lockTimeout bounds the wait for a process holding the file (the
 	// agent); after it the command fails instead of hanging. Default 2s.
 	lockTimeout time.Duration
+	// socket is the running agent's status socket: when the agent holds
+	// the file, reads go to a consistent snapshot it serves there.
+	socket string
 }
 
 func (o *dbOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.path, "db", defaultReceiptDB, "receipt log file")
 	fs.DurationVar(&o.lockTimeout, "lock-timeout", 2*time.Second, "how long to wait for a process holding the log before giving up")
+	fs.StringVar(&o.socket, "socket", agent.DefaultStatusSocket, "status socket of the running agent that holds the log, which then serves a snapshot of it")
 }
 
 // open opens the log read-only: readers never write, so they never change
-// evidence, and they share the file with other readers.
+// evidence, and they share the file with other readers. When the running
+// agent holds the file (bbolt lets no reader in meanwhile), it reads a
+// consistent snapshot the agent serves on its status socket instead.
 func (o *dbOptions) open() (*receipts.Log, error) {
-	return receipts.Open(o.path, receipts.Options{ReadOnly: true, LockTimeout: o.lockTimeout})
+	l, err := receipts.Open(o.path, receipts.Options{ReadOnly: true, LockTimeout: o.lockTimeout})
+	if err == nil || !errors.Is(err, receipts.ErrLocked) || o.socket == "" {
+		return l, err
+	}
+	if _, serr := os.Stat(o.socket); serr != nil {
+		return nil, err
+	}
+	snap, ferr := o.snapshot()
+	if ferr != nil {
+		return nil, fmt.Errorf("%w; reading through the agent failed too: %v", err, ferr)
+	}
+	return snap, nil
+}
+
+// snapshot fetches the agent's snapshot into an unlinked temporary file and
+// opens it read-only (the open file outlives its name).
+func (o *dbOptions) snapshot() (*receipts.Log, error) {
+	f, err := os.CreateTemp("", "chio-receipts-snapshot-*.db")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(f.Name())
+	if err := agent.FetchSnapshot(context.Background(), o.socket, f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	return receipts.Open(f.Name(), receipts.Options{ReadOnly: true, LockTimeout: o.lockTimeout})
 }
 
 // ---- verify
@@ -198,6 +234,11 @@ func newReceiptsListCommand() *cobra.Command {
 }
 
 func printEntries(ctx context.Context, out io.Writer, l *receipts.Log, f receipts.Filter, asJSON, header bool) error {
+	return printScan(out, func(fn func(receipts.Entry) error) error { return l.Scan(ctx, f, fn) }, asJSON, header)
+}
+
+// printScan prints the entries scan yields, as a table or JSON lines.
+func printScan(out io.Writer, scan func(func(receipts.Entry) error) error, asJSON, header bool) error {
 	bw := bufio.NewWriter(out)
 	var tw *tabwriter.Writer
 	if !asJSON {
@@ -206,7 +247,7 @@ func printEntries(ctx context.Context, out io.Writer, l *receipts.Log, f receipt
 			fmt.Fprintln(tw, "SEQ\tTIME\tDECISION\tWORKLOAD\tHOST\tID")
 		}
 	}
-	err := l.Scan(ctx, f, func(e receipts.Entry) error {
+	err := scan(func(e receipts.Entry) error {
 		if asJSON {
 			b, err := json.Marshal(e)
 			if err != nil {
@@ -302,14 +343,27 @@ func newReceiptsTailCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "tail [-f] --db PATH",
 		Short: "Print the last receipts, and with -f the ones appended after",
-		Long: `tail prints the last receipts. With -f it reopens the log read-only every
---interval and prints what was appended. bbolt lets no reader in while a writer
-holds the file, so while the agent runs tail -f waits (saying so once) and
-prints the new receipts whenever it gets in.`,
+		Long: `tail prints the last receipts. With -f it keeps printing what is appended:
+while the agent runs and holds the file (bbolt lets no other reader in), it
+follows the log through the agent's status socket (--socket); otherwise it
+reopens the file read-only every --interval.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			out := cmd.OutOrStdout()
+			if o.follow {
+				// A running agent holds the file: follow it through its
+				// socket, receipt by receipt, rather than by snapshots.
+				probe, err := receipts.Open(o.db.path, receipts.Options{ReadOnly: true, LockTimeout: o.db.lockTimeout})
+				if err == nil {
+					probe.Close()
+				}
+				if errors.Is(err, receipts.ErrLocked) && o.db.socket != "" {
+					if _, serr := os.Stat(o.db.socket); serr == nil {
+						return o.followAgent(ctx, out)
+					}
+				}
+			}
 			var after uint64
 			first := true
 			warned := false
@@ -359,6 +413,51 @@ prints the new receipts whenever it gets in.`,
 	}
 	o.AddFlags(cmd.Flags())
 	return cmd
+}
+
+// followAgent prints the last receipts of the running agent's log, then the
+// new ones as it appends them, through its status socket.
+func (o *tailOptions) followAgent(ctx context.Context, out io.Writer) error {
+	st, err := agent.QueryStatus(ctx, o.db.socket)
+	if err != nil {
+		return err
+	}
+	var after uint64
+	if st.Receipts.LastSeq > uint64(o.lines) {
+		after = st.Receipts.LastSeq - uint64(o.lines)
+	}
+	header := true
+	for {
+		es, err := agent.FetchReceipts(ctx, o.db.socket, after, 10000)
+		if err != nil {
+			return err
+		}
+		if len(es) > 0 || header {
+			perr := printScan(out, func(fn func(receipts.Entry) error) error {
+				for _, e := range es {
+					if err := fn(e); err != nil {
+						return err
+					}
+				}
+				return nil
+			}, o.json, header)
+			if perr != nil {
+				return perr
+			}
+			header = false
+		}
+		if len(es) > 0 {
+			after = es[len(es)-1].Seq
+			if len(es) == 10000 {
+				continue // more waiting
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(o.interval):
+		}
+	}
 }
 
 // ---- export

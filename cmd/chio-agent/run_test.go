@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -251,6 +252,53 @@ agent:
 		}
 	}
 
+	// The agent holds the log; readers go through its socket.
+	out, err := exec.Command(bin, "receipts", "list", "--db", db, "--socket", d.socket, "--lock-timeout", "100ms", "--json").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"workload":"lifecycle"`) || !strings.Contains(string(out), `"host":"api.allowed.test"`) {
+		t.Fatalf("receipts list of the live log: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(bin, "receipts", "verify", "--db", db, "--socket", d.socket, "--lock-timeout", "100ms").CombinedOutput(); err != nil {
+		t.Fatalf("receipts verify of the live log: %v\n%s", err, out)
+	}
+	tail := exec.Command(bin, "receipts", "tail", "-f", "-n", "1", "--json", "--interval", "50ms", "--db", db, "--socket", d.socket, "--lock-timeout", "100ms")
+	tailOut, err := tail.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 4)
+	go func() {
+		sc := bufio.NewScanner(tailOut)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	// The last receipt first: tail is following once it has printed it.
+	select {
+	case l := <-lines:
+		if !strings.Contains(l, `"seq":1,`) {
+			t.Fatalf("tail -f -n 1 printed %q first; want seq 1", l)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("tail -f printed nothing")
+	}
+	if out, code := curl(); code != 0 || out != "200" {
+		t.Fatalf("second allowed curl: exit %d, %q", code, out)
+	}
+	select {
+	case l := <-lines:
+		if !strings.Contains(l, `"seq":2`) || !strings.Contains(l, `"decision":"allow"`) {
+			t.Fatalf("tail -f printed %q; want the new receipt, seq 2", l)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("tail -f printed nothing for a new receipt")
+	}
+	tail.Process.Kill()
+	tail.Wait()
+
 	// SIGKILL: nothing cleans up; protected connections fail closed.
 	d.signal(syscall.SIGKILL)
 	eventually("agent gone", d.gone)
@@ -301,7 +349,7 @@ agent:
 	if _, code := curl(); code != 7 {
 		t.Fatalf("curl after SIGTERM: exit %d; want 7 (pinned redirect to no listener)", code)
 	}
-	out, err := exec.Command(bin, "uninstall", "--pin-dir", pinDir, "--socket", d.socket).CombinedOutput()
+	out, err = exec.Command(bin, "uninstall", "--pin-dir", pinDir, "--socket", d.socket).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "removed "+pinDir+"/links/chio_connect4") {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}
