@@ -134,6 +134,10 @@ type ToolCall struct {
 	// a capability token. The kernel does not verify the token here: verify
 	// it with Capability.Verify before the call.
 	CapabilityID string
+	// RequestID, when set, is recorded as metadata.request_id: it keeps two
+	// identical calls in one second from having one receipt id while their
+	// parameters (and parameter_hash) stay identical.
+	RequestID string
 }
 
 // EvaluateToolCall decides one tool call and returns the outcome with its
@@ -160,6 +164,7 @@ func (k *Kernel) EvaluateToolCall(ctx context.Context, call ToolCall) (Outcome, 
 	st := k.policy.Load()
 	out := outcomeOf(st.p.Evaluate(hushspec.Action{Type: "tool_call", Target: call.ToolName, ArgsSize: int64(len(canon))}), GuardToolAccess)
 	meta := map[string]any{"schema": ToolCallMetadataSchema}
+	putString(meta, "request_id", call.RequestID)
 	putString(meta, "policy_decision", out.PolicyDecision)
 	putString(meta, "matched_rule", out.MatchedRule)
 	putString(meta, "pattern", out.Pattern)

@@ -164,11 +164,11 @@ func (s *Server) upstreamError(w http.ResponseWriter, r *http.Request, err error
 func (s *Server) decide(ctx context.Context, d described) verdict {
 	eng := s.engine.Load()
 	reqID := newRequestID()
-	params := map[string]any{"method": d.method, "request_id": reqID}
+	params := map[string]any{"method": d.method}
 	if d.evaluateOnly {
 		params["evaluate_only"] = true
 	}
-	call := kernel.ToolCall{ToolServer: s.toolServer, ToolName: UnmatchedToolName}
+	call := kernel.ToolCall{ToolServer: s.toolServer, ToolName: UnmatchedToolName, RequestID: reqID}
 
 	if d.contentLength > s.set.MaxBodyBytes {
 		return s.refuse(ctx, eng, call, params, GuardRequest, ruleRequest, http.StatusRequestEntityTooLarge, codeTooLarge,
@@ -228,7 +228,7 @@ func (s *Server) refuse(ctx context.Context, eng *engine, call kernel.ToolCall, 
 	if err != nil {
 		return s.internalError(fmt.Errorf("encode tool call arguments: %w", err))
 	}
-	meta, err := jcs.Marshal(map[string]any{"schema": kernel.ToolCallMetadataSchema, "matched_rule": rule})
+	meta, err := jcs.Marshal(map[string]any{"schema": kernel.ToolCallMetadataSchema, "matched_rule": rule, "request_id": call.RequestID})
 	if err != nil {
 		return s.internalError(err)
 	}

@@ -42,8 +42,12 @@ func TestAllowedRequestIsForwardedAndReceipted(t *testing.T) {
 		t.Fatalf("receipt %+v; want getPet on %s, allowed", r, f.upstream.URL)
 	}
 	p := params(t, r)
-	if p["method"] != "GET" || p["route"] != "/pets/{petId}" || p["path_params"].(map[string]any)["petId"] != "42" || len(p["request_id"].(string)) != 32 {
-		t.Fatalf("parameters %v; want method, route pattern, path params and a request id", p)
+	if p["method"] != "GET" || p["route"] != "/pets/{petId}" || p["path_params"].(map[string]any)["petId"] != "42" || p["request_id"] != nil {
+		t.Fatalf("parameters %v; want method, route pattern and path params (the request id is metadata)", p)
+	}
+	var meta map[string]any
+	if err := json.Unmarshal(r.Metadata, &meta); err != nil || len(meta["request_id"].(string)) != 32 {
+		t.Fatalf("metadata %s; want a 128-bit request id", r.Metadata)
 	}
 	raw, _ := json.Marshal(r)
 	if strings.Contains(string(raw), "s3cret") || strings.Contains(string(raw), "api_key") {
