@@ -41,7 +41,7 @@ func (f *nodeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.config, "config", "", "kernel.yaml (default $"+envKernelConfig+")")
 	fs.StringVar(&f.policy, "policy", "", "HushSpec policy: a path, file:// or http(s):// URL (default $"+envPolicySource+", else the config's)")
 	fs.StringVar(&f.receipts, "receipts", "", "receipt log file (default $"+envReceiptSink+", else the config's)")
-	fs.StringVar(&f.keyFile, "key", "", "Ed25519 signing key file from `chio-agent keygen` ($CHIO_SIGNING_KEY, a hex seed, wins)")
+	fs.StringVar(&f.keyFile, "key", "", "Ed25519 signing key file from `chio-agent keygen` (default $CHIO_SIGNING_KEY, a hex seed, else the config's signing_key)")
 	fs.StringVar(&f.mode, "receipt-mode", "", "sync (a decision takes effect once its receipt is durable; default) or async")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default $"+envLogLevel+", else warn for exec, info for run)")
 }
@@ -101,8 +101,11 @@ func (f *nodeFlags) resolve(ctx context.Context, defaultReceipts, defaultLevel s
 	if err != nil {
 		return nil, err
 	}
-	s.key, err = kernel.LoadSigningKey(kernel.LookupEnv(lookup), f.keyFile)
-	if err != nil && f.keyFile == "" && s.cfg.SigningKey != "" {
+	// --key wins (flags override variables), then CHIO_SIGNING_KEY, then
+	// kernel.yaml's signing_key.
+	if f.keyFile != "" {
+		s.key, err = kernel.LoadKeyFile(f.keyFile)
+	} else {
 		s.key, err = kernel.LoadSigningKey(kernel.LookupEnv(lookup), s.cfg.SigningKey)
 	}
 	if err != nil {

@@ -71,12 +71,16 @@ func TestParseRejects(t *testing.T) {
 func TestInterpolate(t *testing.T) {
 	lookup := env(map[string]string{"A": "x", "EMPTY": ""})
 	for in, want := range map[string]string{
-		"${A}":          "x",
-		"${B:-def}":     "def",
-		"${EMPTY:-def}": "def",
-		"${EMPTY}":      "",
-		"$$A and $A":    "$A and $A",
-		"cost: 5$":      "cost: 5$",
+		"${A}":                                   "x",
+		"${B:-def}":                              "def",
+		"${EMPTY:-def}":                          "def",
+		"${EMPTY}":                               "",
+		"$$A and $A":                             "$A and $A",
+		"cost: 5$":                               "cost: 5$",
+		"# ${MISSING} is commented out\na: ${A}": "# ${MISSING} is commented out\na: x",
+		"a: ${A} # or ${MISSING}":                "a: x # or ${MISSING}",
+		`a: "#${A}"`:                             `a: "#x"`,
+		"a: b#${A}":                              "a: b#x",
 	} {
 		got, err := Interpolate(in, lookup)
 		if err != nil || got != want {
