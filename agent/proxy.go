@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -292,8 +293,11 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 		// Async receipts do not hold the decision up, so neither does their
 		// signing: it runs beside the relay, up to a bound, past which the
 		// connection waits its turn (backpressure, never unbounded memory).
+		// The dial goes first: on two cores, signing beside it delays the
+		// handshake's wakeup more than it saves.
 		select {
 		case p.receiptSlots <- struct{}{}:
+			up, err := p.dial(ctx, cn)
 			p.wg.Add(1)
 			go func() {
 				defer p.wg.Done()
@@ -301,7 +305,9 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 				p.finishReceipt(ctx, cn, d)
 			}()
 			p.counts.allowed.Add(1)
-			p.connect(ctx, cn, d.ReceiptID, p.dialAsync(ctx, cn))
+			dialed := make(chan dialResult, 1)
+			dialed <- dialResult{up, err}
+			p.connect(ctx, cn, d.ReceiptID, dialed)
 			return
 		default:
 		}
@@ -444,6 +450,16 @@ type dialResult struct {
 func (p *proxy) dial(ctx context.Context, cn *conn) (*net.TCPConn, error) {
 	var up *net.TCPConn
 	err := inNetns(cn.w.netns, func() error {
+		if cn.orig.Dst.Addr().IsLoopback() {
+			select {
+			case blockingDials <- struct{}{}:
+				c, err := p.dialLoopback(cn.orig.Dst)
+				<-blockingDials
+				up = c
+				return err
+			default: // enough threads blocked already: use the poller
+			}
+		}
 		d := net.Dialer{Timeout: p.timeouts.withDefaults().Dial, Control: p.markSocket}
 		c, err := d.DialContext(ctx, "tcp", cn.orig.Dst.String())
 		if err != nil {
@@ -453,6 +469,54 @@ func (p *proxy) dial(ctx context.Context, cn *conn) (*net.TCPConn, error) {
 		return nil
 	})
 	return up, err
+}
+
+// blockingDials bounds the OS threads blocked in dialLoopback: a loopback
+// listener with a full backlog drops SYNs, and each such connect would hold
+// a thread until the dial timeout.
+var blockingDials = make(chan struct{}, 32)
+
+// dialLoopback connects with a blocking connect(2). On loopback the whole
+// handshake runs inside the system call, so this returns a connected socket
+// without the round trip through the poller that a non-blocking connect
+// costs (tens of microseconds a connection on a busy machine). Remote
+// destinations keep the non-blocking dial: a blocking one would hold an OS
+// thread for a network round trip.
+func (p *proxy) dialLoopback(dst netip.AddrPort) (*net.TCPConn, error) {
+	family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()})
+	if dst.Addr().Is4() {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	f := os.NewFile(uintptr(fd), "upstream")
+	defer f.Close()
+	if p.mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(p.mark)); err != nil {
+			return nil, os.NewSyscallError("setsockopt SO_MARK", err)
+		}
+	}
+	// Bound the connect as the dialer would (SYN retries to a black hole).
+	tv := unix.NsecToTimeval(p.timeouts.withDefaults().Dial.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		return nil, os.NewSyscallError("setsockopt SO_SNDTIMEO", err)
+	}
+	for {
+		err = unix.Connect(fd, sa)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return nil, os.NewSyscallError("connect", err)
+	}
+	c, err := net.FileConn(f) // dups the socket into the poller, non-blocking
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
 }
 
 // relay replays the sniffed prefix upstream and copies both ways. Copies
