@@ -3,6 +3,8 @@ package sidecar
 import (
 	"io"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"slices"
 	"testing"
 	"time"
@@ -46,6 +48,12 @@ func reportLatency(b *testing.B, prefix string, d []time.Duration) {
 }
 
 func benchFixture(b *testing.B, mode string) *fixture {
+	// Measure with the collector as the binary runs it (main sets GOGC=400
+	// unless the operator sets GOGC; see cmd/chio-agent/main.go).
+	if os.Getenv("GOGC") == "" {
+		old := debug.SetGCPercent(400)
+		b.Cleanup(func() { debug.SetGCPercent(old) })
+	}
 	f := startFixture(b, func(s *config.SidecarSettings) { s.ReceiptMode = mode })
 	// Warm both connections so no benchmark pays a TCP handshake.
 	benchGet(b, f.client, f.upstream.URL+"/pets/1")
