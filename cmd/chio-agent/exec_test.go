@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,14 +24,7 @@ func TestExecProtectsUnmodifiedCommands(t *testing.T) {
 	}
 	bin := binary(t)
 	dir := t.TempDir()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "hello from upstream") })}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	port := ln.Addr().(*net.TCPAddr).Port
+	port := serveBody(t, "hello from upstream")
 
 	key := filepath.Join(dir, "chio.key")
 	if _, err := kernel.GenerateKeyFile(key); err != nil {

@@ -52,6 +52,22 @@ func binary(t *testing.T) string {
 	return binPath
 }
 
+// serveBody serves body over HTTP on 127.0.0.1 until the test ends and
+// returns the port. Keep-alives are off: every request is a new connection,
+// so every request is a decision.
+func serveBody(t *testing.T, body string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, body) })}
+	srv.SetKeepAlivesEnabled(false)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
 // daemon is one `chio-agent run` under test.
 type daemon struct {
 	t      *testing.T
@@ -159,15 +175,7 @@ func TestRunDaemonLifecycle(t *testing.T) {
 	pinDir := "/sys/fs/bpf/chio-test-" + hex.EncodeToString(rb[:])
 	t.Cleanup(func() { exec.Command(bin, "uninstall", "--force", "--pin-dir", pinDir).Run() })
 
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "upstream") })}
-	srv.SetKeepAlivesEnabled(false)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	port := ln.Addr().(*net.TCPAddr).Port
+	port := serveBody(t, "upstream")
 
 	keyPath := filepath.Join(dir, "key")
 	if _, err := kernel.GenerateKeyFile(keyPath); err != nil {

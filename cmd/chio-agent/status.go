@@ -56,9 +56,9 @@ says so and exits 1.`,
 
 func printStatus(out io.Writer, s agent.Status) {
 	fmt.Fprintf(out, "chio-agent %s, pid %d, up since %s\n", s.Version, s.PID, s.StartedAt.Format("2006-01-02 15:04:05 MST"))
-	fmt.Fprintf(out, "policy     %s (sha256 %s) from %s\n", orDash(s.Policy.Name), short(s.Policy.Hash), orDash(s.Policy.Source))
+	fmt.Fprintf(out, "policy     %s (sha256 %s) from %s\n", dash(s.Policy.Name), short(s.Policy.Hash), dash(s.Policy.Source))
 	fmt.Fprintf(out, "receipts   %s: last seq %d, %d checkpoints sealing through seq %d, last root %s\n",
-		s.Receipts.Path, s.Receipts.LastSeq, s.Receipts.Checkpoints, s.Receipts.SealedSeq, orDash(short(s.Receipts.LastCheckpoint)))
+		s.Receipts.Path, s.Receipts.LastSeq, s.Receipts.Checkpoints, s.Receipts.SealedSeq, dash(short(s.Receipts.LastCheckpoint)))
 	fmt.Fprintf(out, "decisions  %d allowed, %d denied, %d failed (%d receipt errors)\n",
 		s.Counts.Allowed, s.Counts.Denied, s.Counts.Failed, s.Counts.ReceiptErrors)
 	fmt.Fprintf(out, "originals  %d pending, %d established (connection-tracking map entries)\n\n",
@@ -67,14 +67,14 @@ func printStatus(out io.Writer, s agent.Status) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PROGRAM\tHOOK\tPROG ID\tLINK ID\tCGROUP\tPIN\tADOPTED")
 	for _, a := range s.Attachments {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%v\n", a.Program, a.Hook, a.ProgID, a.LinkID, a.Cgroup, orDash(a.PinPath), a.Adopted)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%v\n", a.Program, a.Hook, a.ProgID, a.LinkID, a.Cgroup, dash(a.PinPath), a.Adopted)
 	}
 	tw.Flush()
 	fmt.Fprintln(out)
 	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "WORKLOAD\tID\tCGROUP\tNETNS\tLABELS\tEXEMPT RULES")
 	for _, w := range s.Workloads {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\n", w.Name, w.ID, w.Cgroup, orDash(w.Netns), labels(w.Labels), w.Exempt)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\n", w.Name, w.ID, w.Cgroup, dash(w.Netns), labels(w.Labels), w.Exempt)
 	}
 	tw.Flush()
 	fmt.Fprintln(out)
@@ -111,13 +111,6 @@ func short(h string) string {
 		return h[:16] + "…"
 	}
 	return h
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 func jsonFormatter() logrus.Formatter { return &logrus.JSONFormatter{} }
