@@ -206,6 +206,7 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, cookie uint64) {
 	}
 	cn.event.SNI = sn.SNI
 	cn.event.ALPN = sn.ALPN
+	cn.event.ECH = sn.ECH
 	cn.event.HTTPHost = sn.Host
 	cn.event.HTTPMethod = sn.Method
 	cn.event.HTTPPath = sn.Path

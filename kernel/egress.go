@@ -54,6 +54,10 @@ type EgressEvent struct {
 	SNI string
 	// ALPN lists the protocols the ClientHello offered, in its order.
 	ALPN []string
+	// ECH says the ClientHello offered Encrypted Client Hello: SNI is then
+	// only the outer (public) name, and the name the client really wants
+	// is encrypted. (A GREASE extension looks the same on the wire.)
+	ECH bool
 	// HTTPHost is the Host header of an HTTP/1.x request, when one was peeked.
 	HTTPHost string
 	// HTTPMethod and HTTPPath come from the HTTP/1.x request line. Only the
@@ -238,6 +242,9 @@ func (e *EgressEvent) parameters() map[string]any {
 	}
 	if len(e.ALPN) > 0 {
 		p["alpn"] = e.ALPN
+	}
+	if e.ECH {
+		p["tls_ech"] = true
 	}
 	return p
 }
