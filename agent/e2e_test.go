@@ -2,14 +2,19 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -360,5 +365,91 @@ except socket.timeout:
 `, port))
 	if code != 0 || out != "closed" {
 		t.Fatalf("idle connection: exit %d, %q; want the proxy to close it", code, out)
+	}
+}
+
+func TestHTTPKeepAliveRequestsAreEachChecked(t *testing.T) {
+	requireTools(t, "python3")
+	e := newE2E(t, e2eOptions{})
+	var hosts []string
+	var mu sync.Mutex
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hosts = append(hosts, r.Host)
+		mu.Unlock()
+		fmt.Fprintf(w, "seen %s", r.URL.Path)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+	out, code := e.run("python3", "-c", fmt.Sprintf(`
+import http.client
+c = http.client.HTTPConnection("127.0.0.1", %d, timeout=10)
+for path, host in (("/one", "api.allowed.test"), ("/two", "api.allowed.test"), ("/three", "forbidden.test")):
+    try:
+        c.request("GET", path, headers={"Host": host})
+        r = c.getresponse()
+        print(path, r.status, r.read().decode())
+    except Exception as e:
+        print(path, "refused", type(e).__name__)
+`, port))
+	if code != 0 {
+		t.Fatalf("python: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{"/one 200 seen /one", "/two 200 seen /two", "/three refused"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, h := range hosts {
+		if h != "api.allowed.test" {
+			t.Fatalf("upstream saw a request for %q on a connection decided for api.allowed.test", h)
+		}
+	}
+	if len(hosts) != 2 {
+		t.Fatalf("upstream saw %d requests, want 2", len(hosts))
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Guard == GuardProtocol && d.Name == "forbidden.test" })
+	if d.Verdict != kernel.VerdictDeny || !strings.Contains(d.Reason, "later request") {
+		t.Fatalf("decision = %+v", d)
+	}
+	e.receiptFor(d)
+}
+
+func TestHTTPBodiesThroughTheRequestGate(t *testing.T) {
+	requireTools(t, "curl")
+	e := newE2E(t, e2eOptions{})
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %d %x", r.Method, len(b), sha256.Sum256(b))
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+	body := make([]byte, 3<<20)
+	rand.Read(body)
+	file := filepath.Join(e.dir, "body")
+	if err := os.WriteFile(file, body, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("POST %d %x", len(body), sha256.Sum256(body))
+	url := fmt.Sprintf("http://api.allowed.test:%d/upload", port)
+	resolve := fmt.Sprintf("api.allowed.test:%d:127.0.0.1", port)
+	for _, extra := range [][]string{nil, {"-H", "Transfer-Encoding: chunked"}, {"-H", "Expect: 100-continue"}} {
+		args := append([]string{"-sS", "--max-time", "20", "--resolve", resolve, "--data-binary", "@" + file}, extra...)
+		out, code := e.run("curl", append(args, url)...)
+		if code != 0 || out != want {
+			t.Fatalf("curl %v: exit %d, %q; want %q", extra, code, out, want)
+		}
 	}
 }

@@ -378,7 +378,7 @@ func (p *proxy) connect(ctx context.Context, cn *conn, receiptID string, dialed 
 		resetClose(cn.client)
 		r.err = fmt.Errorf("dial %s: %w", cn.orig.Dst, r.err)
 	} else {
-		r.err = p.relay(cn, r.up)
+		r.err = p.relay(ctx, cn, r.up)
 	}
 	if err := r.err; err != nil {
 		p.counts.failed.Add(1)
@@ -522,12 +522,14 @@ func (p *proxy) dialLoopback(dst netip.AddrPort) (*net.TCPConn, error) {
 
 // relay replays the sniffed prefix upstream and copies both ways. Copies
 // between two TCP sockets use splice(2) inside the Go runtime, so payload
-// bytes do not pass through user space.
-func (p *proxy) relay(cn *conn, up *net.TCPConn) error {
+// bytes do not pass through user space; a plain HTTP/1.x client's side goes
+// through gateHTTP instead, which reads every request head.
+func (p *proxy) relay(ctx context.Context, cn *conn, up *net.TCPConn) error {
 	to := p.timeouts.withDefaults()
 	defer up.Close()
 	up.SetDeadline(p.now().Add(to.Total))
-	if len(cn.sniff.Prefix) > 0 {
+	httpGate := cn.sniff.Protocol == ProtocolHTTP
+	if len(cn.sniff.Prefix) > 0 && !httpGate {
 		if _, err := up.Write(cn.sniff.Prefix); err != nil {
 			resetClose(cn.client)
 			return fmt.Errorf("replay first bytes: %w", err)
@@ -539,13 +541,21 @@ func (p *proxy) relay(cn *conn, up *net.TCPConn) error {
 
 	errc := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(up, cn.client)
+		var err error
+		if httpGate {
+			err = p.gateHTTP(ctx, cn, up)
+		} else {
+			_, err = io.Copy(up, cn.client)
+		}
 		up.CloseWrite()
 		errc <- err
 	}()
 	_, err1 := io.Copy(cn.client, up)
 	cn.client.CloseWrite()
 	err2 := <-errc
+	if errors.Is(err2, errLaterHost) {
+		return nil // refused and receipted by the gate
+	}
 	if err := errors.Join(err1, err2); err != nil && !isBenignCopyErr(err) {
 		return fmt.Errorf("relay: %w", err)
 	}
