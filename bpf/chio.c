@@ -207,11 +207,37 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
 
+struct cg_cache_val {
+	__u32 gen;           // generation the entry was made in
+	__u32 found;         // 1: w is the cgroup's workload; 0: not protected
+	struct workload w;
+};
+
+// Per-cgroup cache of the workload lookup (LRU: cgroups come and go).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);            // cgroup id
+	__type(value, struct cg_cache_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cg_cache SEC(".maps");
+
+// generation[0] is bumped by the agent after each change to workloads.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} generation SEC(".maps");
+
 // Sockets carrying this mark belong to the agent and are never touched, so the
 // proxy's own upstream dials cannot loop back into it. 0 disables the check.
 volatile const __u32 agent_mark = 0;
 
-static __always_inline struct workload *lookup_workload(void)
+// walk_workload finds the workload of the current task's cgroup: the deepest
+// of its ancestors (itself included) in the workloads map.
+static __always_inline struct workload *walk_workload(void)
 {
 	struct workload *found = 0;
 	__u64 id;
@@ -227,6 +253,38 @@ static __always_inline struct workload *lookup_workload(void)
 			found = w;
 	}
 	return found;
+}
+
+// lookup_workload is walk_workload through a per-cgroup cache: one lookup
+// instead of one per level for every connect. An entry is valid only for
+// the generation it was made in; the agent bumps the generation after every
+// change to the workloads map, so a stale answer is never used (an entry
+// made from the old map while the agent bumps is tagged with the old
+// generation, and is walked again).
+static __always_inline int lookup_workload(struct workload *out)
+{
+	__u32 zero = 0;
+	__u64 cgid = bpf_get_current_cgroup_id();
+	__u32 *genp = bpf_map_lookup_elem(&generation, &zero);
+	__u32 gen = genp ? *genp : 0;
+
+	struct cg_cache_val *c = bpf_map_lookup_elem(&cg_cache, &cgid);
+	if (c && c->gen == gen) {
+		if (!c->found)
+			return 0;
+		*out = c->w;
+		return 1;
+	}
+	struct cg_cache_val v = {};
+	v.gen = gen;
+	struct workload *w = walk_workload();
+	if (w) {
+		v.found = 1;
+		v.w = *w;
+		*out = *w;
+	}
+	bpf_map_update_elem(&cg_cache, &cgid, &v, BPF_ANY);
+	return v.found;
 }
 
 static __always_inline int agent_socket(struct bpf_sock_addr *ctx)
@@ -360,8 +418,9 @@ static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, in
 	dst_addr(ctx, v6, addr);
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 
-	// DNS over TCP to a configured resolver is part of name resolution.
-	if (is_resolver(addr, port))
+	// DNS over TCP to a configured resolver is part of name resolution
+	// (port 53 only: the lookup is not worth making for every connect).
+	if (port == 53 && is_resolver(addr, port))
 		return 1;
 	if (w->flags & WL_HAS_VERDICTS) {
 		struct verdict_val *v = lookup_verdict(w->id, IPPROTO_TCP, port, addr);
@@ -426,9 +485,10 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, int v6)
 	__u32 type = ctx->type;
 	if (type != SOCK_STREAM && type != SOCK_DGRAM)
 		return 1;
-	struct workload *w = lookup_workload();
-	if (!w)
+	struct workload wl;
+	if (!lookup_workload(&wl))
 		return 1;
+	struct workload *w = &wl;
 	if (type == SOCK_DGRAM)
 		return udp(ctx, w, v6);
 	return tcp(ctx, w, v6);
@@ -451,9 +511,10 @@ int chio_sendmsg4(struct bpf_sock_addr *ctx)
 {
 	if (agent_socket(ctx))
 		return 1;
-	struct workload *w = lookup_workload();
-	if (!w)
+	struct workload wl;
+	if (!lookup_workload(&wl))
 		return 1;
+	struct workload *w = &wl;
 	return udp(ctx, w, 0);
 }
 
@@ -462,9 +523,10 @@ int chio_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	if (agent_socket(ctx))
 		return 1;
-	struct workload *w = lookup_workload();
-	if (!w)
+	struct workload wl;
+	if (!lookup_workload(&wl))
 		return 1;
+	struct workload *w = &wl;
 	return udp(ctx, w, 1);
 }
 

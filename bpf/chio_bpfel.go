@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type chioCgCacheVal struct {
+	_     structs.HostLayout
+	Gen   uint32
+	Found uint32
+	W     chioWorkload
+}
+
 type chioEvent struct {
 	_          structs.HostLayout
 	CgroupId   uint64
@@ -105,8 +112,10 @@ type chioWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	chioMapCgCache          = "cg_cache"
 	chioMapEventRate        = "event_rate"
 	chioMapEvents           = "events"
+	chioMapGeneration       = "generation"
 	chioMapOrigByTuple      = "orig_by_tuple"
 	chioMapOrigPending      = "orig_pending"
 	chioMapResolvers        = "resolvers"
@@ -176,8 +185,10 @@ type chioProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioMapSpecs struct {
+	CgCache     *ebpf.MapSpec `ebpf:"cg_cache"`
 	EventRate   *ebpf.MapSpec `ebpf:"event_rate"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
+	Generation  *ebpf.MapSpec `ebpf:"generation"`
 	OrigByTuple *ebpf.MapSpec `ebpf:"orig_by_tuple"`
 	OrigPending *ebpf.MapSpec `ebpf:"orig_pending"`
 	Resolvers   *ebpf.MapSpec `ebpf:"resolvers"`
@@ -213,8 +224,10 @@ func (o *chioObjects) Close() error {
 //
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioMaps struct {
+	CgCache     *ebpf.Map `ebpf:"cg_cache"`
 	EventRate   *ebpf.Map `ebpf:"event_rate"`
 	Events      *ebpf.Map `ebpf:"events"`
+	Generation  *ebpf.Map `ebpf:"generation"`
 	OrigByTuple *ebpf.Map `ebpf:"orig_by_tuple"`
 	OrigPending *ebpf.Map `ebpf:"orig_pending"`
 	Resolvers   *ebpf.Map `ebpf:"resolvers"`
@@ -224,8 +237,10 @@ type chioMaps struct {
 
 func (m *chioMaps) Close() error {
 	return _ChioClose(
+		m.CgCache,
 		m.EventRate,
 		m.Events,
+		m.Generation,
 		m.OrigByTuple,
 		m.OrigPending,
 		m.Resolvers,

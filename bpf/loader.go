@@ -235,6 +235,20 @@ func (o *Objects) Protect(cgroupID uint64, w Workload) error {
 	if err := o.objs.Workloads.Put(cgroupID, &v); err != nil {
 		return fmt.Errorf("protect cgroup %d: %w", cgroupID, err)
 	}
+	return o.bumpGeneration()
+}
+
+// bumpGeneration invalidates the programs' per-cgroup workload cache. It
+// must follow every change to the workloads map.
+func (o *Objects) bumpGeneration() error {
+	var gen uint32
+	if err := o.objs.Generation.Lookup(uint32(0), &gen); err != nil {
+		return fmt.Errorf("read generation: %w", err)
+	}
+	gen++
+	if err := o.objs.Generation.Put(uint32(0), gen); err != nil {
+		return fmt.Errorf("bump generation: %w", err)
+	}
 	return nil
 }
 
@@ -243,7 +257,7 @@ func (o *Objects) Unprotect(cgroupID uint64) error {
 	if err := o.objs.Workloads.Delete(cgroupID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("unprotect cgroup %d: %w", cgroupID, err)
 	}
-	return nil
+	return o.bumpGeneration()
 }
 
 // Workloads returns the protected cgroups, as pinned state shows them to a

@@ -114,7 +114,10 @@ func (o *Objects) setVerdictFlag(workloadID uint32, on bool) error {
 			return fmt.Errorf("set verdicts: flag workload %d: %w", workloadID, err)
 		}
 	}
-	return nil
+	if len(change) == 0 {
+		return nil
+	}
+	return o.bumpGeneration()
 }
 
 // hasVerdicts says whether the verdict map holds rules for the workload.
