@@ -326,6 +326,12 @@ func TestConnectNotRedirectedOutsideProtectedCgroup(t *testing.T) {
 
 func TestUnprotectStopsRedirect(t *testing.T) {
 	env := newRedirectEnv(t)
+	// Redirect once first, so the programs have cached the cgroup's
+	// workload: Unprotect must invalidate that.
+	if out, code, _ := runIn(t, env.protected, freeAddr(t, "tcp4", "127.0.0.1").String()); code != 0 {
+		t.Fatalf("client before unprotect: exit %d, %q; want redirected", code, out)
+	}
+	<-env.seen
 	if err := env.objs.Unprotect(env.protected.ID); err != nil {
 		t.Fatalf("unprotect: %v", err)
 	}
