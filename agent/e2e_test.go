@@ -110,6 +110,17 @@ func TestSNISpoofRefused(t *testing.T) {
 		t.Fatalf("decision = %+v; want deny by %s", d, GuardAntiSpoof)
 	}
 	e.receiptFor(d)
+
+	// The same with an allowed address literal in the HTTP Host header.
+	plain := e.serveHTTP("tcp4", "127.0.0.2:0", "forbidden-server")
+	out, code = e.run("curl", "-sS", "--max-time", "10", "-H", "Host: [::1]", fmt.Sprintf("http://127.0.0.2:%d/", plain.Port()))
+	if strings.Contains(out, "forbidden-server") {
+		t.Fatalf("a Host naming an allowed address reached another address: exit %d, %q", code, out)
+	}
+	d = e.waitDecision(func(d Decision) bool { return d.Dst == plain })
+	if d.Verdict != kernel.VerdictDeny || d.Guard != GuardAntiSpoof || !strings.Contains(d.Reason, "named ::1 but dialled 127.0.0.2") {
+		t.Fatalf("decision = %+v; want deny by %s", d, GuardAntiSpoof)
+	}
 }
 
 func TestPythonURLLibAndSSL(t *testing.T) {

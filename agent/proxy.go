@@ -256,8 +256,14 @@ func (p *proxy) decide(ctx context.Context, cn *conn) kernel.Outcome {
 	if name == "" {
 		name = target
 	}
-	if _, err := netip.ParseAddr(name); err == nil {
-		return out // an IP literal was evaluated: nothing to spoof
+	if a, err := netip.ParseAddr(name); err == nil {
+		// An address was named: it must be the one dialled.
+		if a.Unmap() != cn.orig.Dst.Addr().Unmap() {
+			return kernel.Outcome{Verdict: kernel.VerdictDeny, PolicyDecision: res.Decision, Guard: GuardAntiSpoof,
+				MatchedRule: res.MatchedRule,
+				Reason:      fmt.Sprintf("the client named %s but dialled %s", a, cn.orig.Dst.Addr())}
+		}
+		return out
 	}
 	ok, err := p.resolver.owns(ctx, name, cn.orig.Dst.Addr())
 	switch {
