@@ -92,11 +92,19 @@ func newE2E(t *testing.T, o e2eOptions) *e2e {
 		t.Fatalf("open log: %v", err)
 	}
 	t.Cleanup(func() {
-		// After the agent has stopped (cleanups run last-in first-out).
-		if _, err := e.log.Verify(context.Background(), receipts.VerifyOptions{}); err != nil {
+		// After the agent has stopped (cleanups run last-in first-out):
+		// close the log (a test may have closed it already) and verify the
+		// whole file read-only.
+		e.log.Close()
+		ro, err := receipts.Open(filepath.Join(e.dir, "receipts.db"), receipts.Options{ReadOnly: true})
+		if err != nil {
+			t.Errorf("reopen receipt log: %v", err)
+			return
+		}
+		defer ro.Close()
+		if _, err := ro.Verify(context.Background(), receipts.VerifyOptions{}); err != nil {
 			t.Errorf("verify receipt log: %v", err)
 		}
-		e.log.Close()
 	})
 	hosts := map[string][]netip.Addr{
 		"api.allowed.test":   {netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")},

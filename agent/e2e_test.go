@@ -464,3 +464,29 @@ func TestHTTPBodiesThroughTheRequestGate(t *testing.T) {
 		}
 	}
 }
+
+// TestNoReceiptNoConnection closes the receipt log under a running agent:
+// an allowed connection must then be refused, never relayed unreceipted.
+func TestNoReceiptNoConnection(t *testing.T) {
+	requireTools(t, "curl")
+	e := newE2E(t, e2eOptions{})
+	url := fmt.Sprintf("http://api.allowed.test:%d/", e.httpAddr.Port())
+	resolve := fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.httpAddr.Port())
+	if out, code := e.run("curl", "-sS", "--max-time", "10", "--resolve", resolve, url); code != 0 {
+		t.Fatalf("before: exit %d, %q", code, out)
+	}
+	if err := e.log.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out, code := e.run("curl", "-sS", "--max-time", "10", "--resolve", resolve, url)
+	if code == 0 || strings.Contains(out, "plain-api") {
+		t.Fatalf("with the receipt log closed: exit %d, %q; want the connection refused", code, out)
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Err != "" })
+	if d.Verdict != kernel.VerdictDeny || !strings.Contains(d.Err, "receipt not written") {
+		t.Fatalf("decision = %+v", d)
+	}
+	if got := e.agent.Status("test").Counts.ReceiptErrors; got == 0 {
+		t.Fatal("status counts no receipt error")
+	}
+}
