@@ -202,6 +202,7 @@ func Start(opts Options) (*Agent, error) {
 		receiptSlots: make(chan struct{}, 1024),
 		idle:         newIdleSet(opts.Timeouts.withDefaults().Idle),
 	}
+	a.proxy.metrics = newMetrics(a)
 	a.bg.Add(2)
 	go func() { defer a.bg.Done(); a.readEvents() }()
 	go func() { defer a.bg.Done(); a.proxy.idle.run(a.ctx.Done()) }()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"time"
 
@@ -30,6 +32,10 @@ type DaemonOptions struct {
 	WatchInterval time.Duration
 	// Reload delivers reload requests (SIGHUP).
 	Reload <-chan os.Signal
+	// MetricsAddr, when set, serves Prometheus metrics (GET /metrics) on
+	// this TCP address. They are always on the status socket too. Danger: an
+	// address beyond loopback exposes workload names to whoever reaches it.
+	MetricsAddr string
 	// ReadyFile, when set, is written once every workload is protected and
 	// the status socket is up, and removed on exit.
 	ReadyFile string
@@ -72,8 +78,19 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	defer scancel()
 	statusErr := make(chan error, 1)
 	go func() {
-		statusErr <- ServeStatus(sctx, o.StatusSocket, func() Status { return a.Status(o.Version) }, o.Agent.Log)
+		statusErr <- ServeStatus(sctx, o.StatusSocket, func() Status { return a.Status(o.Version) }, o.Agent.Log, a.metricsHandler())
 	}()
+	if o.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", o.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", a.metricsHandler())
+		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go msrv.Serve(ln)
+		defer msrv.Close()
+	}
 	// ServeStatus fails fast on a socket it cannot take; wait for it to
 	// answer before declaring readiness.
 	if err := waitStatus(ctx, o.StatusSocket, statusErr); err != nil {

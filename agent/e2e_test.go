@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -488,5 +489,31 @@ func TestNoReceiptNoConnection(t *testing.T) {
 	}
 	if got := e.agent.Status("test").Counts.ReceiptErrors; got == 0 {
 		t.Fatal("status counts no receipt error")
+	}
+}
+
+func TestMetricsCountDecisions(t *testing.T) {
+	requireTools(t, "curl")
+	e := newE2E(t, e2eOptions{})
+	resolve := fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.httpAddr.Port())
+	e.run("curl", "-sS", "--max-time", "10", "--resolve", resolve, fmt.Sprintf("http://api.allowed.test:%d/", e.httpAddr.Port()))
+	e.run("curl", "-sS", "--max-time", "10", "--resolve", fmt.Sprintf("nope.test:%d:127.0.0.1", e.httpAddr.Port()), fmt.Sprintf("http://nope.test:%d/", e.httpAddr.Port()))
+	e.waitDecision(func(d Decision) bool { return d.Name == "nope.test" })
+	rec := httptest.NewRecorder()
+	e.agent.metricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	for _, want := range []string{
+		`chio_agent_decisions_total{guard="HushSpecEgressGuard",verdict="allow",workload="e2e/wl"} 1`,
+		`chio_agent_decisions_total{guard="HushSpecEgressGuard",verdict="deny",workload="e2e/wl"} 1`,
+		`chio_agent_decision_seconds_count 2`,
+		`chio_agent_receipts_last_seq 2`,
+		`chio_agent_workloads 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("metrics:\n%s", body)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -116,6 +117,8 @@ type proxy struct {
 	receiptSlots chan struct{}
 	// idle closes relays that have gone quiet.
 	idle *idleSet
+	// metrics are the Prometheus metrics.
+	metrics *metrics
 
 	wg sync.WaitGroup
 }
@@ -394,6 +397,16 @@ func (p *proxy) connect(ctx context.Context, cn *conn, receiptID string, dialed 
 }
 
 func (p *proxy) report(d Decision) {
+	if m := p.metrics; m != nil {
+		n := float64(max(d.Count, 1))
+		m.decisions.WithLabelValues(d.Workload, d.Verdict, d.Guard).Add(n)
+		if d.Transport == kernel.TransportTCP && d.Count == 0 && !d.Time.IsZero() {
+			m.decisionTime.Observe(p.now().Sub(d.Time).Seconds())
+		}
+		if strings.HasPrefix(d.Err, "receipt not written") {
+			m.receiptErrors.Inc()
+		}
+	}
 	if p.onDecide != nil {
 		p.onDecide(d)
 	}
@@ -544,6 +557,10 @@ func (p *proxy) relay(ctx context.Context, cn *conn, up *net.TCPConn) error {
 	pair := &relayPair{a: cn.client, b: up}
 	p.idle.add(pair)
 	defer p.idle.remove(pair)
+	if p.metrics != nil {
+		p.metrics.relays.Inc()
+		defer p.metrics.relays.Dec()
+	}
 
 	errc := make(chan error, 1)
 	go func() {

@@ -154,10 +154,11 @@ func receiptStatus(l *receipts.Log) ReceiptStatus {
 //	GET /status               the agent's Status as JSON
 //	GET /receipts?after=N     receipts after seq N as JSON lines (limit=M bounds them)
 //	GET /receipts/snapshot    a consistent copy of the receipt log file
+//	GET /metrics              Prometheus metrics
 //
 // The receipt endpoints let `chio-agent receipts …` read a log the running
 // agent holds (bbolt lets no other process open it meanwhile).
-func ServeStatus(ctx context.Context, path string, status func() Status, log *receipts.Log) error {
+func ServeStatus(ctx context.Context, path string, status func() Status, log *receipts.Log, metrics http.Handler) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("status socket: %w", err)
 	}
@@ -184,6 +185,9 @@ func ServeStatus(ctx context.Context, path string, status func() Status, log *re
 		enc.SetIndent("", "  ")
 		enc.Encode(status())
 	})
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
 	mux.HandleFunc("GET /receipts/snapshot", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		log.Snapshot(w) // a failure cuts the stream short; the reader's open fails

@@ -22,6 +22,7 @@ type runOptions struct {
 	pinDir       string
 	statusSocket string
 	readyFile    string
+	metricsAddr  string
 }
 
 func (o *runOptions) AddFlags(fs *pflag.FlagSet) {
@@ -29,6 +30,7 @@ func (o *runOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned programs, links and maps (default the config's, else "+bpf.DefaultPinDir+")")
 	fs.StringVar(&o.statusSocket, "status-socket", "", "unix socket for `chio-agent status` (default the config's, else "+agent.DefaultStatusSocket+")")
 	fs.StringVar(&o.readyFile, "ready-file", "", "write this file (the agent's pid) once every workload is protected")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this TCP address (default the config's agent.metrics_addr; always on the status socket)")
 }
 
 func newRunCommand() *cobra.Command {
@@ -85,10 +87,11 @@ override kernel.yaml.`,
 				ReloadPolicy: func(ctx context.Context) (*hushspec.Policy, error) {
 					return config.LoadPolicy(ctx, setup.policySource, setup.cfg.PanicFile)
 				},
-				WatchFile: watch,
-				Reload:    reloadSig,
-				ReadyFile: o.readyFile,
-				Version:   version,
+				WatchFile:   watch,
+				Reload:      reloadSig,
+				ReadyFile:   o.readyFile,
+				MetricsAddr: firstOf(o.metricsAddr, ac.MetricsAddr),
+				Version:     version,
 			})
 		},
 	}

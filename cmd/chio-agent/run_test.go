@@ -260,6 +260,12 @@ agent:
 		}
 	}
 
+	// Prometheus metrics on the root-only status socket.
+	if out, err := exec.Command("curl", "-sS", "--unix-socket", d.socket, "http://agent/metrics").CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), `chio_agent_decisions_total{guard="HushSpecEgressGuard",verdict="allow",workload="lifecycle"} 1`) {
+		t.Fatalf("metrics: %v\n%s", err, out)
+	}
+
 	// The agent holds the log; readers go through its socket.
 	out, err := exec.Command(bin, "receipts", "list", "--db", db, "--socket", d.socket, "--lock-timeout", "100ms", "--json").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), `"workload":"lifecycle"`) || !strings.Contains(string(out), `"host":"api.allowed.test"`) {

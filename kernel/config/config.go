@@ -84,6 +84,9 @@ type Agent struct {
 	// Resolvers are the DNS servers (address:port) protected workloads may
 	// reach over UDP and TCP without the proxy. Default: none (no DNS).
 	Resolvers []string `yaml:"resolvers"`
+	// MetricsAddr, when set, serves Prometheus metrics on this TCP address
+	// (they are always on the status socket too). Default: none.
+	MetricsAddr string `yaml:"metrics_addr"`
 	// Hosts are static name → address answers the proxy's anti-spoofing
 	// check uses before DNS (as /etc/hosts would). Default: none.
 	Hosts map[string][]string `yaml:"hosts"`
