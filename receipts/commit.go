@@ -224,6 +224,9 @@ func (l *Log) gather(batch []*request) []*request {
 }
 
 func (l *Log) run() {
+	if l.opts.Mode == ModeAsync {
+		deprioritize()
+	}
 	defer close(l.done)
 	defer func() {
 		close(l.replies)
