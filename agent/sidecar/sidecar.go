@@ -10,8 +10,11 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"os/signal"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -122,10 +125,24 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	select {
-	case <-ctx.Done():
-	case err := <-s.serveDone:
-		s.serveDone <- err // Close reports it
+	// SIGHUP reloads the policy, as for the node agent; a policy that does
+	// not load is logged and the one in force stays.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case err := <-s.serveDone:
+			s.serveDone <- err // Close reports it
+			break wait
+		case <-hup:
+			if _, _, err := s.Reload(ctx); err != nil {
+				s.log.WithError(err).Error("policy reload on SIGHUP refused; the previous policy stays in force")
+			}
+		}
 	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -209,6 +209,18 @@ func TestAPIProtectEndToEnd(t *testing.T) {
 	if resp.StatusCode != 403 {
 		t.Fatalf("admin without a token: %d; want 403", resp.StatusCode)
 	}
+	// SIGHUP reloads the policy: getPet is no longer allowed.
+	os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(strings.Replace(apiPolicy, "[listPets, getPet]", "[listPets]", 1)), 0o600)
+	cmd.Process.Signal(syscall.SIGHUP)
+	for i := 0; ; i++ {
+		if resp, _ := get("GET", "/pets/1"); resp.StatusCode == 403 {
+			break
+		}
+		if i == 500 {
+			t.Fatalf("GET /pets/1 still allowed after SIGHUP with a policy that no longer allows it\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	hc := exec.Command(bin, "api", "health", "--url", "http://"+addr+config.DefaultHealthPath)
 	if out, err := hc.CombinedOutput(); err != nil || !strings.Contains(string(out), `"status":"ok"`) {
 		t.Fatalf("api health: %v %s", err, out)
