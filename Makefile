@@ -44,6 +44,7 @@ fuzz:
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 
 generate: deps-bpf
 	$(GO) generate ./bpf/

@@ -154,7 +154,6 @@ func TestCrashSIGKILL(t *testing.T) {
 		kills = 4
 	}
 	db := filepath.Join(t.TempDir(), "crash.db")
-	type promise struct{ id string }
 	promised := map[uint64]string{}
 	var lastSeq uint64
 	for k := 0; k < kills; k++ {

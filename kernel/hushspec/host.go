@@ -106,8 +106,8 @@ func extractHost(s string) (string, error) {
 			return "", fmt.Errorf("malformed URL scheme %q", s[:i])
 		}
 		s = s[i+3:]
-	} else if strings.HasPrefix(s, "//") {
-		s = s[2:]
+	} else {
+		s = strings.TrimPrefix(s, "//")
 	}
 	if i := strings.IndexAny(s, "/?#"); i >= 0 {
 		s = s[:i]

@@ -45,15 +45,6 @@ func object(fields map[string]*field, required ...string) *field {
 
 func enum(values ...string) *field { return &field{kind: kEnum, enum: values} }
 
-// blockNames lists the rule blocks in the order of the specification: the
-// order in which they are evaluated and reported.
-var blockNames = []string{
-	"forbidden_paths", "path_allowlist", "egress", "secret_patterns",
-	"patch_integrity", "shell_commands", "tool_access", "computer_use",
-	"remote_desktop_channels", "input_injection", "browser_automation",
-	"code_execution",
-}
-
 // documentSchema is HushSpec core 0.1.0 (sections 2, 3 and 9). The
 // browser_automation and code_execution blocks are not in the 0.1.0 text but
 // are in the conformance fixtures and the 0.1.0 JSON Schema published with

@@ -394,7 +394,7 @@ func (p *parser) number() (string, error) {
 	p.pos = i
 	out, err := appendNumberLiteral(nil, d[start:i], integer)
 	if err != nil {
-		return "", &SyntaxError{Offset: start, Msg: fmt.Sprintf("%s", d[start:i]), Err: err}
+		return "", &SyntaxError{Offset: start, Msg: string(d[start:i]), Err: err}
 	}
 	return string(out), nil
 }
