@@ -256,6 +256,15 @@ func normalizeHostPart(target, s string) (host, error) {
 	if err := checkASCII(ascii); err != nil {
 		return host{}, hostErr(target, "%v", err)
 	}
+	// UTS #46 mapping deletes some characters (soft hyphen, joiners), so the
+	// result is checked again: "1\u00ad.2.3.4" is the address 1.2.3.4, and
+	// "0.\u00ad" has an empty last label.
+	if a, err := netip.ParseAddr(ascii); err == nil {
+		return ipHost(a), nil
+	}
+	if ascii == "" || strings.HasPrefix(ascii, ".") || strings.HasSuffix(ascii, ".") || strings.Contains(ascii, "..") {
+		return host{}, hostErr(target, "empty label after IDNA mapping")
+	}
 	if looksNumeric(ascii) {
 		// "127.1", "0x7f.1", "2130706433": resolvers read these as IPv4
 		// addresses, so treating them as names would let them dodge an

@@ -168,3 +168,15 @@ func TestFastHostAgreesWithSlowPath(t *testing.T) {
 		}
 	}
 }
+
+func TestNormalizeHostAfterIDNAMapping(t *testing.T) {
+	// IDNA mapping deletes the soft hyphen: what is left is checked again.
+	if got, err := NormalizeHost("1\u00ad.2.3.4"); err != nil || got != "1.2.3.4" {
+		t.Errorf("NormalizeHost(1\\u00ad.2.3.4) = %q, %v; want the address 1.2.3.4", got, err)
+	}
+	for _, in := range []string{"0.\u00ad", "a.\u00ad.b", "\u00ad.example"} {
+		if got, err := NormalizeHost(in); err == nil {
+			t.Errorf("NormalizeHost(%q) = %q; want an empty-label error", in, got)
+		}
+	}
+}
