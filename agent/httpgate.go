@@ -10,9 +10,14 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/backbay-labs/chio-agent/kernel"
 )
+
+// gateReaders recycles the 16 KiB request-head buffers of gateHTTP: one per
+// plain HTTP connection would otherwise be garbage for the collector.
+var gateReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
 
 // errLaterHost means a later request on an HTTP/1.x connection named
 // another host than the one the connection was decided for.
@@ -26,7 +31,12 @@ var errLaterHost = errors.New("later request names another host")
 // Upgrade (WebSocket) or CONNECT request ends the HTTP framing: the rest of
 // the stream is copied as is.
 func (p *proxy) gateHTTP(ctx context.Context, cn *conn, up *net.TCPConn) error {
-	br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(cn.sniff.Prefix), cn.client), 16<<10)
+	br := gateReaders.Get().(*bufio.Reader)
+	br.Reset(io.MultiReader(bytes.NewReader(cn.sniff.Prefix), cn.client))
+	defer func() {
+		br.Reset(nil) // drop the references to this connection
+		gateReaders.Put(br)
+	}()
 	firstHost := ""
 	for n := 0; ; n++ {
 		req, err := http.ReadRequest(br)
