@@ -42,7 +42,7 @@ func (o *apiProtectOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Policy, "policy", "", "HushSpec policy: a path, file:// or http(s):// URL (default $"+config.EnvPolicySource+", else the config's)")
 	fs.StringVar(&f.Receipts, "receipts", "", "receipt log: a bbolt path or file:// URL (default $"+config.EnvReceiptSink+", else the config's, else ./"+config.DefaultSidecarReceipts+")")
 	fs.StringVar(&f.ReceiptMode, "receipt-mode", "", "sync (a request goes upstream once its receipt is durable; default) or async")
-	fs.StringVar(&f.KeyFile, "key", "", "Ed25519 signing key file from `chio-agent keygen` (default $"+config.EnvSigningKey+", a hex seed, else the config's signing_key)")
+	fs.StringVar(&f.KeyFile, "key", "", "Ed25519 signing key `file` written by chio-agent keygen (default $"+config.EnvSigningKey+", a hex seed, else the config's signing_key)")
 	fs.StringVar(&f.LogLevel, "log-level", "", "debug, info, warn or error (default $"+config.EnvLogLevel+", else the config's, else info)")
 	fs.StringVar(&f.HealthPath, "health-path", "", "readiness endpoint (default $"+config.EnvHealthPath+", else the config's, else "+config.DefaultHealthPath+")")
 	fs.StringVar(&f.ToolServer, "tool-server", "", "receipts' tool_server and the server_id capabilities must grant (default the upstream's origin)")

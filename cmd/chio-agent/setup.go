@@ -41,7 +41,7 @@ func (f *nodeFlags) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.config, "config", "", "kernel.yaml (default $"+envKernelConfig+")")
 	fs.StringVar(&f.policy, "policy", "", "HushSpec policy: a path, file:// or http(s):// URL (default $"+envPolicySource+", else the config's)")
 	fs.StringVar(&f.receipts, "receipts", "", "receipt log file (default $"+envReceiptSink+", else the config's)")
-	fs.StringVar(&f.keyFile, "key", "", "Ed25519 signing key file from `chio-agent keygen` (default $CHIO_SIGNING_KEY, a hex seed, else the config's signing_key)")
+	fs.StringVar(&f.keyFile, "key", "", "Ed25519 signing key `file` written by chio-agent keygen (default $CHIO_SIGNING_KEY, a hex seed, else the config's signing_key)")
 	fs.StringVar(&f.mode, "receipt-mode", "", "sync (a decision takes effect once its receipt is durable; default) or async")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default $"+envLogLevel+", else warn for exec, info for run)")
 }
