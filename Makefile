@@ -36,7 +36,7 @@ bench-smoke:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
 
 fuzz-smoke:
-	scripts/fuzz 5s
+	scripts/fuzz 20000x
 
 fuzz:
 	scripts/fuzz $(FUZZTIME)
