@@ -191,7 +191,7 @@ func Start(opts Options) (*Agent, error) {
 		policy:    &a.policy,
 		workloads: a.reg,
 		resolver:  newResolver(opts.Hosts),
-		timeouts:  opts.Timeouts,
+		timeouts:  opts.Timeouts.withDefaults(),
 		mark:      opts.AgentMark,
 		logger:    opts.Logger,
 		onDecide:  opts.OnDecision,
@@ -403,7 +403,8 @@ func (a *Agent) SetPolicy(p *hushspec.Policy, source string) {
 	a.polSource, a.polLoaded = source, time.Now()
 	blocked := p.EgressBlockedAddrs()
 	for _, w := range a.reg.all() {
-		if err := a.syncDatapath(w, blocked); err != nil {
+		// SetVerdicts keeps the workload's entry flagged as it should be.
+		if err := a.objs.SetVerdicts(w.id, a.verdictRules(w, blocked)); err != nil {
 			a.proxy.errs.add(fmt.Errorf("update static verdicts of %s: %w", w.name, err))
 		}
 	}
@@ -469,13 +470,7 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 	}
 	d := Decision{Time: time.Now(), Workload: w.name, PID: e.PID, Comm: e.Comm, Dst: e.Dst,
 		Transport: transport, Verdict: kernel.VerdictDeny, Guard: out.Guard, MatchedRule: out.MatchedRule, Reason: reason, Count: e.Count}
-	id, seq, err := a.proxy.receipt(a.ctx, ev, out)
-	d.ReceiptID, d.Seq = id, seq
-	if err != nil {
-		a.proxy.counts.receiptErrors.Add(1)
-		a.proxy.errs.add(fmt.Errorf("receipt for kernel refusal: %w", err))
-		d.Err = err.Error()
-	}
+	a.proxy.record(a.ctx, ev, out, &d)
 	a.proxy.counts.denied.Add(uint64(max(e.Count, 1)))
 	a.proxy.report(d)
 }

@@ -59,17 +59,23 @@ func MerkleRoot(leaves []Hash) Hash {
 	}
 	level := append([]Hash(nil), leaves...)
 	for len(level) > 1 {
-		next := level[:0]
-		for i := 0; i < len(level); i += 2 {
-			if i+1 < len(level) {
-				next = append(next, nodeHash(level[i], level[i+1]))
-			} else {
-				next = append(next, level[i])
-			}
-		}
-		level = next
+		level = parentLevel(level)
 	}
 	return level[0]
+}
+
+// parentLevel hashes a level's nodes in pairs, in place; an odd last node is
+// carried up unchanged.
+func parentLevel(level []Hash) []Hash {
+	next := level[:0]
+	for i := 0; i < len(level); i += 2 {
+		if i+1 < len(level) {
+			next = append(next, nodeHash(level[i], level[i+1]))
+		} else {
+			next = append(next, level[i])
+		}
+	}
+	return next
 }
 
 // InclusionPath returns the audit path for leaf index among leaves, bottom
@@ -86,15 +92,7 @@ func InclusionPath(leaves []Hash, index int) ([]Hash, error) {
 		if sib < len(level) {
 			path = append(path, level[sib])
 		}
-		next := level[:0]
-		for i := 0; i < len(level); i += 2 {
-			if i+1 < len(level) {
-				next = append(next, nodeHash(level[i], level[i+1]))
-			} else {
-				next = append(next, level[i])
-			}
-		}
-		level = next
+		level = parentLevel(level)
 		index /= 2
 	}
 	return path, nil

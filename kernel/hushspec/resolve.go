@@ -70,20 +70,11 @@ func Parse(data []byte, opts ...Option) (*Policy, error) {
 // contains it; when that name has no extension and does not exist, ".yaml"
 // and then ".yml" are tried.
 func LoadFile(path string, opts ...Option) (*Policy, error) {
-	o := collect(opts)
-	doc, err := readDocument(path)
+	doc, err := LoadDocument(path)
 	if err != nil {
 		return nil, err
 	}
-	real, err := canonicalPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("load policy: %w", err)
-	}
-	tree, err := resolveChain(doc, filepath.Dir(path), []string{real})
-	if err != nil {
-		return nil, err
-	}
-	return compile(tree, o)
+	return compile(doc.tree, collect(opts))
 }
 
 // LoadDocument reads and resolves the policy at path into its merged
