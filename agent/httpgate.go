@@ -81,14 +81,8 @@ func (p *proxy) refuseLater(ctx context.Context, cn *conn, host, reason string) 
 	ev := cn.event
 	ev.HTTPHost, ev.HTTPMethod, ev.HTTPPath = host, "", ""
 	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol, Reason: reason}
-	id, seq, err := p.receipt(ctx, ev, out)
-	d := Decision{Time: p.now(), Workload: cn.w.name, PID: cn.orig.PID, Comm: cn.orig.Comm, Dst: cn.orig.Dst,
-		Transport: kernel.TransportTCP, Protocol: string(ProtocolHTTP), Name: host, Verdict: kernel.VerdictDeny,
-		Guard: GuardProtocol, Reason: reason, ReceiptID: id, Seq: seq}
-	if err != nil {
-		p.counts.receiptErrors.Add(1)
-		d.Err = "receipt not written: " + err.Error()
-	}
+	d := cn.decision(p.now(), host, out)
+	p.record(ctx, ev, out, &d)
 	p.counts.denied.Add(1)
 	p.report(d)
 	resetClose(cn.client)

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -105,7 +104,7 @@ type proxy struct {
 	policy    *atomic.Pointer[hushspec.Policy]
 	workloads *registry
 	resolver  *resolver
-	timeouts  Timeouts
+	timeouts  Timeouts // defaults applied (Start)
 	mark      uint32
 	logger    logrus.FieldLogger
 	onDecide  func(Decision)
@@ -163,7 +162,7 @@ type conn struct {
 func (p *proxy) handle(ctx context.Context, c *net.TCPConn, cookie uint64) {
 	defer c.Close()
 	start := p.now()
-	c.SetDeadline(start.Add(p.timeouts.withDefaults().Total))
+	c.SetDeadline(start.Add(p.timeouts.Total))
 
 	peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	orig, err := p.objs.TakeOriginal(cookie, peer)
@@ -198,7 +197,7 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, cookie uint64) {
 		return
 	}
 
-	to := p.timeouts.withDefaults()
+	to := p.timeouts
 	sn, err := Sniff(c, SniffOptions{Deadline: to.FirstBytes})
 	cn.sniff = sn
 	if err != nil {
@@ -224,7 +223,7 @@ func (p *proxy) decide(ctx context.Context, cn *conn) kernel.Outcome {
 	switch {
 	case sn.Protocol == ProtocolNone && sn.Stop == StopTimeout:
 		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
-			Reason: fmt.Sprintf("client sent nothing within %s", p.timeouts.withDefaults().FirstBytes)}
+			Reason: fmt.Sprintf("client sent nothing within %s", p.timeouts.FirstBytes)}
 	case sn.Protocol == ProtocolNone:
 		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
 			Reason: "client closed before sending anything"}
@@ -285,20 +284,7 @@ func (p *proxy) decide(ctx context.Context, cn *conn) kernel.Outcome {
 // finish writes the receipt, then acts on the decision. No receipt, no
 // connection: if the receipt cannot be written the connection is refused.
 func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
-	d := Decision{
-		Time:        start,
-		Workload:    cn.w.name,
-		PID:         cn.orig.PID,
-		Comm:        cn.orig.Comm,
-		Dst:         cn.orig.Dst,
-		Transport:   kernel.TransportTCP,
-		Protocol:    string(cn.sniff.Protocol),
-		Name:        firstNonEmpty(cn.sniff.SNI, cn.sniff.Host),
-		Verdict:     cn.out.Verdict,
-		Guard:       cn.out.Guard,
-		MatchedRule: cn.out.MatchedRule,
-		Reason:      cn.out.Reason,
-	}
+	d := cn.decision(start, firstNonEmpty(cn.sniff.SNI, cn.sniff.Host), cn.out)
 	if cn.out.Verdict == kernel.VerdictAllow && p.log.Mode() == receipts.ModeAsync {
 		// Async receipts do not hold the decision up, so neither does their
 		// signing: it runs beside the relay, up to a bound, past which the
@@ -330,17 +316,13 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	if cn.out.Verdict == kernel.VerdictAllow {
 		dialed = p.dialAsync(ctx, cn)
 	}
-	id, seq, err := p.receipt(ctx, cn.event, cn.out)
-	d.ReceiptID, d.Seq = id, seq
-	if err != nil {
+	if err := p.record(ctx, cn.event, cn.out, &d); err != nil {
 		if dialed != nil {
 			if r := <-dialed; r.up != nil {
 				r.up.Close()
 			}
 		}
-		p.counts.receiptErrors.Add(1)
-		p.errs.add(fmt.Errorf("receipt for %s: %w", cn.orig.Dst, err))
-		d.Verdict, d.Err = kernel.VerdictDeny, "receipt not written: "+err.Error()
+		d.Verdict = kernel.VerdictDeny
 		p.counts.failed.Add(1)
 		p.report(d)
 		resetClose(cn.client)
@@ -349,24 +331,18 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	if cn.out.Verdict != kernel.VerdictAllow {
 		p.counts.denied.Add(1)
 		p.report(d)
-		p.refuse(cn, id)
+		p.refuse(cn, d.ReceiptID)
 		return
 	}
 	p.counts.allowed.Add(1)
 	p.report(d) // as decided; the relay may run for hours
-	p.connect(ctx, cn, id, dialed)
+	p.connect(ctx, cn, d.ReceiptID, dialed)
 }
 
 // finishReceipt writes the receipt of an allowed connection that is already
 // being relayed (async mode), then reports the decision.
 func (p *proxy) finishReceipt(ctx context.Context, cn *conn, d Decision) {
-	id, seq, err := p.receipt(context.WithoutCancel(ctx), cn.event, cn.out)
-	d.ReceiptID, d.Seq = id, seq
-	if err != nil {
-		p.counts.receiptErrors.Add(1)
-		p.errs.add(fmt.Errorf("receipt for %s: %w", cn.orig.Dst, err))
-		d.Err = "receipt not written: " + err.Error()
-	}
+	p.record(context.WithoutCancel(ctx), cn.event, cn.out, &d)
 	p.report(d)
 }
 
@@ -403,9 +379,6 @@ func (p *proxy) report(d Decision) {
 		if d.Transport == kernel.TransportTCP && d.Count == 0 && !d.Time.IsZero() {
 			m.decisionTime.Observe(p.now().Sub(d.Time).Seconds())
 		}
-		if strings.HasPrefix(d.Err, "receipt not written") {
-			m.receiptErrors.Inc()
-		}
 	}
 	if p.onDecide != nil {
 		p.onDecide(d)
@@ -414,6 +387,42 @@ func (p *proxy) report(d Decision) {
 		"workload": d.Workload, "pid": d.PID, "comm": d.Comm, "dst": d.Dst.String(),
 		"name": d.Name, "verdict": d.Verdict, "rule": d.MatchedRule, "receipt": d.ReceiptID,
 	}).Info(d.Reason)
+}
+
+// record writes the receipt of a decision and fills d's receipt fields. A
+// receipt that cannot be written is counted, kept among the last errors and
+// noted in d; the caller then refuses the connection (or, in async mode, the
+// relay already runs and the log's loss accounting has the rest).
+func (p *proxy) record(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, d *Decision) error {
+	id, seq, err := p.receipt(ctx, ev, out)
+	d.ReceiptID, d.Seq = id, seq
+	if err != nil {
+		p.counts.receiptErrors.Add(1)
+		if p.metrics != nil {
+			p.metrics.receiptErrors.Inc()
+		}
+		p.errs.add(fmt.Errorf("receipt for %s: %w", d.Dst, err))
+		d.Err = "receipt not written: " + err.Error()
+	}
+	return err
+}
+
+// decision describes cn, decided as out, for reports.
+func (cn *conn) decision(at time.Time, name string, out kernel.Outcome) Decision {
+	return Decision{
+		Time:        at,
+		Workload:    cn.w.name,
+		PID:         cn.orig.PID,
+		Comm:        cn.orig.Comm,
+		Dst:         cn.orig.Dst,
+		Transport:   kernel.TransportTCP,
+		Protocol:    string(cn.sniff.Protocol),
+		Name:        name,
+		Verdict:     out.Verdict,
+		Guard:       out.Guard,
+		MatchedRule: out.MatchedRule,
+		Reason:      out.Reason,
+	}
 }
 
 // receipt signs and appends the receipt of one decision, returning its id
@@ -480,7 +489,7 @@ func (p *proxy) dial(ctx context.Context, cn *conn) (*net.TCPConn, error) {
 			default: // enough threads blocked already: use the poller
 			}
 		}
-		d := net.Dialer{Timeout: p.timeouts.withDefaults().Dial, Control: p.markSocket}
+		d := net.Dialer{Timeout: p.timeouts.Dial, Control: p.markSocket}
 		c, err := d.DialContext(ctx, "tcp", cn.orig.Dst.String())
 		if err != nil {
 			return err
@@ -519,7 +528,7 @@ func (p *proxy) dialLoopback(dst netip.AddrPort) (*net.TCPConn, error) {
 		}
 	}
 	// Bound the connect as the dialer would (SYN retries to a black hole).
-	tv := unix.NsecToTimeval(p.timeouts.withDefaults().Dial.Nanoseconds())
+	tv := unix.NsecToTimeval(p.timeouts.Dial.Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
 		return nil, os.NewSyscallError("setsockopt SO_SNDTIMEO", err)
 	}
@@ -544,7 +553,7 @@ func (p *proxy) dialLoopback(dst netip.AddrPort) (*net.TCPConn, error) {
 // bytes do not pass through user space; a plain HTTP/1.x client's side goes
 // through gateHTTP instead, which reads every request head.
 func (p *proxy) relay(ctx context.Context, cn *conn, up *net.TCPConn) error {
-	to := p.timeouts.withDefaults()
+	to := p.timeouts
 	defer up.Close()
 	up.SetDeadline(p.now().Add(to.Total))
 	httpGate := cn.sniff.Protocol == ProtocolHTTP
