@@ -4,11 +4,11 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"runtime/debug"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/internal/tuning"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 )
 
@@ -48,12 +48,9 @@ func reportLatency(b *testing.B, prefix string, d []time.Duration) {
 }
 
 func benchFixture(b *testing.B, mode string) *fixture {
-	// Measure with the collector as the binary runs it (main sets GOGC=400
-	// unless the operator sets GOGC; see cmd/chio-agent/main.go).
-	if os.Getenv("GOGC") == "" {
-		old := debug.SetGCPercent(400)
-		b.Cleanup(func() { debug.SetGCPercent(old) })
-	}
+	// Measure with the runtime set as the binary sets it (GOGC=400, one
+	// more P; see internal/tuning).
+	b.Cleanup(tuning.Apply(os.Getenv))
 	f := startFixture(b, func(s *config.SidecarSettings) { s.ReceiptMode = mode })
 	// Warm both connections so no benchmark pays a TCP handshake.
 	benchGet(b, f.client, f.upstream.URL+"/pets/1")

@@ -9,19 +9,15 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
+
+	"github.com/backbay-labs/chio-agent/internal/tuning"
 )
 
 func main() {
-	// The receipt log's committer makes garbage at a steady rate (bbolt
-	// pages); with Go's default GOGC=100 the collector runs every few
-	// milliseconds under load and stretches Append's p99 past 5 ms at
-	// 10,000 receipts/s (docs/receipt-log.md). The heap stays small, so trade
-	// some memory for a quieter tail, unless the operator chose a GOGC.
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(400)
-	}
+	// GOGC=400 and one P for the receipt committer, unless the operator
+	// chose otherwise (see internal/tuning).
+	tuning.Apply(os.Getenv)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newRootCommand().ExecuteContext(ctx); err != nil {

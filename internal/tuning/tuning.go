@@ -1,0 +1,46 @@
+// Package tuning sets the Go runtime up the way the chio-agent binary runs,
+// so that benchmarks measure what operators get.
+package tuning
+
+import (
+	"runtime"
+	"runtime/debug"
+)
+
+// GCPercent is the collector's target unless the operator sets GOGC. The
+// receipt log's committer makes garbage at a steady rate (bbolt copies every
+// page a commit touches); with Go's default of 100 the collector runs every
+// few milliseconds under load and stretches Append's p99 past 5 ms at
+// 10,000 receipts/s (docs/receipt-log.md). The heap stays a few MB, so some
+// memory buys a quieter tail.
+const GCPercent = 400
+
+// Apply sets the collector's target (GCPercent) unless getenv("GOGC") is
+// set, and adds one P beyond the default unless getenv("GOMAXPROCS") is set.
+//
+// The extra P is for the receipt log's committer: it runs on its own
+// lower-priority OS thread (receipts/nice_linux.go), but while it commits
+// it holds a P like any goroutine, and with one P per core a commit left
+// the requests and connections of a 2-core node one P to share. With one
+// more P the kernel's scheduler, which knows the committer's priority, is
+// the one that arbitrates. (Sidecar p99 added at async receipts on 2 cores:
+// +180 to +300 µs with 2 Ps, +130 to +160 µs with 3; BENCHMARKS.md.)
+//
+// It returns a function that restores the previous settings.
+func Apply(getenv func(string) string) (restore func()) {
+	oldGC, oldProcs := -2, 0
+	if getenv("GOGC") == "" {
+		oldGC = debug.SetGCPercent(GCPercent)
+	}
+	if getenv("GOMAXPROCS") == "" {
+		oldProcs = runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
+	}
+	return func() {
+		if oldGC != -2 {
+			debug.SetGCPercent(oldGC)
+		}
+		if oldProcs != 0 {
+			runtime.GOMAXPROCS(oldProcs)
+		}
+	}
+}

@@ -1,0 +1,42 @@
+package tuning
+
+import (
+	"runtime"
+	"runtime/debug"
+	"testing"
+)
+
+func TestApply(t *testing.T) {
+	procs, gc := runtime.GOMAXPROCS(0), debug.SetGCPercent(100)
+	debug.SetGCPercent(gc)
+
+	restore := Apply(func(string) string { return "" })
+	if got := runtime.GOMAXPROCS(0); got != procs+1 {
+		t.Errorf("GOMAXPROCS after Apply = %d, want %d", got, procs+1)
+	}
+	if got := debug.SetGCPercent(GCPercent); got != GCPercent {
+		t.Errorf("GC percent after Apply = %d, want %d", got, GCPercent)
+	}
+	restore()
+	if got := runtime.GOMAXPROCS(0); got != procs {
+		t.Errorf("GOMAXPROCS after restore = %d, want %d", got, procs)
+	}
+	if got := debug.SetGCPercent(gc); got != gc {
+		t.Errorf("GC percent after restore = %d, want %d", got, gc)
+	}
+}
+
+// An operator's GOGC and GOMAXPROCS win: Apply changes neither.
+func TestApplyKeepsOperatorChoice(t *testing.T) {
+	procs := runtime.GOMAXPROCS(0)
+	gc := debug.SetGCPercent(123)
+	defer debug.SetGCPercent(gc)
+	restore := Apply(func(k string) string { return map[string]string{"GOGC": "123", "GOMAXPROCS": "1"}[k] })
+	defer restore()
+	if got := runtime.GOMAXPROCS(0); got != procs {
+		t.Errorf("GOMAXPROCS = %d, want the unchanged %d", got, procs)
+	}
+	if got := debug.SetGCPercent(123); got != 123 {
+		t.Errorf("GC percent = %d, want the unchanged 123", got)
+	}
+}
