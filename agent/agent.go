@@ -199,8 +199,7 @@ func Start(opts Options) (*Agent, error) {
 		errs:      &errorRing{},
 		now:       time.Now,
 
-		receiptSlots: make(chan struct{}, 1024),
-		idle:         newIdleSet(opts.Timeouts.withDefaults().Idle),
+		idle: newIdleSet(opts.Timeouts.withDefaults().Idle),
 	}
 	a.proxy.metrics = newMetrics(a)
 	a.bg.Add(2)

@@ -143,12 +143,27 @@ type ToolCall struct {
 // EvaluateToolCall decides one tool call and returns the outcome with its
 // signed receipt. Errors deny, as for EvaluateEgress.
 func (k *Kernel) EvaluateToolCall(ctx context.Context, call ToolCall) (Outcome, Receipt, error) {
-	if err := ctx.Err(); err != nil {
+	out, p, err := k.PrepareToolCall(ctx, call)
+	if err != nil {
+		return out, Receipt{}, err
+	}
+	r, err := p.Sign(k.key)
+	if err != nil {
 		return failClosed(err), Receipt{}, fmt.Errorf("evaluate tool call: %w", err)
+	}
+	return out, r, nil
+}
+
+// PrepareToolCall is EvaluateToolCall with the receipt prepared but not yet
+// signed (its id is final): for callers that sign off their critical path,
+// such as Log.AppendPrepared in async mode.
+func (k *Kernel) PrepareToolCall(ctx context.Context, call ToolCall) (Outcome, *Prepared, error) {
+	if err := ctx.Err(); err != nil {
+		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
 	}
 	if call.ToolServer == "" || call.ToolName == "" {
 		err := fmt.Errorf("%w: tool server and tool name are required", ErrInvalidReceipt)
-		return failClosed(err), Receipt{}, fmt.Errorf("evaluate tool call: %w", err)
+		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
 	}
 	args := call.Arguments
 	if len(args) == 0 {
@@ -159,7 +174,7 @@ func (k *Kernel) EvaluateToolCall(ctx context.Context, call ToolCall) (Outcome, 
 	canon, err := jcs.Canonicalize(args)
 	if err != nil {
 		err = fmt.Errorf("%w: arguments: %w", ErrInvalidReceipt, err)
-		return failClosed(err), Receipt{}, fmt.Errorf("evaluate tool call: %w", err)
+		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
 	}
 	st := k.policy.Load()
 	out := outcomeOf(st.p.Evaluate(hushspec.Action{Type: "tool_call", Target: call.ToolName, ArgsSize: int64(len(canon))}), GuardToolAccess)
@@ -170,14 +185,14 @@ func (k *Kernel) EvaluateToolCall(ctx context.Context, call ToolCall) (Outcome, 
 	putString(meta, "pattern", out.Pattern)
 	metaJSON, err := jcs.Marshal(meta)
 	if err != nil {
-		return failClosed(err), Receipt{}, fmt.Errorf("evaluate tool call: %w", err)
+		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
 	}
 	at := k.clock().Unix()
 	if at < 0 {
 		err := fmt.Errorf("%w: clock before 1970", ErrInvalidReceipt)
-		return failClosed(err), Receipt{}, fmt.Errorf("evaluate tool call: %w", err)
+		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
 	}
-	r, err := Sign(Receipt{
+	p, err := Prepare(Receipt{
 		Timestamp:     uint64(at),
 		CapabilityID:  call.CapabilityID,
 		ToolServer:    call.ToolServer,
@@ -191,12 +206,12 @@ func (k *Kernel) EvaluateToolCall(ctx context.Context, call ToolCall) (Outcome, 
 		PolicyHash:    st.hash,
 		Evidence:      []Evidence{{GuardName: out.Guard, Verdict: out.Verdict == VerdictAllow, Details: out.details(call.ToolName)}},
 		Metadata:      metaJSON,
-	}, k.key)
+	}, k.key.Public().(ed25519.PublicKey))
 	if err != nil {
-		return failClosed(err), Receipt{}, fmt.Errorf("evaluate tool call: %w", err)
+		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
 	}
-	k.logDecision("tool_call", call.ToolName, out, r.ID)
-	return out, r, nil
+	k.logDecision("tool_call", call.ToolName, out, p.ID())
+	return out, p, nil
 }
 
 // outcomeOf maps a HushSpec result onto an enforced outcome: warn is
@@ -221,7 +236,23 @@ func failClosed(err error) Outcome {
 	return Outcome{Verdict: VerdictDeny, Reason: err.Error()}
 }
 
+// DebugEnabled reports whether l would write a debug line: false only when
+// it is a logrus Logger or Entry whose level is above debug. Per-decision
+// debug lines check it first, to build no fields for nobody.
+func DebugEnabled(l logrus.FieldLogger) bool {
+	switch l := l.(type) {
+	case *logrus.Logger:
+		return l.IsLevelEnabled(logrus.DebugLevel)
+	case *logrus.Entry:
+		return l.Logger.IsLevelEnabled(logrus.DebugLevel)
+	}
+	return true
+}
+
 func (k *Kernel) logDecision(action, target string, out Outcome, id string) {
+	if !DebugEnabled(k.log) {
+		return // no fields map per decision for a line nobody sees
+	}
 	k.log.WithFields(logrus.Fields{
 		logFieldAction:  action,
 		logFieldTarget:  target,

@@ -115,9 +115,32 @@ func Sign(body Receipt, key ed25519.PrivateKey) (Receipt, error) {
 	if len(key) != ed25519.PrivateKeySize {
 		return Receipt{}, fmt.Errorf("sign receipt: %w: private key is %d bytes, want %d", ErrInvalidKey, len(key), ed25519.PrivateKeySize)
 	}
+	p, err := Prepare(body, ed25519.PublicKey(key[32:]))
+	if err != nil {
+		return Receipt{}, err
+	}
+	return p.Sign(key)
+}
+
+// Prepared is a receipt whose body and id are fixed and whose signature is
+// still to be made: Prepare does everything Sign does but the Ed25519
+// signature, so a caller can hand the id out at once and sign later, off
+// its critical path (the receipt log's async mode, Log.AppendPrepared).
+type Prepared struct {
+	r   Receipt
+	pub ed25519.PublicKey
+	msg []byte // canonical {"body":…,"id":…}, what the signature covers
+}
+
+// Prepare checks and canonicalizes body as Sign does, for the kernel key
+// pub, and fixes its id. Errors are Sign's.
+func Prepare(body Receipt, pub ed25519.PublicKey) (*Prepared, error) {
+	if len(pub) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("sign receipt: %w: public key is %d bytes, want %d", ErrInvalidKey, len(pub), ed25519.PublicKeySize)
+	}
 	r := body
 	r.ID, r.Signature = "", ""
-	r.KernelKey = hex.EncodeToString(key[32:]) // the public half of the key
+	r.KernelKey = hex.EncodeToString(pub)
 	if r.Decision != nil {
 		d := *r.Decision // never write through the caller's pointer
 		r.Decision = &d
@@ -130,7 +153,7 @@ func Sign(body Receipt, key ed25519.PrivateKey) (Receipt, error) {
 	buf := make([]byte, 0, 512+2*len(params)+len(r.Metadata))
 	buf, err := jcs.Append(buf, params)
 	if err != nil {
-		return Receipt{}, fmt.Errorf("sign receipt: %w: action.parameters: %w", ErrInvalidReceipt, err)
+		return nil, fmt.Errorf("sign receipt: %w: action.parameters: %w", ErrInvalidReceipt, err)
 	}
 	r.Action.Parameters = buf[:len(buf):len(buf)]
 	sum := sha256.Sum256(r.Action.Parameters)
@@ -138,15 +161,15 @@ func Sign(body Receipt, key ed25519.PrivateKey) (Receipt, error) {
 	if r.Metadata != nil {
 		start := len(buf)
 		if buf, err = jcs.Append(buf, r.Metadata); err != nil {
-			return Receipt{}, fmt.Errorf("sign receipt: %w: metadata: %w", ErrInvalidReceipt, err)
+			return nil, fmt.Errorf("sign receipt: %w: metadata: %w", ErrInvalidReceipt, err)
 		}
 		r.Metadata = buf[start:len(buf):len(buf)]
 	}
 	if err := checkFields(&r); err != nil {
-		return Receipt{}, fmt.Errorf("sign receipt: %w", err)
+		return nil, fmt.Errorf("sign receipt: %w", err)
 	}
 	if err := CheckConsistency(&r); err != nil {
-		return Receipt{}, fmt.Errorf("sign receipt: %w", err)
+		return nil, fmt.Errorf("sign receipt: %w", err)
 	}
 	// Lay out {"body":<body>,"id":"<id>"} in one buffer; the body bytes in
 	// the middle are the ones the id hashes.
@@ -157,7 +180,26 @@ func Sign(body Receipt, key ed25519.PrivateKey) (Receipt, error) {
 	msg = append(msg, `,"id":"`...)
 	msg = append(msg, r.ID...)
 	msg = append(msg, `"}`...)
-	r.Signature = hex.EncodeToString(ed25519.Sign(key, msg))
+	return &Prepared{r: r, pub: pub, msg: msg}, nil
+}
+
+// ID is the receipt's id, final before it is signed.
+func (p *Prepared) ID() string { return p.r.ID }
+
+// KernelKey is the hex public key the receipt names as kernel_key.
+func (p *Prepared) KernelKey() string { return p.r.KernelKey }
+
+// Sign signs the prepared receipt with key, which must be the private half
+// of the key it was prepared for.
+func (p *Prepared) Sign(key ed25519.PrivateKey) (Receipt, error) {
+	if len(key) != ed25519.PrivateKeySize {
+		return Receipt{}, fmt.Errorf("sign receipt: %w: private key is %d bytes, want %d", ErrInvalidKey, len(key), ed25519.PrivateKeySize)
+	}
+	if !bytes.Equal(key[32:], p.pub) {
+		return Receipt{}, fmt.Errorf("sign receipt %s: %w: prepared for kernel key %s, signing with %s", p.r.ID, ErrInvalidKey, p.r.KernelKey, hex.EncodeToString(key[32:]))
+	}
+	r := p.r
+	r.Signature = hex.EncodeToString(ed25519.Sign(key, p.msg))
 	return r, nil
 }
 

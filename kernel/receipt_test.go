@@ -451,3 +451,42 @@ func BenchmarkVerifyJSON(b *testing.B) {
 		}
 	}
 }
+
+// A prepared receipt's id is final before it is signed: signing later gives
+// exactly what Sign gives, and only with the key it was prepared for.
+func TestPrepareThenSign(t *testing.T) {
+	key := testKey(t)
+	pub := key.Public().(ed25519.PublicKey)
+	want, err := Sign(sampleBody(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Prepare(sampleBody(), pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ID() != want.ID || p.KernelKey() != want.KernelKey {
+		t.Fatalf("prepared id %s key %s, want %s %s", p.ID(), p.KernelKey(), want.ID, want.KernelKey)
+	}
+	got, err := p.Sign(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := got.CanonicalJSON()
+	b, _ := want.CanonicalJSON()
+	if string(a) != string(b) {
+		t.Fatalf("prepared then signed:\n%s\nwant\n%s", a, b)
+	}
+	other := ed25519.NewKeyFromSeed(make([]byte, 32))
+	if _, err := p.Sign(other); !errors.Is(err, ErrInvalidKey) {
+		t.Fatalf("signing with another key: %v, want ErrInvalidKey", err)
+	}
+	if _, err := Prepare(sampleBody(), pub[:31]); !errors.Is(err, ErrInvalidKey) {
+		t.Fatalf("short public key: %v, want ErrInvalidKey", err)
+	}
+	bad := sampleBody()
+	bad.ToolName = ""
+	if _, err := Prepare(bad, pub); !errors.Is(err, ErrInvalidReceipt) {
+		t.Fatalf("body without tool name: %v, want ErrInvalidReceipt", err)
+	}
+}

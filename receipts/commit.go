@@ -38,9 +38,17 @@ func (l *Log) AppendReceipt(ctx context.Context, rc *kernel.Receipt) (uint64, er
 	if l.opts.ReadOnly {
 		return 0, fmt.Errorf("append receipt: %w", ErrReadOnly)
 	}
+	r, err := l.receiptRequest(rc)
+	if err != nil {
+		return 0, err
+	}
+	return l.submit(ctx, r, true)
+}
+
+func (l *Log) receiptRequest(rc *kernel.Receipt) (*request, error) {
 	canon, err := rc.CanonicalJSON()
 	if err != nil {
-		return 0, fmt.Errorf("append receipt: %v: %w", err, ErrInvalidReceipt)
+		return nil, fmt.Errorf("append receipt: %v: %w", err, ErrInvalidReceipt)
 	}
 	e := Entry{ID: rc.ID, Timestamp: int64(rc.Timestamp), Decision: "none", Receipt: canon}
 	if rc.Decision != nil {
@@ -50,13 +58,9 @@ func (l *Log) AppendReceipt(ctx context.Context, rc *kernel.Receipt) (uint64, er
 	e.Workload = indexedString(rc.Metadata, workloadKeys)
 	e.Host = indexedString(rc.Action.Parameters, hostKeys)
 	if err := checkEntry(&e, rc.KernelKey, rc.Signature, rc.Timestamp); err != nil {
-		return 0, fmt.Errorf("append receipt: %v: %w", err, ErrInvalidReceipt)
+		return nil, fmt.Errorf("append receipt: %v: %w", err, ErrInvalidReceipt)
 	}
-	r, err := l.request(e, rc.KernelKey, LeafHash(canon))
-	if err != nil {
-		return 0, err
-	}
-	return l.submit(ctx, r, true)
+	return l.request(e, rc.KernelKey, LeafHash(canon))
 }
 
 // TryAppend is Append that returns ErrQueueFull instead of blocking on a
@@ -269,6 +273,7 @@ func (l *Log) run() {
 func (l *Log) commit(batch []*request) {
 	saved := l.st.clone()
 	res := make([]result, len(batch))
+	l.signPrepared(batch, res)
 	sealAfter := false
 	appended := 0
 	err := l.update(func(tx *bolt.Tx) error {
@@ -284,6 +289,9 @@ func (l *Log) commit(batch []*request) {
 				continue
 			case reqFlush:
 				continue
+			}
+			if res[i].err != nil {
+				continue // a prepared receipt that could not be signed
 			}
 			idb := arena.take(32)
 			if !decodeHex(idb, r.entry.ID) {

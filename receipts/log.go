@@ -16,6 +16,8 @@ import (
 	"github.com/sirupsen/logrus"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/backbay-labs/chio-agent/kernel"
 )
 
 // FormatVersion is written in every log's header; Open refuses any other.
@@ -215,6 +217,9 @@ type request struct {
 	entry Entry
 	leaf  Hash
 	done  chan result // nil for async appends
+	// prepared, when set, is an async receipt the committer signs before
+	// it fills entry and leaf (AppendPrepared).
+	prepared *kernel.Prepared
 }
 
 type result struct {

@@ -159,12 +159,12 @@ func (s *Server) serveEvaluate(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	v := s.decide(r.Context(), described{method: req.Method, escapedPath: u.EscapedPath(), capability: capability, contentLength: req.ContentLength, evaluateOnly: true})
-	if v.receipt.ID == "" {
+	if v.receiptID == "" {
 		writeJSON(w, v.status, errorBody{Error: v.code, Message: v.message})
 		return
 	}
-	w.Header().Set(HeaderReceiptID, v.receipt.ID)
-	resp := EvaluateResponse{Verdict: kernel.VerdictDeny, ToolName: v.receipt.ToolName, Receipt: v.receipt}
+	w.Header().Set(HeaderReceiptID, v.receiptID)
+	resp := EvaluateResponse{Verdict: kernel.VerdictDeny, ToolName: v.signed.ToolName, Receipt: v.signed}
 	if v.allow {
 		resp.Verdict = kernel.VerdictAllow
 	} else {

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -80,8 +81,14 @@ type verdict struct {
 	status  int    // the HTTP status of a refusal
 	code    string // the error code of a refusal
 	message string
-	receipt kernel.Receipt // zero when none could be made or written
-	op      *Operation     // nil when no operation matched
+	// receiptID is the id of the decision's receipt, "" when none could be
+	// made or written. The receipt is prepared by decide and signed by
+	// record (in async mode by the log's signer, off the request's path).
+	receiptID string
+	prepared  *kernel.Prepared
+	signed    kernel.Receipt // the signed receipt, for evaluate-only requests
+	evaluate  bool           // evaluate-only: sign before answering
+	op        *Operation     // nil when no operation matched
 }
 
 type ctxKey struct{}
@@ -126,17 +133,17 @@ func (s *Server) protect(w http.ResponseWriter, r *http.Request) {
 		capability:    strings.Join(r.Header.Values(HeaderCapability), ","),
 		contentLength: r.ContentLength,
 	})
-	if v.receipt.ID != "" {
-		w.Header().Set(HeaderReceiptID, v.receipt.ID)
+	if v.receiptID != "" {
+		w.Header().Set(HeaderReceiptID, v.receiptID)
 	}
 	if !v.allow {
-		writeJSON(w, v.status, errorBody{Error: v.code, Message: v.message, ReceiptID: v.receipt.ID})
+		writeJSON(w, v.status, errorBody{Error: v.code, Message: v.message, ReceiptID: v.receiptID})
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = http.MaxBytesReader(w, r.Body, s.set.MaxBodyBytes)
 	}
-	r = r.WithContext(withReceiptID(r.Context(), v.receipt.ID))
+	r = r.WithContext(withReceiptID(r.Context(), v.receiptID))
 	s.proxy.ServeHTTP(w, r)
 }
 
@@ -171,12 +178,12 @@ func (s *Server) decide(ctx context.Context, d described) verdict {
 	call := kernel.ToolCall{ToolServer: s.toolServer, ToolName: UnmatchedToolName, RequestID: reqID}
 
 	if d.contentLength > s.set.MaxBodyBytes {
-		return s.refuse(ctx, eng, call, params, GuardRequest, ruleRequest, http.StatusRequestEntityTooLarge, codeTooLarge,
+		return s.refuse(ctx, eng, call, params, d, GuardRequest, ruleRequest, http.StatusRequestEntityTooLarge, codeTooLarge,
 			fmt.Sprintf("request body of %d bytes exceeds max_body_bytes %d", d.contentLength, s.set.MaxBodyBytes), nil)
 	}
 	m, ok, err := s.spec.Match(d.method, d.escapedPath)
 	if err != nil {
-		return s.refuse(ctx, eng, call, params, GuardRequest, ruleRequest, http.StatusBadRequest, codeBadRequest, err.Error(), nil)
+		return s.refuse(ctx, eng, call, params, d, GuardRequest, ruleRequest, http.StatusBadRequest, codeBadRequest, err.Error(), nil)
 	}
 	if !ok {
 		// The concrete path is recorded (never the query): there is no
@@ -184,7 +191,7 @@ func (s *Server) decide(ctx context.Context, d described) verdict {
 		params["path"] = d.escapedPath
 		res := eng.policy.Evaluate(policyToolCall(UnmatchedToolName))
 		if res.MatchedRule != explicitToolAllowRule {
-			return s.refuse(ctx, eng, call, params, GuardRoute, ruleRoute, http.StatusForbidden, codeDenied,
+			return s.refuse(ctx, eng, call, params, d, GuardRoute, ruleRoute, http.StatusForbidden, codeDenied,
 				fmt.Sprintf("no operation of the API's OpenAPI spec matches %s %s; requests outside the spec are refused unless the policy lists %s in tool_access.allow", d.method, d.escapedPath, UnmatchedToolName), nil)
 		}
 	} else {
@@ -197,7 +204,7 @@ func (s *Server) decide(ctx context.Context, d described) verdict {
 	if len(s.set.TrustedIssuerKeys) > 0 {
 		id, problem := s.checkCapability(d.capability, call.ToolName)
 		if problem != "" {
-			return s.refuse(ctx, eng, call, params, GuardCapability, ruleCapability, http.StatusForbidden, codeDenied, problem, m.Op)
+			return s.refuse(ctx, eng, call, params, d, GuardCapability, ruleCapability, http.StatusForbidden, codeDenied, problem, m.Op)
 		}
 		call.CapabilityID = id
 	}
@@ -206,11 +213,11 @@ func (s *Server) decide(ctx context.Context, d described) verdict {
 		return s.internalError(fmt.Errorf("encode tool call arguments: %w", err))
 	}
 	call.Arguments = args
-	out, rc, err := eng.k.EvaluateToolCall(ctx, call)
+	out, prep, err := eng.k.PrepareToolCall(ctx, call)
 	if err != nil {
 		return s.internalError(err)
 	}
-	v := verdict{allow: out.Verdict == kernel.VerdictAllow, op: m.Op, receipt: rc}
+	v := verdict{allow: out.Verdict == kernel.VerdictAllow, op: m.Op, prepared: prep, evaluate: d.evaluateOnly}
 	if !v.allow {
 		v.status, v.code = http.StatusForbidden, codeDenied
 		v.message = fmt.Sprintf("the policy denies %s", call.ToolName)
@@ -223,7 +230,7 @@ func (s *Server) decide(ctx context.Context, d described) verdict {
 
 // refuse makes and writes the receipt of a decision the sidecar takes
 // before the policy (no route, no capability, a malformed request).
-func (s *Server) refuse(ctx context.Context, eng *engine, call kernel.ToolCall, params map[string]any, guard, rule string, status int, code, reason string, op *Operation) verdict {
+func (s *Server) refuse(ctx context.Context, eng *engine, call kernel.ToolCall, params map[string]any, d described, guard, rule string, status int, code, reason string, op *Operation) verdict {
 	args, err := jcs.Marshal(params)
 	if err != nil {
 		return s.internalError(fmt.Errorf("encode tool call arguments: %w", err))
@@ -236,7 +243,7 @@ func (s *Server) refuse(ctx context.Context, eng *engine, call kernel.ToolCall, 
 	if at < 0 {
 		return s.internalError(fmt.Errorf("clock before 1970"))
 	}
-	rc, err := kernel.Sign(kernel.Receipt{
+	prep, err := kernel.Prepare(kernel.Receipt{
 		Timestamp:     uint64(at),
 		ToolServer:    call.ToolServer,
 		ToolName:      call.ToolName,
@@ -249,17 +256,26 @@ func (s *Server) refuse(ctx context.Context, eng *engine, call kernel.ToolCall, 
 		PolicyHash:    eng.k.PolicyHash(),
 		Evidence:      []kernel.Evidence{{GuardName: guard, Verdict: false, Details: fmt.Sprintf("deny %s by %s: %s", call.ToolName, rule, reason)}},
 		Metadata:      meta,
-	}, s.key)
+	}, s.key.Public().(ed25519.PublicKey))
 	if err != nil {
 		return s.internalError(fmt.Errorf("sign receipt: %w", err))
 	}
-	return s.record(ctx, verdict{status: status, code: code, message: reason, receipt: rc, op: op}, call.ToolName)
+	return s.record(ctx, verdict{status: status, code: code, message: reason, prepared: prep, evaluate: d.evaluateOnly, op: op}, call.ToolName)
 }
 
 // record appends the verdict's receipt; a receipt that cannot be written
 // turns any verdict into a 503 refusal without a receipt id.
 func (s *Server) record(ctx context.Context, v verdict, tool string) verdict {
-	if _, err := s.rlog.AppendReceipt(ctx, &v.receipt); err != nil {
+	var err error
+	if v.evaluate {
+		// The answer carries the signed receipt: sign it here.
+		if v.signed, err = v.prepared.Sign(s.key); err == nil {
+			_, err = s.rlog.AppendReceipt(ctx, &v.signed)
+		}
+	} else {
+		_, err = s.rlog.AppendPrepared(ctx, v.prepared)
+	}
+	if err != nil {
 		if errors.Is(err, receipts.ErrFailed) {
 			s.logFailed.CompareAndSwap(nil, &err)
 		}
@@ -267,21 +283,29 @@ func (s *Server) record(ctx context.Context, v verdict, tool string) verdict {
 		s.log.WithError(err).WithField(logFieldTool, tool).Error("receipt not written: request refused")
 		return verdict{status: http.StatusServiceUnavailable, code: codeReceiptFailed, message: "the decision could not be recorded, so the request is refused: " + err.Error()}
 	}
-	fields := logrus.Fields{logFieldTool: tool, logFieldReceipt: v.receipt.ID}
+	v.receiptID = v.prepared.ID()
+	if v.allow {
+		s.allowed.Add(1)
+		if kernel.DebugEnabled(s.log) {
+			s.log.WithFields(v.logFields(tool)).Debug("request allowed")
+		}
+	} else {
+		s.denied.Add(1)
+		s.log.WithFields(v.logFields(tool)).Warn("request refused")
+	}
+	return v
+}
+
+func (v *verdict) logFields(tool string) logrus.Fields {
+	fields := logrus.Fields{logFieldTool: tool, logFieldReceipt: v.receiptID, logFieldVerdict: kernel.VerdictAllow}
 	if v.op != nil {
 		fields[logFieldMethod], fields[logFieldRoute] = v.op.Method, v.op.Route
 	}
-	if v.allow {
-		s.allowed.Add(1)
-		fields[logFieldVerdict] = kernel.VerdictAllow
-		s.log.WithFields(fields).Debug("request allowed")
-	} else {
-		s.denied.Add(1)
+	if !v.allow {
 		fields[logFieldVerdict] = kernel.VerdictDeny
 		fields[logFieldReason] = v.message
-		s.log.WithFields(fields).Warn("request refused")
 	}
-	return v
+	return fields
 }
 
 func (s *Server) internalError(err error) verdict {

@@ -87,6 +87,34 @@ func TestDeniedRequestIsRefusedWithReceipt(t *testing.T) {
 	}
 }
 
+// In async mode the receipt is signed after the answer leaves (by the
+// log's signer), under the id the answer already named: allowed, denied and
+// unrouted requests each find their signed receipt once the log flushes.
+func TestAsyncReceiptsLandUnderTheirIDs(t *testing.T) {
+	f := startFixture(t, func(s *config.SidecarSettings) { s.ReceiptMode = "async" })
+	want := map[string]string{}
+	for _, c := range []struct{ method, path, tool string }{
+		{"GET", "/pets/1", "getPet"}, {"DELETE", "/pets/1", "deletePet"}, {"GET", "/nowhere", UnmatchedToolName},
+	} {
+		for range 20 {
+			resp, _ := f.do(c.method, c.path, nil, nil)
+			id := resp.Header.Get(HeaderReceiptID)
+			if len(id) != 64 {
+				t.Fatalf("%s %s: status %d, receipt id %q", c.method, c.path, resp.StatusCode, id)
+			}
+			want[id] = c.tool
+		}
+	}
+	if err := f.s.ReceiptLog().Flush(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	for id, tool := range want {
+		if r := f.stored(id); r.ID != id || r.ToolName != tool {
+			t.Fatalf("receipt %s: %s, want %s", id, r.ToolName, tool)
+		}
+	}
+}
+
 func TestLiteralSegmentsWinOverTemplates(t *testing.T) {
 	f := startFixture(t, nil)
 	for path, tool := range map[string]string{"/pets/mine": "listMyPets", "/pets/mind": "getPet", "/files/a.b.json": "getFileJSON"} {
