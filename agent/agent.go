@@ -199,7 +199,8 @@ func Start(opts Options) (*Agent, error) {
 		errs:      &errorRing{},
 		now:       time.Now,
 
-		idle: newIdleSet(opts.Timeouts.withDefaults().Idle),
+		receiptSlots: make(chan struct{}, 1024),
+		idle:         newIdleSet(opts.Timeouts.withDefaults().Idle),
 	}
 	a.proxy.metrics = newMetrics(a)
 	a.bg.Add(2)

@@ -111,6 +111,9 @@ type proxy struct {
 	counts    *counters
 	errs      *errorRing
 	now       func() time.Time
+	// receiptSlots bounds the receipts being signed beside their relays in
+	// async mode.
+	receiptSlots chan struct{}
 	// idle closes relays that have gone quiet.
 	idle *idleSet
 	// metrics are the Prometheus metrics.
@@ -282,14 +285,35 @@ func (p *proxy) decide(ctx context.Context, cn *conn) kernel.Outcome {
 // connection: if the receipt cannot be written the connection is refused.
 func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	d := cn.decision(start, firstNonEmpty(cn.sniff.SNI, cn.sniff.Host), cn.out)
-	// In sync mode an allowed connection's upstream dial overlaps the
-	// receipt's commit: nothing is sent upstream until the receipt is
-	// durable, and if it cannot be written the upstream connection is
-	// closed unused. In async mode writing the receipt only queues it (the
-	// log's committer signs it: Log.AppendPrepared), so the dial follows on
-	// this goroutine, without a hand-off.
+	if cn.out.Verdict == kernel.VerdictAllow && p.log.Mode() == receipts.ModeAsync {
+		// Async receipts do not hold the decision up, so neither does their
+		// signing: it runs beside the relay, up to a bound, past which the
+		// connection waits its turn (backpressure, never unbounded memory).
+		// The dial goes first: on two cores, signing beside it delays the
+		// handshake's wakeup more than it saves.
+		select {
+		case p.receiptSlots <- struct{}{}:
+			up, err := p.dial(ctx, cn)
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				defer func() { <-p.receiptSlots }()
+				p.finishReceipt(ctx, cn, d)
+			}()
+			p.counts.allowed.Add(1)
+			dialed := make(chan dialResult, 1)
+			dialed <- dialResult{up, err}
+			p.connect(ctx, cn, d.ReceiptID, dialed)
+			return
+		default:
+		}
+	}
+	// An allowed connection's upstream dial overlaps the receipt's signing
+	// and commit: nothing is sent upstream until the receipt is written
+	// (durable in sync mode), and if it cannot be written the upstream
+	// connection is closed unused.
 	var dialed chan dialResult
-	if cn.out.Verdict == kernel.VerdictAllow && p.log.Mode() != receipts.ModeAsync {
+	if cn.out.Verdict == kernel.VerdictAllow {
 		dialed = p.dialAsync(ctx, cn)
 	}
 	if err := p.record(ctx, cn.event, cn.out, &d); err != nil {
@@ -310,14 +334,16 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 		p.refuse(cn, d.ReceiptID)
 		return
 	}
-	if dialed == nil {
-		up, err := p.dial(ctx, cn)
-		dialed = make(chan dialResult, 1)
-		dialed <- dialResult{up, err}
-	}
 	p.counts.allowed.Add(1)
 	p.report(d) // as decided; the relay may run for hours
 	p.connect(ctx, cn, d.ReceiptID, dialed)
+}
+
+// finishReceipt writes the receipt of an allowed connection that is already
+// being relayed (async mode), then reports the decision.
+func (p *proxy) finishReceipt(ctx context.Context, cn *conn, d Decision) {
+	p.record(context.WithoutCancel(ctx), cn.event, cn.out, &d)
+	p.report(d)
 }
 
 // dialAsync starts the upstream dial and returns where its result arrives.
@@ -365,7 +391,8 @@ func (p *proxy) report(d Decision) {
 
 // record writes the receipt of a decision and fills d's receipt fields. A
 // receipt that cannot be written is counted, kept among the last errors and
-// noted in d; the caller then refuses the connection.
+// noted in d; the caller then refuses the connection (or, in async mode, the
+// relay already runs and the log's loss accounting has the rest).
 func (p *proxy) record(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, d *Decision) error {
 	id, seq, err := p.receipt(ctx, ev, out)
 	d.ReceiptID, d.Seq = id, seq
@@ -398,24 +425,18 @@ func (cn *conn) decision(at time.Time, name string, out kernel.Outcome) Decision
 	}
 }
 
-// receipt prepares and appends the receipt of one decision, returning its
-// id and sequence number. The log signs it: at once in sync mode, returning
-// once it is durable; on its committer's thread in async mode, returning
-// once it is queued.
+// receipt signs and appends the receipt of one decision, returning its id
+// and sequence number. In sync mode it returns once the receipt is durable.
 func (p *proxy) receipt(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome) (string, uint64, error) {
-	body, err := kernel.EgressReceiptBody(ev, out, p.policy.Load().Hash(), p.now())
+	r, err := kernel.BuildEgressReceipt(ev, out, p.policy.Load().Hash(), p.key, p.now())
 	if err != nil {
 		return "", 0, err
 	}
-	prep, err := kernel.Prepare(body, ed25519.PublicKey(p.key[32:]))
+	seq, err := p.log.AppendReceipt(ctx, &r)
 	if err != nil {
-		return "", 0, fmt.Errorf("build egress receipt: %w", err)
+		return r.ID, 0, err
 	}
-	seq, err := p.log.AppendPrepared(ctx, prep)
-	if err != nil {
-		return prep.ID(), 0, err
-	}
-	return prep.ID(), seq, nil
+	return r.ID, seq, nil
 }
 
 // refuse ends a denied connection the way its protocol understands: an
