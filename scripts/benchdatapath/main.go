@@ -62,6 +62,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "client" {
 		os.Exit(clientMain(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "relay" {
+		os.Exit(relayMain(os.Args[2:]))
+	}
 	var o options
 	flag.StringVar(&o.agentBin, "agent", "", "chio-agent binary (required)")
 	flag.StringVar(&o.haproxy, "haproxy", "haproxy", "HAProxy binary")
@@ -119,6 +122,11 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		return err
 	}
 	defer hp.stop()
+	gr, err := startGoRelay(ctx, self, d.work, up.addr)
+	if err != nil {
+		return err
+	}
+	defer gr.stop()
 
 	// The kernel counts run time and runs of every BPF program only while
 	// statistics are enabled. BPF_ENABLE_STATS is the fd-scoped form of the
@@ -137,12 +145,13 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		{name: "chio-agent, async receipts", receipts: "async", via: up.addr.String()},
 		{name: "chio-agent, sync receipts", receipts: "sync", via: up.addr.String()},
 		{name: "HAProxy 2.6, mode tcp", via: hp.addr.String()},
+		{name: "Go relay (floor: read, dial, splice)", via: gr.addr.String()},
 	}
 
 	load0 := loadavg()
 	began := time.Now()
 	fmt.Fprintf(out, "chio-agent datapath benchmark, %s\nload average at start: %s\n", began.Format(time.RFC3339), load0)
-	fmt.Fprintf(out, "upstream http://%s (net/http), haproxy %s, work dir %s\n", up.addr, hp.addr, d.work)
+	fmt.Fprintf(out, "upstream http://%s (net/http), haproxy %s, go relay %s, work dir %s\n", up.addr, hp.addr, gr.addr, d.work)
 
 	// One short pass first: every mode must answer 200 before anything is
 	// timed, and the first run pays one-off costs (page cache, receipt log
@@ -172,7 +181,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		fmt.Fprintf(os.Stderr, "setup round %d/%d done\n", r+1, o.rounds)
 	}
 
-	bulkModes := []mode{direct, modes[1], modes[3]}
+	bulkModes := []mode{direct, modes[1], modes[3], modes[4]}
 	bulks := map[string][]float64{}
 	for r := 0; r < o.bulkRuns; r++ {
 		for i := range bulkModes {

@@ -122,4 +122,9 @@ func (r report) print(out io.Writer) {
 	fmt.Fprintf(out, "  added p50 setup, sync receipts ≤ %s: %s (%s)\n", us(targetSyncAdded), signedUS(sync.p50-base.p50), verdict(sync.p50-base.p50 <= targetSyncAdded))
 	fmt.Fprintf(out, "  bulk throughput ≥ %.0f%% of direct: %.0f%% (%s)\n", 100*targetThroughput, 100*thr, verdict(thr >= targetThroughput))
 	fmt.Fprintf(out, "  connect hook ≤ %.0f ns per call: %.0f ns (%s)\n", targetHookNs, hookNs, verdict(hook.count > 0 && hookNs <= targetHookNs))
+	if len(r.modes) > 4 {
+		floor := qs[r.modes[4].name]
+		fmt.Fprintf(out, "Against the Go relay floor (same run): it adds %s p50 over direct; chio-agent with async receipts adds %s p50 over it\n",
+			signedUS(floor.p50-base.p50), signedUS(async.p50-floor.p50))
+	}
 }
