@@ -261,10 +261,9 @@ static __always_inline struct workload *walk_workload(void)
 // change to the workloads map, so a stale answer is never used (an entry
 // made from the old map while the agent bumps is tagged with the old
 // generation, and is walked again).
-static __always_inline int lookup_workload(struct workload *out)
+static __always_inline int lookup_workload(struct workload *out, __u64 cgid)
 {
 	__u32 zero = 0;
-	__u64 cgid = bpf_get_current_cgroup_id();
 	__u32 *genp = bpf_map_lookup_elem(&generation, &zero);
 	__u32 gen = genp ? *genp : 0;
 
@@ -412,7 +411,7 @@ static __always_inline int udp(struct bpf_sock_addr *ctx, struct workload *w, in
 }
 
 // tcp decides a TCP connect() of a protected workload and redirects it.
-static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, int v6)
+static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, int v6, __u64 cgid)
 {
 	__u32 addr[4];
 	dst_addr(ctx, v6, addr);
@@ -446,7 +445,7 @@ static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, in
 	o.workload_id = w->id;
 	o.pid = bpf_get_current_pid_tgid() >> 32;
 	o.uid = (__u32)bpf_get_current_uid_gid();
-	o.cgroup_id = bpf_get_current_cgroup_id();
+	o.cgroup_id = cgid;
 	o.netns_cookie = bpf_get_netns_cookie(ctx);
 	bpf_get_current_comm(&o.comm, sizeof(o.comm));
 
@@ -486,12 +485,13 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, int v6)
 	if (type != SOCK_STREAM && type != SOCK_DGRAM)
 		return 1;
 	struct workload wl;
-	if (!lookup_workload(&wl))
+	__u64 cgid = bpf_get_current_cgroup_id();
+	if (!lookup_workload(&wl, cgid))
 		return 1;
 	struct workload *w = &wl;
 	if (type == SOCK_DGRAM)
 		return udp(ctx, w, v6);
-	return tcp(ctx, w, v6);
+	return tcp(ctx, w, v6, cgid);
 }
 
 SEC("cgroup/connect4")
@@ -512,7 +512,7 @@ int chio_sendmsg4(struct bpf_sock_addr *ctx)
 	if (agent_socket(ctx))
 		return 1;
 	struct workload wl;
-	if (!lookup_workload(&wl))
+	if (!lookup_workload(&wl, bpf_get_current_cgroup_id()))
 		return 1;
 	struct workload *w = &wl;
 	return udp(ctx, w, 0);
@@ -524,7 +524,7 @@ int chio_sendmsg6(struct bpf_sock_addr *ctx)
 	if (agent_socket(ctx))
 		return 1;
 	struct workload wl;
-	if (!lookup_workload(&wl))
+	if (!lookup_workload(&wl, bpf_get_current_cgroup_id()))
 		return 1;
 	struct workload *w = &wl;
 	return udp(ctx, w, 1);
