@@ -199,8 +199,7 @@ func Start(opts Options) (*Agent, error) {
 		errs:      &errorRing{},
 		now:       time.Now,
 
-		receiptSlots: make(chan struct{}, 1024),
-		idle:         newIdleSet(opts.Timeouts.withDefaults().Idle),
+		idle: newIdleSet(opts.Timeouts.withDefaults().Idle),
 	}
 	a.proxy.metrics = newMetrics(a)
 	a.bg.Add(2)
@@ -470,7 +469,7 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 	}
 	d := Decision{Time: time.Now(), Workload: w.name, PID: e.PID, Comm: e.Comm, Dst: e.Dst,
 		Transport: transport, Verdict: kernel.VerdictDeny, Guard: out.Guard, MatchedRule: out.MatchedRule, Reason: reason, Count: e.Count}
-	a.proxy.record(a.ctx, ev, out, &d)
+	a.proxy.record(a.ctx, ev, out, &d, nil)
 	a.proxy.counts.denied.Add(uint64(max(e.Count, 1)))
 	a.proxy.report(d)
 }

@@ -111,9 +111,6 @@ type proxy struct {
 	counts    *counters
 	errs      *errorRing
 	now       func() time.Time
-	// receiptSlots bounds the receipts being signed beside their relays in
-	// async mode.
-	receiptSlots chan struct{}
 	// idle closes relays that have gone quiet.
 	idle *idleSet
 	// metrics are the Prometheus metrics.
@@ -286,26 +283,25 @@ func (p *proxy) decide(ctx context.Context, cn *conn) kernel.Outcome {
 func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	d := cn.decision(start, firstNonEmpty(cn.sniff.SNI, cn.sniff.Host), cn.out)
 	if cn.out.Verdict == kernel.VerdictAllow && p.log.Mode() == receipts.ModeAsync {
-		// Async receipts do not hold the decision up, so neither does their
-		// signing: it runs beside the relay, up to a bound, past which the
-		// connection waits its turn (backpressure, never unbounded memory).
-		// The dial goes first: on two cores, signing beside it delays the
-		// handshake's wakeup more than it saves.
-		select {
-		case p.receiptSlots <- struct{}{}:
+		// Async receipts do not hold the decision up, so neither does
+		// making and signing them: that runs beside the relay, in a place
+		// reserved in the log first, so that a crash before the receipt is
+		// written is still counted as a loss. The log bounds the places;
+		// past the bound (or if the log refuses) the receipt is written in
+		// line below. The dial goes first: on two cores, work beside it
+		// delays the handshake's wakeup more than it saves.
+		if res, err := p.log.Reserve(); err == nil {
 			up, err := p.dial(ctx, cn)
 			p.wg.Add(1)
 			go func() {
 				defer p.wg.Done()
-				defer func() { <-p.receiptSlots }()
-				p.finishReceipt(ctx, cn, d)
+				p.finishReceipt(ctx, cn, d, res)
 			}()
 			p.counts.allowed.Add(1)
 			dialed := make(chan dialResult, 1)
 			dialed <- dialResult{up, err}
-			p.connect(ctx, cn, d.ReceiptID, dialed)
+			p.connect(ctx, cn, "", dialed)
 			return
-		default:
 		}
 	}
 	// An allowed connection's upstream dial overlaps the receipt's signing
@@ -316,7 +312,7 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	if cn.out.Verdict == kernel.VerdictAllow {
 		dialed = p.dialAsync(ctx, cn)
 	}
-	if err := p.record(ctx, cn.event, cn.out, &d); err != nil {
+	if err := p.record(ctx, cn.event, cn.out, &d, nil); err != nil {
 		if dialed != nil {
 			if r := <-dialed; r.up != nil {
 				r.up.Close()
@@ -339,10 +335,11 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	p.connect(ctx, cn, d.ReceiptID, dialed)
 }
 
-// finishReceipt writes the receipt of an allowed connection that is already
-// being relayed (async mode), then reports the decision.
-func (p *proxy) finishReceipt(ctx context.Context, cn *conn, d Decision) {
-	p.record(context.WithoutCancel(ctx), cn.event, cn.out, &d)
+// finishReceipt writes, in the place res holds, the receipt of an allowed
+// connection that is already being relayed (async mode), then reports the
+// decision.
+func (p *proxy) finishReceipt(ctx context.Context, cn *conn, d Decision, res *receipts.Reservation) {
+	p.record(context.WithoutCancel(ctx), cn.event, cn.out, &d, res)
 	p.report(d)
 }
 
@@ -391,10 +388,9 @@ func (p *proxy) report(d Decision) {
 
 // record writes the receipt of a decision and fills d's receipt fields. A
 // receipt that cannot be written is counted, kept among the last errors and
-// noted in d; the caller then refuses the connection (or, in async mode, the
-// relay already runs and the log's loss accounting has the rest).
-func (p *proxy) record(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, d *Decision) error {
-	id, seq, err := p.receipt(ctx, ev, out)
+// noted in d; the caller then refuses the connection.
+func (p *proxy) record(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, d *Decision, res *receipts.Reservation) error {
+	id, seq, err := p.receipt(ctx, ev, out, res)
 	d.ReceiptID, d.Seq = id, seq
 	if err != nil {
 		p.counts.receiptErrors.Add(1)
@@ -425,18 +421,28 @@ func (cn *conn) decision(at time.Time, name string, out kernel.Outcome) Decision
 	}
 }
 
-// receipt signs and appends the receipt of one decision, returning its id
-// and sequence number. In sync mode it returns once the receipt is durable.
-func (p *proxy) receipt(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome) (string, uint64, error) {
-	r, err := kernel.BuildEgressReceipt(ev, out, p.policy.Load().Hash(), p.key, p.now())
-	if err != nil {
-		return "", 0, err
+// receipt makes and appends the receipt of one decision, returning its id
+// and sequence number: in the place res holds when it is not nil (async
+// mode, beside the relay), else through Log.AppendPrepared, which returns
+// once the receipt is durable in sync mode and once it is accepted in async
+// mode.
+func (p *proxy) receipt(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, res *receipts.Reservation) (string, uint64, error) {
+	body, err := kernel.EgressReceiptBody(ev, out, p.policy.Load().Hash(), p.now())
+	if err == nil {
+		var prep *kernel.Prepared
+		if prep, err = kernel.Prepare(body, ed25519.PublicKey(p.key[32:])); err == nil {
+			if res != nil {
+				return prep.ID(), 0, res.AppendPrepared(prep)
+			}
+			seq, err := p.log.AppendPrepared(ctx, prep)
+			return prep.ID(), seq, err
+		}
+		err = fmt.Errorf("build egress receipt: %w", err)
 	}
-	seq, err := p.log.AppendReceipt(ctx, &r)
-	if err != nil {
-		return r.ID, 0, err
+	if res != nil {
+		res.Abandon(err)
 	}
-	return r.ID, seq, nil
+	return "", 0, err
 }
 
 // refuse ends a denied connection the way its protocol understands: an

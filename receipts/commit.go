@@ -111,7 +111,7 @@ func (l *Log) submit(ctx context.Context, r *request, block bool) (uint64, error
 	}
 	// Count the receipt as accepted before the committer can see it, so the
 	// mark is never below what is durable.
-	if r.kind == reqAppend {
+	if r.kind == reqAppend && !r.counted {
 		l.mark.v.Add(1)
 	}
 	var err error
@@ -130,7 +130,7 @@ func (l *Log) submit(ctx context.Context, r *request, block bool) (uint64, error
 	}
 	l.closeMu.RUnlock()
 	if err != nil {
-		if r.kind == reqAppend {
+		if r.kind == reqAppend && !r.counted {
 			l.mark.v.Add(^uint64(0))
 		}
 		return 0, fmt.Errorf("append receipt: %w", err)
@@ -146,12 +146,19 @@ func (l *Log) submit(ctx context.Context, r *request, block bool) (uint64, error
 	}
 }
 
-// Flush returns once every receipt queued before it is durable (useful in
-// async mode). With seal, it also checkpoints the unsealed tail.
+// Flush returns once every receipt queued before it, and every reservation
+// open before it (Reserve), is durable (useful in async mode). With seal, it
+// also checkpoints the unsealed tail. A goroutine holding a reservation
+// must not call Flush or Close before it appends or abandons it.
 func (l *Log) Flush(ctx context.Context, seal bool) error {
 	if l.opts.ReadOnly {
 		return fmt.Errorf("flush receipt log: %w", ErrReadOnly)
 	}
+	// Wait for the reservations still open (receipts being made or signed
+	// beside their callers): a barrier, not a critical section.
+	l.signing.Lock()
+	//lint:ignore SA2001 the Lock above is the barrier
+	l.signing.Unlock()
 	r := &request{kind: reqFlush, done: make(chan result, 1)}
 	if seal {
 		r.kind = reqSeal
@@ -173,7 +180,11 @@ func (l *Log) Close() error {
 		return fmt.Errorf("close receipt log: %w", ErrClosed)
 	}
 	l.closed = true
-	close(l.queue) // no sender remains: each holds closeMu shared
+	// Open reservations queue their receipts before the queue closes; no
+	// other sender remains (each holds closeMu shared).
+	l.signing.Lock()
+	close(l.queue)
+	l.signing.Unlock()
 	l.closeMu.Unlock()
 	<-l.done
 	err := l.db.Close()
@@ -273,7 +284,6 @@ func (l *Log) run() {
 func (l *Log) commit(batch []*request) {
 	saved := l.st.clone()
 	res := make([]result, len(batch))
-	l.signPrepared(batch, res)
 	sealAfter := false
 	appended := 0
 	err := l.update(func(tx *bolt.Tx) error {
@@ -289,9 +299,6 @@ func (l *Log) commit(batch []*request) {
 				continue
 			case reqFlush:
 				continue
-			}
-			if res[i].err != nil {
-				continue // a prepared receipt that could not be signed
 			}
 			idb := arena.take(32)
 			if !decodeHex(idb, r.entry.ID) {

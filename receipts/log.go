@@ -16,8 +16,6 @@ import (
 	"github.com/sirupsen/logrus"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
-
-	"github.com/backbay-labs/chio-agent/kernel"
 )
 
 // FormatVersion is written in every log's header; Open refuses any other.
@@ -217,9 +215,9 @@ type request struct {
 	entry Entry
 	leaf  Hash
 	done  chan result // nil for async appends
-	// prepared, when set, is an async receipt the committer signs before
-	// it fills entry and leaf (AppendPrepared).
-	prepared *kernel.Prepared
+	// counted: the accepted mark already counts it (AppendPrepared counts
+	// a receipt when it accepts it, before it is signed).
+	counted bool
 }
 
 type result struct {
@@ -260,8 +258,13 @@ type Log struct {
 
 	closeMu sync.RWMutex // Append holds it shared while enqueueing
 	closed  bool
-	done    chan struct{} // closed when the committer exits
-	failed  atomic.Pointer[error]
+	// signing is held shared by each receipt being signed beside its
+	// caller (AppendPrepared, async mode); Flush and Close take it to wait
+	// for them. signSlots bounds them.
+	signing   sync.RWMutex
+	signSlots chan struct{}
+	done      chan struct{} // closed when the committer exits
+	failed    atomic.Pointer[error]
 
 	st chainState // owned by the committer goroutine after Open
 
@@ -335,6 +338,7 @@ func Open(path string, opts Options) (*Log, error) {
 		return nil, err
 	}
 	l.queue = make(chan *request, o.QueueSize)
+	l.signSlots = make(chan struct{}, signSlots)
 	l.done = make(chan struct{})
 	l.replies = make(chan replyBatch, 4)
 	l.repliesDone = make(chan struct{})

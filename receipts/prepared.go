@@ -8,29 +8,41 @@ import (
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
+// signSlots bounds the async receipts reserved and not yet queued (being
+// built or signed beside their callers). Past it, AppendPrepared signs on
+// the caller's goroutine and Reserve reports ErrQueueFull (backpressure,
+// never unbounded goroutines).
+const signSlots = 1024
+
 // AppendPrepared appends a receipt that kernel.Prepare (or
 // Kernel.PrepareToolCall) made for this log's key, signing it with the
 // log's key. Its id is final already, so a caller can answer with it.
 //
 // In ModeSync it signs at once and returns when the receipt is durable, as
-// AppendReceipt does. In ModeAsync it returns once the receipt is queued
-// (and counted by the crash-loss mark, like any async receipt); the
-// committer, on its lower-priority thread, signs it just before it commits
-// it, which takes the Ed25519 signature (~20 µs of CPU) off the caller's
-// path. When the committer is behind (its queue half full), the caller
-// signs instead, so that under load the signatures spread over every core
-// rather than queue behind one thread.
+// AppendReceipt does. In ModeAsync it returns as soon as the receipt is
+// accepted, counted by the crash-loss mark like any async receipt: a
+// goroutine beside the caller signs it (Ed25519, ~20 µs of CPU) and queues
+// it, so the caller's answer does not wait for the signature. When
+// signSlots receipts are already pending, the caller signs.
+//
+// Measured on 2 cores (BENCHMARKS.md): signing beside the caller beat both
+// signing in the caller (p50) and signing on the committer's lower-priority
+// thread, whose batches of signatures ran as bursts that stretched p99.
 func (l *Log) AppendPrepared(ctx context.Context, p *kernel.Prepared) (uint64, error) {
 	if l.opts.ReadOnly {
 		return 0, fmt.Errorf("append receipt: %w", ErrReadOnly)
 	}
-	if p.KernelKey() != l.pubHex {
-		return 0, fmt.Errorf("append receipt %s: prepared for %s, log key is %s: %w", p.ID(), p.KernelKey(), l.pubHex, ErrKeyMismatch)
+	if err := l.checkPrepared(p); err != nil {
+		return 0, err
 	}
-	if l.opts.Mode == ModeAsync && len(l.queue) < cap(l.queue)/2 {
-		seq, err := l.submit(ctx, &request{kind: reqAppend, prepared: p}, false)
-		if !errors.Is(err, ErrQueueFull) {
-			return seq, err
+	if l.opts.Mode == ModeAsync {
+		res, err := l.Reserve()
+		switch {
+		case err == nil:
+			go res.append(p)
+			return 0, nil
+		case !errors.Is(err, ErrQueueFull):
+			return 0, err
 		}
 	}
 	rc, err := p.Sign(l.opts.Key)
@@ -40,26 +52,89 @@ func (l *Log) AppendPrepared(ctx context.Context, p *kernel.Prepared) (uint64, e
 	return l.AppendReceipt(ctx, &rc)
 }
 
-// signPrepared signs the batch's prepared receipts and fills in their
-// entries. One that cannot be signed (impossible for a receipt Prepare
-// accepted for this key) gets an error result, and the log stops taking
-// receipts: an async receipt was promised, so it must not go missing
-// silently.
-func (l *Log) signPrepared(batch []*request, res []result) {
-	for i, r := range batch {
-		if r.prepared == nil {
-			continue
-		}
-		sr, err := l.signedRequest(r.prepared)
-		if err != nil {
-			err = fmt.Errorf("append receipt %s: %w", r.prepared.ID(), err)
-			res[i].err = err
-			l.failed.CompareAndSwap(nil, &err)
-			l.log.WithError(err).Error("receipt log: a prepared receipt could not be signed; refusing further receipts")
-			continue
-		}
-		r.entry, r.leaf, r.prepared = sr.entry, sr.leaf, nil
+// Reservation is a place held for one async receipt that its caller
+// builds later, off its critical path (the node agent relays an allowed
+// connection while its receipt is made). From Reserve on, the crash-loss
+// mark counts the receipt, so a crash before it is written is reported as
+// a loss, and Flush and Close wait until it is appended or abandoned.
+// Exactly one of AppendPrepared and Abandon must be called.
+type Reservation struct {
+	l *Log
+}
+
+// Reserve holds a place for one receipt, in ModeAsync only. It fails with
+// ErrClosed, the log's failure, or ErrQueueFull when signSlots receipts
+// are pending already (the caller should append in line instead).
+func (l *Log) Reserve() (*Reservation, error) {
+	if l.opts.ReadOnly {
+		return nil, fmt.Errorf("reserve receipt: %w", ErrReadOnly)
 	}
+	if l.opts.Mode != ModeAsync {
+		return nil, fmt.Errorf("reserve receipt: only in async mode (log is %s)", l.opts.Mode)
+	}
+	l.closeMu.RLock()
+	defer l.closeMu.RUnlock()
+	if l.closed {
+		return nil, fmt.Errorf("reserve receipt: %w", ErrClosed)
+	}
+	if f := l.failed.Load(); f != nil {
+		return nil, fmt.Errorf("reserve receipt: %w", *f)
+	}
+	select {
+	case l.signSlots <- struct{}{}:
+	default:
+		return nil, fmt.Errorf("reserve receipt: %w", ErrQueueFull)
+	}
+	// Held until the receipt is queued: Close and Flush wait for it.
+	l.signing.RLock()
+	l.mark.v.Add(1)
+	return &Reservation{l: l}, nil
+}
+
+// AppendPrepared signs p with the log's key and queues it in the place
+// held. A receipt that cannot be signed or stored (prepared for another
+// key, malformed) is abandoned, and returned as the error.
+func (r *Reservation) AppendPrepared(p *kernel.Prepared) error {
+	if err := r.l.checkPrepared(p); err != nil {
+		r.Abandon(err)
+		return err
+	}
+	return r.append(p)
+}
+
+func (r *Reservation) append(p *kernel.Prepared) error {
+	l := r.l
+	req, err := l.signedRequest(p)
+	if err != nil {
+		err = fmt.Errorf("append receipt %s: %w", p.ID(), err)
+		r.Abandon(err)
+		return err
+	}
+	req.counted = true
+	l.queue <- req // the queue closes only after every reservation ends
+	r.release()
+	return nil
+}
+
+// Abandon gives the place up without a receipt, because err kept the
+// caller from making one. The receipt stays counted by the crash-loss mark:
+// a decision was taken without its receipt, which is a loss, and the next
+// Open reports it.
+func (r *Reservation) Abandon(err error) {
+	r.l.log.WithError(err).Error("receipt log: a reserved receipt was not written; counted as lost")
+	r.release()
+}
+
+func (r *Reservation) release() {
+	r.l.signing.RUnlock()
+	<-r.l.signSlots
+}
+
+func (l *Log) checkPrepared(p *kernel.Prepared) error {
+	if p.KernelKey() != l.pubHex {
+		return fmt.Errorf("append receipt %s: prepared for %s, log key is %s: %w", p.ID(), p.KernelKey(), l.pubHex, ErrKeyMismatch)
+	}
+	return nil
 }
 
 func (l *Log) signedRequest(p *kernel.Prepared) (*request, error) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/backbay-labs/chio-agent/kernel"
 )
@@ -75,13 +76,13 @@ func TestAppendPrepared(t *testing.T) {
 	}
 }
 
-// Close queues and commits what the signer still holds: nothing accepted
-// is lost, and reopening finds no loss to report.
+// Close queues and commits the receipts still being signed: nothing
+// accepted is lost, and reopening finds no loss to report.
 func TestAppendPreparedCloseDrains(t *testing.T) {
 	l, path := openTest(t, Options{Mode: ModeAsync})
 	ctx := context.Background()
 	var wg sync.WaitGroup
-	const writers, each = 8, 500 // 4,000: more than the signer's queue holds
+	const writers, each = 8, 500
 	errs := make(chan error, writers)
 	for w := range writers {
 		wg.Add(1)
@@ -128,30 +129,79 @@ func TestAppendPreparedWrongKey(t *testing.T) {
 	}
 }
 
-// The signer's order is the callers' order: one writer's receipts keep
-// their sequence.
-func TestAppendPreparedOrder(t *testing.T) {
-	l, _ := openTest(t, Options{Mode: ModeAsync})
-	ctx := context.Background()
-	var ids []string
-	for i := range 50 {
-		p := prepared(t, l, i)
-		if _, err := l.AppendPrepared(ctx, p); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, p.ID())
+// A reservation counts its receipt from the start: appended, it lands like
+// any other; abandoned, the next Open reports it lost. Close waits for a
+// reservation still open.
+func TestReservation(t *testing.T) {
+	if _, err := openSync(t).Reserve(); err == nil {
+		t.Fatal("Reserve on a sync log succeeded")
 	}
-	if err := l.Flush(ctx, false); err != nil {
+	l, path := openTest(t, Options{Mode: ModeAsync})
+	ctx := context.Background()
+	kept, err := l.Reserve()
+	if err != nil {
 		t.Fatal(err)
 	}
-	for i, id := range ids {
-		e, err := l.Get(uint64(i + 1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if e.ID != id {
-			t.Fatalf("seq %d holds %s, want %s", i+1, e.ID, id)
-		}
+	lost, err := l.Reserve()
+	if err != nil {
+		t.Fatal(err)
 	}
+	late, err := l.Reserve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := prepared(t, l, 1)
+	if err := kept.AppendPrepared(p); err != nil {
+		t.Fatal(err)
+	}
+	lost.Abandon(errors.New("test: no receipt"))
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		late.AppendPrepared(prepared(t, l, 2))
+	}()
+	if err := l.Flush(ctx, false); err != nil { // waits for late
+		t.Fatal(err)
+	}
+	if got := l.LastSeq(); got != 2 {
+		t.Fatalf("after Flush: last seq %d, want 2", got)
+	}
+	if _, err := l.Lookup(p.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := Open(path, Options{Key: l.opts.Key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	if rec := l2.Recovery(); rec.LastSeq != 2 || rec.Lost != 1 {
+		t.Fatalf("reopened: %+v, want last seq 2 and the abandoned receipt lost", rec)
+	}
+}
 
+// A reservation's receipt prepared for another key is refused and counted
+// lost, not stored.
+func TestReservationWrongKey(t *testing.T) {
+	l, _ := openTest(t, Options{Mode: ModeAsync})
+	other, _ := openTest(t, Options{Mode: ModeAsync, Key: testKey("other")})
+	res, err := l.Reserve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.AppendPrepared(prepared(t, other, 1)); !errors.Is(err, ErrKeyMismatch) {
+		t.Fatalf("%v, want ErrKeyMismatch", err)
+	}
+	if err := l.Flush(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.LastSeq(); got != 0 {
+		t.Fatalf("last seq %d, want nothing stored", got)
+	}
+}
+
+func openSync(t *testing.T) *Log {
+	l, _ := openTest(t, Options{Mode: ModeSync})
+	return l
 }
