@@ -82,25 +82,3 @@ func benchSidecar(b *testing.B, mode string) {
 
 func BenchmarkSidecarAsync(b *testing.B) { benchSidecar(b, "async") }
 func BenchmarkSidecarSync(b *testing.B)  { benchSidecar(b, "sync") }
-
-// BenchmarkSidecarAdded reports the latency the sidecar adds, as the
-// difference of quantiles of interleaved direct and proxied requests.
-func BenchmarkSidecarAdded(b *testing.B) {
-	for _, mode := range []string{"async", "sync"} {
-		b.Run(mode, func(b *testing.B) {
-			f := benchFixture(b, mode)
-			direct := make([]time.Duration, 0, b.N)
-			proxied := make([]time.Duration, 0, b.N)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				direct = append(direct, benchGet(b, f.client, f.upstream.URL+"/pets/1"))
-				proxied = append(proxied, benchGet(b, f.client, f.base+"/pets/1"))
-			}
-			b.StopTimer()
-			reportLatency(b, "direct-", direct)
-			reportLatency(b, "sidecar-", proxied)
-			b.ReportMetric(quantile(proxied, 0.50)-quantile(direct, 0.50), "added-p50-µs")
-			b.ReportMetric(quantile(proxied, 0.99)-quantile(direct, 0.99), "added-p99-µs")
-		})
-	}
-}
