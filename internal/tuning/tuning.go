@@ -26,6 +26,10 @@ const GCPercent = 400
 // the one that arbitrates. (Sidecar p99 added at async receipts on 2 cores:
 // +180 to +300 µs with 2 Ps, +130 to +160 µs with 3; BENCHMARKS.md.)
 //
+// Setting GOMAXPROCS stops the runtime from following later changes of
+// the container's CPU limit (Go 1.25+ does by default); the value set is
+// the default at start, which already honours the limit, plus one.
+//
 // It returns a function that restores the previous settings.
 func Apply(getenv func(string) string) (restore func()) {
 	oldGC, oldProcs := -2, 0
