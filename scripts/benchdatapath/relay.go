@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -9,8 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"syscall"
-	"time"
 )
 
 // The Go relay is the floor of any Go proxy that decides on a connection's
@@ -69,56 +66,13 @@ func relayConn(c *net.TCPConn, target string) {
 	<-done
 }
 
-type goRelay struct {
-	cmd    *exec.Cmd
-	addr   netip.AddrPort
-	stderr bytes.Buffer
-	exited chan struct{}
-}
-
-func startGoRelay(ctx context.Context, self, work string, up netip.AddrPort) (*goRelay, error) {
+// startGoRelay runs the Go relay (this program re-executed as "relay") in
+// front of up.
+func startGoRelay(ctx context.Context, self, work string, up netip.AddrPort) (*server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	r := &goRelay{addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), exited: make(chan struct{})}
-	r.cmd = exec.Command(self, "relay", r.addr.String(), up.String())
-	r.cmd.Stdout, r.cmd.Stderr = &r.stderr, &r.stderr
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := r.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start go relay: %w", err)
-	}
-	recordPID(work, "relay", r.cmd.Process.Pid)
-	go func() { r.cmd.Wait(); close(r.exited) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		// A probe that sends nothing: the relay reads, sees EOF, and drops it.
-		c, err := net.DialTimeout("tcp", r.addr.String(), 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return r, nil
-		}
-		select {
-		case <-r.exited:
-			return nil, fmt.Errorf("go relay exited at start: %s", r.stderr.String())
-		case <-ctx.Done():
-			r.stop()
-			return nil, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			r.stop()
-			return nil, fmt.Errorf("go relay not listening on %s after 10s: %s", r.addr, r.stderr.String())
-		}
-	}
-}
-
-func (r *goRelay) stop() {
-	r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.exited:
-	case <-time.After(3 * time.Second):
-		r.cmd.Process.Kill()
-		<-r.exited
-	}
+	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	return startServer(ctx, "relay", work, addr, exec.Command(self, "relay", addr.String(), up.String()))
 }
