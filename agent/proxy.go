@@ -427,22 +427,18 @@ func (cn *conn) decision(at time.Time, name string, out kernel.Outcome) Decision
 // once the receipt is durable in sync mode and once it is accepted in async
 // mode.
 func (p *proxy) receipt(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, res *receipts.Reservation) (string, uint64, error) {
-	body, err := kernel.EgressReceiptBody(ev, out, p.policy.Load().Hash(), p.now())
-	if err == nil {
-		var prep *kernel.Prepared
-		if prep, err = kernel.Prepare(body, ed25519.PublicKey(p.key[32:])); err == nil {
-			if res != nil {
-				return prep.ID(), 0, res.AppendPrepared(prep)
-			}
-			seq, err := p.log.AppendPrepared(ctx, prep)
-			return prep.ID(), seq, err
+	prep, err := kernel.PrepareEgressReceipt(ev, out, p.policy.Load().Hash(), ed25519.PublicKey(p.key[32:]), p.now())
+	switch {
+	case err != nil:
+		if res != nil {
+			res.Abandon(err)
 		}
-		err = fmt.Errorf("build egress receipt: %w", err)
+		return "", 0, err
+	case res != nil:
+		return prep.ID(), 0, res.AppendPrepared(prep)
 	}
-	if res != nil {
-		res.Abandon(err)
-	}
-	return "", 0, err
+	seq, err := p.log.AppendPrepared(ctx, prep)
+	return prep.ID(), seq, err
 }
 
 // refuse ends a denied connection the way its protocol understands: an

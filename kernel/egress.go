@@ -137,15 +137,33 @@ type Outcome struct {
 // policyHash is the policy's hash as the policy engine computes it (SHA-256
 // hex of its canonical JSON); at is when the decision was made.
 func BuildEgressReceipt(ev EgressEvent, out Outcome, policyHash string, key ed25519.PrivateKey, at time.Time) (Receipt, error) {
-	body, err := EgressReceiptBody(ev, out, policyHash, at)
+	if len(key) != ed25519.PrivateKeySize {
+		return Receipt{}, fmt.Errorf("build egress receipt: %w: private key is %d bytes, want %d", ErrInvalidKey, len(key), ed25519.PrivateKeySize)
+	}
+	p, err := PrepareEgressReceipt(ev, out, policyHash, ed25519.PublicKey(key[32:]), at)
 	if err != nil {
 		return Receipt{}, err
 	}
-	r, err := Sign(body, key)
+	r, err := p.Sign(key)
 	if err != nil {
 		return Receipt{}, fmt.Errorf("build egress receipt: %w", err)
 	}
 	return r, nil
+}
+
+// PrepareEgressReceipt is BuildEgressReceipt up to the signature, for the
+// kernel key pub: the receipt's id is final, and Prepared.Sign (or
+// receipts.Log.AppendPrepared) signs it later.
+func PrepareEgressReceipt(ev EgressEvent, out Outcome, policyHash string, pub ed25519.PublicKey, at time.Time) (*Prepared, error) {
+	body, err := EgressReceiptBody(ev, out, policyHash, at)
+	if err != nil {
+		return nil, err
+	}
+	p, err := Prepare(body, pub)
+	if err != nil {
+		return nil, fmt.Errorf("build egress receipt: %w", err)
+	}
+	return p, nil
 }
 
 // EgressReceiptBody is BuildEgressReceipt without the signature, for callers

@@ -206,7 +206,7 @@ func (k *Kernel) PrepareToolCall(ctx context.Context, call ToolCall) (Outcome, *
 		PolicyHash:    st.hash,
 		Evidence:      []Evidence{{GuardName: out.Guard, Verdict: out.Verdict == VerdictAllow, Details: out.details(call.ToolName)}},
 		Metadata:      metaJSON,
-	}, k.key.Public().(ed25519.PublicKey))
+	}, ed25519.PublicKey(k.key[32:]))
 	if err != nil {
 		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
 	}

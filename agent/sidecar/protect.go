@@ -256,7 +256,7 @@ func (s *Server) refuse(ctx context.Context, eng *engine, call kernel.ToolCall, 
 		PolicyHash:    eng.k.PolicyHash(),
 		Evidence:      []kernel.Evidence{{GuardName: guard, Verdict: false, Details: fmt.Sprintf("deny %s by %s: %s", call.ToolName, rule, reason)}},
 		Metadata:      meta,
-	}, s.key.Public().(ed25519.PublicKey))
+	}, ed25519.PublicKey(s.key[32:]))
 	if err != nil {
 		return s.internalError(fmt.Errorf("sign receipt: %w", err))
 	}
