@@ -114,16 +114,25 @@ func newKey(t testing.TB) ed25519.PrivateKey {
 
 // baseSettings are the settings of a sidecar on a free loopback port.
 func baseSettings(t testing.TB, dir, upstream string, key ed25519.PrivateKey) *config.SidecarSettings {
+	writeFile(t, dir, "policy.yaml", testPolicy)
+	writeFile(t, dir, "openapi.yaml", testSpec)
+	return settingsIn(dir, upstream, hex.EncodeToString(key.Seed()))
+}
+
+// settingsIn are baseSettings for a directory that already holds
+// policy.yaml and openapi.yaml (the benchmark's sidecar process uses them
+// too), with sync receipts in dir/receipts.db.
+func settingsIn(dir, upstream, seed string) *config.SidecarSettings {
 	return &config.SidecarSettings{
-		PolicySource:   writeFile(t, dir, "policy.yaml", testPolicy),
+		PolicySource:   filepath.Join(dir, "policy.yaml"),
 		ReceiptPath:    filepath.Join(dir, "receipts.db"),
 		ReceiptMode:    "sync",
-		SigningKeySeed: hex.EncodeToString(key.Seed()),
+		SigningKeySeed: seed,
 		LogLevel:       "info",
 		Listen:         "127.0.0.1:0",
 		HealthPath:     config.DefaultHealthPath,
 		Upstream:       upstream,
-		Spec:           writeFile(t, dir, "openapi.yaml", testSpec),
+		Spec:           filepath.Join(dir, "openapi.yaml"),
 		MaxBodyBytes:   1 << 10,
 		Timeouts: config.ResolvedTimeouts{
 			ReadHeader: 10 * time.Second, Read: time.Minute, Write: time.Minute, Idle: time.Minute,

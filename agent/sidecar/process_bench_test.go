@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/backbay-labs/chio-agent/internal/tuning"
-	"github.com/backbay-labs/chio-agent/kernel/config"
 )
 
 // The sidecar runs next to an API as its own process. BenchmarkSidecarAdded
@@ -54,22 +53,8 @@ func sidecarChild(dir string) int {
 	tuning.Apply(os.Getenv)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	set := &config.SidecarSettings{
-		PolicySource:   filepath.Join(dir, "policy.yaml"),
-		ReceiptPath:    filepath.Join(dir, "receipts.db"),
-		ReceiptMode:    os.Getenv(envMode),
-		SigningKeySeed: os.Getenv(envSeed),
-		LogLevel:       "info",
-		Listen:         "127.0.0.1:0",
-		HealthPath:     config.DefaultHealthPath,
-		Upstream:       os.Getenv(envUpstream),
-		Spec:           filepath.Join(dir, "openapi.yaml"),
-		MaxBodyBytes:   1 << 10,
-		Timeouts: config.ResolvedTimeouts{
-			ReadHeader: 10 * time.Second, Read: time.Minute, Write: time.Minute, Idle: time.Minute,
-			Dial: 10 * time.Second, UpstreamHeader: time.Minute,
-		},
-	}
+	set := settingsIn(dir, os.Getenv(envUpstream), os.Getenv(envSeed))
+	set.ReceiptMode = os.Getenv(envMode)
 	s, err := Start(ctx, Options{Settings: set, Version: "bench"})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sidecar child:", err)
@@ -165,9 +150,8 @@ func startChild(b *testing.B, env ...string) (addr string, stop func()) {
 // verifies the receipt log it wrote.
 func startSidecarProcess(b *testing.B, upstream, mode string) string {
 	dir := b.TempDir()
-	writeFile(b, dir, "policy.yaml", testPolicy)
-	writeFile(b, dir, "openapi.yaml", testSpec)
 	key := newKey(b)
+	baseSettings(b, dir, upstream, key) // writes the policy and spec
 	addr, stop := startChild(b, envChild+"="+dir, envUpstream+"="+upstream, envMode+"="+mode,
 		envSeed+"="+hex.EncodeToString(key.Seed()))
 	b.Cleanup(func() {
