@@ -260,11 +260,11 @@ type Log struct {
 	closed  bool
 	// signing is held shared by each receipt being signed beside its
 	// caller (AppendPrepared, async mode); Flush and Close take it to wait
-	// for them. signSlots bounds them.
-	signing   sync.RWMutex
-	signSlots chan struct{}
-	done      chan struct{} // closed when the committer exits
-	failed    atomic.Pointer[error]
+	// for them. reservations bounds them (maxReservations).
+	signing      sync.RWMutex
+	reservations chan struct{}
+	done         chan struct{} // closed when the committer exits
+	failed       atomic.Pointer[error]
 
 	st chainState // owned by the committer goroutine after Open
 
@@ -338,7 +338,7 @@ func Open(path string, opts Options) (*Log, error) {
 		return nil, err
 	}
 	l.queue = make(chan *request, o.QueueSize)
-	l.signSlots = make(chan struct{}, signSlots)
+	l.reservations = make(chan struct{}, maxReservations)
 	l.done = make(chan struct{})
 	l.replies = make(chan replyBatch, 4)
 	l.repliesDone = make(chan struct{})

@@ -8,11 +8,11 @@ import (
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
-// signSlots bounds the async receipts reserved and not yet queued (being
+// maxReservations bounds the async receipts reserved and not yet queued (being
 // built or signed beside their callers). Past it, AppendPrepared signs on
 // the caller's goroutine and Reserve reports ErrQueueFull (backpressure,
 // never unbounded goroutines).
-const signSlots = 1024
+const maxReservations = 1024
 
 // AppendPrepared appends a receipt that kernel.Prepare (or
 // Kernel.PrepareToolCall) made for this log's key, signing it with the
@@ -23,7 +23,7 @@ const signSlots = 1024
 // accepted, counted by the crash-loss mark like any async receipt: a
 // goroutine beside the caller signs it (Ed25519, ~20 µs of CPU) and queues
 // it, so the caller's answer does not wait for the signature. When
-// signSlots receipts are already pending, the caller signs.
+// maxReservations receipts are already pending, the caller signs.
 //
 // Measured on 2 cores (BENCHMARKS.md): signing beside the caller beat both
 // signing in the caller (p50) and signing on the committer's lower-priority
@@ -63,7 +63,7 @@ type Reservation struct {
 }
 
 // Reserve holds a place for one receipt, in ModeAsync only. It fails with
-// ErrClosed, the log's failure, or ErrQueueFull when signSlots receipts
+// ErrClosed, the log's failure, or ErrQueueFull when maxReservations receipts
 // are pending already (the caller should append in line instead).
 func (l *Log) Reserve() (*Reservation, error) {
 	if l.opts.ReadOnly {
@@ -81,7 +81,7 @@ func (l *Log) Reserve() (*Reservation, error) {
 		return nil, fmt.Errorf("reserve receipt: %w", *f)
 	}
 	select {
-	case l.signSlots <- struct{}{}:
+	case l.reservations <- struct{}{}:
 	default:
 		return nil, fmt.Errorf("reserve receipt: %w", ErrQueueFull)
 	}
@@ -127,7 +127,7 @@ func (r *Reservation) Abandon(err error) {
 
 func (r *Reservation) release() {
 	r.l.signing.RUnlock()
-	<-r.l.signSlots
+	<-r.l.reservations
 }
 
 func (l *Log) checkPrepared(p *kernel.Prepared) error {
