@@ -258,9 +258,9 @@ type Log struct {
 
 	closeMu sync.RWMutex // Append holds it shared while enqueueing
 	closed  bool
-	// signing is held shared by each receipt being signed beside its
-	// caller (AppendPrepared, async mode); Flush and Close take it to wait
-	// for them. reservations bounds them (maxReservations).
+	// signing is held shared by each open reservation (Reserve, and
+	// AppendPrepared in async mode); Flush and Close take it to wait for
+	// them. reservations bounds them (maxReservations).
 	signing      sync.RWMutex
 	reservations chan struct{}
 	done         chan struct{} // closed when the committer exits

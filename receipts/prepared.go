@@ -25,7 +25,7 @@ const maxReservations = 1024
 // it, so the caller's answer does not wait for the signature. When
 // maxReservations receipts are already pending, the caller signs.
 //
-// Measured on 2 cores (BENCHMARKS.md): signing beside the caller beat both
+// Measured on 2 cores (docs/receipt-log.md): signing beside the caller beat both
 // signing in the caller (p50) and signing on the committer's lower-priority
 // thread, whose batches of signatures ran as bursts that stretched p99.
 func (l *Log) AppendPrepared(ctx context.Context, p *kernel.Prepared) (uint64, error) {
