@@ -1,5 +1,5 @@
 // Package testutil holds helpers shared by the tests of every package: where
-// the shared conformance data lives, and how privileged tests skip.
+// the vendored conformance data lives, and how privileged tests skip.
 //
 // A privileged test skips with a one-line reason on a machine that cannot run
 // it, but under CI=true a skip is a failure: CI runs as root and must run them.
@@ -29,11 +29,11 @@ func RequireRoot(t testing.TB) {
 	}
 }
 
-// ConformanceDir returns the directory of the shared conformance data: the
-// CHIO_CONFORMANCE_DIR variable when set, else shared/conformance beside the
-// repository (../shared/conformance from the module root). The data is read in
-// place at test time and never copied into the repository; its absence fails
-// the test, since a conformance test that does not run proves nothing.
+// ConformanceDir returns the directory of the conformance data: the
+// CHIO_CONFORMANCE_DIR variable when set (to test against another copy), else
+// the copy vendored in the repository at testdata/conformance (see its
+// PROVENANCE.md). Its absence fails the test, since a conformance test that
+// does not run proves nothing.
 func ConformanceDir(t testing.TB) string {
 	t.Helper()
 	if d := os.Getenv("CHIO_CONFORMANCE_DIR"); d != "" {
@@ -43,7 +43,7 @@ func ConformanceDir(t testing.TB) string {
 	if err != nil {
 		t.Fatalf("find module root: %v", err)
 	}
-	d := filepath.Join(filepath.Dir(root), "shared", "conformance")
+	d := filepath.Join(root, "testdata", "conformance")
 	if _, err := os.Stat(d); err != nil {
 		t.Fatalf("conformance data not found at %s (set CHIO_CONFORMANCE_DIR): %v", d, err)
 	}
