@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync"
@@ -132,14 +134,24 @@ func childConns() int {
 	return 0
 }
 
-// serveDNS answers every A query with 127.0.0.1 on a UDP socket at addr.
-func serveDNS(t *testing.T, addr string) {
+// listenDNS binds the test resolver's UDP socket on a random 127.x.y.z address
+// and a free port: nothing else on the machine uses such an address, unlike
+// 127.0.0.53:53, which a system resolver may hold.
+func listenDNS(t *testing.T) net.PacketConn {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", addr)
+	var b [3]byte
+	rand.Read(b[:])
+	addr := netip.AddrFrom4([4]byte{127, 100 + b[0]%100, b[1], 1 + b[2]%250})
+	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(addr, 0).String())
 	if err != nil {
 		t.Fatalf("dns server: %v", err)
 	}
 	t.Cleanup(func() { pc.Close() })
+	return pc
+}
+
+// serveDNS answers every A query with 127.0.0.1 on pc.
+func serveDNS(pc net.PacketConn) {
 	go func() {
 		buf := make([]byte, 1500)
 		for {

@@ -51,6 +51,7 @@ type e2e struct {
 	httpsURL string // https://api.allowed.test:PORT, served on 127.0.0.1
 	httpAddr netip.AddrPort
 	tlsAddr  netip.AddrPort
+	dns      net.PacketConn // the workload's resolver (see serveDNS), bound before the agent starts
 }
 
 type e2eOptions struct {
@@ -114,10 +115,11 @@ func newE2E(t *testing.T, o e2eOptions) *e2e {
 	for k, v := range o.hosts {
 		hosts[k] = v
 	}
+	e.dns = listenDNS(t)
 	e.agent, err = Start(Options{
 		Policy: policy, Key: e.key, Log: e.log, AttachCgroup: e.parent.Path,
 		Hosts:     hosts,
-		Resolvers: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53")},
+		Resolvers: []netip.AddrPort{e.dns.LocalAddr().(*net.UDPAddr).AddrPort()},
 		Timeouts:  Timeouts{FirstBytes: 2 * time.Second, Idle: o.idle},
 		OnDecision: func(d Decision) {
 			e.mu.Lock()

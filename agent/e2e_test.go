@@ -257,8 +257,8 @@ func TestGoClientHTTPS(t *testing.T) {
 
 func TestUDPRefusedWhileDNSWorks(t *testing.T) {
 	e := newE2E(t, e2eOptions{})
-	serveDNS(t, "127.0.0.53:53")
-	out, code := e.run("env", "CHIO_E2E_CHILD=dns-udp", "CHIO_E2E_DNS=127.0.0.53:53", "CHIO_E2E_UDP=127.0.0.1:443", os.Args[0], "-test.run=^$")
+	serveDNS(e.dns)
+	out, code := e.run("env", "CHIO_E2E_CHILD=dns-udp", "CHIO_E2E_DNS="+e.dns.LocalAddr().String(), "CHIO_E2E_UDP=127.0.0.1:443", os.Args[0], "-test.run=^$")
 	if code != 0 || !strings.Contains(out, "dns [127.0.0.1]") || !strings.Contains(out, "udp refused") {
 		t.Fatalf("child: exit %d, %q; want DNS answered and UDP refused", code, out)
 	}
