@@ -1,0 +1,171 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/kernel"
+)
+
+// countingServer serves HTTP on 127.0.0.1 and counts the connections that
+// reach it, so a test can check each one was allowed with a receipt.
+func countingServer(t *testing.T) (netip.AddrPort, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n atomic.Int64
+	srv := &http.Server{Handler: bodyHandler("counted"), ConnState: func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			n.Add(1)
+		}
+	}}
+	srv.SetKeepAlivesEnabled(false)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).AddrPort(), &n
+}
+
+// recreate runs a child (outside every workload) that makes the cgroup at
+// path, moves into it and connects to addr at once.
+func recreate(t *testing.T, path string, addr netip.AddrPort) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "CHIO_E2E_CHILD=recreate", "CHIO_E2E_CGROUP="+path, "CHIO_E2E_ADDR="+addr.String())
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return strings.TrimSpace(string(out)), ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run child: %v", err)
+	}
+	return strings.TrimSpace(string(out)), 0
+}
+
+func (e *e2e) workloadStatus(name string) WorkloadStatus {
+	e.t.Helper()
+	for _, w := range e.agent.Status("test").Workloads {
+		if w.Name == name {
+			return w
+		}
+	}
+	e.t.Fatalf("workload %s not in status", name)
+	return WorkloadStatus{}
+}
+
+func (e *e2e) waitState(name string, ok func(WorkloadStatus) bool) WorkloadStatus {
+	e.t.Helper()
+	for i := 0; i < 1000; i++ {
+		if w := e.workloadStatus(name); ok(w) {
+			return w
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.t.Fatalf("workload %s never reached the wanted state: %+v", name, e.workloadStatus(name))
+	return WorkloadStatus{}
+}
+
+func (e *e2e) allowsTo(dst netip.AddrPort) int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var n int64
+	for _, d := range e.decided {
+		if d.Dst == dst && d.Verdict == kernel.VerdictAllow && d.ReceiptID != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// TestRecreatedCgroupRefusedUntilReprotected removes a protected workload's
+// cgroup and makes it again at the same path, as a systemd unit restart
+// does, with a process that moves in and connects at once. Its connection
+// must never reach the server without a decision: it is refused in the
+// kernel (with a deny receipt) until the agent has protected the new cgroup,
+// then decided again; status shows the new cgroup id.
+func TestRecreatedCgroupRefusedUntilReprotected(t *testing.T) {
+	requireTools(t, "curl")
+	e := newE2E(t, e2eOptions{})
+	srv, accepts := countingServer(t)
+	path, oldID := e.wl.Path, e.wl.ID
+	if w := e.workloadStatus("e2e/wl"); w.State != StateProtected || w.CgroupID != oldID {
+		t.Fatalf("status before = %+v; want protected, cgroup %d", w, oldID)
+	}
+
+	// The agent cannot react (its lock is held, as if it were slow): the
+	// kernel alone must refuse.
+	if err := cgroupfs.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	e.agent.mu.Lock()
+	out, code := recreate(t, path, srv)
+	e.agent.mu.Unlock()
+	if code != 4 || !strings.Contains(out, "operation not permitted") {
+		t.Fatalf("connect from the recreated cgroup: exit %d, %q; want EPERM before the agent protects it", code, out)
+	}
+	d := e.waitDecision(func(d Decision) bool {
+		return d.Dst == srv && d.Verdict == kernel.VerdictDeny && strings.Contains(d.Reason, "made again")
+	})
+	if d.Workload != "e2e/wl" || d.Guard != GuardDatapath {
+		t.Fatalf("refusal decision = %+v", d)
+	}
+	e.receiptFor(d)
+
+	// The agent protects the new cgroup (inotify, the guarded event, or
+	// the periodic resync) and status shows its id.
+	newID, err := cgroupfs.ID(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitState("e2e/wl", func(w WorkloadStatus) bool { return w.State == StateProtected && w.CgroupID == newID })
+	pinned, err := e.agent.objs.Workloads()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := pinned[oldID]; ok {
+		t.Fatalf("datapath still has the removed cgroup %d: %v", oldID, pinned)
+	}
+	if w, ok := pinned[newID]; !ok || w.ID != e.agent.reg.byName("e2e/wl").id {
+		t.Fatalf("datapath lacks the recreated cgroup %d: %v", newID, pinned)
+	}
+	again := testutil.Cgroup{Path: path, ID: newID}
+	out, code = e.runIn(again, "curl", "-sS", "--max-time", "10", "--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.1", srv.Port()),
+		fmt.Sprintf("http://api.allowed.test:%d/after", srv.Port()))
+	if code != 0 || !strings.Contains(out, "path=/after") {
+		t.Fatalf("curl from the re-protected cgroup: exit %d, %q; want allowed through the proxy", code, out)
+	}
+
+	// As it happens in life: the agent free to react, a unit restarted
+	// several times. Each connect is refused or decided; none reaches the
+	// server without an allow receipt.
+	for i := 0; i < 5; i++ {
+		if err := cgroupfs.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		out, code := recreate(t, path, srv)
+		if code != 4 && !(code == 0 && strings.Contains(out, "200 OK")) {
+			t.Fatalf("round %d: exit %d, %q; want refused or allowed", i, code, out)
+		}
+		id, err := cgroupfs.ID(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.waitState("e2e/wl", func(w WorkloadStatus) bool { return w.State == StateProtected && w.CgroupID == id })
+	}
+	if got, allowed := accepts.Load(), e.allowsTo(srv); got != allowed {
+		t.Fatalf("server accepted %d connections, %d allowed with receipts: a connection got through undecided", got, allowed)
+	}
+}
