@@ -50,17 +50,17 @@ type AttachmentStatus struct {
 
 // WorkloadStatus is one protected workload.
 type WorkloadStatus struct {
-	Name     string `json:"name"`
-	ID       uint32 `json:"id"`
-	Cgroup   string `json:"cgroup"`
-	CgroupID uint64 `json:"cgroup_id"` // 0 while the cgroup does not exist
+	Name     string            `json:"name"`
+	ID       uint32            `json:"id"`
+	Cgroup   string            `json:"cgroup"`
+	CgroupID uint64            `json:"cgroup_id"` // 0 while the cgroup does not exist
+	Netns    string            `json:"netns,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Exempt   int               `json:"exempt_rules"`
 	// State is protected, waiting (the cgroup does not exist; its path is
 	// guarded, so whatever appears there is refused until protected) or
 	// missing (its parent does not exist either).
-	State  WorkloadState     `json:"state"`
-	Netns  string            `json:"netns,omitempty"`
-	Labels map[string]string `json:"labels,omitempty"`
-	Exempt int               `json:"exempt_rules"`
+	State WorkloadState `json:"state"`
 }
 
 // ListenerStatus is one proxy listener.
