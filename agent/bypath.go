@@ -106,8 +106,9 @@ func (a *Agent) syncWorkload(w *workload, force bool) error {
 			return fmt.Errorf("sync %s: %w", w.name, err)
 		}
 		if old != 0 && old != id {
-			// The old directory is gone (rmdir needs it empty): its entry
-			// protects nothing any more.
+			// The old directory is gone: cgroup2 refuses rename, so a
+			// directory leaves its path only by rmdir, which needs it
+			// empty. Its entry protects nothing any more.
 			a.objs.Unprotect(old)
 		}
 		was := w.state

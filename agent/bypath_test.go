@@ -2,20 +2,28 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/backbay-labs/chio-agent/receipts"
 )
 
 // countingServer serves HTTP on 127.0.0.1 and counts the connections that
@@ -167,5 +175,112 @@ func TestRecreatedCgroupRefusedUntilReprotected(t *testing.T) {
 	}
 	if got, allowed := accepts.Load(), e.allowsTo(srv); got != allowed {
 		t.Fatalf("server accepted %d connections, %d allowed with receipts: a connection got through undecided", got, allowed)
+	}
+
+	// (A directory cannot be renamed away: cgroup2 refuses rename, so
+	// rmdir is the only way off the path.)
+	if err := os.Rename(path, path+"-moved"); err == nil {
+		t.Fatal("cgroup2 renamed a cgroup directory; the agent assumes it cannot")
+	}
+}
+
+// TestRecreatedWhileAgentDownStaysRefused recreates a protected cgroup while
+// no agent runs: the pinned guard refuses its connects, and the restarted
+// agent protects the new cgroup under the same workload id, receipts the
+// refusal made while it was down, and drops the removed cgroup's entry.
+func TestRecreatedWhileAgentDownStaysRefused(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	parent := testutil.NewCgroup(t, "")
+	wl := testutil.NewCgroup(t, parent.Path)
+	var rb [6]byte
+	rand.Read(rb[:])
+	pinDir := "/sys/fs/bpf/chio-test-" + hex.EncodeToString(rb[:])
+	t.Cleanup(func() { bpf.Uninstall(pinDir) })
+	policy, err := hushspec.Parse([]byte(e2ePolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	log, err := receipts.Open(filepath.Join(dir, "receipts.db"), receipts.Options{Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { log.Close() })
+	srv, accepts := countingServer(t)
+	var mu sync.Mutex
+	var decided []Decision
+	start := func() *Agent {
+		t.Helper()
+		a, err := Start(Options{Policy: policy, Key: key, Log: log, AttachCgroup: parent.Path, PinDir: pinDir,
+			Hosts: map[string][]netip.Addr{"api.allowed.test": {netip.MustParseAddr("127.0.0.1")}},
+			OnDecision: func(d Decision) {
+				mu.Lock()
+				decided = append(decided, d)
+				mu.Unlock()
+			}})
+		if err != nil {
+			t.Fatalf("start agent: %v", err)
+		}
+		if err := a.Protect(WorkloadSpec{Name: "down/wl", Cgroup: wl.Path}); err != nil {
+			t.Fatalf("protect: %v", err)
+		}
+		if _, err := a.UnprotectStale(); err != nil {
+			t.Fatalf("unprotect stale: %v", err)
+		}
+		return a
+	}
+	a := start()
+	firstID := a.reg.byName("down/wl").id
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := cgroupfs.Remove(wl.Path); err != nil {
+		t.Fatal(err)
+	}
+	out, code := recreate(t, wl.Path, srv)
+	if code != 4 {
+		t.Fatalf("connect from a cgroup recreated while no agent runs: exit %d, %q; want EPERM", code, out)
+	}
+	newID, err := cgroupfs.ID(wl.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	a = start()
+	defer a.Close()
+	w := a.reg.byName("down/wl")
+	a.mu.Lock()
+	state, cg := w.state, w.cgroupID
+	a.mu.Unlock()
+	if w.id != firstID || state != StateProtected || cg != newID {
+		t.Fatalf("restarted agent: workload id %d (want %d), state %s, cgroup %d (want %d)", w.id, firstID, state, cg, newID)
+	}
+	pinned, err := a.objs.Workloads()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := pinned[wl.ID]; ok || len(pinned) != 1 {
+		t.Fatalf("pinned workloads after restart = %v; want only cgroup %d", pinned, newID)
+	}
+	// The refusal made while no agent ran is receipted from the pinned ring.
+	for i := 0; ; i++ {
+		mu.Lock()
+		found := false
+		for _, d := range decided {
+			found = found || (d.Dst == srv && d.Verdict == kernel.VerdictDeny && d.Workload == "down/wl" && d.ReceiptID != "")
+		}
+		mu.Unlock()
+		if found {
+			break
+		}
+		if i == 500 {
+			t.Fatalf("no receipt for the refusal made while the agent was down: %+v", decided)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := accepts.Load(); got != 0 {
+		t.Fatalf("server accepted %d connections while the agent was down", got)
 	}
 }
