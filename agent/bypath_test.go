@@ -284,3 +284,50 @@ func TestRecreatedWhileAgentDownStaysRefused(t *testing.T) {
 		t.Fatalf("server accepted %d connections while the agent was down", got)
 	}
 }
+
+// TestSetWorkloadsMovesAWorkloadWithoutAGap changes a workload's cgroup by
+// reload: the new cgroup is protected under the same id, the old one is let
+// go, and dropping the workload unprotects it.
+func TestSetWorkloadsMovesAWorkloadWithoutAGap(t *testing.T) {
+	requireTools(t, "curl")
+	e := newE2E(t, e2eOptions{})
+	other := testutil.NewCgroup(t, e.parent.Path)
+	id := e.agent.reg.byName("e2e/wl").id
+	forbidden := func(cg testutil.Cgroup) string {
+		t.Helper()
+		out, _ := e.runIn(cg, "curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}",
+			"--resolve", fmt.Sprintf("forbidden.test:%d:127.0.0.1", e.httpAddr.Port()), fmt.Sprintf("http://forbidden.test:%d/", e.httpAddr.Port()))
+		return out
+	}
+	if got := forbidden(other); got != "200" {
+		t.Fatalf("from a cgroup nobody protects: %q; want 200 (direct)", got)
+	}
+	if err := e.agent.SetWorkloads([]WorkloadSpec{{Name: "e2e/wl", Cgroup: other.Path, Labels: map[string]string{"suite": "moved"}}}); err != nil {
+		t.Fatalf("set workloads: %v", err)
+	}
+	if w := e.workloadStatus("e2e/wl"); w.ID != id || w.CgroupID != other.ID || w.State != StateProtected || w.Labels["suite"] != "moved" {
+		t.Fatalf("moved workload = %+v; want id %d on cgroup %d", w, id, other.ID)
+	}
+	if got := forbidden(other); got != "403" {
+		t.Fatalf("from the workload's new cgroup: %q; want 403", got)
+	}
+	if got := forbidden(e.wl); got != "200" {
+		t.Fatalf("from the workload's old cgroup: %q; want 200 (no longer this workload)", got)
+	}
+	if err := e.agent.SetWorkloads([]WorkloadSpec{{Name: "a", Cgroup: other.Path}, {Name: "a", Cgroup: e.wl.Path}}); err == nil {
+		t.Fatal("a list naming a workload twice was accepted")
+	}
+	if err := e.agent.SetWorkloads([]WorkloadSpec{{Name: "e2e/other", Cgroup: e.wl.Path}}); err != nil {
+		t.Fatalf("set workloads: %v", err)
+	}
+	if got := forbidden(other); got != "200" {
+		t.Fatalf("from a dropped workload's cgroup: %q; want 200", got)
+	}
+	if got := forbidden(e.wl); got != "403" {
+		t.Fatalf("from the added workload's cgroup: %q; want 403", got)
+	}
+	guards, err := e.agent.objs.Guards()
+	if err != nil || len(guards) != 1 {
+		t.Fatalf("guards = %v, %v; want only the added workload's", guards, err)
+	}
+}
