@@ -262,11 +262,20 @@ struct {
 } guards SEC(".maps");
 
 // Room for one guard_key, which is too big for the stack beside the rest.
+// The programs run with migration disabled but may be preempted, so another
+// connect on the same CPU can overwrite the key between its making and its
+// lookup: seq is bumped before each use and checked after it, and a walk
+// that saw it change is done again.
+struct guard_scratch {
+	__u64 seq;
+	struct guard_key key;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct guard_key);
+	__type(value, struct guard_scratch);
 } guard_scratch SEC(".maps");
 
 // The kernel types the guard walk reads, as CO-RE relocations: only the
@@ -305,15 +314,13 @@ static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
 	return BPF_CORE_READ((struct kernfs_node___old *)kn, parent);
 }
 
-// guard_lookup returns the id of the workload guarding the current task's
+#define GUARD_INTERFERED 0xffffffff // the scratch key was overwritten mid-walk
+
+// guard_walk returns the id of the workload guarding the current task's
 // cgroup directory, or one of its ancestors' deeper than level stop (the
-// deepest protected ancestor), and 0 when none is guarded.
-static __always_inline __u32 guard_lookup(int stop)
+// deepest protected ancestor); 0 when none is guarded.
+static __always_inline __u32 guard_walk(struct guard_scratch *s, int stop)
 {
-	__u32 zero = 0;
-	struct guard_key *k = bpf_map_lookup_elem(&guard_scratch, &zero);
-	if (!k)
-		return 0;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
 	if (!cg)
@@ -326,17 +333,37 @@ static __always_inline __u32 guard_lookup(int stop)
 		struct kernfs_node *parent = kn_parent(kn);
 		if (!parent)
 			break;
+		__u64 seq = s->seq + 1;
+		s->seq = seq;
+		struct guard_key *k = &s->key;
 		__builtin_memset(k, 0, sizeof(*k));
 		k->parent_id = BPF_CORE_READ(parent, id);
 		const char *name = BPF_CORE_READ(kn, name);
 		bpf_probe_read_kernel_str(k->name, sizeof(k->name), name);
 		__u32 *id = bpf_map_lookup_elem(&guards, k);
-		if (id)
-			return *id;
+		__u32 found = id ? *id : 0;
+		if (s->seq != seq)
+			return GUARD_INTERFERED;
+		if (found)
+			return found;
 		kn = parent;
 		level--;
 	}
 	return 0;
+}
+
+// guard_lookup is guard_walk done again while another connect on this CPU
+// interferes with it; after three tries it gives GUARD_INTERFERED.
+static __always_inline __u32 guard_lookup(int stop)
+{
+	__u32 zero = 0;
+	struct guard_scratch *s = bpf_map_lookup_elem(&guard_scratch, &zero);
+	if (!s)
+		return GUARD_INTERFERED;
+	__u32 g = GUARD_INTERFERED;
+	for (int try = 0; try < 3 && g == GUARD_INTERFERED; try++)
+		g = guard_walk(s, stop);
+	return g;
 }
 
 // Sockets carrying this mark belong to the agent and are never touched, so the
@@ -401,6 +428,13 @@ static __always_inline int lookup_workload(struct workload *out, __u64 cgid)
 	// A guarded directory below the deepest protected cgroup (or with none
 	// above it) is a workload's path made again: refuse until protected.
 	__u32 guard = guard_lookup(level);
+	if (guard == GUARD_INTERFERED) {
+		// Unknown whether a guarded path: refuse this once and cache
+		// nothing, rather than pass (the event names the protected
+		// ancestor's workload, or none).
+		*out = v.w;
+		return LOOKUP_GUARDED;
+	}
 	if (guard) {
 		__builtin_memset(&v.w, 0, sizeof(v.w));
 		v.found = LOOKUP_GUARDED;

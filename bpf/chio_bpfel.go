@@ -43,6 +43,12 @@ type chioGuardKey struct {
 	Name     [256]int8
 }
 
+type chioGuardScratch struct {
+	_   structs.HostLayout
+	Seq uint64
+	Key chioGuardKey
+}
+
 type chioOrigDst struct {
 	_           structs.HostLayout
 	Addr        [4]uint32
