@@ -40,8 +40,9 @@ type DaemonOptions struct {
 	// this TCP address. They are always on the status socket too. Danger: an
 	// address beyond loopback exposes workload names to whoever reaches it.
 	MetricsAddr string
-	// ReadyFile, when set, is written once every workload is protected and
-	// the status socket is up, and removed on exit.
+	// ReadyFile, when set, is written once every workload whose cgroup
+	// exists is protected (the others guarded or watched) and the status
+	// socket is up, and removed on exit.
 	ReadyFile string
 	// Version is reported by status.
 	Version string

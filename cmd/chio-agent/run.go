@@ -29,7 +29,7 @@ func (o *runOptions) AddFlags(fs *pflag.FlagSet) {
 	o.node.AddFlags(fs)
 	fs.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned programs, links and maps (default the config's, else "+bpf.DefaultPinDir+")")
 	fs.StringVar(&o.statusSocket, "status-socket", "", "unix `socket` for chio-agent status (default the config's, else "+agent.DefaultStatusSocket+")")
-	fs.StringVar(&o.readyFile, "ready-file", "", "write this file (the agent's pid) once every workload is protected")
+	fs.StringVar(&o.readyFile, "ready-file", "", "write this file (the agent's pid) once every workload whose cgroup exists is protected (the others are guarded or watched)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this TCP address (default the config's agent.metrics_addr; always on the status socket)")
 }
 
