@@ -66,13 +66,19 @@ type Options struct {
 	// OnDecision, when set, is called after every decision (from many
 	// goroutines at once).
 	OnDecision func(Decision)
+	// ResyncInterval is how often every workload's cgroup path is checked
+	// against the datapath besides inotify notices. Default
+	// DefaultResyncInterval.
+	ResyncInterval time.Duration
 }
 
 // WorkloadSpec describes a workload to protect.
 type WorkloadSpec struct {
 	// Name identifies the workload in receipts and status. Required.
 	Name string
-	// Cgroup is the workload's cgroup directory, absolute. Required.
+	// Cgroup is the workload's cgroup directory, absolute. Required. It need
+	// not exist yet: the workload is protected when it appears, and a
+	// directory removed and made again is protected again (see bypath.go).
 	Cgroup string
 	// Netns is the path of the network namespace its processes use
 	// ("" for the agent's own).
@@ -98,6 +104,7 @@ type Agent struct {
 	polSource string
 	polLoaded time.Time
 	started   time.Time
+	resyncReq chan struct{} // asks watchCgroups for a resync
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -136,6 +143,9 @@ func Start(opts Options) (*Agent, error) {
 	if opts.AgentMark == 0 {
 		opts.AgentMark = DefaultAgentMark
 	}
+	if opts.ResyncInterval <= 0 {
+		opts.ResyncInterval = DefaultResyncInterval
+	}
 	if opts.AttachCgroup == "" {
 		mnt, err := cgroupfs.Mount()
 		if err != nil {
@@ -159,6 +169,7 @@ func Start(opts Options) (*Agent, error) {
 		polSource: opts.PolicySource,
 		polLoaded: time.Now(),
 		started:   time.Now(),
+		resyncReq: make(chan struct{}, 1),
 	}
 	a.policy.Store(opts.Policy)
 	// Existing (pinned) workloads keep their ids: their in-flight originals
@@ -202,22 +213,30 @@ func Start(opts Options) (*Agent, error) {
 		idle: newIdleSet(opts.Timeouts.withDefaults().Idle),
 	}
 	a.proxy.metrics = newMetrics(a)
-	a.bg.Add(2)
+	a.bg.Add(3)
 	go func() { defer a.bg.Done(); a.readEvents() }()
 	go func() { defer a.bg.Done(); a.proxy.idle.run(a.ctx.Done()) }()
+	go func() { defer a.bg.Done(); a.watchCgroups(opts.ResyncInterval) }()
 	return a, nil
 }
 
 // Protect starts protecting a workload: its namespace gets a listener, its
-// exemptions go into the verdict map, then its cgroup goes into the
-// workloads map. From that moment every TCP connect of its processes reaches
-// the proxy, and its UDP is refused except DNS.
+// exemptions go into the verdict map, its path is guarded, then its cgroup
+// goes into the workloads map. From that moment every TCP connect of its
+// processes reaches the proxy, and its UDP is refused except DNS. A cgroup
+// that does not exist yet is not an error: the workload is reported waiting
+// (or missing, when its parent is missing too) and protected when it
+// appears.
 func (a *Agent) Protect(spec WorkloadSpec) error {
 	if spec.Name == "" || spec.Cgroup == "" {
 		return errors.New("protect: workload needs a name and a cgroup")
 	}
-	cgID, err := cgroupfs.ID(spec.Cgroup)
-	if err != nil {
+	if !filepath.IsAbs(spec.Cgroup) {
+		return fmt.Errorf("protect %s: cgroup path %q is not absolute", spec.Name, spec.Cgroup)
+	}
+	spec.Cgroup = filepath.Clean(spec.Cgroup)
+	cgID, err := cgroupAt(spec.Cgroup)
+	if err != nil && !errors.Is(err, errCgroupMissing) {
 		return fmt.Errorf("protect %s: %w", spec.Name, err)
 	}
 	a.mu.Lock()
@@ -225,32 +244,63 @@ func (a *Agent) Protect(spec WorkloadSpec) error {
 	if old := a.reg.byName(spec.Name); old != nil {
 		return fmt.Errorf("protect %s: already protected", spec.Name)
 	}
+	// A workload the pinned state already knows (by its cgroup, or by its
+	// guarded path when the cgroup was made again while no agent ran) keeps
+	// its id: in-flight originals and events name it.
 	id := a.nextID
 	var pinnedW bpf.Workload
-	if pinned, err := a.objs.Workloads(); err == nil {
-		if w, ok := pinned[cgID]; ok {
+	if pinned, err := a.objs.Workloads(); err == nil && cgID != 0 {
+		if w, ok := pinned[cgID]; ok && a.reg.byID(w.ID) == nil {
 			id, pinnedW = w.ID, w
+		}
+	}
+	if id == a.nextID {
+		if g, err := guardOf(spec.Cgroup); err == nil {
+			if guards, err := a.objs.Guards(); err == nil {
+				if gid, ok := guards[g]; ok && a.reg.byID(gid) == nil {
+					id = gid
+				}
+			}
 		}
 	}
 	lp, err := a.listenerFor(spec.Netns, pinnedW)
 	if err != nil {
 		return fmt.Errorf("protect %s: %w", spec.Name, err)
 	}
-	w := &workload{id: id, name: spec.Name, cgroup: spec.Cgroup, cgroupID: cgID,
-		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp,
-		ident: workloadIdentity(spec.Name, spec.Cgroup, spec.Labels)}
+	w := newWorkload(id, spec, lp)
 	a.reg.add(w)
-	if err := a.syncDatapath(w, a.policy.Load().EgressBlockedAddrs()); err != nil {
-		a.reg.remove(w)
-		a.releaseListener(lp)
+	if err := a.syncWorkload(w, true); err != nil {
+		a.dropWorkload(w)
 		return fmt.Errorf("protect %s: %w", spec.Name, err)
 	}
 	if id >= a.nextID {
 		a.nextID = id + 1
 	}
 	a.opts.Logger.WithFields(logrus.Fields{"workload": spec.Name, "cgroup": spec.Cgroup, "netns": spec.Netns,
-		"listen4": lp.addr4.String(), "listen6": lp.addr6.String()}).Info("protecting workload")
+		"state": string(w.state), "listen4": lp.addr4.String(), "listen6": lp.addr6.String()}).Info("protecting workload")
 	return nil
+}
+
+func newWorkload(id uint32, spec WorkloadSpec, lp *listenerPair) *workload {
+	return &workload{id: id, name: spec.Name, cgroup: spec.Cgroup,
+		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp,
+		ident: workloadIdentity(spec.Name, spec.Cgroup, spec.Labels)}
+}
+
+// dropWorkload removes a workload from the datapath (entry, guard, rules)
+// and the registry, and releases its listener. a.mu must be held.
+func (a *Agent) dropWorkload(w *workload) error {
+	var errs []error
+	if w.cgroupID != 0 {
+		errs = append(errs, a.objs.Unprotect(w.cgroupID))
+	}
+	if w.guard != nil {
+		errs = append(errs, a.objs.RemoveGuard(*w.guard))
+	}
+	errs = append(errs, a.objs.SetVerdicts(w.id, nil))
+	a.reg.remove(w)
+	a.releaseListener(w.listen)
+	return errors.Join(errs...)
 }
 
 // Unprotect stops protecting a workload: its processes connect directly
@@ -262,20 +312,16 @@ func (a *Agent) Unprotect(name string) error {
 	if w == nil {
 		return fmt.Errorf("unprotect %s: not protected", name)
 	}
-	if err := a.objs.Unprotect(w.cgroupID); err != nil {
-		return err
+	if err := a.dropWorkload(w); err != nil {
+		return fmt.Errorf("unprotect %s: %w", name, err)
 	}
-	if err := a.objs.SetVerdicts(w.id, nil); err != nil {
-		return err
-	}
-	a.reg.remove(w)
-	a.releaseListener(w.listen)
 	return nil
 }
 
-// UnprotectStale removes from the datapath the pinned workloads this agent
-// was not asked to protect (a workload dropped from the configuration while
-// the agent was down).
+// UnprotectStale removes from the datapath the pinned workloads and guards
+// this agent was not asked to protect (a workload dropped from the
+// configuration while the agent was down), and the entries of directories a
+// protected workload no longer has.
 func (a *Agent) UnprotectStale() ([]uint64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -285,14 +331,28 @@ func (a *Agent) UnprotectStale() ([]uint64, error) {
 	}
 	var removed []uint64
 	for cg, w := range pinned {
-		if a.reg.byID(w.ID) != nil {
+		if rw := a.reg.byID(w.ID); rw != nil && rw.cgroupID == cg {
 			continue
 		}
 		if err := a.objs.Unprotect(cg); err != nil {
 			return removed, err
 		}
-		a.objs.SetVerdicts(w.ID, nil)
+		if a.reg.byID(w.ID) == nil {
+			a.objs.SetVerdicts(w.ID, nil)
+		}
 		removed = append(removed, cg)
+	}
+	guards, err := a.objs.Guards()
+	if err != nil {
+		return removed, err
+	}
+	for g, id := range guards {
+		if rw := a.reg.byID(id); rw != nil && rw.guard != nil && *rw.guard == g {
+			continue
+		}
+		if err := a.objs.RemoveGuard(g); err != nil {
+			return removed, err
+		}
 	}
 	return removed, nil
 }
@@ -460,6 +520,10 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 		ConnectionID: newConnectionID(),
 	}
 	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardDatapath, Reason: reason}
+	if e.Kind == bpf.EventGuarded {
+		reason = "the workload's cgroup was made again at its path and is not protected yet; refused in the kernel until the agent protects it"
+		a.requestResync()
+	}
 	if e.Kind == bpf.EventTCPDenied {
 		// The policy's own block rule, enforced early.
 		out.Guard, out.PolicyDecision, out.MatchedRule = kernel.GuardEgressPolicy, hushspec.DecisionDeny, "rules.egress.block"
@@ -501,10 +565,14 @@ func (a *Agent) close() error {
 
 // workload is a protected workload as the proxy knows it.
 type workload struct {
-	id       uint32
-	name     string
-	cgroup   string
-	cgroupID uint64
+	id     uint32
+	name   string
+	cgroup string
+	// cgroupID, guard and state change as the cgroup comes and goes; they
+	// are read and written under Agent.mu.
+	cgroupID uint64     // id of the directory now at cgroup; 0 when there is none
+	guard    *bpf.Guard // the path's guard in the kernel; nil when the parent is missing
+	state    WorkloadState
 	netns    string
 	labels   map[string]string
 	exempt   []bpf.VerdictRule

@@ -26,6 +26,10 @@ type DaemonOptions struct {
 	// ReloadPolicy loads the policy again; called on a Reload signal and
 	// when the watched file changes. A failure keeps the old policy.
 	ReloadPolicy func(ctx context.Context) (*hushspec.Policy, error)
+	// ReloadWorkloads loads the workload list again; called on a Reload
+	// signal. A failure keeps the workloads as they are; nil: the list is
+	// fixed.
+	ReloadWorkloads func(ctx context.Context) ([]WorkloadSpec, error)
 	// WatchFile is the policy file to watch for changes ("" watches none).
 	WatchFile string
 	// WatchInterval is how often WatchFile is checked. Default 1s.
@@ -36,8 +40,9 @@ type DaemonOptions struct {
 	// this TCP address. They are always on the status socket too. Danger: an
 	// address beyond loopback exposes workload names to whoever reaches it.
 	MetricsAddr string
-	// ReadyFile, when set, is written once every workload is protected and
-	// the status socket is up, and removed on exit.
+	// ReadyFile, when set, is written once every workload whose cgroup
+	// exists is protected (the others guarded or watched) and the status
+	// socket is up, and removed on exit.
 	ReadyFile string
 	// Version is reported by status.
 	Version string
@@ -63,6 +68,8 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	}
 	defer a.Close()
 	log := o.Agent.Logger
+	// A workload whose cgroup does not exist yet is no error: it is reported
+	// (status, log, chio_agent_workload_state) and protected when it appears.
 	for _, w := range o.Workloads {
 		if err := a.Protect(w); err != nil {
 			return err
@@ -132,6 +139,15 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			}
 			return nil
 		case <-o.Reload:
+			if o.ReloadWorkloads != nil {
+				if specs, err := o.ReloadWorkloads(ctx); err != nil {
+					a.proxy.errs.add(fmt.Errorf("workload reload refused, the workloads stay as they are: %w", err))
+					log.WithError(err).Error("workload reload refused; the workloads stay as they are")
+				} else if err := a.SetWorkloads(specs); err != nil {
+					a.proxy.errs.add(fmt.Errorf("workload reload: %w", err))
+					log.WithError(err).Error("workload reload incomplete")
+				}
+			}
 			reload("signal")
 		case <-tick.C:
 			if o.WatchFile == "" {

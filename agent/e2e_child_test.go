@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -34,6 +35,8 @@ func TestMain(m *testing.M) {
 		os.Exit(childDNSUDP())
 	case "conns":
 		os.Exit(childConns())
+	case "recreate":
+		os.Exit(childRecreate())
 	default:
 		fmt.Println("unknown child mode")
 		os.Exit(2)
@@ -182,4 +185,38 @@ func serveDNS(pc net.PacketConn) {
 			}
 		}
 	}()
+}
+
+// childRecreate: make the cgroup CHIO_E2E_CGROUP, move into it and at once
+// connect to CHIO_E2E_ADDR and send an HTTP request for api.allowed.test,
+// faster than any agent could notice the new directory. Exit 0 with the
+// response's status line; 4 when the connect was refused (EPERM).
+func childRecreate() int {
+	path := os.Getenv("CHIO_E2E_CGROUP")
+	if err := os.Mkdir(path, 0o755); err != nil {
+		fmt.Println("mkdir-error", err)
+		return 2
+	}
+	if err := os.WriteFile(path+"/cgroup.procs", []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+		fmt.Println("move-error", err)
+		return 2
+	}
+	c, err := net.DialTimeout("tcp4", os.Getenv("CHIO_E2E_ADDR"), 10*time.Second)
+	if err != nil {
+		fmt.Println("dial-error", err)
+		if errors.Is(err, syscall.EPERM) {
+			return 4
+		}
+		return 3
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprint(c, "GET /recreated HTTP/1.0\r\nHost: api.allowed.test\r\n\r\n")
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		fmt.Println("read-error", err)
+		return 3
+	}
+	fmt.Print(line)
+	return 0
 }

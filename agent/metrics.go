@@ -49,8 +49,9 @@ func newMetrics(a *Agent) *metrics {
 	}, func() float64 { return float64(a.opts.Log.LastSeq()) }))
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "chio_agent_workloads",
-		Help: "Protected workloads.",
+		Help: "Configured workloads (chio_agent_workload_state says which are protected now).",
 	}, func() float64 { return float64(len(a.reg.all())) }))
+	m.reg.MustRegister(workloadStates{a})
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "chio_agent_originals_waiting",
 		Help: "Original destinations recorded by the datapath and not yet taken by the proxy.",
@@ -63,4 +64,37 @@ func (a *Agent) Registry() *prometheus.Registry { return a.proxy.metrics.reg }
 
 func (a *Agent) metricsHandler() http.Handler {
 	return promhttp.HandlerFor(a.proxy.metrics.reg, promhttp.HandlerOpts{})
+}
+
+// workloadStates exports chio_agent_workload_state: 1 for each workload's
+// present state (protected, waiting, missing), 0 for the others, so that an
+// alert on state!="protected" finds a workload whose cgroup is absent.
+type workloadStates struct{ a *Agent }
+
+var workloadStateDesc = prometheus.NewDesc("chio_agent_workload_state",
+	"Whether each configured workload is protected (its cgroup exists and is in the datapath), waiting (its cgroup does not exist; its path is guarded) or missing (its parent cgroup does not exist either).",
+	[]string{"workload", "state"}, nil)
+
+func (workloadStates) Describe(ch chan<- *prometheus.Desc) { ch <- workloadStateDesc }
+
+func (c workloadStates) Collect(ch chan<- prometheus.Metric) {
+	c.a.mu.Lock()
+	type ws struct {
+		name  string
+		state WorkloadState
+	}
+	var all []ws
+	for _, w := range c.a.reg.all() {
+		all = append(all, ws{w.name, w.state})
+	}
+	c.a.mu.Unlock()
+	for _, w := range all {
+		for _, st := range []WorkloadState{StateProtected, StateWaiting, StateMissing} {
+			v := 0.0
+			if w.state == st {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(workloadStateDesc, prometheus.GaugeValue, v, w.name, string(st))
+		}
+	}
 }

@@ -53,10 +53,14 @@ type WorkloadStatus struct {
 	Name     string            `json:"name"`
 	ID       uint32            `json:"id"`
 	Cgroup   string            `json:"cgroup"`
-	CgroupID uint64            `json:"cgroup_id"`
+	CgroupID uint64            `json:"cgroup_id"` // 0 while the cgroup does not exist
 	Netns    string            `json:"netns,omitempty"`
 	Labels   map[string]string `json:"labels,omitempty"`
 	Exempt   int               `json:"exempt_rules"`
+	// State is protected, waiting (the cgroup does not exist; its path is
+	// guarded, so whatever appears there is refused until protected) or
+	// missing (its parent does not exist either).
+	State WorkloadState `json:"state"`
 }
 
 // ListenerStatus is one proxy listener.
@@ -109,11 +113,11 @@ func (a *Agent) Status(version string) Status {
 		as.LinkID, as.ProgID, _ = at.IDs()
 		s.Attachments = append(s.Attachments, as)
 	}
+	a.mu.Lock()
 	for _, w := range a.reg.all() {
 		s.Workloads = append(s.Workloads, WorkloadStatus{Name: w.name, ID: w.id, Cgroup: w.cgroup,
-			CgroupID: w.cgroupID, Netns: w.netns, Labels: w.labels, Exempt: len(w.exempt)})
+			CgroupID: w.cgroupID, State: w.state, Netns: w.netns, Labels: w.labels, Exempt: len(w.exempt)})
 	}
-	a.mu.Lock()
 	for _, lp := range a.listeners {
 		for _, ad := range []string{lp.addr4.String(), lp.addr6.String()} {
 			if ad != "invalid AddrPort" {

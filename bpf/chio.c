@@ -23,6 +23,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 
 // From <sys/socket.h> and <netinet/in.h>, which cannot be included for the BPF target.
 #define AF_INET 2
@@ -54,6 +55,7 @@ enum event_kind {
 	EVENT_TCP_DENIED = 1, // refused by the static verdict map
 	EVENT_UDP_REFUSED = 2, // UDP from a protected workload, not DNS, not exempt
 	EVENT_NO_RECORD = 3,   // the original could not be recorded: refused
+	EVENT_GUARDED = 4,     // a guarded cgroup path the agent has not protected yet
 };
 
 // Addresses are stored as 16 bytes in network order, IPv4 as v4-mapped IPv6
@@ -209,7 +211,7 @@ struct {
 
 struct cg_cache_val {
 	__u32 gen;           // generation the entry was made in
-	__u32 found;         // 1: w is the cgroup's workload; 0: not protected
+	__u32 found;         // LOOKUP_*; 0: not protected
 	struct workload w;
 };
 
@@ -231,17 +233,152 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } generation SEC(".maps");
 
+// ---- Guarded cgroup paths -------------------------------------------------
+//
+// A workload named by path is keyed in `workloads` by its cgroup id (the
+// directory's inode). A directory removed and made again at the same path
+// (a systemd unit restart) gets a new id, which `workloads` does not know:
+// its processes would connect unprotected until the agent noticed. So the
+// agent also enters every workload's (parent cgroup id, directory name) in
+// `guards`, and a cgroup the workload walk does not protect whose own
+// directory (or an ancestor's, below the deepest protected one) is guarded is
+// refused, with an event, until the agent protects its new id. Only a cache
+// miss in lookup_workload walks the guards, so unprotected processes pay it
+// once per cgroup and generation.
+
+#define CGROUP_NAME_LEN 256 // NAME_MAX + 1
+
+struct guard_key {
+	__u64 parent_id;              // cgroup id of the parent directory
+	char name[CGROUP_NAME_LEN];   // the directory's name, NUL-padded
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct guard_key);
+	__type(value, __u32);          // workload id
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} guards SEC(".maps");
+
+// Room for one guard_key, which is too big for the stack beside the rest.
+// The programs run with migration disabled but may be preempted, so another
+// connect on the same CPU can overwrite the key between its making and its
+// lookup: seq is bumped before each use and checked after it, and a walk
+// that saw it change is done again.
+struct guard_scratch {
+	__u64 seq;
+	struct guard_key key;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct guard_scratch);
+} guard_scratch SEC(".maps");
+
+// The kernel types the guard walk reads, as CO-RE relocations: only the
+// fields named here, found by name in the running kernel's BTF.
+struct kernfs_node {
+	__u64 id;
+	const char *name;
+} __attribute__((preserve_access_index));
+
+// kernfs_node.parent became __parent in Linux 6.15.
+struct kernfs_node___new {
+	struct kernfs_node *__parent;
+} __attribute__((preserve_access_index));
+
+struct kernfs_node___old {
+	struct kernfs_node *parent;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	int level;
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct css_set *cgroups;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
+{
+	if (bpf_core_field_exists(((struct kernfs_node___new *)0)->__parent))
+		return BPF_CORE_READ((struct kernfs_node___new *)kn, __parent);
+	return BPF_CORE_READ((struct kernfs_node___old *)kn, parent);
+}
+
+#define GUARD_INTERFERED 0xffffffff // the scratch key was overwritten mid-walk
+
+// guard_walk returns the id of the workload guarding the current task's
+// cgroup directory, or one of its ancestors' deeper than level stop (the
+// deepest protected ancestor); 0 when none is guarded.
+static __always_inline __u32 guard_walk(struct guard_scratch *s, int stop)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	if (!cg)
+		return 0;
+	int level = BPF_CORE_READ(cg, level);
+	struct kernfs_node *kn = BPF_CORE_READ(cg, kn);
+	for (int i = 0; i < MAX_CGROUP_LEVEL; i++) {
+		if (!kn || level <= stop)
+			break;
+		struct kernfs_node *parent = kn_parent(kn);
+		if (!parent)
+			break;
+		__u64 seq = s->seq + 1;
+		s->seq = seq;
+		struct guard_key *k = &s->key;
+		__builtin_memset(k, 0, sizeof(*k));
+		k->parent_id = BPF_CORE_READ(parent, id);
+		const char *name = BPF_CORE_READ(kn, name);
+		bpf_probe_read_kernel_str(k->name, sizeof(k->name), name);
+		__u32 *id = bpf_map_lookup_elem(&guards, k);
+		__u32 found = id ? *id : 0;
+		if (s->seq != seq)
+			return GUARD_INTERFERED;
+		if (found)
+			return found;
+		kn = parent;
+		level--;
+	}
+	return 0;
+}
+
+// guard_lookup is guard_walk done again while another connect on this CPU
+// interferes with it; after three tries it gives GUARD_INTERFERED.
+static __always_inline __u32 guard_lookup(int stop)
+{
+	__u32 zero = 0;
+	struct guard_scratch *s = bpf_map_lookup_elem(&guard_scratch, &zero);
+	if (!s)
+		return GUARD_INTERFERED;
+	__u32 g = GUARD_INTERFERED;
+	for (int try = 0; try < 3 && g == GUARD_INTERFERED; try++)
+		g = guard_walk(s, stop);
+	return g;
+}
+
 // Sockets carrying this mark belong to the agent and are never touched, so the
 // proxy's own upstream dials cannot loop back into it. 0 disables the check.
 volatile const __u32 agent_mark = 0;
 
 // walk_workload finds the workload of the current task's cgroup: the deepest
 // of its ancestors (itself included) in the workloads map.
-static __always_inline struct workload *walk_workload(void)
+// *found_level is the level of the match (-1 when none).
+static __always_inline struct workload *walk_workload(int *found_level)
 {
 	struct workload *found = 0;
 	__u64 id;
 
+	*found_level = -1;
 	// Walk from the root down and keep the deepest match: a workload nested in
 	// another uses its own listener.
 	for (int level = 0; level < MAX_CGROUP_LEVEL; level++) {
@@ -249,11 +386,17 @@ static __always_inline struct workload *walk_workload(void)
 		if (id == 0)
 			break;
 		struct workload *w = bpf_map_lookup_elem(&workloads, &id);
-		if (w)
+		if (w) {
 			found = w;
+			*found_level = level;
+		}
 	}
 	return found;
 }
+
+// lookup_workload results.
+#define LOOKUP_PROTECTED 1 // *out is the cgroup's workload
+#define LOOKUP_GUARDED 2   // a guarded path not yet protected: refuse (out->id names it)
 
 // lookup_workload is walk_workload through a per-cgroup cache: one lookup
 // instead of one per level for every connect. An entry is valid only for
@@ -272,16 +415,32 @@ static __always_inline int lookup_workload(struct workload *out, __u64 cgid)
 		if (!c->found)
 			return 0;
 		*out = c->w;
-		return 1;
+		return c->found;
 	}
 	struct cg_cache_val v = {};
 	v.gen = gen;
-	struct workload *w = walk_workload();
+	int level;
+	struct workload *w = walk_workload(&level);
 	if (w) {
-		v.found = 1;
+		v.found = LOOKUP_PROTECTED;
 		v.w = *w;
-		*out = *w;
 	}
+	// A guarded directory below the deepest protected cgroup (or with none
+	// above it) is a workload's path made again: refuse until protected.
+	__u32 guard = guard_lookup(level);
+	if (guard == GUARD_INTERFERED) {
+		// Unknown whether a guarded path: refuse this once and cache
+		// nothing, rather than pass (the event names the protected
+		// ancestor's workload, or none).
+		*out = v.w;
+		return LOOKUP_GUARDED;
+	}
+	if (guard) {
+		__builtin_memset(&v.w, 0, sizeof(v.w));
+		v.found = LOOKUP_GUARDED;
+		v.w.id = guard;
+	}
+	*out = v.w;
 	bpf_map_update_elem(&cg_cache, &cgid, &v, BPF_ANY);
 	return v.found;
 }
@@ -477,6 +636,16 @@ static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, in
 	return 1;
 }
 
+// refuse_guarded refuses a connect or send from a guarded cgroup path that
+// the agent has not protected yet, and reports it.
+static __always_inline int refuse_guarded(struct bpf_sock_addr *ctx, struct workload *w, int v6, __u8 proto)
+{
+	__u32 addr[4];
+	dst_addr(ctx, v6, addr);
+	report(EVENT_GUARDED, w, proto, bpf_ntohs((__u16)ctx->user_port), addr, 0);
+	return 0;
+}
+
 static __always_inline int decide(struct bpf_sock_addr *ctx, int v6)
 {
 	if (agent_socket(ctx))
@@ -486,9 +655,12 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, int v6)
 		return 1;
 	struct workload wl;
 	__u64 cgid = bpf_get_current_cgroup_id();
-	if (!lookup_workload(&wl, cgid))
+	int r = lookup_workload(&wl, cgid);
+	if (!r)
 		return 1;
 	struct workload *w = &wl;
+	if (r == LOOKUP_GUARDED)
+		return refuse_guarded(ctx, w, v6, type == SOCK_DGRAM ? IPPROTO_UDP : IPPROTO_TCP);
 	if (type == SOCK_DGRAM)
 		return udp(ctx, w, v6);
 	return tcp(ctx, w, v6, cgid);
@@ -512,9 +684,12 @@ int chio_sendmsg4(struct bpf_sock_addr *ctx)
 	if (agent_socket(ctx))
 		return 1;
 	struct workload wl;
-	if (!lookup_workload(&wl, bpf_get_current_cgroup_id()))
+	int r = lookup_workload(&wl, bpf_get_current_cgroup_id());
+	if (!r)
 		return 1;
 	struct workload *w = &wl;
+	if (r == LOOKUP_GUARDED)
+		return refuse_guarded(ctx, w, 0, IPPROTO_UDP);
 	return udp(ctx, w, 0);
 }
 
@@ -524,9 +699,12 @@ int chio_sendmsg6(struct bpf_sock_addr *ctx)
 	if (agent_socket(ctx))
 		return 1;
 	struct workload wl;
-	if (!lookup_workload(&wl, bpf_get_current_cgroup_id()))
+	int r = lookup_workload(&wl, bpf_get_current_cgroup_id());
+	if (!r)
 		return 1;
 	struct workload *w = &wl;
+	if (r == LOOKUP_GUARDED)
+		return refuse_guarded(ctx, w, 1, IPPROTO_UDP);
 	return udp(ctx, w, 1);
 }
 

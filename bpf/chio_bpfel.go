@@ -37,6 +37,18 @@ type chioEvent struct {
 	_          [4]byte
 }
 
+type chioGuardKey struct {
+	_        structs.HostLayout
+	ParentId uint64
+	Name     [256]int8
+}
+
+type chioGuardScratch struct {
+	_   structs.HostLayout
+	Seq uint64
+	Key chioGuardKey
+}
+
 type chioOrigDst struct {
 	_           structs.HostLayout
 	Addr        [4]uint32
@@ -116,6 +128,8 @@ const (
 	chioMapEventRate        = "event_rate"
 	chioMapEvents           = "events"
 	chioMapGeneration       = "generation"
+	chioMapGuardScratch     = "guard_scratch"
+	chioMapGuards           = "guards"
 	chioMapOrigByTuple      = "orig_by_tuple"
 	chioMapOrigPending      = "orig_pending"
 	chioMapResolvers        = "resolvers"
@@ -185,15 +199,17 @@ type chioProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioMapSpecs struct {
-	CgCache     *ebpf.MapSpec `ebpf:"cg_cache"`
-	EventRate   *ebpf.MapSpec `ebpf:"event_rate"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Generation  *ebpf.MapSpec `ebpf:"generation"`
-	OrigByTuple *ebpf.MapSpec `ebpf:"orig_by_tuple"`
-	OrigPending *ebpf.MapSpec `ebpf:"orig_pending"`
-	Resolvers   *ebpf.MapSpec `ebpf:"resolvers"`
-	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
-	Workloads   *ebpf.MapSpec `ebpf:"workloads"`
+	CgCache      *ebpf.MapSpec `ebpf:"cg_cache"`
+	EventRate    *ebpf.MapSpec `ebpf:"event_rate"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Generation   *ebpf.MapSpec `ebpf:"generation"`
+	GuardScratch *ebpf.MapSpec `ebpf:"guard_scratch"`
+	Guards       *ebpf.MapSpec `ebpf:"guards"`
+	OrigByTuple  *ebpf.MapSpec `ebpf:"orig_by_tuple"`
+	OrigPending  *ebpf.MapSpec `ebpf:"orig_pending"`
+	Resolvers    *ebpf.MapSpec `ebpf:"resolvers"`
+	Verdicts     *ebpf.MapSpec `ebpf:"verdicts"`
+	Workloads    *ebpf.MapSpec `ebpf:"workloads"`
 }
 
 // chioVariableSpecs contains global variables before they are loaded into the kernel.
@@ -224,15 +240,17 @@ func (o *chioObjects) Close() error {
 //
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioMaps struct {
-	CgCache     *ebpf.Map `ebpf:"cg_cache"`
-	EventRate   *ebpf.Map `ebpf:"event_rate"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Generation  *ebpf.Map `ebpf:"generation"`
-	OrigByTuple *ebpf.Map `ebpf:"orig_by_tuple"`
-	OrigPending *ebpf.Map `ebpf:"orig_pending"`
-	Resolvers   *ebpf.Map `ebpf:"resolvers"`
-	Verdicts    *ebpf.Map `ebpf:"verdicts"`
-	Workloads   *ebpf.Map `ebpf:"workloads"`
+	CgCache      *ebpf.Map `ebpf:"cg_cache"`
+	EventRate    *ebpf.Map `ebpf:"event_rate"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Generation   *ebpf.Map `ebpf:"generation"`
+	GuardScratch *ebpf.Map `ebpf:"guard_scratch"`
+	Guards       *ebpf.Map `ebpf:"guards"`
+	OrigByTuple  *ebpf.Map `ebpf:"orig_by_tuple"`
+	OrigPending  *ebpf.Map `ebpf:"orig_pending"`
+	Resolvers    *ebpf.Map `ebpf:"resolvers"`
+	Verdicts     *ebpf.Map `ebpf:"verdicts"`
+	Workloads    *ebpf.Map `ebpf:"workloads"`
 }
 
 func (m *chioMaps) Close() error {
@@ -241,6 +259,8 @@ func (m *chioMaps) Close() error {
 		m.EventRate,
 		m.Events,
 		m.Generation,
+		m.GuardScratch,
+		m.Guards,
 		m.OrigByTuple,
 		m.OrigPending,
 		m.Resolvers,

@@ -20,6 +20,9 @@ const (
 	EventTCPDenied  EventKind = 1 // TCP connect refused by the static verdict map
 	EventUDPRefused EventKind = 2 // UDP from a protected workload, not DNS, not exempt
 	EventNoRecord   EventKind = 3 // the original could not be recorded: connect refused
+	// EventGuarded: a connect or send from a guarded cgroup path the agent
+	// has not protected yet (a workload's cgroup made again); refused.
+	EventGuarded EventKind = 4
 )
 
 func (k EventKind) String() string {
@@ -30,6 +33,8 @@ func (k EventKind) String() string {
 		return "udp_refused"
 	case EventNoRecord:
 		return "no_record"
+	case EventGuarded:
+		return "guarded"
 	}
 	return fmt.Sprintf("event-%d", uint32(k))
 }

@@ -29,7 +29,7 @@ func (o *runOptions) AddFlags(fs *pflag.FlagSet) {
 	o.node.AddFlags(fs)
 	fs.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned programs, links and maps (default the config's, else "+bpf.DefaultPinDir+")")
 	fs.StringVar(&o.statusSocket, "status-socket", "", "unix `socket` for chio-agent status (default the config's, else "+agent.DefaultStatusSocket+")")
-	fs.StringVar(&o.readyFile, "ready-file", "", "write this file (the agent's pid) once every workload is protected")
+	fs.StringVar(&o.readyFile, "ready-file", "", "write this file (the agent's pid) once every workload whose cgroup exists is protected (the others are guarded or watched)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this TCP address (default the config's agent.metrics_addr; always on the status socket)")
 }
 
@@ -43,10 +43,16 @@ and pins them (with their maps and links) under the pin directory, protects
 every workload kernel.yaml lists (cgroup paths, optionally a network namespace),
 and decides, receipts and relays their connections until it is stopped.
 
+A workload's cgroup need not exist: it is reported (status, log, the
+chio_agent_workload_state metric) and protected when it appears. A cgroup
+removed and made again at its path (a systemd unit restart) is refused in the
+kernel until the agent has protected the new one.
+
 Protection outlives the daemon: while it is down, protected workloads' new
 connections fail; a restarted daemon adopts the pinned state. The policy is
-reloaded on SIGHUP and when its file changes; a bad new policy is refused and
-the old one stays in force. chio-agent uninstall removes the pinned state.
+reloaded on SIGHUP and when its file changes, and SIGHUP reloads
+kernel.yaml's workload list too (added, removed and changed workloads); a
+bad new policy or workload list is refused and the old one stays in force. chio-agent uninstall removes the pinned state.
 
 Flags override the CHIO_* variables (CHIO_KERNEL_CONFIG_PATH,
 CHIO_POLICY_SOURCE, CHIO_RECEIPT_SINK, CHIO_SIGNING_KEY, CHIO_LOG_LEVEL), which
@@ -76,6 +82,10 @@ override kernel.yaml.`,
 			reloadSig := make(chan os.Signal, 1)
 			signal.Notify(reloadSig, syscall.SIGHUP)
 			defer signal.Stop(reloadSig)
+			cfgPath := o.node.config
+			if cfgPath == "" {
+				cfgPath = os.Getenv(envKernelConfig)
+			}
 			watch := ""
 			if _, err := os.Stat(setup.policySource); err == nil {
 				watch = setup.policySource
@@ -86,6 +96,22 @@ override kernel.yaml.`,
 				StatusSocket: firstOf(o.statusSocket, ac.StatusSocket, agent.DefaultStatusSocket),
 				ReloadPolicy: func(ctx context.Context) (*hushspec.Policy, error) {
 					return config.LoadPolicy(ctx, setup.policySource, setup.cfg.PanicFile)
+				},
+				// SIGHUP reads kernel.yaml's workloads again (its other
+				// settings take a restart).
+				ReloadWorkloads: func(ctx context.Context) ([]agent.WorkloadSpec, error) {
+					c, err := config.Load(cfgPath, os.LookupEnv)
+					if err != nil {
+						return nil, err
+					}
+					ws, err := workloadSpecs(c.Agent.Workloads)
+					if err != nil {
+						return nil, err
+					}
+					if len(ws) == 0 {
+						return nil, fmt.Errorf("kernel config names no workloads (agent.workloads)")
+					}
+					return ws, nil
 				},
 				WatchFile:   watch,
 				Reload:      reloadSig,

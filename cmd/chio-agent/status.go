@@ -72,9 +72,13 @@ func printStatus(out io.Writer, s agent.Status) {
 	tw.Flush()
 	fmt.Fprintln(out)
 	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKLOAD\tID\tCGROUP\tNETNS\tLABELS\tEXEMPT RULES")
+	fmt.Fprintln(tw, "WORKLOAD\tID\tSTATE\tCGROUP\tCGROUP ID\tNETNS\tLABELS\tEXEMPT RULES")
 	for _, w := range s.Workloads {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\n", w.Name, w.ID, w.Cgroup, dash(w.Netns), labels(w.Labels), w.Exempt)
+		cgid := "-"
+		if w.CgroupID != 0 {
+			cgid = fmt.Sprint(w.CgroupID)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\n", w.Name, w.ID, w.State, w.Cgroup, cgid, dash(w.Netns), labels(w.Labels), w.Exempt)
 	}
 	tw.Flush()
 	fmt.Fprintln(out)
