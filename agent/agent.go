@@ -105,6 +105,10 @@ type Agent struct {
 	polLoaded time.Time
 	started   time.Time
 	resyncReq chan struct{} // asks watchCgroups for a resync
+	// known is closed once the agent knows its workloads; readEvents waits
+	// for it (see UnprotectStale).
+	known     chan struct{}
+	knownOnce sync.Once
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -170,16 +174,21 @@ func Start(opts Options) (*Agent, error) {
 		polLoaded: time.Now(),
 		started:   time.Now(),
 		resyncReq: make(chan struct{}, 1),
+		known:     make(chan struct{}),
 	}
 	a.policy.Store(opts.Policy)
 	// Existing (pinned) workloads keep their ids: their in-flight originals
 	// and events name them.
-	if pinned, err := objs.Workloads(); err == nil {
-		for _, w := range pinned {
-			if w.ID >= a.nextID {
-				a.nextID = w.ID + 1
-			}
+	pinned, _ := objs.Workloads()
+	for _, w := range pinned {
+		if w.ID >= a.nextID {
+			a.nextID = w.ID + 1
 		}
+	}
+	if guards, _ := objs.Guards(); len(pinned) == 0 && len(guards) == 0 {
+		// Nothing pinned: no event can name a workload this agent has yet
+		// to be told about.
+		a.workloadsKnown()
 	}
 	if err := objs.SetResolvers(opts.Resolvers); err != nil {
 		objs.Close()
@@ -322,7 +331,12 @@ func (a *Agent) Unprotect(name string) error {
 // this agent was not asked to protect (a workload dropped from the
 // configuration while the agent was down), and the entries of directories a
 // protected workload no longer has.
+//
+// It also tells the agent that its workloads are all known, which starts the
+// receipts of kernel refusals raised while no agent ran (an agent adopting
+// pinned state reads no event before it is called).
 func (a *Agent) UnprotectStale() ([]uint64, error) {
+	defer a.workloadsKnown()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	pinned, err := a.objs.Workloads()
@@ -471,11 +485,22 @@ func (a *Agent) SetPolicy(p *hushspec.Policy, source string) {
 	a.opts.Logger.WithFields(logrus.Fields{"policy": p.Name(), "hash": p.Hash()}).Info("policy loaded")
 }
 
+// workloadsKnown lets readEvents start (once).
+func (a *Agent) workloadsKnown() { a.knownOnce.Do(func() { close(a.known) }) }
+
 // Policy returns the policy in force.
 func (a *Agent) Policy() *hushspec.Policy { return a.policy.Load() }
 
-// readEvents turns kernel refusals into receipts.
+// readEvents turns kernel refusals into receipts. It starts once the
+// workloads are known (see UnprotectStale): the pinned ring may hold
+// refusals made while no agent ran, and their workload ids mean nothing
+// until the workloads are protected again.
 func (a *Agent) readEvents() {
+	select {
+	case <-a.known:
+	case <-a.ctx.Done():
+		return
+	}
 	for {
 		e, err := a.events.Read()
 		if err != nil {
