@@ -82,7 +82,7 @@ func (p *proxy) refuseLater(ctx context.Context, cn *conn, host, reason string) 
 	ev.HTTPHost, ev.HTTPMethod, ev.HTTPPath = host, "", ""
 	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol, Reason: reason}
 	d := cn.decision(p.now(), host, out)
-	p.record(ctx, ev, out, &d, nil)
+	p.record(ctx, ev, out, cn.pol.Hash(), &d, nil)
 	p.counts.denied.Add(1)
 	p.report(d)
 	resetClose(cn.client)

@@ -151,9 +151,13 @@ type conn struct {
 	client *net.TCPConn
 	orig   bpf.Original
 	w      *workload
-	sniff  Sniffed
-	event  kernel.EgressEvent
-	out    kernel.Outcome
+	// pol is the policy snapshot taken when the connection was accepted:
+	// every decision and receipt of this connection uses it, so a reload
+	// in between cannot sign one policy's decision with another's hash.
+	pol   *hushspec.Policy
+	sniff Sniffed
+	event kernel.EgressEvent
+	out   kernel.Outcome
 }
 
 func (p *proxy) handle(ctx context.Context, c *net.TCPConn, cookie uint64) {
@@ -176,15 +180,7 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, cookie uint64) {
 		resetClose(c)
 		return
 	}
-	cn := &conn{client: c, orig: orig, w: w}
-	cn.event = kernel.EgressEvent{
-		IP:           orig.Dst.Addr(),
-		Port:         orig.Dst.Port(),
-		Transport:    kernel.TransportTCP,
-		Workload:     w.identity(),
-		Process:      kernel.ProcessIdentity{PID: orig.PID, UID: orig.UID, Comm: orig.Comm},
-		ConnectionID: newConnectionID(),
-	}
+	cn := p.newConn(c, orig, w)
 
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	if orig.Dst.Addr().Unmap() == local.Addr().Unmap() && orig.Dst.Port() == local.Port() {
@@ -213,6 +209,21 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, cookie uint64) {
 	p.finish(ctx, cn, start)
 }
 
+// newConn starts the state of a redirected connection: its event as far as
+// the datapath told it, and the policy snapshot it will be decided under.
+func (p *proxy) newConn(c *net.TCPConn, orig bpf.Original, w *workload) *conn {
+	cn := &conn{client: c, orig: orig, w: w, pol: p.policy.Load()}
+	cn.event = kernel.EgressEvent{
+		IP:           orig.Dst.Addr(),
+		Port:         orig.Dst.Port(),
+		Transport:    kernel.TransportTCP,
+		Workload:     w.identity(),
+		Process:      kernel.ProcessIdentity{PID: orig.PID, UID: orig.UID, Comm: orig.Comm},
+		ConnectionID: newConnectionID(),
+	}
+	return cn
+}
+
 // decide evaluates the connection: protocol sanity, the policy, then the
 // anti-spoofing check for an allowed name.
 func (p *proxy) decide(ctx context.Context, cn *conn) kernel.Outcome {
@@ -233,9 +244,8 @@ func (p *proxy) decide(ctx context.Context, cn *conn) kernel.Outcome {
 			Reason: fmt.Sprintf("incomplete %s first message (%s)", sn.Protocol, sn.Stop)}
 	}
 
-	pol := p.policy.Load()
 	target := cn.event.Target()
-	res := pol.Evaluate(hushspec.Action{Type: "egress", Target: target})
+	res := cn.pol.Evaluate(hushspec.Action{Type: "egress", Target: target})
 	out := kernel.Outcome{
 		Verdict:        kernel.VerdictAllow,
 		PolicyDecision: res.Decision,
@@ -312,7 +322,7 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	if cn.out.Verdict == kernel.VerdictAllow {
 		dialed = p.dialAsync(ctx, cn)
 	}
-	if err := p.record(ctx, cn.event, cn.out, &d, nil); err != nil {
+	if err := p.record(ctx, cn.event, cn.out, cn.pol.Hash(), &d, nil); err != nil {
 		if dialed != nil {
 			if r := <-dialed; r.up != nil {
 				r.up.Close()
@@ -339,7 +349,7 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 // connection that is already being relayed (async mode), then reports the
 // decision.
 func (p *proxy) finishReceipt(ctx context.Context, cn *conn, d Decision, res *receipts.Reservation) {
-	p.record(context.WithoutCancel(ctx), cn.event, cn.out, &d, res)
+	p.record(ctx, cn.event, cn.out, cn.pol.Hash(), &d, res)
 	p.report(d)
 }
 
@@ -386,11 +396,17 @@ func (p *proxy) report(d Decision) {
 	}).Info(d.Reason)
 }
 
-// record writes the receipt of a decision and fills d's receipt fields. A
-// receipt that cannot be written is counted, kept among the last errors and
-// noted in d; the caller then refuses the connection.
-func (p *proxy) record(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, d *Decision, res *receipts.Reservation) error {
-	id, seq, err := p.receipt(ctx, ev, out, res)
+// record writes the receipt of a decision made under the policy whose hash
+// is polHash, and fills d's receipt fields. A receipt that cannot be written
+// is counted, kept among the last errors and noted in d; the caller then
+// refuses the connection.
+//
+// The write is not cut short by ctx's cancellation (the agent shutting
+// down): once a receipt is queued the log writes it, and an error here must
+// mean that it was not written. Close waits for these writes; a log that is
+// closed or failed still answers at once.
+func (p *proxy) record(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, polHash string, d *Decision, res *receipts.Reservation) error {
+	id, seq, err := p.receipt(context.WithoutCancel(ctx), ev, out, polHash, res)
 	d.ReceiptID, d.Seq = id, seq
 	if err != nil {
 		p.counts.receiptErrors.Add(1)
@@ -426,8 +442,8 @@ func (cn *conn) decision(at time.Time, name string, out kernel.Outcome) Decision
 // mode, beside the relay), else through Log.AppendPrepared, which returns
 // once the receipt is durable in sync mode and once it is accepted in async
 // mode.
-func (p *proxy) receipt(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, res *receipts.Reservation) (string, uint64, error) {
-	prep, err := kernel.PrepareEgressReceipt(ev, out, p.policy.Load().Hash(), ed25519.PublicKey(p.key[32:]), p.now())
+func (p *proxy) receipt(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, polHash string, res *receipts.Reservation) (string, uint64, error) {
+	prep, err := kernel.PrepareEgressReceipt(ev, out, polHash, ed25519.PublicKey(p.key[32:]), p.now())
 	switch {
 	case err != nil:
 		if res != nil {
