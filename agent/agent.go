@@ -56,6 +56,9 @@ type Options struct {
 	Hosts map[string][]netip.Addr
 	// Timeouts bound each connection; zero fields take their defaults.
 	Timeouts Timeouts
+	// Limits bound what workloads can make the agent hold; zero fields
+	// take their defaults.
+	Limits Limits
 	// AgentMark is the SO_MARK of the agent's sockets. Default
 	// DefaultAgentMark. Danger: a workload able to set this mark
 	// (CAP_NET_ADMIN) could bypass the proxy; protected workloads must not
@@ -194,6 +197,8 @@ func Start(opts Options) (*Agent, error) {
 		workloads: a.reg,
 		resolver:  newResolver(opts.Hosts),
 		timeouts:  opts.Timeouts.withDefaults(),
+		limits:    opts.Limits.withDefaults(),
+		overflow:  newOverflow(),
 		mark:      opts.AgentMark,
 		logger:    opts.Logger,
 		onDecide:  opts.OnDecision,
@@ -204,9 +209,10 @@ func Start(opts Options) (*Agent, error) {
 		idle: newIdleSet(opts.Timeouts.withDefaults().Idle),
 	}
 	a.proxy.metrics = newMetrics(a)
-	a.bg.Add(2)
+	a.bg.Add(3)
 	go func() { defer a.bg.Done(); a.readEvents() }()
 	go func() { defer a.bg.Done(); a.proxy.idle.run(a.ctx.Done()) }()
+	go func() { defer a.bg.Done(); a.proxy.overflow.run(a.ctx, a.proxy) }()
 	return a, nil
 }
 
@@ -499,6 +505,7 @@ func (a *Agent) close() error {
 	a.cancel()
 	a.events.Close()
 	a.bg.Wait()
+	a.proxy.overflow.flush(a.ctx, a.proxy) // refusals counted while the loops stopped
 	a.proxy.wg.Wait()
 	return a.objs.Close()
 }
@@ -514,6 +521,9 @@ type workload struct {
 	exempt   []bpf.VerdictRule
 	listen   *listenerPair
 	ident    kernel.WorkloadIdentity // as receipts name it, computed once
+	// pending and relays count the workload's connections held by the
+	// proxy, against Limits.
+	pending, relays atomic.Int64
 }
 
 func (w *workload) identity() kernel.WorkloadIdentity { return w.ident }
