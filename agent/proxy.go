@@ -189,13 +189,13 @@ type conn struct {
 	// pol is the policy snapshot taken when the connection was accepted:
 	// every decision and receipt of this connection uses it, so a reload
 	// in between cannot sign one policy's decision with another's hash.
-	pol   *hushspec.Policy
+	pol *hushspec.Policy
 	// pending says the connection holds a pending slot; relaying says it
 	// holds a relay slot instead.
 	pending, relaying bool
 	sniff             Sniffed
-	event kernel.EgressEvent
-	out   kernel.Outcome
+	event             kernel.EgressEvent
+	out               kernel.Outcome
 }
 
 // handle decides a connection admitted as pending, and relays it if it is
