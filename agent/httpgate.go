@@ -306,12 +306,31 @@ func (g *httpGate) responses() error {
 // readResponses is responses up to the first response it cannot follow.
 func (g *httpGate) readResponses() error {
 	for {
-		f, ok := <-g.queue
-		if !ok {
-			// The client is done: whatever the upstream still sends is
-			// copied as it is.
-			_, err := io.Copy(g.cn.client, g.up)
+		// Wait for the upstream's next bytes rather than for the next
+		// request: a server that closes (after Connection: close, say) must
+		// be seen when no request is outstanding. A request is queued before
+		// it is written upstream, so its answer finds it queued.
+		g.resp.startHead()
+		_, err := g.respR.Peek(1)
+		g.resp.endHead()
+		if err != nil {
 			return err
+		}
+		var f forwarded
+		select {
+		case q, ok := <-g.queue:
+			if !ok {
+				// The client is done: whatever the upstream still sends is
+				// copied as it is (what the reader holds reached the
+				// client already).
+				_, err := io.Copy(g.cn.client, g.up)
+				return err
+			}
+			f = q
+		default:
+			// Bytes nobody asked for (a 408 before the server closes):
+			// read them as the answer to a GET, which cannot switch.
+			f = forwarded{method: http.MethodGet}
 		}
 		for {
 			g.resp.startHead()
