@@ -209,6 +209,9 @@ func Start(opts Options) (*Agent, error) {
 		idle: newIdleSet(opts.Timeouts.withDefaults().Idle),
 	}
 	a.proxy.metrics = newMetrics(a)
+	lim := a.proxy.limits
+	opts.Logger.WithFields(logrus.Fields{"head_bytes": lim.HeadBytes, "pending": lim.Pending, "pending_per_workload": lim.PendingPerWorkload,
+		"relays": lim.Relays, "relays_per_workload": lim.RelaysPerWorkload, "memory_ceiling_mib": lim.MemoryCeiling() >> 20}).Info("connection limits")
 	a.bg.Add(3)
 	go func() { defer a.bg.Done(); a.readEvents() }()
 	go func() { defer a.bg.Done(); a.proxy.idle.run(a.ctx.Done()) }()

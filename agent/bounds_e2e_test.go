@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"bufio"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
@@ -350,4 +353,80 @@ print("reset")
 			t.Errorf("a client reset got a %s decision: %+v", d.Verdict, d)
 		}
 	}
+}
+
+// TestMemoryUnderCeilingWithEveryBoundFull fills every bound at once with
+// the most each connection can make the agent hold (a first head and a
+// later head each just under the head bound), floods past them, and checks
+// the agent's heap and stacks grew by less than Limits.MemoryCeiling allows
+// for connections: the documented ceiling is an upper bound, not a guess.
+func TestMemoryUnderCeilingWithEveryBoundFull(t *testing.T) {
+	requireTools(t, "python3")
+	const n = 32
+	lim := Limits{PendingPerWorkload: n, Pending: n, RelaysPerWorkload: n, Relays: n}
+	e := newE2E(t, e2eOptions{firstBytes: 60 * time.Second, limits: lim})
+	srv := serveKeepAlive(t)
+	before := memInuse()
+	cmd := exec.Command("python3", "-c", fmt.Sprintf(`
+import socket, sys
+n, port, fill = %d, %d, b"a" * (60 * 1024)
+relays = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(b"GET /r HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n")
+    buf = b""
+    while b"seen /r" not in buf:
+        buf += s.recv(4096)
+    s.sendall(b"GET /r2 HTTP/1.1\r\nHost: api.allowed.test\r\nX-Fill: " + fill)
+    relays.append(s)
+pending = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(b"GET /p HTTP/1.1\r\nHost: api.allowed.test\r\nX-Fill: " + fill)
+    pending.append(s)
+refused = 0
+for i in range(n):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        if s.recv(1) == b"":
+            refused += 1
+    except ConnectionResetError:
+        refused += 1
+print("ready", refused, flush=True)
+sys.stdin.read()
+`, n, srv.port))
+	e.wl.CommandIn(t, cmd)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != fmt.Sprintf("ready %d\n", n) {
+		t.Fatalf("client: %q, %v", line, err)
+	}
+	p := e.agent.proxy
+	for i := 0; i < 500 && (p.pending.Load() != n || p.relays.Load() != n); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if p.pending.Load() != n || p.relays.Load() != n {
+		t.Fatalf("pending %d, relays %d; want %d each", p.pending.Load(), p.relays.Load(), n)
+	}
+	growth := int64(memInuse()) - int64(before)
+	allowed := lim.MemoryCeiling() - memBase
+	t.Logf("heap and stacks grew by %d KiB for %d pending and %d relays holding ~60 KiB heads; the ceiling allows %d KiB",
+		growth>>10, n, n, allowed>>10)
+	if growth > allowed {
+		t.Fatalf("memory grew by %d KiB, over the ceiling's %d KiB", growth>>10, allowed>>10)
+	}
+}
+
+// memInuse is the live heap and the goroutine stacks, after a collection.
+func memInuse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse + ms.StackInuse
 }
