@@ -220,8 +220,12 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, orig bpf.Original, w
 	sn, err := Sniff(c, SniffOptions{Deadline: to.FirstBytes, MaxBytes: p.limits.HeadBytes})
 	cn.sniff = sn
 	if err != nil {
-		cn.out = kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
-			Reason: "reading the first bytes failed: " + err.Error()}
+		reason := "reading the first bytes failed: " + err.Error()
+		if isClientGone(err) {
+			// The client went away: nothing it sent was malformed.
+			reason = "the client reset the connection before its first message was complete: " + err.Error()
+		}
+		cn.out = kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol, Reason: reason}
 		p.finish(ctx, cn, start)
 		return
 	}
