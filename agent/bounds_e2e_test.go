@@ -40,6 +40,10 @@ func serveKeepAlive(t *testing.T) *keepAliveServer {
 		s.mu.Lock()
 		s.hosts = append(s.hosts, r.Host)
 		s.mu.Unlock()
+		if r.Method == http.MethodConnect {
+			http.Error(w, "no tunnel", http.StatusMethodNotAllowed)
+			return
+		}
 		if r.URL.Path == "/ws101" {
 			c, brw, err := http.NewResponseController(w).Hijack()
 			if err != nil {
@@ -226,7 +230,8 @@ for i, c in enumerate(held):
 // TestUpgradeWithoutSwitchKeepsDeciding sends an Upgrade request that the
 // server answers 200, without switching, then a request for another host on
 // the same connection: it must be refused with a receipt and never reach the
-// server. Both after the answer, and pipelined behind the Upgrade request.
+// server. Both after the answer, and pipelined behind the Upgrade request;
+// likewise after a CONNECT the server refused.
 func TestUpgradeWithoutSwitchKeepsDeciding(t *testing.T) {
 	requireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
@@ -245,9 +250,17 @@ def rest(s):
             buf += chunk
     except ConnectionResetError:
         return buf, "reset"
-for mode in ("after", "pipelined"):
-    s = socket.create_connection(("127.0.0.1", %d), timeout=10)
-    if mode == "after":
+port = %d
+for mode in ("after", "pipelined", "connect"):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if mode == "connect":
+        s.sendall(b"CONNECT api.allowed.test:%%d HTTP/1.1\r\nHost: api.allowed.test:%%d\r\n\r\n" %% (port, port))
+        buf = b""
+        while b"no tunnel" not in buf:
+            buf += s.recv(4096)
+        print(mode, "answer:", buf.split(b"\r\n")[0].decode())
+        s.sendall(other)
+    elif mode == "after":
         s.sendall(up)
         buf = b""
         while b"seen /ws" not in buf:
@@ -262,13 +275,14 @@ for mode in ("after", "pipelined"):
 	if code != 0 {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
-	for _, want := range []string{"after upgrade: HTTP/1.1 200 OK", "after other: reset False", "pipelined other: reset False"} {
+	for _, want := range []string{"after upgrade: HTTP/1.1 200 OK", "after other: reset False", "pipelined other: reset False",
+		"connect answer: HTTP/1.1 405 Method Not Allowed", "connect other: reset False"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
 	for _, h := range srv.seen() {
-		if h != "api.allowed.test" {
+		if hostOnly(h) != "api.allowed.test" {
 			t.Fatalf("upstream saw a request for %q on a connection decided for api.allowed.test", h)
 		}
 	}

@@ -134,6 +134,7 @@ func (p *proxy) relayHTTP(ctx context.Context, cn *conn, up *net.TCPConn) error 
 	g := &httpGate{p: p, cn: cn, up: up,
 		queue: make(chan forwarded, maxPipelined), done: make(chan struct{})}
 	g.src = io.MultiReader(bytes.NewReader(cn.sniff.Prefix), cn.client)
+	cn.sniff.Prefix = nil // the reader lets go of it once it is read
 	g.req = &headReader{r: g.src, bound: p.limits.HeadBytes}
 	g.resp = &headReader{r: up, tee: cn.client, bound: p.limits.HeadBytes}
 	g.reqR = gateReaders.Get().(*bufio.Reader)
