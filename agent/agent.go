@@ -56,6 +56,9 @@ type Options struct {
 	Hosts map[string][]netip.Addr
 	// Timeouts bound each connection; zero fields take their defaults.
 	Timeouts Timeouts
+	// Limits bound what workloads can make the agent hold; zero fields
+	// take their defaults.
+	Limits Limits
 	// AgentMark is the SO_MARK of the agent's sockets. Default
 	// DefaultAgentMark. Danger: a workload able to set this mark
 	// (CAP_NET_ADMIN) could bypass the proxy; protected workloads must not
@@ -96,6 +99,8 @@ type Agent struct {
 	events *bpf.EventReader
 	proxy  *proxy
 	policy atomic.Pointer[hushspec.Policy]
+	// rules resolves the rule ids of kernel refusals to their patterns.
+	rules ruleTable
 
 	mu        sync.Mutex
 	listeners map[string]*listenerPair // by netns path
@@ -212,6 +217,8 @@ func Start(opts Options) (*Agent, error) {
 		workloads: a.reg,
 		resolver:  newResolver(opts.Hosts),
 		timeouts:  opts.Timeouts.withDefaults(),
+		limits:    opts.Limits.withDefaults(),
+		overflow:  newOverflow(),
 		mark:      opts.AgentMark,
 		logger:    opts.Logger,
 		onDecide:  opts.OnDecision,
@@ -222,9 +229,13 @@ func Start(opts Options) (*Agent, error) {
 		idle: newIdleSet(opts.Timeouts.withDefaults().Idle),
 	}
 	a.proxy.metrics = newMetrics(a)
-	a.bg.Add(3)
+	lim := a.proxy.limits
+	opts.Logger.WithFields(logrus.Fields{"head_bytes": lim.HeadBytes, "pending": lim.Pending, "pending_per_workload": lim.PendingPerWorkload,
+		"relays": lim.Relays, "relays_per_workload": lim.RelaysPerWorkload, "memory_ceiling_mib": lim.MemoryCeiling() >> 20}).Info("connection limits")
+	a.bg.Add(4)
 	go func() { defer a.bg.Done(); a.readEvents() }()
 	go func() { defer a.bg.Done(); a.proxy.idle.run(a.ctx.Done()) }()
+	go func() { defer a.bg.Done(); a.proxy.overflow.run(a.ctx, a.proxy) }()
 	go func() { defer a.bg.Done(); a.watchCgroups(opts.ResyncInterval) }()
 	return a, nil
 }
@@ -371,29 +382,19 @@ func (a *Agent) UnprotectStale() ([]uint64, error) {
 	return removed, nil
 }
 
-// staticRuleBase numbers the verdict rules made from the policy's blocked
-// addresses (rule id = base + index), apart from exemptions (id 0).
-const staticRuleBase = 1
-
 // verdictRules is what the kernel's verdict map holds for a workload: its
 // exemptions, then the policy's blocked IP literals, which are refused at
 // connect() without waiting for the proxy. A blocked address that is also
 // exempt stays blocked: the later rule wins and the policy fails closed.
-func (a *Agent) verdictRules(w *workload, blocked []hushspec.BlockedAddr) []bpf.VerdictRule {
+func (a *Agent) verdictRules(w *workload, pol *hushspec.Policy) []bpf.VerdictRule {
 	rules := append([]bpf.VerdictRule(nil), w.exempt...)
-	for i, b := range blocked {
-		rules = append(rules, bpf.VerdictRule{
-			Prefix: netip.PrefixFrom(b.Addr, b.Addr.BitLen()), Proto: bpf.ProtoTCP,
-			Verdict: bpf.VerdictDeny, RuleID: uint32(staticRuleBase + i),
-		})
-	}
-	return rules
+	return append(rules, a.rules.rulesFor(pol)...)
 }
 
 // syncDatapath writes a workload's verdict rules, then its workloads-map
 // entry (which starts redirecting its connections).
-func (a *Agent) syncDatapath(w *workload, blocked []hushspec.BlockedAddr) error {
-	if err := a.objs.SetVerdicts(w.id, a.verdictRules(w, blocked)); err != nil {
+func (a *Agent) syncDatapath(w *workload, pol *hushspec.Policy) error {
+	if err := a.objs.SetVerdicts(w.id, a.verdictRules(w, pol)); err != nil {
 		return err
 	}
 	return a.objs.Protect(w.cgroupID, bpf.Workload{ID: w.id, Listen4: w.listen.addr4, Listen6: w.listen.addr6})
@@ -474,10 +475,9 @@ func (a *Agent) SetPolicy(p *hushspec.Policy, source string) {
 	a.mu.Lock()
 	a.policy.Store(p)
 	a.polSource, a.polLoaded = source, time.Now()
-	blocked := p.EgressBlockedAddrs()
 	for _, w := range a.reg.all() {
 		// SetVerdicts keeps the workload's entry flagged as it should be.
-		if err := a.objs.SetVerdicts(w.id, a.verdictRules(w, blocked)); err != nil {
+		if err := a.objs.SetVerdicts(w.id, a.verdictRules(w, p)); err != nil {
 			a.proxy.errs.add(fmt.Errorf("update static verdicts of %s: %w", w.name, err))
 		}
 	}
@@ -520,10 +520,24 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 		a.proxy.errs.add(fmt.Errorf("kernel refusal from unknown workload id %d", e.WorkloadID))
 		return
 	}
+	ev, out, polHash := a.refusal(e, w)
+	d := Decision{Time: time.Now(), Workload: w.name, PID: e.PID, Comm: e.Comm, Dst: e.Dst,
+		Transport: ev.Transport, Verdict: kernel.VerdictDeny, Guard: out.Guard, MatchedRule: out.MatchedRule, Reason: out.Reason, Count: e.Count}
+	a.proxy.record(a.ctx, ev, out, polHash, &d, nil)
+	a.proxy.counts.denied.Add(uint64(max(e.Count, 1)))
+	a.proxy.report(d)
+}
+
+// refusal is the receipt input of a kernel refusal: the event, the outcome
+// and the hash of the policy that made it. A static block names its pattern
+// and policy through the rule id the kernel echoed; an id no policy held by
+// the agent has any more is said to be unknown, never guessed.
+func (a *Agent) refusal(e bpf.Event, w *workload) (kernel.EgressEvent, kernel.Outcome, string) {
 	transport := kernel.TransportTCP
 	if e.Proto == bpf.ProtoUDP {
 		transport = kernel.TransportUDP
 	}
+	polHash := a.policy.Load().Hash()
 	var reason string
 	switch e.Kind {
 	case bpf.EventUDPRefused:
@@ -532,35 +546,33 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 		reason = "host matched a block pattern; refused at connect() in the kernel"
 	case bpf.EventNoRecord:
 		reason = "the datapath could not record the original destination; connect refused"
+	case bpf.EventGuarded:
+		reason = "the workload's cgroup was made again at its path and is not protected yet; refused in the kernel until the agent protects it"
+		a.requestResync()
 	default:
 		reason = "refused in the kernel: " + e.Kind.String()
+	}
+	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardDatapath}
+	if e.Kind == bpf.EventTCPDenied {
+		// The policy's own block rule, enforced early.
+		out.Guard, out.PolicyDecision, out.MatchedRule = kernel.GuardEgressPolicy, hushspec.DecisionDeny, "rules.egress.block"
+		if r, ok := a.rules.lookup(e.RuleID, e.Dst.Addr()); ok {
+			out.Pattern, polHash = r.pattern, r.policyHash
+		} else {
+			reason += fmt.Sprintf(" (rule id %d belongs to no policy this agent still holds: its pattern is unknown)", e.RuleID)
+		}
 	}
 	if e.Count > 1 {
 		reason += fmt.Sprintf(" (%d refusals of this destination aggregated into this receipt)", e.Count)
 	}
+	out.Reason = reason
 	ev := kernel.EgressEvent{
 		IP: e.Dst.Addr(), Port: e.Dst.Port(), Transport: transport,
 		Workload:     w.identity(),
 		Process:      kernel.ProcessIdentity{PID: e.PID, UID: e.UID, Comm: e.Comm},
 		ConnectionID: newConnectionID(),
 	}
-	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardDatapath, Reason: reason}
-	if e.Kind == bpf.EventGuarded {
-		reason = "the workload's cgroup was made again at its path and is not protected yet; refused in the kernel until the agent protects it"
-		a.requestResync()
-	}
-	if e.Kind == bpf.EventTCPDenied {
-		// The policy's own block rule, enforced early.
-		out.Guard, out.PolicyDecision, out.MatchedRule = kernel.GuardEgressPolicy, hushspec.DecisionDeny, "rules.egress.block"
-		if blocked := a.policy.Load().EgressBlockedAddrs(); e.RuleID >= staticRuleBase && int(e.RuleID-staticRuleBase) < len(blocked) {
-			out.Pattern = blocked[e.RuleID-staticRuleBase].Pattern
-		}
-	}
-	d := Decision{Time: time.Now(), Workload: w.name, PID: e.PID, Comm: e.Comm, Dst: e.Dst,
-		Transport: transport, Verdict: kernel.VerdictDeny, Guard: out.Guard, MatchedRule: out.MatchedRule, Reason: reason, Count: e.Count}
-	a.proxy.record(a.ctx, ev, out, &d, nil)
-	a.proxy.counts.denied.Add(uint64(max(e.Count, 1)))
-	a.proxy.report(d)
+	return ev, out, polHash
 }
 
 // Close stops the listeners, waits for in-flight connections, and releases
@@ -584,6 +596,7 @@ func (a *Agent) close() error {
 	a.cancel()
 	a.events.Close()
 	a.bg.Wait()
+	a.proxy.overflow.flush(a.ctx, a.proxy) // refusals counted while the loops stopped
 	a.proxy.wg.Wait()
 	return a.objs.Close()
 }
@@ -603,6 +616,9 @@ type workload struct {
 	exempt   []bpf.VerdictRule
 	listen   *listenerPair
 	ident    kernel.WorkloadIdentity // as receipts name it, computed once
+	// pending and relays count the workload's connections held by the
+	// proxy, against Limits.
+	pending, relays atomic.Int64
 }
 
 func (w *workload) identity() kernel.WorkloadIdentity { return w.ident }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -60,6 +61,9 @@ type e2eOptions struct {
 	policy string
 	hosts  map[string][]netip.Addr
 	idle   time.Duration
+	// firstBytes is the first-bytes timeout (default 2s).
+	firstBytes time.Duration
+	limits     Limits
 }
 
 func requireTools(t *testing.T, tools ...string) {
@@ -120,7 +124,8 @@ func newE2E(t *testing.T, o e2eOptions) *e2e {
 		Policy: policy, Key: e.key, Log: e.log, AttachCgroup: e.parent.Path,
 		Hosts:     hosts,
 		Resolvers: []netip.AddrPort{e.dns.LocalAddr().(*net.UDPAddr).AddrPort()},
-		Timeouts:  Timeouts{FirstBytes: 2 * time.Second, Idle: o.idle},
+		Timeouts:  Timeouts{FirstBytes: cmp.Or(o.firstBytes, 2*time.Second), Idle: o.idle},
+		Limits:    o.limits,
 		OnDecision: func(d Decision) {
 			e.mu.Lock()
 			e.decided = append(e.decided, d)

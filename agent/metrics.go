@@ -48,6 +48,14 @@ func newMetrics(a *Agent) *metrics {
 		Help: "Sequence number of the last durable receipt in the log.",
 	}, func() float64 { return float64(a.opts.Log.LastSeq()) }))
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "chio_agent_pending_connections",
+		Help: "Accepted connections not being relayed: awaiting first bytes, a decision, or their refusal (bounded by agent.limits.pending).",
+	}, func() float64 { return float64(a.proxy.pending.Load()) }))
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "chio_agent_accept_refusals_total",
+		Help: "Connections refused at accept because a pending bound was full (their receipts are aggregated).",
+	}, func() float64 { return float64(a.proxy.overflow.refused.Load()) }))
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "chio_agent_workloads",
 		Help: "Configured workloads (chio_agent_workload_state says which are protected now).",
 	}, func() float64 { return float64(len(a.reg.all())) }))

@@ -105,6 +105,7 @@ type proxy struct {
 	workloads *registry
 	resolver  *resolver
 	timeouts  Timeouts // defaults applied (Start)
+	limits    Limits   // defaults applied (Start)
 	mark      uint32
 	logger    logrus.FieldLogger
 	onDecide  func(Decision)
@@ -115,6 +116,11 @@ type proxy struct {
 	idle *idleSet
 	// metrics are the Prometheus metrics.
 	metrics *metrics
+	// pending and relays count connections held over all workloads
+	// (each workload counts its own too), against limits.
+	pending, relays atomic.Int64
+	// overflow aggregates the receipts of connections refused at accept.
+	overflow *overflow
 
 	wg sync.WaitGroup
 }
@@ -138,29 +144,16 @@ func (p *proxy) serve(ctx context.Context, ln *net.TCPListener, netnsPath string
 			time.Sleep(10 * time.Millisecond) // e.g. EMFILE: don't spin
 			continue
 		}
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			p.handle(ctx, c, cookie)
-		}()
+		p.admit(ctx, c, cookie)
 	}
 }
 
-// conn is the state of one proxied connection.
-type conn struct {
-	client *net.TCPConn
-	orig   bpf.Original
-	w      *workload
-	sniff  Sniffed
-	event  kernel.EgressEvent
-	out    kernel.Outcome
-}
-
-func (p *proxy) handle(ctx context.Context, c *net.TCPConn, cookie uint64) {
-	defer c.Close()
-	start := p.now()
-	c.SetDeadline(start.Add(p.timeouts.Total))
-
+// admit finds an accepted connection's workload and starts deciding it, or
+// refuses it at once when a pending bound is full. This runs in the accept
+// loop and costs a map lookup: a flood of connections is turned away without
+// a goroutine, a buffer or a receipt write each (their receipts are
+// aggregated).
+func (p *proxy) admit(ctx context.Context, c *net.TCPConn, cookie uint64) {
 	peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	orig, err := p.objs.TakeOriginal(cookie, peer)
 	if err != nil {
@@ -176,15 +169,44 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, cookie uint64) {
 		resetClose(c)
 		return
 	}
-	cn := &conn{client: c, orig: orig, w: w}
-	cn.event = kernel.EgressEvent{
-		IP:           orig.Dst.Addr(),
-		Port:         orig.Dst.Port(),
-		Transport:    kernel.TransportTCP,
-		Workload:     w.identity(),
-		Process:      kernel.ProcessIdentity{PID: orig.PID, UID: orig.UID, Comm: orig.Comm},
-		ConnectionID: newConnectionID(),
+	if bound := p.admitPending(w); bound != "" {
+		resetClose(c)
+		p.overflow.add(w, orig, bound, p.now())
+		return
 	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.handle(ctx, c, orig, w)
+	}()
+}
+
+// conn is the state of one proxied connection.
+type conn struct {
+	client *net.TCPConn
+	orig   bpf.Original
+	w      *workload
+	// pol is the policy snapshot taken when the connection was accepted:
+	// every decision and receipt of this connection uses it, so a reload
+	// in between cannot sign one policy's decision with another's hash.
+	pol *hushspec.Policy
+	// pending says the connection holds a pending slot; relaying says it
+	// holds a relay slot instead.
+	pending, relaying bool
+	sniff             Sniffed
+	event             kernel.EgressEvent
+	out               kernel.Outcome
+}
+
+// handle decides a connection admitted as pending, and relays it if it is
+// allowed (as a relay, no longer pending).
+func (p *proxy) handle(ctx context.Context, c *net.TCPConn, orig bpf.Original, w *workload) {
+	defer c.Close()
+	start := p.now()
+	c.SetDeadline(start.Add(p.timeouts.Total))
+	cn := p.newConn(c, orig, w)
+	cn.pending = true
+	defer cn.release(p)
 
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	if orig.Dst.Addr().Unmap() == local.Addr().Unmap() && orig.Dst.Port() == local.Port() {
@@ -195,11 +217,15 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, cookie uint64) {
 	}
 
 	to := p.timeouts
-	sn, err := Sniff(c, SniffOptions{Deadline: to.FirstBytes})
+	sn, err := Sniff(c, SniffOptions{Deadline: to.FirstBytes, MaxBytes: p.limits.HeadBytes})
 	cn.sniff = sn
 	if err != nil {
-		cn.out = kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
-			Reason: "reading the first bytes failed: " + err.Error()}
+		reason := "reading the first bytes failed: " + err.Error()
+		if isClientGone(err) {
+			// The client went away: nothing it sent was malformed.
+			reason = "the client reset the connection before its first message was complete: " + err.Error()
+		}
+		cn.out = kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol, Reason: reason}
 		p.finish(ctx, cn, start)
 		return
 	}
@@ -211,6 +237,33 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, cookie uint64) {
 	cn.event.HTTPPath = sn.Path
 	cn.out = p.decide(ctx, cn)
 	p.finish(ctx, cn, start)
+}
+
+// release gives back the slot the connection holds.
+func (cn *conn) release(p *proxy) {
+	if cn.pending {
+		p.releasePending(cn.w)
+		cn.pending = false
+	}
+	if cn.relaying {
+		p.releaseRelay(cn.w)
+		cn.relaying = false
+	}
+}
+
+// newConn starts the state of a redirected connection: its event as far as
+// the datapath told it, and the policy snapshot it will be decided under.
+func (p *proxy) newConn(c *net.TCPConn, orig bpf.Original, w *workload) *conn {
+	cn := &conn{client: c, orig: orig, w: w, pol: p.policy.Load()}
+	cn.event = kernel.EgressEvent{
+		IP:           orig.Dst.Addr(),
+		Port:         orig.Dst.Port(),
+		Transport:    kernel.TransportTCP,
+		Workload:     w.identity(),
+		Process:      kernel.ProcessIdentity{PID: orig.PID, UID: orig.UID, Comm: orig.Comm},
+		ConnectionID: newConnectionID(),
+	}
+	return cn
 }
 
 // decide evaluates the connection: protocol sanity, the policy, then the
@@ -227,15 +280,17 @@ func (p *proxy) decide(ctx context.Context, cn *conn) kernel.Outcome {
 	case sn.Stop == StopMalformed:
 		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
 			Reason: fmt.Sprintf("malformed %s: %s", sn.Protocol, sn.Malformed)}
+	case sn.Stop == StopLimit:
+		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardLimit,
+			Reason: fmt.Sprintf("%s first message refused: %s", sn.Protocol, p.boundReason(boundHeadBytes))}
 	case sn.Stop != StopComplete && (sn.Protocol == ProtocolTLS || sn.Protocol == ProtocolHTTP):
 		// A name may be in the part that never came: do not decide on the IP.
 		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
 			Reason: fmt.Sprintf("incomplete %s first message (%s)", sn.Protocol, sn.Stop)}
 	}
 
-	pol := p.policy.Load()
 	target := cn.event.Target()
-	res := pol.Evaluate(hushspec.Action{Type: "egress", Target: target})
+	res := cn.pol.Evaluate(hushspec.Action{Type: "egress", Target: target})
 	out := kernel.Outcome{
 		Verdict:        kernel.VerdictAllow,
 		PolicyDecision: res.Decision,
@@ -281,6 +336,19 @@ func (p *proxy) decide(ctx context.Context, cn *conn) kernel.Outcome {
 // finish writes the receipt, then acts on the decision. No receipt, no
 // connection: if the receipt cannot be written the connection is refused.
 func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
+	if cn.out.Verdict == kernel.VerdictAllow {
+		// An allowed connection moves from pending to relayed, if a relay
+		// slot is free; if not, it is refused, and the receipt says why.
+		if bound := p.admitRelay(cn.w); bound != "" {
+			cn.out = kernel.Outcome{Verdict: kernel.VerdictDeny, PolicyDecision: cn.out.PolicyDecision, Guard: GuardLimit,
+				MatchedRule: cn.out.MatchedRule, Pattern: cn.out.Pattern,
+				Reason: "allowed by the policy, refused for now: " + p.boundReason(bound)}
+		} else {
+			cn.relaying = true
+			cn.pending = false
+			p.releasePending(cn.w)
+		}
+	}
 	d := cn.decision(start, firstNonEmpty(cn.sniff.SNI, cn.sniff.Host), cn.out)
 	if cn.out.Verdict == kernel.VerdictAllow && p.log.Mode() == receipts.ModeAsync {
 		// Async receipts do not hold the decision up, so neither does
@@ -312,7 +380,7 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	if cn.out.Verdict == kernel.VerdictAllow {
 		dialed = p.dialAsync(ctx, cn)
 	}
-	if err := p.record(ctx, cn.event, cn.out, &d, nil); err != nil {
+	if err := p.record(ctx, cn.event, cn.out, cn.pol.Hash(), &d, nil); err != nil {
 		if dialed != nil {
 			if r := <-dialed; r.up != nil {
 				r.up.Close()
@@ -339,7 +407,7 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 // connection that is already being relayed (async mode), then reports the
 // decision.
 func (p *proxy) finishReceipt(ctx context.Context, cn *conn, d Decision, res *receipts.Reservation) {
-	p.record(context.WithoutCancel(ctx), cn.event, cn.out, &d, res)
+	p.record(ctx, cn.event, cn.out, cn.pol.Hash(), &d, res)
 	p.report(d)
 }
 
@@ -386,11 +454,17 @@ func (p *proxy) report(d Decision) {
 	}).Info(d.Reason)
 }
 
-// record writes the receipt of a decision and fills d's receipt fields. A
-// receipt that cannot be written is counted, kept among the last errors and
-// noted in d; the caller then refuses the connection.
-func (p *proxy) record(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, d *Decision, res *receipts.Reservation) error {
-	id, seq, err := p.receipt(ctx, ev, out, res)
+// record writes the receipt of a decision made under the policy whose hash
+// is polHash, and fills d's receipt fields. A receipt that cannot be written
+// is counted, kept among the last errors and noted in d; the caller then
+// refuses the connection.
+//
+// The write is not cut short by ctx's cancellation (the agent shutting
+// down): once a receipt is queued the log writes it, and an error here must
+// mean that it was not written. Close waits for these writes; a log that is
+// closed or failed still answers at once.
+func (p *proxy) record(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, polHash string, d *Decision, res *receipts.Reservation) error {
+	id, seq, err := p.receipt(context.WithoutCancel(ctx), ev, out, polHash, res)
 	d.ReceiptID, d.Seq = id, seq
 	if err != nil {
 		p.counts.receiptErrors.Add(1)
@@ -426,8 +500,8 @@ func (cn *conn) decision(at time.Time, name string, out kernel.Outcome) Decision
 // mode, beside the relay), else through Log.AppendPrepared, which returns
 // once the receipt is durable in sync mode and once it is accepted in async
 // mode.
-func (p *proxy) receipt(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, res *receipts.Reservation) (string, uint64, error) {
-	prep, err := kernel.PrepareEgressReceipt(ev, out, p.policy.Load().Hash(), ed25519.PublicKey(p.key[32:]), p.now())
+func (p *proxy) receipt(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, polHash string, res *receipts.Reservation) (string, uint64, error) {
+	prep, err := kernel.PrepareEgressReceipt(ev, out, polHash, ed25519.PublicKey(p.key[32:]), p.now())
 	switch {
 	case err != nil:
 		if res != nil {
@@ -552,19 +626,13 @@ func (p *proxy) dialLoopback(dst netip.AddrPort) (*net.TCPConn, error) {
 
 // relay replays the sniffed prefix upstream and copies both ways. Copies
 // between two TCP sockets use splice(2) inside the Go runtime, so payload
-// bytes do not pass through user space; a plain HTTP/1.x client's side goes
-// through gateHTTP instead, which reads every request head.
+// bytes do not pass through user space; a plain HTTP/1.x connection goes
+// through the HTTP gate instead (relayHTTP), which reads every request and
+// response head.
 func (p *proxy) relay(ctx context.Context, cn *conn, up *net.TCPConn) error {
 	to := p.timeouts
 	defer up.Close()
 	up.SetDeadline(p.now().Add(to.Total))
-	httpGate := cn.sniff.Protocol == ProtocolHTTP
-	if len(cn.sniff.Prefix) > 0 && !httpGate {
-		if _, err := up.Write(cn.sniff.Prefix); err != nil {
-			resetClose(cn.client)
-			return fmt.Errorf("replay first bytes: %w", err)
-		}
-	}
 	pair := &relayPair{a: cn.client, b: up}
 	p.idle.add(pair)
 	defer p.idle.remove(pair)
@@ -572,24 +640,29 @@ func (p *proxy) relay(ctx context.Context, cn *conn, up *net.TCPConn) error {
 		p.metrics.relays.Inc()
 		defer p.metrics.relays.Dec()
 	}
+	if cn.sniff.Protocol == ProtocolHTTP {
+		if err := p.relayHTTP(ctx, cn, up); err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+		return nil
+	}
+	if len(cn.sniff.Prefix) > 0 {
+		if _, err := up.Write(cn.sniff.Prefix); err != nil {
+			resetClose(cn.client)
+			return fmt.Errorf("replay first bytes: %w", err)
+		}
+	}
+	cn.sniff.Prefix = nil // up to HeadBytes, not needed for the hours a relay may last
 
 	errc := make(chan error, 1)
 	go func() {
-		var err error
-		if httpGate {
-			err = p.gateHTTP(ctx, cn, up)
-		} else {
-			_, err = io.Copy(up, cn.client)
-		}
+		_, err := io.Copy(up, cn.client)
 		up.CloseWrite()
 		errc <- err
 	}()
 	_, err1 := io.Copy(cn.client, up)
 	cn.client.CloseWrite()
 	err2 := <-errc
-	if errors.Is(err2, errLaterHost) {
-		return nil // refused and receipted by the gate
-	}
 	if err := errors.Join(err1, err2); err != nil && !isBenignCopyErr(err) {
 		return fmt.Errorf("relay: %w", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/backbay-labs/chio-agent/agent"
+	"github.com/backbay-labs/chio-agent/internal/tuning"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
@@ -145,7 +146,15 @@ func (f *nodeFlags) resolve(ctx context.Context, defaultReceipts, defaultLevel s
 			Total:      ac.Timeouts.Total.D(0),
 			Dial:       ac.Timeouts.Dial.D(0),
 		},
+		Limits: agent.Limits{
+			HeadBytes:          ac.Limits.HeadBytes,
+			PendingPerWorkload: ac.Limits.PendingPerWorkload,
+			Pending:            ac.Limits.Pending,
+			RelaysPerWorkload:  ac.Limits.RelaysPerWorkload,
+			Relays:             ac.Limits.Relays,
+		},
 	}
+	tuning.LimitMemory(os.Getenv, s.agentOpts.Limits.MemoryCeiling())
 	for _, r := range ac.Resolvers {
 		s.agentOpts.Resolvers = append(s.agentOpts.Resolvers, netip.MustParseAddrPort(r)) // validated by config
 	}

@@ -48,3 +48,16 @@ func Apply(getenv func(string) string) (restore func()) {
 		}
 	}
 }
+
+// LimitMemory sets the runtime's soft memory limit to bytes unless
+// getenv("GOMEMLIMIT") is set, and returns the previous limit. The node
+// agent passes the ceiling its connection limits imply (agent.Limits): its
+// live memory cannot pass that ceiling, so the limit only tells the
+// collector to run before garbage (GCPercent lets it reach several times
+// the live heap) takes the process past it.
+func LimitMemory(getenv func(string) string, bytes int64) int64 {
+	if getenv("GOMEMLIMIT") != "" || bytes <= 0 {
+		return debug.SetMemoryLimit(-1)
+	}
+	return debug.SetMemoryLimit(bytes)
+}

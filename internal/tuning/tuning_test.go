@@ -40,3 +40,18 @@ func TestApplyKeepsOperatorChoice(t *testing.T) {
 		t.Errorf("GC percent = %d, want the unchanged 123", got)
 	}
 }
+
+// LimitMemory sets the soft limit, unless the operator set GOMEMLIMIT.
+func TestLimitMemory(t *testing.T) {
+	old := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(old)
+	LimitMemory(func(string) string { return "" }, 1<<30)
+	if got := debug.SetMemoryLimit(-1); got != 1<<30 {
+		t.Errorf("memory limit = %d, want 1 GiB", got)
+	}
+	debug.SetMemoryLimit(old)
+	LimitMemory(func(k string) string { return map[string]string{"GOMEMLIMIT": "2GiB"}[k] }, 1<<30)
+	if got := debug.SetMemoryLimit(-1); got != old {
+		t.Errorf("memory limit = %d with GOMEMLIMIT set, want it unchanged (%d)", got, old)
+	}
+}

@@ -92,6 +92,8 @@ type Agent struct {
 	Hosts map[string][]string `yaml:"hosts"`
 	// Timeouts bound each proxied connection.
 	Timeouts Timeouts `yaml:"timeouts"`
+	// Limits bound what workloads can make the agent hold.
+	Limits Limits `yaml:"limits"`
 	// Workloads are the protected workloads.
 	Workloads []Workload `yaml:"workloads"`
 }
@@ -108,6 +110,25 @@ type Timeouts struct {
 	Total Duration `yaml:"total"`
 	// Dial bounds the upstream connect. Default 10s.
 	Dial Duration `yaml:"dial"`
+}
+
+// Limits bound what protected workloads can make the node agent hold, so
+// that its memory stays under a ceiling (docs/operations.md). A connection
+// past a bound is refused with a receipt naming it. 0 takes the default.
+type Limits struct {
+	// HeadBytes caps a connection's first bytes and every HTTP/1.x request
+	// or response head the proxy reads. Default 65536.
+	HeadBytes int `yaml:"head_bytes"`
+	// PendingPerWorkload caps one workload's connections waiting for a
+	// decision. Default 256.
+	PendingPerWorkload int `yaml:"pending_per_workload"`
+	// Pending caps them over all workloads. Default 1024.
+	Pending int `yaml:"pending"`
+	// RelaysPerWorkload caps one workload's relayed connections. Default
+	// 512.
+	RelaysPerWorkload int `yaml:"relays_per_workload"`
+	// Relays caps them over all workloads. Default 2048.
+	Relays int `yaml:"relays"`
 }
 
 // Workload is one protected workload.
@@ -228,6 +249,19 @@ func (c *Config) Validate() error {
 				return fmt.Errorf("agent.hosts[%s]: %q is not an IP address", name, a)
 			}
 		}
+	}
+	l := c.Agent.Limits
+	for _, f := range []struct {
+		key string
+		v   int
+	}{{"head_bytes", l.HeadBytes}, {"pending_per_workload", l.PendingPerWorkload}, {"pending", l.Pending},
+		{"relays_per_workload", l.RelaysPerWorkload}, {"relays", l.Relays}} {
+		if f.v < 0 {
+			return fmt.Errorf("agent.limits.%s: must not be negative", f.key)
+		}
+	}
+	if l.HeadBytes != 0 && l.HeadBytes < 1024 {
+		return fmt.Errorf("agent.limits.head_bytes: %d is below 1024, too small for a request head", l.HeadBytes)
 	}
 	seen := map[string]bool{}
 	for i, w := range c.Agent.Workloads {

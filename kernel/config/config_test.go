@@ -24,6 +24,7 @@ agent:
   resolvers: ["127.0.0.53:53", "[::1]:53"]
   hosts: {api.example.test: [127.0.0.1, "::1"]}
   timeouts: {first_bytes: 2s}
+  limits: {head_bytes: 32768, pending_per_workload: 16}
   workloads:
     - name: agents
       cgroup: /chio/agents
@@ -38,6 +39,9 @@ agent:
 	}
 	if c.Receipts.CheckpointIdle.D(time.Second) != 250*time.Millisecond || c.Agent.Timeouts.Idle.D(time.Minute) != time.Minute {
 		t.Fatalf("durations wrong: %+v", c)
+	}
+	if l := c.Agent.Limits; l.HeadBytes != 32768 || l.PendingPerWorkload != 16 || l.Relays != 0 {
+		t.Fatalf("limits wrong: %+v", l)
 	}
 	if w := c.Agent.Workloads[0]; w.Name != "agents" || w.Labels["team"] != "research" || w.Exempt[0].Ports[0] != 53 {
 		t.Fatalf("workload wrong: %+v", w)
@@ -55,6 +59,8 @@ func TestParseRejects(t *testing.T) {
 		{"bad exempt", "agent: {workloads: [{name: a, cgroup: b, exempt: [{cidr: 300.0.0.0/8}]}]}\n", "exempt[0].cidr"},
 		{"duplicate workload", "agent: {workloads: [{name: a, cgroup: b}, {name: a, cgroup: c}]}\n", "used twice"},
 		{"missing cgroup", "agent: {workloads: [{name: a}]}\n", "cgroup: required"},
+		{"negative limit", "agent: {limits: {pending: -1}}\n", "agent.limits.pending: must not be negative"},
+		{"tiny head bound", "agent: {limits: {head_bytes: 100}}\n", "agent.limits.head_bytes"},
 		{"unset variable", "policy: ${NOPE}\n", "NOPE"},
 		{"unterminated", "policy: ${NOPE\n", "unterminated"},
 		{"version", "version: 2\n", "version"},

@@ -1,0 +1,220 @@
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/backbay-labs/chio-agent/receipts"
+)
+
+// These tests drive the decision path without a datapath: no root needed.
+
+func mustPolicy(t *testing.T, yaml string) *hushspec.Policy {
+	t.Helper()
+	p, err := hushspec.Parse([]byte(yaml))
+	if err != nil {
+		t.Fatalf("policy: %v", err)
+	}
+	return p
+}
+
+const (
+	policyAllowAPI = `hushspec: "0.1.0"
+name: a
+rules:
+  egress:
+    allow: ["api.allowed.test"]
+    block: ["127.0.0.9", "127.0.0.10"]
+    default: block
+`
+	policyBlockAPI = `hushspec: "0.1.0"
+name: b
+rules:
+  egress:
+    block: ["api.allowed.test", "127.0.0.10"]
+    default: block
+`
+)
+
+// newTestProxy is a proxy with a real sync receipt log and no datapath.
+func newTestProxy(t *testing.T, pol *hushspec.Policy) (*proxy, *receipts.Log) {
+	t.Helper()
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	log, err := receipts.Open(filepath.Join(t.TempDir(), "receipts.db"), receipts.Options{Key: key})
+	if err != nil {
+		t.Fatalf("open log: %v", err)
+	}
+	t.Cleanup(func() { log.Close() })
+	p := &proxy{
+		log: log, key: key, policy: new(atomic.Pointer[hushspec.Policy]),
+		resolver: newResolver(nil), timeouts: Timeouts{}.withDefaults(),
+		logger: discardLogger, counts: &counters{}, errs: &errorRing{}, now: time.Now,
+	}
+	p.policy.Store(pol)
+	return p, log
+}
+
+var discardLogger = func() *logrus.Logger { l := logrus.New(); l.Out = ioDiscard{}; return l }()
+
+func testWorkload() *workload {
+	return &workload{id: 1, name: "unit/wl", ident: kernel.WorkloadIdentity{Name: "unit/wl"}}
+}
+
+func receiptPolicyHash(t *testing.T, log *receipts.Log, seq uint64) string {
+	t.Helper()
+	e, err := log.Get(seq)
+	if err != nil {
+		t.Fatalf("receipt %d: %v", seq, err)
+	}
+	var r struct {
+		PolicyHash string `json:"policy_hash"`
+	}
+	if err := json.Unmarshal(e.Receipt, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r.PolicyHash
+}
+
+// TestReloadBetweenDecideAndReceipt reloads the policy while a connection
+// is being decided (during the anti-spoofing lookup, where a real decision
+// waits on DNS): the receipt must carry the hash of the policy that decided,
+// not the one loaded afterwards.
+func TestReloadBetweenDecideAndReceipt(t *testing.T) {
+	polA, polB := mustPolicy(t, policyAllowAPI), mustPolicy(t, policyBlockAPI)
+	p, log := newTestProxy(t, polA)
+	dst := netip.MustParseAddrPort("127.0.0.1:8080")
+	// The name is not static: the check asks the resolver, whose clock
+	// reloads the policy on the way.
+	p.resolver.cache["api.allowed.test"] = cached{addrs: []netip.Addr{dst.Addr()}, expires: time.Now().Add(time.Hour)}
+	p.resolver.now = func() time.Time { p.policy.Store(polB); return time.Now() }
+
+	cn := p.newConn(nil, bpf.Original{Dst: dst}, testWorkload())
+	cn.sniff = Sniffed{Protocol: ProtocolHTTP, Stop: StopComplete, Host: "api.allowed.test", Method: "GET", Path: "/"}
+	cn.event.HTTPHost, cn.event.HTTPMethod, cn.event.HTTPPath = "api.allowed.test", "GET", "/"
+	out := p.decide(context.Background(), cn)
+	if p.policy.Load() != polB {
+		t.Fatal("the policy was not reloaded during the decision")
+	}
+	if out.Verdict != kernel.VerdictAllow || out.MatchedRule != "rules.egress.allow" {
+		t.Fatalf("outcome = %+v; want policy a's allow", out)
+	}
+	d := cn.decision(time.Now(), "api.allowed.test", out)
+	if err := p.record(context.Background(), cn.event, out, cn.pol.Hash(), &d, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := receiptPolicyHash(t, log, d.Seq); got != polA.Hash() {
+		t.Fatalf("receipt policy_hash = %s; want policy a's %s (policy b is %s)", got, polA.Hash(), polB.Hash())
+	}
+}
+
+// TestKernelRefusalNamesItsRuleAfterReload raises a kernel refusal under
+// one policy and reads it after a reload that moved every blocked address
+// to another position: the receipt must name the pattern and the policy that
+// refused, or say it cannot.
+func TestKernelRefusalNamesItsRuleAfterReload(t *testing.T) {
+	polA, polB := mustPolicy(t, policyAllowAPI), mustPolicy(t, policyBlockAPI)
+	a := &Agent{}
+	a.policy.Store(polA)
+	rulesA := a.rules.rulesFor(polA)
+	var id9 uint32
+	for _, r := range rulesA {
+		if r.Prefix.Addr() == netip.MustParseAddr("127.0.0.9") {
+			id9 = r.RuleID
+		}
+	}
+	if id9 == 0 {
+		t.Fatalf("policy a's rules lack 127.0.0.9: %+v", rulesA)
+	}
+	// The reload: 127.0.0.10 is now the first blocked address.
+	a.policy.Store(polB)
+	a.rules.rulesFor(polB)
+
+	w := testWorkload()
+	ev := bpf.Event{Kind: bpf.EventTCPDenied, Proto: bpf.ProtoTCP, WorkloadID: 1, RuleID: id9,
+		Dst: netip.MustParseAddrPort("127.0.0.9:443"), Count: 1}
+	_, out, hash := a.refusal(ev, w)
+	if out.Pattern != "127.0.0.9" || hash != polA.Hash() {
+		t.Fatalf("refusal names pattern %q under policy %s; want 127.0.0.9 under policy a %s", out.Pattern, hash, polA.Hash())
+	}
+
+	// An id no held policy has: no pattern, and the reason says why.
+	ev.RuleID = id9 ^ 0x5a5a5a5a
+	_, out, _ = a.refusal(ev, w)
+	if out.Pattern != "" || !strings.Contains(out.Reason, "unknown") {
+		t.Fatalf("unknown rule id: pattern %q, reason %q", out.Pattern, out.Reason)
+	}
+
+	// Once policy a has aged out of the table, its ids resolve to nothing.
+	for i := 0; i < ruleGenerations; i++ {
+		a.rules.rulesFor(mustPolicy(t, strings.Replace(policyBlockAPI, "name: b", "name: b"+string(rune('0'+i)), 1)))
+	}
+	ev.RuleID = id9
+	_, out, _ = a.refusal(ev, w)
+	if out.Pattern != "" || !strings.Contains(out.Reason, "unknown") {
+		t.Fatalf("aged-out rule id: pattern %q, reason %q", out.Pattern, out.Reason)
+	}
+}
+
+// TestStaticRuleIDsAreStable: the same policy gives the same ids (a
+// restarted agent resolves what its predecessor pinned); another policy
+// gives others.
+func TestStaticRuleIDsAreStable(t *testing.T) {
+	var t1, t2 ruleTable
+	a1 := t1.rulesFor(mustPolicy(t, policyAllowAPI))
+	a2 := t2.rulesFor(mustPolicy(t, policyAllowAPI))
+	b := t2.rulesFor(mustPolicy(t, policyBlockAPI))
+	if len(a1) != 2 || len(a2) != 2 || a1[0].RuleID != a2[0].RuleID || a1[1].RuleID != a2[1].RuleID {
+		t.Fatalf("same policy, different ids: %+v %+v", a1, a2)
+	}
+	for _, r := range append(a1, b...) {
+		if r.RuleID == 0 {
+			t.Fatalf("rule %+v has id 0, which exemptions use", r)
+		}
+	}
+	if b[0].RuleID == a1[1].RuleID {
+		t.Fatalf("127.0.0.10 has one id under two policies: %d", b[0].RuleID)
+	}
+}
+
+// TestWrittenReceiptNeverReportedUnwritten records decisions while the
+// agent is shutting down (its context cancelled): a receipt reported as not
+// written must not be in the log, and one in the log must be reported.
+func TestWrittenReceiptNeverReportedUnwritten(t *testing.T) {
+	pol := mustPolicy(t, policyAllowAPI)
+	p, log := newTestProxy(t, pol)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ev := kernel.EgressEvent{IP: netip.MustParseAddr("127.0.0.9"), Port: 443, Transport: kernel.TransportTCP,
+		Workload: kernel.WorkloadIdentity{Name: "unit/wl"}}
+	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardDatapath, Reason: "test"}
+	for i := 0; i < 20; i++ {
+		ev.ConnectionID = newConnectionID()
+		var d Decision
+		err := p.record(ctx, ev, out, pol.Hash(), &d, nil)
+		if err != nil {
+			t.Fatalf("receipt %d reported as %q", i, d.Err)
+		}
+		if d.Seq == 0 || d.Err != "" {
+			t.Fatalf("decision %d = %+v", i, d)
+		}
+		if _, err := log.Get(d.Seq); err != nil {
+			t.Fatalf("receipt %d reported written, not in the log: %v", i, err)
+		}
+	}
+	if n := log.LastSeq(); n != 20 {
+		t.Fatalf("log holds %d receipts, want 20", n)
+	}
+}
