@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv("CHIO_TEST_UDP"); addr != "" {
 		os.Exit(udpChild(addr))
 	}
+	if spec := os.Getenv("CHIO_TEST_SOCKET"); spec != "" {
+		os.Exit(socketChild(spec))
+	}
 	os.Exit(m.Run())
 }
 
