@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -89,7 +88,14 @@ type Agent struct {
 	objs   *bpf.Objects
 	events *bpf.EventReader
 	proxy  *proxy
-	policy atomic.Pointer[hushspec.Policy]
+	// refusals count the kernel refusals the agent has written receipts
+	// for, and those it could not (a receipt error, an unknown workload).
+	refusals struct{ receipted, unreceipted atomic.Uint64 }
+	// refusalQ carries kernel refusals to the goroutines that write their
+	// receipts (writeRefusals), which refusalWG counts.
+	refusalQ  chan bpf.Event
+	refusalWG sync.WaitGroup
+	policy    atomic.Pointer[hushspec.Policy]
 
 	mu        sync.Mutex
 	listeners map[string]*listenerPair // by netns path
@@ -202,8 +208,14 @@ func Start(opts Options) (*Agent, error) {
 		idle: newIdleSet(opts.Timeouts.withDefaults().Idle),
 	}
 	a.proxy.metrics = newMetrics(a)
-	a.bg.Add(2)
+	a.refusalQ = make(chan bpf.Event, 1024)
+	for range refusalWriters {
+		a.refusalWG.Add(1)
+		go func() { defer a.refusalWG.Done(); a.writeRefusals() }()
+	}
+	a.bg.Add(3)
 	go func() { defer a.bg.Done(); a.readEvents() }()
+	go func() { defer a.bg.Done(); a.takeRefusals(a.ctx) }()
 	go func() { defer a.bg.Done(); a.proxy.idle.run(a.ctx.Done()) }()
 	return a, nil
 }
@@ -414,66 +426,6 @@ func (a *Agent) SetPolicy(p *hushspec.Policy, source string) {
 // Policy returns the policy in force.
 func (a *Agent) Policy() *hushspec.Policy { return a.policy.Load() }
 
-// readEvents turns kernel refusals into receipts.
-func (a *Agent) readEvents() {
-	for {
-		e, err := a.events.Read()
-		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				return
-			}
-			a.proxy.errs.add(err)
-			continue
-		}
-		a.kernelRefusal(e)
-	}
-}
-
-func (a *Agent) kernelRefusal(e bpf.Event) {
-	w := a.reg.byID(e.WorkloadID)
-	if w == nil {
-		a.proxy.errs.add(fmt.Errorf("kernel refusal from unknown workload id %d", e.WorkloadID))
-		return
-	}
-	transport := kernel.TransportTCP
-	if e.Proto == bpf.ProtoUDP {
-		transport = kernel.TransportUDP
-	}
-	var reason string
-	switch e.Kind {
-	case bpf.EventUDPRefused:
-		reason = "UDP is refused for protected workloads except DNS to the configured resolvers (QUIC would bypass the TCP path)"
-	case bpf.EventTCPDenied:
-		reason = "host matched a block pattern; refused at connect() in the kernel"
-	case bpf.EventNoRecord:
-		reason = "the datapath could not record the original destination; connect refused"
-	default:
-		reason = "refused in the kernel: " + e.Kind.String()
-	}
-	if e.Count > 1 {
-		reason += fmt.Sprintf(" (%d refusals of this destination aggregated into this receipt)", e.Count)
-	}
-	ev := kernel.EgressEvent{
-		IP: e.Dst.Addr(), Port: e.Dst.Port(), Transport: transport,
-		Workload:     w.identity(),
-		Process:      kernel.ProcessIdentity{PID: e.PID, UID: e.UID, Comm: e.Comm},
-		ConnectionID: newConnectionID(),
-	}
-	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardDatapath, Reason: reason}
-	if e.Kind == bpf.EventTCPDenied {
-		// The policy's own block rule, enforced early.
-		out.Guard, out.PolicyDecision, out.MatchedRule = kernel.GuardEgressPolicy, hushspec.DecisionDeny, "rules.egress.block"
-		if blocked := a.policy.Load().EgressBlockedAddrs(); e.RuleID >= staticRuleBase && int(e.RuleID-staticRuleBase) < len(blocked) {
-			out.Pattern = blocked[e.RuleID-staticRuleBase].Pattern
-		}
-	}
-	d := Decision{Time: time.Now(), Workload: w.name, PID: e.PID, Comm: e.Comm, Dst: e.Dst,
-		Transport: transport, Verdict: kernel.VerdictDeny, Guard: out.Guard, MatchedRule: out.MatchedRule, Reason: reason, Count: e.Count}
-	a.proxy.record(a.ctx, ev, out, &d, nil)
-	a.proxy.counts.denied.Add(uint64(max(e.Count, 1)))
-	a.proxy.report(d)
-}
-
 // Close stops the listeners, waits for in-flight connections, and releases
 // the programs (once; later calls return the first result). Pinned links and maps stay: protected workloads keep failing
 // closed until an agent adopts them again or `uninstall` removes them.
@@ -493,10 +445,20 @@ func (a *Agent) close() error {
 	a.listeners = map[string]*listenerPair{}
 	a.mu.Unlock()
 	a.cancel()
-	a.events.Close()
+	// Every refusal reported so far gets its receipt: the events in the
+	// ring are read (readEvents stops once it has them all), then what the
+	// kernel still holds pending is taken.
+	flushErr := a.events.Flush()
 	a.bg.Wait()
+	a.takePending(true)
+	close(a.refusalQ)
+	a.refusalWG.Wait()
+	a.events.Close()
 	a.proxy.wg.Wait()
-	return a.objs.Close()
+	if flushErr != nil {
+		flushErr = fmt.Errorf("close agent: flush refusal events: %w", flushErr)
+	}
+	return errors.Join(flushErr, a.objs.Close())
 }
 
 // workload is a protected workload as the proxy knows it.

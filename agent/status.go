@@ -30,6 +30,7 @@ type Status struct {
 	Workloads   []WorkloadStatus   `json:"workloads"`
 	Listeners   []ListenerStatus   `json:"listeners"`
 	Counts      CountStatus        `json:"counts"`
+	Refusals    RefusalStatus      `json:"kernel_refusals"`
 	Maps        MapStatus          `json:"maps"`
 	Receipts    ReceiptStatus      `json:"receipts"`
 	Policy      PolicyStatus       `json:"policy"`
@@ -126,6 +127,10 @@ func (a *Agent) Status(version string) Status {
 	a.mu.Unlock()
 	c := a.proxy.counts
 	s.Counts = CountStatus{Allowed: c.allowed.Load(), Denied: c.denied.Load(), Failed: c.failed.Load(), ReceiptErrors: c.receiptErrors.Load()}
+	var err error
+	if s.Refusals, err = a.Refusals(); err != nil {
+		a.proxy.errs.add(err)
+	}
 	s.Maps.PendingOriginals, s.Maps.EstablishedOriginals, _ = a.objs.MapCounts()
 	s.Receipts = receiptStatus(a.opts.Log)
 	s.Errors = a.proxy.errs.list()
