@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv("CHIO_TEST_SOCKET"); spec != "" {
 		os.Exit(socketChild(spec))
 	}
+	if n := os.Getenv("CHIO_TEST_UDP_FLOOD"); n != "" {
+		os.Exit(udpFloodChild(n))
+	}
 	os.Exit(m.Run())
 }
 

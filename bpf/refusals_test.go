@@ -175,3 +175,128 @@ func TestUnmediatedSocketsRefusedAndReported(t *testing.T) {
 		t.Fatalf("protected UDP socket: exit %d, %q; want made, and its datagram refused", code, out)
 	}
 }
+
+// udpFloodChild sends one datagram to each of n distinct loopback
+// destinations (127.1.0.0 on, port CHIO_TEST_UDP_PORT) and prints how many
+// were refused with EPERM.
+func udpFloodChild(arg string) int {
+	var n, port int
+	fmt.Sscan(arg, &n)
+	fmt.Sscan(os.Getenv("CHIO_TEST_UDP_PORT"), &port)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		fmt.Println("socket:", err)
+		return 2
+	}
+	refused := 0
+	for i := 0; i < n; i++ {
+		to := &unix.SockaddrInet4{Addr: [4]byte{127, byte(1 + i>>16), byte(i >> 8), byte(i)}, Port: port}
+		if err := unix.Sendto(fd, []byte("x"), 0, to); errors.Is(err, unix.EPERM) {
+			refused++
+		}
+	}
+	fmt.Println(refused)
+	return 0
+}
+
+// drainEvents reads every event in the ring (the reader is flushed first)
+// and returns the refusals they stand for.
+func drainEvents(t *testing.T, rd *bpf.EventReader) (events int, refusals uint64) {
+	t.Helper()
+	if err := rd.Flush(); err != nil {
+		t.Fatalf("flush events: %v", err)
+	}
+	for {
+		e, err := rd.Read()
+		if errors.Is(err, bpf.ErrFlushed) {
+			return events, refusals
+		}
+		if err != nil {
+			t.Fatalf("read event: %v", err)
+		}
+		events++
+		refusals += uint64(e.Count)
+	}
+}
+
+// A flood to more distinct destinations than the refusals map holds, with
+// nobody reading the ring: the ring fills, the map fills, and still every
+// refusal is in exactly one of an event, a pending count the agent takes,
+// or the kernel's lost count.
+func TestRefusalAccountingExactUnderOverflow(t *testing.T) {
+	env := newRedirectEnv(t)
+	rd := openEvents(t, env.objs)
+	const n = 70000 // more than the refusals map's 65536 entries
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("CHIO_TEST_UDP_FLOOD=%d", n), "CHIO_TEST_UDP_PORT=7")
+	env.protected.CommandIn(t, cmd)
+	out, err := cmd.Output()
+	if err != nil || strings.TrimSpace(string(out)) != fmt.Sprint(n) {
+		t.Fatalf("flood: %v, %q; want %d refused", err, out, n)
+	}
+	events, inEvents := drainEvents(t, rd)
+	taken, err := env.objs.TakeRefusals(true)
+	if err != nil {
+		t.Fatalf("take refusals: %v", err)
+	}
+	var pending uint64
+	for _, e := range taken {
+		if e.Kind != bpf.EventUDPRefused || e.WorkloadID != 7 || e.Dst.Port() != 7 || e.Count == 0 || e.Comm == "" {
+			t.Fatalf("taken = %+v", e)
+		}
+		pending += uint64(e.Count)
+	}
+	st, err := env.objs.RefusalStats()
+	if err != nil {
+		t.Fatalf("refusal stats: %v", err)
+	}
+	t.Logf("%d refusals: %d in %d events, %d taken from %d entries, stats %+v", n, inEvents, events, pending, len(taken), st)
+	if st.Refused != n {
+		t.Fatalf("kernel counted %d refusals, want %d", st.Refused, n)
+	}
+	if inEvents+pending+st.Lost != n {
+		t.Fatalf("events %d + pending %d + lost %d = %d, want exactly %d", inEvents, pending, st.Lost, inEvents+pending+st.Lost, n)
+	}
+	// The overflow is visible, not silent.
+	if st.RingFull == 0 || st.MapFull == 0 || st.Lost == 0 {
+		t.Fatalf("stats %+v; want the ring and map overflow counted", st)
+	}
+	// A final take leaves nothing behind.
+	if again, err := env.objs.TakeRefusals(true); err != nil || len(again) != 0 {
+		t.Fatalf("second take = %d events, %v; want none", len(again), err)
+	}
+}
+
+// Refusals within the interval wait in the kernel; a take reports them in
+// one event that names the destination and the latest refuser.
+func TestPendingRefusalsTaken(t *testing.T) {
+	env := newRedirectEnv(t)
+	rd := openEvents(t, env.objs)
+	dst := netip.MustParseAddrPort("127.0.0.1:443")
+	for i := 0; i < 5; i++ {
+		if out, code, _ := runUDPIn(t, env.protected, dst.String()); code != 4 {
+			t.Fatalf("UDP to %s: exit %d, %q; want EPERM", dst, code, out)
+		}
+	}
+	_, _, pid := runUDPIn(t, env.protected, dst.String())
+	if e := readEvent(t, rd); e.Count != 1 || e.Dst != dst {
+		t.Fatalf("first event = %+v; want one refusal of %s", e, dst)
+	}
+	taken, err := env.objs.TakeRefusals(true)
+	if err != nil {
+		t.Fatalf("take refusals: %v", err)
+	}
+	// Refusals after the first within its interval are pending, unless a
+	// slow machine let the interval pass (then an event carried some).
+	var sum uint64
+	for _, e := range taken {
+		if e.Kind != bpf.EventUDPRefused || e.Dst != dst || e.Proto != bpf.ProtoUDP || e.WorkloadID != 7 || int(e.PID) != pid {
+			t.Fatalf("taken = %+v; want udp_refused of %s by pid %d", e, dst, pid)
+		}
+		sum += uint64(e.Count)
+	}
+	_, inEvents := drainEvents(t, rd)
+	if sum+inEvents != 5 {
+		t.Fatalf("taken %d + later events %d; want the 5 refusals after the first", sum, inEvents)
+	}
+}
