@@ -10,6 +10,7 @@ import (
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"golang.org/x/sys/unix"
 )
 
 // refusalTakeInterval is how often the agent takes the refusals the kernel
@@ -80,19 +81,19 @@ func (a *Agent) takePending(final bool) {
 // socketCall names a refused socket as receipts do.
 func socketCall(s bpf.Socket) *kernel.SocketCall {
 	c := &kernel.SocketCall{Family: "inet", Protocol: s.Protocol}
-	if s.Family == 10 { // AF_INET6
+	if s.Family == unix.AF_INET6 {
 		c.Family = "inet6"
 	}
 	switch s.Type {
-	case 1:
+	case unix.SOCK_STREAM:
 		c.Type = "stream"
-	case 2:
+	case unix.SOCK_DGRAM:
 		c.Type = "dgram"
-	case 3:
+	case unix.SOCK_RAW:
 		c.Type = "raw"
-	case 4:
+	case unix.SOCK_RDM:
 		c.Type = "rdm"
-	case 5:
+	case unix.SOCK_SEQPACKET:
 		c.Type = "seqpacket"
 	default:
 		c.Type = fmt.Sprintf("type-%d", s.Type)

@@ -81,6 +81,9 @@ type MapStatus struct {
 	PendingOriginals int `json:"pending_originals"`
 	// EstablishedOriginals are connections waiting for the proxy.
 	EstablishedOriginals int `json:"established_originals"`
+	// RefusalKeys are the destinations refused in about the last second or
+	// with refusals pending (the refusals map holds 65536).
+	RefusalKeys int `json:"refusal_keys"`
 }
 
 // ReceiptStatus is the receipt log's head.
@@ -132,6 +135,7 @@ func (a *Agent) Status(version string) Status {
 		a.proxy.errs.add(err)
 	}
 	s.Maps.PendingOriginals, s.Maps.EstablishedOriginals, _ = a.objs.MapCounts()
+	s.Maps.RefusalKeys, _ = a.objs.RefusalKeys()
 	s.Receipts = receiptStatus(a.opts.Log)
 	s.Errors = a.proxy.errs.list()
 	if s.Errors == nil {

@@ -4,10 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
+
+// refusalIdle is REFUSAL_IDLE_NS in chio.c: an entry with nothing pending
+// and no refusal for this long is removed by a take.
+const refusalIdle = time.Second
 
 // RefusalStats account for the refusals the programs made, summed over
 // CPUs since the maps were created (pinned maps outlive agents). Every
@@ -64,12 +69,21 @@ func (o *Objects) RefusalStats() (RefusalStats, error) {
 // made in the kernel under each entry's lock, so a refusal is reported
 // exactly once, by an event or here.
 func (o *Objects) TakeRefusals(final bool) ([]Event, error) {
+	// Only keys with something to do are taken (the values are read without
+	// their lock: a hint, which the program checks under it).
+	var now unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &now); err != nil { // bpf_ktime_get_ns's clock
+		return nil, fmt.Errorf("take refusals: %w", err)
+	}
+	nowNs := uint64(now.Nano())
 	var keys []chioRateKey
 	var k chioRateKey
 	var v chioRefusalAcc
 	it := o.objs.Refusals.Iterate()
 	for it.Next(&k, &v) {
-		keys = append(keys, k)
+		if final || v.Pending > 0 || nowNs-v.LastSeenNs >= uint64(refusalIdle) {
+			keys = append(keys, k)
+		}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("take refusals: list: %w", err)
@@ -104,4 +118,21 @@ func (o *Objects) TakeRefusals(final bool) ([]Event, error) {
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// RefusalKeys counts the entries of the refusals map: the destinations
+// refused within about the last second or with refusals pending (near 0 on
+// a quiet node; the map holds 65536).
+func (o *Objects) RefusalKeys() (int, error) {
+	n := 0
+	var k chioRateKey
+	var v chioRefusalAcc
+	it := o.objs.Refusals.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		return n, fmt.Errorf("count refusal keys: %w", err)
+	}
+	return n, nil
 }

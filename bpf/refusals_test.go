@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
@@ -298,5 +299,25 @@ func TestPendingRefusalsTaken(t *testing.T) {
 	_, inEvents := drainEvents(t, rd)
 	if sum+inEvents != 5 {
 		t.Fatalf("taken %d + later events %d; want the 5 refusals after the first", sum, inEvents)
+	}
+	if n, err := env.objs.RefusalKeys(); err != nil || n != 0 {
+		t.Fatalf("refusal keys after a final take = %d, %v; want 0", n, err)
+	}
+
+	// An entry with nothing pending leaves the map once it has been idle
+	// for the interval, so that the map holds only live floods.
+	runUDPIn(t, env.protected, dst.String())
+	if e := readEvent(t, rd); e.Count != 1 {
+		t.Fatalf("event = %+v; want one refusal", e)
+	}
+	if n, _ := env.objs.RefusalKeys(); n != 1 {
+		t.Fatalf("refusal keys = %d; want the one just refused", n)
+	}
+	time.Sleep(1100 * time.Millisecond) // the idle interval: not an assertion on speed
+	if taken, err := env.objs.TakeRefusals(false); err != nil || len(taken) != 0 {
+		t.Fatalf("take = %+v, %v; want nothing pending", taken, err)
+	}
+	if n, _ := env.objs.RefusalKeys(); n != 0 {
+		t.Fatalf("refusal keys after an idle take = %d; want 0", n)
 	}
 }
