@@ -87,31 +87,29 @@ func TestICMPAndRawSocketsRefusedWithReceipts(t *testing.T) {
 		{"raw4-root", AF_INET, RAW, ICMP, "127.0.0.1", 0, `{"family":"inet","protocol":1,"type":"raw"}`, "icmp"},
 		{"raw6-root", AF_INET6, RAW, ICMPV6, "::1", 0, `{"family":"inet6","protocol":58,"type":"raw"}`, "icmpv6"},
 	} {
-		t.Run(c.name, func(t *testing.T) {
-			args := []string{"netns", "exec", ns.Name, "python3", "-c", socketScript,
-				strconv.Itoa(c.family), strconv.Itoa(c.typ), strconv.Itoa(c.proto), c.dst, strconv.Itoa(c.uid)}
-			// Unprotected, the same process sends its echo request.
-			if out, code := e.runIn(plain, "ip", args...); code != 0 {
-				t.Fatalf("unprotected: exit %d, %q; want sent", code, out)
+		args := []string{"netns", "exec", ns.Name, "python3", "-c", socketScript,
+			strconv.Itoa(c.family), strconv.Itoa(c.typ), strconv.Itoa(c.proto), c.dst, strconv.Itoa(c.uid)}
+		// Unprotected, the same process sends its echo request.
+		if out, code := e.runIn(plain, "ip", args...); code != 0 {
+			t.Fatalf("%s unprotected: exit %d, %q; want sent", c.name, code, out)
+		}
+		out, code := e.run("ip", args...)
+		if code != 5 {
+			t.Fatalf("%s protected: exit %d, %q; want socket() refused (EPERM)", c.name, code, out)
+		}
+		call := fmt.Sprintf("socket(%s, %s, %s)", map[int]string{AF_INET: "inet", AF_INET6: "inet6"}[c.family],
+			map[int]string{DGRAM: "dgram", RAW: "raw"}[c.typ], c.transport)
+		d := e.waitDecision(func(d Decision) bool { return strings.HasPrefix(d.Reason, call) })
+		if d.Verdict != kernel.VerdictDeny || d.Guard != GuardDatapath || d.Comm != "python3" {
+			t.Fatalf("%s: decision = %+v", c.name, d)
+		}
+		raw := e.verifiedReceipt(d)
+		for _, want := range []string{`"tool_name":"socket"`, `"socket":` + c.socket, `"transport":"` + c.transport + `"`,
+			`"verdict":"deny"`, fmt.Sprintf(`"uid":%d`, c.uid)} {
+			if !strings.Contains(raw, want) {
+				t.Errorf("%s: receipt lacks %s: %s", c.name, want, raw)
 			}
-			out, code := e.run("ip", args...)
-			if code != 5 {
-				t.Fatalf("protected: exit %d, %q; want socket() refused (EPERM)", code, out)
-			}
-			call := fmt.Sprintf("socket(%s, %s, %s)", map[int]string{AF_INET: "inet", AF_INET6: "inet6"}[c.family],
-				map[int]string{DGRAM: "dgram", RAW: "raw"}[c.typ], c.transport)
-			d := e.waitDecision(func(d Decision) bool { return strings.HasPrefix(d.Reason, call) })
-			if d.Verdict != kernel.VerdictDeny || d.Guard != GuardDatapath || d.Comm != "python3" {
-				t.Fatalf("decision = %+v", d)
-			}
-			raw := e.verifiedReceipt(d)
-			for _, want := range []string{`"tool_name":"socket"`, `"socket":` + c.socket, `"transport":"` + c.transport + `"`,
-				`"verdict":"deny"`, fmt.Sprintf(`"uid":%d`, c.uid)} {
-				if !strings.Contains(raw, want) {
-					t.Errorf("receipt lacks %s: %s", want, raw)
-				}
-			}
-		})
+		}
 	}
 }
 
@@ -154,41 +152,39 @@ func TestPortZeroRefusedWithReceipt(t *testing.T) {
 		{"icmp", "127.0.0.1", "icmp"},
 		{"icmp", "::1", "icmpv6"},
 	} {
-		t.Run(c.kind+"-"+c.dst, func(t *testing.T) {
-			cmd := exec.Command("ip", "netns", "exec", ns.Name, "python3", "-c", connectScript, c.kind, c.dst)
-			if c.kind == "icmp" {
-				// It moves itself in after making its socket.
-				procs, err := os.OpenFile(filepath.Join(e.wl.Path, "cgroup.procs"), os.O_WRONLY, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer procs.Close()
-				cmd.ExtraFiles = []*os.File{procs}
-				plain.CommandIn(t, cmd)
-			} else {
-				e.wl.CommandIn(t, cmd)
+		cmd := exec.Command("ip", "netns", "exec", ns.Name, "python3", "-c", connectScript, c.kind, c.dst)
+		if c.kind == "icmp" {
+			// It moves itself in after making its socket.
+			procs, err := os.OpenFile(filepath.Join(e.wl.Path, "cgroup.procs"), os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
 			}
-			outb, err := cmd.CombinedOutput()
-			out, code := strings.TrimSpace(string(outb)), cmd.ProcessState.ExitCode()
-			if err != nil && code < 0 {
-				t.Fatalf("run: %v", err)
-			}
-			if code != 5 {
-				t.Fatalf("connect %s [%s]:0: exit %d, %q; want refused (EPERM)", c.kind, c.dst, code, out)
-			}
-			d := e.waitDecision(func(d Decision) bool {
-				return d.Transport == c.transport && d.Dst.Port() == 0 && d.Dst.Addr().String() == c.dst
-			})
-			if d.Verdict != kernel.VerdictDeny || d.Err != "" {
-				t.Fatalf("decision = %+v; want a deny with its receipt", d)
-			}
-			raw := e.verifiedReceipt(d)
-			for _, want := range []string{`"tool_name":"connect"`, `"port":0`, `"ip":"` + c.dst + `"`, `"transport":"` + c.transport + `"`} {
-				if !strings.Contains(raw, want) {
-					t.Errorf("receipt lacks %s: %s", want, raw)
-				}
-			}
+			defer procs.Close()
+			cmd.ExtraFiles = []*os.File{procs}
+			plain.CommandIn(t, cmd)
+		} else {
+			e.wl.CommandIn(t, cmd)
+		}
+		outb, err := cmd.CombinedOutput()
+		out, code := strings.TrimSpace(string(outb)), cmd.ProcessState.ExitCode()
+		if err != nil && code < 0 {
+			t.Fatalf("run: %v", err)
+		}
+		if code != 5 {
+			t.Fatalf("connect %s [%s]:0: exit %d, %q; want refused (EPERM)", c.kind, c.dst, code, out)
+		}
+		d := e.waitDecision(func(d Decision) bool {
+			return d.Transport == c.transport && d.Dst.Port() == 0 && d.Dst.Addr().String() == c.dst
 		})
+		if d.Verdict != kernel.VerdictDeny || d.Err != "" {
+			t.Fatalf("%s [%s]:0: decision = %+v; want a deny with its receipt", c.kind, c.dst, d)
+		}
+		raw := e.verifiedReceipt(d)
+		for _, want := range []string{`"tool_name":"connect"`, `"port":0`, `"ip":"` + c.dst + `"`, `"transport":"` + c.transport + `"`} {
+			if !strings.Contains(raw, want) {
+				t.Errorf("%s [%s]:0: receipt lacks %s: %s", c.kind, c.dst, want, raw)
+			}
+		}
 	}
 }
 
