@@ -71,7 +71,7 @@ enum event_kind {
 	EVENT_UDP_REFUSED = 2, // UDP from a protected workload, not DNS, not exempt
 	EVENT_NO_RECORD = 3,   // the original could not be recorded: refused
 	EVENT_SOCKET_REFUSED = 4, // socket() of a kind the datapath does not mediate
-	EVENT_PROTO_REFUSED = 5,  // connect() of such a socket (made before protection)
+	EVENT_PROTO_REFUSED = 5,  // connect()/sendmsg() of such a socket (made before protection)
 	EVENT_PORT_ZERO = 6,      // TCP connect() to port 0: no service, refused
 };
 
