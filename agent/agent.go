@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -98,7 +97,14 @@ type Agent struct {
 	objs   *bpf.Objects
 	events *bpf.EventReader
 	proxy  *proxy
-	policy atomic.Pointer[hushspec.Policy]
+	// refusals count the kernel refusals the agent has written receipts
+	// for, and those it could not (a receipt error, an unknown workload).
+	refusals struct{ receipted, unreceipted atomic.Uint64 }
+	// refusalQ carries kernel refusals to the goroutines that write their
+	// receipts (writeRefusals), which refusalWG counts.
+	refusalQ  chan bpf.Event
+	refusalWG sync.WaitGroup
+	policy    atomic.Pointer[hushspec.Policy]
 	// rules resolves the rule ids of kernel refusals to their patterns.
 	rules ruleTable
 
@@ -232,8 +238,14 @@ func Start(opts Options) (*Agent, error) {
 	lim := a.proxy.limits
 	opts.Logger.WithFields(logrus.Fields{"head_bytes": lim.HeadBytes, "pending": lim.Pending, "pending_per_workload": lim.PendingPerWorkload,
 		"relays": lim.Relays, "relays_per_workload": lim.RelaysPerWorkload, "memory_ceiling_mib": lim.MemoryCeiling() >> 20}).Info("connection limits")
-	a.bg.Add(4)
+	a.refusalQ = make(chan bpf.Event, 1024)
+	for range refusalWriters {
+		a.refusalWG.Add(1)
+		go func() { defer a.refusalWG.Done(); a.writeRefusals() }()
+	}
+	a.bg.Add(5)
 	go func() { defer a.bg.Done(); a.readEvents() }()
+	go func() { defer a.bg.Done(); a.takeRefusals(a.ctx) }()
 	go func() { defer a.bg.Done(); a.proxy.idle.run(a.ctx.Done()) }()
 	go func() { defer a.bg.Done(); a.proxy.overflow.run(a.ctx, a.proxy) }()
 	go func() { defer a.bg.Done(); a.watchCgroups(opts.ResyncInterval) }()
@@ -491,90 +503,6 @@ func (a *Agent) workloadsKnown() { a.knownOnce.Do(func() { close(a.known) }) }
 // Policy returns the policy in force.
 func (a *Agent) Policy() *hushspec.Policy { return a.policy.Load() }
 
-// readEvents turns kernel refusals into receipts. It starts once the
-// workloads are known (see UnprotectStale): the pinned ring may hold
-// refusals made while no agent ran, and their workload ids mean nothing
-// until the workloads are protected again.
-func (a *Agent) readEvents() {
-	select {
-	case <-a.known:
-	case <-a.ctx.Done():
-		return
-	}
-	for {
-		e, err := a.events.Read()
-		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				return
-			}
-			a.proxy.errs.add(err)
-			continue
-		}
-		a.kernelRefusal(e)
-	}
-}
-
-func (a *Agent) kernelRefusal(e bpf.Event) {
-	w := a.reg.byID(e.WorkloadID)
-	if w == nil {
-		a.proxy.errs.add(fmt.Errorf("kernel refusal from unknown workload id %d", e.WorkloadID))
-		return
-	}
-	ev, out, polHash := a.refusal(e, w)
-	d := Decision{Time: time.Now(), Workload: w.name, PID: e.PID, Comm: e.Comm, Dst: e.Dst,
-		Transport: ev.Transport, Verdict: kernel.VerdictDeny, Guard: out.Guard, MatchedRule: out.MatchedRule, Reason: out.Reason, Count: e.Count}
-	a.proxy.record(a.ctx, ev, out, polHash, &d, nil)
-	a.proxy.counts.denied.Add(uint64(max(e.Count, 1)))
-	a.proxy.report(d)
-}
-
-// refusal is the receipt input of a kernel refusal: the event, the outcome
-// and the hash of the policy that made it. A static block names its pattern
-// and policy through the rule id the kernel echoed; an id no policy held by
-// the agent has any more is said to be unknown, never guessed.
-func (a *Agent) refusal(e bpf.Event, w *workload) (kernel.EgressEvent, kernel.Outcome, string) {
-	transport := kernel.TransportTCP
-	if e.Proto == bpf.ProtoUDP {
-		transport = kernel.TransportUDP
-	}
-	polHash := a.policy.Load().Hash()
-	var reason string
-	switch e.Kind {
-	case bpf.EventUDPRefused:
-		reason = "UDP is refused for protected workloads except DNS to the configured resolvers (QUIC would bypass the TCP path)"
-	case bpf.EventTCPDenied:
-		reason = "host matched a block pattern; refused at connect() in the kernel"
-	case bpf.EventNoRecord:
-		reason = "the datapath could not record the original destination; connect refused"
-	case bpf.EventGuarded:
-		reason = "the workload's cgroup was made again at its path and is not protected yet; refused in the kernel until the agent protects it"
-		a.requestResync()
-	default:
-		reason = "refused in the kernel: " + e.Kind.String()
-	}
-	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardDatapath}
-	if e.Kind == bpf.EventTCPDenied {
-		// The policy's own block rule, enforced early.
-		out.Guard, out.PolicyDecision, out.MatchedRule = kernel.GuardEgressPolicy, hushspec.DecisionDeny, "rules.egress.block"
-		if r, ok := a.rules.lookup(e.RuleID, e.Dst.Addr()); ok {
-			out.Pattern, polHash = r.pattern, r.policyHash
-		} else {
-			reason += fmt.Sprintf(" (rule id %d belongs to no policy this agent still holds: its pattern is unknown)", e.RuleID)
-		}
-	}
-	if e.Count > 1 {
-		reason += fmt.Sprintf(" (%d refusals of this destination aggregated into this receipt)", e.Count)
-	}
-	out.Reason = reason
-	ev := kernel.EgressEvent{
-		IP: e.Dst.Addr(), Port: e.Dst.Port(), Transport: transport,
-		Workload:     w.identity(),
-		Process:      kernel.ProcessIdentity{PID: e.PID, UID: e.UID, Comm: e.Comm},
-		ConnectionID: newConnectionID(),
-	}
-	return ev, out, polHash
-}
-
 // Close stops the listeners, waits for in-flight connections, and releases
 // the programs (once; later calls return the first result). Pinned links and maps stay: protected workloads keep failing
 // closed until an agent adopts them again or `uninstall` removes them.
@@ -594,11 +522,21 @@ func (a *Agent) close() error {
 	a.listeners = map[string]*listenerPair{}
 	a.mu.Unlock()
 	a.cancel()
-	a.events.Close()
+	// Every refusal reported so far gets its receipt: the events in the
+	// ring are read (readEvents stops once it has them all), then what the
+	// kernel still holds pending is taken.
+	flushErr := a.events.Flush()
 	a.bg.Wait()
 	a.proxy.overflow.flush(a.ctx, a.proxy) // refusals counted while the loops stopped
+	a.takePending(true)
+	close(a.refusalQ)
+	a.refusalWG.Wait()
+	a.events.Close()
 	a.proxy.wg.Wait()
-	return a.objs.Close()
+	if flushErr != nil {
+		flushErr = fmt.Errorf("close agent: flush refusal events: %w", flushErr)
+	}
+	return errors.Join(flushErr, a.objs.Close())
 }
 
 // workload is a protected workload as the proxy knows it.

@@ -136,9 +136,12 @@ func FormatDecision(d Decision) string {
 		fmt.Fprintf(&b, "[%d]", d.PID)
 	}
 	b.WriteString(" → ")
-	if d.Name != "" {
+	switch {
+	case d.Name != "":
 		fmt.Fprintf(&b, "%s (%s %s)", d.Name, d.Dst, d.Protocol)
-	} else {
+	case !d.Dst.IsValid(): // a refused socket(): no destination yet
+		fmt.Fprintf(&b, "socket/%s", d.Transport)
+	default:
 		fmt.Fprintf(&b, "%s/%s", d.Dst, d.Transport)
 	}
 	// The policy rule when the policy decided; else the agent's own guard.

@@ -60,6 +60,28 @@ func newMetrics(a *Agent) *metrics {
 		Help: "Configured workloads (chio_agent_workload_state says which are protected now).",
 	}, func() float64 { return float64(len(a.reg.all())) }))
 	m.reg.MustRegister(workloadStates{a})
+	refusals := func(f func(RefusalStatus) uint64) func() float64 {
+		return func() float64 { st, _ := a.Refusals(); return float64(f(st)) }
+	}
+	for _, c := range []struct {
+		name, help string
+		f          func(RefusalStatus) uint64
+	}{
+		{"chio_agent_kernel_refusals_total", "Refusals made in the kernel (since the datapath's maps were made).",
+			func(s RefusalStatus) uint64 { return s.Refused }},
+		{"chio_agent_kernel_refusals_lost_total", "Kernel refusals that could be neither reported nor kept pending: never receipted.",
+			func(s RefusalStatus) uint64 { return s.Lost }},
+		{"chio_agent_kernel_ring_full_total", "Refusal events the ring buffer had no room for (their counts were kept pending, unless lost).",
+			func(s RefusalStatus) uint64 { return s.RingFull }},
+		{"chio_agent_kernel_refusal_map_full_total", "Refusals whose entry could not be made in the refusals map; each was reported alone.",
+			func(s RefusalStatus) uint64 { return s.MapFull }},
+		{"chio_agent_kernel_refusals_receipted_total", "Kernel refusals this agent wrote receipts for (an aggregated receipt counts each).",
+			func(s RefusalStatus) uint64 { return s.Receipted }},
+		{"chio_agent_kernel_refusals_unreceipted_total", "Kernel refusals reported to this agent whose receipt could not be written.",
+			func(s RefusalStatus) uint64 { return s.Unreceipted }},
+	} {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help}, refusals(c.f)))
+	}
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "chio_agent_originals_waiting",
 		Help: "Original destinations recorded by the datapath and not yet taken by the proxy.",

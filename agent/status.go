@@ -30,6 +30,7 @@ type Status struct {
 	Workloads   []WorkloadStatus   `json:"workloads"`
 	Listeners   []ListenerStatus   `json:"listeners"`
 	Counts      CountStatus        `json:"counts"`
+	Refusals    RefusalStatus      `json:"kernel_refusals"`
 	Maps        MapStatus          `json:"maps"`
 	Receipts    ReceiptStatus      `json:"receipts"`
 	Policy      PolicyStatus       `json:"policy"`
@@ -84,6 +85,9 @@ type MapStatus struct {
 	PendingOriginals int `json:"pending_originals"`
 	// EstablishedOriginals are connections waiting for the proxy.
 	EstablishedOriginals int `json:"established_originals"`
+	// RefusalKeys are the destinations refused in about the last second or
+	// with refusals pending (the refusals map holds 65536).
+	RefusalKeys int `json:"refusal_keys"`
 }
 
 // ReceiptStatus is the receipt log's head.
@@ -130,7 +134,12 @@ func (a *Agent) Status(version string) Status {
 	a.mu.Unlock()
 	c := a.proxy.counts
 	s.Counts = CountStatus{Allowed: c.allowed.Load(), Denied: c.denied.Load(), Failed: c.failed.Load(), ReceiptErrors: c.receiptErrors.Load()}
+	var err error
+	if s.Refusals, err = a.Refusals(); err != nil {
+		a.proxy.errs.add(err)
+	}
 	s.Maps.PendingOriginals, s.Maps.EstablishedOriginals, _ = a.objs.MapCounts()
+	s.Maps.RefusalKeys, _ = a.objs.RefusalKeys()
 	s.Receipts = receiptStatus(a.opts.Log)
 	s.Errors = a.proxy.errs.list()
 	if s.Errors == nil {

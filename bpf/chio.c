@@ -18,6 +18,16 @@
 // configured DNS resolvers and exempt destinations, so QUIC cannot go around
 // the TCP path. Refusals are reported through a ring buffer, rate-limited per
 // workload and destination so that a flood cannot flood the receipt log.
+//
+// Other sockets: a protected workload may create only TCP (or MPTCP) stream
+// and UDP datagram sockets in AF_INET/AF_INET6; ping (ICMP), raw, SCTP,
+// UDP-Lite and every other kind is refused at socket() (cgroup/sock_create),
+// since no connect or sendmsg hook sees what they send.
+//
+// Accounting: every refusal is counted exactly once, either in an event, in
+// the pending count of its entry in `refusals` (reported by a later event or
+// taken by the agent through chio_take_refusals), or as lost in
+// `refusal_stats`. Nothing is dropped silently.
 
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -30,8 +40,11 @@
 #define AF_INET6 10
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
+#define SOCK_RAW 3
+#define IPPROTO_ICMP 1
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define IPPROTO_MPTCP 262
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -44,6 +57,9 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 // One event per workload, protocol and destination per this many ns at most;
 // the event carries how many refusals it stands for.
 #define EVENT_INTERVAL_NS 1000000000ULL
+// An entry of `refusals` with nothing pending and no refusal for this long is
+// removed by chio_take_refusals, so that the map holds only live floods.
+#define REFUSAL_IDLE_NS EVENT_INTERVAL_NS
 
 enum verdict {
 	VERDICT_NONE = 0,
@@ -55,7 +71,10 @@ enum event_kind {
 	EVENT_TCP_DENIED = 1, // refused by the static verdict map
 	EVENT_UDP_REFUSED = 2, // UDP from a protected workload, not DNS, not exempt
 	EVENT_NO_RECORD = 3,   // the original could not be recorded: refused
-	EVENT_GUARDED = 4,     // a guarded cgroup path the agent has not protected yet
+	EVENT_SOCKET_REFUSED = 4, // socket() of a kind the datapath does not mediate
+	EVENT_PROTO_REFUSED = 5,  // connect()/sendmsg() of such a socket (made before protection)
+	EVENT_PORT_ZERO = 6,      // TCP connect() to port 0: no service, refused
+	EVENT_GUARDED = 7,        // a guarded cgroup path the agent has not protected yet
 };
 
 // Addresses are stored as 16 bytes in network order, IPv4 as v4-mapped IPv6
@@ -123,29 +142,80 @@ struct event {
 	__u32 uid;
 	__u32 addr[4];     // destination, v4-mapped for IPv4, network order
 	__u16 port;        // destination port, host order
-	__u8 proto;
+	__u8 proto;        // IP protocol of the socket (protocol, cut to 8 bits)
 	__u8 pad;
 	__u32 rule_id;
 	__u32 count;       // refusals this event stands for (1 + suppressed)
 	__u8 comm[TASK_COMM_LEN];
+	__u16 family;      // AF_INET or AF_INET6 of the socket
+	__u16 sock_type;   // SOCK_STREAM, SOCK_DGRAM, SOCK_RAW...
+	__u16 protocol;    // IP protocol of the socket, as the kernel resolved it
+	__u16 pad2;
 };
 
 // Referenced so that bpf2go can emit the Go type of ring-buffer records.
 const struct event *unused_event __attribute__((unused));
 
+// rate_key names what refusals are aggregated by: everything an event says
+// except who made the refusal. EVENT_SOCKET_REFUSED keys have no address.
 struct rate_key {
 	__u32 workload_id;
 	__u32 addr[4];
 	__u16 port;
-	__u8 proto;
+	__u16 protocol;
 	__u8 kind;
+	__u8 sock_type;
+	__u16 family;
+	__u32 rule_id;
 };
 
-struct rate_val {
-	__u64 last_ns;     // when the last event for this key was emitted
-	__u32 suppressed;  // refusals since then
-	__u32 pad;
+// who made a refusal, for its report.
+struct refuser {
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 uid;
+	__u8 comm[TASK_COMM_LEN];
 };
+
+// refusal_acc is one key's account, changed only under its lock. An entry
+// leaves the map only through chio_take_refusals, which takes what is
+// pending and marks it dead under the lock first: a program that looked the
+// entry up before it went (or finds it reused for another key) sees that
+// and reports by itself, so no count lands where nobody will take it.
+struct refusal_acc {
+	struct bpf_spin_lock lock;
+	__u32 pending;       // refusals not yet in any event
+	__u64 last_emit_ns;  // when an event (or a take) last reported this key
+	__u64 last_seen_ns;  // the last refusal
+	__u32 dead;          // 1: being removed; count elsewhere
+	__u32 pad;
+	struct refuser last; // the latest refuser, for an aggregated report
+	struct rate_key key; // the entry's own key, to tell a reused entry
+};
+
+// refusal_stats indexes (per CPU): how refusals were accounted.
+enum refusal_stat {
+	STAT_REFUSED = 0,    // refusals made (every one, however reported)
+	STAT_LOST = 1,       // refusals neither in an event nor kept pending
+	STAT_RING_FULL = 2,  // ring reservations that failed (count kept pending unless lost)
+	STAT_MAP_FULL = 3,   // refusals map updates that failed (reported alone)
+	STAT_MAX = 4,
+};
+
+// take_refusals is chio_take_refusals' context: the key to take (in), and
+// what was taken (out).
+struct take_refusals {
+	struct rate_key key; // in
+	__u32 final;         // in: 1 takes what is pending now, interval or not, and removes the entry
+	__u32 count;         // out: refusals taken
+	__u32 removed;       // out: 1 when the entry was removed
+	__u32 pad;
+	struct refuser last; // out: the latest refuser
+};
+
+// Referenced so that bpf2go can emit the Go types.
+const struct take_refusals *unused_take __attribute__((unused));
+const struct refusal_acc *unused_acc __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -195,13 +265,24 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } resolvers SEC(".maps");
 
+// Pending refusals by key. A plain hash, not an LRU: an eviction would drop
+// counts. When it is full a refusal is reported alone (and counted).
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
 	__type(key, struct rate_key);
-	__type(value, struct rate_val);
+	__type(value, struct refusal_acc);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} event_rate SEC(".maps");
+} refusals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} refusal_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -488,54 +569,146 @@ static __always_inline struct verdict_val *lookup_verdict(__u32 workload_id, __u
 	return bpf_map_lookup_elem(&verdicts, &k);
 }
 
-static __always_inline void report(__u32 kind, struct workload *w, __u8 proto, __u16 port,
-				   __u32 addr[4], __u32 rule_id)
+static __always_inline void count_stat(__u32 stat, __u64 n)
 {
-	struct rate_key rk = {};
-	rk.workload_id = w->id;
-	rk.addr[0] = addr[0];
-	rk.addr[1] = addr[1];
-	rk.addr[2] = addr[2];
-	rk.addr[3] = addr[3];
-	rk.port = port;
-	rk.proto = proto;
-	rk.kind = kind;
+	__u64 *v = bpf_map_lookup_elem(&refusal_stats, &stat);
+	if (v)
+		__sync_fetch_and_add(v, n);
+}
 
-	__u64 now = bpf_ktime_get_ns();
-	__u32 count = 1;
-	struct rate_val *rv = bpf_map_lookup_elem(&event_rate, &rk);
-	if (rv) {
-		if (now - rv->last_ns < EVENT_INTERVAL_NS) {
-			__sync_fetch_and_add(&rv->suppressed, 1);
-			return;
-		}
-		count += rv->suppressed;
-		rv->suppressed = 0;
-		rv->last_ns = now;
-	} else {
-		struct rate_val nv = {.last_ns = now};
-		bpf_map_update_elem(&event_rate, &rk, &nv, BPF_ANY);
-	}
+static __always_inline void current_refuser(struct refuser *r)
+{
+	r->cgroup_id = bpf_get_current_cgroup_id();
+	r->pid = bpf_get_current_pid_tgid() >> 32;
+	r->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(&r->comm, sizeof(r->comm));
+}
 
+static __always_inline int same_key(const struct rate_key *a, const struct rate_key *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+#pragma unroll
+	for (int i = 0; i < sizeof(*a) / 4; i++)
+		if (x[i] != y[i])
+			return 0;
+	return 1;
+}
+
+// emit puts one event for key on the ring; 0 when the ring is full.
+static __always_inline int emit(const struct rate_key *k, const struct refuser *r, __u32 count)
+{
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e)
-		return; // the ring is full: the agent counts drops from the rate map's totals
-	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->kind = kind;
-	e->workload_id = w->id;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->uid = (__u32)bpf_get_current_uid_gid();
-	e->addr[0] = addr[0];
-	e->addr[1] = addr[1];
-	e->addr[2] = addr[2];
-	e->addr[3] = addr[3];
-	e->port = port;
-	e->proto = proto;
+		return 0;
+	e->cgroup_id = r->cgroup_id;
+	e->kind = k->kind;
+	e->workload_id = k->workload_id;
+	e->pid = r->pid;
+	e->uid = r->uid;
+	e->addr[0] = k->addr[0];
+	e->addr[1] = k->addr[1];
+	e->addr[2] = k->addr[2];
+	e->addr[3] = k->addr[3];
+	e->port = k->port;
+	e->proto = (__u8)k->protocol;
 	e->pad = 0;
-	e->rule_id = rule_id;
+	e->rule_id = k->rule_id;
 	e->count = count;
-	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	__builtin_memcpy(e->comm, r->comm, sizeof(e->comm));
+	e->family = k->family;
+	e->sock_type = k->sock_type;
+	e->protocol = k->protocol;
+	e->pad2 = 0;
 	bpf_ringbuf_submit(e, 0);
+	return 1;
+}
+
+// keep adds count to key's pending refusals, for the next event or take to
+// report; 0 when the entry is gone (or going).
+static __always_inline int keep(const struct rate_key *k, __u32 count)
+{
+	struct refusal_acc *a = bpf_map_lookup_elem(&refusals, k);
+	if (!a)
+		return 0;
+	int kept = 0;
+	bpf_spin_lock(&a->lock);
+	if (!a->dead && same_key(&a->key, k)) {
+		a->pending += count;
+		kept = 1;
+	}
+	bpf_spin_unlock(&a->lock);
+	return kept;
+}
+
+// report_refusal accounts for one refusal: it joins its key's pending count
+// while the key had an event within EVENT_INTERVAL_NS, else goes out in an
+// event with what was pending. An event the ring has no room for goes back
+// to pending (the agent takes it); only what can be neither is lost, and
+// counted.
+static __always_inline void report_refusal(const struct rate_key *k)
+{
+	struct refuser r;
+	current_refuser(&r);
+	__u64 now = bpf_ktime_get_ns();
+	count_stat(STAT_REFUSED, 1);
+
+	__u32 count = 1;
+	int have = 0; // 1: k has a live entry, which this refusal's count belongs to
+	struct refusal_acc *a = bpf_map_lookup_elem(&refusals, k);
+	if (a) {
+		int suppressed = 0;
+		bpf_spin_lock(&a->lock);
+		if (!a->dead && same_key(&a->key, k)) {
+			have = 1;
+			a->last_seen_ns = now;
+			a->last = r;
+			if (now - a->last_emit_ns < EVENT_INTERVAL_NS) {
+				a->pending++;
+				suppressed = 1;
+			} else {
+				count += a->pending;
+				a->pending = 0;
+				a->last_emit_ns = now;
+			}
+		}
+		bpf_spin_unlock(&a->lock);
+		if (suppressed)
+			return;
+	} else {
+		struct refusal_acc nv = {};
+		nv.last_emit_ns = now;
+		nv.last_seen_ns = now;
+		nv.last = r;
+		nv.key = *k;
+		if (bpf_map_update_elem(&refusals, k, &nv, BPF_NOEXIST) == 0)
+			have = 1;
+		else
+			count_stat(STAT_MAP_FULL, 1); // (or a racing insert): report alone
+	}
+	if (emit(k, &r, count))
+		return;
+	count_stat(STAT_RING_FULL, 1);
+	if (have && keep(k, count))
+		return;
+	count_stat(STAT_LOST, count);
+}
+
+static __always_inline void report(__u32 kind, struct workload *w, __u8 proto, __u16 port,
+				   __u32 addr[4], __u32 rule_id, int v6)
+{
+	struct rate_key k = {};
+	k.workload_id = w->id;
+	k.addr[0] = addr[0];
+	k.addr[1] = addr[1];
+	k.addr[2] = addr[2];
+	k.addr[3] = addr[3];
+	k.port = port;
+	k.protocol = proto;
+	k.kind = kind;
+	k.family = v6 ? AF_INET6 : AF_INET;
+	k.sock_type = proto == IPPROTO_UDP ? SOCK_DGRAM : SOCK_STREAM;
+	k.rule_id = rule_id;
+	report_refusal(&k);
 }
 
 static __always_inline int is_resolver(__u32 addr[4], __u16 port)
@@ -565,7 +738,7 @@ static __always_inline int udp(struct bpf_sock_addr *ctx, struct workload *w, in
 		if (v)
 			rule = v->rule_id;
 	}
-	report(EVENT_UDP_REFUSED, w, IPPROTO_UDP, port, addr, rule);
+	report(EVENT_UDP_REFUSED, w, IPPROTO_UDP, port, addr, rule, v6);
 	return 0;
 }
 
@@ -576,6 +749,13 @@ static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, in
 	dst_addr(ctx, v6, addr);
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 
+	// Port 0 is no service: nothing legitimate connects there, and a
+	// receipt still says that it was tried.
+	if (port == 0) {
+		report(EVENT_PORT_ZERO, w, IPPROTO_TCP, port, addr, 0, v6);
+		return 0;
+	}
+
 	// DNS over TCP to a configured resolver is part of name resolution
 	// (port 53 only: the lookup is not worth making for every connect).
 	if (port == 53 && is_resolver(addr, port))
@@ -585,7 +765,7 @@ static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, in
 		if (v && v->verdict == VERDICT_EXEMPT)
 			return 1;
 		if (v && v->verdict == VERDICT_DENY) {
-			report(EVENT_TCP_DENIED, w, IPPROTO_TCP, port, addr, v->rule_id);
+			report(EVENT_TCP_DENIED, w, IPPROTO_TCP, port, addr, v->rule_id, v6);
 			return 0;
 		}
 	}
@@ -611,7 +791,7 @@ static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, in
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	if (bpf_map_update_elem(&orig_pending, &cookie, &o, BPF_ANY)) {
 		// Cannot record where it wanted to go: refuse, never pass unfiltered.
-		report(EVENT_NO_RECORD, w, IPPROTO_TCP, port, addr, 0);
+		report(EVENT_NO_RECORD, w, IPPROTO_TCP, port, addr, 0, v6);
 		return 0;
 	}
 
@@ -642,7 +822,40 @@ static __always_inline int refuse_guarded(struct bpf_sock_addr *ctx, struct work
 {
 	__u32 addr[4];
 	dst_addr(ctx, v6, addr);
-	report(EVENT_GUARDED, w, proto, bpf_ntohs((__u16)ctx->user_port), addr, 0);
+	report(EVENT_GUARDED, w, proto, bpf_ntohs((__u16)ctx->user_port), addr, 0, v6);
+	return 0;
+}
+
+// mediated says whether the connect and sendmsg hooks see everything a
+// socket of this type and protocol sends: TCP (and MPTCP, whose subflows are
+// TCP) streams and UDP datagrams. A protected workload gets no other socket.
+static __always_inline int mediated(__u32 type, __u32 protocol)
+{
+	if (type == SOCK_STREAM)
+		return protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP;
+	return type == SOCK_DGRAM && protocol == IPPROTO_UDP;
+}
+
+// refuse_socket reports the refusal of a socket that is not mediated, at
+// socket() (no destination) or at connect() (one made before its workload
+// was protected, or passed in from outside).
+static __always_inline int refuse_socket(struct workload *w, __u32 kind, __u32 family, __u32 type,
+					 __u32 protocol, __u32 addr[4], __u16 port)
+{
+	struct rate_key k = {};
+	k.workload_id = w->id;
+	k.kind = kind;
+	k.family = family;
+	k.sock_type = type;
+	k.protocol = protocol;
+	if (addr) {
+		k.addr[0] = addr[0];
+		k.addr[1] = addr[1];
+		k.addr[2] = addr[2];
+		k.addr[3] = addr[3];
+	}
+	k.port = port;
+	report_refusal(&k);
 	return 0;
 }
 
@@ -651,8 +864,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, int v6)
 	if (agent_socket(ctx))
 		return 1;
 	__u32 type = ctx->type;
-	if (type != SOCK_STREAM && type != SOCK_DGRAM)
-		return 1;
+	__u32 protocol = ctx->protocol;
 	struct workload wl;
 	__u64 cgid = bpf_get_current_cgroup_id();
 	int r = lookup_workload(&wl, cgid);
@@ -661,6 +873,12 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, int v6)
 	struct workload *w = &wl;
 	if (r == LOOKUP_GUARDED)
 		return refuse_guarded(ctx, w, v6, type == SOCK_DGRAM ? IPPROTO_UDP : IPPROTO_TCP);
+	if (!mediated(type, protocol)) {
+		__u32 addr[4];
+		dst_addr(ctx, v6, addr);
+		return refuse_socket(w, EVENT_PROTO_REFUSED, v6 ? AF_INET6 : AF_INET, type, protocol,
+				     addr, bpf_ntohs((__u16)ctx->user_port));
+	}
 	if (type == SOCK_DGRAM)
 		return udp(ctx, w, v6);
 	return tcp(ctx, w, v6, cgid);
@@ -690,6 +908,12 @@ int chio_sendmsg4(struct bpf_sock_addr *ctx)
 	struct workload *w = &wl;
 	if (r == LOOKUP_GUARDED)
 		return refuse_guarded(ctx, w, 0, IPPROTO_UDP);
+	if (ctx->protocol != IPPROTO_UDP) {
+		__u32 addr[4];
+		dst_addr(ctx, 0, addr);
+		return refuse_socket(w, EVENT_PROTO_REFUSED, AF_INET, SOCK_DGRAM, ctx->protocol, addr,
+				     bpf_ntohs((__u16)ctx->user_port));
+	}
 	return udp(ctx, w, 0);
 }
 
@@ -705,6 +929,12 @@ int chio_sendmsg6(struct bpf_sock_addr *ctx)
 	struct workload *w = &wl;
 	if (r == LOOKUP_GUARDED)
 		return refuse_guarded(ctx, w, 1, IPPROTO_UDP);
+	if (ctx->protocol != IPPROTO_UDP) {
+		__u32 addr[4];
+		dst_addr(ctx, 1, addr);
+		return refuse_socket(w, EVENT_PROTO_REFUSED, AF_INET6, SOCK_DGRAM, ctx->protocol, addr,
+				     bpf_ntohs((__u16)ctx->user_port));
+	}
 	return udp(ctx, w, 1);
 }
 
@@ -751,4 +981,64 @@ int chio_sock_release(struct bpf_sock *ctx)
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	bpf_map_delete_elem(&orig_pending, &cookie);
 	return 1;
+}
+
+// chio_sock_create refuses, for protected workloads, every AF_INET/AF_INET6
+// socket the other hooks do not mediate: ping (ICMP) sockets, raw sockets of
+// any protocol, SCTP, UDP-Lite... (sock_create sees only these two
+// families; AF_PACKET needs CAP_NET_RAW, which protected workloads must not
+// hold.)
+SEC("cgroup/sock_create")
+int chio_sock_create(struct bpf_sock *ctx)
+{
+	__u32 family = ctx->family;
+	__u32 type = ctx->type;
+	__u32 protocol = ctx->protocol;
+	if (mediated(type, protocol))
+		return 1;
+	struct workload wl;
+	if (!lookup_workload(&wl, bpf_get_current_cgroup_id()))
+		return 1;
+	return refuse_socket(&wl, EVENT_SOCKET_REFUSED, family, type, protocol, 0, 0);
+}
+
+// chio_take_refusals is run by the agent (BPF_PROG_RUN) for each key of
+// `refusals`: it takes the key's pending count once its interval has passed
+// (at once with final), and removes an entry with nothing pending that has
+// been idle, so that counts are reported even when no later refusal comes.
+// Taking under the entry's lock is what keeps the accounting exact.
+SEC("syscall")
+int chio_take_refusals(struct take_refusals *ctx)
+{
+	struct rate_key k = ctx->key;
+	__u32 final = ctx->final;
+	ctx->count = 0;
+	ctx->removed = 0;
+	struct refusal_acc *a = bpf_map_lookup_elem(&refusals, &k);
+	if (!a)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 count = 0;
+	int remove = 0;
+	struct refuser last = {};
+	bpf_spin_lock(&a->lock);
+	if (!a->dead && same_key(&a->key, &k)) {
+		if (a->pending && (final || now - a->last_emit_ns >= EVENT_INTERVAL_NS)) {
+			count = a->pending;
+			a->pending = 0;
+			a->last_emit_ns = now;
+			last = a->last;
+		}
+		if (!a->pending && (final || now - a->last_seen_ns >= REFUSAL_IDLE_NS)) {
+			a->dead = 1;
+			remove = 1;
+		}
+	}
+	bpf_spin_unlock(&a->lock);
+	if (remove)
+		bpf_map_delete_elem(&refusals, &k);
+	ctx->count = count;
+	ctx->removed = remove;
+	ctx->last = last;
+	return 0;
 }

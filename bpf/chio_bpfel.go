@@ -34,6 +34,10 @@ type chioEvent struct {
 	RuleId     uint32
 	Count      uint32
 	Comm       [16]uint8
+	Family     uint16
+	SockType   uint16
+	Protocol   uint16
+	Pad2       uint16
 	_          [4]byte
 }
 
@@ -67,15 +71,34 @@ type chioRateKey struct {
 	WorkloadId uint32
 	Addr       [4]uint32
 	Port       uint16
-	Proto      uint8
+	Protocol   uint16
 	Kind       uint8
+	SockType   uint8
+	Family     uint16
+	RuleId     uint32
 }
 
-type chioRateVal struct {
-	_          structs.HostLayout
-	LastNs     uint64
-	Suppressed uint32
+type chioRefusalAcc struct {
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Pending    uint32
+	LastEmitNs uint64
+	LastSeenNs uint64
+	Dead       uint32
 	Pad        uint32
+	Last       chioRefuser
+	Key        chioRateKey
+}
+
+type chioRefuser struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Pid      uint32
+	Uid      uint32
+	Comm     [16]uint8
 }
 
 type chioResolverKey struct {
@@ -83,6 +106,16 @@ type chioResolverKey struct {
 	Addr [4]uint32
 	Port uint16
 	Pad  uint16
+}
+
+type chioTakeRefusals struct {
+	_       structs.HostLayout
+	Key     chioRateKey
+	Final   uint32
+	Count   uint32
+	Removed uint32
+	Pad     uint32
+	Last    chioRefuser
 }
 
 type chioTupleKey struct {
@@ -124,25 +157,30 @@ type chioWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	chioMapCgCache          = "cg_cache"
-	chioMapEventRate        = "event_rate"
-	chioMapEvents           = "events"
-	chioMapGeneration       = "generation"
-	chioMapGuardScratch     = "guard_scratch"
-	chioMapGuards           = "guards"
-	chioMapOrigByTuple      = "orig_by_tuple"
-	chioMapOrigPending      = "orig_pending"
-	chioMapResolvers        = "resolvers"
-	chioMapVerdicts         = "verdicts"
-	chioMapWorkloads        = "workloads"
-	chioProgChioConnect4    = "chio_connect4"
-	chioProgChioConnect6    = "chio_connect6"
-	chioProgChioSendmsg4    = "chio_sendmsg4"
-	chioProgChioSendmsg6    = "chio_sendmsg6"
-	chioProgChioSockRelease = "chio_sock_release"
-	chioProgChioSockops     = "chio_sockops"
-	chioVarAgentMark        = "agent_mark"
-	chioVarUnusedEvent      = "unused_event"
+	chioMapCgCache           = "cg_cache"
+	chioMapEvents            = "events"
+	chioMapGeneration        = "generation"
+	chioMapGuardScratch      = "guard_scratch"
+	chioMapGuards            = "guards"
+	chioMapOrigByTuple       = "orig_by_tuple"
+	chioMapOrigPending       = "orig_pending"
+	chioMapRefusalStats      = "refusal_stats"
+	chioMapRefusals          = "refusals"
+	chioMapResolvers         = "resolvers"
+	chioMapVerdicts          = "verdicts"
+	chioMapWorkloads         = "workloads"
+	chioProgChioConnect4     = "chio_connect4"
+	chioProgChioConnect6     = "chio_connect6"
+	chioProgChioSendmsg4     = "chio_sendmsg4"
+	chioProgChioSendmsg6     = "chio_sendmsg6"
+	chioProgChioSockCreate   = "chio_sock_create"
+	chioProgChioSockRelease  = "chio_sock_release"
+	chioProgChioSockops      = "chio_sockops"
+	chioProgChioTakeRefusals = "chio_take_refusals"
+	chioVarAgentMark         = "agent_mark"
+	chioVarUnusedAcc         = "unused_acc"
+	chioVarUnusedEvent       = "unused_event"
+	chioVarUnusedTake        = "unused_take"
 )
 
 // loadChio returns the embedded CollectionSpec for chio.
@@ -187,12 +225,14 @@ type chioSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioProgramSpecs struct {
-	ChioConnect4    *ebpf.ProgramSpec `ebpf:"chio_connect4"`
-	ChioConnect6    *ebpf.ProgramSpec `ebpf:"chio_connect6"`
-	ChioSendmsg4    *ebpf.ProgramSpec `ebpf:"chio_sendmsg4"`
-	ChioSendmsg6    *ebpf.ProgramSpec `ebpf:"chio_sendmsg6"`
-	ChioSockRelease *ebpf.ProgramSpec `ebpf:"chio_sock_release"`
-	ChioSockops     *ebpf.ProgramSpec `ebpf:"chio_sockops"`
+	ChioConnect4     *ebpf.ProgramSpec `ebpf:"chio_connect4"`
+	ChioConnect6     *ebpf.ProgramSpec `ebpf:"chio_connect6"`
+	ChioSendmsg4     *ebpf.ProgramSpec `ebpf:"chio_sendmsg4"`
+	ChioSendmsg6     *ebpf.ProgramSpec `ebpf:"chio_sendmsg6"`
+	ChioSockCreate   *ebpf.ProgramSpec `ebpf:"chio_sock_create"`
+	ChioSockRelease  *ebpf.ProgramSpec `ebpf:"chio_sock_release"`
+	ChioSockops      *ebpf.ProgramSpec `ebpf:"chio_sockops"`
+	ChioTakeRefusals *ebpf.ProgramSpec `ebpf:"chio_take_refusals"`
 }
 
 // chioMapSpecs contains maps before they are loaded into the kernel.
@@ -200,13 +240,14 @@ type chioProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioMapSpecs struct {
 	CgCache      *ebpf.MapSpec `ebpf:"cg_cache"`
-	EventRate    *ebpf.MapSpec `ebpf:"event_rate"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Generation   *ebpf.MapSpec `ebpf:"generation"`
 	GuardScratch *ebpf.MapSpec `ebpf:"guard_scratch"`
 	Guards       *ebpf.MapSpec `ebpf:"guards"`
 	OrigByTuple  *ebpf.MapSpec `ebpf:"orig_by_tuple"`
 	OrigPending  *ebpf.MapSpec `ebpf:"orig_pending"`
+	RefusalStats *ebpf.MapSpec `ebpf:"refusal_stats"`
+	Refusals     *ebpf.MapSpec `ebpf:"refusals"`
 	Resolvers    *ebpf.MapSpec `ebpf:"resolvers"`
 	Verdicts     *ebpf.MapSpec `ebpf:"verdicts"`
 	Workloads    *ebpf.MapSpec `ebpf:"workloads"`
@@ -217,7 +258,9 @@ type chioMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioVariableSpecs struct {
 	AgentMark   *ebpf.VariableSpec `ebpf:"agent_mark"`
+	UnusedAcc   *ebpf.VariableSpec `ebpf:"unused_acc"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedTake  *ebpf.VariableSpec `ebpf:"unused_take"`
 }
 
 // chioObjects contains all objects after they have been loaded into the kernel.
@@ -241,13 +284,14 @@ func (o *chioObjects) Close() error {
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioMaps struct {
 	CgCache      *ebpf.Map `ebpf:"cg_cache"`
-	EventRate    *ebpf.Map `ebpf:"event_rate"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Generation   *ebpf.Map `ebpf:"generation"`
 	GuardScratch *ebpf.Map `ebpf:"guard_scratch"`
 	Guards       *ebpf.Map `ebpf:"guards"`
 	OrigByTuple  *ebpf.Map `ebpf:"orig_by_tuple"`
 	OrigPending  *ebpf.Map `ebpf:"orig_pending"`
+	RefusalStats *ebpf.Map `ebpf:"refusal_stats"`
+	Refusals     *ebpf.Map `ebpf:"refusals"`
 	Resolvers    *ebpf.Map `ebpf:"resolvers"`
 	Verdicts     *ebpf.Map `ebpf:"verdicts"`
 	Workloads    *ebpf.Map `ebpf:"workloads"`
@@ -256,13 +300,14 @@ type chioMaps struct {
 func (m *chioMaps) Close() error {
 	return _ChioClose(
 		m.CgCache,
-		m.EventRate,
 		m.Events,
 		m.Generation,
 		m.GuardScratch,
 		m.Guards,
 		m.OrigByTuple,
 		m.OrigPending,
+		m.RefusalStats,
+		m.Refusals,
 		m.Resolvers,
 		m.Verdicts,
 		m.Workloads,
@@ -274,19 +319,23 @@ func (m *chioMaps) Close() error {
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioVariables struct {
 	AgentMark   *ebpf.Variable `ebpf:"agent_mark"`
+	UnusedAcc   *ebpf.Variable `ebpf:"unused_acc"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
+	UnusedTake  *ebpf.Variable `ebpf:"unused_take"`
 }
 
 // chioPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioPrograms struct {
-	ChioConnect4    *ebpf.Program `ebpf:"chio_connect4"`
-	ChioConnect6    *ebpf.Program `ebpf:"chio_connect6"`
-	ChioSendmsg4    *ebpf.Program `ebpf:"chio_sendmsg4"`
-	ChioSendmsg6    *ebpf.Program `ebpf:"chio_sendmsg6"`
-	ChioSockRelease *ebpf.Program `ebpf:"chio_sock_release"`
-	ChioSockops     *ebpf.Program `ebpf:"chio_sockops"`
+	ChioConnect4     *ebpf.Program `ebpf:"chio_connect4"`
+	ChioConnect6     *ebpf.Program `ebpf:"chio_connect6"`
+	ChioSendmsg4     *ebpf.Program `ebpf:"chio_sendmsg4"`
+	ChioSendmsg6     *ebpf.Program `ebpf:"chio_sendmsg6"`
+	ChioSockCreate   *ebpf.Program `ebpf:"chio_sock_create"`
+	ChioSockRelease  *ebpf.Program `ebpf:"chio_sock_release"`
+	ChioSockops      *ebpf.Program `ebpf:"chio_sockops"`
+	ChioTakeRefusals *ebpf.Program `ebpf:"chio_take_refusals"`
 }
 
 func (p *chioPrograms) Close() error {
@@ -295,8 +344,10 @@ func (p *chioPrograms) Close() error {
 		p.ChioConnect6,
 		p.ChioSendmsg4,
 		p.ChioSendmsg6,
+		p.ChioSockCreate,
 		p.ChioSockRelease,
 		p.ChioSockops,
+		p.ChioTakeRefusals,
 	)
 }
 

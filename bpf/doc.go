@@ -9,6 +9,12 @@
 // it by the client side of the established connection, which is what the
 // proxy sees as its peer; sock_release drops the entries of sockets that never
 // connected. sendmsg4/6 (and connect on UDP sockets) refuse
-// protected UDP except DNS to the resolvers. bpf2go's generated names stay
-// unexported.
+// protected UDP except DNS to the resolvers. sock_create refuses every other
+// AF_INET/AF_INET6 socket (ping, raw, SCTP, UDP-Lite...) for protected
+// workloads, since no connect or sendmsg hook sees what those send.
+//
+// Every refusal is accounted for exactly once (RefusalStats): reported in an
+// event (rate-limited per key to one a second, carrying a count), kept
+// pending in the refusals map for a later event or TakeRefusals, or counted
+// as lost. bpf2go's generated names stay unexported.
 package bpf

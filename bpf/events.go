@@ -20,9 +20,17 @@ const (
 	EventTCPDenied  EventKind = 1 // TCP connect refused by the static verdict map
 	EventUDPRefused EventKind = 2 // UDP from a protected workload, not DNS, not exempt
 	EventNoRecord   EventKind = 3 // the original could not be recorded: connect refused
+	// EventSocketRefused: socket() of a kind the datapath does not mediate
+	// (ICMP, raw, SCTP...). The event has no destination.
+	EventSocketRefused EventKind = 4
+	// EventProtoRefused: connect() or sendmsg() of such a socket, one made
+	// before its workload was protected or passed in from outside.
+	EventProtoRefused EventKind = 5
+	// EventPortZero: a TCP connect() to port 0.
+	EventPortZero EventKind = 6
 	// EventGuarded: a connect or send from a guarded cgroup path the agent
 	// has not protected yet (a workload's cgroup made again); refused.
-	EventGuarded EventKind = 4
+	EventGuarded EventKind = 7
 )
 
 func (k EventKind) String() string {
@@ -33,6 +41,12 @@ func (k EventKind) String() string {
 		return "udp_refused"
 	case EventNoRecord:
 		return "no_record"
+	case EventSocketRefused:
+		return "socket_refused"
+	case EventProtoRefused:
+		return "proto_refused"
+	case EventPortZero:
+		return "port_zero"
 	case EventGuarded:
 		return "guarded"
 	}
@@ -42,17 +56,27 @@ func (k EventKind) String() string {
 // Event is a refusal made in the kernel, reported so that the agent still
 // writes a receipt. Events are rate-limited per workload, protocol and
 // destination (one a second); Count says how many refusals one stands for.
+// The refusals of an interval after the first come in a later event, or
+// from TakeRefusals.
 type Event struct {
 	Kind       EventKind
 	WorkloadID uint32
-	PID        uint32
+	PID        uint32 // the (latest) refusing process
 	UID        uint32
 	CgroupID   uint64
-	Dst        netip.AddrPort
-	Proto      Proto
+	Dst        netip.AddrPort // invalid for EventSocketRefused
+	Proto      Proto          // IP protocol (Protocol cut to 8 bits)
 	RuleID     uint32
 	Count      uint32
 	Comm       string
+	Socket     Socket // the refused socket
+}
+
+// Socket describes the socket a refusal was made on.
+type Socket struct {
+	Family   int    // unix.AF_INET or unix.AF_INET6
+	Type     int    // unix.SOCK_STREAM, unix.SOCK_DGRAM, unix.SOCK_RAW...
+	Protocol uint16 // IP protocol number, as the kernel resolved it
 }
 
 // EventReader reads refusal events. Close unblocks Read, which then returns
@@ -77,25 +101,40 @@ func (r *EventReader) Read() (Event, error) {
 		if errors.Is(err, ringbuf.ErrClosed) {
 			return Event{}, fmt.Errorf("read event: %w", os.ErrClosed)
 		}
+		if errors.Is(err, ringbuf.ErrFlushed) {
+			return Event{}, fmt.Errorf("read event: %w", ErrFlushed)
+		}
 		return Event{}, fmt.Errorf("read event: %w", err)
 	}
 	var e chioEvent
 	if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &e); err != nil {
 		return Event{}, fmt.Errorf("decode event: %w", err)
 	}
-	return Event{
+	ev := Event{
 		Kind:       EventKind(e.Kind),
 		WorkloadID: e.WorkloadId,
 		PID:        e.Pid,
 		UID:        e.Uid,
 		CgroupID:   e.CgroupId,
-		Dst:        netip.AddrPortFrom(wordsAddr(e.Addr), e.Port),
 		Proto:      Proto(e.Proto),
 		RuleID:     e.RuleId,
 		Count:      e.Count,
 		Comm:       unix.ByteSliceToString(e.Comm[:]),
-	}, nil
+		Socket:     Socket{Family: int(e.Family), Type: int(e.SockType), Protocol: e.Protocol},
+	}
+	if ev.Kind != EventSocketRefused {
+		ev.Dst = netip.AddrPortFrom(wordsAddr(e.Addr), e.Port)
+	}
+	return ev, nil
 }
+
+// Flush makes Read return the events already in the ring, then an error
+// wrapping ErrFlushed: a reader that stops on it has read every event
+// reported before the call.
+func (r *EventReader) Flush() error { return r.rd.Flush() }
+
+// ErrFlushed ends the events read after EventReader.Flush.
+var ErrFlushed = ringbuf.ErrFlushed
 
 // Close stops the reader.
 func (r *EventReader) Close() error { return r.rd.Close() }

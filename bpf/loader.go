@@ -95,6 +95,7 @@ var hooks = []hook{
 	{chioProgChioSendmsg6, ebpf.AttachCGroupUDP6Sendmsg, "cgroup/sendmsg6", func(p *chioPrograms) *ebpf.Program { return p.ChioSendmsg6 }},
 	{chioProgChioSockops, ebpf.AttachCGroupSockOps, "sockops", func(p *chioPrograms) *ebpf.Program { return p.ChioSockops }},
 	{chioProgChioSockRelease, ebpf.AttachCgroupInetSockRelease, "cgroup/sock_release", func(p *chioPrograms) *ebpf.Program { return p.ChioSockRelease }},
+	{chioProgChioSockCreate, ebpf.AttachCGroupInetSockCreate, "cgroup/sock_create", func(p *chioPrograms) *ebpf.Program { return p.ChioSockCreate }},
 }
 
 // Load loads the programs and maps into the kernel (adopting pinned maps when

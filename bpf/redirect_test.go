@@ -27,6 +27,12 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv("CHIO_TEST_UDP"); addr != "" {
 		os.Exit(udpChild(addr))
 	}
+	if spec := os.Getenv("CHIO_TEST_SOCKET"); spec != "" {
+		os.Exit(socketChild(spec))
+	}
+	if n := os.Getenv("CHIO_TEST_UDP_FLOOD"); n != "" {
+		os.Exit(udpFloodChild(n))
+	}
 	os.Exit(m.Run())
 }
 

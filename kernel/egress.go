@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -21,6 +22,9 @@ const (
 	// EgressToolName is the receipt's tool_name: the system call every
 	// mediated connection starts from, whatever the transport.
 	EgressToolName = "connect"
+	// EgressSocketToolName is the tool_name of a refused socket(2): the
+	// datapath refuses, at creation, sockets it cannot mediate (ICMP, raw).
+	EgressSocketToolName = "socket"
 	// GuardEgressPolicy names the HushSpec egress rules as a guard in
 	// decisions and evidence, in Chio's CamelCase guard style.
 	GuardEgressPolicy = "HushSpecEgressGuard"
@@ -29,11 +33,75 @@ const (
 	EgressMetadataSchema = "chio-agent.egress.v1"
 )
 
-// Transports an egress event may use.
+// Transports an egress event may use. The datapath mediates TCP and UDP;
+// the other protocols appear only in receipts of refusals.
 const (
-	TransportTCP = "tcp"
-	TransportUDP = "udp"
+	TransportTCP    = "tcp"
+	TransportUDP    = "udp"
+	TransportICMP   = "icmp"
+	TransportICMPv6 = "icmpv6"
 )
+
+// TransportOf names an IP protocol number as a receipt's transport: tcp,
+// udp, icmp, icmpv6, sctp, udplite, mptcp, else "ip-N".
+func TransportOf(protocol uint16) string {
+	switch protocol {
+	case 6:
+		return TransportTCP
+	case 17:
+		return TransportUDP
+	case 1:
+		return TransportICMP
+	case 58:
+		return TransportICMPv6
+	case 132:
+		return "sctp"
+	case 136:
+		return "udplite"
+	case 262:
+		return "mptcp"
+	}
+	return "ip-" + strconv.Itoa(int(protocol))
+}
+
+// validTransport says whether s is a name TransportOf gives.
+func validTransport(s string) bool {
+	if n, ok := strings.CutPrefix(s, "ip-"); ok {
+		v, err := strconv.ParseUint(n, 10, 16)
+		return err == nil && strconv.FormatUint(v, 10) == n && TransportOf(uint16(v)) == s
+	}
+	switch s {
+	case TransportTCP, TransportUDP, TransportICMP, TransportICMPv6, "sctp", "udplite", "mptcp":
+		return true
+	}
+	return false
+}
+
+// SocketCall is a socket(2) call refused before it named any destination.
+type SocketCall struct {
+	Family   string // "inet" or "inet6"
+	Type     string // "stream", "dgram", "raw", "seqpacket", else "type-N"
+	Protocol uint16 // IP protocol number, as the kernel resolved it
+}
+
+func (s *SocketCall) String() string {
+	return fmt.Sprintf("socket(%s, %s, %s)", s.Family, s.Type, TransportOf(s.Protocol))
+}
+
+func (s *SocketCall) validate() error {
+	if s.Family != "inet" && s.Family != "inet6" {
+		return fmt.Errorf("%w: socket family %q is neither inet nor inet6", ErrInvalidEvent, s.Family)
+	}
+	switch s.Type {
+	case "stream", "dgram", "raw", "seqpacket", "rdm":
+	default:
+		n, ok := strings.CutPrefix(s.Type, "type-")
+		if _, err := strconv.ParseUint(n, 10, 32); !ok || err != nil {
+			return fmt.Errorf("%w: socket type %q", ErrInvalidEvent, s.Type)
+		}
+	}
+	return nil
+}
 
 // EgressEvent is one outbound connection as the node agent saw it: where it
 // went, what the first bytes said about it, and who made it. Fields that
@@ -44,12 +112,22 @@ type EgressEvent struct {
 	// served, or the HTTP CONNECT line). Empty when only an address is known.
 	Host string
 	// IP is the original destination address recovered from the datapath.
-	// Required.
+	// Required, except for a refused socket call (Socket).
 	IP netip.Addr
-	// Port is the original destination port. Required (non-zero).
+	// Port is the original destination port: 0 when the workload asked for
+	// port 0 (which the datapath refuses) or the protocol has no ports.
 	Port uint16
-	// Transport is TransportTCP or TransportUDP. Required.
+	// Transport is TransportTCP or TransportUDP, or for a refusal another
+	// protocol as TransportOf names it. Required.
 	Transport string
+	// Socket, when set, says that what was refused is the creation of a
+	// socket the datapath does not mediate (ICMP, raw...): no destination
+	// was named, IP and Port are left zero, and the receipt's tool_name is
+	// EgressSocketToolName.
+	Socket *SocketCall
+	// Attempts is how many refused attempts an aggregated kernel refusal
+	// stands for; 0 means one, as for every mediated connection.
+	Attempts uint32
 	// SNI is the server_name of a TLS ClientHello, when one was peeked.
 	SNI string
 	// ALPN lists the protocols the ClientHello offered, in its order.
@@ -108,6 +186,8 @@ func (e *EgressEvent) Target() string {
 		return e.HTTPHost
 	case e.Host != "":
 		return e.Host
+	case e.Socket != nil && !e.IP.IsValid():
+		return e.Socket.String()
 	default:
 		return e.IP.String()
 	}
@@ -191,10 +271,14 @@ func EgressReceiptBody(ev EgressEvent, out Outcome, policyHash string, at time.T
 	if err != nil {
 		return Receipt{}, fmt.Errorf("build egress receipt: %w: metadata: %w", ErrInvalidEvent, err)
 	}
+	tool := EgressToolName
+	if ev.Socket != nil {
+		tool = EgressSocketToolName
+	}
 	return Receipt{
 		Timestamp:     uint64(at.Unix()),
 		ToolServer:    EgressToolServer,
-		ToolName:      EgressToolName,
+		ToolName:      tool,
 		Action:        Action{Parameters: params},
 		Decision:      &Decision{Verdict: out.Verdict, Reason: out.Reason, Guard: guard},
 		ReceiptKind:   KindMediatedDecision,
@@ -212,14 +296,18 @@ func EgressReceiptBody(ev EgressEvent, out Outcome, policyHash string, at time.T
 }
 
 func (e *EgressEvent) validate() error {
-	if !e.IP.IsValid() {
+	if e.Socket != nil {
+		if err := e.Socket.validate(); err != nil {
+			return err
+		}
+		if e.IP.IsValid() || e.Port != 0 {
+			return fmt.Errorf("%w: a refused socket call has no destination", ErrInvalidEvent)
+		}
+	} else if !e.IP.IsValid() {
 		return fmt.Errorf("%w: no destination address", ErrInvalidEvent)
 	}
-	if e.Port == 0 {
-		return fmt.Errorf("%w: destination port 0", ErrInvalidEvent)
-	}
-	if e.Transport != TransportTCP && e.Transport != TransportUDP {
-		return fmt.Errorf("%w: transport %q is neither tcp nor udp", ErrInvalidEvent, e.Transport)
+	if !validTransport(e.Transport) {
+		return fmt.Errorf("%w: transport %q is not an IP protocol name", ErrInvalidEvent, e.Transport)
 	}
 	if e.Workload.Name == "" {
 		return fmt.Errorf("%w: no workload name", ErrInvalidEvent)
@@ -242,12 +330,17 @@ func (e *EgressEvent) validate() error {
 // parameters is what was attempted: the destination and what the client
 // said about it. Same destination, same parameter_hash.
 func (e *EgressEvent) parameters() map[string]any {
-	ip := e.IP.Unmap() // an IPv4 destination reached over a v6 socket is still IPv4
 	p := map[string]any{
-		"ip":        ip.WithZone("").String(),
-		"port":      e.Port,
 		"transport": e.Transport,
 		"target":    e.Target(),
+	}
+	if e.IP.IsValid() {
+		ip := e.IP.Unmap() // an IPv4 destination reached over a v6 socket is still IPv4
+		p["ip"] = ip.WithZone("").String()
+		p["port"] = e.Port
+	}
+	if e.Socket != nil {
+		p["socket"] = map[string]any{"family": e.Socket.Family, "type": e.Socket.Type, "protocol": e.Socket.Protocol}
 	}
 	putString(p, "host", e.Host)
 	putString(p, "sni", e.SNI)
@@ -279,6 +372,9 @@ func (e *EgressEvent) metadata(out Outcome) map[string]any {
 		"workload": w,
 	}
 	putString(m, "connection_id", e.ConnectionID)
+	if e.Attempts > 1 {
+		m["attempts"] = e.Attempts
+	}
 	if e.Process.PID != 0 {
 		proc := map[string]any{"pid": e.Process.PID, "uid": e.Process.UID}
 		putString(proc, "comm", e.Process.Comm)
@@ -319,11 +415,16 @@ func (o Outcome) details(target string) string {
 // EgressParameters decodes the parameters of an egress receipt, for tools
 // that read receipts back (the field names are those of docs/receipts.md).
 type EgressParameters struct {
-	Target     string   `json:"target"`
-	Host       string   `json:"host,omitempty"`
-	IP         string   `json:"ip"`
-	Port       uint16   `json:"port"`
-	Transport  string   `json:"transport"`
+	Target    string `json:"target"`
+	Host      string `json:"host,omitempty"`
+	IP        string `json:"ip"`
+	Port      uint16 `json:"port"`
+	Transport string `json:"transport"`
+	Socket    *struct {
+		Family   string `json:"family"`
+		Type     string `json:"type"`
+		Protocol uint16 `json:"protocol"`
+	} `json:"socket,omitempty"`
 	SNI        string   `json:"sni,omitempty"`
 	ALPN       []string `json:"alpn,omitempty"`
 	HTTPHost   string   `json:"http_host,omitempty"`

@@ -135,8 +135,15 @@ func TestBuildEgressReceiptRejects(t *testing.T) {
 	ok := docExampleEvent()
 	cases := map[string]func(e *EgressEvent, o *Outcome){
 		"no ip":         func(e *EgressEvent, o *Outcome) { e.IP = netip.Addr{} },
-		"port 0":        func(e *EgressEvent, o *Outcome) { e.Port = 0 },
-		"transport":     func(e *EgressEvent, o *Outcome) { e.Transport = "sctp" },
+		"transport":     func(e *EgressEvent, o *Outcome) { e.Transport = "quic" },
+		"transport ip-": func(e *EgressEvent, o *Outcome) { e.Transport = "ip-06" },
+		"socket and ip": func(e *EgressEvent, o *Outcome) { e.Socket = &SocketCall{Family: "inet", Type: "raw", Protocol: 1} },
+		"socket family": func(e *EgressEvent, o *Outcome) {
+			e.IP, e.Port, e.Socket = netip.Addr{}, 0, &SocketCall{Family: "unix", Type: "raw", Protocol: 1}
+		},
+		"socket type": func(e *EgressEvent, o *Outcome) {
+			e.IP, e.Port, e.Socket = netip.Addr{}, 0, &SocketCall{Family: "inet", Type: "bogus", Protocol: 1}
+		},
 		"no workload":   func(e *EgressEvent, o *Outcome) { e.Workload.Name = "" },
 		"bad sni":       func(e *EgressEvent, o *Outcome) { e.SNI = "a\xffb" },
 		"bad label":     func(e *EgressEvent, o *Outcome) { e.Workload.Labels = map[string]string{"k": "\xfe"} },
@@ -196,6 +203,69 @@ func BenchmarkBuildEgressReceipt(b *testing.B) {
 	for b.Loop() {
 		if _, err := BuildEgressReceipt(ev, out, docExamplePolicyHash, key, at); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// A refusal in the kernel is receipted whatever the workload tried: a
+// connect to port 0, a protocol the datapath does not mediate, a socket()
+// that named no destination. Each receipt verifies and says what happened.
+func TestEgressReceiptsOfKernelRefusals(t *testing.T) {
+	key := testKey(t)
+	out := Outcome{Verdict: VerdictDeny, Guard: "ChioAgentDatapathGuard", Reason: "refused in the kernel"}
+	base := docExampleEvent()
+	base.SNI, base.ALPN = "", nil
+	cases := []struct {
+		name string
+		edit func(e *EgressEvent)
+		tool string
+		want []string
+		not  []string
+	}{
+		{"tcp port 0", func(e *EgressEvent) { e.Port = 0 }, EgressToolName,
+			[]string{`"port":0`, `"transport":"tcp"`, `"ip":"203.0.113.7"`}, nil},
+		{"udp port 0 aggregated", func(e *EgressEvent) { e.Port, e.Transport, e.Attempts = 0, TransportUDP, 7 },
+			EgressToolName, []string{`"port":0`, `"transport":"udp"`, `"attempts":7`}, nil},
+		{"icmp connect", func(e *EgressEvent) { e.Port, e.Transport = 0, TransportICMP }, EgressToolName,
+			[]string{`"transport":"icmp"`, `"ip":"203.0.113.7"`}, nil},
+		{"raw socket", func(e *EgressEvent) {
+			e.IP, e.Port, e.Transport = netip.Addr{}, 0, "ip-255"
+			e.Socket = &SocketCall{Family: "inet6", Type: "raw", Protocol: 255}
+		}, EgressSocketToolName,
+			[]string{`"socket":{"family":"inet6","protocol":255,"type":"raw"}`, `"target":"socket(inet6, raw, ip-255)"`, `"transport":"ip-255"`},
+			[]string{`"ip":`, `"port":`, `"attempts"`}},
+	}
+	for _, c := range cases {
+		ev := base
+		c.edit(&ev)
+		r, err := BuildEgressReceipt(ev, out, "ph", key, time.Unix(1767225600, 0))
+		if err != nil {
+			t.Fatalf("%s: build: %v", c.name, err)
+		}
+		if r.ToolName != c.tool {
+			t.Errorf("%s: tool_name %q, want %q", c.name, r.ToolName, c.tool)
+		}
+		raw, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res, err := (Verifier{TrustedKeys: []ed25519.PublicKey{key.Public().(ed25519.PublicKey)}}).VerifyJSON(raw); err != nil || !res.OK {
+			t.Errorf("%s: receipt does not verify: %+v %v", c.name, res, err)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(string(raw), w) {
+				t.Errorf("%s: receipt lacks %s: %s", c.name, w, raw)
+			}
+		}
+		for _, w := range c.not {
+			if strings.Contains(string(raw), w) {
+				t.Errorf("%s: receipt has %s: %s", c.name, w, raw)
+			}
+		}
+	}
+	for p, want := range map[uint16]string{6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp", 255: "ip-255", 0: "ip-0"} {
+		if got := TransportOf(p); got != want || !validTransport(got) {
+			t.Errorf("TransportOf(%d) = %q (valid %v), want %q", p, got, validTransport(got), want)
 		}
 	}
 }

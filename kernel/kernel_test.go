@@ -118,7 +118,7 @@ func TestEvaluateEgress(t *testing.T) {
 
 	// An event the receipt cannot describe denies with an error.
 	bad := egressTo("api.openai.com")
-	bad.Port = 0
+	bad.IP = netip.Addr{}
 	out, r, err := k.EvaluateEgress(context.Background(), bad)
 	if !errors.Is(err, ErrInvalidEvent) || out.Verdict != VerdictDeny || r.ID != "" {
 		t.Errorf("bad event: %+v %v", out, err)

@@ -251,7 +251,7 @@ agent:
 		t.Fatalf("allowed curl: exit %d, %q\n%s", code, out, d.logs)
 	}
 	s := d.status()
-	if len(s.Attachments) != 6 || len(s.Workloads) != 1 || s.Workloads[0].Name != "lifecycle" || s.Counts.Allowed != 1 || s.Policy.Name != "lifecycle" {
+	if len(s.Attachments) != 7 || len(s.Workloads) != 1 || s.Workloads[0].Name != "lifecycle" || s.Counts.Allowed != 1 || s.Policy.Name != "lifecycle" {
 		t.Fatalf("status = %+v", s)
 	}
 	for _, a := range s.Attachments {

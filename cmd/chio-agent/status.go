@@ -61,6 +61,8 @@ func printStatus(out io.Writer, s agent.Status) {
 		s.Receipts.Path, s.Receipts.LastSeq, s.Receipts.Checkpoints, s.Receipts.SealedSeq, dash(short(s.Receipts.LastCheckpoint)))
 	fmt.Fprintf(out, "decisions  %d allowed, %d denied, %d failed (%d receipt errors)\n",
 		s.Counts.Allowed, s.Counts.Denied, s.Counts.Failed, s.Counts.ReceiptErrors)
+	fmt.Fprintf(out, "refusals   %d in the kernel: %d receipted, %d lost (ring full %d times, refusal map full %d times), %d receipts failed\n",
+		s.Refusals.Refused, s.Refusals.Receipted, s.Refusals.Lost, s.Refusals.RingFull, s.Refusals.MapFull, s.Refusals.Unreceipted)
 	fmt.Fprintf(out, "originals  %d pending, %d established (connection-tracking map entries)\n\n",
 		s.Maps.PendingOriginals, s.Maps.EstablishedOriginals)
 
