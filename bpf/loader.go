@@ -41,6 +41,7 @@ type Objects struct {
 	opts   Options
 	links  []Attachment
 	cgroup string
+	lock   *os.File // the pin directory's lock, held until Close
 }
 
 // Attachment is one program attached to a cgroup through a bpf_link.
@@ -124,7 +125,20 @@ func Load(opts Options) (*Objects, error) {
 		copts.Maps.PinPath = filepath.Join(opts.PinDir, "maps")
 	}
 	o := &Objects{opts: opts}
+	if opts.PinDir != "" {
+		// One agent per pinned state: a second one would swap its programs
+		// into the first one's links and answer for its workloads.
+		if o.lock, err = lockPinDir(opts.PinDir); err != nil {
+			return nil, fmt.Errorf("load programs: %w", err)
+		}
+		// An older agent holds the objects open without the lock.
+		if err := checkHolders(opts.PinDir); err != nil {
+			o.closeLock()
+			return nil, fmt.Errorf("load programs: %w", err)
+		}
+	}
 	if err := spec.LoadAndAssign(&o.objs, &copts); err != nil {
+		o.closeLock()
 		var verr *ebpf.VerifierError
 		switch {
 		case errors.As(err, &verr):
@@ -139,10 +153,12 @@ func Load(opts Options) (*Objects, error) {
 			path := filepath.Join(opts.PinDir, "progs", h.name)
 			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 				o.objs.Close()
+				o.closeLock()
 				return nil, fmt.Errorf("replace pinned program %s: %w", path, err)
 			}
 			if err := h.prog(&o.objs.chioPrograms).Pin(path); err != nil {
 				o.objs.Close()
+				o.closeLock()
 				return nil, fmt.Errorf("pin program %s: %w", h.name, err)
 			}
 		}
@@ -353,6 +369,7 @@ func (o *Objects) Close() error {
 	}
 	o.links = nil
 	errs = append(errs, o.objs.Close())
+	o.closeLock()
 	return errors.Join(errs...)
 }
 
@@ -366,6 +383,9 @@ func Uninstall(pinDir string) ([]string, error) {
 	links, _ := filepath.Glob(filepath.Join(pinDir, "links", "*"))
 	for _, p := range links {
 		l, err := link.LoadPinnedLink(p, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("open pinned link %s: %w", p, err))
 			continue
@@ -387,7 +407,9 @@ func Uninstall(pinDir string) ([]string, error) {
 		}
 		for _, e := range entries {
 			p := filepath.Join(dir, e.Name())
-			if err := os.Remove(p); err != nil {
+			if err := os.Remove(p); errors.Is(err, os.ErrNotExist) {
+				continue // removed meanwhile (an exec reaper and a sweep may race)
+			} else if err != nil {
 				errs = append(errs, fmt.Errorf("unpin %s: %w", p, err))
 				continue
 			}
