@@ -6,7 +6,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/backbay-labs/chio-agent/agent"
 	"github.com/backbay-labs/chio-agent/bpf"
 )
 
@@ -18,8 +17,9 @@ type uninstallOptions struct {
 
 func (o *uninstallOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.pinDir, "pin-dir", bpf.DefaultPinDir, "bpffs directory the agent pinned under")
-	fs.StringVar(&o.socket, "socket", agent.DefaultStatusSocket, "status socket of a running agent")
-	fs.BoolVar(&o.force, "force", false, "uninstall even while an agent is running")
+	fs.StringVar(&o.socket, "socket", "", "ignored: whether an agent runs is read from the pinned state itself")
+	fs.MarkDeprecated("socket", "whether an agent runs is read from the pinned state itself")
+	fs.BoolVar(&o.force, "force", false, "uninstall even while an agent holds the pinned state")
 }
 
 func newUninstallCommand() *cobra.Command {
@@ -29,12 +29,16 @@ func newUninstallCommand() *cobra.Command {
 		Short: "Detach and remove every program, link and map the node agent pinned",
 		Long: `uninstall detaches every link pinned under the pin directory and removes the
 pins, so protected workloads connect directly again (unprotected, unreceipted).
-It refuses while an agent is running unless --force is given: stop the agent
-first, or its workloads would lose protection under it.`,
+It refuses, naming the process, while an agent owns the pinned state (a live
+process holds its links, maps or programs open, or the pin directory's lock),
+whatever status socket that agent uses, unless --force is given: stop the
+agent first, or its workloads would lose protection under it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if _, err := agent.QueryStatus(cmd.Context(), o.socket); err == nil && !o.force {
-				return fmt.Errorf("an agent is running (status socket %s): stop it first, or pass --force", o.socket)
+			if !o.force {
+				if err := bpf.CheckOwner(o.pinDir); err != nil {
+					return fmt.Errorf("uninstall: %w (stop the agent first, or pass --force)", err)
+				}
 			}
 			removed, err := bpf.Uninstall(o.pinDir)
 			for _, p := range removed {
