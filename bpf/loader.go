@@ -30,8 +30,10 @@ type Options struct {
 	// links (PinDir/links) so that they outlive the process: while the agent
 	// is down, protected connections still go to its (absent) listener and
 	// fail. A later Load with the same PinDir adopts the pinned maps, and
-	// Attach swaps the new programs into the pinned links atomically. Empty
-	// (the default): nothing outlives Close, as `chio-agent exec` wants.
+	// Attach swaps the new programs into the pinned links atomically. Load
+	// takes the directory's lock until Close and refuses one that a live
+	// process owns (ErrPinDirInUse). Empty (the default): nothing outlives
+	// Close.
 	PinDir string
 }
 
