@@ -83,7 +83,7 @@ func Exec(ctx context.Context, o ExecOptions) (code int, err error) {
 	}
 	// The reaper first: from here on, whatever this process makes is
 	// cleaned up even if it is killed the next instant.
-	rp, err := startReaper(run)
+	rp, err := startReaper(run, mnt)
 	if err != nil {
 		return 0, fmt.Errorf("exec: %w", err)
 	}

@@ -122,10 +122,14 @@ type reaper struct {
 }
 
 // startReaper starts the reaper for run and waits until it is ready. It
-// runs outside the workload's cgroup (in exec's), in its own process group
-// (a terminal's ^C reaches exec and the workload, not it), as root: an
-// unprivileged workload cannot signal it.
-func startReaper(run execRun) (*reaper, error) {
+// runs as root, outside the workload's cgroup and outside exec's own: in
+// the root of the cgroup2 hierarchy (when the kernel lets it start there),
+// so that a supervisor stopping exec's whole cgroup (systemd's
+// KillMode=control-group: SIGTERM, then SIGKILL to every process in it)
+// kills exec but not the reaper, which then kills the workload. It is in
+// its own process group (a terminal's ^C reaches exec and the workload, not
+// it), and an unprivileged workload cannot signal it.
+func startReaper(run execRun, cgroupMount string) (*reaper, error) {
 	eofR, eofW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("start exec reaper: %w", err)
@@ -137,13 +141,29 @@ func startReaper(run execRun) (*reaper, error) {
 		return nil, fmt.Errorf("start exec reaper: %w", err)
 	}
 	defer readyR.Close()
-	cmd := exec.Command("/proc/self/exe", run.cgroup, run.pinDir)
-	cmd.Args[0] = "chio-agent-exec-reaper"
-	cmd.Env = []string{reaperEnv + "=1", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	cmd.Dir = "/"
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = eofR, readyW, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	err = cmd.Start()
+	newCmd := func() *exec.Cmd {
+		cmd := exec.Command("/proc/self/exe", run.cgroup, run.pinDir)
+		cmd.Args[0] = "chio-agent-exec-reaper"
+		cmd.Env = []string{reaperEnv + "=1", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+		cmd.Dir = "/"
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = eofR, readyW, os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		return cmd
+	}
+	cmd := newCmd()
+	root, err := os.Open(cgroupMount)
+	if err == nil {
+		cgroupfs.PlaceCommand(cmd, root)
+		err = cmd.Start()
+		root.Close()
+	}
+	if err != nil {
+		// No cgroup2 root to start in (a container's delegated subtree):
+		// beside exec, where a supervisor that kills exec's cgroup kills
+		// it too; the pinned hooks then still refuse the workload.
+		cmd = newCmd()
+		err = cmd.Start()
+	}
 	eofR.Close()
 	readyW.Close()
 	if err != nil {

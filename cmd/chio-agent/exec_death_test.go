@@ -38,7 +38,9 @@ type execUnderTest struct {
 	reaper  int
 }
 
-func startExecWorkload(t *testing.T) *execUnderTest {
+// startExecWorkload starts exec, inside the cgroup unit when it is not nil
+// (as a systemd service runs it).
+func startExecWorkload(t *testing.T, unit *testutil.Cgroup) *execUnderTest {
 	t.Helper()
 	testutil.RequireRoot(t)
 	for _, tool := range []string{"curl", "setpriv"} {
@@ -92,6 +94,9 @@ func startExecWorkload(t *testing.T) *execUnderTest {
 	e.cmd = exec.Command(bin, "exec", "--policy", policy, "--key", key, "--receipts", filepath.Join(dir, "receipts.db"), "--",
 		"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--", "sh", "-c", script)
 	e.cmd.Stdin, e.cmd.Stdout, e.cmd.Stderr = inR, outW, errFile
+	if unit != nil {
+		unit.CommandIn(t, e.cmd)
+	}
 	if err := e.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +234,7 @@ func (e *execUnderTest) waitExited() {
 // cgroup), and never reaches the server; then the pins and the cgroup go.
 // The unprivileged workload cannot kill the reaper (nor exec) first.
 func TestExecKilledWorkloadDiesWithIt(t *testing.T) {
-	e := startExecWorkload(t)
+	e := startExecWorkload(t, nil)
 	for _, pid := range []int{e.reaper, e.cmd.Process.Pid} {
 		if pid == 0 {
 			continue
@@ -257,7 +262,7 @@ func TestExecKilledWorkloadDiesWithIt(t *testing.T) {
 // TestExecTermThenKillWorkloadDiesWithIt: a supervisor's stop: SIGTERM
 // (which exec passes to the workload, which ignores it), then SIGKILL.
 func TestExecTermThenKillWorkloadDiesWithIt(t *testing.T) {
-	e := startExecWorkload(t)
+	e := startExecWorkload(t, nil)
 	e.cmd.Process.Signal(syscall.SIGTERM)
 	e.cmd.Process.Signal(syscall.SIGKILL)
 	e.waitExited()
@@ -270,7 +275,7 @@ func TestExecTermThenKillWorkloadDiesWithIt(t *testing.T) {
 // but the pinned hooks refuse its connects; `uninstall --force` sweeps the
 // dead run, killing the workload first.
 func TestExecAndReaperKilledHooksStillRefuse(t *testing.T) {
-	e := startExecWorkload(t)
+	e := startExecWorkload(t, nil)
 	if e.reaper != 0 {
 		syscall.Kill(e.reaper, syscall.SIGKILL)
 	}
@@ -308,5 +313,28 @@ func TestExecAndReaperKilledHooksStillRefuse(t *testing.T) {
 	if rest := e.tryConnect(); rest != "" {
 		t.Fatalf("workload printed %q after the sweep killed it", rest)
 	}
+	e.assertCleaned()
+}
+
+// TestExecUnitStoppedWorkloadDiesWithIt: exec runs as a service whose
+// supervisor stops it as systemd does (KillMode=control-group): SIGTERM to
+// every process of the service's cgroup, then SIGKILL to all of them. The
+// workload (in its own cgroup) must not outlive exec.
+func TestExecUnitStoppedWorkloadDiesWithIt(t *testing.T) {
+	unit := testutil.NewCgroup(t, "")
+	e := startExecWorkload(t, &unit)
+	b, err := os.ReadFile(filepath.Join(unit.Path, "cgroup.procs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range strings.Fields(string(b)) {
+		pid, _ := strconv.Atoi(f)
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	if err := os.WriteFile(filepath.Join(unit.Path, "cgroup.kill"), []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	e.waitExited()
+	e.t.Logf("the workload after exec died: %q", e.tryConnect())
 	e.assertCleaned()
 }
