@@ -78,6 +78,16 @@ func runFromID(cgroupMount, id string) execRun {
 // An id that is not an exec run's is reported alive, so nothing touches it.
 func ownerAlive(id string) bool {
 	parts := strings.Split(id, "-")
+	if len(parts) == 1 {
+		// chio-exec-<pid>, from an older exec that pinned nothing: alive
+		// while any process has that pid.
+		pid, err := strconv.Atoi(id)
+		if err != nil || pid <= 0 {
+			return true
+		}
+		_, err = os.Stat(fmt.Sprintf("/proc/%d", pid))
+		return !errors.Is(err, os.ErrNotExist)
+	}
 	if len(parts) != 3 {
 		return true
 	}
