@@ -60,8 +60,9 @@ func Exec(ctx context.Context, o ExecOptions) (code int, err error) {
 	}
 	logger := o.Agent.Logger
 	if logger == nil {
-		logger = logrus.New()
-		logger.(*logrus.Logger).Out = ioDiscard{}
+		l := logrus.New()
+		l.Out = ioDiscard{}
+		logger = l
 	}
 	if stale, err := SweepExecRuns(ctx, false); err != nil {
 		logger.WithError(err).Warn("could not sweep what dead exec runs left")
