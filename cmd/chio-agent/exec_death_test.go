@@ -39,8 +39,13 @@ type execUnderTest struct {
 }
 
 // startExecWorkload starts exec, inside the cgroup unit when it is not nil
-// (as a systemd service runs it).
+// (as a systemd service runs it). The workload ignores SIGTERM, as a
+// workload that makes its supervisor escalate to SIGKILL does.
 func startExecWorkload(t *testing.T, unit *testutil.Cgroup) *execUnderTest {
+	return startExecWorkloadWith(t, unit, true)
+}
+
+func startExecWorkloadWith(t *testing.T, unit *testutil.Cgroup, ignoreTerm bool) *execUnderTest {
 	t.Helper()
 	testutil.RequireRoot(t)
 	for _, tool := range []string{"curl", "setpriv"} {
@@ -90,7 +95,11 @@ func startExecWorkload(t *testing.T, unit *testutil.Cgroup) *execUnderTest {
 		t.Fatal(err)
 	}
 	defer errFile.Close()
-	script := fmt.Sprintf(`trap "" TERM; echo ready $$; while read x; do curl -sS --noproxy '*' --max-time 5 -o /dev/null -w '%%{http_code}' http://127.0.0.1:%d/; echo " exit=$?"; done`, port)
+	trap := `trap "" TERM; `
+	if !ignoreTerm {
+		trap = ""
+	}
+	script := trap + fmt.Sprintf(`echo ready $$; while read x; do curl -sS --noproxy '*' --max-time 5 -o /dev/null -w '%%{http_code}' http://127.0.0.1:%d/; echo " exit=$?"; done`, port)
 	e.cmd = exec.Command(bin, "exec", "--policy", policy, "--key", key, "--receipts", filepath.Join(dir, "receipts.db"), "--",
 		"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--", "sh", "-c", script)
 	e.cmd.Stdin, e.cmd.Stdout, e.cmd.Stderr = inR, outW, errFile
@@ -337,4 +346,24 @@ func TestExecUnitStoppedWorkloadDiesWithIt(t *testing.T) {
 	e.waitExited()
 	e.t.Logf("the workload after exec died: %q", e.tryConnect())
 	e.assertCleaned()
+}
+
+// TestExecTermCleansUp: the ordinary stop. SIGTERM reaches the workload,
+// which exits; exec exits with 128+15 only after it has removed its pins,
+// its cgroup and its reaper.
+func TestExecTermCleansUp(t *testing.T) {
+	e := startExecWorkloadWith(t, nil, false)
+	e.cmd.Process.Signal(syscall.SIGTERM)
+	e.waitExited()
+	if code := e.cmd.ProcessState.ExitCode(); code != 128+15 {
+		t.Fatalf("exec exit status %d; want 143\n%s", code, e.logs())
+	}
+	for _, p := range []string{e.pinDir, e.cgroup} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s when exec has exited: %v; want removed", p, err)
+		}
+	}
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", e.reaper)); err == nil && !strings.Contains(string(st), ") Z ") {
+		t.Errorf("reaper still running when exec has exited: %s", st)
+	}
 }
