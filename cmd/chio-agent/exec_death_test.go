@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -119,7 +120,14 @@ func startExecWorkloadWith(t *testing.T, unit *testutil.Cgroup, ignoreTerm bool)
 		<-e.exited
 		inW.Close()
 		outR.Close()
-		exec.Command(bin, "uninstall", "--force", "--pin-dir", filepath.Join(dir, "no-pins")).Run()
+		// This run's workload only (a failed test may leave it refused but
+		// running), then a sweep that kills nobody else's.
+		if e.cgroup != "" {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cgroupfs.Kill(ctx, e.cgroup)
+		}
+		exec.Command(bin, "uninstall", "--pin-dir", filepath.Join(dir, "no-pins")).Run()
 	})
 	outR.SetReadDeadline(time.Now().Add(60 * time.Second))
 	line, err := e.stdout.ReadString('\n')
