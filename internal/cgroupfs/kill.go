@@ -30,27 +30,36 @@ func Kill(ctx context.Context, path string) error {
 	case err == nil, errors.Is(err, os.ErrNotExist) && gone(path):
 	case errors.Is(err, os.ErrNotExist):
 		// No cgroup.kill: an older kernel.
-		os.WriteFile(filepath.Join(path, "cgroup.freeze"), []byte("1"), 0)
-		for {
-			pids, err := procs(path)
-			if err != nil {
-				return fmt.Errorf("kill cgroup %s: %w", path, err)
-			}
-			if len(pids) == 0 {
-				break
-			}
-			for _, pid := range pids {
-				unix.Kill(pid, unix.SIGKILL)
-			}
-			if err := pause(ctx); err != nil {
-				return fmt.Errorf("kill cgroup %s: %w", path, err)
-			}
+		if err := killEach(ctx, path); err != nil {
+			return err
 		}
-		os.WriteFile(filepath.Join(path, "cgroup.freeze"), []byte("0"), 0)
 	default:
 		return fmt.Errorf("kill cgroup %s: %w", path, err)
 	}
 	return WaitEmpty(ctx, path)
+}
+
+// killEach is Kill for kernels without cgroup.kill: freeze (so that
+// nothing forks meanwhile; SIGKILL still reaches frozen tasks), SIGKILL
+// every process listed until none is, thaw.
+func killEach(ctx context.Context, path string) error {
+	os.WriteFile(filepath.Join(path, "cgroup.freeze"), []byte("1"), 0)
+	defer os.WriteFile(filepath.Join(path, "cgroup.freeze"), []byte("0"), 0)
+	for {
+		pids, err := procs(path)
+		if err != nil {
+			return fmt.Errorf("kill cgroup %s: %w", path, err)
+		}
+		if len(pids) == 0 {
+			return nil
+		}
+		for _, pid := range pids {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+		if err := pause(ctx); err != nil {
+			return fmt.Errorf("kill cgroup %s: %w", path, err)
+		}
+	}
 }
 
 // WaitEmpty waits until no process is left in the cgroup or its
