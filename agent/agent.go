@@ -39,8 +39,10 @@ type Options struct {
 	// relayed only after its receipt is durable.
 	Log *receipts.Log
 	// PinDir pins programs, links and maps so that they outlive the agent
-	// (fail-closed while it is down; adopted when it restarts). Empty: no
-	// pinning, everything goes away with Close (as `exec` wants).
+	// (fail-closed while it is down; adopted when it restarts). One agent
+	// at a time: Start refuses a PinDir a live process owns
+	// (bpf.ErrPinDirInUse). Empty: no pinning, everything goes away with
+	// Close.
 	PinDir string
 	// AttachCgroup is the cgroup the programs attach to; it must contain
 	// every workload. Default: the cgroup2 root.

@@ -12,6 +12,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/sirupsen/logrus"
+
+	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
 	"github.com/backbay-labs/chio-agent/kernel"
 )
@@ -19,7 +22,7 @@ import (
 // ExecOptions configure Exec.
 type ExecOptions struct {
 	// Agent configures the proxy; AttachCgroup and PinDir are set by Exec
-	// (a fresh cgroup, nothing pinned).
+	// (a fresh cgroup, a fresh pin directory under ExecPinRoot).
 	Agent Options
 	// Name is the workload's name in receipts. Default "exec/<command>".
 	Name string
@@ -36,7 +39,14 @@ type ExecOptions struct {
 // connection of it (and of its children) through the proxy, and returns its
 // exit status. Everything Exec made is removed before it returns; the
 // receipt log is the caller's to close.
-func Exec(ctx context.Context, o ExecOptions) (int, error) {
+//
+// The workload never outlives its protection. The hooks are pinned under
+// ExecPinRoot, so if this process dies (SIGKILL included) they stay and
+// refuse the workload's connections; a reaper process started first sees
+// this process end, kills the workload's cgroup, and only then removes the
+// pins and the cgroup. Runs left by a dead exec whose reaper died too are
+// swept by the next Exec (and by `chio-agent uninstall`).
+func Exec(ctx context.Context, o ExecOptions) (code int, err error) {
 	if len(o.Args) == 0 {
 		return 0, errors.New("exec: no command given")
 	}
@@ -48,28 +58,77 @@ func Exec(ctx context.Context, o ExecOptions) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("exec: %w", err)
 	}
-	cg := filepath.Join(mnt, fmt.Sprintf("chio-exec-%d", os.Getpid()))
-	if _, err := cgroupfs.Create(cg); err != nil {
+	logger := o.Agent.Logger
+	if logger == nil {
+		l := logrus.New()
+		l.Out = ioDiscard{}
+		logger = l
+	}
+	if stale, err := SweepExecRuns(ctx, false); err != nil {
+		logger.WithError(err).Warn("could not sweep what dead exec runs left")
+	} else {
+		for _, s := range stale {
+			logger.WithFields(logrus.Fields{"pin_dir": s.PinDir, "cgroup": s.Cgroup, "removed": s.Removed, "running": s.Running}).
+				Warn("found a dead exec run")
+		}
+	}
+	run, err := newExecRun(mnt)
+	if err != nil {
 		return 0, fmt.Errorf("exec: %w", err)
 	}
-	defer cgroupfs.Remove(cg)
+	if err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
+		return 0, fmt.Errorf("exec: %w", err)
+	}
+	if err := os.MkdirAll(ExecPinRoot, 0o700); err != nil {
+		return 0, fmt.Errorf("exec: make pin directory: %w", err)
+	}
+	// The reaper first: from here on, whatever this process makes is
+	// cleaned up even if it is killed the next instant.
+	rp, err := startReaper(run, mnt)
+	if err != nil {
+		return 0, fmt.Errorf("exec: %w", err)
+	}
+	var a *Agent
+	defer func() {
+		// The workload dies before its hooks go, never after.
+		cctx, cancel := context.WithTimeout(context.Background(), reaperTimeout)
+		defer cancel()
+		kerr := cgroupfs.Kill(cctx, run.cgroup)
+		if a != nil {
+			a.Close()
+		}
+		var cerr error
+		if kerr == nil {
+			cerr = cleanupRun(cctx, run.cgroup, run.pinDir)
+		} else {
+			// The pins stay (fail closed); the reaper tries again.
+			cerr = fmt.Errorf("exec: %w", kerr)
+		}
+		if rerr := rp.stop(); cerr == nil && rerr != nil {
+			cerr = rerr
+		}
+		if err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	if _, err := cgroupfs.Create(run.cgroup); err != nil {
+		return 0, fmt.Errorf("exec: %w", err)
+	}
 
 	opts := o.Agent
-	opts.AttachCgroup, opts.PinDir = cg, ""
-	a, err := Start(opts)
-	if err != nil {
+	opts.AttachCgroup, opts.PinDir = run.cgroup, run.pinDir
+	if a, err = Start(opts); err != nil {
 		return 0, err
 	}
-	defer a.Close()
 	name := o.Name
 	if name == "" {
 		name = "exec/" + filepath.Base(o.Args[0])
 	}
-	if err := a.Protect(WorkloadSpec{Name: name, Cgroup: cg, Labels: o.Labels}); err != nil {
+	if err := a.Protect(WorkloadSpec{Name: name, Cgroup: run.cgroup, Labels: o.Labels}); err != nil {
 		return 0, err
 	}
 
-	dir, err := os.Open(cg)
+	dir, err := os.Open(run.cgroup)
 	if err != nil {
 		return 0, fmt.Errorf("exec: %w", err)
 	}

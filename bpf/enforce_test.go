@@ -188,6 +188,17 @@ func TestPinnedStateSurvivesAgentAndIsAdopted(t *testing.T) {
 			t.Errorf("ids: %v", err)
 		}
 	}
+	// While it runs, the pinned state is its own: a second agent is refused
+	// and uninstall can see the owner.
+	if o3, err := bpf.Load(bpf.Options{PinDir: pinDir}); !errors.Is(err, bpf.ErrPinDirInUse) {
+		if err == nil {
+			o3.Close()
+		}
+		t.Fatalf("second load of an owned pin dir: %v; want ErrPinDirInUse", err)
+	}
+	if err := bpf.CheckOwner(pinDir); !errors.Is(err, bpf.ErrPinDirInUse) {
+		t.Fatalf("CheckOwner while held: %v; want ErrPinDirInUse", err)
+	}
 	// Its listener comes back on the pinned address: enforcement resumes.
 	ln, err := net.Listen("tcp4", listen.String())
 	if err != nil {
@@ -211,6 +222,9 @@ func TestPinnedStateSurvivesAgentAndIsAdopted(t *testing.T) {
 	// Uninstall removes every pin; with no handle left the hooks detach.
 	if err := objs2.Close(); err != nil {
 		t.Fatalf("close: %v", err)
+	}
+	if err := bpf.CheckOwner(pinDir); err != nil {
+		t.Fatalf("CheckOwner with no agent: %v", err)
 	}
 	removed, err := bpf.Uninstall(pinDir)
 	if err != nil || len(removed) == 0 {

@@ -14,4 +14,8 @@ var (
 	// ErrNoOriginal means no original destination is recorded for a connection:
 	// it was not redirected by these programs, or its entry was already taken.
 	ErrNoOriginal = errors.New("no original destination recorded")
+
+	// ErrPinDirInUse means a live process owns the state pinned under a pin
+	// directory: it holds the directory's lock or the pinned objects open.
+	ErrPinDirInUse = errors.New("pin directory in use by a running agent")
 )

@@ -30,8 +30,10 @@ type Options struct {
 	// links (PinDir/links) so that they outlive the process: while the agent
 	// is down, protected connections still go to its (absent) listener and
 	// fail. A later Load with the same PinDir adopts the pinned maps, and
-	// Attach swaps the new programs into the pinned links atomically. Empty
-	// (the default): nothing outlives Close, as `chio-agent exec` wants.
+	// Attach swaps the new programs into the pinned links atomically. Load
+	// takes the directory's lock until Close and refuses one that a live
+	// process owns (ErrPinDirInUse). Empty (the default): nothing outlives
+	// Close.
 	PinDir string
 }
 
@@ -41,6 +43,7 @@ type Objects struct {
 	opts   Options
 	links  []Attachment
 	cgroup string
+	lock   *os.File // the pin directory's lock, held until Close
 }
 
 // Attachment is one program attached to a cgroup through a bpf_link.
@@ -125,7 +128,20 @@ func Load(opts Options) (*Objects, error) {
 		copts.Maps.PinPath = filepath.Join(opts.PinDir, "maps")
 	}
 	o := &Objects{opts: opts}
+	if opts.PinDir != "" {
+		// One agent per pinned state: a second one would swap its programs
+		// into the first one's links and answer for its workloads.
+		if o.lock, err = lockPinDir(opts.PinDir); err != nil {
+			return nil, fmt.Errorf("load programs: %w", err)
+		}
+		// An older agent holds the objects open without the lock.
+		if err := checkHolders(opts.PinDir); err != nil {
+			o.closeLock()
+			return nil, fmt.Errorf("load programs: %w", err)
+		}
+	}
 	if err := spec.LoadAndAssign(&o.objs, &copts); err != nil {
+		o.closeLock()
 		var verr *ebpf.VerifierError
 		switch {
 		case errors.As(err, &verr):
@@ -140,10 +156,12 @@ func Load(opts Options) (*Objects, error) {
 			path := filepath.Join(opts.PinDir, "progs", h.name)
 			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 				o.objs.Close()
+				o.closeLock()
 				return nil, fmt.Errorf("replace pinned program %s: %w", path, err)
 			}
 			if err := h.prog(&o.objs.chioPrograms).Pin(path); err != nil {
 				o.objs.Close()
+				o.closeLock()
 				return nil, fmt.Errorf("pin program %s: %w", h.name, err)
 			}
 		}
@@ -354,6 +372,7 @@ func (o *Objects) Close() error {
 	}
 	o.links = nil
 	errs = append(errs, o.objs.Close())
+	o.closeLock()
 	return errors.Join(errs...)
 }
 
@@ -367,6 +386,9 @@ func Uninstall(pinDir string) ([]string, error) {
 	links, _ := filepath.Glob(filepath.Join(pinDir, "links", "*"))
 	for _, p := range links {
 		l, err := link.LoadPinnedLink(p, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("open pinned link %s: %w", p, err))
 			continue
@@ -388,7 +410,9 @@ func Uninstall(pinDir string) ([]string, error) {
 		}
 		for _, e := range entries {
 			p := filepath.Join(dir, e.Name())
-			if err := os.Remove(p); err != nil {
+			if err := os.Remove(p); errors.Is(err, os.ErrNotExist) {
+				continue // removed meanwhile (an exec reaper and a sweep may race)
+			} else if err != nil {
 				errs = append(errs, fmt.Errorf("unpin %s: %w", p, err))
 				continue
 			}

@@ -36,8 +36,12 @@ policy, writes a signed receipt, then forwards or refuses. UDP is refused except
 DNS to the resolvers the config names (by default, the nameservers of
 /etc/resolv.conf). Each decision is printed on stderr.
 
-exec exits with CMD's status (128+N if a signal N ended it) and removes the
-cgroup and programs. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).`,
+exec exits with CMD's status (128+N if a signal N ended it), after killing
+whatever CMD left in its cgroup, then removes the cgroup and programs. CMD never
+outlives its protection: the programs are pinned under ` + agent.ExecPinRoot + `,
+so if exec is killed they keep refusing CMD's connections until a reaper
+process (this binary run again) has killed CMD's cgroup and removed them. Needs
+root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).`,
 		Example: `  chio-agent keygen --out chio.key
   chio-agent exec --policy policy.yaml --key chio.key -- curl https://api.example.com/`,
 		Args: cobra.MinimumNArgs(1),

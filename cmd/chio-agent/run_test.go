@@ -363,7 +363,7 @@ agent:
 	if _, code := curl(); code != 7 {
 		t.Fatalf("curl after SIGTERM: exit %d; want 7 (pinned redirect to no listener)", code)
 	}
-	out, err = exec.Command(bin, "uninstall", "--pin-dir", pinDir, "--socket", d.socket).CombinedOutput()
+	out, err = exec.Command(bin, "uninstall", "--pin-dir", pinDir).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "removed "+pinDir+"/links/chio_connect4") {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}

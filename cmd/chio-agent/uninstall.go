@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -18,8 +19,9 @@ type uninstallOptions struct {
 
 func (o *uninstallOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.pinDir, "pin-dir", bpf.DefaultPinDir, "bpffs directory the agent pinned under")
-	fs.StringVar(&o.socket, "socket", agent.DefaultStatusSocket, "status socket of a running agent")
-	fs.BoolVar(&o.force, "force", false, "uninstall even while an agent is running")
+	fs.StringVar(&o.socket, "socket", "", "ignored: whether an agent runs is read from the pinned state itself")
+	fs.MarkDeprecated("socket", "whether an agent runs is read from the pinned state itself")
+	fs.BoolVar(&o.force, "force", false, "uninstall even while an agent holds the pinned state, and kill the workloads of dead exec runs")
 }
 
 func newUninstallCommand() *cobra.Command {
@@ -29,24 +31,44 @@ func newUninstallCommand() *cobra.Command {
 		Short: "Detach and remove every program, link and map the node agent pinned",
 		Long: `uninstall detaches every link pinned under the pin directory and removes the
 pins, so protected workloads connect directly again (unprotected, unreceipted).
-It refuses while an agent is running unless --force is given: stop the agent
-first, or its workloads would lose protection under it.`,
+It refuses, naming the process, while an agent owns the pinned state (a live
+process holds its links, maps or programs open, or the pin directory's lock),
+whatever status socket that agent uses, unless --force is given: stop the
+agent first, or its workloads would lose protection under it.
+
+It also sweeps what dead 'chio-agent exec' runs left under ` + agent.ExecPinRoot + `
+(their reaper normally does): pins and cgroups of runs whose exec process is
+gone. A dead run whose workload still runs (every connection refused) is named
+and left alone; --force kills that workload first, then removes its pins.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if _, err := agent.QueryStatus(cmd.Context(), o.socket); err == nil && !o.force {
-				return fmt.Errorf("an agent is running (status socket %s): stop it first, or pass --force", o.socket)
+			if !o.force {
+				if err := bpf.CheckOwner(o.pinDir); err != nil {
+					return fmt.Errorf("uninstall: %w (stop the agent first, or pass --force)", err)
+				}
 			}
+			w := cmd.OutOrStdout()
 			removed, err := bpf.Uninstall(o.pinDir)
 			for _, p := range removed {
-				fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", p)
+				fmt.Fprintf(w, "removed %s\n", p)
 			}
 			if err != nil {
 				return err
 			}
 			if len(removed) == 0 {
-				fmt.Fprintf(cmd.OutOrStdout(), "nothing pinned under %s\n", o.pinDir)
+				fmt.Fprintf(w, "nothing pinned under %s\n", o.pinDir)
 			}
-			return nil
+			stale, err := agent.SweepExecRuns(cmd.Context(), o.force)
+			var errs []error
+			for _, s := range stale {
+				switch {
+				case s.Removed:
+					fmt.Fprintf(w, "removed %s and cgroup %s (a dead exec run)\n", s.PinDir, s.Cgroup)
+				case s.Running:
+					errs = append(errs, fmt.Errorf("a dead exec run's workload still runs in cgroup %s, every connection refused by the hooks pinned under %s: pass --force to kill it", s.Cgroup, s.PinDir))
+				}
+			}
+			return errors.Join(append(errs, err)...)
 		},
 	}
 	o.AddFlags(cmd.Flags())
