@@ -30,6 +30,8 @@ func (k EventKind) String() string {
 		return "udp_refused"
 	case EventNoRecord:
 		return "no_record"
+	case EventInboundRefused:
+		return "inbound_refused"
 	}
 	return fmt.Sprintf("event-%d", uint32(k))
 }

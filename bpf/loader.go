@@ -41,6 +41,8 @@ type Objects struct {
 	opts   Options
 	links  []Attachment
 	cgroup string
+	// inbound holds inbound.c's programs and maps.
+	inbound *inboundObjs
 }
 
 // Attachment is one program attached to a cgroup through a bpf_link.
@@ -147,6 +149,10 @@ func Load(opts Options) (*Objects, error) {
 			}
 		}
 	}
+	if err := o.loadInbound(); err != nil {
+		o.objs.Close()
+		return nil, err
+	}
 	return o, nil
 }
 
@@ -156,38 +162,49 @@ func Load(opts Options) (*Objects, error) {
 // and new links are pinned.
 func (o *Objects) AttachCgroup(path string) error {
 	for _, h := range hooks {
-		prog := h.prog(&o.objs.chioPrograms)
-		a := Attachment{Name: h.name, Hook: h.text, Cgroup: path}
-		if o.opts.PinDir != "" {
-			a.PinPath = filepath.Join(o.opts.PinDir, "links", h.name)
-			l, err := link.LoadPinnedLink(a.PinPath, nil)
-			switch {
-			case err == nil:
-				if err := l.Update(prog); err != nil {
-					l.Close()
-					return fmt.Errorf("adopt pinned %s link: %w", h.name, err)
-				}
-				a.link, a.Adopted = l, true
-				o.links = append(o.links, a)
-				continue
-			case !errors.Is(err, os.ErrNotExist):
-				return fmt.Errorf("load pinned %s link: %w", h.name, err)
-			}
+		if err := o.attach(path, h.name, h.text, h.typ, h.prog(&o.objs.chioPrograms)); err != nil {
+			return err
 		}
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: h.typ, Program: prog})
-		if err != nil {
-			return fmt.Errorf("attach %s to %s: %w", h.name, path, err)
-		}
-		if a.PinPath != "" {
-			if err := l.Pin(a.PinPath); err != nil {
-				l.Close()
-				return fmt.Errorf("pin %s link: %w", h.name, err)
-			}
-		}
-		a.link = l
-		o.links = append(o.links, a)
+	}
+	if err := o.attachInbound(path); err != nil {
+		return err
 	}
 	o.cgroup = path
+	return nil
+}
+
+// attach attaches one program to the cgroup at path, adopting (and
+// updating) the link pinned under its name when there is one.
+func (o *Objects) attach(path, name, text string, typ ebpf.AttachType, prog *ebpf.Program) error {
+	a := Attachment{Name: name, Hook: text, Cgroup: path}
+	if o.opts.PinDir != "" {
+		a.PinPath = filepath.Join(o.opts.PinDir, "links", name)
+		l, err := link.LoadPinnedLink(a.PinPath, nil)
+		switch {
+		case err == nil:
+			if err := l.Update(prog); err != nil {
+				l.Close()
+				return fmt.Errorf("adopt pinned %s link: %w", name, err)
+			}
+			a.link, a.Adopted = l, true
+			o.links = append(o.links, a)
+			return nil
+		case !errors.Is(err, os.ErrNotExist):
+			return fmt.Errorf("load pinned %s link: %w", name, err)
+		}
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: typ, Program: prog})
+	if err != nil {
+		return fmt.Errorf("attach %s to %s: %w", name, path, err)
+	}
+	if a.PinPath != "" {
+		if err := l.Pin(a.PinPath); err != nil {
+			l.Close()
+			return fmt.Errorf("pin %s link: %w", name, err)
+		}
+	}
+	a.link = l
+	o.links = append(o.links, a)
 	return nil
 }
 
@@ -352,6 +369,9 @@ func (o *Objects) Close() error {
 		errs = append(errs, a.link.Close())
 	}
 	o.links = nil
+	if o.inbound != nil {
+		errs = append(errs, o.inbound.close())
+	}
 	errs = append(errs, o.objs.Close())
 	return errors.Join(errs...)
 }
