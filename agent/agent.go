@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -81,6 +82,21 @@ type WorkloadSpec struct {
 	Labels map[string]string
 	// Exempt destinations pass without the proxy (and without receipts).
 	Exempt []bpf.VerdictRule
+	// EgressPorts, when not empty, are the only destination ports the proxy
+	// allows the workload's connections to reach; a connection to another
+	// port is denied with a receipt (GuardPort), whatever the policy says of
+	// the name. Default: every port.
+	EgressPorts []uint16
+	// InboundPorts are the local ports the workload may bind to (TCP and
+	// UDP) and listen on. Default: none; a bind() to any other fixed port
+	// fails with EPERM, and a listener on a port the kernel picks receives
+	// nothing; each refusal gets a deny receipt.
+	InboundPorts []uint16
+	// InboundAll lets the workload bind and listen on every port, as it could
+	// before inbound was decided. Danger: any peer that can reach the
+	// workload's addresses can then connect in, with no decision and no
+	// receipt.
+	InboundAll bool
 }
 
 // Agent is a running node agent: programs attached, listeners open.
@@ -238,9 +254,14 @@ func (a *Agent) Protect(spec WorkloadSpec) error {
 	}
 	w := &workload{id: id, name: spec.Name, cgroup: spec.Cgroup, cgroupID: cgID,
 		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp,
-		ident: workloadIdentity(spec.Name, spec.Cgroup, spec.Labels)}
+		ident:       workloadIdentity(spec.Name, spec.Cgroup, spec.Labels),
+		egressPorts: slices.Clone(spec.EgressPorts), inbound: inboundRules(spec)}
 	a.reg.add(w)
-	if err := a.syncDatapath(w, a.policy.Load().EgressBlockedAddrs()); err != nil {
+	err = a.objs.SetInbound(w.id, w.inbound) // before the cgroup is protected
+	if err == nil {
+		err = a.syncDatapath(w, a.policy.Load().EgressBlockedAddrs())
+	}
+	if err != nil {
 		a.reg.remove(w)
 		a.releaseListener(lp)
 		return fmt.Errorf("protect %s: %w", spec.Name, err)
@@ -268,6 +289,9 @@ func (a *Agent) Unprotect(name string) error {
 	if err := a.objs.SetVerdicts(w.id, nil); err != nil {
 		return err
 	}
+	if err := a.objs.SetInbound(w.id, nil); err != nil {
+		return err
+	}
 	a.reg.remove(w)
 	a.releaseListener(w.listen)
 	return nil
@@ -292,6 +316,7 @@ func (a *Agent) UnprotectStale() ([]uint64, error) {
 			return removed, err
 		}
 		a.objs.SetVerdicts(w.ID, nil)
+		a.objs.SetInbound(w.ID, nil)
 		removed = append(removed, cg)
 	}
 	return removed, nil
@@ -435,6 +460,10 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 		a.proxy.errs.add(fmt.Errorf("kernel refusal from unknown workload id %d", e.WorkloadID))
 		return
 	}
+	if e.Kind == bpf.EventInboundRefused {
+		a.inboundRefusal(e, w)
+		return
+	}
 	transport := kernel.TransportTCP
 	if e.Proto == bpf.ProtoUDP {
 		transport = kernel.TransportUDP
@@ -510,6 +539,10 @@ type workload struct {
 	exempt   []bpf.VerdictRule
 	listen   *listenerPair
 	ident    kernel.WorkloadIdentity // as receipts name it, computed once
+	// egressPorts are the destination ports the proxy allows; empty: all.
+	egressPorts []uint16
+	// inbound are the local ports the workload may bind and listen on.
+	inbound []bpf.InboundRule
 }
 
 func (w *workload) identity() kernel.WorkloadIdentity { return w.ident }

@@ -29,6 +29,13 @@ const (
 	EgressMetadataSchema = "chio-agent.egress.v1"
 )
 
+// Directions of an event: an outbound connection (the default, left out of
+// receipts) or a refused attempt to receive.
+const (
+	DirectionOutbound = "outbound"
+	DirectionInbound  = "inbound"
+)
+
 // Transports an egress event may use.
 const (
 	TransportTCP = "tcp"
@@ -69,6 +76,15 @@ type EgressEvent struct {
 	Workload WorkloadIdentity
 	// Process is the task that called connect(), when the datapath named it.
 	Process ProcessIdentity
+	// Direction is DirectionInbound for an attempt of the workload to
+	// receive (a bind() to a fixed port, a listen()): IP and Port are then
+	// its local address and port, Syscall names the call, and parameters
+	// carry "direction":"inbound". Empty or DirectionOutbound: a connection
+	// the workload made.
+	Direction string
+	// Syscall is the receipt's tool_name when set (e.g. "bind", "listen").
+	// Default EgressToolName.
+	Syscall string
 	// ConnectionID is the agent's unique id for this connection (or this
 	// aggregated kernel refusal). Two connections of one process to one
 	// destination within a second are otherwise identical, and so would be
@@ -191,10 +207,14 @@ func EgressReceiptBody(ev EgressEvent, out Outcome, policyHash string, at time.T
 	if err != nil {
 		return Receipt{}, fmt.Errorf("build egress receipt: %w: metadata: %w", ErrInvalidEvent, err)
 	}
+	toolName := EgressToolName
+	if ev.Syscall != "" {
+		toolName = ev.Syscall
+	}
 	return Receipt{
 		Timestamp:     uint64(at.Unix()),
 		ToolServer:    EgressToolServer,
-		ToolName:      EgressToolName,
+		ToolName:      toolName,
 		Action:        Action{Parameters: params},
 		Decision:      &Decision{Verdict: out.Verdict, Reason: out.Reason, Guard: guard},
 		ReceiptKind:   KindMediatedDecision,
@@ -224,9 +244,12 @@ func (e *EgressEvent) validate() error {
 	if e.Workload.Name == "" {
 		return fmt.Errorf("%w: no workload name", ErrInvalidEvent)
 	}
+	if e.Direction != "" && e.Direction != DirectionOutbound && e.Direction != DirectionInbound {
+		return fmt.Errorf("%w: direction %q is neither outbound nor inbound", ErrInvalidEvent, e.Direction)
+	}
 	// Peeked bytes come from an untrusted client: refuse what would not
 	// canonicalize rather than sign something a verifier reads differently.
-	strs := []string{e.Host, e.SNI, e.HTTPHost, e.HTTPMethod, e.HTTPPath, e.Workload.Name, e.Workload.CgroupPath, e.Process.Comm, e.ConnectionID}
+	strs := []string{e.Syscall, e.Host, e.SNI, e.HTTPHost, e.HTTPMethod, e.HTTPPath, e.Workload.Name, e.Workload.CgroupPath, e.Process.Comm, e.ConnectionID}
 	strs = append(strs, e.ALPN...)
 	for k, v := range e.Workload.Labels {
 		strs = append(strs, k, v)
@@ -263,6 +286,9 @@ func (e *EgressEvent) parameters() map[string]any {
 	}
 	if e.ECH {
 		p["tls_ech"] = true
+	}
+	if e.Direction == DirectionInbound {
+		p["direction"] = DirectionInbound
 	}
 	return p
 }
@@ -324,6 +350,7 @@ type EgressParameters struct {
 	IP         string   `json:"ip"`
 	Port       uint16   `json:"port"`
 	Transport  string   `json:"transport"`
+	Direction  string   `json:"direction,omitempty"`
 	SNI        string   `json:"sni,omitempty"`
 	ALPN       []string `json:"alpn,omitempty"`
 	HTTPHost   string   `json:"http_host,omitempty"`

@@ -1,0 +1,130 @@
+package agent
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/kernel"
+)
+
+// inboundWorkload is a hostile workload that tries to be reached from
+// outside: a bind() to fixed port argv[1], a listener on a port the kernel
+// picks, and a listener on the allowed port argv[2] that hands "secret" to
+// whoever connects. It prints one line per step, then waits for stdin to close.
+const inboundWorkload = `
+import errno, socket, sys
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen(1)
+    print("fixed ok", flush=True)
+except OSError as e:
+    print("fixed", errno.errorcode.get(e.errno), flush=True)
+a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+a.listen(1)
+print("any", a.getsockname()[1], flush=True)
+x = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+x.bind(("127.0.0.1", int(sys.argv[2])))
+x.listen(1)
+print("allowed ok", flush=True)
+c, _ = x.accept()
+c.sendall(b"secret")
+c.close()
+sys.stdin.readline()
+`
+
+// A protected workload cannot be reached from outside: a bind to a fixed
+// port fails with EPERM, a listener on a kernel-picked port receives no
+// connection, and each refusal has a verifying deny receipt naming the port;
+// a port the configuration allows works, and so does the workload's
+// ordinary outbound HTTPS through the proxy.
+func TestInboundRefusedWithReceiptExceptAllowedPort(t *testing.T) {
+	requireTools(t, "python3", "curl")
+	// Free ports, for the workload to try.
+	lnFixed, fixed := listenLoopback(t)
+	lnAllowed, allowed := listenLoopback(t)
+	lnFixed.Close()
+	lnAllowed.Close()
+	e := newE2E(t, e2eOptions{workload: func(s *WorkloadSpec) { s.InboundPorts = []uint16{allowed} }})
+
+	cmd := exec.Command("python3", "-c", inboundWorkload, fmt.Sprint(fixed), fmt.Sprint(allowed))
+	e.wl.CommandIn(t, cmd)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start workload: %v", err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	lines := bufio.NewReader(stdout)
+	next := func() string {
+		l, err := lines.ReadString('\n')
+		if err != nil {
+			t.Fatalf("read workload output: %v", err)
+		}
+		return strings.TrimSpace(l)
+	}
+
+	// A fixed port: bind fails, nothing listens, a host peer is refused.
+	if l := next(); l != "fixed EPERM" {
+		t.Fatalf("bind to 127.0.0.1:%d: %q; want EPERM", fixed, l)
+	}
+	fixedAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), fixed)
+	if c, err := net.DialTimeout("tcp", fixedAddr.String(), 2*time.Second); err == nil {
+		c.Close()
+		t.Fatalf("a host process connected to the workload on %s", fixedAddr)
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Dst == fixedAddr })
+	if d.Verdict != kernel.VerdictDeny || d.Guard != GuardInbound || d.MatchedRule != RuleInboundAllowPorts || d.Comm != "python3" {
+		t.Fatalf("decision = %+v; want deny by %s", d, GuardInbound)
+	}
+	raw := e.receiptFor(d)
+	for _, want := range []string{`"direction":"inbound"`, `"tool_name":"bind"`, fmt.Sprintf(`"port":%d`, fixed), `"verdict":"deny"`} {
+		if !strings.Contains(raw, want) {
+			t.Errorf("bind receipt lacks %s: %s", want, raw)
+		}
+	}
+
+	// A kernel-picked port: listen() succeeds, but no peer gets in.
+	var anyPort uint16
+	if _, err := fmt.Sscanf(next(), "any %d", &anyPort); err != nil {
+		t.Fatalf("workload's kernel-picked port: %v", err)
+	}
+	anyAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), anyPort)
+	if c, err := net.DialTimeout("tcp", anyAddr.String(), 2*time.Second); err == nil {
+		c.Close()
+		t.Fatalf("a host process connected to the workload's listener on %s", anyAddr)
+	}
+	d = e.waitDecision(func(d Decision) bool { return d.Dst.Port() == anyPort && d.Guard == GuardInbound })
+	if raw := e.receiptFor(d); !strings.Contains(raw, `"tool_name":"listen"`) || !strings.Contains(raw, fmt.Sprintf(`"port":%d`, anyPort)) {
+		t.Errorf("listen receipt: %s", raw)
+	}
+
+	// The allowed port: a host peer connects in and reads.
+	if l := next(); l != "allowed ok" {
+		t.Fatalf("listen on allowed port %d: %q", allowed, l)
+	}
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", allowed), 10*time.Second)
+	if err != nil {
+		t.Fatalf("connect to the allowed port: %v", err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	c.Close()
+	if err != nil || string(got) != "secret" {
+		t.Fatalf("read from the allowed port: %q, %v", got, err)
+	}
+
+	// Outbound through the proxy is untouched.
+	out, code := e.run("curl", "-sS", "--max-time", "10", "--cacert", e.ca,
+		"--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.tlsAddr.Port()), e.httpsURL)
+	if code != 0 || !strings.HasPrefix(out, "allowed-api") {
+		t.Fatalf("outbound HTTPS from the workload: exit %d, %q", code, out)
+	}
+}
