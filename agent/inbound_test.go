@@ -2,12 +2,14 @@ package agent
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,21 +98,28 @@ func TestInboundRefusedWithReceiptExceptAllowedPort(t *testing.T) {
 	if _, err := fmt.Sscanf(next(), "any %d", &anyPort); err != nil {
 		t.Fatalf("workload's kernel-picked port: %v", err)
 	}
+	d = e.waitDecision(func(d Decision) bool { return d.Dst.Port() == anyPort && d.Guard == GuardInbound })
+	if raw := e.receiptFor(d); !strings.Contains(raw, `"tool_name":"listen"`) || !strings.Contains(raw, fmt.Sprintf(`"port":%d`, anyPort)) ||
+		!strings.Contains(raw, "the agent closed it") {
+		t.Errorf("listen receipt: %s", raw)
+	}
+	// By the receipt the agent has closed the listener: a peer is reset at
+	// once rather than left to time out.
 	anyAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), anyPort)
-	if c, err := net.DialTimeout("tcp", anyAddr.String(), 2*time.Second); err == nil {
+	c, err := net.DialTimeout("tcp", anyAddr.String(), 10*time.Second)
+	if err == nil {
 		c.Close()
 		t.Fatalf("a host process connected to the workload's listener on %s", anyAddr)
 	}
-	d = e.waitDecision(func(d Decision) bool { return d.Dst.Port() == anyPort && d.Guard == GuardInbound })
-	if raw := e.receiptFor(d); !strings.Contains(raw, `"tool_name":"listen"`) || !strings.Contains(raw, fmt.Sprintf(`"port":%d`, anyPort)) {
-		t.Errorf("listen receipt: %s", raw)
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("connect to the refused listener on %s: %v; want ECONNREFUSED", anyAddr, err)
 	}
 
 	// The allowed port: a host peer connects in and reads.
 	if l := next(); l != "allowed ok" {
 		t.Fatalf("listen on allowed port %d: %q", allowed, l)
 	}
-	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", allowed), 10*time.Second)
+	c, err = net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", allowed), 10*time.Second)
 	if err != nil {
 		t.Fatalf("connect to the allowed port: %v", err)
 	}
