@@ -33,6 +33,20 @@ func inboundRules(spec WorkloadSpec) []bpf.InboundRule {
 	return rules
 }
 
+// inboundPorts are the ports of w's inbound rules, or all when every port is
+// allowed.
+func (w *workload) inboundPorts() (ports []uint16, all bool) {
+	for _, r := range w.inbound {
+		switch {
+		case r.Port == 0:
+			all = true
+		case r.Proto == bpf.ProtoTCP:
+			ports = append(ports, r.Port)
+		}
+	}
+	return ports, all
+}
+
 // inboundRefusal writes the deny receipt of an inbound refusal the kernel
 // made and reports it.
 func (a *Agent) inboundRefusal(e bpf.Event, w *workload) {

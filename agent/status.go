@@ -57,6 +57,11 @@ type WorkloadStatus struct {
 	Netns    string            `json:"netns,omitempty"`
 	Labels   map[string]string `json:"labels,omitempty"`
 	Exempt   int               `json:"exempt_rules"`
+	// EgressPorts, InboundPorts and InboundAll are the workload's
+	// egress.allow_ports, inbound.allow_ports and inbound.allow_all.
+	EgressPorts  []uint16 `json:"egress_allow_ports,omitempty"`
+	InboundPorts []uint16 `json:"inbound_allow_ports,omitempty"`
+	InboundAll   bool     `json:"inbound_allow_all,omitempty"`
 }
 
 // ListenerStatus is one proxy listener.
@@ -110,8 +115,11 @@ func (a *Agent) Status(version string) Status {
 		s.Attachments = append(s.Attachments, as)
 	}
 	for _, w := range a.reg.all() {
-		s.Workloads = append(s.Workloads, WorkloadStatus{Name: w.name, ID: w.id, Cgroup: w.cgroup,
-			CgroupID: w.cgroupID, Netns: w.netns, Labels: w.labels, Exempt: len(w.exempt)})
+		ws := WorkloadStatus{Name: w.name, ID: w.id, Cgroup: w.cgroup,
+			CgroupID: w.cgroupID, Netns: w.netns, Labels: w.labels, Exempt: len(w.exempt)}
+		ws.EgressPorts = w.egressPorts
+		ws.InboundPorts, ws.InboundAll = w.inboundPorts()
+		s.Workloads = append(s.Workloads, ws)
 	}
 	a.mu.Lock()
 	for _, lp := range a.listeners {
