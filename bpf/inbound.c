@@ -144,9 +144,18 @@ int chio_inbound_sockops(struct bpf_sock_ops *ctx)
 // the agent's own: a protected workload's connection to its own listener is
 // relayed by the proxy, decided and receipted as egress, and the relay's
 // socket carries the agent's mark, which loopback delivery keeps.
+//
+// It runs for every packet to every socket below the attach point: anything
+// but a listener is passed after a few loads, before any map lookup.
 SEC("cgroup_skb/ingress")
 int chio_inbound_ingress(struct __sk_buff *skb)
 {
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->state != BPF_TCP_LISTEN)
+		return 1;
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	if (!bpf_map_lookup_elem(&inbound_refused, &cookie))
 		return 1;
