@@ -60,20 +60,9 @@ func (a *Agent) inboundRefusal(e bpf.Event, w *workload) {
 	case bpf.InboundBind:
 		reason = fmt.Sprintf("bind() to %s port %d refused (EPERM): protected workloads receive only on their %s", transport, e.Dst.Port(), RuleInboundAllowPorts)
 	case bpf.InboundListen:
-		reason = fmt.Sprintf("listen() on kernel-picked %s port %d refused: protected workloads receive only on their %s; packets to it are dropped", transport, e.Dst.Port(), RuleInboundAllowPorts)
+		reason = fmt.Sprintf("listen() on kernel-picked %s port %d refused: protected workloads receive only on their %s; packets to it are dropped, but for the agent's relay of connections the policy allows", transport, e.Dst.Port(), RuleInboundAllowPorts)
 	default:
 		reason = "inbound refused in the kernel: " + op.String()
-	}
-	if op == bpf.InboundListen {
-		// Packets to it are dropped already; destroyed, it resets peers at
-		// once. Before the receipt, so that a reader of the receipt finds
-		// the listener gone.
-		if err := destroyListener(w.netns, e.Dst); err != nil {
-			reason += "; the listener could not be closed (" + err.Error() + "), its peers time out"
-			a.proxy.errs.add(err)
-		} else {
-			reason += "; the agent closed it"
-		}
 	}
 	if e.Count > 1 {
 		reason += fmt.Sprintf(" (%d refusals of this port aggregated into this receipt)", e.Count)

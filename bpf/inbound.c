@@ -7,8 +7,9 @@
 // listen or receive there, and no peer hangs. A TCP listen() on a port the
 // kernel picks (no bind, or bind to port 0) cannot be failed by any cgroup
 // hook; the listener is marked at BPF_SOCK_OPS_TCP_LISTEN_CB and every packet
-// to it is dropped at cgroup_skb/ingress (a peer's connect times out), and the
-// agent then closes it (SOCK_DESTROY) so later peers are reset. Each refusal
+// to it is dropped at cgroup_skb/ingress (a peer's connect times out), except
+// the agent's relay: the workload itself, or another protected workload, can
+// still reach it through the proxy, decided and receipted as egress. Each refusal
 // is reported through chio.c's ring buffer as EVENT_INBOUND_REFUSED, so the
 // agent writes a deny receipt for it.
 //

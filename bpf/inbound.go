@@ -23,8 +23,8 @@ const (
 	// EPERM.
 	InboundBind InboundOp = 1
 	// InboundListen is a TCP listen() on a port the kernel picked: it
-	// succeeded, but every packet to the listener is dropped (the agent's
-	// marked relay excepted) until the agent closes it.
+	// succeeded, but every packet to the listener is dropped, the agent's
+	// marked relay excepted.
 	InboundListen InboundOp = 2
 )
 
