@@ -269,6 +269,10 @@ func (a *Agent) Protect(spec WorkloadSpec) error {
 	if id >= a.nextID {
 		a.nextID = id + 1
 	}
+	if err := a.refuseExistingListeners(w); err != nil {
+		a.proxy.errs.add(err)
+		a.opts.Logger.WithField("workload", spec.Name).WithError(err).Warn("listeners opened before protection not refused")
+	}
 	a.opts.Logger.WithFields(logrus.Fields{"workload": spec.Name, "cgroup": spec.Cgroup, "netns": spec.Netns,
 		"listen4": lp.addr4.String(), "listen6": lp.addr6.String()}).Info("protecting workload")
 	return nil

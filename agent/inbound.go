@@ -61,6 +61,9 @@ func (a *Agent) inboundRefusal(e bpf.Event, w *workload) {
 		reason = fmt.Sprintf("bind() to %s port %d refused (EPERM): protected workloads receive only on their %s", transport, e.Dst.Port(), RuleInboundAllowPorts)
 	case bpf.InboundListen:
 		reason = fmt.Sprintf("listen() on kernel-picked %s port %d refused: protected workloads receive only on their %s; packets to it are dropped, but for the agent's relay of connections the policy allows", transport, e.Dst.Port(), RuleInboundAllowPorts)
+	case inboundExisting:
+		op = bpf.InboundListen
+		reason = fmt.Sprintf("%s listener on port %d, opened before the workload was protected, refused: protected workloads receive only on their %s; packets to it are dropped, but for the agent's relay of connections the policy allows", transport, e.Dst.Port(), RuleInboundAllowPorts)
 	default:
 		reason = "inbound refused in the kernel: " + op.String()
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
@@ -165,5 +166,63 @@ func TestInboundRefusedWithReceiptExceptAllowedPort(t *testing.T) {
 		"--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.tlsAddr.Port()), e.httpsURL)
 	if code != 0 || !strings.HasPrefix(out, "allowed-api") {
 		t.Fatalf("outbound HTTPS from the workload: exit %d, %q", code, out)
+	}
+}
+
+// A listener the workload opened before it was protected, which no hook
+// saw, is refused when protection starts: receipted, and no peer gets in.
+func TestInboundListenerOpenedBeforeProtectionRefused(t *testing.T) {
+	requireTools(t, "python3")
+	e := newE2E(t, e2eOptions{})
+	late := testutil.NewCgroup(t, e.parent.Path)
+	cmd := exec.Command("python3", "-c", `
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(8)
+print(s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"secret")
+    c.close()
+`)
+	late.CommandIn(t, cmd)
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start listener: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var port uint16
+	if _, err := fmt.Fscan(stdout, &port); err != nil {
+		t.Fatalf("read listener port: %v", err)
+	}
+	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	read := func() (string, error) {
+		c, err := net.DialTimeout("tcp", addr.String(), 2*time.Second)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		b, err := io.ReadAll(c)
+		return string(b), err
+	}
+	if got, err := read(); got != "secret" {
+		t.Fatalf("before protection: %q, %v; want the listener to answer", got, err)
+	}
+
+	if err := e.agent.Protect(WorkloadSpec{Name: "e2e/late", Cgroup: late.Path}); err != nil {
+		t.Fatalf("protect: %v", err)
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Workload == "e2e/late" && d.Dst == addr })
+	if d.Verdict != kernel.VerdictDeny || d.Guard != GuardInbound || !strings.Contains(d.Reason, "before the workload was protected") {
+		t.Fatalf("decision = %+v; want deny by %s", d, GuardInbound)
+	}
+	if raw := e.receiptFor(d); !strings.Contains(raw, `"tool_name":"listen"`) || !strings.Contains(raw, `"direction":"inbound"`) {
+		t.Errorf("receipt: %s", raw)
+	}
+	var nerr net.Error
+	if got, err := read(); err == nil || !errors.As(err, &nerr) || !nerr.Timeout() {
+		t.Fatalf("after protection: %q, %v; want the connect to time out", got, err)
 	}
 }

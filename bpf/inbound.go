@@ -175,3 +175,14 @@ func (o *Objects) SetInbound(workloadID uint32, rules []InboundRule) error {
 	}
 	return nil
 }
+
+// RefuseListener marks the listener whose socket cookie is cookie as
+// refused, as inbound.c does at listen() time: every packet to it is dropped
+// but the agent's relay. For listeners a workload opened before it was
+// protected, which no hook saw.
+func (o *Objects) RefuseListener(cookie uint64, workloadID uint32) error {
+	if err := o.inbound.Refused.Put(cookie, workloadID); err != nil {
+		return fmt.Errorf("refuse listener %#x: %w", cookie, err)
+	}
+	return nil
+}
