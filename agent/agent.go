@@ -296,6 +296,9 @@ func (a *Agent) Unprotect(name string) error {
 	if err := a.objs.SetInbound(w.id, nil); err != nil {
 		return err
 	}
+	if err := a.objs.ForgetRefused(w.id); err != nil {
+		return err
+	}
 	a.reg.remove(w)
 	a.releaseListener(w.listen)
 	return nil
@@ -321,6 +324,7 @@ func (a *Agent) UnprotectStale() ([]uint64, error) {
 		}
 		a.objs.SetVerdicts(w.ID, nil)
 		a.objs.SetInbound(w.ID, nil)
+		a.objs.ForgetRefused(w.ID)
 		removed = append(removed, cg)
 	}
 	return removed, nil

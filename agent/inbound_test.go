@@ -225,4 +225,11 @@ while True:
 	if got, err := read(); err == nil || !errors.As(err, &nerr) || !nerr.Timeout() {
 		t.Fatalf("after protection: %q, %v; want the connect to time out", got, err)
 	}
+	// Unprotected again, it answers again.
+	if err := e.agent.Unprotect("e2e/late"); err != nil {
+		t.Fatalf("unprotect: %v", err)
+	}
+	if got, err := read(); got != "secret" {
+		t.Fatalf("after unprotect: %q, %v; want the listener to answer", got, err)
+	}
 }

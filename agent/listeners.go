@@ -56,8 +56,12 @@ func (a *Agent) refuseExistingListeners(w *workload) error {
 		if !cgroups[l.cgroupID] || slices.Contains(allowed, l.local.Port()) {
 			continue
 		}
-		if err := a.objs.RefuseListener(l.cookie, w.id); err != nil {
+		fresh, err := a.objs.RefuseListener(l.cookie, w.id)
+		if err != nil {
 			return fmt.Errorf("refuse existing listeners of %s: %w", w.name, err)
+		}
+		if !fresh {
+			continue // refused and receipted already
 		}
 		a.inboundRefusal(bpf.Event{Kind: bpf.EventInboundRefused, WorkloadID: w.id, CgroupID: l.cgroupID,
 			Dst: l.local, Proto: bpf.ProtoTCP, RuleID: uint32(inboundExisting), Count: 1}, w)

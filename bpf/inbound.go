@@ -176,13 +176,40 @@ func (o *Objects) SetInbound(workloadID uint32, rules []InboundRule) error {
 	return nil
 }
 
+// ForgetRefused removes a workload's listeners from the refused map, when
+// it stops being protected.
+func (o *Objects) ForgetRefused(workloadID uint32) error {
+	var cookies []uint64
+	var c uint64
+	var id uint32
+	it := o.inbound.Refused.Iterate()
+	for it.Next(&c, &id) {
+		if id == workloadID {
+			cookies = append(cookies, c)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("forget refused listeners: %w", err)
+	}
+	for _, c := range cookies {
+		if err := o.inbound.Refused.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget refused listener %#x: %w", c, err)
+		}
+	}
+	return nil
+}
+
 // RefuseListener marks the listener whose socket cookie is cookie as
 // refused, as inbound.c does at listen() time: every packet to it is dropped
 // but the agent's relay. For listeners a workload opened before it was
-// protected, which no hook saw.
-func (o *Objects) RefuseListener(cookie uint64, workloadID uint32) error {
-	if err := o.inbound.Refused.Put(cookie, workloadID); err != nil {
-		return fmt.Errorf("refuse listener %#x: %w", cookie, err)
+// protected, which no hook saw. It reports false when the listener was
+// refused already (by the hook, or by an agent before a restart).
+func (o *Objects) RefuseListener(cookie uint64, workloadID uint32) (bool, error) {
+	if err := o.inbound.Refused.Update(cookie, workloadID, ebpf.UpdateNoExist); err != nil {
+		if errors.Is(err, ebpf.ErrKeyExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("refuse listener %#x: %w", cookie, err)
 	}
-	return nil
+	return true, nil
 }
