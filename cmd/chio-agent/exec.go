@@ -25,8 +25,8 @@ func (o *execOptions) AddFlags(fs *pflag.FlagSet) {
 	o.node.AddFlags(fs)
 	fs.StringVar(&o.name, "name", "", "workload name in receipts (default exec/<command>)")
 	fs.BoolVarP(&o.quiet, "quiet", "q", false, "do not print decisions on stderr")
-	fs.UintSliceVar(&o.egressPorts, "egress-allow-ports", nil, "the only destination `ports` CMD may connect to, whatever the policy says of the name (default every port)")
-	fs.UintSliceVar(&o.inboundPorts, "inbound-allow-ports", nil, "local `ports` CMD may bind to and listen on (default none)")
+	fs.UintSliceVar(&o.egressPorts, "egress-allow-ports", nil, "the only destination `ports` CMD may connect to, whatever the policy says of the name; none given: every port")
+	fs.UintSliceVar(&o.inboundPorts, "inbound-allow-ports", nil, "local `ports` CMD may bind to and listen on; none given: none")
 	fs.BoolVar(&o.inboundAll, "inbound-allow-all", false, "let CMD bind and listen on every port, undecided and unreceipted (danger)")
 }
 
