@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -91,6 +92,21 @@ type WorkloadSpec struct {
 	Labels map[string]string
 	// Exempt destinations pass without the proxy (and without receipts).
 	Exempt []bpf.VerdictRule
+	// EgressPorts, when not empty, are the only destination ports the proxy
+	// allows the workload's connections to reach; a connection to another
+	// port is denied with a receipt (GuardPort), whatever the policy says of
+	// the name. Default: every port.
+	EgressPorts []uint16
+	// InboundPorts are the local ports the workload may bind to (TCP and
+	// UDP) and listen on. Default: none; a bind() to any other fixed port
+	// fails with EPERM, and a listener on a port the kernel picks receives
+	// nothing; each refusal gets a deny receipt.
+	InboundPorts []uint16
+	// InboundAll lets the workload bind and listen on every port, as it could
+	// before inbound was decided. Danger: any peer that can reach the
+	// workload's addresses can then connect in, with no decision and no
+	// receipt.
+	InboundAll bool
 }
 
 // Agent is a running node agent: programs attached, listeners open.
@@ -310,6 +326,10 @@ func (a *Agent) Protect(spec WorkloadSpec) error {
 	if id >= a.nextID {
 		a.nextID = id + 1
 	}
+	if err := a.refuseExistingListeners(w); err != nil {
+		a.proxy.errs.add(err)
+		a.opts.Logger.WithField("workload", spec.Name).WithError(err).Warn("listeners opened before protection not refused")
+	}
 	a.opts.Logger.WithFields(logrus.Fields{"workload": spec.Name, "cgroup": spec.Cgroup, "netns": spec.Netns,
 		"state": string(w.state), "listen4": lp.addr4.String(), "listen6": lp.addr6.String()}).Info("protecting workload")
 	return nil
@@ -318,7 +338,8 @@ func (a *Agent) Protect(spec WorkloadSpec) error {
 func newWorkload(id uint32, spec WorkloadSpec, lp *listenerPair) *workload {
 	return &workload{id: id, name: spec.Name, cgroup: spec.Cgroup,
 		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp,
-		ident: workloadIdentity(spec.Name, spec.Cgroup, spec.Labels)}
+		ident:       workloadIdentity(spec.Name, spec.Cgroup, spec.Labels),
+		egressPorts: slices.Clone(spec.EgressPorts), inbound: inboundRules(spec)}
 }
 
 // dropWorkload removes a workload from the datapath (entry, guard, rules)
@@ -331,7 +352,7 @@ func (a *Agent) dropWorkload(w *workload) error {
 	if w.guard != nil {
 		errs = append(errs, a.objs.RemoveGuard(*w.guard))
 	}
-	errs = append(errs, a.objs.SetVerdicts(w.id, nil))
+	errs = append(errs, a.objs.SetVerdicts(w.id, nil), a.objs.SetInbound(w.id, nil), a.objs.ForgetRefused(w.id))
 	a.reg.remove(w)
 	a.releaseListener(w.listen)
 	return errors.Join(errs...)
@@ -378,6 +399,8 @@ func (a *Agent) UnprotectStale() ([]uint64, error) {
 		}
 		if a.reg.byID(w.ID) == nil {
 			a.objs.SetVerdicts(w.ID, nil)
+			a.objs.SetInbound(w.ID, nil)
+			a.objs.ForgetRefused(w.ID)
 		}
 		removed = append(removed, cg)
 	}
@@ -409,6 +432,10 @@ func (a *Agent) verdictRules(w *workload, pol *hushspec.Policy) []bpf.VerdictRul
 // entry (which starts redirecting its connections).
 func (a *Agent) syncDatapath(w *workload, pol *hushspec.Policy) error {
 	if err := a.objs.SetVerdicts(w.id, a.verdictRules(w, pol)); err != nil {
+		return err
+	}
+	// The ports it may receive on, before its cgroup is protected.
+	if err := a.objs.SetInbound(w.id, w.inbound); err != nil {
 		return err
 	}
 	return a.objs.Protect(w.cgroupID, bpf.Workload{ID: w.id, Listen4: w.listen.addr4, Listen6: w.listen.addr6})
@@ -559,6 +586,10 @@ type workload struct {
 	// pending and relays count the workload's connections held by the
 	// proxy, against Limits.
 	pending, relays atomic.Int64
+	// egressPorts are the destination ports the proxy allows; empty: all.
+	egressPorts []uint16
+	// inbound are the local ports the workload may bind and listen on.
+	inbound []bpf.InboundRule
 }
 
 func (w *workload) identity() kernel.WorkloadIdentity { return w.ident }

@@ -64,6 +64,8 @@ type e2eOptions struct {
 	// firstBytes is the first-bytes timeout (default 2s).
 	firstBytes time.Duration
 	limits     Limits
+	// workload, when set, changes the protected workload's spec.
+	workload func(*WorkloadSpec)
 }
 
 func requireTools(t *testing.T, tools ...string) {
@@ -143,7 +145,11 @@ func newE2E(t *testing.T, o e2eOptions) *e2e {
 			t.Errorf("close agent: %v", err)
 		}
 	})
-	if err := e.agent.Protect(WorkloadSpec{Name: "e2e/wl", Cgroup: e.wl.Path, Netns: o.netns, Labels: map[string]string{"suite": "e2e"}}); err != nil {
+	spec := WorkloadSpec{Name: "e2e/wl", Cgroup: e.wl.Path, Netns: o.netns, Labels: map[string]string{"suite": "e2e"}}
+	if o.workload != nil {
+		o.workload(&spec)
+	}
+	if err := e.agent.Protect(spec); err != nil {
 		t.Fatalf("protect: %v", err)
 	}
 	e.tlsAddr = e.serveHTTPS("tcp4", "127.0.0.1:0", "allowed-api")

@@ -28,6 +28,11 @@ type ExecOptions struct {
 	Name string
 	// Labels are recorded in every receipt.
 	Labels map[string]string
+	// EgressPorts, InboundPorts and InboundAll restrict the command's
+	// destination ports and open local ones, as WorkloadSpec's fields do.
+	EgressPorts  []uint16
+	InboundPorts []uint16
+	InboundAll   bool
 	// Args is the command and its arguments. Required.
 	Args []string
 	// Stdin, Stdout, Stderr are the command's. Defaults: the process's own.
@@ -124,7 +129,8 @@ func Exec(ctx context.Context, o ExecOptions) (code int, err error) {
 	if name == "" {
 		name = "exec/" + filepath.Base(o.Args[0])
 	}
-	if err := a.Protect(WorkloadSpec{Name: name, Cgroup: run.cgroup, Labels: o.Labels}); err != nil {
+	if err := a.Protect(WorkloadSpec{Name: name, Cgroup: run.cgroup, Labels: o.Labels,
+		EgressPorts: o.EgressPorts, InboundPorts: o.InboundPorts, InboundAll: o.InboundAll}); err != nil {
 		return 0, err
 	}
 

@@ -303,6 +303,9 @@ func (p *proxy) decide(ctx context.Context, cn *conn) kernel.Outcome {
 		out.Verdict = kernel.VerdictDeny
 		return out
 	}
+	if refused, ok := cn.w.refuseEgressPort(cn.orig.Dst.Port(), out); ok {
+		return refused
+	}
 	// The name came from the client. Allowing it is only right if the
 	// address it dialled belongs to that name; otherwise a client could send
 	// an allowed SNI to a forbidden address.

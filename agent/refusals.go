@@ -110,7 +110,7 @@ func socketCall(s bpf.Socket) *kernel.SocketCall {
 }
 
 // kernelRefusal writes the receipt of a refusal (or of Count refusals of one
-// kind to one destination) made in the kernel.
+// kind to one destination) made in the kernel, and accounts for it.
 func (a *Agent) kernelRefusal(e bpf.Event) {
 	count := uint64(max(e.Count, 1))
 	w := a.reg.byID(e.WorkloadID)
@@ -119,20 +119,28 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 		a.proxy.errs.add(fmt.Errorf("kernel refusal from unknown workload id %d", e.WorkloadID))
 		return
 	}
-	ev, out, polHash := a.refusal(e, w)
-	d := Decision{Time: time.Now(), Workload: w.name, PID: e.PID, Comm: e.Comm, Dst: e.Dst,
-		Transport: ev.Transport, Verdict: kernel.VerdictDeny, Guard: out.Guard, MatchedRule: out.MatchedRule, Reason: out.Reason, Count: e.Count}
-	// Not a.ctx: the receipts of refusals are what stopping waits for.
-	ctx, cancel := context.WithTimeout(context.Background(), refusalReceiptTimeout)
-	err := a.proxy.record(ctx, ev, out, polHash, &d, nil)
-	cancel()
-	if err != nil {
+	if err := a.receiptRefusal(e, w); err != nil {
 		a.refusals.unreceipted.Add(count)
 	} else {
 		a.refusals.receipted.Add(count)
 	}
-	a.proxy.counts.denied.Add(count)
+}
+
+// receiptRefusal writes the receipt of a refusal of w's and reports it.
+func (a *Agent) receiptRefusal(e bpf.Event, w *workload) error {
+	ev, out, polHash := a.refusal(e, w)
+	d := Decision{Time: time.Now(), Workload: w.name, PID: e.PID, Comm: e.Comm, Dst: e.Dst,
+		Transport: ev.Transport, Verdict: kernel.VerdictDeny, Guard: out.Guard, MatchedRule: out.MatchedRule, Reason: out.Reason, Count: e.Count}
+	if ev.Direction == kernel.DirectionInbound {
+		d.Protocol = "inbound " + ev.Syscall
+	}
+	// Not a.ctx: the receipts of refusals are what stopping waits for.
+	ctx, cancel := context.WithTimeout(context.Background(), refusalReceiptTimeout)
+	err := a.proxy.record(ctx, ev, out, polHash, &d, nil)
+	cancel()
+	a.proxy.counts.denied.Add(uint64(max(e.Count, 1)))
 	a.proxy.report(d)
+	return err
 }
 
 // refusal is the receipt input of a kernel refusal: the event, the outcome
@@ -140,6 +148,10 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 // and policy through the rule id the kernel echoed; an id no policy held by
 // the agent has any more is said to be unknown, never guessed.
 func (a *Agent) refusal(e bpf.Event, w *workload) (kernel.EgressEvent, kernel.Outcome, string) {
+	if e.Kind == bpf.EventInboundRefused {
+		ev, out := a.inboundRefusal(e, w)
+		return ev, out, a.policy.Load().Hash()
+	}
 	transport := kernel.TransportOf(e.Socket.Protocol)
 	ev := kernel.EgressEvent{
 		Transport:    transport,

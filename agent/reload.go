@@ -50,7 +50,8 @@ func (a *Agent) SetWorkloads(specs []WorkloadSpec) error {
 
 func sameSpec(w *workload, s WorkloadSpec) bool {
 	return w.cgroup == filepath.Clean(s.Cgroup) && w.netns == s.Netns &&
-		maps.Equal(w.labels, s.Labels) && slices.Equal(w.exempt, s.Exempt)
+		maps.Equal(w.labels, s.Labels) && slices.Equal(w.exempt, s.Exempt) &&
+		slices.Equal(w.egressPorts, s.EgressPorts) && slices.Equal(w.inbound, inboundRules(s))
 }
 
 // replace switches a protected workload to a changed spec under the same id.

@@ -62,6 +62,11 @@ type WorkloadStatus struct {
 	// guarded, so whatever appears there is refused until protected) or
 	// missing (its parent does not exist either).
 	State WorkloadState `json:"state"`
+	// EgressPorts, InboundPorts and InboundAll are the workload's
+	// egress.allow_ports, inbound.allow_ports and inbound.allow_all.
+	EgressPorts  []uint16 `json:"egress_allow_ports,omitempty"`
+	InboundPorts []uint16 `json:"inbound_allow_ports,omitempty"`
+	InboundAll   bool     `json:"inbound_allow_all,omitempty"`
 }
 
 // ListenerStatus is one proxy listener.
@@ -119,8 +124,11 @@ func (a *Agent) Status(version string) Status {
 	}
 	a.mu.Lock()
 	for _, w := range a.reg.all() {
-		s.Workloads = append(s.Workloads, WorkloadStatus{Name: w.name, ID: w.id, Cgroup: w.cgroup,
-			CgroupID: w.cgroupID, State: w.state, Netns: w.netns, Labels: w.labels, Exempt: len(w.exempt)})
+		ws := WorkloadStatus{Name: w.name, ID: w.id, Cgroup: w.cgroup,
+			CgroupID: w.cgroupID, State: w.state, Netns: w.netns, Labels: w.labels, Exempt: len(w.exempt)}
+		ws.EgressPorts = w.egressPorts
+		ws.InboundPorts, ws.InboundAll = w.inboundPorts()
+		s.Workloads = append(s.Workloads, ws)
 	}
 	for _, lp := range a.listeners {
 		for _, ad := range []string{lp.addr4.String(), lp.addr6.String()} {

@@ -75,6 +75,7 @@ enum event_kind {
 	EVENT_PROTO_REFUSED = 5,  // connect()/sendmsg() of such a socket (made before protection)
 	EVENT_PORT_ZERO = 6,      // TCP connect() to port 0: no service, refused
 	EVENT_GUARDED = 7,        // a guarded cgroup path the agent has not protected yet
+	EVENT_INBOUND_REFUSED = 8, // bind()/listen() to receive, refused (inbound.c)
 };
 
 // Addresses are stored as 16 bytes in network order, IPv4 as v4-mapped IPv6
@@ -1042,3 +1043,7 @@ int chio_take_refusals(struct take_refusals *ctx)
 	ctx->last = last;
 	return 0;
 }
+
+// Inbound: refusing what a protected workload would receive. Its own file
+// for reading, compiled into this object so that it shares every map above.
+#include "inbound.c"

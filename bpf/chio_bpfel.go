@@ -53,6 +53,14 @@ type chioGuardScratch struct {
 	Key chioGuardKey
 }
 
+type chioInboundKey struct {
+	_          structs.HostLayout
+	WorkloadId uint32
+	Proto      uint8
+	Pad        uint8
+	Port       uint16
+}
+
 type chioOrigDst struct {
 	_           structs.HostLayout
 	Addr        [4]uint32
@@ -157,30 +165,36 @@ type chioWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	chioMapCgCache           = "cg_cache"
-	chioMapEvents            = "events"
-	chioMapGeneration        = "generation"
-	chioMapGuardScratch      = "guard_scratch"
-	chioMapGuards            = "guards"
-	chioMapOrigByTuple       = "orig_by_tuple"
-	chioMapOrigPending       = "orig_pending"
-	chioMapRefusalStats      = "refusal_stats"
-	chioMapRefusals          = "refusals"
-	chioMapResolvers         = "resolvers"
-	chioMapVerdicts          = "verdicts"
-	chioMapWorkloads         = "workloads"
-	chioProgChioConnect4     = "chio_connect4"
-	chioProgChioConnect6     = "chio_connect6"
-	chioProgChioSendmsg4     = "chio_sendmsg4"
-	chioProgChioSendmsg6     = "chio_sendmsg6"
-	chioProgChioSockCreate   = "chio_sock_create"
-	chioProgChioSockRelease  = "chio_sock_release"
-	chioProgChioSockops      = "chio_sockops"
-	chioProgChioTakeRefusals = "chio_take_refusals"
-	chioVarAgentMark         = "agent_mark"
-	chioVarUnusedAcc         = "unused_acc"
-	chioVarUnusedEvent       = "unused_event"
-	chioVarUnusedTake        = "unused_take"
+	chioMapCgCache             = "cg_cache"
+	chioMapEvents              = "events"
+	chioMapGeneration          = "generation"
+	chioMapGuardScratch        = "guard_scratch"
+	chioMapGuards              = "guards"
+	chioMapInboundAllow        = "inbound_allow"
+	chioMapInboundRefused      = "inbound_refused"
+	chioMapOrigByTuple         = "orig_by_tuple"
+	chioMapOrigPending         = "orig_pending"
+	chioMapRefusalStats        = "refusal_stats"
+	chioMapRefusals            = "refusals"
+	chioMapResolvers           = "resolvers"
+	chioMapVerdicts            = "verdicts"
+	chioMapWorkloads           = "workloads"
+	chioProgChioConnect4       = "chio_connect4"
+	chioProgChioConnect6       = "chio_connect6"
+	chioProgChioInboundBind4   = "chio_inbound_bind4"
+	chioProgChioInboundBind6   = "chio_inbound_bind6"
+	chioProgChioInboundIngress = "chio_inbound_ingress"
+	chioProgChioInboundSockops = "chio_inbound_sockops"
+	chioProgChioSendmsg4       = "chio_sendmsg4"
+	chioProgChioSendmsg6       = "chio_sendmsg6"
+	chioProgChioSockCreate     = "chio_sock_create"
+	chioProgChioSockRelease    = "chio_sock_release"
+	chioProgChioSockops        = "chio_sockops"
+	chioProgChioTakeRefusals   = "chio_take_refusals"
+	chioVarAgentMark           = "agent_mark"
+	chioVarUnusedAcc           = "unused_acc"
+	chioVarUnusedEvent         = "unused_event"
+	chioVarUnusedTake          = "unused_take"
 )
 
 // loadChio returns the embedded CollectionSpec for chio.
@@ -225,32 +239,38 @@ type chioSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioProgramSpecs struct {
-	ChioConnect4     *ebpf.ProgramSpec `ebpf:"chio_connect4"`
-	ChioConnect6     *ebpf.ProgramSpec `ebpf:"chio_connect6"`
-	ChioSendmsg4     *ebpf.ProgramSpec `ebpf:"chio_sendmsg4"`
-	ChioSendmsg6     *ebpf.ProgramSpec `ebpf:"chio_sendmsg6"`
-	ChioSockCreate   *ebpf.ProgramSpec `ebpf:"chio_sock_create"`
-	ChioSockRelease  *ebpf.ProgramSpec `ebpf:"chio_sock_release"`
-	ChioSockops      *ebpf.ProgramSpec `ebpf:"chio_sockops"`
-	ChioTakeRefusals *ebpf.ProgramSpec `ebpf:"chio_take_refusals"`
+	ChioConnect4       *ebpf.ProgramSpec `ebpf:"chio_connect4"`
+	ChioConnect6       *ebpf.ProgramSpec `ebpf:"chio_connect6"`
+	ChioInboundBind4   *ebpf.ProgramSpec `ebpf:"chio_inbound_bind4"`
+	ChioInboundBind6   *ebpf.ProgramSpec `ebpf:"chio_inbound_bind6"`
+	ChioInboundIngress *ebpf.ProgramSpec `ebpf:"chio_inbound_ingress"`
+	ChioInboundSockops *ebpf.ProgramSpec `ebpf:"chio_inbound_sockops"`
+	ChioSendmsg4       *ebpf.ProgramSpec `ebpf:"chio_sendmsg4"`
+	ChioSendmsg6       *ebpf.ProgramSpec `ebpf:"chio_sendmsg6"`
+	ChioSockCreate     *ebpf.ProgramSpec `ebpf:"chio_sock_create"`
+	ChioSockRelease    *ebpf.ProgramSpec `ebpf:"chio_sock_release"`
+	ChioSockops        *ebpf.ProgramSpec `ebpf:"chio_sockops"`
+	ChioTakeRefusals   *ebpf.ProgramSpec `ebpf:"chio_take_refusals"`
 }
 
 // chioMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioMapSpecs struct {
-	CgCache      *ebpf.MapSpec `ebpf:"cg_cache"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	Generation   *ebpf.MapSpec `ebpf:"generation"`
-	GuardScratch *ebpf.MapSpec `ebpf:"guard_scratch"`
-	Guards       *ebpf.MapSpec `ebpf:"guards"`
-	OrigByTuple  *ebpf.MapSpec `ebpf:"orig_by_tuple"`
-	OrigPending  *ebpf.MapSpec `ebpf:"orig_pending"`
-	RefusalStats *ebpf.MapSpec `ebpf:"refusal_stats"`
-	Refusals     *ebpf.MapSpec `ebpf:"refusals"`
-	Resolvers    *ebpf.MapSpec `ebpf:"resolvers"`
-	Verdicts     *ebpf.MapSpec `ebpf:"verdicts"`
-	Workloads    *ebpf.MapSpec `ebpf:"workloads"`
+	CgCache        *ebpf.MapSpec `ebpf:"cg_cache"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	Generation     *ebpf.MapSpec `ebpf:"generation"`
+	GuardScratch   *ebpf.MapSpec `ebpf:"guard_scratch"`
+	Guards         *ebpf.MapSpec `ebpf:"guards"`
+	InboundAllow   *ebpf.MapSpec `ebpf:"inbound_allow"`
+	InboundRefused *ebpf.MapSpec `ebpf:"inbound_refused"`
+	OrigByTuple    *ebpf.MapSpec `ebpf:"orig_by_tuple"`
+	OrigPending    *ebpf.MapSpec `ebpf:"orig_pending"`
+	RefusalStats   *ebpf.MapSpec `ebpf:"refusal_stats"`
+	Refusals       *ebpf.MapSpec `ebpf:"refusals"`
+	Resolvers      *ebpf.MapSpec `ebpf:"resolvers"`
+	Verdicts       *ebpf.MapSpec `ebpf:"verdicts"`
+	Workloads      *ebpf.MapSpec `ebpf:"workloads"`
 }
 
 // chioVariableSpecs contains global variables before they are loaded into the kernel.
@@ -283,18 +303,20 @@ func (o *chioObjects) Close() error {
 //
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioMaps struct {
-	CgCache      *ebpf.Map `ebpf:"cg_cache"`
-	Events       *ebpf.Map `ebpf:"events"`
-	Generation   *ebpf.Map `ebpf:"generation"`
-	GuardScratch *ebpf.Map `ebpf:"guard_scratch"`
-	Guards       *ebpf.Map `ebpf:"guards"`
-	OrigByTuple  *ebpf.Map `ebpf:"orig_by_tuple"`
-	OrigPending  *ebpf.Map `ebpf:"orig_pending"`
-	RefusalStats *ebpf.Map `ebpf:"refusal_stats"`
-	Refusals     *ebpf.Map `ebpf:"refusals"`
-	Resolvers    *ebpf.Map `ebpf:"resolvers"`
-	Verdicts     *ebpf.Map `ebpf:"verdicts"`
-	Workloads    *ebpf.Map `ebpf:"workloads"`
+	CgCache        *ebpf.Map `ebpf:"cg_cache"`
+	Events         *ebpf.Map `ebpf:"events"`
+	Generation     *ebpf.Map `ebpf:"generation"`
+	GuardScratch   *ebpf.Map `ebpf:"guard_scratch"`
+	Guards         *ebpf.Map `ebpf:"guards"`
+	InboundAllow   *ebpf.Map `ebpf:"inbound_allow"`
+	InboundRefused *ebpf.Map `ebpf:"inbound_refused"`
+	OrigByTuple    *ebpf.Map `ebpf:"orig_by_tuple"`
+	OrigPending    *ebpf.Map `ebpf:"orig_pending"`
+	RefusalStats   *ebpf.Map `ebpf:"refusal_stats"`
+	Refusals       *ebpf.Map `ebpf:"refusals"`
+	Resolvers      *ebpf.Map `ebpf:"resolvers"`
+	Verdicts       *ebpf.Map `ebpf:"verdicts"`
+	Workloads      *ebpf.Map `ebpf:"workloads"`
 }
 
 func (m *chioMaps) Close() error {
@@ -304,6 +326,8 @@ func (m *chioMaps) Close() error {
 		m.Generation,
 		m.GuardScratch,
 		m.Guards,
+		m.InboundAllow,
+		m.InboundRefused,
 		m.OrigByTuple,
 		m.OrigPending,
 		m.RefusalStats,
@@ -328,20 +352,28 @@ type chioVariables struct {
 //
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioPrograms struct {
-	ChioConnect4     *ebpf.Program `ebpf:"chio_connect4"`
-	ChioConnect6     *ebpf.Program `ebpf:"chio_connect6"`
-	ChioSendmsg4     *ebpf.Program `ebpf:"chio_sendmsg4"`
-	ChioSendmsg6     *ebpf.Program `ebpf:"chio_sendmsg6"`
-	ChioSockCreate   *ebpf.Program `ebpf:"chio_sock_create"`
-	ChioSockRelease  *ebpf.Program `ebpf:"chio_sock_release"`
-	ChioSockops      *ebpf.Program `ebpf:"chio_sockops"`
-	ChioTakeRefusals *ebpf.Program `ebpf:"chio_take_refusals"`
+	ChioConnect4       *ebpf.Program `ebpf:"chio_connect4"`
+	ChioConnect6       *ebpf.Program `ebpf:"chio_connect6"`
+	ChioInboundBind4   *ebpf.Program `ebpf:"chio_inbound_bind4"`
+	ChioInboundBind6   *ebpf.Program `ebpf:"chio_inbound_bind6"`
+	ChioInboundIngress *ebpf.Program `ebpf:"chio_inbound_ingress"`
+	ChioInboundSockops *ebpf.Program `ebpf:"chio_inbound_sockops"`
+	ChioSendmsg4       *ebpf.Program `ebpf:"chio_sendmsg4"`
+	ChioSendmsg6       *ebpf.Program `ebpf:"chio_sendmsg6"`
+	ChioSockCreate     *ebpf.Program `ebpf:"chio_sock_create"`
+	ChioSockRelease    *ebpf.Program `ebpf:"chio_sock_release"`
+	ChioSockops        *ebpf.Program `ebpf:"chio_sockops"`
+	ChioTakeRefusals   *ebpf.Program `ebpf:"chio_take_refusals"`
 }
 
 func (p *chioPrograms) Close() error {
 	return _ChioClose(
 		p.ChioConnect4,
 		p.ChioConnect6,
+		p.ChioInboundBind4,
+		p.ChioInboundBind6,
+		p.ChioInboundIngress,
+		p.ChioInboundSockops,
 		p.ChioSendmsg4,
 		p.ChioSendmsg6,
 		p.ChioSockCreate,

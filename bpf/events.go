@@ -49,6 +49,8 @@ func (k EventKind) String() string {
 		return "port_zero"
 	case EventGuarded:
 		return "guarded"
+	case EventInboundRefused:
+		return "inbound_refused"
 	}
 	return fmt.Sprintf("event-%d", uint32(k))
 }

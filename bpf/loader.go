@@ -99,6 +99,11 @@ var hooks = []hook{
 	{chioProgChioSockops, ebpf.AttachCGroupSockOps, "sockops", func(p *chioPrograms) *ebpf.Program { return p.ChioSockops }},
 	{chioProgChioSockRelease, ebpf.AttachCgroupInetSockRelease, "cgroup/sock_release", func(p *chioPrograms) *ebpf.Program { return p.ChioSockRelease }},
 	{chioProgChioSockCreate, ebpf.AttachCGroupInetSockCreate, "cgroup/sock_create", func(p *chioPrograms) *ebpf.Program { return p.ChioSockCreate }},
+	// inbound.c
+	{chioProgChioInboundBind4, ebpf.AttachCGroupInet4Bind, "cgroup/bind4", func(p *chioPrograms) *ebpf.Program { return p.ChioInboundBind4 }},
+	{chioProgChioInboundBind6, ebpf.AttachCGroupInet6Bind, "cgroup/bind6", func(p *chioPrograms) *ebpf.Program { return p.ChioInboundBind6 }},
+	{chioProgChioInboundSockops, ebpf.AttachCGroupSockOps, "sockops", func(p *chioPrograms) *ebpf.Program { return p.ChioInboundSockops }},
+	{chioProgChioInboundIngress, ebpf.AttachCGroupInetIngress, "cgroup_skb/ingress", func(p *chioPrograms) *ebpf.Program { return p.ChioInboundIngress }},
 }
 
 // Load loads the programs and maps into the kernel (adopting pinned maps when
@@ -175,38 +180,46 @@ func Load(opts Options) (*Objects, error) {
 // and new links are pinned.
 func (o *Objects) AttachCgroup(path string) error {
 	for _, h := range hooks {
-		prog := h.prog(&o.objs.chioPrograms)
-		a := Attachment{Name: h.name, Hook: h.text, Cgroup: path}
-		if o.opts.PinDir != "" {
-			a.PinPath = filepath.Join(o.opts.PinDir, "links", h.name)
-			l, err := link.LoadPinnedLink(a.PinPath, nil)
-			switch {
-			case err == nil:
-				if err := l.Update(prog); err != nil {
-					l.Close()
-					return fmt.Errorf("adopt pinned %s link: %w", h.name, err)
-				}
-				a.link, a.Adopted = l, true
-				o.links = append(o.links, a)
-				continue
-			case !errors.Is(err, os.ErrNotExist):
-				return fmt.Errorf("load pinned %s link: %w", h.name, err)
-			}
+		if err := o.attach(path, h.name, h.text, h.typ, h.prog(&o.objs.chioPrograms)); err != nil {
+			return err
 		}
-		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: h.typ, Program: prog})
-		if err != nil {
-			return fmt.Errorf("attach %s to %s: %w", h.name, path, err)
-		}
-		if a.PinPath != "" {
-			if err := l.Pin(a.PinPath); err != nil {
-				l.Close()
-				return fmt.Errorf("pin %s link: %w", h.name, err)
-			}
-		}
-		a.link = l
-		o.links = append(o.links, a)
 	}
 	o.cgroup = path
+	return nil
+}
+
+// attach attaches one program to the cgroup at path, adopting (and
+// updating) the link pinned under its name when there is one.
+func (o *Objects) attach(path, name, text string, typ ebpf.AttachType, prog *ebpf.Program) error {
+	a := Attachment{Name: name, Hook: text, Cgroup: path}
+	if o.opts.PinDir != "" {
+		a.PinPath = filepath.Join(o.opts.PinDir, "links", name)
+		l, err := link.LoadPinnedLink(a.PinPath, nil)
+		switch {
+		case err == nil:
+			if err := l.Update(prog); err != nil {
+				l.Close()
+				return fmt.Errorf("adopt pinned %s link: %w", name, err)
+			}
+			a.link, a.Adopted = l, true
+			o.links = append(o.links, a)
+			return nil
+		case !errors.Is(err, os.ErrNotExist):
+			return fmt.Errorf("load pinned %s link: %w", name, err)
+		}
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: typ, Program: prog})
+	if err != nil {
+		return fmt.Errorf("attach %s to %s: %w", name, path, err)
+	}
+	if a.PinPath != "" {
+		if err := l.Pin(a.PinPath); err != nil {
+			l.Close()
+			return fmt.Errorf("pin %s link: %w", name, err)
+		}
+	}
+	a.link = l
+	o.links = append(o.links, a)
 	return nil
 }
 

@@ -33,6 +33,13 @@ const (
 	EgressMetadataSchema = "chio-agent.egress.v1"
 )
 
+// Directions of an event: an outbound connection (the default, left out of
+// receipts) or a refused attempt to receive.
+const (
+	DirectionOutbound = "outbound"
+	DirectionInbound  = "inbound"
+)
+
 // Transports an egress event may use. The datapath mediates TCP and UDP;
 // the other protocols appear only in receipts of refusals.
 const (
@@ -147,6 +154,15 @@ type EgressEvent struct {
 	Workload WorkloadIdentity
 	// Process is the task that called connect(), when the datapath named it.
 	Process ProcessIdentity
+	// Direction is DirectionInbound for an attempt of the workload to
+	// receive (a bind() to a fixed port, a listen()): IP and Port are then
+	// its local address and port, Syscall names the call, and parameters
+	// carry "direction":"inbound". Empty or DirectionOutbound: a connection
+	// the workload made.
+	Direction string
+	// Syscall is the receipt's tool_name when set (e.g. "bind", "listen").
+	// Default EgressToolName.
+	Syscall string
 	// ConnectionID is the agent's unique id for this connection (or this
 	// aggregated kernel refusal). Two connections of one process to one
 	// destination within a second are otherwise identical, and so would be
@@ -272,8 +288,11 @@ func EgressReceiptBody(ev EgressEvent, out Outcome, policyHash string, at time.T
 		return Receipt{}, fmt.Errorf("build egress receipt: %w: metadata: %w", ErrInvalidEvent, err)
 	}
 	tool := EgressToolName
-	if ev.Socket != nil {
+	switch {
+	case ev.Socket != nil:
 		tool = EgressSocketToolName
+	case ev.Syscall != "":
+		tool = ev.Syscall
 	}
 	return Receipt{
 		Timestamp:     uint64(at.Unix()),
@@ -312,9 +331,12 @@ func (e *EgressEvent) validate() error {
 	if e.Workload.Name == "" {
 		return fmt.Errorf("%w: no workload name", ErrInvalidEvent)
 	}
+	if e.Direction != "" && e.Direction != DirectionOutbound && e.Direction != DirectionInbound {
+		return fmt.Errorf("%w: direction %q is neither outbound nor inbound", ErrInvalidEvent, e.Direction)
+	}
 	// Peeked bytes come from an untrusted client: refuse what would not
 	// canonicalize rather than sign something a verifier reads differently.
-	strs := []string{e.Host, e.SNI, e.HTTPHost, e.HTTPMethod, e.HTTPPath, e.Workload.Name, e.Workload.CgroupPath, e.Process.Comm, e.ConnectionID}
+	strs := []string{e.Syscall, e.Host, e.SNI, e.HTTPHost, e.HTTPMethod, e.HTTPPath, e.Workload.Name, e.Workload.CgroupPath, e.Process.Comm, e.ConnectionID}
 	strs = append(strs, e.ALPN...)
 	for k, v := range e.Workload.Labels {
 		strs = append(strs, k, v)
@@ -356,6 +378,9 @@ func (e *EgressEvent) parameters() map[string]any {
 	}
 	if e.ECH {
 		p["tls_ech"] = true
+	}
+	if e.Direction == DirectionInbound {
+		p["direction"] = DirectionInbound
 	}
 	return p
 }
@@ -420,6 +445,7 @@ type EgressParameters struct {
 	IP        string `json:"ip"`
 	Port      uint16 `json:"port"`
 	Transport string `json:"transport"`
+	Direction string `json:"direction,omitempty"`
 	Socket    *struct {
 		Family   string `json:"family"`
 		Type     string `json:"type"`

@@ -269,3 +269,36 @@ func TestEgressReceiptsOfKernelRefusals(t *testing.T) {
 		}
 	}
 }
+
+// An inbound refusal is an egress receipt with the local address and port,
+// the refused call as tool_name and "direction":"inbound"; an outbound one
+// carries no direction, so receipts written before inbound stay identical.
+func TestBuildInboundReceipt(t *testing.T) {
+	key := testKey(t)
+	ev := EgressEvent{IP: netip.MustParseAddr("127.0.0.1"), Port: 8080, Transport: TransportTCP,
+		Direction: DirectionInbound, Syscall: "bind", Workload: WorkloadIdentity{Name: "w1"}}
+	out := Outcome{Verdict: VerdictDeny, Guard: "ChioAgentInboundGuard", MatchedRule: "inbound.allow_ports"}
+	r, err := BuildEgressReceipt(ev, out, "ph", key, time.Unix(1700000000, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := Verifier{TrustedKeys: []ed25519.PublicKey{key.Public().(ed25519.PublicKey)}}.Verify(r)
+	if !res.OK || res.Result != ResultDenied || r.ToolName != "bind" {
+		t.Fatalf("inbound receipt: %+v, tool_name %q", res, r.ToolName)
+	}
+	if got := string(r.Action.Parameters); got != `{"direction":"inbound","ip":"127.0.0.1","port":8080,"target":"127.0.0.1","transport":"tcp"}` {
+		t.Fatalf("parameters: %s", got)
+	}
+	if p, err := ParseEgressParameters(&r); err != nil || p.Direction != DirectionInbound || p.Port != 8080 {
+		t.Fatalf("parse: %+v, %v", p, err)
+	}
+	ev.Direction = "sideways"
+	if _, err := BuildEgressReceipt(ev, out, "ph", key, time.Unix(1, 0)); !errors.Is(err, ErrInvalidEvent) {
+		t.Fatalf("unknown direction: %v", err)
+	}
+	ev.Direction, ev.Syscall = "", ""
+	r, err = BuildEgressReceipt(ev, out, "ph", key, time.Unix(1, 0))
+	if err != nil || strings.Contains(string(r.Action.Parameters), "direction") || r.ToolName != EgressToolName {
+		t.Fatalf("outbound receipt: %s %q, %v", r.Action.Parameters, r.ToolName, err)
+	}
+}

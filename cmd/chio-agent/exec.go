@@ -13,15 +13,33 @@ import (
 )
 
 type execOptions struct {
-	node  nodeFlags
-	name  string
-	quiet bool
+	node         nodeFlags
+	name         string
+	quiet        bool
+	egressPorts  []uint
+	inboundPorts []uint
+	inboundAll   bool
 }
 
 func (o *execOptions) AddFlags(fs *pflag.FlagSet) {
 	o.node.AddFlags(fs)
 	fs.StringVar(&o.name, "name", "", "workload name in receipts (default exec/<command>)")
 	fs.BoolVarP(&o.quiet, "quiet", "q", false, "do not print decisions on stderr")
+	fs.UintSliceVar(&o.egressPorts, "egress-allow-ports", nil, "the only destination `ports` CMD may connect to, whatever the policy says of the name; none given: every port")
+	fs.UintSliceVar(&o.inboundPorts, "inbound-allow-ports", nil, "local `ports` CMD may bind to and listen on; none given: none")
+	fs.BoolVar(&o.inboundAll, "inbound-allow-all", false, "let CMD bind and listen on every port, undecided and unreceipted (danger)")
+}
+
+// ports checks a port list from the command line.
+func ports(flag string, in []uint) ([]uint16, error) {
+	out := make([]uint16, 0, len(in))
+	for _, p := range in {
+		if p == 0 || p > 65535 {
+			return nil, fmt.Errorf("--%s: %d is not a port", flag, p)
+		}
+		out = append(out, uint16(p))
+	}
+	return out, nil
 }
 
 func newExecCommand() *cobra.Command {
@@ -46,6 +64,14 @@ root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).`,
   chio-agent exec --policy policy.yaml --key chio.key -- curl https://api.example.com/`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			egress, err := ports("egress-allow-ports", o.egressPorts)
+			if err != nil {
+				return err
+			}
+			inbound, err := ports("inbound-allow-ports", o.inboundPorts)
+			if err != nil {
+				return err
+			}
 			setup, err := o.node.resolve(cmd.Context(), "chio-receipts.db", "warn", os.LookupEnv)
 			if err != nil {
 				return err
@@ -70,6 +96,7 @@ root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).`,
 			}
 			code, err := agent.Exec(cmd.Context(), agent.ExecOptions{
 				Agent: setup.agentOpts, Name: o.name, Args: args,
+				EgressPorts: egress, InboundPorts: inbound, InboundAll: o.inboundAll,
 				Stdin: cmd.InOrStdin(), Stdout: cmd.OutOrStdout(), Stderr: stderr,
 			})
 			if err != nil {

@@ -137,7 +137,8 @@ func workloadSpecs(ws []config.Workload) ([]agent.WorkloadSpec, error) {
 		if err != nil {
 			return nil, fmt.Errorf("workload %s: %w", w.Name, err)
 		}
-		spec := agent.WorkloadSpec{Name: w.Name, Cgroup: cg, Netns: w.Netns, Labels: w.Labels}
+		spec := agent.WorkloadSpec{Name: w.Name, Cgroup: cg, Netns: w.Netns, Labels: w.Labels,
+			EgressPorts: w.Egress.AllowPorts, InboundPorts: w.Inbound.AllowPorts, InboundAll: w.Inbound.AllowAll}
 		for _, e := range w.Exempt {
 			p, err := config.ParsePrefix(e.CIDR)
 			if err != nil {

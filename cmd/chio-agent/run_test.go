@@ -251,7 +251,8 @@ agent:
 		t.Fatalf("allowed curl: exit %d, %q\n%s", code, out, d.logs)
 	}
 	s := d.status()
-	if len(s.Attachments) != 7 || len(s.Workloads) != 1 || s.Workloads[0].Name != "lifecycle" || s.Counts.Allowed != 1 || s.Policy.Name != "lifecycle" {
+	// chio.c's seven hooks and inbound.c's four.
+	if len(s.Attachments) != 11 || len(s.Workloads) != 1 || s.Workloads[0].Name != "lifecycle" || s.Counts.Allowed != 1 || s.Policy.Name != "lifecycle" {
 		t.Fatalf("status = %+v", s)
 	}
 	for _, a := range s.Attachments {

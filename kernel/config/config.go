@@ -146,6 +146,32 @@ type Workload struct {
 	// Exempt destinations pass untouched: no proxy, no receipt. Danger: each
 	// entry widens access past the policy.
 	Exempt []Exempt `yaml:"exempt"`
+	// Egress restricts the workload's outbound connections beyond the policy.
+	Egress Egress `yaml:"egress"`
+	// Inbound says what the workload may receive. Default: nothing.
+	Inbound Inbound `yaml:"inbound"`
+}
+
+// Egress restricts a workload's outbound connections beyond the policy.
+type Egress struct {
+	// AllowPorts, when not empty, are the only destination ports the proxy
+	// allows, whatever the policy says of the name (HushSpec egress patterns
+	// carry no ports). Default: every port.
+	AllowPorts []uint16 `yaml:"allow_ports"`
+}
+
+// Inbound says what a workload may receive. By default a protected workload
+// cannot be reached: a bind() to a fixed port (TCP or UDP) fails with EPERM,
+// and a TCP listener on a port the kernel picks receives no connection; each
+// refusal gets a deny receipt.
+type Inbound struct {
+	// AllowPorts are the local ports the workload may bind to and listen on,
+	// TCP and UDP. Default: none.
+	AllowPorts []uint16 `yaml:"allow_ports"`
+	// AllowAll lets the workload bind and listen on every port. Danger: any
+	// peer that can reach its addresses then connects in undecided and
+	// unreceipted. Default false.
+	AllowAll bool `yaml:"allow_all"`
 }
 
 // Exempt is a destination a workload reaches without the proxy.
@@ -275,6 +301,12 @@ func (c *Config) Validate() error {
 		if w.Cgroup == "" {
 			return fmt.Errorf("agent.workloads[%d] (%s).cgroup: required", i, w.Name)
 		}
+		if err := validPorts(w.Egress.AllowPorts); err != nil {
+			return fmt.Errorf("agent.workloads[%d] (%s).egress.allow_ports: %w", i, w.Name, err)
+		}
+		if err := validPorts(w.Inbound.AllowPorts); err != nil {
+			return fmt.Errorf("agent.workloads[%d] (%s).inbound.allow_ports: %w", i, w.Name, err)
+		}
 		for j, e := range w.Exempt {
 			if _, err := ParsePrefix(e.CIDR); err != nil {
 				return fmt.Errorf("agent.workloads[%d].exempt[%d].cidr: %w", i, j, err)
@@ -284,6 +316,16 @@ func (c *Config) Validate() error {
 			default:
 				return fmt.Errorf("agent.workloads[%d].exempt[%d].proto: %q is neither tcp nor udp", i, j, e.Proto)
 			}
+		}
+	}
+	return nil
+}
+
+// validPorts refuses port 0, which names no port here (allow_all does).
+func validPorts(ports []uint16) error {
+	for _, p := range ports {
+		if p == 0 {
+			return errors.New("port 0 is not a port")
 		}
 	}
 	return nil

@@ -30,6 +30,8 @@ agent:
       cgroup: /chio/agents
       labels: {team: research}
       exempt: [{cidr: 10.0.0.0/8, ports: [53], proto: udp}, {cidr: "192.0.2.1"}]
+      egress: {allow_ports: [443, 80]}
+      inbound: {allow_ports: [8080]}
 `), env(map[string]string{"SINK": "/var/lib/chio/r.db"}))
 	if err != nil {
 		t.Fatal(err)
@@ -46,6 +48,10 @@ agent:
 	if w := c.Agent.Workloads[0]; w.Name != "agents" || w.Labels["team"] != "research" || w.Exempt[0].Ports[0] != 53 {
 		t.Fatalf("workload wrong: %+v", w)
 	}
+	if w := c.Agent.Workloads[0]; len(w.Egress.AllowPorts) != 2 || w.Egress.AllowPorts[1] != 80 ||
+		len(w.Inbound.AllowPorts) != 1 || w.Inbound.AllowPorts[0] != 8080 || w.Inbound.AllowAll {
+		t.Fatalf("workload ports wrong: %+v", w)
+	}
 }
 
 func TestParseRejects(t *testing.T) {
@@ -58,6 +64,9 @@ func TestParseRejects(t *testing.T) {
 		{"bad resolver", "agent: {resolvers: [dns.example]}\n", "agent.resolvers[0]"},
 		{"bad exempt", "agent: {workloads: [{name: a, cgroup: b, exempt: [{cidr: 300.0.0.0/8}]}]}\n", "exempt[0].cidr"},
 		{"duplicate workload", "agent: {workloads: [{name: a, cgroup: b}, {name: a, cgroup: c}]}\n", "used twice"},
+		{"egress port 0", "agent: {workloads: [{name: a, cgroup: b, egress: {allow_ports: [0]}}]}\n", "egress.allow_ports"},
+		{"inbound port 0", "agent: {workloads: [{name: a, cgroup: b, inbound: {allow_ports: [443, 0]}}]}\n", "inbound.allow_ports"},
+		{"port too large", "agent: {workloads: [{name: a, cgroup: b, egress: {allow_ports: [70000]}}]}\n", "line 1"},
 		{"missing cgroup", "agent: {workloads: [{name: a}]}\n", "cgroup: required"},
 		{"negative limit", "agent: {limits: {pending: -1}}\n", "agent.limits.pending: must not be negative"},
 		{"tiny head bound", "agent: {limits: {head_bytes: 100}}\n", "agent.limits.head_bytes"},
