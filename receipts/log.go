@@ -309,7 +309,7 @@ func Open(path string, opts Options) (*Log, error) {
 		}
 		l.pubHex = hex.EncodeToString(o.Key.Public().(ed25519.PublicKey))
 	}
-	f, _, err := openLogFile(path, o)
+	f, err := openLogFile(path, o)
 	if err != nil {
 		return nil, err
 	}
@@ -344,23 +344,23 @@ func Open(path string, opts Options) (*Log, error) {
 // maps it (checkBoltFile): a regular file (opened without blocking, so a
 // FIFO cannot hang the open, then checked on the open descriptor), under a
 // shared lock so that no writer changes it while it is checked, and whole.
-// A missing file is created (writable opens only); created reports that the
-// file is new and empty. Nothing is written to an existing file.
-func openLogFile(path string, o Options) (f *os.File, created bool, err error) {
-	flag := os.O_RDONLY
+// A missing file is created (writable opens only), empty, for bbolt to
+// initialise. Nothing is written to an existing file.
+func openLogFile(path string, o Options) (f *os.File, err error) {
+	flag, created := os.O_RDONLY, false
 	if !o.ReadOnly {
 		flag = os.O_RDWR
 	}
 	f, err = os.OpenFile(path, flag|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		if o.ReadOnly {
-			return nil, false, fmt.Errorf("open receipt log %s: %w", path, ErrNotFound)
+			return nil, fmt.Errorf("open receipt log %s: %w", path, ErrNotFound)
 		}
 		f, err = os.OpenFile(path, flag|os.O_CREATE|os.O_EXCL|syscall.O_NONBLOCK, 0o600)
 		created = err == nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("open receipt log %s: %w", path, err)
+		return nil, fmt.Errorf("open receipt log %s: %w", path, err)
 	}
 	defer func() {
 		if err != nil {
@@ -369,30 +369,30 @@ func openLogFile(path string, o Options) (f *os.File, created bool, err error) {
 	}()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, false, fmt.Errorf("open receipt log %s: %w", path, err)
+		return nil, fmt.Errorf("open receipt log %s: %w", path, err)
 	}
 	if !st.Mode().IsRegular() {
-		return nil, false, fmt.Errorf("open receipt log %s: not a regular file (mode %s): %w", path, st.Mode(), ErrCorrupt)
+		return nil, fmt.Errorf("open receipt log %s: not a regular file (mode %s): %w", path, st.Mode(), ErrCorrupt)
 	}
 	if created {
-		return f, true, nil
+		return f, nil
 	}
 	if err := lockShared(f, o.LockTimeout); err != nil {
-		return nil, false, fmt.Errorf("open receipt log %s: %w", path, err)
+		return nil, fmt.Errorf("open receipt log %s: %w", path, err)
 	}
 	// Size after the lock: a writer that held the file may have grown it.
 	if st, err = f.Stat(); err != nil {
-		return nil, false, fmt.Errorf("open receipt log %s: %w", path, err)
+		return nil, fmt.Errorf("open receipt log %s: %w", path, err)
 	}
 	if st.Size() == 0 {
 		// bbolt would initialise an empty file in place; an empty file where
 		// a log should be is evidence of truncation, so it is left alone.
-		return nil, false, fmt.Errorf("open receipt log %s: file is empty (truncated?): %w", path, ErrCorrupt)
+		return nil, fmt.Errorf("open receipt log %s: file is empty (truncated?): %w", path, ErrCorrupt)
 	}
 	if err := checkBoltFile(f, st.Size()); err != nil {
-		return nil, false, fmt.Errorf("open receipt log %s: %w", path, err)
+		return nil, fmt.Errorf("open receipt log %s: %w", path, err)
 	}
-	return f, false, nil
+	return f, nil
 }
 
 // lockShared takes a shared flock on f, retrying until timeout (0: forever),
@@ -424,7 +424,8 @@ func openBolt(path string, f *os.File, o Options) (db *bolt.DB, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			db, err = nil, fmt.Errorf("open receipt log %s: unreadable database (%v): %w", path, r, ErrCorrupt)
+			// bbolt unwound without closing the file it was handed.
+			db, err, handed = nil, fmt.Errorf("open receipt log %s: unreadable database (%v): %w", path, r, ErrCorrupt), false
 		}
 		if err != nil && !handed {
 			f.Close()
@@ -458,7 +459,9 @@ func openBolt(path string, f *os.File, o Options) (db *bolt.DB, err error) {
 }
 
 // view runs fn in a read transaction, turning a bbolt panic on a damaged
-// page into an ErrCorrupt error instead of a crash.
+// page, or a memory fault in its mapping (a file truncated under it), into an
+// ErrCorrupt error instead of a crash. Open's file check makes both
+// unexpected; this is the last line.
 func (l *Log) view(fn func(tx *bolt.Tx) error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
