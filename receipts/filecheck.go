@@ -308,6 +308,11 @@ func (c *fileChecker) checkNode(id uint64, buf, lo, hi []byte, depth, nest int) 
 		if !ok {
 			return nil, corruptPage(id, "element %d: key lies outside the page", i)
 		}
+		if len(key) == 0 {
+			// bbolt never stores an empty key, and asserts so when it
+			// loads a page to write it.
+			return nil, corruptPage(id, "element %d: empty key", i)
+		}
 		switch cmp := bytes.Compare(key, min); {
 		case min != nil && i == 0 && cmp < 0:
 			return nil, corruptPage(id, "element 0: key %x sorts before its parent's key %x", key, min)
