@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
-	"os"
 )
 
 // The structural check of a receipt log file, run before bbolt ever maps it.
@@ -383,13 +382,4 @@ func (c *fileChecker) checkNode(id uint64, buf, lo, hi []byte, depth, nest int) 
 		}
 	}
 	return last, nil
-}
-
-// checkLogFile opens nothing: it stats and checks the already open file f.
-func checkLogFile(f *os.File) error {
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	return checkBoltFile(f, st.Size())
 }
