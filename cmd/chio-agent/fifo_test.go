@@ -30,6 +30,7 @@ func TestFIFOConfigRefused(t *testing.T) {
 	os.WriteFile(key, bytes.Repeat([]byte("ab"), 32), 0o600)
 	for _, args := range [][]string{
 		{"run", "--config", fifo},
+		{"run", "--policy", child, "--key", key, "--receipts", filepath.Join(dir, "r.db")},
 		{"exec", "--config", fifo, "--policy", child, "--key", key, "--", "true"},
 		{"policy", "check", fifo},
 		{"policy", "check", child},
