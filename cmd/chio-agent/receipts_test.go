@@ -273,4 +273,35 @@ func TestDamagedLogFailsCleanly(t *testing.T) {
 	for _, args := range commands {
 		runDamaged(t, db, "page 2", args...)
 	}
+
+	// A flipped byte in a receipt sealed long ago was appended to without
+	// a word; now every command names the receipt.
+	os.WriteFile(db, snap, 0o600)
+	l, err := receipts.Open(db, receipts.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := l.Get(150)
+	l.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := []byte(`"signature":"`)
+	flipped, n := bytes.Clone(snap), 0
+	for i := 0; ; n++ {
+		k := bytes.Index(flipped[i:], e.Receipt)
+		if k < 0 {
+			break
+		}
+		j := i + k + bytes.Index(e.Receipt, sig) + len(sig) + 3
+		flipped[j] ^= 'a' ^ 'b' // a hex digit a<->b, or another byte: the receipt changes either way
+		i += k + 1
+	}
+	if n == 0 {
+		t.Fatal("receipt 150 not found in the file")
+	}
+	os.WriteFile(db, flipped, 0o600)
+	for _, args := range commands {
+		runDamaged(t, db, "receipt seq 150", args...)
+	}
 }
