@@ -106,7 +106,23 @@ type fileChecker struct {
 	ps      uint64 // page size
 	hwm     uint64 // high-water mark (pages)
 	visited []uint64
+	// bufs are page buffers reused across the walk, one per slot: the walk
+	// is depth first, so one page per depth of each nested tree is live at
+	// a time (its keys bound its children's), and the page after it at
+	// that depth replaces it only once its subtree is done.
+	bufs [][]byte
 }
+
+// short prints a key for an error, cut to 32 bytes.
+func short(k []byte) string {
+	if len(k) > 32 {
+		return fmt.Sprintf("%x…", k[:32])
+	}
+	return fmt.Sprintf("%x", k)
+}
+
+// slot is the buffer slot of a page at depth in a tree nested nest deep.
+func slot(nest, depth int) int { return nest*(maxTreeDepth+2) + depth }
 
 // checkBoltFile checks the file f of size bytes (see the comment at the top
 // of this file). It returns a *DefectError naming the page at fault, wrapping
@@ -197,34 +213,46 @@ func (c *fileChecker) mark(id uint64, overflow uint32) error {
 	return nil
 }
 
-// readPage reads page id with its overflow pages, checking its header.
-func (c *fileChecker) readPage(id uint64, from string) ([]byte, error) {
+// readPage reads page id with its overflow pages, checking its header, into
+// the buffer of slot (see bufs), which it returns. from says who names the
+// page, for the error.
+func (c *fileChecker) readPage(id uint64, slot int, from func() string) ([]byte, error) {
 	if id < 2 || id >= c.hwm {
-		return nil, corruptPage(id, "%s names page %d, outside [2, %d) (high-water mark)", from, id, c.hwm)
+		return nil, corruptPage(id, "%s names page %d, outside [2, %d) (high-water mark)", from(), id, c.hwm)
 	}
-	hdr := make([]byte, pageHeaderSize)
-	if _, err := c.f.ReadAt(hdr, int64(id*c.ps)); err != nil {
+	for len(c.bufs) <= slot {
+		c.bufs = append(c.bufs, make([]byte, c.ps))
+	}
+	buf := c.bufs[slot][:c.ps]
+	if _, err := c.f.ReadAt(buf, int64(id*c.ps)); err != nil {
 		return nil, fmt.Errorf("read page %d: %w", id, err)
 	}
-	if got := le64(hdr); got != id {
+	if got := le64(buf); got != id {
 		return nil, corruptPage(id, "page header names page %d", got)
 	}
-	overflow := le32(hdr[12:])
+	overflow := le32(buf[12:])
 	if uint64(overflow) >= c.hwm-id {
 		return nil, corruptPage(id, "%d overflow pages run past the high-water mark %d", overflow, c.hwm)
 	}
 	if err := c.mark(id, overflow); err != nil {
 		return nil, err
 	}
-	buf := make([]byte, (uint64(overflow)+1)*c.ps)
-	if _, err := c.f.ReadAt(buf, int64(id*c.ps)); err != nil {
-		return nil, fmt.Errorf("read page %d: %w", id, err)
+	if overflow > 0 {
+		n := (uint64(overflow) + 1) * c.ps
+		if uint64(cap(c.bufs[slot])) < n {
+			c.bufs[slot] = make([]byte, n)
+			copy(c.bufs[slot], buf)
+		}
+		buf = c.bufs[slot][:n]
+		if _, err := c.f.ReadAt(buf[c.ps:], int64((id+1)*c.ps)); err != nil {
+			return nil, fmt.Errorf("read page %d: %w", id, err)
+		}
 	}
 	return buf, nil
 }
 
 func (c *fileChecker) checkFreelist(id uint64) error {
-	buf, err := c.readPage(id, "meta page")
+	buf, err := c.readPage(id, 0, func() string { return "meta page" })
 	if err != nil {
 		return err
 	}
@@ -255,7 +283,7 @@ func (c *fileChecker) checkTree(root uint64, nest int) error {
 	if nest > maxBucketNested {
 		return corruptPage(root, "buckets nested deeper than %d", maxBucketNested)
 	}
-	buf, err := c.readPage(root, "bucket")
+	buf, err := c.readPage(root, slot(nest, 0), func() string { return "bucket" })
 	if err != nil {
 		return err
 	}
@@ -314,11 +342,11 @@ func (c *fileChecker) checkNode(id uint64, buf, lo, hi []byte, depth, nest int) 
 		}
 		switch cmp := bytes.Compare(key, min); {
 		case min != nil && i == 0 && cmp < 0:
-			return nil, corruptPage(id, "element 0: key %x sorts before its parent's key %x", key, min)
+			return nil, corruptPage(id, "element 0: key %s sorts before its parent's key %s", short(key), short(min))
 		case i > 0 && cmp <= 0:
-			return nil, corruptPage(id, "element %d: key %x does not sort after the previous key %x", i, key, min)
+			return nil, corruptPage(id, "element %d: key %s does not sort after the previous key %s", i, short(key), short(min))
 		case hi != nil && bytes.Compare(key, hi) >= 0:
-			return nil, corruptPage(id, "element %d: key %x does not sort before its parent's next key %x", i, key, hi)
+			return nil, corruptPage(id, "element %d: key %s does not sort before its parent's next key %s", i, short(key), short(hi))
 		}
 		if flags == pageBranch {
 			child := le64(e[8:])
@@ -331,7 +359,7 @@ func (c *fileChecker) checkNode(id uint64, buf, lo, hi []byte, depth, nest int) 
 				}
 				next = nk
 			}
-			cbuf, err := c.readPage(child, fmt.Sprintf("branch page %d element %d", id, i))
+			cbuf, err := c.readPage(child, slot(nest, depth+1), func() string { return fmt.Sprintf("branch page %d element %d", id, i) })
 			if err != nil {
 				return nil, err
 			}
