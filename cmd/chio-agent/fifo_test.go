@@ -32,6 +32,8 @@ func TestFIFOConfigRefused(t *testing.T) {
 		{"run", "--config", fifo},
 		{"run", "--policy", child, "--key", key, "--receipts", filepath.Join(dir, "r.db")},
 		{"exec", "--config", fifo, "--policy", child, "--key", key, "--", "true"},
+		{"api", "protect", "--config", fifo},
+		{"api", "protect", "--policy", valid, "--spec", fifo, "--upstream", "http://127.0.0.1:1", "--key", key, "--receipts", filepath.Join(dir, "s.db")},
 		{"policy", "check", fifo},
 		{"policy", "check", child},
 		{"exec", "--policy", child, "--key", key, "--receipts", filepath.Join(dir, "r.db"), "--", "true"},
