@@ -102,7 +102,6 @@ func decodeMeta(buf []byte, idx uint64) boltMeta {
 // fileChecker walks one file's page tree.
 type fileChecker struct {
 	f       io.ReaderAt
-	size    int64
 	ps      uint64 // page size
 	hwm     uint64 // high-water mark (pages)
 	visited []uint64
@@ -187,7 +186,7 @@ func checkBoltFile(f io.ReaderAt, size int64) error {
 		return corruptPage(m.pgid-1, "file is %d bytes but meta page %d (txid %d) says it holds %d pages of %d bytes (%d bytes): truncated",
 			size, m.page, m.txid, m.pgid, ps, need)
 	}
-	c := &fileChecker{f: f, size: size, ps: ps, hwm: m.pgid, visited: make([]uint64, (m.pgid+63)/64)}
+	c := &fileChecker{f: f, ps: ps, hwm: m.pgid, visited: make([]uint64, (m.pgid+63)/64)}
 	c.visited[0] |= 3 // the meta pages
 	if m.freelist != noFreelist {
 		if err := c.checkFreelist(m.freelist); err != nil {
