@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/backbay-labs/chio-agent/internal/regfile"
 )
 
 // EnvSigningKey names the variable that may hold the kernel's Ed25519
@@ -86,7 +88,7 @@ func LoadSigningKey(lookup LookupEnv, keyFile string) (ed25519.PrivateKey, error
 // (ErrInsecureKeyFile), as ssh refuses such private keys: whoever can read
 // it can forge receipts, and whoever can write it can swap the key.
 func LoadKeyFile(path string) (ed25519.PrivateKey, error) {
-	f, err := os.Open(path)
+	f, err := regfile.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("load key file: %w", err)
 	}

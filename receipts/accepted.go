@@ -34,7 +34,7 @@ type acceptMark struct {
 // openAcceptMark maps path, creating it for logID when it is missing or
 // belongs to another log. It returns the mark it found (0 when none).
 func openAcceptMark(path string, logID []byte) (*acceptMark, uint64, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NONBLOCK, 0o600)
 	if err != nil {
 		return nil, 0, fmt.Errorf("open accepted mark %s: %w", path, err)
 	}
@@ -42,6 +42,10 @@ func openAcceptMark(path string, logID []byte) (*acceptMark, uint64, error) {
 	if err != nil {
 		f.Close()
 		return nil, 0, fmt.Errorf("stat accepted mark %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, 0, fmt.Errorf("open accepted mark %s: not a regular file (mode %s)", path, st.Mode())
 	}
 	if st.Size() != acceptSize {
 		if err := f.Truncate(acceptSize); err != nil {

@@ -35,7 +35,11 @@ func TestMain(m *testing.M) {
 	case "fill":
 		os.Exit(childFill())
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if dir, err := damageDir(); err == nil {
+		os.RemoveAll(dir)
+	}
+	os.Exit(code)
 }
 
 func childKey() []byte { return testKey("crash") }

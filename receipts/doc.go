@@ -25,6 +25,14 @@
 // by a crash in the next checkpoint. It refuses a key other than the one the
 // log names unless Options.RotateKey says the rotation is meant.
 //
+// Open never hands bbolt a file it has not checked (filecheck.go): bbolt
+// maps its file and trusts it, so a truncated file would fault and a
+// garbage page panic. A damaged file fails with ErrCorrupt in a *DefectError
+// naming the page. A writable open also checks the evidence before its
+// first write (every checkpoint and Merkle root; the last batch and the
+// unsealed tail receipt by receipt) and refuses a changed receipt naming its
+// seq; a failed open leaves the file as it was.
+//
 // Read-only opens (Options.ReadOnly) serve Get, Lookup, Scan, Prove, Export
 // and Verify; Verify returns the first defect as a *DefectError naming the
 // receipt and checkpoint sequence numbers.

@@ -53,6 +53,10 @@ type DefectError struct {
 	Seq uint64
 	// Checkpoint is the checkpoint sequence number at fault, 0 when none.
 	Checkpoint uint64
+	// Page is the database page at fault when the file's structure is
+	// damaged (Err is ErrCorrupt and Seq and Checkpoint are 0); a meta
+	// page is 0 or 1.
+	Page uint64
 	// Reason says what is wrong, in words.
 	Reason string
 	// Err is ErrTampered or ErrCorrupt.
@@ -61,6 +65,8 @@ type DefectError struct {
 
 func (e *DefectError) Error() string {
 	switch {
+	case e.Seq == 0 && e.Checkpoint == 0 && e.Err == ErrCorrupt && e.Page != 0:
+		return fmt.Sprintf("page %d: %s: %v", e.Page, e.Reason, e.Err)
 	case e.Seq != 0 && e.Checkpoint != 0:
 		return fmt.Sprintf("receipt seq %d (checkpoint %d): %s: %v", e.Seq, e.Checkpoint, e.Reason, e.Err)
 	case e.Seq != 0:

@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -307,20 +309,11 @@ func Open(path string, opts Options) (*Log, error) {
 		}
 		l.pubHex = hex.EncodeToString(o.Key.Public().(ed25519.PublicKey))
 	}
-	st, err := os.Stat(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist) && o.ReadOnly:
-		return nil, fmt.Errorf("open receipt log %s: %w", path, ErrNotFound)
-	case err == nil && st.Size() == 0:
-		// bbolt would initialise an empty file in place; an empty file where
-		// a log should be is evidence of truncation, so it is left alone.
-		return nil, fmt.Errorf("open receipt log %s: file is empty (truncated?): %w", path, ErrCorrupt)
-	case err == nil && !st.Mode().IsRegular():
-		return nil, fmt.Errorf("open receipt log %s: not a regular file: %w", path, ErrCorrupt)
-	case err != nil && !errors.Is(err, os.ErrNotExist):
-		return nil, fmt.Errorf("open receipt log %s: %w", path, err)
+	f, err := openLogFile(path, o)
+	if err != nil {
+		return nil, err
 	}
-	db, err := openBolt(path, o)
+	db, err := openBolt(path, f, o)
 	if err != nil {
 		return nil, err
 	}
@@ -347,10 +340,95 @@ func Open(path string, opts Options) (*Log, error) {
 	return l, nil
 }
 
-func openBolt(path string, o Options) (db *bolt.DB, err error) {
+// openLogFile opens the file at path for bbolt and checks it before bbolt
+// maps it (checkBoltFile): a regular file (opened without blocking, so a
+// FIFO cannot hang the open, then checked on the open descriptor), under a
+// shared lock so that no writer changes it while it is checked, and whole.
+// A missing file is created (writable opens only), empty, for bbolt to
+// initialise. Nothing is written to an existing file.
+func openLogFile(path string, o Options) (f *os.File, err error) {
+	flag, created := os.O_RDONLY, false
+	if !o.ReadOnly {
+		flag = os.O_RDWR
+	}
+	f, err = os.OpenFile(path, flag|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		if o.ReadOnly {
+			return nil, fmt.Errorf("open receipt log %s: %w", path, ErrNotFound)
+		}
+		f, err = os.OpenFile(path, flag|os.O_CREATE|os.O_EXCL|syscall.O_NONBLOCK, 0o600)
+		created = err == nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open receipt log %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("open receipt log %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("open receipt log %s: not a regular file (mode %s): %w", path, st.Mode(), ErrCorrupt)
+	}
+	if created {
+		return f, nil
+	}
+	if err := lockShared(f, o.LockTimeout); err != nil {
+		return nil, fmt.Errorf("open receipt log %s: %w", path, err)
+	}
+	// Size after the lock: a writer that held the file may have grown it.
+	if st, err = f.Stat(); err != nil {
+		return nil, fmt.Errorf("open receipt log %s: %w", path, err)
+	}
+	if st.Size() == 0 {
+		// bbolt would initialise an empty file in place; an empty file where
+		// a log should be is evidence of truncation, so it is left alone.
+		return nil, fmt.Errorf("open receipt log %s: file is empty (truncated?): %w", path, ErrCorrupt)
+	}
+	if err := checkBoltFile(f, st.Size()); err != nil {
+		return nil, fmt.Errorf("open receipt log %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// lockShared takes a shared flock on f, retrying until timeout (0: forever),
+// as bbolt does for its own lock, which then converts this one in place.
+func lockShared(f *os.File, timeout time.Duration) error {
+	var deadline time.Time
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB)
+		switch {
+		case err == nil:
+			return nil
+		case err != syscall.EWOULDBLOCK && err != syscall.EINTR:
+			return fmt.Errorf("lock: %w", err)
+		case timeout > 0 && time.Now().After(deadline):
+			return fmt.Errorf("%w (waited %s; is chio-agent running?)", ErrLocked, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// openBolt hands the checked file f to bbolt, which takes it over (and
+// closes it on failure). A panic or memory fault inside bbolt, which the
+// check should have made impossible, still becomes an error.
+func openBolt(path string, f *os.File, o Options) (db *bolt.DB, err error) {
+	handed := false
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			db, err = nil, fmt.Errorf("open receipt log %s: unreadable database (%v): %w", path, r, ErrCorrupt)
+			// bbolt unwound without closing the file it was handed.
+			db, err, handed = nil, fmt.Errorf("open receipt log %s: unreadable database (%v): %w", path, r, ErrCorrupt), false
+		}
+		if err != nil && !handed {
+			f.Close()
 		}
 	}()
 	db, err = bolt.Open(path, 0o600, &bolt.Options{
@@ -362,6 +440,10 @@ func openBolt(path string, o Options) (db *bolt.DB, err error) {
 		FreelistType:   bolt.FreelistMapType,
 		// Large enough that readers in this process rarely block a remap.
 		InitialMmapSize: 64 << 20,
+		OpenFile: func(string, int, os.FileMode) (*os.File, error) {
+			handed = true
+			return f, nil
+		},
 	})
 	switch {
 	case err == nil:
@@ -377,8 +459,11 @@ func openBolt(path string, o Options) (db *bolt.DB, err error) {
 }
 
 // view runs fn in a read transaction, turning a bbolt panic on a damaged
-// page into an ErrCorrupt error instead of a crash.
+// page, or a memory fault in its mapping (a file truncated under it), into an
+// ErrCorrupt error instead of a crash. Open's file check makes both
+// unexpected; this is the last line.
 func (l *Log) view(fn func(tx *bolt.Tx) error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("read receipt log %s: damaged page (%v): %w", l.path, r, ErrCorrupt)
@@ -388,6 +473,7 @@ func (l *Log) view(fn func(tx *bolt.Tx) error) (err error) {
 }
 
 func (l *Log) update(fn func(tx *bolt.Tx) error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("write receipt log %s: damaged page (%v): %w", l.path, r, ErrCorrupt)
@@ -417,26 +503,25 @@ func (l *Log) checkHeaderRO() error {
 	})
 }
 
+// openWritable checks everything it reads before it writes anything: the
+// header, the key, the tail (loadState) and the evidence (checkOnOpen), in
+// one read transaction; only a log that passes is initialised, rotated or
+// has a loss recorded. A failed open leaves the file as it was.
 func (l *Log) openWritable() error {
 	now := l.opts.Now()
 	var logID []byte
 	var headerAccepted uint64
-	err := l.update(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bktMeta)
-		if meta != nil {
+	var fresh, rotate bool
+	read := func(tx *bolt.Tx) error {
+		if tx.Bucket(bktMeta) == nil {
+			// A bbolt file with buckets but no header is someone else's
+			// database, or a log that lost its header: never write over it.
+			if k, _ := tx.Cursor().First(); k != nil {
+				return fmt.Errorf("open receipt log %s: database has no receipt log header (bucket %q found): %w", l.path, k, ErrCorrupt)
+			}
+			fresh = true
 			return nil
 		}
-		// A bbolt file with buckets but no header is someone else's
-		// database, or a log that lost its header: never write over it.
-		if k, _ := tx.Cursor().First(); k != nil {
-			return fmt.Errorf("open receipt log %s: database has no receipt log header (bucket %q found): %w", l.path, k, ErrCorrupt)
-		}
-		return l.initLog(tx, now)
-	})
-	if err != nil {
-		return err
-	}
-	err = l.update(func(tx *bolt.Tx) error {
 		if err := checkBuckets(tx, l.path); err != nil {
 			return err
 		}
@@ -445,13 +530,31 @@ func (l *Log) openWritable() error {
 		if v := meta.Get(metaAccepted); len(v) == 8 {
 			headerAccepted = getU64(v)
 		}
-		if err := l.checkKey(tx, now); err != nil {
+		var err error
+		if rotate, err = l.checkKey(tx); err != nil {
 			return err
 		}
-		return l.loadState(tx)
-	})
-	if err != nil {
+		if err := l.loadState(tx); err != nil {
+			return err
+		}
+		return l.checkOnOpen(tx)
+	}
+	if err := l.view(read); err != nil {
 		return err
+	}
+	if fresh {
+		if err := l.update(func(tx *bolt.Tx) error { return l.initLog(tx, now) }); err != nil {
+			return err
+		}
+		fresh = false
+		if err := l.view(read); err != nil {
+			return err
+		}
+	}
+	if rotate {
+		if err := l.update(func(tx *bolt.Tx) error { return l.recordRotation(tx, now) }); err != nil {
+			return err
+		}
 	}
 	l.durable.Store(l.st.lastSeq)
 	l.recovery.LastSeq = l.st.lastSeq
@@ -520,16 +623,24 @@ func (l *Log) initLog(tx *bolt.Tx, now time.Time) error {
 	return nil
 }
 
-func (l *Log) checkKey(tx *bolt.Tx, now time.Time) error {
-	meta := tx.Bucket(bktMeta)
-	logKey := string(meta.Get(metaKernelKey))
+// checkKey reports whether the log's key differs from the signing key, which
+// is an error unless rotation was asked for.
+func (l *Log) checkKey(tx *bolt.Tx) (rotate bool, err error) {
+	logKey := string(tx.Bucket(bktMeta).Get(metaKernelKey))
 	if logKey == l.pubHex {
-		return nil
+		return false, nil
 	}
 	if !l.opts.RotateKey {
-		return fmt.Errorf("open receipt log %s: log is signed by kernel key %s but the signing key given is %s; refusing to continue with another key (rotate explicitly): %w",
+		return false, fmt.Errorf("open receipt log %s: log is signed by kernel key %s but the signing key given is %s; refusing to continue with another key (rotate explicitly): %w",
 			l.path, logKey, l.pubHex, ErrKeyMismatch)
 	}
+	return true, nil
+}
+
+// recordRotation records that the signing key signs from the next seq on.
+func (l *Log) recordRotation(tx *bolt.Tx, now time.Time) error {
+	meta := tx.Bucket(bktMeta)
+	logKey := string(meta.Get(metaKernelKey))
 	var last uint64
 	if v := meta.Get(metaLastSeq); len(v) == 8 {
 		last = getU64(v)

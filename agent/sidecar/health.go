@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -47,7 +48,9 @@ func (p *writeProbe) check() error {
 var probeData = make([]byte, probeBytes)
 
 func (p *writeProbe) write() error {
-	f, err := os.OpenFile(p.path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	// O_NONBLOCK: a FIFO planted at the path fails the probe (ENXIO)
+	// instead of blocking the health check until a reader comes.
+	f, err := os.OpenFile(p.path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|syscall.O_NONBLOCK, 0o600)
 	if err != nil {
 		return fmt.Errorf("probe write: %w", err)
 	}

@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"sort"
 	"strings"
 	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/backbay-labs/chio-agent/internal/regfile"
 )
 
 // Bounds on an OpenAPI document: a spec is operator input, but it may come
@@ -89,7 +90,7 @@ type paramEdge struct {
 
 // LoadSpec reads and parses an OpenAPI document from a file.
 func LoadSpec(path string) (*Spec, error) {
-	f, err := os.Open(path)
+	f, err := regfile.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read openapi spec: %w", err)
 	}

@@ -126,10 +126,15 @@ func newReceiptsVerifyCommand() *cobra.Command {
 		Long: `verify checks the whole log: every receipt's canonical form, id and signature,
 sequence continuity, the indexes, every checkpoint's Merkle root, signature,
 previous-checkpoint hash and chain root, and the header. It exits 0 with a
-summary when all hold, and 2 naming the first bad sequence number otherwise.`,
+summary when all hold, and 2 naming the first bad sequence number otherwise,
+or the damaged page of a file too damaged to read (truncated, garbage pages).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, err := o.db.open()
+			if errors.Is(err, receipts.ErrCorrupt) || errors.Is(err, receipts.ErrTampered) {
+				// A file too damaged to open fails verification too.
+				return &exitError{code: exitVerifyFailed, err: err}
+			}
 			if err != nil {
 				return err
 			}

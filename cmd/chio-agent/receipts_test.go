@@ -8,7 +8,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -196,5 +198,110 @@ func TestBenchRefusesAnotherKeysLog(t *testing.T) {
 	os.WriteFile(other, []byte(hex.EncodeToString(seed[:])+"\n"), 0o600)
 	if _, err := runCLI(t, "receipts", "bench", "--db", db, "--count", "5", "--key-file", other); !errors.Is(err, receipts.ErrKeyMismatch) {
 		t.Fatalf("bench with another key: %v", err)
+	}
+}
+
+// damagedCopy writes a snapshot of a 300-receipt log (a copy cut to its
+// high-water mark, as the agent serves it) and returns its path, the key
+// file that signed it and the snapshot's bytes.
+func damagedCopy(t *testing.T) (string, string, []byte) {
+	t.Helper()
+	db := cliLog(t, "300")
+	l, err := receipts.Open(db, receipts.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var snap bytes.Buffer
+	_, err = l.Snapshot(&snap)
+	l.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "k")
+	os.WriteFile(keyFile, []byte(hex.EncodeToString(cliKey().Seed())+"\n"), 0o600)
+	return filepath.Join(t.TempDir(), "damaged.db"), keyFile, snap.Bytes()
+}
+
+// runDamaged runs the real binary (a fault would kill a test process) and
+// wants a clean failure: an exit status, not a signal or a Go panic, a
+// message naming the file and the damage, and the file's bytes unchanged.
+func runDamaged(t *testing.T, db, want string, args ...string) {
+	t.Helper()
+	before, _ := os.ReadFile(db)
+	cmd := exec.Command(binary(t), args...)
+	cmd.Env = append(os.Environ(), "CHIO_SIGNING_KEY=")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() <= 0 {
+		t.Fatalf("%v on a damaged log: want a non-zero exit status, got %v\n%s", args[:2], err, out)
+	}
+	if bytes.Contains(out, []byte("goroutine ")) || bytes.Contains(out, []byte("panic")) || bytes.Contains(out, []byte("fatal error")) {
+		t.Fatalf("%v on a damaged log crashed:\n%s", args[:2], out)
+	}
+	if !bytes.Contains(out, []byte(db)) || !bytes.Contains(out, []byte(want)) {
+		t.Fatalf("%v on a damaged log: message does not name %s and %q:\n%s", args[:2], db, want, out)
+	}
+	if after, _ := os.ReadFile(db); !bytes.Equal(before, after) {
+		t.Fatalf("%v changed the damaged log", args[:2])
+	}
+	t.Logf("%v: exit %d: %s", args[:2], ee.ExitCode(), bytes.TrimSpace(out))
+}
+
+// TestDamagedLogFailsCleanly: a log cut in half killed `receipts verify` and
+// `exec` with SIGBUS, and a random page 2 made `exec` panic inside bbolt.
+func TestDamagedLogFailsCleanly(t *testing.T) {
+	db, keyFile, snap := damagedCopy(t)
+	policy := filepath.Join(t.TempDir(), "policy.yaml")
+	os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\nname: t\nrules:\n  egress:\n    allow: [\"127.0.0.1\"]\n    default: block\n"), 0o644)
+	commands := [][]string{
+		{"receipts", "verify", "--db", db},
+		{"receipts", "bench", "--db", db, "--count", "1", "--writers", "1", "--key-file", keyFile},
+		{"exec", "--policy", policy, "--key", keyFile, "--receipts", db, "--", "true"},
+	}
+
+	os.WriteFile(db, snap[:len(snap)/2], 0o600)
+	for _, args := range commands {
+		runDamaged(t, db, "truncated", args...)
+	}
+
+	page2 := bytes.Clone(snap)
+	rng := rand.New(rand.NewPCG(2, 2))
+	for i := 4096 * 2; i < 4096*3; i++ {
+		page2[i] = byte(rng.Uint32())
+	}
+	os.WriteFile(db, page2, 0o600)
+	for _, args := range commands {
+		runDamaged(t, db, "page 2", args...)
+	}
+
+	// A flipped byte in a receipt sealed long ago was appended to without
+	// a word; now every command names the receipt.
+	os.WriteFile(db, snap, 0o600)
+	l, err := receipts.Open(db, receipts.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := l.Get(150)
+	l.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := []byte(`"signature":"`)
+	flipped, n := bytes.Clone(snap), 0
+	for i := 0; ; n++ {
+		k := bytes.Index(flipped[i:], e.Receipt)
+		if k < 0 {
+			break
+		}
+		j := i + k + bytes.Index(e.Receipt, sig) + len(sig) + 3
+		flipped[j] ^= 'a' ^ 'b' // a hex digit a<->b, or another byte: the receipt changes either way
+		i += k + 1
+	}
+	if n == 0 {
+		t.Fatal("receipt 150 not found in the file")
+	}
+	os.WriteFile(db, flipped, 0o600)
+	for _, args := range commands {
+		runDamaged(t, db, "receipt seq 150", args...)
 	}
 }

@@ -67,7 +67,7 @@ func (f *nodeFlags) resolve(ctx context.Context, defaultReceipts, defaultLevel s
 		cfgPath, _ = lookup(envKernelConfig)
 	}
 	if cfgPath != "" {
-		c, err := config.Load(cfgPath, lookup)
+		c, err := config.LoadContext(ctx, cfgPath, lookup)
 		if err != nil {
 			return nil, err
 		}

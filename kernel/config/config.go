@@ -12,15 +12,16 @@
 package config
 
 import (
-	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/backbay-labs/chio-agent/internal/regfile"
 )
 
 // MaxFileSize bounds kernel.yaml; anything larger is refused unread.
@@ -211,19 +212,20 @@ func (d Duration) D(def time.Duration) time.Duration {
 
 // Load reads, interpolates and parses kernel.yaml, then validates it.
 func Load(path string, lookup func(string) (string, bool)) (*Config, error) {
-	f, err := os.Open(path)
+	return LoadContext(context.Background(), path, lookup)
+}
+
+// LoadContext is Load that gives up once ctx is done. Only a regular file
+// is read (regfile): a FIFO or device given as --config is refused at once.
+func LoadContext(ctx context.Context, path string, lookup func(string) (string, bool)) (*Config, error) {
+	data, err := regfile.ReadFile(ctx, path, MaxFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("read kernel config: %w", err)
 	}
-	defer f.Close()
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(ioLimit(f, MaxFileSize+1)); err != nil {
-		return nil, fmt.Errorf("read kernel config %s: %w", path, err)
-	}
-	if buf.Len() > MaxFileSize {
+	if len(data) > MaxFileSize {
 		return nil, fmt.Errorf("read kernel config %s: larger than %d bytes", path, MaxFileSize)
 	}
-	c, err := Parse(buf.Bytes(), lookup)
+	c, err := Parse(data, lookup)
 	if err != nil {
 		return nil, fmt.Errorf("kernel config %s: %w", path, err)
 	}

@@ -9,8 +9,6 @@ import (
 
 var errEOF = io.EOF
 
-func ioLimit(r io.Reader, n int64) io.Reader { return io.LimitReader(r, n) }
-
 // Interpolate replaces ${VAR} and ${VAR:-default} with values from lookup.
 // $$ is a literal $. An unset ${VAR} without a default is an error naming the
 // variable and its line; a ${ that does not close is an error too. YAML

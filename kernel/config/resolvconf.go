@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"strings"
+
+	"github.com/backbay-labs/chio-agent/internal/regfile"
 )
 
 // SystemResolvers returns the nameservers of a resolv.conf (port 53), the
@@ -14,7 +15,7 @@ import (
 // reach them when the configuration names none, so that an unmodified
 // command can still resolve names while everything else over UDP is refused.
 func SystemResolvers(path string) ([]netip.AddrPort, error) {
-	f, err := os.Open(path)
+	f, err := regfile.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read resolvers: %w", err)
 	}

@@ -23,7 +23,7 @@ var ErrUnsupportedScheme = fmt.Errorf("unsupported scheme")
 // cannot use `extends`, which names files). panicFile, when set, is the
 // panic sentinel.
 func LoadPolicy(ctx context.Context, source, panicFile string) (*hushspec.Policy, error) {
-	var opts []hushspec.Option
+	opts := []hushspec.Option{hushspec.WithContext(ctx)}
 	if panicFile != "" {
 		opts = append(opts, hushspec.WithPanicSentinel(panicFile))
 	}

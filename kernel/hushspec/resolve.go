@@ -1,13 +1,15 @@
 package hushspec
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
+
+	"github.com/backbay-labs/chio-agent/internal/regfile"
 )
 
 // Option configures Parse and LoadFile.
@@ -17,6 +19,7 @@ type options struct {
 	file          string
 	baseDir       string
 	panicSentinel string
+	ctx           context.Context
 }
 
 // WithFilename names the source of the data given to Parse in error
@@ -36,8 +39,13 @@ func WithBaseDir(dir string) Option { return func(o *options) { o.baseDir = dir 
 // kill switch must fail closed. Default: no sentinel.
 func WithPanicSentinel(path string) Option { return func(o *options) { o.panicSentinel = path } }
 
+// WithContext bounds the reading of the policy and the files it extends:
+// once ctx is done the load fails with ctx's error, even while a read is
+// stalled. Default: context.Background().
+func WithContext(ctx context.Context) Option { return func(o *options) { o.ctx = ctx } }
+
 func collect(opts []Option) options {
-	var o options
+	o := options{ctx: context.Background()}
 	for _, f := range opts {
 		f(&o)
 	}
@@ -57,7 +65,7 @@ func Parse(data []byte, opts ...Option) (*Policy, error) {
 		if o.baseDir == "" {
 			return nil, fmt.Errorf("parse policy: %w: %q needs a base directory (use LoadFile or WithBaseDir)", ErrExtendsUnresolved, ref)
 		}
-		tree, err = resolveChain(doc, o.baseDir, nil)
+		tree, err = resolveChain(o.ctx, doc, o.baseDir, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -70,17 +78,22 @@ func Parse(data []byte, opts ...Option) (*Policy, error) {
 // contains it; when that name has no extension and does not exist, ".yaml"
 // and then ".yml" are tried.
 func LoadFile(path string, opts ...Option) (*Policy, error) {
-	doc, err := LoadDocument(path)
+	o := collect(opts)
+	doc, err := loadDocument(o.ctx, path)
 	if err != nil {
 		return nil, err
 	}
-	return compile(doc.tree, collect(opts))
+	return compile(doc.tree, o)
 }
 
 // LoadDocument reads and resolves the policy at path into its merged
 // document without compiling it (used to compare merge results).
 func LoadDocument(path string) (*Document, error) {
-	doc, err := readDocument(path)
+	return loadDocument(context.Background(), path)
+}
+
+func loadDocument(ctx context.Context, path string) (*Document, error) {
+	doc, err := readDocument(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -88,24 +101,20 @@ func LoadDocument(path string) (*Document, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load policy: %w", err)
 	}
-	tree, err := resolveChain(doc, filepath.Dir(path), []string{real})
+	tree, err := resolveChain(ctx, doc, filepath.Dir(path), []string{real})
 	if err != nil {
 		return nil, err
 	}
 	return &Document{file: path, tree: tree}, nil
 }
 
-// readDocument reads at most MaxDocumentBytes+1 bytes, so that an enormous
-// or endless file (a FIFO, /dev/zero) is refused without reading it all.
-func readDocument(path string) (*Document, error) {
-	f, err := os.Open(path)
+// readDocument reads a regular file only (a FIFO would block the open
+// forever, /dev/zero never ends: regfile) and at most MaxDocumentBytes+1
+// bytes of it, so that an enormous file is refused without reading it all.
+func readDocument(ctx context.Context, path string) (*Document, error) {
+	data, err := regfile.ReadFile(ctx, path, MaxDocumentBytes)
 	if err != nil {
 		return nil, fmt.Errorf("read policy: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxDocumentBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("read policy %s: %w", path, err)
 	}
 	return ParseDocument(data, path)
 }
@@ -126,7 +135,7 @@ var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*:`)
 
 // resolveChain follows doc's extends chain (whose files so far are in seen,
 // as canonical paths) and returns the merged tree.
-func resolveChain(doc *Document, dir string, seen []string) (map[string]any, error) {
+func resolveChain(ctx context.Context, doc *Document, dir string, seen []string) (map[string]any, error) {
 	ref, ok := doc.tree["extends"].(string)
 	if !ok {
 		return withoutExtends(doc.tree), nil
@@ -161,11 +170,11 @@ func resolveChain(doc *Document, dir string, seen []string) (map[string]any, err
 			return nil, fmt.Errorf("resolve extends %q in %s: %w: %s is already in the chain", ref, doc.file, ErrExtendsCycle, real)
 		}
 	}
-	base, err := readDocument(path)
+	base, err := readDocument(ctx, path)
 	if err != nil {
 		return nil, fmt.Errorf("resolve extends %q in %s: %w", ref, doc.file, err)
 	}
-	baseTree, err := resolveChain(base, filepath.Dir(path), append(seen[:len(seen):len(seen)], real))
+	baseTree, err := resolveChain(ctx, base, filepath.Dir(path), append(seen[:len(seen):len(seen)], real))
 	if err != nil {
 		return nil, err
 	}

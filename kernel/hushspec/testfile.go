@@ -2,12 +2,12 @@ package hushspec
 
 import (
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/backbay-labs/chio-agent/internal/regfile"
 )
 
 // TestCase is one case of a HushSpec evaluator-test file
@@ -80,14 +80,10 @@ var (
 // policy (errors carry the file's own lines); `extends` in it resolves
 // against the test file's directory.
 func LoadTestFile(path string, opts ...Option) (*TestFile, error) {
-	f, err := os.Open(path)
+	o := collect(opts)
+	data, err := regfile.ReadFile(o.ctx, path, MaxDocumentBytes)
 	if err != nil {
 		return nil, fmt.Errorf("read test file: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxDocumentBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("read test file %s: %w", path, err)
 	}
 	if len(data) > MaxDocumentBytes {
 		return nil, &ValidationError{Errors: []*FieldError{{File: path, Err: ErrLimit, Detail: fmt.Sprintf("file is more than %d bytes", MaxDocumentBytes)}}}
@@ -139,10 +135,9 @@ func LoadTestFile(path string, opts ...Option) (*TestFile, error) {
 				d.errs = append(d.errs, fe)
 			}
 		} else if len(d.errs) == 0 {
-			o := collect(opts)
 			tree := doc.tree
 			if _, ok := tree["extends"]; ok {
-				if tree, err = resolveChain(doc, filepath.Dir(path), nil); err != nil {
+				if tree, err = resolveChain(o.ctx, doc, filepath.Dir(path), nil); err != nil {
 					return nil, err
 				}
 			}
