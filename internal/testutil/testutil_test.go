@@ -65,3 +65,68 @@ func TestVendoredConformanceIntact(t *testing.T) {
 		t.Errorf("files not in SHA256SUMS: %v", extra)
 	}
 }
+
+// TestAttackTableNamesRealTests keeps docs/datapath.md's attack table honest:
+// every row that says an attack is blocked names at least one test, and every
+// test a row names exists.
+func TestAttackTableNamesRealTests(t *testing.T) {
+	root, err := ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile(filepath.Join(root, "docs", "datapath.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	funcs := map[string]bool{}
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, "_test.go") {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "func "); ok {
+				if name, _, ok := strings.Cut(rest, "("); ok {
+					funcs[name] = true
+				}
+			}
+		}
+		return nil
+	})
+	_, table, ok := strings.Cut(string(doc), "### Attacks tried, and what stops them")
+	if !ok {
+		t.Fatal("docs/datapath.md has no attack table")
+	}
+	rows := 0
+	for _, line := range strings.Split(table, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 6 || strings.HasPrefix(strings.TrimSpace(cells[1]), "---") || strings.TrimSpace(cells[1]) == "attack" {
+			if rows > 0 && !strings.HasPrefix(line, "|") {
+				break // the table ended
+			}
+			continue
+		}
+		rows++
+		result, evidence := cells[3], cells[4]
+		var names []string
+		for _, f := range strings.Split(evidence, "`") {
+			if strings.HasPrefix(f, "Test") || strings.HasPrefix(f, "Fuzz") {
+				names = append(names, f)
+			}
+		}
+		if strings.Contains(result, "blocked") && !strings.Contains(result, "not blocked") && len(names) == 0 {
+			t.Errorf("row says blocked but names no test: %s", line)
+		}
+		for _, n := range names {
+			if !funcs[n] {
+				t.Errorf("row names %s, which no test file defines: %s", n, line)
+			}
+		}
+	}
+	if rows < 10 {
+		t.Fatalf("attack table has %d rows", rows)
+	}
+}
