@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -193,9 +192,7 @@ func TestRecreatedWhileAgentDownStaysRefused(t *testing.T) {
 	dir := t.TempDir()
 	parent := testutil.NewCgroup(t, "")
 	wl := testutil.NewCgroup(t, parent.Path)
-	var rb [6]byte
-	rand.Read(rb[:])
-	pinDir := "/sys/fs/bpf/chio-test-" + hex.EncodeToString(rb[:])
+	pinDir := testutil.PinDir(t)
 	t.Cleanup(func() { bpf.Uninstall(pinDir) })
 	policy, err := hushspec.Parse([]byte(e2ePolicy))
 	if err != nil {

@@ -1,14 +1,11 @@
 package bpf_test
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -139,9 +136,7 @@ func TestPinnedStateSurvivesAgentAndIsAdopted(t *testing.T) {
 	if err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
 		t.Fatalf("ensure bpffs: %v", err)
 	}
-	var b [6]byte
-	rand.Read(b[:])
-	pinDir := filepath.Join("/sys/fs/bpf", "chio-test-"+hex.EncodeToString(b[:]))
+	pinDir := testutil.PinDir(t)
 	t.Cleanup(func() { bpf.Uninstall(pinDir) })
 
 	parent := testutil.NewCgroup(t, "")

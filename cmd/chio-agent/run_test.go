@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -157,30 +155,33 @@ func (d *daemon) status() agent.Status {
 	return s
 }
 
+// daemonTest is what a test of the real `run` binary needs: root, curl, the
+// binary, a directory, a pin directory of its own (uninstalled afterwards)
+// and a signing key file.
+func daemonTest(t *testing.T) (bin, dir, pinDir, keyPath string) {
+	t.Helper()
+	testutil.RequireRoot(t)
+	if _, err := exec.LookPath("curl"); err != nil {
+		testutil.Skip(t, "curl is not installed")
+	}
+	bin, dir, pinDir = binary(t), t.TempDir(), testutil.PinDir(t)
+	t.Cleanup(func() { exec.Command(bin, "uninstall", "--force", "--pin-dir", pinDir).Run() })
+	keyPath = filepath.Join(dir, "key")
+	if _, err := kernel.GenerateKeyFile(keyPath); err != nil {
+		t.Fatal(err)
+	}
+	return bin, dir, pinDir, keyPath
+}
+
 // TestRunDaemonLifecycle runs the node agent as an operator would: protect a
 // cgroup, kill the agent with SIGKILL (protected connections then fail
 // rather than pass), restart it (it adopts the pinned state and enforcement
 // resumes), reload the policy by SIGHUP and by editing the file (a bad
 // policy is refused and the old one stays), and uninstall.
 func TestRunDaemonLifecycle(t *testing.T) {
-	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("curl"); err != nil {
-		testutil.Skip(t, "curl is not installed")
-	}
-	bin := binary(t)
-	dir := t.TempDir()
+	bin, dir, pinDir, keyPath := daemonTest(t)
 	cg := testutil.NewCgroup(t, "")
-	var rb [6]byte
-	rand.Read(rb[:])
-	pinDir := "/sys/fs/bpf/chio-test-" + hex.EncodeToString(rb[:])
-	t.Cleanup(func() { exec.Command(bin, "uninstall", "--force", "--pin-dir", pinDir).Run() })
-
 	port := serveBody(t, "upstream")
-
-	keyPath := filepath.Join(dir, "key")
-	if _, err := kernel.GenerateKeyFile(keyPath); err != nil {
-		t.Fatal(err)
-	}
 	policy := filepath.Join(dir, "policy.yaml")
 	writePolicy := func(allow, block string) {
 		t.Helper()

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -17,7 +15,6 @@ import (
 	"github.com/backbay-labs/chio-agent/agent"
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
-	"github.com/backbay-labs/chio-agent/kernel"
 )
 
 // TestRunMissingWorkloadThenReload starts `run` with one present and two
@@ -27,29 +24,16 @@ import (
 // adds and removes workloads, and a kernel.yaml that cannot be read changes
 // nothing.
 func TestRunMissingWorkloadThenReload(t *testing.T) {
-	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("curl"); err != nil {
-		testutil.Skip(t, "curl is not installed")
-	}
-	bin := binary(t)
-	dir := t.TempDir()
+	bin, dir, pinDir, keyPath := daemonTest(t)
 	parent := testutil.NewCgroup(t, "")
 	present := testutil.NewCgroup(t, parent.Path)
-	var rb [6]byte
-	rand.Read(rb[:])
-	suffix := hex.EncodeToString(rb[:])
-	pinDir := "/sys/fs/bpf/chio-test-" + suffix
-	t.Cleanup(func() { exec.Command(bin, "uninstall", "--force", "--pin-dir", pinDir).Run() })
+	suffix := filepath.Base(pinDir)
 	late := filepath.Join(parent.Path, "late-"+suffix)       // parent exists
 	deepParent := filepath.Join(parent.Path, "deep-"+suffix) // parent missing too
 	deep := filepath.Join(deepParent, "unit")
 	t.Cleanup(func() { cgroupfs.Remove(deep); cgroupfs.Remove(deepParent); cgroupfs.Remove(late) })
 
 	port := serveBody(t, "upstream")
-	keyPath := filepath.Join(dir, "key")
-	if _, err := kernel.GenerateKeyFile(keyPath); err != nil {
-		t.Fatal(err)
-	}
 	policy := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\nname: by-path\nrules:\n  egress:\n    allow: [\"api.allowed.test\"]\n    block: [\"api.blocked.test\"]\n    default: block\n"), 0o644); err != nil {
 		t.Fatal(err)

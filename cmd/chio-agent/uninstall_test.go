@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -16,7 +14,6 @@ import (
 	"time"
 
 	"github.com/backbay-labs/chio-agent/internal/testutil"
-	"github.com/backbay-labs/chio-agent/kernel"
 )
 
 // TestUninstallRefusesWhileAgentOwnsPins is the attack of an operator (or a
@@ -26,23 +23,9 @@ import (
 // agent on the same pinned state is refused too. Once the agent stops,
 // uninstall works.
 func TestUninstallRefusesWhileAgentOwnsPins(t *testing.T) {
-	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("curl"); err != nil {
-		testutil.Skip(t, "curl is not installed")
-	}
-	bin := binary(t)
-	dir := t.TempDir()
+	bin, dir, pinDir, keyPath := daemonTest(t)
 	cg := testutil.NewCgroup(t, "")
-	var rb [6]byte
-	rand.Read(rb[:])
-	pinDir := "/sys/fs/bpf/chio-test-" + hex.EncodeToString(rb[:])
-	t.Cleanup(func() { exec.Command(bin, "uninstall", "--force", "--pin-dir", pinDir).Run() })
 	port := serveBody(t, "upstream")
-
-	keyPath := filepath.Join(dir, "key")
-	if _, err := kernel.GenerateKeyFile(keyPath); err != nil {
-		t.Fatal(err)
-	}
 	policy := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\nname: owned\nrules:\n  egress:\n    allow: [\"api.allowed.test\"]\n    default: block\n"), 0o644); err != nil {
 		t.Fatal(err)

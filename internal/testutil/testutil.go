@@ -6,6 +6,8 @@
 package testutil
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"testing"
@@ -67,4 +69,15 @@ func ModuleRoot() (string, error) {
 		}
 		dir = parent
 	}
+}
+
+// PinDir names a bpffs directory for one test's pinned state, unique to it
+// (never the agent's default): the caller removes what it pins there.
+func PinDir(t testing.TB) string {
+	t.Helper()
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return "/sys/fs/bpf/chio-test-" + hex.EncodeToString(b[:])
 }
