@@ -111,16 +111,7 @@ func (l Limits) MemoryCeiling() int64 {
 // admitPending takes a pending slot for a connection of w, or names the
 // bound that is full.
 func (p *proxy) admitPending(w *workload) string {
-	if w.pending.Add(1) > int64(p.limits.PendingPerWorkload) {
-		w.pending.Add(-1)
-		return boundPendingPerWorkload
-	}
-	if p.pending.Add(1) > int64(p.limits.Pending) {
-		p.pending.Add(-1)
-		w.pending.Add(-1)
-		return boundPending
-	}
-	return ""
+	return admit(&w.pending, &p.pending, p.limits.PendingPerWorkload, p.limits.Pending, boundPendingPerWorkload, boundPending)
 }
 
 func (p *proxy) releasePending(w *workload) {
@@ -131,16 +122,7 @@ func (p *proxy) releasePending(w *workload) {
 // admitRelay takes a relay slot for a connection of w, or names the bound
 // that is full.
 func (p *proxy) admitRelay(w *workload) string {
-	if w.relays.Add(1) > int64(p.limits.RelaysPerWorkload) {
-		w.relays.Add(-1)
-		return boundRelaysPerWorkload
-	}
-	if p.relays.Add(1) > int64(p.limits.Relays) {
-		p.relays.Add(-1)
-		w.relays.Add(-1)
-		return boundRelays
-	}
-	return ""
+	return admit(&w.relays, &p.relays, p.limits.RelaysPerWorkload, p.limits.Relays, boundRelaysPerWorkload, boundRelays)
 }
 
 func (p *proxy) releaseRelay(w *workload) {
@@ -148,7 +130,21 @@ func (p *proxy) releaseRelay(w *workload) {
 	p.relays.Add(-1)
 }
 
-// boundReason says which bound refused a connection, in a receipt.
+// admit takes one slot of a workload's count and of the total, or takes
+// none and names the bound that is full.
+func admit(mine, all *atomic.Int64, myLimit, allLimit int, myBound, allBound string) string {
+	if mine.Add(1) > int64(myLimit) {
+		mine.Add(-1)
+		return myBound
+	}
+	if all.Add(1) > int64(allLimit) {
+		all.Add(-1)
+		mine.Add(-1)
+		return allBound
+	}
+	return ""
+}
+
 func (p *proxy) boundReason(bound string) string {
 	var n int
 	what := "connections awaiting a decision"
