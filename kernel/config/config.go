@@ -226,6 +226,11 @@ func LoadContext(ctx context.Context, path string, lookup func(string) (string, 
 		return nil, fmt.Errorf("read kernel config %s: larger than %d bytes", path, MaxFileSize)
 	}
 	c, err := Parse(data, lookup)
+	var pe *ParseError
+	if errors.As(err, &pe) {
+		// PATH:LINE: KEY: MSG, as compilers write it.
+		return nil, fmt.Errorf("kernel config: %s", pe.format(path))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("kernel config %s: %w", path, err)
 	}
@@ -238,11 +243,21 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Walk the tree first, so that a mistyped key is reported as the key
+	// it is (with the nearest known one), never as a Go type.
+	var root yaml.Node
+	if err := yaml.Unmarshal([]byte(text), &root); err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	probs, lines := checkKeys(&root)
+	if len(probs) > 0 {
+		return nil, &ParseError{Problems: probs}
+	}
 	var c Config
 	dec := yaml.NewDecoder(strings.NewReader(text))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, errEOF) {
-		return nil, fmt.Errorf("parse: %w", err)
+		return nil, keyTypeErrors(err, lines)
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err

@@ -56,8 +56,8 @@ agent:
 
 func TestParseRejects(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown top-level key", "polcy: x\n", "field polcy not found"},
-		{"unknown nested key", "agent:\n  workloads:\n    - name: a\n      cgroup: b\n      colour: red\n", "field colour not found"},
+		{"unknown top-level key", "polcy: x\n", `line 1: unknown key "polcy" (did you mean "policy"?)`},
+		{"unknown nested key", "agent:\n  workloads:\n    - name: a\n      cgroup: b\n      colour: red\n", `line 5: agent.workloads[0]: unknown key "colour"`},
 		{"wrong type", "receipts:\n  checkpoint_every: lots\n", "line 2"},
 		{"bad mode", "receipts: {mode: eventually}\n", "receipts.mode"},
 		{"bad duration", "agent: {timeouts: {idle: soon}}\n", `invalid duration "soon"`},

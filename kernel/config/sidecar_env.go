@@ -1,6 +1,7 @@
 package config
 
 import (
+	"context"
 	"crypto/ed25519"
 	"fmt"
 	"net"
@@ -117,57 +118,26 @@ type SidecarSettings struct {
 // missing policy, upstream or spec, a scheme this build cannot read or
 // write, a malformed key or token.
 func ResolveSidecar(f SidecarFlags, lookup func(string) (string, bool)) (*SidecarSettings, error) {
-	env := func(name string) string {
-		v, ok := lookup(name)
-		if !ok {
-			return ""
-		}
-		return strings.TrimSpace(v)
-	}
-	s := &SidecarSettings{}
-	cfg := &Config{}
-	s.KernelConfigPath = first(f.Config, env(EnvKernelConfigPath))
-	if s.KernelConfigPath != "" {
-		c, err := Load(s.KernelConfigPath, lookup)
-		if err != nil {
-			return nil, err
-		}
-		cfg = c
-	}
-	sc := cfg.Sidecar
-
-	s.PolicySource = first(f.Policy, env(EnvPolicySource), cfg.Policy)
-	if s.PolicySource == "" {
-		return nil, fmt.Errorf("resolve sidecar: no policy: give --policy, $%s or policy: in kernel.yaml", EnvPolicySource)
-	}
-	if err := CheckPolicyScheme(s.PolicySource); err != nil {
-		return nil, err
-	}
-	s.PanicFile = cfg.PanicFile
-
-	sink := first(f.Receipts, env(EnvReceiptSink), cfg.Receipts.Sink, DefaultSidecarReceipts)
-	path, err := ReceiptPath(sink)
+	c, err := Resolve(context.Background(), Flags{Config: f.Config, Policy: f.Policy, Receipts: f.Receipts,
+		ReceiptMode: f.ReceiptMode, KeyFile: f.KeyFile, LogLevel: f.LogLevel},
+		Defaults{Receipts: DefaultSidecarReceipts, LogLevel: "info"}, lookup)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("resolve sidecar: %w", err)
 	}
-	s.ReceiptPath = path
-	s.ReceiptMode = first(f.ReceiptMode, cfg.Receipts.Mode, "sync")
-	if s.ReceiptMode != "sync" && s.ReceiptMode != "async" {
-		return nil, fmt.Errorf("resolve sidecar: receipt mode %q is neither sync nor async", s.ReceiptMode)
-	}
-	s.CheckpointEvery = cfg.Receipts.CheckpointEvery
-	s.CheckpointIdle = cfg.Receipts.CheckpointIdle.D(0)
-
-	if v := env(EnvSigningKey); v != "" {
-		if _, err := kernel.ParseSeedHex(v); err != nil {
-			return nil, fmt.Errorf("resolve sidecar: %s: %w", EnvSigningKey, err)
-		}
-		s.SigningKeySeed = v
-	}
-	s.SigningKeyFromFlag = f.KeyFile != ""
-	s.SigningKeyFile = first(f.KeyFile, cfg.SigningKey)
-	if s.SigningKeySeed == "" && s.SigningKeyFile == "" {
-		return nil, fmt.Errorf("resolve sidecar: %w: set %s, give --key FILE or signing_key: in kernel.yaml (chio-agent keygen --out FILE writes one)", kernel.ErrNoSigningKey, EnvSigningKey)
+	cfg := c.Config
+	sc := cfg.Sidecar
+	s := &SidecarSettings{
+		KernelConfigPath:   c.ConfigPath,
+		PolicySource:       c.PolicySource,
+		PanicFile:          c.PanicFile,
+		ReceiptPath:        c.ReceiptPath,
+		ReceiptMode:        c.ReceiptMode,
+		CheckpointEvery:    c.CheckpointEvery,
+		CheckpointIdle:     c.CheckpointIdle,
+		SigningKeySeed:     c.KeySeed,
+		SigningKeyFile:     c.KeyFile,
+		SigningKeyFromFlag: c.KeyFromFlag,
+		LogLevel:           c.LogLevel,
 	}
 
 	s.TrustedIssuerKeys, err = kernel.TrustedIssuerKeys(kernel.LookupEnv(lookup))
@@ -184,13 +154,12 @@ func ResolveSidecar(f SidecarFlags, lookup func(string) (string, bool)) (*Sideca
 		}
 	}
 
-	s.CapabilityAuthorityURL = first(env(EnvCapabilityAuthorityURL), sc.CapabilityAuthorityURL)
+	s.CapabilityAuthorityURL = Pick(lookup, "", EnvCapabilityAuthorityURL, sc.CapabilityAuthorityURL, "")
 	if s.CapabilityAuthorityURL != "" {
 		if err := checkAuthorityURL(s.CapabilityAuthorityURL); err != nil {
 			return nil, fmt.Errorf("resolve sidecar: %s: %w", EnvCapabilityAuthorityURL, err)
 		}
 	}
-	s.LogLevel = first(f.LogLevel, env(EnvLogLevel), cfg.LogLevel, "info")
 
 	// The token is taken as set, untrimmed: a secret is compared byte for byte.
 	if v, ok := lookup(EnvSidecarControlToken); ok && v != "" {
@@ -200,32 +169,32 @@ func ResolveSidecar(f SidecarFlags, lookup func(string) (string, bool)) (*Sideca
 		s.ControlToken = v
 	}
 
-	s.Listen = first(f.Listen, env(EnvListenAddr), sc.Listen, DefaultSidecarListen)
+	s.Listen = Pick(lookup, f.Listen, EnvListenAddr, sc.Listen, DefaultSidecarListen)
 	if _, port, err := net.SplitHostPort(s.Listen); err != nil {
 		return nil, fmt.Errorf("resolve sidecar: listen address %q is not host:port: %w", s.Listen, err)
 	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		return nil, fmt.Errorf("resolve sidecar: listen address %q: port %q is not a number", s.Listen, port)
 	}
-	s.HealthPath = first(f.HealthPath, env(EnvHealthPath), sc.HealthPath, DefaultHealthPath)
+	s.HealthPath = Pick(lookup, f.HealthPath, EnvHealthPath, sc.HealthPath, DefaultHealthPath)
 	if err := checkHealthPath(s.HealthPath); err != nil {
 		return nil, fmt.Errorf("resolve sidecar: health path: %w", err)
 	}
 
-	s.Upstream = first(f.Upstream, sc.Upstream)
+	s.Upstream = Pick(lookup, f.Upstream, "", sc.Upstream, "")
 	if s.Upstream == "" {
 		return nil, fmt.Errorf("resolve sidecar: no upstream: give --upstream URL or sidecar.upstream in kernel.yaml")
 	}
 	if _, err := ParseUpstream(s.Upstream); err != nil {
 		return nil, fmt.Errorf("resolve sidecar: upstream: %w", err)
 	}
-	spec := first(f.Spec, sc.Spec)
+	spec := Pick(lookup, f.Spec, "", sc.Spec, "")
 	if spec == "" {
 		return nil, fmt.Errorf("resolve sidecar: no OpenAPI spec: give --spec FILE or sidecar.spec in kernel.yaml")
 	}
 	if s.Spec, err = localPath("spec", spec); err != nil {
 		return nil, err
 	}
-	s.ToolServer = first(f.ToolServer, sc.ToolServer)
+	s.ToolServer = Pick(lookup, f.ToolServer, "", sc.ToolServer, "")
 	s.MaxBodyBytes = sc.MaxBodyBytes
 	if f.MaxBodyBytes != 0 {
 		s.MaxBodyBytes = f.MaxBodyBytes

@@ -40,7 +40,7 @@ sidecar:
 
 func TestParseSidecarRejects(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown key", "sidecar: {upstreem: http://x}\n", "field upstreem not found"},
+		{"unknown key", "sidecar: {upstreem: http://x}\n", `line 1: sidecar: unknown key "upstreem" (did you mean "upstream"?)`},
 		{"bad listen", "sidecar: {listen: nine-oh-nine-oh}\n", "sidecar.listen"},
 		{"bad upstream scheme", "sidecar: {upstream: ftp://x}\n", "http or https"},
 		{"upstream credentials", "sidecar: {upstream: 'http://u:pw@x'}\n", "credentials"},
