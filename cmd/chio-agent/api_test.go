@@ -25,6 +25,7 @@ import (
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/spf13/pflag"
 )
 
 const apiSpec = `openapi: 3.0.3
@@ -75,7 +76,7 @@ func TestAPIProtectRefusesToStart(t *testing.T) {
 		{"s3 receipts", []string{"--policy", policy, "--receipts", "s3://bucket/receipts"}, nil, `unsupported scheme "s3"`},
 		{"bigquery receipts", []string{"--policy", policy}, map[string]string{config.EnvReceiptSink: "bigquery://p/d"}, `unsupported scheme "bigquery"`},
 		{"missing kernel config", []string{"--policy", policy}, map[string]string{config.EnvKernelConfigPath: filepath.Join(dir, "none.yaml")}, "none.yaml"},
-		{"invalid kernel config", []string{"--policy", policy, "--config", spec}, nil, "field openapi not found"},
+		{"invalid kernel config", []string{"--policy", policy, "--config", spec}, nil, `unknown key "openapi"`},
 		{"bad spec", []string{"--policy", policy, "--spec", policy}, nil, "openapi"},
 		{"short control token", []string{"--policy", policy}, map[string]string{config.EnvSidecarControlToken: "123"}, "at least 16"},
 	} {
@@ -235,7 +236,7 @@ func TestAPIProtectEndToEnd(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("sidecar did not stop on SIGTERM\n%s", logs.String())
 	}
-	out, err := exec.Command(bin, "receipts", "verify", "--db", db).CombinedOutput()
+	out, err := exec.Command(bin, "receipts", "verify", "--receipts", db).CombinedOutput()
 	if err != nil {
 		t.Fatalf("receipts verify: %v %s", err, out)
 	}
@@ -245,10 +246,36 @@ func TestAPIProtectEndToEnd(t *testing.T) {
 	}
 }
 
+// TestNodeAgentEnvMatchesRun: the variables the node agent's setup reads
+// are those config.NodeAgentEnv (and so the manifests' drift tests) name.
 func TestNodeAgentEnvMatchesRun(t *testing.T) {
-	got := []string{envKernelConfig, envPolicySource, envReceiptSink, kernel.EnvSigningKey, envLogLevel}
-	if !slices.Equal(got, config.NodeAgentEnv) {
-		t.Fatalf("node agent reads %v; config.NodeAgentEnv says %v", got, config.NodeAgentEnv)
+	var got []string
+	lookup := func(name string) (string, bool) {
+		if !slices.Contains(got, name) {
+			got = append(got, name)
+		}
+		return "", false
+	}
+	// Every setting given by a flag: the variables are still read (a flag
+	// beats them), and nothing is left to fail.
+	dir := t.TempDir()
+	key := filepath.Join(dir, "k")
+	if _, err := kernel.GenerateKeyFile(key); err != nil {
+		t.Fatal(err)
+	}
+	policy := filepath.Join(dir, "p.yaml")
+	os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\n"), 0o600)
+	f := &nodeFlags{Flags: config.Flags{Policy: policy, KeyFile: key, Receipts: filepath.Join(dir, "r.db")}}
+	s, err := f.resolve(context.Background(), "warn", "text", io.Discard, lookup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.close()
+	slices.Sort(got)
+	want := slices.Clone(config.NodeAgentEnv)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("node agent reads %v; config.NodeAgentEnv says %v", got, want)
 	}
 }
 
@@ -285,6 +312,12 @@ func checkArgs(t *testing.T, src string, args []string) {
 		t.Errorf("%s: %q: %v", src, args, err)
 		return
 	}
+	// Manifests use today's spellings, not the deprecated aliases.
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if f.Deprecated != "" {
+			t.Errorf("%s: %q uses the deprecated --%s (%s)", src, args, f.Name, f.Deprecated)
+		}
+	})
 	if err := cmd.ValidateArgs(cmd.Flags().Args()); err != nil {
 		t.Errorf("%s: %q: %v", src, args, err)
 	}
@@ -754,7 +787,7 @@ func TestDeployNodeAgent(t *testing.T) {
 			continue
 		}
 		checkArgs(t, "daemonset "+name+" probe", p.Exec.Command[1:])
-		if i := slices.Index(p.Exec.Command, "--socket"); i < 0 || p.Exec.Command[i+1] != cfg.Agent.StatusSocket {
+		if i := slices.Index(p.Exec.Command, "--status-socket"); i < 0 || p.Exec.Command[i+1] != cfg.Agent.StatusSocket {
 			t.Errorf("daemonset: %s probe asks another socket than %s", name, cfg.Agent.StatusSocket)
 		}
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"sync"
@@ -45,7 +46,7 @@ func ports(flag string, in []uint) ([]uint16, error) {
 func newExecCommand() *cobra.Command {
 	o := &execOptions{}
 	cmd := &cobra.Command{
-		Use:   "exec --policy FILE [--receipts PATH] [--config FILE] -- CMD [ARGS...]",
+		Use:   "exec [flags] -- CMD [ARGS...]",
 		Short: "Run a command unmodified with every connection it makes decided by policy and receipted",
 		Long: `exec makes a fresh cgroup, attaches the eBPF connect hooks to it, and runs CMD
 inside: every TCP connection CMD or its children make is redirected to a proxy
@@ -72,7 +73,8 @@ root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).`,
 			if err != nil {
 				return err
 			}
-			setup, err := o.node.resolve(cmd.Context(), "chio-receipts.db", "warn", os.LookupEnv)
+			stderr := cmd.ErrOrStderr()
+			setup, err := o.node.resolve(cmd.Context(), "warn", "text", stderr, os.LookupEnv)
 			if err != nil {
 				return err
 			}
@@ -85,12 +87,21 @@ root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).`,
 				}
 				setup.agentOpts.Resolvers = rs
 			}
-			stderr := cmd.ErrOrStderr()
 			var mu sync.Mutex
 			if !o.quiet {
+				asJSON := o.node.logFormat == "json"
 				setup.agentOpts.OnDecision = func(d agent.Decision) {
 					mu.Lock()
 					defer mu.Unlock()
+					if asJSON {
+						// One JSON object per line, as the log's own lines.
+						b, _ := json.Marshal(struct {
+							Msg string `json:"msg"`
+							agent.Decision
+						}{"decision", d})
+						fmt.Fprintf(stderr, "%s\n", b)
+						return
+					}
 					fmt.Fprintln(stderr, agent.FormatDecision(d))
 				}
 			}

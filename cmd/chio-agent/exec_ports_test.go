@@ -80,7 +80,7 @@ func TestExecPortFlags(t *testing.T) {
 	if _, errOut, code := run([]string{"--egress-allow-ports", "0"}, "true"); code == 0 || !strings.Contains(errOut, "not a port") {
 		t.Fatalf("--egress-allow-ports 0: exit %d, stderr %q; want refused", code, errOut)
 	}
-	if out, err := exec.Command(bin, "receipts", "verify", "--db", db).CombinedOutput(); err != nil {
+	if out, err := exec.Command(bin, "receipts", "verify", "--receipts", db).CombinedOutput(); err != nil {
 		t.Fatalf("verify: %v\n%s", err, out)
 	}
 }

@@ -75,7 +75,7 @@ rules:
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "chio-agent keygen") {
 		t.Fatalf("without a key: %v, %q; want a refusal naming keygen", err, out)
 	}
-	if out, err := exec.Command(bin, "receipts", "verify", "--db", db).CombinedOutput(); err != nil {
+	if out, err := exec.Command(bin, "receipts", "verify", "--receipts", db).CombinedOutput(); err != nil {
 		t.Fatalf("verify: %v\n%s", err, out)
 	}
 }

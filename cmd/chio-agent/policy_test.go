@@ -88,7 +88,6 @@ rules:
 		{[]string{"--type", "tool_call", "--target", "deploy"}, "warn", "rules.tool_access.require_confirmation"},
 		{[]string{"--type", "tool_call", "--target", "x", "--args-size", "101"}, "deny", "rules.tool_access.max_args_size"},
 		{[]string{"--type", "file_write", "--target", "/a", "--content", "k=AKIAABCDEFGHIJKLMNOP"}, "deny", "rules.secret_patterns.patterns.aws"},
-		{[]string{"--type", "nonsense"}, "deny", "__unknown_action_type__"},
 	} {
 		out, err := run(t, append([]string{"policy", "eval", path}, tc.args...)...)
 		if err != nil {

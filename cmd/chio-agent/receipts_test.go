@@ -44,7 +44,7 @@ func cliLog(t *testing.T, n string) string {
 	keyFile := filepath.Join(t.TempDir(), "k")
 	os.WriteFile(keyFile, []byte(hex.EncodeToString(cliKey().Seed())+"\n"), 0o600)
 	t.Setenv("CHIO_SIGNING_KEY", "")
-	out, err := runCLI(t, "receipts", "bench", "--db", db, "--count", n, "--writers", "4", "--key-file", keyFile, "--checkpoint-every", "10")
+	out, err := runCLI(t, "receipts", "bench", "--receipts", db, "--count", n, "--writers", "4", "--key", keyFile, "--checkpoint-every", "10")
 	if err != nil || !strings.Contains(out, "receipts/s") {
 		t.Fatalf("bench: %v\n%s", err, out)
 	}
@@ -53,7 +53,7 @@ func cliLog(t *testing.T, n string) string {
 
 func TestReceiptsVerifyOK(t *testing.T) {
 	db := cliLog(t, "45")
-	out, err := runCLI(t, "receipts", "verify", "--db", db)
+	out, err := runCLI(t, "receipts", "verify", "--receipts", db)
 	if err != nil {
 		t.Fatalf("verify: %v\n%s", err, out)
 	}
@@ -61,10 +61,10 @@ func TestReceiptsVerifyOK(t *testing.T) {
 		t.Fatalf("verify output:\n%s", out)
 	}
 	pub := hex.EncodeToString(cliKey().Public().(ed25519.PublicKey))
-	if _, err := runCLI(t, "receipts", "verify", "--db", db, "--key", pub); err != nil {
+	if _, err := runCLI(t, "receipts", "verify", "--receipts", db, "--trusted-key", pub); err != nil {
 		t.Fatalf("verify with the right key: %v", err)
 	}
-	if _, err := runCLI(t, "receipts", "verify", "--db", db, "--key", strings.Repeat("ab", 32)); exitCode(err) != exitVerifyFailed {
+	if _, err := runCLI(t, "receipts", "verify", "--receipts", db, "--trusted-key", strings.Repeat("ab", 32)); exitCode(err) != exitVerifyFailed {
 		t.Fatalf("verify with a wrong trusted key: %v", err)
 	}
 }
@@ -87,7 +87,7 @@ func TestReceiptsVerifyNamesTamperedSeq(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := runCLI(t, "receipts", "verify", "--db", db)
+	out, err := runCLI(t, "receipts", "verify", "--receipts", db)
 	if exitCode(err) != exitVerifyFailed || !strings.Contains(err.Error(), "receipt seq 23") {
 		t.Fatalf("verify of a tampered log: %v\n%s", err, out)
 	}
@@ -95,7 +95,7 @@ func TestReceiptsVerifyNamesTamperedSeq(t *testing.T) {
 
 func TestReceiptsListShowProveExport(t *testing.T) {
 	db := cliLog(t, "40")
-	out, err := runCLI(t, "receipts", "list", "--db", db, "--decision", "deny", "--json", "--limit", "0")
+	out, err := runCLI(t, "receipts", "list", "--receipts", db, "--decision", "deny", "--json", "--limit", "0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,23 +107,23 @@ func TestReceiptsListShowProveExport(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[0]), &e); err != nil || e.Decision != "deny" || e.Host != "evil.example" {
 		t.Fatalf("list entry %+v: %v", e, err)
 	}
-	out, err = runCLI(t, "receipts", "list", "--db", db, "--host", "github.com", "--workload", "agent-2", "--limit", "2")
+	out, err = runCLI(t, "receipts", "list", "--receipts", db, "--host", "github.com", "--workload", "agent-2", "--limit", "2")
 	if err != nil || strings.Count(out, "github.com") != 2 || !strings.HasPrefix(out, "SEQ") {
 		t.Fatalf("list --host --workload: %v\n%s", err, out)
 	}
-	if _, err := runCLI(t, "receipts", "list", "--db", db, "--since", "yesterday"); err == nil {
+	if _, err := runCLI(t, "receipts", "list", "--receipts", db, "--since", "yesterday"); err == nil {
 		t.Fatal("list accepted --since yesterday")
 	}
 	for _, arg := range []string{"5", e.ID} {
-		out, err = runCLI(t, "receipts", "show", arg, "--db", db)
+		out, err = runCLI(t, "receipts", "show", arg, "--receipts", db)
 		if err != nil || !strings.Contains(out, `"receipt"`) {
 			t.Fatalf("show %s: %v\n%s", arg, err, out)
 		}
 	}
-	if _, err := runCLI(t, "receipts", "show", "999", "--db", db); !errors.Is(err, receipts.ErrNotFound) {
+	if _, err := runCLI(t, "receipts", "show", "999", "--receipts", db); !errors.Is(err, receipts.ErrNotFound) {
 		t.Fatalf("show 999: %v", err)
 	}
-	out, err = runCLI(t, "receipts", "prove", "17", "--db", db)
+	out, err = runCLI(t, "receipts", "prove", "17", "--receipts", db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,14 +134,14 @@ func TestReceiptsListShowProveExport(t *testing.T) {
 	if err := p.Check(hex.EncodeToString(cliKey().Public().(ed25519.PublicKey)), receipts.VerifyReceipt); err != nil || p.Seq != 17 {
 		t.Fatalf("proof from the CLI: %v", err)
 	}
-	out, err = runCLI(t, "receipts", "export", "--db", db, "--format", "jsonl")
+	out, err = runCLI(t, "receipts", "export", "--receipts", db, "--format", "jsonl")
 	if err != nil || strings.Count(out, `"kind":"receipt"`) != 40 || strings.Count(out, `"kind":"checkpoint"`) != 4 {
 		t.Fatalf("export: %v (%d bytes)", err, len(out))
 	}
-	if _, err := runCLI(t, "receipts", "export", "--db", db, "--format", "csv"); err == nil {
+	if _, err := runCLI(t, "receipts", "export", "--receipts", db, "--format", "csv"); err == nil {
 		t.Fatal("export accepted --format csv")
 	}
-	out, err = runCLI(t, "receipts", "tail", "--db", db, "-n", "3")
+	out, err = runCLI(t, "receipts", "tail", "--receipts", db, "-n", "3")
 	if err != nil || strings.Count(out, "\n") != 4 || !strings.Contains(out, "\n40 ") {
 		t.Fatalf("tail: %v\n%s", err, out)
 	}
@@ -154,7 +154,7 @@ func TestReceiptsReadersTimeOutOnHeldLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	_, err = runCLI(t, "receipts", "verify", "--db", db, "--lock-timeout", "100ms")
+	_, err = runCLI(t, "receipts", "verify", "--receipts", db, "--lock-timeout", "100ms")
 	if !errors.Is(err, receipts.ErrLocked) || !strings.Contains(err.Error(), db) {
 		t.Fatalf("verify of a held log: %v", err)
 	}
@@ -162,12 +162,12 @@ func TestReceiptsReadersTimeOutOnHeldLog(t *testing.T) {
 
 func TestReceiptsMissingAndCorruptFiles(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := runCLI(t, "receipts", "verify", "--db", filepath.Join(dir, "nope.db")); !errors.Is(err, receipts.ErrNotFound) {
+	if _, err := runCLI(t, "receipts", "verify", "--receipts", filepath.Join(dir, "nope.db")); !errors.Is(err, receipts.ErrNotFound) {
 		t.Fatalf("missing: %v", err)
 	}
 	junk := filepath.Join(dir, "junk.db")
 	os.WriteFile(junk, bytes.Repeat([]byte("x"), 10000), 0o600)
-	_, err := runCLI(t, "receipts", "verify", "--db", junk)
+	_, err := runCLI(t, "receipts", "verify", "--receipts", junk)
 	if !errors.Is(err, receipts.ErrCorrupt) || !strings.Contains(err.Error(), junk) {
 		t.Fatalf("junk: %v", err)
 	}
@@ -196,7 +196,7 @@ func TestBenchRefusesAnotherKeysLog(t *testing.T) {
 	other := filepath.Join(t.TempDir(), "other")
 	seed := sha256.Sum256([]byte("other"))
 	os.WriteFile(other, []byte(hex.EncodeToString(seed[:])+"\n"), 0o600)
-	if _, err := runCLI(t, "receipts", "bench", "--db", db, "--count", "5", "--key-file", other); !errors.Is(err, receipts.ErrKeyMismatch) {
+	if _, err := runCLI(t, "receipts", "bench", "--receipts", db, "--count", "5", "--key", other); !errors.Is(err, receipts.ErrKeyMismatch) {
 		t.Fatalf("bench with another key: %v", err)
 	}
 }
@@ -254,8 +254,8 @@ func TestDamagedLogFailsCleanly(t *testing.T) {
 	policy := filepath.Join(t.TempDir(), "policy.yaml")
 	os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\nname: t\nrules:\n  egress:\n    allow: [\"127.0.0.1\"]\n    default: block\n"), 0o644)
 	commands := [][]string{
-		{"receipts", "verify", "--db", db},
-		{"receipts", "bench", "--db", db, "--count", "1", "--writers", "1", "--key-file", keyFile},
+		{"receipts", "verify", "--receipts", db},
+		{"receipts", "bench", "--receipts", db, "--count", "1", "--writers", "1", "--key", keyFile},
 		{"exec", "--policy", policy, "--key", keyFile, "--receipts", db, "--", "true"},
 	}
 

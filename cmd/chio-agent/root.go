@@ -30,12 +30,6 @@ func exitCode(err error) int {
 	return 1
 }
 
-// errNotImplemented is returned by commands whose issue has not landed yet, so
-// that nothing pretends to work.
-func errNotImplemented(cmd *cobra.Command) error {
-	return fmt.Errorf("%s: not implemented yet", cmd.CommandPath())
-}
-
 func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "chio-agent",
@@ -49,7 +43,9 @@ unmodified processes through a local evaluator), as an HTTP sidecar in front of
 an API, or as a Go library linked into a trusted agent.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version,
 	}
+	root.SetVersionTemplate("chio-agent {{.Version}}\n")
 	// A CPU profile of any command, for finding where a connection's time
 	// goes (go tool pprof FILE). Hidden: a tool for developers.
 	var cpuProfile string
@@ -85,17 +81,6 @@ an API, or as a Go library linked into a trusted agent.`,
 		newKeygenCommand(),
 		newAPICommand(),
 	)
+	registerCompletions(root)
 	return root
-}
-
-func newVersionCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version of this build",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "chio-agent %s\n", version)
-			return nil
-		},
-	}
 }

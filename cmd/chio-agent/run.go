@@ -28,7 +28,7 @@ type runOptions struct {
 func (o *runOptions) AddFlags(fs *pflag.FlagSet) {
 	o.node.AddFlags(fs)
 	fs.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory for pinned programs, links and maps (default the config's, else "+bpf.DefaultPinDir+")")
-	fs.StringVar(&o.statusSocket, "status-socket", "", "unix `socket` for chio-agent status (default the config's, else "+agent.DefaultStatusSocket+")")
+	addStatusSocketFlag(fs, &o.statusSocket)
 	fs.StringVar(&o.readyFile, "ready-file", "", "write this file (the agent's pid) once every workload whose cgroup exists is protected (the others are guarded or watched)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this TCP address (default the config's agent.metrics_addr; always on the status socket)")
 }
@@ -36,7 +36,7 @@ func (o *runOptions) AddFlags(fs *pflag.FlagSet) {
 func newRunCommand() *cobra.Command {
 	o := &runOptions{}
 	cmd := &cobra.Command{
-		Use:   "run --config FILE",
+		Use:   "run [flags]",
 		Short: "Run the node agent: protect the workloads kernel.yaml names",
 		Long: `run is the node agent daemon. It attaches the eBPF programs at the cgroup2 root
 and pins them (with their maps and links) under the pin directory, protects
@@ -60,12 +60,11 @@ override kernel.yaml.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			setup, err := o.node.resolve(ctx, "/var/lib/chio-agent/receipts.db", "info", os.LookupEnv)
+			setup, err := o.node.resolve(ctx, "info", "json", cmd.ErrOrStderr(), os.LookupEnv)
 			if err != nil {
 				return err
 			}
 			defer setup.close()
-			setup.logger.SetFormatter(jsonFormatter())
 			ac := setup.cfg.Agent
 			opts := setup.agentOpts
 			opts.PinDir = firstOf(o.pinDir, ac.PinDir, bpf.DefaultPinDir)
@@ -82,10 +81,7 @@ override kernel.yaml.`,
 			reloadSig := make(chan os.Signal, 1)
 			signal.Notify(reloadSig, syscall.SIGHUP)
 			defer signal.Stop(reloadSig)
-			cfgPath := o.node.config
-			if cfgPath == "" {
-				cfgPath = os.Getenv(envKernelConfig)
-			}
+			cfgPath := setup.cfgPath
 			watch := ""
 			if _, err := os.Stat(setup.policySource); err == nil {
 				watch = setup.policySource

@@ -144,7 +144,7 @@ func (d *daemon) signal(s syscall.Signal) {
 
 func (d *daemon) status() agent.Status {
 	d.t.Helper()
-	out, err := exec.Command(d.bin, "status", "--json", "--socket", d.socket).Output()
+	out, err := exec.Command(d.bin, "status", "--json", "--status-socket", d.socket).Output()
 	if err != nil {
 		d.t.Fatalf("status: %v", err)
 	}
@@ -243,7 +243,7 @@ agent:
 	}
 
 	// No agent yet: status says so and fails.
-	if out, err := exec.Command(bin, "status", "--socket", d.socket).CombinedOutput(); err == nil || !strings.Contains(string(out), "no chio-agent is running") {
+	if out, err := exec.Command(bin, "status", "--status-socket", d.socket).CombinedOutput(); err == nil || !strings.Contains(string(out), "no chio-agent is running") {
 		t.Fatalf("status with no agent: %v, %q", err, out)
 	}
 
@@ -269,14 +269,14 @@ agent:
 	}
 
 	// The agent holds the log; readers go through its socket.
-	out, err := exec.Command(bin, "receipts", "list", "--db", db, "--socket", d.socket, "--lock-timeout", "100ms", "--json").CombinedOutput()
+	out, err := exec.Command(bin, "receipts", "list", "--receipts", db, "--status-socket", d.socket, "--lock-timeout", "100ms", "--json").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), `"workload":"lifecycle"`) || !strings.Contains(string(out), `"host":"api.allowed.test"`) {
 		t.Fatalf("receipts list of the live log: %v\n%s", err, out)
 	}
-	if out, err := exec.Command(bin, "receipts", "verify", "--db", db, "--socket", d.socket, "--lock-timeout", "100ms").CombinedOutput(); err != nil {
+	if out, err := exec.Command(bin, "receipts", "verify", "--receipts", db, "--status-socket", d.socket, "--lock-timeout", "100ms").CombinedOutput(); err != nil {
 		t.Fatalf("receipts verify of the live log: %v\n%s", err, out)
 	}
-	tail := exec.Command(bin, "receipts", "tail", "-f", "-n", "1", "--json", "--interval", "50ms", "--db", db, "--socket", d.socket, "--lock-timeout", "100ms")
+	tail := exec.Command(bin, "receipts", "tail", "-f", "-n", "1", "--json", "--interval", "50ms", "--receipts", db, "--status-socket", d.socket, "--lock-timeout", "100ms")
 	tailOut, err := tail.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -375,7 +375,7 @@ agent:
 	if out, code := curl(); code != 0 || out != "200" {
 		t.Fatalf("curl after uninstall: exit %d, %q; want a direct connection", code, out)
 	}
-	if out, err := exec.Command(bin, "receipts", "verify", "--db", db).CombinedOutput(); err != nil {
+	if out, err := exec.Command(bin, "receipts", "verify", "--receipts", db).CombinedOutput(); err != nil {
 		t.Fatalf("receipts verify: %v\n%s", err, out)
 	}
 }

@@ -151,7 +151,7 @@ func TestRunMissingWorkloadThenReload(t *testing.T) {
 	if got := curl(deep, "api.allowed.test"); got != "200" {
 		t.Fatalf("allowed host from the deep workload: %q; want 200", got)
 	}
-	out, err := exec.Command(bin, "receipts", "list", "--db", db, "--socket", d.socket, "--lock-timeout", "100ms", "--json").CombinedOutput()
+	out, err := exec.Command(bin, "receipts", "list", "--receipts", db, "--status-socket", d.socket, "--lock-timeout", "100ms", "--json").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), `"workload":"late"`) || !strings.Contains(string(out), `"workload":"deep"`) {
 		t.Fatalf("receipts of the late workloads: %v\n%s", err, out)
 	}

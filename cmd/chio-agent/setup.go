@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/sirupsen/logrus"
@@ -13,43 +15,34 @@ import (
 
 	"github.com/backbay-labs/chio-agent/agent"
 	"github.com/backbay-labs/chio-agent/internal/tuning"
-	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
 
-// The CHIO_* environment contract, as far as the node agent uses it.
-const (
-	envKernelConfig = "CHIO_KERNEL_CONFIG_PATH"
-	envPolicySource = "CHIO_POLICY_SOURCE"
-	envReceiptSink  = "CHIO_RECEIPT_SINK"
-	envLogLevel     = "CHIO_LOG_LEVEL"
-)
-
 // nodeFlags are the flags `exec` and `run` share. Flags override the CHIO_*
-// variables, which override kernel.yaml.
+// variables, which override kernel.yaml (config.Resolve, the one rule both
+// shapes follow).
 type nodeFlags struct {
-	config   string
-	policy   string
-	receipts string
-	keyFile  string
-	mode     string
-	logLevel string
+	config.Flags
+	// logFormat is text or json; "" takes the command's default.
+	logFormat string
 }
 
 func (f *nodeFlags) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&f.config, "config", "", "kernel.yaml (default $"+envKernelConfig+")")
-	fs.StringVar(&f.policy, "policy", "", "HushSpec policy: a path, file:// or http(s):// URL (default $"+envPolicySource+", else the config's)")
-	fs.StringVar(&f.receipts, "receipts", "", "receipt log file (default $"+envReceiptSink+", else the config's)")
-	fs.StringVar(&f.keyFile, "key", "", "Ed25519 signing key `file` written by chio-agent keygen (default $CHIO_SIGNING_KEY, a hex seed, else the config's signing_key)")
-	fs.StringVar(&f.mode, "receipt-mode", "", "sync (a decision takes effect once its receipt is durable; default) or async")
-	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default $"+envLogLevel+", else warn for exec, info for run)")
+	addConfigFlag(fs, &f.Config)
+	fs.StringVar(&f.Policy, "policy", "", "HushSpec policy: a path, file:// or http(s):// URL (default $"+config.EnvPolicySource+", else the config's)")
+	addReceiptsFlag(fs, &f.Receipts, "", "receipt log: a bbolt path or file:// URL (default $"+config.EnvReceiptSink+", else the config's, else "+defaultReceiptDB+")")
+	addKeyFlag(fs, &f.KeyFile)
+	addReceiptModeFlag(fs, &f.ReceiptMode)
+	fs.StringVar(&f.LogLevel, "log-level", "", "debug, info, warn or error (default $"+config.EnvLogLevel+", else the config's, else warn for exec, info for run)")
+	fs.StringVar(&f.logFormat, "log-format", "", "text or json (default text for exec, json for run)")
 }
 
 // nodeSetup is everything `exec` and `run` open before protecting anything.
 type nodeSetup struct {
 	cfg          *config.Config
+	cfgPath      string
 	policy       *hushspec.Policy
 	policySource string
 	key          ed25519.PrivateKey
@@ -58,74 +51,63 @@ type nodeSetup struct {
 	agentOpts    agent.Options
 }
 
-// resolve merges flags, environment and kernel.yaml, and opens what they
-// name. It fails closed: no policy, no key or no log stops the start.
-func (f *nodeFlags) resolve(ctx context.Context, defaultReceipts, defaultLevel string, lookup func(string) (string, bool)) (*nodeSetup, error) {
-	s := &nodeSetup{cfg: &config.Config{}}
-	cfgPath := f.config
-	if cfgPath == "" {
-		cfgPath, _ = lookup(envKernelConfig)
-	}
-	if cfgPath != "" {
-		c, err := config.LoadContext(ctx, cfgPath, lookup)
-		if err != nil {
-			return nil, err
-		}
-		s.cfg = c
-	}
-	pick := func(flag, env, file, def string) string {
-		if flag != "" {
-			return flag
-		}
-		if v, ok := lookup(env); ok && v != "" {
-			return v
-		}
-		if file != "" {
-			return file
-		}
-		return def
-	}
-	level := pick(f.logLevel, envLogLevel, s.cfg.LogLevel, defaultLevel)
+// nodeDefaults are what run and exec use when nothing names a setting: the
+// receipt log is the one the receipt readers look for.
+func nodeDefaults(level string) config.Defaults {
+	return config.Defaults{Receipts: defaultReceiptDB, LogLevel: level}
+}
+
+// newLogger makes the logger of a command before anything logs, so that its
+// every line, the first ones included, has the format chosen.
+func newLogger(level, format string, out io.Writer) (*logrus.Logger, error) {
 	lvl, err := logrus.ParseLevel(level)
 	if err != nil {
 		return nil, fmt.Errorf("log level: %w", err)
 	}
-	s.logger = logrus.New()
-	s.logger.SetLevel(lvl)
-	s.logger.SetOutput(os.Stderr)
-
-	s.policySource = pick(f.policy, envPolicySource, s.cfg.Policy, "")
-	if s.policySource == "" {
-		return nil, fmt.Errorf("no policy: give --policy, $%s or policy: in kernel.yaml", envPolicySource)
+	l := logrus.New()
+	l.SetLevel(lvl)
+	l.SetOutput(out)
+	switch format {
+	case "json":
+		l.SetFormatter(&logrus.JSONFormatter{})
+	case "text":
+		l.SetFormatter(&logrus.TextFormatter{})
+	default:
+		return nil, usageErrorf("--log-format %q: want text or json", format)
 	}
-	s.policy, err = config.LoadPolicy(ctx, s.policySource, s.cfg.PanicFile)
+	return l, nil
+}
+
+// resolve merges flags, environment and kernel.yaml, and opens what they
+// name. It fails closed: no policy, no key or no log stops the start.
+func (f *nodeFlags) resolve(ctx context.Context, defaultLevel, defaultFormat string, stderr io.Writer, lookup func(string) (string, bool)) (*nodeSetup, error) {
+	c, err := config.Resolve(ctx, f.Flags, nodeDefaults(defaultLevel), lookup)
 	if err != nil {
 		return nil, err
 	}
-	// --key wins (flags override variables), then CHIO_SIGNING_KEY, then
-	// kernel.yaml's signing_key.
-	if f.keyFile != "" {
-		s.key, err = kernel.LoadKeyFile(f.keyFile)
-	} else {
-		s.key, err = kernel.LoadSigningKey(kernel.LookupEnv(lookup), s.cfg.SigningKey)
+	s := &nodeSetup{cfg: c.Config, cfgPath: c.ConfigPath, policySource: c.PolicySource}
+	if s.logger, err = newLogger(c.LogLevel, firstOf(f.logFormat, defaultFormat), stderr); err != nil {
+		return nil, err
 	}
+	s.policy, err = config.LoadPolicy(ctx, s.policySource, c.PanicFile)
 	if err != nil {
+		return nil, err
+	}
+	if s.key, err = c.SigningKey(); err != nil {
 		return nil, fmt.Errorf("%w (chio-agent keygen --out FILE writes one; then --key FILE)", err)
 	}
-	sink := pick(f.receipts, envReceiptSink, s.cfg.Receipts.Sink, defaultReceipts)
-	path, err := config.ReceiptPath(sink)
+	mode, err := receipts.ParseMode(c.ReceiptMode)
 	if err != nil {
 		return nil, err
 	}
-	mode, err := receipts.ParseMode(pick(f.mode, "", s.cfg.Receipts.Mode, "sync"))
-	if err != nil {
-		return nil, err
+	if err := os.MkdirAll(filepath.Dir(c.ReceiptPath), 0o700); err != nil {
+		return nil, fmt.Errorf("receipt log directory: %w", err)
 	}
-	s.log, err = receipts.Open(path, receipts.Options{
+	s.log, err = receipts.Open(c.ReceiptPath, receipts.Options{
 		Key:             s.key,
 		Mode:            mode,
-		CheckpointEvery: s.cfg.Receipts.CheckpointEvery,
-		CheckpointIdle:  s.cfg.Receipts.CheckpointIdle.D(0),
+		CheckpointEvery: c.CheckpointEvery,
+		CheckpointIdle:  c.CheckpointIdle,
 		Logger:          s.logger,
 	})
 	if err != nil {

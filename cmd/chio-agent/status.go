@@ -4,11 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
 
-	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -16,12 +16,14 @@ import (
 )
 
 type statusOptions struct {
-	socket string
-	json   bool
+	// agentConfig finds the socket: --status-socket, else kernel.yaml's.
+	agentConfig
+	// json prints the status as JSON.
+	json bool
 }
 
 func (o *statusOptions) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.socket, "socket", agent.DefaultStatusSocket, "the running agent's status socket")
+	o.agentConfig.AddFlags(fs)
 	fs.BoolVar(&o.json, "json", false, "print the status as JSON")
 }
 
@@ -37,7 +39,11 @@ checkpoint, the policy in force, and the last errors. With no agent running it
 says so and exits 1.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := agent.QueryStatus(cmd.Context(), o.socket)
+			c, err := o.load(os.LookupEnv)
+			if err != nil {
+				return err
+			}
+			s, err := agent.QueryStatus(cmd.Context(), o.socket(c))
 			if err != nil {
 				return err
 			}
@@ -118,5 +124,3 @@ func short(h string) string {
 	}
 	return h
 }
-
-func jsonFormatter() logrus.Formatter { return &logrus.JSONFormatter{} }

@@ -3,23 +3,31 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/backbay-labs/chio-agent/agent"
 	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/kernel/config"
 )
 
 type uninstallOptions struct {
+	// config is kernel.yaml, read for agent.pin_dir.
+	config string
+	// pinDir is --pin-dir; "" means the config's, else bpf.DefaultPinDir.
 	pinDir string
 	socket string
 	force  bool
 }
 
 func (o *uninstallOptions) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.pinDir, "pin-dir", bpf.DefaultPinDir, "bpffs directory the agent pinned under")
-	fs.StringVar(&o.socket, "socket", "", "ignored: whether an agent runs is read from the pinned state itself")
+	addConfigFlag(fs, &o.config)
+	fs.StringVar(&o.pinDir, "pin-dir", "", "bpffs directory the agent pinned under (default the config's agent.pin_dir, else "+bpf.DefaultPinDir+")")
+	fs.StringVar(&o.socket, "status-socket", "", "ignored: whether an agent runs is read from the pinned state itself")
+	fs.MarkDeprecated("status-socket", "whether an agent runs is read from the pinned state itself")
+	alias(fs, "socket", "status-socket")
 	fs.MarkDeprecated("socket", "whether an agent runs is read from the pinned state itself")
 	fs.BoolVar(&o.force, "force", false, "uninstall even while an agent holds the pinned state, and kill the workloads of dead exec runs")
 }
@@ -42,6 +50,15 @@ gone. A dead run whose workload still runs (every connection refused) is named
 and left alone; --force kills that workload first, then removes its pins.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var c config.Config
+			if path := config.ConfigPath(o.config, os.LookupEnv); path != "" {
+				cfg, err := config.Load(path, os.LookupEnv)
+				if err != nil {
+					return err
+				}
+				c = *cfg
+			}
+			o.pinDir = firstOf(o.pinDir, c.Agent.PinDir, bpf.DefaultPinDir)
 			if !o.force {
 				if err := bpf.CheckOwner(o.pinDir); err != nil {
 					return fmt.Errorf("uninstall: %w (stop the agent first, or pass --force)", err)

@@ -244,7 +244,7 @@ agent:
 // must have left a verifiable receipt, or the agent measured something other
 // than its real path.
 func (d *driver) verifyLog(ctx context.Context, m string) string {
-	cmd := exec.CommandContext(ctx, d.opts.agentBin, "receipts", "verify", "--db", filepath.Join(d.work, "receipts-"+m+".db"))
+	cmd := exec.CommandContext(ctx, d.opts.agentBin, "receipts", "verify", "--receipts", filepath.Join(d.work, "receipts-"+m+".db"))
 	b, err := cmd.CombinedOutput()
 	s := strings.Join(strings.Fields(string(b)), " ")
 	if err != nil {
