@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -170,7 +171,7 @@ func Start(opts Options) (*Agent, error) {
 	}
 	if opts.Logger == nil {
 		l := logrus.New()
-		l.Out = ioDiscard{}
+		l.Out = io.Discard
 		opts.Logger = l
 	}
 	if opts.AgentMark == 0 {
@@ -651,7 +652,3 @@ func (r *registry) all() []*workload {
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out
 }
-
-type ioDiscard struct{}
-
-func (ioDiscard) Write(p []byte) (int, error) { return len(p), nil }

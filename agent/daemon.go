@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/sirupsen/logrus"
 )
 
 // DaemonOptions configure RunDaemon.
@@ -67,7 +68,9 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		return err
 	}
 	defer a.Close()
-	log := o.Agent.Logger
+	log := a.opts.Logger // Start filled in a default
+	logAttachments(log, a, o.Agent.PinDir)
+	defer log.WithField("pin_dir", o.Agent.PinDir).Info("chio-agent stopping: the pinned programs stay attached, so protected workloads cannot connect until an agent runs again")
 	// A workload whose cgroup does not exist yet is no error: it is reported
 	// (status, log, chio_agent_workload_state) and protected when it appears.
 	for _, w := range o.Workloads {
@@ -161,6 +164,25 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			reload("file changed")
 		}
 	}
+}
+
+// logAttachments says whether the agent adopted the pinned state a previous
+// agent left (and how much of it) or attached afresh.
+func logAttachments(log logrus.FieldLogger, a *Agent, pinDir string) {
+	adopted, fresh := 0, 0
+	for _, at := range a.objs.Attachments() {
+		if at.Adopted {
+			adopted++
+		} else {
+			fresh++
+		}
+	}
+	f := log.WithFields(logrus.Fields{"pin_dir": pinDir, "adopted_links": adopted, "new_links": fresh})
+	if adopted > 0 {
+		f.Info("adopted the pinned programs, links and maps a previous agent left")
+		return
+	}
+	f.Info("attached and pinned the programs")
 }
 
 func waitStatus(ctx context.Context, path string, errc <-chan error) error {

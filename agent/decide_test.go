@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"io"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -67,7 +68,7 @@ func newTestProxy(t *testing.T, pol *hushspec.Policy) (*proxy, *receipts.Log) {
 	return p, log
 }
 
-var discardLogger = func() *logrus.Logger { l := logrus.New(); l.Out = ioDiscard{}; return l }()
+var discardLogger = func() *logrus.Logger { l := logrus.New(); l.Out = io.Discard; return l }()
 
 func testWorkload() *workload {
 	return &workload{id: 1, name: "unit/wl", ident: kernel.WorkloadIdentity{Name: "unit/wl"}}

@@ -66,7 +66,7 @@ func Exec(ctx context.Context, o ExecOptions) (code int, err error) {
 	logger := o.Agent.Logger
 	if logger == nil {
 		l := logrus.New()
-		l.Out = ioDiscard{}
+		l.Out = io.Discard
 		logger = l
 	}
 	if stale, err := SweepExecRuns(ctx, false); err != nil {

@@ -20,34 +20,29 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 )
 
-// Environment of the connect-loop helper process (see TestConnectLoopHelper).
+// Environment of the connect-loop helper process (see connectLoopChild).
 const (
 	envLoopAddr = "CHIO_BENCH_CONNECT_ADDR"
 	envLoopN    = "CHIO_BENCH_CONNECT_N"
 )
 
-// TestConnectLoopHelper is not a test: BenchmarkConnectRedirect re-runs the
-// test binary with only this function selected, inside a cgroup, to time
-// connect() calls there (the cgroup hooks apply to the calling task's
-// cgroup, so the timed loop must run in a process placed in it). Without
-// the environment it does nothing.
-func TestConnectLoopHelper(t *testing.T) {
-	addr := os.Getenv(envLoopAddr)
-	if addr == "" {
-		return
-	}
+// connectLoopChild is the process BenchmarkConnectRedirect starts inside a
+// cgroup (TestMain runs it when envLoopAddr is set) to time connect() calls
+// there: the cgroup hooks apply to the calling task's cgroup, so the timed
+// loop must run in a process placed in it. It returns the exit status.
+func connectLoopChild(addr string) int {
 	n, err := strconv.Atoi(os.Getenv(envLoopN))
 	if err != nil || n < 1 {
 		fmt.Printf("loop-error bad %s\n", envLoopN)
-		os.Exit(2)
+		return 2
 	}
 	ns, err := connectLoop(netip.MustParseAddrPort(addr), n)
 	if err != nil {
 		fmt.Printf("loop-error %v\n", err)
-		os.Exit(2)
+		return 2
 	}
 	fmt.Printf("loop-ns %d\n", ns)
-	os.Exit(0)
+	return 0
 }
 
 // connectLoop times n blocking connect() calls to dst with raw syscalls, so
@@ -188,7 +183,7 @@ func progStats(b *testing.B, p *ebpf.Program) *ebpf.ProgramStats {
 // runConnectLoop runs the helper in cg and returns the nanoseconds its n
 // connect() calls took.
 func runConnectLoop(b *testing.B, cg testutil.Cgroup, dst netip.AddrPort, n int) int64 {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestConnectLoopHelper$", "-test.count=1")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), envLoopAddr+"="+dst.String(), envLoopN+"="+strconv.Itoa(n))
 	cg.CommandIn(b, cmd)
 	var out bytes.Buffer

@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	if n := os.Getenv("CHIO_TEST_UDP_FLOOD"); n != "" {
 		os.Exit(udpFloodChild(n))
 	}
+	if addr := os.Getenv(envLoopAddr); addr != "" {
+		os.Exit(connectLoopChild(addr))
+	}
 	os.Exit(m.Run())
 }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/sirupsen/logrus"
@@ -355,7 +356,7 @@ func (s *Server) checkCapability(header, tool string) (string, string) {
 		if (g.ServerID != s.toolServer && g.ServerID != wildcardGrant) || (g.ToolName != tool && g.ToolName != wildcardGrant) {
 			continue
 		}
-		if !containsString(g.Operations, capabilityOpInvoke) {
+		if !slices.Contains(g.Operations, capabilityOpInvoke) {
 			continue
 		}
 		if len(g.Constraints) > 0 || g.MaxInvocations != nil || g.DPoPRequired || g.MaxCostPerInvocation != nil || g.MaxTotalCost != nil {
@@ -377,15 +378,6 @@ func decodeBase64(s string) ([]byte, error) {
 		}
 	}
 	return nil, errors.New("not base64")
-}
-
-func containsString(l []string, s string) bool {
-	for _, v := range l {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // newRequestID returns 128 random bits in hex. It makes every receipt

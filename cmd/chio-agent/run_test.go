@@ -78,6 +78,23 @@ type daemon struct {
 	exited chan struct{} // closed once the process has been waited for
 }
 
+// logLines fails unless every line the agent wrote is a JSON object (its
+// first lines too) and the lines hold each of wants.
+func logLines(t *testing.T, logs string, wants ...string) {
+	t.Helper()
+	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Errorf("agent log line is not JSON: %q", line)
+		}
+	}
+	for _, w := range wants {
+		if !strings.Contains(logs, w) {
+			t.Errorf("agent logs lack %s:\n%s", w, logs)
+		}
+	}
+}
+
 // syncBuffer collects the agent's output; the test reads it while the
 // process may still write.
 type syncBuffer struct {
@@ -251,6 +268,7 @@ agent:
 	if out, code := curl(); code != 0 || out != "200" {
 		t.Fatalf("allowed curl: exit %d, %q\n%s", code, out, d.logs)
 	}
+	logLines(t, d.logs.String(), `"attached and pinned the programs"`)
 	s := d.status()
 	// chio.c's seven hooks and inbound.c's four.
 	if len(s.Attachments) != 11 || len(s.Workloads) != 1 || s.Workloads[0].Name != "lifecycle" || s.Counts.Allowed != 1 || s.Policy.Name != "lifecycle" {
@@ -332,6 +350,7 @@ agent:
 			t.Fatalf("attachment not adopted after restart: %+v", a)
 		}
 	}
+	logLines(t, d.logs.String(), `"adopted_links":11`, `"adopted the pinned programs`)
 
 	// SIGHUP reload to a policy that blocks the host.
 	writePolicy("", `"api.allowed.test"`)
@@ -362,6 +381,7 @@ agent:
 	// SIGTERM: a clean stop; the pins stay (fail-closed until uninstall).
 	d.signal(syscall.SIGTERM)
 	eventually("agent stopped", d.gone)
+	logLines(t, d.logs.String(), `"chio-agent stopping`)
 	if _, code := curl(); code != 7 {
 		t.Fatalf("curl after SIGTERM: exit %d; want 7 (pinned redirect to no listener)", code)
 	}
