@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent verifier for a chio-agent receipt log export (JSON Lines).
 
-    chio-agent receipts export --db receipts.db --format jsonl > log.jsonl
+    chio-agent receipts export --receipts receipts.db --format jsonl > log.jsonl
     python3 scripts/verify_export.py [--key HEX] log.jsonl
 
 It shares no code with chio-agent: canonical JSON (RFC 8785), receipt ids and
