@@ -9,22 +9,26 @@ import (
 	"os"
 	"time"
 
-	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/kernel/config"
 )
 
 // apiHealthOptions are the flags of `api health`.
 type apiHealthOptions struct {
 	// url is the health endpoint; empty derives it from CHIO_LISTEN_ADDR
-	// and CHIO_HEALTH_PATH as `api protect` would.
+	// and CHIO_HEALTH_PATH, else kernel.yaml, as `api protect` would.
 	url string
+	// config is kernel.yaml ("" : $CHIO_KERNEL_CONFIG_PATH, else none).
+	config string
 	// timeout bounds the whole check.
 	timeout time.Duration
 }
 
 func (o *apiHealthOptions) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.url, "url", "", "health endpoint (default http://127.0.0.1:PORT$"+config.EnvHealthPath+" from $"+config.EnvListenAddr+")")
+	fs.StringVar(&o.url, "url", "", "health endpoint (default http://127.0.0.1:PORT$"+config.EnvHealthPath+" from $"+config.EnvListenAddr+", else from the config's sidecar section)")
+	addConfigFlag(fs, &o.config)
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Second, "give up after this long")
 }
 
@@ -40,8 +44,16 @@ use it as their health check.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			u := o.url
 			if u == "" {
+				var sc config.Sidecar
+				if path := config.ConfigPath(o.config, os.LookupEnv); path != "" {
+					c, err := config.Load(path, os.LookupEnv)
+					if err != nil {
+						return err
+					}
+					sc = c.Sidecar
+				}
 				var err error
-				if u, err = localHealthURL(os.LookupEnv); err != nil {
+				if u, err = localHealthURL(os.LookupEnv, sc); err != nil {
 					return err
 				}
 			}
@@ -69,13 +81,10 @@ use it as their health check.`,
 }
 
 // localHealthURL is the readiness URL of a sidecar started with the same
-// environment: its port on loopback (a wildcard listen address is reached
-// there too) and its health path.
-func localHealthURL(lookup func(string) (string, bool)) (string, error) {
-	listen, _ := lookup(config.EnvListenAddr)
-	if listen == "" {
-		listen = config.DefaultSidecarListen
-	}
+// environment and kernel.yaml: its port on loopback (a wildcard listen
+// address is reached there too) and its health path.
+func localHealthURL(lookup func(string) (string, bool), sc config.Sidecar) (string, error) {
+	listen := config.Pick(lookup, "", config.EnvListenAddr, sc.Listen, config.DefaultSidecarListen)
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return "", fmt.Errorf("health: %s %q is not host:port: %w", config.EnvListenAddr, listen, err)
@@ -86,9 +95,6 @@ func localHealthURL(lookup func(string) (string, bool)) (string, error) {
 			host = "::1"
 		}
 	}
-	path, _ := lookup(config.EnvHealthPath)
-	if path == "" {
-		path = config.DefaultHealthPath
-	}
+	path := config.Pick(lookup, "", config.EnvHealthPath, sc.HealthPath, config.DefaultHealthPath)
 	return "http://" + net.JoinHostPort(host, port) + path, nil
 }

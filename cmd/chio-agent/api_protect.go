@@ -4,10 +4,11 @@ import (
 	"net"
 	"os"
 
-	"github.com/backbay-labs/chio-agent/agent/sidecar"
-	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/agent/sidecar"
+	"github.com/backbay-labs/chio-agent/kernel/config"
 )
 
 // apiProtectOptions are the flags of `api protect`. Each overrides its

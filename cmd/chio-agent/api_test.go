@@ -20,12 +20,13 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/spf13/pflag"
+
 	"github.com/backbay-labs/chio-agent/agent/sidecar"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
-	"github.com/spf13/pflag"
 )
 
 const apiSpec = `openapi: 3.0.3
@@ -128,10 +129,15 @@ func TestLocalHealthURL(t *testing.T) {
 				return env[1], env[1] != ""
 			}
 			return "", false
-		})
+		}, config.Sidecar{})
 		if err != nil || got != want {
 			t.Errorf("%v: %q %v; want %q", env, got, err, want)
 		}
+	}
+	// With no variable, kernel.yaml's sidecar section, as api protect reads it.
+	got, err := localHealthURL(func(string) (string, bool) { return "", false }, config.Sidecar{Listen: "0.0.0.0:7100", HealthPath: "/ready"})
+	if err != nil || got != "http://127.0.0.1:7100/ready" {
+		t.Errorf("from kernel.yaml: %q %v", got, err)
 	}
 }
 

@@ -131,7 +131,7 @@ func TestUseShowsOnlyRequiredFlags(t *testing.T) {
 // agent finds its socket through kernel.yaml too.
 func TestAgentCommandsAcceptConfig(t *testing.T) {
 	root := newRootCommand()
-	for _, path := range [][]string{{"status"}, {"uninstall"}, {"receipts", "verify"}, {"receipts", "list"}, {"receipts", "show"},
+	for _, path := range [][]string{{"status"}, {"uninstall"}, {"api", "health"}, {"receipts", "verify"}, {"receipts", "list"}, {"receipts", "show"},
 		{"receipts", "tail"}, {"receipts", "export"}, {"receipts", "prove"}} {
 		c, _, err := root.Find(path)
 		if err != nil || c.Flags().Lookup("config") == nil {

@@ -124,6 +124,10 @@ func (o *agentConfig) load(lookup func(string) (string, bool)) (*config.Config, 
 }
 
 // socket is the status socket: the flag, else the config's, else the default.
-func (o *agentConfig) socket(c *config.Config) string {
-	return firstOf(o.statusSocket, c.Agent.StatusSocket, agent.DefaultStatusSocket)
+func (o *agentConfig) socket(c *config.Config) string { return statusSocket(o.statusSocket, c) }
+
+// statusSocket is the agent's status socket, for run as for the commands
+// that talk to it: the flag, else kernel.yaml's, else the default.
+func statusSocket(flag string, c *config.Config) string {
+	return config.Pick(nil, flag, "", c.Agent.StatusSocket, agent.DefaultStatusSocket)
 }

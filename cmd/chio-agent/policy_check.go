@@ -6,9 +6,10 @@ import (
 	"io"
 	"slices"
 
-	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
 // policyCheckOptions are the flags of `policy check`.

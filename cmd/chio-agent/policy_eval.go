@@ -9,9 +9,10 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
 // policyEvalOptions are the flags of `policy eval`: one action.

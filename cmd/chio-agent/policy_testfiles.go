@@ -5,9 +5,10 @@ import (
 	"io"
 	"strings"
 
-	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
 // policyTestOptions are the flags of `policy test`.

@@ -7,10 +7,11 @@ import (
 	"os"
 	"time"
 
-	"github.com/backbay-labs/chio-agent/kernel"
-	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/receipts"
 )
 
 type benchOptions struct {

@@ -10,9 +10,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/receipts"
 )
 
 type listOptions struct {

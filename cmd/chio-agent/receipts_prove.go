@@ -4,9 +4,10 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/receipts"
 )
 
 type proveOptions struct {

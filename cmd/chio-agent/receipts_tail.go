@@ -8,10 +8,11 @@ import (
 	"os"
 	"time"
 
-	"github.com/backbay-labs/chio-agent/agent"
-	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/agent"
+	"github.com/backbay-labs/chio-agent/receipts"
 )
 
 type tailOptions struct {

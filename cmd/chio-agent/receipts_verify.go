@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/backbay-labs/chio-agent/receipts"
 )
 
 type verifyOptions struct {

@@ -67,7 +67,7 @@ override kernel.yaml.`,
 			defer setup.close()
 			ac := setup.cfg.Agent
 			opts := setup.agentOpts
-			opts.PinDir = firstOf(o.pinDir, ac.PinDir, bpf.DefaultPinDir)
+			opts.PinDir = config.Pick(nil, o.pinDir, "", ac.PinDir, bpf.DefaultPinDir)
 			workloads, err := workloadSpecs(ac.Workloads)
 			if err != nil {
 				return err
@@ -89,7 +89,7 @@ override kernel.yaml.`,
 			return agent.RunDaemon(ctx, agent.DaemonOptions{
 				Agent:        opts,
 				Workloads:    workloads,
-				StatusSocket: firstOf(o.statusSocket, ac.StatusSocket, agent.DefaultStatusSocket),
+				StatusSocket: statusSocket(o.statusSocket, setup.cfg),
 				ReloadPolicy: func(ctx context.Context) (*hushspec.Policy, error) {
 					return config.LoadPolicy(ctx, setup.policySource, setup.cfg.PanicFile)
 				},
@@ -112,7 +112,7 @@ override kernel.yaml.`,
 				WatchFile:   watch,
 				Reload:      reloadSig,
 				ReadyFile:   o.readyFile,
-				MetricsAddr: firstOf(o.metricsAddr, ac.MetricsAddr),
+				MetricsAddr: config.Pick(nil, o.metricsAddr, "", ac.MetricsAddr, ""),
 				Version:     version,
 			})
 		},
@@ -160,13 +160,4 @@ func workloadSpecs(ws []config.Workload) ([]agent.WorkloadSpec, error) {
 		out = append(out, spec)
 	}
 	return out, nil
-}
-
-func firstOf(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }

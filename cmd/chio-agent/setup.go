@@ -86,7 +86,7 @@ func (f *nodeFlags) resolve(ctx context.Context, defaultLevel, defaultFormat str
 		return nil, err
 	}
 	s := &nodeSetup{cfg: c.Config, cfgPath: c.ConfigPath, policySource: c.PolicySource}
-	if s.logger, err = newLogger(c.LogLevel, firstOf(f.logFormat, defaultFormat), stderr); err != nil {
+	if s.logger, err = newLogger(c.LogLevel, config.Pick(nil, f.logFormat, "", "", defaultFormat), stderr); err != nil {
 		return nil, err
 	}
 	s.policy, err = config.LoadPolicy(ctx, s.policySource, c.PanicFile)

@@ -58,7 +58,7 @@ and left alone; --force kills that workload first, then removes its pins.`,
 				}
 				c = *cfg
 			}
-			o.pinDir = firstOf(o.pinDir, c.Agent.PinDir, bpf.DefaultPinDir)
+			o.pinDir = config.Pick(nil, o.pinDir, "", c.Agent.PinDir, bpf.DefaultPinDir)
 			if !o.force {
 				if err := bpf.CheckOwner(o.pinDir); err != nil {
 					return fmt.Errorf("uninstall: %w (stop the agent first, or pass --force)", err)
