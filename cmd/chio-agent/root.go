@@ -46,6 +46,10 @@ an API, or as a Go library linked into a trusted agent.`,
 		Version:       version,
 	}
 	root.SetVersionTemplate("chio-agent {{.Version}}\n")
+	// A flag that does not parse is a usage error, as a bad flag value is.
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return &exitError{code: exitUsage, err: &usageError{err}}
+	})
 	// A CPU profile of any command, for finding where a connection's time
 	// goes (go tool pprof FILE). Hidden: a tool for developers.
 	var cpuProfile string
