@@ -213,7 +213,7 @@ except PermissionError as e:
 	fmt.Fprintf(w, "6. the receipt log verifies: %d receipts, every signature and id checked; %d checkpoint(s) chained, sealing through seq %d\n",
 		rep.Verified, rep.Checkpoints, rep.SealedSeq)
 	if opts.Dir != "" {
-		fmt.Fprintf(w, "   inspect it: chio-agent receipts list --db %s\n", dbPath)
+		fmt.Fprintf(w, "   inspect it: chio-agent receipts list --receipts %s\n", dbPath)
 	}
 	if len(failures) > 0 {
 		return fmt.Errorf("demo did not go as expected:\n  %s", strings.Join(failures, "\n  "))
