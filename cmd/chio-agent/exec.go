@@ -53,7 +53,9 @@ inside: every TCP connection CMD or its children make is redirected to a proxy
 in this process, which reads the TLS SNI or HTTP Host, decides by the HushSpec
 policy, writes a signed receipt, then forwards or refuses. UDP is refused except
 DNS to the resolvers the config names (by default, the nameservers of
-/etc/resolv.conf). Each decision is printed on stderr.
+/etc/resolv.conf). Each decision is printed on stderr (a JSON object per line
+with --log-format json). Receipts go to --receipts, by default
+/var/lib/chio-agent/receipts.db, where the receipts commands look.
 
 exec exits with CMD's status (128+N if a signal N ended it), after killing
 whatever CMD left in its cgroup, then removes the cgroup and programs. CMD never

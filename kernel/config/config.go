@@ -8,7 +8,8 @@
 // environment ($$ is a literal $); a ${VAR} that is unset is an error, so a
 // missing variable cannot silently turn into an empty path. The CHIO_*
 // environment contract then overrides the file where it applies, and command
-// line flags override both (see Apply).
+// line flags override both (Resolve, the one place that rule lives). Errors
+// name the line and the key (ParseError), never a Go type.
 package config
 
 import (
