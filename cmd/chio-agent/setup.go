@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -110,6 +111,10 @@ func (f *nodeFlags) resolve(ctx context.Context, defaultLevel, defaultFormat str
 		CheckpointIdle:  c.CheckpointIdle,
 		Logger:          s.logger,
 	})
+	if errors.Is(err, receipts.ErrLocked) {
+		// run and exec share a default log; a running agent holds it.
+		return nil, fmt.Errorf("%w (is an agent running with it? give this command its own --receipts)", err)
+	}
 	if err != nil {
 		return nil, err
 	}
