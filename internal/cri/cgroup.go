@@ -221,7 +221,7 @@ func Abs(mount, rel string) string {
 func cleanRel(p string) (string, error) {
 	for _, c := range strings.Split(p, "/") {
 		if c == ".." {
-			return "", fmt.Errorf("parse cgroup path %q: contains ..", p)
+			return "", fmt.Errorf("parse cgroup path %q: a .. component", p)
 		}
 	}
 	return strings.Trim(filepath.Clean(p), "/"), nil

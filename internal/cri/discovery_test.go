@@ -161,7 +161,9 @@ func TestWatcherFollowsPods(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	changes := make(chan []Change, 1024)
 	done := make(chan error, 1)
-	go func() { done <- (&Watcher{Client: c, Interval: 100 * time.Millisecond}).Run(ctx, func(ch []Change) { changes <- ch }) }()
+	go func() {
+		done <- (&Watcher{Client: c, Interval: 100 * time.Millisecond}).Run(ctx, func(ch []Change) { changes <- ch })
+	}()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {

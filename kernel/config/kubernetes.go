@@ -107,7 +107,7 @@ func (k *Kubernetes) Validate() error {
 	}
 	if k.CgroupRoot != "" && k.CgroupRoot != "auto" {
 		if slices.Contains(strings.Split(k.CgroupRoot, "/"), "..") {
-			return fmt.Errorf("kubernetes.cgroup_root: %q contains ..", k.CgroupRoot)
+			return fmt.Errorf("kubernetes.cgroup_root: %q has a .. component", k.CgroupRoot)
 		}
 	}
 	if len(k.Policies) == 0 {

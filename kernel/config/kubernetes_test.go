@@ -47,7 +47,7 @@ func TestKubernetesSectionRefusesBadValues(t *testing.T) {
 		{"bad namespace", base + "  exempt_namespaces: [Kube_System]\n", "not a namespace name"},
 		{"namespace twice", base + "  exempt_namespaces: [a, a]\n", "listed twice"},
 		{"relative socket", base + "  cri_socket: run/containerd.sock\n", "not an absolute path"},
-		{"root escapes", base + "  cgroup_root: kubepods/../../etc\n", "contains .."},
+		{"root escapes", base + "  cgroup_root: kubepods/../../etc\n", "has a .. component"},
 		{"poll too fast", base + "  poll_interval: 1ms\n", "below 100ms"},
 		{"wrong type", base + "  exempt_namespaces: kube-system\n", "cannot unmarshal"},
 	} {

@@ -26,10 +26,11 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"debug/elf"
 	"encoding/hex"
 	"errors"
-	"math/bits"
 	"fmt"
+	"math/bits"
 	"net"
 	"net/netip"
 	"os"
@@ -132,6 +133,14 @@ func missing() string {
 	for _, f := range []string{cniBinDir + "/bridge", cniBinDir + "/host-local", cniBinDir + "/loopback", busyboxPath} {
 		if _, err := os.Stat(f); err != nil {
 			return f + " is missing (scripts/deps test)"
+		}
+	}
+	if f, err := elf.Open(busyboxPath); err == nil {
+		defer f.Close()
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_INTERP {
+				return busyboxPath + " is dynamically linked: install busybox-static (scripts/deps test)"
+			}
 		}
 	}
 	if _, err := cgroupfs.Mount(); err != nil {
