@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -79,4 +80,28 @@ func FuzzKubernetesSection(f *testing.F) {
 			t.Fatalf("parsed section fails its own validation: %v", err)
 		}
 	})
+}
+
+// TestDeployKernelYAMLKubernetesExample keeps the commented kubernetes:
+// block of deploy/kernel.yaml valid: uncommented, it parses.
+func TestDeployKernelYAMLKubernetesExample(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/kernel.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var block []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if line == "# kubernetes:" || len(block) > 0 && strings.HasPrefix(line, "#   ") {
+			block = append(block, strings.TrimPrefix(line, "# "))
+		} else if len(block) > 0 {
+			break
+		}
+	}
+	if len(block) < 3 {
+		t.Fatal("deploy/kernel.yaml has no commented kubernetes: block")
+	}
+	c, err := Parse([]byte(strings.Join(block, "\n")), env(nil))
+	if err != nil || c.Kubernetes == nil || c.Kubernetes.DefaultPolicy == "" {
+		t.Fatalf("the example does not parse: %v", err)
+	}
 }
