@@ -191,7 +191,9 @@ func TestWatcherKeepsPodsWhileRuntimeFails(t *testing.T) {
 	changes := make(chan []Change, 64)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- (&Watcher{Client: c, Interval: 10 * time.Millisecond}).Run(ctx, func(ch []Change) { changes <- ch }) }()
+	go func() {
+		done <- (&Watcher{Client: c, Interval: 10 * time.Millisecond}).Run(ctx, func(ch []Change) { changes <- ch })
+	}()
 	defer func() { cancel(); <-done }()
 	first := <-changes
 	if len(first) != 1 || first[0].Kind != PodAdded {
@@ -228,7 +230,9 @@ func TestWatcherResyncsOnEvent(t *testing.T) {
 	changes := make(chan []Change, 64)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- (&Watcher{Client: c, Interval: time.Hour}).Run(ctx, func(ch []Change) { changes <- ch }) }()
+	go func() {
+		done <- (&Watcher{Client: c, Interval: time.Hour}).Run(ctx, func(ch []Change) { changes <- ch })
+	}()
 	defer func() { cancel(); <-done }()
 	if first := <-changes; len(first) != 0 {
 		t.Fatalf("first sync of an empty runtime: %+v", first)
