@@ -276,6 +276,8 @@ func (r *Runtime) config() ([]byte, error) {
 		{`(?m)^(\s*)conf_dir = ".*"$`, fmt.Sprintf("${1}conf_dir = %q", filepath.Join(r.Dir, "cni"))},
 		{`(?m)^(\s*)path = "/opt/containerd"$`, fmt.Sprintf("${1}path = %q", filepath.Join(r.Dir, "opt"))},
 		{`(?m)^(\s*)stream_server_port = ".*"$`, `${1}stream_server_port = "0"`},
+		// runc's state, which otherwise goes to /run/containerd/runc.
+		{`(?m)^(\s*)Root = ""$`, fmt.Sprintf("${1}Root = %q", filepath.Join(r.Dir, "runc"))},
 	} {
 		re := regexp.MustCompile(e.re)
 		if n := len(re.FindAllStringIndex(s, -1)); n != 1 {
