@@ -28,8 +28,12 @@ const maxMsgSize = 16 << 20
 func Socket(configured string) (string, error) {
 	if configured != "" {
 		p := strings.TrimPrefix(configured, "unix://")
-		if _, err := os.Stat(p); err != nil {
+		fi, err := os.Stat(p)
+		if err != nil {
 			return "", fmt.Errorf("find CRI socket: %w", err)
+		}
+		if fi.Mode()&os.ModeSocket == 0 {
+			return "", fmt.Errorf("find CRI socket: %s is not a socket", p)
 		}
 		return p, nil
 	}

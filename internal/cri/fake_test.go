@@ -258,3 +258,24 @@ func drain(c chan struct{}) {
 		}
 	}
 }
+
+func TestSocketNamed(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "cri.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, named := range []string{sock, "unix://" + sock} {
+		if got, err := Socket(named); err != nil || got != sock {
+			t.Errorf("Socket(%q) = %q, %v", named, got, err)
+		}
+	}
+	if _, err := Socket(filepath.Join(dir, "missing.sock")); err == nil {
+		t.Error("a named socket that does not exist was accepted")
+	}
+	if _, err := Socket(dir); err == nil {
+		t.Error("a directory was accepted as the CRI socket")
+	}
+}
