@@ -54,6 +54,9 @@ type Config struct {
 	Agent Agent `yaml:"agent"`
 	// Sidecar configures `api protect`; ignored by the node agent.
 	Sidecar Sidecar `yaml:"sidecar"`
+	// Kubernetes, when present, protects the node's pods found through the
+	// CRI (kubernetes.go); nil means no pod discovery.
+	Kubernetes *Kubernetes `yaml:"kubernetes"`
 }
 
 // Receipts configures the receipt log.
