@@ -36,7 +36,7 @@ kubernetes:
 func TestKubernetesSectionRefusesBadValues(t *testing.T) {
 	base := "  policies: {default: /p.yaml}\n  default_policy: default\n"
 	for _, tc := range []struct{ name, body, want string }{
-		{"unknown key", base + "  exempt_namespace: [kube-system]\n", "field exempt_namespace not found"},
+		{"unknown key", base + "  exempt_namespace: [kube-system]\n", `unknown key "exempt_namespace" (did you mean "exempt_namespaces"?)`},
 		{"not a mapping", "  - a\n", "must be a mapping"},
 		{"no policies", "  default_policy: none\n", "at least one policy"},
 		{"default missing", "  policies: {default: /p.yaml}\n", "default_policy: required"},
@@ -50,7 +50,7 @@ func TestKubernetesSectionRefusesBadValues(t *testing.T) {
 		{"relative socket", base + "  cri_socket: run/containerd.sock\n", "not an absolute path"},
 		{"root escapes", base + "  cgroup_root: kubepods/../../etc\n", "has a .. component"},
 		{"poll too fast", base + "  poll_interval: 1ms\n", "below 100ms"},
-		{"wrong type", base + "  exempt_namespaces: kube-system\n", "cannot unmarshal"},
+		{"wrong type", base + "  exempt_namespaces: kube-system\n", "is not a list"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte("kubernetes:\n"+tc.body), env(nil))
