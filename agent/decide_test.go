@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/internal/sniff"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/backbay-labs/chio-agent/receipts"
@@ -102,7 +103,7 @@ func TestReloadBetweenDecideAndReceipt(t *testing.T) {
 	p.resolver.now = func() time.Time { p.policy.Store(polB); return time.Now() }
 
 	cn := p.newConn(nil, bpf.Original{Dst: dst}, testWorkload())
-	cn.sniff = Sniffed{Protocol: ProtocolHTTP, Stop: StopComplete, Host: "api.allowed.test", Method: "GET", Path: "/"}
+	cn.sniff = sniff.Sniffed{Protocol: sniff.ProtocolHTTP, Stop: sniff.StopComplete, Host: "api.allowed.test", Method: "GET", Path: "/"}
 	cn.event.HTTPHost, cn.event.HTTPMethod, cn.event.HTTPPath = "api.allowed.test", "GET", "/"
 	out := p.decide(context.Background(), cn)
 	if p.policy.Load() != polB {

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/backbay-labs/chio-agent/internal/sniff"
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
@@ -408,7 +409,7 @@ func (g *httpGate) requestEvent(req *http.Request) kernel.EgressEvent {
 // out, not because of what it sent.
 func isClientGone(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err)
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrDeadlineExceeded) || sniff.IsTimeout(err)
 }
 
 // hostOnly lowercases a Host header and drops its port and trailing dot.

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/internal/sniff"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/backbay-labs/chio-agent/receipts"
@@ -193,7 +194,7 @@ type conn struct {
 	// pending says the connection holds a pending slot; relaying says it
 	// holds a relay slot instead.
 	pending, relaying bool
-	sniff             Sniffed
+	sniff             sniff.Sniffed
 	event             kernel.EgressEvent
 	out               kernel.Outcome
 }
@@ -217,7 +218,7 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, orig bpf.Original, w
 	}
 
 	to := p.timeouts
-	sn, err := Sniff(c, SniffOptions{Deadline: to.FirstBytes, MaxBytes: p.limits.HeadBytes})
+	sn, err := sniff.Sniff(c, sniff.Options{Deadline: to.FirstBytes, MaxBytes: p.limits.HeadBytes})
 	cn.sniff = sn
 	if err != nil {
 		reason := "reading the first bytes failed: " + err.Error()
@@ -271,19 +272,19 @@ func (p *proxy) newConn(c *net.TCPConn, orig bpf.Original, w *workload) *conn {
 func (p *proxy) decide(ctx context.Context, cn *conn) kernel.Outcome {
 	sn := cn.sniff
 	switch {
-	case sn.Protocol == ProtocolNone && sn.Stop == StopTimeout:
+	case sn.Protocol == sniff.ProtocolNone && sn.Stop == sniff.StopTimeout:
 		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
 			Reason: fmt.Sprintf("client sent nothing within %s", p.timeouts.FirstBytes)}
-	case sn.Protocol == ProtocolNone:
+	case sn.Protocol == sniff.ProtocolNone:
 		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
 			Reason: "client closed before sending anything"}
-	case sn.Stop == StopMalformed:
+	case sn.Stop == sniff.StopMalformed:
 		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
 			Reason: fmt.Sprintf("malformed %s: %s", sn.Protocol, sn.Malformed)}
-	case sn.Stop == StopLimit:
+	case sn.Stop == sniff.StopLimit:
 		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardLimit,
 			Reason: fmt.Sprintf("%s first message refused: %s", sn.Protocol, p.boundReason(boundHeadBytes))}
-	case sn.Stop != StopComplete && (sn.Protocol == ProtocolTLS || sn.Protocol == ProtocolHTTP):
+	case sn.Stop != sniff.StopComplete && (sn.Protocol == sniff.ProtocolTLS || sn.Protocol == sniff.ProtocolHTTP):
 		// A name may be in the part that never came: do not decide on the IP.
 		return kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol,
 			Reason: fmt.Sprintf("incomplete %s first message (%s)", sn.Protocol, sn.Stop)}
@@ -525,13 +526,13 @@ func (p *proxy) refuse(cn *conn, receiptID string) {
 	c := cn.client
 	c.SetWriteDeadline(p.now().Add(2 * time.Second))
 	switch cn.sniff.Protocol {
-	case ProtocolTLS:
+	case sniff.ProtocolTLS:
 		// A fatal access_denied(49) alert in a TLS 1.2-framed record, which
 		// every TLS client can read before its handshake.
 		c.Write([]byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 49})
 		c.CloseWrite()
 		drainBriefly(c)
-	case ProtocolHTTP:
+	case sniff.ProtocolHTTP:
 		body, _ := json.Marshal(map[string]string{
 			"error":      "chio_access_denied",
 			"message":    cn.out.Reason,
@@ -643,7 +644,7 @@ func (p *proxy) relay(ctx context.Context, cn *conn, up *net.TCPConn) error {
 		p.metrics.relays.Inc()
 		defer p.metrics.relays.Dec()
 	}
-	if cn.sniff.Protocol == ProtocolHTTP {
+	if cn.sniff.Protocol == sniff.ProtocolHTTP {
 		if err := p.relayHTTP(ctx, cn, up); err != nil {
 			return fmt.Errorf("relay: %w", err)
 		}
