@@ -12,7 +12,6 @@ import (
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/sniff"
 	"github.com/backbay-labs/chio-agent/kernel"
-	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
 // serve accepts on ln until it is closed.
@@ -76,16 +75,19 @@ type conn struct {
 	client *net.TCPConn
 	orig   bpf.Original
 	w      *workload
-	// pol is the policy snapshot taken when the connection was accepted:
-	// every decision and receipt of this connection uses it, so a reload
-	// in between cannot sign one policy's decision with another's hash.
-	pol *hushspec.Policy
+	// snap is the policy snapshot taken when the connection was accepted:
+	// every decision and receipt of this connection is made under it, so a
+	// reload in between cannot sign one policy's decision with another's
+	// hash.
+	snap kernel.Snapshot
 	// pending says the connection holds a pending slot; relaying says it
 	// holds a relay slot instead.
 	pending, relaying bool
 	sniff             sniff.Sniffed
-	event             kernel.EgressEvent
-	out               kernel.Outcome
+	// eg is the connection as decided: the event (as far as the datapath
+	// told it, until the decision adds what the first bytes said) and the
+	// outcome.
+	eg kernel.Egress
 }
 
 // handle decides a connection admitted as pending, and relays it if it is
@@ -98,34 +100,13 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, orig bpf.Original, w
 	cn.pending = true
 	defer cn.release(p)
 
-	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
-	if orig.Dst.Addr().Unmap() == local.Addr().Unmap() && orig.Dst.Port() == local.Port() {
-		cn.out = kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardDatapath,
-			Reason: "destination is the agent's own listener"}
-		p.finish(ctx, cn, start)
-		return
+	seen := p.seen(cn, c.LocalAddr().(*net.TCPAddr).AddrPort())
+	if !seen.ToOwnListener() {
+		sn, err := sniff.Sniff(c, sniff.Options{Deadline: p.timeouts.FirstBytes, MaxBytes: p.limits.HeadBytes})
+		cn.sniff = sn
+		seen.Sniffed, seen.SniffErr, seen.ClientGone = &cn.sniff, err, err != nil && isClientGone(err)
 	}
-
-	to := p.timeouts
-	sn, err := sniff.Sniff(c, sniff.Options{Deadline: to.FirstBytes, MaxBytes: p.limits.HeadBytes})
-	cn.sniff = sn
-	if err != nil {
-		reason := "reading the first bytes failed: " + err.Error()
-		if isClientGone(err) {
-			// The client went away: nothing it sent was malformed.
-			reason = "the client reset the connection before its first message was complete: " + err.Error()
-		}
-		cn.out = kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardProtocol, Reason: reason}
-		p.finish(ctx, cn, start)
-		return
-	}
-	cn.event.SNI = sn.SNI
-	cn.event.ALPN = sn.ALPN
-	cn.event.ECH = sn.ECH
-	cn.event.HTTPHost = sn.Host
-	cn.event.HTTPMethod = sn.Method
-	cn.event.HTTPPath = sn.Path
-	cn.out = p.decide(ctx, cn)
+	cn.eg = cn.snap.DecideEgress(ctx, seen)
 	p.finish(ctx, cn, start)
 }
 
@@ -144,8 +125,8 @@ func (cn *conn) release(p *proxy) {
 // newConn starts the state of a redirected connection: its event as far as
 // the datapath told it, and the policy snapshot it will be decided under.
 func (p *proxy) newConn(c *net.TCPConn, orig bpf.Original, w *workload) *conn {
-	cn := &conn{client: c, orig: orig, w: w, pol: p.policy.Load()}
-	cn.event = kernel.EgressEvent{
+	cn := &conn{client: c, orig: orig, w: w, snap: p.kern.Snapshot()}
+	cn.eg.Event = kernel.EgressEvent{
 		IP:           orig.Dst.Addr(),
 		Port:         orig.Dst.Port(),
 		Transport:    kernel.TransportTCP,

@@ -15,6 +15,7 @@ import (
 
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
+	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
@@ -117,7 +118,9 @@ type Agent struct {
 	// receipts (writeRefusals), which refusalWG counts.
 	refusalQ  chan bpf.Event
 	refusalWG sync.WaitGroup
-	policy    atomic.Pointer[hushspec.Policy]
+	// kern holds the policy in force and decides every connection and
+	// refusal under one snapshot of it.
+	kern *kernel.Kernel
 	// rules resolves the rule ids of kernel refusals to their patterns.
 	rules ruleTable
 
@@ -172,6 +175,11 @@ func Start(opts Options) (*Agent, error) {
 		}
 		opts.AttachCgroup = mnt
 	}
+	res := newResolver(opts.Hosts)
+	kern, err := kernel.New(kernel.Options{Policy: opts.Policy, SigningKey: opts.Key, AddressOwner: res})
+	if err != nil {
+		return nil, fmt.Errorf("start agent: %w", err)
+	}
 	if err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}
@@ -180,6 +188,7 @@ func Start(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}
 	a := &Agent{
+		kern:      kern,
 		opts:      opts,
 		objs:      objs,
 		listeners: map[string]*listenerPair{},
@@ -191,7 +200,6 @@ func Start(opts Options) (*Agent, error) {
 		resyncReq: make(chan struct{}, 1),
 		known:     make(chan struct{}),
 	}
-	a.policy.Store(opts.Policy)
 	// Existing (pinned) workloads keep their ids: their in-flight originals
 	// and events name them.
 	pinned, _ := objs.Workloads()
@@ -222,10 +230,9 @@ func Start(opts Options) (*Agent, error) {
 	a.proxy = &proxy{
 		objs:      objs,
 		log:       opts.Log,
-		key:       opts.Key,
-		policy:    &a.policy,
+		kern:      a.kern,
 		workloads: a.reg,
-		resolver:  newResolver(opts.Hosts),
+		resolver:  res,
 		timeouts:  opts.Timeouts.withDefaults(),
 		limits:    opts.Limits.withDefaults(),
 		overflow:  newOverflow(),
@@ -424,7 +431,7 @@ func (a *Agent) syncDatapath(w *workload, pol *hushspec.Policy) error {
 // static refusals that come from it.
 func (a *Agent) SetPolicy(p *hushspec.Policy, source string) {
 	a.mu.Lock()
-	a.policy.Store(p)
+	a.kern.SetPolicy(p)
 	a.polSource, a.polLoaded = source, time.Now()
 	for _, w := range a.reg.all() {
 		// SetVerdicts keeps the workload's entry flagged as it should be.
@@ -440,7 +447,7 @@ func (a *Agent) SetPolicy(p *hushspec.Policy, source string) {
 func (a *Agent) workloadsKnown() { a.knownOnce.Do(func() { close(a.known) }) }
 
 // Policy returns the policy in force.
-func (a *Agent) Policy() *hushspec.Policy { return a.policy.Load() }
+func (a *Agent) Policy() *hushspec.Policy { return a.kern.Snapshot().Policy() }
 
 // Close stops the listeners, waits for in-flight connections, and releases
 // the programs (once; later calls return the first result). Pinned links and maps stay: protected workloads keep failing

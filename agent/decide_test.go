@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -59,12 +58,16 @@ func newTestProxy(t *testing.T, pol *hushspec.Policy) (*proxy, *receipts.Log) {
 		t.Fatalf("open log: %v", err)
 	}
 	t.Cleanup(func() { log.Close() })
+	res := newResolver(nil)
+	kern, err := kernel.New(kernel.Options{Policy: pol, SigningKey: key, AddressOwner: res})
+	if err != nil {
+		t.Fatal(err)
+	}
 	p := &proxy{
-		log: log, key: key, policy: new(atomic.Pointer[hushspec.Policy]),
-		resolver: newResolver(nil), timeouts: Timeouts{}.withDefaults(),
+		log: log, kern: kern,
+		resolver: res, timeouts: Timeouts{}.withDefaults(),
 		logger: discardLogger, counts: &counters{}, errs: &errorRing{}, now: time.Now,
 	}
-	p.policy.Store(pol)
 	return p, log
 }
 
@@ -100,20 +103,22 @@ func TestReloadBetweenDecideAndReceipt(t *testing.T) {
 	// The name is not static: the check asks the resolver, whose clock
 	// reloads the policy on the way.
 	p.resolver.cache["api.allowed.test"] = cached{addrs: []netip.Addr{dst.Addr()}, expires: time.Now().Add(time.Hour)}
-	p.resolver.now = func() time.Time { p.policy.Store(polB); return time.Now() }
+	p.resolver.now = func() time.Time { p.kern.SetPolicy(polB); return time.Now() }
 
 	cn := p.newConn(nil, bpf.Original{Dst: dst}, testWorkload())
 	cn.sniff = sniff.Sniffed{Protocol: sniff.ProtocolHTTP, Stop: sniff.StopComplete, Host: "api.allowed.test", Method: "GET", Path: "/"}
-	cn.event.HTTPHost, cn.event.HTTPMethod, cn.event.HTTPPath = "api.allowed.test", "GET", "/"
-	out := p.decide(context.Background(), cn)
-	if p.policy.Load() != polB {
+	seen := p.seen(cn, netip.AddrPort{})
+	seen.Sniffed = &cn.sniff
+	cn.eg = cn.snap.DecideEgress(context.Background(), seen)
+	out := cn.eg.Outcome
+	if p.kern.Snapshot().Policy() != polB {
 		t.Fatal("the policy was not reloaded during the decision")
 	}
 	if out.Verdict != kernel.VerdictAllow || out.MatchedRule != "rules.egress.allow" {
 		t.Fatalf("outcome = %+v; want policy a's allow", out)
 	}
 	d := cn.decision(time.Now(), "api.allowed.test", out)
-	if err := p.record(context.Background(), cn.event, out, cn.pol.Hash(), &d, nil); err != nil {
+	if err := p.record(context.Background(), &cn.eg, &d, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := receiptPolicyHash(t, log, d.Seq); got != polA.Hash() {
@@ -127,8 +132,12 @@ func TestReloadBetweenDecideAndReceipt(t *testing.T) {
 // refused, or say it cannot.
 func TestKernelRefusalNamesItsRuleAfterReload(t *testing.T) {
 	polA, polB := mustPolicy(t, policyAllowAPI), mustPolicy(t, policyBlockAPI)
-	a := &Agent{}
-	a.policy.Store(polA)
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	kern, err := kernel.New(kernel.Options{Policy: polA, SigningKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{kern: kern}
 	rulesA := a.rules.rulesFor(polA)
 	var id9 uint32
 	for _, r := range rulesA {
@@ -140,20 +149,21 @@ func TestKernelRefusalNamesItsRuleAfterReload(t *testing.T) {
 		t.Fatalf("policy a's rules lack 127.0.0.9: %+v", rulesA)
 	}
 	// The reload: 127.0.0.10 is now the first blocked address.
-	a.policy.Store(polB)
+	a.kern.SetPolicy(polB)
 	a.rules.rulesFor(polB)
 
 	w := testWorkload()
 	ev := bpf.Event{Kind: bpf.EventTCPDenied, Proto: bpf.ProtoTCP, WorkloadID: 1, RuleID: id9,
 		Dst: netip.MustParseAddrPort("127.0.0.9:443"), Count: 1}
-	_, out, hash := a.refusal(ev, w)
+	eg := a.refusal(ev, w)
+	out, hash := eg.Outcome, eg.PolicyHash()
 	if out.Pattern != "127.0.0.9" || hash != polA.Hash() {
 		t.Fatalf("refusal names pattern %q under policy %s; want 127.0.0.9 under policy a %s", out.Pattern, hash, polA.Hash())
 	}
 
 	// An id no held policy has: no pattern, and the reason says why.
 	ev.RuleID = id9 ^ 0x5a5a5a5a
-	_, out, _ = a.refusal(ev, w)
+	out = a.refusal(ev, w).Outcome
 	if out.Pattern != "" || !strings.Contains(out.Reason, "unknown") {
 		t.Fatalf("unknown rule id: pattern %q, reason %q", out.Pattern, out.Reason)
 	}
@@ -163,7 +173,7 @@ func TestKernelRefusalNamesItsRuleAfterReload(t *testing.T) {
 		a.rules.rulesFor(mustPolicy(t, strings.Replace(policyBlockAPI, "name: b", "name: b"+string(rune('0'+i)), 1)))
 	}
 	ev.RuleID = id9
-	_, out, _ = a.refusal(ev, w)
+	out = a.refusal(ev, w).Outcome
 	if out.Pattern != "" || !strings.Contains(out.Reason, "unknown") {
 		t.Fatalf("aged-out rule id: pattern %q, reason %q", out.Pattern, out.Reason)
 	}
@@ -204,7 +214,8 @@ func TestWrittenReceiptNeverReportedUnwritten(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		ev.ConnectionID = newConnectionID()
 		var d Decision
-		err := p.record(ctx, ev, out, pol.Hash(), &d, nil)
+		eg := p.kern.Snapshot().DecideEgress(ctx, kernel.Seen{Event: ev, Decided: &out})
+		err := p.record(ctx, &eg, &d, nil)
 		if err != nil {
 			t.Fatalf("receipt %d reported as %q", i, d.Err)
 		}

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"crypto/ed25519"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -10,22 +9,16 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/backbay-labs/chio-agent/bpf"
-	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
 
 // Guards named in receipts for decisions the agent makes itself rather than
-// the policy's egress rules.
+// the policy's egress rules (kernel/decide.go documents each).
 const (
-	// GuardAntiSpoof refuses a connection whose TLS SNI or HTTP Host names a
-	// host the destination address does not belong to.
-	GuardAntiSpoof = "ChioAgentAntiSpoofGuard"
-	// GuardProtocol refuses a connection whose first bytes could not be
-	// read or parsed (nothing sent, malformed, too large).
-	GuardProtocol = "ChioAgentProtocolGuard"
-	// GuardDatapath covers refusals made in the kernel: the static verdict
-	// map, UDP lockdown, a connection the proxy itself would loop on.
-	GuardDatapath = "ChioAgentDatapathGuard"
+	GuardAntiSpoof = kernel.GuardAntiSpoof
+	GuardProtocol  = kernel.GuardProtocol
+	GuardDatapath  = kernel.GuardDatapath
 )
 
 // Timeouts bound each proxied connection.
@@ -86,10 +79,11 @@ type counters struct {
 
 // proxy decides and relays the connections redirected to its listeners.
 type proxy struct {
-	objs      *bpf.Objects
-	log       *receipts.Log
-	key       ed25519.PrivateKey
-	policy    *atomic.Pointer[hushspec.Policy]
+	objs *bpf.Objects
+	log  *receipts.Log
+	// kern decides every connection and prepares its receipt, under the
+	// policy snapshot a connection takes when it is accepted.
+	kern      *kernel.Kernel
 	workloads *registry
 	resolver  *resolver
 	timeouts  Timeouts // defaults applied (Start)

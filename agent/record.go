@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,21 +18,23 @@ import (
 // finish writes the receipt, then acts on the decision. No receipt, no
 // connection: if the receipt cannot be written the connection is refused.
 func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
-	if cn.out.Verdict == kernel.VerdictAllow {
+	if cn.eg.Outcome.Verdict == kernel.VerdictAllow {
 		// An allowed connection moves from pending to relayed, if a relay
 		// slot is free; if not, it is refused, and the receipt says why.
 		if bound := p.admitRelay(cn.w); bound != "" {
-			cn.out = kernel.Outcome{Verdict: kernel.VerdictDeny, PolicyDecision: cn.out.PolicyDecision, Guard: GuardLimit,
-				MatchedRule: cn.out.MatchedRule, Pattern: cn.out.Pattern,
-				Reason: "allowed by the policy, refused for now: " + p.boundReason(bound)}
+			out := cn.eg.Outcome
+			cn.eg = cn.snap.DecideEgress(ctx, kernel.Seen{Event: cn.eg.Event, Decided: &kernel.Outcome{
+				Verdict: kernel.VerdictDeny, PolicyDecision: out.PolicyDecision, Guard: GuardLimit,
+				MatchedRule: out.MatchedRule, Pattern: out.Pattern,
+				Reason: "allowed by the policy, refused for now: " + p.boundReason(bound)}})
 		} else {
 			cn.relaying = true
 			cn.pending = false
 			p.releasePending(cn.w)
 		}
 	}
-	d := cn.decision(start, firstNonEmpty(cn.sniff.SNI, cn.sniff.Host), cn.out)
-	if cn.out.Verdict == kernel.VerdictAllow && p.log.Mode() == receipts.ModeAsync {
+	d := cn.decision(start, firstNonEmpty(cn.sniff.SNI, cn.sniff.Host), cn.eg.Outcome)
+	if cn.eg.Outcome.Verdict == kernel.VerdictAllow && p.log.Mode() == receipts.ModeAsync {
 		// Async receipts do not hold the decision up, so neither does
 		// making and signing them: that runs beside the relay, in a place
 		// reserved in the log first, so that a crash before the receipt is
@@ -60,10 +61,10 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	// (durable in sync mode), and if it cannot be written the upstream
 	// connection is closed unused.
 	var dialed chan dialResult
-	if cn.out.Verdict == kernel.VerdictAllow {
+	if cn.eg.Outcome.Verdict == kernel.VerdictAllow {
 		dialed = p.dialAsync(ctx, cn)
 	}
-	if err := p.record(ctx, cn.event, cn.out, cn.pol.Hash(), &d, nil); err != nil {
+	if err := p.record(ctx, &cn.eg, &d, nil); err != nil {
 		if dialed != nil {
 			if r := <-dialed; r.up != nil {
 				r.up.Close()
@@ -75,7 +76,7 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 		resetClose(cn.client)
 		return
 	}
-	if cn.out.Verdict != kernel.VerdictAllow {
+	if cn.eg.Outcome.Verdict != kernel.VerdictAllow {
 		p.counts.denied.Add(1)
 		p.report(d)
 		p.refuse(cn, d.ReceiptID)
@@ -90,7 +91,7 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 // connection that is already being relayed (async mode), then reports the
 // decision.
 func (p *proxy) finishReceipt(ctx context.Context, cn *conn, d Decision, res *receipts.Reservation) {
-	p.record(ctx, cn.event, cn.out, cn.pol.Hash(), &d, res)
+	p.record(ctx, &cn.eg, &d, res)
 	p.report(d)
 }
 
@@ -111,8 +112,8 @@ func (p *proxy) report(d Decision) {
 	}).Info(d.Reason)
 }
 
-// record writes the receipt of a decision made under the policy whose hash
-// is polHash, and fills d's receipt fields. A receipt that cannot be written
+// record writes the receipt of a decision, under the policy snapshot that
+// made it, and fills d's receipt fields. A receipt that cannot be written
 // is counted, kept among the last errors and noted in d; the caller then
 // refuses the connection.
 //
@@ -120,8 +121,8 @@ func (p *proxy) report(d Decision) {
 // down): once a receipt is queued the log writes it, and an error here must
 // mean that it was not written. Close waits for these writes; a log that is
 // closed or failed still answers at once.
-func (p *proxy) record(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, polHash string, d *Decision, res *receipts.Reservation) error {
-	id, seq, err := p.receipt(context.WithoutCancel(ctx), ev, out, polHash, res)
+func (p *proxy) record(ctx context.Context, eg *kernel.Egress, d *Decision, res *receipts.Reservation) error {
+	id, seq, err := p.receipt(context.WithoutCancel(ctx), eg, res)
 	d.ReceiptID, d.Seq = id, seq
 	if err != nil {
 		p.counts.receiptErrors.Add(1)
@@ -157,8 +158,8 @@ func (cn *conn) decision(at time.Time, name string, out kernel.Outcome) Decision
 // mode, beside the relay), else through Log.AppendPrepared, which returns
 // once the receipt is durable in sync mode and once it is accepted in async
 // mode.
-func (p *proxy) receipt(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome, polHash string, res *receipts.Reservation) (string, uint64, error) {
-	prep, err := kernel.PrepareEgressReceipt(ev, out, polHash, ed25519.PublicKey(p.key[32:]), p.now())
+func (p *proxy) receipt(ctx context.Context, eg *kernel.Egress, res *receipts.Reservation) (string, uint64, error) {
+	prep, err := eg.Receipt()
 	switch {
 	case err != nil:
 		if res != nil {
@@ -188,9 +189,9 @@ func (p *proxy) refuse(cn *conn, receiptID string) {
 	case sniff.ProtocolHTTP:
 		body, _ := json.Marshal(map[string]string{
 			"error":      "chio_access_denied",
-			"message":    cn.out.Reason,
-			"reason":     cn.out.Reason,
-			"guard":      cn.out.Guard,
+			"message":    cn.eg.Outcome.Reason,
+			"reason":     cn.eg.Outcome.Reason,
+			"guard":      cn.eg.Outcome.Guard,
 			"receipt_id": receiptID,
 		})
 		fmt.Fprintf(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: %d\r\nX-Chio-Receipt-Id: %s\r\nConnection: close\r\n\r\n%s",
