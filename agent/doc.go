@@ -11,7 +11,8 @@
 //   - accept.go: accept, take the original destination the hook saved,
 //     admit against the pending bounds, sniff the first bytes.
 //   - internal/sniff: what the first bytes claim (TLS SNI, HTTP Host ...).
-//   - decide.go: the decision (protocol, policy, ports, anti-spoofing).
+//   - decide.go: what the agent saw, for kernel.Snapshot.DecideEgress, which
+//     decides (own listener, protocol, policy, ports, anti-spoofing).
 //   - record.go: write the receipt, then allow or refuse the connection.
 //   - relay.go: dial the original destination from the workload's
 //     namespace and copy both ways (splice); httpgate.go for plain HTTP.
