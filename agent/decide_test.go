@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -228,5 +230,60 @@ func TestWrittenReceiptNeverReportedUnwritten(t *testing.T) {
 	}
 	if n := log.LastSeq(); n != 20 {
 		t.Fatalf("log holds %d receipts, want 20", n)
+	}
+}
+
+// TestProxyRefusesSpoofedSNIWithoutRoot drives one connection through the
+// proxy's whole path after the datapath (sniff, kernel decision, receipt,
+// refusal) on a loopback socket, as a hostile workload would: a ClientHello
+// naming an allowed host, sent to an address that host does not have. It
+// must end in a TLS alert and a deny receipt by the anti-spoofing guard,
+// under the policy the connection was accepted with.
+func TestProxyRefusesSpoofedSNIWithoutRoot(t *testing.T) {
+	pol := mustPolicy(t, policyAllowAPI)
+	p, log := newTestProxy(t, pol)
+	p.resolver.static["api.allowed.test"] = []netip.Addr{netip.MustParseAddr("127.0.0.5")}
+	var got []Decision
+	p.onDecide = func(d Decision) { got = append(got, d) }
+
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	clientErr := make(chan error, 1)
+	go func() {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			clientErr <- err
+			return
+		}
+		defer c.Close()
+		clientErr <- tls.Client(c, &tls.Config{ServerName: "api.allowed.test", InsecureSkipVerify: true}).Handshake()
+	}()
+	c, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := testWorkload()
+	w.pending.Add(1)
+	p.pending.Add(1)
+	p.handle(context.Background(), c, bpf.Original{Dst: netip.MustParseAddrPort("127.0.0.6:443"), PID: 42, Comm: "attacker"}, w)
+
+	if err := <-clientErr; err == nil || !strings.Contains(err.Error(), "access denied") {
+		t.Fatalf("client handshake: %v; want a TLS access_denied alert", err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("decisions: %+v; want one", got)
+	}
+	d := got[0]
+	if d.Verdict != kernel.VerdictDeny || d.Guard != GuardAntiSpoof || d.Name != "api.allowed.test" || d.Seq == 0 {
+		t.Fatalf("decision = %+v; want a receipted deny of api.allowed.test by %s", d, GuardAntiSpoof)
+	}
+	if h := receiptPolicyHash(t, log, d.Seq); h != pol.Hash() {
+		t.Fatalf("receipt policy_hash %s; want %s", h, pol.Hash())
+	}
+	if w.pending.Load() != 0 || p.pending.Load() != 0 {
+		t.Fatalf("pending slots not given back: workload %d, all %d", w.pending.Load(), p.pending.Load())
 	}
 }
