@@ -164,9 +164,10 @@ func (e *Egress) Receipt() (*Prepared, error) {
 // read whole or not understood; then the policy decides on the name the
 // client put on the wire (else the address); an allowed connection is
 // refused still when its port is not among the workload's allowed ports, or
-// when the name it sent does not own the address it dialled. A nil owner
-// skips the last check: only callers that dial the name themselves may pass
-// one.
+// when the name it sent does not own the address it dialled. With a nil
+// owner, a name the first bytes carried is refused (unless it is the address
+// dialled); the check is skipped only when nothing was sniffed, for callers
+// that named the destination and dial it themselves.
 func DecideEgress(ctx context.Context, pol *hushspec.Policy, seen *Seen, owner AddressOwner) Outcome {
 	if seen.Decided != nil {
 		return *seen.Decided
@@ -191,8 +192,8 @@ func DecideEgress(ctx context.Context, pol *hushspec.Policy, seen *Seen, owner A
 			MatchedRule: RuleEgressAllowPorts, Pattern: out.Pattern,
 			Reason: fmt.Sprintf("destination port %d is not in the workload's %s %v", ev.Port, RuleEgressAllowPorts, seen.AllowPorts)}
 	}
-	if owner == nil {
-		return out
+	if owner == nil && seen.Sniffed == nil {
+		return out // the caller named the destination itself and dials it
 	}
 	// The name came from the client. Allowing it is only right if the
 	// address it dialled belongs to that name; otherwise a client could send
@@ -212,6 +213,10 @@ func DecideEgress(ctx context.Context, pol *hushspec.Policy, seen *Seen, owner A
 			return spoofed(fmt.Sprintf("the client named %s but dialled %s", a, dst))
 		}
 		return out
+	}
+	if owner == nil {
+		// Fail closed: a name read from the wire is never taken on trust.
+		return spoofed(fmt.Sprintf("no resolver to check that %s belongs to %s", dst, name))
 	}
 	ok, err := owner.Owns(ctx, name, dst)
 	switch {

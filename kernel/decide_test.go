@@ -102,8 +102,13 @@ func TestDecideEgress(t *testing.T) {
 			owner: owners{"broken.test": nil}, verdict: VerdictDeny, guard: GuardEgressPolicy, rule: "rules.egress.default"},
 		{name: "resolver fails for an allowed name: deny", seen: Seen{Event: dst("127.0.0.5", 443), Sniffed: tlsTo("api.allowed.test")},
 			owner: owners{"api.allowed.test": nil}, verdict: VerdictDeny, guard: GuardAntiSpoof, reason: "cannot check"},
-		{name: "no owner: the caller dials the name itself", seen: Seen{Event: dst("127.0.0.6", 443), Sniffed: tlsTo("api.allowed.test")},
-			owner: AddressOwner(nil), verdict: VerdictAllow, guard: GuardEgressPolicy},
+		{name: "no owner, a sniffed name: deny", seen: Seen{Event: dst("127.0.0.5", 443), Sniffed: tlsTo("api.allowed.test")},
+			verdict: VerdictDeny, guard: GuardAntiSpoof, reason: "no resolver"},
+		{name: "no owner, nothing sniffed: the caller dials the name itself", seen: Seen{Event: func() EgressEvent {
+			ev := dst("127.0.0.6", 443)
+			ev.SNI = "api.allowed.test"
+			return ev
+		}()}, verdict: VerdictAllow, guard: GuardEgressPolicy, rule: "rules.egress.allow"},
 		{name: "silent client", seen: Seen{Event: dst("127.0.0.5", 443), Sniffed: decideSniffed(sniff.ProtocolNone, sniff.StopTimeout), FirstBytes: 5 * time.Second},
 			verdict: VerdictDeny, guard: GuardProtocol, reason: "sent nothing within 5s"},
 		{name: "client closed at once", seen: Seen{Event: dst("127.0.0.5", 443), Sniffed: decideSniffed(sniff.ProtocolNone, sniff.StopEOF)},

@@ -46,8 +46,9 @@ type Options struct {
 	Logger logrus.FieldLogger
 	// AddressOwner answers whether a name the client sent (TLS SNI, HTTP
 	// Host) owns the address it dialled: the anti-spoofing check of egress
-	// decisions. The node agent sets it. Nil skips the check: only callers
-	// that dial the name themselves (in-process agents) may leave it nil.
+	// decisions. The node agent sets it. Nil: a sniffed name is refused, and
+	// an event with nothing sniffed (in-process agents, which dial the name
+	// themselves) is not checked.
 	AddressOwner AddressOwner
 }
 
