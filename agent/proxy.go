@@ -85,15 +85,17 @@ type proxy struct {
 	// policy snapshot a connection takes when it is accepted.
 	kern      *kernel.Kernel
 	workloads *registry
-	resolver  *resolver
-	timeouts  Timeouts // defaults applied (Start)
-	limits    Limits   // defaults applied (Start)
-	mark      uint32
-	logger    logrus.FieldLogger
-	onDecide  func(Decision)
-	counts    *counters
-	errs      *errorRing
-	now       func() time.Time
+	// resolver is kern's AddressOwner (anti-spoofing), held here for tests
+	// that seed its answers.
+	resolver *resolver
+	timeouts Timeouts // defaults applied (Start)
+	limits   Limits   // defaults applied (Start)
+	mark     uint32
+	logger   logrus.FieldLogger
+	onDecide func(Decision)
+	counts   *counters
+	errs     *errorRing
+	now      func() time.Time
 	// idle closes relays that have gone quiet.
 	idle *idleSet
 	// metrics are the Prometheus metrics.
