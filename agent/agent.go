@@ -6,12 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"path/filepath"
-	"slices"
-	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,7 +119,9 @@ type Agent struct {
 	// receipts (writeRefusals), which refusalWG counts.
 	refusalQ  chan bpf.Event
 	refusalWG sync.WaitGroup
-	policy    atomic.Pointer[hushspec.Policy]
+	// kern holds the policy in force and decides every connection and
+	// refusal under one snapshot of it.
+	kern *kernel.Kernel
 	// rules resolves the rule ids of kernel refusals to their patterns.
 	rules ruleTable
 
@@ -145,15 +143,6 @@ type Agent struct {
 	bg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
-}
-
-type listenerPair struct {
-	netns  string
-	ln4    *net.TCPListener
-	ln6    *net.TCPListener
-	addr4  netip.AddrPort
-	addr6  netip.AddrPort
-	refcnt int
 }
 
 // Start loads and attaches the programs (adopting pinned state when PinDir
@@ -187,6 +176,11 @@ func Start(opts Options) (*Agent, error) {
 		}
 		opts.AttachCgroup = mnt
 	}
+	res := newResolver(opts.Hosts)
+	kern, err := kernel.New(kernel.Options{Policy: opts.Policy, SigningKey: opts.Key, AddressOwner: res})
+	if err != nil {
+		return nil, fmt.Errorf("start agent: %w", err)
+	}
 	if err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}
@@ -195,6 +189,7 @@ func Start(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}
 	a := &Agent{
+		kern:      kern,
 		opts:      opts,
 		objs:      objs,
 		listeners: map[string]*listenerPair{},
@@ -206,7 +201,6 @@ func Start(opts Options) (*Agent, error) {
 		resyncReq: make(chan struct{}, 1),
 		known:     make(chan struct{}),
 	}
-	a.policy.Store(opts.Policy)
 	// Existing (pinned) workloads keep their ids: their in-flight originals
 	// and events name them.
 	pinned, _ := objs.Workloads()
@@ -237,10 +231,9 @@ func Start(opts Options) (*Agent, error) {
 	a.proxy = &proxy{
 		objs:      objs,
 		log:       opts.Log,
-		key:       opts.Key,
-		policy:    &a.policy,
+		kern:      a.kern,
 		workloads: a.reg,
-		resolver:  newResolver(opts.Hosts),
+		resolver:  res,
 		timeouts:  opts.Timeouts.withDefaults(),
 		limits:    opts.Limits.withDefaults(),
 		overflow:  newOverflow(),
@@ -334,13 +327,6 @@ func (a *Agent) Protect(spec WorkloadSpec) error {
 	a.opts.Logger.WithFields(logrus.Fields{"workload": spec.Name, "cgroup": spec.Cgroup, "netns": spec.Netns,
 		"state": string(w.state), "listen4": lp.addr4.String(), "listen6": lp.addr6.String()}).Info("protecting workload")
 	return nil
-}
-
-func newWorkload(id uint32, spec WorkloadSpec, lp *listenerPair) *workload {
-	return &workload{id: id, name: spec.Name, cgroup: spec.Cgroup,
-		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp,
-		ident:       workloadIdentity(spec.Name, spec.Cgroup, spec.Labels),
-		egressPorts: slices.Clone(spec.EgressPorts), inbound: inboundRules(spec)}
 }
 
 // dropWorkload removes a workload from the datapath (entry, guard, rules)
@@ -442,80 +428,11 @@ func (a *Agent) syncDatapath(w *workload, pol *hushspec.Policy) error {
 	return a.objs.Protect(w.cgroupID, bpf.Workload{ID: w.id, Listen4: w.listen.addr4, Listen6: w.listen.addr6})
 }
 
-// listenerFor returns the listener pair of a network namespace, opening it
-// when it is the first workload there. A pinned workload's address is
-// reused, so a restarted agent listens where the datapath already points.
-func (a *Agent) listenerFor(netnsPath string, pinned bpf.Workload) (*listenerPair, error) {
-	if lp, ok := a.listeners[netnsPath]; ok {
-		lp.refcnt++
-		return lp, nil
-	}
-	port4, port6 := a.opts.ListenPort, a.opts.ListenPort
-	if pinned.Listen4.IsValid() {
-		port4 = pinned.Listen4.Port()
-	}
-	if pinned.Listen6.IsValid() {
-		port6 = pinned.Listen6.Port()
-	}
-	lp := &listenerPair{netns: netnsPath, refcnt: 1}
-	err := inNetns(netnsPath, func() error {
-		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(port4)})
-		if err != nil {
-			return fmt.Errorf("listen on 127.0.0.1:%d: %w", port4, err)
-		}
-		lp.ln4 = ln
-		lp.addr4 = ln.Addr().(*net.TCPAddr).AddrPort()
-		if port6 == 0 && a.opts.ListenPort == 0 {
-			port6 = lp.addr4.Port() // one port for both families when free
-		}
-		ln6, err := net.ListenTCP("tcp6", &net.TCPAddr{IP: net.IPv6loopback, Port: int(port6)})
-		if err != nil && port6 != 0 && !pinned.Listen6.IsValid() {
-			ln6, err = net.ListenTCP("tcp6", &net.TCPAddr{IP: net.IPv6loopback})
-		}
-		if err != nil {
-			// No IPv6 loopback in this namespace: IPv6 connects are then
-			// refused by the programs (no listener), never passed.
-			a.opts.Logger.WithField("netns", netnsPath).WithError(err).Warn("no IPv6 listener")
-			return nil
-		}
-		lp.ln6 = ln6
-		lp.addr6 = ln6.Addr().(*net.TCPAddr).AddrPort()
-		return nil
-	})
-	if err != nil {
-		if lp.ln4 != nil {
-			lp.ln4.Close()
-		}
-		return nil, err
-	}
-	for _, ln := range []*net.TCPListener{lp.ln4, lp.ln6} {
-		if ln == nil {
-			continue
-		}
-		a.bg.Add(1)
-		go func() { defer a.bg.Done(); a.proxy.serve(a.ctx, ln, netnsPath) }()
-	}
-	a.listeners[netnsPath] = lp
-	return lp, nil
-}
-
-func (a *Agent) releaseListener(lp *listenerPair) {
-	lp.refcnt--
-	if lp.refcnt > 0 {
-		return
-	}
-	lp.ln4.Close()
-	if lp.ln6 != nil {
-		lp.ln6.Close()
-	}
-	delete(a.listeners, lp.netns)
-}
-
 // SetPolicy replaces the policy for every later decision, and the kernel's
 // static refusals that come from it.
 func (a *Agent) SetPolicy(p *hushspec.Policy, source string) {
 	a.mu.Lock()
-	a.policy.Store(p)
+	a.kern.SetPolicy(p)
 	a.polSource, a.polLoaded = source, time.Now()
 	for _, w := range a.reg.all() {
 		// SetVerdicts keeps the workload's entry flagged as it should be.
@@ -531,7 +448,7 @@ func (a *Agent) SetPolicy(p *hushspec.Policy, source string) {
 func (a *Agent) workloadsKnown() { a.knownOnce.Do(func() { close(a.known) }) }
 
 // Policy returns the policy in force.
-func (a *Agent) Policy() *hushspec.Policy { return a.policy.Load() }
+func (a *Agent) Policy() *hushspec.Policy { return a.kern.Snapshot().Policy() }
 
 // Close stops the listeners, waits for in-flight connections, and releases
 // the programs (once; later calls return the first result). Pinned links and maps stay: protected workloads keep failing
@@ -567,88 +484,4 @@ func (a *Agent) close() error {
 		flushErr = fmt.Errorf("close agent: flush refusal events: %w", flushErr)
 	}
 	return errors.Join(flushErr, a.objs.Close())
-}
-
-// workload is a protected workload as the proxy knows it.
-type workload struct {
-	id     uint32
-	name   string
-	cgroup string
-	// cgroupID, guard and state change as the cgroup comes and goes; they
-	// are read and written under Agent.mu.
-	cgroupID uint64     // id of the directory now at cgroup; 0 when there is none
-	guard    *bpf.Guard // the path's guard in the kernel; nil when the parent is missing
-	state    WorkloadState
-	netns    string
-	labels   map[string]string
-	exempt   []bpf.VerdictRule
-	listen   *listenerPair
-	ident    kernel.WorkloadIdentity // as receipts name it, computed once
-	// pending and relays count the workload's connections held by the
-	// proxy, against Limits.
-	pending, relays atomic.Int64
-	// egressPorts are the destination ports the proxy allows; empty: all.
-	egressPorts []uint16
-	// inbound are the local ports the workload may bind and listen on.
-	inbound []bpf.InboundRule
-}
-
-func (w *workload) identity() kernel.WorkloadIdentity { return w.ident }
-
-// workloadIdentity names a workload in receipts: its cgroup relative to the
-// cgroup2 mount, as Kubernetes and systemd name cgroups.
-func workloadIdentity(name, cgroup string, labels map[string]string) kernel.WorkloadIdentity {
-	cg := cgroup
-	if mnt, err := cgroupfs.Mount(); err == nil {
-		if rel, err := filepath.Rel(mnt, cg); err == nil && !strings.HasPrefix(rel, "..") {
-			cg = "/" + rel
-		}
-	}
-	return kernel.WorkloadIdentity{Name: name, CgroupPath: cg, Labels: labels}
-}
-
-type registry struct {
-	mu    sync.RWMutex
-	ids   map[uint32]*workload
-	names map[string]*workload
-}
-
-func newRegistry() *registry {
-	return &registry{ids: map[uint32]*workload{}, names: map[string]*workload{}}
-}
-
-func (r *registry) add(w *workload) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.ids[w.id], r.names[w.name] = w, w
-}
-
-func (r *registry) remove(w *workload) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.ids, w.id)
-	delete(r.names, w.name)
-}
-
-func (r *registry) byID(id uint32) *workload {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.ids[id]
-}
-
-func (r *registry) byName(n string) *workload {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.names[n]
-}
-
-func (r *registry) all() []*workload {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	out := make([]*workload, 0, len(r.ids))
-	for _, w := range r.ids {
-		out = append(out, w)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
-	return out
 }

@@ -4,18 +4,20 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"io"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/internal/sniff"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/backbay-labs/chio-agent/receipts"
@@ -59,12 +61,16 @@ func newTestProxy(t *testing.T, pol *hushspec.Policy) (*proxy, *receipts.Log) {
 		t.Fatalf("open log: %v", err)
 	}
 	t.Cleanup(func() { log.Close() })
+	res := newResolver(nil)
+	kern, err := kernel.New(kernel.Options{Policy: pol, SigningKey: key, AddressOwner: res})
+	if err != nil {
+		t.Fatal(err)
+	}
 	p := &proxy{
-		log: log, key: key, policy: new(atomic.Pointer[hushspec.Policy]),
-		resolver: newResolver(nil), timeouts: Timeouts{}.withDefaults(),
+		log: log, kern: kern,
+		resolver: res, timeouts: Timeouts{}.withDefaults(),
 		logger: discardLogger, counts: &counters{}, errs: &errorRing{}, now: time.Now,
 	}
-	p.policy.Store(pol)
 	return p, log
 }
 
@@ -100,20 +106,22 @@ func TestReloadBetweenDecideAndReceipt(t *testing.T) {
 	// The name is not static: the check asks the resolver, whose clock
 	// reloads the policy on the way.
 	p.resolver.cache["api.allowed.test"] = cached{addrs: []netip.Addr{dst.Addr()}, expires: time.Now().Add(time.Hour)}
-	p.resolver.now = func() time.Time { p.policy.Store(polB); return time.Now() }
+	p.resolver.now = func() time.Time { p.kern.SetPolicy(polB); return time.Now() }
 
 	cn := p.newConn(nil, bpf.Original{Dst: dst}, testWorkload())
-	cn.sniff = Sniffed{Protocol: ProtocolHTTP, Stop: StopComplete, Host: "api.allowed.test", Method: "GET", Path: "/"}
-	cn.event.HTTPHost, cn.event.HTTPMethod, cn.event.HTTPPath = "api.allowed.test", "GET", "/"
-	out := p.decide(context.Background(), cn)
-	if p.policy.Load() != polB {
+	cn.sniff = sniff.Sniffed{Protocol: sniff.ProtocolHTTP, Stop: sniff.StopComplete, Host: "api.allowed.test", Method: "GET", Path: "/"}
+	seen := p.seen(cn, netip.AddrPort{})
+	seen.Sniffed = &cn.sniff
+	cn.eg = cn.snap.DecideEgress(context.Background(), seen)
+	out := cn.eg.Outcome
+	if p.kern.Snapshot().Policy() != polB {
 		t.Fatal("the policy was not reloaded during the decision")
 	}
 	if out.Verdict != kernel.VerdictAllow || out.MatchedRule != "rules.egress.allow" {
 		t.Fatalf("outcome = %+v; want policy a's allow", out)
 	}
 	d := cn.decision(time.Now(), "api.allowed.test", out)
-	if err := p.record(context.Background(), cn.event, out, cn.pol.Hash(), &d, nil); err != nil {
+	if err := p.record(context.Background(), &cn.eg, &d, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := receiptPolicyHash(t, log, d.Seq); got != polA.Hash() {
@@ -127,8 +135,12 @@ func TestReloadBetweenDecideAndReceipt(t *testing.T) {
 // refused, or say it cannot.
 func TestKernelRefusalNamesItsRuleAfterReload(t *testing.T) {
 	polA, polB := mustPolicy(t, policyAllowAPI), mustPolicy(t, policyBlockAPI)
-	a := &Agent{}
-	a.policy.Store(polA)
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	kern, err := kernel.New(kernel.Options{Policy: polA, SigningKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{kern: kern}
 	rulesA := a.rules.rulesFor(polA)
 	var id9 uint32
 	for _, r := range rulesA {
@@ -140,20 +152,21 @@ func TestKernelRefusalNamesItsRuleAfterReload(t *testing.T) {
 		t.Fatalf("policy a's rules lack 127.0.0.9: %+v", rulesA)
 	}
 	// The reload: 127.0.0.10 is now the first blocked address.
-	a.policy.Store(polB)
+	a.kern.SetPolicy(polB)
 	a.rules.rulesFor(polB)
 
 	w := testWorkload()
 	ev := bpf.Event{Kind: bpf.EventTCPDenied, Proto: bpf.ProtoTCP, WorkloadID: 1, RuleID: id9,
 		Dst: netip.MustParseAddrPort("127.0.0.9:443"), Count: 1}
-	_, out, hash := a.refusal(ev, w)
+	eg := a.refusal(ev, w)
+	out, hash := eg.Outcome, eg.PolicyHash()
 	if out.Pattern != "127.0.0.9" || hash != polA.Hash() {
 		t.Fatalf("refusal names pattern %q under policy %s; want 127.0.0.9 under policy a %s", out.Pattern, hash, polA.Hash())
 	}
 
 	// An id no held policy has: no pattern, and the reason says why.
 	ev.RuleID = id9 ^ 0x5a5a5a5a
-	_, out, _ = a.refusal(ev, w)
+	out = a.refusal(ev, w).Outcome
 	if out.Pattern != "" || !strings.Contains(out.Reason, "unknown") {
 		t.Fatalf("unknown rule id: pattern %q, reason %q", out.Pattern, out.Reason)
 	}
@@ -163,7 +176,7 @@ func TestKernelRefusalNamesItsRuleAfterReload(t *testing.T) {
 		a.rules.rulesFor(mustPolicy(t, strings.Replace(policyBlockAPI, "name: b", "name: b"+string(rune('0'+i)), 1)))
 	}
 	ev.RuleID = id9
-	_, out, _ = a.refusal(ev, w)
+	out = a.refusal(ev, w).Outcome
 	if out.Pattern != "" || !strings.Contains(out.Reason, "unknown") {
 		t.Fatalf("aged-out rule id: pattern %q, reason %q", out.Pattern, out.Reason)
 	}
@@ -204,7 +217,8 @@ func TestWrittenReceiptNeverReportedUnwritten(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		ev.ConnectionID = newConnectionID()
 		var d Decision
-		err := p.record(ctx, ev, out, pol.Hash(), &d, nil)
+		eg := p.kern.Snapshot().DecideEgress(ctx, kernel.Seen{Event: ev, Decided: &out})
+		err := p.record(ctx, &eg, &d, nil)
 		if err != nil {
 			t.Fatalf("receipt %d reported as %q", i, d.Err)
 		}
@@ -217,5 +231,60 @@ func TestWrittenReceiptNeverReportedUnwritten(t *testing.T) {
 	}
 	if n := log.LastSeq(); n != 20 {
 		t.Fatalf("log holds %d receipts, want 20", n)
+	}
+}
+
+// TestProxyRefusesSpoofedSNIWithoutRoot drives one connection through the
+// proxy's whole path after the datapath (sniff, kernel decision, receipt,
+// refusal) on a loopback socket, as a hostile workload would: a ClientHello
+// naming an allowed host, sent to an address that host does not have. It
+// must end in a TLS alert and a deny receipt by the anti-spoofing guard,
+// under the policy the connection was accepted with.
+func TestProxyRefusesSpoofedSNIWithoutRoot(t *testing.T) {
+	pol := mustPolicy(t, policyAllowAPI)
+	p, log := newTestProxy(t, pol)
+	p.resolver.static["api.allowed.test"] = []netip.Addr{netip.MustParseAddr("127.0.0.5")}
+	var got []Decision
+	p.onDecide = func(d Decision) { got = append(got, d) }
+
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	clientErr := make(chan error, 1)
+	go func() {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			clientErr <- err
+			return
+		}
+		defer c.Close()
+		clientErr <- tls.Client(c, &tls.Config{ServerName: "api.allowed.test", InsecureSkipVerify: true}).Handshake()
+	}()
+	c, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := testWorkload()
+	w.pending.Add(1)
+	p.pending.Add(1)
+	p.handle(context.Background(), c, bpf.Original{Dst: netip.MustParseAddrPort("127.0.0.6:443"), PID: 42, Comm: "attacker"}, w)
+
+	if err := <-clientErr; err == nil || !strings.Contains(err.Error(), "access denied") {
+		t.Fatalf("client handshake: %v; want a TLS access_denied alert", err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("decisions: %+v; want one", got)
+	}
+	d := got[0]
+	if d.Verdict != kernel.VerdictDeny || d.Guard != GuardAntiSpoof || d.Name != "api.allowed.test" || d.Seq == 0 {
+		t.Fatalf("decision = %+v; want a receipted deny of api.allowed.test by %s", d, GuardAntiSpoof)
+	}
+	if h := receiptPolicyHash(t, log, d.Seq); h != pol.Hash() {
+		t.Fatalf("receipt policy_hash %s; want %s", h, pol.Hash())
+	}
+	if w.pending.Load() != 0 || p.pending.Load() != 0 {
+		t.Fatalf("pending slots not given back: workload %d, all %d", w.pending.Load(), p.pending.Load())
 	}
 }

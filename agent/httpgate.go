@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/backbay-labs/chio-agent/internal/sniff"
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
@@ -266,7 +267,7 @@ func (g *httpGate) switchProtocols(ctx context.Context, req *http.Request, statu
 		Reason: fmt.Sprintf("%s: the server answered %q; the rest of the connection is relayed without HTTP inspection", what, status)}
 	ev := g.requestEvent(req)
 	d := g.cn.decision(g.p.now(), ev.HTTPHost, out)
-	if err := g.p.record(ctx, ev, out, g.cn.pol.Hash(), &d, nil); err != nil {
+	if err := g.p.record(ctx, g.decided(ctx, ev, out), &d, nil); err != nil {
 		d.Verdict = kernel.VerdictDeny
 		g.p.counts.failed.Add(1)
 		g.p.report(d)
@@ -386,17 +387,24 @@ func (g *httpGate) refuse(ctx context.Context, req *http.Request, guard, reason 
 	ev := g.requestEvent(req)
 	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: guard, Reason: reason}
 	d := g.cn.decision(g.p.now(), ev.HTTPHost, out)
-	g.p.record(ctx, ev, out, g.cn.pol.Hash(), &d, nil)
+	g.p.record(ctx, g.decided(ctx, ev, out), &d, nil)
 	g.p.counts.denied.Add(1)
 	g.p.report(d)
 	resetClose(g.cn.client)
 	return errRefusedLater
 }
 
+// decided is a decision of the gate's on one request of the connection,
+// made under the connection's policy snapshot.
+func (g *httpGate) decided(ctx context.Context, ev kernel.EgressEvent, out kernel.Outcome) *kernel.Egress {
+	eg := g.cn.snap.DecideEgress(ctx, kernel.Seen{Event: ev, Decided: &out})
+	return &eg
+}
+
 // requestEvent is the connection's event, naming req instead of the first
 // request.
 func (g *httpGate) requestEvent(req *http.Request) kernel.EgressEvent {
-	ev := g.cn.event
+	ev := g.cn.eg.Event
 	ev.HTTPHost, ev.HTTPMethod, ev.HTTPPath = "", "", ""
 	if req != nil {
 		ev.HTTPHost, ev.HTTPMethod, ev.HTTPPath = hostOnly(req.Host), req.Method, req.RequestURI
@@ -408,7 +416,7 @@ func (g *httpGate) requestEvent(req *http.Request) kernel.EgressEvent {
 // out, not because of what it sent.
 func isClientGone(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
-		errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err)
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrDeadlineExceeded) || sniff.IsTimeout(err)
 }
 
 // hostOnly lowercases a Host header and drops its port and trailing dot.

@@ -15,7 +15,7 @@ import (
 // GuardLimit refuses a connection because one of the agent's resource
 // bounds is full (Limits): a workload cannot make the agent hold more than
 // the bounds allow, so its memory stays under a ceiling (MemoryCeiling).
-const GuardLimit = "ChioAgentLimitGuard"
+const GuardLimit = kernel.GuardLimit
 
 // Limits bound what a workload can make the agent hold. Every buffer a
 // workload's connections fill is bounded by HeadBytes, and the number of
@@ -249,7 +249,6 @@ func (o *overflow) flush(ctx context.Context, p *proxy) {
 	}
 	o.m = map[overflowKey]*overflowEntry{}
 	o.mu.Unlock()
-	pol := p.policy.Load()
 	for k, e := range m {
 		reason := "refused at accept: " + p.boundReason(k.bound)
 		switch {
@@ -262,7 +261,8 @@ func (o *overflow) flush(ctx context.Context, p *proxy) {
 		cn := p.newConn(nil, e.first, e.w)
 		d := cn.decision(e.at, "", out)
 		d.Count = e.count
-		p.record(ctx, cn.event, out, pol.Hash(), &d, nil)
+		eg := cn.snap.DecideEgress(ctx, kernel.Seen{Event: cn.eg.Event, Decided: &out})
+		p.record(ctx, &eg, &d, nil)
 		p.counts.denied.Add(uint64(e.count))
 		p.report(d)
 	}

@@ -2,9 +2,7 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/backbay-labs/chio-agent/bpf"
@@ -13,78 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// refusalTakeInterval is how often the agent takes the refusals the kernel
-// holds pending (the datapath's event interval): a flood's count is
-// receipted within about two of them even when no later refusal comes.
-const refusalTakeInterval = time.Second
-
-// refusalWriters write the receipts of kernel refusals side by side, so
-// that the receipt log's group commit makes one of many (a flood of
-// distinct destinations is one receipt each).
-const refusalWriters = 64
-
 // refusalReceiptTimeout bounds writing one kernel refusal's receipt, which
 // is not cancelled by the agent stopping (it is what stopping waits for).
 const refusalReceiptTimeout = 30 * time.Second
-
-// readEvents turns kernel refusals into receipts until the reader is closed
-// or flushed (Close). It starts once the workloads are known (see
-// UnprotectStale): the pinned ring may hold refusals made while no agent ran,
-// and their workload ids mean nothing until the workloads are protected
-// again.
-func (a *Agent) readEvents() {
-	select {
-	case <-a.known:
-	case <-a.ctx.Done():
-		return
-	}
-	for {
-		e, err := a.events.Read()
-		if err != nil {
-			if errors.Is(err, os.ErrClosed) || errors.Is(err, bpf.ErrFlushed) {
-				return
-			}
-			a.proxy.errs.add(err)
-			continue
-		}
-		a.refusalQ <- e
-	}
-}
-
-// writeRefusals writes the receipts of the refusals queued by readEvents
-// and takePending until the queue is closed (Close).
-func (a *Agent) writeRefusals() {
-	for e := range a.refusalQ {
-		a.kernelRefusal(e)
-	}
-}
-
-// takeRefusals takes the kernel's pending refusals every interval until ctx
-// ends (Close then takes the rest).
-func (a *Agent) takeRefusals(ctx context.Context) {
-	t := time.NewTicker(refusalTakeInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.takePending(false)
-		}
-	}
-}
-
-// takePending writes the receipts of the refusals the kernel holds pending
-// (all of them with final).
-func (a *Agent) takePending(final bool) {
-	evs, err := a.objs.TakeRefusals(final)
-	if err != nil {
-		a.proxy.errs.add(err)
-	}
-	for _, e := range evs {
-		a.refusalQ <- e
-	}
-}
 
 // socketCall names a refused socket as receipts do.
 func socketCall(s bpf.Socket) *kernel.SocketCall {
@@ -128,7 +57,8 @@ func (a *Agent) kernelRefusal(e bpf.Event) {
 
 // receiptRefusal writes the receipt of a refusal of w's and reports it.
 func (a *Agent) receiptRefusal(e bpf.Event, w *workload) error {
-	ev, out, polHash := a.refusal(e, w)
+	eg := a.refusal(e, w)
+	ev, out := eg.Event, eg.Outcome
 	d := Decision{Time: time.Now(), Workload: w.name, PID: e.PID, Comm: e.Comm, Dst: e.Dst,
 		Transport: ev.Transport, Verdict: kernel.VerdictDeny, Guard: out.Guard, MatchedRule: out.MatchedRule, Reason: out.Reason, Count: e.Count}
 	if ev.Direction == kernel.DirectionInbound {
@@ -136,21 +66,23 @@ func (a *Agent) receiptRefusal(e bpf.Event, w *workload) error {
 	}
 	// Not a.ctx: the receipts of refusals are what stopping waits for.
 	ctx, cancel := context.WithTimeout(context.Background(), refusalReceiptTimeout)
-	err := a.proxy.record(ctx, ev, out, polHash, &d, nil)
+	err := a.proxy.record(ctx, &eg, &d, nil)
 	cancel()
 	a.proxy.counts.denied.Add(uint64(max(e.Count, 1)))
 	a.proxy.report(d)
 	return err
 }
 
-// refusal is the receipt input of a kernel refusal: the event, the outcome
-// and the hash of the policy that made it. A static block names its pattern
-// and policy through the rule id the kernel echoed; an id no policy held by
-// the agent has any more is said to be unknown, never guessed.
-func (a *Agent) refusal(e bpf.Event, w *workload) (kernel.EgressEvent, kernel.Outcome, string) {
+// refusal is a kernel refusal as decided: the event, the outcome and the
+// policy that made it, recorded through the kernel's one decision path. A
+// static block names its pattern and policy through the rule id the kernel
+// echoed; an id no policy held by the agent has any more is said to be
+// unknown, never guessed.
+func (a *Agent) refusal(e bpf.Event, w *workload) kernel.Egress {
+	snap := a.kern.Snapshot()
 	if e.Kind == bpf.EventInboundRefused {
 		ev, out := a.inboundRefusal(e, w)
-		return ev, out, a.policy.Load().Hash()
+		return snap.DecideEgress(context.Background(), kernel.Seen{Event: ev, Decided: &out})
 	}
 	transport := kernel.TransportOf(e.Socket.Protocol)
 	ev := kernel.EgressEvent{
@@ -188,7 +120,7 @@ func (a *Agent) refusal(e bpf.Event, w *workload) (kernel.EgressEvent, kernel.Ou
 		reason = "refused in the kernel: " + e.Kind.String()
 	}
 	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: GuardDatapath}
-	polHash := a.policy.Load().Hash()
+	polHash := "" // the snapshot's
 	if e.Kind == bpf.EventTCPDenied {
 		// The policy's own block rule, enforced early.
 		out.Guard, out.PolicyDecision, out.MatchedRule = kernel.GuardEgressPolicy, hushspec.DecisionDeny, "rules.egress.block"
@@ -202,7 +134,7 @@ func (a *Agent) refusal(e bpf.Event, w *workload) (kernel.EgressEvent, kernel.Ou
 		reason += fmt.Sprintf(" (%d refusals aggregated into this receipt)", e.Count)
 	}
 	out.Reason = reason
-	return ev, out, polHash
+	return snap.DecideEgress(context.Background(), kernel.Seen{Event: ev, Decided: &out, DecidedPolicyHash: polHash})
 }
 
 // RefusalStatus accounts for the refusals made in the kernel: how many, how

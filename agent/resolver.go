@@ -74,7 +74,9 @@ func (r *resolver) lookup(ctx context.Context, name string) ([]netip.Addr, error
 	return as, nil
 }
 
-func (r *resolver) owns(ctx context.Context, name string, addr netip.Addr) (bool, error) {
+// Owns says whether addr is an address of name: the anti-spoofing check's
+// kernel.AddressOwner.
+func (r *resolver) Owns(ctx context.Context, name string, addr netip.Addr) (bool, error) {
 	addr = addr.Unmap()
 	name = strings.TrimSuffix(strings.ToLower(name), ".")
 	if as, ok := r.static[name]; ok {

@@ -67,29 +67,29 @@ func TestResolverOwnsCachesAnswers(t *testing.T) {
 	ctx := context.Background()
 
 	// Static answers: case and trailing dot folded, no DNS.
-	if ok, err := r.owns(ctx, "static.test", netip.MustParseAddr("127.0.0.5")); !ok || err != nil {
+	if ok, err := r.Owns(ctx, "static.test", netip.MustParseAddr("127.0.0.5")); !ok || err != nil {
 		t.Fatalf("static owns = %v, %v", ok, err)
 	}
-	if ok, _ := r.owns(ctx, "static.test", netip.MustParseAddr("127.0.0.6")); ok {
+	if ok, _ := r.Owns(ctx, "static.test", netip.MustParseAddr("127.0.0.6")); ok {
 		t.Fatal("static name owns an address it does not list")
 	}
 	// DNS answers, v4-mapped addresses compared unmapped.
-	if ok, err := r.owns(ctx, "api.example.test", netip.MustParseAddr("::ffff:192.0.2.10")); !ok || err != nil {
+	if ok, err := r.Owns(ctx, "api.example.test", netip.MustParseAddr("::ffff:192.0.2.10")); !ok || err != nil {
 		t.Fatalf("dns owns = %v, %v", ok, err)
 	}
-	if ok, _ := r.owns(ctx, "api.example.test", netip.MustParseAddr("192.0.2.11")); ok {
+	if ok, _ := r.Owns(ctx, "api.example.test", netip.MustParseAddr("192.0.2.11")); ok {
 		t.Fatal("name owns an address DNS did not give")
 	}
 	if q := queries.Load(); q != 1 {
 		t.Fatalf("%d A queries within the TTL, want 1 (cached)", q)
 	}
 	now = now.Add(cacheTTL + time.Second)
-	r.owns(ctx, "api.example.test", netip.MustParseAddr("192.0.2.10"))
+	r.Owns(ctx, "api.example.test", netip.MustParseAddr("192.0.2.10"))
 	if q := queries.Load(); q != 2 {
 		t.Fatalf("%d A queries after the TTL, want 2", q)
 	}
 	// A name with no answer is an error, and not cached.
-	if _, err := r.owns(ctx, "missing.example.test", netip.MustParseAddr("192.0.2.10")); err == nil {
+	if _, err := r.Owns(ctx, "missing.example.test", netip.MustParseAddr("192.0.2.10")); err == nil {
 		t.Fatal("unresolvable name: no error")
 	}
 }

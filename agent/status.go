@@ -137,7 +137,7 @@ func (a *Agent) Status(version string) Status {
 			}
 		}
 	}
-	p := a.policy.Load()
+	p := a.kern.Snapshot().Policy()
 	s.Policy = PolicyStatus{Name: p.Name(), Hash: p.Hash(), Source: a.polSource, LoadedAt: a.polLoaded}
 	a.mu.Unlock()
 	c := a.proxy.counts

@@ -2,14 +2,23 @@
 // connection, a tool call, a file read ...) against a HushSpec policy and
 // builds the signed chio.receipt.v1 receipt for the decision.
 //
-// It is a plain Go library with no I/O of its own beyond loading policy files,
-// so a trusted agent can link it and call it without any IPC; the node agent
-// and the sidecar use it the same way.
+// It is a plain Go library with no I/O of its own beyond loading policy files
+// (and the anti-spoofing lookups of the AddressOwner its caller gives it), so
+// a trusted agent can link it and call it without any IPC. Every shape
+// decides through it: the node agent's proxy and its kernel refusals through
+// Snapshot.DecideEgress, the sidecar through PrepareToolCall, in-process
+// agents through EvaluateEgress and EvaluateToolCall, which are those calls
+// signed at once.
 //
 // What lives where:
 //
 //   - kernel.go: Kernel, the facade: New, EvaluateEgress, EvaluateToolCall,
-//     SetPolicy (hot reload by atomic swap; each decision sees one policy).
+//     PrepareToolCall, SetPolicy (hot reload by atomic swap; each decision
+//     sees one policy).
+//   - decide.go: the egress decision. DecideEgress is a pure function of
+//     what was seen (Seen), the policy and an AddressOwner: the own-listener,
+//     protocol, policy, port and anti-spoofing guards, in that order.
+//     Snapshot binds a decision and the receipt it prepares to one policy.
 //   - receipt.go: the chio.receipt.v1 format, Sign, Verify and VerifyJSON.
 //   - egress.go: how one network connection becomes a receipt
 //     (docs/receipts.md documents the mapping).

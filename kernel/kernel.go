@@ -44,6 +44,12 @@ type Options struct {
 	Clock func() time.Time
 	// Logger receives one debug entry per decision. Default: discard.
 	Logger logrus.FieldLogger
+	// AddressOwner answers whether a name the client sent (TLS SNI, HTTP
+	// Host) owns the address it dialled: the anti-spoofing check of egress
+	// decisions. The node agent sets it. Nil: a sniffed name is refused, and
+	// an event with nothing sniffed (in-process agents, which dial the name
+	// themselves) is not checked.
+	AddressOwner AddressOwner
 }
 
 // Kernel decides actions against a HushSpec policy and signs a receipt for
@@ -55,6 +61,7 @@ type Kernel struct {
 	key    ed25519.PrivateKey
 	clock  func() time.Time
 	log    logrus.FieldLogger
+	owner  AddressOwner
 }
 
 // policyState pairs a policy with its hash, so a reload between the two
@@ -72,7 +79,7 @@ func New(opts Options) (*Kernel, error) {
 	if len(opts.SigningKey) != ed25519.PrivateKeySize {
 		return nil, fmt.Errorf("new kernel: %w: signing key is %d bytes, want %d", ErrInvalidKey, len(opts.SigningKey), ed25519.PrivateKeySize)
 	}
-	k := &Kernel{key: opts.SigningKey, clock: opts.Clock, log: opts.Logger}
+	k := &Kernel{key: opts.SigningKey, clock: opts.Clock, log: opts.Logger, owner: opts.AddressOwner}
 	if k.clock == nil {
 		k.clock = time.Now
 	}
@@ -102,23 +109,25 @@ func (k *Kernel) PolicyHash() string { return k.policy.Load().hash }
 func (k *Kernel) KernelKey() string { return PublicKeyHex(k.key.Public().(ed25519.PublicKey)) }
 
 // EvaluateEgress decides one outbound connection and returns the outcome
-// with its signed receipt. On error (a cancelled ctx, an event the receipt
-// cannot describe) the outcome is a deny and there is no receipt: the
-// caller must refuse the connection, as a decision that cannot be recorded
-// cannot be allowed.
+// with its signed receipt: Snapshot().DecideEgress for an event with
+// nothing peeked, signed at once. On error (a cancelled ctx, an event the
+// receipt cannot describe) the outcome is a deny and there is no receipt:
+// the caller must refuse the connection, as a decision that cannot be
+// recorded cannot be allowed.
 func (k *Kernel) EvaluateEgress(ctx context.Context, ev EgressEvent) (Outcome, Receipt, error) {
 	if err := ctx.Err(); err != nil {
 		return failClosed(err), Receipt{}, fmt.Errorf("evaluate egress: %w", err)
 	}
-	st := k.policy.Load()
-	target := ev.Target()
-	out := outcomeOf(st.p.Evaluate(hushspec.Action{Type: "egress", Target: target}), GuardEgressPolicy)
-	r, err := BuildEgressReceipt(ev, out, st.hash, k.key, k.clock())
+	e := k.Snapshot().DecideEgress(ctx, Seen{Event: ev})
+	p, err := e.Receipt()
 	if err != nil {
 		return failClosed(err), Receipt{}, fmt.Errorf("evaluate egress: %w", err)
 	}
-	k.logDecision("egress", target, out, r.ID)
-	return out, r, nil
+	r, err := p.Sign(k.key)
+	if err != nil {
+		return failClosed(err), Receipt{}, fmt.Errorf("evaluate egress: %w", err)
+	}
+	return e.Outcome, r, nil
 }
 
 // ToolCall is one tool invocation by an in-process agent.
@@ -138,6 +147,10 @@ type ToolCall struct {
 	// identical calls in one second from having one receipt id while their
 	// parameters (and parameter_hash) stay identical.
 	RequestID string
+	// Decided, when set, is a decision made before the policy (the sidecar's
+	// route, capability and request checks): the call is recorded with it
+	// and the policy is not asked. It must deny: what allows is the policy.
+	Decided *Outcome
 }
 
 // EvaluateToolCall decides one tool call and returns the outcome with its
@@ -177,7 +190,16 @@ func (k *Kernel) PrepareToolCall(ctx context.Context, call ToolCall) (Outcome, *
 		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
 	}
 	st := k.policy.Load()
-	out := outcomeOf(st.p.Evaluate(hushspec.Action{Type: "tool_call", Target: call.ToolName, ArgsSize: int64(len(canon))}), GuardToolAccess)
+	var out Outcome
+	if call.Decided != nil {
+		if call.Decided.Verdict != VerdictDeny {
+			err := fmt.Errorf("%w: a decision made before the policy must deny", ErrInvalidReceipt)
+			return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
+		}
+		out = *call.Decided
+	} else {
+		out = outcomeOf(st.p.Evaluate(hushspec.Action{Type: "tool_call", Target: call.ToolName, ArgsSize: int64(len(canon))}), GuardToolAccess)
+	}
 	meta := map[string]any{"schema": ToolCallMetadataSchema}
 	putString(meta, "request_id", call.RequestID)
 	putString(meta, "policy_decision", out.PolicyDecision)

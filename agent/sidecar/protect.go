@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -229,37 +228,19 @@ func (s *Server) decide(ctx context.Context, d described) verdict {
 	return s.record(ctx, v, call.ToolName)
 }
 
-// refuse makes and writes the receipt of a decision the sidecar takes
-// before the policy (no route, no capability, a malformed request).
+// refuse writes the receipt of a decision the sidecar takes before the
+// policy (no route, no capability, a malformed request), prepared by the
+// kernel as every other decision's.
 func (s *Server) refuse(ctx context.Context, eng *engine, call kernel.ToolCall, params map[string]any, d described, guard, rule string, status int, code, reason string, op *Operation) verdict {
 	args, err := jcs.Marshal(params)
 	if err != nil {
 		return s.internalError(fmt.Errorf("encode tool call arguments: %w", err))
 	}
-	meta, err := jcs.Marshal(map[string]any{"schema": kernel.ToolCallMetadataSchema, "matched_rule": rule, "request_id": call.RequestID})
+	call.Arguments = args
+	call.Decided = &kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: guard, MatchedRule: rule, Reason: reason}
+	_, prep, err := eng.k.PrepareToolCall(ctx, call)
 	if err != nil {
 		return s.internalError(err)
-	}
-	at := s.now().Unix()
-	if at < 0 {
-		return s.internalError(fmt.Errorf("clock before 1970"))
-	}
-	prep, err := kernel.Prepare(kernel.Receipt{
-		Timestamp:     uint64(at),
-		ToolServer:    call.ToolServer,
-		ToolName:      call.ToolName,
-		Action:        kernel.Action{Parameters: args},
-		Decision:      &kernel.Decision{Verdict: kernel.VerdictDeny, Reason: reason, Guard: guard},
-		ReceiptKind:   kernel.KindMediatedDecision,
-		BoundaryClass: kernel.BoundaryPrevent,
-		TrustLevel:    kernel.TrustMediated,
-		RedactionMode: "none",
-		PolicyHash:    eng.k.PolicyHash(),
-		Evidence:      []kernel.Evidence{{GuardName: guard, Verdict: false, Details: fmt.Sprintf("deny %s by %s: %s", call.ToolName, rule, reason)}},
-		Metadata:      meta,
-	}, ed25519.PublicKey(s.key[32:]))
-	if err != nil {
-		return s.internalError(fmt.Errorf("sign receipt: %w", err))
 	}
 	return s.record(ctx, verdict{status: status, code: code, message: reason, prepared: prep, evaluate: d.evaluateOnly, op: op}, call.ToolName)
 }

@@ -1,4 +1,4 @@
-package agent
+package sniff
 
 import (
 	"bufio"
@@ -40,11 +40,11 @@ func FuzzSniff(f *testing.F) {
 		f.Add(s, uint8(1), true, true)
 	}
 	f.Fuzz(func(t *testing.T, data []byte, chunk uint8, timeout, small bool) {
-		opts := SniffOptions{}
+		opts := Options{}
 		if small {
 			opts.MaxBytes = 64
 		}
-		max := DefaultSniffMaxBytes
+		max := DefaultMaxBytes
 		if small {
 			max = 64
 		}

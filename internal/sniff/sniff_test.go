@@ -1,4 +1,4 @@
-package agent
+package sniff
 
 import (
 	"bytes"
@@ -290,7 +290,7 @@ func TestSniffTLSClients(t *testing.T) {
 				defer close(done)
 				tls.Client(rec, tt.cfg).Handshake()
 			}()
-			got, err := Sniff(srv, SniffOptions{Deadline: long})
+			got, err := Sniff(srv, Options{Deadline: long})
 			srv.Close()
 			<-done
 			checkSniff(t, got, err, tt.want)
@@ -317,7 +317,7 @@ func TestSniffTLSECH(t *testing.T) {
 		EncryptedClientHelloConfigList: echConfigList(t, "public.example.net"),
 	}
 	hello := captureClientHello(t, cfg)
-	got, err := Sniff(feedPipe(t, [][]byte{hello}, false), SniffOptions{Deadline: long})
+	got, err := Sniff(feedPipe(t, [][]byte{hello}, false), Options{Deadline: long})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +336,7 @@ func TestSniffTLSOverTCP(t *testing.T) {
 		defer close(done)
 		tls.Client(cli, &tls.Config{ServerName: "tcp.example.org", NextProtos: []string{"h2"}}).Handshake()
 	}()
-	got, err := Sniff(srv, SniffOptions{Deadline: long})
+	got, err := Sniff(srv, Options{Deadline: long})
 	srv.Close()
 	<-done
 	checkSniff(t, got, err, Sniffed{Protocol: ProtocolTLS, Stop: StopComplete, SNI: "tcp.example.org", ALPN: []string{"h2"}, TLSVersion: tls.VersionTLS12, TLSMaxVersion: tls.VersionTLS13})
@@ -358,7 +358,7 @@ func TestSniffTLSSplit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Sniff(feedPipe(t, splitBytes(tt.wire, tt.writes), false), SniffOptions{Deadline: long})
+			got, err := Sniff(feedPipe(t, splitBytes(tt.wire, tt.writes), false), Options{Deadline: long})
 			checkSniff(t, got, err, want)
 			if !bytes.Equal(got.Prefix, tt.wire) {
 				t.Errorf("Prefix has %d bytes, want the %d sent", len(got.Prefix), len(tt.wire))
@@ -375,7 +375,7 @@ func TestSniffTLSStopsAtHello(t *testing.T) {
 	// client's too and must be in Prefix, but must not be waited for.
 	hello := captureClientHello(t, &tls.Config{ServerName: "a.example"})
 	wire := append(bytes.Clone(hello), 23, 3, 3, 0, 2, 'h', 'i')
-	got, err := Sniff(feedPipe(t, [][]byte{wire}, false), SniffOptions{Deadline: long})
+	got, err := Sniff(feedPipe(t, [][]byte{wire}, false), Options{Deadline: long})
 	if err != nil || got.Stop != StopComplete || got.SNI != "a.example" || !bytes.Equal(got.Prefix, wire) {
 		t.Errorf("Sniff = %+v, %v; want complete a.example with all %d bytes", sniffFields(got), err, len(wire))
 	}
@@ -556,7 +556,7 @@ func TestSniffTLSCrafted(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Sniff(&chunkConn{data: tt.wire, chunk: 1 << 20}, SniffOptions{})
+			got, err := Sniff(&chunkConn{data: tt.wire, chunk: 1 << 20}, Options{})
 			checkSniff(t, got, err, tt.want)
 		})
 	}
@@ -565,7 +565,7 @@ func TestSniffTLSCrafted(t *testing.T) {
 			// Written a byte at a time, so malformed bytes must be judged
 			// as they come and not only when a whole buffer is in.
 			for _, chunk := range []int{1 << 20, 1} {
-				got, err := Sniff(&chunkConn{data: tt.wire, chunk: chunk}, SniffOptions{})
+				got, err := Sniff(&chunkConn{data: tt.wire, chunk: chunk}, Options{})
 				checkSniff(t, got, err, Sniffed{Protocol: ProtocolTLS, Stop: StopMalformed, Malformed: tt.why})
 				if !bytes.Equal(got.Prefix, tt.wire[:len(got.Prefix)]) {
 					t.Error("Prefix is not what was sent")
@@ -580,7 +580,7 @@ func TestSniffTLSIncomplete(t *testing.T) {
 	part := hello[:len(hello)/2]
 
 	t.Run("partial then close", func(t *testing.T) {
-		got, err := Sniff(feedPipe(t, [][]byte{part}, true), SniffOptions{Deadline: long})
+		got, err := Sniff(feedPipe(t, [][]byte{part}, true), Options{Deadline: long})
 		checkSniff(t, got, err, Sniffed{Protocol: ProtocolTLS, Stop: StopEOF})
 		if !bytes.Equal(got.Prefix, part) {
 			t.Errorf("Prefix has %d bytes, want the %d sent", len(got.Prefix), len(part))
@@ -591,14 +591,14 @@ func TestSniffTLSIncomplete(t *testing.T) {
 		if _, err := cli.Write(part); err != nil {
 			t.Fatal(err)
 		}
-		got, err := Sniff(srv, SniffOptions{Deadline: 100 * time.Millisecond})
+		got, err := Sniff(srv, Options{Deadline: 100 * time.Millisecond})
 		checkSniff(t, got, err, Sniffed{Protocol: ProtocolTLS, Stop: StopTimeout})
 		if !bytes.Equal(got.Prefix, part) {
 			t.Errorf("Prefix has %d bytes, want the %d sent", len(got.Prefix), len(part))
 		}
 	})
 	t.Run("record header only, then close", func(t *testing.T) {
-		got, err := Sniff(&chunkConn{data: hello[:3], chunk: 1}, SniffOptions{})
+		got, err := Sniff(&chunkConn{data: hello[:3], chunk: 1}, Options{})
 		checkSniff(t, got, err, Sniffed{Protocol: ProtocolTLS, Stop: StopEOF})
 	})
 }
@@ -606,14 +606,14 @@ func TestSniffTLSIncomplete(t *testing.T) {
 func TestSniffTLSLimit(t *testing.T) {
 	hello := captureClientHello(t, &tls.Config{ServerName: "big.example"})
 	t.Run("record longer than the bound", func(t *testing.T) {
-		got, err := Sniff(&chunkConn{data: hello, chunk: 1 << 20}, SniffOptions{MaxBytes: 100})
+		got, err := Sniff(&chunkConn{data: hello, chunk: 1 << 20}, Options{MaxBytes: 100})
 		checkSniff(t, got, err, Sniffed{Protocol: ProtocolTLS, Stop: StopLimit})
 		if !bytes.Equal(got.Prefix, hello[:100]) {
 			t.Errorf("Prefix has %d bytes, want the first 100", len(got.Prefix))
 		}
 	})
 	t.Run("announced at the record header, before its bytes", func(t *testing.T) {
-		got, err := Sniff(&chunkConn{data: hello, chunk: 5}, SniffOptions{MaxBytes: 100})
+		got, err := Sniff(&chunkConn{data: hello, chunk: 5}, Options{MaxBytes: 100})
 		checkSniff(t, got, err, Sniffed{Protocol: ProtocolTLS, Stop: StopLimit})
 		if !bytes.Equal(got.Prefix, hello[:5]) {
 			t.Errorf("Prefix has %d bytes, want the 5-byte header only", len(got.Prefix))
@@ -621,14 +621,14 @@ func TestSniffTLSLimit(t *testing.T) {
 	})
 	t.Run("fragmented hello announcing more than the bound", func(t *testing.T) {
 		wire := refragment(t, hello, 50)
-		got, err := Sniff(&chunkConn{data: wire, chunk: 55}, SniffOptions{MaxBytes: 200})
+		got, err := Sniff(&chunkConn{data: wire, chunk: 55}, Options{MaxBytes: 200})
 		checkSniff(t, got, err, Sniffed{Protocol: ProtocolTLS, Stop: StopLimit})
 		if !bytes.Equal(got.Prefix, wire[:55]) {
 			t.Errorf("Prefix has %d bytes, want the first record (55) only", len(got.Prefix))
 		}
 	})
 	t.Run("fits exactly", func(t *testing.T) {
-		got, err := Sniff(&chunkConn{data: hello, chunk: 1 << 20}, SniffOptions{MaxBytes: len(hello)})
+		got, err := Sniff(&chunkConn{data: hello, chunk: 1 << 20}, Options{MaxBytes: len(hello)})
 		if err != nil || got.Stop != StopComplete || got.SNI != "big.example" {
 			t.Errorf("Sniff = %+v, %v; want complete", sniffFields(got), err)
 		}
@@ -693,7 +693,7 @@ func TestSniffHTTPClient(t *testing.T) {
 					resp.Body.Close()
 				}
 			}()
-			got, err := Sniff(srv, SniffOptions{Deadline: long})
+			got, err := Sniff(srv, Options{Deadline: long})
 			srv.Close()
 			<-done
 			checkSniff(t, got, err, tt.want)
@@ -731,7 +731,7 @@ func TestSniffHTTPRaw(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, chunk := range []int{1 << 20, 1} {
-				got, err := Sniff(&chunkConn{data: []byte(tt.head), chunk: chunk}, SniffOptions{})
+				got, err := Sniff(&chunkConn{data: []byte(tt.head), chunk: chunk}, Options{})
 				checkSniff(t, got, err, tt.want)
 				if string(got.Prefix) != tt.head {
 					t.Errorf("Prefix %q, want %q", got.Prefix, tt.head)
@@ -778,7 +778,7 @@ func TestSniffHTTPMalformed(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, chunk := range []int{1 << 20, 1} {
-				got, err := Sniff(&chunkConn{data: []byte(tt.head), chunk: chunk}, SniffOptions{Deadline: long})
+				got, err := Sniff(&chunkConn{data: []byte(tt.head), chunk: chunk}, Options{Deadline: long})
 				checkSniff(t, got, err, Sniffed{Protocol: ProtocolHTTP, Stop: StopMalformed, Malformed: tt.why})
 				if !bytes.HasPrefix([]byte(tt.head), got.Prefix) || len(got.Prefix) == 0 {
 					t.Errorf("Prefix %q is not a prefix of what was sent", got.Prefix)
@@ -791,7 +791,7 @@ func TestSniffHTTPMalformed(t *testing.T) {
 func TestSniffHTTPStopsAtHead(t *testing.T) {
 	// A body in the same segment is in Prefix; more body is not waited for.
 	wire := []byte("POST /upload HTTP/1.1\r\nHost: up.example\r\nContent-Length: 100\r\n\r\nfirst part")
-	got, err := Sniff(feedPipe(t, [][]byte{wire, []byte("never read")}, false), SniffOptions{Deadline: long})
+	got, err := Sniff(feedPipe(t, [][]byte{wire, []byte("never read")}, false), Options{Deadline: long})
 	checkSniff(t, got, err, Sniffed{Protocol: ProtocolHTTP, Stop: StopComplete, Method: "POST", Path: "/upload", Host: "up.example", HTTPVersion: "HTTP/1.1"})
 	if !bytes.Equal(got.Prefix, wire) {
 		t.Errorf("Prefix %q, want %q", got.Prefix, wire)
@@ -805,14 +805,14 @@ func TestSniffHTTPIncompleteAndLimit(t *testing.T) {
 		if _, err := io.WriteString(cli, head); err != nil {
 			t.Fatal(err)
 		}
-		got, err := Sniff(srv, SniffOptions{Deadline: 100 * time.Millisecond})
+		got, err := Sniff(srv, Options{Deadline: 100 * time.Millisecond})
 		checkSniff(t, got, err, Sniffed{Protocol: ProtocolHTTP, Stop: StopTimeout})
 		if string(got.Prefix) != head {
 			t.Errorf("Prefix %q, want %q", got.Prefix, head)
 		}
 	})
 	t.Run("close before the blank line", func(t *testing.T) {
-		got, err := Sniff(feedPipe(t, [][]byte{[]byte(head)}, true), SniffOptions{Deadline: long})
+		got, err := Sniff(feedPipe(t, [][]byte{[]byte(head)}, true), Options{Deadline: long})
 		checkSniff(t, got, err, Sniffed{Protocol: ProtocolHTTP, Stop: StopEOF})
 		if string(got.Prefix) != head {
 			t.Errorf("Prefix %q, want %q", got.Prefix, head)
@@ -820,10 +820,10 @@ func TestSniffHTTPIncompleteAndLimit(t *testing.T) {
 	})
 	t.Run("head over the bound", func(t *testing.T) {
 		big := head + "X-Pad: " + strings.Repeat("p", 20000) + "\r\n\r\n"
-		got, err := Sniff(feedPipe(t, splitBytes([]byte(big), 1000), false), SniffOptions{Deadline: long})
+		got, err := Sniff(feedPipe(t, splitBytes([]byte(big), 1000), false), Options{Deadline: long})
 		checkSniff(t, got, err, Sniffed{Protocol: ProtocolHTTP, Stop: StopLimit})
-		if len(got.Prefix) != DefaultSniffMaxBytes || string(got.Prefix) != big[:DefaultSniffMaxBytes] {
-			t.Errorf("Prefix has %d bytes, want the first %d sent", len(got.Prefix), DefaultSniffMaxBytes)
+		if len(got.Prefix) != DefaultMaxBytes || string(got.Prefix) != big[:DefaultMaxBytes] {
+			t.Errorf("Prefix has %d bytes, want the first %d sent", len(got.Prefix), DefaultMaxBytes)
 		}
 	})
 }
@@ -833,16 +833,16 @@ func TestSniffHTTPIncompleteAndLimit(t *testing.T) {
 func TestSniffH2C(t *testing.T) {
 	settings := []byte{0, 0, 0, 4, 0, 0, 0, 0, 0}
 	wire := append([]byte(h2Preface), settings...)
-	got, err := Sniff(&chunkConn{data: wire, chunk: 3}, SniffOptions{})
+	got, err := Sniff(&chunkConn{data: wire, chunk: 3}, Options{})
 	checkSniff(t, got, err, Sniffed{Protocol: ProtocolH2C, Stop: StopComplete})
 	if string(got.Prefix) != h2Preface {
 		t.Errorf("Prefix %q, want the preface alone (3-byte reads end on it)", got.Prefix)
 	}
-	got, err = Sniff(&chunkConn{data: []byte("PRI * HTTP/1.1\r\n\r\n"), chunk: 64}, SniffOptions{})
+	got, err = Sniff(&chunkConn{data: []byte("PRI * HTTP/1.1\r\n\r\n"), chunk: 64}, Options{})
 	checkSniff(t, got, err, Sniffed{Protocol: ProtocolH2C, Stop: StopMalformed, Malformed: "bad HTTP/2 connection preface"})
-	got, err = Sniff(&chunkConn{data: []byte(h2Preface[:10]), chunk: 1}, SniffOptions{})
+	got, err = Sniff(&chunkConn{data: []byte(h2Preface[:10]), chunk: 1}, Options{})
 	checkSniff(t, got, err, Sniffed{Protocol: ProtocolH2C, Stop: StopEOF})
-	got, err = Sniff(&chunkConn{data: []byte("PR"), chunk: 1}, SniffOptions{})
+	got, err = Sniff(&chunkConn{data: []byte("PR"), chunk: 1}, Options{})
 	checkSniff(t, got, err, Sniffed{Protocol: ProtocolOpaque, Stop: StopEOF})
 }
 
@@ -867,7 +867,7 @@ func TestSniffOpaque(t *testing.T) {
 			for _, c := range tt.chunks {
 				chunks = append(chunks, []byte(c))
 			}
-			got, err := Sniff(feedPipe(t, chunks, tt.close), SniffOptions{Deadline: long})
+			got, err := Sniff(feedPipe(t, chunks, tt.close), Options{Deadline: long})
 			checkSniff(t, got, err, tt.want)
 			if string(got.Prefix) != tt.prefix {
 				t.Errorf("Prefix %q, want %q", got.Prefix, tt.prefix)
@@ -879,7 +879,7 @@ func TestSniffOpaque(t *testing.T) {
 func TestSniffNoData(t *testing.T) {
 	t.Run("silent until the deadline", func(t *testing.T) {
 		cli, srv := tcpPair(t)
-		got, err := Sniff(srv, SniffOptions{Deadline: 20 * time.Millisecond})
+		got, err := Sniff(srv, Options{Deadline: 20 * time.Millisecond})
 		checkSniff(t, got, err, Sniffed{Protocol: ProtocolNone, Stop: StopTimeout})
 		if len(got.Prefix) != 0 {
 			t.Errorf("Prefix %q, want empty", got.Prefix)
@@ -894,7 +894,7 @@ func TestSniffNoData(t *testing.T) {
 		}
 	})
 	t.Run("closed before a byte", func(t *testing.T) {
-		got, err := Sniff(feedPipe(t, nil, true), SniffOptions{Deadline: long})
+		got, err := Sniff(feedPipe(t, nil, true), Options{Deadline: long})
 		checkSniff(t, got, err, Sniffed{Protocol: ProtocolNone, Stop: StopEOF})
 	})
 }
@@ -902,7 +902,7 @@ func TestSniffNoData(t *testing.T) {
 func TestSniffDeadlineCleared(t *testing.T) {
 	for _, data := range []string{"", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", "\x16\x03\x01\x00"} {
 		c := &chunkConn{data: []byte(data), chunk: 2}
-		if _, err := Sniff(c, SniffOptions{}); err != nil {
+		if _, err := Sniff(c, Options{}); err != nil {
 			t.Fatal(err)
 		}
 		if c.setCount != 2 || !c.deadline.IsZero() {
@@ -914,7 +914,7 @@ func TestSniffDeadlineCleared(t *testing.T) {
 func TestSniffReadError(t *testing.T) {
 	reset := errors.New("connection reset by peer")
 	c := &chunkConn{data: []byte("GET / HT"), chunk: 4, end: reset}
-	got, err := Sniff(c, SniffOptions{})
+	got, err := Sniff(c, Options{})
 	if !errors.Is(err, reset) || !strings.HasPrefix(err.Error(), "read client: ") {
 		t.Fatalf("err = %v, want read client: %v", err, reset)
 	}
@@ -923,10 +923,10 @@ func TestSniffReadError(t *testing.T) {
 	}
 	// A timeout that is not os.ErrDeadlineExceeded is still a timeout.
 	c = &chunkConn{data: []byte("\x16"), chunk: 4, end: timeoutErr{}}
-	if got, err := Sniff(c, SniffOptions{}); err != nil || got.Stop != StopTimeout || got.Protocol != ProtocolTLS {
+	if got, err := Sniff(c, Options{}); err != nil || got.Stop != StopTimeout || got.Protocol != ProtocolTLS {
 		t.Errorf("Sniff = %+v, %v; want tls, timeout", got, err)
 	}
-	if !isTimeout(os.ErrDeadlineExceeded) {
+	if !IsTimeout(os.ErrDeadlineExceeded) {
 		t.Error("os.ErrDeadlineExceeded is not a timeout")
 	}
 }
@@ -945,7 +945,7 @@ func benchmarkSniff(b *testing.B, wire []byte, check func(Sniffed) bool) {
 	c := &chunkConn{data: wire, chunk: 1 << 20}
 	for b.Loop() {
 		c.pos = 0
-		s, err := Sniff(c, SniffOptions{})
+		s, err := Sniff(c, Options{})
 		if err != nil || !check(s) {
 			b.Fatalf("Sniff = %+v, %v", sniffFields(s), err)
 		}
