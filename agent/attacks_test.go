@@ -668,18 +668,20 @@ rules:
 }
 
 // TestAttackFlood: 5,000 connections from the workload, 64 at a time, half
-// to an allowed server and half to a forbidden one. Every connection is
-// either relayed with an allow receipt or refused with a (possibly
-// aggregated) deny receipt: the allow receipts equal what the allowed server
-// accepted, the forbidden server accepts nothing, allows and refusals add up
-// to the attempts, and the agent still answers afterwards.
+// to an allowed server and half to a forbidden one, against per-workload
+// bounds of 24 pending connections and 24 relays, so that many are refused
+// for the bound. Every connection is either relayed with an allow receipt
+// or refused with a (possibly aggregated) deny receipt: the allow receipts
+// equal what the allowed server accepted, the forbidden server accepts
+// nothing, allows and refusals add up to the attempts, and the agent still
+// answers afterwards.
 func TestAttackFlood(t *testing.T) {
-	e := newE2E(t, e2eOptions{})
+	e := newE2E(t, e2eOptions{limits: Limits{PendingPerWorkload: 24, RelaysPerWorkload: 24}})
 	allowed, accepted := countingServer(t)
 	trap := serveVhost(t, "tcp4", "127.0.0.2:0", true)
 	const n = 5000
-	for _, uid := range []int{nobody} {
-		before := len(e.decisions())
+	for _, uid := range attackUIDs {
+		before, acceptedBefore := len(e.decisions()), accepted.Load()
 		out := e.attack(uid, "flood", "CHIO_E2E_N="+strconv.Itoa(n), "CHIO_E2E_PAR=64",
 			"CHIO_E2E_ALLOWED="+allowed.String(), "CHIO_E2E_ADDR="+trap.addr.String())
 		var okAllowed, otherAllowed, replyForbidden, refusedForbidden int
@@ -710,15 +712,16 @@ func TestAttackFlood(t *testing.T) {
 					denies += int(max(d.Count, 1))
 				}
 			}
-			if allows+denies >= n && int64(allows) == accepted.Load() {
+			if allows+denies >= n && int64(allows) == accepted.Load()-acceptedBefore {
 				break
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		if allows+denies != n || int64(allows) != accepted.Load() {
+		if allows+denies != n || int64(allows) != accepted.Load()-acceptedBefore {
 			t.Fatalf("flood as uid %d: %d allow receipts, refusals %d in deny receipts, %d accepted by the allowed server; want %d in all and allows = accepted",
-				uid, allows, denies, accepted.Load(), n)
+				uid, allows, denies, accepted.Load()-acceptedBefore, n)
 		}
+		t.Logf("flood as uid %d: %d allow receipts, %d refusals in deny receipts", uid, allows, denies)
 		if allows < okAllowed {
 			t.Fatalf("flood as uid %d: %d answered but %d allow receipts", uid, okAllowed, allows)
 		}
