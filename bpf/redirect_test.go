@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	if n := os.Getenv("CHIO_TEST_UDP_FLOOD"); n != "" {
 		os.Exit(udpFloodChild(n))
 	}
+	if os.Getenv("CHIO_TEST_WHOAMI") != "" {
+		os.Exit(whoamiChild())
+	}
 	os.Exit(m.Run())
 }
 
