@@ -55,6 +55,7 @@ func attackChild() int {
 		"somark-cap-netraw": attackSOMarkWithNetRaw,
 		"http-raw":          attackHTTPRaw,
 		"tls":               attackTLS,
+		"cgroup-escape":     attackCgroupEscape,
 		"flood":             attackFlood,
 	}
 	f, ok := attacks[os.Getenv("CHIO_E2E_ATTACK")]
@@ -395,6 +396,19 @@ func attackTLS() (string, error) {
 		return "tls-refused:" + err.Error(), nil
 	}
 	return "reply:" + strconv.Quote(string(b)), nil
+}
+
+// attackCgroupEscape moves the process into the cgroup CHIO_E2E_CGROUP
+// (outside its workload), then connects to the target. The outcome line
+// starts with moved or move-refused:ERRNO.
+func attackCgroupEscape() (string, error) {
+	state := "moved"
+	err := os.WriteFile(os.Getenv("CHIO_E2E_CGROUP")+"/cgroup.procs", []byte(strconv.Itoa(os.Getpid())), 0)
+	if err != nil {
+		state = "move-" + refused(err)
+	}
+	out, err := exchange(unix.IPPROTO_TCP, nil)
+	return state + " " + out, err
 }
 
 // attackFlood makes CHIO_E2E_N connections, CHIO_E2E_PAR at a time,

@@ -527,6 +527,27 @@ func TestAttackSOMark(t *testing.T) {
 	}
 }
 
+// TestAttackCgroupEscape: an unprivileged workload cannot move itself out
+// of its cgroup (cgroup.procs elsewhere is root's), so its connection is
+// still decided. A root workload can, and is then unprotected: root is
+// outside the guarantee (docs/datapath.md); only logged here.
+func TestAttackCgroupEscape(t *testing.T) {
+	e := newE2E(t, e2eOptions{})
+	plain := testutil.NewCgroup(t, e.parent.Path)
+	trap := serveVhost(t, "tcp4", "127.0.0.2:0", true)
+	out := e.attack(nobody, "cgroup-escape", "CHIO_E2E_CGROUP="+plain.Path, "CHIO_E2E_ADDR="+trap.addr.String())
+	if !strings.HasPrefix(out, "move-refused:") {
+		t.Fatalf("cgroup escape as uid %d: %s; want the move refused", nobody, out)
+	}
+	d := e.denied("cgroup escape", nobody, trap.addr)
+	mustNotReach(t, "cgroup escape", nobody, out, trap)
+	t.Logf("cgroup escape as uid %d: %s; %s by %s", nobody, out, d.Verdict, d.Guard)
+
+	trap = serveVhost(t, "tcp4", "127.0.0.2:0", true)
+	out = e.attack(0, "cgroup-escape", "CHIO_E2E_CGROUP="+plain.Path, "CHIO_E2E_ADDR="+trap.addr.String())
+	t.Logf("cgroup escape as root (outside the guarantee): %s; the forbidden server accepted %d connections", out, trap.accepted.Load())
+}
+
 // hostTrick is one hand-written request of TestAttackHostTricks; %[1]d is
 // the server's port.
 type hostTrick struct{ name, request string }
