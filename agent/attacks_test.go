@@ -306,7 +306,7 @@ func TestAttackIPv6AndV4Mapped(t *testing.T) {
 		w.EgressPorts = []uint16{listed6.addr.Port(), mapped.addr.Port(), static.addr.Port()}
 	}})
 	plain := testutil.NewCgroup(t, e.parent.Path)
-	e.control(plain, "tcp6", "tcp4", "127.0.0.2:0") // (the child maps an IPv4 target only when asked)
+	e.control(plain, "tcp6", "tcp4", "127.0.0.2:0") // an IPv4 target: the child dials it with AF_INET
 	e.control(plain, "tcp6", "tcp6", "[::1]:0")
 	for _, uid := range attackUIDs {
 		// ::ffff:127.0.0.2, forbidden by the default rule, through the proxy.
