@@ -59,9 +59,12 @@ type Options struct {
 	// take their defaults.
 	Limits Limits
 	// AgentMark is the SO_MARK of the agent's sockets. Default
-	// DefaultAgentMark. Danger: a workload able to set this mark
-	// (CAP_NET_ADMIN) could bypass the proxy; protected workloads must not
-	// hold CAP_NET_ADMIN.
+	// DefaultAgentMark. The hooks honour it only on the agent's own
+	// process's sockets, so a workload able to set marks (CAP_NET_ADMIN or
+	// CAP_NET_RAW) gains nothing by setting it. Danger: where the agent
+	// cannot learn its process id as the kernel sees it (bpf.HostPID), the
+	// mark is honoured on any socket (Start logs a warning), and such a
+	// workload could bypass the proxy.
 	AgentMark uint32
 	// Logger receives operational logs. Default: discarded.
 	Logger logrus.FieldLogger
@@ -184,7 +187,12 @@ func Start(opts Options) (*Agent, error) {
 	if err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}
-	objs, err := bpf.Load(bpf.Options{AgentMark: opts.AgentMark, PinDir: opts.PinDir})
+	pid, err := bpf.HostPID()
+	if err != nil {
+		opts.Logger.WithError(err).Warn("the agent cannot name its process to the kernel: its socket mark is honoured on any " +
+			"process's sockets, and a protected workload holding CAP_NET_ADMIN or CAP_NET_RAW could set it and pass undecided")
+	}
+	objs, err := bpf.Load(bpf.Options{AgentMark: opts.AgentMark, AgentPID: pid, PinDir: opts.PinDir})
 	if err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}

@@ -37,6 +37,8 @@ func TestMain(m *testing.M) {
 		os.Exit(childConns())
 	case "recreate":
 		os.Exit(childRecreate())
+	case "attack":
+		os.Exit(attackChild())
 	default:
 		fmt.Println("unknown child mode")
 		os.Exit(2)

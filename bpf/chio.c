@@ -452,6 +452,13 @@ static __always_inline __u32 guard_lookup(int stop)
 // proxy's own upstream dials cannot loop back into it. 0 disables the check.
 volatile const __u32 agent_mark = 0;
 
+// agent_tgid, when not 0, is the agent's process id (in the initial pid
+// namespace): the mark is honoured only on its sockets. Setting SO_MARK
+// takes CAP_NET_ADMIN or CAP_NET_RAW (Linux 5.17+), and container runtimes
+// grant CAP_NET_RAW by default; without this check such a workload could put
+// the agent's mark on its own sockets and pass undecided.
+volatile const __u32 agent_tgid = 0;
+
 // walk_workload finds the workload of the current task's cgroup: the deepest
 // of its ancestors (itself included) in the workloads map.
 // *found_level is the level of the match (-1 when none).
@@ -532,7 +539,9 @@ static __always_inline int agent_socket(struct bpf_sock_addr *ctx)
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
 		return 0;
-	return agent_mark != 0 && sk->mark == agent_mark;
+	if (agent_mark == 0 || sk->mark != agent_mark)
+		return 0;
+	return agent_tgid == 0 || (__u32)(bpf_get_current_pid_tgid() >> 32) == agent_tgid;
 }
 
 // dst_addr reads the destination of ctx as a v4-mapped/IPv6 address.

@@ -192,6 +192,7 @@ const (
 	chioProgChioSockops        = "chio_sockops"
 	chioProgChioTakeRefusals   = "chio_take_refusals"
 	chioVarAgentMark           = "agent_mark"
+	chioVarAgentTgid           = "agent_tgid"
 	chioVarUnusedAcc           = "unused_acc"
 	chioVarUnusedEvent         = "unused_event"
 	chioVarUnusedTake          = "unused_take"
@@ -278,6 +279,7 @@ type chioMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioVariableSpecs struct {
 	AgentMark   *ebpf.VariableSpec `ebpf:"agent_mark"`
+	AgentTgid   *ebpf.VariableSpec `ebpf:"agent_tgid"`
 	UnusedAcc   *ebpf.VariableSpec `ebpf:"unused_acc"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedTake  *ebpf.VariableSpec `ebpf:"unused_take"`
@@ -343,6 +345,7 @@ func (m *chioMaps) Close() error {
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioVariables struct {
 	AgentMark   *ebpf.Variable `ebpf:"agent_mark"`
+	AgentTgid   *ebpf.Variable `ebpf:"agent_tgid"`
 	UnusedAcc   *ebpf.Variable `ebpf:"unused_acc"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 	UnusedTake  *ebpf.Variable `ebpf:"unused_take"`

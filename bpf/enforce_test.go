@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -249,5 +251,44 @@ func TestAgentMarkedSocketsAreNeverRedirected(t *testing.T) {
 	// Another mark is not the agent's.
 	if out, code, _ := runIn(t, env.protected, target.String(), "CHIO_TEST_MARK=7"); code != 0 {
 		t.Fatalf("other mark: exit %d, %q; want redirected", code, out)
+	}
+}
+
+// With AgentPID set, the mark is honoured only on that process's sockets: a
+// workload able to set SO_MARK (CAP_NET_ADMIN or CAP_NET_RAW) puts it on
+// its socket in vain, while the agent's own process, even inside a
+// protected cgroup, still goes where it asked.
+func TestAgentMarkHonouredOnlyOnTheAgentsSockets(t *testing.T) {
+	const mark = 0x43484941
+	target := freeAddr(t, "tcp4", "127.0.0.1")
+	// The "agent": a process whose pid the programs are loaded with. It waits
+	// for the protected cgroup's path, moves into it and becomes the dialing
+	// client (exec keeps its pid).
+	agent := exec.Command("sh", "-c", `read cg && echo $$ > "$cg/cgroup.procs" && exec "$0" -test.run='^$'`, os.Args[0])
+	agent.Env = append(os.Environ(), "CHIO_TEST_DIAL="+target.String(), fmt.Sprintf("CHIO_TEST_MARK=%d", mark))
+	stdin, err := agent.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	agent.Stdout = &out
+	if err := agent.Start(); err != nil {
+		t.Fatalf("start the agent's stand-in: %v", err)
+	}
+	defer agent.Wait()
+	defer stdin.Close()
+	env := newRedirectEnvWith(t, bpf.Options{AgentMark: mark, AgentPID: uint32(agent.Process.Pid)})
+
+	// Another process setting the agent's mark is redirected…
+	if out, code, _ := runIn(t, env.protected, target.String(), fmt.Sprintf("CHIO_TEST_MARK=%d", mark)); code != 0 {
+		t.Fatalf("marked, not the agent: exit %d, %q; want redirected", code, out)
+	}
+	// …and the agent's process, in the same cgroup, goes where it asked (and
+	// is refused there, as nothing listens).
+	fmt.Fprintln(stdin, env.protected.Path)
+	stdin.Close()
+	var ee *exec.ExitError
+	if err := agent.Wait(); !errors.As(err, &ee) || ee.ExitCode() != 3 {
+		t.Fatalf("marked, the agent: %v, %q; want a direct, refused connect (exit 3)", err, out.String())
 	}
 }

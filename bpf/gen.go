@@ -5,3 +5,4 @@ package bpf
 // `make check-generate` fails when the committed files are stale.
 //
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type workload -type orig_dst -type tuple_key -type verdict_key -type verdict_val -type resolver_key -type event -type guard_key -type rate_key -type refuser -type refusal_acc -type take_refusals -type inbound_key chio chio.c
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel whoami whoami.c

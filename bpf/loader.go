@@ -26,6 +26,12 @@ type Options struct {
 	// default) disables the check: then the agent must run outside every
 	// protected cgroup.
 	AgentMark uint32
+	// AgentPID, when not 0, is the agent's process id in the initial pid
+	// namespace: the mark is honoured only on that process's sockets, so a
+	// workload able to set SO_MARK (CAP_NET_ADMIN, or CAP_NET_RAW since
+	// Linux 5.17) cannot use the agent's mark to pass. 0 (the default): the
+	// mark is honoured on any process's sockets.
+	AgentPID uint32
 	// PinDir, when set, pins maps (PinDir/maps), programs (PinDir/progs) and
 	// links (PinDir/links) so that they outlive the process: while the agent
 	// is down, protected connections still go to its (absent) listener and
@@ -115,6 +121,9 @@ func Load(opts Options) (*Objects, error) {
 	}
 	if err := spec.Variables[chioVarAgentMark].Set(opts.AgentMark); err != nil {
 		return nil, fmt.Errorf("set agent_mark: %w", err)
+	}
+	if err := spec.Variables[chioVarAgentTgid].Set(opts.AgentPID); err != nil {
+		return nil, fmt.Errorf("set agent_tgid: %w", err)
 	}
 	var copts ebpf.CollectionOptions
 	if opts.PinDir == "" {
