@@ -6,4 +6,4 @@ package bpf
 // only the headers vendored in include/ (-nostdinc), never the host's, so the
 // objects are the same bytes on any machine with the same clang.
 //
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -nostdinc -I./include" -target bpfel -type workload -type orig_dst -type tuple_key -type verdict_key -type verdict_val -type resolver_key -type event -type guard_key -type rate_key -type refuser -type refusal_acc -type take_refusals -type inbound_key chio chio.c
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -nostdinc -I./include" -target bpfel -type workload -type orig_dst -type pending_slot -type tuple_key -type verdict_key -type verdict_val -type resolver_key -type event -type guard_key -type rate_key -type refuser -type refusal_acc -type take_refusals -type inbound_key chio chio.c

@@ -74,14 +74,13 @@ type Workload struct {
 
 // Original is what a redirected connection wanted, and who asked.
 type Original struct {
-	Dst         netip.AddrPort // original destination (IPv4 unmapped)
-	Family      int            // unix.AF_INET or unix.AF_INET6 of the client socket
-	WorkloadID  uint32
-	PID         uint32 // thread-group id of the connecting task
-	UID         uint32
-	CgroupID    uint64
-	NetnsCookie uint64
-	Comm        string
+	Dst        netip.AddrPort // original destination (IPv4 unmapped)
+	Family     int            // unix.AF_INET or unix.AF_INET6 of the client socket
+	WorkloadID uint32
+	PID        uint32 // thread-group id of the connecting task
+	UID        uint32
+	CgroupID   uint64
+	Comm       string
 }
 
 type hook struct {
@@ -333,14 +332,13 @@ func (o *Objects) TakeOriginal(netnsCookie uint64, client netip.AddrPort) (Origi
 		return Original{}, fmt.Errorf("take original of %s: %w", client, err)
 	}
 	return Original{
-		Dst:         netip.AddrPortFrom(wordsAddr(v.Addr), ntohs(v.Port)),
-		Family:      int(v.Family),
-		WorkloadID:  v.WorkloadId,
-		PID:         v.Pid,
-		UID:         v.Uid,
-		CgroupID:    v.CgroupId,
-		NetnsCookie: v.NetnsCookie,
-		Comm:        unix.ByteSliceToString(v.Comm[:]),
+		Dst:        netip.AddrPortFrom(wordsAddr(v.Addr), ntohs(v.Port)),
+		Family:     int(v.Family),
+		WorkloadID: v.WorkloadId,
+		PID:        v.Pid,
+		UID:        v.Uid,
+		CgroupID:   v.CgroupId,
+		Comm:       unix.ByteSliceToString(v.Comm[:]),
 	}, nil
 }
 
@@ -360,6 +358,18 @@ func (o *Objects) MapCounts() (pending, established int, err error) {
 	var tk chioTupleKey
 	var ov chioOrigDst
 	if pending, err = count(o.objs.OrigPending, &ck, &ov); err != nil {
+		return 0, 0, fmt.Errorf("count pending originals: %w", err)
+	}
+	// And the pending originals in their slots (most of them).
+	var i uint32
+	var slot chioPendingSlot
+	it := o.objs.PendingSlots.Iterate()
+	for it.Next(&i, &slot) {
+		if slot.Cookie != 0 {
+			pending++
+		}
+	}
+	if err := it.Err(); err != nil {
 		return 0, 0, fmt.Errorf("count pending originals: %w", err)
 	}
 	if established, err = count(o.objs.OrigByTuple, &tk, &ov); err != nil {
