@@ -106,11 +106,18 @@ var hooks = []hook{
 }
 
 // Load loads the programs and maps into the kernel (adopting pinned maps when
-// Options.PinDir names a directory that has them). Close releases them.
+// Options.PinDir names a directory that has them). Close releases them. On a
+// kernel that lacks a feature the programs use, it returns an error wrapping
+// ErrNotSupported that names the feature.
 func Load(opts Options) (*Objects, error) {
 	spec, err := loadChio()
 	if err != nil {
 		return nil, fmt.Errorf("load spec: %w", err)
+	}
+	// Name a missing kernel feature before the loader fails on it with a
+	// verifier log.
+	if err := checkFeatures(featureProbes(spec)); err != nil {
+		return nil, fmt.Errorf("load programs: %w", err)
 	}
 	if err := spec.Variables[chioVarAgentMark].Set(opts.AgentMark); err != nil {
 		return nil, fmt.Errorf("set agent_mark: %w", err)
