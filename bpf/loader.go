@@ -201,6 +201,23 @@ func (o *Objects) attach(path, name, text string, typ ebpf.AttachType, prog *ebp
 	if o.opts.PinDir != "" {
 		a.PinPath = filepath.Join(o.opts.PinDir, "links", name)
 		l, err := link.LoadPinnedLink(a.PinPath, nil)
+		if err == nil {
+			// Adopt only a link on this cgroup and hook: one found elsewhere
+			// would leave path unprotected while status said it was.
+			var gone bool
+			if gone, err = checkPinnedLink(l, name, path, typ); err != nil {
+				l.Close()
+				return err
+			}
+			if gone {
+				// Its cgroup was removed, which detached it: replace it.
+				l.Close()
+				if err := os.Remove(a.PinPath); err != nil {
+					return fmt.Errorf("replace detached %s link: %w", name, err)
+				}
+				err = os.ErrNotExist
+			}
+		}
 		switch {
 		case err == nil:
 			if err := l.Update(prog); err != nil {
@@ -227,6 +244,41 @@ func (o *Objects) attach(path, name, text string, typ ebpf.AttachType, prog *ebp
 	a.link = l
 	o.links = append(o.links, a)
 	return nil
+}
+
+// checkPinnedLink reads where a pinned link is attached, from the kernel's
+// link info: gone when its cgroup no longer exists (the kernel detached it),
+// ErrPinnedElsewhere when it is on another cgroup or hook than path and typ.
+func checkPinnedLink(l link.Link, name, path string, typ ebpf.AttachType) (gone bool, err error) {
+	info, err := l.Info()
+	if err != nil {
+		return false, fmt.Errorf("adopt pinned %s link: %w", name, err)
+	}
+	cg := info.Cgroup()
+	if cg == nil {
+		return false, fmt.Errorf("adopt pinned %s link: a %v link, not a cgroup's: %w", name, info.Type, ErrPinnedElsewhere)
+	}
+	if cg.CgroupId == 0 {
+		return true, nil
+	}
+	want, err := cgroupID(path)
+	if err != nil {
+		return false, fmt.Errorf("adopt pinned %s link: %w", name, err)
+	}
+	if cg.CgroupId != want || ebpf.AttachType(cg.AttachType) != typ {
+		return false, fmt.Errorf("adopt pinned %s link: attached to cgroup %d (%v), not %s (cgroup %d, %v); run chio-agent uninstall first: %w",
+			name, cg.CgroupId, ebpf.AttachType(cg.AttachType), path, want, typ, ErrPinnedElsewhere)
+	}
+	return false, nil
+}
+
+// cgroupID returns the id of the cgroup v2 directory at path: its inode.
+func cgroupID(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("cgroup id of %s: %w", path, err)
+	}
+	return st.Ino, nil
 }
 
 // Attachments describes the attached links (for status).
