@@ -244,16 +244,14 @@ struct {
 // Pending originals, fast path: the slot cookie % PENDING_SLOTS of an array.
 // A hash update (bucket lock, element allocation, chain walk) was most of a
 // redirected connect4's cost; an array lookup is inlined. A socket claims its
-// slot under the slot's lock (socket cookies are never reused while the
-// machine runs, so a slot's cookie names its one owner), fills it, and
-// sockops or sock_release frees it. A socket whose slot another pending
-// socket holds uses orig_pending instead, so a workload that keeps many
-// connects pending cannot make others' fail before orig_pending is full.
+// slot with a compare-and-swap of the slot's cookie (socket cookies are never
+// reused while the machine runs, so a slot's cookie names its one owner),
+// fills it, and sockops or sock_release frees it. A socket whose slot another
+// pending socket holds uses orig_pending instead, so a workload that keeps
+// many connects pending cannot make others' fail before orig_pending is full.
 #define PENDING_SLOTS 8192
 
 struct pending_slot {
-	struct bpf_spin_lock lock;
-	__u32 pad;
 	__u64 cookie;          // the owning socket's cookie; 0: free
 	struct orig_dst orig;
 };
@@ -279,19 +277,14 @@ static __always_inline struct orig_dst *claim_slot(__u64 cookie)
 	struct pending_slot *s = pending_slot(cookie);
 	if (!s)
 		return 0;
-	int mine = 0;
-	bpf_spin_lock(&s->lock);
-	if (s->cookie == 0 || s->cookie == cookie) {
-		s->cookie = cookie;
-		mine = 1;
-	}
-	bpf_spin_unlock(&s->lock);
-	return mine ? &s->orig : 0;
+	__u64 old = __sync_val_compare_and_swap(&s->cookie, 0, cookie);
+	if (old != 0 && old != cookie)
+		return 0;
+	return &s->orig;
 }
 
-// owned_slot returns the socket's slot if it holds it. The unlocked read is
-// enough: only the owner's own programs ever put its cookie there or take it
-// away, and they run one after the other.
+// owned_slot returns the socket's slot if it holds it. Only the owner's own
+// programs ever put its cookie there or take it away, one after the other.
 static __always_inline struct pending_slot *owned_slot(__u64 cookie)
 {
 	struct pending_slot *s = pending_slot(cookie);
@@ -302,10 +295,7 @@ static __always_inline struct pending_slot *owned_slot(__u64 cookie)
 
 static __always_inline void free_slot(struct pending_slot *s, __u64 cookie)
 {
-	bpf_spin_lock(&s->lock);
-	if (s->cookie == cookie)
-		s->cookie = 0;
-	bpf_spin_unlock(&s->lock);
+	__sync_val_compare_and_swap(&s->cookie, cookie, 0);
 }
 
 // Established originals, looked up (and deleted) by the proxy on accept. LRU

@@ -75,12 +75,7 @@ type chioOrigDst struct {
 }
 
 type chioPendingSlot struct {
-	_    structs.HostLayout
-	Lock struct {
-		_   structs.HostLayout
-		Val uint32
-	}
-	Pad    uint32
+	_      structs.HostLayout
 	Cookie uint64
 	Orig   chioOrigDst
 }

@@ -46,6 +46,8 @@ func featureProbes(spec *ebpf.CollectionSpec) []featureProbe {
 	probes := []featureProbe{
 		{"BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)", haveKernelBTF},
 		{"the cgroup and kernfs fields the guard walk reads (CO-RE)", haveGuardWalkFields},
+		// gen.go compiles for -mcpu=v3; the pending slots use its atomics.
+		{"BPF ISA v3 (32-bit jumps, atomics)", features.HaveV3ISA},
 	}
 	seen := map[string]bool{}
 	add := func(name string, check func() error) {

@@ -4,6 +4,7 @@ package bpf
 // committed, so that building needs no clang; `make generate` reruns this and
 // `make check-generate` fails when the committed files are stale. clang sees
 // only the headers vendored in include/ (-nostdinc), never the host's, so the
-// objects are the same bytes on any machine with the same clang.
+// objects are the same bytes on any machine with the same clang. -mcpu=v3
+// (Linux 5.1; its atomics 5.12) for the compare-and-swap of pending slots.
 //
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -nostdinc -I./include" -target bpfel -type workload -type orig_dst -type pending_slot -type tuple_key -type verdict_key -type verdict_val -type resolver_key -type event -type guard_key -type rate_key -type refuser -type refusal_acc -type take_refusals -type inbound_key chio chio.c
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -mcpu=v3 -g -Wall -Werror -nostdinc -I./include" -target bpfel -type workload -type orig_dst -type pending_slot -type tuple_key -type verdict_key -type verdict_val -type resolver_key -type event -type guard_key -type rate_key -type refuser -type refusal_acc -type take_refusals -type inbound_key chio chio.c
