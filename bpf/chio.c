@@ -101,7 +101,8 @@ struct orig_dst {
 	__u32 pid;         // tgid of the connecting task
 	__u32 uid;
 	__u64 cgroup_id;   // cgroup of the connecting task
-	__u64 netns_cookie;
+	__u64 reserved;    // zero; was the netns cookie, which nothing read (the
+	                   // tuple key has the netns): kept so pinned maps keep their size
 	__u8 comm[TASK_COMM_LEN];
 };
 
@@ -226,7 +227,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } workloads SEC(".maps");
 
-// Pending originals, between connect() and the handshake, by socket cookie.
+// Pending originals, between connect() and the handshake, by socket cookie:
+// the overflow of pending_slots below, for a socket whose slot is taken.
 // Every entry has a deterministic end: sockops deletes it when the connection
 // is established, sock_release when the socket goes away without. So a plain
 // preallocated hash (cheaper per update than an LRU, measured ~120 ns); if it
@@ -238,6 +240,63 @@ struct {
 	__type(value, struct orig_dst);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } orig_pending SEC(".maps");
+
+// Pending originals, fast path: the slot cookie % PENDING_SLOTS of an array.
+// A hash update (bucket lock, element allocation, chain walk) was most of a
+// redirected connect4's cost; an array lookup is inlined. A socket claims its
+// slot with a compare-and-swap of the slot's cookie (socket cookies are never
+// reused while the machine runs, so a slot's cookie names its one owner),
+// fills it, and sockops or sock_release frees it. A socket whose slot another
+// pending socket holds uses orig_pending instead, so a workload that keeps
+// many connects pending cannot make others' fail before orig_pending is full.
+#define PENDING_SLOTS 8192
+
+struct pending_slot {
+	__u64 cookie;          // the owning socket's cookie; 0: free
+	struct orig_dst orig;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PENDING_SLOTS);
+	__type(key, __u32);
+	__type(value, struct pending_slot);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pending_slots SEC(".maps");
+
+static __always_inline struct pending_slot *pending_slot(__u64 cookie)
+{
+	__u32 i = (__u32)cookie & (PENDING_SLOTS - 1);
+	return bpf_map_lookup_elem(&pending_slots, &i);
+}
+
+// claim_slot returns the socket's slot, now its own, or 0 when another
+// pending socket holds it.
+static __always_inline struct orig_dst *claim_slot(__u64 cookie)
+{
+	struct pending_slot *s = pending_slot(cookie);
+	if (!s)
+		return 0;
+	__u64 old = __sync_val_compare_and_swap(&s->cookie, 0, cookie);
+	if (old != 0 && old != cookie)
+		return 0;
+	return &s->orig;
+}
+
+// owned_slot returns the socket's slot if it holds it. Only the owner's own
+// programs ever put its cookie there or take it away, one after the other.
+static __always_inline struct pending_slot *owned_slot(__u64 cookie)
+{
+	struct pending_slot *s = pending_slot(cookie);
+	if (s && s->cookie == cookie)
+		return s;
+	return 0;
+}
+
+static __always_inline void free_slot(struct pending_slot *s, __u64 cookie)
+{
+	__sync_val_compare_and_swap(&s->cookie, cookie, 0);
+}
 
 // Established originals, looked up (and deleted) by the proxy on accept. LRU
 // so that connections the proxy never accepts cannot fill it.
@@ -752,6 +811,25 @@ static __always_inline int udp(struct bpf_sock_addr *ctx, struct workload *w, in
 	return 0;
 }
 
+// fill_orig writes every field of a redirected connection's original (a
+// slot is reused, so nothing may be left from its last owner).
+static __always_inline void fill_orig(struct orig_dst *o, __u32 addr[4], __u16 port, int v6,
+				      __u32 workload_id, __u64 cgid)
+{
+	o->addr[0] = addr[0];
+	o->addr[1] = addr[1];
+	o->addr[2] = addr[2];
+	o->addr[3] = addr[3];
+	o->port = port;
+	o->family = v6 ? AF_INET6 : AF_INET;
+	o->workload_id = workload_id;
+	o->pid = bpf_get_current_pid_tgid() >> 32;
+	o->uid = (__u32)bpf_get_current_uid_gid();
+	o->cgroup_id = cgid;
+	o->reserved = 0;
+	bpf_get_current_comm(&o->comm, sizeof(o->comm));
+}
+
 // tcp decides a TCP connect() of a protected workload and redirects it.
 static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, int v6, __u64 cgid)
 {
@@ -784,25 +862,18 @@ static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, in
 	if (mapped ? w->listen_port4 == 0 : w->listen_port6 == 0)
 		return 0; // no listener for this family: refuse rather than pass
 
-	struct orig_dst o = {};
-	o.addr[0] = addr[0];
-	o.addr[1] = addr[1];
-	o.addr[2] = addr[2];
-	o.addr[3] = addr[3];
-	o.port = (__u16)ctx->user_port;
-	o.family = v6 ? AF_INET6 : AF_INET;
-	o.workload_id = w->id;
-	o.pid = bpf_get_current_pid_tgid() >> 32;
-	o.uid = (__u32)bpf_get_current_uid_gid();
-	o.cgroup_id = cgid;
-	o.netns_cookie = bpf_get_netns_cookie(ctx);
-	bpf_get_current_comm(&o.comm, sizeof(o.comm));
-
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	if (bpf_map_update_elem(&orig_pending, &cookie, &o, BPF_ANY)) {
-		// Cannot record where it wanted to go: refuse, never pass unfiltered.
-		report(EVENT_NO_RECORD, w, IPPROTO_TCP, port, addr, 0, v6);
-		return 0;
+	struct orig_dst *slot = claim_slot(cookie);
+	if (slot) {
+		fill_orig(slot, addr, (__u16)ctx->user_port, v6, w->id, cgid);
+	} else {
+		struct orig_dst o;
+		fill_orig(&o, addr, (__u16)ctx->user_port, v6, w->id, cgid);
+		if (bpf_map_update_elem(&orig_pending, &cookie, &o, BPF_ANY)) {
+			// Cannot record where it wanted to go: refuse, never pass unfiltered.
+			report(EVENT_NO_RECORD, w, IPPROTO_TCP, port, addr, 0, v6);
+			return 0;
+		}
 	}
 
 	if (mapped) {
@@ -906,8 +977,9 @@ int chio_connect6(struct bpf_sock_addr *ctx)
 	return decide(ctx, 1);
 }
 
-SEC("cgroup/sendmsg4")
-int chio_sendmsg4(struct bpf_sock_addr *ctx)
+// decide_sendmsg decides a UDP sendmsg() (connect() is decide's): the same
+// program for both families, as connect4/6 are.
+static __always_inline int decide_sendmsg(struct bpf_sock_addr *ctx, int v6)
 {
 	if (agent_socket(ctx))
 		return 1;
@@ -917,35 +989,26 @@ int chio_sendmsg4(struct bpf_sock_addr *ctx)
 		return 1;
 	struct workload *w = &wl;
 	if (r == LOOKUP_GUARDED)
-		return refuse_guarded(ctx, w, 0, IPPROTO_UDP);
+		return refuse_guarded(ctx, w, v6, IPPROTO_UDP);
 	if (ctx->protocol != IPPROTO_UDP) {
 		__u32 addr[4];
-		dst_addr(ctx, 0, addr);
-		return refuse_socket(w, EVENT_PROTO_REFUSED, AF_INET, SOCK_DGRAM, ctx->protocol, addr,
-				     bpf_ntohs((__u16)ctx->user_port));
+		dst_addr(ctx, v6, addr);
+		return refuse_socket(w, EVENT_PROTO_REFUSED, v6 ? AF_INET6 : AF_INET, SOCK_DGRAM,
+				     ctx->protocol, addr, bpf_ntohs((__u16)ctx->user_port));
 	}
-	return udp(ctx, w, 0);
+	return udp(ctx, w, v6);
+}
+
+SEC("cgroup/sendmsg4")
+int chio_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return decide_sendmsg(ctx, 0);
 }
 
 SEC("cgroup/sendmsg6")
 int chio_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	if (agent_socket(ctx))
-		return 1;
-	struct workload wl;
-	int r = lookup_workload(&wl, bpf_get_current_cgroup_id());
-	if (!r)
-		return 1;
-	struct workload *w = &wl;
-	if (r == LOOKUP_GUARDED)
-		return refuse_guarded(ctx, w, 1, IPPROTO_UDP);
-	if (ctx->protocol != IPPROTO_UDP) {
-		__u32 addr[4];
-		dst_addr(ctx, 1, addr);
-		return refuse_socket(w, EVENT_PROTO_REFUSED, AF_INET6, SOCK_DGRAM, ctx->protocol, addr,
-				     bpf_ntohs((__u16)ctx->user_port));
-	}
-	return udp(ctx, w, 1);
+	return decide_sendmsg(ctx, 1);
 }
 
 SEC("sockops")
@@ -955,7 +1018,8 @@ int chio_sockops(struct bpf_sock_ops *ctx)
 		return 1;
 
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct orig_dst *o = bpf_map_lookup_elem(&orig_pending, &cookie);
+	struct pending_slot *s = owned_slot(cookie);
+	struct orig_dst *o = s ? &s->orig : bpf_map_lookup_elem(&orig_pending, &cookie);
 	if (!o)
 		return 1;
 
@@ -979,7 +1043,10 @@ int chio_sockops(struct bpf_sock_ops *ctx)
 	}
 	k.port = (__u16)READ_CTX32(ctx->local_port);
 	bpf_map_update_elem(&orig_by_tuple, &k, o, BPF_ANY);
-	bpf_map_delete_elem(&orig_pending, &cookie);
+	if (s)
+		free_slot(s, cookie);
+	else
+		bpf_map_delete_elem(&orig_pending, &cookie);
 	return 1;
 }
 
@@ -989,6 +1056,9 @@ int chio_sock_release(struct bpf_sock *ctx)
 	// A socket that never completed its handshake leaves its pending original
 	// behind; drop it when the socket goes away.
 	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct pending_slot *s = owned_slot(cookie);
+	if (s)
+		free_slot(s, cookie);
 	bpf_map_delete_elem(&orig_pending, &cookie);
 	return 1;
 }

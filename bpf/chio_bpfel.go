@@ -62,16 +62,22 @@ type chioInboundKey struct {
 }
 
 type chioOrigDst struct {
-	_           structs.HostLayout
-	Addr        [4]uint32
-	Port        uint16
-	Family      uint16
-	WorkloadId  uint32
-	Pid         uint32
-	Uid         uint32
-	CgroupId    uint64
-	NetnsCookie uint64
-	Comm        [16]uint8
+	_          structs.HostLayout
+	Addr       [4]uint32
+	Port       uint16
+	Family     uint16
+	WorkloadId uint32
+	Pid        uint32
+	Uid        uint32
+	CgroupId   uint64
+	Reserved   uint64
+	Comm       [16]uint8
+}
+
+type chioPendingSlot struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Orig   chioOrigDst
 }
 
 type chioRateKey struct {
@@ -174,6 +180,7 @@ const (
 	chioMapInboundRefused      = "inbound_refused"
 	chioMapOrigByTuple         = "orig_by_tuple"
 	chioMapOrigPending         = "orig_pending"
+	chioMapPendingSlots        = "pending_slots"
 	chioMapRefusalStats        = "refusal_stats"
 	chioMapRefusals            = "refusals"
 	chioMapResolvers           = "resolvers"
@@ -267,6 +274,7 @@ type chioMapSpecs struct {
 	InboundRefused *ebpf.MapSpec `ebpf:"inbound_refused"`
 	OrigByTuple    *ebpf.MapSpec `ebpf:"orig_by_tuple"`
 	OrigPending    *ebpf.MapSpec `ebpf:"orig_pending"`
+	PendingSlots   *ebpf.MapSpec `ebpf:"pending_slots"`
 	RefusalStats   *ebpf.MapSpec `ebpf:"refusal_stats"`
 	Refusals       *ebpf.MapSpec `ebpf:"refusals"`
 	Resolvers      *ebpf.MapSpec `ebpf:"resolvers"`
@@ -314,6 +322,7 @@ type chioMaps struct {
 	InboundRefused *ebpf.Map `ebpf:"inbound_refused"`
 	OrigByTuple    *ebpf.Map `ebpf:"orig_by_tuple"`
 	OrigPending    *ebpf.Map `ebpf:"orig_pending"`
+	PendingSlots   *ebpf.Map `ebpf:"pending_slots"`
 	RefusalStats   *ebpf.Map `ebpf:"refusal_stats"`
 	Refusals       *ebpf.Map `ebpf:"refusals"`
 	Resolvers      *ebpf.Map `ebpf:"resolvers"`
@@ -332,6 +341,7 @@ func (m *chioMaps) Close() error {
 		m.InboundRefused,
 		m.OrigByTuple,
 		m.OrigPending,
+		m.PendingSlots,
 		m.RefusalStats,
 		m.Refusals,
 		m.Resolvers,

@@ -292,3 +292,52 @@ func TestAgentMarkHonouredOnlyOnTheAgentsSockets(t *testing.T) {
 		t.Fatalf("marked, the agent: %v, %q; want a direct, refused connect (exit 3)", err, out.String())
 	}
 }
+
+// A restarted agent pointed at another cgroup must not adopt links pinned on
+// the first one: it would report itself attached to the new cgroup while its
+// processes connected unmediated. It refuses, naming both cgroups.
+func TestPinnedLinksOnAnotherCgroupRefused(t *testing.T) {
+	testutil.RequireRoot(t)
+	if err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
+		t.Fatalf("ensure bpffs: %v", err)
+	}
+	pinDir := testutil.PinDir(t)
+	t.Cleanup(func() { bpf.Uninstall(pinDir) })
+	first := testutil.NewCgroup(t, "")
+	other := testutil.NewCgroup(t, "")
+
+	objs, err := bpf.Load(bpf.Options{PinDir: pinDir})
+	if err != nil {
+		t.Fatalf("load pinned: %v", err)
+	}
+	if err := objs.AttachCgroup(first.Path); err != nil {
+		t.Fatalf("attach: %v", err)
+	}
+	objs.Close()
+
+	objs2, err := bpf.Load(bpf.Options{PinDir: pinDir})
+	if err != nil {
+		t.Fatalf("reload pinned: %v", err)
+	}
+	t.Cleanup(func() { objs2.Close() })
+	err = objs2.AttachCgroup(other.Path)
+	if !errors.Is(err, bpf.ErrPinnedElsewhere) {
+		t.Fatalf("attach to another cgroup over pinned links: %v; want ErrPinnedElsewhere", err)
+	}
+	if !strings.Contains(err.Error(), fmt.Sprint(first.ID)) || !strings.Contains(err.Error(), other.Path) {
+		t.Fatalf("error %q does not name both cgroups (%d, %s)", err, first.ID, other.Path)
+	}
+	for _, a := range objs2.Attachments() {
+		t.Errorf("attachment %s kept after a refused adoption", a.Name)
+	}
+
+	// The same cgroup is adopted as before.
+	if err := objs2.AttachCgroup(first.Path); err != nil {
+		t.Fatalf("attach to the pinned links' own cgroup: %v", err)
+	}
+	for _, a := range objs2.Attachments() {
+		if !a.Adopted {
+			t.Errorf("attachment %s not adopted", a.Name)
+		}
+	}
+}

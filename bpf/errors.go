@@ -18,4 +18,9 @@ var (
 	// ErrPinDirInUse means a live process owns the state pinned under a pin
 	// directory: it holds the directory's lock or the pinned objects open.
 	ErrPinDirInUse = errors.New("pin directory in use by a running agent")
+
+	// ErrPinnedElsewhere means a link pinned under the pin directory is
+	// attached to another cgroup or hook than the one asked for, so it is
+	// not adopted.
+	ErrPinnedElsewhere = errors.New("pinned link attached elsewhere")
 )

@@ -80,14 +80,13 @@ type Workload struct {
 
 // Original is what a redirected connection wanted, and who asked.
 type Original struct {
-	Dst         netip.AddrPort // original destination (IPv4 unmapped)
-	Family      int            // unix.AF_INET or unix.AF_INET6 of the client socket
-	WorkloadID  uint32
-	PID         uint32 // thread-group id of the connecting task
-	UID         uint32
-	CgroupID    uint64
-	NetnsCookie uint64
-	Comm        string
+	Dst        netip.AddrPort // original destination (IPv4 unmapped)
+	Family     int            // unix.AF_INET or unix.AF_INET6 of the client socket
+	WorkloadID uint32
+	PID        uint32 // thread-group id of the connecting task
+	UID        uint32
+	CgroupID   uint64
+	Comm       string
 }
 
 type hook struct {
@@ -113,11 +112,18 @@ var hooks = []hook{
 }
 
 // Load loads the programs and maps into the kernel (adopting pinned maps when
-// Options.PinDir names a directory that has them). Close releases them.
+// Options.PinDir names a directory that has them). Close releases them. On a
+// kernel that lacks a feature the programs use, it returns an error wrapping
+// ErrNotSupported that names the feature.
 func Load(opts Options) (*Objects, error) {
 	spec, err := loadChio()
 	if err != nil {
 		return nil, fmt.Errorf("load spec: %w", err)
+	}
+	// Name a missing kernel feature before the loader fails on it with a
+	// verifier log.
+	if err := checkFeatures(featureProbes(spec)); err != nil {
+		return nil, fmt.Errorf("load programs: %w", err)
 	}
 	if err := spec.Variables[chioVarAgentMark].Set(opts.AgentMark); err != nil {
 		return nil, fmt.Errorf("set agent_mark: %w", err)
@@ -204,6 +210,23 @@ func (o *Objects) attach(path, name, text string, typ ebpf.AttachType, prog *ebp
 	if o.opts.PinDir != "" {
 		a.PinPath = filepath.Join(o.opts.PinDir, "links", name)
 		l, err := link.LoadPinnedLink(a.PinPath, nil)
+		if err == nil {
+			// Adopt only a link on this cgroup and hook: one found elsewhere
+			// would leave path unprotected while status said it was.
+			var gone bool
+			if gone, err = checkPinnedLink(l, name, path, typ); err != nil {
+				l.Close()
+				return err
+			}
+			if gone {
+				// Its cgroup was removed, which detached it: replace it.
+				l.Close()
+				if err := os.Remove(a.PinPath); err != nil {
+					return fmt.Errorf("replace detached %s link: %w", name, err)
+				}
+				err = os.ErrNotExist
+			}
+		}
 		switch {
 		case err == nil:
 			if err := l.Update(prog); err != nil {
@@ -230,6 +253,41 @@ func (o *Objects) attach(path, name, text string, typ ebpf.AttachType, prog *ebp
 	a.link = l
 	o.links = append(o.links, a)
 	return nil
+}
+
+// checkPinnedLink reads where a pinned link is attached, from the kernel's
+// link info: gone when its cgroup no longer exists (the kernel detached it),
+// ErrPinnedElsewhere when it is on another cgroup or hook than path and typ.
+func checkPinnedLink(l link.Link, name, path string, typ ebpf.AttachType) (gone bool, err error) {
+	info, err := l.Info()
+	if err != nil {
+		return false, fmt.Errorf("adopt pinned %s link: %w", name, err)
+	}
+	cg := info.Cgroup()
+	if cg == nil {
+		return false, fmt.Errorf("adopt pinned %s link: a %v link, not a cgroup's: %w", name, info.Type, ErrPinnedElsewhere)
+	}
+	if cg.CgroupId == 0 {
+		return true, nil
+	}
+	want, err := cgroupID(path)
+	if err != nil {
+		return false, fmt.Errorf("adopt pinned %s link: %w", name, err)
+	}
+	if cg.CgroupId != want || ebpf.AttachType(cg.AttachType) != typ {
+		return false, fmt.Errorf("adopt pinned %s link: attached to cgroup %d (%v), not %s (cgroup %d, %v); run chio-agent uninstall first: %w",
+			name, cg.CgroupId, ebpf.AttachType(cg.AttachType), path, want, typ, ErrPinnedElsewhere)
+	}
+	return false, nil
+}
+
+// cgroupID returns the id of the cgroup v2 directory at path: its inode.
+func cgroupID(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("cgroup id of %s: %w", path, err)
+	}
+	return st.Ino, nil
 }
 
 // Attachments describes the attached links (for status).
@@ -342,14 +400,13 @@ func (o *Objects) TakeOriginal(netnsCookie uint64, client netip.AddrPort) (Origi
 		return Original{}, fmt.Errorf("take original of %s: %w", client, err)
 	}
 	return Original{
-		Dst:         netip.AddrPortFrom(wordsAddr(v.Addr), ntohs(v.Port)),
-		Family:      int(v.Family),
-		WorkloadID:  v.WorkloadId,
-		PID:         v.Pid,
-		UID:         v.Uid,
-		CgroupID:    v.CgroupId,
-		NetnsCookie: v.NetnsCookie,
-		Comm:        unix.ByteSliceToString(v.Comm[:]),
+		Dst:        netip.AddrPortFrom(wordsAddr(v.Addr), ntohs(v.Port)),
+		Family:     int(v.Family),
+		WorkloadID: v.WorkloadId,
+		PID:        v.Pid,
+		UID:        v.Uid,
+		CgroupID:   v.CgroupId,
+		Comm:       unix.ByteSliceToString(v.Comm[:]),
 	}, nil
 }
 
@@ -369,6 +426,18 @@ func (o *Objects) MapCounts() (pending, established int, err error) {
 	var tk chioTupleKey
 	var ov chioOrigDst
 	if pending, err = count(o.objs.OrigPending, &ck, &ov); err != nil {
+		return 0, 0, fmt.Errorf("count pending originals: %w", err)
+	}
+	// And the pending originals in their slots (most of them).
+	var i uint32
+	var slot chioPendingSlot
+	it := o.objs.PendingSlots.Iterate()
+	for it.Next(&i, &slot) {
+		if slot.Cookie != 0 {
+			pending++
+		}
+	}
+	if err := it.Err(); err != nil {
 		return 0, 0, fmt.Errorf("count pending originals: %w", err)
 	}
 	if established, err = count(o.objs.OrigByTuple, &tk, &ov); err != nil {

@@ -352,3 +352,37 @@ func TestUnprotectStopsRedirect(t *testing.T) {
 		t.Fatalf("client after unprotect: exit %d, output %q; want refused", code, out)
 	}
 }
+
+// A connect whose pending slot another socket holds (a workload keeping many
+// connects pending, or two cookies on one slot) is recorded in orig_pending
+// instead: it is redirected with its own original, and neither store keeps
+// anything once the connection is taken.
+func TestPendingSlotTakenFallsBackToOverflow(t *testing.T) {
+	env := newRedirectEnv(t)
+	check := func(wantPending int) {
+		t.Helper()
+		target := freeAddr(t, "tcp4", "127.0.0.1")
+		out, code, pid := runIn(t, env.protected, target.String())
+		if code != 0 || out != "redirected "+target.String() {
+			t.Fatalf("protected client: exit %d, %q; want redirected to the listener", code, out)
+		}
+		select {
+		case orig := <-env.seen:
+			if orig.Dst != target || int(orig.PID) != pid || orig.WorkloadID != 7 {
+				t.Fatalf("original = %+v; want dst %s, pid %d, workload 7", orig, target, pid)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("listener recorded no original")
+		}
+		pending, established, err := env.objs.MapCounts()
+		if err != nil || pending != wantPending || established != 0 {
+			t.Fatalf("map counts = %d pending, %d established, %v; want %d, 0", pending, established, err, wantPending)
+		}
+	}
+	check(0)                // through its slot
+	const foreign = 1 << 63 // no socket's cookie
+	if err := env.objs.HoldPendingSlots(foreign); err != nil {
+		t.Fatalf("hold slots: %v", err)
+	}
+	check(8192) // through orig_pending; the held slots stay as they were
+}
