@@ -12,7 +12,8 @@ import (
 )
 
 // BenchmarkAppend measures signed, durable receipts per second: each of the
-// writers signs its receipts (kernel.Sign) and Appends them in sync mode.
+// writers prepares its receipts (kernel.Prepare) and appends them with
+// AppendPrepared in sync mode, which signs them in the writer.
 func BenchmarkAppend(b *testing.B) {
 	for _, writers := range []int{1, 16, 256} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
