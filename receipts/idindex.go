@@ -53,10 +53,10 @@ func cmpRef(a, b idRef) int {
 	return 0
 }
 
-// loadIDIndex reads every id of a format-2 log.
-func loadIDIndex(tx *bolt.Tx) (*idIndex, error) {
+// loadIDIndex reads every id of a format-2 log of n receipts.
+func loadIDIndex(tx *bolt.Tx, n uint64) (*idIndex, error) {
 	b := tx.Bucket(bktSeqIDs)
-	refs := make([]idRef, 0, b.Stats().KeyN)
+	refs := make([]idRef, 0, n)
 	c := b.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		if len(k) != 8 || len(v) != 32 {

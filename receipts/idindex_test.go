@@ -1,7 +1,10 @@
 package receipts
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
+	"errors"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -133,4 +136,39 @@ func TestCommitWritesFewIndexPages(t *testing.T) {
 	if extra > 0.5 {
 		t.Fatalf("a batch of %d receipts wrote %d pages beyond its receipts' %d: %.2f per receipt (index pages dirtied per receipt)", batch, written-own, own, extra)
 	}
+}
+
+// An id index that names the wrong id for a seq is found by verify, and a
+// writable open's lookup never answers with a receipt whose id differs.
+func TestTamperSeqIDs(t *testing.T) {
+	path := buildLog(t, 30)
+	var id4 []byte
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bktSeqIDs)
+		id4 = bytes.Clone(b.Get(u64key(4)))
+		return b.Put(u64key(3), id4) // seq 3 now claims seq 4's id
+	})
+	wantDefect(t, path, 3, 0, "id index")
+	l, err := Open(path, Options{Key: testKey("tamper"), CheckpointEvery: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// Seq 3's own id is indexed nowhere now; seq 4's twice.
+	for _, id := range []string{hex.EncodeToString(id4), e3(t, l)} {
+		e, err := l.Lookup(id)
+		if (err != nil || e.ID != id) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrNotFound) {
+			t.Fatalf("lookup of %s: %+v %v", id, e, err)
+		}
+	}
+}
+
+// e3 is the real id of seq 3.
+func e3(t *testing.T, l *Log) string {
+	t.Helper()
+	e, err := l.Get(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.ID
 }

@@ -566,7 +566,7 @@ func (l *Log) openWritable() error {
 		if v1 {
 			return nil
 		}
-		l.ids, err = loadIDIndex(tx)
+		l.ids, err = loadIDIndex(tx, l.st.lastSeq)
 		if err != nil {
 			return fmt.Errorf("open receipt log %s: %w", l.path, err)
 		}

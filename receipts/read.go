@@ -46,8 +46,13 @@ func (l *Log) Lookup(id string) (Entry, error) {
 			return fmt.Errorf("look up receipt %s: indexed as seq %d, which is missing: %w", id, getU64(k), ErrCorrupt)
 		}
 		var err error
-		e, err = entryAt(getU64(k), data)
-		return err
+		if e, err = entryAt(getU64(k), data); err != nil {
+			return err
+		}
+		if e.ID != id {
+			return fmt.Errorf("look up receipt %s: indexed as seq %d, which holds receipt %s: %w", id, e.Seq, e.ID, ErrCorrupt)
+		}
+		return nil
 	})
 	return e, err
 }
