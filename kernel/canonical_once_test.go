@@ -91,3 +91,39 @@ func egressEvents() []EgressEvent {
 	odd.Workload.Name = "w\"\\\u007f"
 	return []EgressEvent{ex, http, bare, named, sock, odd}
 }
+
+// FuzzSignCanonical holds SignCanonical's one-pass bytes to CanonicalJSON
+// for any body Prepare accepts.
+func FuzzSignCanonical(f *testing.F) {
+	f.Add(`{"host":"a"}`, `{"workload":"w"}`, "egress", "reason", uint64(1))
+	f.Add(` {"b":1.0,"a":[1e400]}`, `null`, "\xff", "", uint64(1<<63))
+	f.Add(``, ``, "t", "\u2028\u007f", uint64(0))
+	f.Add(`[1,"\ud800"]`, `{"a":{"b":[true,false,null]}}`, "x\"y", "r\\", uint64(42))
+	key := testKey(f)
+	pub := key.Public().(ed25519.PublicKey)
+	f.Fuzz(func(t *testing.T, params, meta, name, reason string, ts uint64) {
+		body := sampleBody()
+		body.Action.Parameters = json.RawMessage(params)
+		if params == "" {
+			body.Action.Parameters = nil
+		}
+		body.Metadata = json.RawMessage(meta)
+		if meta == "" {
+			body.Metadata = nil
+		}
+		body.ToolName, body.Timestamp = name, ts
+		body.Decision = &Decision{Verdict: VerdictDeny, Reason: reason}
+		p, err := Prepare(body, pub)
+		if err != nil {
+			return
+		}
+		r, canon, err := p.SignCanonical(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := r.CanonicalJSON()
+		if err != nil || !bytes.Equal(canon, want) {
+			t.Fatalf("SignCanonical\n%s\nCanonicalJSON\n%s (%v)", canon, want, err)
+		}
+	})
+}
