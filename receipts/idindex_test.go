@@ -95,7 +95,8 @@ func TestCommitWritesFewIndexPages(t *testing.T) {
 	// each count below plus Flush's request fills whole batches.
 	const maxBatch = 256
 	const batch = maxBatch - 1
-	l, _ := openTest(t, Options{Key: key, Mode: ModeAsync, MaxBatch: maxBatch, AsyncLinger: time.Hour, CheckpointEvery: 1 << 30})
+	l, _ := openTest(t, Options{Key: key, Mode: ModeAsync, MaxBatch: maxBatch, AsyncLinger: time.Hour,
+		CheckpointEvery: 1 << 30, CheckpointIdle: time.Hour, CheckpointMaxDelay: time.Hour})
 	ctx := context.Background()
 	n := 0
 	appendN := func(count int) {
