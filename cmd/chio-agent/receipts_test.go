@@ -275,7 +275,7 @@ func TestDamagedLogFailsCleanly(t *testing.T) {
 	}
 	os.WriteFile(db, page2, 0o600)
 	for _, args := range commands {
-		runDamaged(t, db, fmt.Sprintf("page %d", root), args...)
+		runDamaged(t, db, fmt.Sprintf("page %d:", root), args...)
 	}
 
 	// A flipped byte in a receipt sealed long ago was appended to without
