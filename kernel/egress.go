@@ -255,10 +255,13 @@ func PrepareEgressReceipt(ev EgressEvent, out Outcome, policyHash string, pub ed
 	if err != nil {
 		return nil, err
 	}
-	p, err := Prepare(body, pub)
+	// EgressReceiptBody wrote parameters and metadata with jcs.Marshal:
+	// canonical already, and the indexed fields are known typed.
+	p, err := prepare(body, pub, true)
 	if err != nil {
 		return nil, fmt.Errorf("build egress receipt: %w", err)
 	}
+	p.index, p.indexed = Index{Workload: ev.Workload.Name, Host: ev.Target()}, true
 	return p, nil
 }
 

@@ -130,11 +130,31 @@ type Prepared struct {
 	r   Receipt
 	pub ed25519.PublicKey
 	msg []byte // canonical {"body":…,"id":…}, what the signature covers
+	// index, when indexed, is what the receipt is about, known typed by
+	// the producer (PrepareEgressReceipt), so a log need not read it back
+	// out of the JSON.
+	index   Index
+	indexed bool
+}
+
+// Index is what a receipt log indexes a receipt under besides its id,
+// time and verdict: the workload (metadata.workload, or its name) and the
+// destination (action.parameters.target).
+type Index struct {
+	Workload string
+	Host     string
 }
 
 // Prepare checks and canonicalizes body as Sign does, for the kernel key
 // pub, and fixes its id. Errors are Sign's.
 func Prepare(body Receipt, pub ed25519.PublicKey) (*Prepared, error) {
+	return prepare(body, pub, false)
+}
+
+// prepare is Prepare; with canonical, body's parameters and metadata are
+// already canonical (this package wrote them with jcs.Marshal) and are
+// used as they are instead of being scanned again.
+func prepare(body Receipt, pub ed25519.PublicKey, canonical bool) (*Prepared, error) {
 	if len(pub) != ed25519.PublicKeySize {
 		return nil, fmt.Errorf("sign receipt: %w: public key is %d bytes, want %d", ErrInvalidKey, len(pub), ed25519.PublicKeySize)
 	}
@@ -149,22 +169,29 @@ func Prepare(body Receipt, pub ed25519.PublicKey) (*Prepared, error) {
 	if len(params) == 0 {
 		params = json.RawMessage("{}")
 	}
-	// One buffer holds canonical parameters, metadata and the signed message.
-	buf := make([]byte, 0, 512+2*len(params)+len(r.Metadata))
-	buf, err := jcs.Append(buf, params)
-	if err != nil {
-		return nil, fmt.Errorf("sign receipt: %w: action.parameters: %w", ErrInvalidReceipt, err)
+	var buf []byte
+	if canonical {
+		r.Action.Parameters = params
+		buf = make([]byte, 0, 512+len(params)+len(r.Metadata))
+	} else {
+		// One buffer holds canonical parameters, metadata and the signed
+		// message.
+		buf = make([]byte, 0, 512+2*len(params)+len(r.Metadata))
+		var err error
+		if buf, err = jcs.Append(buf, params); err != nil {
+			return nil, fmt.Errorf("sign receipt: %w: action.parameters: %w", ErrInvalidReceipt, err)
+		}
+		r.Action.Parameters = buf[:len(buf):len(buf)]
+		if r.Metadata != nil {
+			start := len(buf)
+			if buf, err = jcs.Append(buf, r.Metadata); err != nil {
+				return nil, fmt.Errorf("sign receipt: %w: metadata: %w", ErrInvalidReceipt, err)
+			}
+			r.Metadata = buf[start:len(buf):len(buf)]
+		}
 	}
-	r.Action.Parameters = buf[:len(buf):len(buf)]
 	sum := sha256.Sum256(r.Action.Parameters)
 	r.Action.ParameterHash = hex.EncodeToString(sum[:])
-	if r.Metadata != nil {
-		start := len(buf)
-		if buf, err = jcs.Append(buf, r.Metadata); err != nil {
-			return nil, fmt.Errorf("sign receipt: %w: metadata: %w", ErrInvalidReceipt, err)
-		}
-		r.Metadata = buf[start:len(buf):len(buf)]
-	}
 	if err := checkFields(&r); err != nil {
 		return nil, fmt.Errorf("sign receipt: %w", err)
 	}
@@ -188,6 +215,25 @@ func (p *Prepared) ID() string { return p.r.ID }
 
 // KernelKey is the hex public key the receipt names as kernel_key.
 func (p *Prepared) KernelKey() string { return p.r.KernelKey }
+
+// Index returns the workload and destination the receipt is about when its
+// producer gave them typed (egress receipts do); ok is false otherwise,
+// and a reader then finds them in the JSON.
+func (p *Prepared) Index() (ix Index, ok bool) { return p.index, p.indexed }
+
+// SignCanonical is Sign that also returns the canonical JSON of the whole
+// signed receipt (what Receipt.CanonicalJSON returns), written from the
+// parts Prepare already made canonical rather than by canonicalizing the
+// receipt again: the bytes a receipt log stores and hashes.
+func (p *Prepared) SignCanonical(key ed25519.PrivateKey) (Receipt, []byte, error) {
+	r, err := p.Sign(key)
+	if err != nil {
+		return Receipt{}, nil, err
+	}
+	out := make([]byte, 0, len(p.msg)+len(r.Signature)+32)
+	out = appendMembers(out, &r, r.Action.Parameters, r.Metadata, true)
+	return r, out, nil
+}
 
 // Sign signs the prepared receipt with key, which must be the private half
 // of the key it was prepared for.

@@ -26,6 +26,15 @@ func SyntheticReceipt(key ed25519.PrivateKey, n int, now time.Time) ([]byte, err
 }
 
 func syntheticReceipt(key ed25519.PrivateKey, n int, now time.Time) (*kernel.Receipt, error) {
+	r, err := kernel.Sign(syntheticBody(n, now), key)
+	if err != nil {
+		return nil, fmt.Errorf("sign synthetic receipt: %w", err)
+	}
+	return &r, nil
+}
+
+// syntheticBody is the unsigned body of SyntheticReceipt.
+func syntheticBody(n int, now time.Time) kernel.Receipt {
 	hosts := []string{"api.openai.com", "api.anthropic.com", "github.com", "pypi.org", "evil.example"}
 	host := hosts[n%len(hosts)]
 	verdict, reason := kernel.VerdictAllow, ""
@@ -34,7 +43,7 @@ func syntheticReceipt(key ed25519.PrivateKey, n int, now time.Time) (*kernel.Rec
 	}
 	params, _ := json.Marshal(map[string]any{"host": host, "port": 443, "protocol": "tls", "conn": n})
 	meta, _ := json.Marshal(map[string]any{"workload": fmt.Sprintf("agent-%d", n%7)})
-	r, err := kernel.Sign(kernel.Receipt{
+	return kernel.Receipt{
 		Timestamp:     uint64(now.Unix()),
 		ToolServer:    "chio-agent",
 		ToolName:      "egress",
@@ -44,11 +53,7 @@ func syntheticReceipt(key ed25519.PrivateKey, n int, now time.Time) (*kernel.Rec
 		BoundaryClass: kernel.BoundaryPrevent,
 		TrustLevel:    kernel.TrustMediated,
 		Metadata:      meta,
-	}, key)
-	if err != nil {
-		return nil, fmt.Errorf("sign synthetic receipt: %w", err)
 	}
-	return &r, nil
 }
 
 // BenchOptions configure Bench.
@@ -101,6 +106,7 @@ func Bench(ctx context.Context, l *Log, o BenchOptions) (BenchResult, error) {
 			pre[i] = b
 		}
 	}
+	pub := l.opts.Key.Public().(ed25519.PublicKey)
 	lat := make([]time.Duration, o.Count)
 	var next atomic.Int64
 	var firstErr atomic.Pointer[error]
@@ -123,17 +129,18 @@ func Bench(ctx context.Context, l *Log, o BenchOptions) (BenchResult, error) {
 					}
 					t0 = due // latency from when the receipt was due: no coordinated omission
 				}
-				var rc *kernel.Receipt
+				var err error
 				if pre != nil {
-					rc = pre[i]
+					_, err = l.AppendReceipt(ctx, pre[i])
 				} else {
-					var err error
-					if rc, err = syntheticReceipt(l.opts.Key, i, l.opts.Now()); err != nil {
-						firstErr.CompareAndSwap(nil, &err)
-						return
+					// The path of the agent's receipts: prepared, then
+					// signed by the log (in the caller in sync mode).
+					var p *kernel.Prepared
+					if p, err = kernel.Prepare(syntheticBody(i, l.opts.Now()), pub); err == nil {
+						_, err = l.AppendPrepared(ctx, p)
 					}
 				}
-				if _, err := l.AppendReceipt(ctx, rc); err != nil {
+				if err != nil {
 					firstErr.CompareAndSwap(nil, &err)
 					return
 				}

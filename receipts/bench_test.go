@@ -2,13 +2,18 @@ package receipts
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"testing"
+
+	"github.com/backbay-labs/chio-agent/kernel"
 )
 
 // BenchmarkAppend measures signed, durable receipts per second: each of the
-// writers signs its receipts (kernel.Sign) and Appends them in sync mode.
+// writers prepares its receipts (kernel.Prepare) and appends them with
+// AppendPrepared in sync mode, which signs them in the writer.
 func BenchmarkAppend(b *testing.B) {
 	for _, writers := range []int{1, 16, 256} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
@@ -57,4 +62,32 @@ func benchAppend(b *testing.B, o BenchOptions) (BenchResult, string) {
 	b.ReportMetric(res.PerSecond, "receipts/s")
 	b.ReportMetric(float64(res.P99.Microseconds()), "p99-µs")
 	return res, path
+}
+
+// BenchmarkEgressReceiptRequest measures what one egress receipt costs
+// on its way to the log, without the disk: kernel.PrepareEgressReceipt,
+// the Ed25519 signature, the canonical bytes, the indexed fields and the
+// Merkle leaf (what AppendPrepared does in the caller's goroutine).
+func BenchmarkEgressReceiptRequest(b *testing.B) {
+	key := testKey("bench-request")
+	l, _ := openTest(b, Options{Key: key})
+	pub := key.Public().(ed25519.PublicKey)
+	ev := kernel.EgressEvent{
+		IP: netip.MustParseAddr("203.0.113.7"), Port: 443, Transport: kernel.TransportTCP,
+		SNI: "api.example.com", ALPN: []string{"h2", "http/1.1"}, ConnectionID: "c0ffee0123456789",
+		Workload: kernel.WorkloadIdentity{Name: "agents/research-agent-7f9c", CgroupPath: "/kubepods.slice/pod1234/cri-containerd-abcd.scope",
+			Labels: map[string]string{"app": "research-agent", "team": "ml"}},
+		Process: kernel.ProcessIdentity{PID: 4242, UID: 1000, Comm: "python3"},
+	}
+	out := kernel.Outcome{Verdict: kernel.VerdictAllow, PolicyDecision: "allow", MatchedRule: "rules.egress.allow", Pattern: "*.example.com"}
+	b.ReportAllocs()
+	for b.Loop() {
+		p, err := kernel.PrepareEgressReceipt(ev, out, "5e0a3f6a4f0dc2b1d1f0b6a0c7e8b0f5c2a3e4d5f60718293a4b5c6d7e8f9012", pub, fixedNow)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := l.signedRequest(p); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -282,6 +282,7 @@ func (l *Log) run() {
 // back with the transaction, so the next batch continues from what is on
 // disk, without a gap.
 func (l *Log) commit(batch []*request) {
+	l.ids.fold()
 	saved := l.st.clone()
 	res := make([]result, len(batch))
 	sealAfter := false
@@ -304,14 +305,15 @@ func (l *Log) commit(batch []*request) {
 			if !decodeHex(idb, r.entry.ID) {
 				return fmt.Errorf("receipt id %q is not hex: %w", r.entry.ID, ErrInvalidReceipt) // checkEntry made sure it is
 			}
-			if prev := bk.ids.Get(idb); prev != nil {
-				res[i].err = fmt.Errorf("append receipt %s: already stored as seq %d: %w", r.entry.ID, getU64(prev), ErrInvalidReceipt)
+			if prev, ok := l.ids.find(bk.ids, idb); ok {
+				res[i].err = fmt.Errorf("append receipt %s: already stored as seq %d: %w", r.entry.ID, prev, ErrInvalidReceipt)
 				continue
 			}
 			seq := l.st.lastSeq + 1
 			if err := bk.put(&arena, seq, idb, &r.entry); err != nil {
 				return err
 			}
+			l.ids.add(idb, seq)
 			l.st.lastSeq = seq
 			if len(l.st.pending) == 0 {
 				l.st.pendingStart = seq
@@ -335,6 +337,7 @@ func (l *Log) commit(batch []*request) {
 	})
 	if err != nil {
 		l.st = saved
+		l.ids.drop(saved.lastSeq)
 		err = fmt.Errorf("commit receipts to %s: %w", l.path, err)
 		lostAsync := false
 		notDurable := uint64(0)
@@ -427,7 +430,7 @@ func (l *Log) putMeta(tx *bolt.Tx) error {
 }
 
 // appendOnlyFill is the fill percent for buckets whose keys only grow
-// (receipts and the time index): bbolt's default of one half would leave
+// (receipts, seq_ids and the time index): bbolt's default of one half would leave
 // every page of an append-only bucket half empty.
 const appendOnlyFill = 0.95
 
@@ -468,10 +471,11 @@ type entryBucketSet struct {
 
 func entryBuckets(tx *bolt.Tx) entryBucketSet {
 	b := entryBucketSet{
-		recs: tx.Bucket(bktReceipts), ids: tx.Bucket(bktIDs), time: tx.Bucket(bktTime),
+		recs: tx.Bucket(bktReceipts), ids: tx.Bucket(bktSeqIDs), time: tx.Bucket(bktTime),
 		decision: tx.Bucket(bktDecision), workload: tx.Bucket(bktWorkload), host: tx.Bucket(bktHost),
 	}
 	b.recs.FillPercent = appendOnlyFill
+	b.ids.FillPercent = appendOnlyFill
 	b.time.FillPercent = appendOnlyFill
 	return b
 }
@@ -507,7 +511,7 @@ func (bk *entryBucketSet) put(a *keyArena, seq uint64, idb []byte, e *Entry) err
 	if err := bk.recs.Put(k, e.Receipt); err != nil {
 		return fmt.Errorf("put receipt %d: %w", seq, err)
 	}
-	if err := bk.ids.Put(idb, k); err != nil {
+	if err := bk.ids.Put(k, idb); err != nil {
 		return fmt.Errorf("index receipt %d: %w", seq, err)
 	}
 	tk := a.take(16)

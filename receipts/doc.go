@@ -37,6 +37,12 @@
 // and Verify; Verify returns the first defect as a *DefectError naming the
 // receipt and checkpoint sequence numbers.
 //
+// A writable log keeps the first 8 bytes of every receipt id in memory (16
+// bytes per receipt) to refuse a receipt stored already and to serve Lookup;
+// on disk the ids are appended in seq order. A log in the previous format
+// (ids keyed by id) is read as it is by a read-only open and migrated by the
+// first writable one.
+//
 // # Caveats
 //
 // bbolt allows no reader while another process holds the file for writing:

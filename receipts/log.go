@@ -1,6 +1,7 @@
 package receipts
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
@@ -20,8 +21,13 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// FormatVersion is written in every log's header; Open refuses any other.
-const FormatVersion = "chio-receipt-log/1"
+// FormatVersion is written in every log's header. Open refuses any other,
+// except formatV1, which a writable Open migrates (migrateV1) and a
+// read-only one reads as it is.
+const FormatVersion = "chio-receipt-log/2"
+
+// formatV1 kept the id index keyed by id (bucket ids: id → seq).
+const formatV1 = "chio-receipt-log/1"
 
 // Mode says when Append returns.
 type Mode int
@@ -159,7 +165,8 @@ const (
 var (
 	bktMeta        = []byte("meta")
 	bktReceipts    = []byte("receipts")
-	bktIDs         = []byte("ids")
+	bktSeqIDs      = []byte("seq_ids")
+	bktIDs         = []byte("ids") // format 1 only
 	bktTime        = []byte("by_time")
 	bktDecision    = []byte("by_decision")
 	bktWorkload    = []byte("by_workload")
@@ -169,7 +176,9 @@ var (
 	bktKeys        = []byte("keys")
 	bktLosses      = []byte("losses")
 
-	allBuckets = [][]byte{bktMeta, bktReceipts, bktIDs, bktTime, bktDecision, bktWorkload, bktHost,
+	allBuckets = [][]byte{bktMeta, bktReceipts, bktSeqIDs, bktTime, bktDecision, bktWorkload, bktHost,
+		bktCheckpoints, bktCPByEnd, bktKeys, bktLosses}
+	bucketsV1 = [][]byte{bktMeta, bktReceipts, bktIDs, bktTime, bktDecision, bktWorkload, bktHost,
 		bktCheckpoints, bktCPByEnd, bktKeys, bktLosses}
 
 	metaFormat    = []byte("format")
@@ -275,6 +284,11 @@ type Log struct {
 	durable  atomic.Uint64
 
 	recovery Recovery
+
+	// ids finds a seq by receipt id (writable logs); v1 says a read-only
+	// log is in format 1, whose id index is the ids bucket.
+	ids *idIndex
+	v1  bool
 
 	// crashOnClose makes Close skip sealing the tail, as a crash would;
 	// tests only.
@@ -482,16 +496,23 @@ func (l *Log) update(fn func(tx *bolt.Tx) error) (err error) {
 	return l.db.Update(fn)
 }
 
-func checkBuckets(tx *bolt.Tx, path string) error {
-	for _, b := range allBuckets {
+// checkBuckets checks the header's format and that the format's buckets
+// are there; v1 reports a format-1 log.
+func checkBuckets(tx *bolt.Tx, path string) (v1 bool, err error) {
+	want := allBuckets
+	switch v := tx.Bucket(bktMeta).Get(metaFormat); string(v) {
+	case FormatVersion:
+	case formatV1:
+		v1, want = true, bucketsV1
+	default:
+		return false, fmt.Errorf("open receipt log %s: format %q, this build reads %q: %w", path, v, FormatVersion, ErrFormat)
+	}
+	for _, b := range want {
 		if tx.Bucket(b) == nil {
-			return fmt.Errorf("open receipt log %s: bucket %q missing: %w", path, b, ErrCorrupt)
+			return false, fmt.Errorf("open receipt log %s: bucket %q missing: %w", path, b, ErrCorrupt)
 		}
 	}
-	if v := tx.Bucket(bktMeta).Get(metaFormat); string(v) != FormatVersion {
-		return fmt.Errorf("open receipt log %s: format %q, this build reads %q: %w", path, v, FormatVersion, ErrFormat)
-	}
-	return nil
+	return v1, nil
 }
 
 func (l *Log) checkHeaderRO() error {
@@ -499,7 +520,9 @@ func (l *Log) checkHeaderRO() error {
 		if tx.Bucket(bktMeta) == nil {
 			return fmt.Errorf("open receipt log %s: no header (not a receipt log?): %w", l.path, ErrCorrupt)
 		}
-		return checkBuckets(tx, l.path)
+		var err error
+		l.v1, err = checkBuckets(tx, l.path)
+		return err
 	})
 }
 
@@ -511,7 +534,7 @@ func (l *Log) openWritable() error {
 	now := l.opts.Now()
 	var logID []byte
 	var headerAccepted uint64
-	var fresh, rotate bool
+	var fresh, rotate, v1 bool
 	read := func(tx *bolt.Tx) error {
 		if tx.Bucket(bktMeta) == nil {
 			// A bbolt file with buckets but no header is someone else's
@@ -522,7 +545,8 @@ func (l *Log) openWritable() error {
 			fresh = true
 			return nil
 		}
-		if err := checkBuckets(tx, l.path); err != nil {
+		var err error
+		if v1, err = checkBuckets(tx, l.path); err != nil {
 			return err
 		}
 		meta := tx.Bucket(bktMeta)
@@ -530,17 +554,36 @@ func (l *Log) openWritable() error {
 		if v := meta.Get(metaAccepted); len(v) == 8 {
 			headerAccepted = getU64(v)
 		}
-		var err error
 		if rotate, err = l.checkKey(tx); err != nil {
 			return err
 		}
 		if err := l.loadState(tx); err != nil {
 			return err
 		}
-		return l.checkOnOpen(tx)
+		if err := l.checkOnOpen(tx); err != nil {
+			return err
+		}
+		if v1 {
+			return nil
+		}
+		l.ids, err = loadIDIndex(tx, l.st.lastSeq)
+		if err != nil {
+			return fmt.Errorf("open receipt log %s: %w", l.path, err)
+		}
+		return nil
 	}
 	if err := l.view(read); err != nil {
 		return err
+	}
+	if v1 {
+		// Checked in full above, as any writable open is: only then is
+		// the index rewritten, in one transaction, and read again.
+		if err := l.update(l.migrateV1); err != nil {
+			return err
+		}
+		if err := l.view(read); err != nil {
+			return err
+		}
 	}
 	if fresh {
 		if err := l.update(func(tx *bolt.Tx) error { return l.initLog(tx, now) }); err != nil {
@@ -655,6 +698,52 @@ func (l *Log) recordRotation(tx *bolt.Tx, now time.Time) error {
 	l.recovery.Rotated = true
 	l.log.WithFields(logrus.Fields{fieldKey: l.pubHex, "previous_key": logKey, fieldSeq: last + 1}).
 		Warn("rotated receipt log signing key")
+	return nil
+}
+
+// migrateV1 rewrites a format-1 log's id index (ids: id → seq, one random
+// leaf dirtied per receipt) as format 2's seq_ids (seq → id, appended in
+// order), in the one transaction that also sets the new format, so a crash
+// leaves the old log or the new one, never a mix. The ids are read from the
+// receipts themselves, and the old index must agree with them entry for
+// entry: an index that names another seq, misses a receipt or holds one
+// too many is refused (ErrCorrupt) rather than carried over or dropped.
+func (l *Log) migrateV1(tx *bolt.Tx) error {
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("migrate receipt log %s to %s: %s: %w", l.path, FormatVersion, fmt.Sprintf(format, args...), ErrCorrupt)
+	}
+	old := tx.Bucket(bktIDs)
+	seqIDs, err := tx.CreateBucket(bktSeqIDs)
+	if err != nil {
+		return fmt.Errorf("migrate receipt log %s: %w", l.path, err)
+	}
+	seqIDs.FillPercent = appendOnlyFill
+	var n uint64
+	c := tx.Bucket(bktReceipts).Cursor()
+	for k, data := c.First(); k != nil; k, data = c.Next() {
+		n++
+		seq := getU64(k)
+		id := make([]byte, 32)
+		if s := indexedString(data, []string{"id"}); !decodeHex(id, s) {
+			return fail("receipt seq %d has no 64-hex-digit id", seq)
+		}
+		if v := old.Get(id); len(v) != 8 || getU64(v) != seq {
+			return fail("id index does not map receipt seq %d's id %x to it", seq, id)
+		}
+		if err := seqIDs.Put(bytes.Clone(k), id); err != nil {
+			return fmt.Errorf("migrate receipt log %s: %w", l.path, err)
+		}
+	}
+	if m := uint64(old.Stats().KeyN); m != n {
+		return fail("id index has %d entries for %d receipts", m, n)
+	}
+	if err := tx.DeleteBucket(bktIDs); err != nil {
+		return fmt.Errorf("migrate receipt log %s: %w", l.path, err)
+	}
+	if err := tx.Bucket(bktMeta).Put(metaFormat, []byte(FormatVersion)); err != nil {
+		return fmt.Errorf("migrate receipt log %s: %w", l.path, err)
+	}
+	l.log.WithFields(logrus.Fields{fieldSeq: n, "from": formatV1, "to": FormatVersion}).Info("migrated receipt log format")
 	return nil
 }
 

@@ -45,11 +45,11 @@ func (l *Log) AppendPrepared(ctx context.Context, p *kernel.Prepared) (uint64, e
 			return 0, err
 		}
 	}
-	rc, err := p.Sign(l.opts.Key)
+	r, err := l.signedRequest(p)
 	if err != nil {
 		return 0, fmt.Errorf("append receipt: %v: %w", err, ErrInvalidReceipt)
 	}
-	return l.AppendReceipt(ctx, &rc)
+	return l.submit(ctx, r, true)
 }
 
 // Reservation is a place held for one async receipt that its caller
@@ -137,10 +137,28 @@ func (l *Log) checkPrepared(p *kernel.Prepared) error {
 	return nil
 }
 
+// signedRequest signs p and makes its request from what Prepare already
+// holds: the canonical bytes are written once from its canonical parts
+// (never re-canonicalized), and the indexed workload and host come typed
+// from the producer when it gave them (egress receipts), else from one
+// scan of the canonical metadata and parameters.
 func (l *Log) signedRequest(p *kernel.Prepared) (*request, error) {
-	rc, err := p.Sign(l.opts.Key)
+	rc, canon, err := p.SignCanonical(l.opts.Key)
 	if err != nil {
 		return nil, err
 	}
-	return l.receiptRequest(&rc)
+	e := Entry{ID: rc.ID, Timestamp: int64(rc.Timestamp), Decision: "none", Receipt: canon}
+	if rc.Decision != nil {
+		e.Decision = rc.Decision.Verdict
+	}
+	if ix, ok := p.Index(); ok {
+		e.Workload, e.Host = ix.Workload, ix.Host
+	} else {
+		e.Workload = indexedString(rc.Metadata, workloadKeys)
+		e.Host = indexedString(rc.Action.Parameters, hostKeys)
+	}
+	if err := checkEntry(&e, rc.KernelKey, rc.Signature, rc.Timestamp); err != nil {
+		return nil, fmt.Errorf("%v: %w", err, ErrInvalidReceipt)
+	}
+	return l.request(e, rc.KernelKey, LeafHash(canon))
 }

@@ -37,7 +37,7 @@ func (l *Log) Lookup(id string) (Entry, error) {
 	}
 	var e Entry
 	err = l.view(func(tx *bolt.Tx) error {
-		k := tx.Bucket(bktIDs).Get(idb)
+		k := l.findID(tx, idb)
 		if len(k) != 8 {
 			return fmt.Errorf("look up receipt %s: %w", id, ErrNotFound)
 		}
@@ -46,10 +46,38 @@ func (l *Log) Lookup(id string) (Entry, error) {
 			return fmt.Errorf("look up receipt %s: indexed as seq %d, which is missing: %w", id, getU64(k), ErrCorrupt)
 		}
 		var err error
-		e, err = entryAt(getU64(k), data)
-		return err
+		if e, err = entryAt(getU64(k), data); err != nil {
+			return err
+		}
+		if e.ID != id {
+			return fmt.Errorf("look up receipt %s: indexed as seq %d, which holds receipt %s: %w", id, e.Seq, e.ID, ErrCorrupt)
+		}
+		return nil
 	})
 	return e, err
+}
+
+// findID returns the seq key of the receipt with id idb, nil when none: in
+// a writable log from its in-memory index, in a read-only one by reading
+// seq_ids in order (one pass over 40 bytes per receipt), in a format-1 log
+// from its ids bucket.
+func (l *Log) findID(tx *bolt.Tx, idb []byte) []byte {
+	switch {
+	case l.v1:
+		return tx.Bucket(bktIDs).Get(idb)
+	case l.ids != nil:
+		if seq, ok := l.ids.find(tx.Bucket(bktSeqIDs), idb); ok {
+			return u64key(seq)
+		}
+		return nil
+	}
+	c := tx.Bucket(bktSeqIDs).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if bytes.Equal(v, idb) {
+			return k
+		}
+	}
+	return nil
 }
 
 // entryAt decodes stored bytes, copying them out of the bbolt page (which

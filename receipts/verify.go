@@ -2,11 +2,13 @@ package receipts
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -87,6 +89,11 @@ type verifier struct {
 	// match, to name the receipt at fault), and the indexes are not checked.
 	quick    bool
 	fullFrom uint64
+
+	// v1: the log is in format 1 (id index keyed by id). ids collects
+	// every receipt's id prefix, to find an id stored twice (format 2).
+	v1  bool
+	ids []idRef
 }
 
 // checkOnOpen checks the evidence before a writable Open appends to it:
@@ -140,14 +147,22 @@ func (v *verifier) keyAt(seq uint64) (string, int) {
 }
 
 func (v *verifier) run() error {
-	for _, b := range allBuckets {
+	meta := v.tx.Bucket(bktMeta)
+	if meta == nil {
+		return corrupt(0, 0, "bucket %q missing", bktMeta)
+	}
+	buckets := allBuckets
+	switch f := string(meta.Get(metaFormat)); f {
+	case FormatVersion:
+	case formatV1:
+		v.v1, buckets = true, bucketsV1
+	default:
+		return &DefectError{Reason: fmt.Sprintf("format %q, this build reads %q", f, FormatVersion), Err: ErrFormat}
+	}
+	for _, b := range buckets {
 		if v.tx.Bucket(b) == nil {
 			return corrupt(0, 0, "bucket %q missing", b)
 		}
-	}
-	meta := v.tx.Bucket(bktMeta)
-	if f := string(meta.Get(metaFormat)); f != FormatVersion {
-		return &DefectError{Reason: fmt.Sprintf("format %q, this build reads %q", f, FormatVersion), Err: ErrFormat}
 	}
 	var err error
 	if v.keys, err = readKeys(v.tx); err != nil {
@@ -267,9 +282,34 @@ func (v *verifier) run() error {
 	if n := uint64(v.tx.Bucket(bktCPByEnd).Stats().KeyN); n != cpCount {
 		return corrupt(0, 0, "checkpoint index has %d entries for %d checkpoints", n, cpCount)
 	}
-	for _, b := range [][]byte{bktIDs, bktTime, bktDecision, bktWorkload, bktHost} {
+	idBucket := bktSeqIDs
+	if v.v1 {
+		idBucket = bktIDs
+	}
+	for _, b := range [][]byte{idBucket, bktTime, bktDecision, bktWorkload, bktHost} {
 		if n := uint64(v.tx.Bucket(b).Stats().KeyN); n != last {
 			return corrupt(0, 0, "index %s has %d entries for %d receipts", b, n, last)
+		}
+	}
+	return v.checkUniqueIDs()
+}
+
+// checkUniqueIDs finds an id stored under two seqs, which format 1's index
+// (keyed by id) could not hold and format 2's (keyed by seq) could.
+func (v *verifier) checkUniqueIDs() error {
+	slices.SortFunc(v.ids, func(a, b idRef) int {
+		if c := cmpRef(a, b); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.seq, b.seq)
+	})
+	ids := v.tx.Bucket(bktSeqIDs)
+	for i := 1; i < len(v.ids); i++ {
+		for j := i - 1; j >= 0 && v.ids[j].prefix == v.ids[i].prefix; j-- {
+			a, b := ids.Get(u64key(v.ids[j].seq)), ids.Get(u64key(v.ids[i].seq))
+			if bytes.Equal(a, b) {
+				return tampered(v.ids[i].seq, 0, "receipt id %x is stored already as seq %d", b, v.ids[j].seq)
+			}
 		}
 	}
 	return nil
@@ -372,8 +412,15 @@ func (v *verifier) checkOne(seq uint64, data []byte) (Entry, error) {
 // checkIndexes checks that every index names the receipt (main goroutine).
 func (v *verifier) checkIndexes(e *Entry) error {
 	idb, _ := hex.DecodeString(e.ID)
-	if s := v.tx.Bucket(bktIDs).Get(idb); len(s) != 8 || getU64(s) != e.Seq {
-		return corrupt(e.Seq, 0, "id index does not map %s to this seq", e.ID)
+	if v.v1 {
+		if s := v.tx.Bucket(bktIDs).Get(idb); len(s) != 8 || getU64(s) != e.Seq {
+			return corrupt(e.Seq, 0, "id index does not map %s to this seq", e.ID)
+		}
+	} else {
+		if s := v.tx.Bucket(bktSeqIDs).Get(u64key(e.Seq)); !bytes.Equal(s, idb) {
+			return corrupt(e.Seq, 0, "id index does not map this seq to %s", e.ID)
+		}
+		v.ids = append(v.ids, idRef{idPrefix(idb), e.Seq})
 	}
 	for _, ix := range []struct {
 		b   []byte

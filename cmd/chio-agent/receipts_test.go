@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -264,14 +265,17 @@ func TestDamagedLogFailsCleanly(t *testing.T) {
 		runDamaged(t, db, "truncated", args...)
 	}
 
+	// Garbage over a page in use (the receipts bucket's root: page 2 can
+	// be a free page, whose contents nothing reads).
+	root := rootPage(t, snap, "receipts")
 	page2 := bytes.Clone(snap)
 	rng := rand.New(rand.NewPCG(2, 2))
-	for i := 4096 * 2; i < 4096*3; i++ {
+	for i := 4096 * root; i < 4096*(root+1); i++ {
 		page2[i] = byte(rng.Uint32())
 	}
 	os.WriteFile(db, page2, 0o600)
 	for _, args := range commands {
-		runDamaged(t, db, "page 2", args...)
+		runDamaged(t, db, fmt.Sprintf("page %d:", root), args...)
 	}
 
 	// A flipped byte in a receipt sealed long ago was appended to without
@@ -304,4 +308,26 @@ func TestDamagedLogFailsCleanly(t *testing.T) {
 	for _, args := range commands {
 		runDamaged(t, db, "receipt seq 150", args...)
 	}
+}
+
+// rootPage is the page holding the root of bucket name in the bbolt file
+// data.
+func rootPage(t *testing.T, data []byte, name string) int {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "root.db")
+	os.WriteFile(path, data, 0o600)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var root int
+	db.View(func(tx *bolt.Tx) error {
+		root = int(tx.Bucket([]byte(name)).Root())
+		return nil
+	})
+	if root < 2 {
+		t.Fatalf("bucket %s is inline", name)
+	}
+	return root
 }
