@@ -178,6 +178,17 @@ func serveUDPTrap(t *testing.T, network, addr string) *udpTrap {
 
 // attack runs the hostile child in the protected workload as uid and
 // returns its outcome line.
+// mustRelay runs child mode name as uid against the allowed HTTP server:
+// the same call that was refused to a forbidden one must be relayed, so
+// that the attack was redirected rather than merely broken.
+func (e *e2e) mustRelay(uid int, what, name string, env ...string) {
+	e.t.Helper()
+	out := e.attack(uid, name, append([]string{"CHIO_E2E_ADDR=" + e.httpAddr.String(), "CHIO_E2E_DATA=" + allowedGet}, env...)...)
+	if !strings.Contains(out, "plain-api host=api.allowed.test path=/attack") {
+		e.t.Fatalf("%s as uid %d to an allowed server: %s", what, uid, out)
+	}
+}
+
 func (e *e2e) attack(uid int, name string, env ...string) string {
 	e.t.Helper()
 	return e.attackIn(e.wl, uid, name, env...)
@@ -283,10 +294,7 @@ func TestAttackTCPFastOpen(t *testing.T) {
 
 			// The same call to an allowed server is relayed: TFO is
 			// redirected, not merely broken.
-			out = e.attack(uid, mode, "CHIO_E2E_ADDR="+e.httpAddr.String(), "CHIO_E2E_DATA="+allowedGet)
-			if !strings.Contains(out, "plain-api host=api.allowed.test path=/attack") {
-				t.Fatalf("%s as uid %d to an allowed server: %s", mode, uid, out)
-			}
+			e.mustRelay(uid, mode, mode)
 		}
 	}
 }
@@ -441,10 +449,7 @@ func TestAttackMPTCP(t *testing.T) {
 			mustNotReach(t, mode, uid, out, trap)
 			t.Logf("%s as uid %d: %s; %s by %s", mode, uid, out, d.Verdict, d.Guard)
 
-			out = e.attack(uid, mode, "CHIO_E2E_ADDR="+e.httpAddr.String(), "CHIO_E2E_DATA="+allowedGet)
-			if !strings.Contains(out, "plain-api host=api.allowed.test path=/attack") {
-				t.Fatalf("%s as uid %d to an allowed server: %s", mode, uid, out)
-			}
+			e.mustRelay(uid, mode, mode)
 		}
 	}
 }
@@ -476,10 +481,7 @@ func TestAttackIOURing(t *testing.T) {
 			mustNotReach(t, what, uid, out, trap)
 			t.Logf("%s as uid %d: %s; %s by %s", what, uid, out, d.Verdict, d.Guard)
 
-			out = e.attack(uid, "iouring-connect", "CHIO_E2E_ADDR="+e.httpAddr.String(), "CHIO_E2E_DATA="+allowedGet, "CHIO_E2E_IOURING="+mode)
-			if !strings.Contains(out, "plain-api host=api.allowed.test path=/attack") {
-				t.Fatalf("%s as uid %d to an allowed server: %s", what, uid, out)
-			}
+			e.mustRelay(uid, what, "iouring-connect", "CHIO_E2E_IOURING="+mode)
 
 			what = strings.TrimSuffix("io_uring sendmsg "+mode, " ")
 			udp := serveUDPTrap(t, "udp4", "127.0.0.1:0")

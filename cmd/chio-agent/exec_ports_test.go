@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -39,18 +37,7 @@ func TestExecPortFlags(t *testing.T) {
 	run := func(flags []string, args ...string) (string, string, int) {
 		t.Helper()
 		all := append([]string{"exec", "--policy", policy, "--key", key, "--receipts", db}, flags...)
-		cmd := exec.Command(bin, append(append(all, "--"), args...)...)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		var ee *exec.ExitError
-		code := 0
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return stdout.String(), stderr.String(), code
+		return runBinary(t, bin, append(append(all, "--"), args...)...)
 	}
 
 	egress := []string{"--egress-allow-ports", fmt.Sprint(p)}

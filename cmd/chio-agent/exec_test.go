@@ -41,18 +41,7 @@ rules:
 	db := filepath.Join(dir, "receipts.db")
 	execCmd := func(args ...string) (string, string, int) {
 		t.Helper()
-		cmd := exec.Command(bin, append([]string{"exec", "--policy", policy, "--key", key, "--receipts", db, "--"}, args...)...)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		var ee *exec.ExitError
-		code := 0
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return stdout.String(), stderr.String(), code
+		return runBinary(t, bin, append([]string{"exec", "--policy", policy, "--key", key, "--receipts", db, "--"}, args...)...)
 	}
 
 	out, errOut, code := execCmd("curl", "-sS", fmt.Sprintf("http://127.0.0.1:%d/", port))
@@ -78,4 +67,22 @@ rules:
 	if out, err := exec.Command(bin, "receipts", "verify", "--receipts", db).CombinedOutput(); err != nil {
 		t.Fatalf("verify: %v\n%s", err, out)
 	}
+}
+
+// runBinary runs the chio-agent binary with args and returns its stdout,
+// stderr and exit status.
+func runBinary(t *testing.T, bin string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	code := 0
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
 }
