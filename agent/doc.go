@@ -22,5 +22,7 @@
 // refusals.go and inbound.go turn them into receipts; ports.go, limits.go and
 // resolver.go hold the per-workload port allow-list, the bounds and the
 // anti-spoofing resolver; reload.go and rules.go follow the policy into the
-// datapath; exec.go, daemon.go and status.go are the shapes users run.
+// datapath; birth.go sets birth roots and exemptions (cgroups below a root
+// are refused the network until classified); exec.go, daemon.go and
+// status.go are the shapes users run.
 package agent

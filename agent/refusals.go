@@ -43,6 +43,10 @@ func socketCall(s bpf.Socket) *kernel.SocketCall {
 func (a *Agent) kernelRefusal(e bpf.Event) {
 	count := uint64(max(e.Count, 1))
 	w := a.reg.byID(e.WorkloadID)
+	if w == nil && e.WorkloadID == 0 {
+		// No workload: a cgroup below a birth root, not classified (birth.go).
+		w = unclassifiedWorkload(e.CgroupID)
+	}
 	if w == nil {
 		a.refusals.unreceipted.Add(count)
 		a.proxy.errs.add(fmt.Errorf("kernel refusal from unknown workload id %d", e.WorkloadID))
@@ -94,7 +98,7 @@ func (a *Agent) refusal(e bpf.Event, w *workload) kernel.Egress {
 	if e.Count > 1 {
 		ev.Attempts = e.Count
 	}
-	if e.Kind == bpf.EventSocketRefused {
+	if !e.Dst.IsValid() { // refused at socket()
 		ev.Socket = socketCall(e.Socket)
 	} else {
 		ev.IP, ev.Port = e.Dst.Addr(), e.Dst.Port()
@@ -116,6 +120,8 @@ func (a *Agent) refusal(e bpf.Event, w *workload) kernel.Egress {
 	case bpf.EventGuarded:
 		reason = "the workload's cgroup was made again at its path and is not protected yet; refused in the kernel until the agent protects it"
 		a.requestResync()
+	case bpf.EventUnclassified:
+		reason = unclassifiedReason(e)
 	default:
 		reason = "refused in the kernel: " + e.Kind.String()
 	}

@@ -76,6 +76,7 @@ enum event_kind {
 	EVENT_PORT_ZERO = 6,      // TCP connect() to port 0: no service, refused
 	EVENT_GUARDED = 7,        // a guarded cgroup path the agent has not protected yet
 	EVENT_INBOUND_REFUSED = 8, // bind()/listen() to receive, refused (inbound.c)
+	EVENT_UNCLASSIFIED = 9,   // a cgroup under a birth root the agent has not classified yet
 };
 
 // Addresses are stored as 16 bytes in network order, IPv4 as v4-mapped IPv6
@@ -365,7 +366,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cg_cache SEC(".maps");
 
-// generation[0] is bumped by the agent after each change to workloads.
+// generation[0] is bumped by the agent after each change to workloads,
+// guards, birth_roots or birth_exempt.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -507,6 +509,86 @@ static __always_inline __u32 guard_lookup(int stop)
 	return g;
 }
 
+// ---- Protected from birth ----------------------------------------------------
+//
+// A birth root is the cgroup of a subtree whose every cgroup must be
+// classified by the agent before it may use the network: protected (in
+// `workloads`) or exempt (in `birth_exempt`). A cgroup strictly below a birth
+// root that is neither, and has no exempt ancestor at or below the (deepest)
+// birth root above it, is unclassified: its socket(), connect() and sendmsg()
+// on inet sockets are refused (EPERM) and reported as EVENT_UNCLASSIFIED,
+// until the agent classifies it. Cgroups are named by id, so a directory
+// removed and made again is a new, unclassified cgroup. The walk runs only on
+// a cache miss in lookup_workload, for cgroups no workload protects: a
+// classified cgroup's connect pays nothing for it.
+
+// birth_exempt values.
+#define BIRTH_EXEMPT 1 // the cgroup and its descendants are classified exempt
+
+// EVENT_UNCLASSIFIED events' rule_id: which call was refused.
+enum unclassified_op {
+	UNCLASSIFIED_OP_SOCKET = 1,  // socket(): the event has no destination
+	UNCLASSIFIED_OP_CONNECT = 2, // connect()
+	UNCLASSIFIED_OP_SENDMSG = 3, // sendmsg() (UDP)
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u64);            // cgroup id of a subtree root
+	__type(value, __u32);          // 1
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} birth_roots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);            // cgroup id
+	__type(value, __u32);          // BIRTH_*
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} birth_exempt SEC(".maps");
+
+// birth_count[0] is the number of entries in birth_roots, kept by the agent:
+// with none, socket() of a TCP or UDP socket returns before any lookup, as
+// it did before birth roots existed.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} birth_count SEC(".maps");
+
+static __always_inline int birth_active(void)
+{
+	__u32 zero = 0;
+	__u32 *n = bpf_map_lookup_elem(&birth_count, &zero);
+	return n && *n;
+}
+
+// unclassified says whether the current task's cgroup (cgid) is below a
+// birth root with no exempt cgroup on its path at or below that root. The
+// walk goes from the cgroup2 root down: a root seen makes the path
+// unclassified, an exempt cgroup at the same level or deeper classifies it
+// again. A cgroup deeper than MAX_CGROUP_LEVEL is judged on its first levels,
+// which refuses it if its exemption lies deeper (fail closed).
+static __always_inline int unclassified(__u64 cgid)
+{
+	int born = 0;
+	for (int level = 0; level < MAX_CGROUP_LEVEL; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+		if (id == 0)
+			break;
+		if (id != cgid && bpf_map_lookup_elem(&birth_roots, &id))
+			born = 1;
+		__u32 *x = bpf_map_lookup_elem(&birth_exempt, &id);
+		if (x && (*x & BIRTH_EXEMPT))
+			born = 0;
+	}
+	return born;
+}
+
 // Sockets carrying this mark belong to the agent and are never touched, so the
 // proxy's own upstream dials cannot loop back into it. 0 disables the check.
 volatile const __u32 agent_mark = 0;
@@ -545,11 +627,13 @@ static __always_inline struct workload *walk_workload(int *found_level)
 // lookup_workload results.
 #define LOOKUP_PROTECTED 1 // *out is the cgroup's workload
 #define LOOKUP_GUARDED 2   // a guarded path not yet protected: refuse (out->id names it)
+#define LOOKUP_UNCLASSIFIED 3 // below a birth root, not classified: refuse (out->id is 0)
 
 // lookup_workload is walk_workload through a per-cgroup cache: one lookup
 // instead of one per level for every connect. An entry is valid only for
 // the generation it was made in; the agent bumps the generation after every
-// change to the workloads map, so a stale answer is never used (an entry
+// change to the maps the walk reads (workloads, guards, birth_roots,
+// birth_exempt), so a stale answer is never used (an entry
 // made from the old map while the agent bumps is tagged with the old
 // generation, and is walked again).
 static __always_inline int lookup_workload(struct workload *out, __u64 cgid)
@@ -587,6 +671,8 @@ static __always_inline int lookup_workload(struct workload *out, __u64 cgid)
 		__builtin_memset(&v.w, 0, sizeof(v.w));
 		v.found = LOOKUP_GUARDED;
 		v.w.id = guard;
+	} else if (!w && unclassified(cgid)) {
+		v.found = LOOKUP_UNCLASSIFIED; // v.w is all zero: no workload
 	}
 	*out = v.w;
 	bpf_map_update_elem(&cg_cache, &cgid, &v, BPF_ANY);
@@ -907,6 +993,24 @@ static __always_inline int refuse_guarded(struct bpf_sock_addr *ctx, struct work
 	return 0;
 }
 
+// refuse_unclassified refuses a connect or send from a cgroup below a birth
+// root that the agent has not classified yet, and reports it (no workload:
+// the event's cgroup id names the cgroup, its rule_id the call).
+static __always_inline int refuse_unclassified(struct bpf_sock_addr *ctx, int v6, __u32 type,
+					       __u32 protocol, __u32 op)
+{
+	struct rate_key k = {};
+	dst_addr(ctx, v6, k.addr);
+	k.port = bpf_ntohs((__u16)ctx->user_port);
+	k.protocol = protocol;
+	k.kind = EVENT_UNCLASSIFIED;
+	k.sock_type = type;
+	k.family = v6 ? AF_INET6 : AF_INET;
+	k.rule_id = op;
+	report_refusal(&k);
+	return 0;
+}
+
 // mediated says whether the connect and sendmsg hooks see everything a
 // socket of this type and protocol sends: TCP (and MPTCP, whose subflows are
 // TCP) streams and UDP datagrams. A protected workload gets no other socket.
@@ -954,6 +1058,8 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, int v6)
 	struct workload *w = &wl;
 	if (r == LOOKUP_GUARDED)
 		return refuse_guarded(ctx, w, v6, type == SOCK_DGRAM ? IPPROTO_UDP : IPPROTO_TCP);
+	if (r == LOOKUP_UNCLASSIFIED)
+		return refuse_unclassified(ctx, v6, type, protocol, UNCLASSIFIED_OP_CONNECT);
 	if (!mediated(type, protocol)) {
 		__u32 addr[4];
 		dst_addr(ctx, v6, addr);
@@ -990,6 +1096,8 @@ static __always_inline int decide_sendmsg(struct bpf_sock_addr *ctx, int v6)
 	struct workload *w = &wl;
 	if (r == LOOKUP_GUARDED)
 		return refuse_guarded(ctx, w, v6, IPPROTO_UDP);
+	if (r == LOOKUP_UNCLASSIFIED)
+		return refuse_unclassified(ctx, v6, SOCK_DGRAM, ctx->protocol, UNCLASSIFIED_OP_SENDMSG);
 	if (ctx->protocol != IPPROTO_UDP) {
 		__u32 addr[4];
 		dst_addr(ctx, v6, addr);
@@ -1068,16 +1176,33 @@ int chio_sock_release(struct bpf_sock *ctx)
 // any protocol, SCTP, UDP-Lite... (sock_create sees only these two
 // families; AF_PACKET needs CAP_NET_RAW, which protected workloads must not
 // hold.)
+//
+// A cgroup below a birth root that the agent has not classified gets no inet
+// socket at all, TCP and UDP included: the strictest choice, so that nothing
+// made before classification (a listener, a connected socket passed on)
+// outlives it. Classified cgroups pay one cached lookup per TCP or UDP
+// socket(), and nothing while no birth root is set.
 SEC("cgroup/sock_create")
 int chio_sock_create(struct bpf_sock *ctx)
 {
 	__u32 family = ctx->family;
 	__u32 type = ctx->type;
 	__u32 protocol = ctx->protocol;
-	if (mediated(type, protocol))
+	if (mediated(type, protocol) && !birth_active())
 		return 1;
 	struct workload wl;
-	if (!lookup_workload(&wl, bpf_get_current_cgroup_id()))
+	int r = lookup_workload(&wl, bpf_get_current_cgroup_id());
+	if (r == LOOKUP_UNCLASSIFIED) {
+		struct rate_key k = {};
+		k.kind = EVENT_UNCLASSIFIED;
+		k.family = family;
+		k.sock_type = type;
+		k.protocol = protocol;
+		k.rule_id = UNCLASSIFIED_OP_SOCKET;
+		report_refusal(&k);
+		return 0;
+	}
+	if (!r || mediated(type, protocol))
 		return 1;
 	return refuse_socket(&wl, EVENT_SOCKET_REFUSED, family, type, protocol, 0, 0);
 }

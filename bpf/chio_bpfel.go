@@ -171,6 +171,9 @@ type chioWorkload struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	chioMapBirthCount          = "birth_count"
+	chioMapBirthExempt         = "birth_exempt"
+	chioMapBirthRoots          = "birth_roots"
 	chioMapCgCache             = "cg_cache"
 	chioMapEvents              = "events"
 	chioMapGeneration          = "generation"
@@ -265,6 +268,9 @@ type chioProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioMapSpecs struct {
+	BirthCount     *ebpf.MapSpec `ebpf:"birth_count"`
+	BirthExempt    *ebpf.MapSpec `ebpf:"birth_exempt"`
+	BirthRoots     *ebpf.MapSpec `ebpf:"birth_roots"`
 	CgCache        *ebpf.MapSpec `ebpf:"cg_cache"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
 	Generation     *ebpf.MapSpec `ebpf:"generation"`
@@ -313,6 +319,9 @@ func (o *chioObjects) Close() error {
 //
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioMaps struct {
+	BirthCount     *ebpf.Map `ebpf:"birth_count"`
+	BirthExempt    *ebpf.Map `ebpf:"birth_exempt"`
+	BirthRoots     *ebpf.Map `ebpf:"birth_roots"`
 	CgCache        *ebpf.Map `ebpf:"cg_cache"`
 	Events         *ebpf.Map `ebpf:"events"`
 	Generation     *ebpf.Map `ebpf:"generation"`
@@ -332,6 +341,9 @@ type chioMaps struct {
 
 func (m *chioMaps) Close() error {
 	return _ChioClose(
+		m.BirthCount,
+		m.BirthExempt,
+		m.BirthRoots,
 		m.CgCache,
 		m.Events,
 		m.Generation,

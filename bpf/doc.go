@@ -13,6 +13,10 @@
 // AF_INET/AF_INET6 socket (ping, raw, SCTP, UDP-Lite...) for protected
 // workloads, since no connect or sendmsg hook sees what those send.
 //
+// Below a birth root (birth.go), a cgroup the agent has neither protected nor
+// exempted gets no inet socket, connect or send at all (EventUnclassified),
+// so a pod is never on the network before it is classified.
+//
 // Every refusal is accounted for exactly once (RefusalStats): reported in an
 // event (rate-limited per key to one a second, carrying a count), kept
 // pending in the refusals map for a later event or TakeRefusals, or counted

@@ -51,6 +51,8 @@ func (k EventKind) String() string {
 		return "guarded"
 	case EventInboundRefused:
 		return "inbound_refused"
+	case EventUnclassified:
+		return "unclassified"
 	}
 	return fmt.Sprintf("event-%d", uint32(k))
 }
@@ -66,12 +68,24 @@ type Event struct {
 	PID        uint32 // the (latest) refusing process
 	UID        uint32
 	CgroupID   uint64
-	Dst        netip.AddrPort // invalid for EventSocketRefused
+	Dst        netip.AddrPort // invalid for EventSocketRefused and an UnclassifiedSocket
 	Proto      Proto          // IP protocol (Protocol cut to 8 bits)
 	RuleID     uint32
 	Count      uint32
 	Comm       string
 	Socket     Socket // the refused socket
+}
+
+// hasDst says whether an event of this kind and rule id names a
+// destination: refusals at socket() have none.
+func hasDst(k EventKind, ruleID uint32) bool {
+	switch k {
+	case EventSocketRefused:
+		return false
+	case EventUnclassified:
+		return UnclassifiedOp(ruleID) != UnclassifiedSocket
+	}
+	return true
 }
 
 // Socket describes the socket a refusal was made on.
@@ -124,7 +138,7 @@ func (r *EventReader) Read() (Event, error) {
 		Comm:       unix.ByteSliceToString(e.Comm[:]),
 		Socket:     Socket{Family: int(e.Family), Type: int(e.SockType), Protocol: e.Protocol},
 	}
-	if ev.Kind != EventSocketRefused {
+	if hasDst(ev.Kind, ev.RuleID) {
 		ev.Dst = netip.AddrPortFrom(wordsAddr(e.Addr), e.Port)
 	}
 	return ev, nil

@@ -36,6 +36,9 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv(envLoopAddr); addr != "" {
 		os.Exit(connectLoopChild(addr))
 	}
+	if os.Getenv(envBirthDst) != "" {
+		os.Exit(birthChild())
+	}
 	if os.Getenv("CHIO_TEST_WHOAMI") != "" {
 		os.Exit(whoamiChild())
 	}

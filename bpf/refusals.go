@@ -112,7 +112,7 @@ func (o *Objects) TakeRefusals(final bool) ([]Event, error) {
 			Comm:       unix.ByteSliceToString(t.Last.Comm[:]),
 			Socket:     Socket{Family: int(k.Family), Type: int(k.SockType), Protocol: k.Protocol},
 		}
-		if e.Kind != EventSocketRefused {
+		if hasDst(e.Kind, e.RuleID) {
 			e.Dst = netip.AddrPortFrom(wordsAddr(k.Addr), k.Port)
 		}
 		out = append(out, e)
