@@ -17,7 +17,8 @@ func newWorkload(id uint32, spec WorkloadSpec, lp *listenerPair) *workload {
 	return &workload{id: id, name: spec.Name, cgroup: spec.Cgroup,
 		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp,
 		ident:       workloadIdentity(spec.Name, spec.Cgroup, spec.Labels),
-		egressPorts: slices.Clone(spec.EgressPorts), inbound: inboundRules(spec)}
+		egressPorts: slices.Clone(spec.EgressPorts), inbound: inboundRules(spec),
+		refuseAll: spec.RefuseAll, pod: spec.Pod}
 }
 
 // workload is a protected workload as the proxy knows it.
@@ -42,6 +43,11 @@ type workload struct {
 	egressPorts []uint16
 	// inbound are the local ports the workload may bind and listen on.
 	inbound []bpf.InboundRule
+	// refuseAll, when not empty, is the reason every connection is refused.
+	refuseAll string
+	// pod is the Kubernetes pod, for a workload pod discovery made; never
+	// changed once set (a change makes a new workload value).
+	pod *PodStatus
 }
 
 func (w *workload) identity() kernel.WorkloadIdentity { return w.ident }

@@ -28,6 +28,9 @@ type Status struct {
 	PinDir      string             `json:"pin_dir,omitempty"`
 	Attachments []AttachmentStatus `json:"attachments"`
 	Workloads   []WorkloadStatus   `json:"workloads"`
+	// Pods are the pods pod discovery found (kernel.yaml's kubernetes:),
+	// protected or not; absent without it.
+	Pods []PodStatus `json:"pods,omitempty"`
 	Listeners   []ListenerStatus   `json:"listeners"`
 	Counts      CountStatus        `json:"counts"`
 	Refusals    RefusalStatus      `json:"kernel_refusals"`
@@ -67,6 +70,11 @@ type WorkloadStatus struct {
 	EgressPorts  []uint16 `json:"egress_allow_ports,omitempty"`
 	InboundPorts []uint16 `json:"inbound_allow_ports,omitempty"`
 	InboundAll   bool     `json:"inbound_allow_all,omitempty"`
+	// RefuseAll is why every connection is refused, when it is.
+	RefuseAll string `json:"refuse_all,omitempty"`
+	// Pod is the Kubernetes pod the workload is, for one pod discovery
+	// made.
+	Pod *PodStatus `json:"pod,omitempty"`
 }
 
 // ListenerStatus is one proxy listener.
@@ -128,6 +136,7 @@ func (a *Agent) Status(version string) Status {
 			CgroupID: w.cgroupID, State: w.state, Netns: w.netns, Labels: w.labels, Exempt: len(w.exempt)}
 		ws.EgressPorts = w.egressPorts
 		ws.InboundPorts, ws.InboundAll = w.inboundPorts()
+		ws.RefuseAll = w.refuseAll
 		s.Workloads = append(s.Workloads, ws)
 	}
 	for _, lp := range a.listeners {
@@ -139,7 +148,23 @@ func (a *Agent) Status(version string) Status {
 	}
 	p := a.kern.Snapshot().Policy()
 	s.Policy = PolicyStatus{Name: p.Name(), Hash: p.Hash(), Source: a.polSource, LoadedAt: a.polLoaded}
+	kc := a.kube
 	a.mu.Unlock()
+	if kc != nil {
+		s.Pods = kc.status() // not under a.mu: pod discovery takes its lock, then a.mu
+		byName := map[string]int{}
+		for i, ws := range s.Workloads {
+			byName[ws.Name] = i
+		}
+		for i := range s.Pods {
+			pod := &s.Pods[i]
+			if j, ok := byName[pod.Workload]; ok && pod.Workload != "" {
+				pod.State = string(s.Workloads[j].State)
+				cp := *pod
+				s.Workloads[j].Pod = &cp
+			}
+		}
+	}
 	c := a.proxy.counts
 	s.Counts = CountStatus{Allowed: c.allowed.Load(), Denied: c.denied.Load(), Failed: c.failed.Load(), ReceiptErrors: c.receiptErrors.Load()}
 	var err error
