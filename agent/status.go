@@ -30,15 +30,15 @@ type Status struct {
 	Workloads   []WorkloadStatus   `json:"workloads"`
 	// Pods are the pods pod discovery found (kernel.yaml's kubernetes:),
 	// protected or not; absent without it.
-	Pods []PodStatus `json:"pods,omitempty"`
-	Listeners   []ListenerStatus   `json:"listeners"`
-	Counts      CountStatus        `json:"counts"`
-	Refusals    RefusalStatus      `json:"kernel_refusals"`
-	Maps        MapStatus          `json:"maps"`
-	Receipts    ReceiptStatus      `json:"receipts"`
-	Policy      PolicyStatus       `json:"policy"`
-	Errors      []TimedError       `json:"errors"`
-	Extra       map[string]any     `json:"extra,omitempty"`
+	Pods      []PodStatus      `json:"pods,omitempty"`
+	Listeners []ListenerStatus `json:"listeners"`
+	Counts    CountStatus      `json:"counts"`
+	Refusals  RefusalStatus    `json:"kernel_refusals"`
+	Maps      MapStatus        `json:"maps"`
+	Receipts  ReceiptStatus    `json:"receipts"`
+	Policy    PolicyStatus     `json:"policy"`
+	Errors    []TimedError     `json:"errors"`
+	Extra     map[string]any   `json:"extra,omitempty"`
 }
 
 // AttachmentStatus is one attached program.
