@@ -101,6 +101,11 @@ type MapStatus struct {
 	// RefusalKeys are the destinations refused in about the last second or
 	// with refusals pending (the refusals map holds 65536).
 	RefusalKeys int `json:"refusal_keys"`
+	// Workloads and Guards are the entries of the workloads and guards
+	// maps: one each per protected workload whose cgroup (or its parent)
+	// exists; back to their count before a pod once it is deleted.
+	Workloads int `json:"workload_entries"`
+	Guards    int `json:"guard_entries"`
 }
 
 // ReceiptStatus is the receipt log's head.
@@ -173,6 +178,12 @@ func (a *Agent) Status(version string) Status {
 	}
 	s.Maps.PendingOriginals, s.Maps.EstablishedOriginals, _ = a.objs.MapCounts()
 	s.Maps.RefusalKeys, _ = a.objs.RefusalKeys()
+	if ws, err := a.objs.Workloads(); err == nil {
+		s.Maps.Workloads = len(ws)
+	}
+	if gs, err := a.objs.Guards(); err == nil {
+		s.Maps.Guards = len(gs)
+	}
 	s.Receipts = receiptStatus(a.opts.Log)
 	s.Errors = a.proxy.errs.list()
 	if s.Errors == nil {
