@@ -40,8 +40,9 @@ rules:
 // containerd, acting as the kubelet: a pod started before the agent is
 // protected once it starts and its connection is decided with a receipt
 // naming the pod; a pod started while it runs whose label names no policy is
-// protected and refused everything, with the reason; a pod in an exempt
-// namespace reaches the server undecided; deleting a pod releases its
+// protected and refused everything, with the reason; a host-network pod is
+// decided through the node's listener; a pod in an exempt namespace, and the
+// agent's own pod, are left alone (the first reaches the server undecided); deleting a pod releases its
 // workload (status, maps and listeners back to where they were).
 func TestKubePodsProtected(t *testing.T) {
 	rt := containerd.Shared(t)
@@ -51,6 +52,8 @@ func TestKubePodsProtected(t *testing.T) {
 	}
 	before := rt.RunPod(t, containerd.PodSpec{Namespace: "team-a", Name: "before"})
 	exempt := rt.RunPod(t, containerd.PodSpec{Namespace: "kube-system", Name: "infra"})
+	self := rt.RunPod(t, containerd.PodSpec{Namespace: "team-a", Name: "chio-agent-self"})
+	hostNet := rt.RunPod(t, containerd.PodSpec{Namespace: "team-h", Name: "hostnet", HostNetwork: true})
 
 	// The server: on the host side of the pods' bridge (its gateway address,
 	// which exists once the first pod is up), answering plain HTTP.
@@ -96,7 +99,7 @@ func TestKubePodsProtected(t *testing.T) {
 				}},
 			StatusSocket: sock,
 			ReadyFile:    ready,
-			Kubernetes: &KubeOptions{SelfUID: "not-a-pod-here", Config: &config.Kubernetes{
+			Kubernetes: &KubeOptions{SelfUID: self.UID, Config: &config.Kubernetes{
 				CRISocket:        rt.Socket,
 				Policies:         map[string]string{"default": "/unused/by/this/test"},
 				DefaultPolicy:    "default",
@@ -131,6 +134,12 @@ func TestKubePodsProtected(t *testing.T) {
 	}
 	if pe := podIn(t, st, "kube-system", "infra"); pe.State != PodExempt || pe.Workload != "" {
 		t.Fatalf("pod in an exempt namespace: %+v", pe)
+	}
+	if ps := podIn(t, st, "team-a", "chio-agent-self"); ps.State != PodExempt || ps.Workload != "" {
+		t.Fatalf("the agent's own pod: %+v", ps)
+	}
+	if ph := podIn(t, st, "team-h", "hostnet"); ph.State != string(StateProtected) || !ph.HostNetwork || ph.Netns != "" {
+		t.Fatalf("host-network pod: %+v", ph)
 	}
 	w := workloadIn(t, st, "team-a/before")
 	if w.Cgroup != cri.Abs(mount, before.CgroupParent) || w.Pod == nil || w.Pod.UID != before.UID ||
@@ -201,6 +210,14 @@ func TestKubePodsProtected(t *testing.T) {
 		if !strings.Contains(r, want) {
 			t.Errorf("receipt does not name the pod (%s): %s", want, r)
 		}
+	}
+
+	// The host-network pod goes through the node's own listener.
+	if out, _ := get(hostNet, "api.allowed.test"); !strings.Contains(out, "kube-api host=api.allowed.test") {
+		t.Fatalf("allowed request from the host-network pod: %q", out)
+	}
+	if d := decision("team-h/hostnet"); d.Verdict != kernel.VerdictAllow {
+		t.Fatalf("host-network pod's decision: %+v", d)
 	}
 
 	// The refuse-all pod: the same request is refused, with the reason.
