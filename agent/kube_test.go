@@ -55,75 +55,11 @@ func TestKubePodsProtected(t *testing.T) {
 	self := rt.RunPod(t, containerd.PodSpec{Namespace: "team-a", Name: "chio-agent-self"})
 	hostNet := rt.RunPod(t, containerd.PodSpec{Namespace: "team-h", Name: "hostnet", HostNetwork: true})
 
-	// The server: on the host side of the pods' bridge (its gateway address,
-	// which exists once the first pod is up), answering plain HTTP.
-	a4 := rt.Subnet.Addr().As4()
-	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
-	if err != nil {
-		t.Fatalf("listen on the pods' gateway: %v", err)
-	}
-	srv := &http.Server{Handler: bodyHandler("kube-api")}
-	srv.SetKeepAlivesEnabled(false)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	srvAddr := ln.Addr().(*net.TCPAddr).AddrPort()
-
-	dir := t.TempDir()
-	policy, err := hushspec.Parse([]byte(kubePolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, key, _ := ed25519.GenerateKey(rand.Reader)
-	log, err := receipts.Open(filepath.Join(dir, "receipts.db"), receipts.Options{Key: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { log.Close() })
-	pinDir := testutil.PinDir(t)
-	t.Cleanup(func() { bpf.Uninstall(pinDir) })
-	var mu sync.Mutex
-	var decided []Decision
-	sock, ready := filepath.Join(dir, "status.sock"), filepath.Join(dir, "ready")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- RunDaemon(ctx, DaemonOptions{
-			Agent: Options{Policy: policy, Key: key, Log: log, PinDir: pinDir,
-				AttachCgroup: cri.Abs(mount, rt.CgroupRoot),
-				Hosts:        map[string][]netip.Addr{"api.allowed.test": {gw}},
-				OnDecision: func(d Decision) {
-					mu.Lock()
-					decided = append(decided, d)
-					mu.Unlock()
-				}},
-			StatusSocket: sock,
-			ReadyFile:    ready,
-			Kubernetes: &KubeOptions{SelfUID: self.UID, Config: &config.Kubernetes{
-				CRISocket:        rt.Socket,
-				Policies:         map[string]string{"default": "/unused/by/this/test"},
-				DefaultPolicy:    "default",
-				ExemptNamespaces: []string{"kube-system"},
-				PollInterval:     config.Duration(100 * time.Millisecond),
-			}},
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon: %v", err)
-		}
-	})
-	waitFor(t, "the daemon ready", func() bool {
-		select {
-		case err := <-done:
-			done <- err
-			t.Fatalf("daemon exited: %v", err)
-		default:
-		}
-		_, err := os.Stat(ready)
-		return err == nil
-	})
+	srvAddr := gatewayServer(t, rt)
+	gw := srvAddr.Addr()
+	kd := newKubeDaemon(t, rt, self.UID, gw)
+	kd.start()
+	sock, log := kd.sock, kd.log
 
 	// Ready means the first listing is applied: the pod that predates the
 	// agent is protected already, the exempt one is not.
@@ -164,29 +100,8 @@ func TestKubePodsProtected(t *testing.T) {
 		t.Fatalf("pod labelled with an unknown policy: %+v", pb)
 	}
 
-	get := func(p *containerd.Pod, host string) (string, int32) {
-		t.Helper()
-		req := fmt.Sprintf(`GET /hello HTTP/1.0\r\nHost: %s\r\n\r\n`, host)
-		out, errOut, code := p.Exec(t, "main", "/bin/busybox", "sh", "-c",
-			fmt.Sprintf("/bin/busybox printf '%s' | /bin/busybox nc %s %d", req, srvAddr.Addr(), srvAddr.Port()))
-		return out + errOut, code
-	}
-	decision := func(workload string) Decision {
-		t.Helper()
-		var d Decision
-		waitFor(t, "a decision for "+workload, func() bool {
-			mu.Lock()
-			defer mu.Unlock()
-			for _, x := range decided {
-				if x.Workload == workload {
-					d = x
-					return true
-				}
-			}
-			return false
-		})
-		return d
-	}
+	get := func(p *containerd.Pod, host string) (string, int32) { return podGet(t, p, srvAddr, host) }
+	decision := kd.decision
 	receiptOf := func(d Decision) string {
 		t.Helper()
 		ent, err := log.Get(d.Seq)
@@ -237,13 +152,13 @@ func TestKubePodsProtected(t *testing.T) {
 	if out, _ := get(exempt, "forbidden.test"); !strings.Contains(out, "kube-api host=forbidden.test") {
 		t.Fatalf("exempt pod's request: %q", out)
 	}
-	mu.Lock()
-	for _, x := range decided {
+	kd.mu.Lock()
+	for _, x := range kd.decided {
 		if strings.HasPrefix(x.Workload, "kube-system/") {
 			t.Errorf("exempt pod decided: %+v", x)
 		}
 	}
-	mu.Unlock()
+	kd.mu.Unlock()
 
 	// Deleting the pod releases its workload: gone from status, maps and
 	// listeners back to where they were before it.
@@ -271,6 +186,146 @@ func TestKubePodsProtected(t *testing.T) {
 	if st.Maps.Workloads == 0 || st.Maps.Guards == 0 {
 		t.Errorf("the pod still running is not in the maps: %+v", st.Maps)
 	}
+}
+
+// gatewayServer serves plain HTTP on the host side of the pods' bridge (its
+// gateway address, which exists once the first pod is up).
+func gatewayServer(t *testing.T, rt *containerd.Runtime) netip.AddrPort {
+	t.Helper()
+	a4 := rt.Subnet.Addr().As4()
+	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
+	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
+	if err != nil {
+		t.Fatalf("listen on the pods' gateway: %v", err)
+	}
+	srv := &http.Server{Handler: bodyHandler("kube-api")}
+	srv.SetKeepAlivesEnabled(false)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// podGet sends an HTTP request for host to srv from the pod's main
+// container, with busybox nc, and returns what came back.
+func podGet(t *testing.T, p *containerd.Pod, srv netip.AddrPort, host string) (string, int32) {
+	t.Helper()
+	req := fmt.Sprintf(`GET /hello HTTP/1.0\r\nHost: %s\r\n\r\n`, host)
+	out, errOut, code := p.Exec(t, "main", "/bin/busybox", "sh", "-c",
+		fmt.Sprintf("/bin/busybox printf '%s' | /bin/busybox nc %s %d", req, srv.Addr(), srv.Port()))
+	return out + errOut, code
+}
+
+// kubeDaemon runs RunDaemon with pod discovery on the test containerd; stop
+// and start again keep its pin directory and receipt log (an agent restart).
+type kubeDaemon struct {
+	t       *testing.T
+	rt      *containerd.Runtime
+	selfUID string
+	gw      netip.Addr
+	dir     string
+	pinDir  string
+	sock    string
+	policy  *hushspec.Policy
+	key     ed25519.PrivateKey
+	log     *receipts.Log
+	cancel  context.CancelFunc
+	done    chan error
+
+	mu      sync.Mutex
+	decided []Decision
+}
+
+func newKubeDaemon(t *testing.T, rt *containerd.Runtime, selfUID string, gw netip.Addr) *kubeDaemon {
+	t.Helper()
+	kd := &kubeDaemon{t: t, rt: rt, selfUID: selfUID, gw: gw, dir: t.TempDir(), pinDir: testutil.PinDir(t)}
+	kd.sock = filepath.Join(kd.dir, "status.sock")
+	var err error
+	if kd.policy, err = hushspec.Parse([]byte(kubePolicy)); err != nil {
+		t.Fatal(err)
+	}
+	_, kd.key, _ = ed25519.GenerateKey(rand.Reader)
+	if kd.log, err = receipts.Open(filepath.Join(kd.dir, "receipts.db"), receipts.Options{Key: kd.key}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kd.log.Close() })
+	t.Cleanup(func() { bpf.Uninstall(kd.pinDir) })
+	t.Cleanup(kd.stop) // first of the three
+	return kd
+}
+
+// start runs the daemon and waits for its ready file.
+func (kd *kubeDaemon) start() {
+	t := kd.t
+	t.Helper()
+	mount, err := cgroupfs.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := filepath.Join(kd.dir, "ready")
+	ctx, cancel := context.WithCancel(context.Background())
+	kd.cancel, kd.done = cancel, make(chan error, 1)
+	go func() {
+		kd.done <- RunDaemon(ctx, DaemonOptions{
+			Agent: Options{Policy: kd.policy, Key: kd.key, Log: kd.log, PinDir: kd.pinDir,
+				AttachCgroup: cri.Abs(mount, kd.rt.CgroupRoot),
+				Hosts:        map[string][]netip.Addr{"api.allowed.test": {kd.gw}},
+				OnDecision: func(d Decision) {
+					kd.mu.Lock()
+					kd.decided = append(kd.decided, d)
+					kd.mu.Unlock()
+				}},
+			StatusSocket: kd.sock,
+			ReadyFile:    ready,
+			Kubernetes: &KubeOptions{SelfUID: kd.selfUID, Config: &config.Kubernetes{
+				CRISocket:        kd.rt.Socket,
+				Policies:         map[string]string{"default": "/unused/by/this/test"},
+				DefaultPolicy:    "default",
+				ExemptNamespaces: []string{"kube-system"},
+				PollInterval:     config.Duration(100 * time.Millisecond),
+			}},
+		})
+	}()
+	done := kd.done
+	waitFor(t, "the daemon ready", func() bool {
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("daemon exited: %v", err)
+		default:
+		}
+		_, err := os.Stat(ready)
+		return err == nil
+	})
+}
+
+// stop stops the daemon (pinned state stays), once per start.
+func (kd *kubeDaemon) stop() {
+	if kd.cancel == nil {
+		return
+	}
+	kd.cancel()
+	if err := <-kd.done; err != nil {
+		kd.t.Errorf("daemon: %v", err)
+	}
+	kd.cancel = nil
+}
+
+// decision waits for the first decision of a workload.
+func (kd *kubeDaemon) decision(workload string) Decision {
+	kd.t.Helper()
+	var d Decision
+	waitFor(kd.t, "a decision for "+workload, func() bool {
+		kd.mu.Lock()
+		defer kd.mu.Unlock()
+		for _, x := range kd.decided {
+			if x.Workload == workload {
+				d = x
+				return true
+			}
+		}
+		return false
+	})
+	return d
 }
 
 func queryStatus(t *testing.T, sock string) Status {
@@ -314,5 +369,48 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestKubeRestartAdoptsPods: a pod keeps its protection across an agent
+// restart. While no agent runs, the pinned state still redirects its
+// connections (to a listener that is gone: refused, never passed); the
+// restarted agent adopts it under the same workload id and cgroup before it
+// is ready; a pod created while the agent was down is protected on restart
+// and decided.
+func TestKubeRestartAdoptsPods(t *testing.T) {
+	rt := containerd.Shared(t)
+	steady := rt.RunPod(t, containerd.PodSpec{Namespace: "team-r", Name: "steady"})
+	srv := gatewayServer(t, rt)
+	kd := newKubeDaemon(t, rt, "not-a-pod", srv.Addr())
+	kd.start()
+	w1 := workloadIn(t, queryStatus(t, kd.sock), "team-r/steady")
+	if w1.State != StateProtected || w1.CgroupID == 0 {
+		t.Fatalf("pod before the restart: %+v", w1)
+	}
+	kd.stop()
+
+	if out, _ := podGet(t, steady, srv, "api.allowed.test"); strings.Contains(out, "kube-api") {
+		t.Fatalf("a protected pod's connection passed while no agent ran: %q", out)
+	}
+	down := rt.RunPod(t, containerd.PodSpec{Namespace: "team-r", Name: "while-down"})
+
+	kd.start()
+	st := queryStatus(t, kd.sock)
+	w2 := workloadIn(t, st, "team-r/steady")
+	if w2.ID != w1.ID || w2.State != StateProtected || w2.CgroupID != w1.CgroupID {
+		t.Fatalf("pod after the restart: %+v, before: %+v", w2, w1)
+	}
+	if p := podIn(t, st, "team-r", "while-down"); p.State != string(StateProtected) {
+		t.Fatalf("pod created while the agent was down, after the restart: %+v", p)
+	}
+	if st.Maps.Workloads != 2 {
+		t.Errorf("workloads map after the restart: %d entries, want 2 (one per pod)", st.Maps.Workloads)
+	}
+	if out, _ := podGet(t, down, srv, "api.allowed.test"); !strings.Contains(out, "kube-api host=api.allowed.test") {
+		t.Fatalf("pod created while the agent was down: %q", out)
+	}
+	if d := kd.decision("team-r/while-down"); d.Verdict != kernel.VerdictAllow {
+		t.Fatalf("decision: %+v", d)
 	}
 }
