@@ -57,7 +57,8 @@ const (
 	// agent's own pod, default_policy none).
 	PodExempt = "exempt"
 	// PodUnclassified: the runtime's answer about the pod is incomplete
-	// (no cgroup or netns yet); retried on every listing.
+	// (no cgroup or netns yet; retried when it changes), or protecting it
+	// failed (retried every poll interval).
 	PodUnclassified = "unclassified"
 	// PodStopped: the sandbox is stopped and was not protected: nothing
 	// runs in it to protect.
@@ -188,7 +189,16 @@ func (a *Agent) startKube(ctx context.Context, o KubeOptions) (*kube, error) {
 // listing has been applied.
 func (kc *kube) run(ctx context.Context) error {
 	defer kc.client.Close()
-	w := &cri.Watcher{Client: kc.client, Interval: time.Duration(kc.k.PollInterval), Log: kc.log}
+	interval := time.Duration(kc.k.PollInterval)
+	if interval <= 0 {
+		interval = config.DefaultPollInterval
+	}
+	w := &cri.Watcher{Client: kc.client, Interval: interval, Log: kc.log}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	retried := make(chan struct{})
+	go func() { defer close(retried); kc.retryEvery(ctx, interval) }()
+	defer func() { cancel(); <-retried }()
 	first := true
 	return w.Run(ctx, func(changes []cri.Change) {
 		kc.apply(changes)
@@ -197,6 +207,28 @@ func (kc *kube) run(ctx context.Context) error {
 			close(kc.synced)
 		}
 	})
+}
+
+// retryEvery classifies again, every interval, the pods whose protection
+// failed (a listener that could not be opened in their netns...): the
+// watcher reports a pod again only when it changes.
+func (kc *kube) retryEvery(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		kc.mu.Lock()
+		for _, e := range kc.pods {
+			if e.status.State == PodUnclassified && e.pod.Err == nil {
+				kc.classify(e.pod)
+			}
+		}
+		kc.mu.Unlock()
+	}
 }
 
 // apply brings the workloads in step with one listing's changes: removals
