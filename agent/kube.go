@@ -345,7 +345,10 @@ func (kc *kube) spec(p cri.Pod, sel cri.Selection, st PodStatus) WorkloadSpec {
 	if len(st.Containers) > 0 {
 		labels[LabelContainers] = strings.Join(st.Containers, ",")
 	}
-	spec := WorkloadSpec{Name: st.Workload, Cgroup: st.Cgroup, Netns: p.Netns, Labels: labels}
+	// InboundAll: a pod's ports are its Service's business, and the CRI does
+	// not say which it serves; refusing every bind() would break every
+	// serving pod. Egress is what pod discovery mediates (docs/kernel-yaml.md).
+	spec := WorkloadSpec{Name: st.Workload, Cgroup: st.Cgroup, Netns: p.Netns, Labels: labels, InboundAll: true}
 	if sel.RefuseAll {
 		labels[LabelPolicy] = p.Labels[config.PolicyLabel]
 		spec.RefuseAll = sel.Reason

@@ -79,7 +79,7 @@ func TestKubePodsProtected(t *testing.T) {
 	}
 	w := workloadIn(t, st, "team-a/before")
 	if w.Cgroup != cri.Abs(mount, before.CgroupParent) || w.Pod == nil || w.Pod.UID != before.UID ||
-		w.Labels[LabelPodUID] != before.UID || w.Labels[LabelContainers] != "main" {
+		w.Labels[LabelPodUID] != before.UID || w.Labels[LabelContainers] != "main" || !w.InboundAll {
 		t.Fatalf("workload of the pod: %+v (pod %+v)", w, w.Pod)
 	}
 	baseline := st
