@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
 	"github.com/backbay-labs/chio-agent/internal/cri"
+	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 )
 
@@ -40,6 +42,9 @@ const (
 	// LabelContainers lists the pod's container names, comma-separated,
 	// sorted.
 	LabelContainers = "chio.dev/containers"
+	// LabelContainer is the container the connecting task runs in, in a
+	// receipt (the kubelet's label name), when its cgroup is known.
+	LabelContainer = "io.kubernetes.container.name"
 	// LabelPolicy is the policy pod discovery chose (kubernetes.policies),
 	// or the unknown name the pod's label gave when every connection is
 	// refused.
@@ -92,6 +97,10 @@ type PodStatus struct {
 	Workload string `json:"workload,omitempty"`
 	// Error is why the pod is unclassified.
 	Error string `json:"error,omitempty"`
+
+	// containerCgroups names the pod's containers by their cgroup ids, for
+	// receipts; set in a workload's spec.
+	containerCgroups map[uint64]string
 }
 
 // KubeOptions configure pod discovery in RunDaemon.
@@ -357,8 +366,37 @@ func (kc *kube) spec(p cri.Pod, sel cri.Selection, st PodStatus) WorkloadSpec {
 	}
 	pod := st
 	pod.Since, pod.State = time.Time{}, "" // status fills them; not part of the spec
+	pod.containerCgroups = map[uint64]string{}
+	for _, c := range p.Containers {
+		if c.Cgroup == "" || c.Name == "" {
+			continue
+		}
+		// A container whose cgroup is not there yet is named once it is
+		// (its start changes the listing).
+		if id, err := cgroupfs.ID(cri.Abs(kc.mount, c.Cgroup)); err == nil {
+			pod.containerCgroups[id] = c.Name
+		}
+	}
 	spec.Pod = &pod
 	return spec
+}
+
+// containerIdentities are a pod workload's identities per container cgroup:
+// its own, with the container's name.
+func containerIdentities(spec WorkloadSpec) map[uint64]kernel.WorkloadIdentity {
+	if spec.Pod == nil || len(spec.Pod.containerCgroups) == 0 {
+		return nil
+	}
+	out := make(map[uint64]kernel.WorkloadIdentity, len(spec.Pod.containerCgroups))
+	for id, name := range spec.Pod.containerCgroups {
+		labels := maps.Clone(spec.Labels)
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		labels[LabelContainer] = name
+		out[id] = workloadIdentity(spec.Name, spec.Cgroup, labels)
+	}
+	return out
 }
 
 func containerNames(p cri.Pod) []string {
@@ -408,5 +446,6 @@ func samePod(a, b *PodStatus) bool {
 	}
 	return a.Namespace == b.Namespace && a.Name == b.Name && a.UID == b.UID && a.SandboxID == b.SandboxID &&
 		a.Policy == b.Policy && a.RefuseAll == b.RefuseAll && a.Reason == b.Reason && a.HostNetwork == b.HostNetwork &&
-		a.Netns == b.Netns && a.Cgroup == b.Cgroup && slices.Equal(a.Containers, b.Containers)
+		a.Netns == b.Netns && a.Cgroup == b.Cgroup && slices.Equal(a.Containers, b.Containers) &&
+		maps.Equal(a.containerCgroups, b.containerCgroups)
 }

@@ -121,7 +121,7 @@ func TestKubePodsProtected(t *testing.T) {
 		t.Fatalf("protected pod's decision: %+v", d)
 	}
 	r := receiptOf(d)
-	for _, want := range []string{before.UID, `"team-a/before"`, `"io.kubernetes.pod.namespace":"team-a"`, `"io.kubernetes.pod.name":"before"`} {
+	for _, want := range []string{before.UID, `"team-a/before"`, `"io.kubernetes.pod.namespace":"team-a"`, `"io.kubernetes.pod.name":"before"`, `"io.kubernetes.container.name":"main"`} {
 		if !strings.Contains(r, want) {
 			t.Errorf("receipt does not name the pod (%s): %s", want, r)
 		}

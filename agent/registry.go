@@ -18,7 +18,7 @@ func newWorkload(id uint32, spec WorkloadSpec, lp *listenerPair) *workload {
 		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp,
 		ident:       workloadIdentity(spec.Name, spec.Cgroup, spec.Labels),
 		egressPorts: slices.Clone(spec.EgressPorts), inbound: inboundRules(spec),
-		refuseAll: spec.RefuseAll, pod: spec.Pod}
+		refuseAll: spec.RefuseAll, pod: spec.Pod, byContainer: containerIdentities(spec)}
 }
 
 // workload is a protected workload as the proxy knows it.
@@ -48,9 +48,20 @@ type workload struct {
 	// pod is the Kubernetes pod, for a workload pod discovery made; never
 	// changed once set (a change makes a new workload value).
 	pod *PodStatus
+	// byContainer is the identity of each of a pod's containers, by the
+	// container's cgroup id.
+	byContainer map[uint64]kernel.WorkloadIdentity
 }
 
-func (w *workload) identity() kernel.WorkloadIdentity { return w.ident }
+// identity names the workload in the receipt of an event from the task in
+// cgroup cgroupID: for a pod, with the container that task runs in
+// (LabelContainer), when the cgroup is one of the pod's containers'.
+func (w *workload) identity(cgroupID uint64) kernel.WorkloadIdentity {
+	if id, ok := w.byContainer[cgroupID]; ok {
+		return id
+	}
+	return w.ident
+}
 
 // workloadIdentity names a workload in receipts: its cgroup relative to the
 // cgroup2 mount, as Kubernetes and systemd name cgroups.
