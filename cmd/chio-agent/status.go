@@ -37,6 +37,7 @@ func newStatusCommand() *cobra.Command {
 		Short: "Show what the running agent has attached, protected and decided",
 		Long: `status asks the running agent over its root-only unix socket and shows each
 program and link (ids, attach point, pin path), the protected workloads, the
+pods found through the CRI (kernel.yaml kubernetes:; --pod NS/NAME shows one), the
 proxy's listeners, allowed/denied/failed counts, the receipt log's head and last
 checkpoint, the policy in force, and the last errors. With no agent running it
 says so and exits 1.`,
