@@ -130,7 +130,7 @@ func (p *proxy) newConn(c *net.TCPConn, orig bpf.Original, w *workload) *conn {
 		IP:           orig.Dst.Addr(),
 		Port:         orig.Dst.Port(),
 		Transport:    kernel.TransportTCP,
-		Workload:     w.identity(),
+		Workload:     w.identity(orig.CgroupID),
 		Process:      kernel.ProcessIdentity{PID: orig.PID, UID: orig.UID, Comm: orig.Comm},
 		ConnectionID: newConnectionID(),
 	}

@@ -107,6 +107,14 @@ type WorkloadSpec struct {
 	// workload's addresses can then connect in, with no decision and no
 	// receipt.
 	InboundAll bool
+	// RefuseAll, when not empty, refuses every TCP connection of the
+	// workload (guard kernel.GuardPodPolicy), whatever the policy says, with
+	// this as the receipt's reason: a pod whose label names no known policy.
+	RefuseAll string
+	// Pod, set by pod discovery (kube.go), is the Kubernetes pod this
+	// workload is; nil for a workload kernel.yaml lists. Reloads of the
+	// listed workloads leave pod workloads alone.
+	Pod *PodStatus
 }
 
 // Agent is a running node agent: programs attached, listeners open.
@@ -140,6 +148,8 @@ type Agent struct {
 	// for it (see UnprotectStale).
 	known     chan struct{}
 	knownOnce sync.Once
+	// kube follows the node's pods (kube.go); nil without pod discovery.
+	kube *kube
 
 	ctx       context.Context
 	cancel    context.CancelFunc

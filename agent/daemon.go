@@ -47,6 +47,10 @@ type DaemonOptions struct {
 	ReadyFile string
 	// Version is reported by status.
 	Version string
+	// Kubernetes, when set, protects the node's pods found through the CRI
+	// (kube.go) beside Workloads. The first listing is applied before stale
+	// pinned workloads are dropped and before readiness.
+	Kubernetes *KubeOptions
 }
 
 // RunDaemon runs the node agent until ctx ends: it adopts pinned state,
@@ -76,6 +80,30 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	for _, w := range o.Workloads {
 		if err := a.Protect(w); err != nil {
 			return err
+		}
+	}
+	if o.Kubernetes != nil {
+		kc, err := a.startKube(ctx, *o.Kubernetes)
+		if err != nil {
+			return err
+		}
+		kctx, kcancel := context.WithCancel(ctx)
+		kdone := make(chan error, 1)
+		go func() { kdone <- kc.run(kctx) }()
+		// Stopped before a.Close (deferred earlier, so run later).
+		defer func() { kcancel(); <-kdone }()
+		// The pods the pinned state protects keep their protection: they
+		// are adopted by the first listing before the stale are dropped.
+		select {
+		case <-kc.synced:
+		case err := <-kdone:
+			kdone <- err
+			if err == nil {
+				return nil
+			}
+			return fmt.Errorf("pod discovery: %w", err)
+		case <-ctx.Done():
+			return nil
 		}
 	}
 	if removed, err := a.UnprotectStale(); err != nil {

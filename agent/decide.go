@@ -12,11 +12,17 @@ import (
 // first bytes are added once read; the decision itself is
 // kernel.DecideEgress, under the connection's policy snapshot.
 func (p *proxy) seen(cn *conn, listener netip.AddrPort) kernel.Seen {
-	return kernel.Seen{
+	s := kernel.Seen{
 		Event:      cn.eg.Event,
 		Listener:   listener,
 		FirstBytes: p.timeouts.FirstBytes,
 		HeadLimit:  p.boundReason(boundHeadBytes),
 		AllowPorts: cn.w.egressPorts,
 	}
+	if cn.w.refuseAll != "" {
+		// A pod whose policy label names no known policy: refused whatever
+		// it sends, and the receipt says why.
+		s.Decided = &kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: kernel.GuardPodPolicy, Reason: cn.w.refuseAll}
+	}
+	return s
 }

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil/containerd"
 )
 
 // The test binary doubles as a Go client run inside protected workloads:
@@ -28,7 +30,9 @@ import (
 func TestMain(m *testing.M) {
 	switch os.Getenv("CHIO_E2E_CHILD") {
 	case "":
-		os.Exit(m.Run())
+		// One containerd for the binary, started by the first test that
+		// asks for it (kube_test.go).
+		os.Exit(containerd.Main(m))
 	case "https":
 		os.Exit(childHTTPS())
 	case "dns-udp":

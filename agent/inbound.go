@@ -72,7 +72,7 @@ func (a *Agent) inboundRefusal(e bpf.Event, w *workload) (kernel.EgressEvent, ke
 	ev := kernel.EgressEvent{
 		IP: e.Dst.Addr(), Port: e.Dst.Port(), Transport: transport,
 		Direction: kernel.DirectionInbound, Syscall: op.String(),
-		Workload:     w.identity(),
+		Workload:     w.identity(e.CgroupID),
 		Process:      kernel.ProcessIdentity{PID: e.PID, UID: e.UID, Comm: e.Comm},
 		ConnectionID: newConnectionID(),
 	}

@@ -91,7 +91,7 @@ func (a *Agent) refusal(e bpf.Event, w *workload) kernel.Egress {
 	transport := kernel.TransportOf(e.Socket.Protocol)
 	ev := kernel.EgressEvent{
 		Transport:    transport,
-		Workload:     w.identity(),
+		Workload:     w.identity(e.CgroupID),
 		Process:      kernel.ProcessIdentity{PID: e.PID, UID: e.UID, Comm: e.Comm},
 		ConnectionID: newConnectionID(),
 	}

@@ -17,7 +17,8 @@ func newWorkload(id uint32, spec WorkloadSpec, lp *listenerPair) *workload {
 	return &workload{id: id, name: spec.Name, cgroup: spec.Cgroup,
 		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp,
 		ident:       workloadIdentity(spec.Name, spec.Cgroup, spec.Labels),
-		egressPorts: slices.Clone(spec.EgressPorts), inbound: inboundRules(spec)}
+		egressPorts: slices.Clone(spec.EgressPorts), inbound: inboundRules(spec),
+		refuseAll: spec.RefuseAll, pod: spec.Pod, byContainer: containerIdentities(spec)}
 }
 
 // workload is a protected workload as the proxy knows it.
@@ -42,9 +43,25 @@ type workload struct {
 	egressPorts []uint16
 	// inbound are the local ports the workload may bind and listen on.
 	inbound []bpf.InboundRule
+	// refuseAll, when not empty, is the reason every connection is refused.
+	refuseAll string
+	// pod is the Kubernetes pod, for a workload pod discovery made; never
+	// changed once set (a change makes a new workload value).
+	pod *PodStatus
+	// byContainer is the identity of each of a pod's containers, by the
+	// container's cgroup id.
+	byContainer map[uint64]kernel.WorkloadIdentity
 }
 
-func (w *workload) identity() kernel.WorkloadIdentity { return w.ident }
+// identity names the workload in the receipt of an event from the task in
+// cgroup cgroupID: for a pod, with the container that task runs in
+// (LabelContainer), when the cgroup is one of the pod's containers'.
+func (w *workload) identity(cgroupID uint64) kernel.WorkloadIdentity {
+	if id, ok := w.byContainer[cgroupID]; ok {
+		return id
+	}
+	return w.ident
+}
 
 // workloadIdentity names a workload in receipts: its cgroup relative to the
 // cgroup2 mount, as Kubernetes and systemd name cgroups.

@@ -18,6 +18,7 @@ import (
 // new cgroup protected before its old one is let go, so that it is never
 // unprotected in between. An invalid list changes nothing; a workload that
 // cannot be protected is reported in the error and the others still apply.
+// Workloads pod discovery made (kube.go) are not in specs and stay as they are.
 func (a *Agent) SetWorkloads(specs []WorkloadSpec) error {
 	seen := map[string]bool{}
 	for _, s := range specs {
@@ -33,6 +34,8 @@ func (a *Agent) SetWorkloads(specs []WorkloadSpec) error {
 	for _, s := range specs {
 		old := a.reg.byName(s.Name)
 		switch {
+		case old != nil && old.pod != nil:
+			errs = append(errs, fmt.Errorf("workload %s: a discovered pod has that name", s.Name))
 		case old == nil:
 			errs = append(errs, a.Protect(s))
 		case !sameSpec(old, s):
@@ -40,7 +43,7 @@ func (a *Agent) SetWorkloads(specs []WorkloadSpec) error {
 		}
 	}
 	for _, w := range a.reg.all() {
-		if !seen[w.name] {
+		if !seen[w.name] && w.pod == nil { // pods are pod discovery's (kube.go)
 			errs = append(errs, a.Unprotect(w.name))
 			a.opts.Logger.WithField("workload", w.name).Info("workload no longer configured: unprotected")
 		}
@@ -51,7 +54,8 @@ func (a *Agent) SetWorkloads(specs []WorkloadSpec) error {
 func sameSpec(w *workload, s WorkloadSpec) bool {
 	return w.cgroup == filepath.Clean(s.Cgroup) && w.netns == s.Netns &&
 		maps.Equal(w.labels, s.Labels) && slices.Equal(w.exempt, s.Exempt) &&
-		slices.Equal(w.egressPorts, s.EgressPorts) && slices.Equal(w.inbound, inboundRules(s))
+		slices.Equal(w.egressPorts, s.EgressPorts) && slices.Equal(w.inbound, inboundRules(s)) &&
+		w.refuseAll == s.RefuseAll && samePod(w.pod, s.Pod)
 }
 
 // replace switches a protected workload to a changed spec under the same id.

@@ -28,14 +28,17 @@ type Status struct {
 	PinDir      string             `json:"pin_dir,omitempty"`
 	Attachments []AttachmentStatus `json:"attachments"`
 	Workloads   []WorkloadStatus   `json:"workloads"`
-	Listeners   []ListenerStatus   `json:"listeners"`
-	Counts      CountStatus        `json:"counts"`
-	Refusals    RefusalStatus      `json:"kernel_refusals"`
-	Maps        MapStatus          `json:"maps"`
-	Receipts    ReceiptStatus      `json:"receipts"`
-	Policy      PolicyStatus       `json:"policy"`
-	Errors      []TimedError       `json:"errors"`
-	Extra       map[string]any     `json:"extra,omitempty"`
+	// Pods are the pods pod discovery found (kernel.yaml's kubernetes:),
+	// protected or not; absent without it.
+	Pods      []PodStatus      `json:"pods,omitempty"`
+	Listeners []ListenerStatus `json:"listeners"`
+	Counts    CountStatus      `json:"counts"`
+	Refusals  RefusalStatus    `json:"kernel_refusals"`
+	Maps      MapStatus        `json:"maps"`
+	Receipts  ReceiptStatus    `json:"receipts"`
+	Policy    PolicyStatus     `json:"policy"`
+	Errors    []TimedError     `json:"errors"`
+	Extra     map[string]any   `json:"extra,omitempty"`
 }
 
 // AttachmentStatus is one attached program.
@@ -67,6 +70,11 @@ type WorkloadStatus struct {
 	EgressPorts  []uint16 `json:"egress_allow_ports,omitempty"`
 	InboundPorts []uint16 `json:"inbound_allow_ports,omitempty"`
 	InboundAll   bool     `json:"inbound_allow_all,omitempty"`
+	// RefuseAll is why every connection is refused, when it is.
+	RefuseAll string `json:"refuse_all,omitempty"`
+	// Pod is the Kubernetes pod the workload is, for one pod discovery
+	// made.
+	Pod *PodStatus `json:"pod,omitempty"`
 }
 
 // ListenerStatus is one proxy listener.
@@ -93,6 +101,11 @@ type MapStatus struct {
 	// RefusalKeys are the destinations refused in about the last second or
 	// with refusals pending (the refusals map holds 65536).
 	RefusalKeys int `json:"refusal_keys"`
+	// Workloads and Guards are the entries of the workloads and guards
+	// maps: one each per protected workload whose cgroup (or its parent)
+	// exists; back to their count before a pod once it is deleted.
+	Workloads int `json:"workload_entries"`
+	Guards    int `json:"guard_entries"`
 }
 
 // ReceiptStatus is the receipt log's head.
@@ -128,6 +141,7 @@ func (a *Agent) Status(version string) Status {
 			CgroupID: w.cgroupID, State: w.state, Netns: w.netns, Labels: w.labels, Exempt: len(w.exempt)}
 		ws.EgressPorts = w.egressPorts
 		ws.InboundPorts, ws.InboundAll = w.inboundPorts()
+		ws.RefuseAll = w.refuseAll
 		s.Workloads = append(s.Workloads, ws)
 	}
 	for _, lp := range a.listeners {
@@ -139,7 +153,23 @@ func (a *Agent) Status(version string) Status {
 	}
 	p := a.kern.Snapshot().Policy()
 	s.Policy = PolicyStatus{Name: p.Name(), Hash: p.Hash(), Source: a.polSource, LoadedAt: a.polLoaded}
+	kc := a.kube
 	a.mu.Unlock()
+	if kc != nil {
+		s.Pods = kc.status() // not under a.mu: pod discovery takes its lock, then a.mu
+		byName := map[string]int{}
+		for i, ws := range s.Workloads {
+			byName[ws.Name] = i
+		}
+		for i := range s.Pods {
+			pod := &s.Pods[i]
+			if j, ok := byName[pod.Workload]; ok && pod.Workload != "" {
+				pod.State = string(s.Workloads[j].State)
+				cp := *pod
+				s.Workloads[j].Pod = &cp
+			}
+		}
+	}
 	c := a.proxy.counts
 	s.Counts = CountStatus{Allowed: c.allowed.Load(), Denied: c.denied.Load(), Failed: c.failed.Load(), ReceiptErrors: c.receiptErrors.Load()}
 	var err error
@@ -148,6 +178,12 @@ func (a *Agent) Status(version string) Status {
 	}
 	s.Maps.PendingOriginals, s.Maps.EstablishedOriginals, _ = a.objs.MapCounts()
 	s.Maps.RefusalKeys, _ = a.objs.RefusalKeys()
+	if ws, err := a.objs.Workloads(); err == nil {
+		s.Maps.Workloads = len(ws)
+	}
+	if gs, err := a.objs.Guards(); err == nil {
+		s.Maps.Guards = len(gs)
+	}
 	s.Receipts = receiptStatus(a.opts.Log)
 	s.Errors = a.proxy.errs.list()
 	if s.Errors == nil {

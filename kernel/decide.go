@@ -31,6 +31,9 @@ const (
 	// GuardLimit refuses a connection because one of the node agent's
 	// resource bounds is full.
 	GuardLimit = "ChioAgentLimitGuard"
+	// GuardPodPolicy refuses every connection of a Kubernetes pod whose
+	// chio.dev/policy label names no policy the node agent knows.
+	GuardPodPolicy = "ChioAgentPodPolicyGuard"
 )
 
 // RuleEgressAllowPorts is the matched rule of a port refusal, named as the

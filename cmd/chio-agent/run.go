@@ -40,8 +40,9 @@ func newRunCommand() *cobra.Command {
 		Short: "Run the node agent: protect the workloads kernel.yaml names",
 		Long: `run is the node agent daemon. It attaches the eBPF programs at the cgroup2 root
 and pins them (with their maps and links) under the pin directory, protects
-every workload kernel.yaml lists (cgroup paths, optionally a network namespace),
-and decides, receipts and relays their connections until it is stopped.
+every workload kernel.yaml lists (cgroup paths, optionally a network namespace)
+and, with a kubernetes: section, every pod on the node the section selects
+(found through the CRI socket, followed as pods come and go), and decides, receipts and relays their connections until it is stopped.
 
 A workload's cgroup need not exist: it is reported (status, log, the
 chio_agent_workload_state metric) and protected when it appears. A cgroup
@@ -72,8 +73,12 @@ override kernel.yaml.`,
 			if err != nil {
 				return err
 			}
-			if len(workloads) == 0 {
-				return fmt.Errorf("kernel config names no workloads (agent.workloads): nothing to protect")
+			var kube *agent.KubeOptions
+			if k := setup.cfg.Kubernetes; k != nil {
+				kube = &agent.KubeOptions{Config: k}
+			}
+			if len(workloads) == 0 && kube == nil {
+				return fmt.Errorf("kernel config names no workloads (agent.workloads) and no kubernetes section: nothing to protect")
 			}
 			if len(opts.Resolvers) == 0 {
 				setup.logger.Warn("agent.resolvers is empty: protected workloads cannot reach any DNS server over UDP")
@@ -104,7 +109,7 @@ override kernel.yaml.`,
 					if err != nil {
 						return nil, err
 					}
-					if len(ws) == 0 {
+					if len(ws) == 0 && kube == nil {
 						return nil, fmt.Errorf("kernel config names no workloads (agent.workloads)")
 					}
 					return ws, nil
@@ -114,6 +119,7 @@ override kernel.yaml.`,
 				ReadyFile:   o.readyFile,
 				MetricsAddr: config.Pick(nil, o.metricsAddr, "", ac.MetricsAddr, ""),
 				Version:     version,
+				Kubernetes:  kube,
 			})
 		},
 	}

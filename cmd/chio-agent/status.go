@@ -20,11 +20,14 @@ type statusOptions struct {
 	agentConfig
 	// json prints the status as JSON.
 	json bool
+	// pod, NAMESPACE/NAME, shows that one discovered pod only.
+	pod string
 }
 
 func (o *statusOptions) AddFlags(fs *pflag.FlagSet) {
 	o.agentConfig.AddFlags(fs)
 	fs.BoolVar(&o.json, "json", false, "print the status as JSON")
+	fs.StringVar(&o.pod, "pod", "", "show one pod found through the CRI (NAMESPACE/NAME): its state, policy, since when, cgroup, netns and workload")
 }
 
 func newStatusCommand() *cobra.Command {
@@ -34,6 +37,7 @@ func newStatusCommand() *cobra.Command {
 		Short: "Show what the running agent has attached, protected and decided",
 		Long: `status asks the running agent over its root-only unix socket and shows each
 program and link (ids, attach point, pin path), the protected workloads, the
+pods found through the CRI (kernel.yaml kubernetes:; --pod NS/NAME shows one), the
 proxy's listeners, allowed/denied/failed counts, the receipt log's head and last
 checkpoint, the policy in force, and the last errors. With no agent running it
 says so and exits 1.`,
@@ -46,6 +50,9 @@ says so and exits 1.`,
 			s, err := agent.QueryStatus(cmd.Context(), o.socket(c))
 			if err != nil {
 				return err
+			}
+			if o.pod != "" {
+				return showPod(cmd.OutOrStdout(), s, o.pod, o.json)
 			}
 			if o.json {
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -90,6 +97,16 @@ func printStatus(out io.Writer, s agent.Status) {
 	}
 	tw.Flush()
 	fmt.Fprintln(out)
+	if len(s.Pods) > 0 {
+		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "POD\tSTATE\tPOLICY\tSINCE\tREASON")
+		for _, p := range s.Pods {
+			fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.State, podPolicy(p),
+				p.Since.Format("2006-01-02 15:04:05"), p.Reason)
+		}
+		tw.Flush()
+		fmt.Fprintln(out)
+	}
 	for _, l := range s.Listeners {
 		ns := l.Netns
 		if ns == "" {
@@ -123,4 +140,62 @@ func short(h string) string {
 		return h[:16] + "…"
 	}
 	return h
+}
+
+// podPolicy is what decides a pod's connections, as status shows it.
+func podPolicy(p agent.PodStatus) string {
+	switch {
+	case p.RefuseAll:
+		return "refuse-all"
+	case p.Policy == "":
+		return "-"
+	}
+	return p.Policy
+}
+
+// showPod prints the pods named NAMESPACE/NAME (one, or several sandboxes of
+// a pod made again).
+func showPod(out io.Writer, s agent.Status, name string, asJSON bool) error {
+	ns, n, ok := strings.Cut(name, "/")
+	if !ok || ns == "" || n == "" {
+		return fmt.Errorf("status --pod %q: want NAMESPACE/NAME", name)
+	}
+	var found []agent.PodStatus
+	for _, p := range s.Pods {
+		if p.Namespace == ns && p.Name == n {
+			found = append(found, p)
+		}
+	}
+	if len(found) == 0 {
+		return fmt.Errorf("status --pod %s: no such pod found through the CRI (%d pods known)", name, len(s.Pods))
+	}
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if len(found) == 1 {
+			return enc.Encode(found[0])
+		}
+		return enc.Encode(found)
+	}
+	for i, p := range found {
+		if i > 0 {
+			fmt.Fprintln(out)
+		}
+		fmt.Fprintf(out, "pod        %s/%s (uid %s)\n", p.Namespace, p.Name, p.UID)
+		fmt.Fprintf(out, "state      %s since %s\n", p.State, p.Since.Format("2006-01-02 15:04:05 MST"))
+		fmt.Fprintf(out, "policy     %s: %s\n", podPolicy(p), p.Reason)
+		fmt.Fprintf(out, "sandbox    %s\n", p.SandboxID)
+		fmt.Fprintf(out, "cgroup     %s\n", dash(p.Cgroup))
+		netns := p.Netns
+		if p.HostNetwork {
+			netns = "host"
+		}
+		fmt.Fprintf(out, "netns      %s\n", dash(netns))
+		fmt.Fprintf(out, "containers %s\n", dash(strings.Join(p.Containers, ", ")))
+		fmt.Fprintf(out, "workload   %s\n", dash(p.Workload))
+		if p.Error != "" {
+			fmt.Fprintf(out, "error      %s\n", p.Error)
+		}
+	}
+	return nil
 }

@@ -27,6 +27,9 @@ type PodSpec struct {
 	// Containers are the names of containers to run in it, each the test
 	// image sleeping. Default: one named "main".
 	Containers []string
+	// HostNetwork runs the pod in the node's network namespace
+	// (hostNetwork: true): no CNI, no netns of its own.
+	HostNetwork bool
 }
 
 // Pod is a running pod.
@@ -108,9 +111,13 @@ func (r *Runtime) runPod(spec PodSpec) (*Pod, error) {
 	}
 	nsOpts := &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_POD,
 		Pid: runtimeapi.NamespaceMode_CONTAINER, Ipc: runtimeapi.NamespaceMode_POD}
+	hostname := spec.Name
+	if spec.HostNetwork {
+		nsOpts.Network, hostname = runtimeapi.NamespaceMode_NODE, "" // the kubelet leaves the node's name
+	}
 	cfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: spec.Name, Namespace: spec.Namespace, Uid: spec.UID},
-		Hostname:     spec.Name,
+		Hostname:     hostname,
 		LogDirectory: logDir,
 		Labels:       labels,
 		Annotations:  annotations,

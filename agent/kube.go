@@ -1,0 +1,451 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
+	"github.com/backbay-labs/chio-agent/internal/cri"
+	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/kernel/config"
+)
+
+// Pod discovery: with kernel.yaml's kubernetes: section, the daemon follows
+// the node's pods through the CRI (internal/cri) and makes each pod Select
+// protects a workload named "<namespace>/<name>": its pod-level cgroup (the
+// containers' cgroups are below it, so the subtree is covered), its network
+// namespace (the host's for a host-network pod), and identity labels that
+// receipts carry. A pod removed from the runtime is unprotected (listener,
+// map entries and guard released). Exempt pods and the agent's own pod are
+// left alone.
+//
+// Every protected pod is decided by the agent's one policy, except a pod whose
+// label names no known policy, which is refused everything
+// (kernel.GuardPodPolicy). Policies per pod (kubernetes.policies) are chosen
+// and shown in status, but not yet loaded: the agent's policy decides.
+
+// Identity labels pod workloads carry in receipts and status. The first
+// three are the kubelet's own label names.
+const (
+	LabelPodNamespace = "io.kubernetes.pod.namespace"
+	LabelPodName      = "io.kubernetes.pod.name"
+	LabelPodUID       = "io.kubernetes.pod.uid"
+	// LabelContainers lists the pod's container names, comma-separated,
+	// sorted.
+	LabelContainers = "chio.dev/containers"
+	// LabelContainer is the container the connecting task runs in, in a
+	// receipt (the kubelet's label name), when its cgroup is known.
+	LabelContainer = "io.kubernetes.container.name"
+	// LabelPolicy is the policy pod discovery chose (kubernetes.policies),
+	// or the unknown name the pod's label gave when every connection is
+	// refused.
+	LabelPolicy = config.PolicyLabel
+)
+
+// EnvPodUID names the environment variable holding the agent's own pod UID
+// (the DaemonSet sets it from the downward API, metadata.uid).
+const EnvPodUID = "CHIO_POD_UID"
+
+// Pod states in status beside the workload states (protected, waiting,
+// missing) of protected pods.
+const (
+	// PodExempt: Select leaves the pod unprotected (exempt namespace, the
+	// agent's own pod, default_policy none).
+	PodExempt = "exempt"
+	// PodUnclassified: the runtime's answer about the pod is incomplete
+	// (no cgroup or netns yet; retried when it changes), or protecting it
+	// failed (retried every poll interval).
+	PodUnclassified = "unclassified"
+	// PodStopped: the sandbox is stopped and was not protected: nothing
+	// runs in it to protect.
+	PodStopped = "stopped"
+)
+
+// PodStatus is one pod the agent discovered.
+type PodStatus struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	SandboxID string `json:"sandbox_id"`
+	// State is the workload's state (protected, waiting, missing) for a
+	// protected pod, else exempt, unclassified or stopped.
+	State string `json:"state"`
+	// Policy is the kubernetes.policies name Select chose; empty when the
+	// pod is not protected or refused everything.
+	Policy string `json:"policy,omitempty"`
+	// RefuseAll: protected, every connection refused (Reason says why).
+	RefuseAll bool `json:"refuse_all,omitempty"`
+	// Reason is why the pod got its policy or none.
+	Reason string `json:"reason"`
+	// Since is when the agent classified the pod as it is now.
+	Since       time.Time `json:"since"`
+	HostNetwork bool      `json:"host_network,omitempty"`
+	Netns       string    `json:"netns,omitempty"`
+	// Cgroup is the pod-level cgroup, absolute.
+	Cgroup     string   `json:"cgroup,omitempty"`
+	Containers []string `json:"containers,omitempty"`
+	// Workload names the workload protecting the pod.
+	Workload string `json:"workload,omitempty"`
+	// Error is why the pod is unclassified.
+	Error string `json:"error,omitempty"`
+
+	// containerCgroups names the pod's containers by their cgroup ids, for
+	// receipts; set in a workload's spec.
+	containerCgroups map[uint64]string
+}
+
+// KubeOptions configure pod discovery in RunDaemon.
+type KubeOptions struct {
+	// Config is kernel.yaml's kubernetes: section. Required.
+	Config *config.Kubernetes
+	// SelfUID is the agent's own pod's UID, never protected. Default:
+	// SelfPodUID().
+	SelfUID string
+	// Mount is the cgroup2 mount. Default: cgroupfs.Mount().
+	Mount string
+}
+
+// SelfPodUID returns the agent's own pod UID: $CHIO_POD_UID, else the pod
+// of the agent's own cgroup, else "" (not in a pod).
+func SelfPodUID() string {
+	if uid := os.Getenv(EnvPodUID); uid != "" {
+		return uid
+	}
+	f, err := os.Open("/proc/self/cgroup")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	rel, err := cri.ParseProcCgroup(f)
+	if err != nil {
+		return ""
+	}
+	k, err := cri.ParseKubepods(rel)
+	if err != nil {
+		return ""
+	}
+	return k.PodUID
+}
+
+// kube follows the pods and keeps their workloads in step.
+type kube struct {
+	a       *Agent
+	k       *config.Kubernetes
+	mount   string
+	selfUID string
+	client  *cri.Client
+	log     logrus.FieldLogger
+	synced  chan struct{}
+
+	mu   sync.Mutex
+	pods map[string]*podEntry // by sandbox id
+	// owner names, by workload name, the sandbox whose workload it is: a
+	// pod's sandbox made again (a new id, same name) takes it over.
+	owner map[string]string
+}
+
+type podEntry struct {
+	pod    cri.Pod
+	status PodStatus
+}
+
+// startKube dials the runtime; run follows it.
+func (a *Agent) startKube(ctx context.Context, o KubeOptions) (*kube, error) {
+	if o.Config == nil {
+		return nil, errors.New("start pod discovery: no kubernetes section")
+	}
+	if o.Mount == "" {
+		m, err := cgroupfs.Mount()
+		if err != nil {
+			return nil, fmt.Errorf("start pod discovery: %w", err)
+		}
+		o.Mount = m
+	}
+	if o.SelfUID == "" {
+		o.SelfUID = SelfPodUID()
+	}
+	sock, err := cri.Socket(o.Config.CRISocket)
+	if err != nil {
+		return nil, fmt.Errorf("start pod discovery: %w", err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c, err := cri.Dial(dctx, sock)
+	if err != nil {
+		return nil, fmt.Errorf("start pod discovery: %w", err)
+	}
+	kc := &kube{a: a, k: o.Config, mount: o.Mount, selfUID: o.SelfUID, client: c,
+		log: a.opts.Logger.WithField("cri_socket", sock), synced: make(chan struct{}),
+		pods: map[string]*podEntry{}, owner: map[string]string{}}
+	a.mu.Lock()
+	a.kube = kc
+	a.mu.Unlock()
+	name, ver, _ := c.Version(ctx)
+	kc.log.WithFields(logrus.Fields{"runtime": name, "runtime_version": ver, "self_pod_uid": o.SelfUID}).Info("following the node's pods through the CRI")
+	return kc, nil
+}
+
+// run follows the runtime until ctx ends; synced is closed after the first
+// listing has been applied.
+func (kc *kube) run(ctx context.Context) error {
+	defer kc.client.Close()
+	interval := time.Duration(kc.k.PollInterval)
+	if interval <= 0 {
+		interval = config.DefaultPollInterval
+	}
+	w := &cri.Watcher{Client: kc.client, Interval: interval, Log: kc.log}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	retried := make(chan struct{})
+	go func() { defer close(retried); kc.retryEvery(ctx, interval) }()
+	defer func() { cancel(); <-retried }()
+	first := true
+	return w.Run(ctx, func(changes []cri.Change) {
+		kc.apply(changes)
+		if first {
+			first = false
+			close(kc.synced)
+		}
+	})
+}
+
+// retryEvery classifies again, every interval, the pods whose protection
+// failed (a listener that could not be opened in their netns...): the
+// watcher reports a pod again only when it changes.
+func (kc *kube) retryEvery(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		kc.mu.Lock()
+		for _, e := range kc.pods {
+			if e.status.State == PodUnclassified && e.pod.Err == nil {
+				kc.classify(e.pod)
+			}
+		}
+		kc.mu.Unlock()
+	}
+}
+
+// apply brings the workloads in step with one listing's changes: removals
+// first, so that a pod's new sandbox can take its name over.
+func (kc *kube) apply(changes []cri.Change) {
+	kc.mu.Lock()
+	defer kc.mu.Unlock()
+	slices.SortStableFunc(changes, func(x, y cri.Change) int {
+		return boolInt(x.Kind != cri.PodRemoved) - boolInt(y.Kind != cri.PodRemoved)
+	})
+	for _, ch := range changes {
+		if ch.Kind == cri.PodRemoved {
+			kc.remove(ch.Pod)
+			continue
+		}
+		kc.classify(ch.Pod)
+	}
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// remove unprotects a pod gone from the runtime, unless its name belongs to
+// another (newer) sandbox.
+func (kc *kube) remove(p cri.Pod) {
+	e := kc.pods[p.SandboxID]
+	delete(kc.pods, p.SandboxID)
+	if e == nil || e.status.Workload == "" || kc.owner[e.status.Workload] != p.SandboxID {
+		return
+	}
+	delete(kc.owner, e.status.Workload)
+	if err := kc.a.Unprotect(e.status.Workload); err != nil {
+		kc.a.proxy.errs.add(err)
+		kc.log.WithError(err).WithField("workload", e.status.Workload).Error("unprotect removed pod")
+		return
+	}
+	kc.log.WithField("workload", e.status.Workload).Info("pod removed: unprotected")
+}
+
+// classify decides what a new or changed pod gets, and applies it.
+func (kc *kube) classify(p cri.Pod) {
+	e := kc.pods[p.SandboxID]
+	if e == nil {
+		e = &podEntry{}
+		kc.pods[p.SandboxID] = e
+	}
+	e.pod = p
+	sel := cri.Select(kc.k, p, kc.selfUID)
+	name := p.Namespace + "/" + p.Name
+	st := PodStatus{Namespace: p.Namespace, Name: p.Name, UID: p.UID, SandboxID: p.SandboxID,
+		Policy: sel.Policy, RefuseAll: sel.RefuseAll, Reason: sel.Reason, HostNetwork: p.HostNetwork,
+		Netns: p.Netns, Containers: containerNames(p)}
+	if p.Cgroup != "" {
+		st.Cgroup = p.CgroupPath(kc.mount)
+	}
+	owned := kc.owner[name] == p.SandboxID
+	switch {
+	case !sel.Protect:
+		st.State = PodExempt
+		if owned {
+			// Not reachable today (labels of a sandbox do not change);
+			// kept so that exempt always means unprotected.
+			delete(kc.owner, name)
+			kc.a.Unprotect(name)
+		}
+	case p.Err != nil:
+		// Incomplete: never unprotected on that account. A pod already
+		// protected stays as it was.
+		if owned {
+			kc.log.WithError(p.Err).WithField("workload", name).Warn("pod's runtime status incomplete; its protection stays as it was")
+			return
+		}
+		st.State, st.Error = PodUnclassified, p.Err.Error()
+	case !p.Ready && !owned:
+		st.State = PodStopped
+	case !owned && kc.owner[name] != "" && kc.pods[kc.owner[name]] != nil && kc.pods[kc.owner[name]].pod.CreatedAt.After(p.CreatedAt):
+		// An older sandbox of a pod whose newer one holds the name.
+		st.State = PodStopped
+	default:
+		st.Workload = name
+		spec := kc.spec(p, sel, st)
+		if err := kc.a.protectPod(spec); err != nil {
+			kc.a.proxy.errs.add(err)
+			kc.log.WithError(err).WithField("workload", name).Error("protect pod")
+			st.State, st.Error, st.Workload = PodUnclassified, err.Error(), ""
+			break
+		}
+		if !owned {
+			if prev := kc.owner[name]; prev != "" && kc.pods[prev] != nil {
+				kc.pods[prev].status.Workload = ""
+			}
+			kc.owner[name] = p.SandboxID
+		}
+	}
+	if e.status.State != st.State || e.status.Workload != st.Workload || e.status.Since.IsZero() {
+		st.Since = time.Now()
+	} else {
+		st.Since = e.status.Since
+	}
+	e.status = st
+}
+
+// spec is the workload of a protected pod.
+func (kc *kube) spec(p cri.Pod, sel cri.Selection, st PodStatus) WorkloadSpec {
+	labels := map[string]string{
+		LabelPodNamespace: p.Namespace,
+		LabelPodName:      p.Name,
+		LabelPodUID:       p.UID,
+	}
+	if len(st.Containers) > 0 {
+		labels[LabelContainers] = strings.Join(st.Containers, ",")
+	}
+	// InboundAll: a pod's ports are its Service's business, and the CRI does
+	// not say which it serves; refusing every bind() would break every
+	// serving pod. Egress is what pod discovery mediates (docs/kernel-yaml.md).
+	spec := WorkloadSpec{Name: st.Workload, Cgroup: st.Cgroup, Netns: p.Netns, Labels: labels, InboundAll: true}
+	if sel.RefuseAll {
+		labels[LabelPolicy] = p.Labels[config.PolicyLabel]
+		spec.RefuseAll = sel.Reason
+	} else {
+		labels[LabelPolicy] = sel.Policy
+	}
+	pod := st
+	pod.Since, pod.State = time.Time{}, "" // status fills them; not part of the spec
+	pod.containerCgroups = map[uint64]string{}
+	for _, c := range p.Containers {
+		if c.Cgroup == "" || c.Name == "" {
+			continue
+		}
+		// A container whose cgroup is not there yet is named once it is
+		// (its start changes the listing).
+		if id, err := cgroupfs.ID(cri.Abs(kc.mount, c.Cgroup)); err == nil {
+			pod.containerCgroups[id] = c.Name
+		}
+	}
+	spec.Pod = &pod
+	return spec
+}
+
+// containerIdentities are a pod workload's identities per container cgroup:
+// its own, with the container's name.
+func containerIdentities(spec WorkloadSpec) map[uint64]kernel.WorkloadIdentity {
+	if spec.Pod == nil || len(spec.Pod.containerCgroups) == 0 {
+		return nil
+	}
+	out := make(map[uint64]kernel.WorkloadIdentity, len(spec.Pod.containerCgroups))
+	for id, name := range spec.Pod.containerCgroups {
+		labels := maps.Clone(spec.Labels)
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		labels[LabelContainer] = name
+		out[id] = workloadIdentity(spec.Name, spec.Cgroup, labels)
+	}
+	return out
+}
+
+func containerNames(p cri.Pod) []string {
+	var names []string
+	for _, c := range p.Containers {
+		if c.Name != "" && !slices.Contains(names, c.Name) {
+			names = append(names, c.Name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// status lists the discovered pods, by namespace and name.
+func (kc *kube) status() []PodStatus {
+	kc.mu.Lock()
+	defer kc.mu.Unlock()
+	out := make([]PodStatus, 0, len(kc.pods))
+	for _, e := range kc.pods {
+		out = append(out, e.status)
+	}
+	slices.SortFunc(out, func(x, y PodStatus) int {
+		return strings.Compare(x.Namespace+"/"+x.Name+"/"+x.SandboxID, y.Namespace+"/"+y.Name+"/"+y.SandboxID)
+	})
+	return out
+}
+
+// protectPod protects a pod's workload, or switches the protected one to a
+// changed spec in place (never unprotected in between).
+func (a *Agent) protectPod(spec WorkloadSpec) error {
+	old := a.reg.byName(spec.Name)
+	switch {
+	case old == nil:
+		return a.Protect(spec)
+	case old.pod == nil:
+		return fmt.Errorf("protect pod %s: a workload kernel.yaml lists has that name", spec.Name)
+	case !sameSpec(old, spec):
+		return a.replace(old, spec)
+	}
+	return nil
+}
+
+// samePod compares what a pod workload's spec says of its pod.
+func samePod(a, b *PodStatus) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Namespace == b.Namespace && a.Name == b.Name && a.UID == b.UID && a.SandboxID == b.SandboxID &&
+		a.Policy == b.Policy && a.RefuseAll == b.RefuseAll && a.Reason == b.Reason && a.HostNetwork == b.HostNetwork &&
+		a.Netns == b.Netns && a.Cgroup == b.Cgroup && slices.Equal(a.Containers, b.Containers) &&
+		maps.Equal(a.containerCgroups, b.containerCgroups)
+}

@@ -1,0 +1,416 @@
+package agent
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
+	"github.com/backbay-labs/chio-agent/internal/cri"
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/internal/testutil/containerd"
+	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/backbay-labs/chio-agent/receipts"
+)
+
+// kubePolicy allows one name, which the test's hosts table gives the pods'
+// gateway address.
+const kubePolicy = `hushspec: "0.1.0"
+name: kube
+rules:
+  egress:
+    allow: ["api.allowed.test"]
+    default: block
+`
+
+// TestKubePodsProtected runs the daemon with pod discovery on a real
+// containerd, acting as the kubelet: a pod started before the agent is
+// protected once it starts and its connection is decided with a receipt
+// naming the pod; a pod started while it runs whose label names no policy is
+// protected and refused everything, with the reason; a host-network pod is
+// decided through the node's listener; a pod in an exempt namespace, and the
+// agent's own pod, are left alone (the first reaches the server undecided); deleting a pod releases its
+// workload (status, maps and listeners back to where they were).
+func TestKubePodsProtected(t *testing.T) {
+	rt := containerd.Shared(t)
+	mount, err := cgroupfs.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := rt.RunPod(t, containerd.PodSpec{Namespace: "team-a", Name: "before"})
+	exempt := rt.RunPod(t, containerd.PodSpec{Namespace: "kube-system", Name: "infra"})
+	self := rt.RunPod(t, containerd.PodSpec{Namespace: "team-a", Name: "chio-agent-self"})
+	hostNet := rt.RunPod(t, containerd.PodSpec{Namespace: "team-h", Name: "hostnet", HostNetwork: true})
+
+	srvAddr := gatewayServer(t, rt)
+	gw := srvAddr.Addr()
+	kd := newKubeDaemon(t, rt, self.UID, gw)
+	kd.start()
+	sock, log := kd.sock, kd.log
+
+	// Ready means the first listing is applied: the pod that predates the
+	// agent is protected already, the exempt one is not.
+	st := queryStatus(t, sock)
+	pa := podIn(t, st, "team-a", "before")
+	if pa.State != string(StateProtected) || pa.Policy != "default" || pa.Workload != "team-a/before" || pa.UID != before.UID {
+		t.Fatalf("pod started before the agent: %+v", pa)
+	}
+	if pe := podIn(t, st, "kube-system", "infra"); pe.State != PodExempt || pe.Workload != "" {
+		t.Fatalf("pod in an exempt namespace: %+v", pe)
+	}
+	if ps := podIn(t, st, "team-a", "chio-agent-self"); ps.State != PodExempt || ps.Workload != "" {
+		t.Fatalf("the agent's own pod: %+v", ps)
+	}
+	if ph := podIn(t, st, "team-h", "hostnet"); ph.State != string(StateProtected) || !ph.HostNetwork || ph.Netns != "" {
+		t.Fatalf("host-network pod: %+v", ph)
+	}
+	w := workloadIn(t, st, "team-a/before")
+	if w.Cgroup != cri.Abs(mount, before.CgroupParent) || w.Pod == nil || w.Pod.UID != before.UID ||
+		w.Labels[LabelPodUID] != before.UID || w.Labels[LabelContainers] != "main" || !w.InboundAll {
+		t.Fatalf("workload of the pod: %+v (pod %+v)", w, w.Pod)
+	}
+	baseline := st
+
+	// A pod started while the agent runs, labelled with a policy no one
+	// configured: protected, every connection refused.
+	during := rt.RunPod(t, containerd.PodSpec{Namespace: "team-b", Name: "during",
+		Labels: map[string]string{config.PolicyLabel: "nosuch"}})
+	waitFor(t, "the new pod protected with its container", func() bool {
+		for _, p := range queryStatus(t, sock).Pods {
+			if p.UID == during.UID && p.State == string(StateProtected) && len(p.Containers) == 1 {
+				return true
+			}
+		}
+		return false
+	})
+	if pb := podIn(t, queryStatus(t, sock), "team-b", "during"); !pb.RefuseAll || !strings.Contains(pb.Reason, "nosuch") {
+		t.Fatalf("pod labelled with an unknown policy: %+v", pb)
+	}
+
+	get := func(p *containerd.Pod, host string) (string, int32) { return podGet(t, p, srvAddr, host) }
+	decision := kd.decision
+	receiptOf := func(d Decision) string {
+		t.Helper()
+		ent, err := log.Get(d.Seq)
+		if err != nil || d.ReceiptID == "" {
+			t.Fatalf("receipt of %+v: %v", d, err)
+		}
+		return string(ent.Receipt)
+	}
+
+	// The protected pod's connection is redirected and decided (allowed),
+	// and its receipt names the pod.
+	if out, _ := get(before, "api.allowed.test"); !strings.Contains(out, "kube-api host=api.allowed.test") {
+		t.Fatalf("allowed request from the protected pod: %q", out)
+	}
+	d := decision("team-a/before")
+	if d.Verdict != kernel.VerdictAllow {
+		t.Fatalf("protected pod's decision: %+v", d)
+	}
+	r := receiptOf(d)
+	for _, want := range []string{before.UID, `"team-a/before"`, `"io.kubernetes.pod.namespace":"team-a"`, `"io.kubernetes.pod.name":"before"`, `"io.kubernetes.container.name":"main"`} {
+		if !strings.Contains(r, want) {
+			t.Errorf("receipt does not name the pod (%s): %s", want, r)
+		}
+	}
+
+	// The host-network pod goes through the node's own listener.
+	if out, _ := get(hostNet, "api.allowed.test"); !strings.Contains(out, "kube-api host=api.allowed.test") {
+		t.Fatalf("allowed request from the host-network pod: %q", out)
+	}
+	if d := decision("team-h/hostnet"); d.Verdict != kernel.VerdictAllow {
+		t.Fatalf("host-network pod's decision: %+v", d)
+	}
+
+	// The refuse-all pod: the same request is refused, with the reason.
+	if out, _ := get(during, "api.allowed.test"); strings.Contains(out, "kube-api") {
+		t.Fatalf("pod with an unknown policy reached the server: %q", out)
+	}
+	d = decision("team-b/during")
+	if d.Verdict != kernel.VerdictDeny || d.Guard != kernel.GuardPodPolicy || !strings.Contains(d.Reason, "nosuch") {
+		t.Fatalf("refuse-all pod's decision: %+v", d)
+	}
+	if r := receiptOf(d); !strings.Contains(r, during.UID) || !strings.Contains(r, kernel.GuardPodPolicy) {
+		t.Errorf("refuse-all receipt: %s", r)
+	}
+
+	// The exempt pod reaches the server directly, even for a name the
+	// policy blocks, and nothing decides it.
+	if out, _ := get(exempt, "forbidden.test"); !strings.Contains(out, "kube-api host=forbidden.test") {
+		t.Fatalf("exempt pod's request: %q", out)
+	}
+	kd.mu.Lock()
+	for _, x := range kd.decided {
+		if strings.HasPrefix(x.Workload, "kube-system/") {
+			t.Errorf("exempt pod decided: %+v", x)
+		}
+	}
+	kd.mu.Unlock()
+
+	// Deleting the pod releases its workload: gone from status, maps and
+	// listeners back to where they were before it.
+	during.Remove(t)
+	waitFor(t, "the deleted pod released", func() bool {
+		s := queryStatus(t, sock)
+		for _, p := range s.Pods {
+			if p.UID == during.UID {
+				return false
+			}
+		}
+		for _, w := range s.Workloads {
+			if w.Name == "team-b/during" {
+				return false
+			}
+		}
+		return true
+	})
+	st = queryStatus(t, sock)
+	if st.Maps.Workloads != baseline.Maps.Workloads || st.Maps.Guards != baseline.Maps.Guards ||
+		len(st.Listeners) != len(baseline.Listeners) || len(st.Workloads) != len(baseline.Workloads) {
+		t.Errorf("after the pod's deletion: maps %+v, %d listeners, %d workloads; before it: maps %+v, %d listeners, %d workloads",
+			st.Maps, len(st.Listeners), len(st.Workloads), baseline.Maps, len(baseline.Listeners), len(baseline.Workloads))
+	}
+	if st.Maps.Workloads == 0 || st.Maps.Guards == 0 {
+		t.Errorf("the pod still running is not in the maps: %+v", st.Maps)
+	}
+}
+
+// gatewayServer serves plain HTTP on the host side of the pods' bridge (its
+// gateway address, which exists once the first pod is up).
+func gatewayServer(t *testing.T, rt *containerd.Runtime) netip.AddrPort {
+	t.Helper()
+	a4 := rt.Subnet.Addr().As4()
+	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
+	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
+	if err != nil {
+		t.Fatalf("listen on the pods' gateway: %v", err)
+	}
+	srv := &http.Server{Handler: bodyHandler("kube-api")}
+	srv.SetKeepAlivesEnabled(false)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// podGet sends an HTTP request for host to srv from the pod's main
+// container, with busybox nc, and returns what came back.
+func podGet(t *testing.T, p *containerd.Pod, srv netip.AddrPort, host string) (string, int32) {
+	t.Helper()
+	req := fmt.Sprintf(`GET /hello HTTP/1.0\r\nHost: %s\r\n\r\n`, host)
+	out, errOut, code := p.Exec(t, "main", "/bin/busybox", "sh", "-c",
+		fmt.Sprintf("/bin/busybox printf '%s' | /bin/busybox nc %s %d", req, srv.Addr(), srv.Port()))
+	return out + errOut, code
+}
+
+// kubeDaemon runs RunDaemon with pod discovery on the test containerd; stop
+// and start again keep its pin directory and receipt log (an agent restart).
+type kubeDaemon struct {
+	t       *testing.T
+	rt      *containerd.Runtime
+	selfUID string
+	gw      netip.Addr
+	dir     string
+	pinDir  string
+	sock    string
+	policy  *hushspec.Policy
+	key     ed25519.PrivateKey
+	log     *receipts.Log
+	cancel  context.CancelFunc
+	done    chan error
+
+	mu      sync.Mutex
+	decided []Decision
+}
+
+func newKubeDaemon(t *testing.T, rt *containerd.Runtime, selfUID string, gw netip.Addr) *kubeDaemon {
+	t.Helper()
+	kd := &kubeDaemon{t: t, rt: rt, selfUID: selfUID, gw: gw, dir: t.TempDir(), pinDir: testutil.PinDir(t)}
+	kd.sock = filepath.Join(kd.dir, "status.sock")
+	var err error
+	if kd.policy, err = hushspec.Parse([]byte(kubePolicy)); err != nil {
+		t.Fatal(err)
+	}
+	_, kd.key, _ = ed25519.GenerateKey(rand.Reader)
+	if kd.log, err = receipts.Open(filepath.Join(kd.dir, "receipts.db"), receipts.Options{Key: kd.key}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kd.log.Close() })
+	t.Cleanup(func() { bpf.Uninstall(kd.pinDir) })
+	t.Cleanup(kd.stop) // first of the three
+	return kd
+}
+
+// start runs the daemon and waits for its ready file.
+func (kd *kubeDaemon) start() {
+	t := kd.t
+	t.Helper()
+	mount, err := cgroupfs.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := filepath.Join(kd.dir, "ready")
+	ctx, cancel := context.WithCancel(context.Background())
+	kd.cancel, kd.done = cancel, make(chan error, 1)
+	go func() {
+		kd.done <- RunDaemon(ctx, DaemonOptions{
+			Agent: Options{Policy: kd.policy, Key: kd.key, Log: kd.log, PinDir: kd.pinDir,
+				AttachCgroup: cri.Abs(mount, kd.rt.CgroupRoot),
+				Hosts:        map[string][]netip.Addr{"api.allowed.test": {kd.gw}},
+				OnDecision: func(d Decision) {
+					kd.mu.Lock()
+					kd.decided = append(kd.decided, d)
+					kd.mu.Unlock()
+				}},
+			StatusSocket: kd.sock,
+			ReadyFile:    ready,
+			Kubernetes: &KubeOptions{SelfUID: kd.selfUID, Config: &config.Kubernetes{
+				CRISocket:        kd.rt.Socket,
+				Policies:         map[string]string{"default": "/unused/by/this/test"},
+				DefaultPolicy:    "default",
+				ExemptNamespaces: []string{"kube-system"},
+				PollInterval:     config.Duration(100 * time.Millisecond),
+			}},
+		})
+	}()
+	done := kd.done
+	waitFor(t, "the daemon ready", func() bool {
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("daemon exited: %v", err)
+		default:
+		}
+		_, err := os.Stat(ready)
+		return err == nil
+	})
+}
+
+// stop stops the daemon (pinned state stays), once per start.
+func (kd *kubeDaemon) stop() {
+	if kd.cancel == nil {
+		return
+	}
+	kd.cancel()
+	if err := <-kd.done; err != nil {
+		kd.t.Errorf("daemon: %v", err)
+	}
+	kd.cancel = nil
+}
+
+// decision waits for the first decision of a workload.
+func (kd *kubeDaemon) decision(workload string) Decision {
+	kd.t.Helper()
+	var d Decision
+	waitFor(kd.t, "a decision for "+workload, func() bool {
+		kd.mu.Lock()
+		defer kd.mu.Unlock()
+		for _, x := range kd.decided {
+			if x.Workload == workload {
+				d = x
+				return true
+			}
+		}
+		return false
+	})
+	return d
+}
+
+func queryStatus(t *testing.T, sock string) Status {
+	t.Helper()
+	s, err := QueryStatus(context.Background(), sock)
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	return s
+}
+
+func podIn(t *testing.T, s Status, ns, name string) PodStatus {
+	t.Helper()
+	for _, p := range s.Pods {
+		if p.Namespace == ns && p.Name == name {
+			return p
+		}
+	}
+	t.Fatalf("pod %s/%s not in status: %+v", ns, name, s.Pods)
+	return PodStatus{}
+}
+
+func workloadIn(t *testing.T, s Status, name string) WorkloadStatus {
+	t.Helper()
+	for _, w := range s.Workloads {
+		if w.Name == name {
+			return w
+		}
+	}
+	t.Fatalf("workload %s not in status", name)
+	return WorkloadStatus{}
+}
+
+// waitFor polls a condition (a readiness signal, not a guessed delay), for at
+// most a minute: pods take seconds to start here.
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestKubeRestartAdoptsPods: a pod keeps its protection across an agent
+// restart. While no agent runs, the pinned state still redirects its
+// connections (to a listener that is gone: refused, never passed); the
+// restarted agent adopts it under the same workload id and cgroup before it
+// is ready; a pod created while the agent was down is protected on restart
+// and decided.
+func TestKubeRestartAdoptsPods(t *testing.T) {
+	rt := containerd.Shared(t)
+	steady := rt.RunPod(t, containerd.PodSpec{Namespace: "team-r", Name: "steady"})
+	srv := gatewayServer(t, rt)
+	kd := newKubeDaemon(t, rt, "not-a-pod", srv.Addr())
+	kd.start()
+	w1 := workloadIn(t, queryStatus(t, kd.sock), "team-r/steady")
+	if w1.State != StateProtected || w1.CgroupID == 0 {
+		t.Fatalf("pod before the restart: %+v", w1)
+	}
+	kd.stop()
+
+	if out, _ := podGet(t, steady, srv, "api.allowed.test"); strings.Contains(out, "kube-api") {
+		t.Fatalf("a protected pod's connection passed while no agent ran: %q", out)
+	}
+	down := rt.RunPod(t, containerd.PodSpec{Namespace: "team-r", Name: "while-down"})
+
+	kd.start()
+	st := queryStatus(t, kd.sock)
+	w2 := workloadIn(t, st, "team-r/steady")
+	if w2.ID != w1.ID || w2.State != StateProtected || w2.CgroupID != w1.CgroupID {
+		t.Fatalf("pod after the restart: %+v, before: %+v", w2, w1)
+	}
+	if p := podIn(t, st, "team-r", "while-down"); p.State != string(StateProtected) {
+		t.Fatalf("pod created while the agent was down, after the restart: %+v", p)
+	}
+	if st.Maps.Workloads != 2 {
+		t.Errorf("workloads map after the restart: %d entries, want 2 (one per pod)", st.Maps.Workloads)
+	}
+	if out, _ := podGet(t, down, srv, "api.allowed.test"); !strings.Contains(out, "kube-api host=api.allowed.test") {
+		t.Fatalf("pod created while the agent was down: %q", out)
+	}
+	if d := kd.decision("team-r/while-down"); d.Verdict != kernel.VerdictAllow {
+		t.Fatalf("decision: %+v", d)
+	}
+}

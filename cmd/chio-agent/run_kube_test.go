@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil/containerd"
+)
+
+// One containerd for the binary, started by the first test that asks for it.
+func TestMain(m *testing.M) { os.Exit(containerd.Main(m)) }
+
+// TestRunProtectsPods runs the real binary with a kernel.yaml whose
+// kubernetes: section names the test containerd and no agent.workloads: the
+// pod running before the agent is protected by readiness, `status --pod`
+// shows it with its policy, and its connection goes through the agent (a
+// name the policy blocks is refused; the allowed one reaches the server).
+func TestRunProtectsPods(t *testing.T) {
+	rt := containerd.Shared(t)
+	pod := rt.RunPod(t, containerd.PodSpec{Namespace: "team-k", Name: "web"})
+	bin, dir, pinDir, keyPath := daemonTest(t)
+
+	a4 := rt.Subnet.Addr().As4()
+	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
+	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "pod-upstream") })}
+	srv.SetKeepAlivesEnabled(false)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+
+	policy := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\nname: pods\nrules:\n  egress:\n    allow: [api.allowed.test]\n    default: block\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{t: t, bin: bin, config: filepath.Join(dir, "kernel.yaml"), ready: filepath.Join(dir, "ready"), socket: filepath.Join(dir, "status.sock")}
+	kcfg := fmt.Sprintf(`policy: %s
+signing_key: %s
+receipts: {sink: "file://%s"}
+agent:
+  pin_dir: %s
+  status_socket: %s
+  hosts: {api.allowed.test: [%s]}
+kubernetes:
+  cri_socket: %s
+  policies: {default: %s}
+  default_policy: default
+  exempt_namespaces: [kube-system]
+  poll_interval: 100ms
+`, policy, keyPath, filepath.Join(dir, "receipts.db"), pinDir, d.socket, gw, rt.Socket, policy)
+	if err := os.WriteFile(d.config, []byte(kcfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	t.Cleanup(func() {
+		d.signal(syscall.SIGTERM)
+		<-d.exited
+	})
+
+	out, err := exec.Command(bin, "status", "--status-socket", d.socket, "--pod", "team-k/web").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "protected") || !strings.Contains(string(out), "default") ||
+		!strings.Contains(string(out), pod.UID) {
+		t.Fatalf("status --pod team-k/web: %v\n%s\nagent logs:\n%s", err, out, d.logs)
+	}
+	get := func(host string) string {
+		t.Helper()
+		req := fmt.Sprintf(`GET / HTTP/1.0\r\nHost: %s\r\n\r\n`, host)
+		o, e, _ := pod.Exec(t, "main", "/bin/busybox", "sh", "-c",
+			fmt.Sprintf("/bin/busybox printf '%s' | /bin/busybox nc %s %d", req, gw, port))
+		return o + e
+	}
+	if got := get("forbidden.test"); strings.Contains(got, "pod-upstream") {
+		t.Fatalf("a blocked name from the protected pod reached the server: %q", got)
+	}
+	if got := get("api.allowed.test"); !strings.Contains(got, "pod-upstream") {
+		t.Fatalf("the allowed name from the protected pod: %q\nagent logs:\n%s", got, d.logs)
+	}
+	s := d.status()
+	if s.Counts.Allowed != 1 || s.Counts.Denied != 1 {
+		t.Errorf("counts %+v, want one allowed and one denied", s.Counts)
+	}
+}
