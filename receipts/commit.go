@@ -172,6 +172,9 @@ func (l *Log) Flush(ctx context.Context, seal bool) error {
 // queue are let through first.
 func (l *Log) Close() error {
 	if l.opts.ReadOnly {
+		if p := l.broken.Load(); p != nil {
+			return fmt.Errorf("close receipt log %s: left unclosed after bbolt failed: %w", l.path, *p)
+		}
 		return l.db.Close()
 	}
 	l.closeMu.Lock()
@@ -187,6 +190,12 @@ func (l *Log) Close() error {
 	l.signing.Unlock()
 	l.closeMu.Unlock()
 	<-l.done
+	if p := l.broken.Load(); p != nil {
+		// bbolt may hold its own locks: closing would wait forever. The
+		// mapping and the file stay open until the process exits.
+		l.mark.close()
+		return fmt.Errorf("close receipt log %s: left unclosed after bbolt failed: %w", l.path, *p)
+	}
 	err := l.db.Close()
 	if merr := l.mark.close(); err == nil {
 		err = merr

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // A damaged log is opened by every reader and writer without a crash, the
@@ -217,17 +219,19 @@ func openDamaged(t testing.TB, path string, orig *damageOriginal) bool {
 			t.Fatalf("writable open accepted a log whose checkpoint %d changed (%v)", n, err)
 		}
 	}
-	// A log the checks let through can be written: bbolt loads and splits
-	// its pages, reuses its free ones, and commits.
+	// A log the checks let through can be written (bbolt loads and splits
+	// its pages, reuses its free ones, and commits), or refuses the write
+	// saying what is damaged; it never hangs or crashes.
 	b, err := SyntheticReceipt(damageKey, 1000, fixedNow)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := l.Append(context.Background(), b); err != nil {
-		t.Fatalf("append to a log that opened: %v", err)
+		wantTyped(t, "append to a log that opened", err)
+		return false
 	}
 	if err := l.Flush(context.Background(), true); err != nil {
-		t.Fatalf("seal a log that opened: %v", err)
+		wantTyped(t, "seal a log that opened", err)
 	}
 	return false
 }
@@ -366,4 +370,44 @@ func FuzzDamagedLog(f *testing.F) {
 		}
 		openDamaged(t, writeDamaged(t, data), orig)
 	})
+}
+
+// TestPanicInBboltLeavesTheLogRefusing: a panic inside a bbolt transaction
+// (bbolt panics on a damaged page it meets while writing, and does not
+// release its locks when it does) is turned into ErrCorrupt, and from then
+// on every read, write and Close returns that error at once rather than
+// waiting on a lock bbolt may still hold.
+func TestPanicInBboltLeavesTheLogRefusing(t *testing.T) {
+	tmpl, _ := template(t)
+	path := writeDamaged(t, bytes.Clone(tmpl))
+	l, err := Open(path, Options{Key: damageKey, LockTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = l.update(func(*bolt.Tx) error { panic("damaged page") })
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("panic inside update: %v; want ErrCorrupt", err)
+	}
+	b, err := SyntheticReceipt(damageKey, 1000, fixedNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 3)
+	go func() {
+		_, err := l.Append(context.Background(), b)
+		done <- err
+		_, err = l.Get(1)
+		done <- err
+		done <- l.Close()
+	}()
+	for _, what := range []string{"append", "get", "close"} {
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrCorrupt) {
+				t.Errorf("%s after the panic: %v; want ErrCorrupt", what, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s after the panic did not return", what)
+		}
+	}
 }

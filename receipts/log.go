@@ -256,8 +256,11 @@ func (s *chainState) clone() chainState {
 
 // Log is an open receipt log. Its methods are safe for concurrent use.
 type Log struct {
-	path   string
-	db     *bolt.DB
+	path string
+	db   *bolt.DB
+	// broken is set when bbolt panicked on a damaged page (see view):
+	// its locks may still be held, so nothing touches db again.
+	broken atomic.Pointer[error]
 	opts   Options
 	log    logrus.FieldLogger
 	pubHex string
@@ -476,21 +479,35 @@ func openBolt(path string, f *os.File, o Options) (db *bolt.DB, err error) {
 // page, or a memory fault in its mapping (a file truncated under it), into an
 // ErrCorrupt error instead of a crash. Open's file check makes both
 // unexpected; this is the last line.
+//
+// bbolt does not release its locks when it panics (a rollback that rescans
+// a damaged tree panics inside bbolt, past the transaction's own cleanup),
+// so after a recovered panic the database is left alone: every later
+// view, update and Close returns the first error instead of waiting on a
+// lock that will never be released.
 func (l *Log) view(fn func(tx *bolt.Tx) error) (err error) {
+	if p := l.broken.Load(); p != nil {
+		return *p
+	}
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("read receipt log %s: damaged page (%v): %w", l.path, r, ErrCorrupt)
+			l.broken.CompareAndSwap(nil, &err)
 		}
 	}()
 	return l.db.View(fn)
 }
 
 func (l *Log) update(fn func(tx *bolt.Tx) error) (err error) {
+	if p := l.broken.Load(); p != nil {
+		return *p
+	}
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("write receipt log %s: damaged page (%v): %w", l.path, r, ErrCorrupt)
+			l.broken.CompareAndSwap(nil, &err)
 		}
 	}()
 	return l.db.Update(fn)
