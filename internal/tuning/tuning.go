@@ -63,9 +63,9 @@ func Apply(getenv func(string) string) (restore func()) {
 // upstream for the same two cores (a profile of the agent under
 // scripts/bench spends a quarter of its samples switching threads). With
 // one P per core the p50 that chio-agent adds per connection fell by 21 to
-// 83 µs in 7 of 8 runs of both settings in the same rounds (it rose by
-// 2 µs in the other), and its added p99 fell in 6 of 8 (BENCHMARKS.md,
-// Datapath). The sidecar keeps the extra P.
+// 83 µs in 8 of 10 runs of both settings in the same rounds (it rose by 2
+// and 13 µs in the other two), and its added p99 fell in 7 of 10
+// (BENCHMARKS.md, Datapath). The sidecar keeps the extra P.
 func Datapath(getenv func(string) string) {
 	if getenv("GOMAXPROCS") == "" {
 		runtime.SetDefaultGOMAXPROCS()
