@@ -16,7 +16,8 @@ import (
 
 func main() {
 	// GOGC=400 and one P for the receipt committer, unless the operator
-	// chose otherwise (see internal/tuning).
+	// chose otherwise (see internal/tuning); the node agent gives the P
+	// back once it knows it is one (tuning.Datapath).
 	tuning.Apply(os.Getenv)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
+	"runtime/trace"
 
 	"github.com/spf13/cobra"
 )
@@ -52,25 +53,45 @@ an API, or as a Go library linked into a trusted agent.`,
 	})
 	// A CPU profile of any command, for finding where a connection's time
 	// goes (go tool pprof FILE). Hidden: a tool for developers.
-	var cpuProfile string
-	var profFile *os.File
+	// An execution trace shows the rest: goroutines blocked, scheduling
+	// latency, GC (go tool trace FILE).
+	var cpuProfile, traceFile string
+	var profFile, trFile *os.File
 	root.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile to this file")
 	root.PersistentFlags().MarkHidden("cpuprofile")
+	root.PersistentFlags().StringVar(&traceFile, "trace", "", "write an execution trace to this file")
+	root.PersistentFlags().MarkHidden("trace")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
-		if cpuProfile == "" {
-			return nil
+		if cpuProfile != "" {
+			f, err := os.Create(cpuProfile)
+			if err != nil {
+				return fmt.Errorf("cpu profile: %w", err)
+			}
+			profFile = f
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return fmt.Errorf("cpu profile: %w", err)
+			}
 		}
-		f, err := os.Create(cpuProfile)
-		if err != nil {
-			return fmt.Errorf("cpu profile: %w", err)
+		if traceFile != "" {
+			f, err := os.Create(traceFile)
+			if err != nil {
+				return fmt.Errorf("trace: %w", err)
+			}
+			trFile = f
+			if err := trace.Start(f); err != nil {
+				return fmt.Errorf("trace: %w", err)
+			}
 		}
-		profFile = f
-		return pprof.StartCPUProfile(f)
+		return nil
 	}
 	root.PersistentPostRun = func(*cobra.Command, []string) {
 		if profFile != nil {
 			pprof.StopCPUProfile()
 			profFile.Close()
+		}
+		if trFile != nil {
+			trace.Stop()
+			trFile.Close()
 		}
 	}
 	root.AddCommand(

@@ -142,6 +142,7 @@ func (f *nodeFlags) resolve(ctx context.Context, defaultLevel, defaultFormat str
 		},
 	}
 	tuning.LimitMemory(os.Getenv, s.agentOpts.Limits.MemoryCeiling())
+	tuning.Datapath(os.Getenv)
 	for _, r := range ac.Resolvers {
 		s.agentOpts.Resolvers = append(s.agentOpts.Resolvers, netip.MustParseAddrPort(r)) // validated by config
 	}

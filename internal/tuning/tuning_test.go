@@ -55,3 +55,29 @@ func TestLimitMemory(t *testing.T) {
 		t.Errorf("memory limit = %d with GOMEMLIMIT set, want it unchanged (%d)", got, old)
 	}
 }
+
+func TestDatapath(t *testing.T) {
+	procs := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(procs) })
+
+	restore := Apply(func(string) string { return "" })
+	defer restore()
+	runtime.SetDefaultGOMAXPROCS()
+	def := runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(def + 1)
+	Datapath(func(string) string { return "" })
+	if got := runtime.GOMAXPROCS(0); got != def {
+		t.Errorf("GOMAXPROCS after Datapath = %d, want the default %d", got, def)
+	}
+
+	runtime.GOMAXPROCS(def + 1)
+	Datapath(func(k string) string {
+		if k == "GOMAXPROCS" {
+			return "3"
+		}
+		return ""
+	})
+	if got := runtime.GOMAXPROCS(0); got != def+1 {
+		t.Errorf("GOMAXPROCS after Datapath with GOMAXPROCS set = %d, want %d (left alone)", got, def+1)
+	}
+}

@@ -38,6 +38,7 @@ const benchHost = "upstream.bench.test"
 
 type options struct {
 	agentBin   string
+	compare    string
 	haproxy    string
 	work       string
 	conns      int
@@ -47,6 +48,7 @@ type options struct {
 	bulkRuns   int
 	timeout    time.Duration
 	runTimeout time.Duration
+	profile    string
 }
 
 type driver struct {
@@ -56,6 +58,8 @@ type driver struct {
 	kernelYAML string
 	keyFile    string
 	work       string
+	measuring  bool // past the unmeasured check pass
+	profiled   int  // agent runs profiled so far (-profile)
 }
 
 func main() {
@@ -65,8 +69,12 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "relay" {
 		os.Exit(relayMain(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "upstream" {
+		os.Exit(upstreamMain())
+	}
 	var o options
 	flag.StringVar(&o.agentBin, "agent", "", "chio-agent binary (required)")
+	flag.StringVar(&o.compare, "compare", "", "a second chio-agent binary (another commit) measured with async receipts in the same rounds, as one more mode")
 	flag.StringVar(&o.haproxy, "haproxy", "haproxy", "HAProxy binary")
 	flag.StringVar(&o.work, "work", "", "work directory on the disk to measure (receipt logs, configs); default a new temporary one")
 	flag.IntVar(&o.conns, "conns", 4000, "measured connections per mode for setup latency")
@@ -76,6 +84,7 @@ func main() {
 	flag.IntVar(&o.bulkRuns, "bulk-runs", 5, "bulk transfers per mode (interleaved)")
 	flag.DurationVar(&o.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	flag.DurationVar(&o.runTimeout, "run-timeout", 5*time.Minute, "bound on one client process")
+	flag.StringVar(&o.profile, "profile", "", "write a CPU profile and an execution trace of every measured agent run into this directory (perturbs the figures: for finding where time goes, not for BENCHMARKS.md)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -147,6 +156,9 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		{name: "HAProxy 2.6, mode tcp", via: hp.addr.String()},
 		{name: "Go relay (floor: read, dial, splice)", via: gr.addr.String()},
 	}
+	if o.compare != "" {
+		modes = append(modes, mode{name: "compared chio-agent, async receipts", receipts: "async", via: up.addr.String(), bin: o.compare, log: "compare"})
+	}
 
 	load0 := loadavg()
 	began := time.Now()
@@ -162,6 +174,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		}
 	}
 
+	d.measuring = true
 	lats := map[string][]time.Duration{}
 	progs := map[string]progStats{}
 	per := o.conns / o.rounds
@@ -203,7 +216,11 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		load0: load0, load1: loadavg(), elapsed: time.Since(began),
 	}
 	rep.print(out)
-	for _, m := range []string{"async", "sync"} {
+	logs := []string{"async", "sync"}
+	if o.compare != "" {
+		logs = append(logs, "compare")
+	}
+	for _, m := range logs {
 		fmt.Fprintf(out, "receipt log (%s): %s\n", m, d.verifyLog(ctx, m))
 	}
 	return nil

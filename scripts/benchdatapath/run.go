@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,8 @@ type mode struct {
 	name     string // as printed
 	receipts string // "" (no agent), "sync" or "async": run the client under `chio-agent exec`
 	via      string // the address the client dials
+	bin      string // agent modes: the chio-agent binary, if not -agent's
+	log      string // agent modes: the receipt log's name, if not receipts
 }
 
 // progStats are the kernel's run statistics of one BPF program.
@@ -58,12 +61,19 @@ func (d *driver) runOnce(ctx context.Context, m mode, clientArgs []string) (runR
 	args := append([]string{"client", "-addr", m.via, "-host", benchHost}, clientArgs...)
 	bin := d.self
 	if m.receipts != "" {
-		args = append([]string{"exec", "--quiet",
+		logName := cmp.Or(m.log, m.receipts)
+		var prof []string
+		if d.opts.profile != "" && d.measuring {
+			d.profiled++
+			base := filepath.Join(d.opts.profile, fmt.Sprintf("%s-%s-%d", logName, clientArgs[1], d.profiled))
+			prof = []string{"--cpuprofile", base + ".pprof", "--trace", base + ".trace"}
+		}
+		args = append(append(prof, "exec", "--quiet",
 			"--config", d.kernelYAML, "--policy", d.policyFile, "--key", d.keyFile,
-			"--receipts", filepath.Join(d.work, "receipts-"+m.receipts+".db"),
-			"--receipt-mode", m.receipts, "--name", "bench/" + m.receipts,
-			"--", d.self}, append(args, "-hold")...)
-		bin = d.opts.agentBin
+			"--receipts", filepath.Join(d.work, "receipts-"+logName+".db"),
+			"--receipt-mode", m.receipts, "--name", "bench/"+logName,
+			"--", d.self), append(args, "-hold")...)
+		bin = cmp.Or(m.bin, d.opts.agentBin)
 	}
 	cmd := exec.CommandContext(ctx, bin, args...)
 	// exec forwards SIGTERM to its command and then removes its cgroup;

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"time"
 )
@@ -64,4 +66,19 @@ func (u *upstream) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	u.srv.Shutdown(ctx)
+}
+
+// upstreamMain runs the upstream alone until stdin closes, printing its
+// address: for profiling or tracing one agent by hand (strace, perf)
+// against the benchmark's upstream.
+func upstreamMain() int {
+	up, err := startUpstream()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "upstream:", err)
+		return 1
+	}
+	defer up.close()
+	fmt.Println(up.addr)
+	io.Copy(io.Discard, os.Stdin)
+	return 0
 }
