@@ -54,11 +54,12 @@ agent:
   hosts: {api.allowed.test: [%s]}
 kubernetes:
   cri_socket: %s
+  cgroup_root: %s
   policies: {default: %s}
   default_policy: default
   exempt_namespaces: [kube-system]
   poll_interval: 100ms
-`, policy, keyPath, filepath.Join(dir, "receipts.db"), pinDir, d.socket, gw, rt.Socket, policy)
+`, policy, keyPath, filepath.Join(dir, "receipts.db"), pinDir, d.socket, gw, rt.Socket, rt.CgroupRoot, policy)
 	if err := os.WriteFile(d.config, []byte(kcfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
