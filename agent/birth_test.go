@@ -3,12 +3,14 @@ package agent
 import (
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
+	"github.com/backbay-labs/chio-agent/internal/cri"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel"
 )
@@ -142,4 +144,47 @@ func mustMount(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return mnt
+}
+
+// The agent's own cgroup is exempted when it is below the pods' root (so
+// that a root pinned by an earlier run never refuses the agent's own
+// sockets), and only then: not when it is the root itself (the root's own
+// processes are never refused; exempting it would exempt every pod), nor
+// when it is elsewhere.
+func TestBirthExemptSelf(t *testing.T) {
+	e := newE2E(t, e2eOptions{})
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := cri.ParseProcCgroup(strings.NewReader(string(self)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := cri.Abs(mustMount(t), rel)
+	exempt := func() []string {
+		t.Helper()
+		st, err := e.agent.Birth()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Exempt
+	}
+	for _, root := range []string{own, e.parent.Path} {
+		if err := e.agent.exemptSelf(root); err != nil {
+			t.Fatalf("exempt self below %s: %v", root, err)
+		}
+		if ex := exempt(); len(ex) != 0 {
+			t.Fatalf("root %s, agent in %s: exempt %v, want none", root, own, ex)
+		}
+	}
+	if own == mustMount(t) {
+		return // in the root cgroup: nothing is above the agent
+	}
+	if err := e.agent.exemptSelf(filepath.Dir(own)); err != nil {
+		t.Fatal(err)
+	}
+	if ex := exempt(); len(ex) != 1 || ex[0] != own {
+		t.Fatalf("root above the agent's cgroup %s: exempt %v", own, ex)
+	}
 }

@@ -75,18 +75,25 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	log := a.opts.Logger // Start filled in a default
 	logAttachments(log, a, o.Agent.PinDir)
 	defer log.WithField("pin_dir", o.Agent.PinDir).Info("chio-agent stopping: the pinned programs stay attached, so protected workloads cannot connect until an agent runs again")
+	// Pod discovery first: it exempts the agent's own cgroup from a pinned
+	// birth root before the agent opens a socket of its own.
+	var kc *kube
+	if o.Kubernetes != nil {
+		if kc, err = a.startKube(ctx, *o.Kubernetes); err != nil {
+			return err
+		}
+	}
 	// A workload whose cgroup does not exist yet is no error: it is reported
 	// (status, log, chio_agent_workload_state) and protected when it appears.
 	for _, w := range o.Workloads {
 		if err := a.Protect(w); err != nil {
+			if kc != nil {
+				kc.client.Close()
+			}
 			return err
 		}
 	}
-	if o.Kubernetes != nil {
-		kc, err := a.startKube(ctx, *o.Kubernetes)
-		if err != nil {
-			return err
-		}
+	if kc != nil {
 		kctx, kcancel := context.WithCancel(ctx)
 		kdone := make(chan error, 1)
 		go func() { kdone <- kc.run(kctx) }()

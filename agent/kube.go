@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
 	"github.com/backbay-labs/chio-agent/internal/cri"
@@ -27,6 +28,16 @@ import (
 // receipts carry. A pod removed from the runtime is unprotected (listener,
 // map entries and guard released). Exempt pods and the agent's own pod are
 // left alone.
+//
+// Protected from birth: once the first listing is applied, the root of the
+// pods' cgroup subtree (kubernetes.cgroup_root, found by cri.FindRoot) is a
+// birth root (birth.go): a pod made later is refused the network in the
+// kernel until it is classified here. Exempt pods (exempt namespaces, the
+// agent's own pod) are exempted by their pod-level cgroup, and the exemption
+// withdrawn when they are removed; protected pods need nothing more. The
+// agent's own cgroup, when below the root, is exempted before the root is
+// set. The root stays pinned when the agent stops (pods fail closed) and is
+// set again, the same, when it starts.
 //
 // Every protected pod is decided by the agent's one policy, except a pod whose
 // label names no known policy, which is refused everything
@@ -142,9 +153,12 @@ type kube struct {
 	k       *config.Kubernetes
 	mount   string
 	selfUID string
-	client  *cri.Client
-	log     logrus.FieldLogger
-	synced  chan struct{}
+	// root is the pods' cgroup root (absolute), a birth root once the
+	// first listing is applied.
+	root   string
+	client *cri.Client
+	log    logrus.FieldLogger
+	synced chan struct{}
 
 	mu   sync.Mutex
 	pods map[string]*podEntry // by sandbox id
@@ -156,6 +170,9 @@ type kube struct {
 type podEntry struct {
 	pod    cri.Pod
 	status PodStatus
+	// exemptID is the pod-level cgroup exempted for an exempt pod, 0 if
+	// none: withdrawn when the pod is removed.
+	exemptID uint64
 }
 
 // startKube dials the runtime; run follows it.
@@ -173,6 +190,16 @@ func (a *Agent) startKube(ctx context.Context, o KubeOptions) (*kube, error) {
 	if o.SelfUID == "" {
 		o.SelfUID = SelfPodUID()
 	}
+	rel, err := cri.FindRoot(o.Mount, o.Config.CgroupRoot)
+	if err != nil {
+		return nil, fmt.Errorf("start pod discovery: %w (name it with kubernetes.cgroup_root)", err)
+	}
+	root := cri.Abs(o.Mount, rel)
+	// The agent's own cgroup, if below the pods' root, before any socket
+	// of its own: a root pinned by an earlier run refuses it otherwise.
+	if err := a.exemptSelf(root); err != nil {
+		return nil, fmt.Errorf("start pod discovery: %w", err)
+	}
 	sock, err := cri.Socket(o.Config.CRISocket)
 	if err != nil {
 		return nil, fmt.Errorf("start pod discovery: %w", err)
@@ -183,7 +210,7 @@ func (a *Agent) startKube(ctx context.Context, o KubeOptions) (*kube, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start pod discovery: %w", err)
 	}
-	kc := &kube{a: a, k: o.Config, mount: o.Mount, selfUID: o.SelfUID, client: c,
+	kc := &kube{a: a, k: o.Config, mount: o.Mount, selfUID: o.SelfUID, root: root, client: c,
 		log: a.opts.Logger.WithField("cri_socket", sock), synced: make(chan struct{}),
 		pods: map[string]*podEntry{}, owner: map[string]string{}}
 	a.mu.Lock()
@@ -213,6 +240,13 @@ func (kc *kube) run(ctx context.Context) error {
 		kc.apply(changes)
 		if first {
 			first = false
+			// The pods that exist are protected or exempted: from now
+			// on a pod the agent has not classified is refused.
+			if err := kc.a.SetBirthRoot(kc.root); err != nil {
+				kc.a.proxy.errs.add(err)
+				kc.log.WithError(err).Error("pods are not protected from birth")
+			}
+			kc.pruneExempt()
 			close(kc.synced)
 		}
 	})
@@ -269,6 +303,13 @@ func boolInt(b bool) int {
 func (kc *kube) remove(p cri.Pod) {
 	e := kc.pods[p.SandboxID]
 	delete(kc.pods, p.SandboxID)
+	if e != nil && e.exemptID != 0 {
+		if err := kc.a.objs.Unexempt(e.exemptID); err != nil {
+			kc.a.proxy.errs.add(err)
+			kc.log.WithError(err).WithField("pod", p.Namespace+"/"+p.Name).Error("withdraw removed pod's exemption")
+		}
+		e.exemptID = 0
+	}
 	if e == nil || e.status.Workload == "" || kc.owner[e.status.Workload] != p.SandboxID {
 		return
 	}
@@ -301,6 +342,7 @@ func (kc *kube) classify(p cri.Pod) {
 	switch {
 	case !sel.Protect:
 		st.State = PodExempt
+		kc.exempt(e, p, &st)
 		if owned {
 			// Not reachable today (labels of a sandbox do not change);
 			// kept so that exempt always means unprotected.
@@ -342,6 +384,80 @@ func (kc *kube) classify(p cri.Pod) {
 		st.Since = e.status.Since
 	}
 	e.status = st
+}
+
+// exempt exempts an exempt pod's pod-level cgroup from the birth root, so
+// that it and its containers are not refused. A pod whose cgroup is not
+// known or not there yet is unclassified (retried); a stopped one has
+// nothing to exempt.
+func (kc *kube) exempt(e *podEntry, p cri.Pod, st *PodStatus) {
+	if p.Cgroup == "" {
+		if p.Ready {
+			st.State, st.Error = PodUnclassified, "exempt, but the runtime did not say its cgroup yet"
+			if p.Err != nil {
+				st.Error = p.Err.Error()
+			}
+		}
+		return
+	}
+	id, err := classifiedCgroup(st.Cgroup)
+	if err == nil && id == e.exemptID {
+		return
+	}
+	if err == nil {
+		err = kc.a.objs.Exempt(id)
+	}
+	if err != nil {
+		if errors.Is(err, errCgroupMissing) && !p.Ready {
+			return
+		}
+		kc.a.proxy.errs.add(err)
+		kc.log.WithError(err).WithField("pod", p.Namespace+"/"+p.Name).Error("exempt pod")
+		st.State, st.Error = PodUnclassified, err.Error()
+		return
+	}
+	if e.exemptID != 0 {
+		kc.a.objs.Unexempt(e.exemptID) // its cgroup was made again
+	}
+	e.exemptID = id
+	kc.log.WithFields(logrus.Fields{"pod": p.Namespace + "/" + p.Name, "cgroup": st.Cgroup}).Info("pod exempt")
+}
+
+// pruneExempt withdraws the exemptions, pinned by an earlier run, of
+// cgroups that are gone (pods removed while no agent ran).
+func (kc *kube) pruneExempt() {
+	ids, err := kc.a.objs.Exempted()
+	if err != nil {
+		kc.log.WithError(err).Warn("list exempt cgroups")
+		return
+	}
+	for _, id := range ids {
+		if _, err := cgroupPathOf(id); errors.Is(err, unix.ESTALE) || errors.Is(err, unix.ENOENT) {
+			kc.a.objs.Unexempt(id)
+		}
+	}
+}
+
+// exemptSelf exempts the agent's own cgroup if it is below root.
+func (a *Agent) exemptSelf(root string) error {
+	f, err := os.Open("/proc/self/cgroup")
+	if err != nil {
+		return fmt.Errorf("exempt own cgroup: %w", err)
+	}
+	defer f.Close()
+	rel, err := cri.ParseProcCgroup(f)
+	if err != nil {
+		return fmt.Errorf("exempt own cgroup: %w", err)
+	}
+	mnt, err := cgroupfs.Mount()
+	if err != nil {
+		return fmt.Errorf("exempt own cgroup: %w", err)
+	}
+	self := cri.Abs(mnt, rel)
+	if self == root || !strings.HasPrefix(self, root+"/") {
+		return nil
+	}
+	return a.Exempt(self)
 }
 
 // spec is the workload of a protected pod.

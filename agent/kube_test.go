@@ -5,15 +5,19 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
@@ -278,6 +282,7 @@ func (kd *kubeDaemon) start() {
 			ReadyFile:    ready,
 			Kubernetes: &KubeOptions{SelfUID: kd.selfUID, Config: &config.Kubernetes{
 				CRISocket:        kd.rt.Socket,
+				CgroupRoot:       kd.rt.CgroupRoot,
 				Policies:         map[string]string{"default": "/unused/by/this/test"},
 				DefaultPolicy:    "default",
 				ExemptNamespaces: []string{"kube-system"},
@@ -413,4 +418,232 @@ func TestKubeRestartAdoptsPods(t *testing.T) {
 	if d := kd.decision("team-r/while-down"); d.Verdict != kernel.VerdictAllow {
 		t.Fatalf("decision: %+v", d)
 	}
+}
+
+// bornConnecting is a container command that connects to the server from
+// its first instant, printing each result, until a request gets through.
+func bornConnecting(srv netip.AddrPort, name string) []string {
+	return []string{"/bin/busybox", "sh", "-c", fmt.Sprintf(`while true; do
+out=$(/bin/busybox printf 'GET /born-%s HTTP/1.0\r\nHost: api.allowed.test\r\n\r\n' | /bin/busybox nc %s %d 2>&1)
+echo "result: $out" | /bin/busybox tr '\r\n' '  '; echo
+case "$out" in *kube-api*) break;; esac
+/bin/busybox usleep 20000
+done
+echo connected
+exec /bin/busybox sleep 2147483`, name, srv.Addr(), srv.Port())}
+}
+
+// containerLog reads a pod's container log (the CRI's log format: one line
+// per output line, after a timestamp and stream).
+func containerLog(t *testing.T, rt *containerd.Runtime, p *containerd.Pod, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(rt.Dir, "pods", p.Spec.Namespace+"_"+p.Spec.Name+"_"+p.UID, name+".log"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestKubePodsProtectedFromBirth: once the first listing is applied, the
+// pods' cgroup root is a birth root. A pod created while the agent runs
+// whose container connects from its first instant never reaches the server
+// undecided: its early attempts are refused in the kernel (EPERM, receipted
+// under "unclassified") until the agent protects it, and every connection
+// the server accepts came through the agent, with an allow receipt naming
+// the pod. A pod in an exempt namespace is exempted by its cgroup and then
+// reaches the server directly; its exemption is withdrawn when it is
+// removed. Status and metrics show the birth root.
+func TestKubePodsProtectedFromBirth(t *testing.T) {
+	rt := containerd.Shared(t)
+	mount := mustMount(t)
+	root := cri.Abs(mount, rt.CgroupRoot)
+	rt.RunPod(t, containerd.PodSpec{Namespace: "team-n", Name: "first"}) // the gateway exists once a pod is up
+
+	// The server counts the connections it accepted, by path (one per pod).
+	a4 := rt.Subnet.Addr().As4()
+	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
+	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	accepted := map[string]int{}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		accepted[r.URL.Path]++
+		mu.Unlock()
+		fmt.Fprintf(w, "kube-api host=%s", r.Host)
+	})}
+	srv.SetKeepAlivesEnabled(false)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	srvAddr := ln.Addr().(*net.TCPAddr).AddrPort()
+
+	kd := newKubeDaemon(t, rt, "not-a-pod", gw)
+	kd.start()
+	st := queryStatus(t, kd.sock)
+	if st.Birth == nil || !slices.Equal(st.Birth.Roots, []string{root}) {
+		t.Fatalf("birth roots in status: %+v; want %s", st.Birth, root)
+	}
+	if want := fmt.Sprintf("chio_agent_birth_root{cgroup=%q} 1", root); !strings.Contains(statusMetrics(t, kd.sock), want) {
+		t.Errorf("metrics lack %s", want)
+	}
+
+	born := rt.RunPod(t, containerd.PodSpec{Namespace: "team-n", Name: "newborn", Command: bornConnecting(srvAddr, "newborn")})
+	infra := rt.RunPod(t, containerd.PodSpec{Namespace: "kube-system", Name: "born-infra", Command: bornConnecting(srvAddr, "infra")})
+	waitFor(t, "the new pod's request through", func() bool {
+		return strings.Contains(containerLog(t, rt, born, "main"), "connected")
+	})
+	waitFor(t, "the exempt pod's request through", func() bool {
+		return strings.Contains(containerLog(t, rt, infra, "main"), "connected")
+	})
+
+	// Every attempt of the new pod was refused in the kernel or decided.
+	checkBorn(t, kd, rt, born, "team-n/newborn", accepted, &mu)
+	kd.mu.Lock()
+	for _, x := range kd.decided {
+		if strings.HasPrefix(x.Workload, "kube-system/") {
+			t.Errorf("exempt pod decided: %+v", x)
+		}
+	}
+	kd.mu.Unlock()
+	mu.Lock()
+	if accepted["/born-infra"] != 1 {
+		t.Errorf("exempt pod's connections accepted: %d, want 1", accepted["/born-infra"])
+	}
+	mu.Unlock()
+
+	// The exempt pod is exempt by its cgroup, until it is removed.
+	infraCg := cri.Abs(mount, infra.CgroupParent)
+	st = queryStatus(t, kd.sock)
+	if p := podIn(t, st, "kube-system", "born-infra"); p.State != PodExempt {
+		t.Fatalf("exempt pod: %+v", p)
+	}
+	if st.Birth == nil || !slices.Contains(st.Birth.Exempt, infraCg) {
+		t.Fatalf("exempt cgroups: %+v; want %s", st.Birth, infraCg)
+	}
+	infra.Remove(t)
+	waitFor(t, "the removed pod's exemption withdrawn", func() bool {
+		b := queryStatus(t, kd.sock).Birth
+		return b == nil || len(b.Exempt) == len(st.Birth.Exempt)-1
+	})
+
+	// Stopped, the agent leaves the root pinned: pods stay refused.
+	kd.stop()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(kd.pinDir, "maps", "birth_roots"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var k uint64
+	var v uint32
+	n := 0
+	for it := m.Iterate(); it.Next(&k, &v); {
+		n++
+	}
+	if n != 1 {
+		t.Errorf("birth roots pinned after the agent stopped: %d, want 1", n)
+	}
+
+	// A pod created while no agent runs is refused from its first
+	// connect, until the agent, started again, protects it.
+	down := rt.RunPod(t, containerd.PodSpec{Namespace: "team-n", Name: "while-down", Command: bornConnecting(srvAddr, "while-down")})
+	waitFor(t, "the pod created while the agent is down refused twice", func() bool {
+		out := containerLog(t, rt, down, "main")
+		if strings.Contains(out, "kube-api") {
+			t.Fatalf("a pod created while no agent ran reached the server: %s", out)
+		}
+		return strings.Count(out, "Operation not permitted") >= 2
+	})
+	mu.Lock()
+	if n := accepted["/born-while-down"]; n != 0 {
+		t.Fatalf("a pod created while no agent ran reached the server %d times", n)
+	}
+	mu.Unlock()
+	kd.start()
+	if b := queryStatus(t, kd.sock).Birth; b == nil || !slices.Equal(b.Roots, []string{root}) {
+		t.Fatalf("birth roots after the restart: %+v", b)
+	}
+	waitFor(t, "the pod created while the agent was down through", func() bool {
+		return strings.Contains(containerLog(t, rt, down, "main"), "connected")
+	})
+	checkBorn(t, kd, rt, down, "team-n/while-down", accepted, &mu)
+}
+
+// checkBorn checks a pod that connected from birth: each attempt its log
+// shows was refused in the kernel (EPERM) or decided, each refusal the agent
+// saw has a receipt under "unclassified" naming the pod's cgroup, and every
+// connection the server accepted for it has an allow decision whose receipt
+// names the pod.
+func checkBorn(t *testing.T, kd *kubeDaemon, rt *containerd.Runtime, p *containerd.Pod, workload string, accepted map[string]int, mu *sync.Mutex) {
+	t.Helper()
+	refused := 0
+	for _, line := range strings.Split(containerLog(t, rt, p, "main"), "\n") {
+		_, res, ok := strings.Cut(line, "result: ")
+		switch {
+		case !ok:
+		case strings.Contains(res, "Operation not permitted"):
+			refused++
+		case strings.Contains(res, "kube-api host=api.allowed.test"):
+		default:
+			t.Errorf("%s: an attempt neither refused in the kernel nor decided: %q", workload, line)
+		}
+	}
+	t.Logf("%s: %d attempts refused before it was classified", workload, refused)
+	mu.Lock()
+	n := accepted["/born-"+p.Spec.Name]
+	mu.Unlock()
+	if n == 0 {
+		t.Errorf("%s: the server accepted none of its connections", workload)
+	}
+	waitFor(t, "an allow decision for each connection "+workload+" made", func() bool {
+		allowed := 0
+		kd.mu.Lock()
+		defer kd.mu.Unlock()
+		for _, x := range kd.decided {
+			if x.Workload == workload && x.Verdict == kernel.VerdictAllow {
+				allowed++
+			}
+		}
+		return allowed >= n
+	})
+	kd.mu.Lock()
+	defer kd.mu.Unlock()
+	unclassified := false
+	for _, x := range kd.decided {
+		if x.Workload == workload && x.Verdict == kernel.VerdictAllow {
+			if ent, err := kd.log.Get(x.Seq); err != nil || !strings.Contains(string(ent.Receipt), p.UID) {
+				t.Errorf("%s: allow receipt does not name the pod: %v", workload, err)
+			}
+		}
+		if x.Workload == unclassifiedName && x.Verdict == kernel.VerdictDeny {
+			if ent, err := kd.log.Get(x.Seq); err == nil && strings.Contains(string(ent.Receipt), p.CgroupParent) {
+				unclassified = true
+				if !strings.Contains(x.Reason, "not classified") {
+					t.Errorf("%s: refusal's decision: %+v", workload, x)
+				}
+			}
+		}
+	}
+	if refused > 0 && !unclassified {
+		t.Logf("%s: no refusal receipt seen yet (refusals while no agent ran are receipted when it reads them)", workload)
+	}
+}
+
+// statusMetrics reads the daemon's metrics through its status socket.
+func statusMetrics(t *testing.T, sock string) string {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := c.Get("http://chio/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

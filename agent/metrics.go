@@ -60,6 +60,7 @@ func newMetrics(a *Agent) *metrics {
 		Help: "Configured workloads (chio_agent_workload_state says which are protected now).",
 	}, func() float64 { return float64(len(a.reg.all())) }))
 	m.reg.MustRegister(workloadStates{a})
+	m.reg.MustRegister(birthRoots{a})
 	refusals := func(f func(RefusalStatus) uint64) func() float64 {
 		return func() float64 { st, _ := a.Refusals(); return float64(f(st)) }
 	}
@@ -126,5 +127,26 @@ func (c workloadStates) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(workloadStateDesc, prometheus.GaugeValue, v, w.name, string(st))
 		}
+	}
+}
+
+// birthRoots exports chio_agent_birth_root: 1 for each birth root the
+// datapath holds, by cgroup path, so that an alert finds a node whose pods
+// are not protected from birth.
+type birthRoots struct{ a *Agent }
+
+var birthRootDesc = prometheus.NewDesc("chio_agent_birth_root",
+	"Each birth root the datapath holds (1): a cgroup below it that the agent has neither protected nor exempted is refused the network in the kernel.",
+	[]string{"cgroup"}, nil)
+
+func (birthRoots) Describe(ch chan<- *prometheus.Desc) { ch <- birthRootDesc }
+
+func (c birthRoots) Collect(ch chan<- prometheus.Metric) {
+	b, err := c.a.Birth()
+	if err != nil {
+		return
+	}
+	for _, r := range b.Roots {
+		ch <- prometheus.MustNewConstMetric(birthRootDesc, prometheus.GaugeValue, 1, r)
 	}
 }

@@ -30,7 +30,11 @@ type Status struct {
 	Workloads   []WorkloadStatus   `json:"workloads"`
 	// Pods are the pods pod discovery found (kernel.yaml's kubernetes:),
 	// protected or not; absent without it.
-	Pods      []PodStatus      `json:"pods,omitempty"`
+	Pods []PodStatus `json:"pods,omitempty"`
+	// Birth lists the birth roots (cgroups below which an unclassified
+	// cgroup is refused the network) and the exempt cgroups; absent when
+	// there are none.
+	Birth     *BirthStatus     `json:"birth,omitempty"`
 	Listeners []ListenerStatus `json:"listeners"`
 	Counts    CountStatus      `json:"counts"`
 	Refusals  RefusalStatus    `json:"kernel_refusals"`
@@ -169,6 +173,11 @@ func (a *Agent) Status(version string) Status {
 				s.Workloads[j].Pod = &cp
 			}
 		}
+	}
+	if b, err := a.Birth(); err != nil {
+		a.proxy.errs.add(err)
+	} else if len(b.Roots) > 0 || len(b.Exempt) > 0 {
+		s.Birth = &b
 	}
 	c := a.proxy.counts
 	s.Counts = CountStatus{Allowed: c.allowed.Load(), Denied: c.denied.Load(), Failed: c.failed.Load(), ReceiptErrors: c.receiptErrors.Load()}

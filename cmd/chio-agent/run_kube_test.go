@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
 	"github.com/backbay-labs/chio-agent/internal/testutil/containerd"
 )
 
@@ -54,11 +55,12 @@ agent:
   hosts: {api.allowed.test: [%s]}
 kubernetes:
   cri_socket: %s
+  cgroup_root: %s
   policies: {default: %s}
   default_policy: default
   exempt_namespaces: [kube-system]
   poll_interval: 100ms
-`, policy, keyPath, filepath.Join(dir, "receipts.db"), pinDir, d.socket, gw, rt.Socket, policy)
+`, policy, keyPath, filepath.Join(dir, "receipts.db"), pinDir, d.socket, gw, rt.Socket, rt.CgroupRoot, policy)
 	if err := os.WriteFile(d.config, []byte(kcfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -90,4 +92,17 @@ kubernetes:
 	if s.Counts.Allowed != 1 || s.Counts.Denied != 1 {
 		t.Errorf("counts %+v, want one allowed and one denied", s.Counts)
 	}
+	out, err = exec.Command(bin, "status", "--status-socket", d.socket).CombinedOutput()
+	if root := filepath.Join(mustCgroupMount(t), rt.CgroupRoot); err != nil || !strings.Contains(string(out), "birth      roots "+root+" ") {
+		t.Errorf("status does not show the pods' birth root %s: %v\n%s", root, err, out)
+	}
+}
+
+func mustCgroupMount(t *testing.T) string {
+	t.Helper()
+	m, err := cgroupfs.Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

@@ -76,8 +76,13 @@ func printStatus(out io.Writer, s agent.Status) {
 		s.Counts.Allowed, s.Counts.Denied, s.Counts.Failed, s.Counts.ReceiptErrors)
 	fmt.Fprintf(out, "refusals   %d in the kernel: %d receipted, %d lost (ring full %d times, refusal map full %d times), %d receipts failed\n",
 		s.Refusals.Refused, s.Refusals.Receipted, s.Refusals.Lost, s.Refusals.RingFull, s.Refusals.MapFull, s.Refusals.Unreceipted)
-	fmt.Fprintf(out, "originals  %d pending, %d established (connection-tracking map entries)\n\n",
+	fmt.Fprintf(out, "originals  %d pending, %d established (connection-tracking map entries)\n",
 		s.Maps.PendingOriginals, s.Maps.EstablishedOriginals)
+	if s.Birth != nil {
+		fmt.Fprintf(out, "birth      roots %s (unclassified cgroups below them refused the network); %d exempt cgroups\n",
+			strings.Join(s.Birth.Roots, ", "), len(s.Birth.Exempt))
+	}
+	fmt.Fprintln(out)
 
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PROGRAM\tHOOK\tPROG ID\tLINK ID\tCGROUP\tPIN\tADOPTED")

@@ -27,6 +27,9 @@ type PodSpec struct {
 	// Containers are the names of containers to run in it, each the test
 	// image sleeping. Default: one named "main".
 	Containers []string
+	// Command is every container's command. Default: the test image
+	// sleeping.
+	Command []string
 	// HostNetwork runs the pod in the node's network namespace
 	// (hostNetwork: true): no CNI, no netns of its own.
 	HostNetwork bool
@@ -135,6 +138,10 @@ func (r *Runtime) runPod(spec PodSpec) (*Pod, error) {
 		return nil, fmt.Errorf("run sandbox: %w", err)
 	}
 	p.SandboxID = sb.PodSandboxId
+	command := spec.Command
+	if len(command) == 0 {
+		command = []string{"/bin/busybox", "sleep", "2147483"}
+	}
 	for _, name := range spec.Containers {
 		cl := map[string]string{"io.kubernetes.container.name": name}
 		for k, v := range kube {
@@ -145,7 +152,7 @@ func (r *Runtime) runPod(spec PodSpec) (*Pod, error) {
 			Config: &runtimeapi.ContainerConfig{
 				Metadata: &runtimeapi.ContainerMetadata{Name: name},
 				Image:    &runtimeapi.ImageSpec{Image: Image},
-				Command:  []string{"/bin/busybox", "sleep", "2147483"},
+				Command:  command,
 				Labels:   cl,
 				LogPath:  name + ".log",
 				Linux: &runtimeapi.LinuxContainerConfig{
