@@ -8,9 +8,13 @@ package testutil
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // Skip skips the test with reason, except under CI=true, where it fails the
@@ -80,4 +84,32 @@ func PinDir(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return "/sys/fs/bpf/chio-test-" + hex.EncodeToString(b[:])
+}
+
+// MakeFIFO makes a named pipe at path: a configuration path a hostile or
+// careless user can point the agent at, where a plain open(2) would wait
+// forever for a writer.
+func MakeFIFO(t testing.TB, path string) {
+	t.Helper()
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// RefusedWithout runs load, which must return an error that wraps want and
+// names path, and fails the test if load is still blocked after 20 s (a load
+// that waits on a FIFO never returns).
+func RefusedWithout(t testing.TB, name string, want error, path string, load func() error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- load() }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, want) || !strings.Contains(err.Error(), path) {
+			t.Fatalf("%s: want a refusal naming %s, got %v", name, path, err)
+		}
+		t.Logf("%s: %v", name, err)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s: still blocked on %s after 20s", name, path)
+	}
 }

@@ -5,12 +5,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/backbay-labs/chio-agent/internal/regfile"
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 )
 
 // TestExtendsFIFORefused: `extends:` naming a FIFO blocked the load forever
@@ -19,9 +17,7 @@ import (
 func TestExtendsFIFORefused(t *testing.T) {
 	dir := t.TempDir()
 	fifo := filepath.Join(dir, "base.yaml")
-	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	testutil.MakeFIFO(t, fifo)
 	child := filepath.Join(dir, "policy.yaml")
 	os.WriteFile(child, []byte("hushspec: \"0.1.0\"\nextends: base.yaml\nrules:\n  egress:\n    allow: [\"a.example\"]\n"), 0o644)
 	for name, load := range map[string]func() error{
@@ -33,17 +29,7 @@ func TestExtendsFIFORefused(t *testing.T) {
 			return err
 		},
 	} {
-		done := make(chan error, 1)
-		go func() { done <- load() }()
-		select {
-		case err := <-done:
-			if !errors.Is(err, regfile.ErrNotRegular) || !strings.Contains(err.Error(), fifo) {
-				t.Fatalf("%s: want a refusal naming %s, got %v", name, fifo, err)
-			}
-			t.Logf("%s: %v", name, err)
-		case <-time.After(20 * time.Second):
-			t.Fatalf("%s: still blocked on the FIFO after 20s", name)
-		}
+		testutil.RefusedWithout(t, name, regfile.ErrNotRegular, fifo, load)
 	}
 }
 
