@@ -582,8 +582,12 @@ var hostTricks = []hostTrick{
 // decided on forbidden.test or refused, each with a deny receipt; the server
 // never serves forbidden.test, and what it does serve was allowed with a
 // receipt. The same tricks naming the allowed name, sent to the forbidden
-// address, are refused by the anti-spoofing check.
-func TestAttackHostTricks(t *testing.T) {
+// newSharedEdgeE2E protects a workload under a default-allow policy that
+// blocks forbidden.test, which resolves to the allowed name's address: the
+// shared edge (one address, several virtual hosts) that Host and SNI tricks
+// try to reach the forbidden tenant of.
+func newSharedEdgeE2E(t *testing.T) *e2e {
+	t.Helper()
 	const policy = `hushspec: "0.1.0"
 name: shared
 rules:
@@ -592,9 +596,14 @@ rules:
     block: ["forbidden.test"]
     default: allow
 `
-	e := newE2E(t, e2eOptions{policy: policy, hosts: map[string][]netip.Addr{
+	return newE2E(t, e2eOptions{policy: policy, hosts: map[string][]netip.Addr{
 		"forbidden.test": {netip.MustParseAddr("127.0.0.1")},
 	}})
+}
+
+// address, are refused by the anti-spoofing check.
+func TestAttackHostTricks(t *testing.T) {
+	e := newSharedEdgeE2E(t)
 	shared := serveVhost(t, "tcp4", "127.0.0.1:0", false)
 	// Control: the shared server does serve forbidden.test to an
 	// unprotected client.
@@ -664,17 +673,7 @@ rules:
 // is decided on forbidden.test; the allowed name in SNI to the forbidden
 // address is refused by the anti-spoofing check. Never a server's answer.
 func TestAttackSNITricks(t *testing.T) {
-	const policy = `hushspec: "0.1.0"
-name: shared
-rules:
-  egress:
-    allow: ["api.allowed.test"]
-    block: ["forbidden.test"]
-    default: allow
-`
-	e := newE2E(t, e2eOptions{policy: policy, hosts: map[string][]netip.Addr{
-		"forbidden.test": {netip.MustParseAddr("127.0.0.1")},
-	}})
+	e := newSharedEdgeE2E(t)
 	spoofed := e.serveHTTPS("tcp4", "127.0.0.2:0", "forbidden-server")
 	for _, c := range []struct {
 		sni  string
