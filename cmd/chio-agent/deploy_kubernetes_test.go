@@ -33,6 +33,7 @@ import (
 
 	"github.com/backbay-labs/chio-agent/agent"
 	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
@@ -594,6 +595,71 @@ func TestKubeManifests(t *testing.T) {
 	}
 	if _, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
 		t.Errorf("%s: a CPU limit throttles every connection of the node's pods", src)
+	}
+}
+
+// TestKubeSigningKeyFromSecretVolume: the key file keygen writes, put in
+// the Secret by create-signing-key.sh and laid out by the kubelet as a
+// Secret volume (the file behind ..data symlinks, with the DaemonSet's
+// mode), is a key file the agent loads; the mode a Secret gets by default
+// is one it refuses.
+func TestKubeSigningKeyFromSecretVolume(t *testing.T) {
+	ms := kubeManifests(t)
+	ds, _ := only[*appsv1.DaemonSet](t, ms)
+	var mode os.FileMode
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		if v.Secret != nil && v.Secret.DefaultMode != nil {
+			mode = os.FileMode(*v.Secret.DefaultMode)
+		}
+	}
+	if mode == 0 {
+		t.Fatal("daemonset: no Secret volume with a defaultMode")
+	}
+	sec := signingKeyScript(t)
+	dir := t.TempDir()
+	seed := filepath.Join(dir, "chio-signing.key")
+	key, err := kernel.GenerateKeyFile(seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The kubelet's atomic writer: a timestamped directory, ..data
+	// pointing at it, and each key a symlink through ..data.
+	vol := filepath.Join(dir, "volume")
+	ts := filepath.Join(vol, "..2026_12_02_05_00_00.000000001")
+	if err := os.MkdirAll(ts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []struct {
+		mode os.FileMode
+		ok   bool
+	}{{mode, true}, {0o644, false}} {
+		f := filepath.Join(ts, sec.key)
+		os.Remove(f)
+		if err := os.WriteFile(f, b, m.mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(f, m.mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(filepath.Join(vol, "..data"))
+		os.Remove(filepath.Join(vol, sec.key))
+		if err := os.Symlink(filepath.Base(ts), filepath.Join(vol, "..data")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join("..data", sec.key), filepath.Join(vol, sec.key)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := kernel.LoadKeyFile(filepath.Join(vol, sec.key))
+		switch {
+		case m.ok && (err != nil || !got.Equal(key)):
+			t.Errorf("mode %#o (the DaemonSet's): %v", m.mode, err)
+		case !m.ok && !errors.Is(err, kernel.ErrInsecureKeyFile):
+			t.Errorf("mode %#o (a Secret's default): %v, want %v", m.mode, err, kernel.ErrInsecureKeyFile)
+		}
 	}
 }
 
