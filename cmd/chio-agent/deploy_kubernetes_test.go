@@ -310,22 +310,33 @@ const memoryMargin = 256 << 20
 
 // kubeSecretCommand is the Secret the shipped script creates: namespace,
 // name and the key holding the seed.
-type kubeSecretCommand struct{ namespace, name, key string }
+type kubeSecretCommand struct {
+	namespace, name, key string
+	// images are the images it runs keygen in, without a chio-agent.
+	images []string
+}
 
 func signingKeyScript(t *testing.T) kubeSecretCommand {
 	t.Helper()
 	b := string(readDeploy(t, "kubernetes/create-signing-key.sh"))
+	var images []string
 	m := regexp.MustCompile(`(?m)^kubectl -n (\S+) create secret generic (\S+) --from-file=(\w+)="\$key"$`).FindStringSubmatch(b)
 	if m == nil {
 		t.Fatal("create-signing-key.sh: no `kubectl -n NS create secret generic NAME --from-file=KEY=\"$key\"` line")
 	}
-	kg := regexp.MustCompile(`(?m)^"\$bin" (keygen .*)$`).FindStringSubmatch(b)
-	if kg == nil {
-		t.Fatal("create-signing-key.sh: no `\"$bin\" keygen ...` line")
+	// Each way it runs keygen, the binary's or the image's.
+	kgs := regexp.MustCompile(`(?m)(chio-agent|chio-node-agent:\S+) *\\?\n?\s*(keygen .*)$`).FindAllStringSubmatch(b, -1)
+	if len(kgs) != 3 {
+		t.Fatalf("create-signing-key.sh: want keygen run three ways (bin/, PATH, the image), found %d", len(kgs))
 	}
-	args := strings.Fields(strings.ReplaceAll(kg[1], `"$key"`, "chio-signing.key"))
-	checkArgs(t, "create-signing-key.sh", args)
-	return kubeSecretCommand{namespace: m[1], name: m[2], key: m[3]}
+	for _, kg := range kgs {
+		words := regexp.MustCompile(`\$\([^)]*\)`).ReplaceAllString(kg[2], "KEY") // $(basename "$key")
+		checkArgs(t, "create-signing-key.sh", strings.Fields(strings.ReplaceAll(words, `"`, "")))
+		if img, ok := strings.CutPrefix(kg[1], "chio-node-agent:"); ok {
+			images = append(images, "chio-node-agent:"+img)
+		}
+	}
+	return kubeSecretCommand{namespace: m[1], name: m[2], key: m[3], images: images}
 }
 
 // TestKubeManifests checks the DaemonSet, its ConfigMap, Service and
@@ -475,6 +486,11 @@ func TestKubeManifests(t *testing.T) {
 	sec := signingKeyScript(t)
 	if sec.namespace != ns.Name {
 		t.Errorf("create-signing-key.sh makes the Secret in %s, not %s", sec.namespace, ns.Name)
+	}
+	for _, img := range sec.images {
+		if img != c.Image {
+			t.Errorf("create-signing-key.sh runs keygen in %s, not the DaemonSet's image %s", img, c.Image)
+		}
 	}
 	if m, ok := view.at(cfg.SigningKey); !ok || m.vol.Secret == nil {
 		t.Errorf("%s: signing_key %s is on no Secret volume", src, cfg.SigningKey)
