@@ -839,6 +839,7 @@ func TestKubeDocsCommands(t *testing.T) {
 				continue
 			}
 			cmd, _, _ = strings.Cut(cmd, " > ")
+			cmd, _, _ = strings.Cut(cmd, " #")
 			var args []string
 			for _, f := range strings.Fields(cmd) {
 				args = append(args, strings.Trim(f, `"'`))
