@@ -409,8 +409,8 @@ func TestKubeManifests(t *testing.T) {
 		// Below the pods' cgroup root, the agent exempts its own cgroup,
 		// read from /proc/self/cgroup, before opening a socket: only a
 		// privileged container keeps the host's cgroup namespace (on cgroup
-		// v2, containerd and CRI-O give any other one its own, where that
-		// file says "0::/"). Bidirectional propagation needs it too.
+		// v2, containerd gives any other one its own, where that file says
+		// "0::/"). Bidirectional propagation needs it too.
 		t.Errorf("%s: the agent must be privileged (see the DaemonSet's header)", src)
 	} else if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 		t.Errorf("%s: readOnlyRootFilesystem must be true: the agent writes only to its volumes", src)
