@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/sirupsen/logrus"
 
 	"github.com/backbay-labs/chio-agent/bpf"
@@ -75,6 +76,10 @@ type Options struct {
 	// against the datapath besides inotify notices. Default
 	// DefaultResyncInterval.
 	ResyncInterval time.Duration
+
+	// editSpec, set by tests, makes the agent a binary of another map
+	// layout (bpf.Options.EditSpec).
+	editSpec func(*ebpf.CollectionSpec) error
 }
 
 // WorkloadSpec describes a workload to protect.
@@ -202,7 +207,7 @@ func Start(opts Options) (*Agent, error) {
 		opts.Logger.WithError(err).Warn("the agent cannot name its process to the kernel: its socket mark is honoured on any " +
 			"process's sockets, and a protected workload holding CAP_NET_ADMIN or CAP_NET_RAW could set it and pass undecided")
 	}
-	objs, err := bpf.Load(bpf.Options{AgentMark: opts.AgentMark, AgentPID: pid, PinDir: opts.PinDir})
+	objs, err := bpf.Load(bpf.Options{AgentMark: opts.AgentMark, AgentPID: pid, PinDir: opts.PinDir, EditSpec: opts.editSpec})
 	if err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}

@@ -530,7 +530,7 @@ func TestKubePodsProtectedFromBirth(t *testing.T) {
 
 	// Stopped, the agent leaves the root pinned: pods stay refused.
 	kd.stop()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(kd.pinDir, "maps", "birth_roots"), nil)
+	m, err := ebpf.LoadPinnedMap(filepath.Join(kd.pinDir, mustLayout(t), "maps", "birth_roots"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
