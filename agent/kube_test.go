@@ -237,6 +237,8 @@ type kubeDaemon struct {
 
 	mu      sync.Mutex
 	decided []Decision
+	// edit, when set, makes the next start a binary of another map layout.
+	edit func(*ebpf.CollectionSpec) error
 }
 
 func newKubeDaemon(t *testing.T, rt *containerd.Runtime, selfUID string, gw netip.Addr) *kubeDaemon {
@@ -272,7 +274,7 @@ func (kd *kubeDaemon) start() {
 		kd.done <- RunDaemon(ctx, DaemonOptions{
 			Agent: Options{Policy: kd.policy, Key: kd.key, Log: kd.log, PinDir: kd.pinDir,
 				AttachCgroup: cri.Abs(mount, kd.rt.CgroupRoot),
-				Hosts:        map[string][]netip.Addr{"api.allowed.test": {kd.gw}},
+				Hosts:        map[string][]netip.Addr{"api.allowed.test": {kd.gw}}, editSpec: kd.edit,
 				OnDecision: func(d Decision) {
 					kd.mu.Lock()
 					kd.decided = append(kd.decided, d)

@@ -54,6 +54,9 @@ type AttachmentStatus struct {
 	ProgID  uint32 `json:"prog_id"`
 	PinPath string `json:"pin_path,omitempty"`
 	Adopted bool   `json:"adopted"`
+	// HandedOver: the link was pinned by an agent of another map layout and
+	// swapped to this agent's program (an upgrade).
+	HandedOver bool `json:"handed_over,omitempty"`
 }
 
 // WorkloadStatus is one protected workload.
@@ -135,7 +138,7 @@ func (a *Agent) Status(version string) Status {
 	s := Status{Version: version, PID: os.Getpid(), StartedAt: a.started, PinDir: a.opts.PinDir,
 		Attachments: []AttachmentStatus{}, Workloads: []WorkloadStatus{}, Listeners: []ListenerStatus{}}
 	for _, at := range a.objs.Attachments() {
-		as := AttachmentStatus{Program: at.Name, Hook: at.Hook, Cgroup: at.Cgroup, PinPath: at.PinPath, Adopted: at.Adopted}
+		as := AttachmentStatus{Program: at.Name, Hook: at.Hook, Cgroup: at.Cgroup, PinPath: at.PinPath, Adopted: at.Adopted, HandedOver: at.HandedOver}
 		as.LinkID, as.ProgID, _ = at.IDs()
 		s.Attachments = append(s.Attachments, as)
 	}
