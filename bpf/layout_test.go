@@ -370,3 +370,53 @@ func unversion(t *testing.T, pinDir, layoutDir string) {
 		t.Fatal(err)
 	}
 }
+
+// TestHandoverPendingExemptsInOldMaps: while a handover waits, the old
+// programs are the ones attached, reading the old maps. The new agent's own
+// cgroup, below a birth root the old agent pinned, is refused every socket
+// until the new agent exempts it, which it must do in the old maps too, or
+// it could not open the listeners it needs before the handover. Uninstall
+// then removes both layouts' pins and detaches every link.
+func TestHandoverPendingExemptsInOldMaps(t *testing.T) {
+	e := newLayoutEnv(t)
+	self := testutil.NewCgroup(t, e.parent.Path) // the new agent's pod
+	freeDst := freeAddr(t, "tcp4", "127.0.0.1")
+	old := e.load(t, otherLayout)
+	if err := old.SetBirthRoot(e.parent.ID); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	if out, _ := runBirth(t, self, freeDst, ""); out != birthRefused {
+		t.Fatalf("unclassified under the old agent's birth root: %s; want %s", out, birthRefused)
+	}
+
+	o := e.load(t, nil)
+	if !o.HandoverPending() {
+		t.Fatal("no pending handover")
+	}
+	if err := o.Exempt(self.ID); err != nil {
+		t.Fatalf("exempt while the handover waits: %v", err)
+	}
+	if out, _ := runBirth(t, self, freeDst, ""); out != birthUntouched {
+		t.Fatalf("exempted while the old programs are attached: %s; want %s", out, birthUntouched)
+	}
+	o.Close()
+
+	removed, err := bpf.Uninstall(e.pinDir)
+	if err != nil {
+		t.Fatalf("uninstall: %v", err)
+	}
+	layouts := map[string]bool{}
+	for _, p := range removed {
+		layouts[strings.Split(strings.TrimPrefix(p, e.pinDir+"/"), "/")[0]] = true
+	}
+	if len(layouts) != 2 {
+		t.Errorf("uninstall removed pins of %v; want both layouts", layouts)
+	}
+	if _, err := os.Stat(e.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin dir after uninstall: %v", err)
+	}
+	if out, code, _ := runIn(t, e.protected, freeDst.String()); code != 3 {
+		t.Fatalf("after uninstall: exit %d, %q; want a direct (refused) connect", code, out)
+	}
+}
