@@ -311,8 +311,9 @@ func (o *Objects) takeOver(name, path, pinPath string, typ ebpf.AttachType, prog
 			l.Close()
 			return nil, false, fmt.Errorf("hand over %s link: %w", name, err)
 		}
-		// Pinned under this layout before the old pin goes: the link is
-		// never without a pin, so an agent dying here leaves it attached.
+		// The pin moves to this layout in one rename (the library's Pin of
+		// a pinned link): the link is never without a pin, so an agent
+		// dying here leaves it attached.
 		if err := l.Pin(pinPath); err != nil {
 			l.Close()
 			return nil, false, fmt.Errorf("pin handed-over %s link: %w", name, err)
