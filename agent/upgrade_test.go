@@ -1,49 +1,25 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-
-	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/containerd"
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
-// mustLayout names the directory this binary pins under, in a pin dir.
-func mustLayout(t *testing.T) string {
-	t.Helper()
-	l, err := bpf.Layout()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
-// otherLayout makes the agent a binary whose pinned map layout differs from
-// this one's: one pinned map holds one more entry.
-func otherLayout(spec *ebpf.CollectionSpec) error {
-	m, ok := spec.Maps["guards"]
-	if !ok {
-		return errors.New("no guards map")
-	}
-	m.MaxEntries++
-	return nil
-}
-
-// countingGateway serves HTTP on the pods' gateway and counts the requests
-// it answered, by path: a connection that reached it undecided is one more
-// than the agent's allow decisions.
+// countingGateway serves HTTP on the host side of the pods' bridge (its
+// gateway address, which exists once the first pod is up), answering
+// "kube-api host=... path=...", and counts the requests it answered, by
+// path: a connection that reached it undecided is one more than the agent's
+// allow decisions.
 func countingGateway(t *testing.T, rt *containerd.Runtime) (netip.AddrPort, func(path string) int) {
 	t.Helper()
 	a4 := rt.Subnet.Addr().As4()
@@ -54,11 +30,12 @@ func countingGateway(t *testing.T, rt *containerd.Runtime) (netip.AddrPort, func
 	}
 	var mu sync.Mutex
 	accepted := map[string]int{}
+	body := bodyHandler("kube-api")
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		accepted[r.URL.Path]++
 		mu.Unlock()
-		fmt.Fprintf(w, "kube-api host=%s", r.Host)
+		body.ServeHTTP(w, r)
 	})}
 	srv.SetKeepAlivesEnabled(false)
 	go srv.Serve(ln)
@@ -124,7 +101,7 @@ func TestKubeUpgradeAcrossLayouts(t *testing.T) {
 	rt.RunPod(t, containerd.PodSpec{Namespace: "team-u", Name: "first"}) // the gateway exists once a pod is up
 	srv, accepted := countingGateway(t, rt)
 	kd := newKubeDaemon(t, rt, "not-a-pod", srv.Addr())
-	kd.edit = otherLayout
+	kd.edit = testutil.OtherLayout
 	kd.start()
 	const wl = "team-u/looping"
 	loop := rt.RunPod(t, containerd.PodSpec{Namespace: "team-u", Name: "looping", Command: loopConnecting(srv)})
@@ -137,10 +114,7 @@ func TestKubeUpgradeAcrossLayouts(t *testing.T) {
 	for _, a := range old.Attachments {
 		oldLinks[a.Program] = a.LinkID
 	}
-	oldLayout := filepath.Dir(filepath.Dir(old.Attachments[0].PinPath))
-	if filepath.Base(oldLayout) == mustLayout(t) {
-		t.Fatalf("the old agent pinned under %s, this binary's layout: the test upgrades nothing", oldLayout)
-	}
+	oldLayout := testutil.LayoutDir(t, kd.pinDir)
 
 	// The rolling update stops the old agent first: the pod is refused.
 	kd.stop()
@@ -154,16 +128,18 @@ func TestKubeUpgradeAcrossLayouts(t *testing.T) {
 	kd.edit = nil
 	kd.start()
 	st := queryStatus(t, kd.sock)
+	// One layout left, the new one: the old layout's pins are gone.
+	newLayout := testutil.LayoutDir(t, kd.pinDir)
+	if newLayout == oldLayout {
+		t.Fatalf("both agents pinned under %s: the test upgrades nothing", oldLayout)
+	}
 	if len(st.Attachments) != len(oldLinks) {
 		t.Fatalf("attachments after the upgrade: %+v; want %d", st.Attachments, len(oldLinks))
 	}
 	for _, a := range st.Attachments {
-		if !a.HandedOver || a.LinkID != oldLinks[a.Program] || !strings.HasPrefix(a.PinPath, filepath.Join(kd.pinDir, mustLayout(t))+"/") {
+		if !a.HandedOver || a.LinkID != oldLinks[a.Program] || !strings.HasPrefix(a.PinPath, newLayout+"/") {
 			t.Errorf("attachment %+v: want the old agent's link %d handed over and pinned under this layout", a, oldLinks[a.Program])
 		}
-	}
-	if _, err := os.Stat(oldLayout); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the old layout's pins are still there: %v", err)
 	}
 	if p := podIn(t, st, "team-u", "looping"); p.State != string(StateProtected) {
 		t.Fatalf("the pod after the upgrade: %+v", p)

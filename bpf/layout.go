@@ -71,16 +71,9 @@ func btfShape(t btf.Type) string {
 	return b.String()
 }
 
-// Layout returns the name of this binary's layout directory under a pin
-// directory (for status and tests: where its maps, programs and links are
-// pinned is filepath.Join(pinDir, Layout())).
-func Layout() (string, error) {
-	spec, err := loadChio()
-	if err != nil {
-		return "", fmt.Errorf("load spec: %w", err)
-	}
-	return layoutOf(spec), nil
-}
+// LayoutDir is the directory this layout's maps, programs and links are
+// pinned under (PinDir/layout-<hash>); empty without a PinDir.
+func (o *Objects) LayoutDir() string { return o.layoutDir }
 
 // pinSets returns the directories under pinDir that hold a layout's pins:
 // pinDir itself when it holds unversioned pins, then each layout directory.

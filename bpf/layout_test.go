@@ -18,17 +18,6 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 )
 
-// otherLayout makes this binary's programs into those of a binary whose
-// pinned map layout differs: one pinned map holds one more entry.
-func otherLayout(spec *ebpf.CollectionSpec) error {
-	m, ok := spec.Maps["guards"]
-	if !ok {
-		return errors.New("no guards map")
-	}
-	m.MaxEntries++
-	return nil
-}
-
 // layoutEnv is a protected cgroup under a parent the programs attach to,
 // and an upstream that counts the connections that reach it directly.
 type layoutEnv struct {
@@ -49,29 +38,13 @@ func newLayoutEnv(t *testing.T) *layoutEnv {
 	t.Cleanup(func() { bpf.Uninstall(e.pinDir) })
 	e.parent = testutil.NewCgroup(t, "")
 	e.protected = testutil.NewCgroup(t, e.parent.Path)
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			e.direct.Add(1)
-			c.Write([]byte("direct\n"))
-			c.Close()
-		}
-	}()
-	e.upstream = ln.Addr().(*net.TCPAddr).AddrPort()
+	e.upstream, _ = serveLine(t, "direct", func() { e.direct.Add(1) })
 	return e
 }
 
-// agentListener stands for an agent's listener: it answers each
-// connection with who redirected it, until closed.
-func agentListener(t *testing.T, name string) (netip.AddrPort, func()) {
+// serveLine serves on a loopback port, answering each connection with line
+// (after calling accepted, when set), until closed.
+func serveLine(t *testing.T, line string, accepted func()) (netip.AddrPort, func()) {
 	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -84,11 +57,21 @@ func agentListener(t *testing.T, name string) (netip.AddrPort, func()) {
 			if err != nil {
 				return
 			}
-			fmt.Fprintf(c, "%s\n", name)
+			if accepted != nil {
+				accepted()
+			}
+			fmt.Fprintf(c, "%s\n", line)
 			c.Close()
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).AddrPort(), func() { ln.Close() }
+}
+
+// agentListener stands for an agent's listener: it answers each
+// connection with the agent's name, until closed.
+func agentListener(t *testing.T, name string) (netip.AddrPort, func()) {
+	t.Helper()
+	return serveLine(t, name, nil)
 }
 
 // load loads and attaches one agent's programs; protect names the listener
@@ -160,7 +143,7 @@ func pinned(t *testing.T, dir string) []string {
 func TestHandoverAcrossLayouts(t *testing.T) {
 	e := newLayoutEnv(t)
 	oldL, _ := agentListener(t, "old")
-	old := e.load(t, otherLayout)
+	old := e.load(t, testutil.OtherLayout)
 	if err := old.Protect(e.protected.ID, bpf.Workload{ID: 1, Listen4: oldL}); err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +151,7 @@ func TestHandoverAcrossLayouts(t *testing.T) {
 		t.Fatalf("under the old agent: %q", got)
 	}
 	before := linkIDs(t, old)
-	oldLayout := old.Attachments()[0].PinPath
+	oldLayout := old.LayoutDir()
 	old.Close() // the old agent is gone: its listener with it
 	if got := e.dial(t); got != "old" {
 		// The test's stand-in listener still runs; a real agent's would not.
@@ -202,15 +185,11 @@ func TestHandoverAcrossLayouts(t *testing.T) {
 			t.Errorf("attachment %+v: want handed over and pinned under a layout", a)
 		}
 	}
-	if _, err := os.Stat(filepath.Dir(filepath.Dir(oldLayout))); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the old layout's pins are still there: %v", pinned(t, filepath.Dir(filepath.Dir(oldLayout))))
+	if _, err := os.Stat(oldLayout); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the old layout's pins are still there: %v", pinned(t, oldLayout))
 	}
-	layout, err := bpf.Layout()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if entries, _ := os.ReadDir(e.pinDir); len(entries) != 1 || entries[0].Name() != layout {
-		t.Errorf("pin dir holds %v, want only %s", entries, layout)
+	if got := testutil.LayoutDir(t, e.pinDir); got != o.LayoutDir() {
+		t.Errorf("pin dir holds %s, want only %s", got, o.LayoutDir())
 	}
 }
 
@@ -222,7 +201,7 @@ func TestHandoverAcrossLayouts(t *testing.T) {
 func TestHandoverFailingMidwayKeepsProtection(t *testing.T) {
 	e := newLayoutEnv(t)
 	oldL, closeOld := agentListener(t, "old")
-	old := e.load(t, otherLayout)
+	old := e.load(t, testutil.OtherLayout)
 	if err := old.Protect(e.protected.ID, bpf.Workload{ID: 1, Listen4: oldL}); err != nil {
 		t.Fatal(err)
 	}
@@ -270,11 +249,7 @@ func TestHandoverFailingMidwayKeepsProtection(t *testing.T) {
 	if after := linkIDs(t, o2); !maps.Equal(before, after) {
 		t.Errorf("links after the handover %v, before %v: want the same links", after, before)
 	}
-	layout, err := bpf.Layout()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if entries, _ := os.ReadDir(e.pinDir); len(entries) != 1 || entries[0].Name() != layout {
+	if got := testutil.LayoutDir(t, e.pinDir); got != o2.LayoutDir() {
 		t.Errorf("pins left: %v", pinned(t, e.pinDir))
 	}
 	if got := len(o2.PreviousLayouts()); got != 0 {
@@ -293,7 +268,7 @@ func TestUnversionedPinsMigrated(t *testing.T) {
 		handover bool
 	}{
 		{"same layout", nil, false},
-		{"other layout", otherLayout, true},
+		{"other layout", testutil.OtherLayout, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newLayoutEnv(t)
@@ -303,7 +278,7 @@ func TestUnversionedPinsMigrated(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := linkIDs(t, old)
-			layoutDir := filepath.Dir(filepath.Dir(old.Attachments()[0].PinPath))
+			layoutDir := old.LayoutDir()
 			old.Close()
 			unversion(t, e.pinDir, layoutDir)
 			if got := e.dial(t); got != "agent" {
@@ -349,9 +324,8 @@ func TestUnversionedPinsMigrated(t *testing.T) {
 			if got := e.dial(t); got != "agent" {
 				t.Fatalf("after the migration: %q", got)
 			}
-			layout, _ := bpf.Layout()
-			if entries, _ := os.ReadDir(e.pinDir); len(entries) != 1 || entries[0].Name() != layout {
-				t.Errorf("pin dir holds %v, want only %s", entries, layout)
+			if got := testutil.LayoutDir(t, e.pinDir); got != o.LayoutDir() {
+				t.Errorf("pin dir holds %s, want only %s", got, o.LayoutDir())
 			}
 		})
 	}
@@ -381,7 +355,7 @@ func TestHandoverPendingExemptsInOldMaps(t *testing.T) {
 	e := newLayoutEnv(t)
 	self := testutil.NewCgroup(t, e.parent.Path) // the new agent's pod
 	freeDst := freeAddr(t, "tcp4", "127.0.0.1")
-	old := e.load(t, otherLayout)
+	old := e.load(t, testutil.OtherLayout)
 	if err := old.SetBirthRoot(e.parent.ID); err != nil {
 		t.Fatal(err)
 	}

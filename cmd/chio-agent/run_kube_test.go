@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/containerd"
 )
 
@@ -101,7 +102,7 @@ kubernetes:
 	// its first socket.
 	d.signal(syscall.SIGKILL)
 	<-d.exited
-	layoutDir := filepath.Join(pinDir, mustLayout(t))
+	layoutDir := testutil.LayoutDir(t, pinDir)
 	for _, name := range []string{"links/chio_connect4", "links/chio_sock_create", "maps/birth_roots", "maps/workloads"} {
 		if _, err := os.Stat(filepath.Join(layoutDir, name)); err != nil {
 			t.Fatalf("after the agent was killed, %s: %v; want it still pinned", name, err)

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 )
 
@@ -79,7 +78,7 @@ agent:
 	if err == nil || !strings.Contains(string(out), "pid "+pid) || strings.Contains(string(out), "removed") {
 		t.Fatalf("uninstall under a live agent: %v\n%s\nwant a refusal naming pid %s and nothing removed", err, out, pid)
 	}
-	layoutDir := filepath.Join(pinDir, mustLayout(t))
+	layoutDir := testutil.LayoutDir(t, pinDir)
 	for _, name := range []string{"links/chio_connect4", "maps/workloads", "progs/chio_connect4"} {
 		if _, err := os.Stat(filepath.Join(layoutDir, name)); err != nil {
 			t.Fatalf("after a refused uninstall, %s: %v; want it still pinned", name, err)
@@ -113,14 +112,4 @@ agent:
 	if got := blocked(); got != "200" {
 		t.Fatalf("after uninstall: %q; want a direct connection (200)", got)
 	}
-}
-
-// mustLayout names the directory this binary pins under, in a pin dir.
-func mustLayout(t *testing.T) string {
-	t.Helper()
-	l, err := bpf.Layout()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
 }
