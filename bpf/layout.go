@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // Versioned pins. A pin directory holds one directory per map layout,
@@ -100,11 +101,13 @@ func hasPins(dir string) bool {
 // migrateUnversioned moves pins made before layouts were versioned (directly
 // under pinDir) into layoutDir when every pinned map among them matches the
 // spec: they are this binary's layout, and a restart adopts them. One pin is
-// renamed at a time (each rename is atomic, and an interrupted migration is
-// finished by the next run). Pins that do not match are left where they are,
-// to be handed over.
+// renamed at a time, never over another. Pins that do not match are left
+// where they are, to be handed over; so are all of them when layoutDir has
+// pins already (a migration interrupted midway, or an older binary run
+// after a newer one): the handover then takes over their links for the
+// hooks layoutDir has none for, and detaches the rest.
 func migrateUnversioned(pinDir, layoutDir string, spec *ebpf.CollectionSpec) (bool, error) {
-	if !hasPins(pinDir) {
+	if !hasPins(pinDir) || hasPins(layoutDir) {
 		return false, nil
 	}
 	if err := compatibleMaps(filepath.Join(pinDir, "maps"), spec); err != nil {
@@ -126,7 +129,7 @@ func migrateUnversioned(pinDir, layoutDir string, spec *ebpf.CollectionSpec) (bo
 			return false, fmt.Errorf("migrate unversioned pins: %w", err)
 		}
 		for _, e := range entries {
-			if err := os.Rename(filepath.Join(from, e.Name()), filepath.Join(to, e.Name())); err != nil {
+			if err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(from, e.Name()), unix.AT_FDCWD, filepath.Join(to, e.Name()), unix.RENAME_NOREPLACE); err != nil {
 				return false, fmt.Errorf("migrate unversioned pin %s: %w", filepath.Join(from, e.Name()), err)
 			}
 		}
@@ -250,7 +253,7 @@ func (o *Objects) Handover() error {
 		return nil
 	}
 	path := o.pending
-	for i, h := range hooks {
+	for i, h := range handoverOrder() {
 		if handoverFault != nil {
 			if err := handoverFault(i); err != nil {
 				return fmt.Errorf("hand over %s: %w", h.name, err)
@@ -276,6 +279,30 @@ func (o *Objects) Handover() error {
 		return fmt.Errorf("hand over: remove the previous layout's pins: %w", err)
 	}
 	return nil
+}
+
+// handoverOrder is the hooks in the order Handover swaps them: the
+// bookkeeping hooks first, the hooks that redirect (connect, sendmsg) last.
+// A connection made midway is redirected by the old programs (to the old
+// agent's listener: refused) until its connect hook is swapped, and after
+// that finds every hook it meets next already reading the new maps.
+func handoverOrder() []hook {
+	redirects := func(h hook) bool {
+		switch h.typ {
+		case ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect, ebpf.AttachCGroupUDP4Sendmsg, ebpf.AttachCGroupUDP6Sendmsg:
+			return true
+		}
+		return false
+	}
+	var first, last []hook
+	for _, h := range hooks {
+		if redirects(h) {
+			last = append(last, h)
+		} else {
+			first = append(first, h)
+		}
+	}
+	return append(first, last...)
 }
 
 // takeOver finds the link of another layout pinned for a hook, on the

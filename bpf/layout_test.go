@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
@@ -199,61 +200,67 @@ func TestHandoverAcrossLayouts(t *testing.T) {
 // workload refused, never passed. The next agent of the new layout finishes
 // the handover.
 func TestHandoverFailingMidwayKeepsProtection(t *testing.T) {
-	e := newLayoutEnv(t)
-	oldL, closeOld := agentListener(t, "old")
-	old := e.load(t, testutil.OtherLayout)
-	if err := old.Protect(e.protected.ID, bpf.Workload{ID: 1, Listen4: oldL}); err != nil {
-		t.Fatal(err)
-	}
-	before := linkIDs(t, old)
-	old.Close()
-	closeOld()
-	if got := e.dial(t); got != "refused" {
-		t.Fatalf("with no agent: %q; want refused", got)
-	}
+	// Before the 3rd link: the redirecting hooks are all old. Before the
+	// 9th: connect4 is new, connect6 and sendmsg old.
+	for _, failAt := range []int{3, 8} {
+		t.Run(fmt.Sprintf("fail before link %d", failAt), func(t *testing.T) {
+			e := newLayoutEnv(t)
+			oldL, closeOld := agentListener(t, "old")
+			old := e.load(t, testutil.OtherLayout)
+			if err := old.Protect(e.protected.ID, bpf.Workload{ID: 1, Listen4: oldL}); err != nil {
+				t.Fatal(err)
+			}
+			before := linkIDs(t, old)
+			old.Close()
+			closeOld()
+			if got := e.dial(t); got != "refused" {
+				t.Fatalf("with no agent: %q; want refused", got)
+			}
 
-	newL, closeNew := agentListener(t, "new")
-	o := e.load(t, nil)
-	if err := o.Protect(e.protected.ID, bpf.Workload{ID: 1, Listen4: newL}); err != nil {
-		t.Fatal(err)
-	}
-	restore := bpf.FailHandoverAt(3)
-	err := o.Handover()
-	restore()
-	if err == nil || !strings.Contains(err.Error(), "injected") {
-		t.Fatalf("handover with a fault: %v", err)
-	}
-	o.Close() // the agent gives up and exits
-	closeNew()
-	if got := e.dial(t); got != "refused" {
-		t.Fatalf("after a failed handover: %q; want refused", got)
-	}
+			newL, closeNew := agentListener(t, "new")
+			o := e.load(t, nil)
+			if err := o.Protect(e.protected.ID, bpf.Workload{ID: 1, Listen4: newL}); err != nil {
+				t.Fatal(err)
+			}
+			restore := bpf.FailHandoverAt(failAt)
+			err := o.Handover()
+			restore()
+			if err == nil || !strings.Contains(err.Error(), "injected") {
+				t.Fatalf("handover with a fault: %v", err)
+			}
+			o.Close() // the agent gives up and exits
+			closeNew()
+			if got := e.dial(t); got != "refused" {
+				t.Fatalf("after a failed handover: %q; want refused", got)
+			}
 
-	newL2, _ := agentListener(t, "new-again")
-	o2 := e.load(t, nil)
-	if !o2.HandoverPending() {
-		t.Fatal("the next agent sees no pending handover")
-	}
-	if ws, err := o2.Workloads(); err != nil || ws[e.protected.ID].ID != 1 {
-		t.Fatalf("the new layout's maps were not adopted: %v, %v", ws, err)
-	}
-	if err := o2.Protect(e.protected.ID, bpf.Workload{ID: 1, Listen4: newL2}); err != nil {
-		t.Fatal(err)
-	}
-	if err := o2.Handover(); err != nil {
-		t.Fatalf("resumed handover: %v", err)
-	}
-	if got := e.dial(t); got != "new-again" {
-		t.Fatalf("after the resumed handover: %q", got)
-	}
-	if after := linkIDs(t, o2); !maps.Equal(before, after) {
-		t.Errorf("links after the handover %v, before %v: want the same links", after, before)
-	}
-	if got := testutil.LayoutDir(t, e.pinDir); got != o2.LayoutDir() {
-		t.Errorf("pins left: %v", pinned(t, e.pinDir))
-	}
-	if got := len(o2.PreviousLayouts()); got != 0 {
-		t.Errorf("previous layouts after the handover: %d", got)
+			newL2, _ := agentListener(t, "new-again")
+			o2 := e.load(t, nil)
+			if !o2.HandoverPending() {
+				t.Fatal("the next agent sees no pending handover")
+			}
+			if ws, err := o2.Workloads(); err != nil || ws[e.protected.ID].ID != 1 {
+				t.Fatalf("the new layout's maps were not adopted: %v, %v", ws, err)
+			}
+			if err := o2.Protect(e.protected.ID, bpf.Workload{ID: 1, Listen4: newL2}); err != nil {
+				t.Fatal(err)
+			}
+			if err := o2.Handover(); err != nil {
+				t.Fatalf("resumed handover: %v", err)
+			}
+			if got := e.dial(t); got != "new-again" {
+				t.Fatalf("after the resumed handover: %q", got)
+			}
+			if after := linkIDs(t, o2); !maps.Equal(before, after) {
+				t.Errorf("links after the handover %v, before %v: want the same links", after, before)
+			}
+			if got := testutil.LayoutDir(t, e.pinDir); got != o2.LayoutDir() {
+				t.Errorf("pins left: %v", pinned(t, e.pinDir))
+			}
+			if got := len(o2.PreviousLayouts()); got != 0 {
+				t.Errorf("previous layouts after the handover: %d", got)
+			}
+		})
 	}
 }
 
@@ -392,5 +399,63 @@ func TestHandoverPendingExemptsInOldMaps(t *testing.T) {
 	}
 	if out, code, _ := runIn(t, e.protected, freeDst.String()); code != 3 {
 		t.Fatalf("after uninstall: exit %d, %q; want a direct (refused) connect", code, out)
+	}
+}
+
+// TestUnversionedPinsBesideALayoutHandedOver: an older binary, run after a
+// newer one (a downgrade), pinned a second set of links directly under the
+// pin directory beside the layout's. The next agent of the layout adopts its
+// own maps and links and, at the handover, detaches the older binary's.
+func TestUnversionedPinsBesideALayoutHandedOver(t *testing.T) {
+	e := newLayoutEnv(t)
+	ln, _ := agentListener(t, "agent")
+	first := e.load(t, nil)
+	if err := first.Protect(e.protected.ID, bpf.Workload{ID: 2, Listen4: ln}); err != nil {
+		t.Fatal(err)
+	}
+	own := linkIDs(t, first)
+	first.Close()
+
+	// The older binary's pins, made in a pin dir of its own and moved to
+	// where it would have made them.
+	olderDir := testutil.PinDir(t)
+	t.Cleanup(func() { bpf.Uninstall(olderDir) })
+	oldL, _ := agentListener(t, "older")
+	older, err := bpf.Load(bpf.Options{PinDir: olderDir, EditSpec: testutil.OtherLayout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := older.AttachCgroup(e.parent.Path); err != nil {
+		t.Fatal(err)
+	}
+	if err := older.Protect(e.protected.ID, bpf.Workload{ID: 2, Listen4: oldL}); err != nil {
+		t.Fatal(err)
+	}
+	olderLinks := linkIDs(t, older)
+	olderLayout := older.LayoutDir()
+	older.Close()
+	unversion(t, e.pinDir, olderLayout)
+
+	o := e.load(t, nil)
+	if !o.HandoverPending() {
+		t.Fatal("no pending handover with the older binary's links attached")
+	}
+	if err := o.Handover(); err != nil {
+		t.Fatal(err)
+	}
+	if got := linkIDs(t, o); !maps.Equal(got, own) {
+		t.Errorf("links %v; want this layout's own %v", got, own)
+	}
+	for name, id := range olderLinks {
+		if l, err := link.NewFromID(link.ID(id)); err == nil {
+			l.Close()
+			t.Errorf("the older binary's %s link %d is still there", name, id)
+		}
+	}
+	if got := e.dial(t); got != "agent" {
+		t.Fatalf("after the handover: %q", got)
+	}
+	if got := testutil.LayoutDir(t, e.pinDir); got != o.LayoutDir() {
+		t.Errorf("pins left: %v", pinned(t, e.pinDir))
 	}
 }
