@@ -165,7 +165,9 @@ type Agent struct {
 
 // Start loads and attaches the programs (adopting pinned state when PinDir
 // has it) and starts reading kernel refusal events. Protect then adds
-// workloads.
+// workloads. When PinDir holds links of another map layout (an upgrade),
+// Start attaches nothing: those links keep their programs until handOver,
+// which RunDaemon calls once the workloads are in this agent's maps.
 func Start(opts Options) (*Agent, error) {
 	if opts.Policy == nil {
 		return nil, errors.New("start agent: no policy")
