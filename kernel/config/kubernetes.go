@@ -1,7 +1,11 @@
 package config
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"maps"
+	"net/url"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -9,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
 // Kubernetes defaults and names, shared by the node agent, the docs and the
@@ -174,4 +180,48 @@ func validDNSLabel(s string) bool {
 
 func isAlnum(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// PolicyLoader loads one policy source (LoadPolicy, with the configuration's
+// panic file).
+type PolicyLoader func(ctx context.Context, source string) (*hushspec.Policy, error)
+
+// LoadPolicies loads every policy of kubernetes.policies with load. It
+// returns every policy that loaded, and an error naming each that did not
+// (its name and source): the node agent refuses to start on any (fail
+// closed: a pod must never be decided by a policy other than its own), and a
+// reload keeps the old policy of each name that failed.
+func (k *Kubernetes) LoadPolicies(ctx context.Context, load PolicyLoader) (map[string]*hushspec.Policy, error) {
+	names := slices.Sorted(maps.Keys(k.Policies))
+	out := make(map[string]*hushspec.Policy, len(names))
+	var errs []error
+	for _, name := range names {
+		src := k.Policies[name]
+		p, err := load(ctx, src)
+		if err == nil && p == nil {
+			err = errors.New("no policy")
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("load kubernetes.policies.%s from %s: %w", name, src, err))
+			continue
+		}
+		out[name] = p
+	}
+	return out, errors.Join(errs...)
+}
+
+// PolicyFile is the local file a policy source names (a path or
+// file://PATH), to watch for changes; "" for a source that is not a local
+// file (http(s)://).
+func PolicyFile(source string) string {
+	scheme, _, ok := strings.Cut(source, "://")
+	switch {
+	case !ok:
+		return source
+	case scheme == "file":
+		if u, err := url.Parse(source); err == nil {
+			return u.Path
+		}
+	}
+	return ""
 }
