@@ -2,10 +2,13 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -292,7 +295,9 @@ func TestKubeDefaultPolicyNone(t *testing.T) {
 // had (never widened, never dropped), with the error in status; a reload
 // of the section adding a policy re-classifies the pod whose label named
 // it (refused everything until then); a section dropping the research
-// policy leaves its pod refused everything, never moved to the default.
+// policy leaves its pod refused everything, never moved to the default;
+// default_policy none by a reload exempts the unlabelled pod, and back to a
+// policy protects it again with its exemption withdrawn.
 func TestKubePolicyReload(t *testing.T) {
 	rt := containerd.Shared(t)
 	lab := rt.RunPod(t, containerd.PodSpec{Namespace: "team-s", Name: "lab", Labels: map[string]string{config.PolicyLabel: "research"}})
@@ -383,5 +388,69 @@ func TestKubePolicyReload(t *testing.T) {
 	})
 	if ok, d, _ := kd.request(lab, srv, "api.allowed.test"); ok || d.Guard != kernel.GuardPodPolicy {
 		t.Fatalf("pod whose policy was dropped: reached %v, %+v", ok, d)
+	}
+
+	// default_policy none by a reload: the unlabelled pod is exempt (by its
+	// cgroup) and reaches the server undecided; back to default, it is
+	// protected again and its exemption withdrawn (decided once more).
+	k4 := k3
+	k4.DefaultPolicy = config.NoPolicy
+	next = &k4
+	kd.reload <- syscall.SIGHUP
+	waitFor(t, "the unlabelled pod exempt", func() bool {
+		return podIn(t, queryStatus(t, kd.sock), "team-s", "web").State == PodExempt
+	})
+	webCg := podIn(t, queryStatus(t, kd.sock), "team-s", "web").Cgroup
+	if b := queryStatus(t, kd.sock).Birth; b == nil || !slices.Contains(b.Exempt, webCg) {
+		t.Fatalf("the unlabelled pod's cgroup is not exempt: %+v", b)
+	}
+	if out, _ := podGet(t, web, srv, "forbidden.test"); !strings.Contains(out, "kube-api host=forbidden.test") {
+		t.Fatalf("the pod exempt by default_policy none: %q", out)
+	}
+	k5 := k3
+	next = &k5
+	kd.reload <- syscall.SIGHUP
+	waitFor(t, "the unlabelled pod protected again", func() bool {
+		p := podIn(t, queryStatus(t, kd.sock), "team-s", "web")
+		return p.State == string(StateProtected) && p.Policy == "default"
+	})
+	if b := queryStatus(t, kd.sock).Birth; b != nil && slices.Contains(b.Exempt, webCg) {
+		t.Fatalf("the protected pod's cgroup is still exempt: %+v", b)
+	}
+	if ok, d, _ := kd.request(web, srv, "forbidden.test"); ok || d.Verdict != kernel.VerdictDeny {
+		t.Fatalf("the pod protected again on a blocked name: reached %v, %+v", ok, d)
+	}
+}
+
+// BenchmarkPodPolicySnapshot: the policy snapshot a connection is decided
+// under, for a pod with a policy of its own (one pointer, one atomic load)
+// beside the agent's own policy (the cost before policies per pod).
+func BenchmarkPodPolicySnapshot(b *testing.B) {
+	pol, err := hushspec.Parse([]byte(kubePolicy))
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	agentK, err := kernel.New(kernel.Options{Policy: pol, SigningKey: key})
+	if err != nil {
+		b.Fatal(err)
+	}
+	podK, err := kernel.New(kernel.Options{Policy: pol, SigningKey: key})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct {
+		name string
+		w    *workload
+	}{{"agent-policy", &workload{}}, {"pod-policy", &workload{kern: podK}}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.RunParallel(func(pb *testing.PB) {
+				var h string
+				for pb.Next() {
+					h = bc.w.decider(agentK).Snapshot().Hash()
+				}
+				_ = h
+			})
+		})
 	}
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/kernel/config"
-	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
 // SetWorkloads makes the protected workloads exactly specs (a reload of the
@@ -171,24 +170,14 @@ func (kc *kube) reloadChanged(ctx context.Context) error {
 // reloadPolicies loads the policies of next named in only (nil: all) and
 // makes next the section in force, then classifies every pod again.
 func (kc *kube) reloadPolicies(ctx context.Context, next *config.Kubernetes, only []string) error {
-	type result struct {
-		p     *hushspec.Policy
-		err   error
-		stamp fileStamp
+	// The files' versions before they are read: a change while they are
+	// read is seen by the next tick.
+	stamps := map[string]fileStamp{}
+	for name, src := range next.Policies {
+		stamps[name], _ = stamp(config.PolicyFile(src))
 	}
 	// Loading may fetch over the network: not under the lock.
-	loaded := map[string]result{}
-	for name, src := range next.Policies {
-		if only != nil && !slices.Contains(only, name) {
-			continue
-		}
-		st, _ := stamp(config.PolicyFile(src))
-		p, err := kc.load(ctx, src)
-		if err == nil && p == nil {
-			err = errors.New("no policy")
-		}
-		loaded[name] = result{p, err, st}
-	}
+	loaded := next.LoadEach(ctx, kc.load, only)
 	kc.mu.Lock()
 	defer kc.mu.Unlock()
 	var errs []error
@@ -196,30 +185,29 @@ func (kc *kube) reloadPolicies(ctx context.Context, next *config.Kubernetes, onl
 		r, src := loaded[name], next.Policies[name]
 		pp := kc.policies[name]
 		log := kc.log.WithFields(logrus.Fields{"policy": name, "source": src})
-		if r.err != nil {
-			err := fmt.Errorf("reload kubernetes.policies.%s from %s: %w", name, src, r.err)
-			errs = append(errs, err)
+		if r.Err != nil {
+			errs = append(errs, r.Err)
 			if pp == nil {
-				log.WithError(r.err).Error("new pod policy did not load: the pods it names are refused everything")
+				log.WithError(r.Err).Error("new pod policy did not load: the pods it names are refused everything")
 				continue
 			}
-			pp.err, pp.stamp = err.Error(), r.stamp
-			log.WithError(r.err).Error("pod policy reload refused; the old policy stays in force for its pods")
+			pp.err, pp.stamp = r.Err.Error(), stamps[name]
+			log.WithError(r.Err).Error("pod policy reload refused; the old policy stays in force for its pods")
 			continue
 		}
 		if pp == nil {
-			k, err := kc.a.podKernel(r.p)
+			k, err := kc.a.podKernel(r.Policy)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("reload kubernetes.policies.%s: %w", name, err))
 				continue
 			}
-			kc.policies[name] = &podPolicy{source: src, kern: k, loaded: time.Now(), stamp: r.stamp}
-			log.WithField("hash", r.p.Hash()).Info("pod policy added")
+			kc.policies[name] = &podPolicy{source: src, kern: k, loaded: time.Now(), stamp: stamps[name]}
+			log.WithField("hash", r.Policy.Hash()).Info("pod policy added")
 			continue
 		}
-		kc.a.setPolicyOf(pp.kern, r.p)
-		pp.source, pp.loaded, pp.err, pp.stamp = src, time.Now(), "", r.stamp
-		log.WithField("hash", r.p.Hash()).Info("pod policy loaded")
+		kc.a.setPolicyOf(pp.kern, r.Policy)
+		pp.source, pp.loaded, pp.err, pp.stamp = src, time.Now(), "", stamps[name]
+		log.WithField("hash", r.Policy.Hash()).Info("pod policy loaded")
 	}
 	for name := range kc.policies {
 		if _, ok := next.Policies[name]; !ok {

@@ -192,22 +192,46 @@ type PolicyLoader func(ctx context.Context, source string) (*hushspec.Policy, er
 // closed: a pod must never be decided by a policy other than its own), and a
 // reload keeps the old policy of each name that failed.
 func (k *Kubernetes) LoadPolicies(ctx context.Context, load PolicyLoader) (map[string]*hushspec.Policy, error) {
-	names := slices.Sorted(maps.Keys(k.Policies))
-	out := make(map[string]*hushspec.Policy, len(names))
+	res := k.LoadEach(ctx, load, nil)
+	out := make(map[string]*hushspec.Policy, len(res))
 	var errs []error
-	for _, name := range names {
-		src := k.Policies[name]
+	for _, name := range slices.Sorted(maps.Keys(res)) {
+		if r := res[name]; r.Err != nil {
+			errs = append(errs, r.Err)
+		} else {
+			out[name] = r.Policy
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// PolicyResult is the outcome of loading one policy of the section.
+type PolicyResult struct {
+	// Policy is the policy loaded; nil when Err is set.
+	Policy *hushspec.Policy
+	// Err names the policy and its source.
+	Err error
+}
+
+// LoadEach loads the policies of the section named in only (nil: all),
+// each on its own, by name.
+func (k *Kubernetes) LoadEach(ctx context.Context, load PolicyLoader, only []string) map[string]PolicyResult {
+	out := map[string]PolicyResult{}
+	for name, src := range k.Policies {
+		if only != nil && !slices.Contains(only, name) {
+			continue
+		}
 		p, err := load(ctx, src)
 		if err == nil && p == nil {
 			err = errors.New("no policy")
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("load kubernetes.policies.%s from %s: %w", name, src, err))
+			out[name] = PolicyResult{Err: fmt.Errorf("load kubernetes.policies.%s from %s: %w", name, src, err)}
 			continue
 		}
-		out[name] = p
+		out[name] = PolicyResult{Policy: p}
 	}
-	return out, errors.Join(errs...)
+	return out
 }
 
 // PolicyFile is the local file a policy source names (a path or

@@ -2,6 +2,7 @@ package config
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,6 +43,13 @@ func TestKubernetesLoadPolicies(t *testing.T) {
 	}
 	if len(pols) != 1 || pols["default"] == nil {
 		t.Errorf("the policy that loaded is not returned: %v", pols)
+	}
+
+	// A reload loads only the names asked for, each with its own outcome.
+	res := k.LoadEach(context.Background(), load, []string{"research", "default"})
+	if len(res) != 2 || res["default"].Policy == nil || res["default"].Err != nil ||
+		res["research"].Policy != nil || !strings.Contains(fmt.Sprint(res["research"].Err), bad) {
+		t.Errorf("LoadEach: %+v", res)
 	}
 }
 
