@@ -120,6 +120,10 @@ type WorkloadSpec struct {
 	// workload is; nil for a workload kernel.yaml lists. Reloads of the
 	// listed workloads leave pod workloads alone.
 	Pod *PodStatus
+	// kern, set by pod discovery, is the kernel whose policy decides the
+	// workload's connections (its pod's kubernetes.policies entry); nil:
+	// the agent's own policy.
+	kern *kernel.Kernel
 }
 
 // Agent is a running node agent: programs attached, listeners open.
@@ -457,16 +461,31 @@ func (a *Agent) syncDatapath(w *workload, pol *hushspec.Policy) error {
 // static refusals that come from it.
 func (a *Agent) SetPolicy(p *hushspec.Policy, source string) {
 	a.mu.Lock()
-	a.kern.SetPolicy(p)
 	a.polSource, a.polLoaded = source, time.Now()
+	a.mu.Unlock()
+	a.setPolicyOf(a.kern, p)
+	a.opts.Logger.WithFields(logrus.Fields{"policy": p.Name(), "hash": p.Hash()}).Info("policy loaded")
+}
+
+// setPolicyOf replaces the policy of one kernel (the agent's, or one of
+// kubernetes.policies) and the static refusals of the workloads it decides;
+// the others are left alone.
+func (a *Agent) setPolicyOf(k *kernel.Kernel, p *hushspec.Policy) {
+	if p == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	k.SetPolicy(p)
 	for _, w := range a.reg.all() {
+		if w.decider(a.kern) != k {
+			continue
+		}
 		// SetVerdicts keeps the workload's entry flagged as it should be.
 		if err := a.objs.SetVerdicts(w.id, a.verdictRules(w, p)); err != nil {
 			a.proxy.errs.add(fmt.Errorf("update static verdicts of %s: %w", w.name, err))
 		}
 	}
-	a.mu.Unlock()
-	a.opts.Logger.WithFields(logrus.Fields{"policy": p.Name(), "hash": p.Hash()}).Info("policy loaded")
 }
 
 // workloadsKnown lets readEvents start (once).

@@ -197,7 +197,14 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 				}
 			}
 			reload("signal")
+			if kc != nil {
+				// Errors are in status and the log already.
+				kc.reloadAll(ctx)
+			}
 		case <-tick.C:
+			if kc != nil {
+				kc.reloadChanged(ctx) // the pods' policy files (reload.go)
+			}
 			if o.WatchFile == "" {
 				continue
 			}

@@ -226,6 +226,15 @@ type kubeDaemon struct {
 	cancel  context.CancelFunc
 	done    chan error
 
+	// kube, when set before start, replaces the default section (one
+	// policy, "default", the file kubePolicy is written to); reload and
+	// reloadCfg are the daemon's reload signal and section reader.
+	kube      *config.Kubernetes
+	reload    chan os.Signal
+	reloadCfg func(ctx context.Context) (*config.Kubernetes, error)
+	// hosts are the anti-spoofing answers; default api.allowed.test at gw.
+	hosts map[string][]netip.Addr
+
 	mu      sync.Mutex
 	decided []Decision
 	// edit, when set, makes the next start a binary of another map layout.
@@ -236,6 +245,8 @@ func newKubeDaemon(t *testing.T, rt *containerd.Runtime, selfUID string, gw neti
 	t.Helper()
 	kd := &kubeDaemon{t: t, rt: rt, selfUID: selfUID, gw: gw, dir: t.TempDir(), pinDir: testutil.PinDir(t)}
 	kd.sock = filepath.Join(kd.dir, "status.sock")
+	kd.reload = make(chan os.Signal, 1)
+	kd.hosts = map[string][]netip.Addr{"api.allowed.test": {gw}}
 	var err error
 	if kd.policy, err = hushspec.Parse([]byte(kubePolicy)); err != nil {
 		t.Fatal(err)
@@ -259,28 +270,36 @@ func (kd *kubeDaemon) start() {
 		t.Fatal(err)
 	}
 	ready := filepath.Join(kd.dir, "ready")
+	kc := kd.kube
+	if kc == nil {
+		def := filepath.Join(kd.dir, "default.yaml")
+		if err := os.WriteFile(def, []byte(kubePolicy), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		kc = &config.Kubernetes{
+			Policies:         map[string]string{"default": def},
+			DefaultPolicy:    "default",
+			ExemptNamespaces: []string{"kube-system"},
+		}
+	}
+	kc.CRISocket, kc.CgroupRoot, kc.PollInterval = kd.rt.Socket, kd.rt.CgroupRoot, config.Duration(100*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	kd.cancel, kd.done = cancel, make(chan error, 1)
 	go func() {
 		kd.done <- RunDaemon(ctx, DaemonOptions{
 			Agent: Options{Policy: kd.policy, Key: kd.key, Log: kd.log, PinDir: kd.pinDir,
 				AttachCgroup: cri.Abs(mount, kd.rt.CgroupRoot),
-				Hosts:        map[string][]netip.Addr{"api.allowed.test": {kd.gw}}, editSpec: kd.edit,
+				Hosts:        kd.hosts, editSpec: kd.edit,
 				OnDecision: func(d Decision) {
 					kd.mu.Lock()
 					kd.decided = append(kd.decided, d)
 					kd.mu.Unlock()
 				}},
-			StatusSocket: kd.sock,
-			ReadyFile:    ready,
-			Kubernetes: &KubeOptions{SelfUID: kd.selfUID, Config: &config.Kubernetes{
-				CRISocket:        kd.rt.Socket,
-				CgroupRoot:       kd.rt.CgroupRoot,
-				Policies:         map[string]string{"default": "/unused/by/this/test"},
-				DefaultPolicy:    "default",
-				ExemptNamespaces: []string{"kube-system"},
-				PollInterval:     config.Duration(100 * time.Millisecond),
-			}},
+			StatusSocket:  kd.sock,
+			ReadyFile:     ready,
+			Reload:        kd.reload,
+			WatchInterval: 50 * time.Millisecond,
+			Kubernetes:    &KubeOptions{SelfUID: kd.selfUID, Config: kc, ReloadConfig: kd.reloadCfg},
 		})
 	}()
 	done := kd.done
