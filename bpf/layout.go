@@ -212,7 +212,7 @@ func (p *previousMaps) close() {
 	}
 }
 
-// exempt writes an exemption where the previous programs read it, and bumps
+// exemptCgroup writes an exemption where the previous programs read it, and bumps
 // their generation so that their cached verdict for the cgroup is dropped.
 func (p *previousMaps) exemptCgroup(cgroupID uint64) error {
 	if err := p.exempt.Put(cgroupID, uint32(birthExempt)); err != nil {
