@@ -372,6 +372,10 @@ func TestKubeManifests(t *testing.T) {
 	}
 	if ds.Spec.UpdateStrategy.Type != appsv1.RollingUpdateDaemonSetStrategyType {
 		t.Errorf("%s: update strategy %q, want RollingUpdate", src, ds.Spec.UpdateStrategy.Type)
+	} else if ru := ds.Spec.UpdateStrategy.RollingUpdate; ru != nil && ru.MaxSurge != nil && ru.MaxSurge.String() != "0" && ru.MaxSurge.String() != "0%" {
+		// A surging agent finds the pin directory owned by the old one,
+		// is refused, and restarts until the old one is gone.
+		t.Errorf("%s: maxSurge %s: the new agent must start after the old one stops", src, ru.MaxSurge.String())
 	}
 	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
 		t.Errorf("%s: the agent uses no Kubernetes API: automountServiceAccountToken must be false", src)
@@ -478,8 +482,8 @@ func TestKubeManifests(t *testing.T) {
 			t.Errorf("configmap %s: %s is neither kernel.yaml nor a policy it names", cm.Name, key)
 		}
 	}
-	if k.Policies[k.DefaultPolicy] != cfg.Policy {
-		t.Errorf("%s: policy %s and kubernetes.policies.%s %s differ: pods of the default policy would be decided by another", src, cfg.Policy, k.DefaultPolicy, k.Policies[k.DefaultPolicy])
+	if cfg.Policy == "" {
+		t.Errorf("%s: kernel.yaml names no policy: run refuses to start without one", src)
 	}
 
 	// Every path kernel.yaml names is where the node's is.
