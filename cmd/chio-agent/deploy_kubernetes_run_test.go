@@ -39,17 +39,7 @@ func TestKubeShippedConfigMapOnARuntime(t *testing.T) {
 	system := rt.RunPod(t, containerd.PodSpec{Namespace: "kube-system", Name: "dns"})
 	own := rt.RunPod(t, containerd.PodSpec{Namespace: ns.Name, Name: "chio-uninstall-x"})
 
-	a4 := rt.Subnet.Addr().As4()
-	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "shipped-upstream") })}
-	srv.SetKeepAlivesEnabled(false)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	port := ln.Addr().(*net.TCPAddr).Port
+	gw, port := serveOnPodGateway(t, rt, "shipped-upstream")
 
 	// The ConfigMap's files, where its mount would put them.
 	etc := filepath.Join(dir, "etc", "chio")
@@ -137,4 +127,21 @@ func TestKubeShippedConfigMapOnARuntime(t *testing.T) {
 			t.Errorf("%s/%s → %s: reached the server %v, want %v", c.pod.Spec.Namespace, c.pod.Spec.Name, c.host, got, c.ok)
 		}
 	}
+}
+
+// serveOnPodGateway serves body over HTTP on the pods' gateway address (the
+// bridge's, there once a pod has run), a random port, and returns both.
+func serveOnPodGateway(t *testing.T, rt *containerd.Runtime, body string) (netip.Addr, int) {
+	t.Helper()
+	a4 := rt.Subnet.Addr().As4()
+	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
+	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, body) })}
+	srv.SetKeepAlivesEnabled(false)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return gw, ln.Addr().(*net.TCPAddr).Port
 }
