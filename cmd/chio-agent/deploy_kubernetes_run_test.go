@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -135,13 +133,5 @@ func serveOnPodGateway(t *testing.T, rt *containerd.Runtime, body string) (netip
 	t.Helper()
 	a4 := rt.Subnet.Addr().As4()
 	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, body) })}
-	srv.SetKeepAlivesEnabled(false)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return gw, ln.Addr().(*net.TCPAddr).Port
+	return gw, serveBodyOn(t, netip.AddrPortFrom(gw, 0).String(), body)
 }
