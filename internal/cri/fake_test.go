@@ -5,49 +5,26 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil/fakecri"
 )
 
-// fakeCRI is a runtime whose answers a test controls: shapes containerd on
-// this machine never gives (systemd paths, CRI-O's scopes, missing specs,
-// host-network pods), failures, and container events.
-type fakeCRI struct {
-	runtimeapi.UnimplementedRuntimeServiceServer
-	mu          sync.Mutex
-	sandboxes   []*runtimeapi.PodSandbox
-	containers  []*runtimeapi.Container
-	info        map[string]string // sandbox or container id → verbose "info" JSON
-	hostNet     map[string]bool
-	listErr     error
-	noEvents    bool
-	events      chan *runtimeapi.ContainerEventResponse
-	lists       chan struct{} // one send per ListPodSandbox, when not nil
-	statusCalls int
-}
-
-func newFakeCRI(t *testing.T) (*fakeCRI, *Client) {
+// newFakeCRI serves a runtime whose answers the test controls (shapes
+// containerd on this machine never gives: systemd paths, CRI-O's scopes,
+// missing specs, host-network pods; failures, and container events) and
+// dials it.
+func newFakeCRI(t *testing.T) (*fakecri.Runtime, *Client) {
 	t.Helper()
-	f := &fakeCRI{info: map[string]string{}, hostNet: map[string]bool{},
-		events: make(chan *runtimeapi.ContainerEventResponse, 16)}
-	sock := filepath.Join(t.TempDir(), "cri.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	runtimeapi.RegisterRuntimeServiceServer(srv, f)
-	go srv.Serve(l)
-	t.Cleanup(srv.Stop)
+	f := fakecri.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, sock)
+	c, err := Dial(ctx, f.Socket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,85 +32,8 @@ func newFakeCRI(t *testing.T) (*fakeCRI, *Client) {
 	return f, c
 }
 
-func (f *fakeCRI) addPod(id, ns, name, uid, cgroupsPath, netns string, labels map[string]string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.sandboxes = append(f.sandboxes, &runtimeapi.PodSandbox{Id: id, State: runtimeapi.PodSandboxState_SANDBOX_READY,
-		Metadata: &runtimeapi.PodSandboxMetadata{Name: name, Namespace: ns, Uid: uid}, Labels: labels})
-	f.info[id] = `{"pid":1,"runtimeSpec":{"linux":{"cgroupsPath":"` + cgroupsPath + `","namespaces":[{"type":"network","path":"` + netns + `"}]}}}`
-}
-
-func (f *fakeCRI) addContainer(id, sandbox, name, cgroupsPath string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.containers = append(f.containers, &runtimeapi.Container{Id: id, PodSandboxId: sandbox,
-		Metadata: &runtimeapi.ContainerMetadata{Name: name}, State: runtimeapi.ContainerState_CONTAINER_RUNNING})
-	f.info[id] = `{"pid":7,"runtimeSpec":{"linux":{"cgroupsPath":"` + cgroupsPath + `"}}}`
-}
-
-func (f *fakeCRI) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
-	return &runtimeapi.VersionResponse{RuntimeName: "fake", RuntimeVersion: "1"}, nil
-}
-
-func (f *fakeCRI) ListPodSandbox(context.Context, *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.lists != nil {
-		defer func() {
-			select { // never block the runtime on a test that stopped counting
-			case f.lists <- struct{}{}:
-			default:
-			}
-		}()
-	}
-	if f.listErr != nil {
-		return nil, f.listErr
-	}
-	return &runtimeapi.ListPodSandboxResponse{Items: append([]*runtimeapi.PodSandbox(nil), f.sandboxes...)}, nil
-}
-
-func (f *fakeCRI) ListContainers(context.Context, *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return &runtimeapi.ListContainersResponse{Containers: append([]*runtimeapi.Container(nil), f.containers...)}, nil
-}
-
-func (f *fakeCRI) PodSandboxStatus(_ context.Context, r *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.statusCalls++
-	mode := runtimeapi.NamespaceMode_POD
-	if f.hostNet[r.PodSandboxId] {
-		mode = runtimeapi.NamespaceMode_NODE
-	}
-	return &runtimeapi.PodSandboxStatusResponse{
-		Status: &runtimeapi.PodSandboxStatus{Id: r.PodSandboxId, Linux: &runtimeapi.LinuxPodSandboxStatus{
-			Namespaces: &runtimeapi.Namespace{Options: &runtimeapi.NamespaceOption{Network: mode}}}},
-		Info: map[string]string{"info": f.info[r.PodSandboxId]}}, nil
-}
-
-func (f *fakeCRI) ContainerStatus(_ context.Context, r *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.statusCalls++
-	return &runtimeapi.ContainerStatusResponse{Status: &runtimeapi.ContainerStatus{Id: r.ContainerId},
-		Info: map[string]string{"info": f.info[r.ContainerId]}}, nil
-}
-
-func (f *fakeCRI) GetContainerEvents(_ *runtimeapi.GetEventsRequest, s runtimeapi.RuntimeService_GetContainerEventsServer) error {
-	if f.noEvents {
-		return status.Error(codes.Unimplemented, "no events")
-	}
-	for {
-		select {
-		case <-s.Context().Done():
-			return nil
-		case e := <-f.events:
-			if err := s.Send(e); err != nil {
-				return err
-			}
-		}
-	}
+func addPod(f *fakecri.Runtime, id, ns, name, uid, cgroupsPath, netns string) {
+	f.AddSandbox(fakecri.Sandbox{ID: id, Namespace: ns, Name: name, UID: uid, CgroupsPath: cgroupsPath, Netns: netns, PID: 1})
 }
 
 const fakeUID = "3f5c2a1e-8d4b-4c6a-9e2f-1b7d0c9a8e65"
@@ -145,12 +45,12 @@ const fakeUID = "3f5c2a1e-8d4b-4c6a-9e2f-1b7d0c9a8e65"
 func TestListSystemdAndIncomplete(t *testing.T) {
 	f, c := newFakeCRI(t)
 	u := "3f5c2a1e_8d4b_4c6a_9e2f_1b7d0c9a8e65"
-	f.addPod("sb1", "ns", "crio-pod", fakeUID, "kubepods-burstable-pod"+u+".slice:crio:sb1", "/var/run/netns/x", nil)
-	f.addContainer("ct1", "sb1", "main", "kubepods-burstable-pod"+u+".slice:crio:ct1")
-	f.addPod("sb2", "kube-system", "hostnet", "u2", "/kubepods/besteffort/podu2/sb2", "", nil)
-	f.hostNet["sb2"] = true
-	f.addPod("sb3", "ns", "broken", "u3", "", "", nil)
-	f.info["sb3"] = `{"pid":1}`
+	addPod(f, "sb1", "ns", "crio-pod", fakeUID, "kubepods-burstable-pod"+u+".slice:crio:sb1", "/var/run/netns/x")
+	f.AddContainer(fakecri.Container{ID: "ct1", SandboxID: "sb1", Name: "main", CgroupsPath: "kubepods-burstable-pod" + u + ".slice:crio:ct1", PID: 7})
+	f.AddSandbox(fakecri.Sandbox{ID: "sb2", Namespace: "kube-system", Name: "hostnet", UID: "u2",
+		CgroupsPath: "/kubepods/besteffort/podu2/sb2", HostNetwork: true, PID: 1})
+	addPod(f, "sb3", "ns", "broken", "u3", "", "")
+	f.SetInfo("sb3", `{"pid":1}`)
 	pods, err := c.List(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -171,12 +71,12 @@ func TestListSystemdAndIncomplete(t *testing.T) {
 	if b, ok := byName["broken"]; !ok || !errors.Is(b.Err, ErrNoSpec) {
 		t.Errorf("a sandbox without a runtime spec must be listed with ErrNoSpec: %+v (listed %v)", b, ok)
 	}
-	calls := f.statusCalls
+	calls := f.StatusCalls()
 	if _, err := c.List(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	// The good pods' facts are cached; the broken one is asked again.
-	if got := f.statusCalls - calls; got != 1 {
+	if got := f.StatusCalls() - calls; got != 1 {
 		t.Errorf("second listing made %d status calls, want 1 (only the incomplete sandbox)", got)
 	}
 }
@@ -185,9 +85,9 @@ func TestListSystemdAndIncomplete(t *testing.T) {
 // answers errors) makes no pod disappear, so nothing protected is released.
 func TestWatcherKeepsPodsWhileRuntimeFails(t *testing.T) {
 	f, c := newFakeCRI(t)
-	f.noEvents = true
-	f.lists = make(chan struct{}, 64)
-	f.addPod("sb1", "ns", "a", "u1", "/kubepods/besteffort/podu1/sb1", "/var/run/netns/a", nil)
+	f.DisableEvents()
+	lists := f.CountLists(64)
+	addPod(f, "sb1", "ns", "a", "u1", "/kubepods/besteffort/podu1/sb1", "/var/run/netns/a")
 	changes := make(chan []Change, 64)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -199,17 +99,13 @@ func TestWatcherKeepsPodsWhileRuntimeFails(t *testing.T) {
 	if len(first) != 1 || first[0].Kind != PodAdded {
 		t.Fatalf("first sync %+v", first)
 	}
-	f.mu.Lock()
-	f.listErr = status.Error(codes.Unavailable, "runtime down")
-	f.mu.Unlock()
-	drain(f.lists)
+	f.SetListErr(status.Error(codes.Unavailable, "runtime down"))
+	drain(lists)
 	for range 5 { // five failed listings
-		<-f.lists
+		<-lists
 	}
-	f.mu.Lock()
-	f.listErr = nil
-	f.mu.Unlock()
-	f.addPod("sb2", "ns", "b", "u2", "/kubepods/besteffort/podu2/sb2", "/var/run/netns/b", nil)
+	f.SetListErr(nil)
+	addPod(f, "sb2", "ns", "b", "u2", "/kubepods/besteffort/podu2/sb2", "/var/run/netns/b")
 	for {
 		ch := <-changes
 		for _, c := range ch {
@@ -237,8 +133,8 @@ func TestWatcherResyncsOnEvent(t *testing.T) {
 	if first := <-changes; len(first) != 0 {
 		t.Fatalf("first sync of an empty runtime: %+v", first)
 	}
-	f.addPod("sb1", "ns", "a", "u1", "/kubepods/besteffort/podu1/sb1", "/var/run/netns/a", nil)
-	f.events <- &runtimeapi.ContainerEventResponse{ContainerId: "sb1", ContainerEventType: runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT}
+	addPod(f, "sb1", "ns", "a", "u1", "/kubepods/besteffort/podu1/sb1", "/var/run/netns/a")
+	f.Event(&runtimeapi.ContainerEventResponse{ContainerId: "sb1", ContainerEventType: runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT})
 	select {
 	case ch := <-changes:
 		if len(ch) != 1 || ch[0].Kind != PodAdded || ch[0].Pod.Name != "a" {
@@ -249,7 +145,7 @@ func TestWatcherResyncsOnEvent(t *testing.T) {
 	}
 }
 
-func drain(c chan struct{}) {
+func drain(c <-chan struct{}) {
 	for {
 		select {
 		case <-c:
