@@ -131,9 +131,19 @@ func newSDPod(t *testing.T, mount string, l sdLayout, ns, name, runtime, qos, ct
 	p.sandboxDir = filepath.Join(p.podDir, runtime+"-"+p.sandboxID+".scope")
 	p.ctrDir = filepath.Join(p.podDir, runtime+"-"+p.ctrID+".scope")
 	mkCgroup(t, p.podDir)
-	mkCgroup(t, p.sandboxDir)
+	if runtime == "crio" {
+		// CRI-O drops the infra container (drop_infra_ctr, its default):
+		// the sandbox's scope is named in its spec but never made. Its
+		// conmon runs in a scope of its own in the pod's slice
+		// (conmon_cgroup "pod").
+		conmon := filepath.Join(p.podDir, "crio-conmon-"+p.ctrID+".scope")
+		mkCgroup(t, conmon)
+		startIn(t, conmon)
+	} else {
+		mkCgroup(t, p.sandboxDir)
+		p.sandboxPID = startIn(t, p.sandboxDir)
+	}
 	mkCgroup(t, p.ctrDir)
-	p.sandboxPID = startIn(t, p.sandboxDir)
 	p.ctrPID = startIn(t, p.ctrDir)
 	p.netns = testutil.NewNetNS(t)
 	p.srv, p.accepted = netnsServer(t, p.netns.Path)
