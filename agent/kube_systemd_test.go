@@ -300,6 +300,19 @@ func (d *sdDaemon) decision(t *testing.T, what string, match func(Decision) bool
 	return got
 }
 
+// count is how many decisions of a workload had the verdict.
+func (d *sdDaemon) count(workload, verdict string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, x := range d.dec {
+		if x.Workload == workload && x.Verdict == verdict {
+			n++
+		}
+	}
+	return n
+}
+
 func (d *sdDaemon) receipt(t *testing.T, x Decision) string {
 	t.Helper()
 	ent, err := d.log.Get(x.Seq)
@@ -319,8 +332,8 @@ func (d *sdDaemon) receipt(t *testing.T, x Decision) string {
 // naming the pod and its container; a pod in an exempt namespace reaches its
 // server undecided; a container scope made under the root before the
 // runtime reports its pod is refused in the kernel (EPERM, never reaching
-// the server) and decided once the agent has classified it; a removed pod is
-// released.
+// the server) and decided once the agent has classified it; a cgroup made
+// below a container's scope is the pod's; a removed pod is released.
 func TestKubeSystemdDriver(t *testing.T) {
 	testutil.RequireRoot(t)
 	requireTools(t, "ip", "curl", "sleep", "bash")
@@ -406,6 +419,20 @@ func testSystemdDriver(t *testing.T, l sdLayout, configured string) {
 		if !strings.Contains(r, want) {
 			t.Errorf("receipt does not name the pod (%s): %s", want, r)
 		}
+	}
+
+	// A cgroup a container makes below its own scope is the container's:
+	// decided as the pod's, never unclassified.
+	nested := filepath.Join(burst.ctrDir, "nested")
+	mkCgroup(t, nested)
+	inner := *burst
+	inner.ctrDir = nested
+	if out, code := inner.get(t, "api.allowed.test", "/nested"); code != 0 || !strings.Contains(out, "sd-api host=api.allowed.test") {
+		t.Fatalf("request from below the container's scope: exit %d, %q", code, out)
+	}
+	waitFor(t, "the nested request decided as the pod's", func() bool { return d.count("team-a/sd-burstable", kernel.VerdictAllow) == 2 })
+	if n := d.count(unclassifiedName, kernel.VerdictDeny); n != 0 {
+		t.Errorf("%d refusals of unclassified cgroups while every cgroup below the root is classified", n)
 	}
 
 	// CRI-O's guaranteed pod: a blocked name is refused by the agent (the
