@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -200,23 +199,7 @@ func netnsServer(t *testing.T, nsPath string) (netip.AddrPort, func(path string)
 	}); err != nil {
 		t.Fatalf("listen in the pod's netns: %v", err)
 	}
-	var mu sync.Mutex
-	seen := map[string]int{}
-	body := bodyHandler("sd-api")
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		seen[r.URL.Path]++
-		mu.Unlock()
-		body.ServeHTTP(w, r)
-	}), ReadHeaderTimeout: 10 * time.Second}
-	srv.SetKeepAlivesEnabled(false)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().(*net.TCPAddr).AddrPort(), func(path string) int {
-		mu.Lock()
-		defer mu.Unlock()
-		return seen[path]
-	}
+	return serveCounting(t, ln, "sd-api")
 }
 
 // sdDaemon is RunDaemon with pod discovery on the fake runtime.

@@ -28,15 +28,22 @@ func countingGateway(t *testing.T, rt *containerd.Runtime) (netip.AddrPort, func
 	if err != nil {
 		t.Fatalf("listen on the pods' gateway: %v", err)
 	}
+	return serveCounting(t, ln, "kube-api")
+}
+
+// serveCounting serves HTTP on ln until the test ends, answering
+// "BODY host=... path=...", and counts the requests it answered, by path.
+func serveCounting(t *testing.T, ln net.Listener, body string) (netip.AddrPort, func(path string) int) {
+	t.Helper()
 	var mu sync.Mutex
 	accepted := map[string]int{}
-	body := bodyHandler("kube-api")
+	h := bodyHandler(body)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		accepted[r.URL.Path]++
 		mu.Unlock()
-		body.ServeHTTP(w, r)
-	})}
+		h.ServeHTTP(w, r)
+	}), ReadHeaderTimeout: 10 * time.Second}
 	srv.SetKeepAlivesEnabled(false)
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
