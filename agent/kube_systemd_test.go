@@ -52,25 +52,30 @@ type sdLayout struct {
 	// prefix is the root slice's name without ".slice": "kubepods", or
 	// "kubelet-kubepods" under --cgroup-root=/kubelet.
 	prefix string
+	// cgroupfs lays pods out as the cgroupfs driver does instead.
+	cgroupfs bool
 }
 
-// sdPod is one pod laid out as a systemd-driver runtime would.
+// sdPod is one pod laid out as its runtime and cgroup driver would.
 type sdPod struct {
 	ns, name, uid string
 	// runtime is the scope prefix: "cri-containerd" or "crio".
 	runtime string
 	// qos is burstable, besteffort, or "" for guaranteed.
-	qos                string
-	sandboxID, ctrID   string
-	ctrName            string
-	slice              string // the pod's slice unit name
-	podDir, sandboxDir string // absolute
-	ctrDir             string
-	netns              testutil.NetNS
-	srv                netip.AddrPort // a server on 127.0.0.1 in the pod's netns
-	sandboxPID, ctrPID int
-	labels             map[string]string
-	accepted           func(path string) int
+	qos              string
+	sandboxID, ctrID string
+	ctrName          string
+	// cgroupsPath is the runtime's linux.cgroupsPath of a sandbox or
+	// container id.
+	cgroupsPath func(id string) string
+	// podDir is the pod-level cgroup, sandboxDir the sandbox's (made for
+	// containerd's pause only), ctrDir the container's; all absolute.
+	podDir, sandboxDir, ctrDir string
+	netns                      testutil.NetNS
+	srv                        netip.AddrPort // a server on 127.0.0.1 in the pod's netns
+	sandboxPID, ctrPID         int
+	labels                     map[string]string
+	accepted                   func(path string) int
 }
 
 func randomHex(n int) string {
@@ -118,17 +123,29 @@ func newSDPod(t *testing.T, mount string, l sdLayout, ns, name, runtime, qos, ct
 	t.Helper()
 	p := &sdPod{ns: ns, name: name, uid: randomUID(), runtime: runtime, qos: qos, ctrName: ctrName,
 		sandboxID: randomHex(32), ctrID: randomHex(32)}
-	u := strings.ReplaceAll(p.uid, "-", "_")
 	parent := filepath.Join(mount, l.root)
-	if qos == "" {
-		p.slice = l.prefix + "-pod" + u + ".slice"
-	} else {
-		parent = filepath.Join(parent, l.prefix+"-"+qos+".slice")
-		p.slice = l.prefix + "-" + qos + "-pod" + u + ".slice"
+	switch {
+	case l.cgroupfs:
+		// The cgroupfs driver, for contrast: kubepods/<qos>/pod<uid>/<id>.
+		if qos != "" {
+			parent = filepath.Join(parent, qos)
+		}
+		p.podDir = filepath.Join(parent, "pod"+p.uid)
+		p.sandboxDir, p.ctrDir = filepath.Join(p.podDir, p.sandboxID), filepath.Join(p.podDir, p.ctrID)
+		rel, _ := filepath.Rel(mount, p.podDir)
+		p.cgroupsPath = func(id string) string { return "/" + rel + "/" + id }
+	default:
+		u := strings.ReplaceAll(p.uid, "-", "_")
+		slice := l.prefix + "-pod" + u + ".slice"
+		if qos != "" {
+			parent = filepath.Join(parent, l.prefix+"-"+qos+".slice")
+			slice = l.prefix + "-" + qos + "-pod" + u + ".slice"
+		}
+		p.podDir = filepath.Join(parent, slice)
+		p.sandboxDir = filepath.Join(p.podDir, runtime+"-"+p.sandboxID+".scope")
+		p.ctrDir = filepath.Join(p.podDir, runtime+"-"+p.ctrID+".scope")
+		p.cgroupsPath = func(id string) string { return slice + ":" + runtime + ":" + id }
 	}
-	p.podDir = filepath.Join(parent, p.slice)
-	p.sandboxDir = filepath.Join(p.podDir, runtime+"-"+p.sandboxID+".scope")
-	p.ctrDir = filepath.Join(p.podDir, runtime+"-"+p.ctrID+".scope")
 	mkCgroup(t, p.podDir)
 	if runtime == "crio" {
 		// CRI-O drops the infra container (drop_infra_ctr, its default):
@@ -149,13 +166,13 @@ func newSDPod(t *testing.T, mount string, l sdLayout, ns, name, runtime, qos, ct
 	return p
 }
 
-// report makes the fake runtime list the pod, with the cgroupsPath of the
-// systemd driver.
+// report makes the fake runtime list the pod, with the cgroupsPath of its
+// driver.
 func (p *sdPod) report(f *fakecri.Runtime) {
 	f.AddSandbox(fakecri.Sandbox{ID: p.sandboxID, Namespace: p.ns, Name: p.name, UID: p.uid,
-		CgroupsPath: p.slice + ":" + p.runtime + ":" + p.sandboxID, Netns: p.netns.Path, PID: p.sandboxPID, Labels: p.labels})
+		CgroupsPath: p.cgroupsPath(p.sandboxID), Netns: p.netns.Path, PID: p.sandboxPID, Labels: p.labels})
 	f.AddContainer(fakecri.Container{ID: p.ctrID, SandboxID: p.sandboxID, Name: p.ctrName,
-		CgroupsPath: p.slice + ":" + p.runtime + ":" + p.ctrID, PID: p.ctrPID})
+		CgroupsPath: p.cgroupsPath(p.ctrID), PID: p.ctrPID})
 }
 
 // get sends an HTTP request for host to the pod's server from a new process
@@ -212,6 +229,17 @@ type sdDaemon struct {
 
 func startSDDaemon(t *testing.T, mount, attach string, f *fakecri.Runtime, cgroupRoot string) *sdDaemon {
 	t.Helper()
+	d, err := runSDDaemon(t, mount, attach, f, cgroupRoot)
+	if err != nil {
+		t.Fatalf("daemon exited: %v", err)
+	}
+	return d
+}
+
+// runSDDaemon starts the daemon and waits until it is ready (nil error) or
+// has exited (its error).
+func runSDDaemon(t *testing.T, mount, attach string, f *fakecri.Runtime, cgroupRoot string) (*sdDaemon, error) {
+	t.Helper()
 	dir := t.TempDir()
 	pinDir := testutil.PinDir(t)
 	policy, err := hushspec.Parse([]byte(kubePolicy))
@@ -247,22 +275,30 @@ func startSDDaemon(t *testing.T, mount, attach string, f *fakecri.Runtime, cgrou
 			Kubernetes: &KubeOptions{SelfUID: "not-a-pod", Mount: mount, Config: kc},
 		})
 	}()
+	var exited error
+	waitFor(t, "the daemon ready or exited", func() bool {
+		select {
+		case exited = <-done:
+			if exited == nil {
+				exited = errors.New("exited with no error")
+			}
+			return true
+		default:
+		}
+		_, err := os.Stat(ready)
+		return err == nil
+	})
+	if exited != nil {
+		cancel()
+		return nil, exited
+	}
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("daemon: %v", err)
 		}
 	})
-	waitFor(t, "the daemon ready", func() bool {
-		select {
-		case err := <-done:
-			t.Fatalf("daemon exited: %v", err)
-		default:
-		}
-		_, err := os.Stat(ready)
-		return err == nil
-	})
-	return d
+	return d, nil
 }
 
 // decision waits for a decision that matches.
@@ -494,4 +530,44 @@ func testSystemdDriver(t *testing.T, l sdLayout, configured string) {
 		}
 		return !slices.ContainsFunc(s.Pods, func(p PodStatus) bool { return p.UID == burst.uid })
 	})
+}
+
+// TestKubeStaleDriverTree: a node whose kubelet changed cgroup drivers keeps
+// the other driver's tree until it reboots. With both kubepods.slice and
+// kubepods there, cgroup_root auto refuses to guess (taking the stale one
+// would leave every new pod outside the birth root, passing undecided until
+// classified); named, the live tree is the root and a pod made in it before
+// the runtime reports it is refused in the kernel.
+func TestKubeStaleDriverTree(t *testing.T) {
+	testutil.RequireRoot(t)
+	requireTools(t, "ip", "curl", "sleep", "bash")
+	top := testutil.NewCgroup(t, "")
+	mount := top.Path
+	for _, dir := range []string{"kubepods.slice", "kubepods.slice/kubepods-burstable.slice", "kubepods", "kubepods/burstable"} {
+		mkCgroup(t, filepath.Join(mount, dir))
+	}
+	f := fakecri.New(t)
+	live := sdLayout{root: "kubepods", cgroupfs: true}
+	running := newSDPod(t, mount, live, "team-s", "running", "cri-containerd", "burstable", "main")
+	running.report(f)
+
+	if d, err := runSDDaemon(t, mount, mount, f, "auto"); err == nil {
+		st := queryStatus(t, d.sock)
+		t.Fatalf("the agent started beside a stale driver tree, birth roots %+v", st.Birth)
+	} else if !strings.Contains(err.Error(), "kubernetes.cgroup_root") {
+		t.Fatalf("refusal does not say what to do: %v", err)
+	}
+
+	d := startSDDaemon(t, mount, mount, f, "kubepods")
+	if st := queryStatus(t, d.sock); st.Birth == nil || !slices.Equal(st.Birth.Roots, []string{filepath.Join(mount, "kubepods")}) {
+		t.Fatalf("birth roots %+v with the live tree named", st.Birth)
+	}
+	if p := podIn(t, queryStatus(t, d.sock), "team-s", "running"); p.State != string(StateProtected) || p.Cgroup != running.podDir {
+		t.Fatalf("running pod: %+v", p)
+	}
+	late := newSDPod(t, mount, live, "team-s", "late", "cri-containerd", "burstable", "main")
+	out, code := late.run(t, "bash", "-c", fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/%d`, late.srv.Port()))
+	if code == 0 || !strings.Contains(out, "Operation not permitted") {
+		t.Fatalf("a container of the live tree not yet reported: exit %d, %q; want EPERM", code, out)
+	}
 }

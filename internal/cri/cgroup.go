@@ -246,7 +246,10 @@ func ParseProcCgroup(r io.Reader) (string, error) {
 // FindRoot returns the directory (relative to the cgroup2 mount) at the root of
 // the pods' subtree. configured is kernel.yaml's cgroup_root: "" or "auto"
 // takes kubepods.slice (systemd driver) or kubepods (cgroupfs), whichever
-// exists; anything else names the directory, which must exist.
+// exists, and refuses to guess when both do (a node whose kubelet changed
+// drivers keeps the other tree until it reboots: taking the stale one would
+// leave every new pod outside the birth root, unrefused until classified);
+// anything else names the directory, which must exist.
 func FindRoot(mount, configured string) (string, error) {
 	if configured != "" && configured != "auto" {
 		rel, err := cleanRel("/" + configured)
@@ -261,10 +264,17 @@ func FindRoot(mount, configured string) (string, error) {
 		}
 		return rel, nil
 	}
+	var found []string
 	for _, c := range []string{"kubepods.slice", "kubepods"} {
 		if fi, err := os.Stat(Abs(mount, c)); err == nil && fi.IsDir() {
-			return c, nil
+			found = append(found, c)
 		}
 	}
-	return "", fmt.Errorf("find pods cgroup root under %s: neither kubepods.slice nor kubepods exists", mount)
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("find pods cgroup root under %s: neither kubepods.slice nor kubepods exists", mount)
+	case 1:
+		return found[0], nil
+	}
+	return "", fmt.Errorf("find pods cgroup root under %s: both kubepods.slice (systemd driver) and kubepods (cgroupfs driver) exist, and one is stale", mount)
 }

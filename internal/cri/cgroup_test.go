@@ -130,6 +130,15 @@ func TestFindRoot(t *testing.T) {
 		t.Fatalf("auto = %q, %v; want kubepods", r, err)
 	}
 	os.MkdirAll(filepath.Join(mnt, "kubepods.slice"), 0o755)
+	if r, err := FindRoot(mnt, "auto"); err == nil {
+		t.Fatalf("auto = %q with both kubepods.slice and kubepods; want a refusal to guess", r)
+	}
+	for _, named := range []string{"kubepods.slice", "kubepods"} {
+		if r, err := FindRoot(mnt, named); err != nil || r != named {
+			t.Fatalf("FindRoot(%q) beside the other = %q, %v", named, r, err)
+		}
+	}
+	os.Remove(filepath.Join(mnt, "kubepods"))
 	if r, err := FindRoot(mnt, "auto"); err != nil || r != "kubepods.slice" {
 		t.Fatalf("auto = %q, %v; want kubepods.slice", r, err)
 	}
