@@ -339,6 +339,8 @@ func (kc *kube) run(ctx context.Context) error {
 			if err := kc.a.SetBirthRoot(kc.root); err != nil {
 				kc.a.proxy.errs.add(err)
 				kc.log.WithError(err).Error("pods are not protected from birth")
+			} else {
+				kc.pruneRoots()
 			}
 			kc.pruneExempt()
 			close(kc.synced)
@@ -433,6 +435,13 @@ func (kc *kube) classify(p cri.Pod) {
 		st.Cgroup = p.CgroupPath(kc.mount)
 	}
 	owned := kc.owner[name] == p.SandboxID
+	if st.Cgroup != "" && st.Cgroup != e.status.Cgroup && !strings.HasPrefix(st.Cgroup, kc.root+"/") {
+		// Classified all the same; said once per cgroup: the root is not
+		// where the runtime puts the pods.
+		err := fmt.Errorf("pod %s: cgroup %s is not below the pods' root %s: pods made there pass undecided until classified (name the root in kubernetes.cgroup_root)", name, st.Cgroup, kc.root)
+		kc.a.proxy.errs.add(err)
+		kc.log.WithError(err).Error("pod outside the birth root")
+	}
 	switch {
 	case !sel.Protect:
 		st.State = PodExempt
@@ -543,6 +552,34 @@ func (kc *kube) exempt(e *podEntry, p cri.Pod, st *PodStatus) {
 	}
 	e.exemptID = id
 	kc.log.WithFields(logrus.Fields{"pod": p.Namespace + "/" + p.Name, "cgroup": st.Cgroup}).Info("pod exempt")
+}
+
+// pruneRoots withdraws the birth roots pinned by an earlier run that are not
+// the root now (kubernetes.cgroup_root changed): called once the root in
+// force is set, so that there is never a moment without one. A root left
+// behind would refuse the network to whatever runs below it, pods or not,
+// until `uninstall`.
+func (kc *kube) pruneRoots() {
+	id, err := cgroupAt(kc.root)
+	if err != nil {
+		return
+	}
+	ids, err := kc.a.objs.BirthRoots()
+	if err != nil {
+		kc.log.WithError(err).Warn("list birth roots")
+		return
+	}
+	for _, old := range ids {
+		if old == id {
+			continue
+		}
+		if err := kc.a.objs.RemoveBirthRoot(old); err != nil {
+			kc.a.proxy.errs.add(err)
+			kc.log.WithError(err).WithField("cgroup_id", old).Error("withdraw an earlier run's birth root")
+			continue
+		}
+		kc.log.WithField("cgroup_id", old).Info("birth root of an earlier run withdrawn: kubernetes.cgroup_root names another")
+	}
 }
 
 // pruneExempt withdraws the exemptions, pinned by an earlier run, of

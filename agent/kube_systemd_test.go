@@ -222,14 +222,17 @@ func netnsServer(t *testing.T, nsPath string) (netip.AddrPort, func(path string)
 // sdDaemon is RunDaemon with pod discovery on the fake runtime.
 type sdDaemon struct {
 	sock string
-	log  *receipts.Log
-	mu   sync.Mutex
-	dec  []Decision
+	// stop stops it (pinned state stays until the test ends).
+	stop   func()
+	pinDir string
+	log    *receipts.Log
+	mu     sync.Mutex
+	dec    []Decision
 }
 
 func startSDDaemon(t *testing.T, mount, attach string, f *fakecri.Runtime, cgroupRoot string) *sdDaemon {
 	t.Helper()
-	d, err := runSDDaemon(t, mount, attach, f, cgroupRoot)
+	d, err := runSDDaemon(t, mount, attach, f, cgroupRoot, "")
 	if err != nil {
 		t.Fatalf("daemon exited: %v", err)
 	}
@@ -237,11 +240,14 @@ func startSDDaemon(t *testing.T, mount, attach string, f *fakecri.Runtime, cgrou
 }
 
 // runSDDaemon starts the daemon and waits until it is ready (nil error) or
-// has exited (its error).
-func runSDDaemon(t *testing.T, mount, attach string, f *fakecri.Runtime, cgroupRoot string) (*sdDaemon, error) {
+// has exited (its error). pinDir is an earlier daemon's (a restart), or ""
+// for a new one.
+func runSDDaemon(t *testing.T, mount, attach string, f *fakecri.Runtime, cgroupRoot, pinDir string) (*sdDaemon, error) {
 	t.Helper()
 	dir := t.TempDir()
-	pinDir := testutil.PinDir(t)
+	if pinDir == "" {
+		pinDir = testutil.PinDir(t)
+	}
 	policy, err := hushspec.Parse([]byte(kubePolicy))
 	if err != nil {
 		t.Fatal(err)
@@ -251,7 +257,7 @@ func runSDDaemon(t *testing.T, mount, attach string, f *fakecri.Runtime, cgroupR
 		t.Fatal(err)
 	}
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
-	d := &sdDaemon{sock: filepath.Join(dir, "status.sock")}
+	d := &sdDaemon{sock: filepath.Join(dir, "status.sock"), pinDir: pinDir}
 	if d.log, err = receipts.Open(filepath.Join(dir, "receipts.db"), receipts.Options{Key: key}); err != nil {
 		t.Fatal(err)
 	}
@@ -292,12 +298,16 @@ func runSDDaemon(t *testing.T, mount, attach string, f *fakecri.Runtime, cgroupR
 		cancel()
 		return nil, exited
 	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon: %v", err)
-		}
-	})
+	var once sync.Once
+	d.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("daemon: %v", err)
+			}
+		})
+	}
+	t.Cleanup(d.stop)
 	return d, nil
 }
 
@@ -536,8 +546,10 @@ func testSystemdDriver(t *testing.T, l sdLayout, configured string) {
 // the other driver's tree until it reboots. With both kubepods.slice and
 // kubepods there, cgroup_root auto refuses to guess (taking the stale one
 // would leave every new pod outside the birth root, passing undecided until
-// classified); named, the live tree is the root and a pod made in it before
-// the runtime reports it is refused in the kernel.
+// classified); named as the stale one, status says the pods are outside it;
+// restarted with the live one named, the stale root is withdrawn and a pod
+// made in the live tree before the runtime reports it is refused in the
+// kernel.
 func TestKubeStaleDriverTree(t *testing.T) {
 	testutil.RequireRoot(t)
 	requireTools(t, "ip", "curl", "sleep", "bash")
@@ -551,16 +563,34 @@ func TestKubeStaleDriverTree(t *testing.T) {
 	running := newSDPod(t, mount, live, "team-s", "running", "cri-containerd", "burstable", "main")
 	running.report(f)
 
-	if d, err := runSDDaemon(t, mount, mount, f, "auto"); err == nil {
+	if d, err := runSDDaemon(t, mount, mount, f, "auto", ""); err == nil {
 		st := queryStatus(t, d.sock)
 		t.Fatalf("the agent started beside a stale driver tree, birth roots %+v", st.Birth)
 	} else if !strings.Contains(err.Error(), "kubernetes.cgroup_root") {
 		t.Fatalf("refusal does not say what to do: %v", err)
 	}
 
-	d := startSDDaemon(t, mount, mount, f, "kubepods")
+	// Named wrong, the stale tree: the running pod is protected all the
+	// same, and status says its tree is not the root.
+	d := startSDDaemon(t, mount, mount, f, "kubepods.slice")
+	if p := podIn(t, queryStatus(t, d.sock), "team-s", "running"); p.State != string(StateProtected) {
+		t.Fatalf("running pod under a wrong root: %+v", p)
+	}
+	if errs := queryStatus(t, d.sock).Errors; !slices.ContainsFunc(errs, func(e TimedError) bool {
+		return strings.Contains(e.Message, running.podDir+" is not below the pods' root")
+	}) {
+		t.Errorf("status errors %+v do not say the pod is outside the root", errs)
+	}
+	d.stop()
+
+	// Restarted with the live tree named: the stale root is withdrawn (it
+	// would refuse whatever runs below it, forever), the live one set.
+	d, err := runSDDaemon(t, mount, mount, f, "kubepods", d.pinDir)
+	if err != nil {
+		t.Fatalf("daemon exited: %v", err)
+	}
 	if st := queryStatus(t, d.sock); st.Birth == nil || !slices.Equal(st.Birth.Roots, []string{filepath.Join(mount, "kubepods")}) {
-		t.Fatalf("birth roots %+v with the live tree named", st.Birth)
+		t.Fatalf("birth roots %+v after a restart with the live tree named", st.Birth)
 	}
 	if p := podIn(t, queryStatus(t, d.sock), "team-s", "running"); p.State != string(StateProtected) || p.Cgroup != running.podDir {
 		t.Fatalf("running pod: %+v", p)
