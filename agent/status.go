@@ -293,7 +293,9 @@ func get(ctx context.Context, path, resource string, timeout time.Duration) (*ht
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("%w (no status socket at %s)", ErrNotRunning, path)
 	}
-	cl := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	// No keep-alive: the transport is dropped after one request, and an idle
+	// connection would hold a goroutine and a socket on both sides forever.
+	cl := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", path)
 	}}, Timeout: timeout}
