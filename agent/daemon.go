@@ -51,6 +51,10 @@ type DaemonOptions struct {
 	// (kube.go) beside Workloads. The first listing is applied before stale
 	// pinned workloads are dropped and before readiness.
 	Kubernetes *KubeOptions
+
+	// started, when set, is given the agent once it runs: the package's
+	// tests count what it holds.
+	started func(*Agent)
 }
 
 // RunDaemon runs the node agent until ctx ends: it adopts pinned state,
@@ -72,6 +76,9 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		return err
 	}
 	defer a.Close()
+	if o.started != nil {
+		o.started(a)
+	}
 	log := a.opts.Logger // Start filled in a default
 	logAttachments(log, a, o.Agent.PinDir)
 	defer log.WithField("pin_dir", o.Agent.PinDir).Info("chio-agent stopping: the pinned programs stay attached, so protected workloads cannot connect until an agent runs again")

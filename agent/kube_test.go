@@ -237,6 +237,7 @@ type kubeDaemon struct {
 
 	mu      sync.Mutex
 	decided []Decision
+	agent   *Agent // the running daemon's agent
 }
 
 func newKubeDaemon(t *testing.T, rt *containerd.Runtime, selfUID string, gw netip.Addr) *kubeDaemon {
@@ -280,6 +281,11 @@ func (kd *kubeDaemon) start() {
 				}},
 			StatusSocket: kd.sock,
 			ReadyFile:    ready,
+			started: func(a *Agent) {
+				kd.mu.Lock()
+				kd.agent = a
+				kd.mu.Unlock()
+			},
 			Kubernetes: &KubeOptions{SelfUID: kd.selfUID, Config: &config.Kubernetes{
 				CRISocket:        kd.rt.Socket,
 				CgroupRoot:       kd.rt.CgroupRoot,
@@ -333,7 +339,7 @@ func (kd *kubeDaemon) decision(workload string) Decision {
 	return d
 }
 
-func queryStatus(t *testing.T, sock string) Status {
+func queryStatus(t testing.TB, sock string) Status {
 	t.Helper()
 	s, err := QueryStatus(context.Background(), sock)
 	if err != nil {
@@ -366,7 +372,7 @@ func workloadIn(t *testing.T, s Status, name string) WorkloadStatus {
 
 // waitFor polls a condition (a readiness signal, not a guessed delay), for at
 // most a minute: pods take seconds to start here.
-func waitFor(t *testing.T, what string, ok func() bool) {
+func waitFor(t testing.TB, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for !ok() {
