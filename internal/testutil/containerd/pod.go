@@ -254,6 +254,17 @@ func (p *Pod) Stop(t testing.TB) {
 	}
 }
 
+// Terminate does what the kubelet does when a pod ends: it stops the
+// sandbox and removes the pod-level cgroup, leaving the stopped sandbox
+// listed until Remove (the kubelet's garbage collection, minutes later).
+func (p *Pod) Terminate(t testing.TB) {
+	t.Helper()
+	p.Stop(t)
+	if err := removeCgroupTree(p.CgroupParent); err != nil {
+		t.Fatalf("remove the cgroup of %s/%s: %v", p.Spec.Namespace, p.Spec.Name, err)
+	}
+}
+
 // RunPods runs pods, at most parallel at once (the CRI serves them
 // concurrently; the host's cores bound what that gains), and removes each in
 // t.Cleanup. Pods are returned in the order of specs.
