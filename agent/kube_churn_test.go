@@ -255,7 +255,13 @@ func openFDs(t testing.TB) map[string]int {
 		if err != nil {
 			continue // the fd ReadDir itself used, closed since
 		}
-		out[bracketed.ReplaceAllString(target, "")]++
+		kind := bracketed.ReplaceAllString(target, "")
+		if strings.HasPrefix(kind, "anon_inode:") {
+			// A link made is a "bpf_link", one opened from its pin a
+			// "bpf-link": the same kind.
+			kind = strings.ReplaceAll(kind, "_", "-")
+		}
+		out[kind]++
 	}
 	return out
 }
@@ -353,6 +359,17 @@ func (kd *kubeDaemon) backToBaseline(t *testing.T, base holdings, baseStacks map
 		}
 	}
 	if len(diff) > 0 {
+		fds := func(h holdings) string {
+			var out []string
+			for _, k := range slices.Sorted(maps.Keys(h)) {
+				if strings.HasPrefix(k, "open fds: ") {
+					out = append(out, fmt.Sprintf("%s=%d", strings.TrimPrefix(k, "open fds: "), h[k]))
+				}
+			}
+			return strings.Join(out, " ")
+		}
+		t.Logf("open fds at the baseline: %s", fds(base))
+		t.Logf("open fds now: %s", fds(kd.holdings(t)))
 		now := goroutineStacks()
 		for _, k := range slices.Sorted(maps.Keys(now)) {
 			if now[k] > baseStacks[k] {
@@ -720,4 +737,43 @@ func TestKubeContainerRestartLoop(t *testing.T) {
 		t.Errorf("the workload changed id across restarts: %d, then %d", id, w.ID)
 	}
 	kd.backToBaseline(t, first, goroutineStacks())
+}
+
+// TestKubePodsRemovedWhileDown: pods deleted while no agent runs leave
+// nothing behind once it runs again, whichever way they ended: removed at
+// once, or ended as the kubelet ends a pod (the sandbox stopped and the
+// pod-level cgroup removed while the agent ran, the sandbox removed later,
+// while it was down: only the path's guard then names the workload in the
+// pinned state). Protected, exempt and refused-everything pods alike.
+func TestKubePodsRemovedWhileDown(t *testing.T) {
+	rt := containerd.Shared(t)
+	rt.RunPod(t, containerd.PodSpec{Namespace: "down", Name: "anchor"})
+	srv := newPathServer(t, rt)
+	kd := newKubeDaemon(t, rt, "not-a-pod", srv.addr.Addr())
+	kd.start()
+	base := kd.holdings(t)
+	baseStacks := goroutineStacks()
+
+	pods := rt.RunPods(t, churnParallel,
+		containerd.PodSpec{Namespace: "down", Name: "removed"},
+		containerd.PodSpec{Namespace: "down", Name: "ended"},
+		containerd.PodSpec{Namespace: "kube-system", Name: "down-exempt"},
+		containerd.PodSpec{Namespace: "down", Name: "refused", Labels: map[string]string{config.PolicyLabel: "nosuch"}})
+	waitFor(t, "the pods classified", func() bool {
+		ok := 0
+		for _, p := range queryStatus(t, kd.sock).Pods {
+			if p.State == string(StateProtected) || p.State == PodExempt {
+				ok++
+			}
+		}
+		return ok == 5
+	})
+	pods[1].Terminate(t)
+	waitFor(t, "the ended pod's workload waiting for its cgroup", func() bool {
+		return workloadIn(t, queryStatus(t, kd.sock), "down/ended").State == StateWaiting
+	})
+	kd.stop()
+	containerd.RemovePods(t, churnParallel, pods...)
+	kd.start()
+	kd.backToBaseline(t, base, baseStacks)
 }
