@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -222,7 +223,7 @@ func podGet(t *testing.T, p *containerd.Pod, srv netip.AddrPort, host string) (s
 // kubeDaemon runs RunDaemon with pod discovery on the test containerd; stop
 // and start again keep its pin directory and receipt log (an agent restart).
 type kubeDaemon struct {
-	t       *testing.T
+	t       testing.TB
 	rt      *containerd.Runtime
 	selfUID string
 	gw      netip.Addr
@@ -235,12 +236,15 @@ type kubeDaemon struct {
 	cancel  context.CancelFunc
 	done    chan error
 
+	// poll is the CRI poll interval; 0: 100ms.
+	poll time.Duration
+
 	mu      sync.Mutex
 	decided []Decision
 	agent   *Agent // the running daemon's agent
 }
 
-func newKubeDaemon(t *testing.T, rt *containerd.Runtime, selfUID string, gw netip.Addr) *kubeDaemon {
+func newKubeDaemon(t testing.TB, rt *containerd.Runtime, selfUID string, gw netip.Addr) *kubeDaemon {
 	t.Helper()
 	kd := &kubeDaemon{t: t, rt: rt, selfUID: selfUID, gw: gw, dir: t.TempDir(), pinDir: testutil.PinDir(t)}
 	kd.sock = filepath.Join(kd.dir, "status.sock")
@@ -292,7 +296,7 @@ func (kd *kubeDaemon) start() {
 				Policies:         map[string]string{"default": "/unused/by/this/test"},
 				DefaultPolicy:    "default",
 				ExemptNamespaces: []string{"kube-system"},
-				PollInterval:     config.Duration(100 * time.Millisecond),
+				PollInterval:     config.Duration(cmp.Or(kd.poll, 100*time.Millisecond)),
 			}},
 		})
 	}()

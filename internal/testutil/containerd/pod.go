@@ -51,9 +51,10 @@ type Pod struct {
 	CgroupParent string
 	// Containers maps container names to ids.
 	Containers map[string]string
-	// SandboxAt is when RunPodSandbox returned (the pod's cgroup and netns
-	// exist); StartedAt when the last StartContainer returned.
-	SandboxAt, StartedAt time.Time
+	// RequestedAt is when RunPodSandbox was called, SandboxAt when it
+	// returned (the pod's cgroup and netns exist), StartedAt when the last
+	// StartContainer returned.
+	RequestedAt, SandboxAt, StartedAt time.Time
 
 	rt       *Runtime
 	cfg      *runtimeapi.PodSandboxConfig
@@ -101,7 +102,7 @@ func (r *Runtime) runPod(spec PodSpec) (*Pod, error) {
 		return nil, fmt.Errorf("unknown QoS class %q", spec.QOS)
 	}
 	parent += "/pod" + spec.UID
-	p := &Pod{Spec: spec, UID: spec.UID, CgroupParent: parent, Containers: map[string]string{}, rt: r}
+	p := &Pod{Spec: spec, UID: spec.UID, CgroupParent: parent, Containers: map[string]string{}, rt: r, RequestedAt: time.Now()}
 	kube := map[string]string{
 		"io.kubernetes.pod.name":      spec.Name,
 		"io.kubernetes.pod.namespace": spec.Namespace,
