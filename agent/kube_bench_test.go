@@ -6,15 +6,12 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/cilium/ebpf"
 
 	"github.com/backbay-labs/chio-agent/internal/cri"
 	"github.com/backbay-labs/chio-agent/internal/testutil/containerd"
@@ -56,13 +53,8 @@ func BenchmarkKubeClassify(b *testing.B) {
 }
 
 func benchKubeClassify(b *testing.B, poll time.Duration) {
-	rt := containerd.Shared(b)
 	ns := fmt.Sprintf("bench-%d", poll.Milliseconds())
-	rt.RunPod(b, containerd.PodSpec{Namespace: ns, Name: "anchor"})
-	srv := newPathServer(b, rt)
-	kd := newKubeDaemon(b, rt, "not-a-pod", srv.addr.Addr())
-	kd.poll = poll
-	kd.start()
+	rt, srv, kd := kubeFixture(b, ns, poll)
 	client, err := cri.Dial(context.Background(), rt.Socket)
 	if err != nil {
 		b.Fatal(err)
@@ -97,14 +89,7 @@ func benchKubeClassify(b *testing.B, poll time.Duration) {
 			}
 			return true
 		})
-		waitFor(b, "every pod answered", func() bool {
-			for _, p := range pods {
-				if !strings.Contains(readLog(b, p.LogPath("main")), "answered") {
-					return false
-				}
-			}
-			return true
-		})
+		waitAnswered(b, pods...)
 		for _, p := range pods {
 			sbLat = append(sbLat, since[p.UID].Sub(p.SandboxAt))
 			d := since[p.UID].Sub(p.StartedAt)
@@ -205,29 +190,11 @@ func kubeMemory(b *testing.B, kd *kubeDaemon) kubeMem {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	m := kubeMem{heap: float64(ms.HeapAlloc), rss: float64(statusKiB(b, "VmRSS")) * 1024, goroutines: float64(runtime.NumGoroutine())}
-	dir := filepath.Join(kd.pinDir, "maps")
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		b.Fatal(err)
+	for _, pm := range pinnedMaps(b, kd.pinDir) {
+		m.bpfMemlock += float64(pm.memlock)
+		m.bpfEntries += float64(pm.entryBytes)
 	}
-	for _, e := range ents {
-		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, e.Name()), &ebpf.LoadPinOptions{ReadOnly: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		m.bpfMemlock += float64(fdinfoField(b, mp.FD(), "memlock"))
-		switch mp.Type() {
-		case ebpf.Hash, ebpf.LPMTrie, ebpf.LRUHash:
-			k, v := make([]byte, mp.KeySize()), make([]byte, mp.ValueSize())
-			n := 0
-			for it := mp.Iterate(); it.Next(&k, &v); {
-				n++
-			}
-			m.bpfEntries += float64(n * int(mp.KeySize()+mp.ValueSize()))
-		}
-		mp.Close()
-	}
-	ents, err = os.ReadDir("/proc/self/fd")
+	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -250,20 +217,5 @@ func statusKiB(b *testing.B, name string) int64 {
 		}
 	}
 	b.Fatalf("no %s in /proc/self/status", name)
-	return 0
-}
-
-// fdinfoField reads a numeric field of an fd's fdinfo.
-func fdinfoField(b *testing.B, fd int, name string) int64 {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, name+":"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			return n
-		}
-	}
 	return 0
 }

@@ -53,16 +53,32 @@ func newPathServer(t testing.TB, rt *containerd.Runtime) *pathServer {
 		t.Fatalf("listen on the pods' gateway: %v", err)
 	}
 	s := &pathServer{addr: ln.Addr().(*net.TCPAddr).AddrPort(), accepted: map[string]int{}}
+	body := bodyHandler("kube-api")
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		s.accepted[r.URL.Path]++
 		s.mu.Unlock()
-		fmt.Fprintf(w, "kube-api host=%s", r.Host)
+		body.ServeHTTP(w, r)
 	})}
 	srv.SetKeepAlivesEnabled(false)
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return s
+}
+
+// kubeFixture starts, in its own namespace, a pod that stays (the pods'
+// gateway exists once a pod is up), a pathServer on the gateway, and the
+// daemon with pod discovery (poll: the CRI poll interval, 0 for the tests'
+// 100 ms).
+func kubeFixture(t testing.TB, ns string, poll time.Duration) (*containerd.Runtime, *pathServer, *kubeDaemon) {
+	t.Helper()
+	rt := containerd.Shared(t)
+	rt.RunPod(t, containerd.PodSpec{Namespace: ns, Name: "anchor"})
+	srv := newPathServer(t, rt)
+	kd := newKubeDaemon(t, rt, "not-a-pod", srv.addr.Addr())
+	kd.poll = poll
+	kd.start()
+	return rt, srv, kd
 }
 
 func (s *pathServer) count(path string) int {
@@ -97,6 +113,20 @@ func readLog(t testing.TB, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// waitAnswered waits for each pod's main container (its current attempt)
+// to print that it was answered (untilAnswered).
+func waitAnswered(t testing.TB, pods ...*containerd.Pod) {
+	t.Helper()
+	waitFor(t, "the pods' connections answered", func() bool {
+		for _, p := range pods {
+			if !strings.Contains(readLog(t, p.LogPath("main")), "answered") {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // attempts checks each connection attempt a container log shows: refused in
@@ -202,8 +232,13 @@ func (kd *kubeDaemon) holdings(t testing.TB) holdings {
 	h["proxy: overflow entries"] = len(a.proxy.overflow.m)
 	a.proxy.overflow.mu.Unlock()
 
-	for name, n := range pinnedMapEntries(t, kd.pinDir) {
-		h["bpf map: "+name] = n
+	// Arrays have a fixed size, and the LRU maps (cg_cache,
+	// inbound_refused, orig_by_tuple) are bounded caches keyed by ids never
+	// reused, whose stale entries are evicted, not leaked.
+	for name, m := range pinnedMaps(t, kd.pinDir) {
+		if m.typ == ebpf.Hash || m.typ == ebpf.LPMTrie {
+			h["bpf map: "+name] = m.entries
+		}
 	}
 	for kind, n := range openFDs(t) {
 		h["open fds: "+kind] = n
@@ -213,35 +248,58 @@ func (kd *kubeDaemon) holdings(t testing.TB) holdings {
 	return h
 }
 
-// pinnedMapEntries counts the entries of every pinned hash and trie map.
-// Arrays have a fixed size, and the LRU maps (cg_cache, inbound_refused,
-// orig_by_tuple) are bounded caches keyed by ids never reused, whose stale
-// entries are evicted, not leaked.
-func pinnedMapEntries(t testing.TB, pinDir string) map[string]int {
+// pinnedMap is one pinned map: its type, entries, the bytes of those
+// entries (key and value sizes times the count) and the memlock fdinfo
+// reports for it (what the kernel charges: fixed for a preallocated map,
+// growing with the entries of one that is not).
+type pinnedMap struct {
+	typ                          ebpf.MapType
+	entries, entryBytes, memlock int
+}
+
+// pinnedMaps reads every map pinned in pinDir.
+func pinnedMaps(t testing.TB, pinDir string) map[string]pinnedMap {
 	t.Helper()
 	dir := filepath.Join(pinDir, "maps")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]int{}
+	out := map[string]pinnedMap{}
 	for _, e := range ents {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, e.Name()), &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
 			t.Fatalf("open pinned map %s: %v", e.Name(), err)
 		}
+		pm := pinnedMap{typ: m.Type(), memlock: fdinfoField(t, m.FD(), "memlock")}
 		switch m.Type() {
-		case ebpf.Hash, ebpf.LPMTrie:
+		case ebpf.Hash, ebpf.LPMTrie, ebpf.LRUHash:
 			k, v := make([]byte, m.KeySize()), make([]byte, m.ValueSize())
-			n := 0
 			for it := m.Iterate(); it.Next(&k, &v); {
-				n++
+				pm.entries++
 			}
-			out[e.Name()] = n
+			pm.entryBytes = pm.entries * int(m.KeySize()+m.ValueSize())
 		}
+		out[e.Name()] = pm
 		m.Close()
 	}
 	return out
+}
+
+// fdinfoField reads a numeric field of an fd's fdinfo.
+func fdinfoField(t testing.TB, fd int, name string) int {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, name+":"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
 }
 
 var bracketed = regexp.MustCompile(`\[[0-9]+\]`)
@@ -432,14 +490,7 @@ func runChurn(t *testing.T, kd *kubeDaemon, rt *containerd.Runtime, srv *pathSer
 		specs[i] = cp.spec
 	}
 	pods := rt.RunPods(t, churnParallel, specs...)
-	waitFor(t, "every pod answered", func() bool {
-		for _, p := range pods {
-			if !strings.Contains(readLog(t, p.LogPath("main")), "answered") {
-				return false
-			}
-		}
-		return true
-	})
+	waitAnswered(t, pods...)
 	for i, cp := range cps {
 		p := pods[i]
 		who := cp.spec.Namespace + "/" + cp.spec.Name
@@ -481,11 +532,7 @@ func runChurn(t *testing.T, kd *kubeDaemon, rt *containerd.Runtime, srv *pathSer
 // netns handles, BPF objects), its goroutines, and no thread left in a pod's
 // netns. A holding that grew fails the test by name.
 func TestKubePodChurn(t *testing.T) {
-	rt := containerd.Shared(t)
-	rt.RunPod(t, containerd.PodSpec{Namespace: "churn-a", Name: "anchor"}) // the gateway exists once a pod is up
-	srv := newPathServer(t, rt)
-	kd := newKubeDaemon(t, rt, "not-a-pod", srv.addr.Addr())
-	kd.start()
+	rt, srv, kd := kubeFixture(t, "churn-a", 0)
 
 	// One round of each kind first: what the agent makes once (the watch
 	// of the QoS directory, its CRI connection, pools) is in the baseline.
@@ -566,15 +613,11 @@ func TestKubePodChurn(t *testing.T) {
 // netns), protection follows into the new netns and the old netns's
 // listener is released.
 func TestKubePodReappears(t *testing.T) {
-	rt := containerd.Shared(t)
 	mount, err := cgroupfs.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt.RunPod(t, containerd.PodSpec{Namespace: "again", Name: "anchor"})
-	srv := newPathServer(t, rt)
-	kd := newKubeDaemon(t, rt, "not-a-pod", srv.addr.Addr())
-	kd.start()
+	rt, srv, kd := kubeFixture(t, "again", 0)
 	base := queryStatus(t, kd.sock)
 	const name = "again/web"
 
@@ -637,7 +680,7 @@ func TestKubePodReappears(t *testing.T) {
 	if w2.CgroupID == w1.CgroupID || w2.Pod.UID == first.UID {
 		t.Fatalf("the new pod kept the old one's cgroup or UID: %+v", w2)
 	}
-	waitFor(t, "the new pod answered", func() bool { return strings.Contains(readLog(t, second.LogPath("main")), "answered") })
+	waitAnswered(t, second)
 	attempts(t, "the new pod", readLog(t, second.LogPath("main")))
 	decided(second, "/second")
 	if out, _ := podGet(t, first, srv.addr, "api.allowed.test"); strings.Contains(out, "kube-api") || !strings.Contains(out, "Operation not permitted") {
@@ -666,7 +709,7 @@ func TestKubePodReappears(t *testing.T) {
 	if w3.CgroupID == w2.CgroupID || !w3.Pod.Since.After(w2.Pod.Since) || w3.Pod.UID != third.UID {
 		t.Fatalf("the pod made again: %+v, before: %+v", w3, w2)
 	}
-	waitFor(t, "the third pod answered", func() bool { return strings.Contains(readLog(t, third.LogPath("main")), "answered") })
+	waitAnswered(t, third)
 	attempts(t, "the third pod", readLog(t, third.LogPath("main")))
 	decided(third, "/third")
 
@@ -678,7 +721,7 @@ func TestKubePodReappears(t *testing.T) {
 	if w4.Netns == w3.Netns || w4.Netns == "" || w4.Cgroup != w3.Cgroup {
 		t.Fatalf("the sandbox made again: %+v, before: %+v", w4, w3)
 	}
-	waitFor(t, "the remade pod answered", func() bool { return strings.Contains(readLog(t, remade.LogPath("main")), "answered") })
+	waitAnswered(t, remade)
 	attempts(t, "the remade pod", readLog(t, remade.LogPath("main")))
 	decided(remade, "/remade")
 	third.RemoveSandbox(t)
@@ -705,15 +748,11 @@ func TestKubePodReappears(t *testing.T) {
 // undecided, and the restarts leave nothing behind: one workload with one
 // container identity, one listener, the maps as with one start.
 func TestKubeContainerRestartLoop(t *testing.T) {
-	rt := containerd.Shared(t)
-	rt.RunPod(t, containerd.PodSpec{Namespace: "loop", Name: "anchor"})
-	srv := newPathServer(t, rt)
-	kd := newKubeDaemon(t, rt, "not-a-pod", srv.addr.Addr())
-	kd.start()
+	rt, srv, kd := kubeFixture(t, "loop", 0)
 	const name = "loop/crasher"
 	p := rt.RunPod(t, containerd.PodSpec{Namespace: "loop", Name: "crasher",
 		Command: untilAnswered(srv.addr, "/crasher", "exit 1")})
-	waitFor(t, "the first attempt answered", func() bool { return strings.Contains(readLog(t, p.LogPath("main")), "answered") })
+	waitAnswered(t, p)
 	waitFor(t, "the pod protected with its container", func() bool {
 		w := workloadIn(t, queryStatus(t, kd.sock), name)
 		return w.Pod != nil && len(w.Pod.Containers) == 1
@@ -728,7 +767,7 @@ func TestKubeContainerRestartLoop(t *testing.T) {
 		p.RestartContainer(t, "main") // at once: most attempts are cut short
 		logs = append(logs, p.LogPath("main"))
 	}
-	waitFor(t, "the last attempt answered", func() bool { return strings.Contains(readLog(t, p.LogPath("main")), "answered") })
+	waitAnswered(t, p)
 	refused := 0
 	for i, l := range logs {
 		r, _ := attempts(t, fmt.Sprintf("attempt %d", i), readLog(t, l))
@@ -758,11 +797,7 @@ func TestKubeContainerRestartLoop(t *testing.T) {
 // while it was down: only the path's guard then names the workload in the
 // pinned state). Protected, exempt and refused-everything pods alike.
 func TestKubePodsRemovedWhileDown(t *testing.T) {
-	rt := containerd.Shared(t)
-	rt.RunPod(t, containerd.PodSpec{Namespace: "down", Name: "anchor"})
-	srv := newPathServer(t, rt)
-	kd := newKubeDaemon(t, rt, "not-a-pod", srv.addr.Addr())
-	kd.start()
+	rt, _, kd := kubeFixture(t, "down", 0)
 	base := kd.holdings(t)
 	baseStacks := goroutineStacks()
 

@@ -197,17 +197,7 @@ func TestKubePodsProtected(t *testing.T) {
 // gateway address, which exists once the first pod is up).
 func gatewayServer(t *testing.T, rt *containerd.Runtime) netip.AddrPort {
 	t.Helper()
-	a4 := rt.Subnet.Addr().As4()
-	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
-	if err != nil {
-		t.Fatalf("listen on the pods' gateway: %v", err)
-	}
-	srv := &http.Server{Handler: bodyHandler("kube-api")}
-	srv.SetKeepAlivesEnabled(false)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	return newPathServer(t, rt).addr
 }
 
 // podGet sends an HTTP request for host to srv from the pod's main
@@ -587,18 +577,7 @@ func TestKubePodsProtectedFromBirth(t *testing.T) {
 // names the pod.
 func checkBorn(t *testing.T, kd *kubeDaemon, rt *containerd.Runtime, p *containerd.Pod, workload string, accepted map[string]int, mu *sync.Mutex) {
 	t.Helper()
-	refused := 0
-	for _, line := range strings.Split(containerLog(t, rt, p, "main"), "\n") {
-		_, res, ok := strings.Cut(line, "result: ")
-		switch {
-		case !ok:
-		case strings.Contains(res, "Operation not permitted"):
-			refused++
-		case strings.Contains(res, "kube-api host=api.allowed.test"):
-		default:
-			t.Errorf("%s: an attempt neither refused in the kernel nor decided: %q", workload, line)
-		}
-	}
+	refused, _ := attempts(t, workload, containerLog(t, rt, p, "main"))
 	t.Logf("%s: %d attempts refused before it was classified", workload, refused)
 	mu.Lock()
 	n := accepted["/born-"+p.Spec.Name]
