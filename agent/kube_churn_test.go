@@ -686,6 +686,12 @@ func TestKubePodReappears(t *testing.T) {
 	if out, _ := podGet(t, first, srv.addr, "api.allowed.test"); strings.Contains(out, "kube-api") || !strings.Contains(out, "Operation not permitted") {
 		t.Fatalf("the old pod, still running beside the new one of its name: %q (want refused in the kernel)", out)
 	}
+	// Status says so: the old sandbox is no longer the pod's.
+	for _, p := range queryStatus(t, kd.sock).Pods {
+		if p.UID == first.UID && (p.State != PodStopped || p.Workload != "") {
+			t.Errorf("the old pod in status, beside the new one of its name: %+v (want %s, no workload)", p, PodStopped)
+		}
+	}
 
 	// The old pod removed: the new one stays protected.
 	first.Remove(t)
