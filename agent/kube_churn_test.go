@@ -37,7 +37,9 @@ import (
 const churnParallel = 8
 
 // pathServer serves HTTP on the pods' gateway address and counts, by path,
-// the connections it accepted: each pod asks for a path of its own.
+// the connections it accepted: each pod asks for a path of its own. A path
+// ending in -hold is answered with a status line and then held open until
+// the client goes.
 type pathServer struct {
 	addr     netip.AddrPort
 	mu       sync.Mutex
@@ -58,6 +60,13 @@ func newPathServer(t testing.TB, rt *containerd.Runtime) *pathServer {
 		s.mu.Lock()
 		s.accepted[r.URL.Path]++
 		s.mu.Unlock()
+		if strings.HasSuffix(r.URL.Path, "-hold") {
+			// Held open until the client goes.
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+			return
+		}
 		body.ServeHTTP(w, r)
 	})}
 	srv.SetKeepAlivesEnabled(false)
@@ -449,12 +458,16 @@ type churnPod struct {
 	workload string // "" for an exempt pod
 	// refuseAll: its label names no policy; every connection refused.
 	refuseAll bool
+	// hold: once answered, it holds a connection open (path + "-hold")
+	// through the agent until it is deleted.
+	hold bool
 }
 
 // churnPods are n pods of every kind pod discovery tells apart: protected
 // by the default policy (most, in three namespaces), exempt (kube-system),
 // refused everything (a label naming no policy), one on the host network.
-// Each connects from its first instant until answered.
+// Each connects from its first instant until answered; one in ten then
+// holds a connection open through the agent.
 func churnPods(srv netip.AddrPort, prefix string, n int) []churnPod {
 	out := make([]churnPod, n)
 	for i := range out {
@@ -468,11 +481,18 @@ func churnPods(srv netip.AddrPort, prefix string, n int) []churnPod {
 			cp.refuseAll = true
 		case i == 2:
 			cp.spec.HostNetwork = true
+		case i%10 == 3:
+			cp.hold = true
 		}
 		if cp.spec.Namespace != "kube-system" {
 			cp.workload = cp.spec.Namespace + "/" + name
 		}
-		cp.spec.Command = untilAnswered(srv, cp.path, sleepForever)
+		then := sleepForever
+		if cp.hold {
+			then = fmt.Sprintf(`/bin/busybox printf 'GET %s-hold HTTP/1.0\r\nHost: api.allowed.test\r\n\r\n' | /bin/busybox nc %s %d
+%s`, cp.path, srv.Addr(), srv.Port(), sleepForever)
+		}
+		cp.spec.Command = untilAnswered(srv, cp.path, then)
 		out[i] = cp
 	}
 	return out
@@ -512,6 +532,10 @@ func runChurn(t *testing.T, kd *kubeDaemon, rt *containerd.Runtime, srv *pathSer
 			if !strings.Contains(last, "kube-api host=api.allowed.test") {
 				t.Errorf("%s: last answer %q", who, last)
 			}
+			if cp.hold {
+				waitFor(t, who+"'s held connection at the server", func() bool { return srv.count(cp.path+"-hold") == 1 })
+				accepted++
+			}
 			waitFor(t, "an allow decision for each connection "+who+" made", func() bool {
 				allowed, _ := kd.decisions(t, cp.workload, p.UID)
 				return allowed >= accepted
@@ -523,14 +547,15 @@ func runChurn(t *testing.T, kd *kubeDaemon, rt *containerd.Runtime, srv *pathSer
 
 // TestKubePodChurn: 50 pods of every kind are created (concurrently, as a
 // node's kubelet does) and deleted (some ended first as the kubelet ends a
-// pod) while the agent runs, each connecting
-// from its first instant. Every attempt is refused in the kernel or decided
-// (the exempt pods' reach the server), and afterwards everything the agent
-// holds per pod is back to its baseline: status (pods, workloads,
-// listeners, exempt cgroups), pod discovery's maps, the registry, the
-// listeners, every pinned BPF map, the process's open fds by kind (sockets,
-// netns handles, BPF objects), its goroutines, and no thread left in a pod's
-// netns. A holding that grew fails the test by name.
+// pod) while the agent runs, each connecting from its first instant, one in
+// ten then holding a connection open through the agent until it is deleted.
+// Every attempt is refused in the kernel or decided (the exempt pods' reach
+// the server), and afterwards everything the agent holds per pod is back to
+// its baseline: status (pods, workloads, listeners, exempt cgroups), pod
+// discovery's maps, the registry, the listeners, every pinned BPF map, the
+// process's open fds by kind (sockets, netns handles, BPF objects), its
+// goroutines, and no thread left in a pod's netns. A holding that grew fails
+// the test by name.
 func TestKubePodChurn(t *testing.T) {
 	rt, srv, kd := kubeFixture(t, "churn-a", 0)
 
