@@ -636,7 +636,9 @@ func TestKubePodChurn(t *testing.T) {
 // protected. Deleted and made again, it is protected under its new cgroup.
 // Its sandbox made again by the kubelet (same UID and pod cgroup, a new
 // netns), protection follows into the new netns and the old netns's
-// listener is released.
+// listener is released. Ended and run again with the same UID (a static
+// pod), its pod cgroup made again at the same path is a new cgroup,
+// protected anew.
 func TestKubePodReappears(t *testing.T) {
 	mount, err := cgroupfs.Mount()
 	if err != nil {
@@ -761,10 +763,25 @@ func TestKubePodReappears(t *testing.T) {
 		return len(s.Pods) == len(base.Pods)+1 && len(s.Listeners) == len(base.Listeners)+2 && len(s.Workloads) == len(base.Workloads)+1
 	})
 	decided(remade, "/remade-after")
+
+	// A static pod (its UID is its manifest's hash) ends and runs again: its
+	// pod cgroup is removed and made again at the same path, a new cgroup,
+	// protected anew.
+	remade.Terminate(t)
+	static := rt.RunPod(t, spec(third.UID, 2, "/static"))
+	w5 := protectedAs(static)
+	if w5.Cgroup != w4.Cgroup || w5.CgroupID == w4.CgroupID {
+		t.Fatalf("the pod cgroup made again at its path: %+v, before: %+v", w5, w4)
+	}
+	waitAnswered(t, static)
+	attempts(t, "the static pod", readLog(t, static.LogPath("main")))
+	decided(static, "/static")
+	remade.RemoveSandbox(t)
+
 	// Every connection the server accepted from the pods was allowed by a
 	// decision.
 	accepted := 0
-	for _, path := range []string{"/first", "/second", "/third", "/remade"} {
+	for _, path := range []string{"/first", "/second", "/third", "/remade", "/static"} {
 		accepted += srv.count(path) + srv.count(path+"-exec")
 	}
 	accepted += srv.count("/second-after-exec") + srv.count("/remade-after-exec")
