@@ -108,7 +108,7 @@ echo "result: $out" | /bin/busybox tr '\r\n' '  '; echo
 case "$out" in *HTTP/1.*) break;; esac
 i=$((i+1)); /bin/busybox usleep 20000
 done
-echo answered
+if [ $i -lt 500 ]; then echo answered; fi
 %s`, path, srv.Addr(), srv.Port(), then)}
 }
 
@@ -510,6 +510,14 @@ func runChurn(t *testing.T, kd *kubeDaemon, rt *containerd.Runtime, srv *pathSer
 		specs[i] = cp.spec
 	}
 	pods := rt.RunPods(t, churnParallel, specs...)
+	checkChurn(t, kd, srv, cps, pods)
+	return pods
+}
+
+// checkChurn waits for each pod to be answered and checks what it met, as
+// runChurn says.
+func checkChurn(t *testing.T, kd *kubeDaemon, srv *pathServer, cps []churnPod, pods []*containerd.Pod) {
+	t.Helper()
 	waitAnswered(t, pods...)
 	for i, cp := range cps {
 		p := pods[i]
@@ -542,7 +550,6 @@ func runChurn(t *testing.T, kd *kubeDaemon, rt *containerd.Runtime, srv *pathSer
 			})
 		}
 	}
-	return pods
 }
 
 // TestKubePodChurn: 50 pods of every kind are created (concurrently, as a
@@ -843,9 +850,13 @@ func TestKubeContainerRestartLoop(t *testing.T) {
 // once, or ended as the kubelet ends a pod (the sandbox stopped and the
 // pod-level cgroup removed while the agent ran, the sandbox removed later,
 // while it was down: only the path's guard then names the workload in the
-// pinned state). Protected, exempt and refused-everything pods alike.
+// pinned state). Protected, exempt and refused-everything pods alike. Pods
+// of every kind made while no agent runs, connecting from their first
+// instant, are all refused in the kernel (the exempt one too: nothing has
+// classified it), never passed, and once the agent runs again each meets
+// what its kind should.
 func TestKubePodsRemovedWhileDown(t *testing.T) {
-	rt, _, kd := kubeFixture(t, "down", 0)
+	rt, srv, kd := kubeFixture(t, "down", 0)
 	base := kd.holdings(t)
 	baseStacks := goroutineStacks()
 
@@ -869,6 +880,35 @@ func TestKubePodsRemovedWhileDown(t *testing.T) {
 	})
 	kd.stop()
 	containerd.RemovePods(t, churnParallel, pods...)
+
+	// Pods of every kind made while no agent runs, each connecting from
+	// its first instant: all refused in the kernel, the exempt one too
+	// (nothing has classified it), until the agent runs again.
+	cps := churnPods(srv.addr, "born-down", 4)
+	specs := make([]containerd.PodSpec, len(cps))
+	for i, cp := range cps {
+		specs[i] = cp.spec
+	}
+	born := rt.RunPods(t, churnParallel, specs...)
+	waitFor(t, "each pod made while no agent runs refused twice", func() bool {
+		for _, p := range born {
+			out := readLog(t, p.LogPath("main"))
+			if strings.Contains(out, "answered") {
+				t.Fatalf("%s was answered while no agent ran: %s", p.Spec.Name, out)
+			}
+			if strings.Count(out, "Operation not permitted") < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, cp := range cps {
+		if n := srv.count(cp.path); n != 0 {
+			t.Fatalf("%s reached the server %d times while no agent ran", cp.spec.Name, n)
+		}
+	}
 	kd.start()
+	checkChurn(t, kd, srv, cps, born)
+	containerd.RemovePods(t, churnParallel, born...)
 	kd.backToBaseline(t, base, baseStacks)
 }
