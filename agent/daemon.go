@@ -80,7 +80,12 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		o.started(a)
 	}
 	log := a.opts.Logger // Start filled in a default
-	logAttachments(log, a, o.Agent.PinDir)
+	if a.objs.HandoverPending() {
+		log.WithFields(logrus.Fields{"pin_dir": o.Agent.PinDir, "previous_layouts": a.objs.PreviousLayouts()}).
+			Info("the pinned links are another map layout's: they stay as they are (refusing protected connections) until this agent has rebuilt its state and hands them over")
+	} else {
+		logAttachments(log, a, o.Agent.PinDir)
+	}
 	defer log.WithField("pin_dir", o.Agent.PinDir).Info("chio-agent stopping: the pinned programs stay attached, so protected workloads cannot connect until an agent runs again")
 	// Pod discovery first: it exempts the agent's own cgroup from a pinned
 	// birth root before the agent opens a socket of its own.
@@ -120,17 +125,40 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			return nil
 		}
 	}
+	// Every workload and pod is in this agent's maps: the links of another
+	// layout can take its programs.
+	if err := a.handOver(); err != nil {
+		return err
+	}
 	if removed, err := a.UnprotectStale(); err != nil {
 		return fmt.Errorf("drop stale workloads: %w", err)
 	} else if len(removed) > 0 {
 		log.WithField("cgroups", removed).Info("stopped protecting workloads no longer configured")
 	}
 
+	// `chio-agent reload` (POST /reload) is served by the loop below, one
+	// at a time with SIGHUP and the file watch.
+	type reloadReq struct{ done chan error }
+	reloadReqs := make(chan reloadReq)
+	requestReload := func(rctx context.Context) error {
+		r := reloadReq{done: make(chan error, 1)}
+		select {
+		case reloadReqs <- r:
+		case <-rctx.Done():
+			return rctx.Err()
+		}
+		select {
+		case err := <-r.done:
+			return err
+		case <-rctx.Done():
+			return rctx.Err()
+		}
+	}
 	sctx, scancel := context.WithCancel(ctx)
 	defer scancel()
 	statusErr := make(chan error, 1)
 	go func() {
-		statusErr <- ServeStatus(sctx, o.StatusSocket, func() Status { return a.Status(o.Version) }, o.Agent.Log, a.metricsHandler())
+		statusErr <- ServeStatus(sctx, o.StatusSocket, func() Status { return a.Status(o.Version) }, o.Agent.Log, a.metricsHandler(), requestReload)
 	}()
 	if o.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", o.MetricsAddr)
@@ -162,17 +190,44 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	}
 	tick := time.NewTicker(o.WatchInterval)
 	defer tick.Stop()
-	reload := func(why string) {
+	reload := func(why string) error {
 		if o.ReloadPolicy == nil {
-			return
+			return nil
 		}
 		p, err := o.ReloadPolicy(ctx)
 		if err != nil {
-			a.proxy.errs.add(fmt.Errorf("policy reload (%s) refused, old policy stays: %w", why, err))
+			err = fmt.Errorf("policy reload (%s) refused, old policy stays: %w", why, err)
+			a.proxy.errs.add(err)
 			log.WithError(err).Error("policy reload refused; the old policy stays in force")
-			return
+			return err
 		}
 		a.SetPolicy(p, a.polSource)
+		return nil
+	}
+	// reloadAll is what SIGHUP and `chio-agent reload` do: the workload
+	// list, the policy and the pods' policies again. Each refusal keeps the
+	// old in force, is in status and the log, and is returned.
+	reloadAll := func(why string) error {
+		var errs []error
+		if o.ReloadWorkloads != nil {
+			if specs, err := o.ReloadWorkloads(ctx); err != nil {
+				err = fmt.Errorf("workload reload refused, the workloads stay as they are: %w", err)
+				a.proxy.errs.add(err)
+				log.WithError(err).Error("workload reload refused; the workloads stay as they are")
+				errs = append(errs, err)
+			} else if err := a.SetWorkloads(specs); err != nil {
+				err = fmt.Errorf("workload reload: %w", err)
+				a.proxy.errs.add(err)
+				log.WithError(err).Error("workload reload incomplete")
+				errs = append(errs, err)
+			}
+		}
+		errs = append(errs, reload(why))
+		if kc != nil {
+			// Its errors are in status and the log already.
+			errs = append(errs, kc.reloadAll(ctx))
+		}
+		return errors.Join(errs...)
 	}
 	for {
 		select {
@@ -184,17 +239,13 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			}
 			return nil
 		case <-o.Reload:
-			if o.ReloadWorkloads != nil {
-				if specs, err := o.ReloadWorkloads(ctx); err != nil {
-					a.proxy.errs.add(fmt.Errorf("workload reload refused, the workloads stay as they are: %w", err))
-					log.WithError(err).Error("workload reload refused; the workloads stay as they are")
-				} else if err := a.SetWorkloads(specs); err != nil {
-					a.proxy.errs.add(fmt.Errorf("workload reload: %w", err))
-					log.WithError(err).Error("workload reload incomplete")
-				}
-			}
-			reload("signal")
+			reloadAll("signal")
+		case r := <-reloadReqs:
+			r.done <- reloadAll("reload command")
 		case <-tick.C:
+			if kc != nil {
+				kc.reloadChanged(ctx) // the pods' policy files (reload.go)
+			}
 			if o.WatchFile == "" {
 				continue
 			}
@@ -206,6 +257,27 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			reload("file changed")
 		}
 	}
+}
+
+// handOver swaps the pinned links of another map layout, left attached by
+// Start, to this agent's programs (bpf.Objects.Handover) and removes that
+// layout's pins. It must run once the agent's maps hold every workload,
+// guard, birth root and exemption it knows: the new programs decide from the
+// moment each link is swapped. On failure the links not swapped keep the old
+// programs, which refuse protected connections: nothing passes undecided,
+// and the next agent resumes the handover.
+func (a *Agent) handOver() error {
+	if !a.objs.HandoverPending() {
+		return nil
+	}
+	prev := a.objs.PreviousLayouts()
+	if err := a.objs.Handover(); err != nil {
+		return fmt.Errorf("hand over the pinned links of %v: %w (the links not handed over keep their old programs, "+
+			"which refuse protected connections until an agent finishes the handover)", prev, err)
+	}
+	a.opts.Logger.WithFields(logrus.Fields{"previous_layouts": prev, "links": len(a.objs.Attachments())}).
+		Info("handed the pinned links of another map layout over to this agent's programs, and removed that layout's pins")
+	return nil
 }
 
 // logAttachments says whether the agent adopted the pinned state a previous

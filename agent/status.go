@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,6 +32,9 @@ type Status struct {
 	// Pods are the pods pod discovery found (kernel.yaml's kubernetes:),
 	// protected or not; absent without it.
 	Pods []PodStatus `json:"pods,omitempty"`
+	// PodPolicies are kubernetes.policies as loaded; absent without pod
+	// discovery.
+	PodPolicies []PodPolicyStatus `json:"pod_policies,omitempty"`
 	// Birth lists the birth roots (cgroups below which an unclassified
 	// cgroup is refused the network) and the exempt cgroups; absent when
 	// there are none.
@@ -54,6 +58,9 @@ type AttachmentStatus struct {
 	ProgID  uint32 `json:"prog_id"`
 	PinPath string `json:"pin_path,omitempty"`
 	Adopted bool   `json:"adopted"`
+	// HandedOver: the link was pinned by an agent of another map layout and
+	// swapped to this agent's program (an upgrade).
+	HandedOver bool `json:"handed_over,omitempty"`
 }
 
 // WorkloadStatus is one protected workload.
@@ -76,6 +83,9 @@ type WorkloadStatus struct {
 	InboundAll   bool     `json:"inbound_allow_all,omitempty"`
 	// RefuseAll is why every connection is refused, when it is.
 	RefuseAll string `json:"refuse_all,omitempty"`
+	// PolicyHash is the hash of the policy deciding the workload now: its
+	// pod's (kubernetes.policies), else the agent's.
+	PolicyHash string `json:"policy_hash"`
 	// Pod is the Kubernetes pod the workload is, for one pod discovery
 	// made.
 	Pod *PodStatus `json:"pod,omitempty"`
@@ -135,7 +145,7 @@ func (a *Agent) Status(version string) Status {
 	s := Status{Version: version, PID: os.Getpid(), StartedAt: a.started, PinDir: a.opts.PinDir,
 		Attachments: []AttachmentStatus{}, Workloads: []WorkloadStatus{}, Listeners: []ListenerStatus{}}
 	for _, at := range a.objs.Attachments() {
-		as := AttachmentStatus{Program: at.Name, Hook: at.Hook, Cgroup: at.Cgroup, PinPath: at.PinPath, Adopted: at.Adopted}
+		as := AttachmentStatus{Program: at.Name, Hook: at.Hook, Cgroup: at.Cgroup, PinPath: at.PinPath, Adopted: at.Adopted, HandedOver: at.HandedOver}
 		as.LinkID, as.ProgID, _ = at.IDs()
 		s.Attachments = append(s.Attachments, as)
 	}
@@ -146,6 +156,7 @@ func (a *Agent) Status(version string) Status {
 		ws.EgressPorts = w.egressPorts
 		ws.InboundPorts, ws.InboundAll = w.inboundPorts()
 		ws.RefuseAll = w.refuseAll
+		ws.PolicyHash = w.decider(a.kern).PolicyHash()
 		s.Workloads = append(s.Workloads, ws)
 	}
 	for _, lp := range a.listeners {
@@ -161,6 +172,7 @@ func (a *Agent) Status(version string) Status {
 	a.mu.Unlock()
 	if kc != nil {
 		s.Pods = kc.status() // not under a.mu: pod discovery takes its lock, then a.mu
+		s.PodPolicies = kc.policyStatus()
 		byName := map[string]int{}
 		for i, ws := range s.Workloads {
 			byName[ws.Name] = i
@@ -169,6 +181,7 @@ func (a *Agent) Status(version string) Status {
 			pod := &s.Pods[i]
 			if j, ok := byName[pod.Workload]; ok && pod.Workload != "" {
 				pod.State = string(s.Workloads[j].State)
+				pod.PolicyHash = s.Workloads[j].PolicyHash
 				cp := *pod
 				s.Workloads[j].Pod = &cp
 			}
@@ -224,7 +237,10 @@ func receiptStatus(l *receipts.Log) ReceiptStatus {
 //
 // The receipt endpoints let `chio-agent receipts …` read a log the running
 // agent holds (bbolt lets no other process open it meanwhile).
-func ServeStatus(ctx context.Context, path string, status func() Status, log *receipts.Log, metrics http.Handler) error {
+//
+// reload, when not nil, is offered as POST /reload (`chio-agent reload`): it
+// reloads what SIGHUP reloads and answers with what was refused.
+func ServeStatus(ctx context.Context, path string, status func() Status, log *receipts.Log, metrics http.Handler, reload func(context.Context) error) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("status socket: %w", err)
 	}
@@ -253,6 +269,15 @@ func ServeStatus(ctx context.Context, path string, status func() Status, log *re
 	})
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
+	}
+	if reload != nil {
+		mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
+			if err := reload(r.Context()); err != nil {
+				http.Error(w, err.Error(), http.StatusConflict)
+				return
+			}
+			w.WriteHeader(http.StatusNoContent)
+		})
 	}
 	mux.HandleFunc("GET /receipts/snapshot", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/octet-stream")
@@ -293,12 +318,7 @@ func get(ctx context.Context, path, resource string, timeout time.Duration) (*ht
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("%w (no status socket at %s)", ErrNotRunning, path)
 	}
-	// No keep-alive: the transport is dropped after one request, and an idle
-	// connection would hold a goroutine and a socket on both sides forever.
-	cl := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", path)
-	}}, Timeout: timeout}
+	cl := unixClient(path, timeout)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+resource, nil)
 	resp, err := cl.Do(req)
 	if err != nil {
@@ -309,6 +329,41 @@ func get(ctx context.Context, path, resource string, timeout time.Duration) (*ht
 		return nil, fmt.Errorf("agent answered %s for %s", resp.Status, resource)
 	}
 	return resp, nil
+}
+
+// RequestReload asks the running agent to reload its policies and workloads,
+// as SIGHUP does, and returns what it refused (the old stays in force for
+// what was refused).
+func RequestReload(ctx context.Context, socket string) error {
+	if _, err := os.Stat(socket); err != nil {
+		return fmt.Errorf("%w (no status socket at %s)", ErrNotRunning, socket)
+	}
+	cl := unixClient(socket, 2*time.Minute)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent/reload", nil)
+	resp, err := cl.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w (status socket %s: %v)", ErrNotRunning, socket, err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNoContent:
+		return nil
+	case http.StatusConflict:
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		return fmt.Errorf("reload refused, the old stays in force: %s", strings.TrimSpace(string(msg)))
+	default:
+		return fmt.Errorf("agent answered %s for /reload (an agent older than the reload command?)", resp.Status)
+	}
+}
+
+// unixClient is an HTTP client for the status socket.
+func unixClient(path string, timeout time.Duration) *http.Client {
+	// No keep-alive: the transport is dropped after one request, and an idle
+	// connection would hold a goroutine and a socket on both sides forever.
+	return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}, Timeout: timeout}
 }
 
 // FetchSnapshot copies the running agent's receipt log into w.

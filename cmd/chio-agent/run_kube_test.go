@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -13,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/containerd"
 )
 
@@ -24,22 +23,14 @@ func TestMain(m *testing.M) { os.Exit(containerd.Main(m)) }
 // pod running before the agent is protected by readiness, `status --pod`
 // shows it with its policy, and its connection goes through the agent (a
 // name the policy blocks is refused; the allowed one reaches the server).
+// Killed, as when its DaemonSet is deleted, the agent leaves the pods
+// failing closed until uninstall removes protection.
 func TestRunProtectsPods(t *testing.T) {
 	rt := containerd.Shared(t)
 	pod := rt.RunPod(t, containerd.PodSpec{Namespace: "team-k", Name: "web"})
 	bin, dir, pinDir, keyPath := daemonTest(t)
 
-	a4 := rt.Subnet.Addr().As4()
-	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "pod-upstream") })}
-	srv.SetKeepAlivesEnabled(false)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	port := ln.Addr().(*net.TCPAddr).Port
+	gw, port := serveOnPodGateway(t, rt, "pod-upstream")
 
 	policy := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\nname: pods\nrules:\n  egress:\n    allow: [api.allowed.test]\n    default: block\n"), 0o644); err != nil {
@@ -66,8 +57,10 @@ kubernetes:
 	}
 	d.start()
 	t.Cleanup(func() {
-		d.signal(syscall.SIGTERM)
-		<-d.exited
+		if !d.gone() {
+			d.signal(syscall.SIGTERM)
+			<-d.exited
+		}
 	})
 
 	out, err := exec.Command(bin, "status", "--status-socket", d.socket, "--pod", "team-k/web").CombinedOutput()
@@ -75,13 +68,7 @@ kubernetes:
 		!strings.Contains(string(out), pod.UID) {
 		t.Fatalf("status --pod team-k/web: %v\n%s\nagent logs:\n%s", err, out, d.logs)
 	}
-	get := func(host string) string {
-		t.Helper()
-		req := fmt.Sprintf(`GET / HTTP/1.0\r\nHost: %s\r\n\r\n`, host)
-		o, e, _ := pod.Exec(t, "main", "/bin/busybox", "sh", "-c",
-			fmt.Sprintf("/bin/busybox printf '%s' | /bin/busybox nc %s %d", req, gw, port))
-		return o + e
-	}
+	get := func(host string) string { return podGet(t, pod, gw, port, host) }
 	if got := get("forbidden.test"); strings.Contains(got, "pod-upstream") {
 		t.Fatalf("a blocked name from the protected pod reached the server: %q", got)
 	}
@@ -96,6 +83,34 @@ kubernetes:
 	if root := filepath.Join(mustCgroupMount(t), rt.CgroupRoot); err != nil || !strings.Contains(string(out), "birth      roots "+root+" ") {
 		t.Errorf("status does not show the pods' birth root %s: %v\n%s", root, err, out)
 	}
+
+	// Deleting the DaemonSet kills the agent (SIGKILL once the grace period
+	// is over): the pinned programs and links stay, so the protected pod's
+	// connections are refused, and a pod started afterwards is refused from
+	// its first socket.
+	d.signal(syscall.SIGKILL)
+	<-d.exited
+	layoutDir := testutil.LayoutDir(t, pinDir)
+	for _, name := range []string{"links/chio_connect4", "links/chio_sock_create", "maps/birth_roots", "maps/workloads"} {
+		if _, err := os.Stat(filepath.Join(layoutDir, name)); err != nil {
+			t.Fatalf("after the agent was killed, %s: %v; want it still pinned", name, err)
+		}
+	}
+	if got := get("api.allowed.test"); strings.Contains(got, "pod-upstream") {
+		t.Fatalf("the protected pod reached the server with its agent killed: %q", got)
+	}
+	late := rt.RunPod(t, containerd.PodSpec{Namespace: "team-k", Name: "after-agent"})
+	if got := podGet(t, late, gw, port, "api.allowed.test"); strings.Contains(got, "pod-upstream") || !strings.Contains(got, "not permitted") {
+		t.Fatalf("a pod started with the agent killed: %q; want its socket refused (EPERM)", got)
+	}
+
+	// Removing protection from the node is uninstall, run with no agent.
+	if out, err := exec.Command(bin, "uninstall", "--pin-dir", pinDir).CombinedOutput(); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if got := get("api.allowed.test"); !strings.Contains(got, "pod-upstream") {
+		t.Fatalf("the pod after uninstall: %q; want a direct connection", got)
+	}
 }
 
 func mustCgroupMount(t *testing.T) string {
@@ -105,4 +120,14 @@ func mustCgroupMount(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// podGet sends an HTTP request for host to gw:port from the pod's main
+// container, with busybox nc, and returns what came back.
+func podGet(t *testing.T, pod *containerd.Pod, gw netip.Addr, port int, host string) string {
+	t.Helper()
+	req := fmt.Sprintf(`GET / HTTP/1.0\r\nHost: %s\r\n\r\n`, host)
+	o, e, _ := pod.Exec(t, "main", "/bin/busybox", "sh", "-c",
+		fmt.Sprintf("/bin/busybox printf '%s' | /bin/busybox nc %s %d", req, gw, port))
+	return o + e
 }

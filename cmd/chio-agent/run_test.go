@@ -55,7 +55,13 @@ func binary(t *testing.T) string {
 // so every request is a decision.
 func serveBody(t *testing.T, body string) int {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	return serveBodyOn(t, "127.0.0.1:0", body)
+}
+
+// serveBodyOn is serveBody on the IPv4 address addr (a port of 0 picks one).
+func serveBodyOn(t *testing.T, addr, body string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp4", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,10 +379,21 @@ agent:
 	if out, _ := curl(); out != "403" {
 		t.Fatalf("after a refused reload: %q; want the old policy's 403", out)
 	}
+	// `chio-agent reload` does what SIGHUP does, and says what it refused.
+	if out, err := exec.Command(bin, "reload", "--config", d.config).CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), "reload refused") || !strings.Contains(string(out), "egress.default") {
+		t.Fatalf("reload of a bad policy: %v, %q; want exit 1 naming the refused policy", err, out)
+	}
+	if out, _ := curl(); out != "403" {
+		t.Fatalf("after a refused reload command: %q; want the old policy's 403", out)
+	}
 
 	// Editing the file reloads without a signal.
 	writePolicy(`"api.allowed.test"`, "")
 	eventually("reload on file change", func() bool { out, _ := curl(); return out == "200" })
+	if out, err := exec.Command(bin, "reload", "--status-socket", d.socket).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "reloaded" {
+		t.Fatalf("reload of a good policy: %v, %q", err, out)
+	}
 
 	// SIGTERM: a clean stop; the pins stay (fail-closed until uninstall).
 	d.signal(syscall.SIGTERM)
@@ -385,8 +402,9 @@ agent:
 	if _, code := curl(); code != 7 {
 		t.Fatalf("curl after SIGTERM: exit %d; want 7 (pinned redirect to no listener)", code)
 	}
+	layoutDir := testutil.LayoutDir(t, pinDir)
 	out, err = exec.Command(bin, "uninstall", "--pin-dir", pinDir).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "removed "+pinDir+"/links/chio_connect4") {
+	if err != nil || !strings.Contains(string(out), "removed "+layoutDir+"/links/chio_connect4") {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}
 	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
