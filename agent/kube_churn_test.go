@@ -701,6 +701,20 @@ func TestKubePodReappears(t *testing.T) {
 			return false
 		})
 	}
+	// answeredInNewNetns checks the attempts of a pod whose sandbox was made
+	// again with the pod cgroup's path: until the agent has moved the pod's
+	// workload to the new netns, that path is still protected with the old
+	// netns's listener port (its cgroup made again is protected again at
+	// once, bypath.go), so an attempt is redirected to that port on the new
+	// netns's loopback, where nothing listens: refused (fail closed), but by
+	// the loopback, with no receipt.
+	answeredInNewNetns := func(p *containerd.Pod) {
+		t.Helper()
+		waitAnswered(t, p)
+		if n, _ := attempts(t, p.Spec.Name, readLog(t, p.LogPath("main")), "Connection refused"); n > 0 {
+			t.Logf("sandbox attempt %d: %d attempts refused before the agent moved its workload to the new netns", p.Spec.Attempt, n)
+		}
+	}
 	spec := func(uid string, attempt uint32, path string) containerd.PodSpec {
 		return containerd.PodSpec{Namespace: "again", Name: "web", UID: uid, Attempt: attempt,
 			Command: untilAnswered(srv.addr, path, sleepForever)}
@@ -764,15 +778,7 @@ func TestKubePodReappears(t *testing.T) {
 	if w4.Netns == w3.Netns || w4.Netns == "" || w4.Cgroup != w3.Cgroup {
 		t.Fatalf("the sandbox made again: %+v, before: %+v", w4, w3)
 	}
-	waitAnswered(t, remade)
-	// Until the agent has moved the pod's workload to the new netns, the
-	// pod cgroup is still protected with the old netns's listener port, so
-	// an attempt is redirected to that port on the new netns's loopback,
-	// where nothing listens: refused (fail closed), but by the loopback,
-	// with no receipt.
-	if n, _ := attempts(t, "the remade pod", readLog(t, remade.LogPath("main")), "Connection refused"); n > 0 {
-		t.Logf("the remade pod: %d attempts refused before the agent moved its workload to the new netns", n)
-	}
+	answeredInNewNetns(remade)
 	decided(remade, "/remade")
 	third.RemoveSandbox(t)
 	waitFor(t, "one pod of the name left, its listener alone", func() bool {
@@ -790,12 +796,7 @@ func TestKubePodReappears(t *testing.T) {
 	if w5.Cgroup != w4.Cgroup || w5.CgroupID == w4.CgroupID {
 		t.Fatalf("the pod cgroup made again at its path: %+v, before: %+v", w5, w4)
 	}
-	waitAnswered(t, static)
-	// The same until the agent moves the workload: the path's new cgroup
-	// is protected again at once (bypath.go), with the old netns's port.
-	if n, _ := attempts(t, "the static pod", readLog(t, static.LogPath("main")), "Connection refused"); n > 0 {
-		t.Logf("the static pod: %d attempts refused before the agent moved its workload to the new netns", n)
-	}
+	answeredInNewNetns(static)
 	decided(static, "/static")
 	remade.RemoveSandbox(t)
 
