@@ -84,7 +84,9 @@ const (
 	// failed (retried every poll interval).
 	PodUnclassified = "unclassified"
 	// PodStopped: the sandbox is stopped and was not protected: nothing
-	// runs in it to protect.
+	// runs in it to protect. Or it is an older sandbox of a pod whose newer
+	// one holds the name (a forced deletion): what still runs in it is
+	// refused in the kernel, unclassified below the birth root.
 	PodStopped = "stopped"
 )
 
@@ -477,7 +479,9 @@ func (kc *kube) classify(p cri.Pod) {
 		}
 		if !owned {
 			if prev := kc.owner[name]; prev != "" && kc.pods[prev] != nil {
-				kc.pods[prev].status.Workload = ""
+				// What classify would now say of it: an older sandbox.
+				ps := &kc.pods[prev].status
+				ps.Workload, ps.State, ps.Since = "", PodStopped, time.Now()
 			}
 			kc.owner[name] = p.SandboxID
 		}
