@@ -328,6 +328,14 @@ func (kc *kube) run(ctx context.Context) error {
 	w := &cri.Watcher{Client: kc.client, Interval: interval, Log: kc.log}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// A pod's cgroup appearing lists the pods at once: classified before
+	// its containers run, rather than up to a poll interval later.
+	kick := make(chan struct{}, 1)
+	if err := cri.NotifyCgroups(ctx, kc.root, kick); err != nil {
+		kc.log.WithError(err).Warn("new pods are found by the poll alone")
+	} else {
+		w.Kick = kick
+	}
 	retried := make(chan struct{})
 	go func() { defer close(retried); kc.retryEvery(ctx, interval) }()
 	defer func() { cancel(); <-retried }()
