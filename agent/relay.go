@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"syscall"
-	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -50,22 +49,20 @@ type dialResult struct {
 
 // dial connects to the original destination from the workload's network
 // namespace, with the agent's mark so the programs leave the socket alone.
-// Neither side of a relay sets TCP keep-alive: the idle reaper closes a
-// relay that has gone quiet (idleSet), so keep-alive probes would find
-// nothing it does not, and its four setsockopt calls on every upstream
-// socket are saved.
 func (p *proxy) dial(ctx context.Context, cn *conn) (*net.TCPConn, error) {
 	var up *net.TCPConn
 	err := inNetns(cn.w.netns, func() error {
-		d := net.Dialer{Timeout: p.timeouts.Dial, KeepAlive: -1, Control: p.markSocket}
 		if cn.orig.Dst.Addr().IsLoopback() {
 			select {
 			case blockingDials <- struct{}{}:
-				defer func() { <-blockingDials }()
-				d.Control = func(_, _ string, rc syscall.RawConn) error { return p.connectBlocking(rc, cn.orig.Dst) }
+				c, err := p.dialLoopback(cn.orig.Dst)
+				<-blockingDials
+				up = c
+				return err
 			default: // enough threads blocked already: use the poller
 			}
 		}
+		d := net.Dialer{Timeout: p.timeouts.Dial, Control: p.markSocket}
 		c, err := d.DialContext(ctx, "tcp", cn.orig.Dst.String())
 		if err != nil {
 			return err
@@ -76,60 +73,52 @@ func (p *proxy) dial(ctx context.Context, cn *conn) (*net.TCPConn, error) {
 	return up, err
 }
 
-// blockingDials bounds the OS threads blocked in connectBlocking: a loopback
+// blockingDials bounds the OS threads blocked in dialLoopback: a loopback
 // listener with a full backlog drops SYNs, and each such connect would hold
 // a thread until the dial timeout.
 var blockingDials = make(chan struct{}, 32)
 
-// connectBlocking, the loopback dialer's Control, marks the socket, starts
-// its connect and waits for it in poll(2), on this thread, before the
-// dialer's own connect, which then finds the socket connected (EISCONN,
-// which the dialer takes as success) or reports why it is not. On loopback
-// the handshake is done by the time connect(2) returns, so poll returns at
-// once, and the dial saves the round trip through the runtime's poller that
-// waiting there costs (tens of microseconds a connection on a busy machine)
-// without handing a socket connected outside the net package over to it
-// (net.FileConn: a dup, fcntl calls and keep-alive options). Remote
-// destinations keep the poller: this would hold an OS thread for a network
-// round trip.
-func (p *proxy) connectBlocking(rc syscall.RawConn, dst netip.AddrPort) error {
-	sa := unix.Sockaddr(&unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()})
+// dialLoopback connects with a blocking connect(2). On loopback the whole
+// handshake runs inside the system call, so this returns a connected socket
+// without the round trip through the poller that a non-blocking connect
+// costs (tens of microseconds a connection on a busy machine). Remote
+// destinations keep the non-blocking dial: a blocking one would hold an OS
+// thread for a network round trip.
+func (p *proxy) dialLoopback(dst netip.AddrPort) (*net.TCPConn, error) {
+	family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()})
 	if dst.Addr().Is4() {
-		sa = &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
 	}
-	var serr error
-	err := rc.Control(func(fd uintptr) {
-		s := int(fd)
-		if p.mark != 0 {
-			if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_MARK, int(p.mark)); err != nil {
-				serr = os.NewSyscallError("setsockopt SO_MARK", err)
-				return
-			}
-		}
-		err := unix.Connect(s, sa)
-		if err == nil || (err != unix.EINPROGRESS && err != unix.EINTR) {
-			return // connected, or the dialer's connect reports why not
-		}
-		// Bounded as the dialer would bound it (SYN retries to a listener
-		// whose backlog is full). A socket still connecting after this is
-		// the dialer's to wait for, under the same bound.
-		deadline := time.Now().Add(p.timeouts.Dial)
-		for {
-			left := time.Until(deadline)
-			if left <= 0 {
-				return
-			}
-			fds := []unix.PollFd{{Fd: int32(s), Events: unix.POLLOUT}}
-			n, err := unix.Poll(fds, int(left.Milliseconds())+1)
-			if err != unix.EINTR || n > 0 {
-				return
-			}
-		}
-	})
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 	if err != nil {
-		return err
+		return nil, os.NewSyscallError("socket", err)
 	}
-	return serr
+	f := os.NewFile(uintptr(fd), "upstream")
+	defer f.Close()
+	if p.mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(p.mark)); err != nil {
+			return nil, os.NewSyscallError("setsockopt SO_MARK", err)
+		}
+	}
+	// Bound the connect as the dialer would (SYN retries to a black hole).
+	tv := unix.NsecToTimeval(p.timeouts.Dial.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		return nil, os.NewSyscallError("setsockopt SO_SNDTIMEO", err)
+	}
+	for {
+		err = unix.Connect(fd, sa)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return nil, os.NewSyscallError("connect", err)
+	}
+	c, err := net.FileConn(f) // dups the socket into the poller, non-blocking
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
 }
 
 // relay replays the sniffed prefix upstream and copies both ways. Copies
