@@ -149,27 +149,21 @@ func (p *proxy) relayHTTP(ctx context.Context, cn *conn, up *net.TCPConn) error 
 		}
 	}()
 
-	// The requests are read and forwarded on this goroutine, which decided
-	// the connection: the first request, already read (the sniffed
-	// prefix), goes upstream without waiting for another goroutine to be
-	// scheduled. The responses get a goroutine of their own; a request is
-	// queued for it before it is written upstream, so its answer finds it
-	// queued however late that goroutine starts.
 	errc := make(chan error, 1)
 	go func() {
-		err := g.responses()
-		close(g.done)
-		cn.client.CloseWrite()
+		err := g.requests(ctx)
+		close(g.queue)
+		if errors.Is(err, errRefusedLater) {
+			up.Close() // nothing more goes either way
+		} else {
+			up.CloseWrite()
+		}
 		errc <- err
 	}()
-	err2 := g.requests(ctx)
-	close(g.queue)
-	if errors.Is(err2, errRefusedLater) {
-		up.Close() // nothing more goes either way
-	} else {
-		up.CloseWrite()
-	}
-	err1 := <-errc
+	err1 := g.responses()
+	close(g.done)
+	cn.client.CloseWrite()
+	err2 := <-errc
 	if errors.Is(err2, errRefusedLater) {
 		return nil // refused and receipted by the gate
 	}
