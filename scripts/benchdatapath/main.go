@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -177,6 +178,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	d.measuring = true
 	lats := map[string][]time.Duration{}
 	cpus := map[string][]cpuRound{}
+	roundP50 := map[string][]time.Duration{} // each round's p50, in round order
 	progs := map[string]progStats{}
 	per := o.conns / o.rounds
 	for r := 0; r < o.rounds; r++ {
@@ -188,6 +190,11 @@ func run(ctx context.Context, o options, out io.Writer) error {
 				return err
 			}
 			lats[m.name] = append(lats[m.name], res.lats...)
+			if len(res.lats) > 0 {
+				v := slices.Clone(res.lats)
+				slices.Sort(v)
+				roundP50[m.name] = append(roundP50[m.name], quantile(v, 0.5))
+			}
 			if res.conns > 0 {
 				cpus[m.name] = append(cpus[m.name], cpuRound{res.cpu, res.conns})
 			}
@@ -215,7 +222,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 
 	rep := report{
-		modes: modes, bulkModes: bulkModes, lats: lats, cpus: cpus, bulks: bulks, progs: progs,
+		modes: modes, bulkModes: bulkModes, lats: lats, cpus: cpus, roundP50: roundP50, bulks: bulks, progs: progs,
 		conns: o.conns, rounds: o.rounds, warmup: o.warmup, bulkBytes: o.bulkBytes, bulkRuns: o.bulkRuns,
 		load0: load0, load1: loadavg(), elapsed: time.Since(began),
 	}

@@ -29,6 +29,7 @@ type report struct {
 	modes, bulkModes      []mode
 	lats                  map[string][]time.Duration
 	cpus                  map[string][]cpuRound
+	roundP50              map[string][]time.Duration
 	bulks                 map[string][]float64 // bytes/s per transfer
 	progs                 map[string]progStats
 	conns, rounds, warmup int
@@ -170,5 +171,24 @@ func (r report) print(out io.Writer) {
 		floor := qs[r.modes[4].name]
 		fmt.Fprintf(out, "Against the Go relay floor (same run): it adds %s p50 over direct; chio-agent with async receipts adds %s p50 over it\n",
 			signedUS(floor.p50-base.p50), signedUS(async.p50-floor.p50))
+	}
+	if cmpm := r.modes[len(r.modes)-1]; cmpm.bin != "" {
+		// The two agents of one round ran minutes apart at most: the
+		// difference of their p50s, round by round, is steadier than that
+		// of the pooled p50s when the machine's load drifts.
+		a, c := r.roundP50[r.modes[1].name], r.roundP50[cmpm.name]
+		var d []time.Duration
+		higher := 0
+		for i := range min(len(a), len(c)) {
+			d = append(d, a[i]-c[i])
+			if a[i] > c[i] {
+				higher++
+			}
+		}
+		if len(d) > 0 {
+			slices.Sort(d)
+			fmt.Fprintf(out, "Round by round, chio-agent's p50 minus the compared agent's: median %s, higher in %d of %d rounds\n",
+				signedUS(quantile(d, 0.5)), higher, len(d))
+		}
 	}
 }
