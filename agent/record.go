@@ -172,24 +172,13 @@ func (p *proxy) report(d Decision) {
 	if p.onDecide != nil {
 		p.onDecide(d)
 	}
-	if !infoEnabled(p.logger) {
+	if !kernel.LevelEnabled(p.logger, logrus.InfoLevel) {
 		return // the fields below would be built to be dropped
 	}
 	p.logger.WithFields(logrus.Fields{
 		"workload": d.Workload, "pid": d.PID, "comm": d.Comm, "dst": d.Dst.String(),
 		"name": d.Name, "verdict": d.Verdict, "rule": d.MatchedRule, "receipt": d.ReceiptID,
 	}).Info(d.Reason)
-}
-
-// infoEnabled says l writes Info lines (any logger it cannot ask does).
-func infoEnabled(l logrus.FieldLogger) bool {
-	switch x := l.(type) {
-	case *logrus.Logger:
-		return x.IsLevelEnabled(logrus.InfoLevel)
-	case *logrus.Entry:
-		return x.Logger.IsLevelEnabled(logrus.InfoLevel)
-	}
-	return true
 }
 
 // record writes the receipt of a decision, under the policy snapshot that
