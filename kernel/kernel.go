@@ -261,12 +261,16 @@ func failClosed(err error) Outcome {
 // DebugEnabled reports whether l would write a debug line: false only when
 // it is a logrus Logger or Entry whose level is above debug. Per-decision
 // debug lines check it first, to build no fields for nobody.
-func DebugEnabled(l logrus.FieldLogger) bool {
+func DebugEnabled(l logrus.FieldLogger) bool { return LevelEnabled(l, logrus.DebugLevel) }
+
+// LevelEnabled reports whether l would write a line at level: false only
+// when it is a logrus Logger or Entry whose level is above it.
+func LevelEnabled(l logrus.FieldLogger, level logrus.Level) bool {
 	switch l := l.(type) {
 	case *logrus.Logger:
-		return l.IsLevelEnabled(logrus.DebugLevel)
+		return l.IsLevelEnabled(level)
 	case *logrus.Entry:
-		return l.Logger.IsLevelEnabled(logrus.DebugLevel)
+		return l.Logger.IsLevelEnabled(level)
 	}
 	return true
 }

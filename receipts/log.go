@@ -265,7 +265,13 @@ type Log struct {
 	log    logrus.FieldLogger
 	pubHex string
 
-	queue       chan *request
+	queue chan *request
+	// kick ends the async committer's linger early (capacity 1): a batch
+	// is full, or a Flush, seal or Close is waiting.
+	kick chan struct{}
+	// urgent counts the queued requests that must not wait for a linger
+	// (Flush, seal), plus one once Close has closed the queue.
+	urgent      atomic.Int64
 	mark        *acceptMark
 	replies     chan replyBatch // committed batches whose waiters to wake
 	repliesDone chan struct{}
@@ -348,6 +354,7 @@ func Open(path string, opts Options) (*Log, error) {
 		return nil, err
 	}
 	l.queue = make(chan *request, o.QueueSize)
+	l.kick = make(chan struct{}, 1)
 	l.reservations = make(chan struct{}, maxReservations)
 	l.done = make(chan struct{})
 	l.replies = make(chan replyBatch, 4)
