@@ -11,10 +11,11 @@ import (
 )
 
 // NotifyCgroups sends on kick (without blocking: kick should have room for
-// one) whenever a cgroup directory is made one or two levels below root: a
-// QoS class's or a pod's, the first sign of a pod being born, before its
-// runtime lists it. It follows root's subdirectories as they come, and runs
-// until ctx ends. A runtime's container events are not needed for it:
+// one) whenever a cgroup directory is made one to three levels below root: a
+// QoS class's, a pod's (the first sign of a pod being born, before its
+// runtime lists it) or a container's (a sandbox or container made again in a
+// pod that stays). It follows the directories of the first two levels as they
+// come, and runs until ctx ends. A runtime's container events are not needed for it:
 // containerd before 1.7 sends none, and polling alone leaves a new pod
 // unclassified (its connections refused) for up to a poll interval.
 func NotifyCgroups(ctx context.Context, root string, kick chan<- struct{}) error {
@@ -34,8 +35,18 @@ func NotifyCgroups(ctx context.Context, root string, kick chan<- struct{}) error
 		return fmt.Errorf("watch cgroups under %s: %w", root, err)
 	}
 	for _, e := range entries {
-		if e.IsDir() {
-			n.add(filepath.Join(root, e.Name()), 1) // gone already: nothing to follow
+		if !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		if n.add(dir, 1) != nil {
+			continue // gone already: nothing to follow
+		}
+		sub, _ := os.ReadDir(dir)
+		for _, e := range sub {
+			if e.IsDir() {
+				n.add(filepath.Join(dir, e.Name()), 2)
+			}
 		}
 	}
 	go func() {
@@ -92,8 +103,8 @@ func (n *notifier) read(f *os.File, kick chan<- struct{}) {
 				continue
 			}
 			born = true
-			if depth == 0 {
-				n.add(filepath.Join(n.paths[ev.Wd], cstring(name)), 1)
+			if depth < 2 {
+				n.add(filepath.Join(n.paths[ev.Wd], cstring(name)), depth+1)
 			}
 		}
 		if born {

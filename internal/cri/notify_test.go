@@ -53,6 +53,10 @@ func TestNotifyCgroupsKicksOnPodBirth(t *testing.T) {
 	waitKick(t, kick, "a pod under a QoS class made after the watch began")
 	mkdir(filepath.Join(root.Path, "podc"))
 	waitKick(t, kick, "a guaranteed pod")
+	mkdir(filepath.Join(besteffort, "podb", "sandbox2"))
+	waitKick(t, kick, "a sandbox made again in a pod that stays")
+	mkdir(filepath.Join(root.Path, "podc", "ctr"))
+	waitKick(t, kick, "a guaranteed pod's container")
 	if err := NotifyCgroups(ctx, filepath.Join(root.Path, "nosuch"), kick); err == nil {
 		t.Fatal("a missing root was accepted")
 	}
