@@ -31,15 +31,26 @@ func Append(dst, data []byte) ([]byte, error) {
 // appendParsed is Append without the already-canonical shortcut: parse
 // into a tree, sort, write back.
 func appendParsed(dst, data []byte) ([]byte, error) {
+	out, err := appendText(dst, data)
+	if err != nil {
+		return dst, fmt.Errorf("canonicalize json: %w", err)
+	}
+	return out, nil
+}
+
+// appendText parses data as exactly one JSON value and appends its
+// canonical form, without an error prefix (callers add their own): the one
+// parse behind Canonicalize and Marshal's embedded json.RawMessage.
+func appendText(dst, data []byte) ([]byte, error) {
 	p := parser{data: data}
 	p.skipSpace()
 	v, err := p.value()
 	if err != nil {
-		return dst, fmt.Errorf("canonicalize json: %w", err)
+		return dst, err
 	}
 	p.skipSpace()
 	if p.pos != len(p.data) {
-		return dst, fmt.Errorf("canonicalize json: %w", p.errf(ErrSyntax, "trailing data after the top-level value"))
+		return dst, p.errf(ErrSyntax, "trailing data after the top-level value")
 	}
 	return appendNode(dst, &v), nil
 }
@@ -125,24 +136,34 @@ func (p *parser) literal(word string) error {
 	return nil
 }
 
-func (p *parser) enter() error {
+// open enters the array or object at p.pos, whose closing byte is end: it
+// counts one more level of nesting (refusing past MaxDepth), steps over the
+// opening byte and reports whether the container is empty (end follows at
+// once, and is consumed). The caller calls p.leave once open succeeded.
+func (p *parser) open(end byte) (empty bool, err error) {
 	p.depth++
 	if p.depth > MaxDepth {
-		return p.errf(ErrTooDeep, "more than %d levels", MaxDepth)
+		return false, p.errf(ErrTooDeep, "more than %d levels", MaxDepth)
 	}
-	return nil
+	p.pos++ // '[' or '{'
+	p.skipSpace()
+	if p.pos < len(p.data) && p.data[p.pos] == end {
+		p.pos++
+		return true, nil
+	}
+	return false, nil
 }
 
+func (p *parser) leave() { p.depth-- }
+
 func (p *parser) array() (node, error) {
-	if err := p.enter(); err != nil {
+	n := node{kind: kindArray}
+	empty, err := p.open(']')
+	if err != nil {
 		return node{}, err
 	}
-	defer func() { p.depth-- }()
-	p.pos++ // '['
-	n := node{kind: kindArray}
-	p.skipSpace()
-	if p.pos < len(p.data) && p.data[p.pos] == ']' {
-		p.pos++
+	defer p.leave()
+	if empty {
 		return n, nil
 	}
 	for {
@@ -169,16 +190,14 @@ func (p *parser) array() (node, error) {
 }
 
 func (p *parser) object() (node, error) {
-	if err := p.enter(); err != nil {
+	start := p.pos
+	n := node{kind: kindObject}
+	empty, err := p.open('}')
+	if err != nil {
 		return node{}, err
 	}
-	defer func() { p.depth-- }()
-	start := p.pos
-	p.pos++ // '{'
-	n := node{kind: kindObject}
-	p.skipSpace()
-	if p.pos < len(p.data) && p.data[p.pos] == '}' {
-		p.pos++
+	defer p.leave()
+	if empty {
 		return n, nil
 	}
 	for {
