@@ -26,15 +26,12 @@ const (
 	InboundListen InboundOp = 2
 )
 
-func (op InboundOp) String() string {
-	switch op {
-	case InboundBind:
-		return "bind"
-	case InboundListen:
-		return "listen"
-	}
-	return fmt.Sprintf("inbound-op-%d", uint32(op))
+var inboundOpNames = map[InboundOp]string{
+	InboundBind:   "bind",
+	InboundListen: "listen",
 }
+
+func (op InboundOp) String() string { return enumName(op, inboundOpNames, "inbound-op") }
 
 // InboundRule lets a protected workload receive on a local port.
 type InboundRule struct {

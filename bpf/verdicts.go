@@ -17,15 +17,12 @@ const (
 	ProtoUDP Proto = 17
 )
 
-func (p Proto) String() string {
-	switch p {
-	case ProtoTCP:
-		return "tcp"
-	case ProtoUDP:
-		return "udp"
-	}
-	return fmt.Sprintf("proto-%d", uint8(p))
+var protoNames = map[Proto]string{
+	ProtoTCP: "tcp",
+	ProtoUDP: "udp",
 }
+
+func (p Proto) String() string { return enumName(p, protoNames, "proto") }
 
 // Verdict is what the static verdict map says of a destination.
 type Verdict uint32
