@@ -41,18 +41,6 @@ except OSError as e:
 print("sent")
 `
 
-// pingNetNS makes a network namespace where every group may open ping
-// sockets (net.ipv4.ping_group_range governs ICMPv6 too); the host's
-// setting is never touched.
-func pingNetNS(t *testing.T) testutil.NetNS {
-	t.Helper()
-	ns := testutil.NewNetNS(t)
-	if out, err := exec.Command("ip", "netns", "exec", ns.Name, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647").CombinedOutput(); err != nil {
-		t.Fatalf("allow ping sockets in %s: %v: %s", ns.Name, err, out)
-	}
-	return ns
-}
-
 // verifiedReceipt returns the stored receipt of d after checking that it
 // verifies under the agent's key.
 func (e *e2e) verifiedReceipt(d Decision) string {
@@ -71,7 +59,7 @@ func (e *e2e) verifiedReceipt(d Decision) string {
 // deny receipt that verifies.
 func TestICMPAndRawSocketsRefusedWithReceipts(t *testing.T) {
 	requireTools(t, "python3", "ip")
-	ns := pingNetNS(t)
+	ns := testutil.NewPingNetNS(t)
 	e := newE2E(t, e2eOptions{netns: ns.Path})
 	plain := testutil.NewCgroup(t, e.parent.Path)
 	const AF_INET, AF_INET6, DGRAM, RAW, ICMP, ICMPV6 = 2, 10, 2, 3, 1, 58
@@ -141,7 +129,7 @@ print("connected")
 // verifies (it used to fail: "destination port 0").
 func TestPortZeroRefusedWithReceipt(t *testing.T) {
 	requireTools(t, "python3", "ip")
-	ns := pingNetNS(t)
+	ns := testutil.NewPingNetNS(t)
 	e := newE2E(t, e2eOptions{netns: ns.Path})
 	plain := testutil.NewCgroup(t, e.parent.Path)
 	for _, c := range []struct{ kind, dst, transport string }{
