@@ -190,6 +190,54 @@ func daemonTest(t *testing.T) (bin, dir, pinDir, keyPath string) {
 	return bin, dir, pinDir, keyPath
 }
 
+// newDaemon is a `run` of bin with its kernel.yaml, ready file and status
+// socket in dir.
+func newDaemon(t *testing.T, bin, dir string) *daemon {
+	return &daemon{t: t, bin: bin, config: filepath.Join(dir, "kernel.yaml"), ready: filepath.Join(dir, "ready"), socket: filepath.Join(dir, "status.sock")}
+}
+
+// agentYAML is the start of a test agent's kernel.yaml: its policy, key,
+// receipt log (db), pin directory and status socket. The caller appends the
+// rest of the agent: section, indented by two spaces.
+func agentYAML(policy, keyPath, db, pinDir, socket string) string {
+	return fmt.Sprintf("policy: %s\nsigning_key: %s\nreceipts: {sink: \"file://%s\"}\nagent:\n  pin_dir: %s\n  status_socket: %s\n",
+		policy, keyPath, db, pinDir, socket)
+}
+
+// replaceFile writes text to path by write-and-rename, as editors and
+// ConfigMap updates do, so that a watcher never reads half a file.
+func replaceFile(t *testing.T, path, text string, perm os.FileMode) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), perm); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// curlIn asks for http://host:port/ from inside cg, host resolved to
+// 127.0.0.1, and returns the HTTP status curl printed (200; 403 when the
+// agent denied it; 000 when no answer came) and curl's exit status.
+func curlIn(t *testing.T, cg testutil.Cgroup, host string, port int) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
+		"--resolve", fmt.Sprintf("%s:%d:127.0.0.1", host, port), fmt.Sprintf("http://%s:%d/", host, port))
+	cg.CommandIn(t, cmd)
+	out, err := cmd.Output()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
+}
+
 // TestRunDaemonLifecycle runs the node agent as an operator would: protect a
 // cgroup, kill the agent with SIGKILL (protected connections then fail
 // rather than pass), restart it (it adopts the pinned state and enforcement
@@ -202,51 +250,24 @@ func TestRunDaemonLifecycle(t *testing.T) {
 	policy := filepath.Join(dir, "policy.yaml")
 	writePolicy := func(allow, block string) {
 		t.Helper()
-		text := fmt.Sprintf("hushspec: \"0.1.0\"\nname: lifecycle\nrules:\n  egress:\n    allow: [%s]\n    block: [%s]\n    default: block\n", allow, block)
-		// Write-and-rename, as editors and ConfigMap updates do.
-		tmp := policy + ".tmp"
-		if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, policy); err != nil {
-			t.Fatal(err)
-		}
+		replaceFile(t, policy, fmt.Sprintf("hushspec: \"0.1.0\"\nname: lifecycle\nrules:\n  egress:\n    allow: [%s]\n    block: [%s]\n    default: block\n", allow, block), 0o644)
 	}
 	writePolicy(`"api.allowed.test"`, "")
 	db := filepath.Join(dir, "receipts.db")
-	d := &daemon{t: t, bin: bin, config: filepath.Join(dir, "kernel.yaml"), ready: filepath.Join(dir, "ready"), socket: filepath.Join(dir, "status.sock")}
-	kcfg := fmt.Sprintf(`policy: %s
-signing_key: %s
-receipts: {sink: "file://%s"}
-agent:
-  pin_dir: %s
-  status_socket: %s
-  hosts: {api.allowed.test: [127.0.0.1]}
+	d := newDaemon(t, bin, dir)
+	kcfg := agentYAML(policy, keyPath, db, pinDir, d.socket) + fmt.Sprintf(`  hosts: {api.allowed.test: [127.0.0.1]}
   workloads:
     - name: lifecycle
       cgroup: %s
       labels: {test: lifecycle}
-`, policy, keyPath, db, pinDir, d.socket, cg.Path)
+`, cg.Path)
 	if err := os.WriteFile(d.config, []byte(kcfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
 	curl := func() (string, int) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
-			"--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.1", port), fmt.Sprintf("http://api.allowed.test:%d/", port))
-		cg.CommandIn(t, cmd)
-		out, err := cmd.Output()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return string(out), ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), 0
+		return curlIn(t, cg, "api.allowed.test", port)
 	}
 	eventually := func(what string, ok func() bool) {
 		t.Helper()

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -39,22 +38,16 @@ func TestRunMissingWorkloadThenReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := filepath.Join(dir, "receipts.db")
-	d := &daemon{t: t, bin: bin, config: filepath.Join(dir, "kernel.yaml"), ready: filepath.Join(dir, "ready"), socket: filepath.Join(dir, "status.sock")}
+	d := newDaemon(t, bin, dir)
 	writeConfig := func(workloads map[string]string) {
 		t.Helper()
 		var b strings.Builder
-		fmt.Fprintf(&b, "policy: %s\nsigning_key: %s\nreceipts: {sink: \"file://%s\"}\nagent:\n  pin_dir: %s\n  status_socket: %s\n  hosts: {api.allowed.test: [127.0.0.1], api.blocked.test: [127.0.0.1]}\n  workloads:\n",
-			policy, keyPath, db, pinDir, d.socket)
+		b.WriteString(agentYAML(policy, keyPath, db, pinDir, d.socket))
+		b.WriteString("  hosts: {api.allowed.test: [127.0.0.1], api.blocked.test: [127.0.0.1]}\n  workloads:\n")
 		for name, cg := range workloads {
 			fmt.Fprintf(&b, "    - name: %s\n      cgroup: %s\n", name, cg)
 		}
-		tmp := d.config + ".tmp"
-		if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, d.config); err != nil {
-			t.Fatal(err)
-		}
+		replaceFile(t, d.config, b.String(), 0o600)
 	}
 	// curl asks for host from inside cg: 200 when allowed (or when not
 	// protected at all), 403 when the agent denied it.
@@ -64,13 +57,8 @@ func TestRunMissingWorkloadThenReload(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
-			"--resolve", fmt.Sprintf("%s:%d:127.0.0.1", host, port), fmt.Sprintf("http://%s:%d/", host, port))
-		testutil.Cgroup{Path: cg, ID: id}.CommandIn(t, cmd)
-		out, _ := cmd.Output()
-		return string(out)
+		out, _ := curlIn(t, testutil.Cgroup{Path: cg, ID: id}, host, port)
+		return out
 	}
 	eventually := func(what string, ok func() bool) {
 		t.Helper()
