@@ -40,7 +40,7 @@ print("connected")
 // a cgroup made again at the same path is refused again, and the agent
 // (outside the root) keeps working throughout.
 func TestBirthRootRefusesUnclassifiedWithReceipts(t *testing.T) {
-	requireTools(t, "python3", "curl")
+	testutil.RequireTools(t, "python3", "curl")
 	e := newE2E(t, e2eOptions{})
 	root := testutil.NewCgroup(t, e.parent.Path)
 	if err := e.agent.SetBirthRoot(root.Path); err != nil {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
@@ -112,7 +113,7 @@ func heapInuse() uint64 {
 // it once it passes the head bound, with a receipt naming the bound, and the
 // agent's heap must not grow with what the client sends.
 func TestEndlessHeaderOnLaterRequestRefused(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
 	const attack = 100 << 20
@@ -165,7 +166,7 @@ except OSError as e:
 // bound is refused at once and accounted for in (aggregated) receipts, and
 // the connections held before the flood are still decided.
 func TestPendingFloodRefusedWithReceipts(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	const held, flood = 4, 20
 	e := newE2E(t, e2eOptions{firstBytes: 30 * time.Second, limits: Limits{PendingPerWorkload: held}})
 	srv := serveKeepAlive(t)
@@ -233,7 +234,7 @@ for i, c in enumerate(held):
 // server. Both after the answer, and pipelined behind the Upgrade request;
 // likewise after a CONNECT the server refused.
 func TestUpgradeWithoutSwitchKeepsDeciding(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
 	out, code := e.run("python3", "-c", fmt.Sprintf(`
@@ -296,7 +297,7 @@ for mode in ("after", "pipelined", "connect"):
 // TestWebSocketSwitchRelayed: a real protocol switch (101) still works, and
 // is itself decided and receipted.
 func TestWebSocketSwitchRelayed(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
 	out, code := e.run("python3", "-c", fmt.Sprintf(`
@@ -334,7 +335,7 @@ print("echo ok" if got == frame else "echo bad %%r" %% got)
 // connection halfway through a later request made no request; it must not
 // get a deny receipt for a "malformed" one.
 func TestClientResetMidRequestIsNotMalformed(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
 	out, code := e.run("python3", "-c", fmt.Sprintf(`
@@ -375,7 +376,7 @@ print("reset")
 // the agent's heap and stacks grew by less than Limits.MemoryCeiling allows
 // for connections: the documented ceiling is an upper bound, not a guess.
 func TestMemoryUnderCeilingWithEveryBoundFull(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	const n = 32
 	lim := Limits{PendingPerWorkload: n, Pending: n, RelaysPerWorkload: n, Relays: n}
 	e := newE2E(t, e2eOptions{firstBytes: 60 * time.Second, limits: lim})

@@ -68,15 +68,6 @@ type e2eOptions struct {
 	workload func(*WorkloadSpec)
 }
 
-func requireTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			testutil.Skip(t, tool+" is not installed (make test installs it)")
-		}
-	}
-}
-
 func newE2E(t *testing.T, o e2eOptions) *e2e {
 	t.Helper()
 	testutil.RequireRoot(t)

@@ -19,12 +19,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
 
 func TestCurlHTTPSAllowedByName(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	out, code := e.run("curl", "-sS", "--max-time", "10", "--cacert", e.ca,
 		"--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.tlsAddr.Port()), e.httpsURL)
@@ -51,7 +52,7 @@ func TestCurlHTTPSAllowedByName(t *testing.T) {
 }
 
 func TestCurlHTTPSDeniedGetsTLSAlert(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	// forbidden.test is served by the same server, on an address it owns.
 	_, code := e.run("curl", "-sS", "--max-time", "10", "--cacert", e.ca,
@@ -68,7 +69,7 @@ func TestCurlHTTPSDeniedGetsTLSAlert(t *testing.T) {
 }
 
 func TestCurlHTTPDeniedGets403WithReceiptID(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	out, code := e.run("curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}",
 		"--resolve", fmt.Sprintf("unlisted.test:%d:127.0.0.1", e.httpAddr.Port()),
@@ -95,7 +96,7 @@ func TestCurlHTTPDeniedGets403WithReceiptID(t *testing.T) {
 }
 
 func TestSNISpoofRefused(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	// A forbidden server on 127.0.0.2; the client names an allowed host in
 	// SNI while dialling it.
@@ -125,7 +126,7 @@ func TestSNISpoofRefused(t *testing.T) {
 }
 
 func TestPythonURLLibAndSSL(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	// urllib over HTTP with an allowed Host header, and stdlib ssl with an
 	// allowed SNI: unmodified Python clients.
@@ -165,7 +166,7 @@ except urllib.error.HTTPError as err:
 }
 
 func TestIPv6Loopback(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	a6 := e.serveHTTP("tcp6", "[::1]:0", "v6-api")
 	out, code := e.run("curl", "-sS", "-g", "--max-time", "10", fmt.Sprintf("http://[::1]:%d/v6", a6.Port()))
@@ -185,7 +186,7 @@ func TestIPv6Loopback(t *testing.T) {
 }
 
 func TestStaticBlockRefusedAtConnect(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	// 127.0.0.9 is an IP literal of the block list: refused in the kernel,
 	// never reaching the proxy, and still receipted.
@@ -204,7 +205,7 @@ func TestStaticBlockRefusedAtConnect(t *testing.T) {
 }
 
 func TestClientSendingNothingIsReceipted(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	// Connect and send nothing until the proxy's first-bytes deadline (2s).
 	out, code := e.run("python3", "-c", fmt.Sprintf(`
@@ -222,7 +223,7 @@ print("eof" if s.recv(10) == b"" else "data")
 }
 
 func TestAsyncReceiptsStillVerify(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{mode: receipts.ModeAsync})
 	for i := 0; i < 5; i++ {
 		if out, code := e.run("curl", "-sS", "--max-time", "10", "--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.httpAddr.Port()),
@@ -353,7 +354,7 @@ func countFDs(t *testing.T) int {
 }
 
 func TestIdleConnectionClosed(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{idle: 300 * time.Millisecond})
 	// An upstream that answers and then holds the connection open forever.
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -394,7 +395,7 @@ except socket.timeout:
 }
 
 func TestHTTPKeepAliveRequestsAreEachChecked(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	var hosts []string
 	var mu sync.Mutex
@@ -448,7 +449,7 @@ for path, host in (("/one", "api.allowed.test"), ("/two", "api.allowed.test"), (
 }
 
 func TestHTTPBodiesThroughTheRequestGate(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -482,7 +483,7 @@ func TestHTTPBodiesThroughTheRequestGate(t *testing.T) {
 // TestNoReceiptNoConnection closes the receipt log under a running agent:
 // an allowed connection must then be refused, never relayed unreceipted.
 func TestNoReceiptNoConnection(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	url := fmt.Sprintf("http://api.allowed.test:%d/", e.httpAddr.Port())
 	resolve := fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.httpAddr.Port())
@@ -506,7 +507,7 @@ func TestNoReceiptNoConnection(t *testing.T) {
 }
 
 func TestMetricsCountDecisions(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	resolve := fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.httpAddr.Port())
 	e.run("curl", "-sS", "--max-time", "10", "--resolve", resolve, fmt.Sprintf("http://api.allowed.test:%d/", e.httpAddr.Port()))

@@ -71,7 +71,7 @@ print(data.split(b"\r\n\r\n", 1)[1].decode())
 // a port the configuration allows works, and so does the workload's
 // ordinary outbound HTTPS through the proxy.
 func TestInboundRefusedWithReceiptExceptAllowedPort(t *testing.T) {
-	requireTools(t, "python3", "curl")
+	testutil.RequireTools(t, "python3", "curl")
 	// Free ports, for the workload to try.
 	lnFixed, fixed := listenLoopback(t)
 	lnAllowed, allowed := listenLoopback(t)
@@ -172,7 +172,7 @@ func TestInboundRefusedWithReceiptExceptAllowedPort(t *testing.T) {
 // A listener the workload opened before it was protected, which no hook
 // saw, is refused when protection starts: receipted, and no peer gets in.
 func TestInboundListenerOpenedBeforeProtectionRefused(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	late := testutil.NewCgroup(t, e.parent.Path)
 	cmd := exec.Command("python3", "-c", `

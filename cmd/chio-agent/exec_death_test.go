@@ -49,11 +49,7 @@ func startExecWorkload(t *testing.T, unit *testutil.Cgroup) *execUnderTest {
 func startExecWorkloadWith(t *testing.T, unit *testutil.Cgroup, ignoreTerm bool) *execUnderTest {
 	t.Helper()
 	testutil.RequireRoot(t)
-	for _, tool := range []string{"curl", "setpriv"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testutil.Skip(t, tool+" is not installed")
-		}
-	}
+	testutil.RequireTools(t, "curl", "setpriv")
 	bin := binary(t)
 	dir := t.TempDir()
 	key := filepath.Join(dir, "chio.key")

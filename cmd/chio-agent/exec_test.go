@@ -19,9 +19,7 @@ import (
 // HushSpec docs.
 func TestExecProtectsUnmodifiedCommands(t *testing.T) {
 	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("curl"); err != nil {
-		testutil.Skip(t, "curl is not installed")
-	}
+	testutil.RequireTools(t, "curl")
 	bin := binary(t)
 	dir := t.TempDir()
 	port := serveBody(t, "hello from upstream")

@@ -178,9 +178,7 @@ func (d *daemon) status() agent.Status {
 func daemonTest(t *testing.T) (bin, dir, pinDir, keyPath string) {
 	t.Helper()
 	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("curl"); err != nil {
-		testutil.Skip(t, "curl is not installed")
-	}
+	testutil.RequireTools(t, "curl")
 	bin, dir, pinDir = binary(t), t.TempDir(), testutil.PinDir(t)
 	t.Cleanup(func() { exec.Command(bin, "uninstall", "--force", "--pin-dir", pinDir).Run() })
 	keyPath = filepath.Join(dir, "key")

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -25,6 +26,17 @@ func Skip(t testing.TB, reason string) {
 		t.Fatalf("privileged test cannot run under CI=true: %s", reason)
 	}
 	t.Skip(reason)
+}
+
+// RequireTools skips t, naming the first of tools that is not on PATH
+// (make test installs them; in CI a skip fails the run).
+func RequireTools(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			Skip(t, tool+" is not installed")
+		}
+	}
 }
 
 // RequireRoot skips (or, under CI, fails) the test unless it runs as root.
