@@ -136,103 +136,85 @@ func (p *parser) literal(word string) error {
 	return nil
 }
 
-// open enters the array or object at p.pos, whose closing byte is end: it
-// counts one more level of nesting (refusing past MaxDepth), steps over the
-// opening byte and reports whether the container is empty (end follows at
-// once, and is consumed). The caller calls p.leave once open succeeded.
-func (p *parser) open(end byte) (empty bool, err error) {
+// container parses the array (k kindArray) or object (kindObject) at
+// p.pos: its elements or members, separated by commas, up to the closing
+// bracket. Members come in source order; object sorts them.
+func (p *parser) container(k kind) (node, error) {
+	end, name := byte(']'), "array"
+	if k == kindObject {
+		end, name = '}', "object"
+	}
 	p.depth++
 	if p.depth > MaxDepth {
-		return false, p.errf(ErrTooDeep, "more than %d levels", MaxDepth)
+		return node{}, p.errf(ErrTooDeep, "more than %d levels", MaxDepth)
 	}
+	defer func() { p.depth-- }()
 	p.pos++ // '[' or '{'
+	n := node{kind: k}
 	p.skipSpace()
 	if p.pos < len(p.data) && p.data[p.pos] == end {
 		p.pos++
-		return true, nil
-	}
-	return false, nil
-}
-
-func (p *parser) leave() { p.depth-- }
-
-func (p *parser) array() (node, error) {
-	n := node{kind: kindArray}
-	empty, err := p.open(']')
-	if err != nil {
-		return node{}, err
-	}
-	defer p.leave()
-	if empty {
 		return n, nil
 	}
 	for {
 		p.skipSpace()
-		v, err := p.value()
-		if err != nil {
+		if k == kindArray {
+			v, err := p.value()
+			if err != nil {
+				return node{}, err
+			}
+			n.elems = append(n.elems, v)
+		} else if err := p.member(&n); err != nil {
 			return node{}, err
 		}
-		n.elems = append(n.elems, v)
 		p.skipSpace()
 		if p.pos >= len(p.data) {
-			return node{}, p.errf(ErrSyntax, "unterminated array")
+			return node{}, p.errf(ErrSyntax, "unterminated %s", name)
 		}
 		switch p.data[p.pos] {
 		case ',':
 			p.pos++
-		case ']':
+		case end:
 			p.pos++
 			return n, nil
 		default:
-			return node{}, p.errf(ErrSyntax, "want ',' or ']' in array, got %q", rune(p.data[p.pos]))
+			return node{}, p.errf(ErrSyntax, "want ',' or '%c' in %s, got %q", end, name, rune(p.data[p.pos]))
 		}
 	}
 }
 
+// member parses one "key": value of an object into n.
+func (p *parser) member(n *node) error {
+	if p.pos >= len(p.data) || p.data[p.pos] != '"' {
+		return p.errf(ErrSyntax, "want a string object key")
+	}
+	k, err := p.str()
+	if err != nil {
+		return err
+	}
+	p.skipSpace()
+	if p.pos >= len(p.data) || p.data[p.pos] != ':' {
+		return p.errf(ErrSyntax, "want ':' after object key")
+	}
+	p.pos++
+	p.skipSpace()
+	v, err := p.value()
+	if err != nil {
+		return err
+	}
+	n.members = append(n.members, member{key: k, val: v})
+	return nil
+}
+
+func (p *parser) array() (node, error) { return p.container(kindArray) }
+
+// object parses an object, sorts its members into canonical order and
+// refuses a key given twice.
 func (p *parser) object() (node, error) {
 	start := p.pos
-	n := node{kind: kindObject}
-	empty, err := p.open('}')
+	n, err := p.container(kindObject)
 	if err != nil {
 		return node{}, err
-	}
-	defer p.leave()
-	if empty {
-		return n, nil
-	}
-	for {
-		p.skipSpace()
-		if p.pos >= len(p.data) || p.data[p.pos] != '"' {
-			return node{}, p.errf(ErrSyntax, "want a string object key")
-		}
-		k, err := p.str()
-		if err != nil {
-			return node{}, err
-		}
-		p.skipSpace()
-		if p.pos >= len(p.data) || p.data[p.pos] != ':' {
-			return node{}, p.errf(ErrSyntax, "want ':' after object key")
-		}
-		p.pos++
-		p.skipSpace()
-		v, err := p.value()
-		if err != nil {
-			return node{}, err
-		}
-		n.members = append(n.members, member{key: k, val: v})
-		p.skipSpace()
-		if p.pos >= len(p.data) {
-			return node{}, p.errf(ErrSyntax, "unterminated object")
-		}
-		c := p.data[p.pos]
-		p.pos++
-		if c == '}' {
-			break
-		}
-		if c != ',' {
-			p.pos--
-			return node{}, p.errf(ErrSyntax, "want ',' or '}' in object, got %q", rune(c))
-		}
 	}
 	slices.SortFunc(n.members, func(a, b member) int { return CompareKeys(a.key, b.key) })
 	for i := 1; i < len(n.members); i++ {
