@@ -77,6 +77,23 @@ func (s *keepAliveServer) seen() []string {
 	return append([]string(nil), s.hosts...)
 }
 
+// laterRequestDenied checks what a connection decided for host must come
+// to when a later request on it names other: srv served requests for host
+// only, and the later request was denied (by name, with a receipt).
+func (e *e2e) laterRequestDenied(srv *keepAliveServer, host, other string) {
+	e.t.Helper()
+	for _, h := range srv.seen() {
+		if hostOnly(h) != host {
+			e.t.Fatalf("upstream saw a request for %q on a connection decided for %s", h, host)
+		}
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Name == other })
+	if d.Verdict != kernel.VerdictDeny || d.Guard != GuardProtocol || !strings.Contains(d.Reason, "later request") {
+		e.t.Fatalf("decision = %+v; want a deny of the later request", d)
+	}
+	e.receiptFor(d)
+}
+
 // heapPeak samples the Go heap in use until stop is called, and returns the
 // highest figure seen. The agent runs in this process: this is its heap.
 func heapPeak() (stop func() uint64) {
@@ -282,16 +299,7 @@ for mode in ("after", "pipelined", "connect"):
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	for _, h := range srv.seen() {
-		if hostOnly(h) != "api.allowed.test" {
-			t.Fatalf("upstream saw a request for %q on a connection decided for api.allowed.test", h)
-		}
-	}
-	d := e.waitDecision(func(d Decision) bool { return d.Name == "other.allowed.test" })
-	if d.Verdict != kernel.VerdictDeny || !strings.Contains(d.Reason, "later request") {
-		t.Fatalf("decision = %+v", d)
-	}
-	e.receiptFor(d)
+	e.laterRequestDenied(srv, "api.allowed.test", "other.allowed.test")
 }
 
 // TestWebSocketSwitchRelayed: a real protocol switch (101) still works, and

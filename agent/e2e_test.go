@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -397,21 +396,7 @@ except socket.timeout:
 func TestHTTPKeepAliveRequestsAreEachChecked(t *testing.T) {
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
-	var hosts []string
-	var mu sync.Mutex
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		hosts = append(hosts, r.Host)
-		mu.Unlock()
-		fmt.Fprintf(w, "seen %s", r.URL.Path)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	port := ln.Addr().(*net.TCPAddr).Port
+	srv := serveKeepAlive(t)
 	out, code := e.run("python3", "-c", fmt.Sprintf(`
 import http.client
 c = http.client.HTTPConnection("127.0.0.1", %d, timeout=10)
@@ -422,7 +407,7 @@ for path, host in (("/one", "api.allowed.test"), ("/two", "api.allowed.test"), (
         print(path, r.status, r.read().decode())
     except Exception as e:
         print(path, "refused", type(e).__name__)
-`, port))
+`, srv.port))
 	if code != 0 {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
@@ -431,21 +416,10 @@ for path, host in (("/one", "api.allowed.test"), ("/two", "api.allowed.test"), (
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for _, h := range hosts {
-		if h != "api.allowed.test" {
-			t.Fatalf("upstream saw a request for %q on a connection decided for api.allowed.test", h)
-		}
+	if n := len(srv.seen()); n != 2 {
+		t.Fatalf("upstream saw %d requests, want 2", n)
 	}
-	if len(hosts) != 2 {
-		t.Fatalf("upstream saw %d requests, want 2", len(hosts))
-	}
-	d := e.waitDecision(func(d Decision) bool { return d.Guard == GuardProtocol && d.Name == "forbidden.test" })
-	if d.Verdict != kernel.VerdictDeny || !strings.Contains(d.Reason, "later request") {
-		t.Fatalf("decision = %+v", d)
-	}
-	e.receiptFor(d)
+	e.laterRequestDenied(srv, "api.allowed.test", "forbidden.test")
 }
 
 func TestHTTPBodiesThroughTheRequestGate(t *testing.T) {
