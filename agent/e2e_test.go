@@ -356,27 +356,13 @@ func TestIdleConnectionClosed(t *testing.T) {
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{idle: 300 * time.Millisecond})
 	// An upstream that answers and then holds the connection open forever.
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, 4096)
-				n, _ := c.Read(buf)
-				c.Write(buf[:n])
-				io.Copy(io.Discard, c) // never closes first
-				c.Close()
-			}()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	port := testutil.ServeTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
+		buf := make([]byte, 4096)
+		n, _ := c.Read(buf)
+		c.Write(buf[:n])
+		io.Copy(io.Discard, c) // never closes first
+		c.Close()
+	}).Port()
 	out, code := e.run("python3", "-c", fmt.Sprintf(`
 import socket
 s = socket.create_connection(("127.0.0.1", %d), timeout=20)

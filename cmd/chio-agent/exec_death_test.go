@@ -61,23 +61,11 @@ func startExecWorkloadWith(t *testing.T, unit *testutil.Cgroup, ignoreTerm bool)
 		t.Fatal(err)
 	}
 	// The server counts every connection that reaches it: any is a bypass.
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	e := &execUnderTest{t: t, accepts: &atomic.Int64{}, stderr: filepath.Join(dir, "exec.stderr")}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			e.accepts.Add(1)
-			c.Close()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	port := testutil.ServeTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
+		e.accepts.Add(1)
+		c.Close()
+	}).Port()
 
 	inR, inW, err := os.Pipe()
 	if err != nil {
