@@ -101,22 +101,27 @@ func TestICMPAndRawSocketsRefusedWithReceipts(t *testing.T) {
 	}
 }
 
-// connectScript connects a socket to dst:0. A ping socket is made first and
+// connectScript makes a socket of argv[1] (tcp, udp or icmp) and connects
+// it to argv[2] (an address) port argv[3]. A ping socket is made first and
 // the process then moves itself into the protected cgroup through fd 3, its
 // cgroup.procs (a socket made before its workload was protected); TCP and
-// UDP sockets are made inside. Exit 0: connected; 5: refused with EPERM; 6:
-// another error.
+// UDP sockets are made where the process runs, as a container's first
+// process would. Exit 0: connected; 5: socket() or connect() refused with
+// EPERM (the output says which); 6: another error (e.g. nothing listens).
 const connectScript = `
 import os, socket, sys
-kind, dst = sys.argv[1], sys.argv[2]
+kind, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
 if kind == "icmp":
     s = socket.socket(fam, socket.SOCK_DGRAM, socket.IPPROTO_ICMP if fam == socket.AF_INET else socket.IPPROTO_ICMPV6)
     os.write(3, str(os.getpid()).encode())
 else:
-    s = socket.socket(fam, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    except PermissionError as e:
+        print("socket:", e); sys.exit(5)
 try:
-    s.connect((dst, 0))
+    s.connect((dst, port))
 except PermissionError as e:
     print("connect:", e); sys.exit(5)
 except OSError as e:
@@ -140,7 +145,7 @@ func TestPortZeroRefusedWithReceipt(t *testing.T) {
 		{"icmp", "127.0.0.1", "icmp"},
 		{"icmp", "::1", "icmpv6"},
 	} {
-		cmd := exec.Command("ip", "netns", "exec", ns.Name, "python3", "-c", connectScript, c.kind, c.dst)
+		cmd := exec.Command("ip", "netns", "exec", ns.Name, "python3", "-c", connectScript, c.kind, c.dst, "0")
 		if c.kind == "icmp" {
 			// It moves itself in after making its socket.
 			procs, err := os.OpenFile(filepath.Join(e.wl.Path, "cgroup.procs"), os.O_WRONLY, 0)
