@@ -208,16 +208,7 @@ func (e *e2e) runIn(cg testutil.Cgroup, name string, args ...string) (string, in
 	cmd := exec.CommandContext(ctx, name, args...)
 	cg.CommandIn(e.t, cmd)
 	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return strings.TrimSpace(string(out)), 0
-	case errors.As(err, &ee):
-		return strings.TrimSpace(string(out)), ee.ExitCode()
-	default:
-		e.t.Fatalf("run %s: %v", name, err)
-	}
-	return "", -1
+	return strings.TrimSpace(string(out)), testutil.ExitCode(e.t, err)
 }
 
 // lastDecision waits for the decision that matches and returns it.

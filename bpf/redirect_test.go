@@ -245,14 +245,7 @@ func runChild(t *testing.T, cg testutil.Cgroup, env []string) (string, int, int)
 	cmd.Env = append(os.Environ(), env...)
 	cg.CommandIn(t, cmd)
 	out, err := cmd.Output()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("run client: %v", err)
-	}
-	return strings.TrimSpace(string(out)), code, cmd.Process.Pid
+	return strings.TrimSpace(string(out)), testutil.ExitCode(t, err), cmd.Process.Pid
 }
 
 func TestConnectRedirectedFromProtectedCgroup(t *testing.T) {

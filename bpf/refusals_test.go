@@ -11,9 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
-	"golang.org/x/sys/unix"
 )
 
 // Exit codes of socketChild.
@@ -90,14 +91,7 @@ func runSocketIn(t *testing.T, cg testutil.Cgroup, ns testutil.NetNS, spec strin
 	}
 	cg.CommandIn(t, cmd)
 	out, err := cmd.Output()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("run socket child: %v", err)
-	}
-	return strings.TrimSpace(string(out)), code, cmd.Process.Pid
+	return strings.TrimSpace(string(out)), testutil.ExitCode(t, err), cmd.Process.Pid
 }
 
 const nobody = 65534

@@ -226,14 +226,7 @@ func curlIn(t *testing.T, cg testutil.Cgroup, host string, port int) (string, in
 		"--resolve", fmt.Sprintf("%s:%d:127.0.0.1", host, port), fmt.Sprintf("http://%s:%d/", host, port))
 	cg.CommandIn(t, cmd)
 	out, err := cmd.Output()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return string(out), ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(out), 0
+	return string(out), testutil.ExitCode(t, err)
 }
 
 // TestRunDaemonLifecycle runs the node agent as an operator would: protect a

@@ -1,5 +1,7 @@
 // Package testutil holds helpers shared by the tests of every package: where
-// the vendored conformance data lives, and how privileged tests skip.
+// the vendored conformance data lives, how privileged tests skip, and the
+// fixtures they share (cgroups, network namespaces, loopback servers, the
+// exit status of a child).
 //
 // A privileged test skips with a one-line reason on a machine that cannot run
 // it, but under CI=true a skip is a failure: CI runs as root and must run them.
@@ -124,4 +126,21 @@ func RefusedWithout(t testing.TB, name string, want error, path string, load fun
 	case <-time.After(20 * time.Second):
 		t.Fatalf("%s: still blocked on %s after 20s", name, path)
 	}
+}
+
+// ExitCode is the exit status that err, from an exec.Cmd's Run, Output or
+// CombinedOutput, reports: 0 for nil, the process's status for an
+// *exec.ExitError. Any other error means the command did not run, and
+// fails t.
+func ExitCode(t testing.TB, err error) int {
+	t.Helper()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.ExitCode()
+	}
+	t.Fatalf("run: %v", err)
+	return -1
 }
