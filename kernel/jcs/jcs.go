@@ -357,9 +357,7 @@ func (p *parser) number() (string, error) {
 	case i < len(d) && d[i] == '0':
 		i++
 	case i < len(d) && d[i] >= '1' && d[i] <= '9':
-		for i < len(d) && d[i] >= '0' && d[i] <= '9' {
-			i++
-		}
+		i = skipDigits(d, i)
 	default:
 		p.pos = i
 		return "", p.errf(ErrSyntax, "invalid number")
@@ -367,12 +365,8 @@ func (p *parser) number() (string, error) {
 	integer := true
 	if i < len(d) && d[i] == '.' {
 		integer = false
-		i++
-		j := i
-		for i < len(d) && d[i] >= '0' && d[i] <= '9' {
-			i++
-		}
-		if i == j {
+		j := i + 1
+		if i = skipDigits(d, j); i == j {
 			p.pos = i
 			return "", p.errf(ErrSyntax, "number needs digits after '.'")
 		}
@@ -384,10 +378,7 @@ func (p *parser) number() (string, error) {
 			i++
 		}
 		j := i
-		for i < len(d) && d[i] >= '0' && d[i] <= '9' {
-			i++
-		}
-		if i == j {
+		if i = skipDigits(d, j); i == j {
 			p.pos = i
 			return "", p.errf(ErrSyntax, "number needs digits in its exponent")
 		}
@@ -398,6 +389,15 @@ func (p *parser) number() (string, error) {
 		return "", &SyntaxError{Offset: start, Msg: string(d[start:i]), Err: err}
 	}
 	return string(out), nil
+}
+
+// skipDigits returns the index of the first byte at or after i in d that
+// is not an ASCII digit.
+func skipDigits(d []byte, i int) int {
+	for i < len(d) && d[i] >= '0' && d[i] <= '9' {
+		i++
+	}
+	return i
 }
 
 // CompareKeys orders two strings by their UTF-16 code units, as RFC 8785
