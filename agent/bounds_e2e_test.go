@@ -136,16 +136,10 @@ func TestEndlessHeaderOnLaterRequestRefused(t *testing.T) {
 	const attack = 100 << 20
 	before := heapInuse()
 	stop := heapPeak()
-	out, code := e.run("python3", "-c", fmt.Sprintf(`
-import socket
+	out, code := e.python(`
 s = socket.create_connection(("127.0.0.1", %d), timeout=30)
 s.sendall(b"GET /one HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n")
-buf = b""
-while b"seen /one" not in buf:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    buf += chunk
+buf = recv_until(s, b"seen /one")
 print("first:", buf.split(b"\r\n")[0].decode())
 s.sendall(b"GET /two HTTP/1.1\r\nHost: api.allowed.test\r\nX-Endless: ")
 chunk, sent = b"a" * 65536, 0
@@ -156,7 +150,7 @@ try:
     print("sent all", sent)
 except OSError as e:
     print("refused after", sent, type(e).__name__)
-`, srv.port, attack))
+`, srv.port, attack)
 	peak := stop()
 	if code != 0 || !strings.Contains(out, "first: HTTP/1.1 200 OK") || !strings.Contains(out, "refused after") {
 		t.Fatalf("python: exit %d\n%s", code, out)
@@ -187,8 +181,7 @@ func TestPendingFloodRefusedWithReceipts(t *testing.T) {
 	const held, flood = 4, 20
 	e := newE2E(t, e2eOptions{firstBytes: 30 * time.Second, limits: Limits{PendingPerWorkload: held}})
 	srv := serveKeepAlive(t)
-	out, code := e.run("python3", "-c", fmt.Sprintf(`
-import socket
+	out, code := e.python(`
 held = [socket.create_connection(("127.0.0.1", %[1]d), timeout=20) for _ in range(%[2]d)]
 refused = 0
 for _ in range(%[3]d):
@@ -203,14 +196,9 @@ for _ in range(%[3]d):
 print("refused", refused)
 for i, c in enumerate(held):
     c.sendall(b"GET /h%%d HTTP/1.1\r\nHost: api.allowed.test\r\nConnection: close\r\n\r\n" %% i)
-    buf = b""
-    while True:
-        chunk = c.recv(4096)
-        if not chunk:
-            break
-        buf += chunk
+    buf = read_all(c)
     print("held", i, buf.split(b"\r\n")[0].decode(), buf.split(b"\r\n\r\n")[-1].decode())
-`, srv.port, held, flood))
+`, srv.port, held, flood)
 	if code != 0 {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
@@ -254,42 +242,27 @@ func TestUpgradeWithoutSwitchKeepsDeciding(t *testing.T) {
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
-	out, code := e.run("python3", "-c", fmt.Sprintf(`
-import socket
+	out, code := e.python(`
 up = b"GET /ws HTTP/1.1\r\nHost: api.allowed.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
 other = b"GET /other HTTP/1.1\r\nHost: other.allowed.test\r\n\r\n"
-def rest(s):
-    buf = b""
-    try:
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                return buf, "closed"
-            buf += chunk
-    except ConnectionResetError:
-        return buf, "reset"
 port = %d
 for mode in ("after", "pipelined", "connect"):
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     if mode == "connect":
         s.sendall(b"CONNECT api.allowed.test:%%d HTTP/1.1\r\nHost: api.allowed.test:%%d\r\n\r\n" %% (port, port))
-        buf = b""
-        while b"no tunnel" not in buf:
-            buf += s.recv(4096)
+        buf = recv_until(s, b"no tunnel")
         print(mode, "answer:", buf.split(b"\r\n")[0].decode())
         s.sendall(other)
     elif mode == "after":
         s.sendall(up)
-        buf = b""
-        while b"seen /ws" not in buf:
-            buf += s.recv(4096)
+        buf = recv_until(s, b"seen /ws")
         print(mode, "upgrade:", buf.split(b"\r\n")[0].decode())
         s.sendall(other)
     else:
         s.sendall(up + other)
     buf, how = rest(s)
     print(mode, "other:", how, b"seen /other" in buf)
-`, srv.port))
+`, srv.port)
 	if code != 0 {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
@@ -308,13 +281,10 @@ func TestWebSocketSwitchRelayed(t *testing.T) {
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
-	out, code := e.run("python3", "-c", fmt.Sprintf(`
-import socket
+	out, code := e.python(`
 s = socket.create_connection(("127.0.0.1", %d), timeout=10)
 s.sendall(b"GET /ws101 HTTP/1.1\r\nHost: api.allowed.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-buf = b""
-while b"\r\n\r\n" not in buf:
-    buf += s.recv(4096)
+buf = recv_until(s, b"\r\n\r\n")
 print("switch:", buf.split(b"\r\n")[0].decode())
 frame = b"\x81\x05hello GET / HTTP/1.1\r\nHost: elsewhere.test\r\n\r\n"
 s.sendall(frame)
@@ -325,7 +295,7 @@ while len(got) < len(frame):
         break
     got += chunk
 print("echo ok" if got == frame else "echo bad %%r" %% got)
-`, srv.port))
+`, srv.port)
 	if code != 0 || !strings.Contains(out, "switch: HTTP/1.1 101 Switching Protocols") || !strings.Contains(out, "echo ok") {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
@@ -346,18 +316,16 @@ func TestClientResetMidRequestIsNotMalformed(t *testing.T) {
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
-	out, code := e.run("python3", "-c", fmt.Sprintf(`
-import socket, struct
+	out, code := e.python(`
+import struct
 s = socket.create_connection(("127.0.0.1", %d), timeout=10)
 s.sendall(b"GET /one HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n")
-buf = b""
-while b"seen /one" not in buf:
-    buf += s.recv(4096)
+recv_until(s, b"seen /one")
 s.sendall(b"GET /two HTTP/1.1\r\nHost: api.al")
 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 s.close()
 print("reset")
-`, srv.port))
+`, srv.port)
 	if code != 0 || out != "reset" {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
@@ -390,16 +358,14 @@ func TestMemoryUnderCeilingWithEveryBoundFull(t *testing.T) {
 	e := newE2E(t, e2eOptions{firstBytes: 60 * time.Second, limits: lim})
 	srv := serveKeepAlive(t)
 	before := memInuse()
-	cmd := exec.Command("python3", "-c", fmt.Sprintf(`
-import socket, sys
+	cmd := exec.Command("python3", "-c", pyRecv+fmt.Sprintf(`
+import sys
 n, port, fill = %d, %d, b"a" * (60 * 1024)
 relays = []
 for i in range(n):
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     s.sendall(b"GET /r HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n")
-    buf = b""
-    while b"seen /r" not in buf:
-        buf += s.recv(4096)
+    recv_until(s, b"seen /r")
     s.sendall(b"GET /r2 HTTP/1.1\r\nHost: api.allowed.test\r\nX-Fill: " + fill)
     relays.append(s)
 pending = []

@@ -194,6 +194,44 @@ func bodyHandler(body string) http.Handler {
 	})
 }
 
+// pyRecv starts the python clients of these tests, so that each reads a
+// socket the same way: recv_until reads from s until marker has come (or the
+// peer closed), rest until the peer closes or resets and says which,
+// read_all until the peer closes (a reset raises).
+const pyRecv = `
+import socket
+def recv_until(s, marker):
+    buf = b""
+    while marker not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+def rest(s):
+    buf = b""
+    try:
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                return buf, "closed"
+            buf += chunk
+    except ConnectionResetError:
+        return buf, "reset"
+def read_all(s):
+    buf, how = rest(s)
+    if how == "reset":
+        raise ConnectionResetError("read_all: connection reset")
+    return buf
+`
+
+// python runs script, formatted with args and started by pyRecv, in python3
+// inside the protected workload, and returns its output and exit status.
+func (e *e2e) python(script string, args ...any) (string, int) {
+	e.t.Helper()
+	return e.run("python3", "-c", pyRecv+fmt.Sprintf(script, args...))
+}
+
 // run runs a client inside the protected workload and returns its combined
 // output and exit status.
 func (e *e2e) run(name string, args ...string) (string, int) {

@@ -137,19 +137,14 @@ ctx = ssl.create_default_context(cafile=%q)
 with socket.create_connection(("127.0.0.1", %d), timeout=10) as s:
     with ctx.wrap_socket(s, server_hostname="other.allowed.test") as t:
         t.sendall(b"GET /tls HTTP/1.1\r\nHost: other.allowed.test\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            b = t.recv(4096)
-            if not b: break
-            data += b
-        print(data.decode().split("\r\n\r\n", 1)[1])
+        print(read_all(t).decode().split("\r\n\r\n", 1)[1])
 try:
     urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/", headers={"Host": "nope.test"}), timeout=10)
     print("UNEXPECTED-ALLOW")
 except urllib.error.HTTPError as err:
     print("denied", err.code)
 `, e.httpAddr.Port(), e.ca, e.tlsAddr.Port(), e.httpAddr.Port())
-	out, code := e.run("python3", "-c", script)
+	out, code := e.run("python3", "-c", pyRecv+script)
 	if code != 0 {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}

@@ -45,8 +45,7 @@ sys.stdin.readline()
 // selfRelay listens on a kernel-picked port and connects to itself there,
 // which the datapath sends through the proxy; it prints what its listener
 // answered.
-const selfRelay = `
-import socket
+const selfRelay = pyRecv + `
 ln = socket.socket()
 ln.listen(1)
 c = socket.create_connection(("127.0.0.1", ln.getsockname()[1]), timeout=10)
@@ -56,13 +55,7 @@ s.settimeout(10)
 s.recv(4096)
 s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npong")
 s.close()
-data = b""
-while True:
-    b = c.recv(4096)
-    if not b:
-        break
-    data += b
-print(data.split(b"\r\n\r\n", 1)[1].decode())
+print(read_all(c).split(b"\r\n\r\n", 1)[1].decode())
 `
 
 // A protected workload cannot be reached from outside: a bind to a fixed
