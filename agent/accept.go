@@ -125,7 +125,7 @@ func (cn *conn) release(p *proxy) {
 // newConn starts the state of a redirected connection: its event as far as
 // the datapath told it, and the policy snapshot it will be decided under.
 func (p *proxy) newConn(c *net.TCPConn, orig bpf.Original, w *workload) *conn {
-	cn := &conn{client: c, orig: orig, w: w, snap: p.kern.Snapshot()}
+	cn := &conn{client: c, orig: orig, w: w, snap: w.decider(p.kern).Snapshot()}
 	cn.eg.Event = kernel.EgressEvent{
 		IP:           orig.Dst.Addr(),
 		Port:         orig.Dst.Port(),

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/sirupsen/logrus"
 
 	"github.com/backbay-labs/chio-agent/bpf"
@@ -75,6 +76,10 @@ type Options struct {
 	// against the datapath besides inotify notices. Default
 	// DefaultResyncInterval.
 	ResyncInterval time.Duration
+
+	// editSpec, set by tests, makes the agent a binary of another map
+	// layout (bpf.Options.EditSpec).
+	editSpec func(*ebpf.CollectionSpec) error
 }
 
 // WorkloadSpec describes a workload to protect.
@@ -115,6 +120,10 @@ type WorkloadSpec struct {
 	// workload is; nil for a workload kernel.yaml lists. Reloads of the
 	// listed workloads leave pod workloads alone.
 	Pod *PodStatus
+	// kern, set by pod discovery, is the kernel whose policy decides the
+	// workload's connections (its pod's kubernetes.policies entry); nil:
+	// the agent's own policy.
+	kern *kernel.Kernel
 }
 
 // Agent is a running node agent: programs attached, listeners open.
@@ -160,7 +169,9 @@ type Agent struct {
 
 // Start loads and attaches the programs (adopting pinned state when PinDir
 // has it) and starts reading kernel refusal events. Protect then adds
-// workloads.
+// workloads. When PinDir holds links of another map layout (an upgrade),
+// Start attaches nothing: those links keep their programs until handOver,
+// which RunDaemon calls once the workloads are in this agent's maps.
 func Start(opts Options) (*Agent, error) {
 	if opts.Policy == nil {
 		return nil, errors.New("start agent: no policy")
@@ -202,7 +213,7 @@ func Start(opts Options) (*Agent, error) {
 		opts.Logger.WithError(err).Warn("the agent cannot name its process to the kernel: its socket mark is honoured on any " +
 			"process's sockets, and a protected workload holding CAP_NET_ADMIN or CAP_NET_RAW could set it and pass undecided")
 	}
-	objs, err := bpf.Load(bpf.Options{AgentMark: opts.AgentMark, AgentPID: pid, PinDir: opts.PinDir})
+	objs, err := bpf.Load(bpf.Options{AgentMark: opts.AgentMark, AgentPID: pid, PinDir: opts.PinDir, EditSpec: opts.editSpec})
 	if err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}
@@ -450,16 +461,31 @@ func (a *Agent) syncDatapath(w *workload, pol *hushspec.Policy) error {
 // static refusals that come from it.
 func (a *Agent) SetPolicy(p *hushspec.Policy, source string) {
 	a.mu.Lock()
-	a.kern.SetPolicy(p)
 	a.polSource, a.polLoaded = source, time.Now()
+	a.mu.Unlock()
+	a.setPolicyOf(a.kern, p)
+	a.opts.Logger.WithFields(logrus.Fields{"policy": p.Name(), "hash": p.Hash()}).Info("policy loaded")
+}
+
+// setPolicyOf replaces the policy of one kernel (the agent's, or one of
+// kubernetes.policies) and the static refusals of the workloads it decides;
+// the others are left alone.
+func (a *Agent) setPolicyOf(k *kernel.Kernel, p *hushspec.Policy) {
+	if p == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	k.SetPolicy(p)
 	for _, w := range a.reg.all() {
+		if w.decider(a.kern) != k {
+			continue
+		}
 		// SetVerdicts keeps the workload's entry flagged as it should be.
 		if err := a.objs.SetVerdicts(w.id, a.verdictRules(w, p)); err != nil {
 			a.proxy.errs.add(fmt.Errorf("update static verdicts of %s: %w", w.name, err))
 		}
 	}
-	a.mu.Unlock()
-	a.opts.Logger.WithFields(logrus.Fields{"policy": p.Name(), "hash": p.Hash()}).Info("policy loaded")
 }
 
 // workloadsKnown lets readEvents start (once).

@@ -101,7 +101,7 @@ func (a *Agent) syncWorkload(w *workload, force bool) error {
 		}
 		old := w.cgroupID
 		w.cgroupID = id
-		if err := a.syncDatapath(w, a.kern.Snapshot().Policy()); err != nil {
+		if err := a.syncDatapath(w, w.decider(a.kern).Snapshot().Policy()); err != nil {
 			w.cgroupID = old
 			return fmt.Errorf("sync %s: %w", w.name, err)
 		}

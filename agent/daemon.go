@@ -73,7 +73,12 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	}
 	defer a.Close()
 	log := a.opts.Logger // Start filled in a default
-	logAttachments(log, a, o.Agent.PinDir)
+	if a.objs.HandoverPending() {
+		log.WithFields(logrus.Fields{"pin_dir": o.Agent.PinDir, "previous_layouts": a.objs.PreviousLayouts()}).
+			Info("the pinned links are another map layout's: they stay as they are (refusing protected connections) until this agent has rebuilt its state and hands them over")
+	} else {
+		logAttachments(log, a, o.Agent.PinDir)
+	}
 	defer log.WithField("pin_dir", o.Agent.PinDir).Info("chio-agent stopping: the pinned programs stay attached, so protected workloads cannot connect until an agent runs again")
 	// Pod discovery first: it exempts the agent's own cgroup from a pinned
 	// birth root before the agent opens a socket of its own.
@@ -112,6 +117,11 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		case <-ctx.Done():
 			return nil
 		}
+	}
+	// Every workload and pod is in this agent's maps: the links of another
+	// layout can take its programs.
+	if err := a.handOver(); err != nil {
+		return err
 	}
 	if removed, err := a.UnprotectStale(); err != nil {
 		return fmt.Errorf("drop stale workloads: %w", err)
@@ -187,7 +197,14 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 				}
 			}
 			reload("signal")
+			if kc != nil {
+				// Errors are in status and the log already.
+				kc.reloadAll(ctx)
+			}
 		case <-tick.C:
+			if kc != nil {
+				kc.reloadChanged(ctx) // the pods' policy files (reload.go)
+			}
 			if o.WatchFile == "" {
 				continue
 			}
@@ -199,6 +216,27 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			reload("file changed")
 		}
 	}
+}
+
+// handOver swaps the pinned links of another map layout, left attached by
+// Start, to this agent's programs (bpf.Objects.Handover) and removes that
+// layout's pins. It must run once the agent's maps hold every workload,
+// guard, birth root and exemption it knows: the new programs decide from the
+// moment each link is swapped. On failure the links not swapped keep the old
+// programs, which refuse protected connections: nothing passes undecided,
+// and the next agent resumes the handover.
+func (a *Agent) handOver() error {
+	if !a.objs.HandoverPending() {
+		return nil
+	}
+	prev := a.objs.PreviousLayouts()
+	if err := a.objs.Handover(); err != nil {
+		return fmt.Errorf("hand over the pinned links of %v: %w (the links not handed over keep their old programs, "+
+			"which refuse protected connections until an agent finishes the handover)", prev, err)
+	}
+	a.opts.Logger.WithFields(logrus.Fields{"previous_layouts": prev, "links": len(a.objs.Attachments())}).
+		Info("handed the pinned links of another map layout over to this agent's programs, and removed that layout's pins")
+	return nil
 }
 
 // logAttachments says whether the agent adopted the pinned state a previous

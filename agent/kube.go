@@ -18,6 +18,7 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/cri"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
 // Pod discovery: with kernel.yaml's kubernetes: section, the daemon follows
@@ -39,10 +40,15 @@ import (
 // set. The root stays pinned when the agent stops (pods fail closed) and is
 // set again, the same, when it starts.
 //
-// Every protected pod is decided by the agent's one policy, except a pod whose
-// label names no known policy, which is refused everything
-// (kernel.GuardPodPolicy). Policies per pod (kubernetes.policies) are chosen
-// and shown in status, but not yet loaded: the agent's policy decides.
+// Policy per pod: every policy of kubernetes.policies is loaded at start
+// (any failure stops the start: fail closed) into a kernel of its own (the
+// agent's key and address owner), and a pod's workload points at the kernel
+// of the policy Select chose for it, so that each decision takes its pod's
+// policy snapshot with one atomic load (workload.decider). A pod whose label
+// names no loaded policy is refused everything (kernel.GuardPodPolicy) under
+// a built-in policy that blocks everything (refuseAllPolicy), whose hash
+// its receipts carry. Reloads (reload.go) swap a policy inside its kernel,
+// or add and drop names and classify every pod again.
 
 // Identity labels pod workloads carry in receipts and status. The first
 // three are the kubelet's own label names.
@@ -93,6 +99,10 @@ type PodStatus struct {
 	// Policy is the kubernetes.policies name Select chose; empty when the
 	// pod is not protected or refused everything.
 	Policy string `json:"policy,omitempty"`
+	// PolicyHash is the hash of the policy deciding the pod's connections
+	// now, read from the kernel its workload decides with (for RefuseAll,
+	// the built-in policy refusing everything); empty when not protected.
+	PolicyHash string `json:"policy_hash,omitempty"`
 	// RefuseAll: protected, every connection refused (Reason says why).
 	RefuseAll bool `json:"refuse_all,omitempty"`
 	// Reason is why the pod got its policy or none.
@@ -123,6 +133,46 @@ type KubeOptions struct {
 	SelfUID string
 	// Mount is the cgroup2 mount. Default: cgroupfs.Mount().
 	Mount string
+	// Policies are Config.Policies already loaded (the command loads them
+	// before attaching anything, so that a bad file stops it first). Nil:
+	// loaded at start with LoadPolicy.
+	Policies map[string]*hushspec.Policy
+	// LoadPolicy loads a policy source, at start (without Policies) and on
+	// every reload. Default: config.LoadPolicy with no panic file.
+	LoadPolicy config.PolicyLoader
+	// ReloadConfig reads kernel.yaml's kubernetes: section again, on a
+	// reload signal: its policies, default_policy and exempt_namespaces
+	// apply (the others take a restart). Nil: the section is fixed, and a
+	// reload signal loads its policies again.
+	ReloadConfig func(ctx context.Context) (*config.Kubernetes, error)
+}
+
+// refuseAllPolicy decides the pods whose label names no loaded policy: their
+// connections are refused before it is asked (kernel.GuardPodPolicy), and
+// their receipts carry its hash, a policy that refuses everything, rather
+// than one that could have allowed them.
+const refuseAllPolicy = `hushspec: "0.1.0"
+name: chio-refuse-all
+rules:
+  egress:
+    default: block
+`
+
+// podPolicy is one policy of kubernetes.policies as the agent holds it.
+type podPolicy struct {
+	// source is where it was loaded from (kubernetes.policies).
+	source string
+	// kern decides the pods it was chosen for; a reload of the policy
+	// swaps the policy inside it, so their workloads need not change.
+	kern *kernel.Kernel
+	// loaded is when the policy in force was loaded.
+	loaded time.Time
+	// err is why the last reload was refused ("" when it was not): the
+	// policy loaded before stays in force.
+	err string
+	// stamp is the version of its file last loaded or tried, for the file
+	// watch; zero for a source that is not a local file.
+	stamp fileStamp
 }
 
 // SelfPodUID returns the agent's own pod UID: $CHIO_POD_UID, else the pod
@@ -160,8 +210,18 @@ type kube struct {
 	log    logrus.FieldLogger
 	synced chan struct{}
 
-	mu   sync.Mutex
-	pods map[string]*podEntry // by sandbox id
+	// load loads a policy source (KubeOptions.LoadPolicy); reloadCfg
+	// reads the section again (KubeOptions.ReloadConfig), or is nil.
+	load      config.PolicyLoader
+	reloadCfg func(ctx context.Context) (*config.Kubernetes, error)
+	// refuse is the kernel of refuseAllPolicy.
+	refuse *kernel.Kernel
+
+	mu sync.Mutex
+	// policies are the loaded kubernetes.policies, by name; k (the section
+	// in force) changes with them on a reload, both under mu.
+	policies map[string]*podPolicy
+	pods     map[string]*podEntry // by sandbox id
 	// owner names, by workload name, the sandbox whose workload it is: a
 	// pod's sandbox made again (a new id, same name) takes it over.
 	owner map[string]string
@@ -190,6 +250,38 @@ func (a *Agent) startKube(ctx context.Context, o KubeOptions) (*kube, error) {
 	if o.SelfUID == "" {
 		o.SelfUID = SelfPodUID()
 	}
+	if o.LoadPolicy == nil {
+		o.LoadPolicy = func(ctx context.Context, src string) (*hushspec.Policy, error) {
+			return config.LoadPolicy(ctx, src, "")
+		}
+	}
+	pols := o.Policies
+	if pols == nil {
+		var err error
+		if pols, err = o.Config.LoadPolicies(ctx, o.LoadPolicy); err != nil {
+			return nil, fmt.Errorf("start pod discovery: %w", err)
+		}
+	}
+	policies := map[string]*podPolicy{}
+	for name, src := range o.Config.Policies {
+		if pols[name] == nil {
+			return nil, fmt.Errorf("start pod discovery: kubernetes.policies.%s (%s) is not loaded", name, src)
+		}
+		k, err := a.podKernel(pols[name])
+		if err != nil {
+			return nil, fmt.Errorf("start pod discovery: policy %s: %w", name, err)
+		}
+		st, _ := stamp(config.PolicyFile(src))
+		policies[name] = &podPolicy{source: src, kern: k, loaded: time.Now(), stamp: st}
+	}
+	refuse, err := hushspec.Parse([]byte(refuseAllPolicy))
+	if err != nil {
+		return nil, fmt.Errorf("start pod discovery: %w", err)
+	}
+	refuseK, err := a.podKernel(refuse)
+	if err != nil {
+		return nil, fmt.Errorf("start pod discovery: %w", err)
+	}
 	rel, err := cri.FindRoot(o.Mount, o.Config.CgroupRoot)
 	if err != nil {
 		return nil, fmt.Errorf("start pod discovery: %w (name it with kubernetes.cgroup_root)", err)
@@ -212,7 +304,8 @@ func (a *Agent) startKube(ctx context.Context, o KubeOptions) (*kube, error) {
 	}
 	kc := &kube{a: a, k: o.Config, mount: o.Mount, selfUID: o.SelfUID, root: root, client: c,
 		log: a.opts.Logger.WithField("cri_socket", sock), synced: make(chan struct{}),
-		pods: map[string]*podEntry{}, owner: map[string]string{}}
+		pods: map[string]*podEntry{}, owner: map[string]string{},
+		load: o.LoadPolicy, reloadCfg: o.ReloadConfig, refuse: refuseK, policies: policies}
 	a.mu.Lock()
 	a.kube = kc
 	a.mu.Unlock()
@@ -330,7 +423,7 @@ func (kc *kube) classify(p cri.Pod) {
 		kc.pods[p.SandboxID] = e
 	}
 	e.pod = p
-	sel := cri.Select(kc.k, p, kc.selfUID)
+	sel := choose(kc.k, kc.policies, p, kc.selfUID)
 	name := p.Namespace + "/" + p.Name
 	st := PodStatus{Namespace: p.Namespace, Name: p.Name, UID: p.UID, SandboxID: p.SandboxID,
 		Policy: sel.Policy, RefuseAll: sel.RefuseAll, Reason: sel.Reason, HostNetwork: p.HostNetwork,
@@ -371,6 +464,16 @@ func (kc *kube) classify(p cri.Pod) {
 			st.State, st.Error, st.Workload = PodUnclassified, err.Error(), ""
 			break
 		}
+		if e.exemptID != 0 {
+			// Exempt until a reload chose a policy for it (default_policy
+			// or exempt_namespaces changed): protected now, so the
+			// exemption goes.
+			if err := kc.a.objs.Unexempt(e.exemptID); err != nil {
+				kc.a.proxy.errs.add(err)
+				kc.log.WithError(err).WithField("workload", name).Error("withdraw the exemption of a pod now protected")
+			}
+			e.exemptID = 0
+		}
 		if !owned {
 			if prev := kc.owner[name]; prev != "" && kc.pods[prev] != nil {
 				kc.pods[prev].status.Workload = ""
@@ -384,6 +487,24 @@ func (kc *kube) classify(p cri.Pod) {
 		st.Since = e.status.Since
 	}
 	e.status = st
+}
+
+// choose is Select, failing closed on a policy the section names but the
+// agent does not hold (its first load by a reload failed): the pod is
+// refused everything rather than decided by another policy.
+func choose(k *config.Kubernetes, loaded map[string]*podPolicy, p cri.Pod, selfUID string) cri.Selection {
+	sel := cri.Select(k, p, selfUID)
+	if sel.Protect && !sel.RefuseAll && loaded[sel.Policy] == nil {
+		return cri.Selection{Protect: true, RefuseAll: true,
+			Reason: fmt.Sprintf("policy %q did not load: every connection refused until it does", sel.Policy)}
+	}
+	return sel
+}
+
+// podKernel is a kernel of the agent's (its key, its address owner) for
+// one pod policy.
+func (a *Agent) podKernel(p *hushspec.Policy) (*kernel.Kernel, error) {
+	return kernel.New(kernel.Options{Policy: p, SigningKey: a.opts.Key, AddressOwner: a.proxy.resolver})
 }
 
 // exempt exempts an exempt pod's pod-level cgroup from the birth root, so
@@ -475,10 +596,17 @@ func (kc *kube) spec(p cri.Pod, sel cri.Selection, st PodStatus) WorkloadSpec {
 	// serving pod. Egress is what pod discovery mediates (docs/kernel-yaml.md).
 	spec := WorkloadSpec{Name: st.Workload, Cgroup: st.Cgroup, Netns: p.Netns, Labels: labels, InboundAll: true}
 	if sel.RefuseAll {
-		labels[LabelPolicy] = p.Labels[config.PolicyLabel]
+		// The name the pod asked for (its label, else default_policy).
+		asked, ok := p.Labels[config.PolicyLabel]
+		if !ok {
+			asked = kc.k.DefaultPolicy
+		}
+		labels[LabelPolicy] = asked
 		spec.RefuseAll = sel.Reason
+		spec.kern = kc.refuse
 	} else {
 		labels[LabelPolicy] = sel.Policy
+		spec.kern = kc.policies[sel.Policy].kern
 	}
 	pod := st
 	pod.Since, pod.State = time.Time{}, "" // status fills them; not part of the spec
@@ -537,6 +665,46 @@ func (kc *kube) status() []PodStatus {
 	slices.SortFunc(out, func(x, y PodStatus) int {
 		return strings.Compare(x.Namespace+"/"+x.Name+"/"+x.SandboxID, y.Namespace+"/"+y.Name+"/"+y.SandboxID)
 	})
+	return out
+}
+
+// PodPolicyStatus is one policy of kubernetes.policies as the agent holds
+// it.
+type PodPolicyStatus struct {
+	// Name is its kubernetes.policies key, the chio.dev/policy label value
+	// that chooses it.
+	Name string `json:"name"`
+	// PolicyName and Hash are the policy's own name and hash, as in force.
+	PolicyName string    `json:"policy_name"`
+	Hash       string    `json:"hash"`
+	Source     string    `json:"source"`
+	LoadedAt   time.Time `json:"loaded_at"`
+	// Default: default_policy names it.
+	Default bool `json:"default,omitempty"`
+	// Pods is how many protected pods it decides.
+	Pods int `json:"pods"`
+	// ReloadError is why its last reload was refused (the policy in force
+	// is the one loaded before).
+	ReloadError string `json:"reload_error,omitempty"`
+}
+
+// policyStatus lists the pod policies by name.
+func (kc *kube) policyStatus() []PodPolicyStatus {
+	kc.mu.Lock()
+	defer kc.mu.Unlock()
+	out := make([]PodPolicyStatus, 0, len(kc.policies))
+	for _, name := range slices.Sorted(maps.Keys(kc.policies)) {
+		pp := kc.policies[name]
+		snap := pp.kern.Snapshot()
+		ps := PodPolicyStatus{Name: name, PolicyName: snap.Policy().Name(), Hash: snap.Hash(), Source: pp.source,
+			LoadedAt: pp.loaded, Default: kc.k.DefaultPolicy == name, ReloadError: pp.err}
+		for _, e := range kc.pods {
+			if e.status.Workload != "" && !e.status.RefuseAll && e.status.Policy == name {
+				ps.Pods++
+			}
+		}
+		out = append(out, ps)
+	}
 	return out
 }
 

@@ -196,17 +196,8 @@ func TestKubePodsProtected(t *testing.T) {
 // gateway address, which exists once the first pod is up).
 func gatewayServer(t *testing.T, rt *containerd.Runtime) netip.AddrPort {
 	t.Helper()
-	a4 := rt.Subnet.Addr().As4()
-	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
-	if err != nil {
-		t.Fatalf("listen on the pods' gateway: %v", err)
-	}
-	srv := &http.Server{Handler: bodyHandler("kube-api")}
-	srv.SetKeepAlivesEnabled(false)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	srv, _ := countingGateway(t, rt)
+	return srv
 }
 
 // podGet sends an HTTP request for host to srv from the pod's main
@@ -235,14 +226,27 @@ type kubeDaemon struct {
 	cancel  context.CancelFunc
 	done    chan error
 
+	// kube, when set before start, replaces the default section (one
+	// policy, "default", the file kubePolicy is written to); reload and
+	// reloadCfg are the daemon's reload signal and section reader.
+	kube      *config.Kubernetes
+	reload    chan os.Signal
+	reloadCfg func(ctx context.Context) (*config.Kubernetes, error)
+	// hosts are the anti-spoofing answers; default api.allowed.test at gw.
+	hosts map[string][]netip.Addr
+
 	mu      sync.Mutex
 	decided []Decision
+	// edit, when set, makes the next start a binary of another map layout.
+	edit func(*ebpf.CollectionSpec) error
 }
 
 func newKubeDaemon(t *testing.T, rt *containerd.Runtime, selfUID string, gw netip.Addr) *kubeDaemon {
 	t.Helper()
 	kd := &kubeDaemon{t: t, rt: rt, selfUID: selfUID, gw: gw, dir: t.TempDir(), pinDir: testutil.PinDir(t)}
 	kd.sock = filepath.Join(kd.dir, "status.sock")
+	kd.reload = make(chan os.Signal, 1)
+	kd.hosts = map[string][]netip.Addr{"api.allowed.test": {gw}}
 	var err error
 	if kd.policy, err = hushspec.Parse([]byte(kubePolicy)); err != nil {
 		t.Fatal(err)
@@ -266,28 +270,36 @@ func (kd *kubeDaemon) start() {
 		t.Fatal(err)
 	}
 	ready := filepath.Join(kd.dir, "ready")
+	kc := kd.kube
+	if kc == nil {
+		def := filepath.Join(kd.dir, "default.yaml")
+		if err := os.WriteFile(def, []byte(kubePolicy), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		kc = &config.Kubernetes{
+			Policies:         map[string]string{"default": def},
+			DefaultPolicy:    "default",
+			ExemptNamespaces: []string{"kube-system"},
+		}
+	}
+	kc.CRISocket, kc.CgroupRoot, kc.PollInterval = kd.rt.Socket, kd.rt.CgroupRoot, config.Duration(100*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	kd.cancel, kd.done = cancel, make(chan error, 1)
 	go func() {
 		kd.done <- RunDaemon(ctx, DaemonOptions{
 			Agent: Options{Policy: kd.policy, Key: kd.key, Log: kd.log, PinDir: kd.pinDir,
 				AttachCgroup: cri.Abs(mount, kd.rt.CgroupRoot),
-				Hosts:        map[string][]netip.Addr{"api.allowed.test": {kd.gw}},
+				Hosts:        kd.hosts, editSpec: kd.edit,
 				OnDecision: func(d Decision) {
 					kd.mu.Lock()
 					kd.decided = append(kd.decided, d)
 					kd.mu.Unlock()
 				}},
-			StatusSocket: kd.sock,
-			ReadyFile:    ready,
-			Kubernetes: &KubeOptions{SelfUID: kd.selfUID, Config: &config.Kubernetes{
-				CRISocket:        kd.rt.Socket,
-				CgroupRoot:       kd.rt.CgroupRoot,
-				Policies:         map[string]string{"default": "/unused/by/this/test"},
-				DefaultPolicy:    "default",
-				ExemptNamespaces: []string{"kube-system"},
-				PollInterval:     config.Duration(100 * time.Millisecond),
-			}},
+			StatusSocket:  kd.sock,
+			ReadyFile:     ready,
+			Reload:        kd.reload,
+			WatchInterval: 50 * time.Millisecond,
+			Kubernetes:    &KubeOptions{SelfUID: kd.selfUID, Config: kc, ReloadConfig: kd.reloadCfg},
 		})
 	}()
 	done := kd.done
@@ -460,24 +472,8 @@ func TestKubePodsProtectedFromBirth(t *testing.T) {
 	rt.RunPod(t, containerd.PodSpec{Namespace: "team-n", Name: "first"}) // the gateway exists once a pod is up
 
 	// The server counts the connections it accepted, by path (one per pod).
-	a4 := rt.Subnet.Addr().As4()
-	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	accepted := map[string]int{}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		accepted[r.URL.Path]++
-		mu.Unlock()
-		fmt.Fprintf(w, "kube-api host=%s", r.Host)
-	})}
-	srv.SetKeepAlivesEnabled(false)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	srvAddr := ln.Addr().(*net.TCPAddr).AddrPort()
+	srvAddr, accepted := countingGateway(t, rt)
+	gw := srvAddr.Addr()
 
 	kd := newKubeDaemon(t, rt, "not-a-pod", gw)
 	kd.start()
@@ -499,7 +495,7 @@ func TestKubePodsProtectedFromBirth(t *testing.T) {
 	})
 
 	// Every attempt of the new pod was refused in the kernel or decided.
-	checkBorn(t, kd, rt, born, "team-n/newborn", accepted, &mu)
+	checkBorn(t, kd, rt, born, "team-n/newborn", accepted)
 	kd.mu.Lock()
 	for _, x := range kd.decided {
 		if strings.HasPrefix(x.Workload, "kube-system/") {
@@ -507,11 +503,9 @@ func TestKubePodsProtectedFromBirth(t *testing.T) {
 		}
 	}
 	kd.mu.Unlock()
-	mu.Lock()
-	if accepted["/born-infra"] != 1 {
-		t.Errorf("exempt pod's connections accepted: %d, want 1", accepted["/born-infra"])
+	if n := accepted("/born-infra"); n != 1 {
+		t.Errorf("exempt pod's connections accepted: %d, want 1", n)
 	}
-	mu.Unlock()
 
 	// The exempt pod is exempt by its cgroup, until it is removed.
 	infraCg := cri.Abs(mount, infra.CgroupParent)
@@ -530,7 +524,7 @@ func TestKubePodsProtectedFromBirth(t *testing.T) {
 
 	// Stopped, the agent leaves the root pinned: pods stay refused.
 	kd.stop()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(kd.pinDir, "maps", "birth_roots"), nil)
+	m, err := ebpf.LoadPinnedMap(filepath.Join(testutil.LayoutDir(t, kd.pinDir), "maps", "birth_roots"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -555,11 +549,9 @@ func TestKubePodsProtectedFromBirth(t *testing.T) {
 		}
 		return strings.Count(out, "Operation not permitted") >= 2
 	})
-	mu.Lock()
-	if n := accepted["/born-while-down"]; n != 0 {
+	if n := accepted("/born-while-down"); n != 0 {
 		t.Fatalf("a pod created while no agent ran reached the server %d times", n)
 	}
-	mu.Unlock()
 	kd.start()
 	if b := queryStatus(t, kd.sock).Birth; b == nil || !slices.Equal(b.Roots, []string{root}) {
 		t.Fatalf("birth roots after the restart: %+v", b)
@@ -567,7 +559,7 @@ func TestKubePodsProtectedFromBirth(t *testing.T) {
 	waitFor(t, "the pod created while the agent was down through", func() bool {
 		return strings.Contains(containerLog(t, rt, down, "main"), "connected")
 	})
-	checkBorn(t, kd, rt, down, "team-n/while-down", accepted, &mu)
+	checkBorn(t, kd, rt, down, "team-n/while-down", accepted)
 }
 
 // checkBorn checks a pod that connected from birth: each attempt its log
@@ -575,7 +567,7 @@ func TestKubePodsProtectedFromBirth(t *testing.T) {
 // saw has a receipt under "unclassified" naming the pod's cgroup, and every
 // connection the server accepted for it has an allow decision whose receipt
 // names the pod.
-func checkBorn(t *testing.T, kd *kubeDaemon, rt *containerd.Runtime, p *containerd.Pod, workload string, accepted map[string]int, mu *sync.Mutex) {
+func checkBorn(t *testing.T, kd *kubeDaemon, rt *containerd.Runtime, p *containerd.Pod, workload string, accepted func(path string) int) {
 	t.Helper()
 	refused := 0
 	for _, line := range strings.Split(containerLog(t, rt, p, "main"), "\n") {
@@ -590,23 +582,11 @@ func checkBorn(t *testing.T, kd *kubeDaemon, rt *containerd.Runtime, p *containe
 		}
 	}
 	t.Logf("%s: %d attempts refused before it was classified", workload, refused)
-	mu.Lock()
-	n := accepted["/born-"+p.Spec.Name]
-	mu.Unlock()
+	n := accepted("/born-" + p.Spec.Name)
 	if n == 0 {
 		t.Errorf("%s: the server accepted none of its connections", workload)
 	}
-	waitFor(t, "an allow decision for each connection "+workload+" made", func() bool {
-		allowed := 0
-		kd.mu.Lock()
-		defer kd.mu.Unlock()
-		for _, x := range kd.decided {
-			if x.Workload == workload && x.Verdict == kernel.VerdictAllow {
-				allowed++
-			}
-		}
-		return allowed >= n
-	})
+	waitFor(t, "an allow decision for each connection "+workload+" made", func() bool { return kd.allowed(workload, 0) >= n })
 	kd.mu.Lock()
 	defer kd.mu.Unlock()
 	unclassified := false

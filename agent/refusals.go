@@ -83,7 +83,7 @@ func (a *Agent) receiptRefusal(e bpf.Event, w *workload) error {
 // echoed; an id no policy held by the agent has any more is said to be
 // unknown, never guessed.
 func (a *Agent) refusal(e bpf.Event, w *workload) kernel.Egress {
-	snap := a.kern.Snapshot()
+	snap := w.decider(a.kern).Snapshot()
 	if e.Kind == bpf.EventInboundRefused {
 		ev, out := a.inboundRefusal(e, w)
 		return snap.DecideEgress(context.Background(), kernel.Seen{Event: ev, Decided: &out})

@@ -18,7 +18,7 @@ func newWorkload(id uint32, spec WorkloadSpec, lp *listenerPair) *workload {
 		netns: spec.Netns, labels: spec.Labels, exempt: spec.Exempt, listen: lp,
 		ident:       workloadIdentity(spec.Name, spec.Cgroup, spec.Labels),
 		egressPorts: slices.Clone(spec.EgressPorts), inbound: inboundRules(spec),
-		refuseAll: spec.RefuseAll, pod: spec.Pod, byContainer: containerIdentities(spec)}
+		refuseAll: spec.RefuseAll, pod: spec.Pod, byContainer: containerIdentities(spec), kern: spec.kern}
 }
 
 // workload is a protected workload as the proxy knows it.
@@ -51,6 +51,20 @@ type workload struct {
 	// byContainer is the identity of each of a pod's containers, by the
 	// container's cgroup id.
 	byContainer map[uint64]kernel.WorkloadIdentity
+	// kern decides the workload's connections when it has a policy of its
+	// own (a pod's, kube.go); nil: the agent's. Never changed once set: a
+	// reload swaps the policy inside the kernel (one atomic pointer), so a
+	// decision finds its policy with no lock and no map lookup.
+	kern *kernel.Kernel
+}
+
+// decider is the kernel whose policy decides the workload: its own, else
+// def (the agent's).
+func (w *workload) decider(def *kernel.Kernel) *kernel.Kernel {
+	if w.kern != nil {
+		return w.kern
+	}
+	return def
 }
 
 // identity names the workload in the receipt of an event from the task in

@@ -31,6 +31,9 @@ type Status struct {
 	// Pods are the pods pod discovery found (kernel.yaml's kubernetes:),
 	// protected or not; absent without it.
 	Pods []PodStatus `json:"pods,omitempty"`
+	// PodPolicies are kubernetes.policies as loaded; absent without pod
+	// discovery.
+	PodPolicies []PodPolicyStatus `json:"pod_policies,omitempty"`
 	// Birth lists the birth roots (cgroups below which an unclassified
 	// cgroup is refused the network) and the exempt cgroups; absent when
 	// there are none.
@@ -54,6 +57,9 @@ type AttachmentStatus struct {
 	ProgID  uint32 `json:"prog_id"`
 	PinPath string `json:"pin_path,omitempty"`
 	Adopted bool   `json:"adopted"`
+	// HandedOver: the link was pinned by an agent of another map layout and
+	// swapped to this agent's program (an upgrade).
+	HandedOver bool `json:"handed_over,omitempty"`
 }
 
 // WorkloadStatus is one protected workload.
@@ -76,6 +82,9 @@ type WorkloadStatus struct {
 	InboundAll   bool     `json:"inbound_allow_all,omitempty"`
 	// RefuseAll is why every connection is refused, when it is.
 	RefuseAll string `json:"refuse_all,omitempty"`
+	// PolicyHash is the hash of the policy deciding the workload now: its
+	// pod's (kubernetes.policies), else the agent's.
+	PolicyHash string `json:"policy_hash"`
 	// Pod is the Kubernetes pod the workload is, for one pod discovery
 	// made.
 	Pod *PodStatus `json:"pod,omitempty"`
@@ -135,7 +144,7 @@ func (a *Agent) Status(version string) Status {
 	s := Status{Version: version, PID: os.Getpid(), StartedAt: a.started, PinDir: a.opts.PinDir,
 		Attachments: []AttachmentStatus{}, Workloads: []WorkloadStatus{}, Listeners: []ListenerStatus{}}
 	for _, at := range a.objs.Attachments() {
-		as := AttachmentStatus{Program: at.Name, Hook: at.Hook, Cgroup: at.Cgroup, PinPath: at.PinPath, Adopted: at.Adopted}
+		as := AttachmentStatus{Program: at.Name, Hook: at.Hook, Cgroup: at.Cgroup, PinPath: at.PinPath, Adopted: at.Adopted, HandedOver: at.HandedOver}
 		as.LinkID, as.ProgID, _ = at.IDs()
 		s.Attachments = append(s.Attachments, as)
 	}
@@ -146,6 +155,7 @@ func (a *Agent) Status(version string) Status {
 		ws.EgressPorts = w.egressPorts
 		ws.InboundPorts, ws.InboundAll = w.inboundPorts()
 		ws.RefuseAll = w.refuseAll
+		ws.PolicyHash = w.decider(a.kern).PolicyHash()
 		s.Workloads = append(s.Workloads, ws)
 	}
 	for _, lp := range a.listeners {
@@ -161,6 +171,7 @@ func (a *Agent) Status(version string) Status {
 	a.mu.Unlock()
 	if kc != nil {
 		s.Pods = kc.status() // not under a.mu: pod discovery takes its lock, then a.mu
+		s.PodPolicies = kc.policyStatus()
 		byName := map[string]int{}
 		for i, ws := range s.Workloads {
 			byName[ws.Name] = i
@@ -169,6 +180,7 @@ func (a *Agent) Status(version string) Status {
 			pod := &s.Pods[i]
 			if j, ok := byName[pod.Workload]; ok && pod.Workload != "" {
 				pod.State = string(s.Workloads[j].State)
+				pod.PolicyHash = s.Workloads[j].PolicyHash
 				cp := *pod
 				s.Workloads[j].Pod = &cp
 			}

@@ -79,6 +79,16 @@ func (o *Objects) Exempt(cgroupID uint64) error {
 	if err := o.objs.BirthExempt.Put(cgroupID, uint32(birthExempt)); err != nil {
 		return fmt.Errorf("exempt cgroup %d: %w", cgroupID, err)
 	}
+	// While a handover waits, another layout's programs are the ones
+	// attached: they must see the exemption too (the agent's own cgroup,
+	// exempted before its first socket).
+	if o.pending != "" {
+		for _, p := range o.prev {
+			if err := p.exemptCgroup(cgroupID); err != nil {
+				return err
+			}
+		}
+	}
 	return o.bumpGeneration()
 }
 

@@ -1,5 +1,7 @@
 package bpf
 
+import "errors"
+
 // HoldPendingSlots marks every pending slot as held by cookie, one no socket
 // has, so that a test can drive connects through the orig_pending overflow.
 func (o *Objects) HoldPendingSlots(cookie uint64) error {
@@ -14,4 +16,16 @@ func (o *Objects) HoldPendingSlots(cookie uint64) error {
 		}
 	}
 	return nil
+}
+
+// FailHandoverAt makes Handover fail before the i-th link, until the
+// returned function is called.
+func FailHandoverAt(i int) (restore func()) {
+	handoverFault = func(n int) error {
+		if n == i {
+			return errors.New("injected handover failure")
+		}
+		return nil
+	}
+	return func() { handoverFault = nil }
 }

@@ -32,15 +32,20 @@ type Options struct {
 	// Linux 5.17) cannot use the agent's mark to pass. 0 (the default): the
 	// mark is honoured on any process's sockets.
 	AgentPID uint32
-	// PinDir, when set, pins maps (PinDir/maps), programs (PinDir/progs) and
-	// links (PinDir/links) so that they outlive the process: while the agent
-	// is down, protected connections still go to its (absent) listener and
-	// fail. A later Load with the same PinDir adopts the pinned maps, and
-	// Attach swaps the new programs into the pinned links atomically. Load
-	// takes the directory's lock until Close and refuses one that a live
-	// process owns (ErrPinDirInUse). Empty (the default): nothing outlives
-	// Close.
+	// PinDir, when set, pins maps, programs and links under the layout's
+	// directory, PinDir/layout-<hash>/{maps,progs,links} (layout.go), so
+	// that they outlive the process: while the agent is down, protected
+	// connections still go to its (absent) listener and fail. A later Load
+	// of the same layout adopts the pinned maps, and Attach swaps the new
+	// programs into the pinned links atomically; a Load of another layout
+	// leaves the pinned links as they are until Handover. Load takes the
+	// directory's lock until Close and refuses one that a live process owns
+	// (ErrPinDirInUse). Empty (the default): nothing outlives Close.
 	PinDir string
+	// EditSpec, when set, changes the programs and maps before they are
+	// loaded. Danger: for tests only, which use it to make a binary of
+	// another map layout (a map's max_entries changed) out of this one.
+	EditSpec func(*ebpf.CollectionSpec) error
 }
 
 // Objects are the loaded programs and maps, and the links that attach them.
@@ -50,6 +55,15 @@ type Objects struct {
 	links  []Attachment
 	cgroup string
 	lock   *os.File // the pin directory's lock, held until Close
+	// layoutDir is where this layout's maps, programs and links are
+	// pinned (PinDir/layout-<hash>); empty without a PinDir.
+	layoutDir string
+	// others are the pin sets of other layouts found at Load; pending is
+	// the cgroup whose links of another layout wait for Handover; prev are
+	// the maps the still attached programs of those layouts read.
+	others  []string
+	pending string
+	prev    []*previousMaps
 }
 
 // Attachment is one program attached to a cgroup through a bpf_link.
@@ -59,7 +73,9 @@ type Attachment struct {
 	Cgroup  string // cgroup directory it is attached to
 	PinPath string // where the link is pinned; empty when not pinned
 	Adopted bool   // the link was pinned by an earlier agent and reused
-	link    link.Link
+	// HandedOver: the link was another layout's, swapped to this program.
+	HandedOver bool
+	link       link.Link
 }
 
 // Workload is what the programs need to know of a protected cgroup.
@@ -131,34 +147,22 @@ func Load(opts Options) (*Objects, error) {
 	if err := spec.Variables[chioVarAgentTgid].Set(opts.AgentPID); err != nil {
 		return nil, fmt.Errorf("set agent_tgid: %w", err)
 	}
+	if opts.EditSpec != nil {
+		if err := opts.EditSpec(spec); err != nil {
+			return nil, fmt.Errorf("edit spec: %w", err)
+		}
+	}
 	var copts ebpf.CollectionOptions
+	o := &Objects{opts: opts}
 	if opts.PinDir == "" {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
 		}
 	} else {
-		if err := EnsureBPFFS(filepath.Dir(opts.PinDir)); err != nil {
+		if err := o.openPinDir(spec); err != nil {
 			return nil, err
 		}
-		for _, d := range []string{"maps", "progs", "links"} {
-			if err := os.MkdirAll(filepath.Join(opts.PinDir, d), 0o700); err != nil {
-				return nil, fmt.Errorf("make pin directory: %w", err)
-			}
-		}
-		copts.Maps.PinPath = filepath.Join(opts.PinDir, "maps")
-	}
-	o := &Objects{opts: opts}
-	if opts.PinDir != "" {
-		// One agent per pinned state: a second one would swap its programs
-		// into the first one's links and answer for its workloads.
-		if o.lock, err = lockPinDir(opts.PinDir); err != nil {
-			return nil, fmt.Errorf("load programs: %w", err)
-		}
-		// An older agent holds the objects open without the lock.
-		if err := checkHolders(opts.PinDir); err != nil {
-			o.closeLock()
-			return nil, fmt.Errorf("load programs: %w", err)
-		}
+		copts.Maps.PinPath = filepath.Join(o.layoutDir, "maps")
 	}
 	if err := spec.LoadAndAssign(&o.objs, &copts); err != nil {
 		o.closeLock()
@@ -173,7 +177,7 @@ func Load(opts Options) (*Objects, error) {
 	}
 	if opts.PinDir != "" {
 		for _, h := range hooks {
-			path := filepath.Join(opts.PinDir, "progs", h.name)
+			path := filepath.Join(o.layoutDir, "progs", h.name)
 			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 				o.objs.Close()
 				o.closeLock()
@@ -186,14 +190,82 @@ func Load(opts Options) (*Objects, error) {
 			}
 		}
 	}
+	// The maps the other layouts' attached programs read, for Exempt.
+	for _, dir := range o.others {
+		if p := openPrevious(dir); p != nil {
+			o.prev = append(o.prev, p)
+		}
+	}
 	return o, nil
 }
 
+// openPinDir takes the pin directory's lock, moves unversioned pins of this
+// layout into its directory, makes that directory, and finds the pin sets
+// of other layouts.
+func (o *Objects) openPinDir(spec *ebpf.CollectionSpec) error {
+	pinDir := o.opts.PinDir
+	if err := EnsureBPFFS(filepath.Dir(pinDir)); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(pinDir, 0o700); err != nil {
+		return fmt.Errorf("make pin directory: %w", err)
+	}
+	// One agent per pinned state: a second one would swap its programs
+	// into the first one's links and answer for its workloads.
+	var err error
+	if o.lock, err = lockPinDir(pinDir); err != nil {
+		return fmt.Errorf("load programs: %w", err)
+	}
+	// An older agent holds the objects open without the lock.
+	if err := checkHolders(pinDir); err != nil {
+		o.closeLock()
+		return fmt.Errorf("load programs: %w", err)
+	}
+	o.layoutDir = filepath.Join(pinDir, layoutOf(spec))
+	if _, err := migrateUnversioned(pinDir, o.layoutDir, spec); err != nil {
+		o.closeLock()
+		return fmt.Errorf("load programs: %w", err)
+	}
+	for _, d := range pinSubdirs {
+		if err := os.MkdirAll(filepath.Join(o.layoutDir, d), 0o700); err != nil {
+			o.closeLock()
+			return fmt.Errorf("make pin directory: %w", err)
+		}
+	}
+	for _, dir := range pinSets(pinDir) {
+		if dir != o.layoutDir {
+			o.others = append(o.others, dir)
+		}
+	}
+	return nil
+}
+
 // AttachCgroup attaches every program to the cgroup v2 directory at path
-// through bpf_links. With a PinDir, links pinned by an earlier agent are
-// adopted and their programs replaced in place (the hooks never go empty),
-// and new links are pinned.
+// through bpf_links. With a PinDir, links pinned by an earlier agent of
+// this layout are adopted and their programs replaced in place (the hooks
+// never go empty), and new links are pinned. When links of another layout
+// are attached there, it attaches nothing and leaves them (and their
+// programs, which refuse protected connections with their agent gone) as
+// they are: HandoverPending reports it, and Handover, once the maps hold
+// the agent's state, swaps them over.
 func (o *Objects) AttachCgroup(path string) error {
+	if len(o.others) > 0 {
+		attached, err := o.checkOthersAttachedTo(path)
+		if err != nil {
+			return err
+		}
+		if attached {
+			o.pending = path
+			return nil
+		}
+		// Pins of another layout with nothing attached: only leftovers.
+		for _, dir := range o.others {
+			if _, err := removePins(dir, true); err != nil {
+				return fmt.Errorf("remove pins of another layout: %w", err)
+			}
+		}
+		o.others = nil
+	}
 	for _, h := range hooks {
 		if err := o.attach(path, h.name, h.text, h.typ, h.prog(&o.objs.chioPrograms)); err != nil {
 			return err
@@ -208,7 +280,7 @@ func (o *Objects) AttachCgroup(path string) error {
 func (o *Objects) attach(path, name, text string, typ ebpf.AttachType, prog *ebpf.Program) error {
 	a := Attachment{Name: name, Hook: text, Cgroup: path}
 	if o.opts.PinDir != "" {
-		a.PinPath = filepath.Join(o.opts.PinDir, "links", name)
+		a.PinPath = filepath.Join(o.layoutDir, "links", name)
 		l, err := link.LoadPinnedLink(a.PinPath, nil)
 		if err == nil {
 			// Adopt only a link on this cgroup and hook: one found elsewhere
@@ -238,6 +310,17 @@ func (o *Objects) attach(path, name, text string, typ ebpf.AttachType, prog *ebp
 			return nil
 		case !errors.Is(err, os.ErrNotExist):
 			return fmt.Errorf("load pinned %s link: %w", name, err)
+		}
+		if o.pending != "" {
+			l, ok, err := o.takeOver(name, path, a.PinPath, typ, prog)
+			if err != nil {
+				return err
+			}
+			if ok {
+				a.link, a.Adopted, a.HandedOver = l, true, true
+				o.links = append(o.links, a)
+				return nil
+			}
 		}
 	}
 	l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: typ, Program: prog})
@@ -462,56 +545,26 @@ func (o *Objects) Close() error {
 		errs = append(errs, a.link.Close())
 	}
 	o.links = nil
+	for _, p := range o.prev {
+		p.close()
+	}
+	o.prev = nil
 	errs = append(errs, o.objs.Close())
 	o.closeLock()
 	return errors.Join(errs...)
 }
 
-// Uninstall detaches every link pinned under pinDir and removes every pin.
-// Links are detached explicitly before they are unpinned, so that the hooks
-// are gone when Uninstall returns rather than when the kernel frees them.
-// Missing pins are not an error.
+// Uninstall detaches every link pinned under pinDir, of every layout, and
+// removes every pin. Links are detached explicitly before they are
+// unpinned, so that the hooks are gone when Uninstall returns rather than
+// when the kernel frees them. Missing pins are not an error.
 func Uninstall(pinDir string) ([]string, error) {
 	var removed []string
 	var errs []error
-	links, _ := filepath.Glob(filepath.Join(pinDir, "links", "*"))
-	for _, p := range links {
-		l, err := link.LoadPinnedLink(p, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("open pinned link %s: %w", p, err))
-			continue
-		}
-		if err := l.Detach(); err != nil {
-			errs = append(errs, fmt.Errorf("detach %s: %w", p, err))
-		}
-		l.Close()
-	}
-	for _, sub := range []string{"links", "progs", "maps"} {
-		dir := filepath.Join(pinDir, sub)
-		entries, err := os.ReadDir(dir)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("read %s: %w", dir, err))
-			continue
-		}
-		for _, e := range entries {
-			p := filepath.Join(dir, e.Name())
-			if err := os.Remove(p); errors.Is(err, os.ErrNotExist) {
-				continue // removed meanwhile (an exec reaper and a sweep may race)
-			} else if err != nil {
-				errs = append(errs, fmt.Errorf("unpin %s: %w", p, err))
-				continue
-			}
-			removed = append(removed, p)
-		}
-		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
-		}
+	for _, dir := range pinSets(pinDir) {
+		r, err := removePins(dir, true)
+		removed = append(removed, r...)
+		errs = append(errs, err)
 	}
 	if err := os.Remove(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove %s: %w", pinDir, err))

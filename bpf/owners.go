@@ -28,12 +28,17 @@ func (h Holder) String() string { return fmt.Sprintf("pid %d (%s)", h.PID, h.Com
 // by kind as /proc/PID/fd names them.
 type pinnedIDs map[string]map[uint32]bool
 
-// readPinnedIDs opens every pin under pinDir just long enough to read its id.
+// readPinnedIDs opens every pin under pinDir, of every layout, just long
+// enough to read its id.
 func readPinnedIDs(pinDir string) (pinnedIDs, error) {
 	ids := pinnedIDs{"bpf-link": {}, "bpf-map": {}, "bpf-prog": {}}
 	var errs []error
 	each := func(sub string, id func(path string) (uint32, error)) {
-		paths, _ := filepath.Glob(filepath.Join(pinDir, sub, "*"))
+		var paths []string
+		for _, dir := range pinSets(pinDir) {
+			p, _ := filepath.Glob(filepath.Join(dir, sub, "*"))
+			paths = append(paths, p...)
+		}
 		for _, p := range paths {
 			n, err := id(p)
 			if errors.Is(err, os.ErrNotExist) {

@@ -53,7 +53,11 @@ Protection outlives the daemon: while it is down, protected workloads' new
 connections fail; a restarted daemon adopts the pinned state. The policy is
 reloaded on SIGHUP and when its file changes, and SIGHUP reloads
 kernel.yaml's workload list too (added, removed and changed workloads); a
-bad new policy or workload list is refused and the old one stays in force. chio-agent uninstall removes the pinned state.
+bad new policy or workload list is refused and the old one stays in force.
+Each of kubernetes.policies is loaded at start (one that does not load stops
+it), reloaded when its file changes, and on SIGHUP with the section's
+policies, default_policy and exempt_namespaces; a policy that does not load
+is refused and the old one keeps deciding its pods. chio-agent uninstall removes the pinned state.
 
 Flags override the CHIO_* variables (CHIO_KERNEL_CONFIG_PATH,
 CHIO_POLICY_SOURCE, CHIO_RECEIPT_SINK, CHIO_SIGNING_KEY, CHIO_LOG_LEVEL), which
@@ -69,13 +73,33 @@ override kernel.yaml.`,
 			ac := setup.cfg.Agent
 			opts := setup.agentOpts
 			opts.PinDir = config.Pick(nil, o.pinDir, "", ac.PinDir, bpf.DefaultPinDir)
+			cfgPath := setup.cfgPath
 			workloads, err := workloadSpecs(ac.Workloads)
 			if err != nil {
 				return err
 			}
 			var kube *agent.KubeOptions
 			if k := setup.cfg.Kubernetes; k != nil {
-				kube = &agent.KubeOptions{Config: k}
+				load := func(ctx context.Context, src string) (*hushspec.Policy, error) {
+					return config.LoadPolicy(ctx, src, setup.cfg.PanicFile)
+				}
+				// Every pod policy before anything is attached: a missing
+				// or invalid one stops the start (pods stay as the pinned
+				// state left them: refused, never decided by another).
+				pols, err := k.LoadPolicies(ctx, load)
+				if err != nil {
+					return err
+				}
+				kube = &agent.KubeOptions{Config: k, Policies: pols, LoadPolicy: load,
+					// SIGHUP reads the section again: its policies,
+					// default_policy and exempt_namespaces.
+					ReloadConfig: func(context.Context) (*config.Kubernetes, error) {
+						c, err := config.Load(cfgPath, os.LookupEnv)
+						if err != nil {
+							return nil, err
+						}
+						return c.Kubernetes, nil
+					}}
 			}
 			if len(workloads) == 0 && kube == nil {
 				return fmt.Errorf("kernel config names no workloads (agent.workloads) and no kubernetes section: nothing to protect")
@@ -86,7 +110,6 @@ override kernel.yaml.`,
 			reloadSig := make(chan os.Signal, 1)
 			signal.Notify(reloadSig, syscall.SIGHUP)
 			defer signal.Stop(reloadSig)
-			cfgPath := setup.cfgPath
 			watch := ""
 			if _, err := os.Stat(setup.policySource); err == nil {
 				watch = setup.policySource

@@ -397,8 +397,9 @@ func TestRunDaemonLifecycle(t *testing.T) {
 	if _, code := curl(); code != 7 {
 		t.Fatalf("curl after SIGTERM: exit %d; want 7 (pinned redirect to no listener)", code)
 	}
+	layoutDir := testutil.LayoutDir(t, pinDir)
 	out, err = exec.Command(bin, "uninstall", "--pin-dir", pinDir).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "removed "+pinDir+"/links/chio_connect4") {
+	if err != nil || !strings.Contains(string(out), "removed "+layoutDir+"/links/chio_connect4") {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}
 	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {

@@ -102,11 +102,25 @@ func printStatus(out io.Writer, s agent.Status) {
 	}
 	tw.Flush()
 	fmt.Fprintln(out)
+	if len(s.PodPolicies) > 0 {
+		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "POD POLICY\tHASH\tPODS\tSOURCE\tLOADED\tRELOAD ERROR")
+		for _, p := range s.PodPolicies {
+			name := p.Name
+			if p.Default {
+				name += " (default)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", name, short(p.Hash), p.Pods, p.Source,
+				p.LoadedAt.Format("2006-01-02 15:04:05"), dash(p.ReloadError))
+		}
+		tw.Flush()
+		fmt.Fprintln(out)
+	}
 	if len(s.Pods) > 0 {
 		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "POD\tSTATE\tPOLICY\tSINCE\tREASON")
+		fmt.Fprintln(tw, "POD\tSTATE\tPOLICY\tHASH\tSINCE\tREASON")
 		for _, p := range s.Pods {
-			fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.State, podPolicy(p),
+			fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.State, podPolicy(p), dash(short(p.PolicyHash)),
 				p.Since.Format("2006-01-02 15:04:05"), p.Reason)
 		}
 		tw.Flush()
@@ -189,6 +203,9 @@ func showPod(out io.Writer, s agent.Status, name string, asJSON bool) error {
 		fmt.Fprintf(out, "pod        %s/%s (uid %s)\n", p.Namespace, p.Name, p.UID)
 		fmt.Fprintf(out, "state      %s since %s\n", p.State, p.Since.Format("2006-01-02 15:04:05 MST"))
 		fmt.Fprintf(out, "policy     %s: %s\n", podPolicy(p), p.Reason)
+		if p.PolicyHash != "" {
+			fmt.Fprintf(out, "hash       %s\n", p.PolicyHash)
+		}
 		fmt.Fprintf(out, "sandbox    %s\n", p.SandboxID)
 		fmt.Fprintf(out, "cgroup     %s\n", dash(p.Cgroup))
 		netns := p.Netns

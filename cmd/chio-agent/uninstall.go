@@ -37,8 +37,11 @@ func newUninstallCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "uninstall",
 		Short: "Detach and remove every program, link and map the node agent pinned",
-		Long: `uninstall detaches every link pinned under the pin directory and removes the
-pins, so protected workloads connect directly again (unprotected, unreceipted).
+		Long: `uninstall detaches every link pinned under the pin directory, of every map
+layout (layout-<hash> directories, and pins from before layouts were versioned),
+and removes the pins, so protected workloads connect directly again
+(unprotected, unreceipted). It is how protection is removed from a node:
+deleting the agent (its DaemonSet) leaves every protected workload refused.
 It refuses, naming the process, while an agent owns the pinned state (a live
 process holds its links, maps or programs open, or the pin directory's lock),
 whatever status socket that agent uses, unless --force is given: stop the

@@ -66,8 +66,9 @@ func TestUninstallRefusesWhileAgentOwnsPins(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "pid "+pid) || strings.Contains(string(out), "removed") {
 		t.Fatalf("uninstall under a live agent: %v\n%s\nwant a refusal naming pid %s and nothing removed", err, out, pid)
 	}
+	layoutDir := testutil.LayoutDir(t, pinDir)
 	for _, name := range []string{"links/chio_connect4", "maps/workloads", "progs/chio_connect4"} {
-		if _, err := os.Stat(filepath.Join(pinDir, name)); err != nil {
+		if _, err := os.Stat(filepath.Join(layoutDir, name)); err != nil {
 			t.Fatalf("after a refused uninstall, %s: %v; want it still pinned", name, err)
 		}
 	}
@@ -90,7 +91,7 @@ func TestUninstallRefusesWhileAgentOwnsPins(t *testing.T) {
 	d.signal(syscall.SIGTERM)
 	<-d.exited
 	out, err = exec.Command(bin, "uninstall", "--pin-dir", pinDir).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "removed "+pinDir+"/links/chio_connect4") {
+	if err != nil || !strings.Contains(string(out), "removed "+layoutDir+"/links/chio_connect4") {
 		t.Fatalf("uninstall with the agent stopped: %v\n%s", err, out)
 	}
 	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {

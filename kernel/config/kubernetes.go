@@ -1,7 +1,11 @@
 package config
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"maps"
+	"net/url"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -9,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
 // Kubernetes defaults and names, shared by the node agent, the docs and the
@@ -174,4 +180,72 @@ func validDNSLabel(s string) bool {
 
 func isAlnum(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+// PolicyLoader loads one policy source (LoadPolicy, with the configuration's
+// panic file).
+type PolicyLoader func(ctx context.Context, source string) (*hushspec.Policy, error)
+
+// LoadPolicies loads every policy of kubernetes.policies with load. It
+// returns every policy that loaded, and an error naming each that did not
+// (its name and source): the node agent refuses to start on any (fail
+// closed: a pod must never be decided by a policy other than its own), and a
+// reload keeps the old policy of each name that failed.
+func (k *Kubernetes) LoadPolicies(ctx context.Context, load PolicyLoader) (map[string]*hushspec.Policy, error) {
+	res := k.LoadEach(ctx, load, nil)
+	out := make(map[string]*hushspec.Policy, len(res))
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(res)) {
+		if r := res[name]; r.Err != nil {
+			errs = append(errs, r.Err)
+		} else {
+			out[name] = r.Policy
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// PolicyResult is the outcome of loading one policy of the section.
+type PolicyResult struct {
+	// Policy is the policy loaded; nil when Err is set.
+	Policy *hushspec.Policy
+	// Err names the policy and its source.
+	Err error
+}
+
+// LoadEach loads the policies of the section named in only (nil: all),
+// each on its own, by name.
+func (k *Kubernetes) LoadEach(ctx context.Context, load PolicyLoader, only []string) map[string]PolicyResult {
+	out := map[string]PolicyResult{}
+	for name, src := range k.Policies {
+		if only != nil && !slices.Contains(only, name) {
+			continue
+		}
+		p, err := load(ctx, src)
+		if err == nil && p == nil {
+			err = errors.New("no policy")
+		}
+		if err != nil {
+			out[name] = PolicyResult{Err: fmt.Errorf("load kubernetes.policies.%s from %s: %w", name, src, err)}
+			continue
+		}
+		out[name] = PolicyResult{Policy: p}
+	}
+	return out
+}
+
+// PolicyFile is the local file a policy source names (a path or
+// file://PATH), to watch for changes; "" for a source that is not a local
+// file (http(s)://).
+func PolicyFile(source string) string {
+	scheme, _, ok := strings.Cut(source, "://")
+	switch {
+	case !ok:
+		return source
+	case scheme == "file":
+		if u, err := url.Parse(source); err == nil {
+			return u.Path
+		}
+	}
+	return ""
 }
