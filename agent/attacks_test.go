@@ -51,7 +51,7 @@ type vhostServer struct {
 func serveVhost(t *testing.T, network, addr string, trap bool) *vhostServer {
 	t.Helper()
 	s := &vhostServer{trap: trap}
-	s.addr = testutil.ServeTCP(t, network, addr, func(c net.Conn) {
+	s.addr, _ = testutil.ServeTCP(t, network, addr, func(c net.Conn) {
 		s.accepted.Add(1)
 		s.handle(c)
 	})

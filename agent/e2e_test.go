@@ -351,13 +351,14 @@ func TestIdleConnectionClosed(t *testing.T) {
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{idle: 300 * time.Millisecond})
 	// An upstream that answers and then holds the connection open forever.
-	port := testutil.ServeTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
+	upstream, _ := testutil.ServeTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
 		buf := make([]byte, 4096)
 		n, _ := c.Read(buf)
 		c.Write(buf[:n])
 		io.Copy(io.Discard, c) // never closes first
 		c.Close()
-	}).Port()
+	})
+	port := upstream.Port()
 	out, code := e.run("python3", "-c", fmt.Sprintf(`
 import socket
 s = socket.create_connection(("127.0.0.1", %d), timeout=20)

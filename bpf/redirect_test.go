@@ -195,7 +195,8 @@ func newRedirectEnvWith(t *testing.T, opts bpf.Options) *redirectEnv {
 // destination and writes "redirected <dst>\n" back before closing.
 func (e *redirectEnv) listen(t *testing.T, network, addr string) netip.AddrPort {
 	t.Helper()
-	return testutil.ServeTCP(t, network, addr, func(c net.Conn) { e.answer(t, c.(*net.TCPConn)) })
+	listening, _ := testutil.ServeTCP(t, network, addr, func(c net.Conn) { e.answer(t, c.(*net.TCPConn)) })
+	return listening
 }
 
 func (e *redirectEnv) answer(t *testing.T, c *net.TCPConn) {

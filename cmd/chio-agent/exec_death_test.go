@@ -62,10 +62,11 @@ func startExecWorkloadWith(t *testing.T, unit *testutil.Cgroup, ignoreTerm bool)
 	}
 	// The server counts every connection that reaches it: any is a bypass.
 	e := &execUnderTest{t: t, accepts: &atomic.Int64{}, stderr: filepath.Join(dir, "exec.stderr")}
-	port := testutil.ServeTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
+	listening, _ := testutil.ServeTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
 		e.accepts.Add(1)
 		c.Close()
-	}).Port()
+	})
+	port := listening.Port()
 
 	inR, inW, err := os.Pipe()
 	if err != nil {
