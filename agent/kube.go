@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"slices"
@@ -566,7 +567,7 @@ func (a *Agent) exemptSelf(root string) error {
 		return fmt.Errorf("exempt own cgroup: %w", err)
 	}
 	defer f.Close()
-	rel, err := cri.ParseProcCgroup(f)
+	rel, err := ownCgroup(f, os.Getenv(EnvPodUID))
 	if err != nil {
 		return fmt.Errorf("exempt own cgroup: %w", err)
 	}
@@ -579,6 +580,21 @@ func (a *Agent) exemptSelf(root string) error {
 		return nil
 	}
 	return a.Exempt(self)
+}
+
+// ownCgroup is the agent's cgroup path from /proc/self/cgroup. In a pod
+// (podUID set) it refuses "0::/": a pod is never in the root cgroup, so a
+// cgroup namespace hides where the agent is, and below a pinned root its own
+// sockets would be refused with no word said.
+func ownCgroup(procCgroup io.Reader, podUID string) (string, error) {
+	rel, err := cri.ParseProcCgroup(procCgroup)
+	if err != nil {
+		return "", err
+	}
+	if rel == "" && podUID != "" {
+		return "", fmt.Errorf("/proc/self/cgroup reads 0::/ in pod %s: a cgroup namespace hides the agent's cgroup (run its container in the host's cgroup namespace: privileged on containerd and CRI-O)", podUID)
+	}
+	return rel, nil
 }
 
 // spec is the workload of a protected pod.

@@ -26,7 +26,6 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
-	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
 const apiSpec = `openapi: 3.0.3
@@ -702,109 +701,7 @@ func TestDeployNodeAgent(t *testing.T) {
 		names = append(names, k)
 	}
 	checkEnvNames(t, "node-agent Dockerfile", names, config.NodeAgentEnv)
-
-	var ds struct {
-		Kind string `yaml:"kind"`
-		Spec struct {
-			Template struct {
-				Spec k8sPodSpec `yaml:"spec"`
-			} `yaml:"template"`
-		} `yaml:"spec"`
-	}
-	if err := yaml.Unmarshal(readDeploy(t, "kubernetes/daemonset.yaml"), &ds); err != nil || ds.Kind != "DaemonSet" {
-		t.Fatalf("daemonset: %v (kind %q)", err, ds.Kind)
-	}
-	pod := ds.Spec.Template.Spec
-	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
-		t.Error("daemonset: the agent uses no Kubernetes API; automountServiceAccountToken must be false")
-	}
-	if len(pod.Containers) != 1 {
-		t.Fatalf("daemonset: %d containers", len(pod.Containers))
-	}
-	c := pod.Containers[0]
-	env, names := c.envMap()
-	checkEnvNames(t, "daemonset", names, config.NodeAgentEnv)
-	checkArgs(t, "daemonset args", c.Args)
-	sc := c.SecurityContext
-	if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
-		t.Error("daemonset: readOnlyRootFilesystem must be true")
-	}
-	if sc == nil || sc.Privileged == nil || *sc.Privileged || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-		t.Error("daemonset: the agent must not be privileged nor escalate")
-	}
-	if sc != nil && (!slices.Equal(sc.Capabilities.Drop, []string{"ALL"}) || len(sc.Capabilities.Add) == 0) {
-		t.Errorf("daemonset: capabilities %+v; want drop ALL and add only what is needed", sc.Capabilities)
-	}
-	for _, cp := range sc.Capabilities.Add {
-		if !slices.Contains([]string{"BPF", "NET_ADMIN", "SYS_ADMIN"}, cp) {
-			t.Errorf("daemonset: capability %s is more than the agent needs", cp)
-		}
-	}
-	hostPaths := map[string]bool{}
-	configMap := ""
-	for _, v := range pod.Volumes {
-		if v.HostPath != nil {
-			hostPaths[v.HostPath.Path] = true
-		}
-		if v.ConfigMap != nil {
-			configMap = v.Name
-		}
-	}
-	for _, p := range []string{"/sys/fs/bpf", "/sys/fs/cgroup"} {
-		if !hostPaths[p] {
-			t.Errorf("daemonset: no hostPath volume for %s", p)
-		}
-	}
-
-	// The kernel.yaml the agent reads is the ConfigMap's, and it parses.
-	var cm struct {
-		Kind string            `yaml:"kind"`
-		Data map[string]string `yaml:"data"`
-	}
-	if err := yaml.Unmarshal(readDeploy(t, "kubernetes/configmap.yaml"), &cm); err != nil || cm.Kind != "ConfigMap" {
-		t.Fatalf("configmap: %v", err)
-	}
-	cfgPath := env[config.EnvKernelConfigPath]
-	if i := slices.Index(c.Args, "--config"); i >= 0 && i+1 < len(c.Args) {
-		cfgPath = c.Args[i+1]
-	}
-	mountDir := ""
-	for _, m := range c.VolumeMounts {
-		if m.Name == configMap {
-			mountDir = m.MountPath
-		}
-	}
-	key := strings.TrimPrefix(cfgPath, mountDir+"/")
-	if mountDir == "" || key == cfgPath || cm.Data[key] == "" {
-		t.Fatalf("daemonset: config %s is not a key of the mounted ConfigMap (mounted at %q)", cfgPath, mountDir)
-	}
-	cfg, err := config.Parse([]byte(cm.Data[key]), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatalf("configmap kernel.yaml: %v", err)
-	}
-	policyKey := strings.TrimPrefix(cfg.Policy, mountDir+"/")
-	if _, err := hushspec.Parse([]byte(cm.Data[policyKey])); err != nil {
-		t.Errorf("configmap policy %s (key %s): %v", cfg.Policy, policyKey, err)
-	}
-	// Probes run the binary against the socket kernel.yaml names.
-	for name, p := range map[string]*k8sProbe{"startup": c.StartupProbe, "readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
-		if p == nil || p.Exec == nil || len(p.Exec.Command) < 2 || p.Exec.Command[0] != "/chio-agent" {
-			t.Errorf("daemonset: %s probe must exec /chio-agent", name)
-			continue
-		}
-		checkArgs(t, "daemonset "+name+" probe", p.Exec.Command[1:])
-		if i := slices.Index(p.Exec.Command, "--status-socket"); i < 0 || p.Exec.Command[i+1] != cfg.Agent.StatusSocket {
-			t.Errorf("daemonset: %s probe asks another socket than %s", name, cfg.Agent.StatusSocket)
-		}
-	}
-	// No RBAC: nothing in deploy/kubernetes grants API access.
-	entries, _ := os.ReadDir(filepath.Join(deployDir(t), "kubernetes"))
-	for _, e := range entries {
-		b := readDeploy(t, filepath.Join("kubernetes", e.Name()))
-		if regexp.MustCompile(`(?m)^kind: (Cluster)?Role(Binding)?$`).Match(b) {
-			t.Errorf("kubernetes/%s defines RBAC the agent does not use", e.Name())
-		}
-	}
+	// The DaemonSet, its ConfigMap and the uninstall Job: deploy_kubernetes_test.go.
 }
 
 func TestDeployKernelYAMLExample(t *testing.T) {

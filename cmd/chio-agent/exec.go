@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/backbay-labs/chio-agent/agent"
-	"github.com/backbay-labs/chio-agent/kernel/config"
 )
 
 type execOptions struct {
@@ -81,14 +80,8 @@ root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN).`,
 				return err
 			}
 			defer setup.close()
-			if len(setup.agentOpts.Resolvers) == 0 {
-				// Let the command resolve names as it would unprotected.
-				rs, err := config.SystemResolvers("/etc/resolv.conf")
-				if err != nil {
-					setup.logger.WithError(err).Warn("no DNS resolvers: the command's UDP is refused, DNS included")
-				}
-				setup.agentOpts.Resolvers = rs
-			}
+			// Let the command resolve names as it would unprotected.
+			setup.defaultResolvers(resolvConf)
 			var mu sync.Mutex
 			if !o.quiet {
 				asJSON := o.node.logFormat == "json"

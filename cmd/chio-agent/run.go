@@ -70,6 +70,11 @@ override kernel.yaml.`,
 				return err
 			}
 			defer setup.close()
+			if setup.cfg.Kubernetes != nil {
+				// The pods' DNS server: under the DaemonSet's dnsPolicy
+				// ClusterFirstWithHostNet, the cluster DNS Service.
+				setup.defaultResolvers(resolvConf)
+			}
 			ac := setup.cfg.Agent
 			opts := setup.agentOpts
 			opts.PinDir = config.Pick(nil, o.pinDir, "", ac.PinDir, bpf.DefaultPinDir)

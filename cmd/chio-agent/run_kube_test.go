@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -32,17 +30,7 @@ func TestRunProtectsPods(t *testing.T) {
 	pod := rt.RunPod(t, containerd.PodSpec{Namespace: "team-k", Name: "web"})
 	bin, dir, pinDir, keyPath := daemonTest(t)
 
-	a4 := rt.Subnet.Addr().As4()
-	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "pod-upstream") })}
-	srv.SetKeepAlivesEnabled(false)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	port := ln.Addr().(*net.TCPAddr).Port
+	gw, port := serveOnPodGateway(t, rt, "pod-upstream")
 
 	policy := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\nname: pods\nrules:\n  egress:\n    allow: [api.allowed.test]\n    default: block\n"), 0o644); err != nil {

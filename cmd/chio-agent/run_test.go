@@ -55,7 +55,13 @@ func binary(t *testing.T) string {
 // so every request is a decision.
 func serveBody(t *testing.T, body string) int {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	return serveBodyOn(t, "127.0.0.1:0", body)
+}
+
+// serveBodyOn is serveBody on the IPv4 address addr (a port of 0 picks one).
+func serveBodyOn(t *testing.T, addr, body string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp4", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -157,6 +157,29 @@ func (f *nodeFlags) resolve(ctx context.Context, defaultLevel, defaultFormat str
 	return s, nil
 }
 
+// resolvConf is where defaultResolvers reads the system's nameservers.
+const resolvConf = "/etc/resolv.conf"
+
+// defaultResolvers lets the workloads reach the nameservers of the
+// resolv.conf at path (port 53) when kernel.yaml names no agent.resolvers,
+// so that they resolve names as they would unprotected while the rest of
+// their UDP stays refused. exec always takes them; run does with a
+// kubernetes: section, where the kubelet writes into the agent's resolv.conf
+// (dnsPolicy ClusterFirstWithHostNet, deploy/kubernetes) the cluster DNS
+// Service that every pod's resolv.conf names too.
+func (s *nodeSetup) defaultResolvers(path string) {
+	if len(s.agentOpts.Resolvers) > 0 {
+		return
+	}
+	rs, err := config.SystemResolvers(path)
+	if err != nil {
+		s.logger.WithError(err).Warn("no DNS resolvers: the workloads' UDP is refused, DNS included")
+		return
+	}
+	s.agentOpts.Resolvers = rs
+	s.logger.WithField("resolvers", rs).Infof("agent.resolvers is empty: workloads may reach the nameservers of %s", path)
+}
+
 func (s *nodeSetup) close() error {
 	if s.log == nil {
 		return nil

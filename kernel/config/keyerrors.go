@@ -175,6 +175,9 @@ func editDistance(a, b string) int {
 
 var typeErrRE = regexp.MustCompile("^line (\\d+): cannot unmarshal !!(\\w+)(?: `(.*)`)? into (.+)$")
 
+// selfNamedRE matches a message that begins with a dotted key path.
+var selfNamedRE = regexp.MustCompile(`^[a-z_][a-z0-9_]*(\.[a-z0-9_]+|\[[^\]]*\])+: `)
+
 // keyTypeErrors rewrites yaml's type errors ("cannot unmarshal !!str `abc`
 // into uint16") in terms of the key and what it wants.
 func keyTypeErrors(err error, lines map[int]string) error {
@@ -198,6 +201,12 @@ func keyTypeErrors(err error, lines map[int]string) error {
 				if n, tail, ok := strings.Cut(rest, ": "); ok {
 					if line, err := strconv.Atoi(n); err == nil {
 						p = Problem{Line: line, Key: lines[line], Msg: tail}
+						if selfNamedRE.MatchString(tail) {
+							// A section's own check names its key already
+							// ("kubernetes.default_policy: ..."); the line's
+							// key would be another one of the section.
+							p.Key = ""
+						}
 					}
 				}
 			}

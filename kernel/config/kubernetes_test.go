@@ -41,6 +41,8 @@ func TestKubernetesSectionRefusesBadValues(t *testing.T) {
 		{"no policies", "  default_policy: none\n", "at least one policy"},
 		{"default missing", "  policies: {default: /p.yaml}\n", "default_policy: required"},
 		{"default unknown", "  policies: {a: /p.yaml}\n  default_policy: b\n", `"b" is not in kubernetes.policies`},
+		// Named by its own key, not by the first key of the section's line.
+		{"default unknown after another key", "  cgroup_root: auto\n  policies: {a: /p.yaml}\n  default_policy: b\n", `line 2: kubernetes.default_policy: "b" is not`},
 		{"none as a name", "  policies: {none: /p.yaml}\n  default_policy: none\n", "reserved"},
 		{"name not a label value", "  policies: {\"a b\": /p.yaml}\n  default_policy: none\n", "not a valid label value"},
 		{"name too long", "  policies: {" + strings.Repeat("a", 64) + ": /p.yaml}\n  default_policy: none\n", "not a valid label value"},
