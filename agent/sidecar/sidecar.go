@@ -5,7 +5,6 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/backbay-labs/chio-agent/internal/nolog"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
@@ -160,11 +160,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		return nil, fmt.Errorf("start sidecar: %w: no settings", ErrStartup)
 	}
 	s := &Server{opts: opts, set: set, log: opts.Logger, now: opts.Now, started: time.Now(), serveDone: make(chan error, 1)}
-	if s.log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		s.log = l
-	}
+	s.log = nolog.Or(s.log)
 	if s.now == nil {
 		s.now = time.Now
 	}
