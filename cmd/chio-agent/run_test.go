@@ -165,6 +165,30 @@ func (d *daemon) signal(s syscall.Signal) {
 	}
 }
 
+// eventually polls ok every 20 ms for up to 10 s and fails, with the agent's
+// logs, naming what never happened.
+func (d *daemon) eventually(what string, ok func() bool) {
+	d.t.Helper()
+	for i := 0; i < 500; i++ {
+		if ok() {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.t.Fatalf("%s never happened; agent logs:\n%s", what, d.logs)
+}
+
+// statusError says whether the agent's status lists an error whose
+// message contains s.
+func (d *daemon) statusError(s string) bool {
+	for _, e := range d.status().Errors {
+		if strings.Contains(e.Message, s) {
+			return true
+		}
+	}
+	return false
+}
+
 func (d *daemon) status() agent.Status {
 	d.t.Helper()
 	out, err := exec.Command(d.bin, "status", "--json", "--status-socket", d.socket).Output()
@@ -266,17 +290,6 @@ func TestRunDaemonLifecycle(t *testing.T) {
 		t.Helper()
 		return curlIn(t, cg, "api.allowed.test", port)
 	}
-	eventually := func(what string, ok func() bool) {
-		t.Helper()
-		for i := 0; i < 300; i++ {
-			if ok() {
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Fatalf("%s never happened; agent logs:\n%s", what, d.logs)
-	}
-
 	// No agent yet: status says so and fails.
 	if out, err := exec.Command(bin, "status", "--status-socket", d.socket).CombinedOutput(); err == nil || !strings.Contains(string(out), "no chio-agent is running") {
 		t.Fatalf("status with no agent: %v, %q", err, out)
@@ -353,7 +366,7 @@ func TestRunDaemonLifecycle(t *testing.T) {
 
 	// SIGKILL: nothing cleans up; protected connections fail closed.
 	d.signal(syscall.SIGKILL)
-	eventually("agent gone", d.gone)
+	d.eventually("agent gone", d.gone)
 	if out, code := curl(); code != 7 {
 		t.Fatalf("curl with the agent killed: exit %d, %q; want 7 (refused), never a pass", code, out)
 	}
@@ -373,32 +386,25 @@ func TestRunDaemonLifecycle(t *testing.T) {
 	// SIGHUP reload to a policy that blocks the host.
 	writePolicy("", `"api.allowed.test"`)
 	d.signal(syscall.SIGHUP)
-	eventually("reload to deny", func() bool { out, _ := curl(); return out == "403" })
+	d.eventually("reload to deny", func() bool { out, _ := curl(); return out == "403" })
 
 	// A bad policy is refused; the old one stays in force.
 	if err := os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\nrules:\n  egress:\n    default: maybe\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	d.signal(syscall.SIGHUP)
-	eventually("bad policy refused", func() bool {
-		for _, e := range d.status().Errors {
-			if strings.Contains(e.Message, "policy reload") {
-				return true
-			}
-		}
-		return false
-	})
+	d.eventually("bad policy refused", func() bool { return d.statusError("policy reload") })
 	if out, _ := curl(); out != "403" {
 		t.Fatalf("after a refused reload: %q; want the old policy's 403", out)
 	}
 
 	// Editing the file reloads without a signal.
 	writePolicy(`"api.allowed.test"`, "")
-	eventually("reload on file change", func() bool { out, _ := curl(); return out == "200" })
+	d.eventually("reload on file change", func() bool { out, _ := curl(); return out == "200" })
 
 	// SIGTERM: a clean stop; the pins stay (fail-closed until uninstall).
 	d.signal(syscall.SIGTERM)
-	eventually("agent stopped", d.gone)
+	d.eventually("agent stopped", d.gone)
 	logLines(t, d.logs.String(), `"chio-agent stopping`)
 	if _, code := curl(); code != 7 {
 		t.Fatalf("curl after SIGTERM: exit %d; want 7 (pinned redirect to no listener)", code)

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/backbay-labs/chio-agent/agent"
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
@@ -59,16 +58,6 @@ func TestRunMissingWorkloadThenReload(t *testing.T) {
 		}
 		out, _ := curlIn(t, testutil.Cgroup{Path: cg, ID: id}, host, port)
 		return out
-	}
-	eventually := func(what string, ok func() bool) {
-		t.Helper()
-		for i := 0; i < 500; i++ {
-			if ok() {
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Fatalf("%s never happened; status %+v\nagent logs:\n%s", what, d.status().Workloads, d.logs)
 	}
 	workload := func(name string) (agent.WorkloadStatus, bool) {
 		for _, w := range d.status().Workloads {
@@ -124,18 +113,18 @@ func TestRunMissingWorkloadThenReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	lateID, _ := cgroupfs.ID(late)
-	eventually("late protected", func() bool { w, _ := workload("late"); return w.State == agent.StateProtected && w.CgroupID == lateID })
+	d.eventually("late protected", func() bool { w, _ := workload("late"); return w.State == agent.StateProtected && w.CgroupID == lateID })
 	if got := curl(late, "api.blocked.test"); got != "403" {
 		t.Fatalf("blocked host from the late workload: %q; want 403", got)
 	}
 	if err := os.Mkdir(deepParent, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	eventually("deep waiting once its parent exists", stateIs("deep", agent.StateWaiting))
+	d.eventually("deep waiting once its parent exists", stateIs("deep", agent.StateWaiting))
 	if err := os.Mkdir(deep, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	eventually("deep protected", stateIs("deep", agent.StateProtected))
+	d.eventually("deep protected", stateIs("deep", agent.StateProtected))
 	if got := curl(deep, "api.allowed.test"); got != "200" {
 		t.Fatalf("allowed host from the deep workload: %q; want 200", got)
 	}
@@ -151,8 +140,8 @@ func TestRunMissingWorkloadThenReload(t *testing.T) {
 	}
 	writeConfig(map[string]string{"late": late, "deep": deep, "added": added.Path})
 	d.signal(syscall.SIGHUP)
-	eventually("added protected", stateIs("added", agent.StateProtected))
-	eventually("present dropped", func() bool { _, ok := workload("present"); return !ok })
+	d.eventually("added protected", stateIs("added", agent.StateProtected))
+	d.eventually("present dropped", func() bool { _, ok := workload("present"); return !ok })
 	if got := curl(added.Path, "api.blocked.test"); got != "403" {
 		t.Fatalf("blocked host from the added workload: %q; want 403", got)
 	}
@@ -165,14 +154,7 @@ func TestRunMissingWorkloadThenReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.signal(syscall.SIGHUP)
-	eventually("bad kernel.yaml refused", func() bool {
-		for _, e := range d.status().Errors {
-			if strings.Contains(e.Message, "workload reload refused") {
-				return true
-			}
-		}
-		return false
-	})
+	d.eventually("bad kernel.yaml refused", func() bool { return d.statusError("workload reload refused") })
 	if ws := d.status().Workloads; len(ws) != 3 {
 		t.Fatalf("workloads after a refused reload = %+v; want late, deep and added", ws)
 	}
