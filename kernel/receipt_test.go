@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -29,14 +27,8 @@ type receiptVectors struct {
 
 func loadReceiptVectors(t *testing.T) receiptVectors {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(testutil.ConformanceDir(t), "chio", "receipt", "v1.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var vec receiptVectors
-	if err := json.Unmarshal(raw, &vec); err != nil {
-		t.Fatalf("decode receipt vectors: %v", err)
-	}
+	testutil.ChioVectors(t, "receipt", &vec)
 	if len(vec.Cases) != 14 {
 		t.Fatalf("want 14 receipt cases, got %d", len(vec.Cases))
 	}

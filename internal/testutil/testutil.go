@@ -10,6 +10,7 @@ package testutil
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -68,6 +69,20 @@ func ConformanceDir(t testing.TB) string {
 		t.Fatalf("conformance data not found at %s (set CHIO_CONFORMANCE_DIR): %v", d, err)
 	}
 	return d
+}
+
+// ChioVectors decodes the Chio conformance vectors of one kind
+// (chio/KIND/v1.json under ConformanceDir: canonical, receipt, capability)
+// into v.
+func ChioVectors(t testing.TB, kind string, v any) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(ConformanceDir(t), "chio", kind, "v1.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		t.Fatalf("decode %s vectors: %v", kind, err)
+	}
 }
 
 // ModuleRoot returns the directory holding go.mod, searching upwards from the
