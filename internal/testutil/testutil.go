@@ -73,12 +73,22 @@ func ConformanceDir(t testing.TB) string {
 
 // ChioVectors decodes the Chio conformance vectors of one kind
 // (chio/KIND/v1.json under ConformanceDir: canonical, receipt, capability)
-// into v.
-func ChioVectors(t testing.TB, kind string, v any) {
+// into v, and fails unless the file holds exactly cases cases: a test
+// written for one set of vectors must not silently run on fewer.
+func ChioVectors(t testing.TB, kind string, cases int, v any) {
 	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(ConformanceDir(t), "chio", kind, "v1.json"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	var all struct {
+		Cases []json.RawMessage `json:"cases"`
+	}
+	if err := json.Unmarshal(raw, &all); err != nil {
+		t.Fatalf("decode %s vectors: %v", kind, err)
+	}
+	if len(all.Cases) != cases {
+		t.Fatalf("want %d %s cases, got %d", cases, kind, len(all.Cases))
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
 		t.Fatalf("decode %s vectors: %v", kind, err)
