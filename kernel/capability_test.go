@@ -27,15 +27,9 @@ type capabilityVectors struct {
 	} `json:"cases"`
 }
 
-func loadCapabilityVectors(t *testing.T) capabilityVectors {
-	t.Helper()
+func TestConformanceCapabilities(t *testing.T) {
 	var vec capabilityVectors
 	testutil.ChioVectors(t, "capability", 20, &vec)
-	return vec
-}
-
-func TestConformanceCapabilities(t *testing.T) {
-	vec := loadCapabilityVectors(t)
 	issuerKey, err := ParseSeedHex(vec.IssuerSeedHex)
 	if err != nil {
 		t.Fatal(err)

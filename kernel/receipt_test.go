@@ -25,13 +25,6 @@ type receiptVectors struct {
 	} `json:"cases"`
 }
 
-func loadReceiptVectors(t *testing.T) receiptVectors {
-	t.Helper()
-	var vec receiptVectors
-	testutil.ChioVectors(t, "receipt", 14, &vec)
-	return vec
-}
-
 // compareExpected checks every member of want against the JSON form of got.
 func compareExpected(t *testing.T, what string, got any, want map[string]any) {
 	t.Helper()
@@ -56,7 +49,8 @@ func compareExpected(t *testing.T, what string, got any, want map[string]any) {
 }
 
 func TestConformanceReceipts(t *testing.T) {
-	vec := loadReceiptVectors(t)
+	var vec receiptVectors
+	testutil.ChioVectors(t, "receipt", 14, &vec)
 	key, err := ParseSeedHex(vec.SigningKeySeedHex)
 	if err != nil {
 		t.Fatal(err)
