@@ -370,6 +370,7 @@ func (a *Agent) dropWorkload(w *workload) error {
 	}
 	errs = append(errs, a.objs.SetVerdicts(w.id, nil), a.objs.SetInbound(w.id, nil), a.objs.ForgetRefused(w.id))
 	a.reg.remove(w)
+	a.rules.release(w.id)
 	a.releaseListener(w.listen)
 	return errors.Join(errs...)
 }
@@ -431,6 +432,14 @@ func (a *Agent) UnprotectStale() ([]uint64, error) {
 		if err := a.objs.RemoveGuard(g); err != nil {
 			return removed, err
 		}
+		if a.reg.byID(id) == nil {
+			// A workload whose cgroup went while an agent ran (only its
+			// guard was left) and that was dropped while none ran: its
+			// rules go with the guard, or they stay in the maps forever.
+			a.objs.SetVerdicts(id, nil)
+			a.objs.SetInbound(id, nil)
+			a.objs.ForgetRefused(id)
+		}
 	}
 	return removed, nil
 }
@@ -441,7 +450,7 @@ func (a *Agent) UnprotectStale() ([]uint64, error) {
 // exempt stays blocked: the later rule wins and the policy fails closed.
 func (a *Agent) verdictRules(w *workload, pol *hushspec.Policy) []bpf.VerdictRule {
 	rules := append([]bpf.VerdictRule(nil), w.exempt...)
-	return append(rules, a.rules.rulesFor(pol)...)
+	return append(rules, a.rules.rulesOf(w.id, pol)...)
 }
 
 // syncDatapath writes a workload's verdict rules, then its workloads-map

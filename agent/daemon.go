@@ -51,6 +51,10 @@ type DaemonOptions struct {
 	// (kube.go) beside Workloads. The first listing is applied before stale
 	// pinned workloads are dropped and before readiness.
 	Kubernetes *KubeOptions
+
+	// started, when set, is given the agent once it runs: the package's
+	// tests count what it holds.
+	started func(*Agent)
 }
 
 // RunDaemon runs the node agent until ctx ends: it adopts pinned state,
@@ -72,6 +76,9 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		return err
 	}
 	defer a.Close()
+	if o.started != nil {
+		o.started(a)
+	}
 	log := a.opts.Logger // Start filled in a default
 	if a.objs.HandoverPending() {
 		log.WithFields(logrus.Fields{"pin_dir": o.Agent.PinDir, "previous_layouts": a.objs.PreviousLayouts()}).
@@ -129,11 +136,29 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		log.WithField("cgroups", removed).Info("stopped protecting workloads no longer configured")
 	}
 
+	// `chio-agent reload` (POST /reload) is served by the loop below, one
+	// at a time with SIGHUP and the file watch.
+	type reloadReq struct{ done chan error }
+	reloadReqs := make(chan reloadReq)
+	requestReload := func(rctx context.Context) error {
+		r := reloadReq{done: make(chan error, 1)}
+		select {
+		case reloadReqs <- r:
+		case <-rctx.Done():
+			return rctx.Err()
+		}
+		select {
+		case err := <-r.done:
+			return err
+		case <-rctx.Done():
+			return rctx.Err()
+		}
+	}
 	sctx, scancel := context.WithCancel(ctx)
 	defer scancel()
 	statusErr := make(chan error, 1)
 	go func() {
-		statusErr <- ServeStatus(sctx, o.StatusSocket, func() Status { return a.Status(o.Version) }, o.Agent.Log, a.metricsHandler())
+		statusErr <- ServeStatus(sctx, o.StatusSocket, func() Status { return a.Status(o.Version) }, o.Agent.Log, a.metricsHandler(), requestReload)
 	}()
 	if o.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", o.MetricsAddr)
@@ -165,17 +190,44 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	}
 	tick := time.NewTicker(o.WatchInterval)
 	defer tick.Stop()
-	reload := func(why string) {
+	reload := func(why string) error {
 		if o.ReloadPolicy == nil {
-			return
+			return nil
 		}
 		p, err := o.ReloadPolicy(ctx)
 		if err != nil {
-			a.proxy.errs.add(fmt.Errorf("policy reload (%s) refused, old policy stays: %w", why, err))
+			err = fmt.Errorf("policy reload (%s) refused, old policy stays: %w", why, err)
+			a.proxy.errs.add(err)
 			log.WithError(err).Error("policy reload refused; the old policy stays in force")
-			return
+			return err
 		}
 		a.SetPolicy(p, a.polSource)
+		return nil
+	}
+	// reloadAll is what SIGHUP and `chio-agent reload` do: the workload
+	// list, the policy and the pods' policies again. Each refusal keeps the
+	// old in force, is in status and the log, and is returned.
+	reloadAll := func(why string) error {
+		var errs []error
+		if o.ReloadWorkloads != nil {
+			if specs, err := o.ReloadWorkloads(ctx); err != nil {
+				err = fmt.Errorf("workload reload refused, the workloads stay as they are: %w", err)
+				a.proxy.errs.add(err)
+				log.WithError(err).Error("workload reload refused; the workloads stay as they are")
+				errs = append(errs, err)
+			} else if err := a.SetWorkloads(specs); err != nil {
+				err = fmt.Errorf("workload reload: %w", err)
+				a.proxy.errs.add(err)
+				log.WithError(err).Error("workload reload incomplete")
+				errs = append(errs, err)
+			}
+		}
+		errs = append(errs, reload(why))
+		if kc != nil {
+			// Its errors are in status and the log already.
+			errs = append(errs, kc.reloadAll(ctx))
+		}
+		return errors.Join(errs...)
 	}
 	for {
 		select {
@@ -187,20 +239,9 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			}
 			return nil
 		case <-o.Reload:
-			if o.ReloadWorkloads != nil {
-				if specs, err := o.ReloadWorkloads(ctx); err != nil {
-					a.proxy.errs.add(fmt.Errorf("workload reload refused, the workloads stay as they are: %w", err))
-					log.WithError(err).Error("workload reload refused; the workloads stay as they are")
-				} else if err := a.SetWorkloads(specs); err != nil {
-					a.proxy.errs.add(fmt.Errorf("workload reload: %w", err))
-					log.WithError(err).Error("workload reload incomplete")
-				}
-			}
-			reload("signal")
-			if kc != nil {
-				// Errors are in status and the log already.
-				kc.reloadAll(ctx)
-			}
+			reloadAll("signal")
+		case r := <-reloadReqs:
+			r.done <- reloadAll("reload command")
 		case <-tick.C:
 			if kc != nil {
 				kc.reloadChanged(ctx) // the pods' policy files (reload.go)

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -286,5 +287,43 @@ func TestProxyRefusesSpoofedSNIWithoutRoot(t *testing.T) {
 	}
 	if w.pending.Load() != 0 || p.pending.Load() != 0 {
 		t.Fatalf("pending slots not given back: workload %d, all %d", w.pending.Load(), p.pending.Load())
+	}
+}
+
+// TestRuleIDsOfPoliciesInUseNeverAgeOut: with more pod policies than the
+// table's history, each one a workload uses still names its rules; once its
+// workloads are gone it ages out like any other.
+func TestRuleIDsOfPoliciesInUseNeverAgeOut(t *testing.T) {
+	var tab ruleTable
+	type use struct {
+		id    uint32
+		rule  bpf.VerdictRule
+		owner string
+	}
+	var uses []use
+	for i := 0; i < 3*ruleGenerations; i++ {
+		name := fmt.Sprintf("name: p%d", i)
+		pol := mustPolicy(t, strings.Replace(policyBlockAPI, "name: b", name, 1))
+		rules := tab.rulesOf(uint32(100+i), pol)
+		if len(rules) == 0 {
+			t.Fatal("policyBlockAPI has no static rule")
+		}
+		uses = append(uses, use{uint32(100 + i), rules[0], pol.Hash()})
+	}
+	for _, u := range uses {
+		r, ok := tab.lookup(u.rule.RuleID, u.rule.Prefix.Addr())
+		if !ok || r.policyHash != u.owner {
+			t.Fatalf("workload %d's rule %d: %+v, %v; want its policy's pattern", u.id, u.rule.RuleID, r, ok)
+		}
+	}
+	for _, u := range uses {
+		tab.release(u.id)
+	}
+	tab.rulesFor(mustPolicy(t, policyAllowAPI)) // any new policy evicts the spare ones
+	if _, ok := tab.lookup(uses[0].rule.RuleID, uses[0].rule.Prefix.Addr()); ok {
+		t.Fatal("a released policy's ids were kept beyond the table's history")
+	}
+	if n := len(tab.gens); n != ruleGenerations {
+		t.Fatalf("%d generations kept with no workload using any, want %d", n, ruleGenerations)
 	}
 }

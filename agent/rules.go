@@ -18,9 +18,11 @@ import (
 // same policy gets the same ids after a restart (pinned verdict maps then
 // resolve too). Exemptions keep id 0.
 
-// ruleGenerations is how many policies' rule ids the table keeps: the
-// current one and the ones before it, for events raised before a reload and
-// read after it. Older ids resolve to nothing, and the receipt says so.
+// ruleGenerations is how many policies' rule ids the table keeps beside
+// those a workload uses now: the ones before them, for events raised before
+// a reload and read after it. Older ids resolve to nothing, and the receipt
+// says so. A policy some workload uses is never let go, however many pod
+// policies there are.
 const ruleGenerations = 8
 
 // staticRule is what a rule id stands for.
@@ -33,8 +35,9 @@ type staticRule struct {
 // ruleTable maps the rule ids of the last ruleGenerations policies to their
 // patterns.
 type ruleTable struct {
-	mu   sync.Mutex
-	gens []ruleGeneration // oldest first
+	mu    sync.Mutex
+	gens  []ruleGeneration  // oldest first
+	users map[uint32]string // workload id -> the policy hash its rules came from
 }
 
 type ruleGeneration struct {
@@ -60,12 +63,36 @@ func staticRuleID(policyHash, pattern string, addr netip.Addr) uint32 {
 	return id
 }
 
+// rulesOf returns the static verdict rules of workload id's policy pol, and
+// keeps pol's ids while the workload uses it.
+func (t *ruleTable) rulesOf(id uint32, pol *hushspec.Policy) []bpf.VerdictRule {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.users == nil {
+		t.users = map[uint32]string{}
+	}
+	t.users[id] = pol.Hash()
+	return t.rulesForLocked(pol)
+}
+
+// release forgets which policy workload id used (it is gone): that policy's
+// ids age out like any other's once no workload uses it.
+func (t *ruleTable) release(id uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.users, id)
+}
+
 // rulesFor returns the static verdict rules of pol, registering their ids
 // (once per policy: a policy already in the table becomes the newest).
 func (t *ruleTable) rulesFor(pol *hushspec.Policy) []bpf.VerdictRule {
-	hash := pol.Hash()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.rulesForLocked(pol)
+}
+
+func (t *ruleTable) rulesForLocked(pol *hushspec.Policy) []bpf.VerdictRule {
+	hash := pol.Hash()
 	for i, g := range t.gens {
 		if g.policyHash == hash {
 			t.gens = append(append(t.gens[:i:i], t.gens[i+1:]...), g)
@@ -90,10 +117,35 @@ func (t *ruleTable) rulesFor(pol *hushspec.Policy) []bpf.VerdictRule {
 		})
 	}
 	t.gens = append(t.gens, g)
-	if len(t.gens) > ruleGenerations {
-		t.gens = append(t.gens[:0:0], t.gens[len(t.gens)-ruleGenerations:]...)
-	}
+	t.evict()
 	return g.rules
+}
+
+// evict drops the oldest generations no workload uses until at most
+// ruleGenerations of those are left.
+func (t *ruleTable) evict() {
+	inUse := map[string]bool{}
+	for _, h := range t.users {
+		inUse[h] = true
+	}
+	spare := 0
+	for _, g := range t.gens {
+		if !inUse[g.policyHash] {
+			spare++
+		}
+	}
+	if spare <= ruleGenerations {
+		return
+	}
+	kept := t.gens[:0:0]
+	for _, g := range t.gens {
+		if !inUse[g.policyHash] && spare > ruleGenerations {
+			spare--
+			continue
+		}
+		kept = append(kept, g)
+	}
+	t.gens = kept
 }
 
 // lookup resolves a rule id from a kernel event for a connection to dst,

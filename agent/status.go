@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -236,7 +237,10 @@ func receiptStatus(l *receipts.Log) ReceiptStatus {
 //
 // The receipt endpoints let `chio-agent receipts …` read a log the running
 // agent holds (bbolt lets no other process open it meanwhile).
-func ServeStatus(ctx context.Context, path string, status func() Status, log *receipts.Log, metrics http.Handler) error {
+//
+// reload, when not nil, is offered as POST /reload (`chio-agent reload`): it
+// reloads what SIGHUP reloads and answers with what was refused.
+func ServeStatus(ctx context.Context, path string, status func() Status, log *receipts.Log, metrics http.Handler, reload func(context.Context) error) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("status socket: %w", err)
 	}
@@ -265,6 +269,15 @@ func ServeStatus(ctx context.Context, path string, status func() Status, log *re
 	})
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
+	}
+	if reload != nil {
+		mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
+			if err := reload(r.Context()); err != nil {
+				http.Error(w, err.Error(), http.StatusConflict)
+				return
+			}
+			w.WriteHeader(http.StatusNoContent)
+		})
 	}
 	mux.HandleFunc("GET /receipts/snapshot", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/octet-stream")
@@ -305,10 +318,7 @@ func get(ctx context.Context, path, resource string, timeout time.Duration) (*ht
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("%w (no status socket at %s)", ErrNotRunning, path)
 	}
-	cl := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", path)
-	}}, Timeout: timeout}
+	cl := unixClient(path, timeout)
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent"+resource, nil)
 	resp, err := cl.Do(req)
 	if err != nil {
@@ -319,6 +329,41 @@ func get(ctx context.Context, path, resource string, timeout time.Duration) (*ht
 		return nil, fmt.Errorf("agent answered %s for %s", resp.Status, resource)
 	}
 	return resp, nil
+}
+
+// RequestReload asks the running agent to reload its policies and workloads,
+// as SIGHUP does, and returns what it refused (the old stays in force for
+// what was refused).
+func RequestReload(ctx context.Context, socket string) error {
+	if _, err := os.Stat(socket); err != nil {
+		return fmt.Errorf("%w (no status socket at %s)", ErrNotRunning, socket)
+	}
+	cl := unixClient(socket, 2*time.Minute)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent/reload", nil)
+	resp, err := cl.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w (status socket %s: %v)", ErrNotRunning, socket, err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNoContent:
+		return nil
+	case http.StatusConflict:
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		return fmt.Errorf("reload refused, the old stays in force: %s", strings.TrimSpace(string(msg)))
+	default:
+		return fmt.Errorf("agent answered %s for /reload (an agent older than the reload command?)", resp.Status)
+	}
+}
+
+// unixClient is an HTTP client for the status socket.
+func unixClient(path string, timeout time.Duration) *http.Client {
+	// No keep-alive: the transport is dropped after one request, and an idle
+	// connection would hold a goroutine and a socket on both sides forever.
+	return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}, Timeout: timeout}
 }
 
 // FetchSnapshot copies the running agent's receipt log into w.

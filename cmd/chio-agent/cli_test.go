@@ -134,7 +134,7 @@ func TestAgentCommandsAcceptConfig(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- agent.ServeStatus(ctx, sock, func() agent.Status { return agent.Status{Version: "from-config-socket"} }, nil, http.NotFoundHandler())
+		done <- agent.ServeStatus(ctx, sock, func() agent.Status { return agent.Status{Version: "from-config-socket"} }, nil, http.NotFoundHandler(), nil)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	cfg := filepath.Join(dir, "kernel.yaml")

@@ -397,10 +397,21 @@ func TestRunDaemonLifecycle(t *testing.T) {
 	if out, _ := curl(); out != "403" {
 		t.Fatalf("after a refused reload: %q; want the old policy's 403", out)
 	}
+	// `chio-agent reload` does what SIGHUP does, and says what it refused.
+	if out, err := exec.Command(bin, "reload", "--config", d.config).CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), "reload refused") || !strings.Contains(string(out), "egress.default") {
+		t.Fatalf("reload of a bad policy: %v, %q; want exit 1 naming the refused policy", err, out)
+	}
+	if out, _ := curl(); out != "403" {
+		t.Fatalf("after a refused reload command: %q; want the old policy's 403", out)
+	}
 
 	// Editing the file reloads without a signal.
 	writePolicy(`"api.allowed.test"`, "")
 	d.eventually("reload on file change", func() bool { out, _ := curl(); return out == "200" })
+	if out, err := exec.Command(bin, "reload", "--status-socket", d.socket).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "reloaded" {
+		t.Fatalf("reload of a good policy: %v, %q", err, out)
+	}
 
 	// SIGTERM: a clean stop; the pins stay (fail-closed until uninstall).
 	d.signal(syscall.SIGTERM)
