@@ -5,12 +5,12 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
-	"io"
 	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/backbay-labs/chio-agent/internal/nolog"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/backbay-labs/chio-agent/kernel/jcs"
 )
@@ -83,11 +83,7 @@ func New(opts Options) (*Kernel, error) {
 	if k.clock == nil {
 		k.clock = time.Now
 	}
-	if k.log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		k.log = l
-	}
+	k.log = nolog.Or(k.log)
 	k.SetPolicy(opts.Policy)
 	return k, nil
 }

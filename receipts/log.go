@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"runtime/debug"
 	"sync"
@@ -19,6 +18,8 @@ import (
 	"github.com/sirupsen/logrus"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/backbay-labs/chio-agent/internal/nolog"
 )
 
 // FormatVersion is written in every log's header. Open refuses any other,
@@ -140,11 +141,7 @@ func (o *Options) withDefaults() Options {
 	case c.LockTimeout < 0:
 		c.LockTimeout = 0 // bbolt: wait forever
 	}
-	if c.Logger == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		c.Logger = l
-	}
+	c.Logger = nolog.Or(c.Logger)
 	if c.Now == nil {
 		c.Now = time.Now
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/backbay-labs/chio-agent/internal/nolog"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 )
 
@@ -77,12 +78,7 @@ func (w *Watcher) Run(ctx context.Context, fn func([]Change)) error {
 	if interval <= 0 {
 		interval = config.DefaultPollInterval
 	}
-	log := w.Log
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = l
-	}
+	log := nolog.Or(w.Log)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	kick := make(chan struct{}, 1)
