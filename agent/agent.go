@@ -432,6 +432,14 @@ func (a *Agent) UnprotectStale() ([]uint64, error) {
 		if err := a.objs.RemoveGuard(g); err != nil {
 			return removed, err
 		}
+		if a.reg.byID(id) == nil {
+			// A workload whose cgroup went while an agent ran (only its
+			// guard was left) and that was dropped while none ran: its
+			// rules go with the guard, or they stay in the maps forever.
+			a.objs.SetVerdicts(id, nil)
+			a.objs.SetInbound(id, nil)
+			a.objs.ForgetRefused(id)
+		}
 	}
 	return removed, nil
 }

@@ -145,16 +145,27 @@ func answer(fd int) string {
 	return "reply:" + strconv.Quote(string(got))
 }
 
+// openTarget makes a stream socket of protocol proto in the target's
+// family. fd is -1 when there is none: err says why the attack could not
+// run, or, with err nil, outcome is the refused socket() the attack met.
+func openTarget(proto int) (fd int, sa unix.Sockaddr, outcome string, err error) {
+	sa, family, err := target()
+	if err != nil {
+		return -1, nil, "", err
+	}
+	fd, err = unix.Socket(family, unix.SOCK_STREAM, proto)
+	if err != nil {
+		return -1, nil, "socket-" + refused(err), nil
+	}
+	return fd, sa, "", nil
+}
+
 // exchange connects a new socket of the given type and protocol to the
 // target, sends the payload and returns what came back.
 func exchange(proto int, before func(fd int) error) (string, error) {
-	sa, family, err := target()
-	if err != nil {
-		return "", err
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM, proto)
-	if err != nil {
-		return "socket-" + refused(err), nil
+	fd, sa, outcome, err := openTarget(proto)
+	if fd < 0 {
+		return outcome, err
 	}
 	if before != nil {
 		if err := before(fd); err != nil {
@@ -217,13 +228,9 @@ func write(fd int, b []byte) (int, error) {
 // fastOpen sends the payload in the SYN with sendto(MSG_FASTOPEN): no
 // connect() call at all.
 func fastOpen(proto int) (string, error) {
-	sa, family, err := target()
-	if err != nil {
-		return "", err
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM, proto)
-	if err != nil {
-		return "socket-" + refused(err), nil
+	fd, sa, outcome, err := openTarget(proto)
+	if fd < 0 {
+		return outcome, err
 	}
 	err = unix.Sendto(fd, payload(), unix.MSG_FASTOPEN, sa)
 	if errors.Is(err, unix.EINTR) {

@@ -50,22 +50,11 @@ type vhostServer struct {
 
 func serveVhost(t *testing.T, network, addr string, trap bool) *vhostServer {
 	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatalf("listen %s: %v", addr, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	s := &vhostServer{addr: ln.Addr().(*net.TCPAddr).AddrPort(), trap: trap}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.accepted.Add(1)
-			go s.handle(c)
-		}
-	}()
+	s := &vhostServer{trap: trap}
+	s.addr, _ = testutil.ServeTCP(t, network, addr, func(c net.Conn) {
+		s.accepted.Add(1)
+		s.handle(c)
+	})
 	return s
 }
 

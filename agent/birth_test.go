@@ -15,24 +15,6 @@ import (
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
-// birthScript makes a TCP socket and connects it to 127.0.0.1:argv[1], as
-// a container's first process would. Exit 0: connected; 5: socket() or
-// connect() refused with EPERM; 6: another error (nothing listens).
-const birthScript = `
-import socket, sys
-try:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-except PermissionError as e:
-    print("socket:", e); sys.exit(5)
-try:
-    s.connect(("127.0.0.1", int(sys.argv[1])))
-except PermissionError as e:
-    print("connect:", e); sys.exit(5)
-except OSError as e:
-    print("connect:", e); sys.exit(6)
-print("connected")
-`
-
 // A pod's cgroup made below the birth root is refused the network, with a
 // deny receipt naming its cgroup, until the agent classifies it: protected
 // (then its connections are decided by the proxy) or exempt (then
@@ -40,7 +22,7 @@ print("connected")
 // a cgroup made again at the same path is refused again, and the agent
 // (outside the root) keeps working throughout.
 func TestBirthRootRefusesUnclassifiedWithReceipts(t *testing.T) {
-	requireTools(t, "python3", "curl")
+	testutil.RequireTools(t, "python3", "curl")
 	e := newE2E(t, e2eOptions{})
 	root := testutil.NewCgroup(t, e.parent.Path)
 	if err := e.agent.SetBirthRoot(root.Path); err != nil {
@@ -56,7 +38,7 @@ func TestBirthRootRefusesUnclassifiedWithReceipts(t *testing.T) {
 	}()
 	try := func(cg testutil.Cgroup) (string, int) {
 		t.Helper()
-		return e.runIn(cg, "python3", "-c", birthScript, strconv.Itoa(nothing))
+		return e.runIn(cg, "python3", "-c", connectScript, "tcp", "127.0.0.1", strconv.Itoa(nothing))
 	}
 	refused := func(name string, cg testutil.Cgroup) {
 		t.Helper()

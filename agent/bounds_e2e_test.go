@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
@@ -76,6 +77,23 @@ func (s *keepAliveServer) seen() []string {
 	return append([]string(nil), s.hosts...)
 }
 
+// laterRequestDenied checks what a connection decided for host must come
+// to when a later request on it names other: srv served requests for host
+// only, and the later request was denied (by name, with a receipt).
+func (e *e2e) laterRequestDenied(srv *keepAliveServer, host, other string) {
+	e.t.Helper()
+	for _, h := range srv.seen() {
+		if hostOnly(h) != host {
+			e.t.Fatalf("upstream saw a request for %q on a connection decided for %s", h, host)
+		}
+	}
+	d := e.waitDecision(func(d Decision) bool { return d.Name == other })
+	if d.Verdict != kernel.VerdictDeny || d.Guard != GuardProtocol || !strings.Contains(d.Reason, "later request") {
+		e.t.Fatalf("decision = %+v; want a deny of the later request", d)
+	}
+	e.receiptFor(d)
+}
+
 // heapPeak samples the Go heap in use until stop is called, and returns the
 // highest figure seen. The agent runs in this process: this is its heap.
 func heapPeak() (stop func() uint64) {
@@ -112,22 +130,16 @@ func heapInuse() uint64 {
 // it once it passes the head bound, with a receipt naming the bound, and the
 // agent's heap must not grow with what the client sends.
 func TestEndlessHeaderOnLaterRequestRefused(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
 	const attack = 100 << 20
 	before := heapInuse()
 	stop := heapPeak()
-	out, code := e.run("python3", "-c", fmt.Sprintf(`
-import socket
+	out, code := e.python(`
 s = socket.create_connection(("127.0.0.1", %d), timeout=30)
 s.sendall(b"GET /one HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n")
-buf = b""
-while b"seen /one" not in buf:
-    chunk = s.recv(4096)
-    if not chunk:
-        break
-    buf += chunk
+buf = recv_until(s, b"seen /one")
 print("first:", buf.split(b"\r\n")[0].decode())
 s.sendall(b"GET /two HTTP/1.1\r\nHost: api.allowed.test\r\nX-Endless: ")
 chunk, sent = b"a" * 65536, 0
@@ -138,7 +150,7 @@ try:
     print("sent all", sent)
 except OSError as e:
     print("refused after", sent, type(e).__name__)
-`, srv.port, attack))
+`, srv.port, attack)
 	peak := stop()
 	if code != 0 || !strings.Contains(out, "first: HTTP/1.1 200 OK") || !strings.Contains(out, "refused after") {
 		t.Fatalf("python: exit %d\n%s", code, out)
@@ -165,12 +177,11 @@ except OSError as e:
 // bound is refused at once and accounted for in (aggregated) receipts, and
 // the connections held before the flood are still decided.
 func TestPendingFloodRefusedWithReceipts(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	const held, flood = 4, 20
 	e := newE2E(t, e2eOptions{firstBytes: 30 * time.Second, limits: Limits{PendingPerWorkload: held}})
 	srv := serveKeepAlive(t)
-	out, code := e.run("python3", "-c", fmt.Sprintf(`
-import socket
+	out, code := e.python(`
 held = [socket.create_connection(("127.0.0.1", %[1]d), timeout=20) for _ in range(%[2]d)]
 refused = 0
 for _ in range(%[3]d):
@@ -185,14 +196,9 @@ for _ in range(%[3]d):
 print("refused", refused)
 for i, c in enumerate(held):
     c.sendall(b"GET /h%%d HTTP/1.1\r\nHost: api.allowed.test\r\nConnection: close\r\n\r\n" %% i)
-    buf = b""
-    while True:
-        chunk = c.recv(4096)
-        if not chunk:
-            break
-        buf += chunk
+    buf = read_all(c)
     print("held", i, buf.split(b"\r\n")[0].decode(), buf.split(b"\r\n\r\n")[-1].decode())
-`, srv.port, held, flood))
+`, srv.port, held, flood)
 	if code != 0 {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
@@ -233,45 +239,30 @@ for i, c in enumerate(held):
 // server. Both after the answer, and pipelined behind the Upgrade request;
 // likewise after a CONNECT the server refused.
 func TestUpgradeWithoutSwitchKeepsDeciding(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
-	out, code := e.run("python3", "-c", fmt.Sprintf(`
-import socket
+	out, code := e.python(`
 up = b"GET /ws HTTP/1.1\r\nHost: api.allowed.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
 other = b"GET /other HTTP/1.1\r\nHost: other.allowed.test\r\n\r\n"
-def rest(s):
-    buf = b""
-    try:
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                return buf, "closed"
-            buf += chunk
-    except ConnectionResetError:
-        return buf, "reset"
 port = %d
 for mode in ("after", "pipelined", "connect"):
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     if mode == "connect":
         s.sendall(b"CONNECT api.allowed.test:%%d HTTP/1.1\r\nHost: api.allowed.test:%%d\r\n\r\n" %% (port, port))
-        buf = b""
-        while b"no tunnel" not in buf:
-            buf += s.recv(4096)
+        buf = recv_until(s, b"no tunnel")
         print(mode, "answer:", buf.split(b"\r\n")[0].decode())
         s.sendall(other)
     elif mode == "after":
         s.sendall(up)
-        buf = b""
-        while b"seen /ws" not in buf:
-            buf += s.recv(4096)
+        buf = recv_until(s, b"seen /ws")
         print(mode, "upgrade:", buf.split(b"\r\n")[0].decode())
         s.sendall(other)
     else:
         s.sendall(up + other)
     buf, how = rest(s)
     print(mode, "other:", how, b"seen /other" in buf)
-`, srv.port))
+`, srv.port)
 	if code != 0 {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
@@ -281,31 +272,19 @@ for mode in ("after", "pipelined", "connect"):
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	for _, h := range srv.seen() {
-		if hostOnly(h) != "api.allowed.test" {
-			t.Fatalf("upstream saw a request for %q on a connection decided for api.allowed.test", h)
-		}
-	}
-	d := e.waitDecision(func(d Decision) bool { return d.Name == "other.allowed.test" })
-	if d.Verdict != kernel.VerdictDeny || !strings.Contains(d.Reason, "later request") {
-		t.Fatalf("decision = %+v", d)
-	}
-	e.receiptFor(d)
+	e.laterRequestDenied(srv, "api.allowed.test", "other.allowed.test")
 }
 
 // TestWebSocketSwitchRelayed: a real protocol switch (101) still works, and
 // is itself decided and receipted.
 func TestWebSocketSwitchRelayed(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
-	out, code := e.run("python3", "-c", fmt.Sprintf(`
-import socket
+	out, code := e.python(`
 s = socket.create_connection(("127.0.0.1", %d), timeout=10)
 s.sendall(b"GET /ws101 HTTP/1.1\r\nHost: api.allowed.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-buf = b""
-while b"\r\n\r\n" not in buf:
-    buf += s.recv(4096)
+buf = recv_until(s, b"\r\n\r\n")
 print("switch:", buf.split(b"\r\n")[0].decode())
 frame = b"\x81\x05hello GET / HTTP/1.1\r\nHost: elsewhere.test\r\n\r\n"
 s.sendall(frame)
@@ -316,7 +295,7 @@ while len(got) < len(frame):
         break
     got += chunk
 print("echo ok" if got == frame else "echo bad %%r" %% got)
-`, srv.port))
+`, srv.port)
 	if code != 0 || !strings.Contains(out, "switch: HTTP/1.1 101 Switching Protocols") || !strings.Contains(out, "echo ok") {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
@@ -334,21 +313,19 @@ print("echo ok" if got == frame else "echo bad %%r" %% got)
 // connection halfway through a later request made no request; it must not
 // get a deny receipt for a "malformed" one.
 func TestClientResetMidRequestIsNotMalformed(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
-	out, code := e.run("python3", "-c", fmt.Sprintf(`
-import socket, struct
+	out, code := e.python(`
+import struct
 s = socket.create_connection(("127.0.0.1", %d), timeout=10)
 s.sendall(b"GET /one HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n")
-buf = b""
-while b"seen /one" not in buf:
-    buf += s.recv(4096)
+recv_until(s, b"seen /one")
 s.sendall(b"GET /two HTTP/1.1\r\nHost: api.al")
 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 s.close()
 print("reset")
-`, srv.port))
+`, srv.port)
 	if code != 0 || out != "reset" {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
@@ -375,22 +352,20 @@ print("reset")
 // the agent's heap and stacks grew by less than Limits.MemoryCeiling allows
 // for connections: the documented ceiling is an upper bound, not a guess.
 func TestMemoryUnderCeilingWithEveryBoundFull(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	const n = 32
 	lim := Limits{PendingPerWorkload: n, Pending: n, RelaysPerWorkload: n, Relays: n}
 	e := newE2E(t, e2eOptions{firstBytes: 60 * time.Second, limits: lim})
 	srv := serveKeepAlive(t)
 	before := memInuse()
-	cmd := exec.Command("python3", "-c", fmt.Sprintf(`
-import socket, sys
+	cmd := exec.Command("python3", "-c", pyRecv+fmt.Sprintf(`
+import sys
 n, port, fill = %d, %d, b"a" * (60 * 1024)
 relays = []
 for i in range(n):
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     s.sendall(b"GET /r HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n")
-    buf = b""
-    while b"seen /r" not in buf:
-        buf += s.recv(4096)
+    recv_until(s, b"seen /r")
     s.sendall(b"GET /r2 HTTP/1.1\r\nHost: api.allowed.test\r\nX-Fill: " + fill)
     relays.append(s)
 pending = []

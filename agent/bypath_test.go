@@ -104,7 +104,7 @@ func (e *e2e) allowsTo(dst netip.AddrPort) int64 {
 // kernel (with a deny receipt) until the agent has protected the new cgroup,
 // then decided again; status shows the new cgroup id.
 func TestRecreatedCgroupRefusedUntilReprotected(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	srv, accepts := countingServer(t)
 	path, oldID := e.wl.Path, e.wl.ID
@@ -286,7 +286,7 @@ func TestRecreatedWhileAgentDownStaysRefused(t *testing.T) {
 // reload: the new cgroup is protected under the same id, the old one is let
 // go, and dropping the workload unprotects it.
 func TestSetWorkloadsMovesAWorkloadWithoutAGap(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	other := testutil.NewCgroup(t, e.parent.Path)
 	id := e.agent.reg.byName("e2e/wl").id

@@ -51,6 +51,10 @@ type DaemonOptions struct {
 	// (kube.go) beside Workloads. The first listing is applied before stale
 	// pinned workloads are dropped and before readiness.
 	Kubernetes *KubeOptions
+
+	// started, when set, is given the agent once it runs: the package's
+	// tests count what it holds.
+	started func(*Agent)
 }
 
 // RunDaemon runs the node agent until ctx ends: it adopts pinned state,
@@ -72,6 +76,9 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		return err
 	}
 	defer a.Close()
+	if o.started != nil {
+		o.started(a)
+	}
 	log := a.opts.Logger // Start filled in a default
 	if a.objs.HandoverPending() {
 		log.WithFields(logrus.Fields{"pin_dir": o.Agent.PinDir, "previous_layouts": a.objs.PreviousLayouts()}).

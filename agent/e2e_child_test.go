@@ -161,6 +161,16 @@ func listenDNS(t *testing.T) net.PacketConn {
 
 // serveDNS answers every A query with 127.0.0.1 on pc.
 func serveDNS(pc net.PacketConn) {
+	answerDNS(pc, true, func(q dnsmessage.Question) ([4]byte, bool) {
+		return [4]byte{127, 0, 0, 1}, q.Type == dnsmessage.TypeA
+	})
+}
+
+// answerDNS is a test DNS server on pc until pc closes: each query gets a
+// response (authoritative or not) repeating its question and, when answer
+// gives an address, an A record with it (TTL 60). Malformed queries get
+// nothing.
+func answerDNS(pc net.PacketConn, authoritative bool, answer func(q dnsmessage.Question) ([4]byte, bool)) {
 	go func() {
 		buf := make([]byte, 1500)
 		for {
@@ -177,16 +187,14 @@ func serveDNS(pc net.PacketConn) {
 			if err != nil {
 				continue
 			}
-			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true})
+			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: authoritative})
 			b.StartQuestions()
 			b.Question(q)
 			b.StartAnswers()
-			if q.Type == dnsmessage.TypeA {
-				b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60},
-					dnsmessage.AResource{A: [4]byte{127, 0, 0, 1}})
+			if a, ok := answer(q); ok {
+				b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: a})
 			}
-			msg, err := b.Finish()
-			if err == nil {
+			if msg, err := b.Finish(); err == nil {
 				pc.WriteTo(msg, from)
 			}
 		}

@@ -68,15 +68,6 @@ type e2eOptions struct {
 	workload func(*WorkloadSpec)
 }
 
-func requireTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			testutil.Skip(t, tool+" is not installed (make test installs it)")
-		}
-	}
-}
-
 func newE2E(t *testing.T, o e2eOptions) *e2e {
 	t.Helper()
 	testutil.RequireRoot(t)
@@ -203,6 +194,44 @@ func bodyHandler(body string) http.Handler {
 	})
 }
 
+// pyRecv starts the python clients of these tests, so that each reads a
+// socket the same way: recv_until reads from s until marker has come (or the
+// peer closed), rest until the peer closes or resets and says which,
+// read_all until the peer closes (a reset raises).
+const pyRecv = `
+import socket
+def recv_until(s, marker):
+    buf = b""
+    while marker not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+def rest(s):
+    buf = b""
+    try:
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                return buf, "closed"
+            buf += chunk
+    except ConnectionResetError:
+        return buf, "reset"
+def read_all(s):
+    buf, how = rest(s)
+    if how == "reset":
+        raise ConnectionResetError("read_all: connection reset")
+    return buf
+`
+
+// python runs script, formatted with args and started by pyRecv, in python3
+// inside the protected workload, and returns its output and exit status.
+func (e *e2e) python(script string, args ...any) (string, int) {
+	e.t.Helper()
+	return e.run("python3", "-c", pyRecv+fmt.Sprintf(script, args...))
+}
+
 // run runs a client inside the protected workload and returns its combined
 // output and exit status.
 func (e *e2e) run(name string, args ...string) (string, int) {
@@ -217,16 +246,7 @@ func (e *e2e) runIn(cg testutil.Cgroup, name string, args ...string) (string, in
 	cmd := exec.CommandContext(ctx, name, args...)
 	cg.CommandIn(e.t, cmd)
 	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return strings.TrimSpace(string(out)), 0
-	case errors.As(err, &ee):
-		return strings.TrimSpace(string(out)), ee.ExitCode()
-	default:
-		e.t.Fatalf("run %s: %v", name, err)
-	}
-	return "", -1
+	return strings.TrimSpace(string(out)), testutil.ExitCode(e.t, err)
 }
 
 // lastDecision waits for the decision that matches and returns it.

@@ -15,16 +15,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
 
 func TestCurlHTTPSAllowedByName(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	out, code := e.run("curl", "-sS", "--max-time", "10", "--cacert", e.ca,
 		"--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.tlsAddr.Port()), e.httpsURL)
@@ -51,7 +51,7 @@ func TestCurlHTTPSAllowedByName(t *testing.T) {
 }
 
 func TestCurlHTTPSDeniedGetsTLSAlert(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	// forbidden.test is served by the same server, on an address it owns.
 	_, code := e.run("curl", "-sS", "--max-time", "10", "--cacert", e.ca,
@@ -68,7 +68,7 @@ func TestCurlHTTPSDeniedGetsTLSAlert(t *testing.T) {
 }
 
 func TestCurlHTTPDeniedGets403WithReceiptID(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	out, code := e.run("curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}",
 		"--resolve", fmt.Sprintf("unlisted.test:%d:127.0.0.1", e.httpAddr.Port()),
@@ -95,7 +95,7 @@ func TestCurlHTTPDeniedGets403WithReceiptID(t *testing.T) {
 }
 
 func TestSNISpoofRefused(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	// A forbidden server on 127.0.0.2; the client names an allowed host in
 	// SNI while dialling it.
@@ -125,7 +125,7 @@ func TestSNISpoofRefused(t *testing.T) {
 }
 
 func TestPythonURLLibAndSSL(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	// urllib over HTTP with an allowed Host header, and stdlib ssl with an
 	// allowed SNI: unmodified Python clients.
@@ -137,19 +137,14 @@ ctx = ssl.create_default_context(cafile=%q)
 with socket.create_connection(("127.0.0.1", %d), timeout=10) as s:
     with ctx.wrap_socket(s, server_hostname="other.allowed.test") as t:
         t.sendall(b"GET /tls HTTP/1.1\r\nHost: other.allowed.test\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            b = t.recv(4096)
-            if not b: break
-            data += b
-        print(data.decode().split("\r\n\r\n", 1)[1])
+        print(read_all(t).decode().split("\r\n\r\n", 1)[1])
 try:
     urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/", headers={"Host": "nope.test"}), timeout=10)
     print("UNEXPECTED-ALLOW")
 except urllib.error.HTTPError as err:
     print("denied", err.code)
 `, e.httpAddr.Port(), e.ca, e.tlsAddr.Port(), e.httpAddr.Port())
-	out, code := e.run("python3", "-c", script)
+	out, code := e.run("python3", "-c", pyRecv+script)
 	if code != 0 {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
@@ -165,7 +160,7 @@ except urllib.error.HTTPError as err:
 }
 
 func TestIPv6Loopback(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	a6 := e.serveHTTP("tcp6", "[::1]:0", "v6-api")
 	out, code := e.run("curl", "-sS", "-g", "--max-time", "10", fmt.Sprintf("http://[::1]:%d/v6", a6.Port()))
@@ -185,7 +180,7 @@ func TestIPv6Loopback(t *testing.T) {
 }
 
 func TestStaticBlockRefusedAtConnect(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	// 127.0.0.9 is an IP literal of the block list: refused in the kernel,
 	// never reaching the proxy, and still receipted.
@@ -204,7 +199,7 @@ func TestStaticBlockRefusedAtConnect(t *testing.T) {
 }
 
 func TestClientSendingNothingIsReceipted(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	// Connect and send nothing until the proxy's first-bytes deadline (2s).
 	out, code := e.run("python3", "-c", fmt.Sprintf(`
@@ -222,7 +217,7 @@ print("eof" if s.recv(10) == b"" else "data")
 }
 
 func TestAsyncReceiptsStillVerify(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{mode: receipts.ModeAsync})
 	for i := 0; i < 5; i++ {
 		if out, code := e.run("curl", "-sS", "--max-time", "10", "--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.httpAddr.Port()),
@@ -353,30 +348,17 @@ func countFDs(t *testing.T) int {
 }
 
 func TestIdleConnectionClosed(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{idle: 300 * time.Millisecond})
 	// An upstream that answers and then holds the connection open forever.
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, 4096)
-				n, _ := c.Read(buf)
-				c.Write(buf[:n])
-				io.Copy(io.Discard, c) // never closes first
-				c.Close()
-			}()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	upstream, _ := testutil.ServeTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
+		buf := make([]byte, 4096)
+		n, _ := c.Read(buf)
+		c.Write(buf[:n])
+		io.Copy(io.Discard, c) // never closes first
+		c.Close()
+	})
+	port := upstream.Port()
 	out, code := e.run("python3", "-c", fmt.Sprintf(`
 import socket
 s = socket.create_connection(("127.0.0.1", %d), timeout=20)
@@ -394,23 +376,9 @@ except socket.timeout:
 }
 
 func TestHTTPKeepAliveRequestsAreEachChecked(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
-	var hosts []string
-	var mu sync.Mutex
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		hosts = append(hosts, r.Host)
-		mu.Unlock()
-		fmt.Fprintf(w, "seen %s", r.URL.Path)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	port := ln.Addr().(*net.TCPAddr).Port
+	srv := serveKeepAlive(t)
 	out, code := e.run("python3", "-c", fmt.Sprintf(`
 import http.client
 c = http.client.HTTPConnection("127.0.0.1", %d, timeout=10)
@@ -421,7 +389,7 @@ for path, host in (("/one", "api.allowed.test"), ("/two", "api.allowed.test"), (
         print(path, r.status, r.read().decode())
     except Exception as e:
         print(path, "refused", type(e).__name__)
-`, port))
+`, srv.port))
 	if code != 0 {
 		t.Fatalf("python: exit %d\n%s", code, out)
 	}
@@ -430,25 +398,14 @@ for path, host in (("/one", "api.allowed.test"), ("/two", "api.allowed.test"), (
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for _, h := range hosts {
-		if h != "api.allowed.test" {
-			t.Fatalf("upstream saw a request for %q on a connection decided for api.allowed.test", h)
-		}
+	if n := len(srv.seen()); n != 2 {
+		t.Fatalf("upstream saw %d requests, want 2", n)
 	}
-	if len(hosts) != 2 {
-		t.Fatalf("upstream saw %d requests, want 2", len(hosts))
-	}
-	d := e.waitDecision(func(d Decision) bool { return d.Guard == GuardProtocol && d.Name == "forbidden.test" })
-	if d.Verdict != kernel.VerdictDeny || !strings.Contains(d.Reason, "later request") {
-		t.Fatalf("decision = %+v", d)
-	}
-	e.receiptFor(d)
+	e.laterRequestDenied(srv, "api.allowed.test", "forbidden.test")
 }
 
 func TestHTTPBodiesThroughTheRequestGate(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -482,7 +439,7 @@ func TestHTTPBodiesThroughTheRequestGate(t *testing.T) {
 // TestNoReceiptNoConnection closes the receipt log under a running agent:
 // an allowed connection must then be refused, never relayed unreceipted.
 func TestNoReceiptNoConnection(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	url := fmt.Sprintf("http://api.allowed.test:%d/", e.httpAddr.Port())
 	resolve := fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.httpAddr.Port())
@@ -506,7 +463,7 @@ func TestNoReceiptNoConnection(t *testing.T) {
 }
 
 func TestMetricsCountDecisions(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	resolve := fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.httpAddr.Port())
 	e.run("curl", "-sS", "--max-time", "10", "--resolve", resolve, fmt.Sprintf("http://api.allowed.test:%d/", e.httpAddr.Port()))

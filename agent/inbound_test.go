@@ -45,8 +45,7 @@ sys.stdin.readline()
 // selfRelay listens on a kernel-picked port and connects to itself there,
 // which the datapath sends through the proxy; it prints what its listener
 // answered.
-const selfRelay = `
-import socket
+const selfRelay = pyRecv + `
 ln = socket.socket()
 ln.listen(1)
 c = socket.create_connection(("127.0.0.1", ln.getsockname()[1]), timeout=10)
@@ -56,13 +55,7 @@ s.settimeout(10)
 s.recv(4096)
 s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\npong")
 s.close()
-data = b""
-while True:
-    b = c.recv(4096)
-    if not b:
-        break
-    data += b
-print(data.split(b"\r\n\r\n", 1)[1].decode())
+print(read_all(c).split(b"\r\n\r\n", 1)[1].decode())
 `
 
 // A protected workload cannot be reached from outside: a bind to a fixed
@@ -71,7 +64,7 @@ print(data.split(b"\r\n\r\n", 1)[1].decode())
 // a port the configuration allows works, and so does the workload's
 // ordinary outbound HTTPS through the proxy.
 func TestInboundRefusedWithReceiptExceptAllowedPort(t *testing.T) {
-	requireTools(t, "python3", "curl")
+	testutil.RequireTools(t, "python3", "curl")
 	// Free ports, for the workload to try.
 	lnFixed, fixed := listenLoopback(t)
 	lnAllowed, allowed := listenLoopback(t)
@@ -172,7 +165,7 @@ func TestInboundRefusedWithReceiptExceptAllowedPort(t *testing.T) {
 // A listener the workload opened before it was protected, which no hook
 // saw, is refused when protection starts: receipted, and no peer gets in.
 func TestInboundListenerOpenedBeforeProtectionRefused(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	late := testutil.NewCgroup(t, e.parent.Path)
 	cmd := exec.Command("python3", "-c", `

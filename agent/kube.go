@@ -84,7 +84,9 @@ const (
 	// failed (retried every poll interval).
 	PodUnclassified = "unclassified"
 	// PodStopped: the sandbox is stopped and was not protected: nothing
-	// runs in it to protect.
+	// runs in it to protect. Or it is an older sandbox of a pod whose newer
+	// one holds the name (a forced deletion): what still runs in it is
+	// refused in the kernel, unclassified below the birth root.
 	PodStopped = "stopped"
 )
 
@@ -326,6 +328,14 @@ func (kc *kube) run(ctx context.Context) error {
 	w := &cri.Watcher{Client: kc.client, Interval: interval, Log: kc.log}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// A pod's cgroup appearing lists the pods at once: classified before
+	// its containers run, rather than up to a poll interval later.
+	kick := make(chan struct{}, 1)
+	if err := cri.NotifyCgroups(ctx, kc.root, kick); err != nil {
+		kc.log.WithError(err).Warn("new pods are found by the poll alone")
+	} else {
+		w.Kick = kick
+	}
 	retried := make(chan struct{})
 	go func() { defer close(retried); kc.retryEvery(ctx, interval) }()
 	defer func() { cancel(); <-retried }()
@@ -486,7 +496,9 @@ func (kc *kube) classify(p cri.Pod) {
 		}
 		if !owned {
 			if prev := kc.owner[name]; prev != "" && kc.pods[prev] != nil {
-				kc.pods[prev].status.Workload = ""
+				// What classify would now say of it: an older sandbox.
+				ps := &kc.pods[prev].status
+				ps.Workload, ps.State, ps.Since = "", PodStopped, time.Now()
 			}
 			kc.owner[name] = p.SandboxID
 		}

@@ -205,8 +205,7 @@ func (p *sdPod) run(t *testing.T, name string, args ...string) (string, int) {
 	return "", -1
 }
 
-// netnsServer serves HTTP on 127.0.0.1 inside a network namespace and counts
-// the requests it answered, by path.
+// netnsServer is a pathServer on 127.0.0.1 inside a network namespace.
 func netnsServer(t *testing.T, nsPath string) (netip.AddrPort, func(path string) int) {
 	t.Helper()
 	var ln net.Listener
@@ -216,7 +215,8 @@ func netnsServer(t *testing.T, nsPath string) (netip.AddrPort, func(path string)
 	}); err != nil {
 		t.Fatalf("listen in the pod's netns: %v", err)
 	}
-	return serveCounting(t, ln, "sd-api")
+	s := servePaths(t, ln)
+	return s.addr, s.count
 }
 
 // sdDaemon is RunDaemon with pod discovery on the fake runtime.
@@ -365,7 +365,7 @@ func (d *sdDaemon) receipt(t *testing.T, x Decision) string {
 // below a container's scope is the pod's; a removed pod is released.
 func TestKubeSystemdDriver(t *testing.T) {
 	testutil.RequireRoot(t)
-	requireTools(t, "ip", "curl", "sleep", "bash")
+	testutil.RequireTools(t, "ip", "curl", "sleep", "bash")
 	for _, tc := range []struct {
 		name   string
 		layout sdLayout
@@ -436,7 +436,7 @@ func testSystemdDriver(t *testing.T, l sdLayout, configured string) {
 
 	// containerd's pod under the systemd driver: decided, and the receipt
 	// names the pod and its container (found by its scope).
-	if out, code := burst.get(t, "api.allowed.test", "/burstable"); code != 0 || !strings.Contains(out, "sd-api host=api.allowed.test") {
+	if out, code := burst.get(t, "api.allowed.test", "/burstable"); code != 0 || !strings.Contains(out, "kube-api host=api.allowed.test") {
 		t.Fatalf("allowed request from the burstable pod: exit %d, %q", code, out)
 	}
 	x := d.decision(t, "the burstable pod's decision", func(x Decision) bool { return x.Workload == "team-a/sd-burstable" })
@@ -456,7 +456,7 @@ func testSystemdDriver(t *testing.T, l sdLayout, configured string) {
 	mkCgroup(t, nested)
 	inner := *burst
 	inner.ctrDir = nested
-	if out, code := inner.get(t, "api.allowed.test", "/nested"); code != 0 || !strings.Contains(out, "sd-api host=api.allowed.test") {
+	if out, code := inner.get(t, "api.allowed.test", "/nested"); code != 0 || !strings.Contains(out, "kube-api host=api.allowed.test") {
 		t.Fatalf("request from below the container's scope: exit %d, %q", code, out)
 	}
 	waitFor(t, "the nested request decided as the pod's", func() bool { return d.count("team-a/sd-burstable", kernel.VerdictAllow) == 2 })
@@ -466,7 +466,7 @@ func testSystemdDriver(t *testing.T, l sdLayout, configured string) {
 
 	// CRI-O's guaranteed pod: a blocked name is refused by the agent (the
 	// server never sees it), an allowed one decided with its container.
-	if out, _ := guar.get(t, "forbidden.test", "/guaranteed-blocked"); strings.Contains(out, "sd-api") {
+	if out, _ := guar.get(t, "forbidden.test", "/guaranteed-blocked"); strings.Contains(out, "kube-api") {
 		t.Fatalf("blocked request from the guaranteed pod reached the server: %q", out)
 	}
 	if n := guar.accepted("/guaranteed-blocked"); n != 0 {
@@ -476,7 +476,7 @@ func testSystemdDriver(t *testing.T, l sdLayout, configured string) {
 	if x.Verdict != kernel.VerdictDeny {
 		t.Fatalf("guaranteed pod's blocked request: %+v", x)
 	}
-	if out, code := guar.get(t, "api.allowed.test", "/guaranteed"); code != 0 || !strings.Contains(out, "sd-api host=api.allowed.test") {
+	if out, code := guar.get(t, "api.allowed.test", "/guaranteed"); code != 0 || !strings.Contains(out, "kube-api host=api.allowed.test") {
 		t.Fatalf("allowed request from the guaranteed pod: exit %d, %q", code, out)
 	}
 	x = d.decision(t, "the guaranteed pod's allow", func(x Decision) bool {
@@ -487,7 +487,7 @@ func testSystemdDriver(t *testing.T, l sdLayout, configured string) {
 	}
 
 	// The exempt pod reaches its server directly, even for a blocked name.
-	if out, code := infra.get(t, "forbidden.test", "/infra"); code != 0 || !strings.Contains(out, "sd-api host=forbidden.test") {
+	if out, code := infra.get(t, "forbidden.test", "/infra"); code != 0 || !strings.Contains(out, "kube-api host=forbidden.test") {
 		t.Fatalf("exempt pod's request: exit %d, %q", code, out)
 	}
 	if n := infra.accepted("/infra"); n != 1 {
@@ -521,7 +521,7 @@ func testSystemdDriver(t *testing.T, l sdLayout, configured string) {
 		}
 		return false
 	})
-	if out, code := late.get(t, "api.allowed.test", "/late"); code != 0 || !strings.Contains(out, "sd-api host=api.allowed.test") {
+	if out, code := late.get(t, "api.allowed.test", "/late"); code != 0 || !strings.Contains(out, "kube-api host=api.allowed.test") {
 		t.Fatalf("the late pod once classified: exit %d, %q", code, out)
 	}
 	x = d.decision(t, "the late pod's decision", func(x Decision) bool { return x.Workload == "team-l/sd-late" })
@@ -552,7 +552,7 @@ func testSystemdDriver(t *testing.T, l sdLayout, configured string) {
 // kernel.
 func TestKubeStaleDriverTree(t *testing.T) {
 	testutil.RequireRoot(t)
-	requireTools(t, "ip", "curl", "sleep", "bash")
+	testutil.RequireTools(t, "ip", "curl", "sleep", "bash")
 	top := testutil.NewCgroup(t, "")
 	mount := top.Path
 	for _, dir := range []string{"kubepods.slice", "kubepods.slice/kubepods-burstable.slice", "kubepods", "kubepods/burstable"} {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -202,7 +203,7 @@ func gatewayServer(t *testing.T, rt *containerd.Runtime) netip.AddrPort {
 
 // podGet sends an HTTP request for host to srv from the pod's main
 // container, with busybox nc, and returns what came back.
-func podGet(t *testing.T, p *containerd.Pod, srv netip.AddrPort, host string) (string, int32) {
+func podGet(t testing.TB, p *containerd.Pod, srv netip.AddrPort, host string) (string, int32) {
 	t.Helper()
 	req := fmt.Sprintf(`GET /hello HTTP/1.0\r\nHost: %s\r\n\r\n`, host)
 	out, errOut, code := p.Exec(t, "main", "/bin/busybox", "sh", "-c",
@@ -213,7 +214,7 @@ func podGet(t *testing.T, p *containerd.Pod, srv netip.AddrPort, host string) (s
 // kubeDaemon runs RunDaemon with pod discovery on the test containerd; stop
 // and start again keep its pin directory and receipt log (an agent restart).
 type kubeDaemon struct {
-	t       *testing.T
+	t       testing.TB
 	rt      *containerd.Runtime
 	selfUID string
 	gw      netip.Addr
@@ -235,13 +236,17 @@ type kubeDaemon struct {
 	// hosts are the anti-spoofing answers; default api.allowed.test at gw.
 	hosts map[string][]netip.Addr
 
+	// poll is the CRI poll interval; 0: 100ms.
+	poll time.Duration
+
 	mu      sync.Mutex
 	decided []Decision
 	// edit, when set, makes the next start a binary of another map layout.
-	edit func(*ebpf.CollectionSpec) error
+	edit  func(*ebpf.CollectionSpec) error
+	agent *Agent // the running daemon's agent
 }
 
-func newKubeDaemon(t *testing.T, rt *containerd.Runtime, selfUID string, gw netip.Addr) *kubeDaemon {
+func newKubeDaemon(t testing.TB, rt *containerd.Runtime, selfUID string, gw netip.Addr) *kubeDaemon {
 	t.Helper()
 	kd := &kubeDaemon{t: t, rt: rt, selfUID: selfUID, gw: gw, dir: t.TempDir(), pinDir: testutil.PinDir(t)}
 	kd.sock = filepath.Join(kd.dir, "status.sock")
@@ -282,7 +287,7 @@ func (kd *kubeDaemon) start() {
 			ExemptNamespaces: []string{"kube-system"},
 		}
 	}
-	kc.CRISocket, kc.CgroupRoot, kc.PollInterval = kd.rt.Socket, kd.rt.CgroupRoot, config.Duration(100*time.Millisecond)
+	kc.CRISocket, kc.CgroupRoot, kc.PollInterval = kd.rt.Socket, kd.rt.CgroupRoot, config.Duration(cmp.Or(kd.poll, 100*time.Millisecond))
 	ctx, cancel := context.WithCancel(context.Background())
 	kd.cancel, kd.done = cancel, make(chan error, 1)
 	go func() {
@@ -299,7 +304,12 @@ func (kd *kubeDaemon) start() {
 			ReadyFile:     ready,
 			Reload:        kd.reload,
 			WatchInterval: 50 * time.Millisecond,
-			Kubernetes:    &KubeOptions{SelfUID: kd.selfUID, Config: kc, ReloadConfig: kd.reloadCfg},
+			started: func(a *Agent) {
+				kd.mu.Lock()
+				kd.agent = a
+				kd.mu.Unlock()
+			},
+			Kubernetes: &KubeOptions{SelfUID: kd.selfUID, Config: kc, ReloadConfig: kd.reloadCfg},
 		})
 	}()
 	done := kd.done
@@ -345,7 +355,7 @@ func (kd *kubeDaemon) decision(workload string) Decision {
 	return d
 }
 
-func queryStatus(t *testing.T, sock string) Status {
+func queryStatus(t testing.TB, sock string) Status {
 	t.Helper()
 	s, err := QueryStatus(context.Background(), sock)
 	if err != nil {
@@ -378,7 +388,7 @@ func workloadIn(t *testing.T, s Status, name string) WorkloadStatus {
 
 // waitFor polls a condition (a readiness signal, not a guessed delay), for at
 // most a minute: pods take seconds to start here.
-func waitFor(t *testing.T, what string, ok func() bool) {
+func waitFor(t testing.TB, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for !ok() {
@@ -569,18 +579,7 @@ func TestKubePodsProtectedFromBirth(t *testing.T) {
 // names the pod.
 func checkBorn(t *testing.T, kd *kubeDaemon, rt *containerd.Runtime, p *containerd.Pod, workload string, accepted func(path string) int) {
 	t.Helper()
-	refused := 0
-	for _, line := range strings.Split(containerLog(t, rt, p, "main"), "\n") {
-		_, res, ok := strings.Cut(line, "result: ")
-		switch {
-		case !ok:
-		case strings.Contains(res, "Operation not permitted"):
-			refused++
-		case strings.Contains(res, "kube-api host=api.allowed.test"):
-		default:
-			t.Errorf("%s: an attempt neither refused in the kernel nor decided: %q", workload, line)
-		}
-	}
+	refused, _ := attempts(t, workload, containerLog(t, rt, p, "main"))
 	t.Logf("%s: %d attempts refused before it was classified", workload, refused)
 	n := accepted("/born-" + p.Spec.Name)
 	if n == 0 {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -37,7 +38,7 @@ func (a *Agent) listenerFor(netnsPath string, pinned bpf.Workload) (*listenerPai
 	}
 	lp := &listenerPair{netns: netnsPath, refcnt: 1}
 	err := inNetns(netnsPath, func() error {
-		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(port4)})
+		ln, err := listenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(port4)})
 		if err != nil {
 			return fmt.Errorf("listen on 127.0.0.1:%d: %w", port4, err)
 		}
@@ -46,9 +47,9 @@ func (a *Agent) listenerFor(netnsPath string, pinned bpf.Workload) (*listenerPai
 		if port6 == 0 && a.opts.ListenPort == 0 {
 			port6 = lp.addr4.Port() // one port for both families when free
 		}
-		ln6, err := net.ListenTCP("tcp6", &net.TCPAddr{IP: net.IPv6loopback, Port: int(port6)})
+		ln6, err := listenTCP("tcp6", &net.TCPAddr{IP: net.IPv6loopback, Port: int(port6)})
 		if err != nil && port6 != 0 && !pinned.Listen6.IsValid() {
-			ln6, err = net.ListenTCP("tcp6", &net.TCPAddr{IP: net.IPv6loopback})
+			ln6, err = listenTCP("tcp6", &net.TCPAddr{IP: net.IPv6loopback})
 		}
 		if err != nil {
 			// No IPv6 loopback in this namespace: IPv6 connects are then
@@ -75,6 +76,19 @@ func (a *Agent) listenerFor(netnsPath string, pinned bpf.Workload) (*listenerPai
 	}
 	a.listeners[netnsPath] = lp
 	return lp, nil
+}
+
+// listenTCP listens for redirected connections. Accepted sockets get no TCP
+// keep-alive: the idle reaper (idleSet) closes a relay that has gone quiet,
+// which makes the probes redundant, and they would cost four setsockopt
+// calls on every connection.
+func listenTCP(network string, addr *net.TCPAddr) (*net.TCPListener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), network, addr.String())
+	if err != nil {
+		return nil, err
+	}
+	return ln.(*net.TCPListener), nil
 }
 
 func (a *Agent) releaseListener(lp *listenerPair) {

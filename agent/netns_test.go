@@ -20,7 +20,7 @@ import (
 // proves the dial happened inside the workload's namespace. No packet leaves
 // the two namespaces the test made.
 func TestWorkloadInItsOwnNetns(t *testing.T) {
-	requireTools(t, "curl", "ip")
+	testutil.RequireTools(t, "curl", "ip")
 	wlNS := testutil.NewNetNS(t)
 	srvNS := testutil.NewNetNS(t)
 	testutil.Veth(t, wlNS, srvNS, "10.213.7.1/30", "10.213.7.2/30")

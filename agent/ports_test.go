@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
@@ -33,7 +34,7 @@ func serveOn(t *testing.T, ln net.Listener, body string) {
 // An allowed name on a port the workload does not allow is refused, with a
 // receipt naming the port rule and the port; on an allowed port it passes.
 func TestEgressPortsRestrictAnAllowedName(t *testing.T) {
-	requireTools(t, "curl")
+	testutil.RequireTools(t, "curl")
 	lnP, p := listenLoopback(t)
 	lnQ, q := listenLoopback(t)
 	e := newE2E(t, e2eOptions{workload: func(s *WorkloadSpec) { s.EgressPorts = []uint16{p} }})

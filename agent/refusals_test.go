@@ -41,18 +41,6 @@ except OSError as e:
 print("sent")
 `
 
-// pingNetNS makes a network namespace where every group may open ping
-// sockets (net.ipv4.ping_group_range governs ICMPv6 too); the host's
-// setting is never touched.
-func pingNetNS(t *testing.T) testutil.NetNS {
-	t.Helper()
-	ns := testutil.NewNetNS(t)
-	if out, err := exec.Command("ip", "netns", "exec", ns.Name, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647").CombinedOutput(); err != nil {
-		t.Fatalf("allow ping sockets in %s: %v: %s", ns.Name, err, out)
-	}
-	return ns
-}
-
 // verifiedReceipt returns the stored receipt of d after checking that it
 // verifies under the agent's key.
 func (e *e2e) verifiedReceipt(d Decision) string {
@@ -70,8 +58,8 @@ func (e *e2e) verifiedReceipt(d Decision) string {
 // connect or sendmsg hook run: they are refused at socket(), each with a
 // deny receipt that verifies.
 func TestICMPAndRawSocketsRefusedWithReceipts(t *testing.T) {
-	requireTools(t, "python3", "ip")
-	ns := pingNetNS(t)
+	testutil.RequireTools(t, "python3", "ip")
+	ns := testutil.NewPingNetNS(t)
 	e := newE2E(t, e2eOptions{netns: ns.Path})
 	plain := testutil.NewCgroup(t, e.parent.Path)
 	const AF_INET, AF_INET6, DGRAM, RAW, ICMP, ICMPV6 = 2, 10, 2, 3, 1, 58
@@ -113,22 +101,27 @@ func TestICMPAndRawSocketsRefusedWithReceipts(t *testing.T) {
 	}
 }
 
-// connectScript connects a socket to dst:0. A ping socket is made first and
+// connectScript makes a socket of argv[1] (tcp, udp or icmp) and connects
+// it to argv[2] (an address) port argv[3]. A ping socket is made first and
 // the process then moves itself into the protected cgroup through fd 3, its
 // cgroup.procs (a socket made before its workload was protected); TCP and
-// UDP sockets are made inside. Exit 0: connected; 5: refused with EPERM; 6:
-// another error.
+// UDP sockets are made where the process runs, as a container's first
+// process would. Exit 0: connected; 5: socket() or connect() refused with
+// EPERM (the output says which); 6: another error (e.g. nothing listens).
 const connectScript = `
 import os, socket, sys
-kind, dst = sys.argv[1], sys.argv[2]
+kind, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
 if kind == "icmp":
     s = socket.socket(fam, socket.SOCK_DGRAM, socket.IPPROTO_ICMP if fam == socket.AF_INET else socket.IPPROTO_ICMPV6)
     os.write(3, str(os.getpid()).encode())
 else:
-    s = socket.socket(fam, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    except PermissionError as e:
+        print("socket:", e); sys.exit(5)
 try:
-    s.connect((dst, 0))
+    s.connect((dst, port))
 except PermissionError as e:
     print("connect:", e); sys.exit(5)
 except OSError as e:
@@ -140,8 +133,8 @@ print("connected")
 // protection) is refused in the kernel, and its deny receipt is written and
 // verifies (it used to fail: "destination port 0").
 func TestPortZeroRefusedWithReceipt(t *testing.T) {
-	requireTools(t, "python3", "ip")
-	ns := pingNetNS(t)
+	testutil.RequireTools(t, "python3", "ip")
+	ns := testutil.NewPingNetNS(t)
 	e := newE2E(t, e2eOptions{netns: ns.Path})
 	plain := testutil.NewCgroup(t, e.parent.Path)
 	for _, c := range []struct{ kind, dst, transport string }{
@@ -152,7 +145,7 @@ func TestPortZeroRefusedWithReceipt(t *testing.T) {
 		{"icmp", "127.0.0.1", "icmp"},
 		{"icmp", "::1", "icmpv6"},
 	} {
-		cmd := exec.Command("ip", "netns", "exec", ns.Name, "python3", "-c", connectScript, c.kind, c.dst)
+		cmd := exec.Command("ip", "netns", "exec", ns.Name, "python3", "-c", connectScript, c.kind, c.dst, "0")
 		if c.kind == "icmp" {
 			// It moves itself in after making its socket.
 			procs, err := os.OpenFile(filepath.Join(e.wl.Path, "cgroup.procs"), os.O_WRONLY, 0)
@@ -209,7 +202,7 @@ print(refused)
 // the refusals the kernel counted as lost equal the attempts, exactly, and
 // status and the metrics show the loss.
 func TestEveryKernelRefusalAccounted(t *testing.T) {
-	requireTools(t, "python3")
+	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	const n = 20000
 	port := 20000 + int(randUint16()%20000)

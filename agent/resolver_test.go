@@ -21,37 +21,13 @@ func countingDNS(t *testing.T) (string, *atomic.Int64) {
 	}
 	t.Cleanup(func() { pc.Close() })
 	var n atomic.Int64
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			k, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var p dnsmessage.Parser
-			h, err := p.Start(buf[:k])
-			if err != nil {
-				continue
-			}
-			q, err := p.Question()
-			if err != nil {
-				continue
-			}
-			if q.Type == dnsmessage.TypeA {
-				n.Add(1)
-			}
-			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true})
-			b.StartQuestions()
-			b.Question(q)
-			b.StartAnswers()
-			if q.Type == dnsmessage.TypeA && q.Name.String() == "api.example.test." {
-				b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: [4]byte{192, 0, 2, 10}})
-			}
-			if msg, err := b.Finish(); err == nil {
-				pc.WriteTo(msg, from)
-			}
+	answerDNS(pc, false, func(q dnsmessage.Question) ([4]byte, bool) {
+		if q.Type != dnsmessage.TypeA {
+			return [4]byte{}, false
 		}
-	}()
+		n.Add(1)
+		return [4]byte{192, 0, 2, 10}, q.Name.String() == "api.example.test."
+	})
 	return pc.LocalAddr().String(), &n
 }
 

@@ -358,7 +358,9 @@ func RequestReload(ctx context.Context, socket string) error {
 
 // unixClient is an HTTP client for the status socket.
 func unixClient(path string, timeout time.Duration) *http.Client {
-	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	// No keep-alive: the transport is dropped after one request, and an idle
+	// connection would hold a goroutine and a socket on both sides forever.
+	return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", path)
 	}}, Timeout: timeout}

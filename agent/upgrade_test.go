@@ -2,11 +2,8 @@ package agent
 
 import (
 	"fmt"
-	"net"
-	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,36 +19,8 @@ import (
 // allow decisions.
 func countingGateway(t *testing.T, rt *containerd.Runtime) (netip.AddrPort, func(path string) int) {
 	t.Helper()
-	a4 := rt.Subnet.Addr().As4()
-	gw := netip.AddrFrom4([4]byte{a4[0], a4[1], a4[2], 1})
-	ln, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 0).String())
-	if err != nil {
-		t.Fatalf("listen on the pods' gateway: %v", err)
-	}
-	return serveCounting(t, ln, "kube-api")
-}
-
-// serveCounting serves HTTP on ln until the test ends, answering
-// "BODY host=... path=...", and counts the requests it answered, by path.
-func serveCounting(t *testing.T, ln net.Listener, body string) (netip.AddrPort, func(path string) int) {
-	t.Helper()
-	var mu sync.Mutex
-	accepted := map[string]int{}
-	h := bodyHandler(body)
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		accepted[r.URL.Path]++
-		mu.Unlock()
-		h.ServeHTTP(w, r)
-	}), ReadHeaderTimeout: 10 * time.Second}
-	srv.SetKeepAlivesEnabled(false)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().(*net.TCPAddr).AddrPort(), func(path string) int {
-		mu.Lock()
-		defer mu.Unlock()
-		return accepted[path]
-	}
+	s := newPathServer(t, rt)
+	return s.addr, s.count
 }
 
 // loopConnecting is a container command that sends a request to srv every

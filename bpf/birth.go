@@ -36,17 +36,13 @@ const (
 	UnclassifiedSendmsg UnclassifiedOp = 3 // sendmsg() on a UDP socket
 )
 
-func (op UnclassifiedOp) String() string {
-	switch op {
-	case UnclassifiedSocket:
-		return "socket"
-	case UnclassifiedConnect:
-		return "connect"
-	case UnclassifiedSendmsg:
-		return "sendmsg"
-	}
-	return fmt.Sprintf("op-%d", uint32(op))
+var unclassifiedOpNames = map[UnclassifiedOp]string{
+	UnclassifiedSocket:  "socket",
+	UnclassifiedConnect: "connect",
+	UnclassifiedSendmsg: "sendmsg",
 }
+
+func (op UnclassifiedOp) String() string { return enumName(op, unclassifiedOpNames, "op") }
 
 // birthExempt is BIRTH_EXEMPT in chio.c.
 const birthExempt = 1

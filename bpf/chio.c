@@ -689,14 +689,31 @@ static __always_inline int agent_socket(struct bpf_sock_addr *ctx)
 	return agent_tgid == 0 || (__u32)(bpf_get_current_pid_tgid() >> 32) == agent_tgid;
 }
 
+// copy_addr copies a v4-mapped/IPv6 address between the keys, values and
+// events that carry one.
+static __always_inline void copy_addr(__u32 dst[4], const __u32 src[4])
+{
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+}
+
+// v4_mapped writes the IPv4 address ip4 (network order) as ::ffff:ip4, the
+// form every map and event here keeps addresses in.
+static __always_inline void v4_mapped(__u32 addr[4], __u32 ip4)
+{
+	addr[0] = 0;
+	addr[1] = 0;
+	addr[2] = bpf_htonl(0x0000ffff);
+	addr[3] = ip4;
+}
+
 // dst_addr reads the destination of ctx as a v4-mapped/IPv6 address.
 static __always_inline void dst_addr(struct bpf_sock_addr *ctx, int v6, __u32 addr[4])
 {
 	if (!v6) {
-		addr[0] = 0;
-		addr[1] = 0;
-		addr[2] = bpf_htonl(0x0000ffff);
-		addr[3] = ctx->user_ip4;
+		v4_mapped(addr, ctx->user_ip4);
 		return;
 	}
 	addr[0] = ctx->user_ip6[0];
@@ -713,10 +730,7 @@ static __always_inline struct verdict_val *lookup_verdict(__u32 workload_id, __u
 	k.workload_id = workload_id;
 	k.proto = proto;
 	k.port = port;
-	k.addr[0] = addr[0];
-	k.addr[1] = addr[1];
-	k.addr[2] = addr[2];
-	k.addr[3] = addr[3];
+	copy_addr(k.addr, addr);
 	struct verdict_val *v = bpf_map_lookup_elem(&verdicts, &k);
 	if (v)
 		return v;
@@ -760,10 +774,7 @@ static __always_inline int emit(const struct rate_key *k, const struct refuser *
 	e->workload_id = k->workload_id;
 	e->pid = r->pid;
 	e->uid = r->uid;
-	e->addr[0] = k->addr[0];
-	e->addr[1] = k->addr[1];
-	e->addr[2] = k->addr[2];
-	e->addr[3] = k->addr[3];
+	copy_addr(e->addr, k->addr);
 	e->port = k->port;
 	e->proto = (__u8)k->protocol;
 	e->pad = 0;
@@ -853,10 +864,7 @@ static __always_inline void report(__u32 kind, struct workload *w, __u8 proto, _
 {
 	struct rate_key k = {};
 	k.workload_id = w->id;
-	k.addr[0] = addr[0];
-	k.addr[1] = addr[1];
-	k.addr[2] = addr[2];
-	k.addr[3] = addr[3];
+	copy_addr(k.addr, addr);
 	k.port = port;
 	k.protocol = proto;
 	k.kind = kind;
@@ -869,10 +877,7 @@ static __always_inline void report(__u32 kind, struct workload *w, __u8 proto, _
 static __always_inline int is_resolver(__u32 addr[4], __u16 port)
 {
 	struct resolver_key k = {};
-	k.addr[0] = addr[0];
-	k.addr[1] = addr[1];
-	k.addr[2] = addr[2];
-	k.addr[3] = addr[3];
+	copy_addr(k.addr, addr);
 	k.port = port;
 	return bpf_map_lookup_elem(&resolvers, &k) != 0;
 }
@@ -902,10 +907,7 @@ static __always_inline int udp(struct bpf_sock_addr *ctx, struct workload *w, in
 static __always_inline void fill_orig(struct orig_dst *o, __u32 addr[4], __u16 port, int v6,
 				      __u32 workload_id, __u64 cgid)
 {
-	o->addr[0] = addr[0];
-	o->addr[1] = addr[1];
-	o->addr[2] = addr[2];
-	o->addr[3] = addr[3];
+	copy_addr(o->addr, addr);
 	o->port = port;
 	o->family = v6 ? AF_INET6 : AF_INET;
 	o->workload_id = workload_id;
@@ -1033,12 +1035,8 @@ static __always_inline int refuse_socket(struct workload *w, __u32 kind, __u32 f
 	k.family = family;
 	k.sock_type = type;
 	k.protocol = protocol;
-	if (addr) {
-		k.addr[0] = addr[0];
-		k.addr[1] = addr[1];
-		k.addr[2] = addr[2];
-		k.addr[3] = addr[3];
-	}
+	if (addr)
+		copy_addr(k.addr, addr);
 	k.port = port;
 	report_refusal(&k);
 	return 0;
@@ -1119,6 +1117,32 @@ int chio_sendmsg6(struct bpf_sock_addr *ctx)
 	return decide_sendmsg(ctx, 1);
 }
 
+// sockops_local_addr reads the local address of a sockops program's socket
+// into addr, which must be zeroed, as a v4-mapped/IPv6 address and returns
+// the socket's family (an IPv4 address leaves addr[0] and addr[1] as they
+// are, which keeps the compiler from turning the two branches into selects).
+// Every context
+// field is read unconditionally with volatile 4-byte loads: the verifier
+// refuses a context pointer the compiler has offset differently on two
+// branches, and an 8-byte load merged from two fields.
+static __always_inline __u32 sockops_local_addr(struct bpf_sock_ops *ctx, __u32 addr[4])
+{
+	__u32 family = READ_CTX32(ctx->family);
+	__u32 ip4 = READ_CTX32(ctx->local_ip4);
+	__u32 ip6_0 = READ_CTX32(ctx->local_ip6[0]), ip6_1 = READ_CTX32(ctx->local_ip6[1]);
+	__u32 ip6_2 = READ_CTX32(ctx->local_ip6[2]), ip6_3 = READ_CTX32(ctx->local_ip6[3]);
+	if (family == AF_INET) {
+		addr[2] = bpf_htonl(0x0000ffff);
+		addr[3] = ip4;
+	} else {
+		addr[0] = ip6_0;
+		addr[1] = ip6_1;
+		addr[2] = ip6_2;
+		addr[3] = ip6_3;
+	}
+	return family;
+}
+
 SEC("sockops")
 int chio_sockops(struct bpf_sock_ops *ctx)
 {
@@ -1133,22 +1157,7 @@ int chio_sockops(struct bpf_sock_ops *ctx)
 
 	struct tuple_key k = {};
 	k.netns_cookie = bpf_get_netns_cookie(ctx);
-	// Read every context field unconditionally with volatile 4-byte loads: the
-	// verifier refuses a context pointer the compiler has offset differently
-	// on two branches, and an 8-byte load merged from two fields.
-	__u32 family = READ_CTX32(ctx->family);
-	__u32 ip4 = READ_CTX32(ctx->local_ip4);
-	__u32 ip6_0 = READ_CTX32(ctx->local_ip6[0]), ip6_1 = READ_CTX32(ctx->local_ip6[1]);
-	__u32 ip6_2 = READ_CTX32(ctx->local_ip6[2]), ip6_3 = READ_CTX32(ctx->local_ip6[3]);
-	if (family == AF_INET) {
-		k.addr[2] = bpf_htonl(0x0000ffff);
-		k.addr[3] = ip4;
-	} else {
-		k.addr[0] = ip6_0;
-		k.addr[1] = ip6_1;
-		k.addr[2] = ip6_2;
-		k.addr[3] = ip6_3;
-	}
+	sockops_local_addr(ctx, k.addr);
 	k.port = (__u16)READ_CTX32(ctx->local_port);
 	bpf_map_update_elem(&orig_by_tuple, &k, o, BPF_ANY);
 	if (s)

@@ -33,29 +33,19 @@ const (
 	EventGuarded EventKind = 7
 )
 
-func (k EventKind) String() string {
-	switch k {
-	case EventTCPDenied:
-		return "tcp_denied"
-	case EventUDPRefused:
-		return "udp_refused"
-	case EventNoRecord:
-		return "no_record"
-	case EventSocketRefused:
-		return "socket_refused"
-	case EventProtoRefused:
-		return "proto_refused"
-	case EventPortZero:
-		return "port_zero"
-	case EventGuarded:
-		return "guarded"
-	case EventInboundRefused:
-		return "inbound_refused"
-	case EventUnclassified:
-		return "unclassified"
-	}
-	return fmt.Sprintf("event-%d", uint32(k))
+var eventKindNames = map[EventKind]string{
+	EventTCPDenied:      "tcp_denied",
+	EventUDPRefused:     "udp_refused",
+	EventNoRecord:       "no_record",
+	EventSocketRefused:  "socket_refused",
+	EventProtoRefused:   "proto_refused",
+	EventPortZero:       "port_zero",
+	EventGuarded:        "guarded",
+	EventInboundRefused: "inbound_refused",
+	EventUnclassified:   "unclassified",
 }
+
+func (k EventKind) String() string { return enumName(k, eventKindNames, "event") }
 
 // Event is a refusal made in the kernel, reported so that the agent still
 // writes a receipt. Events are rate-limited per workload, protocol and

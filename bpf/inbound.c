@@ -117,18 +117,8 @@ int chio_inbound_sockops(struct bpf_sock_ops *ctx)
 	__u16 port = (__u16)READ_CTX32(ctx->local_port);
 	if (inbound_allowed(wl.id, IPPROTO_TCP, port))
 		return 1;
-	__u32 family = READ_CTX32(ctx->family);
-	__u32 ip4 = READ_CTX32(ctx->local_ip4);
 	__u32 addr[4] = {};
-	if (family == AF_INET) {
-		addr[2] = bpf_htonl(0x0000ffff);
-		addr[3] = ip4;
-	} else {
-		addr[0] = READ_CTX32(ctx->local_ip6[0]);
-		addr[1] = READ_CTX32(ctx->local_ip6[1]);
-		addr[2] = READ_CTX32(ctx->local_ip6[2]);
-		addr[3] = READ_CTX32(ctx->local_ip6[3]);
-	}
+	__u32 family = sockops_local_addr(ctx, addr);
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	bpf_map_update_elem(&inbound_refused, &cookie, &wl.id, BPF_ANY);
 	report(EVENT_INBOUND_REFUSED, &wl, IPPROTO_TCP, port, addr, INBOUND_OP_LISTEN, family == AF_INET6);

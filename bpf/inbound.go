@@ -26,15 +26,12 @@ const (
 	InboundListen InboundOp = 2
 )
 
-func (op InboundOp) String() string {
-	switch op {
-	case InboundBind:
-		return "bind"
-	case InboundListen:
-		return "listen"
-	}
-	return fmt.Sprintf("inbound-op-%d", uint32(op))
+var inboundOpNames = map[InboundOp]string{
+	InboundBind:   "bind",
+	InboundListen: "listen",
 }
+
+func (op InboundOp) String() string { return enumName(op, inboundOpNames, "inbound-op") }
 
 // InboundRule lets a protected workload receive on a local port.
 type InboundRule struct {
@@ -60,22 +57,8 @@ func (o *Objects) SetInbound(workloadID uint32, rules []InboundRule) error {
 		}
 		want[k] = true
 	}
-	var stale []chioInboundKey
-	var k chioInboundKey
-	var v uint8
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		if k.WorkloadId == workloadID && !want[k] {
-			stale = append(stale, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("set inbound: list: %w", err)
-	}
-	for _, k := range stale {
-		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("set inbound: delete %d/%d: %w", k.Proto, k.Port, err)
-		}
+	if err := deleteWhere(m, func(k chioInboundKey, _ uint8) bool { return k.WorkloadId == workloadID && !want[k] }); err != nil {
+		return fmt.Errorf("set inbound: stale ports: %w", err)
 	}
 	return nil
 }
@@ -83,22 +66,8 @@ func (o *Objects) SetInbound(workloadID uint32, rules []InboundRule) error {
 // ForgetRefused removes a workload's listeners from the refused map, when
 // it stops being protected.
 func (o *Objects) ForgetRefused(workloadID uint32) error {
-	var cookies []uint64
-	var c uint64
-	var id uint32
-	it := o.objs.InboundRefused.Iterate()
-	for it.Next(&c, &id) {
-		if id == workloadID {
-			cookies = append(cookies, c)
-		}
-	}
-	if err := it.Err(); err != nil {
+	if err := deleteWhere(o.objs.InboundRefused, func(_ uint64, id uint32) bool { return id == workloadID }); err != nil {
 		return fmt.Errorf("forget refused listeners: %w", err)
-	}
-	for _, c := range cookies {
-		if err := o.objs.InboundRefused.Delete(c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("forget refused listener %#x: %w", c, err)
-		}
 	}
 	return nil
 }

@@ -43,13 +43,6 @@ except OSError as e:
     print(errno.errorcode.get(e.errno, str(e.errno)))
 `
 
-func requirePython(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("python3"); err != nil {
-		testutil.Skip(t, "python3 is not installed")
-	}
-}
-
 func runInbound(t *testing.T, cg testutil.Cgroup, args ...string) (string, int) {
 	t.Helper()
 	cmd := exec.Command("python3", append([]string{"-c", inboundScript}, args...)...)
@@ -110,7 +103,7 @@ func dialMarked(addr netip.AddrPort, mark int) error {
 }
 
 func TestInboundBindToFixedPortRefused(t *testing.T) {
-	requirePython(t)
+	testutil.RequireTools(t, "python3")
 	env := newRedirectEnv(t)
 	rd := openEvents(t, env.objs)
 	port := freeAddr(t, "tcp4", "127.0.0.1").Port()
@@ -157,7 +150,7 @@ func TestInboundBindToFixedPortRefused(t *testing.T) {
 }
 
 func TestInboundListenOnKernelPickedPortDropped(t *testing.T) {
-	requirePython(t)
+	testutil.RequireTools(t, "python3")
 	const mark = 0x43484941
 	env := newRedirectEnvWith(t, bpf.Options{AgentMark: mark})
 	rd := openEvents(t, env.objs)

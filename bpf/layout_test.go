@@ -47,25 +47,13 @@ func newLayoutEnv(t *testing.T) *layoutEnv {
 // (after calling accepted, when set), until closed.
 func serveLine(t *testing.T, line string, accepted func()) (netip.AddrPort, func()) {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if accepted != nil {
-				accepted()
-			}
-			fmt.Fprintf(c, "%s\n", line)
-			c.Close()
+	return testutil.ServeTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
+		if accepted != nil {
+			accepted()
 		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort(), func() { ln.Close() }
+		fmt.Fprintf(c, "%s\n", line)
+		c.Close()
+	})
 }
 
 // agentListener stands for an agent's listener: it answers each

@@ -13,9 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
-	"golang.org/x/sys/unix"
 )
 
 // The test binary doubles as the client that runs inside the cgroup: with
@@ -194,21 +195,8 @@ func newRedirectEnvWith(t *testing.T, opts bpf.Options) *redirectEnv {
 // destination and writes "redirected <dst>\n" back before closing.
 func (e *redirectEnv) listen(t *testing.T, network, addr string) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatalf("listen %s: %v", addr, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go e.answer(t, c.(*net.TCPConn))
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	listening, _ := testutil.ServeTCP(t, network, addr, func(c net.Conn) { e.answer(t, c.(*net.TCPConn)) })
+	return listening
 }
 
 func (e *redirectEnv) answer(t *testing.T, c *net.TCPConn) {
@@ -258,14 +246,7 @@ func runChild(t *testing.T, cg testutil.Cgroup, env []string) (string, int, int)
 	cmd.Env = append(os.Environ(), env...)
 	cg.CommandIn(t, cmd)
 	out, err := cmd.Output()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("run client: %v", err)
-	}
-	return strings.TrimSpace(string(out)), code, cmd.Process.Pid
+	return strings.TrimSpace(string(out)), testutil.ExitCode(t, err), cmd.Process.Pid
 }
 
 func TestConnectRedirectedFromProtectedCgroup(t *testing.T) {

@@ -11,9 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
-	"golang.org/x/sys/unix"
 )
 
 // Exit codes of socketChild.
@@ -80,18 +81,6 @@ func socketChild(spec string) int {
 	return sockSent
 }
 
-// pingNetNS makes a network namespace where every group may open ping
-// sockets (net.ipv4.ping_group_range, which also governs ICMPv6), so that
-// the host's setting is never touched.
-func pingNetNS(t *testing.T) testutil.NetNS {
-	t.Helper()
-	ns := testutil.NewNetNS(t)
-	if out, err := exec.Command("ip", "netns", "exec", ns.Name, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647").CombinedOutput(); err != nil {
-		t.Fatalf("allow ping sockets in %s: %v: %s", ns.Name, err, out)
-	}
-	return ns
-}
-
 // runSocketIn runs socketChild in cg and network namespace ns.
 func runSocketIn(t *testing.T, cg testutil.Cgroup, ns testutil.NetNS, spec string, uid int) (string, int, int) {
 	t.Helper()
@@ -102,14 +91,7 @@ func runSocketIn(t *testing.T, cg testutil.Cgroup, ns testutil.NetNS, spec strin
 	}
 	cg.CommandIn(t, cmd)
 	out, err := cmd.Output()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("run socket child: %v", err)
-	}
-	return strings.TrimSpace(string(out)), code, cmd.Process.Pid
+	return strings.TrimSpace(string(out)), testutil.ExitCode(t, err), cmd.Process.Pid
 }
 
 const nobody = 65534
@@ -121,7 +103,7 @@ const nobody = 65534
 func TestUnmediatedSocketsRefusedAndReported(t *testing.T) {
 	env := newRedirectEnv(t)
 	rd := openEvents(t, env.objs)
-	ns := pingNetNS(t)
+	ns := testutil.NewPingNetNS(t)
 	for _, tc := range []struct {
 		name               string
 		family, typ, proto int

@@ -17,15 +17,12 @@ const (
 	ProtoUDP Proto = 17
 )
 
-func (p Proto) String() string {
-	switch p {
-	case ProtoTCP:
-		return "tcp"
-	case ProtoUDP:
-		return "udp"
-	}
-	return fmt.Sprintf("proto-%d", uint8(p))
+var protoNames = map[Proto]string{
+	ProtoTCP: "tcp",
+	ProtoUDP: "udp",
 }
+
+func (p Proto) String() string { return enumName(p, protoNames, "proto") }
 
 // Verdict is what the static verdict map says of a destination.
 type Verdict uint32
@@ -152,22 +149,9 @@ func (o *Objects) putVerdicts(workloadID uint32, rules []VerdictRule) error {
 		}
 		want[k] = true
 	}
-	var stale []chioVerdictKey
-	var k chioVerdictKey
-	var v chioVerdictVal
-	it := o.objs.Verdicts.Iterate()
-	for it.Next(&k, &v) {
-		if k.WorkloadId == workloadID && !want[k] {
-			stale = append(stale, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("set verdicts: list: %w", err)
-	}
-	for i := range stale {
-		if err := o.objs.Verdicts.Delete(&stale[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("set verdicts: delete stale rule: %w", err)
-		}
+	err := deleteWhere(o.objs.Verdicts, func(k chioVerdictKey, _ chioVerdictVal) bool { return k.WorkloadId == workloadID && !want[k] })
+	if err != nil {
+		return fmt.Errorf("set verdicts: stale rules: %w", err)
 	}
 	return nil
 }
@@ -187,22 +171,8 @@ func (o *Objects) SetResolvers(resolvers []netip.AddrPort) error {
 		}
 		want[k] = true
 	}
-	var stale []chioResolverKey
-	var k chioResolverKey
-	var v uint8
-	it := o.objs.Resolvers.Iterate()
-	for it.Next(&k, &v) {
-		if !want[k] {
-			stale = append(stale, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("set resolvers: list: %w", err)
-	}
-	for i := range stale {
-		if err := o.objs.Resolvers.Delete(&stale[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("set resolvers: delete stale: %w", err)
-		}
+	if err := deleteWhere(o.objs.Resolvers, func(k chioResolverKey, _ uint8) bool { return !want[k] }); err != nil {
+		return fmt.Errorf("set resolvers: stale resolvers: %w", err)
 	}
 	return nil
 }

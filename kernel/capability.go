@@ -271,14 +271,37 @@ func (c *Capability) checkChain(maxDepth int) []string {
 
 // signedBytes returns canonical(body without signature, plus schema).
 func (c *Capability) signedBytes() ([]byte, error) {
-	members := c.raw
+	return signedBody(c.raw, c, "capability", func(body map[string]any) error {
+		if s, ok := body["schema"]; ok {
+			// A token may spell the schema out; then it must be this one.
+			if string(s.(json.RawMessage)) != `"`+CapabilitySchema+`"` {
+				return fmt.Errorf("schema member is %s, want %q", s, CapabilitySchema)
+			}
+		} else {
+			body["schema"] = CapabilitySchema
+		}
+		return nil
+	})
+}
+
+// signedBytes returns canonical(link without signature).
+func (l *DelegationLink) signedBytes() ([]byte, error) {
+	return signedBody(l.raw, l, "delegation link", nil)
+}
+
+// signedBody is what a capability or a delegation link signs: the
+// canonical JSON of its members without "signature". The members are raw,
+// as parsed, or else v's own JSON encoding (built in Go); edit, when set,
+// adjusts them first. what names the part in errors.
+func signedBody(raw map[string]json.RawMessage, v any, what string, edit func(body map[string]any) error) ([]byte, error) {
+	members := raw
 	if members == nil { // built in Go: take the struct's own encoding
-		b, err := json.Marshal(c)
+		b, err := json.Marshal(v)
 		if err != nil {
-			return nil, fmt.Errorf("encode capability: %w", err)
+			return nil, fmt.Errorf("encode %s: %w", what, err)
 		}
 		if err := json.Unmarshal(b, &members); err != nil {
-			return nil, fmt.Errorf("encode capability: %w", err)
+			return nil, fmt.Errorf("encode %s: %w", what, err)
 		}
 	}
 	body := make(map[string]any, len(members)+1)
@@ -287,42 +310,14 @@ func (c *Capability) signedBytes() ([]byte, error) {
 			body[k] = v
 		}
 	}
-	if s, ok := members["schema"]; ok {
-		// A token may spell the schema out; then it must be this one.
-		if string(s) != `"`+CapabilitySchema+`"` {
-			return nil, fmt.Errorf("schema member is %s, want %q", s, CapabilitySchema)
-		}
-	} else {
-		body["schema"] = CapabilitySchema
-	}
-	out, err := jcs.Marshal(body)
-	if err != nil {
-		return nil, fmt.Errorf("encode capability: %w", err)
-	}
-	return out, nil
-}
-
-// signedBytes returns canonical(link without signature).
-func (l *DelegationLink) signedBytes() ([]byte, error) {
-	members := l.raw
-	if members == nil {
-		b, err := json.Marshal(l)
-		if err != nil {
-			return nil, fmt.Errorf("encode delegation link: %w", err)
-		}
-		if err := json.Unmarshal(b, &members); err != nil {
-			return nil, fmt.Errorf("encode delegation link: %w", err)
-		}
-	}
-	body := make(map[string]any, len(members))
-	for k, v := range members {
-		if k != "signature" {
-			body[k] = v
+	if edit != nil {
+		if err := edit(body); err != nil {
+			return nil, err
 		}
 	}
 	out, err := jcs.Marshal(body)
 	if err != nil {
-		return nil, fmt.Errorf("encode delegation link: %w", err)
+		return nil, fmt.Errorf("encode %s: %w", what, err)
 	}
 	return out, nil
 }
@@ -331,34 +326,39 @@ func (l *DelegationLink) signedBytes() ([]byte, error) {
 // signs the struct's fields (any parsed raw form is dropped), so it is for
 // minting tokens, not for re-signing foreign ones.
 func SignCapability(c Capability, key ed25519.PrivateKey) (Capability, error) {
-	if len(key) != ed25519.PrivateKeySize {
-		return Capability{}, fmt.Errorf("sign capability: %w: private key is %d bytes", ErrInvalidKey, len(key))
-	}
-	c.raw = nil
-	c.Signature = ""
-	c.Issuer = hex.EncodeToString(key[32:])
-	msg, err := c.signedBytes()
+	c.raw, c.Signature = nil, ""
+	sig, err := signPart(key, "sign capability", func(pub string) { c.Issuer = pub }, c.signedBytes)
 	if err != nil {
-		return Capability{}, fmt.Errorf("sign capability: %w", err)
+		return Capability{}, err
 	}
-	c.Signature = hex.EncodeToString(ed25519.Sign(key, msg))
+	c.Signature = sig
 	return c, nil
 }
 
 // SignDelegationLink returns l signed by key, which becomes its delegator.
 func SignDelegationLink(l DelegationLink, key ed25519.PrivateKey) (DelegationLink, error) {
-	if len(key) != ed25519.PrivateKeySize {
-		return DelegationLink{}, fmt.Errorf("sign delegation link: %w: private key is %d bytes", ErrInvalidKey, len(key))
-	}
-	l.raw = nil
-	l.Signature = ""
-	l.Delegator = hex.EncodeToString(key[32:])
-	msg, err := l.signedBytes()
+	l.raw, l.Signature = nil, ""
+	sig, err := signPart(key, "sign delegation link", func(pub string) { l.Delegator = pub }, l.signedBytes)
 	if err != nil {
-		return DelegationLink{}, fmt.Errorf("sign delegation link: %w", err)
+		return DelegationLink{}, err
 	}
-	l.Signature = hex.EncodeToString(ed25519.Sign(key, msg))
+	l.Signature = sig
 	return l, nil
+}
+
+// signPart signs a capability or a delegation link with key, which becomes
+// its signer: setSigner is given key's public half in hex, then body the
+// bytes to sign (which name the signer). It returns the hex signature.
+func signPart(key ed25519.PrivateKey, what string, setSigner func(pub string), body func() ([]byte, error)) (string, error) {
+	if len(key) != ed25519.PrivateKeySize {
+		return "", fmt.Errorf("%s: %w: private key is %d bytes", what, ErrInvalidKey, len(key))
+	}
+	setSigner(hex.EncodeToString(key[32:]))
+	msg, err := body()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	return hex.EncodeToString(ed25519.Sign(key, msg)), nil
 }
 
 func verifyHexSig(pub ed25519.PublicKey, msg []byte, sigHex string) bool {

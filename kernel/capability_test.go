@@ -4,8 +4,6 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -29,24 +27,9 @@ type capabilityVectors struct {
 	} `json:"cases"`
 }
 
-func loadCapabilityVectors(t *testing.T) capabilityVectors {
-	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(testutil.ConformanceDir(t), "chio", "capability", "v1.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vec capabilityVectors
-	if err := json.Unmarshal(raw, &vec); err != nil {
-		t.Fatalf("decode capability vectors: %v", err)
-	}
-	if len(vec.Cases) != 20 {
-		t.Fatalf("want 20 capability cases, got %d", len(vec.Cases))
-	}
-	return vec
-}
-
 func TestConformanceCapabilities(t *testing.T) {
-	vec := loadCapabilityVectors(t)
+	var vec capabilityVectors
+	testutil.ChioVectors(t, "capability", 20, &vec)
 	issuerKey, err := ParseSeedHex(vec.IssuerSeedHex)
 	if err != nil {
 		t.Fatal(err)

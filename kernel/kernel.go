@@ -5,12 +5,12 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
-	"io"
 	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/backbay-labs/chio-agent/internal/nolog"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/backbay-labs/chio-agent/kernel/jcs"
 )
@@ -83,11 +83,7 @@ func New(opts Options) (*Kernel, error) {
 	if k.clock == nil {
 		k.clock = time.Now
 	}
-	if k.log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		k.log = l
-	}
+	k.log = nolog.Or(k.log)
 	k.SetPolicy(opts.Policy)
 	return k, nil
 }
@@ -261,12 +257,16 @@ func failClosed(err error) Outcome {
 // DebugEnabled reports whether l would write a debug line: false only when
 // it is a logrus Logger or Entry whose level is above debug. Per-decision
 // debug lines check it first, to build no fields for nobody.
-func DebugEnabled(l logrus.FieldLogger) bool {
+func DebugEnabled(l logrus.FieldLogger) bool { return LevelEnabled(l, logrus.DebugLevel) }
+
+// LevelEnabled reports whether l would write a line at level: false only
+// when it is a logrus Logger or Entry whose level is above it.
+func LevelEnabled(l logrus.FieldLogger, level logrus.Level) bool {
 	switch l := l.(type) {
 	case *logrus.Logger:
-		return l.IsLevelEnabled(logrus.DebugLevel)
+		return l.IsLevelEnabled(level)
 	case *logrus.Entry:
-		return l.Logger.IsLevelEnabled(logrus.DebugLevel)
+		return l.Logger.IsLevelEnabled(level)
 	}
 	return true
 }

@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -25,22 +23,6 @@ type receiptVectors struct {
 		ReceiptBodyCanonicalJSON string          `json:"receipt_body_canonical_json"`
 		Expected                 map[string]any  `json:"expected"`
 	} `json:"cases"`
-}
-
-func loadReceiptVectors(t *testing.T) receiptVectors {
-	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(testutil.ConformanceDir(t), "chio", "receipt", "v1.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vec receiptVectors
-	if err := json.Unmarshal(raw, &vec); err != nil {
-		t.Fatalf("decode receipt vectors: %v", err)
-	}
-	if len(vec.Cases) != 14 {
-		t.Fatalf("want 14 receipt cases, got %d", len(vec.Cases))
-	}
-	return vec
 }
 
 // compareExpected checks every member of want against the JSON form of got.
@@ -67,7 +49,8 @@ func compareExpected(t *testing.T, what string, got any, want map[string]any) {
 }
 
 func TestConformanceReceipts(t *testing.T) {
-	vec := loadReceiptVectors(t)
+	var vec receiptVectors
+	testutil.ChioVectors(t, "receipt", 14, &vec)
 	key, err := ParseSeedHex(vec.SigningKeySeedHex)
 	if err != nil {
 		t.Fatal(err)

@@ -114,6 +114,9 @@ func (l *Log) submit(ctx context.Context, r *request, block bool) (uint64, error
 	if r.kind == reqAppend && !r.counted {
 		l.mark.v.Add(1)
 	}
+	if r.kind != reqAppend {
+		l.urgent.Add(1) // before it is queued: see gather
+	}
 	var err error
 	if block {
 		select {
@@ -129,9 +132,15 @@ func (l *Log) submit(ctx context.Context, r *request, block bool) (uint64, error
 		}
 	}
 	l.closeMu.RUnlock()
+	if err == nil && (r.kind != reqAppend || len(l.queue) >= l.opts.MaxBatch) {
+		l.kickCommitter()
+	}
 	if err != nil {
 		if r.kind == reqAppend && !r.counted {
 			l.mark.v.Add(^uint64(0))
+		}
+		if r.kind != reqAppend {
+			l.urgent.Add(-1)
 		}
 		return 0, fmt.Errorf("append receipt: %w", err)
 	}
@@ -186,9 +195,11 @@ func (l *Log) Close() error {
 	// Open reservations queue their receipts before the queue closes; no
 	// other sender remains (each holds closeMu shared).
 	l.signing.Lock()
+	l.urgent.Add(1) // never taken: the committer lingers no more
 	close(l.queue)
 	l.signing.Unlock()
 	l.closeMu.Unlock()
+	l.kickCommitter()
 	<-l.done
 	if p := l.broken.Load(); p != nil {
 		// bbolt may hold its own locks: closing would wait forever. The
@@ -212,14 +223,31 @@ func (l *Log) Close() error {
 // run is the committer: it takes what is queued (up to MaxBatch), writes it
 // in one transaction with one fsync, answers the waiters, and seals the
 // tail when the log goes quiet.
-// gather adds what is queued to batch, up to MaxBatch. In async mode it
-// lingers for more (AsyncLinger) so a trickle shares one transaction.
+// gather adds what is queued to batch (which holds the request just
+// received), up to MaxBatch. In async mode it first lingers (AsyncLinger) so
+// a trickle shares one transaction: it sleeps rather than receive each
+// receipt as it comes, so that the committer's thread, locked and at low
+// priority, is woken once per batch and not once per receipt (each wake is
+// two thread switches; at one connection at a time the node agent paid them
+// on every connection). A full batch, or a Flush, seal or Close waiting,
+// ends the linger early (urgent and kick).
 func (l *Log) gather(batch []*request) []*request {
-	var linger <-chan time.Time
-	if l.opts.Mode == ModeAsync && l.opts.AsyncLinger > 0 {
-		t := time.NewTimer(l.opts.AsyncLinger)
-		defer t.Stop()
-		linger = t.C
+	l.took(batch[0])
+	if l.opts.Mode == ModeAsync && l.opts.AsyncLinger > 0 && batch[0].kind == reqAppend {
+		select {
+		case <-l.kick: // stale: sent for a batch already taken
+		default:
+		}
+		// Checked after the stale kick is gone: whatever makes the
+		// linger pointless from here on also kicks.
+		if l.urgent.Load() == 0 && len(batch)+len(l.queue) < l.opts.MaxBatch {
+			t := time.NewTimer(l.opts.AsyncLinger)
+			select {
+			case <-t.C:
+			case <-l.kick:
+				t.Stop()
+			}
+		}
 	}
 	for len(batch) < l.opts.MaxBatch {
 		select {
@@ -227,24 +255,28 @@ func (l *Log) gather(batch []*request) []*request {
 			if !ok {
 				return batch
 			}
+			l.took(r)
 			batch = append(batch, r)
-			continue
 		default:
-		}
-		if linger == nil {
-			return batch
-		}
-		select {
-		case r, ok := <-l.queue:
-			if !ok {
-				return batch
-			}
-			batch = append(batch, r)
-		case <-linger:
 			return batch
 		}
 	}
 	return batch
+}
+
+// took notes that the committer has taken r from the queue.
+func (l *Log) took(r *request) {
+	if r.kind != reqAppend {
+		l.urgent.Add(-1)
+	}
+}
+
+// kickCommitter ends the committer's linger, if it is lingering.
+func (l *Log) kickCommitter() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (l *Log) run() {

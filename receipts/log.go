@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"runtime/debug"
 	"sync"
@@ -19,6 +18,8 @@ import (
 	"github.com/sirupsen/logrus"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/backbay-labs/chio-agent/internal/nolog"
 )
 
 // FormatVersion is written in every log's header. Open refuses any other,
@@ -140,11 +141,7 @@ func (o *Options) withDefaults() Options {
 	case c.LockTimeout < 0:
 		c.LockTimeout = 0 // bbolt: wait forever
 	}
-	if c.Logger == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		c.Logger = l
-	}
+	c.Logger = nolog.Or(c.Logger)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -265,7 +262,13 @@ type Log struct {
 	log    logrus.FieldLogger
 	pubHex string
 
-	queue       chan *request
+	queue chan *request
+	// kick ends the async committer's linger early (capacity 1): a batch
+	// is full, or a Flush, seal or Close is waiting.
+	kick chan struct{}
+	// urgent counts the queued requests that must not wait for a linger
+	// (Flush, seal), plus one once Close has closed the queue.
+	urgent      atomic.Int64
 	mark        *acceptMark
 	replies     chan replyBatch // committed batches whose waiters to wake
 	repliesDone chan struct{}
@@ -348,6 +351,7 @@ func Open(path string, opts Options) (*Log, error) {
 		return nil, err
 	}
 	l.queue = make(chan *request, o.QueueSize)
+	l.kick = make(chan struct{}, 1)
 	l.reservations = make(chan struct{}, maxReservations)
 	l.done = make(chan struct{})
 	l.replies = make(chan replyBatch, 4)

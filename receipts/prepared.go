@@ -112,6 +112,9 @@ func (r *Reservation) append(p *kernel.Prepared) error {
 	}
 	req.counted = true
 	l.queue <- req // the queue closes only after every reservation ends
+	if len(l.queue) >= l.opts.MaxBatch {
+		l.kickCommitter()
+	}
 	r.release()
 	return nil
 }

@@ -11,10 +11,19 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// buildLog writes n receipts with checkpoints every 10 and closes the log;
-// with seal false the tail stays unsealed (the log is closed by reopening
-// the file raw, not by Close).
+// buildLog writes n receipts with checkpoints every 10, closes the log and
+// verifies it.
 func buildLog(t *testing.T, n int) string {
+	t.Helper()
+	path := writeLog(t, n, true)
+	verifyFile(t, path)
+	return path
+}
+
+// writeLog writes n receipts, signed with testKey("tamper"), with
+// checkpoints every 10 and closes the log; with seal false the receipts
+// after the last checkpoint stay unsealed, as a crash leaves them.
+func writeLog(t *testing.T, n int, seal bool) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "t.db")
 	key := testKey("tamper")
@@ -27,10 +36,10 @@ func buildLog(t *testing.T, n int) string {
 			t.Fatal(err)
 		}
 	}
+	l.crashOnClose = !seal
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	verifyFile(t, path)
 	return path
 }
 
@@ -82,84 +91,59 @@ func wantDefect(t *testing.T, path string, seq, cp uint64, words string) {
 	t.Logf("verify: %v", err)
 }
 
-func TestTamperReceiptByte(t *testing.T) {
-	path := buildLog(t, 30)
-	rawUpdate(t, path, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bktReceipts)
-		return b.Put(u64key(15), flipHexAfter(t, b.Get(u64key(15)), `"signature":`))
-	})
-	wantDefect(t, path, 15, 2, "signature")
-}
-
-func TestTamperReceiptContent(t *testing.T) {
-	path := buildLog(t, 30)
-	rawUpdate(t, path, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bktReceipts)
-		return b.Put(u64key(5), bytes.Replace(b.Get(u64key(5)), []byte(`"deny"`), []byte(`"allw"`), 1))
-	})
-	// Receipt 4 of SyntheticReceipt is a deny (evil.example); rewriting the
-	// verdict must break its id.
-	wantDefect(t, path, 5, 1, "")
-}
-
-func TestTamperCheckpointByte(t *testing.T) {
-	path := buildLog(t, 30)
-	rawUpdate(t, path, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bktCheckpoints)
-		return b.Put(u64key(2), flipHexAfter(t, b.Get(u64key(2)), `"merkle_root":`))
-	})
-	wantDefect(t, path, 11, 2, "merkle_root")
-}
-
-func TestTamperCheckpointSignature(t *testing.T) {
-	path := buildLog(t, 30)
-	rawUpdate(t, path, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bktCheckpoints)
-		return b.Put(u64key(3), flipHexAfter(t, b.Get(u64key(3)), `"signature":`))
-	})
-	wantDefect(t, path, 0, 3, "signature")
-}
-
-func TestTamperDeleteReceipt(t *testing.T) {
-	path := buildLog(t, 30)
-	rawUpdate(t, path, func(tx *bolt.Tx) error { return tx.Bucket(bktReceipts).Delete(u64key(17)) })
-	wantDefect(t, path, 17, 2, "missing")
+// TestTamper changes a sealed log of 30 receipts (checkpoints every 10) as
+// an attacker with the file would, and wants verify to name the first
+// receipt (and checkpoint) at fault.
+func TestTamper(t *testing.T) {
+	// put rewrites key of bucket with what edit makes of its value.
+	put := func(bucket []byte, key uint64, edit func(t *testing.T, v []byte) []byte) func(*testing.T, *bolt.Tx) error {
+		return func(t *testing.T, tx *bolt.Tx) error {
+			b := tx.Bucket(bucket)
+			return b.Put(u64key(key), edit(t, b.Get(u64key(key))))
+		}
+	}
+	flip := func(marker string) func(*testing.T, []byte) []byte {
+		return func(t *testing.T, v []byte) []byte { return flipHexAfter(t, v, marker) }
+	}
+	for _, c := range []struct {
+		name    string
+		tamper  func(*testing.T, *bolt.Tx) error
+		seq, cp uint64
+		words   string
+	}{
+		{"receipt byte", put(bktReceipts, 15, flip(`"signature":`)), 15, 2, "signature"},
+		// Receipt 4 of SyntheticReceipt is a deny (evil.example); rewriting
+		// the verdict must break its id.
+		{"receipt content", put(bktReceipts, 5, func(_ *testing.T, v []byte) []byte {
+			return bytes.Replace(v, []byte(`"deny"`), []byte(`"allw"`), 1)
+		}), 5, 1, ""},
+		{"checkpoint byte", put(bktCheckpoints, 2, flip(`"merkle_root":`)), 11, 2, "merkle_root"},
+		{"checkpoint signature", put(bktCheckpoints, 3, flip(`"signature":`)), 0, 3, "signature"},
+		{"delete receipt", func(_ *testing.T, tx *bolt.Tx) error { return tx.Bucket(bktReceipts).Delete(u64key(17)) }, 17, 2, "missing"},
+		{"swap receipts", func(_ *testing.T, tx *bolt.Tx) error {
+			b := tx.Bucket(bktReceipts)
+			a, c := bytes.Clone(b.Get(u64key(21))), bytes.Clone(b.Get(u64key(22)))
+			if err := b.Put(u64key(21), c); err != nil {
+				return err
+			}
+			return b.Put(u64key(22), a)
+		}, 21, 3, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := buildLog(t, 30)
+			rawUpdate(t, path, func(tx *bolt.Tx) error { return c.tamper(t, tx) })
+			wantDefect(t, path, c.seq, c.cp, c.words)
+		})
+	}
 }
 
 func TestTamperDeleteUnsealedTail(t *testing.T) {
 	// Receipts after the last checkpoint have no Merkle root yet; the
 	// header's last_seq still catches their removal.
-	path := filepath.Join(t.TempDir(), "tail.db")
-	key := testKey("tamper")
-	l, err := Open(path, Options{Key: key, CheckpointEvery: 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 14; i++ {
-		if _, err := l.Append(context.Background(), receipt(t, key, i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	l.crashOnClose = true
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
+	path := writeLog(t, 14, false)
 	rawUpdate(t, path, func(tx *bolt.Tx) error { return tx.Bucket(bktReceipts).Delete(u64key(14)) })
 	wantDefect(t, path, 14, 0, "missing")
-	if _, err := Open(path, Options{Key: key}); !errors.Is(err, ErrTampered) {
+	if _, err := Open(path, Options{Key: testKey("tamper")}); !errors.Is(err, ErrTampered) {
 		t.Fatalf("writable open of a log missing its tail: %v", err)
 	}
-}
-
-func TestTamperSwapReceipts(t *testing.T) {
-	path := buildLog(t, 30)
-	rawUpdate(t, path, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bktReceipts)
-		a, c := bytes.Clone(b.Get(u64key(21))), bytes.Clone(b.Get(u64key(22)))
-		if err := b.Put(u64key(21), c); err != nil {
-			return err
-		}
-		return b.Put(u64key(22), a)
-	})
-	wantDefect(t, path, 21, 3, "")
 }

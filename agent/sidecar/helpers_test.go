@@ -124,16 +124,18 @@ func baseSettings(t testing.TB, dir, upstream string, key ed25519.PrivateKey) *c
 // too), with sync receipts in dir/receipts.db.
 func settingsIn(dir, upstream, seed string) *config.SidecarSettings {
 	return &config.SidecarSettings{
-		PolicySource:   filepath.Join(dir, "policy.yaml"),
-		ReceiptPath:    filepath.Join(dir, "receipts.db"),
-		ReceiptMode:    "sync",
-		SigningKeySeed: seed,
-		LogLevel:       "info",
-		Listen:         "127.0.0.1:0",
-		HealthPath:     config.DefaultHealthPath,
-		Upstream:       upstream,
-		Spec:           filepath.Join(dir, "openapi.yaml"),
-		MaxBodyBytes:   1 << 10,
+		Common: config.Common{
+			PolicySource: filepath.Join(dir, "policy.yaml"),
+			ReceiptPath:  filepath.Join(dir, "receipts.db"),
+			ReceiptMode:  "sync",
+			KeySeed:      seed,
+			LogLevel:     "info",
+		},
+		Listen:       "127.0.0.1:0",
+		HealthPath:   config.DefaultHealthPath,
+		Upstream:     upstream,
+		Spec:         filepath.Join(dir, "openapi.yaml"),
+		MaxBodyBytes: 1 << 10,
 		Timeouts: config.ResolvedTimeouts{
 			ReadHeader: 10 * time.Second, Read: time.Minute, Write: time.Minute, Idle: time.Minute,
 			Dial: 10 * time.Second, UpstreamHeader: time.Minute,

@@ -5,7 +5,6 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/backbay-labs/chio-agent/internal/nolog"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
@@ -160,11 +160,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		return nil, fmt.Errorf("start sidecar: %w: no settings", ErrStartup)
 	}
 	s := &Server{opts: opts, set: set, log: opts.Logger, now: opts.Now, started: time.Now(), serveDone: make(chan error, 1)}
-	if s.log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		s.log = l
-	}
+	s.log = nolog.Or(s.log)
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -185,7 +181,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("start sidecar: %w", err)
 	}
-	if s.key, err = s.loadKey(); err != nil {
+	if s.key, err = set.SigningKey(); err != nil {
 		return nil, fmt.Errorf("start sidecar: %w", err)
 	}
 	eng, err := s.newEngine(policy)
@@ -272,22 +268,6 @@ func (s *Server) ReceiptLog() *receipts.Log { return s.rlog }
 
 // KernelKey is the hex public key that signs this sidecar's receipts.
 func (s *Server) KernelKey() string { return kernel.PublicKeyHex(s.key.Public().(ed25519.PublicKey)) }
-
-func (s *Server) loadKey() (ed25519.PrivateKey, error) {
-	set := s.set
-	if set.SigningKeyFromFlag || set.SigningKeySeed == "" {
-		if set.SigningKeyFile == "" {
-			return nil, fmt.Errorf("load signing key: %w", kernel.ErrNoSigningKey)
-		}
-		return kernel.LoadKeyFile(set.SigningKeyFile)
-	}
-	return kernel.LoadSigningKey(func(name string) (string, bool) {
-		if name == kernel.EnvSigningKey {
-			return set.SigningKeySeed, true
-		}
-		return "", false
-	}, "")
-}
 
 func (s *Server) newEngine(p *hushspec.Policy) (*engine, error) {
 	k, err := kernel.New(kernel.Options{Policy: p, SigningKey: s.key, Clock: s.now, Logger: s.log})

@@ -467,9 +467,9 @@ func TestStartRefuses(t *testing.T) {
 			s.Spec = writeFile(t, dir, "s2.yaml", "openapi: 3.1.0\npaths:\n  /chio/x:\n    get: {operationId: x}\n")
 		}, "reserves"},
 		{"health path collides", func(s *config.SidecarSettings) { s.HealthPath = "/pets" }, "collides"},
-		{"no key", func(s *config.SidecarSettings) { s.SigningKeySeed = "" }, "no signing key"},
+		{"no key", func(s *config.SidecarSettings) { s.KeySeed = "" }, "no signing key"},
 		{"bad key file", func(s *config.SidecarSettings) {
-			s.SigningKeySeed, s.SigningKeyFile = "", writeFile(t, dir, "k", "zz\n")
+			s.KeySeed, s.KeyFile = "", writeFile(t, dir, "k", "zz\n")
 		}, "k"},
 		{"receipt dir missing", func(s *config.SidecarSettings) { s.ReceiptPath = dir + "/no/such/dir/r.db" }, "receipt log"},
 		{"listen in use", func(s *config.SidecarSettings) {

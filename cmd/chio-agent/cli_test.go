@@ -43,16 +43,6 @@ func walkCommands(c *cobra.Command, fn func(*cobra.Command)) {
 	}
 }
 
-func TestVersionFlag(t *testing.T) {
-	old := version
-	version = "v9.9.9-test"
-	t.Cleanup(func() { version = old })
-	out, err := run(t, "--version")
-	if err != nil || out != "chio-agent v9.9.9-test\n" {
-		t.Fatalf("--version = %q, %v", out, err)
-	}
-}
-
 // TestOneFlagPerConcept: the signing key was --key or --key-file, the log
 // --receipts or --db, the socket --status-socket or --socket, the mode
 // --receipt-mode or --mode, and verify's --key meant a public key. Every
@@ -207,15 +197,7 @@ func TestExecAndReadersShareTheDefaultLog(t *testing.T) {
 // them.
 func TestReceiptsShowIDPrefix(t *testing.T) {
 	db := cliLog(t, "40")
-	l, err := receipts.Open(db, receipts.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := l.Get(7)
-	l.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := storedReceipt(t, db, 7)
 	out, err := run(t, "receipts", "show", e.ID[:12], "--receipts", db)
 	if err != nil || !strings.Contains(out, `"seq": 7`) || !strings.Contains(out, e.ID) {
 		t.Fatalf("show %s: %v\n%s", e.ID[:12], err, out)
@@ -223,7 +205,7 @@ func TestReceiptsShowIDPrefix(t *testing.T) {
 	// Some letter starts two of the 40 ids (a digit would name a seq).
 	first := map[byte]int{}
 	var shared byte
-	l, _ = receipts.Open(db, receipts.Options{ReadOnly: true})
+	l, _ := receipts.Open(db, receipts.Options{ReadOnly: true})
 	l.Scan(context.Background(), receipts.Filter{}, func(e receipts.Entry) error {
 		if c := e.ID[0]; c >= 'a' {
 			first[c]++

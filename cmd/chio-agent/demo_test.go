@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os/exec"
 	"strings"
 	"testing"
 
@@ -11,11 +10,7 @@ import (
 // The README's first command runs this demo; it must keep working for real.
 func TestDemoEndToEnd(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, tool := range []string{"curl", "python3"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testutil.Skip(t, "demo needs "+tool)
-		}
-	}
+	testutil.RequireTools(t, "curl", "python3")
 	out, err := run(t, "demo", "--dir", t.TempDir())
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)

@@ -49,11 +49,7 @@ func startExecWorkload(t *testing.T, unit *testutil.Cgroup) *execUnderTest {
 func startExecWorkloadWith(t *testing.T, unit *testutil.Cgroup, ignoreTerm bool) *execUnderTest {
 	t.Helper()
 	testutil.RequireRoot(t)
-	for _, tool := range []string{"curl", "setpriv"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testutil.Skip(t, tool+" is not installed")
-		}
-	}
+	testutil.RequireTools(t, "curl", "setpriv")
 	bin := binary(t)
 	dir := t.TempDir()
 	key := filepath.Join(dir, "chio.key")
@@ -65,23 +61,12 @@ func startExecWorkloadWith(t *testing.T, unit *testutil.Cgroup, ignoreTerm bool)
 		t.Fatal(err)
 	}
 	// The server counts every connection that reaches it: any is a bypass.
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	e := &execUnderTest{t: t, accepts: &atomic.Int64{}, stderr: filepath.Join(dir, "exec.stderr")}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			e.accepts.Add(1)
-			c.Close()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	listening, _ := testutil.ServeTCP(t, "tcp4", "127.0.0.1:0", func(c net.Conn) {
+		e.accepts.Add(1)
+		c.Close()
+	})
+	port := listening.Port()
 
 	inR, inW, err := os.Pipe()
 	if err != nil {

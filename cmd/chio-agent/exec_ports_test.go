@@ -18,11 +18,7 @@ import (
 // can bind.
 func TestExecPortFlags(t *testing.T) {
 	testutil.RequireRoot(t)
-	for _, tool := range []string{"curl", "python3"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testutil.Skip(t, tool+" is not installed")
-		}
-	}
+	testutil.RequireTools(t, "curl", "python3")
 	bin := binary(t)
 	dir := t.TempDir()
 	p := serveBody(t, "port-p")

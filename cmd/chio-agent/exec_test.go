@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,9 +18,7 @@ import (
 // HushSpec docs.
 func TestExecProtectsUnmodifiedCommands(t *testing.T) {
 	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("curl"); err != nil {
-		testutil.Skip(t, "curl is not installed")
-	}
+	testutil.RequireTools(t, "curl")
 	bin := binary(t)
 	dir := t.TempDir()
 	port := serveBody(t, "hello from upstream")
@@ -76,13 +73,6 @@ func runBinary(t *testing.T, bin string, args ...string) (string, string, int) {
 	cmd := exec.Command(bin, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	code := 0
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
+	code := testutil.ExitCode(t, cmd.Run())
 	return stdout.String(), stderr.String(), code
 }

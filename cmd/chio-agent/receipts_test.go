@@ -37,6 +37,21 @@ func cliKey() ed25519.PrivateKey {
 	return ed25519.NewKeyFromSeed(seed[:])
 }
 
+// storedReceipt reads receipt seq from the log at db, opened read-only.
+func storedReceipt(t *testing.T, db string, seq uint64) receipts.Entry {
+	t.Helper()
+	l, err := receipts.Open(db, receipts.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	e, err := l.Get(seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
 // cliLog writes a log of n receipts with the bench command and returns its
 // path and the key that signed it.
 func cliLog(t *testing.T, n string) string {
@@ -281,15 +296,7 @@ func TestDamagedLogFailsCleanly(t *testing.T) {
 	// A flipped byte in a receipt sealed long ago was appended to without
 	// a word; now every command names the receipt.
 	os.WriteFile(db, snap, 0o600)
-	l, err := receipts.Open(db, receipts.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := l.Get(150)
-	l.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := storedReceipt(t, db, 150)
 	sig := []byte(`"signature":"`)
 	flipped, n := bytes.Clone(snap), 0
 	for i := 0; ; n++ {

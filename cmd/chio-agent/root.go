@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime/pprof"
 	"runtime/trace"
@@ -56,42 +57,38 @@ an API, or as a Go library linked into a trusted agent.`,
 	// An execution trace shows the rest: goroutines blocked, scheduling
 	// latency, GC (go tool trace FILE).
 	var cpuProfile, traceFile string
-	var profFile, trFile *os.File
+	var stops []func()
 	root.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile to this file")
 	root.PersistentFlags().MarkHidden("cpuprofile")
 	root.PersistentFlags().StringVar(&traceFile, "trace", "", "write an execution trace to this file")
 	root.PersistentFlags().MarkHidden("trace")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
-		if cpuProfile != "" {
-			f, err := os.Create(cpuProfile)
+		for _, p := range []struct {
+			path, what string
+			start      func(io.Writer) error
+			stop       func()
+		}{
+			{cpuProfile, "cpu profile", pprof.StartCPUProfile, pprof.StopCPUProfile},
+			{traceFile, "trace", trace.Start, trace.Stop},
+		} {
+			if p.path == "" {
+				continue
+			}
+			f, err := os.Create(p.path)
 			if err != nil {
-				return fmt.Errorf("cpu profile: %w", err)
+				return fmt.Errorf("%s: %w", p.what, err)
 			}
-			profFile = f
-			if err := pprof.StartCPUProfile(f); err != nil {
-				return fmt.Errorf("cpu profile: %w", err)
+			if err := p.start(f); err != nil {
+				f.Close()
+				return fmt.Errorf("%s: %w", p.what, err)
 			}
-		}
-		if traceFile != "" {
-			f, err := os.Create(traceFile)
-			if err != nil {
-				return fmt.Errorf("trace: %w", err)
-			}
-			trFile = f
-			if err := trace.Start(f); err != nil {
-				return fmt.Errorf("trace: %w", err)
-			}
+			stops = append(stops, func() { p.stop(); f.Close() })
 		}
 		return nil
 	}
 	root.PersistentPostRun = func(*cobra.Command, []string) {
-		if profFile != nil {
-			pprof.StopCPUProfile()
-			profFile.Close()
-		}
-		if trFile != nil {
-			trace.Stop()
-			trFile.Close()
+		for _, stop := range stops {
+			stop()
 		}
 	}
 	root.AddCommand(

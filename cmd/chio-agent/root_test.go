@@ -18,13 +18,17 @@ func run(t *testing.T, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// TestVersionPrintsInjectedVersion: `version` and `--version` print the
+// version the build injected.
 func TestVersionPrintsInjectedVersion(t *testing.T) {
 	old := version
 	version = "v9.9.9-test"
 	t.Cleanup(func() { version = old })
-	out, err := run(t, "version")
-	if err != nil || out != "chio-agent v9.9.9-test\n" {
-		t.Fatalf("version = %q, %v", out, err)
+	for _, arg := range []string{"version", "--version"} {
+		out, err := run(t, arg)
+		if err != nil || out != "chio-agent v9.9.9-test\n" {
+			t.Errorf("%s = %q, %v", arg, out, err)
+		}
 	}
 }
 

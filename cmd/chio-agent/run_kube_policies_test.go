@@ -23,17 +23,11 @@ func TestRunRefusesABadPodPolicy(t *testing.T) {
 	for name, src := range map[string]string{"research": bad, "lab": missing} {
 		t.Run(name, func(t *testing.T) {
 			cfg := filepath.Join(dir, name+".kernel.yaml")
-			kcfg := fmt.Sprintf(`policy: %s
-signing_key: %s
-receipts: {sink: "file://%s"}
-agent:
-  pin_dir: %s
-  status_socket: %s
-kubernetes:
+			kcfg := agentYAML(good, keyPath, filepath.Join(dir, name+".db"), pinDir, filepath.Join(dir, name+".sock")) + fmt.Sprintf(`kubernetes:
   cri_socket: /nonexistent/cri.sock
   policies: {default: %s, %s: %s}
   default_policy: default
-`, good, keyPath, filepath.Join(dir, name+".db"), pinDir, filepath.Join(dir, name+".sock"), good, name, src)
+`, good, name, src)
 			if err := os.WriteFile(cfg, []byte(kcfg), 0o600); err != nil {
 				t.Fatal(err)
 			}

@@ -36,14 +36,8 @@ func TestRunProtectsPods(t *testing.T) {
 	if err := os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\nname: pods\nrules:\n  egress:\n    allow: [api.allowed.test]\n    default: block\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, bin: bin, config: filepath.Join(dir, "kernel.yaml"), ready: filepath.Join(dir, "ready"), socket: filepath.Join(dir, "status.sock")}
-	kcfg := fmt.Sprintf(`policy: %s
-signing_key: %s
-receipts: {sink: "file://%s"}
-agent:
-  pin_dir: %s
-  status_socket: %s
-  hosts: {api.allowed.test: [%s]}
+	d := newDaemon(t, bin, dir)
+	kcfg := agentYAML(policy, keyPath, filepath.Join(dir, "receipts.db"), pinDir, d.socket) + fmt.Sprintf(`  hosts: {api.allowed.test: [%s]}
 kubernetes:
   cri_socket: %s
   cgroup_root: %s
@@ -51,7 +45,7 @@ kubernetes:
   default_policy: default
   exempt_namespaces: [kube-system]
   poll_interval: 100ms
-`, policy, keyPath, filepath.Join(dir, "receipts.db"), pinDir, d.socket, gw, rt.Socket, rt.CgroupRoot, policy)
+`, gw, rt.Socket, rt.CgroupRoot, policy)
 	if err := os.WriteFile(d.config, []byte(kcfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -165,6 +165,30 @@ func (d *daemon) signal(s syscall.Signal) {
 	}
 }
 
+// eventually polls ok every 20 ms for up to 10 s and fails, with the agent's
+// logs, naming what never happened.
+func (d *daemon) eventually(what string, ok func() bool) {
+	d.t.Helper()
+	for i := 0; i < 500; i++ {
+		if ok() {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d.t.Fatalf("%s never happened; agent logs:\n%s", what, d.logs)
+}
+
+// statusError says whether the agent's status lists an error whose
+// message contains s.
+func (d *daemon) statusError(s string) bool {
+	for _, e := range d.status().Errors {
+		if strings.Contains(e.Message, s) {
+			return true
+		}
+	}
+	return false
+}
+
 func (d *daemon) status() agent.Status {
 	d.t.Helper()
 	out, err := exec.Command(d.bin, "status", "--json", "--status-socket", d.socket).Output()
@@ -184,9 +208,7 @@ func (d *daemon) status() agent.Status {
 func daemonTest(t *testing.T) (bin, dir, pinDir, keyPath string) {
 	t.Helper()
 	testutil.RequireRoot(t)
-	if _, err := exec.LookPath("curl"); err != nil {
-		testutil.Skip(t, "curl is not installed")
-	}
+	testutil.RequireTools(t, "curl")
 	bin, dir, pinDir = binary(t), t.TempDir(), testutil.PinDir(t)
 	t.Cleanup(func() { exec.Command(bin, "uninstall", "--force", "--pin-dir", pinDir).Run() })
 	keyPath = filepath.Join(dir, "key")
@@ -194,6 +216,47 @@ func daemonTest(t *testing.T) (bin, dir, pinDir, keyPath string) {
 		t.Fatal(err)
 	}
 	return bin, dir, pinDir, keyPath
+}
+
+// newDaemon is a `run` of bin with its kernel.yaml, ready file and status
+// socket in dir.
+func newDaemon(t *testing.T, bin, dir string) *daemon {
+	return &daemon{t: t, bin: bin, config: filepath.Join(dir, "kernel.yaml"), ready: filepath.Join(dir, "ready"), socket: filepath.Join(dir, "status.sock")}
+}
+
+// agentYAML is the start of a test agent's kernel.yaml: its policy, key,
+// receipt log (db), pin directory and status socket. The caller appends the
+// rest of the agent: section, indented by two spaces.
+func agentYAML(policy, keyPath, db, pinDir, socket string) string {
+	return fmt.Sprintf("policy: %s\nsigning_key: %s\nreceipts: {sink: \"file://%s\"}\nagent:\n  pin_dir: %s\n  status_socket: %s\n",
+		policy, keyPath, db, pinDir, socket)
+}
+
+// replaceFile writes text to path by write-and-rename, as editors and
+// ConfigMap updates do, so that a watcher never reads half a file.
+func replaceFile(t *testing.T, path, text string, perm os.FileMode) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), perm); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// curlIn asks for http://host:port/ from inside cg, host resolved to
+// 127.0.0.1, and returns the HTTP status curl printed (200; 403 when the
+// agent denied it; 000 when no answer came) and curl's exit status.
+func curlIn(t *testing.T, cg testutil.Cgroup, host string, port int) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
+		"--resolve", fmt.Sprintf("%s:%d:127.0.0.1", host, port), fmt.Sprintf("http://%s:%d/", host, port))
+	cg.CommandIn(t, cmd)
+	out, err := cmd.Output()
+	return string(out), testutil.ExitCode(t, err)
 }
 
 // TestRunDaemonLifecycle runs the node agent as an operator would: protect a
@@ -208,63 +271,25 @@ func TestRunDaemonLifecycle(t *testing.T) {
 	policy := filepath.Join(dir, "policy.yaml")
 	writePolicy := func(allow, block string) {
 		t.Helper()
-		text := fmt.Sprintf("hushspec: \"0.1.0\"\nname: lifecycle\nrules:\n  egress:\n    allow: [%s]\n    block: [%s]\n    default: block\n", allow, block)
-		// Write-and-rename, as editors and ConfigMap updates do.
-		tmp := policy + ".tmp"
-		if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, policy); err != nil {
-			t.Fatal(err)
-		}
+		replaceFile(t, policy, fmt.Sprintf("hushspec: \"0.1.0\"\nname: lifecycle\nrules:\n  egress:\n    allow: [%s]\n    block: [%s]\n    default: block\n", allow, block), 0o644)
 	}
 	writePolicy(`"api.allowed.test"`, "")
 	db := filepath.Join(dir, "receipts.db")
-	d := &daemon{t: t, bin: bin, config: filepath.Join(dir, "kernel.yaml"), ready: filepath.Join(dir, "ready"), socket: filepath.Join(dir, "status.sock")}
-	kcfg := fmt.Sprintf(`policy: %s
-signing_key: %s
-receipts: {sink: "file://%s"}
-agent:
-  pin_dir: %s
-  status_socket: %s
-  hosts: {api.allowed.test: [127.0.0.1]}
+	d := newDaemon(t, bin, dir)
+	kcfg := agentYAML(policy, keyPath, db, pinDir, d.socket) + fmt.Sprintf(`  hosts: {api.allowed.test: [127.0.0.1]}
   workloads:
     - name: lifecycle
       cgroup: %s
       labels: {test: lifecycle}
-`, policy, keyPath, db, pinDir, d.socket, cg.Path)
+`, cg.Path)
 	if err := os.WriteFile(d.config, []byte(kcfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
 	curl := func() (string, int) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
-			"--resolve", fmt.Sprintf("api.allowed.test:%d:127.0.0.1", port), fmt.Sprintf("http://api.allowed.test:%d/", port))
-		cg.CommandIn(t, cmd)
-		out, err := cmd.Output()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return string(out), ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), 0
+		return curlIn(t, cg, "api.allowed.test", port)
 	}
-	eventually := func(what string, ok func() bool) {
-		t.Helper()
-		for i := 0; i < 300; i++ {
-			if ok() {
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Fatalf("%s never happened; agent logs:\n%s", what, d.logs)
-	}
-
 	// No agent yet: status says so and fails.
 	if out, err := exec.Command(bin, "status", "--status-socket", d.socket).CombinedOutput(); err == nil || !strings.Contains(string(out), "no chio-agent is running") {
 		t.Fatalf("status with no agent: %v, %q", err, out)
@@ -341,7 +366,7 @@ agent:
 
 	// SIGKILL: nothing cleans up; protected connections fail closed.
 	d.signal(syscall.SIGKILL)
-	eventually("agent gone", d.gone)
+	d.eventually("agent gone", d.gone)
 	if out, code := curl(); code != 7 {
 		t.Fatalf("curl with the agent killed: exit %d, %q; want 7 (refused), never a pass", code, out)
 	}
@@ -361,21 +386,14 @@ agent:
 	// SIGHUP reload to a policy that blocks the host.
 	writePolicy("", `"api.allowed.test"`)
 	d.signal(syscall.SIGHUP)
-	eventually("reload to deny", func() bool { out, _ := curl(); return out == "403" })
+	d.eventually("reload to deny", func() bool { out, _ := curl(); return out == "403" })
 
 	// A bad policy is refused; the old one stays in force.
 	if err := os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\nrules:\n  egress:\n    default: maybe\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	d.signal(syscall.SIGHUP)
-	eventually("bad policy refused", func() bool {
-		for _, e := range d.status().Errors {
-			if strings.Contains(e.Message, "policy reload") {
-				return true
-			}
-		}
-		return false
-	})
+	d.eventually("bad policy refused", func() bool { return d.statusError("policy reload") })
 	if out, _ := curl(); out != "403" {
 		t.Fatalf("after a refused reload: %q; want the old policy's 403", out)
 	}
@@ -390,14 +408,14 @@ agent:
 
 	// Editing the file reloads without a signal.
 	writePolicy(`"api.allowed.test"`, "")
-	eventually("reload on file change", func() bool { out, _ := curl(); return out == "200" })
+	d.eventually("reload on file change", func() bool { out, _ := curl(); return out == "200" })
 	if out, err := exec.Command(bin, "reload", "--status-socket", d.socket).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "reloaded" {
 		t.Fatalf("reload of a good policy: %v, %q", err, out)
 	}
 
 	// SIGTERM: a clean stop; the pins stay (fail-closed until uninstall).
 	d.signal(syscall.SIGTERM)
-	eventually("agent stopped", d.gone)
+	d.eventually("agent stopped", d.gone)
 	logLines(t, d.logs.String(), `"chio-agent stopping`)
 	if _, code := curl(); code != 7 {
 		t.Fatalf("curl after SIGTERM: exit %d; want 7 (pinned redirect to no listener)", code)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/backbay-labs/chio-agent/agent"
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
@@ -39,22 +37,16 @@ func TestRunMissingWorkloadThenReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := filepath.Join(dir, "receipts.db")
-	d := &daemon{t: t, bin: bin, config: filepath.Join(dir, "kernel.yaml"), ready: filepath.Join(dir, "ready"), socket: filepath.Join(dir, "status.sock")}
+	d := newDaemon(t, bin, dir)
 	writeConfig := func(workloads map[string]string) {
 		t.Helper()
 		var b strings.Builder
-		fmt.Fprintf(&b, "policy: %s\nsigning_key: %s\nreceipts: {sink: \"file://%s\"}\nagent:\n  pin_dir: %s\n  status_socket: %s\n  hosts: {api.allowed.test: [127.0.0.1], api.blocked.test: [127.0.0.1]}\n  workloads:\n",
-			policy, keyPath, db, pinDir, d.socket)
+		b.WriteString(agentYAML(policy, keyPath, db, pinDir, d.socket))
+		b.WriteString("  hosts: {api.allowed.test: [127.0.0.1], api.blocked.test: [127.0.0.1]}\n  workloads:\n")
 		for name, cg := range workloads {
 			fmt.Fprintf(&b, "    - name: %s\n      cgroup: %s\n", name, cg)
 		}
-		tmp := d.config + ".tmp"
-		if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, d.config); err != nil {
-			t.Fatal(err)
-		}
+		replaceFile(t, d.config, b.String(), 0o600)
 	}
 	// curl asks for host from inside cg: 200 when allowed (or when not
 	// protected at all), 403 when the agent denied it.
@@ -64,23 +56,8 @@ func TestRunMissingWorkloadThenReload(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
-			"--resolve", fmt.Sprintf("%s:%d:127.0.0.1", host, port), fmt.Sprintf("http://%s:%d/", host, port))
-		testutil.Cgroup{Path: cg, ID: id}.CommandIn(t, cmd)
-		out, _ := cmd.Output()
-		return string(out)
-	}
-	eventually := func(what string, ok func() bool) {
-		t.Helper()
-		for i := 0; i < 500; i++ {
-			if ok() {
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Fatalf("%s never happened; status %+v\nagent logs:\n%s", what, d.status().Workloads, d.logs)
+		out, _ := curlIn(t, testutil.Cgroup{Path: cg, ID: id}, host, port)
+		return out
 	}
 	workload := func(name string) (agent.WorkloadStatus, bool) {
 		for _, w := range d.status().Workloads {
@@ -136,18 +113,18 @@ func TestRunMissingWorkloadThenReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	lateID, _ := cgroupfs.ID(late)
-	eventually("late protected", func() bool { w, _ := workload("late"); return w.State == agent.StateProtected && w.CgroupID == lateID })
+	d.eventually("late protected", func() bool { w, _ := workload("late"); return w.State == agent.StateProtected && w.CgroupID == lateID })
 	if got := curl(late, "api.blocked.test"); got != "403" {
 		t.Fatalf("blocked host from the late workload: %q; want 403", got)
 	}
 	if err := os.Mkdir(deepParent, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	eventually("deep waiting once its parent exists", stateIs("deep", agent.StateWaiting))
+	d.eventually("deep waiting once its parent exists", stateIs("deep", agent.StateWaiting))
 	if err := os.Mkdir(deep, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	eventually("deep protected", stateIs("deep", agent.StateProtected))
+	d.eventually("deep protected", stateIs("deep", agent.StateProtected))
 	if got := curl(deep, "api.allowed.test"); got != "200" {
 		t.Fatalf("allowed host from the deep workload: %q; want 200", got)
 	}
@@ -163,8 +140,8 @@ func TestRunMissingWorkloadThenReload(t *testing.T) {
 	}
 	writeConfig(map[string]string{"late": late, "deep": deep, "added": added.Path})
 	d.signal(syscall.SIGHUP)
-	eventually("added protected", stateIs("added", agent.StateProtected))
-	eventually("present dropped", func() bool { _, ok := workload("present"); return !ok })
+	d.eventually("added protected", stateIs("added", agent.StateProtected))
+	d.eventually("present dropped", func() bool { _, ok := workload("present"); return !ok })
 	if got := curl(added.Path, "api.blocked.test"); got != "403" {
 		t.Fatalf("blocked host from the added workload: %q; want 403", got)
 	}
@@ -177,14 +154,7 @@ func TestRunMissingWorkloadThenReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.signal(syscall.SIGHUP)
-	eventually("bad kernel.yaml refused", func() bool {
-		for _, e := range d.status().Errors {
-			if strings.Contains(e.Message, "workload reload refused") {
-				return true
-			}
-		}
-		return false
-	})
+	d.eventually("bad kernel.yaml refused", func() bool { return d.statusError("workload reload refused") })
 	if ws := d.status().Workloads; len(ws) != 3 {
 		t.Fatalf("workloads after a refused reload = %+v; want late, deep and added", ws)
 	}

@@ -67,6 +67,16 @@ says so and exits 1.`,
 	return cmd
 }
 
+// table writes one aligned table to out, header and then the rows that rows
+// writes, and a blank line after it.
+func table(out io.Writer, header string, rows func(tw io.Writer)) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	rows(tw)
+	tw.Flush()
+	fmt.Fprintln(out)
+}
+
 func printStatus(out io.Writer, s agent.Status) {
 	fmt.Fprintf(out, "chio-agent %s, pid %d, up since %s\n", s.Version, s.PID, s.StartedAt.Format("2006-01-02 15:04:05 MST"))
 	fmt.Fprintf(out, "policy     %s (sha256 %s) from %s\n", dash(s.Policy.Name), short(s.Policy.Hash), dash(s.Policy.Source))
@@ -84,47 +94,39 @@ func printStatus(out io.Writer, s agent.Status) {
 	}
 	fmt.Fprintln(out)
 
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PROGRAM\tHOOK\tPROG ID\tLINK ID\tCGROUP\tPIN\tADOPTED")
-	for _, a := range s.Attachments {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%v\n", a.Program, a.Hook, a.ProgID, a.LinkID, a.Cgroup, dash(a.PinPath), a.Adopted)
-	}
-	tw.Flush()
-	fmt.Fprintln(out)
-	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKLOAD\tID\tSTATE\tCGROUP\tCGROUP ID\tNETNS\tLABELS\tEXEMPT RULES")
-	for _, w := range s.Workloads {
-		cgid := "-"
-		if w.CgroupID != 0 {
-			cgid = fmt.Sprint(w.CgroupID)
+	table(out, "PROGRAM\tHOOK\tPROG ID\tLINK ID\tCGROUP\tPIN\tADOPTED", func(tw io.Writer) {
+		for _, a := range s.Attachments {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%v\n", a.Program, a.Hook, a.ProgID, a.LinkID, a.Cgroup, dash(a.PinPath), a.Adopted)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\n", w.Name, w.ID, w.State, w.Cgroup, cgid, dash(w.Netns), labels(w.Labels), w.Exempt)
-	}
-	tw.Flush()
-	fmt.Fprintln(out)
-	if len(s.PodPolicies) > 0 {
-		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "POD POLICY\tHASH\tPODS\tSOURCE\tLOADED\tRELOAD ERROR")
-		for _, p := range s.PodPolicies {
-			name := p.Name
-			if p.Default {
-				name += " (default)"
+	})
+	table(out, "WORKLOAD\tID\tSTATE\tCGROUP\tCGROUP ID\tNETNS\tLABELS\tEXEMPT RULES", func(tw io.Writer) {
+		for _, w := range s.Workloads {
+			cgid := "-"
+			if w.CgroupID != 0 {
+				cgid = fmt.Sprint(w.CgroupID)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", name, short(p.Hash), p.Pods, p.Source,
-				p.LoadedAt.Format("2006-01-02 15:04:05"), dash(p.ReloadError))
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\n", w.Name, w.ID, w.State, w.Cgroup, cgid, dash(w.Netns), labels(w.Labels), w.Exempt)
 		}
-		tw.Flush()
-		fmt.Fprintln(out)
+	})
+	if len(s.PodPolicies) > 0 {
+		table(out, "POD POLICY\tHASH\tPODS\tSOURCE\tLOADED\tRELOAD ERROR", func(tw io.Writer) {
+			for _, p := range s.PodPolicies {
+				name := p.Name
+				if p.Default {
+					name += " (default)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", name, short(p.Hash), p.Pods, p.Source,
+					p.LoadedAt.Format("2006-01-02 15:04:05"), dash(p.ReloadError))
+			}
+		})
 	}
 	if len(s.Pods) > 0 {
-		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "POD\tSTATE\tPOLICY\tHASH\tSINCE\tREASON")
-		for _, p := range s.Pods {
-			fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.State, podPolicy(p), dash(short(p.PolicyHash)),
-				p.Since.Format("2006-01-02 15:04:05"), p.Reason)
-		}
-		tw.Flush()
-		fmt.Fprintln(out)
+		table(out, "POD\tSTATE\tPOLICY\tHASH\tSINCE\tREASON", func(tw io.Writer) {
+			for _, p := range s.Pods {
+				fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.State, podPolicy(p), dash(short(p.PolicyHash)),
+					p.Since.Format("2006-01-02 15:04:05"), p.Reason)
+			}
+		})
 	}
 	for _, l := range s.Listeners {
 		ns := l.Netns

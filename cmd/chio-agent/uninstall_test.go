@@ -32,32 +32,20 @@ func TestUninstallRefusesWhileAgentOwnsPins(t *testing.T) {
 	}
 	config := func(name, socket string) string {
 		path := filepath.Join(dir, name)
-		text := fmt.Sprintf(`policy: %s
-signing_key: %s
-receipts: {sink: "file://%s"}
-agent:
-  pin_dir: %s
-  status_socket: %s
-  workloads:
-    - name: owned
-      cgroup: %s
-`, policy, keyPath, filepath.Join(dir, name+".db"), pinDir, socket, cg.Path)
+		text := agentYAML(policy, keyPath, filepath.Join(dir, name+".db"), pinDir, socket) +
+			fmt.Sprintf("  workloads:\n    - name: owned\n      cgroup: %s\n", cg.Path)
 		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return path
 	}
-	d := &daemon{t: t, bin: bin, config: config("kernel.yaml", filepath.Join(dir, "status.sock")), ready: filepath.Join(dir, "ready"), socket: filepath.Join(dir, "status.sock")}
+	d := newDaemon(t, bin, dir)
+	config(filepath.Base(d.config), d.socket)
 	// blocked asks for a name the policy blocks, at the local server.
 	blocked := func() string {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
-			"--resolve", fmt.Sprintf("blocked.test:%d:127.0.0.1", port), fmt.Sprintf("http://blocked.test:%d/", port))
-		cg.CommandIn(t, cmd)
-		out, _ := cmd.Output()
-		return string(out)
+		out, _ := curlIn(t, cg, "blocked.test", port)
+		return out
 	}
 
 	d.start()

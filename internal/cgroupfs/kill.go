@@ -101,16 +101,8 @@ func Populated(path string) (bool, error) {
 // first. Gone already is not an error.
 func RemoveTree(path string) error {
 	var dirs []string
-	err := filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if d.IsDir() {
-			dirs = append(dirs, p)
-		}
+	err := walkDirs(path, func(dir string) error {
+		dirs = append(dirs, dir)
 		return nil
 	})
 	if err != nil {
@@ -127,17 +119,8 @@ func RemoveTree(path string) error {
 // procs lists the processes of a cgroup and its descendants.
 func procs(path string) ([]int, error) {
 	var pids []int
-	err := filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if !d.IsDir() {
-			return nil
-		}
-		f, err := os.Open(filepath.Join(p, "cgroup.procs"))
+	err := walkDirs(path, func(dir string) error {
+		f, err := os.Open(filepath.Join(dir, "cgroup.procs"))
 		if errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
@@ -154,6 +137,24 @@ func procs(path string) ([]int, error) {
 		return sc.Err()
 	})
 	return pids, err
+}
+
+// walkDirs calls fn for the cgroup at path and every cgroup below it,
+// parents first. A cgroup removed while it is walked is passed over: cgroups
+// come and go under a walk.
+func walkDirs(path string, fn func(dir string) error) error {
+	return filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		return fn(p)
+	})
 }
 
 func gone(path string) bool {

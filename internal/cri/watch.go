@@ -10,6 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/backbay-labs/chio-agent/internal/nolog"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 )
 
@@ -54,7 +55,16 @@ type Watcher struct {
 	Interval time.Duration
 	// Log receives listing and event-stream errors. Default: discarded.
 	Log logrus.FieldLogger
+	// Kick, when not nil, asks for a listing now (NotifyCgroups sends on
+	// it). A pod is often not listed yet when its cgroup appears, so a kick
+	// that finds no change lists again after 10 ms, 20 ms, 40 ms ... up to
+	// kickRetries times, until a listing finds one.
+	Kick <-chan struct{}
 }
+
+// kickRetries bounds the listings one kick starts: 10 ms doubling to about
+// 1.3 s in all, beyond which the poll finds the pod.
+const kickRetries = 8
 
 // Run lists the pods, calls fn with every pod as PodAdded (also when there is
 // none, so that the caller knows the first sync is done), then calls fn with
@@ -68,12 +78,7 @@ func (w *Watcher) Run(ctx context.Context, fn func([]Change)) error {
 	if interval <= 0 {
 		interval = config.DefaultPollInterval
 	}
-	log := w.Log
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = l
-	}
+	log := nolog.Or(w.Log)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	kick := make(chan struct{}, 1)
@@ -82,6 +87,10 @@ func (w *Watcher) Run(ctx context.Context, fn func([]Change)) error {
 	var known map[string]Pod
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	burst := time.NewTimer(time.Hour)
+	burst.Stop()
+	defer burst.Stop()
+	retries, wait := 0, time.Duration(0) // the kick's listings left, the next one's delay
 	for {
 		pods, err := w.Client.List(ctx)
 		switch {
@@ -94,16 +103,28 @@ func (w *Watcher) Run(ctx context.Context, fn func([]Change)) error {
 			for _, p := range pods {
 				now[p.SandboxID] = p
 			}
-			if changes := diff(known, now); len(changes) > 0 || known == nil {
+			changes := diff(known, now)
+			if len(changes) > 0 || known == nil {
 				fn(changes)
 			}
 			known = now
+			if len(changes) > 0 {
+				retries = 0
+			}
+		}
+		if retries > 0 {
+			retries--
+			burst.Reset(wait)
+			wait *= 2
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		case <-kick:
+		case <-burst.C:
+		case <-w.Kick:
+			retries, wait = kickRetries, 10*time.Millisecond
 		}
 	}
 }

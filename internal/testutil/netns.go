@@ -36,6 +36,19 @@ func NewNetNS(t testing.TB) NetNS {
 	return n
 }
 
+// NewPingNetNS is NewNetNS where every group may open ping sockets
+// (net.ipv4.ping_group_range, which governs ICMPv6 too), so that an
+// unprivileged workload can try the ping sockets the programs must refuse;
+// the host's setting is never touched.
+func NewPingNetNS(t testing.TB) NetNS {
+	t.Helper()
+	ns := NewNetNS(t)
+	if out, err := exec.Command("ip", "netns", "exec", ns.Name, "sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647").CombinedOutput(); err != nil {
+		t.Fatalf("allow ping sockets in %s: %v: %s", ns.Name, err, out)
+	}
+	return ns
+}
+
 // IP runs ip(8) with args and fails the test on error.
 func IP(t testing.TB, args ...string) {
 	t.Helper()

@@ -1,5 +1,7 @@
 // Package testutil holds helpers shared by the tests of every package: where
-// the vendored conformance data lives, and how privileged tests skip.
+// the vendored conformance data lives, how privileged tests skip, and the
+// fixtures they share (cgroups, network namespaces, loopback servers, the
+// exit status of a child).
 //
 // A privileged test skips with a one-line reason on a machine that cannot run
 // it, but under CI=true a skip is a failure: CI runs as root and must run them.
@@ -8,8 +10,10 @@ package testutil
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -25,6 +29,17 @@ func Skip(t testing.TB, reason string) {
 		t.Fatalf("privileged test cannot run under CI=true: %s", reason)
 	}
 	t.Skip(reason)
+}
+
+// RequireTools skips t, naming the first of tools that is not on PATH
+// (make test installs them; in CI a skip fails the run).
+func RequireTools(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			Skip(t, tool+" is not installed")
+		}
+	}
 }
 
 // RequireRoot skips (or, under CI, fails) the test unless it runs as root.
@@ -54,6 +69,30 @@ func ConformanceDir(t testing.TB) string {
 		t.Fatalf("conformance data not found at %s (set CHIO_CONFORMANCE_DIR): %v", d, err)
 	}
 	return d
+}
+
+// ChioVectors decodes the Chio conformance vectors of one kind
+// (chio/KIND/v1.json under ConformanceDir: canonical, receipt, capability)
+// into v, and fails unless the file holds exactly cases cases: a test
+// written for one set of vectors must not silently run on fewer.
+func ChioVectors(t testing.TB, kind string, cases int, v any) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(ConformanceDir(t), "chio", kind, "v1.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all struct {
+		Cases []json.RawMessage `json:"cases"`
+	}
+	if err := json.Unmarshal(raw, &all); err != nil {
+		t.Fatalf("decode %s vectors: %v", kind, err)
+	}
+	if len(all.Cases) != cases {
+		t.Fatalf("want %d %s cases, got %d", cases, kind, len(all.Cases))
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		t.Fatalf("decode %s vectors: %v", kind, err)
+	}
 }
 
 // ModuleRoot returns the directory holding go.mod, searching upwards from the
@@ -112,4 +151,21 @@ func RefusedWithout(t testing.TB, name string, want error, path string, load fun
 	case <-time.After(20 * time.Second):
 		t.Fatalf("%s: still blocked on %s after 20s", name, path)
 	}
+}
+
+// ExitCode is the exit status that err, from an exec.Cmd's Run, Output or
+// CombinedOutput, reports: 0 for nil, the process's status for an
+// *exec.ExitError. Any other error means the command did not run, and
+// fails t.
+func ExitCode(t testing.TB, err error) int {
+	t.Helper()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.ExitCode()
+	}
+	t.Fatalf("run: %v", err)
+	return -1
 }

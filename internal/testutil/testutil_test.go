@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -128,5 +129,14 @@ func TestAttackTableNamesRealTests(t *testing.T) {
 	}
 	if rows < 10 {
 		t.Fatalf("attack table has %d rows", rows)
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	if got := ExitCode(t, nil); got != 0 {
+		t.Errorf("ExitCode(nil) = %d, want 0", got)
+	}
+	if got := ExitCode(t, exec.Command("sh", "-c", "exit 3").Run()); got != 3 {
+		t.Errorf("ExitCode(exit 3) = %d, want 3", got)
 	}
 }

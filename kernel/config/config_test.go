@@ -54,8 +54,25 @@ agent:
 	}
 }
 
+// parseReject is a kernel.yaml Parse must refuse, and what the error says.
+type parseReject struct{ name, yaml, want string }
+
+// parseRejects wants Parse to refuse each case's yaml with an error that
+// mentions want.
+func parseRejects(t *testing.T, cases []parseReject) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), env(nil))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v; want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestParseRejects(t *testing.T) {
-	for _, tc := range []struct{ name, yaml, want string }{
+	parseRejects(t, []parseReject{
 		{"unknown top-level key", "polcy: x\n", `line 1: unknown key "polcy" (did you mean "policy"?)`},
 		{"unknown nested key", "agent:\n  workloads:\n    - name: a\n      cgroup: b\n      colour: red\n", `line 5: agent.workloads[0]: unknown key "colour"`},
 		{"wrong type", "receipts:\n  checkpoint_every: lots\n", "line 2"},
@@ -73,14 +90,7 @@ func TestParseRejects(t *testing.T) {
 		{"unset variable", "policy: ${NOPE}\n", "NOPE"},
 		{"unterminated", "policy: ${NOPE\n", "unterminated"},
 		{"version", "version: 2\n", "version"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse([]byte(tc.yaml), env(nil))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err = %v; want it to mention %q", err, tc.want)
-			}
-		})
-	}
+	})
 }
 
 func TestInterpolate(t *testing.T) {

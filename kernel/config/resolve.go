@@ -154,8 +154,12 @@ func Resolve(ctx context.Context, f Flags, d Defaults, lookup func(string) (stri
 	return c, nil
 }
 
-// SigningKey loads the key Resolve chose.
+// SigningKey loads the key Resolve chose: the seed when one is set, else
+// the key file; neither is ErrNoSigningKey.
 func (c *Common) SigningKey() (ed25519.PrivateKey, error) {
+	if c.KeySeed == "" && c.KeyFile == "" {
+		return nil, fmt.Errorf("load signing key: %w", kernel.ErrNoSigningKey)
+	}
 	if c.KeySeed != "" {
 		k, err := kernel.ParseSeedHex(c.KeySeed)
 		if err != nil {

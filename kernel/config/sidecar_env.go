@@ -7,7 +7,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/backbay-labs/chio-agent/kernel"
 )
@@ -66,34 +65,14 @@ type SidecarFlags struct {
 // environment and kernel.yaml with defaults filled in and syntax checked.
 // Nothing has been opened or fetched yet.
 type SidecarSettings struct {
-	// KernelConfigPath is the kernel.yaml read, or "" when none was.
-	KernelConfigPath string
-	// PolicySource is a path, file:// or http(s):// URL (scheme checked).
-	PolicySource string
-	// PanicFile is the HushSpec panic sentinel, or "".
-	PanicFile string
-	// ReceiptPath is the bbolt file of the receipt log.
-	ReceiptPath string
-	// ReceiptMode is sync or async.
-	ReceiptMode string
-	// CheckpointEvery and CheckpointIdle tune checkpoints; zero means the
-	// receipt log's defaults.
-	CheckpointEvery int
-	CheckpointIdle  time.Duration
-	// SigningKeySeed is the hex seed from CHIO_SIGNING_KEY. Secret: never
-	// log it. Used only when SigningKeyFile came from no flag.
-	SigningKeySeed string
-	// SigningKeyFile is the key file, from --key or signing_key.
-	SigningKeyFile string
-	// SigningKeyFromFlag says --key was given, which beats the variable.
-	SigningKeyFromFlag bool
+	// Common is what the node agent resolves alike (config path, policy,
+	// receipt log, signing key, log level), by the same rules.
+	Common
 	// TrustedIssuerKeys are the capability issuers trusted; empty means
 	// capability tokens are not required (and not read).
 	TrustedIssuerKeys []ed25519.PublicKey
 	// CapabilityAuthorityURL is where agents get tokens, or "".
 	CapabilityAuthorityURL string
-	// LogLevel is logrus's level name.
-	LogLevel string
 	// ControlToken opens the admin surface; "" keeps it closed. Secret.
 	ControlToken string
 	// Listen is host:port.
@@ -126,19 +105,7 @@ func ResolveSidecar(f SidecarFlags, lookup func(string) (string, bool)) (*Sideca
 	}
 	cfg := c.Config
 	sc := cfg.Sidecar
-	s := &SidecarSettings{
-		KernelConfigPath:   c.ConfigPath,
-		PolicySource:       c.PolicySource,
-		PanicFile:          c.PanicFile,
-		ReceiptPath:        c.ReceiptPath,
-		ReceiptMode:        c.ReceiptMode,
-		CheckpointEvery:    c.CheckpointEvery,
-		CheckpointIdle:     c.CheckpointIdle,
-		SigningKeySeed:     c.KeySeed,
-		SigningKeyFile:     c.KeyFile,
-		SigningKeyFromFlag: c.KeyFromFlag,
-		LogLevel:           c.LogLevel,
-	}
+	s := &SidecarSettings{Common: *c}
 
 	s.TrustedIssuerKeys, err = kernel.TrustedIssuerKeys(kernel.LookupEnv(lookup))
 	if err != nil {

@@ -31,15 +31,26 @@ func Append(dst, data []byte) ([]byte, error) {
 // appendParsed is Append without the already-canonical shortcut: parse
 // into a tree, sort, write back.
 func appendParsed(dst, data []byte) ([]byte, error) {
+	out, err := appendText(dst, data)
+	if err != nil {
+		return dst, fmt.Errorf("canonicalize json: %w", err)
+	}
+	return out, nil
+}
+
+// appendText parses data as exactly one JSON value and appends its
+// canonical form, without an error prefix (callers add their own): the one
+// parse behind Canonicalize and Marshal's embedded json.RawMessage.
+func appendText(dst, data []byte) ([]byte, error) {
 	p := parser{data: data}
 	p.skipSpace()
 	v, err := p.value()
 	if err != nil {
-		return dst, fmt.Errorf("canonicalize json: %w", err)
+		return dst, err
 	}
 	p.skipSpace()
 	if p.pos != len(p.data) {
-		return dst, fmt.Errorf("canonicalize json: %w", p.errf(ErrSyntax, "trailing data after the top-level value"))
+		return dst, p.errf(ErrSyntax, "trailing data after the top-level value")
 	}
 	return appendNode(dst, &v), nil
 }
@@ -125,95 +136,85 @@ func (p *parser) literal(word string) error {
 	return nil
 }
 
-func (p *parser) enter() error {
+// container parses the array (k kindArray) or object (kindObject) at
+// p.pos: its elements or members, separated by commas, up to the closing
+// bracket. Members come in source order; object sorts them.
+func (p *parser) container(k kind) (node, error) {
+	end, name := byte(']'), "array"
+	if k == kindObject {
+		end, name = '}', "object"
+	}
 	p.depth++
 	if p.depth > MaxDepth {
-		return p.errf(ErrTooDeep, "more than %d levels", MaxDepth)
-	}
-	return nil
-}
-
-func (p *parser) array() (node, error) {
-	if err := p.enter(); err != nil {
-		return node{}, err
+		return node{}, p.errf(ErrTooDeep, "more than %d levels", MaxDepth)
 	}
 	defer func() { p.depth-- }()
-	p.pos++ // '['
-	n := node{kind: kindArray}
+	p.pos++ // '[' or '{'
+	n := node{kind: k}
 	p.skipSpace()
-	if p.pos < len(p.data) && p.data[p.pos] == ']' {
+	if p.pos < len(p.data) && p.data[p.pos] == end {
 		p.pos++
 		return n, nil
 	}
 	for {
 		p.skipSpace()
-		v, err := p.value()
-		if err != nil {
+		if k == kindArray {
+			v, err := p.value()
+			if err != nil {
+				return node{}, err
+			}
+			n.elems = append(n.elems, v)
+		} else if err := p.member(&n); err != nil {
 			return node{}, err
 		}
-		n.elems = append(n.elems, v)
 		p.skipSpace()
 		if p.pos >= len(p.data) {
-			return node{}, p.errf(ErrSyntax, "unterminated array")
+			return node{}, p.errf(ErrSyntax, "unterminated %s", name)
 		}
 		switch p.data[p.pos] {
 		case ',':
 			p.pos++
-		case ']':
+		case end:
 			p.pos++
 			return n, nil
 		default:
-			return node{}, p.errf(ErrSyntax, "want ',' or ']' in array, got %q", rune(p.data[p.pos]))
+			return node{}, p.errf(ErrSyntax, "want ',' or '%c' in %s, got %q", end, name, rune(p.data[p.pos]))
 		}
 	}
 }
 
-func (p *parser) object() (node, error) {
-	if err := p.enter(); err != nil {
-		return node{}, err
+// member parses one "key": value of an object into n.
+func (p *parser) member(n *node) error {
+	if p.pos >= len(p.data) || p.data[p.pos] != '"' {
+		return p.errf(ErrSyntax, "want a string object key")
 	}
-	defer func() { p.depth-- }()
-	start := p.pos
-	p.pos++ // '{'
-	n := node{kind: kindObject}
+	k, err := p.str()
+	if err != nil {
+		return err
+	}
 	p.skipSpace()
-	if p.pos < len(p.data) && p.data[p.pos] == '}' {
-		p.pos++
-		return n, nil
+	if p.pos >= len(p.data) || p.data[p.pos] != ':' {
+		return p.errf(ErrSyntax, "want ':' after object key")
 	}
-	for {
-		p.skipSpace()
-		if p.pos >= len(p.data) || p.data[p.pos] != '"' {
-			return node{}, p.errf(ErrSyntax, "want a string object key")
-		}
-		k, err := p.str()
-		if err != nil {
-			return node{}, err
-		}
-		p.skipSpace()
-		if p.pos >= len(p.data) || p.data[p.pos] != ':' {
-			return node{}, p.errf(ErrSyntax, "want ':' after object key")
-		}
-		p.pos++
-		p.skipSpace()
-		v, err := p.value()
-		if err != nil {
-			return node{}, err
-		}
-		n.members = append(n.members, member{key: k, val: v})
-		p.skipSpace()
-		if p.pos >= len(p.data) {
-			return node{}, p.errf(ErrSyntax, "unterminated object")
-		}
-		c := p.data[p.pos]
-		p.pos++
-		if c == '}' {
-			break
-		}
-		if c != ',' {
-			p.pos--
-			return node{}, p.errf(ErrSyntax, "want ',' or '}' in object, got %q", rune(c))
-		}
+	p.pos++
+	p.skipSpace()
+	v, err := p.value()
+	if err != nil {
+		return err
+	}
+	n.members = append(n.members, member{key: k, val: v})
+	return nil
+}
+
+func (p *parser) array() (node, error) { return p.container(kindArray) }
+
+// object parses an object, sorts its members into canonical order and
+// refuses a key given twice.
+func (p *parser) object() (node, error) {
+	start := p.pos
+	n, err := p.container(kindObject)
+	if err != nil {
+		return node{}, err
 	}
 	slices.SortFunc(n.members, func(a, b member) int { return CompareKeys(a.key, b.key) })
 	for i := 1; i < len(n.members); i++ {
@@ -356,9 +357,7 @@ func (p *parser) number() (string, error) {
 	case i < len(d) && d[i] == '0':
 		i++
 	case i < len(d) && d[i] >= '1' && d[i] <= '9':
-		for i < len(d) && d[i] >= '0' && d[i] <= '9' {
-			i++
-		}
+		i = skipDigits(d, i)
 	default:
 		p.pos = i
 		return "", p.errf(ErrSyntax, "invalid number")
@@ -366,12 +365,8 @@ func (p *parser) number() (string, error) {
 	integer := true
 	if i < len(d) && d[i] == '.' {
 		integer = false
-		i++
-		j := i
-		for i < len(d) && d[i] >= '0' && d[i] <= '9' {
-			i++
-		}
-		if i == j {
+		j := i + 1
+		if i = skipDigits(d, j); i == j {
 			p.pos = i
 			return "", p.errf(ErrSyntax, "number needs digits after '.'")
 		}
@@ -383,10 +378,7 @@ func (p *parser) number() (string, error) {
 			i++
 		}
 		j := i
-		for i < len(d) && d[i] >= '0' && d[i] <= '9' {
-			i++
-		}
-		if i == j {
+		if i = skipDigits(d, j); i == j {
 			p.pos = i
 			return "", p.errf(ErrSyntax, "number needs digits in its exponent")
 		}
@@ -397,6 +389,15 @@ func (p *parser) number() (string, error) {
 		return "", &SyntaxError{Offset: start, Msg: string(d[start:i]), Err: err}
 	}
 	return string(out), nil
+}
+
+// skipDigits returns the index of the first byte at or after i in d that
+// is not an ASCII digit.
+func skipDigits(d []byte, i int) int {
+	for i < len(d) && d[i] >= '0' && d[i] <= '9' {
+		i++
+	}
+	return i
 }
 
 // CompareKeys orders two strings by their UTF-16 code units, as RFC 8785

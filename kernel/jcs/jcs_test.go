@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -24,17 +22,8 @@ type canonicalVectors struct {
 }
 
 func TestConformanceCanonical(t *testing.T) {
-	raw, err := os.ReadFile(filepath.Join(testutil.ConformanceDir(t), "chio", "canonical", "v1.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var vec canonicalVectors
-	if err := json.Unmarshal(raw, &vec); err != nil {
-		t.Fatalf("decode vectors: %v", err)
-	}
-	if len(vec.Cases) != 23 {
-		t.Fatalf("want 23 canonical cases, got %d", len(vec.Cases))
-	}
+	testutil.ChioVectors(t, "canonical", 23, &vec)
 	for _, c := range vec.Cases {
 		t.Run(c.ID, func(t *testing.T) {
 			got, err := Canonicalize([]byte(c.InputJSON))

@@ -43,17 +43,14 @@ func appendValue(dst []byte, v any, depth int) ([]byte, error) {
 		}
 		return append(dst, "false"...), nil
 	case string:
-		if !utf8.ValidString(x) {
-			return dst, fmt.Errorf("%w: string %q", ErrInvalidUTF8, x)
-		}
-		return AppendString(dst, x), nil
+		return appendCheckedString(dst, x)
 	case json.Number:
 		return appendNumberText(dst, string(x))
 	case json.RawMessage:
 		if x == nil {
 			return append(dst, "null"...), nil // as encoding/json does
 		}
-		return appendRaw(dst, x)
+		return appendText(dst, x)
 	case int:
 		return strconv.AppendInt(dst, int64(x), 10), nil
 	case int8:
@@ -85,70 +82,71 @@ func appendValue(dst []byte, v any, depth int) ([]byte, error) {
 		// writes), not the float64 widening: 0.1f stays 0.1.
 		return appendNumberText(dst, strconv.FormatFloat(float64(x), 'g', -1, 32))
 	case []any:
-		dst = append(dst, '[')
-		for i, e := range x {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			var err error
-			if dst, err = appendValue(dst, e, depth+1); err != nil {
-				return dst, err
-			}
-		}
-		return append(dst, ']'), nil
+		return appendArray(dst, x, depth+1, appendValue)
 	case []string:
-		dst = append(dst, '[')
-		for i, e := range x {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			if !utf8.ValidString(e) {
-				return dst, fmt.Errorf("%w: string %q", ErrInvalidUTF8, e)
-			}
-			dst = AppendString(dst, e)
-		}
-		return append(dst, ']'), nil
+		return appendArray(dst, x, depth+1, appendStringElem)
 	case map[string]any:
-		keys, err := sortedKeys(x)
-		if err != nil {
-			return dst, err
-		}
-		dst = append(dst, '{')
-		for i, k := range keys {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = AppendString(dst, k)
-			dst = append(dst, ':')
-			if dst, err = appendValue(dst, x[k], depth+1); err != nil {
-				return dst, err
-			}
-		}
-		return append(dst, '}'), nil
+		return appendObject(dst, x, depth+1, appendValue)
 	case map[string]string:
-		keys, err := sortedKeys(x)
-		if err != nil {
-			return dst, err
-		}
-		dst = append(dst, '{')
-		for i, k := range keys {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			if !utf8.ValidString(x[k]) {
-				return dst, fmt.Errorf("%w: string %q", ErrInvalidUTF8, x[k])
-			}
-			dst = AppendString(dst, k)
-			dst = append(dst, ':')
-			dst = AppendString(dst, x[k])
-		}
-		return append(dst, '}'), nil
+		return appendObject(dst, x, depth+1, appendStringElem)
 	}
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return dst, fmt.Errorf("%w: %v", ErrUnsupportedType, err)
 	}
-	return appendRaw(dst, raw)
+	return appendText(dst, raw)
+}
+
+// appendCheckedString writes s as a JSON string, refusing invalid UTF-8.
+func appendCheckedString(dst []byte, s string) ([]byte, error) {
+	if !utf8.ValidString(s) {
+		return dst, fmt.Errorf("%w: string %q", ErrInvalidUTF8, s)
+	}
+	return AppendString(dst, s), nil
+}
+
+// appendStringElem is appendCheckedString as an element writer (a string
+// nests nothing, so depth does not matter).
+func appendStringElem(dst []byte, s string, _ int) ([]byte, error) {
+	return appendCheckedString(dst, s)
+}
+
+// appendArray writes xs as a JSON array, each element by elem at depth: the
+// one walk for every slice shape Marshal takes directly.
+func appendArray[E any](dst []byte, xs []E, depth int, elem func([]byte, E, int) ([]byte, error)) ([]byte, error) {
+	dst = append(dst, '[')
+	for i, e := range xs {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		var err error
+		if dst, err = elem(dst, e, depth); err != nil {
+			return dst, err
+		}
+	}
+	return append(dst, ']'), nil
+}
+
+// appendObject writes m as a JSON object, members in canonical key order,
+// each value by elem at depth: the one walk for every map shape Marshal
+// takes directly.
+func appendObject[V any](dst []byte, m map[string]V, depth int, elem func([]byte, V, int) ([]byte, error)) ([]byte, error) {
+	keys, err := sortedKeys(m)
+	if err != nil {
+		return dst, err
+	}
+	dst = append(dst, '{')
+	for i, k := range keys {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = AppendString(dst, k)
+		dst = append(dst, ':')
+		if dst, err = elem(dst, m[k], depth); err != nil {
+			return dst, err
+		}
+	}
+	return append(dst, '}'), nil
 }
 
 func sortedKeys[V any](m map[string]V) ([]string, error) {
@@ -161,22 +159,6 @@ func sortedKeys[V any](m map[string]V) ([]string, error) {
 	}
 	slices.SortFunc(keys, CompareKeys)
 	return keys, nil
-}
-
-// appendRaw canonicalizes embedded JSON text without the outer error
-// prefix (the caller adds its own).
-func appendRaw(dst, raw []byte) ([]byte, error) {
-	p := parser{data: raw}
-	p.skipSpace()
-	v, err := p.value()
-	if err != nil {
-		return dst, err
-	}
-	p.skipSpace()
-	if p.pos != len(raw) {
-		return dst, p.errf(ErrSyntax, "trailing data after the value")
-	}
-	return appendNode(dst, &v), nil
 }
 
 // appendNumberText canonicalizes a number given as text (json.Number),

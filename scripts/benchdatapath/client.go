@@ -78,6 +78,13 @@ func runClient(o clientOptions, out io.Writer) error {
 		small := []byte("GET /small HTTP/1.1\r\nHost: " + o.host + "\r\nConnection: close\r\n\r\n")
 		buf := make([]byte, 4096)
 		for i := 0; i < o.warmup+o.n; i++ {
+			if i == o.warmup {
+				// The driver reads the proxy's CPU time from here on.
+				fmt.Fprintln(out, "start")
+				if f, ok := out.(interface{ Flush() error }); ok {
+					f.Flush()
+				}
+			}
 			d, err := setupOnce(o, small, buf)
 			if err != nil {
 				return fmt.Errorf("connection %d: %w", i, err)

@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -153,8 +154,8 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		direct,
 		{name: "chio-agent, async receipts", receipts: "async", via: up.addr.String()},
 		{name: "chio-agent, sync receipts", receipts: "sync", via: up.addr.String()},
-		{name: "HAProxy 2.6, mode tcp", via: hp.addr.String()},
-		{name: "Go relay (floor: read, dial, splice)", via: gr.addr.String()},
+		{name: "HAProxy 2.6, mode tcp", via: hp.addr.String(), pid: hp.cmd.Process.Pid},
+		{name: "Go relay (floor: read, dial, splice)", via: gr.addr.String(), pid: gr.cmd.Process.Pid},
 	}
 	if o.compare != "" {
 		modes = append(modes, mode{name: "compared chio-agent, async receipts", receipts: "async", via: up.addr.String(), bin: o.compare, log: "compare"})
@@ -176,6 +177,8 @@ func run(ctx context.Context, o options, out io.Writer) error {
 
 	d.measuring = true
 	lats := map[string][]time.Duration{}
+	cpus := map[string][]cpuRound{}
+	roundP50 := map[string][]time.Duration{} // each round's p50, in round order
 	progs := map[string]progStats{}
 	per := o.conns / o.rounds
 	for r := 0; r < o.rounds; r++ {
@@ -187,6 +190,14 @@ func run(ctx context.Context, o options, out io.Writer) error {
 				return err
 			}
 			lats[m.name] = append(lats[m.name], res.lats...)
+			if len(res.lats) > 0 {
+				v := slices.Clone(res.lats)
+				slices.Sort(v)
+				roundP50[m.name] = append(roundP50[m.name], quantile(v, 0.5))
+			}
+			if res.conns > 0 {
+				cpus[m.name] = append(cpus[m.name], cpuRound{res.cpu, res.conns})
+			}
 			for name, st := range res.progs {
 				progs[name] = progs[name].add(st)
 			}
@@ -211,7 +222,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	}
 
 	rep := report{
-		modes: modes, bulkModes: bulkModes, lats: lats, bulks: bulks, progs: progs,
+		modes: modes, bulkModes: bulkModes, lats: lats, cpus: cpus, roundP50: roundP50, bulks: bulks, progs: progs,
 		conns: o.conns, rounds: o.rounds, warmup: o.warmup, bulkBytes: o.bulkBytes, bulkRuns: o.bulkRuns,
 		load0: load0, load1: loadavg(), elapsed: time.Since(began),
 	}

@@ -19,9 +19,17 @@ const (
 	targetHookNs            = 500.0
 )
 
+// cpuRound is a proxy's CPU time over one round's measured connections.
+type cpuRound struct {
+	cpu   time.Duration
+	conns int
+}
+
 type report struct {
 	modes, bulkModes      []mode
 	lats                  map[string][]time.Duration
+	cpus                  map[string][]cpuRound
+	roundP50              map[string][]time.Duration
 	bulks                 map[string][]float64 // bytes/s per transfer
 	progs                 map[string]progStats
 	conns, rounds, warmup int
@@ -72,6 +80,26 @@ func (r report) print(out io.Writer) {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%.2f×\t%s\t%.2f×\t\n", m.name, len(r.lats[m.name]),
 			us(x.p50), us(x.p99), signedUS(x.p50-base.p50), float64(x.p50)/float64(base.p50),
 			signedUS(x.p99-base.p99), float64(x.p99)/float64(base.p99))
+	}
+	tw.Flush()
+
+	fmt.Fprintf(out, "\nThe proxy's CPU time per connection (user + system, all its threads, from /proc/PID/stat in\n10 ms ticks) over the measured connections: all rounds together, and the lowest and highest round\n\n")
+	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "mode\tCPU per connection\tlowest round\thighest round\t")
+	for _, m := range r.modes {
+		rs := r.cpus[m.name]
+		if len(rs) == 0 {
+			continue
+		}
+		var cpu time.Duration
+		var n int
+		var per []time.Duration
+		for _, x := range rs {
+			cpu, n = cpu+x.cpu, n+x.conns
+			per = append(per, x.cpu/time.Duration(x.conns))
+		}
+		slices.Sort(per)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", m.name, us(cpu/time.Duration(n)), us(per[0]), us(per[len(per)-1]))
 	}
 	tw.Flush()
 
@@ -143,5 +171,24 @@ func (r report) print(out io.Writer) {
 		floor := qs[r.modes[4].name]
 		fmt.Fprintf(out, "Against the Go relay floor (same run): it adds %s p50 over direct; chio-agent with async receipts adds %s p50 over it\n",
 			signedUS(floor.p50-base.p50), signedUS(async.p50-floor.p50))
+	}
+	if cmpm := r.modes[len(r.modes)-1]; cmpm.bin != "" {
+		// The two agents of one round ran minutes apart at most: the
+		// difference of their p50s, round by round, is steadier than that
+		// of the pooled p50s when the machine's load drifts.
+		a, c := r.roundP50[r.modes[1].name], r.roundP50[cmpm.name]
+		var d []time.Duration
+		higher := 0
+		for i := range min(len(a), len(c)) {
+			d = append(d, a[i]-c[i])
+			if a[i] > c[i] {
+				higher++
+			}
+		}
+		if len(d) > 0 {
+			slices.Sort(d)
+			fmt.Fprintf(out, "Round by round, chio-agent's p50 minus the compared agent's: median %s, higher in %d of %d rounds\n",
+				signedUS(quantile(d, 0.5)), higher, len(d))
+		}
 	}
 }

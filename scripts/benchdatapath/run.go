@@ -26,6 +26,7 @@ type mode struct {
 	via      string // the address the client dials
 	bin      string // agent modes: the chio-agent binary, if not -agent's
 	log      string // agent modes: the receipt log's name, if not receipts
+	pid      int    // proxy modes without an agent: the proxy's process, for its CPU time
 }
 
 // progStats are the kernel's run statistics of one BPF program.
@@ -43,6 +44,11 @@ type runResult struct {
 	lats  []time.Duration
 	bulks []bulkResult
 	progs map[string]progStats // agent modes: the programs' statistics at "done"
+	// cpu is the proxy's CPU time (user and system, all its threads) from
+	// the client's "start" (after its warm-up) to its "done", and conns the
+	// connections measured in between; zero for direct.
+	cpu   time.Duration
+	conns int
 }
 
 type bulkResult struct {
@@ -99,6 +105,7 @@ func (d *driver) runOnce(ctx context.Context, m mode, clientArgs []string) (runR
 	}
 	var res runResult
 	var clientErr string
+	cpu0 := time.Duration(-1)
 	sc := bufio.NewScanner(stdout)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
@@ -106,6 +113,8 @@ func (d *driver) runOnce(ctx context.Context, m mode, clientArgs []string) (runR
 			continue
 		}
 		switch f[0] {
+		case "start":
+			cpu0 = procCPU(proxyPID(m, cmd))
 		case "lat":
 			ns, err := strconv.ParseInt(f[1], 10, 64)
 			if err == nil {
@@ -118,6 +127,11 @@ func (d *driver) runOnce(ctx context.Context, m mode, clientArgs []string) (runR
 				res.bulks = append(res.bulks, bulkResult{b, time.Duration(ns)})
 			}
 		case "done":
+			if pid := proxyPID(m, cmd); pid != 0 && cpu0 >= 0 {
+				if cpu1 := procCPU(pid); cpu1 >= 0 {
+					res.cpu, res.conns = cpu1-cpu0, len(res.lats)
+				}
+			}
 			if m.receipts != "" {
 				// The programs live as long as the exec process: read their
 				// statistics now, while the client holds it open.
@@ -143,6 +157,44 @@ func (d *driver) runOnce(ctx context.Context, m mode, clientArgs []string) (runR
 		return res, fmt.Errorf("%s client: %w (stderr: %s)", m.name, werr, strings.TrimSpace(stderr.String()))
 	}
 	return res, nil
+}
+
+// proxyPID is the process whose CPU time is the proxy's in mode m: the
+// agent (chio-agent exec, whose child the client is) or the proxy server;
+// 0 for direct.
+func proxyPID(m mode, cmd *exec.Cmd) int {
+	if m.receipts != "" {
+		return cmd.Process.Pid
+	}
+	return m.pid
+}
+
+// procCPU is a process's user and system time so far, all threads, or -1
+// if it cannot be read.
+func procCPU(pid int) time.Duration {
+	if pid == 0 {
+		return -1
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	// The command name may hold spaces: fields count from after its ")".
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return -1
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	// Clock ticks; USER_HZ is 100 on Linux.
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 // chioProgStats finds the chio programs loaded by process pid (through the
