@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/internal/sniff"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
@@ -120,5 +122,32 @@ func TestDNSReceipt(t *testing.T) {
 	bad := k.Snapshot().DecideDNS(Seen{Event: ev})
 	if _, err := bad.Receipt(); err == nil {
 		t.Fatal("a dns query over icmp was receipted")
+	}
+}
+
+// workloadOwner owns an address for one workload only.
+type workloadOwner struct{ w uint32 }
+
+func (o workloadOwner) Owns(_ context.Context, w uint32, _ string, _ netip.Addr) (bool, error) {
+	return w == o.w, nil
+}
+
+// TestDecideEgressAsksOwnerPerWorkload: the anti-spoofing check asks about
+// the workload that connected, so one workload's DNS answers are not
+// another's.
+func TestDecideEgressAsksOwnerPerWorkload(t *testing.T) {
+	pol, err := hushspec.Parse([]byte(dnsPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := func(w uint32) *Seen {
+		return &Seen{WorkloadID: w, Event: EgressEvent{IP: netip.MustParseAddr("192.0.2.1"), Port: 443, Transport: TransportTCP,
+			SNI: "api.allowed.test"}, Sniffed: &sniff.Sniffed{Protocol: sniff.ProtocolTLS, Stop: sniff.StopComplete, SNI: "api.allowed.test"}}
+	}
+	if out := DecideEgress(context.Background(), pol, seen(7), workloadOwner{7}); out.Verdict != VerdictAllow {
+		t.Fatalf("workload 7: %+v", out)
+	}
+	if out := DecideEgress(context.Background(), pol, seen(8), workloadOwner{7}); out.Verdict != VerdictDeny || out.Guard != GuardAntiSpoof {
+		t.Fatalf("workload 8 allowed by workload 7's answers: %+v", out)
 	}
 }
