@@ -678,3 +678,37 @@ func TestRateFlood(t *testing.T) {
 		t.Fatalf("refused after the bucket refilled: %v", m)
 	}
 }
+
+// TestConcurrentWorkloads: the listeners call Answer concurrently; two
+// workloads' answers, bounds and memories stay their own.
+func TestConcurrentWorkloads(t *testing.T) {
+	h := newHarness(t, "127.0.0.1", func(o *Options) { o.Rate, o.Burst = 1e6, 1e6 })
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := uint32(g%2 + 1)
+			for i := range 20 {
+				name := "cdn.allowed.test."
+				if i%3 == 0 {
+					name = fmt.Sprintf("z%d.attacker.test.", i)
+				}
+				h.ask(t, w, name, dns.TypeA, []string{"udp", "tcp"}[i%2])
+			}
+		}()
+	}
+	wg.Wait()
+	told1, told2 := h.p.ToldAddrs(1, "cdn.allowed.test"), h.p.ToldAddrs(2, "cdn.allowed.test")
+	if len(told1)+len(told2) != int(h.auth.cdn.Load()) {
+		t.Fatalf("told %d + %d addresses, the server gave %d", len(told1), len(told2), h.auth.cdn.Load())
+	}
+	for _, a := range told1 {
+		if slices.Contains(told2, a) {
+			t.Fatalf("%s told to both workloads, given once", a)
+		}
+	}
+	if h.auth.askedAbout("attacker") {
+		t.Fatal("a refused name reached the server")
+	}
+}
