@@ -23,16 +23,7 @@ import (
 // also checks what DNS receipts claim: a receipt signed by the right key
 // whose refused query still lists answers is refused.
 func TestDNSReceiptsVerifyWithPython(t *testing.T) {
-	py := ""
-	for _, cand := range []string{"python3", "/usr/bin/python3"} {
-		if p, err := exec.LookPath(cand); err == nil && exec.Command(p, "-c", "import cryptography").Run() == nil {
-			py = p
-			break
-		}
-	}
-	if py == "" {
-		testutil.Skip(t, "no python3 with the 'cryptography' package (apt-get install python3-cryptography)")
-	}
+	py := testutil.PythonCrypto(t)
 	root, err := testutil.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
