@@ -251,3 +251,28 @@ func reply(req, resp *dns.Msg, a answer, transport string) *dns.Msg {
 	}
 	return m
 }
+
+// StaticTTL is the TTL of answers from Options.Hosts.
+const StaticTTL = 60
+
+// staticAnswer answers req from a static host entry: its addresses of the
+// type asked (A: IPv4, AAAA: IPv6), none for another type.
+func staticAnswer(req *dns.Msg, as []netip.Addr) *dns.Msg {
+	q := req.Question[0]
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.Authoritative, m.RecursionAvailable = true, true
+	hdr := func(t uint16) dns.RR_Header {
+		return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: StaticTTL}
+	}
+	for _, a := range as {
+		a = a.Unmap()
+		switch {
+		case q.Qtype == dns.TypeA && a.Is4():
+			m.Answer = append(m.Answer, &dns.A{Hdr: hdr(dns.TypeA), A: a.AsSlice()})
+		case q.Qtype == dns.TypeAAAA && a.Is6():
+			m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: a.AsSlice()})
+		}
+	}
+	return m
+}

@@ -62,6 +62,11 @@ type Options struct {
 	// answered for names the policy allows and refused for the others.
 	// AXFR, IXFR and ANY are refused always.
 	RefuseOtherTypes bool
+	// Hosts are static answers (agent.hosts), as /etc/hosts would give
+	// them: a name here the policy allows is answered from it (A and AAAA,
+	// StaticTTL; other types with no records) and never forwarded. Keys are
+	// normalised as egress hosts are.
+	Hosts map[string][]netip.Addr
 	// Timeout bounds one attempt at one upstream. Default 2s.
 	Timeout time.Duration
 	// Rate and Burst are each workload's token bucket: queries per second
@@ -91,6 +96,7 @@ type Options struct {
 // receipts.
 type Proxy struct {
 	opts    Options
+	hosts   map[string][]netip.Addr // Options.Hosts, keys normalised
 	limits  *limits
 	flood   *flood
 	told    *told
@@ -147,7 +153,15 @@ func New(opts Options) (*Proxy, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	p := &Proxy{opts: opts, limits: newLimits(&opts), flood: newFlood(), told: newTold(opts.ToldNames, opts.ToldAddrs),
+	hosts := make(map[string][]netip.Addr, len(opts.Hosts))
+	for name, as := range opts.Hosts {
+		n, err := kernel.DNSName(name)
+		if err != nil {
+			return nil, fmt.Errorf("new dns proxy: %w: host %q: %w", ErrInvalidOptions, name, err)
+		}
+		hosts[n] = as
+	}
+	p := &Proxy{opts: opts, hosts: hosts, limits: newLimits(&opts), flood: newFlood(), told: newTold(opts.ToldNames, opts.ToldAddrs),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chio_agent_dns_refused_total",
 			Help: "DNS queries of protected workloads refused (not forwarded), by workload and guard; an aggregated flood counts each query.",
@@ -238,7 +252,16 @@ func (p *Proxy) Answer(ctx context.Context, q Query) []byte {
 		}
 		return p.refuseWith(ctx, q.Workload, &eg, req, rc)
 	}
-	resp, upstream, err := p.exchange(ctx, upstreamQuery(req), q.Transport)
+	var (
+		resp     *dns.Msg
+		upstream netip.AddrPort
+		err      error
+	)
+	if as, ok := p.hosts[name]; ok {
+		resp = staticAnswer(req, as)
+	} else {
+		resp, upstream, err = p.exchange(ctx, upstreamQuery(req), q.Transport)
+	}
 	if err != nil {
 		// Allowed, and nothing answered: the receipt says so.
 		ev.DNS.RCode = rcodeName(dns.RcodeServerFailure)

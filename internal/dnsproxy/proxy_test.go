@@ -724,3 +724,32 @@ func TestConcurrentWorkloads(t *testing.T) {
 		t.Fatal("a refused name reached the server")
 	}
 }
+
+// TestStaticHosts: agent.hosts names are answered from the configuration,
+// never forwarded, and still decided by the policy.
+func TestStaticHosts(t *testing.T) {
+	h := newHarness(t, "127.0.0.1", func(o *Options) {
+		o.Hosts = map[string][]netip.Addr{
+			"Static.Allowed.Test.": {netip.MustParseAddr("127.0.0.5"), netip.MustParseAddr("::1")},
+			"blocked.allowed.test": {netip.MustParseAddr("127.0.0.6")},
+		}
+	})
+	if m := h.ask(t, 1, "static.allowed.test.", dns.TypeA, "udp"); m == nil || !sameSet(addrsOf(m), []netip.Addr{netip.MustParseAddr("127.0.0.5")}) {
+		t.Fatalf("A: %v", m)
+	}
+	if m := h.ask(t, 1, "STATIC.allowed.test.", dns.TypeAAAA, "tcp"); m == nil || !sameSet(addrsOf(m), []netip.Addr{netip.MustParseAddr("::1")}) {
+		t.Fatalf("AAAA: %v", m)
+	}
+	if m := h.ask(t, 1, "static.allowed.test.", dns.TypeTXT, "udp"); m == nil || m.Rcode != dns.RcodeSuccess || len(m.Answer) != 0 {
+		t.Fatalf("TXT: %v", m)
+	}
+	if m := h.ask(t, 1, "blocked.allowed.test.", dns.TypeA, "udp"); m == nil || m.Rcode != dns.RcodeNameError {
+		t.Fatalf("a static name the policy blocks: %v", m)
+	}
+	if n := len(h.auth.asked()); n != 0 {
+		t.Fatalf("static names forwarded: %v", h.auth.asked())
+	}
+	if owns, _ := h.p.Told(1, "static.allowed.test", netip.MustParseAddr("127.0.0.5")); !owns {
+		t.Fatal("a static answer is not remembered as told")
+	}
+}
