@@ -753,3 +753,30 @@ func TestStaticHosts(t *testing.T) {
 		t.Fatal("a static answer is not remembered as told")
 	}
 }
+
+// TestToldBounded: what a workload was told is bounded by names and by
+// addresses per name; past a bound the entry expiring first goes.
+func TestToldBounded(t *testing.T) {
+	h := newHarness(t, "127.0.0.1", func(o *Options) { o.ToldNames, o.ToldAddrs = 2, 3 })
+	for range 5 {
+		h.ask(t, 1, "cdn.allowed.test.", dns.TypeA, "udp")
+		h.now = h.now.Add(time.Second) // later answers expire later
+	}
+	got := h.p.ToldAddrs(1, "cdn.allowed.test")
+	want := []netip.Addr{netip.MustParseAddr("198.51.100.3"), netip.MustParseAddr("198.51.100.4"), netip.MustParseAddr("198.51.100.5")}
+	if !sameSet(got, want) {
+		t.Fatalf("told %v, want the 3 latest %v", got, want)
+	}
+	h.ask(t, 1, "api.allowed.test.", dns.TypeA, "udp")
+	h.now = h.now.Add(time.Second)
+	h.ask(t, 1, "alias.allowed.test.", dns.TypeA, "udp") // two names: alias and edge
+	names := 0
+	for _, n := range []string{"cdn.allowed.test", "api.allowed.test", "alias.allowed.test", "edge.allowed.test"} {
+		if len(h.p.ToldAddrs(1, n)) > 0 {
+			names++
+		}
+	}
+	if names != 2 {
+		t.Fatalf("%d names remembered, bound 2", names)
+	}
+}
