@@ -14,6 +14,7 @@ import (
 func (p *proxy) seen(cn *conn, listener netip.AddrPort) kernel.Seen {
 	s := kernel.Seen{
 		Event:      cn.eg.Event,
+		WorkloadID: cn.w.id,
 		Listener:   listener,
 		FirstBytes: p.timeouts.FirstBytes,
 		HeadLimit:  p.boundReason(boundHeadBytes),

@@ -12,14 +12,19 @@ import (
 
 // resolver answers "does this address belong to this name?" for the
 // anti-spoofing check: static answers from the configuration first (as
-// /etc/hosts would be), then DNS through the agent's own resolver.
+// /etc/hosts would be), then what the agent's DNS proxy told the workload
+// (exactly those addresses, while their TTL lasts), and only for a name the
+// workload was told nothing of, DNS through the agent's own resolver.
 //
 // The check resolves the name the client sent and compares the address the
 // client dialled against the answers, rather than dialling the name itself:
 // the client keeps its choice among a name's addresses, and a mismatch is
 // refused with a receipt that says so.
 type resolver struct {
-	static  map[string][]netip.Addr
+	static map[string][]netip.Addr
+	// told, when set (before the first decision), is what the DNS proxy
+	// told each workload (*dnsproxy.Proxy).
+	told    toldAddrs
 	dns     *net.Resolver
 	timeout time.Duration
 	now     func() time.Time
@@ -28,6 +33,12 @@ type resolver struct {
 	// to one name costs one lookup. Go's resolver does not cache.
 	mu    sync.Mutex
 	cache map[string]cached
+}
+
+// toldAddrs answers from what a workload was told: known says whether the
+// workload holds any unexpired address of name, owns whether addr is one.
+type toldAddrs interface {
+	Told(workload uint32, name string, addr netip.Addr) (owns, known bool)
 }
 
 type cached struct {
@@ -76,7 +87,7 @@ func (r *resolver) lookup(ctx context.Context, name string) ([]netip.Addr, error
 
 // Owns says whether addr is an address of name: the anti-spoofing check's
 // kernel.AddressOwner.
-func (r *resolver) Owns(ctx context.Context, name string, addr netip.Addr) (bool, error) {
+func (r *resolver) Owns(ctx context.Context, workload uint32, name string, addr netip.Addr) (bool, error) {
 	addr = addr.Unmap()
 	name = strings.TrimSuffix(strings.ToLower(name), ".")
 	if as, ok := r.static[name]; ok {
@@ -86,6 +97,11 @@ func (r *resolver) Owns(ctx context.Context, name string, addr netip.Addr) (bool
 			}
 		}
 		return false, nil
+	}
+	if r.told != nil && workload != 0 {
+		if owns, known := r.told.Told(workload, name, addr); known {
+			return owns, nil // what the workload was told, not a second opinion
+		}
 	}
 	as, err := r.lookup(ctx, name)
 	if err != nil {

@@ -43,29 +43,80 @@ func TestResolverOwnsCachesAnswers(t *testing.T) {
 	ctx := context.Background()
 
 	// Static answers: case and trailing dot folded, no DNS.
-	if ok, err := r.Owns(ctx, "static.test", netip.MustParseAddr("127.0.0.5")); !ok || err != nil {
+	if ok, err := r.Owns(ctx, 0, "static.test", netip.MustParseAddr("127.0.0.5")); !ok || err != nil {
 		t.Fatalf("static owns = %v, %v", ok, err)
 	}
-	if ok, _ := r.Owns(ctx, "static.test", netip.MustParseAddr("127.0.0.6")); ok {
+	if ok, _ := r.Owns(ctx, 0, "static.test", netip.MustParseAddr("127.0.0.6")); ok {
 		t.Fatal("static name owns an address it does not list")
 	}
 	// DNS answers, v4-mapped addresses compared unmapped.
-	if ok, err := r.Owns(ctx, "api.example.test", netip.MustParseAddr("::ffff:192.0.2.10")); !ok || err != nil {
+	if ok, err := r.Owns(ctx, 0, "api.example.test", netip.MustParseAddr("::ffff:192.0.2.10")); !ok || err != nil {
 		t.Fatalf("dns owns = %v, %v", ok, err)
 	}
-	if ok, _ := r.Owns(ctx, "api.example.test", netip.MustParseAddr("192.0.2.11")); ok {
+	if ok, _ := r.Owns(ctx, 0, "api.example.test", netip.MustParseAddr("192.0.2.11")); ok {
 		t.Fatal("name owns an address DNS did not give")
 	}
 	if q := queries.Load(); q != 1 {
 		t.Fatalf("%d A queries within the TTL, want 1 (cached)", q)
 	}
 	now = now.Add(cacheTTL + time.Second)
-	r.Owns(ctx, "api.example.test", netip.MustParseAddr("192.0.2.10"))
+	r.Owns(ctx, 0, "api.example.test", netip.MustParseAddr("192.0.2.10"))
 	if q := queries.Load(); q != 2 {
 		t.Fatalf("%d A queries after the TTL, want 2", q)
 	}
 	// A name with no answer is an error, and not cached.
-	if _, err := r.Owns(ctx, "missing.example.test", netip.MustParseAddr("192.0.2.10")); err == nil {
+	if _, err := r.Owns(ctx, 0, "missing.example.test", netip.MustParseAddr("192.0.2.10")); err == nil {
 		t.Fatal("unresolvable name: no error")
+	}
+}
+
+// toldTable is a DNS proxy's memory as a table: workload → name → addresses.
+type toldTable map[uint32]map[string][]netip.Addr
+
+func (t toldTable) Told(w uint32, name string, addr netip.Addr) (bool, bool) {
+	as, ok := t[w][name]
+	if !ok {
+		return false, false
+	}
+	for _, a := range as {
+		if a == addr.Unmap() {
+			return true, true
+		}
+	}
+	return false, true
+}
+
+// TestResolverOwnsToldFirst: a name the workload resolved through the DNS
+// proxy owns exactly the addresses it was told, without the agent asking
+// DNS (whose answer, as for a CDN, differs); another workload's told
+// addresses prove nothing for this one; static hosts still answer first.
+func TestResolverOwnsToldFirst(t *testing.T) {
+	addr, queries := countingDNS(t) // answers 192.0.2.10 for api.example.test
+	r := newResolver(map[string][]netip.Addr{"static.test": {netip.MustParseAddr("127.0.0.5")}})
+	r.dns = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", addr)
+	}}
+	told := netip.MustParseAddr("198.51.100.7")
+	r.told = toldTable{1: {"api.example.test": {told}, "static.test": {told}}}
+	ctx := context.Background()
+	if ok, err := r.Owns(ctx, 1, "api.example.test", told); !ok || err != nil {
+		t.Fatalf("told address: owns = %v, %v", ok, err)
+	}
+	if ok, _ := r.Owns(ctx, 1, "api.example.test", netip.MustParseAddr("192.0.2.10")); ok {
+		t.Fatal("an address the workload was not told is owned (the agent resolved again)")
+	}
+	if q := queries.Load(); q != 0 {
+		t.Fatalf("%d agent lookups for a name the workload was told, want 0", q)
+	}
+	// Workload 2 was told nothing: the agent's own lookup is the fallback.
+	if ok, _ := r.Owns(ctx, 2, "api.example.test", told); ok {
+		t.Fatal("another workload's told address is owned")
+	}
+	if ok, err := r.Owns(ctx, 2, "api.example.test", netip.MustParseAddr("192.0.2.10")); !ok || err != nil {
+		t.Fatalf("fallback lookup: owns = %v, %v", ok, err)
+	}
+	if ok, _ := r.Owns(ctx, 1, "static.test", told); ok {
+		t.Fatal("static hosts are not the first answer")
 	}
 }

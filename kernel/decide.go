@@ -41,10 +41,12 @@ const (
 const RuleEgressAllowPorts = "egress.allow_ports"
 
 // AddressOwner answers the anti-spoofing question: is addr an address of
-// name? The node agent's answers come from its static hosts and DNS; tests
-// answer from a table.
+// name, for this workload? The node agent's answers come from its static
+// hosts, then from what its DNS proxy told the workload (workload is the
+// agent's workload id, Seen.WorkloadID; 0 when unknown), then its own DNS;
+// tests answer from a table.
 type AddressOwner interface {
-	Owns(ctx context.Context, name string, addr netip.Addr) (bool, error)
+	Owns(ctx context.Context, workload uint32, name string, addr netip.Addr) (bool, error)
 }
 
 // Seen is what the node agent saw of one connection before deciding it.
@@ -53,6 +55,10 @@ type Seen struct {
 	// destination (IP, Port), the workload and the process. The names the
 	// first bytes carried are taken from Sniffed, not from here.
 	Event EgressEvent
+	// WorkloadID is the agent's id of the workload, for the AddressOwner:
+	// the addresses a workload was told by the DNS proxy are its own.
+	// 0: unknown (the owner then answers as for no workload).
+	WorkloadID uint32
 	// Listener is the address of the agent's listener that accepted the
 	// connection: a destination equal to it is refused (the connection
 	// would loop through the agent). Zero: no listener (in-process callers).
@@ -221,7 +227,7 @@ func DecideEgress(ctx context.Context, pol *hushspec.Policy, seen *Seen, owner A
 		// Fail closed: a name read from the wire is never taken on trust.
 		return spoofed(fmt.Sprintf("no resolver to check that %s belongs to %s", dst, name))
 	}
-	ok, err := owner.Owns(ctx, name, dst)
+	ok, err := owner.Owns(ctx, seen.WorkloadID, name, dst)
 	switch {
 	case err != nil:
 		return spoofed(fmt.Sprintf("cannot check that %s belongs to %s: %v", dst, name, err))

@@ -19,7 +19,7 @@ import (
 // addresses; a name mapped to nil has a failing lookup.
 type owners map[string][]netip.Addr
 
-func (o owners) Owns(_ context.Context, name string, addr netip.Addr) (bool, error) {
+func (o owners) Owns(_ context.Context, _ uint32, name string, addr netip.Addr) (bool, error) {
 	as, ok := o[name]
 	if !ok {
 		return false, nil

@@ -6,7 +6,7 @@
 // (and the anti-spoofing lookups of the AddressOwner its caller gives it), so
 // a trusted agent can link it and call it without any IPC. Every shape
 // decides through it: the node agent's proxy and its kernel refusals through
-// Snapshot.DecideEgress, the sidecar through PrepareToolCall, in-process
+// Snapshot.DecideEgress, its DNS proxy through Snapshot.DecideDNS, the sidecar through PrepareToolCall, in-process
 // agents through EvaluateEgress and EvaluateToolCall, which are those calls
 // signed at once.
 //
@@ -19,6 +19,9 @@
 //     what was seen (Seen), the policy and an AddressOwner: the own-listener,
 //     protocol, policy, port and anti-spoofing guards, in that order.
 //     Snapshot binds a decision and the receipt it prepares to one policy.
+//   - dns.go: the DNS decision. DecideDNS is a pure function of a query
+//     (Seen with Event.DNS) and the policy: the egress rules on QNAME, then
+//     on every name of the answer's chain; receipts name it dns.query.
 //   - receipt.go: the chio.receipt.v1 format, Sign, Verify and VerifyJSON.
 //   - egress.go: how one network connection becomes a receipt
 //     (docs/receipts.md documents the mapping).

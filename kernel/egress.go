@@ -168,6 +168,10 @@ type EgressEvent struct {
 	// destination within a second are otherwise identical, and so would be
 	// their receipt ids; it also correlates a receipt with the agent's logs.
 	ConnectionID string
+	// DNS, when set, says the event is a DNS query the agent's DNS proxy
+	// decided: IP and Port are the resolver the workload addressed, the
+	// receipt's tool_name is DNSToolName and its target the QNAME.
+	DNS *DNSQuery
 }
 
 // WorkloadIdentity names a protected workload.
@@ -200,6 +204,8 @@ func (e *EgressEvent) Target() string {
 		return e.SNI
 	case e.HTTPHost != "":
 		return e.HTTPHost
+	case e.DNS != nil && e.DNS.Name != "":
+		return e.DNS.Name
 	case e.Host != "":
 		return e.Host
 	case e.Socket != nil && !e.IP.IsValid():
@@ -294,6 +300,8 @@ func EgressReceiptBody(ev EgressEvent, out Outcome, policyHash string, at time.T
 	switch {
 	case ev.Socket != nil:
 		tool = EgressSocketToolName
+	case ev.DNS != nil:
+		tool = DNSToolName
 	case ev.Syscall != "":
 		tool = ev.Syscall
 	}
@@ -349,6 +357,12 @@ func (e *EgressEvent) validate() error {
 			return fmt.Errorf("%w: %q is not valid utf-8", ErrInvalidEvent, s)
 		}
 	}
+	if e.DNS != nil {
+		if e.Transport != TransportUDP && e.Transport != TransportTCP {
+			return fmt.Errorf("%w: a dns query over %q", ErrInvalidEvent, e.Transport)
+		}
+		return e.DNS.validate()
+	}
 	return nil
 }
 
@@ -385,6 +399,9 @@ func (e *EgressEvent) parameters() map[string]any {
 	if e.Direction == DirectionInbound {
 		p["direction"] = DirectionInbound
 	}
+	if e.DNS != nil {
+		e.DNS.parameters(p)
+	}
 	return p
 }
 
@@ -411,6 +428,11 @@ func (e *EgressEvent) metadata(out Outcome) map[string]any {
 	putString(m, "policy_decision", out.PolicyDecision)
 	putString(m, "matched_rule", out.MatchedRule)
 	putString(m, "pattern", out.Pattern)
+	if e.DNS != nil {
+		if d := e.DNS.metadata(); len(d) > 0 {
+			m["dns"] = d
+		}
+	}
 	return m
 }
 

@@ -59,19 +59,7 @@ func TestExportOrderAndShape(t *testing.T) {
 // an independent implementation of the formats, and checks that it notices
 // tampering too.
 func TestExportVerifiesWithPython(t *testing.T) {
-	// The python3 on PATH may be another installation than Debian's (pyenv);
-	// take the first that has the cryptography package (make test installs
-	// Debian's python3-cryptography).
-	py := ""
-	for _, cand := range []string{"python3", "/usr/bin/python3"} {
-		if p, err := exec.LookPath(cand); err == nil && exec.Command(p, "-c", "import cryptography").Run() == nil {
-			py = p
-			break
-		}
-	}
-	if py == "" {
-		testutil.Skip(t, "no python3 with the 'cryptography' package (apt-get install python3-cryptography)")
-	}
+	py := testutil.PythonCrypto(t)
 	root, err := testutil.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)

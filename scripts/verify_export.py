@@ -7,6 +7,9 @@
 It shares no code with chio-agent: canonical JSON (RFC 8785), receipt ids and
 signatures (chio.receipt.v1), Merkle roots and the checkpoint chain
 (chio.checkpoint_statement.v2) are recomputed here from the format alone.
+DNS query receipts (tool_name "dns.query", docs/receipts.md) are checked for
+what they claim as well: a refused query told the workload no addresses, an
+answered one told it only addresses, and an aggregated one says how many.
 Needs Python 3 and the 'cryptography' package (Debian: python3-cryptography)
 for Ed25519. Exits 0 when every check holds, 1 naming the first bad line and
 sequence number otherwise, 3 when it cannot run.
@@ -14,6 +17,7 @@ sequence number otherwise, 3 when it cannot run.
 
 import argparse
 import hashlib
+import ipaddress
 import json
 import sys
 
@@ -167,6 +171,61 @@ def check_receipt(r, key):
     if want[2] != ("decision" in r) or want[2] == ("observation_outcome" in r):
         raise Defect("receipt kind %s has the wrong decision/observation_outcome" % kind)
     ed25519_ok(r["kernel_key"], r["signature"], cbytes({"body": body, "id": r["id"]}), "receipt")
+    if r["tool_name"] == DNS_TOOL:
+        check_dns(r)
+
+
+DNS_TOOL = "dns.query"
+EGRESS_SERVER = "chio-agent/egress"
+DNS_REFUSALS = ("NXDOMAIN", "REFUSED", "SERVFAIL")
+
+
+def check_dns(r):
+    """The claims of a DNS query receipt, beyond its signature."""
+    if r["tool_server"] != EGRESS_SERVER:
+        raise Defect("dns.query receipt from tool_server %r" % r["tool_server"])
+    p = r["action"].get("parameters")
+    if not isinstance(p, dict) or p.get("transport") not in ("udp", "tcp"):
+        raise Defect("dns.query receipt: transport is neither udp nor tcp")
+    for f in ("target", "ip", "port"):
+        if f not in p:
+            raise Defect("dns.query receipt lacks parameters.%s" % f)
+    try:
+        ipaddress.ip_address(p["ip"])
+    except ValueError:
+        raise Defect("dns.query receipt: ip %r is not an address" % p["ip"])
+    if "qname" in p and p["target"] != p["qname"]:
+        raise Defect("dns.query receipt: target %r is not the qname %r" % (p["target"], p["qname"]))
+    if ("qtype" in p) != ("qname" in p):
+        raise Defect("dns.query receipt: a qname without a qtype or the reverse")
+    meta = json.loads(r["metadata"]) if isinstance(r.get("metadata"), str) else r.get("metadata") or {}
+    if not isinstance(meta, dict) or meta.get("schema") != "chio-agent.egress.v1":
+        raise Defect("dns.query receipt: metadata schema %r" % (meta.get("schema") if isinstance(meta, dict) else meta))
+    d = meta.get("dns", {})
+    verdict = r["decision"].get("verdict")
+    answers = d.get("answers", [])
+    for a in answers:
+        try:
+            ipaddress.ip_address(a)
+        except ValueError:
+            raise Defect("dns.query receipt: answer %r is not an address" % a)
+    if verdict == "deny":
+        if answers:
+            raise Defect("dns.query receipt: a refused query with answers %s" % answers)
+        if d.get("rcode", "REFUSED") not in DNS_REFUSALS:
+            raise Defect("dns.query receipt: a refused query answered %s" % d.get("rcode"))
+    elif verdict == "allow":
+        if "qname" not in p:
+            raise Defect("dns.query receipt: an allowed query with no qname")
+        if meta.get("attempts", 1) != 1:
+            raise Defect("dns.query receipt: an allowed query stands for %s" % meta.get("attempts"))
+        if answers and d.get("rcode") != "NOERROR":
+            raise Defect("dns.query receipt: answers with rcode %s" % d.get("rcode"))
+    else:
+        raise Defect("dns.query receipt: verdict %r" % verdict)
+    att = meta.get("attempts", 1)
+    if not isinstance(att, int) or att < 1:
+        raise Defect("dns.query receipt: attempts %r" % att)
 
 
 def check_root(v, what):

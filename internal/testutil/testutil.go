@@ -95,6 +95,22 @@ func ChioVectors(t testing.TB, kind string, cases int, v any) {
 	}
 }
 
+// PythonCrypto returns a python3 that has the 'cryptography' package, for
+// tests that run scripts/verify_export.py, or skips (fails under CI). The
+// python3 on PATH may be another installation than Debian's (pyenv): the
+// first that has the package is taken (make test installs Debian's
+// python3-cryptography).
+func PythonCrypto(t testing.TB) string {
+	t.Helper()
+	for _, cand := range []string{"python3", "/usr/bin/python3"} {
+		if p, err := exec.LookPath(cand); err == nil && exec.Command(p, "-c", "import cryptography").Run() == nil {
+			return p
+		}
+	}
+	Skip(t, "no python3 with the 'cryptography' package (apt-get install python3-cryptography)")
+	return ""
+}
+
 // ModuleRoot returns the directory holding go.mod, searching upwards from the
 // working directory (go test runs each package in its own directory).
 func ModuleRoot() (string, error) {
