@@ -1,0 +1,263 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/backbay-labs/chio-agent/internal/dnsproxy"
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+)
+
+// recordingDNS is the tests' Handler: it records every query and answers
+// each well-formed one itself (an A record, 127.0.0.7); bytes that are no
+// DNS message get nil, as the proxy refuses them.
+type recordingDNS struct {
+	mu sync.Mutex
+	qs []dnsproxy.Query
+}
+
+func (h *recordingDNS) Answer(_ context.Context, q dnsproxy.Query) []byte {
+	q.Msg = append([]byte(nil), q.Msg...)
+	h.mu.Lock()
+	h.qs = append(h.qs, q)
+	h.mu.Unlock()
+	var p dnsmessage.Parser
+	hdr, err := p.Start(q.Msg)
+	if err != nil {
+		return nil
+	}
+	qn, err := p.Question()
+	if err != nil {
+		return nil
+	}
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: hdr.ID, Response: true, RecursionDesired: hdr.RecursionDesired, RecursionAvailable: true})
+	b.StartQuestions()
+	b.Question(qn)
+	b.StartAnswers()
+	b.AResource(dnsmessage.ResourceHeader{Name: qn.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: [4]byte{127, 0, 0, 7}})
+	m, err := b.Finish()
+	if err != nil {
+		return nil
+	}
+	return m
+}
+
+// take returns and forgets the queries so far.
+func (h *recordingDNS) take() []dnsproxy.Query {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	qs := h.qs
+	h.qs = nil
+	return qs
+}
+
+// trapResolver is a resolver on port 53 of a random loopback address that
+// counts every datagram and connection reaching it: protected workloads'
+// DNS addressed to it must never arrive.
+type trapResolver struct {
+	addr netip.AddrPort
+	mu   sync.Mutex
+	seen []string
+}
+
+func newTrapResolver(t *testing.T) *trapResolver {
+	t.Helper()
+	var b [3]byte
+	rand.Read(b[:])
+	tr := &trapResolver{addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 100 + b[0]%100, b[1], 1 + b[2]%250}), 53)}
+	pc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(tr.addr))
+	if err != nil {
+		t.Fatalf("trap resolver: %v", err)
+	}
+	ln, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(tr.addr))
+	if err != nil {
+		pc.Close()
+		t.Fatalf("trap resolver: %v", err)
+	}
+	t.Cleanup(func() { pc.Close(); ln.Close() })
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			_, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			tr.mu.Lock()
+			tr.seen = append(tr.seen, "udp from "+from.String())
+			tr.mu.Unlock()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			tr.mu.Lock()
+			tr.seen = append(tr.seen, "tcp from "+c.RemoteAddr().String())
+			tr.mu.Unlock()
+			c.Close()
+		}
+	}()
+	return tr
+}
+
+func (tr *trapResolver) check(t *testing.T) {
+	t.Helper()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if len(tr.seen) != 0 {
+		t.Errorf("the resolver the workload addressed was reached directly: %v", tr.seen)
+	}
+}
+
+// dnsChild runs childDNS in the workload (in netns, when named) and returns
+// its output line.
+func (e *e2e) dnsChild(netns, mode string, dst netip.AddrPort) string {
+	e.t.Helper()
+	args := []string{"env", "CHIO_E2E_CHILD=dns", "CHIO_DNS_MODE=" + mode, "CHIO_DNS_ADDR=" + dst.String(),
+		"CHIO_DNS_NAME=q-" + mode + ".allowed.test.", os.Args[0], "-test.run=^$"}
+	if netns != "" {
+		args = append([]string{"ip", "netns", "exec", netns}, args...)
+	}
+	out, code := e.run(args[0], args[1:]...)
+	if code != 0 {
+		e.t.Fatalf("dns child %s to %s: exit %d, %q", mode, dst, code, out)
+	}
+	return out
+}
+
+// TestDNSReachesTheAgentNotTheResolver: a protected workload's DNS, over UDP
+// (unconnected, connected, from an AF_INET6 socket to a v4-mapped address,
+// to IPv6) and TCP, to port 53 of any address reaches the agent's handler
+// with the workload, the client and the resolver it addressed; the answer's
+// source is that resolver (a connected socket accepts it); bytes that are no
+// DNS message reach the handler too (which refuses them: no answer, the TCP
+// connection closed); the resolver itself never sees a packet.
+func TestDNSReachesTheAgentNotTheResolver(t *testing.T) {
+	h := &recordingDNS{}
+	trap := newTrapResolver(t)
+	e := newE2E(t, e2eOptions{dns: h})
+	wl := e.agent.reg.byName("e2e/wl")
+	comm := filepath.Base(os.Args[0])
+	comm = comm[:min(len(comm), 15)]
+	v6 := netip.MustParseAddrPort("[::1]:53")
+
+	for _, tc := range []struct {
+		mode      string
+		dst       netip.AddrPort
+		want      string // the child's output
+		transport string
+		family    string // of the client address the handler sees
+	}{
+		{"udp", trap.addr, "answer from=" + trap.addr.String() + " name=q-udp.allowed.test.", "udp", "4"},
+		{"udp-connected", trap.addr, "answer from=" + trap.addr.String() + " name=q-udp-connected.allowed.test.", "udp", "4"},
+		{"udp-mapped", trap.addr, "answer from=" + trap.addr.String() + " name=q-udp-mapped.allowed.test.", "udp", "4"},
+		{"udp", v6, "answer from=" + v6.String() + " name=q-udp.allowed.test.", "udp", "6"},
+		{"tcp", trap.addr, "answer from=" + trap.addr.String() + " name=q-tcp.allowed.test.", "tcp", "4"},
+		{"tcp", v6, "answer from=" + v6.String() + " name=q-tcp.allowed.test.", "tcp", "6"},
+		{"raw-udp", trap.addr, "noanswer", "udp", "4"},
+		{"raw-tcp", trap.addr, "closed", "tcp", "4"},
+	} {
+		t.Run(tc.mode+"-"+tc.family, func(t *testing.T) {
+			if got := e.dnsChild("", tc.mode, tc.dst); got != tc.want {
+				t.Fatalf("child: %q, want %q", got, tc.want)
+			}
+			qs := h.take()
+			if len(qs) != 1 {
+				t.Fatalf("handler saw %d queries, want 1: %+v", len(qs), qs)
+			}
+			q := qs[0]
+			if q.Workload != wl.id || q.Transport != tc.transport || q.Resolver != tc.dst || q.PID == 0 || q.Comm != comm {
+				t.Errorf("query = %+v; want workload %d, %s, resolver %s, comm %q", q, wl.id, tc.transport, tc.dst, comm)
+			}
+			if q.Client.Addr().Is4() != (tc.family == "4") || !q.Client.Addr().IsLoopback() || q.Client.Port() == 0 {
+				t.Errorf("client = %s; want a loopback IPv%s socket", q.Client, tc.family)
+			}
+			if strings.HasPrefix(tc.mode, "raw-") != (len(q.Msg) > 0 && q.Msg[0] == 'G') {
+				t.Errorf("handler got %q", q.Msg)
+			}
+		})
+	}
+	trap.check(t)
+}
+
+// TestDNSListenerNotReachableAroundTheKernel: the DNS listener answers only
+// what the kernel redirected and recorded. A protected workload addressing
+// the listener's own port is refused (UDP to a port other than 53); a
+// process outside every workload sending to it directly (it has no record)
+// is not taken for a workload: the handler never sees it.
+func TestDNSListenerNotReachableAroundTheKernel(t *testing.T) {
+	h := &recordingDNS{}
+	e := newE2E(t, e2eOptions{dns: h})
+	wl := e.agent.reg.byName("e2e/wl")
+	dns4 := netip.AddrPortFrom(wl.listen.addr4.Addr(), wl.listen.dns.port4)
+	if dns4.Port() == 0 {
+		t.Fatal("no IPv4 DNS listener")
+	}
+	// A protected workload addressing the listener itself: UDP to a port
+	// that is not 53, refused by the kernel.
+	if out := e.dnsChild("", "udp", dns4); !strings.HasPrefix(out, "refused:") || !strings.Contains(out, "operation not permitted") {
+		t.Errorf("protected workload to the DNS listener's port: %q, want refused", out)
+	}
+	// TCP to the listener's port goes to the proxy like any connection.
+	// Outside every workload: no record, no answer, nothing handled.
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(dns4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(dnsQuery("outside.allowed.test.")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 512)); err == nil {
+		t.Errorf("an unprotected process got a %d-byte answer from the DNS listener", n)
+	}
+	// The unprotected datagram went in before this one: once the
+	// workload's query is handled, the other would have been too.
+	if out := e.dnsChild("", "udp", netip.MustParseAddrPort("127.0.0.53:53")); !strings.HasPrefix(out, "answer") {
+		t.Fatalf("workload query: %q", out)
+	}
+	for _, q := range h.take() {
+		if q.Client.Port() == uint16(c.LocalAddr().(*net.UDPAddr).Port) {
+			t.Errorf("handler took an unprotected process's datagram for workload %d's", q.Workload)
+		}
+	}
+}
+
+// TestDNSInWorkloadNetns: a workload in its own network namespace reaches
+// the DNS listener the agent opened there, for a resolver address of that
+// namespace, over UDP and TCP.
+func TestDNSInWorkloadNetns(t *testing.T) {
+	requireTools(t, "ip")
+	ns := testutil.NewNetNS(t)
+	h := &recordingDNS{}
+	e := newE2E(t, e2eOptions{dns: h, netns: ns.Path})
+	dst := netip.MustParseAddrPort("127.0.0.53:53")
+	for _, mode := range []string{"udp", "udp-connected", "tcp"} {
+		want := "answer from=" + dst.String() + " name=q-" + mode + ".allowed.test."
+		if got := e.dnsChild(ns.Name, mode, dst); got != want {
+			t.Errorf("%s: %q, want %q", mode, got, want)
+		}
+	}
+	qs := h.take()
+	if len(qs) != 3 {
+		t.Fatalf("handler saw %d queries, want 3", len(qs))
+	}
+	for _, q := range qs {
+		if q.Resolver != dst {
+			t.Errorf("query %+v: resolver %s, want %s", q, q.Resolver, dst)
+		}
+	}
+}
