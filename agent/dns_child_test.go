@@ -46,6 +46,22 @@ func childDNS() int {
 		if c, err = net.ListenUDP(network, laddr); err == nil {
 			out, err = udpExchange(c, msg, func(b []byte) (int, error) { return c.WriteToUDPAddrPort(b, dst) })
 		}
+	case "udp-two":
+		// One unconnected socket, two resolvers in turn: each answer
+		// must come from the one it was sent to.
+		dst2 := netip.MustParseAddrPort(os.Getenv("CHIO_DNS_ADDR2"))
+		var c *net.UDPConn
+		if c, err = net.ListenUDP("udp", nil); err == nil {
+			defer c.Close()
+			var a, b string
+			send := func(to netip.AddrPort) func([]byte) (int, error) {
+				return func(m []byte) (int, error) { return c.WriteToUDPAddrPort(m, to) }
+			}
+			if a, err = udpRoundTrip(c, msg, send(dst)); err == nil {
+				b, err = udpRoundTrip(c, msg, send(dst2))
+			}
+			out = a + "; " + b
+		}
 	case "udp-connected":
 		var c *net.UDPConn
 		if c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst)); err == nil {
@@ -74,6 +90,10 @@ func dnsQuery(name string) []byte {
 
 func udpExchange(c *net.UDPConn, msg []byte, send func([]byte) (int, error)) (string, error) {
 	defer c.Close()
+	return udpRoundTrip(c, msg, send)
+}
+
+func udpRoundTrip(c *net.UDPConn, msg []byte, send func([]byte) (int, error)) (string, error) {
 	if _, err := send(msg); err != nil {
 		return "", err
 	}

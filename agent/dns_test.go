@@ -192,14 +192,32 @@ func TestDNSReachesTheAgentNotTheResolver(t *testing.T) {
 	trap.check(t)
 }
 
-// TestDNSListenerNotReachableAroundTheKernel: the DNS listener answers only
-// what the kernel redirected and recorded. A protected workload addressing
-// the listener's own port is refused (UDP to a port other than 53); a
-// process outside every workload sending to it directly (it has no record)
-// is not taken for a workload: the handler never sees it.
-func TestDNSListenerNotReachableAroundTheKernel(t *testing.T) {
+// TestAttackDNSAroundTheListener: the DNS listener answers only what the
+// kernel redirected and recorded. A protected workload addressing the
+// listener's own port, or a resolver on another port, is refused (UDP to a
+// port other than 53); one unconnected socket sending to two resolvers in
+// turn gets each answer from the one it addressed, and the handler is told
+// each; a process outside every workload sending to the listener directly
+// (it has no record) is not taken for a workload: the handler never sees
+// it.
+func TestAttackDNSAroundTheListener(t *testing.T) {
 	h := &recordingDNS{}
+	trap := newTrapResolver(t)
 	e := newE2E(t, e2eOptions{dns: h})
+	other := netip.AddrPortFrom(trap.addr.Addr(), 5353)
+	if out := e.dnsChild("", "udp", other); !strings.HasPrefix(out, "refused:") || !strings.Contains(out, "operation not permitted") {
+		t.Errorf("protected workload to a resolver's other port: %q, want refused", out)
+	}
+	second := netip.MustParseAddrPort("127.0.0.53:53")
+	out, code := e.run("env", "CHIO_E2E_CHILD=dns", "CHIO_DNS_MODE=udp-two", "CHIO_DNS_ADDR="+trap.addr.String(),
+		"CHIO_DNS_ADDR2="+second.String(), "CHIO_DNS_NAME=two.allowed.test.", os.Args[0], "-test.run=^$")
+	if want := "answer from=" + trap.addr.String() + " name=two.allowed.test.; answer from=" + second.String() + " name=two.allowed.test."; code != 0 || out != want {
+		t.Errorf("two resolvers from one socket: exit %d, %q, want %q", code, out, want)
+	}
+	if qs := h.take(); len(qs) != 2 || qs[0].Resolver != trap.addr || qs[1].Resolver != second || qs[0].Client != qs[1].Client {
+		t.Errorf("two resolvers from one socket: handler saw %+v", qs)
+	}
+	trap.check(t)
 	wl := e.agent.reg.byName("e2e/wl")
 	dns4 := netip.AddrPortFrom(wl.listen.addr4.Addr(), wl.listen.dns.port4)
 	if dns4.Port() == 0 {
