@@ -111,6 +111,11 @@ func openDNS(lp *listenerPair, pinned bpf.Workload) (*dnsListeners, error) {
 	}
 	if lp.ln4 != nil {
 		d.tcp4, d.udp4, err = openDNSPort("4", lp.addr4.Addr(), pinned.DNSPort4)
+		if err != nil && pinned.DNSPort4 != 0 {
+			// The pinned port is taken: a new one, which Protect then
+			// writes into the workload's entry.
+			d.tcp4, d.udp4, err = openDNSPort("4", lp.addr4.Addr(), 0)
+		}
 		if err != nil {
 			d.close()
 			return nil, err
@@ -119,6 +124,9 @@ func openDNS(lp *listenerPair, pinned bpf.Workload) (*dnsListeners, error) {
 	}
 	if lp.ln6 != nil {
 		d.tcp6, d.udp6, err = openDNSPort("6", lp.addr6.Addr(), pinned.DNSPort6)
+		if err != nil && pinned.DNSPort6 != 0 {
+			d.tcp6, d.udp6, err = openDNSPort("6", lp.addr6.Addr(), 0)
+		}
 		if err != nil {
 			// As for the proxy: IPv6 DNS is then refused, never passed.
 			d.tcp6, d.udp6 = nil, nil
