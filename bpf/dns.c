@@ -51,6 +51,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dns_origs SEC(".maps");
 
+// set_user_addr writes addr (v4-mapped for IPv4) and port (network order)
+// into ctx's user_ fields: the destination in connect and sendmsg, the
+// source in recvmsg.
+static __always_inline void set_user_addr(struct bpf_sock_addr *ctx, int v6, const __u32 addr[4], __u16 port)
+{
+	if (!v6) {
+		ctx->user_ip4 = addr[3];
+	} else {
+		ctx->user_ip6[0] = addr[0];
+		ctx->user_ip6[1] = addr[1];
+		ctx->user_ip6[2] = addr[2];
+		ctx->user_ip6[3] = addr[3];
+	}
+	ctx->user_port = (__u32)port;
+}
+
 // dns_proxied says whether the workload's DNS goes to the agent.
 static __always_inline int dns_proxied(struct workload *w)
 {
@@ -86,15 +102,7 @@ static __always_inline int dns_udp(struct bpf_sock_addr *ctx, struct workload *w
 		report(EVENT_NO_RECORD, w, IPPROTO_UDP, 53, addr, 0, v6);
 		return 0;
 	}
-	if (!v6) {
-		ctx->user_ip4 = w->listen_ip4;
-	} else {
-		ctx->user_ip6[0] = d.listen_addr[0];
-		ctx->user_ip6[1] = d.listen_addr[1];
-		ctx->user_ip6[2] = d.listen_addr[2];
-		ctx->user_ip6[3] = d.listen_addr[3];
-	}
-	ctx->user_port = (__u32)lport;
+	set_user_addr(ctx, v6, d.listen_addr, lport);
 	return 1;
 }
 
@@ -112,15 +120,7 @@ static __always_inline int dns_recvmsg(struct bpf_sock_addr *ctx, int v6)
 	if ((__u16)ctx->user_port != d->listen_port || src[0] != d->listen_addr[0] ||
 	    src[1] != d->listen_addr[1] || src[2] != d->listen_addr[2] || src[3] != d->listen_addr[3])
 		return 1;
-	if (!v6) {
-		ctx->user_ip4 = d->orig.addr[3];
-	} else {
-		ctx->user_ip6[0] = d->orig.addr[0];
-		ctx->user_ip6[1] = d->orig.addr[1];
-		ctx->user_ip6[2] = d->orig.addr[2];
-		ctx->user_ip6[3] = d->orig.addr[3];
-	}
-	ctx->user_port = (__u32)d->orig.port;
+	set_user_addr(ctx, v6, d->orig.addr, d->orig.port);
 	return 1;
 }
 
