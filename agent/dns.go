@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -76,6 +77,10 @@ type dnsServer struct {
 	mu       sync.Mutex
 	inflight map[uint32]int // UDP queries at the handler, by workload id
 	conns    map[uint32]int // DNS-over-TCP connections, by workload id
+
+	// overBound counts the datagrams and connections turned away by a
+	// workload's bound; unattributed those the kernel had no record of.
+	overBound, unattributed atomic.Uint64
 }
 
 func newDNSServer(h dnsproxy.Handler, objs *bpf.Objects, reg *registry, p *proxy) *dnsServer {
@@ -229,9 +234,11 @@ func (s *dnsServer) serveUDP(d *dnsListeners, u *net.UDPConn, wg *sync.WaitGroup
 		}
 		q, ok := s.attributeUDP(d, family, local, client)
 		if !ok {
+			s.unattributed.Add(1)
 			continue
 		}
 		if !s.acquire(s.inflight, q.Workload, dnsInFlightPerWorkload) {
+			s.overBound.Add(1)
 			s.p.logger.WithField("workload_id", q.Workload).Debug("DNS query dropped: too many in flight")
 			continue
 		}
@@ -299,10 +306,12 @@ func (s *dnsServer) serveTCP(d *dnsListeners, l *net.TCPListener, wg *sync.WaitG
 		orig, err := s.objs.TakeOriginal(cookie, peer)
 		if err != nil || s.reg.byID(orig.WorkloadID) == nil {
 			// Not redirected DNS: nothing to answer.
+			s.unattributed.Add(1)
 			resetClose(c)
 			continue
 		}
 		if !s.acquire(s.conns, orig.WorkloadID, dnsConnsPerWorkload) {
+			s.overBound.Add(1)
 			resetClose(c)
 			continue
 		}

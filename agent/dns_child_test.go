@@ -62,6 +62,22 @@ func childDNS() int {
 			}
 			out = a + "; " + b
 		}
+	case "udp-burst":
+		// CHIO_DNS_N queries from one socket without waiting for answers,
+		// the socket kept open 2 s.
+		var n int
+		fmt.Sscan(os.Getenv("CHIO_DNS_N"), &n)
+		var c *net.UDPConn
+		if c, err = net.ListenUDP("udp", nil); err == nil {
+			defer c.Close()
+			for i := 0; i < n && err == nil; i++ {
+				_, err = c.WriteToUDPAddrPort(msg, dst)
+			}
+			out = fmt.Sprintf("sent %d", n)
+			// Keep the socket while the agent reads them: a query whose
+			// socket is gone has nobody to answer and is not attributed.
+			time.Sleep(2 * time.Second)
+		}
 	case "udp-connected":
 		var c *net.UDPConn
 		if c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst)); err == nil {

@@ -3,12 +3,15 @@ package agent
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -277,5 +280,56 @@ func TestDNSInWorkloadNetns(t *testing.T) {
 		if q.Resolver != dst {
 			t.Errorf("query %+v: resolver %s, want %s", q, q.Resolver, dst)
 		}
+	}
+}
+
+// blockingDNS holds every query until released, counting those it holds.
+type blockingDNS struct {
+	held    atomic.Int32
+	release chan struct{}
+}
+
+func (h *blockingDNS) Answer(ctx context.Context, _ dnsproxy.Query) []byte {
+	h.held.Add(1)
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// TestDNSInFlightBoundedPerWorkload: a workload that sends queries faster
+// than they are answered gets at most dnsInFlightPerWorkload of them to the
+// handler at once; the rest are dropped and counted, and every datagram is
+// either held or counted.
+func TestDNSInFlightBoundedPerWorkload(t *testing.T) {
+	h := &blockingDNS{release: make(chan struct{})}
+	e := newE2E(t, e2eOptions{dns: h})
+	defer close(h.release)
+	const n = 300
+	out, code := e.run("env", "CHIO_E2E_CHILD=dns", "CHIO_DNS_MODE=udp-burst", "CHIO_DNS_N="+strconv.Itoa(n),
+		"CHIO_DNS_ADDR=127.0.0.53:53", "CHIO_DNS_NAME=burst.allowed.test.", os.Args[0], "-test.run=^$")
+	if code != 0 || out != fmt.Sprintf("sent %d", n) {
+		t.Fatalf("burst: exit %d, %q", code, out)
+	}
+	// Datagrams the socket buffers dropped never reach the agent: wait
+	// until the listener has read every one that arrived, which is when
+	// the counts stop moving.
+	s := e.agent.dns
+	var last uint64
+	for i := 0; i < 100; i++ {
+		now := uint64(h.held.Load()) + s.overBound.Load()
+		if now == last && now > dnsInFlightPerWorkload {
+			break
+		}
+		last = now
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := h.held.Load(); got != dnsInFlightPerWorkload {
+		t.Errorf("handler holds %d queries, want the bound %d", got, dnsInFlightPerWorkload)
+	}
+	t.Logf("%d sent: %d held, %d over the bound, %d unattributed", n, h.held.Load(), s.overBound.Load(), s.unattributed.Load())
+	if s.overBound.Load() == 0 || uint64(h.held.Load())+s.overBound.Load() > n {
+		t.Errorf("held %d + dropped %d of %d sent", h.held.Load(), s.overBound.Load(), n)
 	}
 }
