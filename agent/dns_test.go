@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+	"golang.org/x/sys/unix"
 
 	"github.com/backbay-labs/chio-agent/internal/dnsproxy"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
@@ -331,5 +332,111 @@ func TestDNSInFlightBoundedPerWorkload(t *testing.T) {
 	t.Logf("%d sent: %d held, %d over the bound, %d unattributed", n, h.held.Load(), s.overBound.Load(), s.unattributed.Load())
 	if s.overBound.Load() == 0 || uint64(h.held.Load())+s.overBound.Load() > n {
 		t.Errorf("held %d + dropped %d of %d sent", h.held.Load(), s.overBound.Load(), n)
+	}
+}
+
+// BenchmarkDNSSocketLookup is what attributing one UDP query costs the
+// agent beyond the handler: the sock_diag lookup of its sending socket.
+func BenchmarkDNSSocketLookup(b *testing.B) {
+	testutil.RequireRoot(b)
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	cl, err := net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	d, err := openDiag()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.close()
+	local, client := srv.LocalAddr().(*net.UDPAddr).AddrPort(), cl.LocalAddr().(*net.UDPAddr).AddrPort()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := d.udpCookie(unix.AF_INET, local, client); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestDNSSocketLookupFindsTheSender: sock_diag names the socket a datagram
+// came from (connected or not, IPv4 and IPv6, and a dual-stack socket
+// reaching an IPv4 listener), and none once that socket is closed.
+func TestDNSSocketLookupFindsTheSender(t *testing.T) {
+	testutil.RequireRoot(t)
+	d, err := openDiag()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	cookieOf := func(c *net.UDPConn) uint64 {
+		rc, _ := c.SyscallConn()
+		var v uint64
+		rc.Control(func(fd uintptr) {
+			n, err := unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v = n
+		})
+		return v
+	}
+	for _, tc := range []struct {
+		name, srvNet, srvAddr, clNet string
+		connect                      bool
+	}{
+		{"v4 connected", "udp4", "127.0.0.1:0", "udp4", true},
+		{"v4 unconnected", "udp4", "127.0.0.1:0", "udp4", false},
+		{"v6 unconnected", "udp6", "[::1]:0", "udp6", false},
+		{"dual-stack to v4", "udp4", "127.0.0.1:0", "udp", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, err := net.ListenUDP(tc.srvNet, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(tc.srvAddr)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			local := srv.LocalAddr().(*net.UDPAddr).AddrPort()
+			var cl *net.UDPConn
+			if tc.connect {
+				cl, err = net.DialUDP(tc.clNet, nil, net.UDPAddrFromAddrPort(local))
+			} else {
+				laddr := &net.UDPAddr{}
+				if tc.clNet == "udp" {
+					laddr.IP = net.IPv6unspecified
+				}
+				cl, err = net.ListenUDP(tc.clNet, laddr)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			if _, err := cl.WriteToUDPAddrPort([]byte("x"), local); err != nil && !tc.connect {
+				t.Fatal(err)
+			} else if tc.connect {
+				cl.Write([]byte("x"))
+			}
+			_, from, err := srv.ReadFromUDPAddrPort(make([]byte, 8))
+			if err != nil {
+				t.Fatal(err)
+			}
+			family := uint8(unix.AF_INET)
+			if local.Addr().Is6() {
+				family = unix.AF_INET6
+			}
+			got, err := d.udpCookie(family, local, from)
+			if err != nil || got != cookieOf(cl) {
+				t.Fatalf("udpCookie(%s from %s) = %d, %v; want %d", local, from, got, err, cookieOf(cl))
+			}
+			// Once the sender is closed, its datagrams name no socket.
+			cl.Close()
+			if c, err := d.udpCookie(family, local, from); err == nil {
+				t.Errorf("udpCookie for %s after its socket closed: %d", from, c)
+			}
+		})
 	}
 }
