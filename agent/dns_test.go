@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -18,8 +20,11 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 
+	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/dnsproxy"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/backbay-labs/chio-agent/receipts"
 )
 
 // recordingDNS is the tests' Handler: it records every query and answers
@@ -438,5 +443,43 @@ func TestDNSSocketLookupFindsTheSender(t *testing.T) {
 				t.Errorf("udpCookie for %s after its socket closed: %d", from, c)
 			}
 		})
+	}
+}
+
+// TestExecDNSGoesToTheHandler: exec's command, like a listed workload and a
+// pod, has its DNS (UDP and TCP to port 53) answered by the agent's handler.
+func TestExecDNSGoesToTheHandler(t *testing.T) {
+	testutil.RequireRoot(t)
+	policy, err := hushspec.Parse([]byte("hushspec: \"0.1.0\"\nrules:\n  egress:\n    default: block\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	log, err := receipts.Open(filepath.Join(t.TempDir(), "receipts.db"), receipts.Options{Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	h := &recordingDNS{}
+	dst := netip.MustParseAddrPort("127.0.0.53:53")
+	for _, mode := range []string{"udp-connected", "tcp"} {
+		var out strings.Builder
+		code, err := Exec(context.Background(), ExecOptions{
+			Agent: Options{Policy: policy, Key: key, Log: log, DNS: h},
+			Args: []string{"env", "CHIO_E2E_CHILD=dns", "CHIO_DNS_MODE=" + mode, "CHIO_DNS_ADDR=" + dst.String(),
+				"CHIO_DNS_NAME=exec.allowed.test.", os.Args[0], "-test.run=^$"},
+			Stdout: &out,
+		})
+		if errors.Is(err, bpf.ErrNotSupported) {
+			testutil.Skip(t, "kernel lacks an eBPF feature: "+err.Error())
+		}
+		if want := "answer from=" + dst.String() + " name=exec.allowed.test."; err != nil || code != 0 || strings.TrimSpace(out.String()) != want {
+			t.Fatalf("exec %s: %d, %v, %q; want %q", mode, code, err, out.String(), want)
+		}
+		comm := filepath.Base(os.Args[0])
+		comm = comm[:min(len(comm), 15)]
+		if qs := h.take(); len(qs) != 1 || qs[0].Resolver != dst || qs[0].Comm != comm || qs[0].PID == 0 {
+			t.Errorf("exec %s: handler saw %+v", mode, qs)
+		}
 	}
 }
