@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -77,6 +78,29 @@ func childDNS() int {
 			// Keep the socket while the agent reads them: a query whose
 			// socket is gone has nobody to answer and is not attributed.
 			time.Sleep(2 * time.Second)
+		}
+	case "udp-latency":
+		// CHIO_DNS_N queries in turn over one connected socket: the
+		// round trips' p50 and p99 in ns.
+		var n int
+		fmt.Sscan(os.Getenv("CHIO_DNS_N"), &n)
+		var c *net.UDPConn
+		if c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst)); err == nil {
+			defer c.Close()
+			rtts := make([]time.Duration, 0, n)
+			buf := make([]byte, 1500)
+			for i := 0; i < n && err == nil; i++ {
+				t0 := time.Now()
+				if _, err = c.Write(msg); err == nil {
+					c.SetReadDeadline(time.Now().Add(3 * time.Second))
+					_, err = c.Read(buf)
+				}
+				rtts = append(rtts, time.Since(t0))
+			}
+			slices.Sort(rtts)
+			if err == nil && n > 0 {
+				out = fmt.Sprintf("p50=%d p99=%d", rtts[n/2], rtts[n*99/100])
+			}
 		}
 	case "udp-connected":
 		var c *net.UDPConn

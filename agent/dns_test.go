@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -482,4 +483,107 @@ func TestExecDNSGoesToTheHandler(t *testing.T) {
 			t.Errorf("exec %s: handler saw %+v", mode, qs)
 		}
 	}
+}
+
+// forwardingDNS forwards each query verbatim to upstream over a socket of
+// its own, as a proxy that allows everything would.
+type forwardingDNS struct{ upstream netip.AddrPort }
+
+func (f forwardingDNS) Answer(ctx context.Context, q dnsproxy.Query) []byte {
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(f.upstream))
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if _, err := c.Write(q.Msg); err != nil {
+		return nil
+	}
+	buf := make([]byte, 1500)
+	n, err := c.Read(buf)
+	if err != nil {
+		return nil
+	}
+	return buf[:n]
+}
+
+// echoResolver answers every datagram on port 53 of a random loopback
+// address with itself, marked as a response.
+func echoResolver(t testing.TB) netip.AddrPort {
+	t.Helper()
+	var b [3]byte
+	rand.Read(b[:])
+	addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 100 + b[0]%100, b[1], 1 + b[2]%250}), 53)
+	pc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+	if err != nil {
+		t.Fatalf("resolver: %v", err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if n > 2 {
+				buf[2] |= 0x80
+			}
+			pc.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	return addr
+}
+
+// BenchmarkDNSRedirectLatency: what the redirect datapath adds to a DNS
+// round trip, same run: a workload's queries to a local resolver through
+// the agent (redirect, attribution, a handler forwarding verbatim, the
+// restored source) against an unprotected process's straight to it. The
+// proxy's own decision is not in it. max(b.N, 100) queries each way.
+func BenchmarkDNSRedirectLatency(b *testing.B) {
+	testutil.RequireRoot(b)
+	resolver := echoResolver(b)
+	parent := testutil.NewCgroup(b, "")
+	wl, plain := testutil.NewCgroup(b, parent.Path), testutil.NewCgroup(b, parent.Path)
+	policy, err := hushspec.Parse([]byte(e2ePolicy))
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	log, err := receipts.Open(filepath.Join(b.TempDir(), "receipts.db"), receipts.Options{Key: key})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer log.Close()
+	a, err := Start(Options{Policy: policy, Key: key, Log: log, AttachCgroup: parent.Path, DNS: forwardingDNS{upstream: resolver}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.Protect(WorkloadSpec{Name: "bench/dns", Cgroup: wl.Path}); err != nil {
+		b.Fatal(err)
+	}
+	n := max(b.N, 100)
+	run := func(cg testutil.Cgroup) (p50, p99 float64) {
+		cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^$")
+		cmd.Env = append(os.Environ(), "CHIO_E2E_CHILD=dns", "CHIO_DNS_MODE=udp-latency", "CHIO_DNS_N="+strconv.Itoa(n),
+			"CHIO_DNS_ADDR="+resolver.String(), "CHIO_DNS_NAME=bench.allowed.test.")
+		cg.CommandIn(b, cmd)
+		out, err := cmd.Output()
+		if _, serr := fmt.Sscanf(string(out), "p50=%g p99=%g", &p50, &p99); err != nil || serr != nil {
+			b.Fatalf("dns child: %v, %q", err, out)
+		}
+		return p50, p99
+	}
+	b.ResetTimer()
+	p50v, p99v := run(wl)
+	p50d, p99d := run(plain)
+	b.StopTimer()
+	b.ReportMetric(p50v/1e3, "agent-p50-µs")
+	b.ReportMetric(p99v/1e3, "agent-p99-µs")
+	b.ReportMetric(p50d/1e3, "direct-p50-µs")
+	b.ReportMetric(p99d/1e3, "direct-p99-µs")
+	b.ReportMetric(p50v/p50d, "p50-ratio")
 }
