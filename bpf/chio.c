@@ -17,8 +17,9 @@
 // UDP: everything from a protected workload is refused except DNS (port 53,
 // any address), which goes to the agent's DNS listener (dns.c), and exempt
 // destinations, so QUIC cannot go around the TCP path. (A workload without a
-// DNS listener may reach the configured resolvers directly instead.) Refusals are reported through a ring buffer, rate-limited per
-// workload and destination so that a flood cannot flood the receipt log.
+// DNS listener may reach the configured resolvers directly instead.)
+// Refusals are reported through a ring buffer, rate-limited per workload and
+// destination so that a flood cannot flood the receipt log.
 //
 // Other sockets: a protected workload may create only TCP (or MPTCP) stream
 // and UDP datagram sockets in AF_INET/AF_INET6; ping (ICMP), raw, SCTP,
@@ -881,24 +882,8 @@ static __always_inline int is_resolver(__u32 addr[4], __u16 port)
 	return bpf_map_lookup_elem(&resolvers, &k) != 0;
 }
 
-// fill_orig writes every field of a redirected connection's original (a
-// slot is reused, so nothing may be left from its last owner).
 static __always_inline void fill_orig(struct orig_dst *o, __u32 addr[4], __u16 port, int v6,
-				      __u32 workload_id, __u64 cgid)
-{
-	o->addr[0] = addr[0];
-	o->addr[1] = addr[1];
-	o->addr[2] = addr[2];
-	o->addr[3] = addr[3];
-	o->port = port;
-	o->family = v6 ? AF_INET6 : AF_INET;
-	o->workload_id = workload_id;
-	o->pid = bpf_get_current_pid_tgid() >> 32;
-	o->uid = (__u32)bpf_get_current_uid_gid();
-	o->cgroup_id = cgid;
-	o->reserved = 0;
-	bpf_get_current_comm(&o->comm, sizeof(o->comm));
-}
+				      __u32 workload_id, __u64 cgid);
 
 // DNS: protected workloads' port 53 to the agent's DNS listeners. Its own
 // file for reading, compiled here so that it shares the maps and helpers above.
@@ -926,6 +911,25 @@ static __always_inline int udp(struct bpf_sock_addr *ctx, struct workload *w, in
 	}
 	report(EVENT_UDP_REFUSED, w, IPPROTO_UDP, port, addr, rule, v6);
 	return 0;
+}
+
+// fill_orig writes every field of a redirected connection's original (a
+// slot is reused, so nothing may be left from its last owner).
+static __always_inline void fill_orig(struct orig_dst *o, __u32 addr[4], __u16 port, int v6,
+				      __u32 workload_id, __u64 cgid)
+{
+	o->addr[0] = addr[0];
+	o->addr[1] = addr[1];
+	o->addr[2] = addr[2];
+	o->addr[3] = addr[3];
+	o->port = port;
+	o->family = v6 ? AF_INET6 : AF_INET;
+	o->workload_id = workload_id;
+	o->pid = bpf_get_current_pid_tgid() >> 32;
+	o->uid = (__u32)bpf_get_current_uid_gid();
+	o->cgroup_id = cgid;
+	o->reserved = 0;
+	bpf_get_current_comm(&o->comm, sizeof(o->comm));
 }
 
 // tcp decides a TCP connect() of a protected workload and redirects it.
