@@ -259,6 +259,9 @@ func Start(opts Options) (*Agent, error) {
 	direct := opts.Resolvers
 	if opts.DNS != nil {
 		direct = nil // upstreams of the handler only
+	} else if len(direct) > 0 {
+		opts.Logger.WithField("resolvers", direct).Warn("no DNS proxy: protected workloads reach these resolvers directly, " +
+			"with any name and any payload")
 	}
 	if err := objs.SetResolvers(direct); err != nil {
 		objs.Close()
