@@ -451,16 +451,7 @@ func TestDNSSocketLookupFindsTheSender(t *testing.T) {
 // pod, has its DNS (UDP and TCP to port 53) answered by the agent's handler.
 func TestExecDNSGoesToTheHandler(t *testing.T) {
 	testutil.RequireRoot(t)
-	policy, err := hushspec.Parse([]byte("hushspec: \"0.1.0\"\nrules:\n  egress:\n    default: block\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, key, _ := ed25519.GenerateKey(rand.Reader)
-	log, err := receipts.Open(filepath.Join(t.TempDir(), "receipts.db"), receipts.Options{Key: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer log.Close()
+	policy, key, log := agentBasics(t, e2ePolicy)
 	h := &recordingDNS{}
 	dst := netip.MustParseAddrPort("127.0.0.53:53")
 	for _, mode := range []string{"udp-connected", "tcp"} {
@@ -547,16 +538,7 @@ func BenchmarkDNSRedirectLatency(b *testing.B) {
 	resolver := echoResolver(b)
 	parent := testutil.NewCgroup(b, "")
 	wl, plain := testutil.NewCgroup(b, parent.Path), testutil.NewCgroup(b, parent.Path)
-	policy, err := hushspec.Parse([]byte(e2ePolicy))
-	if err != nil {
-		b.Fatal(err)
-	}
-	_, key, _ := ed25519.GenerateKey(rand.Reader)
-	log, err := receipts.Open(filepath.Join(b.TempDir(), "receipts.db"), receipts.Options{Key: key})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer log.Close()
+	policy, key, log := agentBasics(b, e2ePolicy)
 	a, err := Start(Options{Policy: policy, Key: key, Log: log, AttachCgroup: parent.Path, DNS: forwardingDNS{upstream: resolver}})
 	if err != nil {
 		b.Fatal(err)
@@ -586,4 +568,21 @@ func BenchmarkDNSRedirectLatency(b *testing.B) {
 	b.ReportMetric(p50d/1e3, "direct-p50-µs")
 	b.ReportMetric(p99d/1e3, "direct-p99-µs")
 	b.ReportMetric(p50v/p50d, "p50-ratio")
+}
+
+// agentBasics are what Start needs beside the datapath: the policy parsed
+// from text, a fresh key, and a receipt log closed with the test.
+func agentBasics(tb testing.TB, policy string) (*hushspec.Policy, ed25519.PrivateKey, *receipts.Log) {
+	tb.Helper()
+	pol, err := hushspec.Parse([]byte(policy))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	log, err := receipts.Open(filepath.Join(tb.TempDir(), "receipts.db"), receipts.Options{Key: key})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { log.Close() })
+	return pol, key, log
 }
