@@ -17,6 +17,7 @@ import (
 
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
+	"github.com/backbay-labs/chio-agent/internal/dnsproxy"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/backbay-labs/chio-agent/receipts"
@@ -50,8 +51,18 @@ type Options struct {
 	// namespace. 0 (default): a free port per namespace, or the port the
 	// pinned state names for an adopted workload.
 	ListenPort uint16
-	// Resolvers are the DNS servers protected workloads may reach directly.
+	// Resolvers are the DNS servers of protected workloads. With DNS set,
+	// they are the upstreams its handler forwards to, and no workload
+	// reaches them directly (the kernel sends all of its DNS to the agent).
+	// Without DNS, protected workloads may reach them directly (UDP, and
+	// TCP to port 53).
 	Resolvers []netip.AddrPort
+	// DNS answers protected workloads' DNS: with it, every DNS message of
+	// theirs (UDP and TCP to port 53, any address, IPv4 and IPv6) reaches
+	// the agent's DNS listeners in their namespace (dns.go) and is answered
+	// by DNS, called concurrently. Danger: nil leaves DNS to Resolvers
+	// unmediated, a channel out of every workload.
+	DNS dnsproxy.Handler
 	// Hosts are static answers for the anti-spoofing check.
 	Hosts map[string][]netip.Addr
 	// Timeouts bound each connection; zero fields take their defaults.
@@ -132,6 +143,8 @@ type Agent struct {
 	objs   *bpf.Objects
 	events *bpf.EventReader
 	proxy  *proxy
+	// dns answers the DNS listeners; nil without Options.DNS.
+	dns *dnsServer
 	// refusals count the kernel refusals the agent has written receipts
 	// for, and those it could not (a receipt error, an unknown workload).
 	refusals struct{ receipted, unreceipted atomic.Uint64 }
@@ -243,7 +256,14 @@ func Start(opts Options) (*Agent, error) {
 		// to be told about.
 		a.workloadsKnown()
 	}
-	if err := objs.SetResolvers(opts.Resolvers); err != nil {
+	direct := opts.Resolvers
+	if opts.DNS != nil {
+		direct = nil // upstreams of the handler only
+	} else if len(direct) > 0 {
+		opts.Logger.WithField("resolvers", direct).Warn("no DNS proxy: protected workloads reach these resolvers directly, " +
+			"with any name and any payload")
+	}
+	if err := objs.SetResolvers(direct); err != nil {
 		objs.Close()
 		return nil, fmt.Errorf("start agent: %w", err)
 	}
@@ -276,6 +296,9 @@ func Start(opts Options) (*Agent, error) {
 		idle: newIdleSet(opts.Timeouts.withDefaults().Idle),
 	}
 	a.proxy.metrics = newMetrics(a)
+	if opts.DNS != nil {
+		a.dns = newDNSServer(opts.DNS, objs, a.reg, a.proxy)
+	}
 	lim := a.proxy.limits
 	opts.Logger.WithFields(logrus.Fields{"head_bytes": lim.HeadBytes, "pending": lim.Pending, "pending_per_workload": lim.PendingPerWorkload,
 		"relays": lim.Relays, "relays_per_workload": lim.RelaysPerWorkload, "memory_ceiling_mib": lim.MemoryCeiling() >> 20}).Info("connection limits")
@@ -463,7 +486,7 @@ func (a *Agent) syncDatapath(w *workload, pol *hushspec.Policy) error {
 	if err := a.objs.SetInbound(w.id, w.inbound); err != nil {
 		return err
 	}
-	return a.objs.Protect(w.cgroupID, bpf.Workload{ID: w.id, Listen4: w.listen.addr4, Listen6: w.listen.addr6})
+	return a.objs.Protect(w.cgroupID, w.listen.datapath(w.id))
 }
 
 // SetPolicy replaces the policy for every later decision, and the kernel's
@@ -514,10 +537,7 @@ func (a *Agent) Close() error {
 func (a *Agent) close() error {
 	a.mu.Lock()
 	for _, lp := range a.listeners {
-		lp.ln4.Close()
-		if lp.ln6 != nil {
-			lp.ln6.Close()
-		}
+		lp.close()
 	}
 	a.listeners = map[string]*listenerPair{}
 	a.mu.Unlock()

@@ -43,6 +43,8 @@ func TestMain(m *testing.M) {
 		os.Exit(childRecreate())
 	case "attack":
 		os.Exit(attackChild())
+	case "dns":
+		os.Exit(childDNS())
 	default:
 		fmt.Println("unknown child mode")
 		os.Exit(2)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/internal/dnsproxy"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/backbay-labs/chio-agent/receipts"
@@ -66,6 +67,8 @@ type e2eOptions struct {
 	limits     Limits
 	// workload, when set, changes the protected workload's spec.
 	workload func(*WorkloadSpec)
+	// dns, when set, answers the workload's DNS (Options.DNS).
+	dns dnsproxy.Handler
 }
 
 func newE2E(t *testing.T, o e2eOptions) *e2e {
@@ -119,6 +122,7 @@ func newE2E(t *testing.T, o e2eOptions) *e2e {
 		Resolvers: []netip.AddrPort{e.dns.LocalAddr().(*net.UDPAddr).AddrPort()},
 		Timeouts:  Timeouts{FirstBytes: cmp.Or(o.firstBytes, 2*time.Second), Idle: o.idle},
 		Limits:    o.limits,
+		DNS:       o.dns,
 		OnDecision: func(d Decision) {
 			e.mu.Lock()
 			e.decided = append(e.decided, d)

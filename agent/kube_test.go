@@ -23,6 +23,7 @@ import (
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
 	"github.com/backbay-labs/chio-agent/internal/cri"
+	"github.com/backbay-labs/chio-agent/internal/dnsproxy"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/containerd"
 	"github.com/backbay-labs/chio-agent/kernel"
@@ -238,6 +239,9 @@ type kubeDaemon struct {
 
 	// poll is the CRI poll interval; 0: 100ms.
 	poll time.Duration
+	// dns answers the pods' DNS (Options.DNS): the Kubernetes mode runs
+	// with the DNS listeners, so that the churn test counts them.
+	dns dnsproxy.Handler
 
 	mu      sync.Mutex
 	decided []Decision
@@ -252,6 +256,7 @@ func newKubeDaemon(t testing.TB, rt *containerd.Runtime, selfUID string, gw neti
 	kd.sock = filepath.Join(kd.dir, "status.sock")
 	kd.reload = make(chan os.Signal, 1)
 	kd.hosts = map[string][]netip.Addr{"api.allowed.test": {gw}}
+	kd.dns = &recordingDNS{}
 	var err error
 	if kd.policy, err = hushspec.Parse([]byte(kubePolicy)); err != nil {
 		t.Fatal(err)
@@ -294,7 +299,7 @@ func (kd *kubeDaemon) start() {
 		kd.done <- RunDaemon(ctx, DaemonOptions{
 			Agent: Options{Policy: kd.policy, Key: kd.key, Log: kd.log, PinDir: kd.pinDir,
 				AttachCgroup: cri.Abs(mount, kd.rt.CgroupRoot),
-				Hosts:        kd.hosts, editSpec: kd.edit,
+				Hosts:        kd.hosts, editSpec: kd.edit, DNS: kd.dns,
 				OnDecision: func(d Decision) {
 					kd.mu.Lock()
 					kd.decided = append(kd.decided, d)

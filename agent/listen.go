@@ -19,6 +19,9 @@ type listenerPair struct {
 	addr4  netip.AddrPort
 	addr6  netip.AddrPort
 	refcnt int
+	// dns are the namespace's DNS listeners (dns.go); nil without
+	// Options.DNS.
+	dns *dnsListeners
 }
 
 // listenerFor returns the listener pair of a network namespace, opening it
@@ -61,10 +64,14 @@ func (a *Agent) listenerFor(netnsPath string, pinned bpf.Workload) (*listenerPai
 		lp.addr6 = ln6.Addr().(*net.TCPAddr).AddrPort()
 		return nil
 	})
+	if err == nil && a.dns != nil {
+		err = inNetns(netnsPath, func() (err error) {
+			lp.dns, err = openDNS(lp, pinned)
+			return err
+		})
+	}
 	if err != nil {
-		if lp.ln4 != nil {
-			lp.ln4.Close()
-		}
+		lp.close()
 		return nil, err
 	}
 	for _, ln := range []*net.TCPListener{lp.ln4, lp.ln6} {
@@ -74,8 +81,33 @@ func (a *Agent) listenerFor(netnsPath string, pinned bpf.Workload) (*listenerPai
 		a.bg.Add(1)
 		go func() { defer a.bg.Done(); a.proxy.serve(a.ctx, ln, netnsPath) }()
 	}
+	if lp.dns != nil {
+		a.dns.serveDNS(a.ctx, lp.dns, &a.bg)
+	}
 	a.listeners[netnsPath] = lp
 	return lp, nil
+}
+
+// close closes every listener of the pair.
+func (lp *listenerPair) close() {
+	if lp.ln4 != nil {
+		lp.ln4.Close()
+	}
+	if lp.ln6 != nil {
+		lp.ln6.Close()
+	}
+	if lp.dns != nil {
+		lp.dns.close()
+	}
+}
+
+// datapath is what the programs need to send the pair's workloads here.
+func (lp *listenerPair) datapath(id uint32) bpf.Workload {
+	w := bpf.Workload{ID: id, Listen4: lp.addr4, Listen6: lp.addr6}
+	if lp.dns != nil {
+		w.DNSPort4, w.DNSPort6 = lp.dns.port4, lp.dns.port6
+	}
+	return w
 }
 
 // listenTCP listens for redirected connections. Accepted sockets get no TCP
@@ -96,9 +128,6 @@ func (a *Agent) releaseListener(lp *listenerPair) {
 	if lp.refcnt > 0 {
 		return
 	}
-	lp.ln4.Close()
-	if lp.ln6 != nil {
-		lp.ln6.Close()
-	}
+	lp.close()
 	delete(a.listeners, lp.netns)
 }

@@ -14,10 +14,12 @@
 // (netns cookie, local address, local port), which is what the proxy sees as
 // the peer of the connection it accepts.
 //
-// UDP: everything from a protected workload is refused except traffic to the
-// configured DNS resolvers and exempt destinations, so QUIC cannot go around
-// the TCP path. Refusals are reported through a ring buffer, rate-limited per
-// workload and destination so that a flood cannot flood the receipt log.
+// UDP: everything from a protected workload is refused except DNS (port 53,
+// any address), which goes to the agent's DNS listener (dns.c), and exempt
+// destinations, so QUIC cannot go around the TCP path. (A workload without a
+// DNS listener may reach the configured resolvers directly instead.)
+// Refusals are reported through a ring buffer, rate-limited per workload and
+// destination so that a flood cannot flood the receipt log.
 //
 // Other sockets: a protected workload may create only TCP (or MPTCP) stream
 // and UDP datagram sockets in AF_INET/AF_INET6; ping (ICMP), raw, SCTP,
@@ -92,6 +94,9 @@ struct workload {
 	__u32 listen_ip6[4]; // IPv6 listener address, network order
 	__u16 listen_port4;  // IPv4 listener port, network order; 0: refuse IPv4
 	__u16 listen_port6;  // IPv6 listener port, network order; 0: refuse IPv6
+	__u16 dns_port4;     // DNS listener port (UDP and TCP) on listen_ip4, network order
+	__u16 dns_port6;     // DNS listener port on listen_ip6, network order; both 0:
+	                     // no DNS proxy, DNS goes to the resolvers allowlist (dns.c)
 };
 
 struct orig_dst {
@@ -882,14 +887,25 @@ static __always_inline int is_resolver(__u32 addr[4], __u16 port)
 	return bpf_map_lookup_elem(&resolvers, &k) != 0;
 }
 
+static __always_inline void fill_orig(struct orig_dst *o, __u32 addr[4], __u16 port, int v6,
+				      __u32 workload_id, __u64 cgid);
+
+// DNS: protected workloads' port 53 to the agent's DNS listeners. Its own
+// file for reading, compiled here so that it shares the maps and helpers above.
+#include "dns.c"
+
 // udp decides a UDP connect() or sendmsg() of a protected workload.
 static __always_inline int udp(struct bpf_sock_addr *ctx, struct workload *w, int v6)
 {
 	__u32 addr[4];
 	dst_addr(ctx, v6, addr);
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	if (is_resolver(addr, port))
+	if (dns_proxied(w)) {
+		if (port == 53)
+			return dns_udp(ctx, w, v6, addr);
+	} else if (is_resolver(addr, port)) {
 		return 1;
+	}
 	__u32 rule = 0;
 	if (w->flags & WL_HAS_VERDICTS) {
 		struct verdict_val *v = lookup_verdict(w->id, IPPROTO_UDP, port, addr);
@@ -932,11 +948,19 @@ static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, in
 		return 0;
 	}
 
-	// DNS over TCP to a configured resolver is part of name resolution
-	// (port 53 only: the lookup is not worth making for every connect).
-	if (port == 53 && is_resolver(addr, port))
+	// DNS over TCP goes to the agent's DNS listener, through the same
+	// pending originals as every connection (dns.c); without one, to a
+	// configured resolver directly (port 53 only: the lookup is not worth
+	// making for every connect).
+	__u16 lport4 = w->listen_port4, lport6 = w->listen_port6;
+	int dns = port == 53 && dns_proxied(w);
+	if (dns) {
+		lport4 = w->dns_port4;
+		lport6 = w->dns_port6;
+	} else if (port == 53 && is_resolver(addr, port)) {
 		return 1;
-	if (w->flags & WL_HAS_VERDICTS) {
+	}
+	if (!dns && (w->flags & WL_HAS_VERDICTS)) {
 		struct verdict_val *v = lookup_verdict(w->id, IPPROTO_TCP, port, addr);
 		if (v && v->verdict == VERDICT_EXEMPT)
 			return 1;
@@ -947,7 +971,7 @@ static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, in
 	}
 
 	int mapped = addr[0] == 0 && addr[1] == 0 && addr[2] == bpf_htonl(0x0000ffff);
-	if (mapped ? w->listen_port4 == 0 : w->listen_port6 == 0)
+	if (mapped ? lport4 == 0 : lport6 == 0)
 		return 0; // no listener for this family: refuse rather than pass
 
 	__u64 cookie = bpf_get_socket_cookie(ctx);
@@ -974,13 +998,13 @@ static __always_inline int tcp(struct bpf_sock_addr *ctx, struct workload *w, in
 			ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
 			ctx->user_ip6[3] = w->listen_ip4;
 		}
-		ctx->user_port = (__u32)w->listen_port4;
+		ctx->user_port = (__u32)lport4;
 	} else {
 		ctx->user_ip6[0] = w->listen_ip6[0];
 		ctx->user_ip6[1] = w->listen_ip6[1];
 		ctx->user_ip6[2] = w->listen_ip6[2];
 		ctx->user_ip6[3] = w->listen_ip6[3];
-		ctx->user_port = (__u32)w->listen_port6;
+		ctx->user_port = (__u32)lport6;
 	}
 	return 1;
 }
@@ -1177,6 +1201,7 @@ int chio_sock_release(struct bpf_sock *ctx)
 	if (s)
 		free_slot(s, cookie);
 	bpf_map_delete_elem(&orig_pending, &cookie);
+	dns_release(cookie);
 	return 1;
 }
 

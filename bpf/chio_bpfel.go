@@ -20,6 +20,15 @@ type chioCgCacheVal struct {
 	W     chioWorkload
 }
 
+type chioDnsOrig struct {
+	_          structs.HostLayout
+	Orig       chioOrigDst
+	ListenAddr [4]uint32
+	ListenPort uint16
+	Pad        uint16
+	Pad2       uint32
+}
+
 type chioEvent struct {
 	_          structs.HostLayout
 	CgroupId   uint64
@@ -165,6 +174,8 @@ type chioWorkload struct {
 	ListenIp6   [4]uint32
 	ListenPort4 uint16
 	ListenPort6 uint16
+	DnsPort4    uint16
+	DnsPort6    uint16
 }
 
 // Names of all BPF objects in the ELF.
@@ -175,6 +186,7 @@ const (
 	chioMapBirthExempt         = "birth_exempt"
 	chioMapBirthRoots          = "birth_roots"
 	chioMapCgCache             = "cg_cache"
+	chioMapDnsOrigs            = "dns_origs"
 	chioMapEvents              = "events"
 	chioMapGeneration          = "generation"
 	chioMapGuardScratch        = "guard_scratch"
@@ -195,6 +207,8 @@ const (
 	chioProgChioInboundBind6   = "chio_inbound_bind6"
 	chioProgChioInboundIngress = "chio_inbound_ingress"
 	chioProgChioInboundSockops = "chio_inbound_sockops"
+	chioProgChioRecvmsg4       = "chio_recvmsg4"
+	chioProgChioRecvmsg6       = "chio_recvmsg6"
 	chioProgChioSendmsg4       = "chio_sendmsg4"
 	chioProgChioSendmsg6       = "chio_sendmsg6"
 	chioProgChioSockCreate     = "chio_sock_create"
@@ -204,6 +218,7 @@ const (
 	chioVarAgentMark           = "agent_mark"
 	chioVarAgentTgid           = "agent_tgid"
 	chioVarUnusedAcc           = "unused_acc"
+	chioVarUnusedDnsOrig       = "unused_dns_orig"
 	chioVarUnusedEvent         = "unused_event"
 	chioVarUnusedTake          = "unused_take"
 )
@@ -256,6 +271,8 @@ type chioProgramSpecs struct {
 	ChioInboundBind6   *ebpf.ProgramSpec `ebpf:"chio_inbound_bind6"`
 	ChioInboundIngress *ebpf.ProgramSpec `ebpf:"chio_inbound_ingress"`
 	ChioInboundSockops *ebpf.ProgramSpec `ebpf:"chio_inbound_sockops"`
+	ChioRecvmsg4       *ebpf.ProgramSpec `ebpf:"chio_recvmsg4"`
+	ChioRecvmsg6       *ebpf.ProgramSpec `ebpf:"chio_recvmsg6"`
 	ChioSendmsg4       *ebpf.ProgramSpec `ebpf:"chio_sendmsg4"`
 	ChioSendmsg6       *ebpf.ProgramSpec `ebpf:"chio_sendmsg6"`
 	ChioSockCreate     *ebpf.ProgramSpec `ebpf:"chio_sock_create"`
@@ -272,6 +289,7 @@ type chioMapSpecs struct {
 	BirthExempt    *ebpf.MapSpec `ebpf:"birth_exempt"`
 	BirthRoots     *ebpf.MapSpec `ebpf:"birth_roots"`
 	CgCache        *ebpf.MapSpec `ebpf:"cg_cache"`
+	DnsOrigs       *ebpf.MapSpec `ebpf:"dns_origs"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
 	Generation     *ebpf.MapSpec `ebpf:"generation"`
 	GuardScratch   *ebpf.MapSpec `ebpf:"guard_scratch"`
@@ -292,11 +310,12 @@ type chioMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioVariableSpecs struct {
-	AgentMark   *ebpf.VariableSpec `ebpf:"agent_mark"`
-	AgentTgid   *ebpf.VariableSpec `ebpf:"agent_tgid"`
-	UnusedAcc   *ebpf.VariableSpec `ebpf:"unused_acc"`
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedTake  *ebpf.VariableSpec `ebpf:"unused_take"`
+	AgentMark     *ebpf.VariableSpec `ebpf:"agent_mark"`
+	AgentTgid     *ebpf.VariableSpec `ebpf:"agent_tgid"`
+	UnusedAcc     *ebpf.VariableSpec `ebpf:"unused_acc"`
+	UnusedDnsOrig *ebpf.VariableSpec `ebpf:"unused_dns_orig"`
+	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedTake    *ebpf.VariableSpec `ebpf:"unused_take"`
 }
 
 // chioObjects contains all objects after they have been loaded into the kernel.
@@ -323,6 +342,7 @@ type chioMaps struct {
 	BirthExempt    *ebpf.Map `ebpf:"birth_exempt"`
 	BirthRoots     *ebpf.Map `ebpf:"birth_roots"`
 	CgCache        *ebpf.Map `ebpf:"cg_cache"`
+	DnsOrigs       *ebpf.Map `ebpf:"dns_origs"`
 	Events         *ebpf.Map `ebpf:"events"`
 	Generation     *ebpf.Map `ebpf:"generation"`
 	GuardScratch   *ebpf.Map `ebpf:"guard_scratch"`
@@ -345,6 +365,7 @@ func (m *chioMaps) Close() error {
 		m.BirthExempt,
 		m.BirthRoots,
 		m.CgCache,
+		m.DnsOrigs,
 		m.Events,
 		m.Generation,
 		m.GuardScratch,
@@ -366,11 +387,12 @@ func (m *chioMaps) Close() error {
 //
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioVariables struct {
-	AgentMark   *ebpf.Variable `ebpf:"agent_mark"`
-	AgentTgid   *ebpf.Variable `ebpf:"agent_tgid"`
-	UnusedAcc   *ebpf.Variable `ebpf:"unused_acc"`
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
-	UnusedTake  *ebpf.Variable `ebpf:"unused_take"`
+	AgentMark     *ebpf.Variable `ebpf:"agent_mark"`
+	AgentTgid     *ebpf.Variable `ebpf:"agent_tgid"`
+	UnusedAcc     *ebpf.Variable `ebpf:"unused_acc"`
+	UnusedDnsOrig *ebpf.Variable `ebpf:"unused_dns_orig"`
+	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
+	UnusedTake    *ebpf.Variable `ebpf:"unused_take"`
 }
 
 // chioPrograms contains all programs after they have been loaded into the kernel.
@@ -383,6 +405,8 @@ type chioPrograms struct {
 	ChioInboundBind6   *ebpf.Program `ebpf:"chio_inbound_bind6"`
 	ChioInboundIngress *ebpf.Program `ebpf:"chio_inbound_ingress"`
 	ChioInboundSockops *ebpf.Program `ebpf:"chio_inbound_sockops"`
+	ChioRecvmsg4       *ebpf.Program `ebpf:"chio_recvmsg4"`
+	ChioRecvmsg6       *ebpf.Program `ebpf:"chio_recvmsg6"`
 	ChioSendmsg4       *ebpf.Program `ebpf:"chio_sendmsg4"`
 	ChioSendmsg6       *ebpf.Program `ebpf:"chio_sendmsg6"`
 	ChioSockCreate     *ebpf.Program `ebpf:"chio_sock_create"`
@@ -399,6 +423,8 @@ func (p *chioPrograms) Close() error {
 		p.ChioInboundBind6,
 		p.ChioInboundIngress,
 		p.ChioInboundSockops,
+		p.ChioRecvmsg4,
+		p.ChioRecvmsg6,
 		p.ChioSendmsg4,
 		p.ChioSendmsg6,
 		p.ChioSockCreate,

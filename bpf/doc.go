@@ -9,7 +9,10 @@
 // it by the client side of the established connection, which is what the
 // proxy sees as its peer; sock_release drops the entries of sockets that never
 // connected. sendmsg4/6 (and connect on UDP sockets) refuse
-// protected UDP except DNS to the resolvers. sock_create refuses every other
+// protected UDP except DNS, which goes to the agent's DNS listener with
+// the original kept per socket (DNSOriginal), and recvmsg4/6 give the
+// answers the resolver's address back (dns.c); without a DNS listener,
+// DNS to the resolvers passes untouched. sock_create refuses every other
 // AF_INET/AF_INET6 socket (ping, raw, SCTP, UDP-Lite...) for protected
 // workloads, since no connect or sendmsg hook sees what those send.
 //

@@ -7,5 +7,5 @@ package bpf
 // objects are the same bytes on any machine with the same clang. -mcpu=v3
 // (Linux 5.1; its atomics 5.12) for the compare-and-swap of pending slots.
 //
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -mcpu=v3 -g -Wall -Werror -nostdinc -I./include" -target bpfel -type workload -type orig_dst -type pending_slot -type tuple_key -type verdict_key -type verdict_val -type resolver_key -type event -type guard_key -type rate_key -type refuser -type refusal_acc -type take_refusals -type inbound_key chio chio.c
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -mcpu=v3 -g -Wall -Werror -nostdinc -I./include" -target bpfel -type workload -type orig_dst -type pending_slot -type tuple_key -type verdict_key -type verdict_val -type resolver_key -type event -type guard_key -type rate_key -type refuser -type refusal_acc -type take_refusals -type inbound_key -type dns_orig chio chio.c
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -nostdinc -I./include" -target bpfel whoami whoami.c

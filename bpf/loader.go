@@ -88,6 +88,12 @@ type Workload struct {
 	// Listen6 is the IPv6 listener for native IPv6 connections. Invalid means
 	// such connections are refused.
 	Listen6 netip.AddrPort
+	// DNSPort4 is the port of the agent's DNS listener (UDP and TCP) on
+	// Listen4's address, which the workload's DNS over IPv4 (port 53, any
+	// address) is sent to; DNSPort6 likewise on Listen6's. Both 0: no DNS
+	// listener, and DNS to the resolvers (SetResolvers) passes untouched;
+	// one 0: that family's DNS is refused.
+	DNSPort4, DNSPort6 uint16
 	// HasVerdicts reports that the workload has verdict rules (kept by
 	// SetVerdicts and Protect; ignored on input). Without it the programs
 	// skip the verdict map: most workloads have none.
@@ -120,6 +126,9 @@ var hooks = []hook{
 	{chioProgChioSockops, ebpf.AttachCGroupSockOps, "sockops", func(p *chioPrograms) *ebpf.Program { return p.ChioSockops }},
 	{chioProgChioSockRelease, ebpf.AttachCgroupInetSockRelease, "cgroup/sock_release", func(p *chioPrograms) *ebpf.Program { return p.ChioSockRelease }},
 	{chioProgChioSockCreate, ebpf.AttachCGroupInetSockCreate, "cgroup/sock_create", func(p *chioPrograms) *ebpf.Program { return p.ChioSockCreate }},
+	// dns.c
+	{chioProgChioRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg, "cgroup/recvmsg4", func(p *chioPrograms) *ebpf.Program { return p.ChioRecvmsg4 }},
+	{chioProgChioRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg, "cgroup/recvmsg6", func(p *chioPrograms) *ebpf.Program { return p.ChioRecvmsg6 }},
 	// inbound.c
 	{chioProgChioInboundBind4, ebpf.AttachCGroupInet4Bind, "cgroup/bind4", func(p *chioPrograms) *ebpf.Program { return p.ChioInboundBind4 }},
 	{chioProgChioInboundBind6, ebpf.AttachCGroupInet6Bind, "cgroup/bind6", func(p *chioPrograms) *ebpf.Program { return p.ChioInboundBind6 }},
@@ -386,8 +395,9 @@ func (a Attachment) IDs() (linkID, progID uint32, err error) {
 }
 
 // Protect starts redirecting the TCP connections of every process in the
-// cgroup (and its descendants) to the workload's listeners, and refusing its
-// UDP except DNS to the resolvers.
+// cgroup (and its descendants) to the workload's listeners, its DNS to its
+// DNS listener (or, without one, to the resolvers), and refusing the rest
+// of its UDP.
 func (o *Objects) Protect(cgroupID uint64, w Workload) error {
 	var v chioWorkload
 	v.Id = w.ID
@@ -413,6 +423,9 @@ func (o *Objects) Protect(cgroupID uint64, w Workload) error {
 		}
 		v.ListenIp6 = addrWords(w.Listen6.Addr())
 		v.ListenPort6 = htons(w.Listen6.Port())
+	}
+	if err := dnsPorts(&v, w); err != nil {
+		return fmt.Errorf("protect cgroup %d: %w", cgroupID, err)
 	}
 	if err := o.objs.Workloads.Put(cgroupID, &v); err != nil {
 		return fmt.Errorf("protect cgroup %d: %w", cgroupID, err)
@@ -459,6 +472,7 @@ func (o *Objects) Workloads() (map[uint64]Workload, error) {
 		if v.ListenPort6 != 0 {
 			w.Listen6 = netip.AddrPortFrom(wordsAddr(v.ListenIp6), ntohs(v.ListenPort6))
 		}
+		w.DNSPort4, w.DNSPort6 = ntohs(v.DnsPort4), ntohs(v.DnsPort6)
 		out[k] = w
 	}
 	if err := it.Err(); err != nil {
@@ -482,15 +496,7 @@ func (o *Objects) TakeOriginal(netnsCookie uint64, client netip.AddrPort) (Origi
 		}
 		return Original{}, fmt.Errorf("take original of %s: %w", client, err)
 	}
-	return Original{
-		Dst:        netip.AddrPortFrom(wordsAddr(v.Addr), ntohs(v.Port)),
-		Family:     int(v.Family),
-		WorkloadID: v.WorkloadId,
-		PID:        v.Pid,
-		UID:        v.Uid,
-		CgroupID:   v.CgroupId,
-		Comm:       unix.ByteSliceToString(v.Comm[:]),
-	}, nil
+	return originalOf(&v), nil
 }
 
 // MapCounts returns how many originals wait between connect() and the
