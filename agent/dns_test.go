@@ -268,7 +268,7 @@ func TestAttackDNSAroundTheListener(t *testing.T) {
 // the DNS listener the agent opened there, for a resolver address of that
 // namespace, over UDP and TCP.
 func TestDNSInWorkloadNetns(t *testing.T) {
-	requireTools(t, "ip")
+	testutil.RequireTools(t, "ip")
 	ns := testutil.NewNetNS(t)
 	h := &recordingDNS{}
 	e := newE2E(t, e2eOptions{dns: h, netns: ns.Path})
