@@ -63,6 +63,14 @@ type Options struct {
 	// by DNS, called concurrently. Danger: nil leaves DNS to Resolvers
 	// unmediated, a channel out of every workload.
 	DNS dnsproxy.Handler
+	// DNSProxy, when set and DNS is nil, makes DNS the agent's DNS proxy
+	// (internal/dnsproxy; docs/dns.md) built from these options: each query
+	// decided by its workload's policy and receipted, allowed ones forwarded
+	// to Resolvers (Upstreams, when empty), Hosts answered statically, and
+	// what each workload is told becomes its anti-spoofing truth. Workload,
+	// Record and Registerer are the agent's. With no Resolvers and no
+	// Upstreams it is not built: protected workloads then have no DNS.
+	DNSProxy *dnsproxy.Options
 	// Hosts are static answers for the anti-spoofing check.
 	Hosts map[string][]netip.Addr
 	// Timeouts bound each connection; zero fields take their defaults.
@@ -257,7 +265,8 @@ func Start(opts Options) (*Agent, error) {
 		a.workloadsKnown()
 	}
 	direct := opts.Resolvers
-	if opts.DNS != nil {
+	buildProxy := opts.DNS == nil && opts.DNSProxy != nil && (len(opts.Resolvers) > 0 || len(opts.DNSProxy.Upstreams) > 0)
+	if opts.DNS != nil || buildProxy {
 		direct = nil // upstreams of the handler only
 	} else if len(direct) > 0 {
 		opts.Logger.WithField("resolvers", direct).Warn("no DNS proxy: protected workloads reach these resolvers directly, " +
@@ -296,6 +305,19 @@ func Start(opts Options) (*Agent, error) {
 		idle: newIdleSet(opts.Timeouts.withDefaults().Idle),
 	}
 	a.proxy.metrics = newMetrics(a)
+	if buildProxy {
+		p, err := a.newDNSProxy(*opts.DNSProxy, res)
+		if err != nil {
+			a.cancel()
+			a.events.Close()
+			objs.Close()
+			return nil, fmt.Errorf("start agent: %w", err)
+		}
+		opts.DNS = p
+		a.opts.DNS = p
+		a.bg.Add(1)
+		go func() { defer a.bg.Done(); p.Run(a.ctx) }()
+	}
 	if opts.DNS != nil {
 		a.dns = newDNSServer(opts.DNS, objs, a.reg, a.proxy)
 	}

@@ -69,6 +69,9 @@ type e2eOptions struct {
 	workload func(*WorkloadSpec)
 	// dns, when set, answers the workload's DNS (Options.DNS).
 	dns dnsproxy.Handler
+	// dnsProxy runs the agent's own DNS proxy (Options.DNSProxy), with the
+	// test's resolver (e.dns, served by the test) as its upstream.
+	dnsProxy bool
 }
 
 func newE2E(t *testing.T, o e2eOptions) *e2e {
@@ -116,6 +119,10 @@ func newE2E(t *testing.T, o e2eOptions) *e2e {
 		hosts[k] = v
 	}
 	e.dns = listenDNS(t)
+	var dnsProxy *dnsproxy.Options
+	if o.dnsProxy {
+		dnsProxy = &dnsproxy.Options{}
+	}
 	e.agent, err = Start(Options{
 		Policy: policy, Key: e.key, Log: e.log, AttachCgroup: e.parent.Path,
 		Hosts:     hosts,
@@ -123,6 +130,7 @@ func newE2E(t *testing.T, o e2eOptions) *e2e {
 		Timeouts:  Timeouts{FirstBytes: cmp.Or(o.firstBytes, 2*time.Second), Idle: o.idle},
 		Limits:    o.limits,
 		DNS:       o.dns,
+		DNSProxy:  dnsProxy,
 		OnDecision: func(d Decision) {
 			e.mu.Lock()
 			e.decided = append(e.decided, d)

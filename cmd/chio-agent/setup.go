@@ -11,10 +11,12 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/miekg/dns"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
 
 	"github.com/backbay-labs/chio-agent/agent"
+	"github.com/backbay-labs/chio-agent/internal/dnsproxy"
 	"github.com/backbay-labs/chio-agent/internal/tuning"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
@@ -145,6 +147,13 @@ func (f *nodeFlags) resolve(ctx context.Context, defaultLevel, defaultFormat str
 	tuning.Datapath(os.Getenv)
 	for _, r := range ac.Resolvers {
 		s.agentOpts.Resolvers = append(s.agentOpts.Resolvers, netip.MustParseAddrPort(r)) // validated by config
+	}
+	if d := ac.DNS; d.ProxyOn() {
+		s.agentOpts.DNSProxy = &dnsproxy.Options{RefuseOtherTypes: d.RefuseOtherTypes, Rate: d.Rate, Burst: d.Burst,
+			DistinctNames: d.DistinctNames, NameWindow: d.NameWindow.D(0), TTLFloor: d.TTLFloor.D(0), TTLCap: d.TTLCap.D(0)}
+		if d.BlockRcode == "refused" {
+			s.agentOpts.DNSProxy.BlockRcode = dns.RcodeRefused
+		}
 	}
 	if len(ac.Hosts) > 0 {
 		s.agentOpts.Hosts = map[string][]netip.Addr{}

@@ -86,9 +86,12 @@ type Agent struct {
 	// host namespace and reuses it everywhere; a restarted agent reuses the
 	// port its pinned state names.
 	ListenPort uint16 `yaml:"listen_port"`
-	// Resolvers are the DNS servers (address:port) protected workloads may
-	// reach over UDP and TCP without the proxy. Default: none (no DNS).
+	// Resolvers are the DNS servers (address:port) protected workloads'
+	// DNS is forwarded to by the agent's DNS proxy (dns.proxy), which alone
+	// reaches them. Default: none (no DNS).
 	Resolvers []string `yaml:"resolvers"`
+	// DNS configures the DNS proxy (docs/dns.md).
+	DNS DNS `yaml:"dns"`
 	// MetricsAddr, when set, serves Prometheus metrics on this TCP address
 	// (they are always on the status socket too). Default: none.
 	MetricsAddr string `yaml:"metrics_addr"`
@@ -120,6 +123,52 @@ type Timeouts struct {
 // Limits bound what protected workloads can make the node agent hold, so
 // that its memory stays under a ceiling (docs/operations.md). A connection
 // past a bound is refused with a receipt naming it. 0 takes the default.
+// DNS configures the agent's DNS proxy (agent.dns).
+type DNS struct {
+	// Proxy, default true, sends every DNS message of a protected workload
+	// (UDP and TCP to port 53, any address) to the agent, which decides
+	// each query name by the workload's policy. Danger: false lets the
+	// workloads reach Resolvers directly, with any name and any payload.
+	Proxy *bool `yaml:"proxy"`
+	// BlockRcode answers a name the policy refuses: nxdomain (default) or
+	// refused.
+	BlockRcode string `yaml:"block_rcode"`
+	// RefuseOtherTypes refuses every query type beyond A, AAAA, CNAME,
+	// HTTPS and SVCB. Default false: other types are answered for names the
+	// policy allows.
+	RefuseOtherTypes bool `yaml:"refuse_other_types"`
+	// Rate and Burst are each workload's queries per second and at once.
+	// Defaults 100 and 200.
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
+	// DistinctNames bounds the names a workload may ask within NameWindow.
+	// Defaults 256 per 1m.
+	DistinctNames int      `yaml:"distinct_names"`
+	NameWindow    Duration `yaml:"name_window"`
+	// TTLFloor and TTLCap clamp how long an answer stays what the workload
+	// was told (the anti-spoofing truth). Defaults 60s and 1h.
+	TTLFloor Duration `yaml:"ttl_floor"`
+	TTLCap   Duration `yaml:"ttl_cap"`
+}
+
+// ProxyOn says whether the DNS proxy is on (the default).
+func (d DNS) ProxyOn() bool { return d.Proxy == nil || *d.Proxy }
+
+func (d DNS) validate() error {
+	switch d.BlockRcode {
+	case "", "nxdomain", "refused":
+	default:
+		return fmt.Errorf("agent.dns.block_rcode: %q is neither nxdomain nor refused", d.BlockRcode)
+	}
+	if d.Rate < 0 || d.Burst < 0 || d.DistinctNames < 0 || d.NameWindow < 0 || d.TTLFloor < 0 || d.TTLCap < 0 {
+		return fmt.Errorf("agent.dns: rate, burst, distinct_names, name_window, ttl_floor and ttl_cap must not be negative")
+	}
+	if d.TTLCap != 0 && d.TTLCap < d.TTLFloor {
+		return fmt.Errorf("agent.dns.ttl_cap: %s is below ttl_floor %s", time.Duration(d.TTLCap), time.Duration(d.TTLFloor))
+	}
+	return nil
+}
+
 type Limits struct {
 	// HeadBytes caps a connection's first bytes and every HTTP/1.x request
 	// or response head the proxy reads. Default 65536.
@@ -283,6 +332,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("receipts.checkpoint_every: must not be negative")
 	}
 	if err := c.Sidecar.validate(); err != nil {
+		return err
+	}
+	if err := c.Agent.DNS.validate(); err != nil {
 		return err
 	}
 	for i, r := range c.Agent.Resolvers {

