@@ -5,8 +5,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/backbay-labs/chio-agent/internal/dnsproxy"
 )
 
 // dnsClientPy is a protected workload's resolver and client: it asks
@@ -138,5 +141,89 @@ func TestDNSProxyDecidesAndTells(t *testing.T) {
 	e.mu.Unlock()
 	if dnsAllow < 2 || dnsDeny < 2 {
 		t.Errorf("DNS decisions: %d allowed, %d denied; want 2 and 2", dnsAllow, dnsDeny)
+	}
+}
+
+// floodPy sends N queries for distinct names (q<i>.allowed.test, allowed by
+// the policy: only the bounds stop them) to RESOLVER:53 from one socket,
+// one at a time, and prints how many answers came back with each rcode.
+const floodPy = `
+import os, socket, struct, collections
+n, resolver = int(os.environ["N"]), os.environ["RESOLVER"]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+rc = collections.Counter()
+for i in range(n):
+    q = struct.pack(">HHHHHH", i & 0xFFFF, 0x0100, 1, 0, 0, 0)
+    for label in ("q%d" % i, "allowed", "test"):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00" + struct.pack(">HH", 1, 1)
+    s.sendto(q, (resolver, 53))
+    try:
+        m, _ = s.recvfrom(4096)
+        rc[m[3] & 0xF] += 1
+    except socket.timeout:
+        rc["timeout"] += 1
+print(" ".join("%s=%d" % (k, v) for k, v in sorted(rc.items(), key=str)))
+`
+
+// TestDNSProxyBoundsATunnel: 10,000 distinct names from one protected
+// workload (a DNS tunnel) are bounded: at most the distinct-name bound
+// reaches the upstream, the rest are REFUSED, and the receipts, aggregated
+// where the flood is, stand for every query exactly once.
+func TestDNSProxyBoundsATunnel(t *testing.T) {
+	const n = 10000
+	e := newE2E(t, e2eOptions{dnsProxy: true})
+	var mu sync.Mutex
+	asked := map[string]bool{}
+	answerDNS(e.dns, true, func(q dnsmessage.Question) ([4]byte, bool) {
+		mu.Lock()
+		asked[q.Name.String()] = true
+		mu.Unlock()
+		return [4]byte{127, 0, 0, 1}, q.Type == dnsmessage.TypeA
+	})
+	out, code := e.run("env", fmt.Sprintf("N=%d", n), "RESOLVER=127.0.0.53", "python3", "-c", floodPy)
+	if code != 0 || strings.Contains(out, "timeout") {
+		t.Fatalf("flood: exit %d, %q", code, out)
+	}
+	mu.Lock()
+	forwarded := len(asked)
+	mu.Unlock()
+	if forwarded == 0 || forwarded > dnsproxy.DefaultDistinctNames {
+		t.Errorf("%d distinct names reached the upstream, want 1 to %d", forwarded, dnsproxy.DefaultDistinctNames)
+	}
+	if !strings.Contains(out, "5=") { // REFUSED
+		t.Errorf("no query was refused: %q", out)
+	}
+	// Every query is in exactly one receipt: the aggregated ones are
+	// written a linger after the flood.
+	var total, allowed int
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		total, allowed = 0, 0
+		e.mu.Lock()
+		for _, d := range e.decided {
+			if d.Protocol != "dns" {
+				continue
+			}
+			if d.ReceiptID == "" {
+				t.Fatalf("DNS decision without a receipt: %+v", d)
+			}
+			total += int(max(d.Count, 1))
+			if d.Verdict == "allow" {
+				allowed++
+			}
+		}
+		e.mu.Unlock()
+		if total >= n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if total != n {
+		t.Errorf("receipts stand for %d queries, want %d", total, n)
+	}
+	if allowed != forwarded {
+		t.Errorf("%d allow receipts, %d names forwarded", allowed, forwarded)
 	}
 }

@@ -301,8 +301,8 @@ func TestRunDaemonLifecycle(t *testing.T) {
 	}
 	logLines(t, d.logs.String(), `"attached and pinned the programs"`)
 	s := d.status()
-	// chio.c's seven hooks and inbound.c's four.
-	if len(s.Attachments) != 11 || len(s.Workloads) != 1 || s.Workloads[0].Name != "lifecycle" || s.Counts.Allowed != 1 || s.Policy.Name != "lifecycle" {
+	// chio.c's nine hooks (dns.c's two recvmsg among them) and inbound.c's four.
+	if len(s.Attachments) != 13 || len(s.Workloads) != 1 || s.Workloads[0].Name != "lifecycle" || s.Counts.Allowed != 1 || s.Policy.Name != "lifecycle" {
 		t.Fatalf("status = %+v", s)
 	}
 	for _, a := range s.Attachments {
@@ -381,7 +381,7 @@ func TestRunDaemonLifecycle(t *testing.T) {
 			t.Fatalf("attachment not adopted after restart: %+v", a)
 		}
 	}
-	logLines(t, d.logs.String(), `"adopted_links":11`, `"adopted the pinned programs`)
+	logLines(t, d.logs.String(), `"adopted_links":13`, `"adopted the pinned programs`)
 
 	// SIGHUP reload to a policy that blocks the host.
 	writePolicy("", `"api.allowed.test"`)
