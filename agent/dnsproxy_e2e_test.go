@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/backbay-labs/chio-agent/internal/dnsproxy"
+	"github.com/backbay-labs/chio-agent/kernel"
 )
 
 // dnsClientPy is a protected workload's resolver and client: it asks
@@ -113,6 +115,16 @@ func TestDNSProxyDecidesAndTells(t *testing.T) {
 			t.Errorf("%s: %q, want NXDOMAIN", name, got)
 		}
 	}
+	// Bytes that are no DNS query, over UDP and TCP: no answer, a deny
+	// receipt, nothing forwarded.
+	if got := e.dnsChild("", "raw-udp", netip.MustParseAddrPort("127.0.0.53:53")); got != "noanswer" {
+		t.Errorf("raw bytes over UDP: %q, want no answer", got)
+	}
+	if got := e.dnsChild("", "raw-tcp", netip.MustParseAddrPort("127.0.0.53:53")); got != "closed" {
+		t.Errorf("raw bytes over TCP: %q, want the connection closed", got)
+	}
+	e.waitDecision(func(d Decision) bool { return d.Guard == kernel.GuardDNS && d.Transport == "tcp" && d.ReceiptID != "" })
+	e.waitDecision(func(d Decision) bool { return d.Guard == kernel.GuardDNS && d.Transport == "udp" && d.ReceiptID != "" })
 	mu.Lock()
 	defer mu.Unlock()
 	for _, n := range asked {
@@ -139,8 +151,8 @@ func TestDNSProxyDecidesAndTells(t *testing.T) {
 		}
 	}
 	e.mu.Unlock()
-	if dnsAllow < 2 || dnsDeny < 2 {
-		t.Errorf("DNS decisions: %d allowed, %d denied; want 2 and 2", dnsAllow, dnsDeny)
+	if dnsAllow < 2 || dnsDeny < 4 {
+		t.Errorf("DNS decisions: %d allowed, %d denied; want 2 and 4", dnsAllow, dnsDeny)
 	}
 }
 
