@@ -33,10 +33,9 @@ rules:
 // authority is a local authoritative server for the tests: it answers a
 // small zone and logs every question it receives.
 type authority struct {
-	mu   sync.Mutex
-	log  []string // "name type transport"
-	cdn  atomic.Uint32
-	addr map[string]string // "udp"/"tcp" → address
+	mu  sync.Mutex
+	log []string // "name type transport"
+	cdn atomic.Uint32
 }
 
 func (a *authority) asked() []string {
