@@ -1,0 +1,295 @@
+// Package natscluster starts a three-server JetStream cluster of Debian's
+// nats-server (scripts/deps test installs it) for tests: every server on
+// random loopback ports, its store in a temporary directory, each one a
+// child process a test can kill and restart on the same ports and store.
+//
+// Real servers cost seconds to start and to elect a JetStream leader, so
+// tests that do not kill servers share one cluster per test binary
+// (Shared); a test that kills servers starts its own (Start).
+package natscluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+)
+
+// Size is the number of servers of a cluster.
+const Size = 3
+
+// readyTimeout bounds how long a (re)started cluster may take to serve
+// JetStream.
+const readyTimeout = 60 * time.Second
+
+// Cluster is a running (or partly stopped) cluster.
+type Cluster struct {
+	bin    string
+	dir    string
+	ports  [Size]int // client ports
+	routes [Size]int // cluster ports
+	mu     sync.Mutex
+	procs  [Size]*exec.Cmd
+	waits  [Size]chan struct{}
+	logs   [Size]string
+	Token  string // the client token every server requires
+}
+
+// Binary finds nats-server: on PATH, else Debian's /usr/sbin. A missing one
+// skips t (fails it under CI=true).
+func Binary(t testing.TB) string {
+	t.Helper()
+	if p, err := exec.LookPath("nats-server"); err == nil {
+		return p
+	}
+	if _, err := os.Stat("/usr/sbin/nats-server"); err == nil {
+		return "/usr/sbin/nats-server"
+	}
+	testutil.Skip(t, "nats-server is not installed (scripts/deps test installs it)")
+	return ""
+}
+
+// Start starts a fresh cluster for t and stops it when t ends.
+func Start(t testing.TB) *Cluster {
+	t.Helper()
+	c, err := start(Binary(t), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.StopAll)
+	return c
+}
+
+var (
+	sharedOnce sync.Once
+	shared     *Cluster
+	sharedErr  error
+)
+
+// Shared is one cluster for the whole test binary, started by its first
+// caller; tests using it must not stop its servers, and must use subjects
+// and streams of their own. The test binary's TestMain calls StopShared
+// after m.Run (a server also dies with the test binary: Pdeathsig).
+func Shared(t testing.TB) *Cluster {
+	t.Helper()
+	bin := Binary(t)
+	sharedOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "natscluster-")
+		if err != nil {
+			sharedErr = err
+			return
+		}
+		shared, sharedErr = start(bin, dir)
+	})
+	if sharedErr != nil {
+		t.Fatal(sharedErr)
+	}
+	return shared
+}
+
+// StopShared stops the shared cluster, if one was started, and removes its
+// stores.
+func StopShared() {
+	if shared != nil {
+		shared.StopAll()
+		os.RemoveAll(shared.dir)
+	}
+}
+
+func start(bin, dir string) (*Cluster, error) {
+	c := &Cluster{bin: bin, dir: dir, Token: "chio-test-token"}
+	for i := 0; i < Size; i++ {
+		var err error
+		if c.ports[i], err = freePort(); err != nil {
+			return nil, err
+		}
+		if c.routes[i], err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	for i := 0; i < Size; i++ {
+		if err := c.writeConfig(i); err != nil {
+			return nil, err
+		}
+	}
+	for i := 0; i < Size; i++ {
+		if err := c.spawn(i); err != nil {
+			c.StopAll()
+			return nil, err
+		}
+	}
+	if err := c.WaitReady(); err != nil {
+		c.StopAll()
+		return nil, err
+	}
+	return c, nil
+}
+
+// freePort asks the kernel for a free loopback port. Another process could
+// take it before the server binds; the server's start then fails, loudly.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("pick a loopback port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (c *Cluster) writeConfig(i int) error {
+	var routes []string
+	for j := 0; j < Size; j++ {
+		if j != i {
+			routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", c.routes[j]))
+		}
+	}
+	store := filepath.Join(c.dir, fmt.Sprintf("n%d", i), "store")
+	if err := os.MkdirAll(store, 0o700); err != nil {
+		return fmt.Errorf("make nats store: %w", err)
+	}
+	conf := fmt.Sprintf(`server_name: n%d
+listen: 127.0.0.1:%d
+authorization { token: %q }
+jetstream { store_dir: %q, max_memory_store: 64MB, max_file_store: 1GB }
+cluster {
+  name: chio-test
+  listen: 127.0.0.1:%d
+  routes: [%s]
+}
+`, i, c.ports[i], c.Token, store, c.routes[i], strings.Join(routes, ", "))
+	return os.WriteFile(c.confPath(i), []byte(conf), 0o600)
+}
+
+func (c *Cluster) confPath(i int) string {
+	return filepath.Join(c.dir, fmt.Sprintf("n%d", i), "nats.conf")
+}
+
+func (c *Cluster) spawn(i int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.procs[i] != nil {
+		return nil
+	}
+	c.logs[i] = filepath.Join(c.dir, fmt.Sprintf("n%d", i), "server.log")
+	cmd := exec.Command(c.bin, "-c", c.confPath(i), "-l", c.logs[i])
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start nats-server n%d: %w", i, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	c.procs[i], c.waits[i] = cmd, done
+	return nil
+}
+
+// URL is server i's client URL.
+func (c *Cluster) URL(i int) string { return fmt.Sprintf("nats://127.0.0.1:%d", c.ports[i]) }
+
+// URLs are every server's client URL, comma-separated, as a sink names
+// them (without the token).
+func (c *Cluster) URLs() string {
+	var us []string
+	for i := 0; i < Size; i++ {
+		us = append(us, c.URL(i))
+	}
+	return strings.Join(us, ",")
+}
+
+// Log returns server i's log file, for a failing test to print.
+func (c *Cluster) Log(i int) string {
+	b, _ := os.ReadFile(c.logs[i])
+	return string(b)
+}
+
+// Kill SIGKILLs server i and waits for it to die.
+func (c *Cluster) Kill(i int) {
+	c.mu.Lock()
+	cmd, done := c.procs[i], c.waits[i]
+	c.procs[i] = nil
+	c.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Kill()
+	<-done
+}
+
+// Restart starts server i again on its ports and store.
+func (c *Cluster) Restart(i int) error { return c.spawn(i) }
+
+// StopAll kills every server.
+func (c *Cluster) StopAll() {
+	for i := 0; i < Size; i++ {
+		c.Kill(i)
+	}
+}
+
+// StartAll starts every stopped server and waits for JetStream.
+func (c *Cluster) StartAll() error {
+	for i := 0; i < Size; i++ {
+		if err := c.spawn(i); err != nil {
+			return err
+		}
+	}
+	return c.WaitReady()
+}
+
+// Connect opens a client connection to the cluster (every server's URL,
+// the cluster's token); the test closes it.
+func (c *Cluster) Connect() (*nats.Conn, error) {
+	return nats.Connect(c.URLs(), nats.Token(c.Token), nats.MaxReconnects(-1),
+		nats.ReconnectWait(50*time.Millisecond), nats.Timeout(2*time.Second))
+}
+
+// WaitReady waits until the cluster answers JetStream account requests,
+// which needs a meta leader: polling, bounded by a minute.
+func (c *Cluster) WaitReady() error {
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	var last error
+	for {
+		if last = c.ping(ctx); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for nats cluster: %w (last: %v)", ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) ping(ctx context.Context) error {
+	nc, err := c.Connect()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	info, err := js.AccountInfo(actx)
+	if err != nil {
+		return err
+	}
+	if info == nil {
+		return errors.New("no account info")
+	}
+	return nil
+}
