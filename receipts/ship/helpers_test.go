@@ -1,0 +1,271 @@
+package ship
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
+	"github.com/backbay-labs/chio-agent/receipts"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	natscluster.StopShared()
+	os.Exit(code)
+}
+
+// testKey derives a signing key from name (each test its own log id).
+func testKey(name string) ed25519.PrivateKey {
+	seed := sha256.Sum256([]byte("ship test " + name))
+	return ed25519.NewKeyFromSeed(seed[:])
+}
+
+// openLog opens a log at path signed by key, sealing every `every`
+// receipts.
+func openLog(t testing.TB, path string, key ed25519.PrivateKey, every int) *receipts.Log {
+	t.Helper()
+	l, err := receipts.Open(path, receipts.Options{Key: key, Mode: receipts.ModeAsync, CheckpointEvery: every,
+		CheckpointIdle: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// appendN appends n synthetic receipts numbered from first.
+func appendN(t testing.TB, l *receipts.Log, key ed25519.PrivateKey, first, n int) {
+	t.Helper()
+	now := time.Now()
+	for i := first; i < first+n; i++ {
+		data, err := receipts.SyntheticReceipt(key, i, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Append(context.Background(), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// sealAll makes every appended receipt durable and sealed.
+func sealAll(t testing.TB, l *receipts.Log) {
+	t.Helper()
+	if err := l.Flush(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// uniqueNames gives a test its own stream and subject prefix, so tests
+// sharing a cluster do not see each other's batches.
+func uniqueNames(o *Options) {
+	b := make([]byte, 4)
+	rand.Read(b)
+	s := hex.EncodeToString(b)
+	o.Stream = "T_" + s
+	o.SubjectPrefix = "t" + s + ".receipts"
+}
+
+// clusterOptions are Options for cluster c: its URLs and its token from a
+// variable.
+func clusterOptions(c *natscluster.Cluster) Options {
+	o := Options{Servers: strings.Split(c.URLs(), ","), Credentials: Credentials{TokenEnv: "TEST_NATS_TOKEN"},
+		Lookup: func(k string) (string, bool) {
+			if k == "TEST_NATS_TOKEN" {
+				return c.Token, true
+			}
+			return "", false
+		}}
+	uniqueNames(&o)
+	return o
+}
+
+// startShipper runs a shipper for l until the test ends.
+func startShipper(t testing.TB, l *receipts.Log, o Options) *Shipper {
+	t.Helper()
+	s, err := New(l, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; s.Close() })
+	return s
+}
+
+// waitShipped waits until the shipper acknowledged every checkpoint the log
+// holds (the log sealed and quiet), polling; bounded.
+func waitShipped(t testing.TB, l *receipts.Log, s *Shipper, within time.Duration) Status {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		last, _, err := l.SealedCheckpoints()
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := s.Status()
+		if st.AckedCheckpoint == last && last > 0 {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shipped checkpoint %d of %d after %v; status %+v", st.AckedCheckpoint, last, within, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// streamBatches reads every message of the stream, in stream order, with
+// its Nats-Msg-Id.
+func streamBatches(t testing.TB, c *natscluster.Cluster, stream string) ([]receipts.SealedBatch, []string) {
+	t.Helper()
+	nc, err := c.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bs []receipts.SealedBatch
+	var ids []string
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("get stream message %d: %v", seq, err)
+		}
+		var b receipts.SealedBatch
+		if err := json.Unmarshal(m.Data, &b); err != nil {
+			t.Fatalf("stream message %d: %v", seq, err)
+		}
+		bs = append(bs, b)
+		ids = append(ids, m.Header.Get(jetstream.MsgIDHeader))
+	}
+	return bs, ids
+}
+
+// checkStream checks that the stream holds exactly the log's sealed
+// batches: checkpoints 1..last once each and in order, each with its
+// receipts (seq by seq, byte for byte), its signature and Merkle root
+// verifying, and the message id naming log and checkpoint.
+func checkStream(t testing.TB, c *natscluster.Cluster, stream string, l *receipts.Log) int {
+	t.Helper()
+	got, ids := streamBatches(t, c, stream)
+	last, sealed, err := l.SealedCheckpoints()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logID, _ := l.LogID()
+	if uint64(len(got)) != last {
+		t.Fatalf("stream holds %d batches, the log %d checkpoints (0 lost, 0 duplicated wanted); ids %v", len(got), last, ids)
+	}
+	nextSeq := uint64(1)
+	for i, b := range got {
+		var cp receipts.Checkpoint
+		if err := json.Unmarshal(b.Checkpoint, &cp); err != nil {
+			t.Fatal(err)
+		}
+		if cp.Body.CheckpointSeq != uint64(i+1) {
+			t.Fatalf("stream message %d carries checkpoint %d: out of order or duplicated", i+1, cp.Body.CheckpointSeq)
+		}
+		if want := MsgID(logID, uint64(i+1)); ids[i] != want || b.LogID != logID {
+			t.Fatalf("message %d: id %q log %q, want %q %q", i+1, ids[i], b.LogID, want, logID)
+		}
+		if err := cp.VerifySignature(); err != nil {
+			t.Fatalf("checkpoint %d: %v", i+1, err)
+		}
+		if cp.Body.BatchStartSeq != nextSeq || uint64(len(b.Receipts)) != cp.Body.TreeSize {
+			t.Fatalf("checkpoint %d covers %d..%d with %d receipts, want start %d", i+1, cp.Body.BatchStartSeq, cp.Body.BatchEndSeq, len(b.Receipts), nextSeq)
+		}
+		leaves := make([]receipts.Hash, len(b.Receipts))
+		for j, r := range b.Receipts {
+			e, err := l.Get(cp.Body.BatchStartSeq + uint64(j))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(e.Receipt) != string(r) {
+				t.Fatalf("checkpoint %d receipt %d differs from the log's", i+1, j)
+			}
+			leaves[j] = receipts.LeafHash(r)
+		}
+		if receipts.MerkleRoot(leaves).String() != cp.Body.MerkleRoot {
+			t.Fatalf("checkpoint %d: Merkle root does not match the shipped receipts", i+1)
+		}
+		nextSeq = cp.Body.BatchEndSeq + 1
+	}
+	if nextSeq-1 != sealed {
+		t.Fatalf("stream seals receipts up to %d, the log %d", nextSeq-1, sealed)
+	}
+	return int(sealed)
+}
+
+func tempLog(t testing.TB) string { return filepath.Join(t.TempDir(), "receipts.db") }
+
+func streamInfo(t testing.TB, c *natscluster.Cluster, stream string) *jetstream.StreamInfo {
+	t.Helper()
+	nc, err := c.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// streamLeader is the index of the server leading stream.
+func streamLeader(t testing.TB, c *natscluster.Cluster, stream string) int {
+	t.Helper()
+	info := streamInfo(t, c, stream)
+	if info.Cluster == nil {
+		t.Fatal("stream has no cluster info")
+	}
+	for i := 0; i < natscluster.Size; i++ {
+		if info.Cluster.Leader == fmt.Sprintf("n%d", i) {
+			return i
+		}
+	}
+	t.Fatalf("stream leader %q is none of the cluster's servers", info.Cluster.Leader)
+	return 0
+}
+
+func readStateFile(t testing.TB, path string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.AckedCheckpint
+}

@@ -1,0 +1,180 @@
+package ship
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
+)
+
+// TestShipRoundTrip ships 1,000 receipts from a real log through the
+// three-server cluster and reads them back: every batch once, in order,
+// each verifying against its signed checkpoint; the stream it created is
+// replicated on the three servers, with the documented dedup window.
+func TestShipRoundTrip(t *testing.T) {
+	c := natscluster.Shared(t)
+	key := testKey(t.Name())
+	l := openLog(t, tempLog(t), key, 50)
+	defer l.Close()
+	o := clusterOptions(c)
+	s := startShipper(t, l, o)
+	appendN(t, l, key, 0, 1000)
+	sealAll(t, l)
+	st := waitShipped(t, l, s, time.Minute)
+	if st.AckedSeq != 1000 || st.LagReceipts != 0 || st.Batches != 20 {
+		t.Fatalf("status after shipping 1000 receipts in batches of 50: %+v", st)
+	}
+	if n := checkStream(t, c, o.Stream, l); n != 1000 {
+		t.Fatalf("stream holds %d receipts, want 1000", n)
+	}
+	info := streamInfo(t, c, o.Stream)
+	if info.Config.Replicas != 3 || info.Config.Duplicates != DefaultDuplicates {
+		t.Fatalf("created stream: %d replicas, dedup window %v; want 3 and %v", info.Config.Replicas, info.Config.Duplicates, DefaultDuplicates)
+	}
+	if st := readStateFile(t, l.Path()+".shipped"); st != 20 {
+		t.Fatalf("state file records checkpoint %d, want 20", st)
+	}
+}
+
+// TestShipOneServerKilled kills the server leading the stream while
+// receipts are being appended and shipped: nothing is lost or duplicated.
+func TestShipOneServerKilled(t *testing.T) {
+	c := natscluster.Start(t)
+	key := testKey(t.Name())
+	l := openLog(t, tempLog(t), key, 20)
+	defer l.Close()
+	o := clusterOptions(c)
+	s := startShipper(t, l, o)
+	appendN(t, l, key, 0, 400)
+	sealAll(t, l)
+	waitShipped(t, l, s, time.Minute)
+
+	leader := streamLeader(t, c, o.Stream)
+	c.Kill(leader)
+	appendN(t, l, key, 400, 600)
+	sealAll(t, l)
+	waitShipped(t, l, s, 2*time.Minute)
+	if err := c.Restart(leader); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitReady(); err != nil {
+		t.Fatal(err)
+	}
+	if n := checkStream(t, c, o.Stream, l); n != 1000 {
+		t.Fatalf("stream holds %d receipts, want 1000", n)
+	}
+}
+
+// TestShipOutageBacklog stops every server while decisions (appends) go
+// on: appends never wait, the backlog stays local, status and the alarm
+// say so, and once the servers return the backlog ships: 0 lost, 0
+// duplicated in the stream.
+func TestShipOutageBacklog(t *testing.T) {
+	c := natscluster.Start(t)
+	key := testKey(t.Name())
+	l := openLog(t, tempLog(t), key, 20)
+	defer l.Close()
+	o := clusterOptions(c)
+	o.MaxBacklog = 300
+	s := startShipper(t, l, o)
+	appendN(t, l, key, 0, 200)
+	sealAll(t, l)
+	waitShipped(t, l, s, time.Minute)
+
+	c.StopAll()
+	appendN(t, l, key, 200, 800)
+	sealAll(t, l)
+	deadline := time.Now().Add(30 * time.Second)
+	var st Status
+	for {
+		st = s.Status()
+		if !st.Connected && st.LastError != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status during the outage: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st.LagReceipts != 800 || !st.BacklogExceeded || !strings.Contains(st.LastError, "exceeds max_backlog 300") {
+		t.Fatalf("status during the outage with 800 receipts unshipped: %+v", st)
+	}
+	if l.LastSeq() != 1000 {
+		t.Fatalf("log holds %d receipts during the outage, want 1000", l.LastSeq())
+	}
+	if err := c.StartAll(); err != nil {
+		t.Fatal(err)
+	}
+	st = waitShipped(t, l, s, 2*time.Minute)
+	if st.LagReceipts != 0 || st.BacklogExceeded {
+		t.Fatalf("status after the outage: %+v", st)
+	}
+	if n := checkStream(t, c, o.Stream, l); n != 1000 {
+		t.Fatalf("stream holds %d receipts, want 1000", n)
+	}
+}
+
+// TestShipRefusesBadSink: a malformed sink or credential stops the start
+// with an error naming it, before anything ships.
+func TestShipRefusesBadSink(t *testing.T) {
+	c := natscluster.Shared(t)
+	key := testKey(t.Name())
+	l := openLog(t, tempLog(t), key, 10)
+	defer l.Close()
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := clusterOptions(c)
+	for _, tc := range []struct {
+		name string
+		edit func(*Options)
+		want string
+	}{
+		{"http scheme", func(o *Options) { o.Servers = []string{"http://127.0.0.1:4222"} }, "want nats:// or tls://"},
+		{"no port", func(o *Options) { o.Servers = []string{"nats://127.0.0.1"} }, "want host:port"},
+		{"password in URL", func(o *Options) { o.Servers = []string{"nats://u:secret@127.0.0.1:4222"} }, "credentials in the URL are refused"},
+		{"path", func(o *Options) { o.Servers = []string{"nats://127.0.0.1:4222/x"} }, "want only scheme://host:port"},
+		{"no servers", func(o *Options) { o.Servers = nil }, "none given"},
+		{"wrong token", func(o *Options) {
+			o.Credentials = Credentials{TokenFile: write("token", "not-the-token\n")}
+		}, "refuse the credentials"},
+		{"no token", func(o *Options) { o.Credentials = Credentials{} }, "refuse the credentials"},
+		{"token file missing", func(o *Options) {
+			o.Credentials = Credentials{TokenFile: filepath.Join(dir, "absent")}
+		}, "read nats token file"},
+		{"token variable unset", func(o *Options) { o.Credentials = Credentials{TokenEnv: "UNSET_VAR"} }, "variable UNSET_VAR is unset"},
+		{"two credentials", func(o *Options) {
+			o.Credentials = Credentials{TokenEnv: "TEST_NATS_TOKEN", NKeyFile: "x"}
+		}, "give one of"},
+		{"bad nkey seed", func(o *Options) {
+			o.Credentials = Credentials{NKeyFile: write("seed", "SUAGARBAGE\n")}
+		}, "parse nats nkey seed"},
+		{"bad creds", func(o *Options) {
+			o.Credentials = Credentials{CredsFile: write("user.creds", "no jwt here\n")}
+		}, "parse nats creds"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := good
+			tc.edit(&o)
+			s, err := New(l, o)
+			if err == nil {
+				s.Close()
+				t.Fatalf("New accepted %s", tc.name)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not say %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "secret") {
+				t.Fatalf("error %q shows the password", err)
+			}
+		})
+	}
+}
