@@ -269,3 +269,24 @@ func readStateFile(t testing.TB, path string) uint64 {
 	}
 	return st.AckedCheckpint
 }
+
+// streamInfoMaybe is the stream's info, or nil while it does not exist.
+func streamInfoMaybe(c *natscluster.Cluster, stream string) *jetstream.StreamInfo {
+	nc, err := c.Connect()
+	if err != nil {
+		return nil
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return nil
+	}
+	return info
+}
