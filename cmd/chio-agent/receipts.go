@@ -77,7 +77,8 @@ func (o *dbOptions) resolve() error {
 	if err != nil {
 		return err
 	}
-	o.path, err = config.ReceiptPath(config.Pick(lookup, o.receipts, config.EnvReceiptSink, c.Receipts.Sink, defaultReceiptDB))
+	// A NATS sink ships from a local log: the readers read that log.
+	o.path, _, err = config.ResolveSink(config.Pick(lookup, o.receipts, config.EnvReceiptSink, c.Receipts.Sink, ""), &c.Receipts, defaultReceiptDB)
 	if err != nil {
 		return err
 	}

@@ -19,7 +19,8 @@ type Flags struct {
 	Config string
 	// Policy is the policy source (--policy).
 	Policy string
-	// Receipts is the receipt log: a path or file://PATH (--receipts).
+	// Receipts is the receipt sink: a path, file://PATH or nats:// URLs
+	// (--receipts).
 	Receipts string
 	// ReceiptMode is sync or async (--receipt-mode).
 	ReceiptMode string
@@ -52,6 +53,9 @@ type Common struct {
 	PanicFile string
 	// ReceiptPath is the bbolt file of the receipt log.
 	ReceiptPath string
+	// ShipServers are the NATS servers sealed batches are shipped to
+	// (Config.Receipts.NATS says how); nil when the sink is local.
+	ShipServers []string
 	// ReceiptMode is sync or async.
 	ReceiptMode string
 	// CheckpointEvery and CheckpointIdle tune checkpoints; zero means the
@@ -123,11 +127,11 @@ func Resolve(ctx context.Context, f Flags, d Defaults, lookup func(string) (stri
 	}
 	c.PanicFile = cfg.PanicFile
 
-	path, err := ReceiptPath(Pick(lookup, f.Receipts, EnvReceiptSink, cfg.Receipts.Sink, d.Receipts))
+	path, servers, err := ResolveSink(Pick(lookup, f.Receipts, EnvReceiptSink, cfg.Receipts.Sink, ""), &cfg.Receipts, d.Receipts)
 	if err != nil {
 		return nil, err
 	}
-	c.ReceiptPath = path
+	c.ReceiptPath, c.ShipServers = path, servers
 	// No variable names the mode: a flag, else kernel.yaml, else sync.
 	c.ReceiptMode = Pick(lookup, f.ReceiptMode, "", cfg.Receipts.Mode, "sync")
 	if c.ReceiptMode != "sync" && c.ReceiptMode != "async" {

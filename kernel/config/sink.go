@@ -1,0 +1,115 @@
+package config
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/backbay-labs/chio-agent/receipts/ship"
+)
+
+// NATS configures shipping receipts to NATS JetStream (receipts.nats),
+// used when receipts.sink is a nats:// or tls:// URL list.
+type NATS struct {
+	// Stream is the JetStream stream (created if missing). Default
+	// CHIO_RECEIPTS.
+	Stream string `yaml:"stream"`
+	// Replicas of a created stream. Default 3, or the cluster's server
+	// count when smaller.
+	Replicas int `yaml:"replicas"`
+	// MaxBacklog is the unshipped receipts past which the shipper raises
+	// its alarm (status error, metric); decisions go on and every receipt
+	// stays in the local log. Default 1000000.
+	MaxBacklog uint64 `yaml:"max_backlog"`
+	// At most one credential, each from a file or from the environment
+	// variable named: a token, an NKey user seed, or a .creds file (user
+	// JWT and seed). Default none.
+	TokenFile string `yaml:"token_file"`
+	TokenEnv  string `yaml:"token_env"`
+	NKeyFile  string `yaml:"nkey_seed_file"`
+	NKeyEnv   string `yaml:"nkey_seed_env"`
+	CredsFile string `yaml:"creds_file"`
+	CredsEnv  string `yaml:"creds_env"`
+	// CAFile is the CA bundle tls:// servers are checked against. Default
+	// the system's.
+	CAFile string `yaml:"ca_file"`
+}
+
+// Credentials are n's credentials as the shipper takes them.
+func (n *NATS) Credentials() ship.Credentials {
+	return ship.Credentials{TokenFile: n.TokenFile, TokenEnv: n.TokenEnv, NKeyFile: n.NKeyFile,
+		NKeyEnv: n.NKeyEnv, CredsFile: n.CredsFile, CredsEnv: n.CredsEnv}
+}
+
+// IsNATSSink says sink names NATS servers (nats:// or tls://).
+func IsNATSSink(sink string) bool {
+	return strings.HasPrefix(sink, "nats://") || strings.HasPrefix(sink, "tls://")
+}
+
+// NATSServers splits a nats sink into its server URLs: a comma-separated
+// list, each nats://host:port or tls://host:port; the scheme may be given
+// once, in front ("nats://a:4222,b:4222").
+func NATSServers(sink string) ([]string, error) {
+	scheme, rest, _ := strings.Cut(sink, "://")
+	var out []string
+	for _, s := range strings.Split(rest, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			return nil, fmt.Errorf("receipt sink %q: an empty server in the list", redactSink(sink))
+		}
+		if !strings.Contains(s, "://") {
+			s = scheme + "://" + s
+		}
+		out = append(out, s)
+	}
+	if err := ship.CheckServers(out); err != nil {
+		return nil, fmt.Errorf("receipt sink: %w", err)
+	}
+	return out, nil
+}
+
+// redactSink hides anything before an @ (credentials do not belong in a
+// sink, and an error must not repeat them).
+func redactSink(s string) string {
+	if i := strings.LastIndex(s, "@"); i >= 0 {
+		if j := strings.Index(s, "://"); j >= 0 && j < i {
+			return s[:j+3] + "REDACTED" + s[i:]
+		}
+	}
+	return s
+}
+
+// ResolveSink resolves the receipt sink and the local log: sink is the
+// flag, else CHIO_RECEIPT_SINK, else receipts.sink; the local log is a
+// local sink itself, else receipts.path, else def. A nats sink gives the
+// servers to ship to; a local sink and a receipts.path that disagree are
+// refused (which file would the log be?).
+func ResolveSink(sink string, r *Receipts, def string) (path string, servers []string, err error) {
+	if IsNATSSink(sink) {
+		servers, err = NATSServers(sink)
+		if err != nil {
+			return "", nil, err
+		}
+		path, err = ReceiptPath(first(r.Path, def))
+		if err != nil {
+			return "", nil, fmt.Errorf("receipts.path: %w", err)
+		}
+		return path, servers, nil
+	}
+	if r.NATS != nil {
+		return "", nil, fmt.Errorf("receipt sink %q is no nats:// or tls:// URL, but receipts.nats is set", sink)
+	}
+	path, err = ReceiptPath(first(sink, r.Path, def))
+	if err != nil {
+		return "", nil, err
+	}
+	if sink != "" && r.Path != "" {
+		p2, err := ReceiptPath(r.Path)
+		if err != nil {
+			return "", nil, fmt.Errorf("receipts.path: %w", err)
+		}
+		if p2 != path {
+			return "", nil, fmt.Errorf("receipt sink names the local log %s but receipts.path names %s", path, p2)
+		}
+	}
+	return path, nil, nil
+}
