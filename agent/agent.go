@@ -21,6 +21,7 @@ import (
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
 
 // DefaultAgentMark is the SO_MARK on the agent's own upstream sockets, which
@@ -38,6 +39,9 @@ type Options struct {
 	// Log receives every receipt. Required. In sync mode a connection is
 	// relayed only after its receipt is durable.
 	Log *receipts.Log
+	// Shipper, when set, ships Log's sealed batches to NATS (the caller
+	// runs it); status and metrics report it. Default none.
+	Shipper *ship.Shipper
 	// PinDir pins programs, links and maps so that they outlive the agent
 	// (fail-closed while it is down; adopted when it restarts). One agent
 	// at a time: Start refuses a PinDir a live process owns

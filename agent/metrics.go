@@ -60,6 +60,9 @@ func newMetrics(a *Agent) *metrics {
 		Help: "Configured workloads (chio_agent_workload_state says which are protected now).",
 	}, func() float64 { return float64(len(a.reg.all())) }))
 	m.reg.MustRegister(workloadStates{a})
+	if a.opts.Shipper != nil {
+		m.reg.MustRegister(a.opts.Shipper.Collectors()...)
+	}
 	m.reg.MustRegister(birthRoots{a})
 	refusals := func(f func(RefusalStatus) uint64) func() float64 {
 		return func() float64 { st, _ := a.Refusals(); return float64(f(st)) }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
 
 // DefaultStatusSocket is where `chio-agent run` serves its status.
@@ -47,6 +48,10 @@ type Status struct {
 	Policy    PolicyStatus     `json:"policy"`
 	Errors    []TimedError     `json:"errors"`
 	Extra     map[string]any   `json:"extra,omitempty"`
+
+	// Shipping is the NATS shipper's state: its lag in receipts and
+	// seconds, its last error; absent when the sink is local.
+	Shipping *ship.Status `json:"shipping,omitempty"`
 }
 
 // AttachmentStatus is one attached program.
@@ -207,6 +212,10 @@ func (a *Agent) Status(version string) Status {
 		s.Maps.Guards = len(gs)
 	}
 	s.Receipts = receiptStatus(a.opts.Log)
+	if a.opts.Shipper != nil {
+		st := a.opts.Shipper.Status()
+		s.Shipping = &st
+	}
 	s.Errors = a.proxy.errs.list()
 	if s.Errors == nil {
 		s.Errors = []TimedError{}

@@ -19,6 +19,7 @@ import (
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/backbay-labs/chio-agent/kernel/jcs"
+	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
 
 // Bounds on what the sidecar's own endpoints read.
@@ -246,6 +247,10 @@ type AdminStatus struct {
 	Denied                 uint64 `json:"denied"`
 	Failed                 uint64 `json:"failed"`
 	Health                 Health `json:"health"`
+
+	// Shipping is the NATS shipper's state (lag, last error); absent when
+	// the sink is local.
+	Shipping *ship.Status `json:"shipping,omitempty"`
 }
 
 func (s *Server) serveAdminStatus(w http.ResponseWriter, r *http.Request) {
@@ -267,6 +272,10 @@ func (s *Server) serveAdminStatus(w http.ResponseWriter, r *http.Request) {
 	st.CapabilityAuthorityURL = s.set.CapabilityAuthorityURL
 	st.Allowed, st.Denied, st.Failed = s.allowed.Load(), s.denied.Load(), s.failed.Load()
 	st.Health = s.Health()
+	if s.ship != nil {
+		sh := s.ship.Status()
+		st.Shipping = &sh
+	}
 	writeJSON(w, http.StatusOK, st)
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
 
 // Headers the sidecar reads and writes.
@@ -101,6 +102,7 @@ type Server struct {
 	toolServer string
 	key        ed25519.PrivateKey
 	rlog       *receipts.Log
+	ship       *ship.Shipper // nil for a local sink
 	engine     atomic.Pointer[engine]
 	proxy      *httputil.ReverseProxy
 	srv        *http.Server
@@ -208,6 +210,20 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 			s.rlog.Close()
 		}
 	}()
+	// A NATS sink ships the log's sealed batches beside it; decisions
+	// never wait on it. A refused sink or credential stops the start.
+	if o, ok := set.ShipOptions(); ok {
+		o.Logger = s.log
+		if s.ship, err = ship.New(s.rlog, o); err != nil {
+			return nil, fmt.Errorf("start sidecar: %w", err)
+		}
+		s.ship.Start()
+	}
+	defer func() {
+		if err != nil && s.ship != nil {
+			s.ship.Stop(0)
+		}
+	}()
 	s.probe = newWriteProbe(set.ReceiptPath)
 	s.proxy = s.newProxy()
 	s.ln, err = net.Listen("tcp", set.Listen)
@@ -253,6 +269,11 @@ func (s *Server) Close(ctx context.Context) error {
 			err = fmt.Errorf("serve: %w", serr)
 		}
 	default:
+	}
+	if s.ship != nil {
+		// Seal the tail and ship it (bounded) before the log closes.
+		s.rlog.Flush(ctx, true)
+		s.ship.Stop(5 * time.Second)
 	}
 	if lerr := s.rlog.Close(); lerr != nil && err == nil {
 		err = lerr

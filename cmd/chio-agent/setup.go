@@ -51,6 +51,7 @@ type nodeSetup struct {
 	key          ed25519.PrivateKey
 	log          *receipts.Log
 	logger       *logrus.Logger
+	shipping     *shipping
 	agentOpts    agent.Options
 }
 
@@ -120,6 +121,10 @@ func (f *nodeFlags) resolve(ctx context.Context, defaultLevel, defaultFormat str
 	if err != nil {
 		return nil, err
 	}
+	if s.shipping, err = startShipping(s.log, c, s.logger); err != nil {
+		s.log.Close()
+		return nil, err
+	}
 
 	ac := s.cfg.Agent
 	s.agentOpts = agent.Options{
@@ -127,6 +132,7 @@ func (f *nodeFlags) resolve(ctx context.Context, defaultLevel, defaultFormat str
 		PolicySource: s.policySource,
 		Key:          s.key,
 		Log:          s.log,
+		Shipper:      s.shipping.shipper(),
 		ListenPort:   ac.ListenPort,
 		Logger:       s.logger,
 		Timeouts: agent.Timeouts{
@@ -193,5 +199,7 @@ func (s *nodeSetup) close() error {
 	if s.log == nil {
 		return nil
 	}
+	s.shipping.stop(s.log)
+	s.shipping = nil
 	return s.log.Close()
 }

@@ -82,6 +82,17 @@ func printStatus(out io.Writer, s agent.Status) {
 	fmt.Fprintf(out, "policy     %s (sha256 %s) from %s\n", dash(s.Policy.Name), short(s.Policy.Hash), dash(s.Policy.Source))
 	fmt.Fprintf(out, "receipts   %s: last seq %d, %d checkpoints sealing through seq %d, last root %s\n",
 		s.Receipts.Path, s.Receipts.LastSeq, s.Receipts.Checkpoints, s.Receipts.SealedSeq, dash(short(s.Receipts.LastCheckpoint)))
+	if sh := s.Shipping; sh != nil {
+		conn := "connected"
+		if !sh.Connected {
+			conn = "DISCONNECTED"
+		}
+		fmt.Fprintf(out, "shipping   to %s (%s, %s): acked checkpoint %d (seq %d), lag %d receipts / %.1fs, %d errors\n",
+			sh.Subject, sh.Stream, conn, sh.AckedCheckpoint, sh.AckedSeq, sh.LagReceipts, sh.LagSeconds, sh.Errors)
+		if sh.LastError != "" {
+			fmt.Fprintf(out, "shipping   error: %s\n", sh.LastError)
+		}
+	}
 	fmt.Fprintf(out, "decisions  %d allowed, %d denied, %d failed (%d receipt errors)\n",
 		s.Counts.Allowed, s.Counts.Denied, s.Counts.Failed, s.Counts.ReceiptErrors)
 	fmt.Fprintf(out, "refusals   %d in the kernel: %d receipted, %d lost (ring full %d times, refusal map full %d times), %d receipts failed\n",

@@ -113,3 +113,17 @@ func ResolveSink(sink string, r *Receipts, def string) (path string, servers []s
 	}
 	return path, nil, nil
 }
+
+// ShipOptions are the shipper's options for c's NATS sink; ok is false when
+// the sink is local. The caller adds a logger.
+func (c *Common) ShipOptions() (o ship.Options, ok bool) {
+	if len(c.ShipServers) == 0 {
+		return ship.Options{}, false
+	}
+	n := c.Config.Receipts.NATS
+	if n == nil {
+		n = &NATS{}
+	}
+	return ship.Options{Servers: c.ShipServers, Credentials: n.Credentials(), CAFile: n.CAFile,
+		Stream: n.Stream, Replicas: n.Replicas, MaxBacklog: n.MaxBacklog}, true
+}

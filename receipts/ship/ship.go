@@ -33,6 +33,8 @@ type Shipper struct {
 	js      jetstream.JetStream
 	state   string
 
+	stopRun func() // set by Start
+
 	mu     sync.Mutex
 	st     Status
 	stream bool // the stream is known to exist

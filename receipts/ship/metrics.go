@@ -1,0 +1,70 @@
+package ship
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Collectors are the shipper's Prometheus metrics, for the registry of the
+// agent or sidecar that runs it.
+func (s *Shipper) Collectors() []prometheus.Collector {
+	g := func(name, help string, f func(Status) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(s.Status()) })
+	}
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	return []prometheus.Collector{
+		g("chio_receipts_ship_lag_receipts", "Receipts in the local log not yet acknowledged by the NATS stream (sealed or not).",
+			func(st Status) float64 { return float64(st.LagReceipts) }),
+		g("chio_receipts_ship_lag_seconds", "Age of the oldest checkpoint not yet acknowledged by the NATS stream (0 when all are).",
+			func(st Status) float64 { return st.LagSeconds }),
+		g("chio_receipts_ship_acked_checkpoint", "Last checkpoint seq the NATS stream acknowledged.",
+			func(st Status) float64 { return float64(st.AckedCheckpoint) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "chio_receipts_ship_batches_total",
+			Help: "Sealed batches the NATS stream acknowledged since start."}, func() float64 { return float64(s.Status().Batches) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "chio_receipts_ship_errors_total",
+			Help: "Failed publishes and connection errors since start."}, func() float64 { return float64(s.Status().Errors) }),
+		g("chio_receipts_ship_connected", "1 while connected to a NATS server.",
+			func(st Status) float64 { return b(st.Connected) }),
+		g("chio_receipts_ship_backlog_exceeded", "1 while the unshipped backlog exceeds receipts.nats.max_backlog (decisions go on; everything stays local).",
+			func(st Status) float64 { return b(st.BacklogExceeded) }),
+	}
+}
+
+// Drain ships what is sealed now, once, bounded by ctx: what a short-lived
+// command does after sealing its log's tail and stopping Run, so that its
+// last batches leave with it rather than with its next run.
+func (s *Shipper) Drain(ctx context.Context) error {
+	return s.shipOnce(ctx)
+}
+
+// Start runs the shipper in the background until Stop.
+func (s *Shipper) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	s.stopRun = func() { cancel(); <-done }
+	go func() { s.Run(ctx); close(done) }()
+}
+
+// Stop ends what Start began, ships what is sealed by then (bounded by
+// drain: a sink that is down leaves it for the next run, the log keeps
+// it), and closes the connection. The caller seals the log's tail first
+// when it is shutting down.
+func (s *Shipper) Stop(drain time.Duration) {
+	if s.stopRun != nil {
+		s.stopRun()
+		s.stopRun = nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	if err := s.Drain(ctx); err != nil {
+		s.o.Logger.WithError(err).Warn("receipt shipping stopped with a backlog; the next run ships it")
+	}
+	s.Close()
+}
