@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
+	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/receipts"
+)
+
+// TestNodeAgentShipsToNATS: the node agent's setup (run and exec) with a
+// nats:// sink keeps its log at receipts.path and ships it; stopping seals
+// the tail and ships it too, so the stream ends with every receipt. A token
+// the servers refuse stops the start.
+func TestNodeAgentShipsToNATS(t *testing.T) {
+	c := natscluster.Start(t)
+	dir := t.TempDir()
+	key := filepath.Join(dir, "k")
+	if _, err := kernel.GenerateKeyFile(key); err != nil {
+		t.Fatal(err)
+	}
+	policy := filepath.Join(dir, "p.yaml")
+	os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\n"), 0o600)
+	tokenFile := filepath.Join(dir, "token")
+	os.WriteFile(tokenFile, []byte(c.Token+"\n"), 0o600)
+	logPath := filepath.Join(dir, "node", "receipts.db")
+	cfg := filepath.Join(dir, "kernel.yaml")
+	os.WriteFile(cfg, []byte("receipts:\n  sink: \""+c.URLs()+"\"\n  path: "+logPath+"\n  nats: {token_file: "+tokenFile+", replicas: 3}\n"), 0o600)
+	lookup := func(string) (string, bool) { return "", false }
+
+	f := &nodeFlags{Flags: config.Flags{Config: cfg, Policy: policy, KeyFile: key}}
+	s, err := f.resolve(context.Background(), "warn", "text", io.Discard, lookup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.log.Path() != logPath || s.agentOpts.Shipper == nil {
+		t.Fatalf("log %s, shipper %v; want %s and a shipper", s.log.Path(), s.agentOpts.Shipper, logPath)
+	}
+	const n = 137
+	for i := 0; i < n; i++ {
+		data, err := receipts.SyntheticReceipt(s.key, i, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.log.Append(context.Background(), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.close(); err != nil {
+		t.Fatal(err)
+	}
+
+	nc, err := c.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := js.Stream(ctx, "CHIO_RECEIPTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := stream.Info(ctx)
+	got := 0
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := stream.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b receipts.SealedBatch
+		if err := json.Unmarshal(m.Data, &b); err != nil {
+			t.Fatal(err)
+		}
+		got += len(b.Receipts)
+	}
+	if got != n || info.Config.Replicas != 3 {
+		t.Fatalf("stream holds %d receipts with %d replicas; want %d and 3 (the tail sealed and shipped at stop)", got, info.Config.Replicas, n)
+	}
+
+	os.WriteFile(tokenFile, []byte("wrong\n"), 0o600)
+	if s, err := f.resolve(context.Background(), "warn", "text", io.Discard, lookup); err == nil {
+		s.close()
+		t.Fatal("the node agent started with a token the servers refuse")
+	} else if !strings.Contains(err.Error(), "refuse the credentials") {
+		t.Fatalf("start error %q does not say the credentials were refused", err)
+	}
+}
