@@ -22,6 +22,10 @@ import (
 // refused credential (fatal) from an unreachable sink (an outage).
 const connectTimeout = 3 * time.Second
 
+// stateEvery is how often a shipping run records its progress in the state
+// file (and once at its end).
+const stateEvery = 250 * time.Millisecond
+
 // Shipper ships one log's sealed batches. New checks the configuration;
 // Run ships until its context ends.
 type Shipper struct {
@@ -196,11 +200,21 @@ func (s *Shipper) Run(ctx context.Context) error {
 	backoff := s.o.Poll
 	alarmed := false
 	for {
+		s.mu.Lock()
+		before := s.st.Batches
+		s.mu.Unlock()
 		err := s.shipOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
+		s.mu.Lock()
+		shipped := s.st.Batches > before
+		s.mu.Unlock()
 		wait := s.o.Poll
+		if shipped {
+			// More may have been sealed meanwhile: look again at once.
+			wait = 0
+		}
 		if err != nil {
 			s.fail("ship receipts", err)
 			s.o.Logger.WithError(err).Warn("receipt shipping failed; the backlog stays in the local log")
@@ -264,7 +278,7 @@ func (s *Shipper) shipOnce(ctx context.Context) error {
 	if last <= acked {
 		return nil
 	}
-	sinceSave := 0
+	lastSave := time.Now()
 	err = s.log.SealedBatches(ctx, acked, func(b receipts.SealedBatch) error {
 		cpSeq, endSeq, err := s.publish(ctx, b)
 		if err != nil {
@@ -278,9 +292,9 @@ func (s *Shipper) shipOnce(ctx context.Context) error {
 			s.o.OnAck(cpSeq, endSeq)
 		}
 		// The state file is a hint (the stream is asked on reconnect), so
-		// it is written every few batches, not per batch.
-		if sinceSave++; sinceSave >= 16 {
-			sinceSave = 0
+		// it is written a few times a second, not per batch.
+		if time.Since(lastSave) >= stateEvery {
+			lastSave = time.Now()
 			return writeState(s.state, s.logID, cpSeq)
 		}
 		return nil
@@ -318,11 +332,7 @@ func (s *Shipper) publish(ctx context.Context, b receipts.SealedBatch) (cpSeq, e
 	if err := json.Unmarshal(b.Checkpoint, &cp); err != nil {
 		return 0, 0, fmt.Errorf("ship batch: parse checkpoint: %w", err)
 	}
-	body, err := json.Marshal(b)
-	if err != nil {
-		return 0, 0, fmt.Errorf("ship checkpoint %d: %w", cp.Body.CheckpointSeq, err)
-	}
-	msg := &nats.Msg{Subject: s.subject, Data: body, Header: nats.Header{}}
+	msg := &nats.Msg{Subject: s.subject, Data: s.encode(b), Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgIDHeader, MsgID(s.logID, cp.Body.CheckpointSeq))
 	actx, cancel := context.WithTimeout(ctx, s.o.AckTimeout)
 	defer cancel()
@@ -332,6 +342,31 @@ func (s *Shipper) publish(ctx context.Context, b receipts.SealedBatch) (cpSeq, e
 	}
 	_ = ack // a duplicate ack (ack.Duplicate) means the stream already has it: fine
 	return cp.Body.CheckpointSeq, cp.Body.BatchEndSeq, nil
+}
+
+// encode writes b as json.Marshal would (the same fields, in order), but
+// without re-validating receipts and checkpoint, which are the log's
+// canonical bytes already: on the shipping path this is most of the CPU.
+func (s *Shipper) encode(b receipts.SealedBatch) []byte {
+	n := len(s.logID) + len(b.KernelKey) + len(b.Checkpoint) + 80
+	for _, r := range b.Receipts {
+		n += len(r) + 1
+	}
+	buf := make([]byte, 0, n)
+	buf = append(buf, `{"log_id":`...)
+	buf = strconv.AppendQuote(buf, b.LogID)
+	buf = append(buf, `,"kernel_key":`...)
+	buf = strconv.AppendQuote(buf, b.KernelKey)
+	buf = append(buf, `,"receipts":[`...)
+	for i, r := range b.Receipts {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, r...)
+	}
+	buf = append(buf, `],"checkpoint":`...)
+	buf = append(buf, b.Checkpoint...)
+	return append(buf, '}')
 }
 
 // MsgID is a batch's Nats-Msg-Id: "<log id>:<checkpoint seq>".

@@ -1,6 +1,8 @@
 package ship
 
 import (
+	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +10,7 @@ import (
 	"time"
 
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
+	"github.com/backbay-labs/chio-agent/receipts"
 )
 
 // TestShipRoundTrip ships 1,000 receipts from a real log through the
@@ -34,6 +37,15 @@ func TestShipRoundTrip(t *testing.T) {
 	if info.Config.Replicas != 3 || info.Config.Duplicates != DefaultDuplicates {
 		t.Fatalf("created stream: %d replicas, dedup window %v; want 3 and %v", info.Config.Replicas, info.Config.Duplicates, DefaultDuplicates)
 	}
+	// The hand-made message body is what json.Marshal of the contract's
+	// SealedBatch gives.
+	l.SealedBatches(context.Background(), 0, func(b receipts.SealedBatch) error {
+		want, _ := json.Marshal(b)
+		if got := s.encode(b); string(got) != string(want) {
+			t.Fatalf("encoded batch differs from json.Marshal:\n%s\n%s", got, want)
+		}
+		return nil
+	})
 	if st := readStateFile(t, l.Path()+".shipped"); st != 20 {
 		t.Fatalf("state file records checkpoint %d, want 20", st)
 	}
