@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/receipts"
@@ -57,25 +55,8 @@ func TestSidecarShipsReceiptsToNATS(t *testing.T) {
 		t.Fatalf("shipping status: %+v", st.Shipping)
 	}
 
-	nc, err := c.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := js.Stream(ctx, "CHIO_RECEIPTS")
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, _ := stream.Info(ctx)
 	got := 0
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
-		m, err := stream.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, m := range c.Messages(t, "CHIO_RECEIPTS") {
 		var b receipts.SealedBatch
 		if err := json.Unmarshal(m.Data, &b); err != nil {
 			t.Fatal(err)

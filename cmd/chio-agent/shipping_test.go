@@ -3,14 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"io"
+
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/kernel"
@@ -39,7 +37,7 @@ func TestNodeAgentShipsToNATS(t *testing.T) {
 	lookup := func(string) (string, bool) { return "", false }
 
 	f := &nodeFlags{Flags: config.Flags{Config: cfg, Policy: policy, KeyFile: key}}
-	s, err := f.resolve(context.Background(), "warn", "text", io.Discard, lookup)
+	s, err := f.resolve(context.Background(), "warn", "text", t.Output(), lookup)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,37 +58,24 @@ func TestNodeAgentShipsToNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	nc, err := c.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	stream, err := js.Stream(ctx, "CHIO_RECEIPTS")
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, _ := stream.Info(ctx)
 	got := 0
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
-		m, err := stream.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, m := range c.Messages(t, "CHIO_RECEIPTS") {
 		var b receipts.SealedBatch
 		if err := json.Unmarshal(m.Data, &b); err != nil {
 			t.Fatal(err)
 		}
 		got += len(b.Receipts)
 	}
+	info, err := c.StreamInfo("CHIO_RECEIPTS")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if got != n || info.Config.Replicas != 3 {
 		t.Fatalf("stream holds %d receipts with %d replicas; want %d and 3 (the tail sealed and shipped at stop)", got, info.Config.Replicas, n)
 	}
 
 	os.WriteFile(tokenFile, []byte("wrong\n"), 0o600)
-	if s, err := f.resolve(context.Background(), "warn", "text", io.Discard, lookup); err == nil {
+	if s, err := f.resolve(context.Background(), "warn", "text", t.Output(), lookup); err == nil {
 		s.close()
 		t.Fatal("the node agent started with a token the servers refuse")
 	} else if !strings.Contains(err.Error(), "refuse the credentials") {

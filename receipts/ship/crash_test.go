@@ -63,7 +63,7 @@ func TestShipSIGKILLResume(t *testing.T) {
 			cmd.Wait()
 			t.Fatal("the child shipped nothing in 2 minutes")
 		}
-		if info := streamInfoMaybe(c, o.Stream); info != nil && info.State.Msgs >= 20 {
+		if info, err := c.StreamInfo(o.Stream); err == nil && info.State.Msgs >= 20 {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)

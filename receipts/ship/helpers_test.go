@@ -126,36 +126,16 @@ func waitShipped(t testing.TB, l *receipts.Log, s *Shipper, within time.Duration
 	}
 }
 
-// streamBatches reads every message of the stream, in stream order, with
+// streamBatches reads every batch of the stream, in stream order, with
 // its Nats-Msg-Id.
 func streamBatches(t testing.TB, c *natscluster.Cluster, stream string) ([]receipts.SealedBatch, []string) {
 	t.Helper()
-	nc, err := c.Connect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	st, err := js.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var bs []receipts.SealedBatch
 	var ids []string
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
-		m, err := st.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatalf("get stream message %d: %v", seq, err)
-		}
+	for _, m := range c.Messages(t, stream) {
 		var b receipts.SealedBatch
 		if err := json.Unmarshal(m.Data, &b); err != nil {
-			t.Fatalf("stream message %d: %v", seq, err)
+			t.Fatalf("stream message %d: %v", m.Sequence, err)
 		}
 		bs = append(bs, b)
 		ids = append(ids, m.Header.Get(jetstream.MsgIDHeader))
@@ -222,21 +202,9 @@ func tempLog(t testing.TB) string { return filepath.Join(t.TempDir(), "receipts.
 
 func streamInfo(t testing.TB, c *natscluster.Cluster, stream string) *jetstream.StreamInfo {
 	t.Helper()
-	nc, err := c.Connect()
+	info, err := c.StreamInfo(stream)
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := js.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("read stream %s: %v", stream, err)
 	}
 	return info
 }
@@ -268,25 +236,4 @@ func readStateFile(t testing.TB, path string) uint64 {
 		t.Fatal(err)
 	}
 	return st.AckedCheckpint
-}
-
-// streamInfoMaybe is the stream's info, or nil while it does not exist.
-func streamInfoMaybe(c *natscluster.Cluster, stream string) *jetstream.StreamInfo {
-	nc, err := c.Connect()
-	if err != nil {
-		return nil
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := js.Stream(ctx, stream)
-	if err != nil {
-		return nil
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return nil
-	}
-	return info
 }

@@ -40,8 +40,34 @@ func (s *Shipper) Collectors() []prometheus.Collector {
 // Drain ships what is sealed now, once, bounded by ctx: what a short-lived
 // command does after sealing its log's tail and stopping Run, so that its
 // last batches leave with it rather than with its next run.
+// It retries a failed round (a stream still electing its leader, a
+// reconnect) until everything sealed is acknowledged or ctx ends.
 func (s *Shipper) Drain(ctx context.Context) error {
-	return s.shipOnce(ctx)
+	wait := s.o.Poll
+	for {
+		err := s.shipOnce(ctx)
+		if err == nil {
+			last, _, lerr := s.log.SealedCheckpoints()
+			if lerr != nil {
+				return lerr
+			}
+			s.mu.Lock()
+			done := s.st.AckedCheckpoint >= last
+			s.mu.Unlock()
+			if done {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = ctx.Err()
+			}
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 500*time.Millisecond)
+	}
 }
 
 // Start runs the shipper in the background until Stop.

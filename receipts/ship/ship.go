@@ -22,6 +22,11 @@ import (
 // refused credential (fatal) from an unreachable sink (an outage).
 const connectTimeout = 3 * time.Second
 
+// apiTimeout bounds one JetStream API request (stream lookup, creation,
+// last message): a request sent while a new stream elects its leader gets
+// no answer, and is better asked again than waited on.
+const apiTimeout = 2 * time.Second
+
 // stateEvery is how often a shipping run records its progress in the state
 // file (and once at its end).
 const stateEvery = 250 * time.Millisecond
@@ -376,7 +381,7 @@ func MsgID(logID string, cpSeq uint64) string {
 
 // ensureStream creates the stream when missing.
 func (s *Shipper) ensureStream(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, s.o.AckTimeout)
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
 	_, err := s.js.Stream(ctx, s.o.Stream)
 	if err == nil {
@@ -409,7 +414,7 @@ func (s *Shipper) ensureStream(ctx context.Context) error {
 // lastInStream is the checkpoint seq of the last batch of this log the
 // stream holds, 0 for none.
 func (s *Shipper) lastInStream(ctx context.Context) (uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.o.AckTimeout)
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
 	st, err := s.js.Stream(ctx, s.o.Stream)
 	if err != nil {
