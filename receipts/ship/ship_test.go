@@ -190,3 +190,55 @@ func TestShipRefusesBadSink(t *testing.T) {
 		})
 	}
 }
+
+// TestShipResendAndLostState: a batch published again (a lost ack) is
+// dropped by the stream's dedup window, and a shipper restarted without
+// its state file resumes after what the stream holds: 0 duplicated.
+func TestShipResendAndLostState(t *testing.T) {
+	c := natscluster.Shared(t)
+	key := testKey(t.Name())
+	l := openLog(t, tempLog(t), key, 10)
+	defer l.Close()
+	o := clusterOptions(c)
+	s, err := New(l, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	appendN(t, l, key, 0, 50)
+	sealAll(t, l)
+	if err := s.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Re-send checkpoint 3, as after an ack lost on the way back.
+	err = l.SealedBatches(ctx, 2, func(b receipts.SealedBatch) error {
+		_, _, err := s.publish(ctx, b)
+		return errStop{err}
+	})
+	if e, ok := err.(errStop); !ok || e.err != nil {
+		t.Fatalf("re-send: %v", err)
+	}
+	s.Close()
+	os.Remove(l.Path() + ".shipped")
+
+	appendN(t, l, key, 50, 30)
+	sealAll(t, l)
+	s2, err := New(l, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if err := s2.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := s2.Status(); st.Batches != 3 {
+		t.Fatalf("restarted shipper without state published %d batches, want the 3 new ones", st.Batches)
+	}
+	if n := checkStream(t, c, o.Stream, l); n != 80 {
+		t.Fatalf("stream holds %d receipts, want 80", n)
+	}
+}
+
+type errStop struct{ err error }
+
+func (e errStop) Error() string { return "stop" }
