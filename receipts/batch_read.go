@@ -44,10 +44,14 @@ func (l *Log) LogID() (string, error) {
 	return LogIDOf(first)
 }
 
-// sealedReadChunk bounds the checkpoints one read transaction collects, so
-// that a long backlog is read in short transactions (a long one keeps
-// bbolt from reusing pages) and fn never runs inside one.
-const sealedReadChunk = 32
+// sealedReadChunk and sealedReadReceipts bound what one read transaction
+// collects (checkpoints, receipts; at least one batch), so that a long
+// backlog is read in short transactions (a long one keeps bbolt from
+// reusing pages) and bounded memory, and fn never runs inside one.
+const (
+	sealedReadChunk    = 32
+	sealedReadReceipts = 4096
+)
 
 // SealedBatches calls fn with every sealed batch after checkpoint
 // afterCheckpointSeq, in checkpoint order, each batch's receipts in sequence
@@ -63,10 +67,16 @@ func (l *Log) SealedBatches(ctx context.Context, afterCheckpointSeq uint64, fn f
 	next := afterCheckpointSeq + 1
 	for {
 		var chunk []SealedBatch
+		full := false
 		err := l.view(func(tx *bolt.Tx) error {
 			cps := tx.Bucket(bktCheckpoints)
 			recs := tx.Bucket(bktReceipts).Cursor()
-			for len(chunk) < sealedReadChunk {
+			held := 0
+			for {
+				if len(chunk) >= sealedReadChunk || held >= sealedReadReceipts {
+					full = true
+					return nil
+				}
 				data := cps.Get(u64key(next))
 				if data == nil {
 					return nil
@@ -94,9 +104,9 @@ func (l *Log) SealedBatches(ctx context.Context, afterCheckpointSeq uint64, fn f
 					return fmt.Errorf("read sealed batch %d: receipt seq %d missing: %w", next, want, ErrTampered)
 				}
 				chunk = append(chunk, sb)
+				held += len(sb.Receipts)
 				next++
 			}
-			return nil
 		})
 		if err != nil {
 			return err
@@ -109,7 +119,7 @@ func (l *Log) SealedBatches(ctx context.Context, afterCheckpointSeq uint64, fn f
 				return err
 			}
 		}
-		if len(chunk) < sealedReadChunk {
+		if !full {
 			return nil
 		}
 	}

@@ -338,6 +338,10 @@ func (s *Shipper) publish(ctx context.Context, b receipts.SealedBatch) (cpSeq, e
 		return 0, 0, fmt.Errorf("ship batch: parse checkpoint: %w", err)
 	}
 	msg := &nats.Msg{Subject: s.subject, Data: s.encode(b), Header: nats.Header{}}
+	if max := s.nc.MaxPayload(); max > 0 && int64(len(msg.Data)) > max {
+		return 0, 0, fmt.Errorf("ship checkpoint %d: its batch is %d bytes, more than the servers' max_payload %d: lower receipts.checkpoint_every or raise max_payload",
+			cp.Body.CheckpointSeq, len(msg.Data), max)
+	}
 	msg.Header.Set(jetstream.MsgIDHeader, MsgID(s.logID, cp.Body.CheckpointSeq))
 	actx, cancel := context.WithTimeout(ctx, s.o.AckTimeout)
 	defer cancel()

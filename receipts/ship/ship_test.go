@@ -242,3 +242,34 @@ func TestShipResendAndLostState(t *testing.T) {
 type errStop struct{ err error }
 
 func (e errStop) Error() string { return "stop" }
+
+// TestShipBatchOverMaxPayload: a batch larger than the servers accept is
+// not sent; the status says why and what to change, and the receipts stay
+// in the log.
+func TestShipBatchOverMaxPayload(t *testing.T) {
+	c := natscluster.Shared(t)
+	key := testKey(t.Name())
+	l := openLog(t, tempLog(t), key, 2000)
+	defer l.Close()
+	o := clusterOptions(c)
+	s := startShipper(t, l, o)
+	appendN(t, l, key, 0, 2000)
+	sealAll(t, l)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := s.Status()
+		if strings.Contains(st.LastError, "max_payload") && strings.Contains(st.LastError, "checkpoint_every") {
+			if st.AckedCheckpoint != 0 || st.LagReceipts != 2000 {
+				t.Fatalf("status: %+v", st)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status after 30s: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if l.LastSeq() != 2000 {
+		t.Fatalf("log holds %d receipts, want 2000", l.LastSeq())
+	}
+}
