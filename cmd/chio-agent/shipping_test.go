@@ -10,10 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/agent"
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
 
 // TestNodeAgentShipsToNATS: the node agent's setup (run and exec) with a
@@ -80,5 +82,25 @@ func TestNodeAgentShipsToNATS(t *testing.T) {
 		t.Fatal("the node agent started with a token the servers refuse")
 	} else if !strings.Contains(err.Error(), "refuse the credentials") {
 		t.Fatalf("start error %q does not say the credentials were refused", err)
+	}
+}
+
+// TestStatusPrintsShipping: `status` shows the shipper's lag and its error
+// (the backlog alarm), and nothing about shipping for a local sink.
+func TestStatusPrintsShipping(t *testing.T) {
+	var b strings.Builder
+	printStatus(&b, agent.Status{})
+	if strings.Contains(b.String(), "shipping") {
+		t.Fatalf("a local sink's status mentions shipping:\n%s", b.String())
+	}
+	b.Reset()
+	printStatus(&b, agent.Status{Shipping: &ship.Status{Subject: "chio.receipts.local-log-ab", Stream: "CHIO_RECEIPTS",
+		AckedCheckpoint: 7, AckedSeq: 700, LagReceipts: 1234, LagSeconds: 61.5, Errors: 3,
+		LastError: "receipt backlog of 1234 receipts exceeds max_backlog 1000"}})
+	out := b.String()
+	for _, want := range []string{"chio.receipts.local-log-ab", "DISCONNECTED", "acked checkpoint 7 (seq 700)", "lag 1234 receipts / 61.5s", "exceeds max_backlog 1000"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("status lacks %q:\n%s", want, out)
+		}
 	}
 }
