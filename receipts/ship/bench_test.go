@@ -3,6 +3,7 @@ package ship
 import (
 	"context"
 	"crypto/ed25519"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -18,12 +19,19 @@ import (
 // async mode, 16 writers: receipts.Bench), the shipper draining that same
 // log's backlog into an R3 stream, and the shipper keeping up while the log
 // is appended to at full speed. Reported as receipts/s and the ratio
-// shipping/append.
+// shipping/append. every is the log's checkpoint_every: the receipts per
+// published batch.
 func BenchmarkShipThroughput(b *testing.B) {
+	for _, every := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("checkpoint_every=%d", every), func(b *testing.B) { benchShipThroughput(b, every) })
+	}
+}
+
+func benchShipThroughput(b *testing.B, every int) {
 	c := natscluster.Start(b)
 	count := 20000 * b.N
 	key := testKey(b.Name())
-	l := openLog(b, tempLog(b), key, 100)
+	l := openLog(b, tempLog(b), key, every)
 	defer l.Close()
 	ctx := context.Background()
 
