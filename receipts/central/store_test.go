@@ -1,0 +1,383 @@
+package central
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/backbay-labs/chio-agent/receipts"
+)
+
+func testKey(name string) ed25519.PrivateKey {
+	seed := sha256.Sum256([]byte("central-test:" + name))
+	return ed25519.NewKeyFromSeed(seed[:])
+}
+
+func pubHex(k ed25519.PrivateKey) string { return hex.EncodeToString(k.Public().(ed25519.PublicKey)) }
+
+// makeLog writes n receipts signed by key into a fresh local log (a
+// checkpoint every `every`), seals it, and returns its path. offset shifts
+// the receipts' content, so two logs with one key differ.
+func makeLog(t *testing.T, key ed25519.PrivateKey, n, every, offset int) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "node.db")
+	appendLog(t, path, key, 0, n, every, offset)
+	return path
+}
+
+// appendLog appends receipts from..to-1 to the log at path and seals them.
+func appendLog(t *testing.T, path string, key ed25519.PrivateKey, from, to, every, offset int) {
+	t.Helper()
+	l, err := receipts.Open(path, receipts.Options{Key: key, CheckpointEvery: every})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := from; i < to; i++ {
+		r, err := receipts.SyntheticReceipt(key, i+offset, time.Unix(1760000000+int64(i), 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Append(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Flush(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func batchesOf(t *testing.T, path string) []receipts.SealedBatch {
+	t.Helper()
+	l, err := receipts.Open(path, receipts.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var out []receipts.SealedBatch
+	if err := LocalBatches(context.Background(), l, 0, func(b receipts.SealedBatch) error {
+		out = append(out, b)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func openStore(t *testing.T, keys ...ed25519.PrivateKey) (*Store, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "central.db")
+	var trusted []string
+	for _, k := range keys {
+		trusted = append(trusted, pubHex(k))
+	}
+	s, err := Open(path, Options{TrustedKeys: trusted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path
+}
+
+func ingestAll(t *testing.T, s *Store, bs []receipts.SealedBatch) {
+	t.Helper()
+	for _, b := range bs {
+		if _, err := s.Ingest(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func mustVerify(t *testing.T, s *Store) *Report {
+	t.Helper()
+	rep, err := s.Verify(context.Background())
+	if err != nil {
+		t.Fatalf("verify central store: %v", err)
+	}
+	return rep
+}
+
+// clone deep-copies a batch so a test can damage it.
+func clone(b receipts.SealedBatch) receipts.SealedBatch {
+	c := b
+	c.Checkpoint = bytes.Clone(b.Checkpoint)
+	c.Receipts = nil
+	for _, r := range b.Receipts {
+		c.Receipts = append(c.Receipts, bytes.Clone(r))
+	}
+	return c
+}
+
+func TestTwoLogsSideBySide(t *testing.T) {
+	ka, kb := testKey("a"), testKey("b")
+	a, b := batchesOf(t, makeLog(t, ka, 25, 10, 0)), batchesOf(t, makeLog(t, kb, 12, 5, 100))
+	if len(a) != 3 || len(b) != 3 {
+		t.Fatalf("batches: %d and %d, want 3 and 3", len(a), len(b))
+	}
+	s, _ := openStore(t, ka, kb)
+	// Interleaved, as a collector receives them.
+	for i := range a {
+		ingestAll(t, s, []receipts.SealedBatch{a[i], b[i]})
+	}
+	rep := mustVerify(t, s)
+	if len(rep.Logs) != 2 {
+		t.Fatalf("logs %d, want 2", len(rep.Logs))
+	}
+	got := map[string]uint64{}
+	for _, l := range rep.Logs {
+		got[l.LogID] = l.Verified
+	}
+	if got[a[0].LogID] != 25 || got[b[0].LogID] != 12 {
+		t.Fatalf("verified per log %v, want 25 for %s and 12 for %s", got, a[0].LogID, b[0].LogID)
+	}
+	// Each log's receipts stay in their own sequence.
+	var n int
+	if err := s.Scan(context.Background(), b[0].LogID, receipts.Filter{}, func(e Entry) error {
+		n++
+		if e.LogID != b[0].LogID || e.Seq != uint64(n) {
+			t.Fatalf("entry %d: log %s seq %d", n, e.LogID, e.Seq)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 12 {
+		t.Fatalf("scan log b: %d receipts", n)
+	}
+	// A receipt of either log is provable from the store.
+	for _, lb := range [][]receipts.SealedBatch{a, b} {
+		p, err := s.Prove(lb[0].LogID, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Check(lb[0].KernelKey, receipts.VerifyReceipt); err != nil {
+			t.Fatal(err)
+		}
+		e, err := receipts.EntryAt(7, p.Receipt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found, err := s.Find(e.ID)
+		if err != nil || len(found) != 1 || found[0].LogID != lb[0].LogID || found[0].Seq != 7 {
+			t.Fatalf("find %s: %v %v", e.ID, found, err)
+		}
+	}
+}
+
+func TestIngestTwiceChangesNothing(t *testing.T) {
+	k := testKey("idem")
+	bs := batchesOf(t, makeLog(t, k, 30, 10, 0))
+	s, path := openStore(t, k)
+	ingestAll(t, s, bs)
+	before := snapshot(t, s)
+	for _, b := range bs {
+		res, err := s.Ingest(context.Background(), b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.Duplicate {
+			t.Fatalf("re-ingest of checkpoint %d not reported as a duplicate", res.CheckpointSeq)
+		}
+	}
+	if after := snapshot(t, s); !bytes.Equal(before, after) {
+		t.Fatalf("re-ingest changed the store %s", path)
+	}
+	mustVerify(t, s)
+}
+
+// snapshot is every key and value of the store, to compare states.
+func snapshot(t *testing.T, s *Store) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := s.Scan(context.Background(), "", receipts.Filter{}, func(e Entry) error {
+		buf.WriteString(e.LogID)
+		buf.Write(e.Receipt)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	logs, err := s.Logs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, _ := json.Marshal(logs)
+	buf.Write(j)
+	if err := s.Rejections(func(r Rejection) error { buf.WriteString(r.SHA256); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// rejected ingests bad and checks it is refused with defect d and a message
+// containing want, kept aside, and that the store still verifies.
+func rejected(t *testing.T, s *Store, bad receipts.SealedBatch, d receipts.BatchDefect, want ...string) {
+	t.Helper()
+	before := countRejected(t, s)
+	_, err := s.Ingest(context.Background(), bad)
+	var be *receipts.BatchError
+	if !errors.As(err, &be) || be.Defect != d {
+		t.Fatalf("ingest: %v, want a %s", err, d)
+	}
+	if !errors.Is(err, receipts.ErrTampered) {
+		t.Fatalf("ingest: %v does not wrap ErrTampered", err)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Fatalf("ingest: %v, want it to name %q", err, w)
+		}
+	}
+	if n := countRejected(t, s); n != before+1 {
+		t.Fatalf("rejections %d after a refused batch, want %d", n, before+1)
+	}
+	var kept *Rejection
+	_ = s.Rejections(func(r Rejection) error {
+		if r.Error.Defect == d && r.Batch.LogID == bad.LogID && bytes.Equal(r.Batch.Checkpoint, bad.Checkpoint) &&
+			len(r.Batch.Receipts) == len(bad.Receipts) && bytes.Equal(r.Batch.Receipts[0], bad.Receipts[0]) {
+			kept = &r
+		}
+		return nil
+	})
+	if kept == nil {
+		t.Fatalf("the refused batch is not kept aside as it came")
+	}
+	mustVerify(t, s)
+}
+
+func countRejected(t *testing.T, s *Store) int {
+	n := 0
+	if err := s.Rejections(func(Rejection) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestForgedReceiptRejected(t *testing.T) {
+	k := testKey("forge")
+	bs := batchesOf(t, makeLog(t, k, 20, 10, 0))
+	s, _ := openStore(t, k)
+	ingestAll(t, s, bs[:1])
+	bad := clone(bs[1])
+	// Another workload, same length, still canonical: the id no longer
+	// matches the body.
+	r := bad.Receipts[3]
+	i := bytes.Index(r, []byte(`"workload":"agent-`)) + len(`"workload":"agent-`)
+	r[i] = '0' + (r[i]-'0'+1)%7
+	rejected(t, s, bad, receipts.DefectForgedReceipt, "seq 14")
+	// The honest batch still follows.
+	ingestAll(t, s, bs[1:])
+	mustVerify(t, s)
+}
+
+func TestForgedCheckpointRejected(t *testing.T) {
+	k := testKey("forgecp")
+	bs := batchesOf(t, makeLog(t, k, 20, 10, 0))
+	s, _ := openStore(t, k)
+	ingestAll(t, s, bs[:1])
+	bad := clone(bs[1])
+	bad.Checkpoint = bytes.Replace(bad.Checkpoint, []byte(`"issued_at":`), []byte(`"issued_at":1`), 1)
+	rejected(t, s, bad, receipts.DefectForgedCheckpoint, "signature")
+	// A batch whose checkpoint covers fewer receipts than it carries.
+	extra := clone(bs[1])
+	extra.Receipts = append(extra.Receipts, bs[0].Receipts[0])
+	rejected(t, s, extra, receipts.DefectOutside, "11 receipts")
+	// A batch whose receipts are each valid but not the ones sealed.
+	swapped := clone(bs[1])
+	swapped.Receipts[0] = bs[0].Receipts[0]
+	rejected(t, s, swapped, receipts.DefectOutside, "merkle_root")
+}
+
+func TestEquivocationRejectedNamingBoth(t *testing.T) {
+	k := testKey("equiv")
+	honest := batchesOf(t, makeLog(t, k, 20, 10, 0))
+	// The same key signs another history: its checkpoint 2 differs.
+	other := batchesOf(t, makeLog(t, k, 20, 10, 1000))
+	s, _ := openStore(t, k)
+	ingestAll(t, s, honest)
+	var hcp, ocp receipts.Checkpoint
+	json.Unmarshal(honest[1].Checkpoint, &hcp)
+	json.Unmarshal(other[1].Checkpoint, &ocp)
+	hs, _ := hcp.Body.BodySHA256()
+	osha, _ := ocp.Body.BodySHA256()
+	rejected(t, s, other[1], receipts.DefectFork, "checkpoint 2", hs, osha)
+	rejected(t, s, other[0], receipts.DefectFork, "checkpoint 1")
+}
+
+func TestGapRejected(t *testing.T) {
+	k := testKey("gap")
+	bs := batchesOf(t, makeLog(t, k, 40, 10, 0))
+	s, _ := openStore(t, k)
+	ingestAll(t, s, bs[:1])
+	rejected(t, s, bs[2], receipts.DefectGap, "checkpoint 3 does not follow checkpoint 1")
+	// A new log must start at its first checkpoint.
+	k2 := testKey("gap2")
+	s2, _ := openStore(t, k2)
+	rejected(t, s2, batchesOf(t, makeLog(t, k2, 20, 10, 0))[1], receipts.DefectGap)
+	ingestAll(t, s, bs[1:])
+	mustVerify(t, s)
+}
+
+func TestUntrustedKeyRejected(t *testing.T) {
+	trusted, stranger := testKey("trusted"), testKey("stranger")
+	s, _ := openStore(t, trusted)
+	bs := batchesOf(t, makeLog(t, stranger, 10, 10, 0))
+	rejected(t, s, bs[0], receipts.DefectUntrustedKey, pubHex(stranger))
+	// A trusted key's batch under another log's id.
+	own := clone(batchesOf(t, makeLog(t, trusted, 10, 10, 0))[0])
+	own.LogID = bs[0].LogID
+	rejected(t, s, own, receipts.DefectUntrustedKey, "does not belong")
+	// The batch claims a trusted key but is signed by the stranger.
+	claim := clone(bs[0])
+	claim.KernelKey = pubHex(trusted)
+	rejected(t, s, claim, receipts.DefectForgedCheckpoint)
+	if logs, _ := s.Logs(); len(logs) != 0 {
+		t.Fatalf("refused batches created logs: %v", logs)
+	}
+}
+
+func TestRejectedTwiceKeptOnce(t *testing.T) {
+	trusted, stranger := testKey("t1"), testKey("s1")
+	s, _ := openStore(t, trusted)
+	b := batchesOf(t, makeLog(t, stranger, 10, 10, 0))[0]
+	rejected(t, s, b, receipts.DefectUntrustedKey)
+	if _, err := s.Ingest(context.Background(), b); err == nil {
+		t.Fatal("second ingest of an untrusted batch accepted")
+	}
+	if n := countRejected(t, s); n != 1 {
+		t.Fatalf("rejections %d, want 1", n)
+	}
+}
+
+func TestVerifyFindsTamperedStore(t *testing.T) {
+	k := testKey("tamper")
+	bs := batchesOf(t, makeLog(t, k, 20, 10, 0))
+	s, path := openStore(t, k)
+	ingestAll(t, s, bs)
+	// Rewrite one stored receipt behind the store's back.
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		recs := tx.Bucket(bktLogs).Bucket([]byte(bs[0].LogID)).Bucket(bktReceipts)
+		r := bytes.Clone(recs.Get(u64key(5)))
+		r[len(r)-3] ^= 1
+		return recs.Put(u64key(5), r)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Verify(context.Background())
+	var be *receipts.BatchError
+	if !errors.As(err, &be) || be.Seq != 5 {
+		t.Fatalf("verify %s after tampering seq 5: %v", path, err)
+	}
+}
