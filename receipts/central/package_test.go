@@ -26,7 +26,9 @@ func exportLocal(t *testing.T, path string, key ed25519.PrivateKey) string {
 	defer l.Close()
 	id, _ := receipts.LogIDFor(pubHex(key))
 	dir := filepath.Join(t.TempDir(), "pkg")
-	src := func(ctx context.Context, fn func(receipts.SealedBatch) error) error { return LocalBatches(ctx, l, 0, fn) }
+	src := func(ctx context.Context, fn func(receipts.SealedBatch) error) error {
+		return LocalBatches(ctx, l, 0, fn)
+	}
 	if _, err := WritePackage(context.Background(), dir, id, pubHex(key), src, key, time.Unix(1760000000, 0)); err != nil {
 		t.Fatal(err)
 	}
