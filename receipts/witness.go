@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"os"
 
 	"github.com/backbay-labs/chio-agent/kernel/jcs"
 )
@@ -220,6 +221,29 @@ func checkLink(body *CheckpointBody, prevSHA string, chain *frontier) error {
 	chain.push(leaf)
 	if r := chain.root().String(); r != body.ChainRoot {
 		return fmt.Errorf("chain_root %s, checkpoints 1-%d give %s", body.ChainRoot, body.CheckpointSeq, r)
+	}
+	return nil
+}
+
+// CheckDatabaseFile runs the structural check Open runs before bbolt maps a
+// file (checkBoltFile) on any bbolt file at path, so that another store
+// (a central store) refuses a truncated or damaged file with ErrCorrupt
+// instead of crashing inside bbolt.
+func CheckDatabaseFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("check %s: not a regular file: %w", path, ErrCorrupt)
+	}
+	if err := checkBoltFile(f, st.Size()); err != nil {
+		return fmt.Errorf("check %s: %w", path, err)
 	}
 	return nil
 }

@@ -24,7 +24,7 @@ const exitVerifyFailed = 2
 func newReceiptsCommand() *cobra.Command {
 	r := &cobra.Command{
 		Use:   "receipts",
-		Short: "Verify, list, export and prove receipts in a receipt log",
+		Short: "Verify, list, export, import and prove receipts in a receipt log or a central store",
 	}
 	r.AddCommand(
 		newReceiptsVerifyCommand(),
@@ -33,6 +33,7 @@ func newReceiptsCommand() *cobra.Command {
 		newReceiptsTailCommand(),
 		newReceiptsExportCommand(),
 		newReceiptsProveCommand(),
+		newReceiptsImportCommand(),
 		newReceiptsBenchCommand(),
 	)
 	return r

@@ -104,7 +104,7 @@ type Rejection struct {
 // IsCentral reports whether the file at path is a central store (a bbolt
 // file whose meta bucket names Format). Any other file, or none, is false.
 func IsCentral(path string) bool {
-	if _, err := os.Stat(path); err != nil {
+	if receipts.CheckDatabaseFile(path) != nil {
 		return false
 	}
 	db, err := bolt.Open(path, 0, &bolt.Options{ReadOnly: true, Timeout: 100 * time.Millisecond})
@@ -137,8 +137,8 @@ func Open(path string, o Options) (*Store, error) {
 		}
 		s.trusted[k] = true
 	}
-	if o.ReadOnly {
-		if _, err := os.Stat(path); err != nil {
+	if _, err := os.Stat(path); err == nil || o.ReadOnly {
+		if err := receipts.CheckDatabaseFile(path); err != nil {
 			return nil, fmt.Errorf("open central store: %w", err)
 		}
 	}
