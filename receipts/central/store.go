@@ -299,6 +299,12 @@ func (s *Store) ingest(tx *bolt.Tx, b *receipts.SealedBatch) (Result, error) {
 			return res, bad(receipts.DefectUntrustedKey, cp.Body.CheckpointSeq, "log id %s does not belong to key %s (its log id is %s)", b.LogID, b.KernelKey, id)
 		}
 		h.KernelKey = b.KernelKey
+	} else if !slices.Contains(h.Keys, b.KernelKey) {
+		// Another trusted node could otherwise continue this log's chain
+		// (its head is no secret) with receipts of its own. A batch carries
+		// no evidence of a key rotation, so the witness accepts none.
+		return res, bad(receipts.DefectUntrustedKey, cp.Body.CheckpointSeq, "log %s is signed by %s; key %s signs none of its checkpoints (a key rotation is not accepted by a central store)",
+			b.LogID, strings.Join(h.Keys, ", "), b.KernelKey)
 	}
 	if lb == nil {
 		if lb, err = createLog(tx, b.LogID); err != nil {

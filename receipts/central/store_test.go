@@ -15,6 +15,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/backbay-labs/chio-agent/kernel/jcs"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
 
@@ -380,4 +381,81 @@ func TestVerifyFindsTamperedStore(t *testing.T) {
 	if !errors.As(err, &be) || be.Seq != 5 {
 		t.Fatalf("verify %s after tampering seq 5: %v", path, err)
 	}
+}
+
+// TestTrustedNodeCannotContinueAnotherLog: node a's key is trusted, and log
+// b's head is no secret; a batch a signs that chains onto b's head is still
+// refused, since a's key signs none of b's checkpoints.
+func TestTrustedNodeCannotContinueAnotherLog(t *testing.T) {
+	ka, kb := testKey("hijacker"), testKey("victim")
+	victim := batchesOf(t, makeLog(t, kb, 10, 10, 0))
+	s, _ := openStore(t, ka, kb)
+	ingestAll(t, s, victim)
+	// a signs a log of 20 whose first checkpoint is then replaced by b's
+	// history: build a's checkpoint 2 as a continuation of b's chain.
+	forged := hijack(t, ka, victim[0])
+	forged.LogID = victim[0].LogID
+	rejected(t, s, forged, receipts.DefectUntrustedKey, "signs none of its checkpoints")
+	if logs, _ := s.Logs(); len(logs) != 1 || logs[0].LastSeq != 10 {
+		t.Fatalf("logs after the hijack attempt: %+v", logs)
+	}
+}
+
+// hijack builds a batch of receipts signed by key whose checkpoint 2,
+// signed by key, continues the chain that prev (checkpoint 1) starts.
+func hijack(t *testing.T, key ed25519.PrivateKey, prev receipts.SealedBatch) receipts.SealedBatch {
+	t.Helper()
+	pcp, err := receipts.ParseCheckpoint(prev.Checkpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rs []json.RawMessage
+	var leaves []receipts.Hash
+	for i := 0; i < 5; i++ {
+		r, err := receipts.SyntheticReceipt(key, 900+i, time.Unix(1760000100+int64(i), 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+		leaves = append(leaves, receipts.LeafHash(r))
+	}
+	prevSHA, _ := pcp.Body.BodySHA256()
+	body := receipts.CheckpointBody{Schema: receipts.CheckpointSchema, CheckpointSeq: 2, BatchStartSeq: pcp.Body.BatchEndSeq + 1,
+		BatchEndSeq: pcp.Body.BatchEndSeq + 5, TreeSize: 5, MerkleRoot: receipts.MerkleRoot(leaves).String(), IssuedAt: 1760000200,
+		KernelKey: pubHex(key), PreviousCheckpointSHA256: prevSHA}
+	// The chain root over checkpoints 1 and 2, as VerifyBatch computes it.
+	body.ChainRoot = chainRoot(t, &pcp.Body, &body)
+	cp := receipts.Checkpoint{Body: body, Signature: signBody(t, key, &body)}
+	data, err := jcs.Marshal(&cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return receipts.SealedBatch{LogID: prev.LogID, KernelKey: pubHex(key), Receipts: rs, Checkpoint: data}
+}
+
+func chainRoot(t *testing.T, bodies ...*receipts.CheckpointBody) string {
+	t.Helper()
+	var leaves []receipts.Hash
+	for _, b := range bodies {
+		data, err := jcs.Marshal(struct {
+			CheckpointSeq uint64 `json:"checkpoint_seq"`
+			BatchStartSeq uint64 `json:"batch_start_seq"`
+			BatchEndSeq   uint64 `json:"batch_end_seq"`
+			MerkleRoot    string `json:"merkle_root"`
+		}{b.CheckpointSeq, b.BatchStartSeq, b.BatchEndSeq, b.MerkleRoot})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaves = append(leaves, receipts.LeafHash(data))
+	}
+	return receipts.MerkleRoot(leaves).String()
+}
+
+func signBody(t *testing.T, key ed25519.PrivateKey, b *receipts.CheckpointBody) string {
+	t.Helper()
+	data, err := jcs.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(ed25519.Sign(key, data))
 }
