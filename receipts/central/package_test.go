@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -13,6 +16,7 @@ import (
 	"time"
 
 	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/kernel/jcs"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
 
@@ -222,5 +226,73 @@ func copyDir(t *testing.T, from, to string) {
 		if err := os.WriteFile(filepath.Join(to, e.Name()), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// resign recomputes the manifest's file list and signs it again with key,
+// as an exporter holding the key would after changing the files: only the
+// checks of the content itself can then find the change.
+func resign(t *testing.T, dir string, key ed25519.PrivateKey) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sm signedManifest
+	if err := json.Unmarshal(raw, &sm); err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range sm.Body.Files {
+		b, err := os.ReadFile(filepath.Join(dir, f.Name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(b)
+		sm.Body.Files[i].SHA256, sm.Body.Files[i].Size = hex.EncodeToString(sum[:]), int64(len(b))
+	}
+	body, _ := jcs.Marshal(&sm.Body)
+	sm.Signature = hex.EncodeToString(ed25519.Sign(key, body))
+	out, _ := jcs.Marshal(&sm)
+	if err := os.WriteFile(filepath.Join(dir, ManifestFile), append(out, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestResignedPackageContentChecked: the exporter's key signs a manifest
+// over changed files; the receipts, checkpoints and proofs are still
+// checked, by the importer and by the python verifier.
+func TestResignedPackageContentChecked(t *testing.T) {
+	k := testKey("resign")
+	dir := exportLocal(t, makeLog(t, k, 15, 5, 0), k)
+	s, _ := openStore(t, k)
+	cases := []struct {
+		name, file, after, goWant, pyWant string
+	}{
+		{"forged receipt", ReceiptsFile, `"workload":"agent-`, "forged_receipt", "receipt id does not match"},
+		{"forged checkpoint", CheckpointsFile, `"issued_at":17`, "forged_checkpoint", "checkpoint signature does not verify"},
+		{"bent proof", ProofsFile, `"audit_path":["0x`, "path yields", "audit path does not yield"},
+		{"bent leaf hash", ProofsFile, `"leaf_hash":"0x`, "leaf_hash", "leaf_hash"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d := filepath.Join(t.TempDir(), "p")
+			copyDir(t, dir, d)
+			flip(t, filepath.Join(d, c.file), c.after)
+			resign(t, d, k)
+			if _, err := s.Import(context.Background(), d); err == nil || !strings.Contains(err.Error(), c.goWant) {
+				t.Fatalf("import: %v, want %q", err, c.goWant)
+			}
+			if out, err := pythonVerify(t, d, pubHex(k)); err == nil || !strings.Contains(out, c.pyWant) {
+				t.Fatalf("python verifier: %v, want %q:\n%s", err, c.pyWant, out)
+			}
+		})
+	}
+	// Unchanged but re-signed, it still imports: the checks above are the
+	// content's, not the signature's.
+	d := filepath.Join(t.TempDir(), "p")
+	copyDir(t, dir, d)
+	resign(t, d, k)
+	if _, err := s.Import(context.Background(), d); err != nil {
+		t.Fatal(err)
 	}
 }
