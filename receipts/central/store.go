@@ -27,6 +27,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/backbay-labs/chio-agent/kernel/jcs"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
 
@@ -211,10 +212,11 @@ func (s *Store) Ingest(ctx context.Context, b receipts.SealedBatch) (Result, err
 		return Result{}, err
 	}
 	res := Result{LogID: b.LogID, Receipts: len(b.Receipts)}
+	canon := canonical(b)
 	var refused *receipts.BatchError
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		var err error
-		res, err = s.ingest(tx, &b)
+		res, err = s.ingest(tx, &canon)
 		if errors.As(err, &refused) {
 			return s.keepAside(tx, &b, refused)
 		}
@@ -227,6 +229,27 @@ func (s *Store) Ingest(ctx context.Context, b receipts.SealedBatch) (Result, err
 		return res, refused
 	}
 	return res, nil
+}
+
+// canonical returns b with its receipts and checkpoint in canonical JSON
+// (RFC 8785), which is what was signed and what a log stores. A JSON encoder
+// on the way may have written the same values otherwise (Go's escapes <, >
+// and & as \u003c…): the values are still the signed ones, so they are put
+// back into the signed form rather than refused. Bytes that are not JSON are
+// left as they came, for VerifyBatch to refuse.
+func canonical(b receipts.SealedBatch) receipts.SealedBatch {
+	c := b
+	if cp, err := jcs.Canonicalize(b.Checkpoint); err == nil {
+		c.Checkpoint = cp
+	}
+	c.Receipts = make([]json.RawMessage, len(b.Receipts))
+	for i, r := range b.Receipts {
+		c.Receipts[i] = r
+		if cr, err := jcs.Canonicalize(r); err == nil {
+			c.Receipts[i] = cr
+		}
+	}
+	return c
 }
 
 func (s *Store) ingest(tx *bolt.Tx, b *receipts.SealedBatch) (Result, error) {

@@ -15,6 +15,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/jcs"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
@@ -458,4 +459,61 @@ func signBody(t *testing.T, key ed25519.PrivateKey, b *receipts.CheckpointBody) 
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(ed25519.Sign(key, data))
+}
+
+// TestIngestAfterHTMLEscapingEncoder: a workload controls the host its
+// receipts name; "<", ">" and "&" in it reach the batch's JSON, which Go's
+// json.Marshal (a shipper's likely encoder) escapes as \u003c…. The batch
+// must still be ingested, and stored as the log stored it.
+func TestIngestAfterHTMLEscapingEncoder(t *testing.T) {
+	k := testKey("html")
+	path := filepath.Join(t.TempDir(), "node.db")
+	l, err := receipts.Open(path, receipts.Options{Key: k, CheckpointEvery: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		params, _ := json.Marshal(map[string]any{"host": "a<b>&c.example", "port": 443, "conn": i})
+		r, err := kernel.Sign(kernel.Receipt{Timestamp: uint64(1760000000 + i), ToolServer: "chio-agent", ToolName: "egress",
+			Action: kernel.Action{Parameters: params}, Decision: &kernel.Decision{Verdict: kernel.VerdictDeny, Guard: "egress"},
+			ReceiptKind: kernel.KindMediatedDecision, BoundaryClass: kernel.BoundaryPrevent, TrustLevel: kernel.TrustMediated}, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.AppendReceipt(context.Background(), &r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Flush(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	bs := batchesOf(t, path)
+	wire, err := json.Marshal(bs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(wire, []byte(`\u003c`)) {
+		t.Fatalf("json.Marshal did not escape: the test proves nothing")
+	}
+	var got receipts.SealedBatch
+	if err := json.Unmarshal(wire, &got); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := openStore(t, k)
+	if _, err := s.Ingest(context.Background(), got); err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.Prove(bs[0].LogID, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p.Receipt, bs[0].Receipts[1]) {
+		t.Fatalf("stored receipt differs from the log's:\n%s\n%s", p.Receipt, bs[0].Receipts[1])
+	}
+	// Sent again unescaped, it is the same batch.
+	if res, err := s.Ingest(context.Background(), bs[0]); err != nil || !res.Duplicate {
+		t.Fatalf("the same batch unescaped: %+v %v", res, err)
+	}
+	mustVerify(t, s)
 }
