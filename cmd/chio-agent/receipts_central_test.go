@@ -126,6 +126,14 @@ func TestReceiptsCentralStoreCLI(t *testing.T) {
 		t.Fatalf("prove a seq without --log in a store of two logs: %v", err)
 	}
 
+	// Commands that read one node's log say what the file is.
+	for _, args := range [][]string{{"show", "1"}, {"tail"}} {
+		if _, err := runCLI(t, append(append([]string{"receipts"}, args...), "--receipts", store)...); exitCode(err) != exitUsage ||
+			!strings.Contains(err.Error(), "is a central store") {
+			t.Fatalf("receipts %v on a central store: %v", args, err)
+		}
+	}
+
 	// The central store re-exports a log as a package the verifier accepts.
 	again := filepath.Join(t.TempDir(), "again")
 	if out, err := runCLI(t, "receipts", "export", "--receipts", store, "--log", idB, "--key", keyA, "--package", again); err != nil {
