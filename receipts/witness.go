@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"runtime"
+	"sync"
 
 	"github.com/backbay-labs/chio-agent/kernel/jcs"
 )
@@ -141,13 +143,26 @@ func VerifyBatch(head ChainHead, b *SealedBatch, check ReceiptChecker) (Checkpoi
 	if body.BatchStartSeq != head.LastSeq+1 {
 		return cp, head, bad(DefectGap, n, body.BatchStartSeq, "batch starts at seq %d, the last stored receipt is seq %d", body.BatchStartSeq, head.LastSeq)
 	}
+	// Signatures dominate: check them on every core, as Log.Verify does.
 	leaves := make([]Hash, len(b.Receipts))
-	for i, r := range b.Receipts {
-		seq := body.BatchStartSeq + uint64(i)
-		if _, err := checkStoredReceipt(r, b.KernelKey, check); err != nil {
-			return cp, head, bad(DefectForgedReceipt, n, seq, "%v", err)
+	errs := make([]error, len(b.Receipts))
+	var wg sync.WaitGroup
+	per := max(16, (len(b.Receipts)+runtime.GOMAXPROCS(0)-1)/runtime.GOMAXPROCS(0))
+	for lo := 0; lo < len(b.Receipts); lo += per {
+		wg.Add(1)
+		go func(lo, hi int) {
+			defer wg.Done()
+			for i := lo; i < hi; i++ {
+				_, errs[i] = checkStoredReceipt(b.Receipts[i], b.KernelKey, check)
+				leaves[i] = LeafHash(b.Receipts[i])
+			}
+		}(lo, min(lo+per, len(b.Receipts)))
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			return cp, head, bad(DefectForgedReceipt, n, body.BatchStartSeq+uint64(i), "%v", err)
 		}
-		leaves[i] = LeafHash(r)
 	}
 	if uint64(len(leaves)) != body.TreeSize {
 		return cp, head, bad(DefectOutside, n, 0, "%d receipts for a checkpoint covering seq %d-%d", len(leaves), body.BatchStartSeq, body.BatchEndSeq)

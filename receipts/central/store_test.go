@@ -30,7 +30,7 @@ func pubHex(k ed25519.PrivateKey) string { return hex.EncodeToString(k.Public().
 // makeLog writes n receipts signed by key into a fresh local log (a
 // checkpoint every `every`), seals it, and returns its path. offset shifts
 // the receipts' content, so two logs with one key differ.
-func makeLog(t *testing.T, key ed25519.PrivateKey, n, every, offset int) string {
+func makeLog(t testing.TB, key ed25519.PrivateKey, n, every, offset int) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "node.db")
 	appendLog(t, path, key, 0, n, every, offset)
@@ -38,7 +38,7 @@ func makeLog(t *testing.T, key ed25519.PrivateKey, n, every, offset int) string 
 }
 
 // appendLog appends receipts from..to-1 to the log at path and seals them.
-func appendLog(t *testing.T, path string, key ed25519.PrivateKey, from, to, every, offset int) {
+func appendLog(t testing.TB, path string, key ed25519.PrivateKey, from, to, every, offset int) {
 	t.Helper()
 	l, err := receipts.Open(path, receipts.Options{Key: key, CheckpointEvery: every})
 	if err != nil {
@@ -62,7 +62,7 @@ func appendLog(t *testing.T, path string, key ed25519.PrivateKey, from, to, ever
 	}
 }
 
-func batchesOf(t *testing.T, path string) []receipts.SealedBatch {
+func batchesOf(t testing.TB, path string) []receipts.SealedBatch {
 	t.Helper()
 	l, err := receipts.Open(path, receipts.Options{ReadOnly: true})
 	if err != nil {
