@@ -103,24 +103,35 @@ type Rejection struct {
 }
 
 // IsCentral reports whether the file at path is a central store (a bbolt
-// file whose meta bucket names Format). Any other file, or none, is false.
+// file whose meta bucket names Format). Any other file, or none, or one
+// another process holds for longer than 100ms, is false.
 func IsCentral(path string) bool {
-	if receipts.CheckDatabaseFile(path) != nil {
-		return false
+	ok, err := probe(path, 100*time.Millisecond)
+	return ok && err == nil
+}
+
+// probe opens path read-only (after the structural check) to read its
+// header; ErrLocked when another process holds it past timeout.
+func probe(path string, timeout time.Duration) (bool, error) {
+	if err := receipts.CheckDatabaseFile(path); err != nil {
+		return false, err
 	}
-	db, err := bolt.Open(path, 0, &bolt.Options{ReadOnly: true, Timeout: 100 * time.Millisecond})
+	db, err := bolt.Open(path, 0, &bolt.Options{ReadOnly: true, Timeout: timeout})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return false, fmt.Errorf("open central store %s: %w", path, receipts.ErrLocked)
+	}
 	if err != nil {
-		return false
+		return false, err
 	}
 	defer db.Close()
 	ok := false
-	_ = db.View(func(tx *bolt.Tx) error {
+	err = db.View(func(tx *bolt.Tx) error {
 		if m := tx.Bucket(bktMeta); m != nil {
 			ok = string(m.Get(keyFormat)) == Format
 		}
 		return nil
 	})
-	return ok
+	return ok, err
 }
 
 // Open opens (creating unless ReadOnly) the central store at path.
@@ -138,12 +149,26 @@ func Open(path string, o Options) (*Store, error) {
 		}
 		s.trusted[k] = true
 	}
-	if _, err := os.Stat(path); err == nil || o.ReadOnly {
+	if st, err := os.Stat(path); err == nil || o.ReadOnly {
 		if err := receipts.CheckDatabaseFile(path); err != nil {
 			return nil, fmt.Errorf("open central store: %w", err)
 		}
+		// Opening a file writable can change it (bbolt rewrites a
+		// freelist it finds unsynced): anything that is not a central
+		// store already is left as it is.
+		if !o.ReadOnly && st.Size() > 0 {
+			ok, err := probe(path, o.LockTimeout)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				return nil, fmt.Errorf("open central store %s: file is not one: %w", path, ErrNotCentral)
+			}
+		}
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: o.ReadOnly, Timeout: o.LockTimeout})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: o.ReadOnly, Timeout: o.LockTimeout,
+		// As the node's log: the map freelist, rebuilt on open, not synced.
+		NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open central store %s: %w", path, receipts.ErrLocked)
 	}

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -516,4 +517,78 @@ func TestIngestAfterHTMLEscapingEncoder(t *testing.T) {
 		t.Fatalf("the same batch unescaped: %+v %v", res, err)
 	}
 	mustVerify(t, s)
+}
+
+// TestOpenRefusesLocalLog: a node's receipt log given as a central store is
+// refused and left as it was.
+func TestOpenRefusesLocalLog(t *testing.T) {
+	k := testKey("local")
+	path := makeLog(t, k, 10, 5, 0)
+	before, _ := os.ReadFile(path)
+	if _, err := Open(path, Options{TrustedKeys: []string{pubHex(k)}}); !errors.Is(err, ErrNotCentral) {
+		t.Fatalf("open a local log as a central store: %v", err)
+	}
+	if IsCentral(path) {
+		t.Fatal("IsCentral says a local log is a central store")
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Fatal("opening a local log as a central store changed it")
+	}
+	// A truncated central store fails cleanly.
+	_, cpath := openStore(t, k)
+	data, _ := os.ReadFile(cpath)
+	bad := filepath.Join(t.TempDir(), "cut.db")
+	os.WriteFile(bad, data[:len(data)/2], 0o600)
+	if _, err := Open(bad, Options{ReadOnly: true}); !errors.Is(err, receipts.ErrCorrupt) {
+		t.Fatalf("open a truncated central store: %v", err)
+	}
+}
+
+// TestConcurrentIngest: several consumers ingest several logs' batches at
+// once, each log in order, and the same batch twice at the same time.
+func TestConcurrentIngest(t *testing.T) {
+	keys := []ed25519.PrivateKey{testKey("c1"), testKey("c2"), testKey("c3")}
+	s, _ := openStore(t, keys...)
+	var logs [][]receipts.SealedBatch
+	for i, k := range keys {
+		logs = append(logs, batchesOf(t, makeLog(t, k, 50, 10, i*100)))
+	}
+	errc := make(chan error, 2*len(logs))
+	for _, bs := range logs {
+		for range 2 { // every batch delivered twice, concurrently
+			go func() {
+				for _, b := range bs {
+					for {
+						_, err := s.Ingest(context.Background(), b)
+						var be *receipts.BatchError
+						// The twin may be a batch behind: a gap is
+						// redelivered, as a consumer's nack would.
+						if errors.As(err, &be) && be.Defect == receipts.DefectGap {
+							continue
+						}
+						if err != nil {
+							errc <- err
+							return
+						}
+						break
+					}
+				}
+				errc <- nil
+			}()
+		}
+	}
+	for range 2 * len(logs) {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep := mustVerify(t, s)
+	if len(rep.Logs) != 3 {
+		t.Fatalf("logs %d", len(rep.Logs))
+	}
+	for _, l := range rep.Logs {
+		if l.Verified != 50 {
+			t.Fatalf("log %s: %d receipts, want 50", l.LogID, l.Verified)
+		}
+	}
 }
