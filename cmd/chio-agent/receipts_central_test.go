@@ -62,9 +62,17 @@ func TestReceiptsCentralStoreCLI(t *testing.T) {
 	if _, err := runCLI(t, "receipts", "import", pkgA, "--receipts", store); exitCode(err) != exitUsage {
 		t.Fatalf("import without a trusted key: %v", err)
 	}
-	// Node b's package is refused while b's key is not trusted.
+	// Node b's package is refused while b's key is not trusted: signed by
+	// b, as a package; signed by a (trusted), batch by batch, and kept
+	// aside.
 	if _, err := runCLI(t, "receipts", "import", pkgB, "--receipts", store, "--trusted-key", pubA); exitCode(err) != exitVerifyFailed {
 		t.Fatalf("import of an untrusted node's package: %v", err)
+	}
+	pkgBbyA := filepath.Join(t.TempDir(), "b-by-a")
+	out2(t, "receipts", "export", "--receipts", dbB, "--key", keyA, "--package", pkgBbyA)
+	if _, err := runCLI(t, "receipts", "import", pkgBbyA, "--receipts", store, "--trusted-key", pubA); exitCode(err) != exitVerifyFailed ||
+		!strings.Contains(err.Error(), "untrusted_key") {
+		t.Fatalf("import of an untrusted node's package signed by a trusted exporter: %v", err)
 	}
 	for _, pkg := range []string{pkgA, pkgB, pkgA} {
 		out, err := runCLI(t, "receipts", "import", pkg, "--receipts", store, "--trusted-key", pubA, "--trusted-key", pubB)
@@ -78,8 +86,14 @@ func TestReceiptsCentralStoreCLI(t *testing.T) {
 	}
 
 	out, err := runCLI(t, "receipts", "verify", "--receipts", store, "--trusted-key", pubA, "--trusted-key", pubB)
-	if err != nil || !strings.Contains(out, "2 logs") || !strings.Contains(out, "40 receipts") || !strings.Contains(out, "25 receipts") {
+	if err != nil || !strings.Contains(out, "2 logs") || !strings.Contains(out, "40 receipts") || !strings.Contains(out, "25 receipts") ||
+		!strings.Contains(out, "1 refused batches kept aside") {
 		t.Fatalf("verify central store: %v\n%s", err, out)
+	}
+	// The refused batch (b's while b was not trusted) is listed with why.
+	out, err = runCLI(t, "receipts", "list", "--receipts", store, "--rejected")
+	if err != nil || strings.Count(out, "\n") != 2 || !strings.Contains(out, "untrusted_key") {
+		t.Fatalf("list --rejected: %v\n%s", err, out)
 	}
 	idA, _ := receipts.LogIDFor(pubA)
 	idB, _ := receipts.LogIDFor(pubB)

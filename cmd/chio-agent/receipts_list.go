@@ -34,6 +34,8 @@ type listOptions struct {
 	// log.
 	log string
 	all bool
+	// rejected lists a central store's refused batches instead.
+	rejected bool
 }
 
 func (o *listOptions) AddFlags(fs *pflag.FlagSet) {
@@ -47,6 +49,7 @@ func (o *listOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.json, "json", false, "print JSON lines: seq, id, timestamp, decision, workload, host and the receipt (and log_id from a central store)")
 	fs.StringVar(&o.log, "log", "", "central store only: list this log `id` (default every log)")
 	fs.BoolVar(&o.all, "all", false, "central store only: list every log (the default)")
+	fs.BoolVar(&o.rejected, "rejected", false, "central store only: list the refused batches kept aside, with why (--json: with the batches)")
 }
 
 func parseSince(s string, now time.Time) (int64, error) {
@@ -92,10 +95,13 @@ func newReceiptsListCommand() *cobra.Command {
 			}
 			if s != nil {
 				defer s.Close()
+				if o.rejected {
+					return printRejected(cmd.OutOrStdout(), s, o.json)
+				}
 				return printCentral(cmd.Context(), cmd.OutOrStdout(), s, o.log, f, o.json)
 			}
-			if o.log != "" || o.all {
-				return usageErrorf("list receipts: --log and --all need a central store; %s is a local log", o.db.path)
+			if o.log != "" || o.all || o.rejected {
+				return usageErrorf("list receipts: --log, --all and --rejected need a central store; %s is a local log", o.db.path)
 			}
 			l, err := o.db.open()
 			if err != nil {
@@ -169,6 +175,33 @@ func printCentral(ctx context.Context, out io.Writer, s *central.Store, logID st
 	return printRows(out, func(fn func(string, receipts.Entry) error) error {
 		return s.Scan(ctx, logID, f, func(e central.Entry) error { return fn(e.LogID, e.Entry) })
 	}, asJSON, true, true)
+}
+
+// printRejected prints the batches a central store refused and kept aside.
+func printRejected(out io.Writer, s *central.Store, asJSON bool) error {
+	bw := bufio.NewWriter(out)
+	tw := tabwriter.NewWriter(bw, 0, 4, 2, ' ', 0)
+	if !asJSON {
+		fmt.Fprintln(tw, "RECEIVED\tLOG\tCHECKPOINT\tDEFECT\tSHA256\tREASON")
+	}
+	err := s.Rejections(func(r central.Rejection) error {
+		if asJSON {
+			b, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			bw.Write(append(b, '\n'))
+			return nil
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", time.Unix(r.ReceivedAt, 0).UTC().Format(time.RFC3339), dash(r.Error.LogID),
+			r.Error.CheckpointSeq, r.Error.Defect, r.SHA256, r.Error.Reason)
+		return nil
+	})
+	tw.Flush()
+	if ferr := bw.Flush(); err == nil {
+		err = ferr
+	}
+	return err
 }
 
 func dash(s string) string {
