@@ -93,7 +93,9 @@ type Result struct {
 	Duplicate bool `json:"duplicate,omitempty"`
 }
 
-// Rejection is a batch kept aside: when, why, and the batch itself.
+// Rejection is a batch kept aside: when, why, and the batch itself (a
+// receipt or checkpoint that was not JSON at all is kept as a JSON string
+// of its bytes).
 type Rejection struct {
 	// SHA256 is the hex SHA-256 of Batch, the record's key.
 	SHA256     string                `json:"sha256"`
@@ -396,8 +398,16 @@ func describe(cp *receipts.Checkpoint) string {
 	return fmt.Sprintf("body sha256 %s (seq %d-%d, merkle_root %s, signature %.16s…)", sha, cp.Body.BatchStartSeq, cp.Body.BatchEndSeq, cp.Body.MerkleRoot, cp.Signature)
 }
 
-func (s *Store) keepAside(tx *bolt.Tx, b *receipts.SealedBatch, why *receipts.BatchError) error {
-	data, err := marshal(b)
+func (s *Store) keepAside(tx *bolt.Tx, in *receipts.SealedBatch, why *receipts.BatchError) error {
+	// Bytes that are not JSON (possible through the Go API, never off the
+	// wire) are kept as a JSON string of themselves.
+	b := *in
+	b.Receipts = slices.Clone(in.Receipts)
+	for i, r := range b.Receipts {
+		b.Receipts[i] = asJSON(r)
+	}
+	b.Checkpoint = asJSON(b.Checkpoint)
+	data, err := marshal(&b)
 	if err != nil {
 		return err
 	}
@@ -406,11 +416,19 @@ func (s *Store) keepAside(tx *bolt.Tx, b *receipts.SealedBatch, why *receipts.Ba
 	if rb.Get(sum[:]) != nil {
 		return nil // kept already
 	}
-	rec, err := marshal(Rejection{SHA256: hex.EncodeToString(sum[:]), ReceivedAt: s.now().Unix(), Error: why, Batch: b})
+	rec, err := marshal(Rejection{SHA256: hex.EncodeToString(sum[:]), ReceivedAt: s.now().Unix(), Error: why, Batch: &b})
 	if err != nil {
 		return err
 	}
 	return rb.Put(sum[:], rec)
+}
+
+func asJSON(r json.RawMessage) json.RawMessage {
+	if json.Valid(r) {
+		return r
+	}
+	q, _ := marshal(string(r))
+	return q
 }
 
 // Rejections calls fn for every batch kept aside, ordered by its SHA-256.
