@@ -2,7 +2,6 @@ package receipts
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -17,20 +16,6 @@ import (
 // ChainHead per log and hands each batch to VerifyBatch, which runs the same
 // checks Log.Verify runs on a stored log (checkStoredReceipt, checkBody,
 // checkLink, the Merkle root and the checkpoint signature).
-
-// LogIDPrefix starts every log id.
-const LogIDPrefix = "local-log-"
-
-// LogIDFor is the id of a log whose first kernel key is key (hex):
-// "local-log-" + hex SHA-256 of the raw 32-byte public key.
-func LogIDFor(key string) (string, error) {
-	pub, err := parseKey(key)
-	if err != nil {
-		return "", fmt.Errorf("derive log id: %w", err)
-	}
-	sum := sha256.Sum256(pub)
-	return LogIDPrefix + hex.EncodeToString(sum[:]), nil
-}
 
 // ChainHead is what a witness keeps of one log's checkpoint chain to check
 // the batch that follows: the zero value is a log with nothing stored yet.

@@ -95,8 +95,8 @@ func TestReceiptsCentralStoreCLI(t *testing.T) {
 	if err != nil || strings.Count(out, "\n") != 2 || !strings.Contains(out, "untrusted_key") {
 		t.Fatalf("list --rejected: %v\n%s", err, out)
 	}
-	idA, _ := receipts.LogIDFor(pubA)
-	idB, _ := receipts.LogIDFor(pubB)
+	idA, _ := receipts.LogIDOf(pubA)
+	idB, _ := receipts.LogIDOf(pubB)
 
 	// list across logs, then one log, with the filters.
 	out, err = runCLI(t, "receipts", "list", "--receipts", store, "--all", "--limit", "0", "--json")

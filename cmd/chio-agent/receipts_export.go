@@ -161,7 +161,7 @@ func (o *exportOptions) exportPackage(cmd *cobra.Command) error {
 			return err
 		}
 		kernelKey = st.Keys[0].KernelKey
-		if logID, err = receipts.LogIDFor(kernelKey); err != nil {
+		if logID, err = receipts.LogIDOf(kernelKey); err != nil {
 			return err
 		}
 		src = func(ctx context.Context, fn func(receipts.SealedBatch) error) error {

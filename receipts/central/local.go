@@ -14,6 +14,10 @@ import (
 // afterCP, in order, from the log's export (the stored bytes, unchanged);
 // receipts not sealed yet are left out. The log id derives from the log's
 // first key.
+//
+// MERGE NOTE: branch i14-ship adds (*receipts.Log).SealedBatches, which
+// reads the same batches straight from the log; once both are in, this
+// function's body becomes `return l.SealedBatches(ctx, afterCP, fn)`.
 func LocalBatches(ctx context.Context, l *receipts.Log, afterCP uint64, fn func(receipts.SealedBatch) error) error {
 	st, err := l.Stats()
 	if err != nil {
@@ -22,7 +26,7 @@ func LocalBatches(ctx context.Context, l *receipts.Log, afterCP uint64, fn func(
 	if len(st.Keys) == 0 {
 		return fmt.Errorf("read local batches: log has no key history: %w", receipts.ErrCorrupt)
 	}
-	logID, err := receipts.LogIDFor(st.Keys[0].KernelKey)
+	logID, err := receipts.LogIDOf(st.Keys[0].KernelKey)
 	if err != nil {
 		return err
 	}

@@ -284,7 +284,7 @@ func readManifest(dir string) (*PackageManifest, map[string][]byte, error) {
 	if err != nil || !ed25519.Verify(ed25519.PublicKey(pub), body, sig) {
 		return nil, nil, badPackage("manifest signature does not verify with exporter_key %s", m.ExporterKey)
 	}
-	if id, err := receipts.LogIDFor(m.KernelKey); err != nil || id != m.LogID {
+	if id, err := receipts.LogIDOf(m.KernelKey); err != nil || id != m.LogID {
 		return nil, nil, badPackage("manifest log_id %s does not belong to kernel_key %s", m.LogID, m.KernelKey)
 	}
 	want := map[string]bool{ReceiptsFile: true, CheckpointsFile: true, ProofsFile: true}

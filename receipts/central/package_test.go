@@ -28,7 +28,7 @@ func exportLocal(t *testing.T, path string, key ed25519.PrivateKey) string {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	id, _ := receipts.LogIDFor(pubHex(key))
+	id, _ := receipts.LogIDOf(pubHex(key))
 	dir := filepath.Join(t.TempDir(), "pkg")
 	src := func(ctx context.Context, fn func(receipts.SealedBatch) error) error {
 		return LocalBatches(ctx, l, 0, fn)
@@ -78,7 +78,7 @@ func TestPackageRoundTrip(t *testing.T) {
 		t.Fatalf("verify: %+v", rep)
 	}
 	// What the store holds exports to the same package content.
-	id, _ := receipts.LogIDFor(pubHex(k))
+	id, _ := receipts.LogIDOf(pubHex(k))
 	again := filepath.Join(t.TempDir(), "again")
 	src := func(ctx context.Context, fn func(receipts.SealedBatch) error) error { return s.Batches(ctx, id, 0, fn) }
 	if _, err := WritePackage(context.Background(), again, id, pubHex(k), src, k, time.Unix(1760000000, 0)); err != nil {
@@ -136,7 +136,7 @@ func TestForkedPackageRefusedNamingBoth(t *testing.T) {
 	if !errors.As(err, &be) || be.Defect != receipts.DefectFork || be.CheckpointSeq != 2 {
 		t.Fatalf("forked package: %v, want a fork at checkpoint 2", err)
 	}
-	id, _ := receipts.LogIDFor(pubHex(k))
+	id, _ := receipts.LogIDOf(pubHex(k))
 	var stored, offered receipts.Checkpoint
 	_ = s.Batches(context.Background(), id, 1, func(b receipts.SealedBatch) error {
 		if stored.Body.CheckpointSeq == 0 {

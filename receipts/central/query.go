@@ -273,7 +273,7 @@ func (s *Store) verifyLog(ctx context.Context, tx *bolt.Tx, lb *bolt.Bucket, id 
 			return nil, err
 		}
 		if n == 1 {
-			if want, _ := receipts.LogIDFor(cp.Body.KernelKey); want != id || stored.KernelKey != cp.Body.KernelKey {
+			if want, _ := receipts.LogIDOf(cp.Body.KernelKey); want != id || stored.KernelKey != cp.Body.KernelKey {
 				return nil, &receipts.BatchError{Defect: receipts.DefectUntrustedKey, LogID: id, CheckpointSeq: 1,
 					Reason: fmt.Sprintf("first checkpoint signed by %s, whose log id is %s", cp.Body.KernelKey, want)}
 			}

@@ -146,7 +146,7 @@ func Open(path string, o Options) (*Store, error) {
 	}
 	s := &Store{path: path, trusted: map[string]bool{}, now: o.Now}
 	for _, k := range o.TrustedKeys {
-		if _, err := receipts.LogIDFor(k); err != nil {
+		if _, err := receipts.LogIDOf(k); err != nil {
 			return nil, fmt.Errorf("open central store %s: trusted key: %w", path, err)
 		}
 		s.trusted[k] = true
@@ -344,7 +344,7 @@ func (s *Store) ingest(tx *bolt.Tx, b *receipts.SealedBatch) (Result, error) {
 		return res, err
 	}
 	if h.CheckpointSeq == 0 {
-		id, err := receipts.LogIDFor(b.KernelKey)
+		id, err := receipts.LogIDOf(b.KernelKey)
 		if err != nil || id != b.LogID {
 			return res, bad(receipts.DefectUntrustedKey, cp.Body.CheckpointSeq, "log id %s does not belong to key %s (its log id is %s)", b.LogID, b.KernelKey, id)
 		}
