@@ -235,27 +235,48 @@ func (s *Store) Path() string { return s.path }
 // checkpoints), a receipt outside its checkpoint, an untrusted key, a
 // forged receipt or checkpoint.
 func (s *Store) Ingest(ctx context.Context, b receipts.SealedBatch) (Result, error) {
-	if err := ctx.Err(); err != nil {
-		return Result{}, err
+	res, errs, err := s.IngestAll(ctx, []receipts.SealedBatch{b})
+	if err != nil {
+		return Result{LogID: b.LogID, Receipts: len(b.Receipts)}, err
 	}
-	res := Result{LogID: b.LogID, Receipts: len(b.Receipts)}
-	canon := canonical(b)
-	var refused *receipts.BatchError
+	return res[0], errs[0]
+}
+
+// IngestAll ingests batches in order in one transaction (one fsync), as
+// Ingest would one by one: a consumer that pulls messages in groups pays the
+// commit once per group instead of once per batch. It returns each batch's
+// result and its *receipts.BatchError, if refused (kept aside as Ingest
+// keeps it); err is for the store itself (a failed commit: nothing of the
+// group is stored).
+func (s *Store) IngestAll(ctx context.Context, bs []receipts.SealedBatch) ([]Result, []error, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	res := make([]Result, len(bs))
+	errs := make([]error, len(bs))
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		var err error
-		res, err = s.ingest(tx, &canon)
-		if errors.As(err, &refused) {
-			return s.keepAside(tx, &b, refused)
+		for i := range bs {
+			canon := canonical(bs[i])
+			var refused *receipts.BatchError
+			r, err := s.ingest(tx, &canon)
+			res[i], errs[i] = r, nil
+			if errors.As(err, &refused) {
+				errs[i] = refused
+				if err := s.keepAside(tx, &bs[i], refused); err != nil {
+					return err
+				}
+				continue
+			}
+			if err != nil {
+				return err
+			}
 		}
-		return err
+		return nil
 	})
 	if err != nil {
-		return res, fmt.Errorf("ingest batch: %w", err)
+		return nil, nil, fmt.Errorf("ingest batches: %w", err)
 	}
-	if refused != nil {
-		return res, refused
-	}
-	return res, nil
+	return res, errs, nil
 }
 
 // canonical returns b with its receipts and checkpoint in canonical JSON

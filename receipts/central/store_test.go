@@ -662,3 +662,31 @@ func FuzzIngestMutation(f *testing.F) {
 		mustVerify(t, s)
 	})
 }
+
+// TestIngestAllAsOneByOne: a group with a duplicate, a gap and the batches
+// that fill it gives each batch the outcome Ingest gives it alone.
+func TestIngestAllAsOneByOne(t *testing.T) {
+	k := testKey("all")
+	bs := batchesOf(t, makeLog(t, k, 50, 10, 0))
+	s, _ := openStore(t, k)
+	group := []receipts.SealedBatch{bs[0], bs[0], bs[2], bs[1], bs[2], bs[3], bs[4]}
+	res, errs, err := s.IngestAll(context.Background(), group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var be *receipts.BatchError
+	if !res[1].Duplicate || !errors.As(errs[2], &be) || be.Defect != receipts.DefectGap {
+		t.Fatalf("group outcomes: %+v %v", res, errs)
+	}
+	for _, i := range []int{0, 1, 3, 4, 5, 6} {
+		if errs[i] != nil {
+			t.Fatalf("batch %d of the group: %v", i, errs[i])
+		}
+	}
+	if countRejected(t, s) != 1 {
+		t.Fatal("the gap was not kept aside")
+	}
+	if rep := mustVerify(t, s); rep.Logs[0].LastSeq != 50 {
+		t.Fatalf("after the group: %+v", rep.Logs[0])
+	}
+}
