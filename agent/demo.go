@@ -140,7 +140,7 @@ func RunDemo(ctx context.Context, opts DemoOptions) (err error) {
 	fmt.Fprintf(w, "policy     %s", indent(DemoPolicy, "           "))
 	fmt.Fprintf(w, "servers    api.allowed.test = 127.0.0.1 (HTTPS :%d, HTTP :%d), forbidden.test = 127.0.0.2 (HTTPS :%d, HTTP :%d)\n",
 		allowedTLS.Port(), allowedHTTP.Port(), forbiddenTLS.Port(), forbiddenHTTP.Port())
-	fmt.Fprintf(w, "protected  cgroup %s: every TCP connect() goes to the agent; UDP only to DNS resolvers\n", cgPath)
+	fmt.Fprintf(w, "protected  cgroup %s: every TCP connect() goes to the agent; UDP refused (DNS goes to the agent where resolvers are configured; the demo has none)\n", cgPath)
 	fmt.Fprintf(w, "receipts   %s (Ed25519, kernel key %s…)\n\n", dbPath, kernel.PublicKeyHex(key.Public().(ed25519.PublicKey))[:16])
 
 	run := func(title, shown string, name string, args ...string) string {

@@ -154,6 +154,18 @@ func TestDNSProxyDecidesAndTells(t *testing.T) {
 	if dnsAllow < 2 || dnsDeny < 4 {
 		t.Errorf("DNS decisions: %d allowed, %d denied; want 2 and 4", dnsAllow, dnsDeny)
 	}
+	// status shows the DNS listeners and what the proxy did.
+	st := e.agent.Status("test")
+	if st.DNS == nil || !st.DNS.Proxy || st.DNS.Answered < 2 || st.DNS.Refused < 4 {
+		t.Errorf("status DNS = %+v; want the proxy with at least 2 answered and 4 refused", st.DNS)
+	}
+	kinds := map[string]int{}
+	for _, l := range st.Listeners {
+		kinds[l.Kind]++
+	}
+	if kinds["proxy"] == 0 || kinds["dns/udp"] == 0 || kinds["dns/tcp"] == 0 {
+		t.Errorf("status listeners by kind: %v", kinds)
+	}
 }
 
 // floodPy sends N queries for distinct names (q<i>.allowed.test, allowed by

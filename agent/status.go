@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/internal/dnsproxy"
 	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
@@ -41,13 +43,15 @@ type Status struct {
 	// there are none.
 	Birth     *BirthStatus     `json:"birth,omitempty"`
 	Listeners []ListenerStatus `json:"listeners"`
-	Counts    CountStatus      `json:"counts"`
-	Refusals  RefusalStatus    `json:"kernel_refusals"`
-	Maps      MapStatus        `json:"maps"`
-	Receipts  ReceiptStatus    `json:"receipts"`
-	Policy    PolicyStatus     `json:"policy"`
-	Errors    []TimedError     `json:"errors"`
-	Extra     map[string]any   `json:"extra,omitempty"`
+	// DNS is nil when no DNS listeners run.
+	DNS      *DNSStatus     `json:"dns,omitempty"`
+	Counts   CountStatus    `json:"counts"`
+	Refusals RefusalStatus  `json:"kernel_refusals"`
+	Maps     MapStatus      `json:"maps"`
+	Receipts ReceiptStatus  `json:"receipts"`
+	Policy   PolicyStatus   `json:"policy"`
+	Errors   []TimedError   `json:"errors"`
+	Extra    map[string]any `json:"extra,omitempty"`
 
 	// Shipping is the NATS shipper's state: its lag in receipts and
 	// seconds, its last error; absent when the sink is local.
@@ -100,6 +104,25 @@ type WorkloadStatus struct {
 type ListenerStatus struct {
 	Netns string `json:"netns,omitempty"`
 	Addr  string `json:"addr"`
+	// Kind is "proxy" (TCP connections), "dns/udp" or "dns/tcp".
+	Kind string `json:"kind"`
+}
+
+// DNSStatus is what the DNS listeners and the agent's DNS proxy did since
+// start.
+type DNSStatus struct {
+	// Proxy says whether the agent's own proxy answers (else a handler
+	// given by the embedding program, or none: no DNS listeners).
+	Proxy bool `json:"proxy"`
+	// Answered and Refused count the proxy's queries (a flood's every
+	// query); Unreceipted those of no known workload.
+	Answered    uint64 `json:"answered"`
+	Refused     uint64 `json:"refused"`
+	Unreceipted uint64 `json:"unreceipted"`
+	// OverBound are datagrams and connections turned away by a workload's
+	// in-flight bound; Unattributed those the kernel had no record of.
+	OverBound    uint64 `json:"over_bound"`
+	Unattributed uint64 `json:"unattributed"`
 }
 
 // CountStatus are the decision totals since start.
@@ -165,11 +188,27 @@ func (a *Agent) Status(version string) Status {
 		s.Workloads = append(s.Workloads, ws)
 	}
 	for _, lp := range a.listeners {
-		for _, ad := range []string{lp.addr4.String(), lp.addr6.String()} {
-			if ad != "invalid AddrPort" {
-				s.Listeners = append(s.Listeners, ListenerStatus{Netns: lp.netns, Addr: ad})
+		add := func(kind string, ap netip.AddrPort) {
+			if ap.IsValid() && ap.Port() != 0 {
+				s.Listeners = append(s.Listeners, ListenerStatus{Netns: lp.netns, Addr: ap.String(), Kind: kind})
 			}
 		}
+		add("proxy", lp.addr4)
+		add("proxy", lp.addr6)
+		if d := lp.dns; d != nil {
+			for _, kind := range []string{"dns/udp", "dns/tcp"} {
+				add(kind, netip.AddrPortFrom(lp.addr4.Addr(), d.port4))
+				add(kind, netip.AddrPortFrom(lp.addr6.Addr(), d.port6))
+			}
+		}
+	}
+	if a.dns != nil {
+		ds := &DNSStatus{OverBound: a.dns.overBound.Load(), Unattributed: a.dns.unattributed.Load()}
+		if p, ok := a.opts.DNS.(*dnsproxy.Proxy); ok {
+			st := p.Stats()
+			ds.Proxy, ds.Answered, ds.Refused, ds.Unreceipted = true, st.Answered, st.Refused, st.Unreceipted
+		}
+		s.DNS = ds
 	}
 	p := a.kern.Snapshot().Policy()
 	s.Policy = PolicyStatus{Name: p.Name(), Hash: p.Hash(), Source: a.polSource, LoadedAt: a.polLoaded}

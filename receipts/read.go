@@ -311,40 +311,51 @@ func (l *Log) Prove(seq uint64) (*Proof, error) {
 		if seq < cp.Body.BatchStartSeq {
 			return fmt.Errorf("prove receipt seq %d: %w", seq, ErrNotFound)
 		}
-		leaves := make([]Hash, 0, cp.Body.TreeSize)
+		batch := make([][]byte, 0, cp.Body.TreeSize)
 		c := tx.Bucket(bktReceipts).Cursor()
-		var receipt []byte
 		want := cp.Body.BatchStartSeq
 		for rk, rv := c.Seek(u64key(want)); rk != nil && getU64(rk) <= cp.Body.BatchEndSeq; rk, rv = c.Next() {
 			if getU64(rk) != want {
 				return fmt.Errorf("prove receipt seq %d: receipt seq %d missing: %w", seq, want, ErrTampered)
 			}
-			if want == seq {
-				receipt = bytes.Clone(rv)
-			}
-			leaves = append(leaves, LeafHash(rv))
+			batch = append(batch, bytes.Clone(rv))
 			want++
 		}
-		if uint64(len(leaves)) != cp.Body.TreeSize || receipt == nil {
-			return fmt.Errorf("prove receipt seq %d: checkpoint %d covers %d receipts, %d stored: %w",
-				seq, cp.Body.CheckpointSeq, cp.Body.TreeSize, len(leaves), ErrTampered)
-		}
-		if MerkleRoot(leaves).String() != cp.Body.MerkleRoot {
-			return fmt.Errorf("prove receipt seq %d: checkpoint %d root does not match its receipts: %w", seq, cp.Body.CheckpointSeq, ErrTampered)
-		}
-		idx := seq - cp.Body.BatchStartSeq
-		path, err := InclusionPath(leaves, int(idx))
-		if err != nil {
-			return err
-		}
-		p = &Proof{Schema: ProofSchema, Seq: seq, LeafIndex: idx, TreeSize: cp.Body.TreeSize,
-			LeafHash: leaves[idx].String(), Receipt: receipt, Checkpoint: cp, AuditPath: []string{}}
-		for _, h := range path {
-			p.AuditPath = append(p.AuditPath, h.String())
-		}
-		return nil
+		p, err = NewProof(seq, cp, batch)
+		return err
 	})
 	return p, err
+}
+
+// NewProof builds the inclusion proof of receipt seq from the checkpoint
+// that covers it and that checkpoint's receipts (batch_start_seq..
+// batch_end_seq, as stored), checking that they hash to its merkle_root.
+func NewProof(seq uint64, cp Checkpoint, batch [][]byte) (*Proof, error) {
+	if seq < cp.Body.BatchStartSeq || seq > cp.Body.BatchEndSeq {
+		return nil, fmt.Errorf("prove receipt seq %d: checkpoint %d covers seq %d-%d: %w", seq, cp.Body.CheckpointSeq, cp.Body.BatchStartSeq, cp.Body.BatchEndSeq, ErrNotFound)
+	}
+	if uint64(len(batch)) != cp.Body.TreeSize {
+		return nil, fmt.Errorf("prove receipt seq %d: checkpoint %d covers %d receipts, %d stored: %w",
+			seq, cp.Body.CheckpointSeq, cp.Body.TreeSize, len(batch), ErrTampered)
+	}
+	leaves := make([]Hash, len(batch))
+	for i, r := range batch {
+		leaves[i] = LeafHash(r)
+	}
+	if MerkleRoot(leaves).String() != cp.Body.MerkleRoot {
+		return nil, fmt.Errorf("prove receipt seq %d: checkpoint %d root does not match its receipts: %w", seq, cp.Body.CheckpointSeq, ErrTampered)
+	}
+	idx := seq - cp.Body.BatchStartSeq
+	path, err := InclusionPath(leaves, int(idx))
+	if err != nil {
+		return nil, err
+	}
+	p := &Proof{Schema: ProofSchema, Seq: seq, LeafIndex: idx, TreeSize: cp.Body.TreeSize,
+		LeafHash: leaves[idx].String(), Receipt: batch[idx], Checkpoint: cp, AuditPath: []string{}}
+	for _, h := range path {
+		p.AuditPath = append(p.AuditPath, h.String())
+	}
+	return p, nil
 }
 
 // Check verifies the proof on its own: the leaf is the receipt's hash, the

@@ -15,7 +15,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/backbay-labs/chio-agent/kernel"
-	"github.com/backbay-labs/chio-agent/kernel/jcs"
 )
 
 // ReceiptChecker verifies one signed receipt given as canonical JSON: its
@@ -223,16 +222,8 @@ func (v *verifier) run() error {
 			}
 			return tampered(b.BatchStartSeq, cpCount, "merkle_root %s does not match receipts %d-%d (computed %s)", b.MerkleRoot, b.BatchStartSeq, b.BatchEndSeq, root)
 		}
-		if b.PreviousCheckpointSHA256 != v.prevSHA {
-			return tampered(0, cpCount, "previous_checkpoint_sha256 %q, previous body hashes to %q", b.PreviousCheckpointSHA256, v.prevSHA)
-		}
-		leaf, err := chainLeafHash(b)
-		if err != nil {
+		if err := checkLink(b, v.prevSHA, &v.chain); err != nil {
 			return tampered(0, cpCount, "%v", err)
-		}
-		v.chain.push(leaf)
-		if r := v.chain.root().String(); r != b.ChainRoot {
-			return tampered(0, cpCount, "chain_root %s, checkpoints 1-%d give %s", b.ChainRoot, cpCount, r)
 		}
 		_, endIdx := v.keyAt(b.BatchEndSeq)
 		ok := false
@@ -388,21 +379,9 @@ func (v *verifier) receipts(c *bolt.Cursor, k, val []byte, end uint64, cp uint64
 // goroutines, so it must not touch the transaction: bbolt transactions are
 // not safe for concurrent use, even for reads.
 func (v *verifier) checkOne(seq uint64, data []byte) (Entry, error) {
-	canon, err := jcs.Canonicalize(data)
+	want, _ := v.keyAt(seq)
+	e, err := checkStoredReceipt(data, want, v.o.CheckReceipt)
 	if err != nil {
-		return Entry{}, tampered(seq, 0, "stored receipt is not JSON: %v", err)
-	}
-	if !bytes.Equal(canon, data) {
-		return Entry{}, tampered(seq, 0, "stored receipt is not in canonical form")
-	}
-	e, key, err := parseEntry(data)
-	if err != nil {
-		return Entry{}, tampered(seq, 0, "%v", err)
-	}
-	if want, _ := v.keyAt(seq); key != want {
-		return Entry{}, tampered(seq, 0, "signed by %s, the log's key at this seq is %s", key, want)
-	}
-	if err := v.o.CheckReceipt(data); err != nil {
 		return Entry{}, tampered(seq, 0, "%v", err)
 	}
 	e.Seq = seq

@@ -1,8 +1,17 @@
 #!/usr/bin/env python3
-"""Independent verifier for a chio-agent receipt log export (JSON Lines).
+"""Independent verifier for a chio-agent receipt log export (JSON Lines) or evidence package.
 
     chio-agent receipts export --receipts receipts.db --format jsonl > log.jsonl
     python3 scripts/verify_export.py [--key HEX] log.jsonl
+
+    chio-agent receipts export --receipts receipts.db --package DIR
+    python3 scripts/verify_export.py [--key HEX] DIR
+
+A package (chio-agent.evidence_package.v1, docs/receipt-log.md) is checked
+whole: the manifest's signature by its exporter_key, every file's size and
+SHA-256 against the manifest (none missing, none extra), the counts, the log
+id against the kernel key, then its receipts and checkpoints exactly as an
+export's, and every inclusion proof against its checkpoint.
 
 It shares no code with chio-agent: canonical JSON (RFC 8785), receipt ids and
 signatures (chio.receipt.v1), Merkle roots and the checkpoint chain
@@ -19,6 +28,7 @@ import argparse
 import hashlib
 import ipaddress
 import json
+import os
 import sys
 
 try:
@@ -297,11 +307,137 @@ def verify(lines, key):
     return next_seq - 1, cps, len(batch)
 
 
+# ---- evidence packages
+
+PACKAGE_SCHEMA = "chio-agent.evidence_package.v1"
+PACKAGE_FILES = ("checkpoints.jsonl", "proofs.jsonl", "receipts.jsonl")
+
+
+def read_lines(data, name):
+    if not data:
+        return []
+    if not data.endswith(b"\n"):
+        raise Defect("%s does not end with a newline" % name)
+    out = []
+    for i, raw in enumerate(data[:-1].split(b"\n"), 1):
+        try:
+            obj = parse(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, Defect) as e:
+            raise Defect("%s line %d: not JSON: %s" % (name, i, e))
+        if cbytes(obj) != raw:
+            raise Defect("%s line %d: not canonical JSON" % (name, i))
+        out.append(obj)
+    return out
+
+
+def root_from_path(lf, index, size, path):
+    if size == 0 or index >= size:
+        raise Defect("leaf %d outside tree of %d" % (index, size))
+    h, used, width = lf, 0, size
+    while width > 1:
+        if (index ^ 1) < width:
+            if used >= len(path):
+                raise Defect("audit path too short")
+            sib = check_root(path[used], "audit path hash")
+            h = node(h, sib) if index % 2 == 0 else node(sib, h)
+            used += 1
+        index //= 2
+        width = (width + 1) // 2
+    if used != len(path):
+        raise Defect("audit path has %d extra hashes" % (len(path) - used))
+    return h
+
+
+def verify_package(d, key):
+    with open(os.path.join(d, "manifest.json"), "rb") as f:
+        raw = f.read()
+    try:
+        sm = parse(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, Defect) as e:
+        raise Defect("manifest: not JSON: %s" % e)
+    if cbytes(sm) + b"\n" != raw or set(sm) != {"body", "signature"}:
+        raise Defect("manifest is not canonical {body, signature}")
+    m = sm["body"]
+    if m.get("schema") != PACKAGE_SCHEMA:
+        raise Defect("manifest schema %r, want %r" % (m.get("schema"), PACKAGE_SCHEMA))
+    ed25519_ok(m["exporter_key"], sm["signature"], cbytes(m), "manifest")
+    kernel_key = m["kernel_key"]
+    if key is not None and kernel_key != key:
+        raise Defect("package is of kernel key %s, expected %s" % (kernel_key, key))
+    if m["log_id"] != "local-log-" + sha256_hex(hexfield(kernel_key, 64, "kernel_key")):
+        raise Defect("log_id %s does not belong to kernel_key %s" % (m["log_id"], kernel_key))
+    listed = sorted(f["name"] for f in m["files"])
+    if listed != sorted(PACKAGE_FILES):
+        raise Defect("manifest lists %s, want %s" % (listed, sorted(PACKAGE_FILES)))
+    extra = set(os.listdir(d)) - set(PACKAGE_FILES) - {"manifest.json"}
+    if extra:
+        raise Defect("files not in the manifest: %s" % sorted(extra))
+    data = {}
+    for f in m["files"]:
+        with open(os.path.join(d, f["name"]), "rb") as fh:
+            b = fh.read()
+        if len(b) != f["size"] or sha256_hex(b) != f["sha256"]:
+            raise Defect("%s: %d bytes, sha256 %s; the manifest says %d bytes, sha256 %s" % (
+                f["name"], len(b), sha256_hex(b), f["size"], f["sha256"]))
+        data[f["name"]] = b
+    cps = read_lines(data["checkpoints.jsonl"], "checkpoints.jsonl")
+    recs = read_lines(data["receipts.jsonl"], "receipts.jsonl")
+    proofs = read_lines(data["proofs.jsonl"], "proofs.jsonl")
+    c = m["counts"]
+    if (len(recs), len(cps), len(proofs)) != (c["receipts"], c["checkpoints"], c["proofs"]):
+        raise Defect("files hold %d receipts, %d checkpoints, %d proofs; the manifest counts %d, %d, %d" % (
+            len(recs), len(cps), len(proofs), c["receipts"], c["checkpoints"], c["proofs"]))
+    # The receipts and checkpoints as an export's lines, checked as one.
+    lines, ri = [], 0
+    for cp in cps:
+        end = cp.get("body", {}).get("batch_end_seq")
+        while ri < len(recs) and recs[ri].get("seq", 0) <= (end or 0):
+            if set(recs[ri]) != {"seq", "receipt"}:
+                raise Defect("receipts.jsonl line %d: unexpected fields" % (ri + 1))
+            lines.append(cbytes({"kind": "receipt", "seq": recs[ri]["seq"], "receipt": recs[ri]["receipt"]}).decode("utf-8"))
+            ri += 1
+        lines.append(cbytes({"kind": "checkpoint", "checkpoint": cp}).decode("utf-8"))
+    if ri != len(recs):
+        raise Defect("receipts.jsonl: %d receipts after the last checkpoint" % (len(recs) - ri))
+    n, ncp, unsealed = verify(lines, kernel_key)
+    if unsealed:
+        raise Defect("%d receipts not sealed by a checkpoint" % unsealed)
+    if cps and cps[0]["body"]["kernel_key"] != kernel_key:
+        raise Defect("checkpoint 1 signed by %s, the manifest names %s" % (cps[0]["body"]["kernel_key"], kernel_key))
+    # Every inclusion proof against its checkpoint.
+    if len(proofs) != len(recs):
+        raise Defect("%d proofs for %d receipts" % (len(proofs), len(recs)))
+    by_seq = {cp["body"]["checkpoint_seq"]: cp["body"] for cp in cps}
+    for i, (p, r) in enumerate(zip(proofs, recs), 1):
+        where = "proofs.jsonl line %d" % i
+        if set(p) != {"seq", "checkpoint_seq", "leaf_index", "tree_size", "leaf_hash", "audit_path"}:
+            raise Defect("%s: unexpected fields" % where)
+        b = by_seq.get(p["checkpoint_seq"])
+        if b is None or p["seq"] != r["seq"] or not b["batch_start_seq"] <= p["seq"] <= b["batch_end_seq"]:
+            raise Defect("%s: proof of seq %s in checkpoint %s does not fit" % (where, p["seq"], p["checkpoint_seq"]))
+        if p["leaf_index"] != p["seq"] - b["batch_start_seq"] or p["tree_size"] != b["tree_size"]:
+            raise Defect("%s: leaf %s of %s does not fit checkpoint %s" % (where, p["leaf_index"], p["tree_size"], p["checkpoint_seq"]))
+        lf = leaf(cbytes(r["receipt"]))
+        if check_root(p["leaf_hash"], "leaf_hash") != lf:
+            raise Defect("%s: leaf_hash does not match receipt seq %d" % (where, r["seq"]))
+        if root_from_path(lf, p["leaf_index"], p["tree_size"], p["audit_path"]) != check_root(b["merkle_root"], "merkle_root"):
+            raise Defect("%s: audit path does not yield checkpoint %s's merkle_root" % (where, p["checkpoint_seq"]))
+    return n, ncp, len(proofs), m["log_id"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--key", help="trusted kernel public key (hex); default: the first receipt's key")
-    ap.add_argument("export", help="JSON Lines export ('-' for standard input)")
+    ap.add_argument("export", help="JSON Lines export ('-' for standard input), or an evidence package directory")
     a = ap.parse_args()
+    if a.export != "-" and os.path.isdir(a.export):
+        try:
+            receipts, checkpoints, proofs, log_id = verify_package(a.export, a.key)
+        except (Defect, KeyError, TypeError, OSError) as e:
+            print("verify_export: FAIL: %s" % e, file=sys.stderr)
+            return 1
+        print("ok: package of %s: %d receipts, %d checkpoints, %d proofs" % (log_id, receipts, checkpoints, proofs))
+        return 0
     f = sys.stdin if a.export == "-" else open(a.export, encoding="utf-8")
     try:
         receipts, checkpoints, unsealed = verify(f, a.key)

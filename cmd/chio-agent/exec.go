@@ -50,9 +50,11 @@ func newExecCommand() *cobra.Command {
 		Long: `exec makes a fresh cgroup, attaches the eBPF connect hooks to it, and runs CMD
 inside: every TCP connection CMD or its children make is redirected to a proxy
 in this process, which reads the TLS SNI or HTTP Host, decides by the HushSpec
-policy, writes a signed receipt, then forwards or refuses. UDP is refused except
-DNS to the resolvers the config names (by default, the nameservers of
-/etc/resolv.conf). Each decision is printed on stderr (a JSON object per line
+policy, writes a signed receipt, then forwards or refuses. Its DNS (port 53,
+UDP and TCP, any address) is answered by the agent's DNS proxy, which decides
+each name by the same policy and forwards allowed ones to the resolvers the
+config names (by default, the nameservers of /etc/resolv.conf); other UDP is
+refused. Each decision is printed on stderr (a JSON object per line
 with --log-format json). Receipts go to --receipts, by default
 /var/lib/chio-agent/receipts.db, where the receipts commands look.
 

@@ -15,6 +15,7 @@ import (
 	"github.com/backbay-labs/chio-agent/agent"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/central"
 )
 
 // exitVerifyFailed is the exit status of a log that fails verification, so
@@ -24,7 +25,7 @@ const exitVerifyFailed = 2
 func newReceiptsCommand() *cobra.Command {
 	r := &cobra.Command{
 		Use:   "receipts",
-		Short: "Verify, list, export and prove receipts in a receipt log",
+		Short: "Verify, list, export, import and prove receipts in a receipt log or a central store",
 	}
 	r.AddCommand(
 		newReceiptsVerifyCommand(),
@@ -33,6 +34,7 @@ func newReceiptsCommand() *cobra.Command {
 		newReceiptsTailCommand(),
 		newReceiptsExportCommand(),
 		newReceiptsProveCommand(),
+		newReceiptsImportCommand(),
 		newReceiptsBenchCommand(),
 	)
 	return r
@@ -95,6 +97,9 @@ func (o *dbOptions) open() (*receipts.Log, error) {
 		return nil, err
 	}
 	l, err := receipts.Open(o.path, receipts.Options{ReadOnly: true, LockTimeout: o.lockTimeout})
+	if errors.Is(err, receipts.ErrFormat) && central.IsCentral(o.path) {
+		return nil, usageErrorf("%s is a central store, not one node's receipt log: list, verify, prove and export --package read it", o.path)
+	}
 	if err == nil || !errors.Is(err, receipts.ErrLocked) || o.socket == "" {
 		return l, err
 	}

@@ -144,7 +144,15 @@ func printStatus(out io.Writer, s agent.Status) {
 		if ns == "" {
 			ns = "host"
 		}
-		fmt.Fprintf(out, "listener   %s (netns %s)\n", l.Addr, ns)
+		fmt.Fprintf(out, "listener   %s %s (netns %s)\n", dash(l.Kind), l.Addr, ns)
+	}
+	if d := s.DNS; d != nil {
+		who := "the embedding program's handler"
+		if d.Proxy {
+			who = "the agent's proxy"
+		}
+		fmt.Fprintf(out, "dns        answered by %s: %d answered, %d refused (%d of no known workload); %d turned away by a workload's bound, %d unattributed\n",
+			who, d.Answered, d.Refused, d.Unreceipted, d.OverBound, d.Unattributed)
 	}
 	if len(s.Errors) > 0 {
 		fmt.Fprintln(out, "\nlast errors:")
