@@ -17,9 +17,7 @@ import (
 // time change nothing.
 func TestShippedBatchesIngestCentrally(t *testing.T) {
 	c := natscluster.Shared(t)
-	key := testKey(t.Name())
-	l := openLog(t, tempLog(t), key, 25)
-	defer l.Close()
+	l, key := logFor(t, 25)
 	o := clusterOptions(c)
 	s := startShipper(t, l, o)
 	appendN(t, l, key, 0, 500)

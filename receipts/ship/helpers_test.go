@@ -44,6 +44,16 @@ func openLog(t testing.TB, path string, key ed25519.PrivateKey, every int) *rece
 	return l
 }
 
+// logFor opens a fresh log for t, signed by a key of its own (its own log
+// id), sealing every `every` receipts; it is closed when t ends.
+func logFor(t testing.TB, every int) (*receipts.Log, ed25519.PrivateKey) {
+	t.Helper()
+	key := testKey(t.Name())
+	l := openLog(t, tempLog(t), key, every)
+	t.Cleanup(func() { l.Close() })
+	return l, key
+}
+
 // appendN appends n synthetic receipts numbered from first.
 func appendN(t testing.TB, l *receipts.Log, key ed25519.PrivateKey, first, n int) {
 	t.Helper()

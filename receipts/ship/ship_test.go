@@ -19,9 +19,7 @@ import (
 // replicated on the three servers, with the documented dedup window.
 func TestShipRoundTrip(t *testing.T) {
 	c := natscluster.Shared(t)
-	key := testKey(t.Name())
-	l := openLog(t, tempLog(t), key, 50)
-	defer l.Close()
+	l, key := logFor(t, 50)
 	o := clusterOptions(c)
 	s := startShipper(t, l, o)
 	appendN(t, l, key, 0, 1000)
@@ -55,9 +53,7 @@ func TestShipRoundTrip(t *testing.T) {
 // receipts are being appended and shipped: nothing is lost or duplicated.
 func TestShipOneServerKilled(t *testing.T) {
 	c := natscluster.Start(t)
-	key := testKey(t.Name())
-	l := openLog(t, tempLog(t), key, 20)
-	defer l.Close()
+	l, key := logFor(t, 20)
 	o := clusterOptions(c)
 	s := startShipper(t, l, o)
 	appendN(t, l, key, 0, 400)
@@ -86,9 +82,7 @@ func TestShipOneServerKilled(t *testing.T) {
 // duplicated in the stream.
 func TestShipOutageBacklog(t *testing.T) {
 	c := natscluster.Start(t)
-	key := testKey(t.Name())
-	l := openLog(t, tempLog(t), key, 20)
-	defer l.Close()
+	l, key := logFor(t, 20)
 	o := clusterOptions(c)
 	o.MaxBacklog = 300
 	s := startShipper(t, l, o)
@@ -133,9 +127,7 @@ func TestShipOutageBacklog(t *testing.T) {
 // with an error naming it, before anything ships.
 func TestShipRefusesBadSink(t *testing.T) {
 	c := natscluster.Shared(t)
-	key := testKey(t.Name())
-	l := openLog(t, tempLog(t), key, 10)
-	defer l.Close()
+	l, _ := logFor(t, 10)
 	dir := t.TempDir()
 	write := func(name, body string) string {
 		p := filepath.Join(dir, name)
@@ -196,9 +188,7 @@ func TestShipRefusesBadSink(t *testing.T) {
 // its state file resumes after what the stream holds: 0 duplicated.
 func TestShipResendAndLostState(t *testing.T) {
 	c := natscluster.Shared(t)
-	key := testKey(t.Name())
-	l := openLog(t, tempLog(t), key, 10)
-	defer l.Close()
+	l, key := logFor(t, 10)
 	o := clusterOptions(c)
 	s, err := New(l, o)
 	if err != nil {
@@ -248,9 +238,7 @@ func (e errStop) Error() string { return "stop" }
 // in the log.
 func TestShipBatchOverMaxPayload(t *testing.T) {
 	c := natscluster.Shared(t)
-	key := testKey(t.Name())
-	l := openLog(t, tempLog(t), key, 2000)
-	defer l.Close()
+	l, key := logFor(t, 2000)
 	o := clusterOptions(c)
 	s := startShipper(t, l, o)
 	appendN(t, l, key, 0, 2000)
