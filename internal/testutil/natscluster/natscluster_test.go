@@ -27,9 +27,21 @@ func TestClusterSurvivesOneServerAndRestarts(t *testing.T) {
 	}
 	c.Kill(0)
 	for i := 0; i < 10; i++ {
-		if _, err := js.Publish(ctx, "t.x", []byte("m"), jetstream.WithMsgID(fmt.Sprint(i)),
-			jetstream.WithRetryAttempts(100), jetstream.WithRetryWait(100*time.Millisecond)); err != nil {
-			t.Fatalf("publish with one server down: %v", err)
+		// An ack lost with the killed server (the stream's leader, or the
+		// server the client was on) is waited for no longer than an
+		// attempt: the message is sent again under its id, and the
+		// stream's dedup keeps it once.
+		for {
+			actx, acancel := context.WithTimeout(ctx, 3*time.Second)
+			_, err := js.Publish(actx, "t.x", []byte("m"), jetstream.WithMsgID(fmt.Sprint(i)),
+				jetstream.WithRetryAttempts(100), jetstream.WithRetryWait(100*time.Millisecond))
+			acancel()
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("publish with one server down: %v", err)
+			}
 		}
 	}
 	if err := c.Restart(0); err != nil {
