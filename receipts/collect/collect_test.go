@@ -290,3 +290,49 @@ func TestCollectServerKilled(t *testing.T) {
 		t.Fatalf("verify report %+v", rep)
 	}
 }
+
+// TestCollectCrashHoldingBatches: a collector that fetched the first
+// batches and died before acking them (they come again only after the ack
+// wait) leaves the next collector with every later batch first: those
+// wait for their predecessors instead of being kept aside as gaps, and
+// every batch is stored once.
+func TestCollectCrashHoldingBatches(t *testing.T) {
+	c := natscluster.Shared(t)
+	e := newEnv(t, c)
+	key := testKey(t.Name())
+	l := openLog(t, key, 10, 100)
+	for _, b := range batchesOf(t, l) {
+		e.publish(t, b, "")
+	}
+	store := openStore(t, filepath.Join(t.TempDir(), "central.db"), l.KernelKey())
+	o := e.options()
+	crashed, err := New(store, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := crashed.consumer(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, err := cons.Fetch(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 0
+	for range mb.Messages() {
+		held++ // never acked
+	}
+	crashed.Close()
+	if held != 2 {
+		t.Fatalf("the crashed collector held %d batches, want 2", held)
+	}
+	col, _ := run(t, store, o)
+	waitFor(t, time.Minute, "10 batches stored", func() bool { n, _ := stored(t, store, logID(t, l)); return n == 10 })
+	if rj := rejections(t, store); len(rj) != 0 {
+		t.Fatalf("kept aside %v", rj)
+	}
+	if st := col.Stats(); st.Deferred == 0 || st.Batches != 10 {
+		t.Fatalf("stats %+v: want later batches deferred, then all 10 stored", st)
+	}
+	verifyStore(t, store)
+}
