@@ -10,7 +10,6 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/kernel/jcs"
 	"github.com/backbay-labs/chio-agent/receipts"
-	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
 
 // TestCollectShippedBatches: a real shipper ships a node's log into the
@@ -19,16 +18,7 @@ import (
 func TestCollectShippedBatches(t *testing.T) {
 	c := natscluster.Shared(t)
 	e := newEnv(t, c)
-	key := testKey(t.Name())
-	l := openLog(t, key, 25, 500)
-	s, err := ship.New(l, e.shipOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	defer s.Stop(time.Second)
-
-	store := openStore(t, filepath.Join(t.TempDir(), "central.db"), l.KernelKey())
+	l, _, store := shipNode(t, e, 25, 500)
 	col, _ := run(t, store, e.options())
 	id := logID(t, l)
 	waitFor(t, time.Minute, "20 batches stored", func() bool { n, _ := stored(t, store, id); return n == 20 })
@@ -204,16 +194,8 @@ func TestCollectTwoNodes(t *testing.T) {
 func TestCollectRestart(t *testing.T) {
 	c := natscluster.Shared(t)
 	e := newEnv(t, c)
-	key := testKey(t.Name())
-	l := openLog(t, key, 10, 0)
-	s, err := ship.New(l, e.shipOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	defer s.Stop(time.Second)
+	l, key, store := shipNode(t, e, 10, 0)
 	id := logID(t, l)
-	store := openStore(t, filepath.Join(t.TempDir(), "central.db"), l.KernelKey())
 
 	col, stop := run(t, store, e.options())
 	appendN(t, l, key, 0, 300)
@@ -264,16 +246,8 @@ func TestCollectSharedDurable(t *testing.T) {
 func TestCollectServerKilled(t *testing.T) {
 	c := natscluster.Start(t)
 	e := newEnv(t, c)
-	key := testKey(t.Name())
-	l := openLog(t, key, 10, 0)
-	s, err := ship.New(l, e.shipOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	defer s.Stop(time.Second)
+	l, key, store := shipNode(t, e, 10, 0)
 	id := logID(t, l)
-	store := openStore(t, filepath.Join(t.TempDir(), "central.db"), l.KernelKey())
 	col, _ := run(t, store, e.options())
 	appendN(t, l, key, 0, 200)
 	waitFor(t, time.Minute, "some batches", func() bool { return col.Stats().Batches >= 5 })

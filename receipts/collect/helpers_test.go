@@ -158,6 +158,22 @@ func (e *env) publish(t testing.TB, b receipts.SealedBatch, tag string) {
 	e.publishRaw(t, b.LogID, ship.MsgID(b.LogID, cp.Body.CheckpointSeq)+tag, data)
 }
 
+// shipNode is a node shipping into e: a log of its own key sealing every
+// `every` receipts, holding n, shipped by a running shipper until t ends;
+// and a central store trusting that key.
+func shipNode(t testing.TB, e *env, every, n int) (*receipts.Log, ed25519.PrivateKey, *central.Store) {
+	t.Helper()
+	key := testKey(t.Name())
+	l := openLog(t, key, every, n)
+	s, err := ship.New(l, e.shipOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(func() { s.Stop(time.Second) })
+	return l, key, openStore(t, filepath.Join(t.TempDir(), "central.db"), l.KernelKey())
+}
+
 // openStore opens a central store trusting keys; closed when t ends.
 func openStore(t testing.TB, path string, keys ...string) *central.Store {
 	t.Helper()
