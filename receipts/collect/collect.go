@@ -259,18 +259,28 @@ func (c *Collector) Run(ctx context.Context) error {
 				WithField("deferred", st.Deferred).WithField("lag", st.Lag).Info("collector progress")
 		default:
 		}
-		mb, err := cons.Fetch(c.o.Fetch, jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			c.fail("fetch batches", err)
-			sleep(ctx, 250*time.Millisecond)
-			continue
-		}
 		var msgs []jetstream.Msg
-		for m := range mb.Messages() {
-			msgs = append(msgs, m)
+		mb, err := cons.Fetch(c.o.Fetch, jetstream.FetchMaxWait(time.Second))
+		if err == nil {
+			for m := range mb.Messages() {
+				msgs = append(msgs, m)
+			}
+			if err = mb.Error(); errors.Is(err, nats.ErrTimeout) {
+				err = nil
+			}
 		}
-		if err := mb.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+			// Deleted under us (by an operator, or with the stream):
+			// create it again; the store makes redelivery harmless.
 			c.fail("fetch batches", err)
+			if cons, err = c.consumer(ctx); err != nil {
+				return nil
+			}
+		} else if err != nil && ctx.Err() == nil {
+			c.fail("fetch batches", err)
+			if len(msgs) == 0 {
+				sleep(ctx, 250*time.Millisecond)
+			}
 		}
 		if len(msgs) == 0 {
 			continue

@@ -241,7 +241,8 @@ func TestCollectSharedDurable(t *testing.T) {
 	verifyStore(t, store)
 }
 
-// TestCollectServerKilled: one server of three killed while collecting;
+// TestCollectServerKilled: the consumer's leader, one server of three,
+// killed while collecting;
 // the collector goes on and stores everything.
 func TestCollectServerKilled(t *testing.T) {
 	c := natscluster.Start(t)
@@ -251,10 +252,11 @@ func TestCollectServerKilled(t *testing.T) {
 	col, _ := run(t, store, e.options())
 	appendN(t, l, key, 0, 200)
 	waitFor(t, time.Minute, "some batches", func() bool { return col.Stats().Batches >= 5 })
-	c.Kill(0)
+	leader := e.consumerLeader(t, "collector")
+	c.Kill(leader)
 	appendN(t, l, key, 200, 400)
 	waitFor(t, 2*time.Minute, "60 batches stored", func() bool { n, _ := stored(t, store, id); return n == 60 })
-	if err := c.Restart(0); err != nil {
+	if err := c.Restart(leader); err != nil {
 		t.Fatal(err)
 	}
 	if rj := rejections(t, store); len(rj) != 0 {
@@ -309,4 +311,39 @@ func TestCollectCrashHoldingBatches(t *testing.T) {
 		t.Fatalf("stats %+v: want later batches deferred, then all 10 stored", st)
 	}
 	verifyStore(t, store)
+}
+
+// TestCollectConsumerDeleted: the durable deleted under a running
+// collector (by an operator) is created again; later batches are stored,
+// the earlier ones delivered again change nothing.
+func TestCollectConsumerDeleted(t *testing.T) {
+	c := natscluster.Shared(t)
+	e := newEnv(t, c)
+	key := testKey(t.Name())
+	l := openLog(t, key, 10, 50)
+	bs := batchesOf(t, l)
+	for _, b := range bs {
+		e.publish(t, b, "")
+	}
+	store := openStore(t, filepath.Join(t.TempDir(), "central.db"), l.KernelKey())
+	col, _ := run(t, store, e.options())
+	id := logID(t, l)
+	waitFor(t, 30*time.Second, "5 batches stored", func() bool { n, _ := stored(t, store, id); return n == 5 })
+	if err := e.js.DeleteConsumer(t.Context(), e.stream, "collector"); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, key, 50, 50)
+	for _, b := range batchesOf(t, l)[5:] {
+		e.publish(t, b, "")
+	}
+	waitFor(t, 30*time.Second, "10 batches stored after the consumer was deleted", func() bool {
+		n, _ := stored(t, store, id)
+		if n != 10 {
+			t.Logf("%+v", col.Stats())
+		}
+		return n == 10
+	})
+	if st := col.Stats(); st.Batches != 10 || st.Rejected != 0 {
+		t.Fatalf("stats %+v", st)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -172,6 +173,28 @@ func shipNode(t testing.TB, e *env, every, n int) (*receipts.Log, ed25519.Privat
 	s.Start()
 	t.Cleanup(func() { s.Stop(time.Second) })
 	return l, key, openStore(t, filepath.Join(t.TempDir(), "central.db"), l.KernelKey())
+}
+
+// consumerLeader is the index of the server leading durable's consumer.
+func (e *env) consumerLeader(t testing.TB, durable string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, err := e.js.Consumer(ctx, e.stream, durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ci.Cluster != nil && i < natscluster.Size; i++ {
+		if ci.Cluster.Leader == fmt.Sprintf("n%d", i) {
+			return i
+		}
+	}
+	t.Fatalf("consumer leader %+v is none of the cluster's servers", ci.Cluster)
+	return 0
 }
 
 // openStore opens a central store trusting keys; closed when t ends.
