@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/receipts"
@@ -118,5 +119,34 @@ func TestReceiptsCollectCLI(t *testing.T) {
 	}
 	if strings.Contains(vout, "kept aside") {
 		t.Fatalf("batches kept aside:\n%s", vout)
+	}
+}
+
+// TestCollectorMetricsLoopbackOnly: the collector's metrics are served on
+// a loopback address only, and every series is there.
+func TestCollectorMetricsLoopbackOnly(t *testing.T) {
+	c, err := collect.New(nil, collect.Options{Servers: []string{"nats://127.0.0.1:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, addr := range []string{"0.0.0.0:0", "example.com:9465", "9465"} {
+		if _, err := serveCollectorMetrics(addr, c); err == nil {
+			t.Fatalf("metrics served on %s", addr)
+		}
+	}
+	stop, err := serveCollectorMetrics("127.0.0.1:0", c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c.Collectors()...)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mfs) != 7 {
+		t.Fatalf("%d metric families, want 7", len(mfs))
 	}
 }
