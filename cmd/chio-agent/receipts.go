@@ -35,6 +35,7 @@ func newReceiptsCommand() *cobra.Command {
 		newReceiptsExportCommand(),
 		newReceiptsProveCommand(),
 		newReceiptsImportCommand(),
+		newReceiptsCollectCommand(),
 		newReceiptsBenchCommand(),
 	)
 	return r

@@ -444,6 +444,16 @@ func (s *Store) keepAside(tx *bolt.Tx, in *receipts.SealedBatch, why *receipts.B
 	return rb.Put(sum[:], rec)
 }
 
+// KeepAside keeps b aside as refused for why, without trying to store it:
+// a collector's record of a message that is no sealed batch at all (or
+// that names another log than its subject), evidence like any rejection.
+func (s *Store) KeepAside(b receipts.SealedBatch, why *receipts.BatchError) error {
+	if err := s.db.Update(func(tx *bolt.Tx) error { return s.keepAside(tx, &b, why) }); err != nil {
+		return fmt.Errorf("keep batch aside: %w", err)
+	}
+	return nil
+}
+
 func asJSON(r json.RawMessage) json.RawMessage {
 	if json.Valid(r) {
 		return r

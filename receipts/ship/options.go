@@ -195,6 +195,23 @@ func secret(lookup func(string) (string, bool), what, file, env string) ([]byte,
 	return []byte(v), nil
 }
 
+// ClientOptions are the client options for credentials c (read through
+// lookup, default os.LookupEnv) and CA bundle caFile, checked as the shipper
+// checks them: the collector connects as the shipper does.
+func ClientOptions(c Credentials, caFile string, lookup func(string) (string, bool)) ([]nats.Option, error) {
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	opts, err := authOptions(c, lookup)
+	if err != nil {
+		return nil, err
+	}
+	if caFile != "" {
+		opts = append(opts, nats.RootCAs(caFile))
+	}
+	return opts, nil
+}
+
 // authOptions turns the credentials into client options, checking each
 // secret's form so that a wrong one stops the start rather than every
 // reconnect.

@@ -1,0 +1,463 @@
+// Package collect consumes the sealed batches nodes ship to NATS JetStream
+// into one central store, acting as a witness (docs/receipt-log.md,
+// "Collecting centrally").
+//
+// A Collector pulls from a durable consumer on the stream (every log's
+// subject, or the subjects its filter names), decodes each message as a
+// receipts.SealedBatch and hands it to central.Store. A message is acked
+// only after the store's transaction committed, or after a refused batch
+// was kept aside (a refused batch is evidence, not a retry loop); a message
+// that is no sealed batch is kept aside too. A batch that arrives before its
+// predecessor is stored (a redelivery after a crash, or two collectors
+// sharing the durable) is put back with a delay rather than refused as a
+// gap, until its predecessor is stored or GapWait has passed, after which
+// the store keeps it aside as a gap.
+package collect
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sirupsen/logrus"
+
+	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/central"
+	"github.com/backbay-labs/chio-agent/receipts/ship"
+)
+
+// Defaults (docs/receipt-log.md, "Collecting centrally").
+const (
+	DefaultDurable  = "chio-collector"
+	DefaultFetch    = 64
+	DefaultAckWait  = 30 * time.Second
+	DefaultGapDelay = time.Second
+	// DefaultGapWait is how long a batch whose predecessor is not stored
+	// is put back before it is kept aside as a gap: longer than AckWait, so
+	// that a predecessor held by a crashed collector is redelivered first.
+	DefaultGapWait = 2 * time.Minute
+	DefaultReport  = 10 * time.Second
+)
+
+// Options configure a Collector.
+type Options struct {
+	// Servers are the cluster's URLs (nats:// or tls://host:port).
+	Servers []string
+	// Credentials and CAFile as the shipper takes them; Lookup reads the
+	// environment (default os.LookupEnv).
+	Credentials ship.Credentials
+	CAFile      string
+	Lookup      func(string) (string, bool)
+	// Stream is the JetStream stream. Default ship.DefaultStream.
+	Stream string
+	// Subject filters what this collector consumes. Default
+	// ship.DefaultSubjectPrefix + ".>" (every log).
+	Subject string
+	// Durable names the consumer. Collectors with one durable name share
+	// its messages (they must share one store, see the docs); a second
+	// store needs a durable of its own. Default DefaultDurable.
+	Durable string
+	// Fetch is the most messages pulled at once. Default DefaultFetch.
+	Fetch int
+	// AckWait is how long a delivered message stays unacked before the
+	// server redelivers it. Default DefaultAckWait.
+	AckWait time.Duration
+	// GapDelay and GapWait bound the wait for a batch's predecessor:
+	// redelivered every GapDelay, kept aside as a gap once it has waited
+	// GapWait. Defaults DefaultGapDelay, DefaultGapWait.
+	GapDelay, GapWait time.Duration
+	// Report is how often a progress line is logged. Default DefaultReport.
+	Report time.Duration
+	// Logger receives progress, rejections and outages. Default discarded.
+	Logger logrus.FieldLogger
+}
+
+func (o Options) withDefaults() Options {
+	if o.Stream == "" {
+		o.Stream = ship.DefaultStream
+	}
+	if o.Subject == "" {
+		o.Subject = ship.DefaultSubjectPrefix + ".>"
+	}
+	if o.Durable == "" {
+		o.Durable = DefaultDurable
+	}
+	if o.Fetch <= 0 {
+		o.Fetch = DefaultFetch
+	}
+	if o.AckWait <= 0 {
+		o.AckWait = DefaultAckWait
+	}
+	if o.GapDelay <= 0 {
+		o.GapDelay = DefaultGapDelay
+	}
+	if o.GapWait <= 0 {
+		o.GapWait = DefaultGapWait
+	}
+	if o.Report <= 0 {
+		o.Report = DefaultReport
+	}
+	if o.Logger == nil {
+		l := logrus.New()
+		l.Out = io.Discard
+		o.Logger = l
+	}
+	return o
+}
+
+// Stats are a collector's counts since start.
+type Stats struct {
+	// Batches and Receipts stored; Duplicates delivered again and already
+	// stored (nothing changed).
+	Batches    uint64 `json:"batches"`
+	Receipts   uint64 `json:"receipts"`
+	Duplicates uint64 `json:"duplicates"`
+	// Rejected batches kept aside (Malformed among them: messages that
+	// were no sealed batch of the log their subject names).
+	Rejected  uint64 `json:"rejected"`
+	Malformed uint64 `json:"malformed"`
+	// Deferred counts deliveries put back to wait for their predecessor.
+	Deferred uint64 `json:"deferred"`
+	// Lag is the messages of the consumer's subjects the stream holds past
+	// the last one delivered.
+	Lag uint64 `json:"lag"`
+	// Errors counts failed fetches and commits; LastError the latest.
+	Errors    uint64 `json:"errors"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+// Collector consumes batches into a store.
+type Collector struct {
+	store *central.Store
+	o     Options
+	nc    *nats.Conn
+	js    jetstream.JetStream
+
+	mu sync.Mutex
+	st Stats
+}
+
+// New checks opts, loads the credentials and connects. Servers that refuse
+// the credentials stop it; servers not reachable yet do not (Run retries).
+func New(store *central.Store, opts Options) (*Collector, error) {
+	o := opts.withDefaults()
+	if err := ship.CheckServers(o.Servers); err != nil {
+		return nil, err
+	}
+	auth, err := ship.ClientOptions(o.Credentials, o.CAFile, o.Lookup)
+	if err != nil {
+		return nil, err
+	}
+	c := &Collector{store: store, o: o}
+	copts := append([]nats.Option{
+		nats.Name("chio-agent receipt collector " + o.Durable),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				c.fail("nats disconnected", err)
+			}
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) { o.Logger.Info("receipt collector reconnected") }),
+	}, auth...)
+	url := strings.Join(o.Servers, ",")
+	nc, err := nats.Connect(url, copts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect receipt stream %s: %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("connect receipt stream %s: %w", url, err)
+	}
+	c.nc, c.js = nc, js
+	return c, nil
+}
+
+// Close disconnects.
+func (c *Collector) Close() { c.nc.Close() }
+
+// Stats are the counts so far.
+func (c *Collector) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st
+}
+
+func (c *Collector) fail(what string, err error) {
+	c.mu.Lock()
+	c.st.Errors++
+	c.st.LastError = what + ": " + err.Error()
+	c.mu.Unlock()
+	c.o.Logger.WithError(err).Warn(what)
+}
+
+func (c *Collector) add(f func(*Stats)) {
+	c.mu.Lock()
+	f(&c.st)
+	c.mu.Unlock()
+}
+
+// consumer creates (or updates) the durable consumer, waiting for the
+// stream to exist (a collector may start before any node ships).
+func (c *Collector) consumer(ctx context.Context) (jetstream.Consumer, error) {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		cons, err := c.js.CreateOrUpdateConsumer(cctx, c.o.Stream, jetstream.ConsumerConfig{
+			Durable:       c.o.Durable,
+			Description:   "chio-agent receipt collector",
+			FilterSubject: c.o.Subject,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       c.o.AckWait,
+			MaxDeliver:    -1,
+		})
+		cancel()
+		if err == nil {
+			return cons, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		c.fail("create consumer "+c.o.Durable+" on stream "+c.o.Stream, err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// Run collects until ctx ends; it returns nil then. Failed fetches or
+// commits are logged and retried (the messages are redelivered).
+func (c *Collector) Run(ctx context.Context) error {
+	cons, err := c.consumer(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	c.o.Logger.WithField("stream", c.o.Stream).WithField("subject", c.o.Subject).WithField("durable", c.o.Durable).
+		Info("collecting sealed receipt batches")
+	report := time.NewTicker(c.o.Report)
+	defer report.Stop()
+	for ctx.Err() == nil {
+		select {
+		case <-report.C:
+			st := c.Stats()
+			c.o.Logger.WithField("batches", st.Batches).WithField("receipts", st.Receipts).
+				WithField("duplicates", st.Duplicates).WithField("rejected", st.Rejected).
+				WithField("deferred", st.Deferred).WithField("lag", st.Lag).Info("collector progress")
+		default:
+		}
+		var msgs []jetstream.Msg
+		mb, err := cons.Fetch(c.o.Fetch, jetstream.FetchMaxWait(time.Second))
+		if err == nil {
+			for m := range mb.Messages() {
+				msgs = append(msgs, m)
+			}
+			if err = mb.Error(); errors.Is(err, nats.ErrTimeout) {
+				err = nil
+			}
+		}
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+			// Deleted under us (by an operator, or with the stream):
+			// create it again; the store makes redelivery harmless.
+			c.fail("fetch batches", err)
+			if cons, err = c.consumer(ctx); err != nil {
+				return nil
+			}
+		} else if err != nil && ctx.Err() == nil {
+			c.fail("fetch batches", err)
+			if len(msgs) == 0 {
+				sleep(ctx, 250*time.Millisecond)
+			}
+		}
+		if len(msgs) == 0 {
+			continue
+		}
+		if err := c.handle(ctx, msgs); err != nil {
+			c.fail("store batches", err)
+			sleep(ctx, 250*time.Millisecond)
+		}
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// item is one fetched message on its way.
+type item struct {
+	m     jetstream.Msg
+	b     receipts.SealedBatch
+	cpSeq uint64 // from the checkpoint's body, 0 when unreadable
+	done  bool
+}
+
+// handle stores a group of messages. It ingests in rounds: each round takes
+// the batches whose predecessor is stored (so a batch refused does not turn
+// its successors in the same group into gaps), duplicates and batches that
+// waited past GapWait, in one transaction; what still waits for its
+// predecessor after the rounds is put back with a delay.
+func (c *Collector) handle(ctx context.Context, msgs []jetstream.Msg) error {
+	items := make([]*item, 0, len(msgs))
+	for _, m := range msgs {
+		if meta, err := m.Metadata(); err == nil {
+			c.add(func(s *Stats) { s.Lag = meta.NumPending })
+		}
+		it := &item{m: m}
+		if why := decode(m, &it.b, &it.cpSeq); why != nil {
+			if err := c.store.KeepAside(it.b, why); err != nil {
+				nakAll(items)
+				m.Nak()
+				return err
+			}
+			c.o.Logger.WithField("subject", m.Subject()).WithField("defect", why.Defect).Warn("kept aside a malformed message: " + why.Reason)
+			c.add(func(s *Stats) { s.Rejected++; s.Malformed++ })
+			m.Ack()
+			continue
+		}
+		items = append(items, it)
+	}
+	for {
+		heads, err := c.heads()
+		if err != nil {
+			nakAll(items)
+			return err
+		}
+		var round []*item
+		next := map[string]bool{} // logs given their next batch this round
+		for _, it := range items {
+			if it.done {
+				continue
+			}
+			h := heads[it.b.LogID]
+			switch {
+			case it.cpSeq <= h: // duplicate or fork
+			case it.cpSeq == h+1 && !next[it.b.LogID]:
+				next[it.b.LogID] = true
+			case it.cpSeq == h+1:
+				continue // the same checkpoint twice in one group: next round
+			case c.waitedOut(it.m):
+			default:
+				continue // its predecessor may still come
+			}
+			round = append(round, it)
+		}
+		if len(round) == 0 {
+			break
+		}
+		if err := c.ingest(ctx, round); err != nil {
+			nakAll(items)
+			return err
+		}
+	}
+	for _, it := range items {
+		if !it.done {
+			it.m.NakWithDelay(c.o.GapDelay)
+			c.add(func(s *Stats) { s.Deferred++ })
+		}
+	}
+	return nil
+}
+
+// ingest stores one round and acks each message after the commit.
+func (c *Collector) ingest(ctx context.Context, round []*item) error {
+	bs := make([]receipts.SealedBatch, len(round))
+	for i, it := range round {
+		bs[i] = it.b
+	}
+	res, errs, err := c.store.IngestAll(ctx, bs)
+	if err != nil {
+		return err
+	}
+	for i, it := range round {
+		it.done = true
+		var refused *receipts.BatchError
+		switch {
+		case errors.As(errs[i], &refused):
+			c.o.Logger.WithField("log_id", refused.LogID).WithField("checkpoint_seq", refused.CheckpointSeq).
+				WithField("defect", refused.Defect).Warn("kept aside a refused batch: " + refused.Reason)
+			c.add(func(s *Stats) { s.Rejected++ })
+		case errs[i] != nil:
+			c.add(func(s *Stats) { s.Rejected++ })
+		case res[i].Duplicate:
+			c.add(func(s *Stats) { s.Duplicates++ })
+		default:
+			c.add(func(s *Stats) { s.Batches++; s.Receipts += uint64(res[i].Receipts) })
+		}
+		it.m.Ack()
+	}
+	return nil
+}
+
+// waitedOut says m has waited GapWait for its predecessor.
+func (c *Collector) waitedOut(m jetstream.Msg) bool {
+	meta, err := m.Metadata()
+	if err != nil {
+		return true
+	}
+	return time.Duration(meta.NumDelivered)*c.o.GapDelay >= c.o.GapWait
+}
+
+// heads are the stored logs' last checkpoint seqs.
+func (c *Collector) heads() (map[string]uint64, error) {
+	logs, err := c.store.Logs()
+	if err != nil {
+		return nil, err
+	}
+	h := make(map[string]uint64, len(logs))
+	for _, l := range logs {
+		h[l.LogID] = l.Checkpoints
+	}
+	return h, nil
+}
+
+func nakAll(items []*item) {
+	for _, it := range items {
+		if !it.done {
+			it.m.Nak()
+		}
+	}
+}
+
+// decode reads m as a sealed batch of the log its subject names, and its
+// checkpoint seq (0 when the checkpoint cannot be read: the store refuses
+// it). A message that is none comes back as b (the bytes kept as the
+// checkpoint, the subject's last token as log id) with why.
+func decode(m jetstream.Msg, b *receipts.SealedBatch, cpSeq *uint64) *receipts.BatchError {
+	subj := m.Subject()
+	subjLog := subj[strings.LastIndexByte(subj, '.')+1:]
+	if err := json.Unmarshal(m.Data(), b); err != nil {
+		*b = receipts.SealedBatch{LogID: subjLog, Checkpoint: json.RawMessage(m.Data())}
+		return &receipts.BatchError{Defect: receipts.DefectMalformed, LogID: subjLog,
+			Reason: fmt.Sprintf("message on %s is not a sealed batch: %v", subj, err)}
+	}
+	if b.LogID != subjLog {
+		return &receipts.BatchError{Defect: receipts.DefectMalformed, LogID: b.LogID,
+			Reason: fmt.Sprintf("batch of log %q published on subject %s (another log's)", b.LogID, subj)}
+	}
+	var cp struct {
+		Body struct {
+			CheckpointSeq uint64 `json:"checkpoint_seq"`
+		} `json:"body"`
+	}
+	if json.Unmarshal(b.Checkpoint, &cp) == nil {
+		*cpSeq = cp.Body.CheckpointSeq
+	}
+	return nil
+}
