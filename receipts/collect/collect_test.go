@@ -25,6 +25,8 @@ func TestCollectShippedBatches(t *testing.T) {
 	if _, last := stored(t, store, id); last != 500 {
 		t.Fatalf("store holds receipts up to seq %d, want 500", last)
 	}
+	// The count follows the store's commit by a moment.
+	waitFor(t, time.Minute, "the collector counting 20 batches", func() bool { return col.Stats().Batches == 20 })
 	st := col.Stats()
 	if st.Batches != 20 || st.Receipts != 500 || st.Rejected != 0 {
 		t.Fatalf("stats %+v, want 20 batches, 500 receipts, none rejected", st)
@@ -57,6 +59,7 @@ func TestCollectOutOfOrder(t *testing.T) {
 	if rj := rejections(t, store); len(rj) != 0 {
 		t.Fatalf("kept aside %v, want nothing", rj)
 	}
+	waitFor(t, 30*time.Second, "the collector counting 5 batches", func() bool { return col.Stats().Batches == 5 })
 	if st := col.Stats(); st.Batches != 5 || st.Rejected != 0 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -207,6 +210,7 @@ func TestCollectRestart(t *testing.T) {
 	if rj := rejections(t, store); len(rj) != 0 {
 		t.Fatalf("kept aside %v", rj)
 	}
+	waitFor(t, time.Minute, "the collectors counting 60 batches", func() bool { return col.Stats().Batches+col2.Stats().Batches >= 60 })
 	if col.Stats().Batches+col2.Stats().Batches != 60 {
 		t.Fatalf("stored %d + %d batches, want 60", col.Stats().Batches, col2.Stats().Batches)
 	}
@@ -307,6 +311,9 @@ func TestCollectCrashHoldingBatches(t *testing.T) {
 	if rj := rejections(t, store); len(rj) != 0 {
 		t.Fatalf("kept aside %v", rj)
 	}
+	// The collector counts a batch once the store has committed it: the
+	// store may show the tenth a moment before the count does.
+	waitFor(t, time.Minute, "the collector counting 10 batches", func() bool { return col.Stats().Batches == 10 })
 	if st := col.Stats(); st.Deferred == 0 || st.Batches != 10 {
 		t.Fatalf("stats %+v: want later batches deferred, then all 10 stored", st)
 	}
