@@ -33,9 +33,9 @@ func (a *Agent) newDNSProxy(o dnsproxy.Options, res *resolver) (*dnsproxy.Proxy,
 		d := Decision{Time: time.Now(), Workload: ev.Workload.Name, PID: ev.Process.PID, Comm: ev.Process.Comm,
 			Dst: netip.AddrPortFrom(ev.IP, ev.Port), Transport: ev.Transport, Name: ev.Target(), Protocol: "dns",
 			Verdict: eg.Outcome.Verdict, Guard: eg.Outcome.Guard, MatchedRule: eg.Outcome.MatchedRule,
-			Reason: eg.Outcome.Reason, Count: uint32(min(n, 1<<32-1))}
-		if n <= 1 {
-			d.Count = 0 // one query: not an aggregate
+			Reason: eg.Outcome.Reason}
+		if n > 1 { // one query is not an aggregate: Count stays 0
+			d.Count = uint32(min(n, 1<<32-1))
 		}
 		err := a.proxy.record(ctx, eg, &d, nil)
 		a.proxy.report(d)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/backbay-labs/chio-agent/bpf"
+	"github.com/backbay-labs/chio-agent/internal/defaults"
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
@@ -59,21 +60,11 @@ const (
 )
 
 func (l Limits) withDefaults() Limits {
-	if l.HeadBytes <= 0 {
-		l.HeadBytes = DefaultHeadBytes
-	}
-	if l.PendingPerWorkload <= 0 {
-		l.PendingPerWorkload = DefaultPendingPerWorkload
-	}
-	if l.Pending <= 0 {
-		l.Pending = DefaultPending
-	}
-	if l.RelaysPerWorkload <= 0 {
-		l.RelaysPerWorkload = DefaultRelaysPerWorkload
-	}
-	if l.Relays <= 0 {
-		l.Relays = DefaultRelays
-	}
+	defaults.Set(&l.HeadBytes, DefaultHeadBytes)
+	defaults.Set(&l.PendingPerWorkload, DefaultPendingPerWorkload)
+	defaults.Set(&l.Pending, DefaultPending)
+	defaults.Set(&l.RelaysPerWorkload, DefaultRelaysPerWorkload)
+	defaults.Set(&l.Relays, DefaultRelays)
 	return l
 }
 

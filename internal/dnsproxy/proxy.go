@@ -12,6 +12,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/backbay-labs/chio-agent/internal/defaults"
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
@@ -105,27 +106,15 @@ func New(opts Options) (*Proxy, error) {
 	default:
 		return nil, fmt.Errorf("new dns proxy: %w: block rcode %s is neither NXDOMAIN nor REFUSED", ErrInvalidOptions, rcodeName(opts.BlockRcode))
 	}
-	def := func(v *time.Duration, d time.Duration) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	defInt := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	def(&opts.Timeout, defaultTimeout)
-	def(&opts.NameWindow, DefaultNameWindow)
-	def(&opts.TTLFloor, DefaultTTLFloor)
-	def(&opts.TTLCap, DefaultTTLCap)
-	if opts.Rate <= 0 {
-		opts.Rate = DefaultRate
-	}
-	defInt(&opts.Burst, DefaultBurst)
-	defInt(&opts.DistinctNames, DefaultDistinctNames)
-	defInt(&opts.ToldNames, DefaultToldNames)
-	defInt(&opts.ToldAddrs, DefaultToldAddrs)
+	defaults.Set(&opts.Timeout, defaultTimeout)
+	defaults.Set(&opts.NameWindow, DefaultNameWindow)
+	defaults.Set(&opts.TTLFloor, DefaultTTLFloor)
+	defaults.Set(&opts.TTLCap, DefaultTTLCap)
+	defaults.Set(&opts.Rate, DefaultRate)
+	defaults.Set(&opts.Burst, DefaultBurst)
+	defaults.Set(&opts.DistinctNames, DefaultDistinctNames)
+	defaults.Set(&opts.ToldNames, DefaultToldNames)
+	defaults.Set(&opts.ToldAddrs, DefaultToldAddrs)
 	if opts.TTLCap < opts.TTLFloor {
 		return nil, fmt.Errorf("new dns proxy: %w: TTL cap %s below floor %s", ErrInvalidOptions, opts.TTLCap, opts.TTLFloor)
 	}
