@@ -86,7 +86,7 @@ type Options struct {
 	// DefaultAgentMark. The hooks honour it only on the agent's own
 	// process's sockets, so a workload able to set marks (CAP_NET_ADMIN or
 	// CAP_NET_RAW) gains nothing by setting it. Danger: where the agent
-	// cannot learn its process id as the kernel sees it (bpf.HostPID), the
+	// cannot learn its process id as the kernel sees it (bpf.HostIdentity), the
 	// mark is honoured on any socket (Start logs a warning), and such a
 	// workload could bypass the proxy.
 	AgentMark uint32
@@ -233,12 +233,12 @@ func Start(opts Options) (*Agent, error) {
 	if err := bpf.EnsureBPFFS("/sys/fs/bpf"); err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}
-	pid, err := bpf.HostPID()
+	me, err := bpf.HostIdentity()
 	if err != nil {
 		opts.Logger.WithError(err).Warn("the agent cannot name its process to the kernel: its socket mark is honoured on any " +
 			"process's sockets, and a protected workload holding CAP_NET_ADMIN or CAP_NET_RAW could set it and pass undecided")
 	}
-	objs, err := bpf.Load(bpf.Options{AgentMark: opts.AgentMark, AgentPID: pid, PinDir: opts.PinDir, EditSpec: opts.editSpec})
+	objs, err := bpf.Load(bpf.Options{AgentMark: opts.AgentMark, AgentPID: me.PID, AgentStart: me.Start, PinDir: opts.PinDir, EditSpec: opts.editSpec})
 	if err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}

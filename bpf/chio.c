@@ -453,6 +453,8 @@ struct css_set {
 
 struct task_struct {
 	struct css_set *cgroups;
+	struct task_struct *group_leader;
+	__u64 start_time;
 } __attribute__((preserve_access_index));
 
 static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
@@ -605,6 +607,14 @@ volatile const __u32 agent_mark = 0;
 // the agent's mark on its own sockets and pass undecided.
 volatile const __u32 agent_tgid = 0;
 
+// agent_start, when not 0, is the agent's start time (its thread-group
+// leader's task_struct.start_time, ns of CLOCK_MONOTONIC): with agent_tgid it
+// names the agent's process, not a process id. The programs stay attached
+// when the agent dies, and its id can then be given to a workload's process
+// (pid_max wraps; a root-owned ns_last_pid picks it): that process is not the
+// agent, and its marked sockets are decided like any other.
+volatile const __u64 agent_start = 0;
+
 // walk_workload finds the workload of the current task's cgroup: the deepest
 // of its ancestors (itself included) in the workloads map.
 // *found_level is the level of the match (-1 when none).
@@ -691,7 +701,14 @@ static __always_inline int agent_socket(struct bpf_sock_addr *ctx)
 		return 0;
 	if (agent_mark == 0 || sk->mark != agent_mark)
 		return 0;
-	return agent_tgid == 0 || (__u32)(bpf_get_current_pid_tgid() >> 32) == agent_tgid;
+	if (agent_tgid == 0)
+		return 1;
+	if ((__u32)(bpf_get_current_pid_tgid() >> 32) != agent_tgid)
+		return 0;
+	if (agent_start == 0)
+		return 1;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	return BPF_CORE_READ(task, group_leader, start_time) == agent_start;
 }
 
 // copy_addr copies a v4-mapped/IPv6 address between the keys, values and

@@ -216,6 +216,7 @@ const (
 	chioProgChioSockops        = "chio_sockops"
 	chioProgChioTakeRefusals   = "chio_take_refusals"
 	chioVarAgentMark           = "agent_mark"
+	chioVarAgentStart          = "agent_start"
 	chioVarAgentTgid           = "agent_tgid"
 	chioVarUnusedAcc           = "unused_acc"
 	chioVarUnusedDnsOrig       = "unused_dns_orig"
@@ -311,6 +312,7 @@ type chioMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type chioVariableSpecs struct {
 	AgentMark     *ebpf.VariableSpec `ebpf:"agent_mark"`
+	AgentStart    *ebpf.VariableSpec `ebpf:"agent_start"`
 	AgentTgid     *ebpf.VariableSpec `ebpf:"agent_tgid"`
 	UnusedAcc     *ebpf.VariableSpec `ebpf:"unused_acc"`
 	UnusedDnsOrig *ebpf.VariableSpec `ebpf:"unused_dns_orig"`
@@ -388,6 +390,7 @@ func (m *chioMaps) Close() error {
 // It can be passed to loadChioObjects or ebpf.CollectionSpec.LoadAndAssign.
 type chioVariables struct {
 	AgentMark     *ebpf.Variable `ebpf:"agent_mark"`
+	AgentStart    *ebpf.Variable `ebpf:"agent_start"`
 	AgentTgid     *ebpf.Variable `ebpf:"agent_tgid"`
 	UnusedAcc     *ebpf.Variable `ebpf:"unused_acc"`
 	UnusedDnsOrig *ebpf.Variable `ebpf:"unused_dns_orig"`

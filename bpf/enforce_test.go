@@ -293,6 +293,34 @@ func TestAgentMarkHonouredOnlyOnTheAgentsSockets(t *testing.T) {
 	}
 }
 
+// The programs outlive the agent, and the kernel gives its process id to
+// another process once it is gone: pid_max is 32768 here, and root can pick
+// the next id through ns_last_pid. A workload process given the dead agent's
+// id and setting the agent's mark is still decided, because the programs
+// know the agent by its id and its start time.
+func TestAgentMarkNotHonouredOnAReusedProcessID(t *testing.T) {
+	const mark = 0x43484941
+	target := freeAddr(t, "tcp4", "127.0.0.1")
+	gone := childIdentity(t) // the "agent", already exited
+	env := newRedirectEnvWith(t, bpf.Options{AgentMark: mark, AgentPID: gone.PID, AgentStart: gone.Start})
+	for range 50 {
+		// The next process made gets the old id unless another fork on the
+		// machine takes it first; then try again.
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(fmt.Sprint(gone.PID-1)), 0); err != nil {
+			t.Fatalf("set ns_last_pid: %v", err)
+		}
+		out, code, pid := runIn(t, env.protected, target.String(), fmt.Sprintf("CHIO_TEST_MARK=%d", mark))
+		if pid != int(gone.PID) {
+			continue
+		}
+		if code != 0 {
+			t.Fatalf("a workload process with the dead agent's id %d and its mark: exit %d, %q; want redirected (exit 0)", pid, code, out)
+		}
+		return
+	}
+	t.Fatalf("no process got the id %d in 50 tries", gone.PID)
+}
+
 // A restarted agent pointed at another cgroup must not adopt links pinned on
 // the first one: it would report itself attached to the new cgroup while its
 // processes connected unmediated. It refuses, naming both cgroups.

@@ -32,6 +32,11 @@ type Options struct {
 	// Linux 5.17) cannot use the agent's mark to pass. 0 (the default): the
 	// mark is honoured on any process's sockets.
 	AgentPID uint32
+	// AgentStart, when not 0, is the agent's start time (Identity.Start):
+	// with AgentPID it names the agent's process rather than a process id,
+	// which the kernel can give to another process once the agent is gone
+	// while the programs stay attached. 0: any process with AgentPID's id.
+	AgentStart uint64
 	// PinDir, when set, pins maps, programs and links under the layout's
 	// directory, PinDir/layout-<hash>/{maps,progs,links} (layout.go), so
 	// that they outlive the process: while the agent is down, protected
@@ -155,6 +160,9 @@ func Load(opts Options) (*Objects, error) {
 	}
 	if err := spec.Variables[chioVarAgentTgid].Set(opts.AgentPID); err != nil {
 		return nil, fmt.Errorf("set agent_tgid: %w", err)
+	}
+	if err := spec.Variables[chioVarAgentStart].Set(opts.AgentStart); err != nil {
+		return nil, fmt.Errorf("set agent_start: %w", err)
 	}
 	if opts.EditSpec != nil {
 		if err := opts.EditSpec(spec); err != nil {

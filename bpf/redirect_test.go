@@ -43,6 +43,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("CHIO_TEST_WHOAMI") != "" {
 		os.Exit(whoamiChild())
 	}
+	if os.Getenv("CHIO_TEST_IDENTITY") != "" {
+		os.Exit(identityChild())
+	}
 	os.Exit(m.Run())
 }
 

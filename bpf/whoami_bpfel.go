@@ -17,6 +17,7 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	whoamiProgChioWhoami = "chio_whoami"
+	whoamiVarStartTime   = "start_time"
 )
 
 // loadWhoami returns the embedded CollectionSpec for whoami.
@@ -74,6 +75,7 @@ type whoamiMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type whoamiVariableSpecs struct {
+	StartTime *ebpf.VariableSpec `ebpf:"start_time"`
 }
 
 // whoamiObjects contains all objects after they have been loaded into the kernel.
@@ -106,6 +108,7 @@ func (m *whoamiMaps) Close() error {
 //
 // It can be passed to loadWhoamiObjects or ebpf.CollectionSpec.LoadAndAssign.
 type whoamiVariables struct {
+	StartTime *ebpf.Variable `ebpf:"start_time"`
 }
 
 // whoamiPrograms contains all programs after they have been loaded into the kernel.

@@ -11,10 +11,11 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 )
 
-// whoamiChild prints getpid(), bpf.HostPID() and the NSpid line the host's
-// /proc shows for the latter.
+// whoamiChild prints getpid(), bpf.HostIdentity's id and the NSpid line the
+// host's /proc shows for the latter.
 func whoamiChild() int {
-	pid, err := bpf.HostPID()
+	me, err := bpf.HostIdentity()
+	pid := me.PID
 	if err != nil {
 		fmt.Println("host pid:", err)
 		return 2
@@ -34,14 +35,26 @@ func whoamiChild() int {
 	return 0
 }
 
-// HostPID is the process id the programs see: getpid() here, and in a pid
+// identityChild prints bpf.HostIdentity's id and start time.
+func identityChild() int {
+	me, err := bpf.HostIdentity()
+	if err != nil {
+		fmt.Println("host identity:", err)
+		return 2
+	}
+	fmt.Println(me.PID, me.Start)
+	return 0
+}
+
+// HostIdentity's id is the process id the programs see: getpid() here, and in a pid
 // namespace, where getpid() says 1, the id the host knows the process by.
 func TestHostPIDInAPIDNamespace(t *testing.T) {
 	testutil.RequireRoot(t)
-	pid, err := bpf.HostPID()
+	me, err := bpf.HostIdentity()
 	if err != nil {
-		t.Fatalf("host pid: %v", err)
+		t.Fatalf("host identity: %v", err)
 	}
+	pid := me.PID
 	if pid != uint32(os.Getpid()) {
 		t.Fatalf("host pid = %d, getpid = %d", pid, os.Getpid())
 	}
@@ -61,4 +74,42 @@ func TestHostPIDInAPIDNamespace(t *testing.T) {
 	if want := fmt.Sprintf("getpid 1 host %d nspid %d 1", host, host); got != want {
 		t.Fatalf("child said %q, want %q", got, want)
 	}
+}
+
+// HostIdentity's start time is the process's: the same on every call in
+// one process, another in a process started later.
+func TestHostIdentityStartTime(t *testing.T) {
+	testutil.RequireRoot(t)
+	a, err := bpf.HostIdentity()
+	if err != nil {
+		t.Fatalf("host identity: %v", err)
+	}
+	b, err := bpf.HostIdentity()
+	if err != nil {
+		t.Fatalf("host identity again: %v", err)
+	}
+	if a != b {
+		t.Fatalf("one process, two identities: %+v and %+v", a, b)
+	}
+	child := childIdentity(t)
+	if child.PID == a.PID || child.Start <= a.Start {
+		t.Fatalf("child %+v, parent %+v: want another id and a later start", child, a)
+	}
+}
+
+// childIdentity runs a child that reports its identity and exits: when it
+// returns, the child is gone and its id is free again.
+func childIdentity(t *testing.T) bpf.Identity {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "CHIO_TEST_IDENTITY=1")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("identity child: %v, %s", err, out)
+	}
+	var id bpf.Identity
+	if _, err := fmt.Sscan(string(out), &id.PID, &id.Start); err != nil || id.PID == 0 || id.Start == 0 {
+		t.Fatalf("identity child said %q: %v", out, err)
+	}
+	return id
 }
