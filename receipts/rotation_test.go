@@ -1,0 +1,255 @@
+package receipts
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/backbay-labs/chio-agent/kernel/jcs"
+)
+
+func pubHex(k ed25519.PrivateKey) string { return hex.EncodeToString(k.Public().(ed25519.PublicKey)) }
+
+// appendN appends receipts n0..n0+count-1 signed by key.
+func appendN(t *testing.T, l *Log, key ed25519.PrivateKey, n0, count int) {
+	t.Helper()
+	for n := n0; n < n0+count; n++ {
+		if _, err := l.Append(context.Background(), receipt(t, key, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// sealedBatches reads every sealed batch of the log at path.
+func sealedBatches(t *testing.T, path string) []SealedBatch {
+	t.Helper()
+	ro, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	var out []SealedBatch
+	if err := ro.SealedBatches(context.Background(), 0, func(b SealedBatch) error { out = append(out, b); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// checkChain walks bs as a witness would: every batch through VerifyBatch,
+// and its key through FollowRotations from the log's first key.
+func checkChain(t *testing.T, bs []SealedBatch) {
+	t.Helper()
+	var head ChainHead
+	signer := bs[0].KernelKey
+	for i := range bs {
+		cp, next, err := VerifyBatch(head, &bs[i], nil)
+		if err != nil {
+			t.Fatalf("batch %d: %v", i+1, err)
+		}
+		to, _, err := FollowRotations(head, signer, &bs[i], cp.Body.CheckpointSeq)
+		if err != nil || to != bs[i].KernelKey {
+			t.Fatalf("batch %d signed by %s: statements lead to %s: %v", i+1, bs[i].KernelKey, to, err)
+		}
+		signer, head = to, next
+	}
+}
+
+// A rotation given the previous key seals the unsealed tail with it and
+// records a statement both keys signed, anchored to that checkpoint; the
+// first batch the new key signs carries it, and no other batch carries
+// anything. Rotating again before the new key signed a receipt chains the
+// statements in one key record.
+func TestRotateWithPreviousKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.db")
+	k1, k2, k3, k4 := testKey("rot1"), testKey("rot2"), testKey("rot3"), testKey("rot4")
+	l, err := Open(path, Options{Key: k1, CheckpointEvery: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, k1, 0, 25)
+	l.crashOnClose = true // leave 21-25 unsealed
+	l.Close()
+
+	l, err = Open(path, Options{Key: k2, RotateKey: true, PreviousKey: k1, CheckpointEvery: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec := l.Recovery(); !rec.Rotated || rec.Unsealed != 0 {
+		t.Fatalf("recovery %+v: want rotated, tail sealed", rec)
+	}
+	appendN(t, l, k2, 100, 12)
+	l.Close()
+	verifyFile(t, path)
+
+	bs := sealedBatches(t, path)
+	if len(bs) != 5 {
+		t.Fatalf("%d batches, want 5", len(bs))
+	}
+	for i, b := range bs {
+		want := pubHex(k1)
+		if i >= 3 {
+			want = pubHex(k2)
+		}
+		if b.KernelKey != want || (len(b.Rotations) > 0) != (i == 3) {
+			t.Fatalf("batch %d: key %s, %d statements", i+1, b.KernelKey, len(b.Rotations))
+		}
+	}
+	r, err := ParseRotation(bs[3].Rotations[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp3, _ := ParseCheckpoint(bs[2].Checkpoint)
+	sha, _ := cp3.Body.BodySHA256()
+	if b := r.Body; b.PreviousKey != pubHex(k1) || b.NewKey != pubHex(k2) || b.FirstSeq != 26 || b.AnchorCheckpointSeq != 3 ||
+		b.AnchorCheckpointSHA256 != sha || b.LogID != bs[0].LogID || cp3.Body.BatchStartSeq != 21 {
+		t.Fatalf("statement %+v, anchor %+v", b, cp3.Body)
+	}
+	if raw, _ := json.Marshal(bs[2]); strings.Contains(string(raw), "rotations") {
+		t.Fatalf("a batch without a rotation names one: %s", raw)
+	}
+	checkChain(t, bs)
+
+	// k2 -> k3 -> k4 with no receipt in between: one record, two statements.
+	for _, step := range [][2]ed25519.PrivateKey{{k2, k3}, {k3, k4}} {
+		l, err = Open(path, Options{Key: step[1], RotateKey: true, PreviousKey: step[0], CheckpointEvery: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+	}
+	l, err = Open(path, Options{Key: k4, CheckpointEvery: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, k4, 200, 3)
+	l.Close()
+	rep := verifyFile(t, path)
+	if n := len(rep.Keys); n != 3 || rep.Keys[2].PreviousKey != pubHex(k2) || len(rep.Keys[2].Rotations) != 2 || rep.Keys[2].SinceSeq != 38 {
+		t.Fatalf("key history %+v", rep.Keys)
+	}
+	bs = sealedBatches(t, path)
+	if last := bs[len(bs)-1]; last.KernelKey != pubHex(k4) || len(last.Rotations) != 2 {
+		t.Fatalf("last batch: key %s, %d statements", last.KernelKey, len(last.Rotations))
+	}
+	checkChain(t, bs)
+}
+
+// The previous key must be the log's; a log with no receipt has nothing
+// to hand over; both leave the file as it was.
+func TestRotateRefusals(t *testing.T) {
+	k1, k2 := testKey("rf1"), testKey("rf2")
+	empty := filepath.Join(t.TempDir(), "empty.db")
+	l, err := Open(empty, Options{Key: k1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if _, err := Open(empty, Options{Key: k2, RotateKey: true, PreviousKey: k1}); !errors.Is(err, ErrKeyMismatch) || !strings.Contains(err.Error(), "no receipt") {
+		t.Fatalf("rotate an empty log: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "r.db")
+	l, err = Open(path, Options{Key: k1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, k1, 0, 3)
+	l.Close()
+	if _, err := Open(path, Options{Key: k2, RotateKey: true, PreviousKey: testKey("other")}); !errors.Is(err, ErrKeyMismatch) {
+		t.Fatalf("rotate with a previous key that is not the log's: %v", err)
+	}
+	if rep := verifyFile(t, path); len(rep.Keys) != 1 {
+		t.Fatalf("a refused rotation changed the key history: %+v", rep.Keys)
+	}
+}
+
+// A statement changed in the key history (here: the new key's signature)
+// fails verification and a writable open, naming the rotation.
+func TestRotationStatementTampered(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.db")
+	k1, k2 := testKey("tp1"), testKey("tp2")
+	l, err := Open(path, Options{Key: k1, CheckpointEvery: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, k1, 0, 6)
+	l.Close()
+	if l, err = Open(path, Options{Key: k2, RotateKey: true, PreviousKey: k1}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bktKeys)
+		var kr KeyRecord
+		if err := json.Unmarshal(b.Get(u64key(7)), &kr); err != nil {
+			return err
+		}
+		var r Rotation
+		if err := json.Unmarshal(kr.Rotations[0], &r); err != nil {
+			return err
+		}
+		r.Body.FirstSeq = 5 // the new key claims receipts the old one sealed
+		kr.Rotations[0], _ = jcs.Marshal(r)
+		data, _ := json.Marshal(kr)
+		return b.Put(u64key(7), data)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	ro, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ro.Verify(context.Background(), VerifyOptions{})
+	ro.Close()
+	if !errors.Is(err, ErrTampered) || !strings.Contains(err.Error(), "key rotation previous_key signature does not verify") {
+		t.Fatalf("verify with a changed statement: %v", err)
+	}
+	if _, err := Open(path, Options{Key: k2}); !errors.Is(err, ErrTampered) {
+		t.Fatalf("writable open with a changed statement: %v", err)
+	}
+}
+
+// Logs written before statements existed keep verifying: a format-1 log
+// (testdata) rotated the old way, without the previous key, has a key
+// record with no statements and verifies; rotated with it, its first
+// batches (format 1's own checkpoints) and the new key's are one chain a
+// witness follows.
+func TestRotateExistingFormatLog(t *testing.T) {
+	old, next := testKey("v1-fixture"), testKey("v1-next")
+	for _, withPrevious := range []bool{false, true} {
+		path := v1Fixture(t)
+		o := Options{Key: next, RotateKey: true, CheckpointEvery: 50}
+		if withPrevious {
+			o.PreviousKey = old
+		}
+		l, err := Open(path, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		appendN(t, l, next, 500, 30)
+		l.Close()
+		rep := verifyFile(t, path)
+		if len(rep.Keys) != 2 || (len(rep.Keys[1].Rotations) == 1) != withPrevious {
+			t.Fatalf("previous key %v: key history %+v", withPrevious, rep.Keys)
+		}
+		if !withPrevious {
+			continue
+		}
+		bs := sealedBatches(t, path)
+		if len(bs) != 4 || bs[2].KernelKey != pubHex(old) || bs[3].KernelKey != pubHex(next) {
+			t.Fatalf("%d batches", len(bs))
+		}
+		checkChain(t, bs)
+	}
+}
