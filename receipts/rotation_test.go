@@ -1,17 +1,21 @@
 package receipts
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel/jcs"
 )
 
@@ -251,5 +255,61 @@ func TestRotateExistingFormatLog(t *testing.T) {
 			t.Fatalf("%d batches", len(bs))
 		}
 		checkChain(t, bs)
+	}
+}
+
+// A rotated log's JSON Lines export carries the statement right before
+// the new key's first receipt, and the independent verifier follows the
+// key across it; without the line (or after a rotation made without the
+// previous key, which has none) it refuses the new key's receipts.
+func TestExportAcrossRotationVerifiesWithPython(t *testing.T) {
+	py := testutil.PythonCrypto(t)
+	root, err := testutil.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, k2 := testKey("py-rot1"), testKey("py-rot2")
+	dir := t.TempDir()
+	export := func(previous ed25519.PrivateKey) []byte {
+		path := filepath.Join(t.TempDir(), "r.db")
+		l, err := Open(path, Options{Key: k1, CheckpointEvery: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		appendN(t, l, k1, 0, 25)
+		l.Close()
+		if l, err = Open(path, Options{Key: k2, RotateKey: true, PreviousKey: previous, CheckpointEvery: 10}); err != nil {
+			t.Fatal(err)
+		}
+		appendN(t, l, k2, 100, 12)
+		defer l.Close()
+		return exportLog(t, l)
+	}
+	run := func(name string, data []byte) (string, error) {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(py, filepath.Join(root, "scripts", "verify_export.py"), "--key", pubHex(k1), p).CombinedOutput()
+		return string(out), err
+	}
+	good := export(k1)
+	if n := bytes.Count(good, []byte(`{"kind":"rotation"`)); n != 1 {
+		t.Fatalf("%d rotation lines in the export, want 1", n)
+	}
+	if out, err := run("good.jsonl", good); err != nil || !strings.Contains(out, "ok: 37 receipts, 4 checkpoints, 2 unsealed") {
+		t.Fatalf("python verifier on a rotated log's export: %v\n%s", err, out)
+	}
+	var kept [][]byte
+	for _, line := range bytes.SplitAfter(good, []byte("\n")) {
+		if !bytes.HasPrefix(line, []byte(`{"kind":"rotation"`)) {
+			kept = append(kept, line)
+		}
+	}
+	if out, err := run("dropped.jsonl", bytes.Join(kept, nil)); err == nil || !strings.Contains(out, "receipt seq 26") {
+		t.Fatalf("python verifier without the statement: %v\n%s", err, out)
+	}
+	if out, err := run("local.jsonl", export(nil)); err == nil || !strings.Contains(out, "receipt seq 26") {
+		t.Fatalf("python verifier on a rotation without the previous key: %v\n%s", err, out)
 	}
 }

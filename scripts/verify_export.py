@@ -279,6 +279,7 @@ def verify(lines, key, rotations=None):
     prev_sha, chain = None, []
     first_key = key
     rotations = dict(rotations or {})
+    log_id = None  # an export's log id: its first key's
     for lineno, line in enumerate(lines, 1):
         line = line.rstrip("\n")
         if not line:
@@ -342,6 +343,21 @@ def verify(lines, key, rotations=None):
                 raise Defect("%s: %s" % (where, e))
             prev_sha = sha256_hex(cbytes(b))
             batch = []
+        elif kind == "rotation":
+            # A rotated log's export: the statement right before the first
+            # receipt the new key signs, for the log of its first key.
+            st = obj.get("rotation")
+            if set(obj) != {"kind", "rotation"} or first_key is None:
+                raise Defect("line %d: key rotation: unexpected fields, or before any receipt" % lineno)
+            if log_id is None:
+                log_id = "local-log-" + sha256_hex(hexfield(first_key, 64, "kernel key"))
+            try:
+                check_rotation(st, log_id)
+            except Defect as e:
+                raise Defect("line %d: key rotation: %s" % (lineno, e))
+            if st["body"]["first_seq"] != next_seq:
+                raise Defect("line %d: key rotation from seq %s, but the next receipt is seq %d" % (lineno, st["body"]["first_seq"], next_seq))
+            rotations.setdefault(next_seq, []).append(st["body"])
         else:
             raise Defect("line %d: unknown kind %r" % (lineno, kind))
     if rotations:
