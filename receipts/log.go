@@ -770,6 +770,15 @@ func (l *Log) recordRotation(tx *bolt.Tx, now time.Time) error {
 		// this one, which goes on from the key before it. Its statements
 		// continue into this one's; a rotation to it that had none leaves
 		// this one without any either (the chain of evidence is broken).
+		// A key that sealed a checkpoint (the previous key's tail, after a
+		// rotation without it) must stay in the history, which has one
+		// record per first seq: that rotation waits for a receipt.
+		if _, data := tx.Bucket(bktCheckpoints).Cursor().Last(); data != nil {
+			if cp, err := parseCheckpoint(data); err == nil && cp.Body.KernelKey == logKey {
+				return fmt.Errorf("rotate key of receipt log %s: key %s sealed checkpoint %d but has signed no receipt yet; the key history holds one key per first seq, so rotate again once it has signed one: %w",
+					l.path, logKey, cp.Body.CheckpointSeq, ErrKeyMismatch)
+			}
+		}
 		var replaced KeyRecord
 		if err := json.Unmarshal(old, &replaced); err != nil {
 			return fmt.Errorf("rotate key of receipt log %s: key record at seq %d: %v: %w", l.path, last+1, err, ErrCorrupt)

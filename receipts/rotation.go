@@ -1,7 +1,6 @@
 package receipts
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
@@ -101,13 +100,8 @@ func SignRotation(body RotationBody, previous, next ed25519.PrivateKey) ([]byte,
 // FollowRotations' question.
 func ParseRotation(data []byte) (Rotation, error) {
 	var r Rotation
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return r, fmt.Errorf("decode key rotation: %w", err)
-	}
-	if again, err := jcs.Marshal(&r); err != nil || !bytes.Equal(again, data) {
-		return r, fmt.Errorf("decode key rotation: not in canonical form")
+	if err := decodeCanonical(data, &r, "key rotation"); err != nil {
+		return r, err
 	}
 	b := &r.Body
 	switch {

@@ -313,3 +313,60 @@ func TestExportAcrossRotationVerifiesWithPython(t *testing.T) {
 		t.Fatalf("python verifier on a rotation without the previous key: %v\n%s", err, out)
 	}
 }
+
+// A key rotated in without the previous key seals the old tail; rotating
+// it out again before it signed a receipt would drop it from the key
+// history (one record per first seq) and leave its checkpoint without a
+// key: refused, the log unchanged.
+func TestRotateAgainAfterSealingOnlyRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.db")
+	k1, k2, k3 := testKey("so1"), testKey("so2"), testKey("so3")
+	l, err := Open(path, Options{Key: k1, CheckpointEvery: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, k1, 0, 5)
+	l.crashOnClose = true
+	l.Close()
+	if l, err = Open(path, Options{Key: k2, RotateKey: true}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close() // k2 seals k1's 5 receipts
+	for _, prev := range []ed25519.PrivateKey{k2, nil} {
+		if _, err := Open(path, Options{Key: k3, RotateKey: true, PreviousKey: prev}); !errors.Is(err, ErrKeyMismatch) || !strings.Contains(err.Error(), "sealed checkpoint 1") {
+			t.Fatalf("rotate out a key that only sealed a checkpoint (previous key %v): %v", prev != nil, err)
+		}
+	}
+	verifyFile(t, path)
+}
+
+// FuzzParseRotation: any bytes either fail or are a statement whose
+// canonical form is those very bytes and whose keys both signed it.
+func FuzzParseRotation(f *testing.F) {
+	k1, k2 := testKey("fz1"), testKey("fz2")
+	good, err := SignRotation(RotationBody{LogID: "local-log-" + strings.Repeat("0", 64), PreviousKey: pubHex(k1), NewKey: pubHex(k2),
+		FirstSeq: 11, AnchorCheckpointSeq: 1, AnchorCheckpointSHA256: strings.Repeat("ab", 32), IssuedAt: 1760000000}, k1, k2)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add([]byte(`{"body":{},"new_key_signature":"","previous_key_signature":""}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := ParseRotation(data)
+		if err != nil {
+			return
+		}
+		again, err := jcs.Marshal(&r)
+		if err != nil || !bytes.Equal(again, data) {
+			t.Fatalf("accepted bytes that are not the statement's canonical form: %q", data)
+		}
+		body, _ := jcs.Marshal(&r.Body)
+		for _, ks := range [][2]string{{r.Body.PreviousKey, r.PreviousKeySignature}, {r.Body.NewKey, r.NewKeySignature}} {
+			pub, _ := hex.DecodeString(ks[0])
+			sig, _ := hex.DecodeString(ks[1])
+			if len(pub) != ed25519.PublicKeySize || !ed25519.Verify(pub, body, sig) {
+				t.Fatalf("accepted a statement %s did not sign", ks[0])
+			}
+		}
+	})
+}
