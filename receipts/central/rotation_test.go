@@ -185,8 +185,20 @@ func TestRotationToUntrustedKeyRefused(t *testing.T) {
 // changed, or dropped, is refused by both.
 func TestPackageAcrossRotation(t *testing.T) {
 	k1, k2 := testKey("pkg-rot-old"), testKey("pkg-rot-new")
-	path := rotatedLog(t, k1, k2)
+	path := makeLog(t, k1, 25, 10, 0)
+	before := exportLocal(t, path, k1)
+	rotateLog(t, path, k1, k2, 25, 40, 10)
 	dir := exportLocal(t, path, k1)
+	// A store holding the log up to the rotation continues it from the
+	// rotated log's package.
+	s0, _ := openStore(t, k1, k2)
+	if res, err := s0.Import(context.Background(), before); err != nil || res.Stored != 3 {
+		t.Fatalf("import before the rotation: %+v %v", res, err)
+	}
+	if res, err := s0.Import(context.Background(), dir); err != nil || res.Stored != 2 || res.Duplicate != 3 {
+		t.Fatalf("import across the rotation: %+v %v", res, err)
+	}
+	mustVerify(t, s0)
 	if out, err := pythonVerify(t, dir, pubHex(k1)); err != nil || !strings.Contains(out, "40 receipts, 5 checkpoints, 40 proofs") {
 		t.Fatalf("python verifier on a rotated log's package: %v\n%s", err, out)
 	}
