@@ -58,7 +58,7 @@ func TestKeysRotateToCentralStore(t *testing.T) {
 	if out, err := runCLI(t, "receipts", "import", pkg, "--receipts", store, "--trusted-key", oldPub, "--trusted-key", newPub); err != nil {
 		t.Fatalf("import: %v\n%s", err, out)
 	}
-	if out, err := runCLI(t, "receipts", "verify", "--receipts", store, "--trusted-key", oldPub, "--trusted-key", newPub); err != nil || !strings.Contains(out, "40") {
+	if out, err := runCLI(t, "receipts", "verify", "--receipts", store, "--trusted-key", oldPub, "--trusted-key", newPub); err != nil || !strings.Contains(out, "40 receipts") || !strings.Contains(out, "rotated to "+newPub) {
 		t.Fatalf("verify the central store: %v\n%s", err, out)
 	}
 }

@@ -17,11 +17,14 @@ import (
 type LogInfo struct {
 	LogID string `json:"log_id"`
 	// KernelKey is the key of its first checkpoint; Keys all that signed.
-	KernelKey   string   `json:"kernel_key"`
-	Keys        []string `json:"keys"`
-	Checkpoints uint64   `json:"checkpoints"`
-	LastSeq     uint64   `json:"last_seq"`
-	BodySHA256  string   `json:"last_checkpoint_sha256,omitempty"`
+	KernelKey string   `json:"kernel_key"`
+	Keys      []string `json:"keys"`
+	// SigningKey is the key that signs the log now, when a key rotation
+	// made it another than KernelKey.
+	SigningKey  string `json:"signing_key,omitempty"`
+	Checkpoints uint64 `json:"checkpoints"`
+	LastSeq     uint64 `json:"last_seq"`
+	BodySHA256  string `json:"last_checkpoint_sha256,omitempty"`
 }
 
 // Logs lists the stored logs in log id order.
@@ -33,7 +36,7 @@ func (s *Store) Logs() ([]LogInfo, error) {
 			if err != nil {
 				return err
 			}
-			out = append(out, LogInfo{LogID: string(k), KernelKey: h.KernelKey, Keys: h.Keys, Checkpoints: h.CheckpointSeq,
+			out = append(out, LogInfo{LogID: string(k), KernelKey: h.KernelKey, Keys: h.Keys, SigningKey: h.SigningKey, Checkpoints: h.CheckpointSeq,
 				LastSeq: h.LastSeq, BodySHA256: h.BodySHA256})
 			return nil
 		})
@@ -320,6 +323,6 @@ func (s *Store) verifyLog(ctx context.Context, tx *bolt.Tx, lb *bolt.Bucket, id 
 	if got := uint64(lb.Bucket(bktByEnd).Stats().KeyN); got != n {
 		return nil, fmt.Errorf("verify log %s: end index has %d entries for %d checkpoints: %w", id, got, n, receipts.ErrCorrupt)
 	}
-	lr.LogInfo = LogInfo{LogID: id, KernelKey: stored.KernelKey, Keys: h.Keys, Checkpoints: n, LastSeq: h.LastSeq, BodySHA256: h.BodySHA256}
+	lr.LogInfo = LogInfo{LogID: id, KernelKey: stored.KernelKey, Keys: h.Keys, SigningKey: h.SigningKey, Checkpoints: n, LastSeq: h.LastSeq, BodySHA256: h.BodySHA256}
 	return lr, nil
 }
