@@ -163,7 +163,7 @@ func FollowRotations(head ChainHead, signer string, b *SealedBatch, cpSeq uint64
 		case rb.AnchorCheckpointSeq > head.CheckpointSeq:
 			return signer, nil, bad(DefectRotationAnchor, i, "anchored to checkpoint %d, which is not held (the log's head is checkpoint %d)", rb.AnchorCheckpointSeq, head.CheckpointSeq)
 		case rb.AnchorCheckpointSeq < head.CheckpointSeq:
-			return signer, nil, bad(DefectRotationAnchor, i, "anchored to checkpoint %d, but checkpoints up to %d signed by %s follow it", rb.AnchorCheckpointSeq, head.CheckpointSeq, signer)
+			return signer, nil, bad(DefectRotationAnchor, i, "anchored to checkpoint %d, but checkpoints up to %d follow it (the key it hands over has signed on)", rb.AnchorCheckpointSeq, head.CheckpointSeq)
 		case rb.AnchorCheckpointSHA256 != head.BodySHA256:
 			return signer, nil, bad(DefectRotationAnchor, i, "anchored to a checkpoint %d whose body sha256 is %s; the one held is %s", rb.AnchorCheckpointSeq, rb.AnchorCheckpointSHA256, head.BodySHA256)
 		case rb.FirstSeq != head.LastSeq+1:
