@@ -29,19 +29,22 @@ func LogIDOf(kernelKey string) (string, error) {
 // LogID is this log's id: LogIDOf its first key (the key history's oldest),
 // so that a rotated key keeps one log, one chain and one id.
 func (l *Log) LogID() (string, error) {
-	var first string
-	err := l.view(func(tx *bolt.Tx) error {
-		keys, err := readKeys(tx)
-		if err != nil {
-			return err
-		}
-		first = keys[0].KernelKey
-		return nil
+	id, _, err := l.idAndKeys()
+	return id, err
+}
+
+// idAndKeys reads the log id and the key history.
+func (l *Log) idAndKeys() (string, []KeyRecord, error) {
+	var keys []KeyRecord
+	err := l.view(func(tx *bolt.Tx) (err error) {
+		keys, err = readKeys(tx)
+		return err
 	})
 	if err != nil {
-		return "", fmt.Errorf("read log id: %w", err)
+		return "", nil, fmt.Errorf("read log id: %w", err)
 	}
-	return LogIDOf(first)
+	id, err := LogIDOf(keys[0].KernelKey)
+	return id, keys, err
 }
 
 // sealedReadChunk and sealedReadReceipts bound what one read transaction
@@ -58,11 +61,19 @@ const (
 // order, until the last checkpoint stored when it gets there; fn's error
 // stops it and is returned. It checks only the shape (every covered receipt
 // present, the batch contiguous with the previous one), not signatures:
-// the receiver verifies. Receipts not yet sealed are not read.
+// the receiver verifies. Receipts not yet sealed are not read. The first
+// batch signed by a rotated key carries the key rotation statements
+// recorded for it (a key record whose since_seq is the batch's first seq).
 func (l *Log) SealedBatches(ctx context.Context, afterCheckpointSeq uint64, fn func(SealedBatch) error) error {
-	logID, err := l.LogID()
+	logID, keys, err := l.idAndKeys()
 	if err != nil {
 		return err
+	}
+	rotations := map[uint64][]json.RawMessage{}
+	for _, k := range keys {
+		if len(k.Rotations) > 0 {
+			rotations[k.SinceSeq] = k.Rotations
+		}
 	}
 	next := afterCheckpointSeq + 1
 	for {
@@ -91,7 +102,7 @@ func (l *Log) SealedBatches(ctx context.Context, afterCheckpointSeq uint64, fn f
 						next, b.CheckpointSeq, b.BatchStartSeq, b.BatchEndSeq, b.TreeSize, ErrCorrupt)
 				}
 				sb := SealedBatch{LogID: logID, KernelKey: b.KernelKey, Checkpoint: json.RawMessage(bytes.Clone(data)),
-					Receipts: make([]json.RawMessage, 0, b.TreeSize)}
+					Receipts: make([]json.RawMessage, 0, b.TreeSize), Rotations: rotations[b.BatchStartSeq]}
 				want := b.BatchStartSeq
 				for k, v := recs.Seek(u64key(want)); k != nil && getU64(k) <= b.BatchEndSeq; k, v = recs.Next() {
 					if getU64(k) != want {

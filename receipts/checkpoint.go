@@ -93,19 +93,26 @@ func signCheckpoint(key ed25519.PrivateKey, body CheckpointBody) (Checkpoint, []
 // non-canonical bytes are refused, since the stored form is the evidence.
 func parseCheckpoint(data []byte) (Checkpoint, error) {
 	var cp Checkpoint
+	return cp, decodeCanonical(data, &cp, "checkpoint")
+}
+
+// decodeCanonical decodes data into v strictly (no unknown fields) and
+// refuses bytes that are not v's canonical JSON: signed statements are
+// stored and carried in the form that was signed.
+func decodeCanonical(data []byte, v any, what string) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&cp); err != nil {
-		return cp, fmt.Errorf("decode checkpoint: %w", err)
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("decode %s: %w", what, err)
 	}
-	again, err := jcs.Marshal(&cp)
+	again, err := jcs.Marshal(v)
 	if err != nil {
-		return cp, fmt.Errorf("encode checkpoint: %w", err)
+		return fmt.Errorf("encode %s: %w", what, err)
 	}
 	if !bytes.Equal(again, data) {
-		return cp, fmt.Errorf("decode checkpoint: stored bytes are not the canonical form")
+		return fmt.Errorf("decode %s: stored bytes are not the canonical form", what)
 	}
-	return cp, nil
+	return nil
 }
 
 // VerifySignature checks the checkpoint's signature against its own

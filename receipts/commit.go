@@ -2,6 +2,7 @@ package receipts
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/binary"
 	"fmt"
 	"time"
@@ -576,7 +577,11 @@ func (bk *entryBucketSet) put(a *keyArena, seq uint64, idb []byte, e *Entry) err
 
 // checkpointTx seals the pending leaves into the next checkpoint, signed
 // with the log's key, chained to the previous one.
-func (l *Log) checkpointTx(tx *bolt.Tx) error {
+func (l *Log) checkpointTx(tx *bolt.Tx) error { return l.checkpointWith(tx, l.opts.Key, l.pubHex) }
+
+// checkpointWith is checkpointTx with the key given: a rotation seals the
+// tail with the previous key (recordRotation).
+func (l *Log) checkpointWith(tx *bolt.Tx, key ed25519.PrivateKey, pubHex string) error {
 	s := &l.st
 	n := uint64(len(s.pending))
 	body := CheckpointBody{
@@ -587,7 +592,7 @@ func (l *Log) checkpointTx(tx *bolt.Tx) error {
 		TreeSize:                 n,
 		MerkleRoot:               MerkleRoot(s.pending).String(),
 		IssuedAt:                 l.opts.Now().Unix(),
-		KernelKey:                l.pubHex,
+		KernelKey:                pubHex,
 		PreviousCheckpointSHA256: s.prevSHA,
 	}
 	leaf, err := chainLeafHash(&body)
@@ -596,7 +601,7 @@ func (l *Log) checkpointTx(tx *bolt.Tx) error {
 	}
 	s.chain.push(leaf)
 	body.ChainRoot = s.chain.root().String()
-	_, stored, err := signCheckpoint(l.opts.Key, body)
+	_, stored, err := signCheckpoint(key, body)
 	if err != nil {
 		return err
 	}

@@ -23,7 +23,10 @@
 // Open continues an existing log where it ends: it checks the tail and the
 // last checkpoint and keeps the same chain, sealing receipts left unsealed
 // by a crash in the next checkpoint. It refuses a key other than the one the
-// log names unless Options.RotateKey says the rotation is meant.
+// log names unless Options.RotateKey says the rotation is meant; with
+// Options.PreviousKey too, the old key seals the tail and signs, with the
+// new one, the statement that hands the log over (rotation.go), which
+// witnesses need to accept the new key for this log.
 //
 // Open never hands bbolt a file it has not checked (filecheck.go): bbolt
 // maps its file and trusts it, so a truncated file would fault and a

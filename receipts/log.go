@@ -75,6 +75,15 @@ type Options struct {
 	// operator means to rotate; a key that changed by accident (a lost key
 	// file regenerated) must stop the agent instead.
 	RotateKey bool
+	// PreviousKey, with RotateKey, is the private key the log is signed by
+	// so far. Open then seals the unsealed tail with it and records a key
+	// rotation statement signed by both keys (rotation.go), which a central
+	// store and an evidence package's importer need to accept the new key
+	// for this log. Without it the rotation is recorded for this node only:
+	// a witness refuses the new key's batches (the operator starts a new
+	// log for them). Default nil. Danger: it is the old signing key; read it
+	// for the rotation and keep it no longer than the old key was kept.
+	PreviousKey ed25519.PrivateKey
 	// ReadOnly opens the file read-only under a shared lock: reads, proofs,
 	// verify and export work; Append returns ErrReadOnly. Default false.
 	ReadOnly bool
@@ -198,6 +207,12 @@ type KeyRecord struct {
 	RecordedAt int64 `json:"recorded_at"`
 	// PreviousKey is the key it replaced; "" for the first.
 	PreviousKey string `json:"previous_key,omitempty"`
+	// Rotations are the key rotation statements (canonical JSON, oldest
+	// first) that hand the log from PreviousKey to KernelKey: one, or more
+	// when a key was rotated again before it signed a receipt. Absent when
+	// the rotation was made without the previous private key, and in every
+	// record written before statements existed.
+	Rotations []json.RawMessage `json:"rotations,omitempty"`
 }
 
 // LossRecord says that receipts accepted in async mode were lost in a crash.
@@ -688,7 +703,8 @@ func (l *Log) initLog(tx *bolt.Tx, now time.Time) error {
 }
 
 // checkKey reports whether the log's key differs from the signing key, which
-// is an error unless rotation was asked for.
+// is an error unless rotation was asked for. A previous key given for the
+// rotation must be the one the log is signed by.
 func (l *Log) checkKey(tx *bolt.Tx) (rotate bool, err error) {
 	logKey := string(tx.Bucket(bktMeta).Get(metaKernelKey))
 	if logKey == l.pubHex {
@@ -698,26 +714,95 @@ func (l *Log) checkKey(tx *bolt.Tx) (rotate bool, err error) {
 		return false, fmt.Errorf("open receipt log %s: log is signed by kernel key %s but the signing key given is %s; refusing to continue with another key (rotate explicitly): %w",
 			l.path, logKey, l.pubHex, ErrKeyMismatch)
 	}
+	if p := l.opts.PreviousKey; p != nil {
+		if len(p) != ed25519.PrivateKeySize {
+			return false, fmt.Errorf("open receipt log %s: previous key is not an Ed25519 private key: %w", l.path, ErrKeyMismatch)
+		}
+		if prev := hex.EncodeToString(p.Public().(ed25519.PublicKey)); prev != logKey {
+			return false, fmt.Errorf("open receipt log %s: rotating from previous key %s, but the log is signed by %s: %w",
+				l.path, prev, logKey, ErrKeyMismatch)
+		}
+	}
 	return true, nil
 }
 
 // recordRotation records that the signing key signs from the next seq on.
+// With the previous private key it first seals the unsealed tail with
+// that key, so that every receipt before the new key's first is under a
+// checkpoint of the old one, then records the rotation statement both
+// keys sign, anchored to that last checkpoint. A log with nothing to
+// anchor to (no receipt yet) is refused: it has no history to hand over,
+// and a new log with the new key is the same thing.
 func (l *Log) recordRotation(tx *bolt.Tx, now time.Time) error {
 	meta := tx.Bucket(bktMeta)
 	logKey := string(meta.Get(metaKernelKey))
-	var last uint64
-	if v := meta.Get(metaLastSeq); len(v) == 8 {
-		last = getU64(v)
+	last := l.st.lastSeq
+	var stmt []byte
+	if prev := l.opts.PreviousKey; prev != nil {
+		if len(l.st.pending) > 0 {
+			if err := l.checkpointWith(tx, prev, logKey); err != nil {
+				return fmt.Errorf("seal receipt log %s with the previous key: %w", l.path, err)
+			}
+		}
+		if l.st.cpSeq == 0 {
+			return fmt.Errorf("rotate key of receipt log %s: the log holds no receipt to hand over; start a new log with the new key instead: %w", l.path, ErrKeyMismatch)
+		}
+		keys, err := readKeys(tx)
+		if err != nil {
+			return err
+		}
+		logID, err := LogIDOf(keys[0].KernelKey)
+		if err != nil {
+			return fmt.Errorf("rotate key of receipt log %s: %w", l.path, err)
+		}
+		stmt, err = SignRotation(RotationBody{LogID: logID, PreviousKey: logKey, NewKey: l.pubHex, FirstSeq: last + 1,
+			AnchorCheckpointSeq: l.st.cpSeq, AnchorCheckpointSHA256: l.st.prevSHA, IssuedAt: now.Unix()}, prev, l.opts.Key)
+		if err != nil {
+			return err
+		}
 	}
-	kr, _ := json.Marshal(KeyRecord{KernelKey: l.pubHex, SinceSeq: last + 1, RecordedAt: now.Unix(), PreviousKey: logKey})
-	if err := tx.Bucket(bktKeys).Put(u64key(last+1), kr); err != nil {
+	kr := KeyRecord{KernelKey: l.pubHex, SinceSeq: last + 1, RecordedAt: now.Unix(), PreviousKey: logKey}
+	if stmt != nil {
+		kr.Rotations = []json.RawMessage{stmt}
+	}
+	if old := tx.Bucket(bktKeys).Get(u64key(last + 1)); old != nil && last > 0 {
+		// The key being replaced signed no receipt: its record gives way to
+		// this one, which goes on from the key before it. Its statements
+		// continue into this one's; a rotation to it that had none leaves
+		// this one without any either (the chain of evidence is broken).
+		// A key that sealed a checkpoint (the previous key's tail, after a
+		// rotation without it) must stay in the history, which has one
+		// record per first seq: that rotation waits for a receipt.
+		if _, data := tx.Bucket(bktCheckpoints).Cursor().Last(); data != nil {
+			if cp, err := parseCheckpoint(data); err == nil && cp.Body.KernelKey == logKey {
+				return fmt.Errorf("rotate key of receipt log %s: key %s sealed checkpoint %d but has signed no receipt yet; the key history holds one key per first seq, so rotate again once it has signed one: %w",
+					l.path, logKey, cp.Body.CheckpointSeq, ErrKeyMismatch)
+			}
+		}
+		var replaced KeyRecord
+		if err := json.Unmarshal(old, &replaced); err != nil {
+			return fmt.Errorf("rotate key of receipt log %s: key record at seq %d: %v: %w", l.path, last+1, err, ErrCorrupt)
+		}
+		kr.PreviousKey = replaced.PreviousKey
+		kr.Rotations = nil
+		if len(replaced.Rotations) > 0 && stmt != nil {
+			kr.Rotations = append(replaced.Rotations, stmt)
+		} else if stmt != nil {
+			l.log.WithField(fieldKey, logKey).Warn("key rotation statement dropped: the rotation to the previous key was recorded without its predecessor's key")
+		}
+	}
+	data, err := json.Marshal(kr)
+	if err != nil {
+		return fmt.Errorf("record key rotation in %s: %w", l.path, err)
+	}
+	if err := tx.Bucket(bktKeys).Put(u64key(last+1), data); err != nil {
 		return fmt.Errorf("record key rotation in %s: %w", l.path, err)
 	}
 	if err := meta.Put(metaKernelKey, []byte(l.pubHex)); err != nil {
 		return fmt.Errorf("record key rotation in %s: %w", l.path, err)
 	}
 	l.recovery.Rotated = true
-	l.log.WithFields(logrus.Fields{fieldKey: l.pubHex, "previous_key": logKey, fieldSeq: last + 1}).
+	l.log.WithFields(logrus.Fields{fieldKey: l.pubHex, "previous_key": logKey, fieldSeq: last + 1, "statement": stmt != nil}).
 		Warn("rotated receipt log signing key")
 	return nil
 }

@@ -421,15 +421,30 @@ type exportCheckpoint struct {
 	Checkpoint json.RawMessage `json:"checkpoint"`
 }
 
+type exportRotation struct {
+	Kind     string          `json:"kind"`
+	Rotation json.RawMessage `json:"rotation"`
+}
+
 // Export writes the log as JSON Lines in sequence order: each receipt as
 // {"kind":"receipt","seq":N,"receipt":{...}}, and each checkpoint right
 // after the last receipt it covers as {"kind":"checkpoint","checkpoint":
-// {"body":{...},"signature":"..."}}. Every line is canonical JSON, and the
-// embedded objects are the stored bytes, so the export can be checked
-// without this package. It reads one consistent snapshot.
+// {"body":{...},"signature":"..."}}; right before the first receipt a
+// rotated key signs, the key rotation statements that hand the log to it,
+// each as {"kind":"rotation","rotation":{...}}. Every line is canonical
+// JSON, and the embedded objects are the stored bytes, so the export can be
+// checked without this package. It reads one consistent snapshot.
 func (l *Log) Export(ctx context.Context, w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 1<<16)
 	err := l.view(func(tx *bolt.Tx) error {
+		keys, err := readKeys(tx)
+		if err != nil {
+			return err
+		}
+		rotations := map[uint64][]json.RawMessage{}
+		for _, k := range keys {
+			rotations[k.SinceSeq] = k.Rotations
+		}
 		cps := tx.Bucket(bktCheckpoints)
 		byEnd := tx.Bucket(bktCPByEnd)
 		c := tx.Bucket(bktReceipts).Cursor()
@@ -438,7 +453,12 @@ func (l *Log) Export(ctx context.Context, w io.Writer) error {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			var err error
+			for _, r := range rotations[getU64(k)] {
+				if line, err = jcs.AppendMarshal(line[:0], exportRotation{Kind: "rotation", Rotation: r}); err != nil {
+					return fmt.Errorf("export key rotation at seq %d: %v: %w", getU64(k), err, ErrCorrupt)
+				}
+				bw.Write(append(line, '\n'))
+			}
 			line, err = jcs.AppendMarshal(line[:0], exportReceipt{Kind: "receipt", Seq: getU64(k), Receipt: v})
 			if err != nil {
 				return fmt.Errorf("export receipt seq %d: %v: %w", getU64(k), err, ErrCorrupt)

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -243,6 +244,9 @@ func (v *verifier) run() error {
 			return err
 		}
 	}
+	if err := v.checkRotations(); err != nil {
+		return err
+	}
 	// The unsealed tail.
 	if _, rk, _, err = v.receipts(rc, rk, rv, ^uint64(0), 0); err != nil {
 		return err
@@ -283,6 +287,52 @@ func (v *verifier) run() error {
 		}
 	}
 	return v.checkUniqueIDs()
+}
+
+// checkRotations checks the key rotation statements the key history
+// carries (after the checkpoints, which anchor them, are checked): each
+// record's statements must hand the log from its previous key to its key,
+// anchored to the stored checkpoint that ends right before its first seq,
+// as a witness would check them (FollowRotations). Records without
+// statements (rotations made without the previous key, and every record
+// written before statements existed) have nothing to check.
+func (v *verifier) checkRotations() error {
+	logID, err := LogIDOf(v.keys[0].KernelKey)
+	if err != nil {
+		return tampered(0, 0, "%v", err)
+	}
+	for _, k := range v.keys[1:] {
+		if len(k.Rotations) == 0 {
+			continue
+		}
+		var first Rotation
+		if err := json.Unmarshal(k.Rotations[0], &first); err != nil {
+			return tampered(k.SinceSeq, 0, "key rotation to %s: %v", k.KernelKey, err)
+		}
+		a := first.Body.AnchorCheckpointSeq
+		data := v.tx.Bucket(bktCheckpoints).Get(u64key(a))
+		if data == nil {
+			return tampered(k.SinceSeq, 0, "key rotation to %s is anchored to checkpoint %d, which the log does not hold", k.KernelKey, a)
+		}
+		cp, err := parseCheckpoint(data)
+		if err != nil {
+			return tampered(k.SinceSeq, a, "%v", err)
+		}
+		sha, err := cp.Body.BodySHA256()
+		if err != nil {
+			return err
+		}
+		head := ChainHead{CheckpointSeq: a, LastSeq: cp.Body.BatchEndSeq, BodySHA256: sha}
+		to, _, err := FollowRotations(head, k.PreviousKey, &SealedBatch{LogID: logID, Rotations: k.Rotations}, 0)
+		if err != nil {
+			return tampered(k.SinceSeq, 0, "key rotation to %s: %v", k.KernelKey, err)
+		}
+		if to != k.KernelKey || head.LastSeq+1 != k.SinceSeq {
+			return tampered(k.SinceSeq, 0, "key rotation statements lead to key %s from seq %d; the history records key %s from seq %d",
+				to, head.LastSeq+1, k.KernelKey, k.SinceSeq)
+		}
+	}
+	return nil
 }
 
 // checkUniqueIDs finds an id stored under two seqs, which format 1's index

@@ -11,7 +11,11 @@ A package (chio-agent.evidence_package.v1, docs/receipt-log.md) is checked
 whole: the manifest's signature by its exporter_key, every file's size and
 SHA-256 against the manifest (none missing, none extra), the counts, the log
 id against the kernel key, then its receipts and checkpoints exactly as an
-export's, and every inclusion proof against its checkpoint.
+export's, and every inclusion proof against its checkpoint. A rotated log's
+package carries key rotation statements (chio-agent.key_rotation.v1): each
+is checked (both keys' signatures, the log id), and the key it hands the log
+to is the one expected from its first_seq on, only if the statement comes
+from the key signing the log then and is anchored to the last checkpoint.
 
 It shares no code with chio-agent: canonical JSON (RFC 8785), receipt ids and
 signatures (chio.receipt.v1), Merkle roots and the checkpoint chain
@@ -39,6 +43,9 @@ except ImportError:  # pragma: no cover
     sys.exit(3)
 
 CHECKPOINT_SCHEMA = "chio.checkpoint_statement.v2"
+ROTATION_SCHEMA = "chio-agent.key_rotation.v1"
+ROTATION_FIELDS = {"schema", "log_id", "previous_key", "new_key", "first_seq", "anchor_checkpoint_seq",
+                   "anchor_checkpoint_sha256", "issued_at"}
 
 
 class Defect(Exception):
@@ -244,10 +251,35 @@ def check_root(v, what):
     return hexfield(v[2:], 64, what)
 
 
-def verify(lines, key):
+def check_rotation(st, log_id):
+    """A key rotation statement on its own: form, log id, both signatures."""
+    if not isinstance(st, dict) or set(st) != {"body", "previous_key_signature", "new_key_signature"}:
+        raise Defect("not a {body, previous_key_signature, new_key_signature} statement")
+    b = st["body"]
+    if not isinstance(b, dict) or set(b) != ROTATION_FIELDS:
+        raise Defect("unexpected fields")
+    if b["schema"] != ROTATION_SCHEMA:
+        raise Defect("schema %r, want %r" % (b["schema"], ROTATION_SCHEMA))
+    if b["log_id"] != log_id:
+        raise Defect("statement is for log %s, the package's is %s" % (b["log_id"], log_id))
+    for f in ("first_seq", "anchor_checkpoint_seq", "issued_at"):
+        if not isinstance(b[f], int) or isinstance(b[f], bool):
+            raise Defect("%s is not an integer" % f)
+    if b["first_seq"] < 2 or b["anchor_checkpoint_seq"] < 1 or b["previous_key"] == b["new_key"]:
+        raise Defect("from seq %s anchored to checkpoint %s, %s to itself?" % (b["first_seq"], b["anchor_checkpoint_seq"], b["new_key"]))
+    hexfield(b["anchor_checkpoint_sha256"], 64, "anchor_checkpoint_sha256")
+    ed25519_ok(b["previous_key"], st["previous_key_signature"], cbytes(b), "previous_key")
+    ed25519_ok(b["new_key"], st["new_key_signature"], cbytes(b), "new_key")
+
+
+def verify(lines, key, rotations=None):
+    """Checks an export's lines. rotations maps a first_seq to the checked
+    key rotation statement bodies that take effect there, in order."""
     next_seq, batch, cps = 1, [], 0
     prev_sha, chain = None, []
     first_key = key
+    rotations = dict(rotations or {})
+    log_id = None  # an export's log id: its first key's
     for lineno, line in enumerate(lines, 1):
         line = line.rstrip("\n")
         if not line:
@@ -263,6 +295,15 @@ def verify(lines, key):
             seq = obj.get("seq")
             if seq != next_seq:
                 raise Defect("line %d: receipt seq %s, expected seq %d (missing or out of order)" % (lineno, seq, next_seq))
+            for rb in rotations.pop(seq, []):
+                where = "line %d: key rotation to %s from seq %d" % (lineno, rb["new_key"], seq)
+                if batch:
+                    raise Defect("%s: a new key starts a batch; seq %d is inside one" % (where, seq))
+                if rb["previous_key"] != first_key:
+                    raise Defect("%s: previous_key %s does not sign the log (its key is %s)" % (where, rb["previous_key"], first_key))
+                if rb["anchor_checkpoint_seq"] != cps or rb["anchor_checkpoint_sha256"] != prev_sha:
+                    raise Defect("%s: anchored to checkpoint %d, not the last one (%d)" % (where, rb["anchor_checkpoint_seq"], cps))
+                first_key = key = rb["new_key"]
             try:
                 check_receipt(obj["receipt"], first_key)
             except Defect as e:
@@ -302,8 +343,25 @@ def verify(lines, key):
                 raise Defect("%s: %s" % (where, e))
             prev_sha = sha256_hex(cbytes(b))
             batch = []
+        elif kind == "rotation":
+            # A rotated log's export: the statement right before the first
+            # receipt the new key signs, for the log of its first key.
+            st = obj.get("rotation")
+            if set(obj) != {"kind", "rotation"} or first_key is None:
+                raise Defect("line %d: key rotation: unexpected fields, or before any receipt" % lineno)
+            if log_id is None:
+                log_id = "local-log-" + sha256_hex(hexfield(first_key, 64, "kernel key"))
+            try:
+                check_rotation(st, log_id)
+            except Defect as e:
+                raise Defect("line %d: key rotation: %s" % (lineno, e))
+            if st["body"]["first_seq"] != next_seq:
+                raise Defect("line %d: key rotation from seq %s, but the next receipt is seq %d" % (lineno, st["body"]["first_seq"], next_seq))
+            rotations.setdefault(next_seq, []).append(st["body"])
         else:
             raise Defect("line %d: unknown kind %r" % (lineno, kind))
+    if rotations:
+        raise Defect("key rotation from seq %d: no receipt there" % min(rotations))
     return next_seq - 1, cps, len(batch)
 
 
@@ -311,6 +369,7 @@ def verify(lines, key):
 
 PACKAGE_SCHEMA = "chio-agent.evidence_package.v1"
 PACKAGE_FILES = ("checkpoints.jsonl", "proofs.jsonl", "receipts.jsonl")
+ROTATIONS_FILE = "rotations.jsonl"  # only in a rotated log's package
 
 
 def read_lines(data, name):
@@ -367,9 +426,9 @@ def verify_package(d, key):
     if m["log_id"] != "local-log-" + sha256_hex(hexfield(kernel_key, 64, "kernel_key")):
         raise Defect("log_id %s does not belong to kernel_key %s" % (m["log_id"], kernel_key))
     listed = sorted(f["name"] for f in m["files"])
-    if listed != sorted(PACKAGE_FILES):
-        raise Defect("manifest lists %s, want %s" % (listed, sorted(PACKAGE_FILES)))
-    extra = set(os.listdir(d)) - set(PACKAGE_FILES) - {"manifest.json"}
+    if listed not in (sorted(PACKAGE_FILES), sorted(PACKAGE_FILES + (ROTATIONS_FILE,))):
+        raise Defect("manifest lists %s, want %s (and %s after a key rotation)" % (listed, sorted(PACKAGE_FILES), ROTATIONS_FILE))
+    extra = set(os.listdir(d)) - set(listed) - {"manifest.json"}
     if extra:
         raise Defect("files not in the manifest: %s" % sorted(extra))
     data = {}
@@ -383,7 +442,17 @@ def verify_package(d, key):
     cps = read_lines(data["checkpoints.jsonl"], "checkpoints.jsonl")
     recs = read_lines(data["receipts.jsonl"], "receipts.jsonl")
     proofs = read_lines(data["proofs.jsonl"], "proofs.jsonl")
+    rots = read_lines(data.get(ROTATIONS_FILE, b""), ROTATIONS_FILE)
     c = m["counts"]
+    if len(rots) != c.get("rotations", 0) or (rots and "rotations" not in c):
+        raise Defect("%s holds %d key rotation statements; the manifest counts %s" % (ROTATIONS_FILE, len(rots), c.get("rotations", 0)))
+    rotations = {}
+    for i, st in enumerate(rots, 1):
+        try:
+            check_rotation(st, m["log_id"])
+        except Defect as e:
+            raise Defect("%s line %d: key rotation: %s" % (ROTATIONS_FILE, i, e))
+        rotations.setdefault(st["body"]["first_seq"], []).append(st["body"])
     if (len(recs), len(cps), len(proofs)) != (c["receipts"], c["checkpoints"], c["proofs"]):
         raise Defect("files hold %d receipts, %d checkpoints, %d proofs; the manifest counts %d, %d, %d" % (
             len(recs), len(cps), len(proofs), c["receipts"], c["checkpoints"], c["proofs"]))
@@ -399,7 +468,7 @@ def verify_package(d, key):
         lines.append(cbytes({"kind": "checkpoint", "checkpoint": cp}).decode("utf-8"))
     if ri != len(recs):
         raise Defect("receipts.jsonl: %d receipts after the last checkpoint" % (len(recs) - ri))
-    n, ncp, unsealed = verify(lines, kernel_key)
+    n, ncp, unsealed = verify(lines, kernel_key, rotations)
     if unsealed:
         raise Defect("%d receipts not sealed by a checkpoint" % unsealed)
     if cps and cps[0]["body"]["kernel_key"] != kernel_key:

@@ -108,7 +108,8 @@ func TestDeprecatedSpellingsStillWork(t *testing.T) {
 func TestUseShowsOnlyRequiredFlags(t *testing.T) {
 	required := map[string]bool{"chio-agent policy eval --type": true, "chio-agent receipts bench --receipts": true,
 		"chio-agent receipts import --receipts": true, "chio-agent receipts import --trusted-key": true,
-		"chio-agent receipts collect --from": true, "chio-agent receipts collect --receipts": true, "chio-agent receipts collect --trusted-key": true}
+		"chio-agent receipts collect --from": true, "chio-agent receipts collect --receipts": true, "chio-agent receipts collect --trusted-key": true,
+		"chio-agent keys rotate --key": true}
 	outside := regexp.MustCompile(`\[[^\]]*\]`)
 	walkCommands(newRootCommand(), func(c *cobra.Command) {
 		for _, m := range regexp.MustCompile(`--[a-z-]+`).FindAllString(outside.ReplaceAllString(c.Use, ""), -1) {

@@ -116,8 +116,12 @@ func (o *verifyOptions) verifyCentral(cmd *cobra.Command, s *central.Store) erro
 	}
 	fmt.Fprintf(w, "ok: central store %s: %d logs\n", o.db.path, len(rep.Logs))
 	for _, l := range rep.Logs {
-		fmt.Fprintf(w, "  %s  %d receipts (seq 1-%d, every signature and id checked), %d checkpoints, key %s\n",
-			l.LogID, l.Verified, l.LastSeq, l.Checkpoints, l.KernelKey)
+		rotated := ""
+		if l.SigningKey != "" {
+			rotated = ", rotated to " + l.SigningKey
+		}
+		fmt.Fprintf(w, "  %s  %d receipts (seq 1-%d, every signature and id checked), %d checkpoints, key %s%s\n",
+			l.LogID, l.Verified, l.LastSeq, l.Checkpoints, l.KernelKey, rotated)
 	}
 	if rep.Rejected > 0 {
 		fmt.Fprintf(w, "  %d refused batches kept aside as evidence\n", rep.Rejected)

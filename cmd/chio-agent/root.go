@@ -102,6 +102,7 @@ an API, or as a Go library linked into a trusted agent.`,
 		newPolicyCommand(),
 		newReceiptsCommand(),
 		newKeygenCommand(),
+		newKeysCommand(),
 		newAPICommand(),
 	)
 	registerCompletions(root)

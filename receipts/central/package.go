@@ -27,6 +27,7 @@ import (
 //	receipts.jsonl     {"receipt":{...},"seq":N} per line, seq 1..last_seq
 //	checkpoints.jsonl  one signed checkpoint per line, 1..checkpoints
 //	proofs.jsonl       {"audit_path":[...],"checkpoint_seq":C,"leaf_hash":...,"leaf_index":I,"seq":N,"tree_size":T}
+//	rotations.jsonl    one key rotation statement per line, oldest first; only when the log's key was rotated
 //
 // Every line is canonical JSON; receipts and checkpoints are the stored
 // bytes. A package carries one log's chain from checkpoint 1 (only sealed
@@ -41,6 +42,10 @@ const (
 	ReceiptsFile    = "receipts.jsonl"
 	CheckpointsFile = "checkpoints.jsonl"
 	ProofsFile      = "proofs.jsonl"
+	// RotationsFile holds the key rotation statements (receipts.Rotation)
+	// the log's batches carry; a package of a log never rotated has none,
+	// and no such file, as before statements existed.
+	RotationsFile = "rotations.jsonl"
 )
 
 // maxPackageFile bounds each file an import reads (1 GiB).
@@ -60,6 +65,7 @@ type PackageManifest struct {
 		Receipts    uint64 `json:"receipts"`
 		Checkpoints uint64 `json:"checkpoints"`
 		Proofs      uint64 `json:"proofs"`
+		Rotations   uint64 `json:"rotations,omitempty"`
 	} `json:"counts"`
 	Files []PackageFile `json:"files"`
 }
@@ -112,6 +118,7 @@ func WritePackage(ctx context.Context, dir, logID, kernelKey string, src BatchSo
 		files[n] = w
 	}
 	var line []byte
+	var rotations []json.RawMessage
 	err := src(ctx, func(b receipts.SealedBatch) error {
 		if b.LogID != logID {
 			return fmt.Errorf("batch of log %s in the package of log %s", b.LogID, logID)
@@ -124,6 +131,7 @@ func WritePackage(ctx context.Context, dir, logID, kernelKey string, src BatchSo
 			return err
 		}
 		m.Counts.Checkpoints++
+		rotations = append(rotations, b.Rotations...)
 		raw := make([][]byte, len(b.Receipts))
 		for i, r := range b.Receipts {
 			raw[i] = r
@@ -162,6 +170,28 @@ func WritePackage(ctx context.Context, dir, logID, kernelKey string, src BatchSo
 			return nil, fmt.Errorf("write package %s: %w", dir, err)
 		}
 		m.Files = append(m.Files, pf)
+	}
+	if len(rotations) > 0 {
+		w, err := newPackageWriter(filepath.Join(dir, RotationsFile))
+		if err != nil {
+			return nil, err
+		}
+		defer w.f.Close()
+		for _, r := range rotations {
+			c, err := jcs.Canonicalize(r)
+			if err != nil {
+				return nil, fmt.Errorf("write package %s: key rotation statement: %w", dir, err)
+			}
+			if err := w.line(c); err != nil {
+				return nil, fmt.Errorf("write package %s: %w", dir, err)
+			}
+		}
+		pf, err := w.finish()
+		if err != nil {
+			return nil, fmt.Errorf("write package %s: %w", dir, err)
+		}
+		m.Files = append(m.Files, pf)
+		m.Counts.Rotations = uint64(len(rotations))
 	}
 	body, err := jcs.Marshal(m)
 	if err != nil {
@@ -234,8 +264,10 @@ func writeSynced(path string, data []byte) error {
 // signature, every listed file's size and SHA-256 (and no file missing or
 // unlisted), the counts, every line canonical, the receipts in sequence
 // and covered by the checkpoints, every inclusion proof against its
-// checkpoint, and the whole chain through receipts.VerifyBatch from
-// checkpoint 1. It returns the manifest and the batches, in order. Trust in
+// checkpoint, the whole chain through receipts.VerifyBatch from
+// checkpoint 1, and that one key signs it at a time: the manifest's
+// kernel_key, then each key the statements in rotations.jsonl hand it to
+// (receipts.FollowRotations). It returns the manifest and the batches, in order. Trust in
 // the keys is the caller's question (Store.Import asks it).
 func ReadPackage(dir string) (*PackageManifest, []receipts.SealedBatch, error) {
 	m, data, err := readManifest(dir)
@@ -288,12 +320,14 @@ func readManifest(dir string) (*PackageManifest, map[string][]byte, error) {
 		return nil, nil, badPackage("manifest log_id %s does not belong to kernel_key %s", m.LogID, m.KernelKey)
 	}
 	want := map[string]bool{ReceiptsFile: true, CheckpointsFile: true, ProofsFile: true}
+	optional := map[string]bool{RotationsFile: true}
 	data := map[string][]byte{}
 	for _, f := range m.Files {
-		if !want[f.Name] {
+		if !want[f.Name] && !optional[f.Name] {
 			return nil, nil, badPackage("manifest lists %q, not a package file (or twice)", f.Name)
 		}
 		delete(want, f.Name)
+		delete(optional, f.Name)
 		b, err := readLimited(filepath.Join(dir, f.Name))
 		if err != nil {
 			return nil, nil, err
@@ -372,6 +406,17 @@ func packageBatches(m *PackageManifest, data map[string][]byte) ([]receipts.Seal
 	if err != nil {
 		return nil, err
 	}
+	rotLines, err := lines(RotationsFile, data[RotationsFile])
+	if err != nil {
+		return nil, err
+	}
+	if uint64(len(rotLines)) != m.Counts.Rotations {
+		return nil, badPackage("%s holds %d key rotation statements; the manifest counts %d", RotationsFile, len(rotLines), m.Counts.Rotations)
+	}
+	rotations := make([]json.RawMessage, len(rotLines))
+	for i, l := range rotLines {
+		rotations[i] = l
+	}
 	if uint64(len(cpLines)) != m.Counts.Checkpoints || uint64(len(rLines)) != m.Counts.Receipts || uint64(len(pLines)) != m.Counts.Proofs {
 		return nil, badPackage("files hold %d checkpoints, %d receipts, %d proofs; the manifest counts %d, %d, %d",
 			len(cpLines), len(rLines), len(pLines), m.Counts.Checkpoints, m.Counts.Receipts, m.Counts.Proofs)
@@ -381,13 +426,16 @@ func packageBatches(m *PackageManifest, data map[string][]byte) ([]receipts.Seal
 	}
 	var out []receipts.SealedBatch
 	var head receipts.ChainHead
+	signer, attached := m.KernelKey, 0
 	next := 0
 	for i, cl := range cpLines {
 		cp, err := receipts.ParseCheckpoint(cl)
 		if err != nil {
 			return nil, badPackage("%s line %d: %v", CheckpointsFile, i+1, err)
 		}
-		b := receipts.SealedBatch{LogID: m.LogID, KernelKey: cp.Body.KernelKey, Checkpoint: cl}
+		b := receipts.SealedBatch{LogID: m.LogID, KernelKey: cp.Body.KernelKey, Checkpoint: cl,
+			Rotations: receipts.RotationsAt(rotations, cp.Body.BatchStartSeq)}
+		attached += len(b.Rotations)
 		var raw [][]byte
 		for seq := cp.Body.BatchStartSeq; seq <= cp.Body.BatchEndSeq && seq != 0; seq++ {
 			if next >= len(rLines) {
@@ -401,12 +449,23 @@ func packageBatches(m *PackageManifest, data map[string][]byte) ([]receipts.Seal
 			raw = append(raw, pr.Receipt)
 			next++
 		}
-		if _, head, err = receipts.VerifyBatch(head, &b, nil); err != nil {
+		_, nextHead, err := receipts.VerifyBatch(head, &b, nil)
+		if err != nil {
 			return nil, err
 		}
 		if i == 0 && cp.Body.KernelKey != m.KernelKey {
 			return nil, badPackage("checkpoint 1 is signed by %s, the manifest names kernel_key %s", cp.Body.KernelKey, m.KernelKey)
 		}
+		// One key signs the log at a time; another only after the
+		// statements that hand it over (trust in it is the importer's).
+		if signer, _, err = receipts.FollowRotations(head, signer, &b, cp.Body.CheckpointSeq); err != nil {
+			return nil, err
+		}
+		if signer != cp.Body.KernelKey {
+			return nil, badPackage("checkpoint %d is signed by %s, but the log's key there is %s and no key rotation statement hands it over",
+				cp.Body.CheckpointSeq, cp.Body.KernelKey, signer)
+		}
+		head = nextHead
 		for j := range raw {
 			pl := pLines[next-len(raw)+j]
 			var pp packageProof
@@ -429,6 +488,9 @@ func packageBatches(m *PackageManifest, data map[string][]byte) ([]receipts.Seal
 	}
 	if next != len(rLines) {
 		return nil, badPackage("%s holds %d receipts after the last checkpoint", ReceiptsFile, len(rLines)-next)
+	}
+	if attached != len(rotations) {
+		return nil, badPackage("%s holds %d key rotation statements, %d of which start a batch", RotationsFile, len(rotations), attached)
 	}
 	return out, nil
 }

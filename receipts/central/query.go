@@ -17,11 +17,14 @@ import (
 type LogInfo struct {
 	LogID string `json:"log_id"`
 	// KernelKey is the key of its first checkpoint; Keys all that signed.
-	KernelKey   string   `json:"kernel_key"`
-	Keys        []string `json:"keys"`
-	Checkpoints uint64   `json:"checkpoints"`
-	LastSeq     uint64   `json:"last_seq"`
-	BodySHA256  string   `json:"last_checkpoint_sha256,omitempty"`
+	KernelKey string   `json:"kernel_key"`
+	Keys      []string `json:"keys"`
+	// SigningKey is the key that signs the log now, when a key rotation
+	// made it another than KernelKey.
+	SigningKey  string `json:"signing_key,omitempty"`
+	Checkpoints uint64 `json:"checkpoints"`
+	LastSeq     uint64 `json:"last_seq"`
+	BodySHA256  string `json:"last_checkpoint_sha256,omitempty"`
 }
 
 // Logs lists the stored logs in log id order.
@@ -33,7 +36,7 @@ func (s *Store) Logs() ([]LogInfo, error) {
 			if err != nil {
 				return err
 			}
-			out = append(out, LogInfo{LogID: string(k), KernelKey: h.KernelKey, Keys: h.Keys, Checkpoints: h.CheckpointSeq,
+			out = append(out, LogInfo{LogID: string(k), KernelKey: h.KernelKey, Keys: h.Keys, SigningKey: h.SigningKey, Checkpoints: h.CheckpointSeq,
 				LastSeq: h.LastSeq, BodySHA256: h.BodySHA256})
 			return nil
 		})
@@ -165,12 +168,17 @@ func readBatch(lb *bolt.Bucket, n uint64) (receipts.Checkpoint, [][]byte, error)
 }
 
 // Batches calls fn with each stored batch of log logID after checkpoint
-// afterCP, in order, as it was ingested.
+// afterCP, in order, as it was ingested (the first batch signed by a
+// rotated key with the statements that handed the log to it).
 func (s *Store) Batches(ctx context.Context, logID string, afterCP uint64, fn func(receipts.SealedBatch) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		lb := tx.Bucket(bktLogs).Bucket([]byte(logID))
 		if lb == nil {
 			return fmt.Errorf("read log %s: %w", logID, receipts.ErrNotFound)
+		}
+		h, err := readHead(lb, logID)
+		if err != nil {
+			return err
 		}
 		c := lb.Bucket(bktCheckpoints).Cursor()
 		for k, _ := c.Seek(u64key(afterCP + 1)); k != nil; k, _ = c.Next() {
@@ -181,7 +189,8 @@ func (s *Store) Batches(ctx context.Context, logID string, afterCP uint64, fn fu
 			if err != nil {
 				return fmt.Errorf("read log %s: %w", logID, err)
 			}
-			b := receipts.SealedBatch{LogID: logID, KernelKey: cp.Body.KernelKey, Checkpoint: bytes.Clone(lb.Bucket(bktCheckpoints).Get(k))}
+			b := receipts.SealedBatch{LogID: logID, KernelKey: cp.Body.KernelKey, Checkpoint: bytes.Clone(lb.Bucket(bktCheckpoints).Get(k)),
+				Rotations: receipts.RotationsAt(h.Rotations, cp.Body.BatchStartSeq)}
 			for _, r := range batch {
 				b.Receipts = append(b.Receipts, r)
 			}
@@ -247,8 +256,7 @@ func (s *Store) verifyLog(ctx context.Context, tx *bolt.Tx, lb *bolt.Bucket, id 
 	if !validLogID(id) {
 		return nil, &receipts.BatchError{Defect: receipts.DefectMalformed, LogID: id, Reason: "log id is not " + receipts.LogIDPrefix + " followed by 64 hex digits"}
 	}
-	var h receipts.ChainHead
-	var keys []string
+	var h head // rebuilt batch by batch, as ingesting them afresh would
 	lr := &LogReport{}
 	cps := lb.Bucket(bktCheckpoints)
 	var n uint64
@@ -265,25 +273,25 @@ func (s *Store) verifyLog(ctx context.Context, tx *bolt.Tx, lb *bolt.Bucket, id 
 		if err != nil {
 			return nil, fmt.Errorf("verify log %s: %w", id, err)
 		}
-		b := receipts.SealedBatch{LogID: id, KernelKey: cp.Body.KernelKey, Checkpoint: v}
+		b := receipts.SealedBatch{LogID: id, KernelKey: cp.Body.KernelKey, Checkpoint: v,
+			Rotations: receipts.RotationsAt(stored.Rotations, cp.Body.BatchStartSeq)}
 		for _, r := range batch {
 			b.Receipts = append(b.Receipts, r)
 		}
-		if _, h, err = receipts.VerifyBatch(h, &b, nil); err != nil {
+		_, next, err := receipts.VerifyBatch(h.ChainHead, &b, nil)
+		if err != nil {
 			return nil, err
-		}
-		if n == 1 {
-			if want, _ := receipts.LogIDOf(cp.Body.KernelKey); want != id || stored.KernelKey != cp.Body.KernelKey {
-				return nil, &receipts.BatchError{Defect: receipts.DefectUntrustedKey, LogID: id, CheckpointSeq: 1,
-					Reason: fmt.Sprintf("first checkpoint signed by %s, whose log id is %s", cp.Body.KernelKey, want)}
-			}
 		}
 		if len(s.trusted) > 0 && !s.trusted[cp.Body.KernelKey] {
 			return nil, &receipts.BatchError{Defect: receipts.DefectUntrustedKey, LogID: id, CheckpointSeq: n,
 				Reason: fmt.Sprintf("kernel key %s is not a trusted node key", cp.Body.KernelKey)}
 		}
-		if !slices.Contains(keys, cp.Body.KernelKey) {
-			keys = append(keys, cp.Body.KernelKey)
+		if err := s.acceptKey(&h, &b, n); err != nil {
+			return nil, err
+		}
+		h.ChainHead = next
+		if !slices.Contains(h.Keys, cp.Body.KernelKey) {
+			h.Keys = append(h.Keys, cp.Body.KernelKey)
 		}
 		if e := lb.Bucket(bktByEnd).Get(u64key(cp.Body.BatchEndSeq)); len(e) != 8 || binary.BigEndian.Uint64(e) != n {
 			return nil, fmt.Errorf("verify log %s: end index does not name checkpoint %d at seq %d: %w", id, n, cp.Body.BatchEndSeq, receipts.ErrCorrupt)
@@ -301,9 +309,13 @@ func (s *Store) verifyLog(ctx context.Context, tx *bolt.Tx, lb *bolt.Bucket, id 
 		}
 		lr.Verified += uint64(len(batch))
 	}
-	if h != stored.ChainHead || !slices.Equal(keys, stored.Keys) {
+	if h.ChainHead != stored.ChainHead || !slices.Equal(h.Keys, stored.Keys) || h.KernelKey != stored.KernelKey {
 		return nil, fmt.Errorf("verify log %s: stored head (checkpoint %d, seq %d) does not match the checkpoints (checkpoint %d, seq %d): %w",
 			id, stored.CheckpointSeq, stored.LastSeq, h.CheckpointSeq, h.LastSeq, receipts.ErrTampered)
+	}
+	if h.signer() != stored.signer() || len(h.Rotations) != len(stored.Rotations) {
+		return nil, fmt.Errorf("verify log %s: stored head names signing key %s after %d key rotations; the checkpoints give %s after %d: %w",
+			id, stored.signer(), len(stored.Rotations), h.signer(), len(h.Rotations), receipts.ErrTampered)
 	}
 	if got := uint64(lb.Bucket(bktReceipts).Stats().KeyN); got != h.LastSeq {
 		return nil, fmt.Errorf("verify log %s: %d receipts stored, checkpoints seal %d: %w", id, got, h.LastSeq, receipts.ErrTampered)
@@ -311,6 +323,6 @@ func (s *Store) verifyLog(ctx context.Context, tx *bolt.Tx, lb *bolt.Bucket, id 
 	if got := uint64(lb.Bucket(bktByEnd).Stats().KeyN); got != n {
 		return nil, fmt.Errorf("verify log %s: end index has %d entries for %d checkpoints: %w", id, got, n, receipts.ErrCorrupt)
 	}
-	lr.LogInfo = LogInfo{LogID: id, KernelKey: stored.KernelKey, Keys: keys, Checkpoints: n, LastSeq: h.LastSeq, BodySHA256: h.BodySHA256}
+	lr.LogInfo = LogInfo{LogID: id, KernelKey: stored.KernelKey, Keys: h.Keys, SigningKey: h.SigningKey, Checkpoints: n, LastSeq: h.LastSeq, BodySHA256: h.BodySHA256}
 	return lr, nil
 }

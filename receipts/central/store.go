@@ -81,6 +81,11 @@ type head struct {
 	// derives; Keys every key that signed a stored checkpoint.
 	KernelKey string   `json:"kernel_key"`
 	Keys      []string `json:"keys"`
+	// SigningKey is the key that signs the log now, when a key rotation
+	// made it another than KernelKey; Rotations the statements that did,
+	// oldest first (rotation.go).
+	SigningKey string            `json:"signing_key,omitempty"`
+	Rotations  []json.RawMessage `json:"rotations,omitempty"`
 }
 
 // Result says what Ingest did with a batch.
@@ -364,18 +369,8 @@ func (s *Store) ingest(tx *bolt.Tx, b *receipts.SealedBatch) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	if h.CheckpointSeq == 0 {
-		id, err := receipts.LogIDOf(b.KernelKey)
-		if err != nil || id != b.LogID {
-			return res, bad(receipts.DefectUntrustedKey, cp.Body.CheckpointSeq, "log id %s does not belong to key %s (its log id is %s)", b.LogID, b.KernelKey, id)
-		}
-		h.KernelKey = b.KernelKey
-	} else if !slices.Contains(h.Keys, b.KernelKey) {
-		// Another trusted node could otherwise continue this log's chain
-		// (its head is no secret) with receipts of its own. A batch carries
-		// no evidence of a key rotation, so the witness accepts none.
-		return res, bad(receipts.DefectUntrustedKey, cp.Body.CheckpointSeq, "log %s is signed by %s; key %s signs none of its checkpoints (a key rotation is not accepted by a central store)",
-			b.LogID, strings.Join(h.Keys, ", "), b.KernelKey)
+	if err := s.acceptKey(&h, b, cp.Body.CheckpointSeq); err != nil {
+		return res, err
 	}
 	if lb == nil {
 		if lb, err = createLog(tx, b.LogID); err != nil {

@@ -397,7 +397,7 @@ func TestTrustedNodeCannotContinueAnotherLog(t *testing.T) {
 	// history: build a's checkpoint 2 as a continuation of b's chain.
 	forged := hijack(t, ka, victim[0])
 	forged.LogID = victim[0].LogID
-	rejected(t, s, forged, receipts.DefectUntrustedKey, "signs none of its checkpoints")
+	rejected(t, s, forged, receipts.DefectUntrustedKey, "does not sign it")
 	if logs, _ := s.Logs(); len(logs) != 1 || logs[0].LastSeq != 10 {
 		t.Fatalf("logs after the hijack attempt: %+v", logs)
 	}

@@ -375,6 +375,17 @@ func (s *Shipper) encode(b receipts.SealedBatch) []byte {
 	}
 	buf = append(buf, `],"checkpoint":`...)
 	buf = append(buf, b.Checkpoint...)
+	// Only the first batch signed by a rotated key has statements.
+	if len(b.Rotations) > 0 {
+		buf = append(buf, `,"rotations":[`...)
+		for i, r := range b.Rotations {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = append(buf, r...)
+		}
+		buf = append(buf, ']')
+	}
 	return append(buf, '}')
 }
 
