@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -160,6 +161,35 @@ func streamBatches(t testing.TB, c *natscluster.Cluster, stream string) ([]recei
 func checkStream(t testing.TB, c *natscluster.Cluster, stream string, l *receipts.Log) int {
 	t.Helper()
 	got, ids := streamBatches(t, c, stream)
+	return checkBatches(t, got, ids, l)
+}
+
+// checkStreamAnyOrder is checkStream for a stream that may hold a batch
+// after its successor (publishes in flight when a server failed, re-sent):
+// every checkpoint once, whatever the order.
+func checkStreamAnyOrder(t testing.TB, c *natscluster.Cluster, stream string, l *receipts.Log) int {
+	t.Helper()
+	got, ids := streamBatches(t, c, stream)
+	idx := make([]int, len(got))
+	seqs := make([]uint64, len(got))
+	for i, b := range got {
+		idx[i] = i
+		cp, err := receipts.ParseCheckpoint(b.Checkpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs[i] = cp.Body.CheckpointSeq
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return seqs[idx[a]] < seqs[idx[b]] })
+	sorted, sortedIDs := make([]receipts.SealedBatch, len(got)), make([]string, len(got))
+	for i, j := range idx {
+		sorted[i], sortedIDs[i] = got[j], ids[j]
+	}
+	return checkBatches(t, sorted, sortedIDs, l)
+}
+
+func checkBatches(t testing.TB, got []receipts.SealedBatch, ids []string, l *receipts.Log) int {
+	t.Helper()
 	last, sealed, err := l.SealedCheckpoints()
 	if err != nil {
 		t.Fatal(err)
@@ -246,4 +276,23 @@ func readStateFile(t testing.TB, path string) uint64 {
 		t.Fatal(err)
 	}
 	return st.AckedCheckpint
+}
+
+// streamInversions counts the stream's batches stored after a successor
+// (a batch N+1 before N).
+func streamInversions(t testing.TB, c *natscluster.Cluster, stream string) int {
+	t.Helper()
+	got, _ := streamBatches(t, c, stream)
+	n, top := 0, uint64(0)
+	for _, b := range got {
+		cp, err := receipts.ParseCheckpoint(b.Checkpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cp.Body.CheckpointSeq < top {
+			n++
+		}
+		top = max(top, cp.Body.CheckpointSeq)
+	}
+	return n
 }

@@ -202,7 +202,10 @@ func TestShipResendAndLostState(t *testing.T) {
 	}
 	// Re-send checkpoint 3, as after an ack lost on the way back.
 	err = l.SealedBatches(ctx, 2, func(b receipts.SealedBatch) error {
-		_, _, err := s.publish(ctx, b)
+		f, err := s.publish(b, nil)
+		if err == nil && f.wait(ctx, true) {
+			err = f.err
+		}
 		return errStop{err}
 	})
 	if e, ok := err.(errStop); !ok || e.err != nil {
