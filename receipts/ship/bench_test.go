@@ -20,14 +20,17 @@ import (
 // log's backlog into an R3 stream, and the shipper keeping up while the log
 // is appended to at full speed. Reported as receipts/s and the ratio
 // shipping/append. every is the log's checkpoint_every: the receipts per
-// published batch.
+// published batch; window the batches in flight (1: one at a time, as the
+// shipper was before it pipelined).
 func BenchmarkShipThroughput(b *testing.B) {
-	for _, every := range []int{100, 1000} {
-		b.Run(fmt.Sprintf("checkpoint_every=%d", every), func(b *testing.B) { benchShipThroughput(b, every) })
+	for _, tc := range []struct{ every, window int }{{100, DefaultWindow}, {100, 1}, {1000, DefaultWindow}} {
+		b.Run(fmt.Sprintf("checkpoint_every=%d/window=%d", tc.every, tc.window), func(b *testing.B) {
+			benchShipThroughput(b, tc.every, tc.window)
+		})
 	}
 }
 
-func benchShipThroughput(b *testing.B, every int) {
+func benchShipThroughput(b *testing.B, every, window int) {
 	c := natscluster.Start(b)
 	count := 20000 * b.N
 	key := testKey(b.Name())
@@ -43,6 +46,7 @@ func benchShipThroughput(b *testing.B, every int) {
 	sealAll(b, l)
 	// 2. Draining that backlog.
 	o := clusterOptions(c)
+	o.Window = window
 	start := time.Now()
 	s := startShipper(b, l, o)
 	waitShipped(b, l, s, 10*time.Minute)

@@ -3,7 +3,9 @@ package ship_test
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -219,4 +221,107 @@ func TestShipHoleCollected(t *testing.T) {
 	if st := col.Stats(); st.Batches != 8 || st.Rejected != 0 {
 		t.Fatalf("collector: %+v", st)
 	}
+}
+
+// BenchmarkShipCollectLag paces appends at 10,000 signed receipts/s for a
+// few seconds (one writer, open loop, checkpoint_every 100) with a shipper
+// and a real collector (receipts/collect, into a central store) reading
+// the same three-server cluster, and reports, in the same run, each
+// receipt's lag from its Append returning to (a) the stream acknowledging
+// its batch and (b) its batch being stored in the central store (the
+// store's head polled every millisecond).
+func BenchmarkShipCollectLag(b *testing.B) {
+	c := natscluster.Start(b)
+	key := ship.TestKey(b.Name())
+	l := ship.OpenLog(b, ship.TempLog(b), key, 100)
+	defer l.Close()
+	const rate = 10000
+	total := 3 * rate * b.N
+	appended := make([]int64, total+1) // seq → unix ns
+	var mu sync.Mutex
+	var ackLags, storeLags []time.Duration
+	lagsUpTo := func(lags *[]time.Duration, from, to uint64, now int64) {
+		for seq := from + 1; seq <= to && seq <= uint64(total); seq++ {
+			if at := atomic.LoadInt64(&appended[seq]); at > 0 {
+				*lags = append(*lags, time.Duration(now-at))
+			}
+		}
+	}
+	prevAck := uint64(0)
+	o := ship.ClusterOptions(c)
+	o.OnAck = func(_, endSeq uint64) {
+		now := time.Now().UnixNano()
+		mu.Lock()
+		lagsUpTo(&ackLags, prevAck, endSeq, now)
+		prevAck = endSeq
+		mu.Unlock()
+	}
+	id, _ := l.LogID()
+	s := startShipper(b, l, o)
+	_, store := collectorFor(b, c, o, l.KernelKey())
+	stop := make(chan struct{})
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		prev := uint64(0)
+		for {
+			logs, err := store.Logs()
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			now := time.Now().UnixNano()
+			for _, li := range logs {
+				if li.LogID == id && li.LastSeq > prev {
+					lagsUpTo(&storeLags, prev, li.LastSeq, now)
+					prev = li.LastSeq
+				}
+			}
+			if prev >= uint64(total) {
+				return
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	ship.Pace(b, l, key, total, rate, appended)
+	ship.SealAll(b, l)
+	ship.WaitShipped(b, l, s, 5*time.Minute)
+	select {
+	case <-polled:
+	case <-time.After(5 * time.Minute):
+		close(stop)
+		<-polled
+		b.Fatalf("the collector stored %d of %d receipts in 5 minutes", len(storeLags), total)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ackLags) != total || len(storeLags) != total {
+		b.Fatalf("measured %d ack lags and %d store lags of %d receipts", len(ackLags), len(storeLags), total)
+	}
+	for _, m := range []struct {
+		name string
+		lags []time.Duration
+	}{{"ack", ackLags}, {"stored", storeLags}} {
+		slices.Sort(m.lags)
+		b.ReportMetric(float64(m.lags[len(m.lags)/2].Microseconds())/1000, m.name+"_p50_ms")
+		b.ReportMetric(float64(m.lags[len(m.lags)*99/100].Microseconds())/1000, m.name+"_p99_ms")
+		b.ReportMetric(float64(m.lags[len(m.lags)-1].Microseconds())/1000, m.name+"_max_ms")
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+// startShipper runs a shipper for l until tb ends.
+func startShipper(tb testing.TB, l *receipts.Log, o ship.Options) *ship.Shipper {
+	tb.Helper()
+	s, err := ship.New(l, o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.Start()
+	tb.Cleanup(func() { s.Stop(time.Second) })
+	return s
 }

@@ -15,4 +15,5 @@ var (
 	CheckStreamAnyOrder = checkStreamAnyOrder
 	StreamInversions    = streamInversions
 	PublishHole         = publishHole
+	Pace                = pace
 )

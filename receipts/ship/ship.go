@@ -324,27 +324,33 @@ type flight struct {
 	done          bool
 }
 
-// wait waits for f's ack (or, block false, looks whether it came).
+// wait waits for f's ack (or, block false, looks whether it came); false
+// when it has not come (or ctx ended first).
 func (f *flight) wait(ctx context.Context, block bool) bool {
 	if f.done {
 		return true
 	}
-	var ctxDone <-chan struct{}
+	var ack *jetstream.PubAck
+	var err error
 	if block {
-		ctxDone = ctx.Done()
-	}
-	select {
-	case ack := <-f.paf.Ok():
-		f.streamSeq = ack.Sequence
-	case err := <-f.paf.Err():
-		f.err = fmt.Errorf("ship checkpoint %d: %w", f.cpSeq, err)
-	case <-ctxDone:
-		return false
-	default:
-		if !block {
+		select {
+		case ack = <-f.paf.Ok():
+		case err = <-f.paf.Err():
+		case <-ctx.Done():
 			return false
 		}
-		return f.wait(ctx, true)
+	} else {
+		select {
+		case ack = <-f.paf.Ok():
+		case err = <-f.paf.Err():
+		default:
+			return false
+		}
+	}
+	if err != nil {
+		f.err = fmt.Errorf("ship checkpoint %d: %w", f.cpSeq, err)
+	} else {
+		f.streamSeq = ack.Sequence
 	}
 	f.done = true
 	return true
