@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -17,21 +16,15 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	natscluster.StopShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(natscluster.Main(m)) }
 
 // testKey derives a signing key from name (each test its own log id).
-func testKey(name string) ed25519.PrivateKey {
-	seed := sha256.Sum256([]byte("ship test " + name))
-	return ed25519.NewKeyFromSeed(seed[:])
-}
+var testKey = testutil.Key
 
 // openLog opens a log at path signed by key, sealing every `every`
 // receipts.

@@ -101,8 +101,9 @@ var (
 
 // Shared is one cluster for the whole test binary, started by its first
 // caller; tests using it must not stop its servers, and must use subjects
-// and streams of their own. The test binary's TestMain calls StopShared
-// after m.Run (a server also dies with the test binary: Pdeathsig).
+// and streams of their own. The test binary's TestMain is
+// os.Exit(natscluster.Main(m)), which stops it after the tests (a server
+// also dies with the test binary: Pdeathsig).
 func Shared(t testing.TB) *Cluster {
 	t.Helper()
 	bin := Binary(t)
@@ -120,9 +121,17 @@ func Shared(t testing.TB) *Cluster {
 	return shared
 }
 
-// StopShared stops the shared cluster, if one was started, and removes its
-// stores.
-func StopShared() {
+// Main runs the test binary's tests, then stops the shared cluster, if one
+// was started, and removes its stores; it returns the exit code:
+//
+//	func TestMain(m *testing.M) { os.Exit(natscluster.Main(m)) }
+func Main(m *testing.M) int {
+	code := m.Run()
+	stopShared()
+	return code
+}
+
+func stopShared() {
 	if shared != nil {
 		shared.StopAll()
 		os.RemoveAll(shared.dir)
