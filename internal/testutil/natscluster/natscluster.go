@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -426,3 +427,38 @@ func startOnSpawner(cmd *exec.Cmd) error {
 	spawnReqs <- spawnReq{cmd: cmd, done: done}
 	return <-done
 }
+
+// CPUTime is the CPU time (user and system) the running servers have used
+// so far, read from /proc, for benchmarks that say where the time goes.
+func (c *Cluster) CPUTime() (time.Duration, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var total time.Duration
+	for _, cmd := range c.procs {
+		if cmd == nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+		if err != nil {
+			return 0, fmt.Errorf("read nats-server cpu time: %w", err)
+		}
+		// Fields after the command's closing parenthesis: utime and
+		// stime are the 12th and 13th (fields 14 and 15 of stat(5)).
+		rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
+		f := strings.Fields(rest)
+		if len(f) < 13 {
+			return 0, fmt.Errorf("read nats-server cpu time: short /proc stat %q", rest)
+		}
+		for _, v := range f[11:13] {
+			ticks, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("read nats-server cpu time: %w", err)
+			}
+			total += time.Duration(ticks) * time.Second / clockTicks
+		}
+	}
+	return total, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc's CPU times: 100 on Linux.
+const clockTicks = 100
