@@ -147,6 +147,10 @@ func TestShipRefusesBadSink(t *testing.T) {
 		{"password in URL", func(o *Options) { o.Servers = []string{"nats://u:secret@127.0.0.1:4222"} }, "credentials in the URL are refused"},
 		{"path", func(o *Options) { o.Servers = []string{"nats://127.0.0.1:4222/x"} }, "want only scheme://host:port"},
 		{"no servers", func(o *Options) { o.Servers = nil }, "none given"},
+		{"negative window", func(o *Options) { o.Window = -1 }, "window -1"},
+		{"dedup window inside the retry horizon", func(o *Options) {
+			o.Duplicates, o.AckTimeout = 5*time.Second, 5*time.Second
+		}, "dedup window 5s is shorter than the ack timeout 5s plus"},
 		{"wrong token", func(o *Options) {
 			o.Credentials = Credentials{TokenFile: write("token", "not-the-token\n")}
 		}, "refuse the credentials"},
