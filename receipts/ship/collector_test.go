@@ -121,9 +121,7 @@ func checkCentral(t testing.TB, store *central.Store, l *receipts.Log) {
 // nothing kept aside as a gap.
 func TestShipLeaderKilledFullWindow(t *testing.T) {
 	c := natscluster.Start(t)
-	key := ship.TestKey(t.Name())
-	l := ship.OpenLog(t, ship.TempLog(t), key, 20)
-	defer l.Close()
+	l, key := ship.LogFor(t, 20)
 	o := ship.ClusterOptions(c)
 	o.AckTimeout = 2 * time.Second
 	o.Window = 16
@@ -189,9 +187,7 @@ func TestShipLeaderKilledFullWindow(t *testing.T) {
 // batch once, in order, nothing kept aside.
 func TestShipHoleCollected(t *testing.T) {
 	c := natscluster.Shared(t)
-	key := ship.TestKey(t.Name())
-	l := ship.OpenLog(t, ship.TempLog(t), key, 10)
-	defer l.Close()
+	l, key := ship.LogFor(t, 10)
 	o := ship.ClusterOptions(c)
 	ship.AppendN(t, l, key, 0, 50)
 	ship.SealAll(t, l)
@@ -240,9 +236,7 @@ func BenchmarkShipCollectLag(b *testing.B) {
 
 func benchCollectLag(b *testing.B, rate int) {
 	c := natscluster.Start(b)
-	key := ship.TestKey(b.Name())
-	l := ship.OpenLog(b, ship.TempLog(b), key, 100)
-	defer l.Close()
+	l, key := ship.LogFor(b, 100)
 	total := 3 * rate * b.N
 	appended := make([]int64, total+1) // seq → unix ns
 	var mu sync.Mutex

@@ -4,9 +4,7 @@ package ship
 // real collector: receipts/collect imports this package, so they cannot be
 // in it.
 var (
-	TestKey             = testKey
-	OpenLog             = openLog
-	TempLog             = tempLog
+	LogFor              = logFor
 	AppendN             = appendN
 	SealAll             = sealAll
 	ClusterOptions      = clusterOptions
