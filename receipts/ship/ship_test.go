@@ -71,7 +71,10 @@ func TestShipOneServerKilled(t *testing.T) {
 	if err := c.WaitReady(); err != nil {
 		t.Fatal(err)
 	}
-	if n := checkStream(t, c, o.Stream, l); n != 1000 {
+	// With a window in flight, a publish to the dead leader may fail
+	// while a later one lands on the new leader: the stream may hold a
+	// batch after its successor, never without it, never twice.
+	if n := checkStreamAnyOrder(t, c, o.Stream, l); n != 1000 {
 		t.Fatalf("stream holds %d receipts, want 1000", n)
 	}
 }
@@ -118,7 +121,9 @@ func TestShipOutageBacklog(t *testing.T) {
 	if st.LagReceipts != 0 || st.BacklogExceeded {
 		t.Fatalf("status after the outage: %+v", st)
 	}
-	if n := checkStream(t, c, o.Stream, l); n != 1000 {
+	// Publishes while the returning servers elect a leader may land out
+	// of order (see TestShipOneServerKilled).
+	if n := checkStreamAnyOrder(t, c, o.Stream, l); n != 1000 {
 		t.Fatalf("stream holds %d receipts, want 1000", n)
 	}
 }
