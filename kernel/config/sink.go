@@ -20,6 +20,9 @@ type NATS struct {
 	// its alarm (status error, metric); decisions go on and every receipt
 	// stays in the local log. Default 1000000.
 	MaxBacklog uint64 `yaml:"max_backlog"`
+	// Window is the most batches in flight (published, ack awaited).
+	// Default 16; 1 ships one batch at a time.
+	Window int `yaml:"window"`
 	// At most one credential, each from a file or from the environment
 	// variable named: a token, an NKey user seed, or a .creds file (user
 	// JWT and seed). Default none.
@@ -125,5 +128,5 @@ func (c *Common) ShipOptions() (o ship.Options, ok bool) {
 		n = &NATS{}
 	}
 	return ship.Options{Servers: c.ShipServers, Credentials: n.Credentials(), CAFile: n.CAFile,
-		Stream: n.Stream, Replicas: n.Replicas, MaxBacklog: n.MaxBacklog}, true
+		Stream: n.Stream, Replicas: n.Replicas, MaxBacklog: n.MaxBacklog, Window: n.Window}, true
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -17,22 +16,17 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/backbay-labs/chio-agent/receipts/central"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	natscluster.StopShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(natscluster.Main(m)) }
 
-func testKey(name string) ed25519.PrivateKey {
-	seed := sha256.Sum256([]byte("collect test " + name))
-	return ed25519.NewKeyFromSeed(seed[:])
-}
+// testKey derives a signing key from name (each test its own log id).
+var testKey = testutil.Key
 
 // openLog opens a fresh log signed by key sealing every `every` receipts,
 // holding n synthetic receipts, all sealed; closed when t ends.

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,14 +21,17 @@ import (
 // log's backlog into an R3 stream, and the shipper keeping up while the log
 // is appended to at full speed. Reported as receipts/s and the ratio
 // shipping/append. every is the log's checkpoint_every: the receipts per
-// published batch.
+// published batch; window the batches in flight (1: one at a time, as the
+// shipper was before it pipelined).
 func BenchmarkShipThroughput(b *testing.B) {
-	for _, every := range []int{100, 1000} {
-		b.Run(fmt.Sprintf("checkpoint_every=%d", every), func(b *testing.B) { benchShipThroughput(b, every) })
+	for _, tc := range []struct{ every, window int }{{100, DefaultWindow}, {100, 1}, {1000, DefaultWindow}} {
+		b.Run(fmt.Sprintf("checkpoint_every=%d/window=%d", tc.every, tc.window), func(b *testing.B) {
+			benchShipThroughput(b, tc.every, tc.window)
+		})
 	}
 }
 
-func benchShipThroughput(b *testing.B, every int) {
+func benchShipThroughput(b *testing.B, every, window int) {
 	c := natscluster.Start(b)
 	count := 20000 * b.N
 	key := testKey(b.Name())
@@ -36,17 +40,27 @@ func benchShipThroughput(b *testing.B, every int) {
 	ctx := context.Background()
 
 	// 1. The log alone.
+	selfCPU0 := selfCPU(b)
 	res, err := receipts.Bench(ctx, l, receipts.BenchOptions{Count: count, Writers: 16})
 	if err != nil {
 		b.Fatal(err)
 	}
 	sealAll(b, l)
-	// 2. Draining that backlog.
+	appendCPU := selfCPU(b) - selfCPU0
+	// 2. Draining that backlog; the CPU time of this process (the shipper)
+	// and of the three servers.
 	o := clusterOptions(c)
+	o.Window = window
+	selfCPU0, serversCPU0 := selfCPU(b), serversCPU(b, c)
 	start := time.Now()
 	s := startShipper(b, l, o)
 	waitShipped(b, l, s, 10*time.Minute)
 	drain := float64(l.LastSeq()) / time.Since(start).Seconds()
+	shipCPU, srvCPU := selfCPU(b)-selfCPU0, serversCPU(b, c)-serversCPU0
+	perK := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / (float64(count) / 1000) }
+	b.ReportMetric(perK(appendCPU), "append_cpu_ms/1k")
+	b.ReportMetric(perK(shipCPU), "ship_cpu_ms/1k")
+	b.ReportMetric(perK(srvCPU), "servers_cpu_ms/1k")
 	// 3. Appending and shipping at once: from the first append to the
 	// last receipt acknowledged by the stream.
 	first := l.LastSeq()
@@ -67,12 +81,36 @@ func benchShipThroughput(b *testing.B, every int) {
 	b.ReportMetric(0, "ns/op")
 }
 
+// selfCPU is this process's CPU time (user and system) so far.
+func selfCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func serversCPU(b *testing.B, c *natscluster.Cluster) time.Duration {
+	d, err := c.CPUTime()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return d
+}
+
 // BenchmarkShipLag paces appends at 10,000 signed receipts/s for a few
 // seconds (one writer, open loop) with a shipper running, and reports the
 // end-to-end lag of each receipt: from its Append returning to the stream
 // acknowledging the batch that holds it (checkpointing every 100 receipts,
-// the poll, one publish to the R3 stream).
+// the poll, one publish to the R3 stream), with the default window and
+// with one batch at a time.
 func BenchmarkShipLag(b *testing.B) {
+	for _, window := range []int{DefaultWindow, 1} {
+		b.Run(fmt.Sprintf("window=%d", window), func(b *testing.B) { benchShipLag(b, window) })
+	}
+}
+
+func benchShipLag(b *testing.B, window int) {
 	c := natscluster.Start(b)
 	key := testKey(b.Name())
 	l := openLog(b, tempLog(b), key, 100)
@@ -84,6 +122,7 @@ func BenchmarkShipLag(b *testing.B) {
 	var mu sync.Mutex
 	prevEnd := uint64(0)
 	o := clusterOptions(c)
+	o.Window = window
 	o.OnAck = func(_, endSeq uint64) {
 		now := time.Now().UnixNano()
 		mu.Lock()

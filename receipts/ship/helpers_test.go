@@ -4,33 +4,27 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	natscluster.StopShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(natscluster.Main(m)) }
 
 // testKey derives a signing key from name (each test its own log id).
-func testKey(name string) ed25519.PrivateKey {
-	seed := sha256.Sum256([]byte("ship test " + name))
-	return ed25519.NewKeyFromSeed(seed[:])
-}
+var testKey = testutil.Key
 
 // openLog opens a log at path signed by key, sealing every `every`
 // receipts.
@@ -160,6 +154,35 @@ func streamBatches(t testing.TB, c *natscluster.Cluster, stream string) ([]recei
 func checkStream(t testing.TB, c *natscluster.Cluster, stream string, l *receipts.Log) int {
 	t.Helper()
 	got, ids := streamBatches(t, c, stream)
+	return checkBatches(t, got, ids, l)
+}
+
+// checkStreamAnyOrder is checkStream for a stream that may hold a batch
+// after its successor (publishes in flight when a server failed, re-sent):
+// every checkpoint once, whatever the order.
+func checkStreamAnyOrder(t testing.TB, c *natscluster.Cluster, stream string, l *receipts.Log) int {
+	t.Helper()
+	got, ids := streamBatches(t, c, stream)
+	idx := make([]int, len(got))
+	seqs := make([]uint64, len(got))
+	for i, b := range got {
+		idx[i] = i
+		cp, err := receipts.ParseCheckpoint(b.Checkpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs[i] = cp.Body.CheckpointSeq
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return seqs[idx[a]] < seqs[idx[b]] })
+	sorted, sortedIDs := make([]receipts.SealedBatch, len(got)), make([]string, len(got))
+	for i, j := range idx {
+		sorted[i], sortedIDs[i] = got[j], ids[j]
+	}
+	return checkBatches(t, sorted, sortedIDs, l)
+}
+
+func checkBatches(t testing.TB, got []receipts.SealedBatch, ids []string, l *receipts.Log) int {
+	t.Helper()
 	last, sealed, err := l.SealedCheckpoints()
 	if err != nil {
 		t.Fatal(err)
@@ -246,4 +269,23 @@ func readStateFile(t testing.TB, path string) uint64 {
 		t.Fatal(err)
 	}
 	return st.AckedCheckpint
+}
+
+// streamInversions counts the stream's batches stored after a successor
+// (a batch N+1 before N).
+func streamInversions(t testing.TB, c *natscluster.Cluster, stream string) int {
+	t.Helper()
+	got, _ := streamBatches(t, c, stream)
+	n, top := 0, uint64(0)
+	for _, b := range got {
+		cp, err := receipts.ParseCheckpoint(b.Checkpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cp.Body.CheckpointSeq < top {
+			n++
+		}
+		top = max(top, cp.Body.CheckpointSeq)
+	}
+	return n
 }

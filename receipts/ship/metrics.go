@@ -30,6 +30,8 @@ func (s *Shipper) Collectors() []prometheus.Collector {
 			Help: "Sealed batches the NATS stream acknowledged since start."}, func() float64 { return float64(s.Status().Batches) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "chio_receipts_ship_errors_total",
 			Help: "Failed publishes and connection errors since start."}, func() float64 { return float64(s.Status().Errors) }),
+		g("chio_receipts_ship_in_flight", "Batches published to the NATS stream and awaiting their acks (at most receipts.nats.window).",
+			func(st Status) float64 { return float64(st.InFlight) }),
 		g("chio_receipts_ship_connected", "1 while connected to a NATS server.",
 			func(st Status) float64 { return b(st.Connected) }),
 		g("chio_receipts_ship_backlog_exceeded", "1 while the unshipped backlog exceeds receipts.nats.max_backlog (decisions go on; everything stays local).",

@@ -5,12 +5,15 @@
 // checkpoints the log seals, in order, and publishes each as one message
 // (receipts.SealedBatch JSON) on subject "chio.receipts.<log id>" of stream
 // CHIO_RECEIPTS, with Nats-Msg-Id "<log id>:<checkpoint seq>" so that a
-// re-send is dropped by the stream. It waits for each publish ack before the
-// next batch, so the stream holds every batch once and in order; it records
-// the last acknowledged checkpoint beside the log (PATH.shipped) and, on
-// every (re)connect, also asks the stream for the last batch it holds of
-// this log, resuming after the later of the two. An outage keeps the
-// backlog in the local log; it ships when the sink returns.
+// re-send is dropped by the stream. Up to Window batches are in flight (the
+// next published before the previous one's ack); the mark advances only
+// over batches acknowledged without a hole before them. A failed publish
+// stops the round: the outstanding acks are waited out, and the next round
+// reads what the stream holds of this log past the mark and publishes only
+// the batches missing. The mark is recorded beside the log (PATH.shipped)
+// and checked against the stream at every start and after every failure.
+// An outage keeps the backlog in the local log; it ships when the sink
+// returns.
 package ship
 
 import (
@@ -41,6 +44,9 @@ const (
 	DefaultMaxBacklog = 1_000_000
 	// DefaultPoll is how often the shipper looks for new checkpoints.
 	DefaultPoll = 20 * time.Millisecond
+	// DefaultWindow is the batches a shipper keeps in flight (published,
+	// ack awaited): at checkpoint_every 100 about 1.1 MB.
+	DefaultWindow = 16
 	// DefaultReplicas is the stream's replicas when the cluster has that
 	// many servers (fewer servers: one replica per server).
 	DefaultReplicas = 3
@@ -91,8 +97,16 @@ type Options struct {
 	MaxBacklog uint64
 	// Poll is how often new checkpoints are looked for. Default DefaultPoll.
 	Poll time.Duration
-	// AckTimeout bounds one publish's wait for its ack. Default 5s.
+	// AckTimeout bounds one publish's wait for its ack. Default 5s. The
+	// stream's dedup window (Duplicates) must exceed AckTimeout plus the
+	// longest backoff between rounds (2 s): a publish whose ack timed out
+	// may still land, and its re-send must be dropped.
 	AckTimeout time.Duration
+	// Window is the most batches published and awaiting their acks at
+	// once. Default DefaultWindow; 1 waits for each ack before the next
+	// publish (the stream then never holds a batch before its
+	// predecessor, see docs/receipt-log.md).
+	Window int
 	// StateFile records the last acknowledged checkpoint. Default the log's
 	// path + ".shipped".
 	StateFile string
@@ -100,9 +114,14 @@ type Options struct {
 	Lookup func(string) (string, bool)
 	// Logger receives outages and recoveries. Default: discarded.
 	Logger logrus.FieldLogger
-	// OnAck, when set, is called after each acknowledged batch with its
-	// checkpoint seq and last receipt seq (tests and benchmarks).
+	// OnAck, when set, is called after each acknowledged batch, in
+	// checkpoint order, with its checkpoint seq and last receipt seq
+	// (tests and benchmarks).
 	OnAck func(cpSeq, endSeq uint64)
+	// OnPublish, when set, is called after each batch is published with
+	// its checkpoint seq and the batches now in flight, it included
+	// (tests).
+	OnPublish func(cpSeq uint64, inFlight int)
 }
 
 func (o Options) withDefaults() Options {
@@ -123,6 +142,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.AckTimeout <= 0 {
 		o.AckTimeout = 5 * time.Second
+	}
+	if o.Window <= 0 {
+		o.Window = DefaultWindow
 	}
 	if o.Lookup == nil {
 		o.Lookup = os.LookupEnv

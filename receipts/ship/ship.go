@@ -46,7 +46,10 @@ type Shipper struct {
 
 	mu     sync.Mutex
 	st     Status
-	stream bool // the stream is known to exist
+	stream bool // the stream is known to exist and the mark checked against it
+	// markSeq is the stream sequence of the message carrying
+	// st.AckedCheckpoint (0: unknown), where a resume scan starts.
+	markSeq uint64
 }
 
 // Status is the shipper's state, for `chio-agent status` and metrics.
@@ -61,8 +64,13 @@ type Status struct {
 	// AckedSeq the last receipt it seals.
 	AckedCheckpoint uint64 `json:"acked_checkpoint_seq"`
 	AckedSeq        uint64 `json:"acked_seq"`
-	// Batches counts batches acknowledged since start.
+	// Batches counts batches acknowledged since start (or found already
+	// in the stream when resuming).
 	Batches uint64 `json:"batches_shipped"`
+	// InFlight is the batches published and not yet acknowledged, at most
+	// Window (Options.Window).
+	InFlight int `json:"in_flight"`
+	Window   int `json:"window"`
 	// LagReceipts are the receipts in the log not yet acknowledged
 	// (sealed or not); LagSeconds the age of the oldest unshipped
 	// checkpoint (0 when every checkpoint is shipped).
@@ -84,9 +92,16 @@ type Status struct {
 // credentials stop it with an error; servers that cannot be reached do not
 // (the shipper keeps trying in Run, the backlog staying local).
 func New(l *receipts.Log, opts Options) (*Shipper, error) {
+	if opts.Window < 0 {
+		return nil, fmt.Errorf("check shipping options: window %d: want 1 or more (0 for the default %d)", opts.Window, DefaultWindow)
+	}
 	o := opts.withDefaults()
 	if err := CheckServers(o.Servers); err != nil {
 		return nil, err
+	}
+	if o.Duplicates < o.AckTimeout+maxBackoff {
+		return nil, fmt.Errorf("check shipping options: dedup window %v is shorter than the ack timeout %v plus the %v retry backoff: a re-sent batch could be stored twice",
+			o.Duplicates, o.AckTimeout, maxBackoff)
 	}
 	auth, err := authOptions(o.Credentials, o.Lookup)
 	if err != nil {
@@ -100,8 +115,8 @@ func New(l *receipts.Log, opts Options) (*Shipper, error) {
 	if s.state == "" {
 		s.state = l.Path() + ".shipped"
 	}
-	s.st = Status{Servers: o.Servers, Stream: o.Stream, Subject: s.subject, MaxBacklog: o.MaxBacklog}
-	if s.st.AckedCheckpoint, err = readState(s.state, logID); err != nil {
+	s.st = Status{Servers: o.Servers, Stream: o.Stream, Subject: s.subject, MaxBacklog: o.MaxBacklog, Window: o.Window}
+	if s.st.AckedCheckpoint, s.markSeq, err = readState(s.state, logID); err != nil {
 		return nil, err
 	}
 	copts := append([]nats.Option{
@@ -132,7 +147,11 @@ func New(l *receipts.Log, opts Options) (*Shipper, error) {
 	default:
 		return nil, fmt.Errorf("connect receipt sink %s: %w", url, err)
 	}
-	js, err := jetstream.New(nc)
+	// The client's own ack timeout and pending bound; the shipper keeps
+	// at most Window in flight itself (the bound is slack for publishes a
+	// stopped run left outstanding).
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(o.AckTimeout),
+		jetstream.WithPublishAsyncMaxPending(4*o.Window))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("connect receipt sink %s: %w", url, err)
@@ -199,8 +218,9 @@ func (s *Shipper) fail(what string, err error) {
 }
 
 // Run ships until ctx ends, then returns nil: every sealed checkpoint after
-// the last acknowledged one, in order, one publish at a time, retrying a
-// failed publish (the same batch, the same Nats-Msg-Id) after a backoff.
+// the last acknowledged one, in order, up to Window publishes in flight; a
+// failed publish stops the round, and the next one (after a backoff)
+// resumes from the first batch the stream does not hold.
 func (s *Shipper) Run(ctx context.Context) error {
 	backoff := s.o.Poll
 	alarmed := false
@@ -224,7 +244,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 			s.fail("ship receipts", err)
 			s.o.Logger.WithError(err).Warn("receipt shipping failed; the backlog stays in the local log")
 			wait = backoff
-			backoff = min(backoff*2, 2*time.Second)
+			backoff = min(backoff*2, maxBackoff)
 		} else {
 			backoff = s.o.Poll
 		}
@@ -242,7 +262,11 @@ func (s *Shipper) Run(ctx context.Context) error {
 	}
 }
 
-// shipOnce ships everything sealed now.
+// maxBackoff bounds the wait between failed rounds.
+const maxBackoff = 2 * time.Second
+
+// shipOnce ships everything sealed now. After a failed round (and at the
+// first) it first checks the mark against the stream (resume).
 func (s *Shipper) shipOnce(ctx context.Context) error {
 	last, _, err := s.log.SealedCheckpoints()
 	if err != nil {
@@ -257,62 +281,32 @@ func (s *Shipper) shipOnce(ctx context.Context) error {
 	if !s.nc.IsConnected() {
 		return errors.New("not connected to any server")
 	}
+	var held map[uint64]uint64
 	if !known {
 		if err := s.ensureStream(ctx); err != nil {
 			return err
 		}
-		// What the stream holds of this log wins over the state file: a
-		// crash after the ack but before the file, or a lost file.
-		held, err := s.lastInStream(ctx)
-		if err != nil {
+		if held, err = s.resume(ctx); err != nil {
 			return err
 		}
 		s.mu.Lock()
 		s.stream = true
-		if held > s.st.AckedCheckpoint {
-			s.st.AckedCheckpoint = held
-		}
 		acked = s.st.AckedCheckpoint
 		s.mu.Unlock()
-		if acked > 0 {
-			if err := s.setAckedSeq(acked); err != nil {
-				return err
-			}
-		}
 	}
 	if last <= acked {
 		return nil
 	}
-	lastSave := time.Now()
-	err = s.log.SealedBatches(ctx, acked, func(b receipts.SealedBatch) error {
-		cpSeq, endSeq, err := s.publish(ctx, b)
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		s.st.AckedCheckpoint, s.st.AckedSeq = cpSeq, endSeq
-		s.st.Batches++
-		s.mu.Unlock()
-		if s.o.OnAck != nil {
-			s.o.OnAck(cpSeq, endSeq)
-		}
-		// The state file is a hint (the stream is asked on reconnect), so
-		// it is written a few times a second, not per batch.
-		if time.Since(lastSave) >= stateEvery {
-			lastSave = time.Now()
-			return writeState(s.state, s.logID, cpSeq)
-		}
-		return nil
-	})
+	err = s.pipeline(ctx, acked, held)
 	s.mu.Lock()
-	cp := s.st.AckedCheckpoint
+	cp, seq := s.st.AckedCheckpoint, s.markSeq
 	s.mu.Unlock()
-	if werr := writeState(s.state, s.logID, cp); err == nil {
+	if werr := writeState(s.state, s.logID, cp, seq); err == nil {
 		err = werr
 	}
 	if err != nil {
-		// Ask the stream again after an error: a publish may have landed
-		// without its ack reaching us.
+		// Check the mark against the stream again before the next round:
+		// publishes after the failed one may have landed.
 		s.mu.Lock()
 		s.stream = false
 		s.mu.Unlock()
@@ -320,37 +314,155 @@ func (s *Shipper) shipOnce(ctx context.Context) error {
 	return err
 }
 
-func (s *Shipper) setAckedSeq(cpSeq uint64) error {
-	cp, err := s.log.Checkpoint(cpSeq)
-	if err != nil {
-		return fmt.Errorf("resume shipping after checkpoint %d: %w", cpSeq, err)
-	}
-	s.mu.Lock()
-	s.st.AckedSeq = cp.Body.BatchEndSeq
-	s.mu.Unlock()
-	return nil
+// flight is one batch published (or found in the stream) and not yet
+// settled.
+type flight struct {
+	cpSeq, endSeq uint64
+	paf           jetstream.PubAckFuture // nil: the stream held it already
+	streamSeq     uint64                 // the stream's sequence once acknowledged
+	err           error
+	done          bool
 }
 
-// publish sends one batch and waits for its ack.
-func (s *Shipper) publish(ctx context.Context, b receipts.SealedBatch) (cpSeq, endSeq uint64, err error) {
+// wait waits for f's ack (or, block false, looks whether it came); false
+// when it has not come (or ctx ended first).
+func (f *flight) wait(ctx context.Context, block bool) bool {
+	if f.done {
+		return true
+	}
+	var ack *jetstream.PubAck
+	var err error
+	if block {
+		select {
+		case ack = <-f.paf.Ok():
+		case err = <-f.paf.Err():
+		case <-ctx.Done():
+			return false
+		}
+	} else {
+		select {
+		case ack = <-f.paf.Ok():
+		case err = <-f.paf.Err():
+		default:
+			return false
+		}
+	}
+	if err != nil {
+		f.err = fmt.Errorf("ship checkpoint %d: %w", f.cpSeq, err)
+	} else {
+		f.streamSeq = ack.Sequence
+	}
+	f.done = true
+	return true
+}
+
+// pipeline publishes every sealed batch after checkpoint after, in order,
+// with up to Window awaiting their acks, and advances the mark (status,
+// OnAck, state file) over the acknowledged batches in checkpoint order
+// only: the mark is always the highest contiguous acknowledged checkpoint.
+// held are batches past after that the stream already holds (by
+// checkpoint seq, their stream seq): they are not published again. On the
+// first failed publish or ack it stops publishing, waits out the acks still
+// outstanding (each comes or times out), and returns the error; the next
+// round resumes from the mark.
+func (s *Shipper) pipeline(ctx context.Context, after uint64, held map[uint64]uint64) error {
+	var q []*flight
+	lastSave := time.Now()
+	setInFlight := func() {
+		s.mu.Lock()
+		s.st.InFlight = len(q)
+		s.mu.Unlock()
+	}
+	// settle advances the mark over acknowledged batches at the head of
+	// q; block waits for the head's ack.
+	settle := func(block bool) error {
+		for len(q) > 0 && q[0].wait(ctx, block) {
+			f := q[0]
+			if f.err != nil {
+				return f.err
+			}
+			q = q[1:]
+			block = false
+			s.mu.Lock()
+			s.st.AckedCheckpoint, s.st.AckedSeq, s.markSeq = f.cpSeq, f.endSeq, f.streamSeq
+			s.st.Batches++
+			s.st.InFlight = len(q)
+			s.mu.Unlock()
+			if s.o.OnAck != nil {
+				s.o.OnAck(f.cpSeq, f.endSeq)
+			}
+			// The state file is a hint (the stream is asked on resume),
+			// so it is written a few times a second, not per batch.
+			if time.Since(lastSave) >= stateEvery {
+				lastSave = time.Now()
+				if err := writeState(s.state, s.logID, f.cpSeq, f.streamSeq); err != nil {
+					return err
+				}
+			}
+		}
+		return ctx.Err()
+	}
+	err := s.log.SealedBatches(ctx, after, func(b receipts.SealedBatch) error {
+		for len(q) >= s.o.Window {
+			if err := settle(true); err != nil {
+				return err
+			}
+		}
+		f, err := s.publish(b, held)
+		if err != nil {
+			return err
+		}
+		q = append(q, f)
+		setInFlight()
+		if s.o.OnPublish != nil && f.paf != nil {
+			s.o.OnPublish(f.cpSeq, len(q))
+		}
+		return settle(false)
+	})
+	for err == nil && len(q) > 0 {
+		err = settle(true)
+	}
+	if err != nil {
+		// Wait out what is still in flight, so that the next round's
+		// look at the stream sees every publish of this one landed or
+		// failed; each ack comes or times out (AckTimeout).
+		for _, f := range q {
+			if f.paf != nil && !f.wait(ctx, true) {
+				break
+			}
+		}
+		q = nil
+		setInFlight()
+	}
+	return err
+}
+
+// publish sends one batch without waiting for its ack, or, when held names
+// it, only notes where the stream holds it.
+func (s *Shipper) publish(b receipts.SealedBatch, held map[uint64]uint64) (*flight, error) {
 	var cp receipts.Checkpoint
 	if err := json.Unmarshal(b.Checkpoint, &cp); err != nil {
-		return 0, 0, fmt.Errorf("ship batch: parse checkpoint: %w", err)
+		return nil, fmt.Errorf("ship batch: parse checkpoint: %w", err)
+	}
+	f := &flight{cpSeq: cp.Body.CheckpointSeq, endSeq: cp.Body.BatchEndSeq}
+	if seq, ok := held[f.cpSeq]; ok {
+		f.streamSeq, f.done = seq, true
+		return f, nil
 	}
 	msg := &nats.Msg{Subject: s.subject, Data: s.encode(b), Header: nats.Header{}}
 	if max := s.nc.MaxPayload(); max > 0 && int64(len(msg.Data)) > max {
-		return 0, 0, fmt.Errorf("ship checkpoint %d: its batch is %d bytes, more than the servers' max_payload %d: lower receipts.checkpoint_every or raise max_payload",
-			cp.Body.CheckpointSeq, len(msg.Data), max)
+		return nil, fmt.Errorf("ship checkpoint %d: its batch is %d bytes, more than the servers' max_payload %d: lower receipts.checkpoint_every or raise max_payload",
+			f.cpSeq, len(msg.Data), max)
 	}
-	msg.Header.Set(jetstream.MsgIDHeader, MsgID(s.logID, cp.Body.CheckpointSeq))
-	actx, cancel := context.WithTimeout(ctx, s.o.AckTimeout)
-	defer cancel()
-	ack, err := s.js.PublishMsg(actx, msg, jetstream.WithExpectStream(s.o.Stream))
+	msg.Header.Set(jetstream.MsgIDHeader, MsgID(s.logID, f.cpSeq))
+	// No client-side retry: a failed publish stops the round and the
+	// shipper resumes from the stream's contents (one mechanism, not two).
+	paf, err := s.js.PublishMsgAsync(msg, jetstream.WithExpectStream(s.o.Stream), jetstream.WithRetryAttempts(0))
 	if err != nil {
-		return 0, 0, fmt.Errorf("ship checkpoint %d to %s: %w", cp.Body.CheckpointSeq, s.subject, err)
+		return nil, fmt.Errorf("ship checkpoint %d to %s: %w", f.cpSeq, s.subject, err)
 	}
-	_ = ack // a duplicate ack (ack.Duplicate) means the stream already has it: fine
-	return cp.Body.CheckpointSeq, cp.Body.BatchEndSeq, nil
+	f.paf = paf
+	return f, nil
 }
 
 // encode writes b as json.Marshal would (the same fields, in order), but
@@ -398,8 +510,11 @@ func MsgID(logID string, cpSeq uint64) string {
 func (s *Shipper) ensureStream(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
-	_, err := s.js.Stream(ctx, s.o.Stream)
+	st, err := s.js.Stream(ctx, s.o.Stream)
 	if err == nil {
+		if d := st.CachedInfo().Config.Duplicates; d < s.o.AckTimeout+maxBackoff {
+			s.fail("check stream "+s.o.Stream, fmt.Errorf("its dedup window %v is shorter than the ack timeout %v plus the %v retry backoff: a batch re-sent after a lost ack may be stored twice", d, s.o.AckTimeout, maxBackoff))
+		}
 		return nil
 	}
 	if !errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -426,59 +541,160 @@ func (s *Shipper) ensureStream(ctx context.Context) error {
 	return nil
 }
 
-// lastInStream is the checkpoint seq of the last batch of this log the
-// stream holds, 0 for none.
-func (s *Shipper) lastInStream(ctx context.Context) (uint64, error) {
+// resume checks the mark against the stream, which wins over the state
+// file (a crash after acks but before the file, a lost file): it reads this
+// log's batches the stream holds past the mark (headers only, from the
+// mark's stream sequence when known) and advances the mark over those
+// that follow it without a hole. The batches past a hole (publishes that
+// landed after one that failed) come back in held, by checkpoint seq, with
+// their stream seq: the next round publishes only the missing ones.
+func (s *Shipper) resume(ctx context.Context) (held map[uint64]uint64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
 	st, err := s.js.Stream(ctx, s.o.Stream)
 	if err != nil {
-		return 0, fmt.Errorf("look up stream %s: %w", s.o.Stream, err)
+		return nil, fmt.Errorf("look up stream %s: %w", s.o.Stream, err)
 	}
-	m, err := st.GetLastMsgForSubject(ctx, s.subject)
+	s.mu.Lock()
+	mark, from := s.st.AckedCheckpoint, s.markSeq
+	s.mu.Unlock()
+	last, err := st.GetLastMsgForSubject(ctx, s.subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return 0, nil
+		return nil, s.setAckedSeq(mark)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read last batch of %s: %w", s.subject, err)
+		return nil, fmt.Errorf("read last batch of %s: %w", s.subject, err)
 	}
-	id := m.Header.Get(jetstream.MsgIDHeader)
+	top, err := s.parseID(last.Header.Get(jetstream.MsgIDHeader))
+	if err != nil {
+		return nil, err
+	}
+	if top <= mark {
+		// Nothing past the mark (or a stream holding less than the file
+		// says, recreated: the mark stands, as a stream's history is not
+		// re-sent).
+		return nil, s.setAckedSeq(mark)
+	}
+	if from >= last.Sequence {
+		from = 0 // a sequence of another stream's life: read all
+	}
+	// An ephemeral consumer of this subject, headers only, no acks, on
+	// one server's memory; removed after the read (or by the server once
+	// idle, should the delete fail).
+	cfg := jetstream.ConsumerConfig{FilterSubject: s.subject, HeadersOnly: true, AckPolicy: jetstream.AckNonePolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy, MemoryStorage: true, Replicas: 1, InactiveThreshold: 10 * time.Second}
+	if from > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from+1
+	}
+	cons, err := st.CreateConsumer(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("read batches of %s: %w", s.subject, err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		st.DeleteConsumer(dctx, cons.CachedInfo().Name)
+		cancel()
+	}()
+	held = map[uint64]uint64{}
+	for seen := uint64(0); seen < last.Sequence; {
+		mb, err := cons.Fetch(1024, jetstream.FetchMaxWait(apiTimeout))
+		if err != nil {
+			return nil, fmt.Errorf("read batches of %s: %w", s.subject, err)
+		}
+		n := 0
+		for m := range mb.Messages() {
+			n++
+			meta, err := m.Metadata()
+			if err != nil {
+				return nil, fmt.Errorf("read batches of %s: %w", s.subject, err)
+			}
+			seen = meta.Sequence.Stream
+			cp, err := s.parseID(m.Headers().Get(jetstream.MsgIDHeader))
+			if err != nil {
+				return nil, err
+			}
+			if cp > mark {
+				held[cp] = seen
+			}
+		}
+		if err := mb.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return nil, fmt.Errorf("read batches of %s: %w", s.subject, err)
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("read batches of %s: the stream stopped at sequence %d of %d", s.subject, seen, last.Sequence)
+		}
+	}
+	for {
+		seq, ok := held[mark+1]
+		if !ok {
+			break
+		}
+		delete(held, mark+1)
+		mark, from = mark+1, seq
+	}
+	s.mu.Lock()
+	s.st.AckedCheckpoint, s.markSeq = mark, from
+	s.mu.Unlock()
+	return held, s.setAckedSeq(mark)
+}
+
+// setAckedSeq sets the status's last acknowledged receipt from checkpoint
+// cpSeq's body.
+func (s *Shipper) setAckedSeq(cpSeq uint64) error {
+	if cpSeq == 0 {
+		return nil
+	}
+	cp, err := s.log.Checkpoint(cpSeq)
+	if err != nil {
+		return fmt.Errorf("resume shipping after checkpoint %d: %w", cpSeq, err)
+	}
+	s.mu.Lock()
+	s.st.AckedSeq = cp.Body.BatchEndSeq
+	s.mu.Unlock()
+	return nil
+}
+
+// parseID reads a Nats-Msg-Id of this log: its checkpoint seq.
+func (s *Shipper) parseID(id string) (uint64, error) {
 	seq, ok := strings.CutPrefix(id, s.logID+":")
-	n, perr := strconv.ParseUint(seq, 10, 64)
-	if !ok || perr != nil {
-		return 0, fmt.Errorf("read last batch of %s: Nats-Msg-Id %q is not %s:SEQ", s.subject, id, s.logID)
+	n, err := strconv.ParseUint(seq, 10, 64)
+	if !ok || err != nil {
+		return 0, fmt.Errorf("read batches of %s: Nats-Msg-Id %q is not %s:SEQ", s.subject, id, s.logID)
 	}
 	return n, nil
 }
 
-// state is the file recording the last acknowledged checkpoint.
+// state is the file recording the last acknowledged checkpoint (every
+// checkpoint up to it acknowledged) and the stream sequence of its
+// message.
 type state struct {
 	LogID          string `json:"log_id"`
 	AckedCheckpint uint64 `json:"acked_checkpoint_seq"`
+	StreamSeq      uint64 `json:"stream_seq,omitempty"`
 }
 
-func readState(path, logID string) (uint64, error) {
+func readState(path, logID string) (cpSeq, streamSeq uint64, err error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return 0, 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read shipping state: %w", err)
+		return 0, 0, fmt.Errorf("read shipping state: %w", err)
 	}
 	var st state
 	if err := json.Unmarshal(b, &st); err != nil {
-		return 0, fmt.Errorf("read shipping state %s: %w", path, err)
+		return 0, 0, fmt.Errorf("read shipping state %s: %w", path, err)
 	}
 	if st.LogID != logID {
-		return 0, fmt.Errorf("read shipping state %s: it is for log %s, not %s", path, st.LogID, logID)
+		return 0, 0, fmt.Errorf("read shipping state %s: it is for log %s, not %s", path, st.LogID, logID)
 	}
-	return st.AckedCheckpint, nil
+	return st.AckedCheckpint, st.StreamSeq, nil
 }
 
 // writeState replaces the state file durably (write, fsync, rename, fsync
 // the directory).
-func writeState(path, logID string, cpSeq uint64) error {
-	b, _ := json.Marshal(state{LogID: logID, AckedCheckpint: cpSeq})
+func writeState(path, logID string, cpSeq, streamSeq uint64) error {
+	b, _ := json.Marshal(state{LogID: logID, AckedCheckpint: cpSeq, StreamSeq: streamSeq})
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -101,8 +102,9 @@ var (
 
 // Shared is one cluster for the whole test binary, started by its first
 // caller; tests using it must not stop its servers, and must use subjects
-// and streams of their own. The test binary's TestMain calls StopShared
-// after m.Run (a server also dies with the test binary: Pdeathsig).
+// and streams of their own. The test binary's TestMain is
+// os.Exit(natscluster.Main(m)), which stops it after the tests (a server
+// also dies with the test binary: Pdeathsig).
 func Shared(t testing.TB) *Cluster {
 	t.Helper()
 	bin := Binary(t)
@@ -120,9 +122,17 @@ func Shared(t testing.TB) *Cluster {
 	return shared
 }
 
-// StopShared stops the shared cluster, if one was started, and removes its
-// stores.
-func StopShared() {
+// Main runs the test binary's tests, then stops the shared cluster, if one
+// was started, and removes its stores; it returns the exit code:
+//
+//	func TestMain(m *testing.M) { os.Exit(natscluster.Main(m)) }
+func Main(m *testing.M) int {
+	code := m.Run()
+	stopShared()
+	return code
+}
+
+func stopShared() {
 	if shared != nil {
 		shared.StopAll()
 		os.RemoveAll(shared.dir)
@@ -417,3 +427,38 @@ func startOnSpawner(cmd *exec.Cmd) error {
 	spawnReqs <- spawnReq{cmd: cmd, done: done}
 	return <-done
 }
+
+// CPUTime is the CPU time (user and system) the running servers have used
+// so far, read from /proc, for benchmarks that say where the time goes.
+func (c *Cluster) CPUTime() (time.Duration, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var total time.Duration
+	for _, cmd := range c.procs {
+		if cmd == nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", cmd.Process.Pid))
+		if err != nil {
+			return 0, fmt.Errorf("read nats-server cpu time: %w", err)
+		}
+		// Fields after the command's closing parenthesis: utime and
+		// stime are the 12th and 13th (fields 14 and 15 of stat(5)).
+		rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
+		f := strings.Fields(rest)
+		if len(f) < 13 {
+			return 0, fmt.Errorf("read nats-server cpu time: short /proc stat %q", rest)
+		}
+		for _, v := range f[11:13] {
+			ticks, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("read nats-server cpu time: %w", err)
+			}
+			total += time.Duration(ticks) * time.Second / clockTicks
+		}
+	}
+	return total, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc's CPU times: 100 on Linux.
+const clockTicks = 100
