@@ -244,30 +244,29 @@ func (s *Store) Ingest(ctx context.Context, b receipts.SealedBatch) (Result, err
 
 // IngestAll ingests batches in order in one transaction (one fsync), as
 // Ingest would one by one: a consumer that pulls messages in groups pays the
-// commit once per group instead of once per batch. It returns each batch's
-// result and its *receipts.BatchError, if refused (kept aside as Ingest
-// keeps it); err is for the store itself (a failed commit: nothing of the
-// group is stored).
+// commit once per group instead of once per batch. The batches' own checks
+// run first, on every core, before the store's write lock is taken
+// (CheckAll). It returns each batch's result and its *receipts.BatchError,
+// if refused (kept aside as Ingest keeps it); err is for the store itself (a
+// failed commit: nothing of the group is stored).
 func (s *Store) IngestAll(ctx context.Context, bs []receipts.SealedBatch) ([]Result, []error, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
+	cs := make([]*Checked, len(bs))
+	for i := range bs {
+		cs[i] = Prepare(bs[i])
+	}
+	CheckAll(cs)
 	res := make([]Result, len(bs))
 	errs := make([]error, len(bs))
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		for i := range bs {
-			canon := canonical(bs[i])
-			var refused *receipts.BatchError
-			r, err := s.ingest(tx, &canon)
+	err := s.Update(ctx, func(tx *Tx) error {
+		for i, c := range cs {
+			r, err := tx.Ingest(c)
 			res[i], errs[i] = r, nil
-			if errors.As(err, &refused) {
+			if refused := asBatchError(err); refused != nil {
 				errs[i] = refused
-				if err := s.keepAside(tx, &bs[i], refused); err != nil {
-					return err
-				}
-				continue
-			}
-			if err != nil {
+			} else if err != nil {
 				return err
 			}
 		}
@@ -277,6 +276,15 @@ func (s *Store) IngestAll(ctx context.Context, bs []receipts.SealedBatch) ([]Res
 		return nil, nil, fmt.Errorf("ingest batches: %w", err)
 	}
 	return res, errs, nil
+}
+
+// asBatchError is err as a refused batch, nil when it is none.
+func asBatchError(err error) *receipts.BatchError {
+	var refused *receipts.BatchError
+	if errors.As(err, &refused) {
+		return refused
+	}
+	return nil
 }
 
 // canonical returns b with its receipts and checkpoint in canonical JSON
@@ -300,7 +308,8 @@ func canonical(b receipts.SealedBatch) receipts.SealedBatch {
 	return c
 }
 
-func (s *Store) ingest(tx *bolt.Tx, b *receipts.SealedBatch) (Result, error) {
+func (s *Store) ingest(tx *bolt.Tx, c *Checked) (Result, error) {
+	b := c.canonical()
 	res := Result{LogID: b.LogID, Receipts: len(b.Receipts)}
 	bad := func(d receipts.BatchDefect, cp uint64, format string, a ...any) error {
 		return &receipts.BatchError{Defect: d, LogID: b.LogID, CheckpointSeq: cp, Reason: fmt.Sprintf(format, a...)}
@@ -359,8 +368,13 @@ func (s *Store) ingest(tx *bolt.Tx, b *receipts.SealedBatch) (Result, error) {
 		res.Duplicate = true
 		return res, nil
 	}
-	cp, next, err := receipts.VerifyBatch(h.ChainHead, b, nil)
+	err := c.Check()
+	cp := c.cp
 	res.CheckpointSeq = cp.Body.CheckpointSeq
+	if err != nil {
+		return res, err
+	}
+	next, err := receipts.LinkBatch(h.ChainHead, b, &cp)
 	if err != nil {
 		return res, err
 	}
@@ -392,11 +406,7 @@ func (s *Store) ingest(tx *bolt.Tx, b *receipts.SealedBatch) (Result, error) {
 		if err := recs.Put(u64key(seq), r); err != nil {
 			return res, err
 		}
-		e, err := receipts.EntryAt(seq, r)
-		if err != nil {
-			return res, err
-		}
-		if err := ids.Put(idKey(e.ID, b.LogID), u64key(seq)); err != nil {
+		if err := ids.Put(idKey(c.entries[i].ID, b.LogID), u64key(seq)); err != nil {
 			return res, err
 		}
 	}
