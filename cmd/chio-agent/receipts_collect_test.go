@@ -146,7 +146,7 @@ func TestCollectorMetricsLoopbackOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mfs) != 7 {
-		t.Fatalf("%d metric families, want 7", len(mfs))
+	if len(mfs) != 8 {
+		t.Fatalf("%d metric families, want 8", len(mfs))
 	}
 }

@@ -7,7 +7,9 @@
 // Layout (bbolt): meta (format); logs/<log id>/{head, receipts (seq →
 // canonical receipt), checkpoints (checkpoint_seq → canonical checkpoint),
 // by_end (batch_end_seq → checkpoint_seq)}; ids (receipt id ‖ log id →
-// seq); rejected (SHA-256 of the batch → Rejection).
+// seq); rejected (SHA-256 of the batch → Rejection); gaps (log id ‖
+// checkpoint_seq ‖ SHA-256 → nothing: the rejected batches that were gaps,
+// stored once their predecessor is, see gaps.go).
 package central
 
 import (
@@ -91,6 +93,9 @@ type Result struct {
 	Receipts int `json:"receipts"`
 	// Duplicate: the batch was stored already; nothing changed.
 	Duplicate bool `json:"duplicate,omitempty"`
+	// Resumed are the batches of the same log that had been kept aside as
+	// gaps and were stored after this one, which they follow, in order.
+	Resumed []Result `json:"resumed,omitempty"`
 }
 
 // Rejection is a batch kept aside: when, why, and the batch itself (a
@@ -211,7 +216,13 @@ func Open(path string, o Options) (*Store, error) {
 					}
 				}
 			}
-			return check(tx)
+			if err := check(tx); err != nil {
+				return err
+			}
+			if tx.Bucket(bktGaps) == nil {
+				return indexGaps(tx)
+			}
+			return nil
 		})
 	}
 	if err != nil {
@@ -228,12 +239,14 @@ func (s *Store) Close() error { return s.db.Close() }
 func (s *Store) Path() string { return s.path }
 
 // Ingest verifies batch b as a witness and stores it: the key must be
-// trusted, the batch must verify on its own (receipts.VerifyBatch) and
-// continue what is stored for its log. A batch stored already changes
-// nothing (Result.Duplicate). A refused batch is kept aside (Rejections)
-// and Ingest returns its *receipts.BatchError: a gap, a fork (naming both
-// checkpoints), a receipt outside its checkpoint, an untrusted key, a
-// forged receipt or checkpoint.
+// trusted, the batch must verify on its own (receipts.CheckBatch) and
+// continue what is stored for its log (receipts.LinkBatch). A batch stored
+// already changes nothing (Result.Duplicate). A refused batch is kept aside
+// (Rejections) and Ingest returns its *receipts.BatchError: a gap, a fork
+// (naming both checkpoints), a receipt outside its checkpoint, an untrusted
+// key, a forged receipt or checkpoint. Batches kept aside as gaps that
+// follow a stored batch are stored after it (Result.Resumed) and leave the
+// rejections.
 func (s *Store) Ingest(ctx context.Context, b receipts.SealedBatch) (Result, error) {
 	res, errs, err := s.IngestAll(ctx, []receipts.SealedBatch{b})
 	if err != nil {
@@ -308,7 +321,18 @@ func canonical(b receipts.SealedBatch) receipts.SealedBatch {
 	return c
 }
 
+// ingest ingests c (ingestOne) and, when it stored it, the batches kept
+// aside as gaps that now follow it (resume).
 func (s *Store) ingest(tx *bolt.Tx, c *Checked) (Result, error) {
+	res, err := s.ingestOne(tx, c)
+	if err != nil || res.Duplicate {
+		return res, err
+	}
+	res.Resumed, err = s.resume(tx, res.LogID)
+	return res, err
+}
+
+func (s *Store) ingestOne(tx *bolt.Tx, c *Checked) (Result, error) {
 	b := c.canonical()
 	res := Result{LogID: b.LogID, Receipts: len(b.Receipts)}
 	bad := func(d receipts.BatchDefect, cp uint64, format string, a ...any) error {
@@ -446,6 +470,9 @@ func (s *Store) keepAside(tx *bolt.Tx, in *receipts.SealedBatch, why *receipts.B
 	rb := tx.Bucket(bktRejected)
 	if rb.Get(sum[:]) != nil {
 		return nil // kept already
+	}
+	if err := indexGap(tx, &b, why, sum[:]); err != nil {
+		return err
 	}
 	rec, err := marshal(Rejection{SHA256: hex.EncodeToString(sum[:]), ReceivedAt: s.now().Unix(), Error: why, Batch: &b})
 	if err != nil {

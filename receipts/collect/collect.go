@@ -127,6 +127,9 @@ type Stats struct {
 	Malformed uint64 `json:"malformed"`
 	// Deferred counts deliveries put back to wait for their predecessor.
 	Deferred uint64 `json:"deferred"`
+	// Resumed counts batches kept aside as gaps that the store took back
+	// and stored once their predecessor came (in Batches too).
+	Resumed uint64 `json:"resumed"`
 
 	// Lag is the messages of the consumer's subjects the stream holds past
 	// the last one delivered.
@@ -285,7 +288,7 @@ func (c *Collector) fetch(ctx context.Context, cons jetstream.Consumer, groups c
 			st := c.Stats()
 			c.o.Logger.WithField("batches", st.Batches).WithField("receipts", st.Receipts).
 				WithField("duplicates", st.Duplicates).WithField("rejected", st.Rejected).
-				WithField("deferred", st.Deferred).WithField("lag", st.Lag).Info("collector progress")
+				WithField("deferred", st.Deferred).WithField("resumed", st.Resumed).WithField("lag", st.Lag).Info("collector progress")
 		default:
 		}
 		var err error
@@ -555,6 +558,11 @@ func (c *Collector) count(it *item, res central.Result, err error) {
 		return
 	}
 	c.add(func(s *Stats) { s.Batches++; s.Receipts += uint64(res.Receipts) })
+	for _, r := range res.Resumed {
+		c.o.Logger.WithField("log_id", r.LogID).WithField("checkpoint_seq", r.CheckpointSeq).
+			Info("stored a batch kept aside as a gap: its predecessor is stored now")
+		c.add(func(s *Stats) { s.Batches++; s.Receipts += uint64(r.Receipts); s.Resumed++ })
+	}
 }
 
 func asBatchError(err error) *receipts.BatchError {

@@ -93,6 +93,44 @@ func TestCollectGapKeptAside(t *testing.T) {
 	}
 }
 
+// TestCollectPredecessorAfterGap: a batch kept aside as a gap (its
+// predecessor did not come within GapWait) is stored once the predecessor
+// comes after all, and leaves the rejections; the log's chain goes on.
+func TestCollectPredecessorAfterGap(t *testing.T) {
+	c := natscluster.Shared(t)
+	e := newEnv(t, c)
+	key := testKey(t.Name())
+	l := openLog(t, key, 10, 50)
+	bs := batchesOf(t, l)
+	id := logID(t, l)
+	store := openStore(t, filepath.Join(t.TempDir(), "central.db"), l.KernelKey())
+	e.publish(t, bs[0], "")
+	e.publish(t, bs[2], "")
+	o := e.options()
+	o.GapWait = 150 * time.Millisecond
+	col, _ := run(t, store, o)
+	waitFor(t, 30*time.Second, "the gap kept aside", func() bool { return col.Stats().Rejected == 1 })
+	if rj := rejections(t, store); rj[receipts.DefectGap] != 1 {
+		t.Fatalf("kept aside %v, want one gap", rj)
+	}
+	e.publish(t, bs[1], "")
+	waitFor(t, 30*time.Second, "3 batches stored", func() bool { n, _ := stored(t, store, id); return n == 3 })
+	if rj := rejections(t, store); len(rj) != 0 {
+		t.Fatalf("kept aside %v after the gap was filled, want nothing", rj)
+	}
+	for _, b := range bs[3:] {
+		e.publish(t, b, "")
+	}
+	waitFor(t, 30*time.Second, "5 batches stored", func() bool { n, _ := stored(t, store, id); return n == 5 })
+	waitFor(t, 30*time.Second, "the collector counting 5 batches", func() bool { return col.Stats().Batches == 5 })
+	if st := col.Stats(); st.Resumed != 1 || st.Rejected != 1 {
+		t.Fatalf("stats %+v, want one batch resumed after being kept aside", st)
+	}
+	if rep := verifyStore(t, store); rep.Rejected != 0 || rep.Logs[0].Verified != 50 {
+		t.Fatalf("verify report %+v", rep)
+	}
+}
+
 // TestCollectRejectsForgeries: a forged receipt, a forged checkpoint, an
 // equivocating checkpoint (validly signed by the node's key, from a second
 // log kept with it) and a message that is no batch, published between good
