@@ -110,11 +110,23 @@ type Rejection struct {
 }
 
 // IsCentral reports whether the file at path is a central store (a bbolt
-// file whose meta bucket names Format). Any other file, or none, or one
-// another process holds for longer than 100ms, is false.
+// file whose meta bucket names Format), held by another process (a running
+// collector) or not. Any other file, or none, is false.
 func IsCentral(path string) bool {
 	ok, err := probe(path, 100*time.Millisecond)
+	if errors.Is(err, receipts.ErrLocked) {
+		return heldCentral(path)
+	}
 	return ok && err == nil
+}
+
+// lockedErr is the error for a file another process held past wait: a
+// central store (ErrHeld, saying what to do), or some other bbolt file.
+func lockedErr(path string, wait time.Duration) error {
+	if heldCentral(path) {
+		return fmt.Errorf("open central store %s: %w (waited %s): %s", path, ErrHeld, wait, heldHint)
+	}
+	return fmt.Errorf("open central store %s: %w (waited %s)", path, receipts.ErrLocked, wait)
 }
 
 // probe opens path read-only (after the structural check) to read its
@@ -165,6 +177,9 @@ func Open(path string, o Options) (*Store, error) {
 		// store already is left as it is.
 		if !o.ReadOnly && st.Size() > 0 {
 			ok, err := probe(path, o.LockTimeout)
+			if errors.Is(err, receipts.ErrLocked) {
+				return nil, lockedErr(path, o.LockTimeout)
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -177,7 +192,7 @@ func Open(path string, o Options) (*Store, error) {
 		// As the node's log: the map freelist, rebuilt on open, not synced.
 		NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("open central store %s: %w", path, receipts.ErrLocked)
+		return nil, lockedErr(path, o.LockTimeout)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open central store %s: %w", path, err)

@@ -754,3 +754,31 @@ func TestGapsIndexedOnOpen(t *testing.T) {
 		t.Fatalf("after reopening: %+v", rep)
 	}
 }
+
+// TestHeldStoreNamedAsOne: a central store another writer holds is still
+// told apart from a held node log (read from its pages without the lock),
+// and opening it fails with ErrHeld, saying what to do.
+func TestHeldStoreNamedAsOne(t *testing.T) {
+	k := testKey("held")
+	s, path := openStore(t, k)
+	ingestAll(t, s, batchesOf(t, makeLog(t, k, 20, 10, 0)))
+	if !IsCentral(path) {
+		t.Fatal("IsCentral: false for a central store held by a writer")
+	}
+	_, err := Open(path, Options{ReadOnly: true, LockTimeout: 50 * time.Millisecond})
+	if !errors.Is(err, ErrHeld) || !errors.Is(err, receipts.ErrLocked) || !strings.Contains(err.Error(), "receipts collect") {
+		t.Fatalf("open a held central store: %v", err)
+	}
+	local := filepath.Join(t.TempDir(), "node.db")
+	l, err := receipts.Open(local, receipts.Options{Key: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if IsCentral(local) {
+		t.Fatal("IsCentral: true for a node's log held by its writer")
+	}
+	if _, err := Open(local, Options{LockTimeout: 50 * time.Millisecond}); errors.Is(err, ErrHeld) || !errors.Is(err, receipts.ErrLocked) {
+		t.Fatalf("open a held node log as a central store: %v", err)
+	}
+}
