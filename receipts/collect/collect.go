@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -151,7 +152,10 @@ type Collector struct {
 }
 
 // New checks opts, loads the credentials and connects. Servers that refuse
-// the credentials stop it; servers not reachable yet do not (Run retries).
+// the credentials stop it, with what the client can tell of why (for a
+// .creds file: an expired user JWT, a seed that is not the JWT's user, or
+// the user and account to look up in the server's log); servers not
+// reachable yet do not (Run retries).
 func New(store *central.Store, opts Options) (*Collector, error) {
 	o := opts.withDefaults()
 	if err := ship.CheckServers(o.Servers); err != nil {
@@ -166,16 +170,32 @@ func New(store *central.Store, opts Options) (*Collector, error) {
 		nats.Name("chio-agent receipt collector " + o.Durable),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
-		nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				c.fail("nats disconnected", err)
 			}
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { o.Logger.Info("receipt collector reconnected") }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { c.fail("nats", err) }),
 	}, auth...)
 	url := strings.Join(o.Servers, ",")
+	// A first attempt tells refused credentials (which stop the collector,
+	// named as well as the client can) from servers not up yet (retried).
 	nc, err := nats.Connect(url, copts...)
+	if err != nil && isAuthError(err) {
+		lookup := o.Lookup
+		if lookup == nil {
+			lookup = os.LookupEnv
+		}
+		if why := refusedCreds(o.Credentials, lookup, time.Now()); why != "" {
+			return nil, fmt.Errorf("connect receipt stream %s: the servers refuse %s: %w", url, why, err)
+		}
+		return nil, fmt.Errorf("connect receipt stream %s: the servers refuse the credentials: %w", url, err)
+	}
+	if err != nil {
+		o.Logger.WithError(err).Warn("receipt stream unreachable at start; retrying")
+		nc, err = nats.Connect(url, append(copts, nats.RetryOnFailedConnect(true))...)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("connect receipt stream %s: %w", url, err)
 	}
