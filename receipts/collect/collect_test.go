@@ -66,36 +66,11 @@ func TestCollectOutOfOrder(t *testing.T) {
 	verifyStore(t, store)
 }
 
-// TestCollectGapKeptAside: a batch whose predecessor never comes waits
-// GapWait, then is kept aside as a gap (and acked: not retried forever);
-// the batches before it are stored.
-func TestCollectGapKeptAside(t *testing.T) {
-	c := natscluster.Shared(t)
-	e := newEnv(t, c)
-	key := testKey(t.Name())
-	l := openLog(t, key, 10, 40)
-	bs := batchesOf(t, l)
-	store := openStore(t, filepath.Join(t.TempDir(), "central.db"), l.KernelKey())
-	e.publish(t, bs[0], "")
-	e.publish(t, bs[2], "")
-	o := e.options()
-	o.GapWait = 150 * time.Millisecond
-	col, _ := run(t, store, o)
-	waitFor(t, 30*time.Second, "the gap kept aside", func() bool { return col.Stats().Rejected == 1 })
-	if rj := rejections(t, store); rj[receipts.DefectGap] != 1 || len(rj) != 1 {
-		t.Fatalf("kept aside %v, want one gap", rj)
-	}
-	if n, _ := stored(t, store, logID(t, l)); n != 1 {
-		t.Fatalf("%d batches stored, want 1", n)
-	}
-	if st := col.Stats(); st.Deferred == 0 {
-		t.Fatalf("the gap was kept aside without waiting: %+v", st)
-	}
-}
-
-// TestCollectPredecessorAfterGap: a batch kept aside as a gap (its
-// predecessor did not come within GapWait) is stored once the predecessor
-// comes after all, and leaves the rejections; the log's chain goes on.
+// TestCollectPredecessorAfterGap: a batch whose predecessor does not come
+// waits GapWait, then is kept aside as a gap (and acked: not retried
+// forever), the batch before it stored; when the predecessor comes after
+// all, the gap is stored after it and leaves the rejections, and the log's
+// chain goes on.
 func TestCollectPredecessorAfterGap(t *testing.T) {
 	c := natscluster.Shared(t)
 	e := newEnv(t, c)
@@ -110,8 +85,14 @@ func TestCollectPredecessorAfterGap(t *testing.T) {
 	o.GapWait = 150 * time.Millisecond
 	col, _ := run(t, store, o)
 	waitFor(t, 30*time.Second, "the gap kept aside", func() bool { return col.Stats().Rejected == 1 })
-	if rj := rejections(t, store); rj[receipts.DefectGap] != 1 {
+	if rj := rejections(t, store); rj[receipts.DefectGap] != 1 || len(rj) != 1 {
 		t.Fatalf("kept aside %v, want one gap", rj)
+	}
+	if n, _ := stored(t, store, id); n != 1 {
+		t.Fatalf("%d batches stored, want 1", n)
+	}
+	if st := col.Stats(); st.Deferred == 0 {
+		t.Fatalf("the gap was kept aside without waiting: %+v", st)
 	}
 	e.publish(t, bs[1], "")
 	waitFor(t, 30*time.Second, "3 batches stored", func() bool { n, _ := stored(t, store, id); return n == 3 })
