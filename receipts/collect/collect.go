@@ -11,7 +11,10 @@
 // predecessor is stored (a redelivery after a crash, or two collectors
 // sharing the durable) is put back with a delay rather than refused as a
 // gap, until its predecessor is stored or GapWait has passed, after which
-// the store keeps it aside as a gap.
+// the store keeps it aside as a gap (and stores it still, should the
+// predecessor come later). Fetching and checking signatures overlap the
+// store's commits, and every batch fetched during a commit goes into the
+// next transaction (Run).
 package collect
 
 import (
