@@ -548,6 +548,9 @@ func (c *Collector) handle(items []*item) error {
 		return nil
 	})
 	if err != nil {
+		for _, it := range items {
+			it.done = false // rolled back: nothing of it is stored
+		}
 		nakAll(items)
 		return err
 	}
