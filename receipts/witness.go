@@ -100,36 +100,113 @@ func (f *Filter) Match(e *Entry) bool { return f.match(e) }
 // previous_checkpoint_sha256, chain_root). Trust in the key and forks
 // against stored checkpoints are the caller's to decide; VerifyBatch
 // returns the parsed checkpoint and the new head, or a *BatchError.
+//
+// It is CheckBatch and LinkBatch in one, a gap reported before the
+// receipts are checked.
 func VerifyBatch(head ChainHead, b *SealedBatch, check ReceiptChecker) (Checkpoint, ChainHead, error) {
+	cp, err := checkSealedCheckpoint(b)
+	if err != nil {
+		return cp, head, err
+	}
+	if err := checkFollows(head, b, &cp.Body); err != nil {
+		return cp, head, err
+	}
+	if _, err := checkBatchReceipts(b, &cp.Body, check); err != nil {
+		return cp, head, err
+	}
+	next, err := LinkBatch(head, b, &cp)
+	return cp, next, err
+}
+
+// CheckBatch runs VerifyBatch's checks that need no chain head: the
+// checkpoint's form, signature and key, every receipt (check, default
+// VerifyReceipt), their count and Merkle root. These are nearly all of a
+// witness's work (the signatures), so a store runs them before it takes its
+// write lock, and LinkBatch under it. It returns the parsed checkpoint and
+// the receipts' entries (their seq from the checkpoint), or a *BatchError.
+func CheckBatch(b *SealedBatch, check ReceiptChecker) (Checkpoint, []Entry, error) {
+	cp, err := checkSealedCheckpoint(b)
+	if err != nil {
+		return cp, nil, err
+	}
+	es, err := checkBatchReceipts(b, &cp.Body, check)
+	return cp, es, err
+}
+
+// LinkBatch runs VerifyBatch's checks against head on a batch that passed
+// CheckBatch (cp its checkpoint): checkpoint_seq and batch_start_seq follow
+// head, previous_checkpoint_sha256 names head's body, chain_root is the
+// chain's root with cp. It returns the new head, or a *BatchError.
+func LinkBatch(head ChainHead, b *SealedBatch, cp *Checkpoint) (ChainHead, error) {
+	body := &cp.Body
+	if err := checkFollows(head, b, body); err != nil {
+		return head, err
+	}
+	chain, err := head.frontier()
+	if err != nil {
+		return head, err
+	}
+	if err := checkLink(body, head.BodySHA256, &chain); err != nil {
+		return head, &BatchError{Defect: DefectForgedCheckpoint, LogID: b.LogID, CheckpointSeq: body.CheckpointSeq, Reason: err.Error()}
+	}
+	sha, err := body.BodySHA256()
+	if err != nil {
+		return head, err
+	}
+	return ChainHead{CheckpointSeq: body.CheckpointSeq, LastSeq: body.BatchEndSeq, BodySHA256: sha,
+		Frontier: hex.EncodeToString(chain.marshal())}, nil
+}
+
+// checkSealedCheckpoint parses b's checkpoint and checks its form, body,
+// key and signature.
+func checkSealedCheckpoint(b *SealedBatch) (Checkpoint, error) {
+	cp, err := parseCheckpoint(b.Checkpoint)
+	if err != nil {
+		return cp, &BatchError{Defect: DefectForgedCheckpoint, LogID: b.LogID, Reason: err.Error()}
+	}
+	body := &cp.Body
+	bad := func(format string, a ...any) error {
+		return &BatchError{Defect: DefectForgedCheckpoint, LogID: b.LogID, CheckpointSeq: body.CheckpointSeq, Reason: fmt.Sprintf(format, a...)}
+	}
+	if err := checkBody(body); err != nil {
+		return cp, bad("%v", err)
+	}
+	if body.KernelKey != b.KernelKey {
+		return cp, bad("checkpoint names key %s, the batch %s", body.KernelKey, b.KernelKey)
+	}
+	if err := cp.VerifySignature(); err != nil {
+		return cp, bad("%v", err)
+	}
+	return cp, nil
+}
+
+// checkFollows checks that body's checkpoint and first receipt follow head.
+func checkFollows(head ChainHead, b *SealedBatch, body *CheckpointBody) error {
+	n := body.CheckpointSeq
+	if n != head.CheckpointSeq+1 {
+		return &BatchError{Defect: DefectGap, LogID: b.LogID, CheckpointSeq: n,
+			Reason: fmt.Sprintf("checkpoint %d does not follow checkpoint %d, the last stored", n, head.CheckpointSeq)}
+	}
+	if body.BatchStartSeq != head.LastSeq+1 {
+		return &BatchError{Defect: DefectGap, LogID: b.LogID, CheckpointSeq: n, Seq: body.BatchStartSeq,
+			Reason: fmt.Sprintf("batch starts at seq %d, the last stored receipt is seq %d", body.BatchStartSeq, head.LastSeq)}
+	}
+	return nil
+}
+
+// checkBatchReceipts checks every receipt of b and their count and Merkle
+// root against body, and returns their entries.
+func checkBatchReceipts(b *SealedBatch, body *CheckpointBody, check ReceiptChecker) ([]Entry, error) {
 	if check == nil {
 		check = VerifyReceipt
 	}
-	bad := func(d BatchDefect, cp, seq uint64, format string, a ...any) error {
-		return &BatchError{Defect: d, LogID: b.LogID, CheckpointSeq: cp, Seq: seq, Reason: fmt.Sprintf(format, a...)}
-	}
-	cp, err := parseCheckpoint(b.Checkpoint)
-	if err != nil {
-		return cp, head, bad(DefectForgedCheckpoint, 0, 0, "%v", err)
-	}
-	body := &cp.Body
 	n := body.CheckpointSeq
-	if err := checkBody(body); err != nil {
-		return cp, head, bad(DefectForgedCheckpoint, n, 0, "%v", err)
-	}
-	if body.KernelKey != b.KernelKey {
-		return cp, head, bad(DefectForgedCheckpoint, n, 0, "checkpoint names key %s, the batch %s", body.KernelKey, b.KernelKey)
-	}
-	if err := cp.VerifySignature(); err != nil {
-		return cp, head, bad(DefectForgedCheckpoint, n, 0, "%v", err)
-	}
-	if n != head.CheckpointSeq+1 {
-		return cp, head, bad(DefectGap, n, 0, "checkpoint %d does not follow checkpoint %d, the last stored", n, head.CheckpointSeq)
-	}
-	if body.BatchStartSeq != head.LastSeq+1 {
-		return cp, head, bad(DefectGap, n, body.BatchStartSeq, "batch starts at seq %d, the last stored receipt is seq %d", body.BatchStartSeq, head.LastSeq)
+	bad := func(d BatchDefect, seq uint64, format string, a ...any) error {
+		return &BatchError{Defect: d, LogID: b.LogID, CheckpointSeq: n, Seq: seq, Reason: fmt.Sprintf(format, a...)}
 	}
 	// Signatures dominate: check them on every core, as Log.Verify does.
 	leaves := make([]Hash, len(b.Receipts))
+	entries := make([]Entry, len(b.Receipts))
 	errs := make([]error, len(b.Receipts))
 	var wg sync.WaitGroup
 	per := max(16, (len(b.Receipts)+runtime.GOMAXPROCS(0)-1)/runtime.GOMAXPROCS(0))
@@ -138,7 +215,8 @@ func VerifyBatch(head ChainHead, b *SealedBatch, check ReceiptChecker) (Checkpoi
 		go func(lo, hi int) {
 			defer wg.Done()
 			for i := lo; i < hi; i++ {
-				_, errs[i] = checkStoredReceipt(b.Receipts[i], b.KernelKey, check)
+				entries[i], errs[i] = checkStoredReceipt(b.Receipts[i], b.KernelKey, check)
+				entries[i].Seq = body.BatchStartSeq + uint64(i)
 				leaves[i] = LeafHash(b.Receipts[i])
 			}
 		}(lo, min(lo+per, len(b.Receipts)))
@@ -146,28 +224,16 @@ func VerifyBatch(head ChainHead, b *SealedBatch, check ReceiptChecker) (Checkpoi
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			return cp, head, bad(DefectForgedReceipt, n, body.BatchStartSeq+uint64(i), "%v", err)
+			return nil, bad(DefectForgedReceipt, body.BatchStartSeq+uint64(i), "%v", err)
 		}
 	}
 	if uint64(len(leaves)) != body.TreeSize {
-		return cp, head, bad(DefectOutside, n, 0, "%d receipts for a checkpoint covering seq %d-%d", len(leaves), body.BatchStartSeq, body.BatchEndSeq)
+		return nil, bad(DefectOutside, 0, "%d receipts for a checkpoint covering seq %d-%d", len(leaves), body.BatchStartSeq, body.BatchEndSeq)
 	}
 	if root := MerkleRoot(leaves); root.String() != body.MerkleRoot {
-		return cp, head, bad(DefectOutside, n, 0, "merkle_root %s does not match receipts %d-%d (computed %s)", body.MerkleRoot, body.BatchStartSeq, body.BatchEndSeq, root)
+		return nil, bad(DefectOutside, 0, "merkle_root %s does not match receipts %d-%d (computed %s)", body.MerkleRoot, body.BatchStartSeq, body.BatchEndSeq, root)
 	}
-	chain, err := head.frontier()
-	if err != nil {
-		return cp, head, err
-	}
-	if err := checkLink(body, head.BodySHA256, &chain); err != nil {
-		return cp, head, bad(DefectForgedCheckpoint, n, 0, "%v", err)
-	}
-	sha, err := body.BodySHA256()
-	if err != nil {
-		return cp, head, err
-	}
-	return cp, ChainHead{CheckpointSeq: n, LastSeq: body.BatchEndSeq, BodySHA256: sha,
-		Frontier: hex.EncodeToString(chain.marshal())}, nil
+	return entries, nil
 }
 
 func (h *ChainHead) frontier() (frontier, error) {

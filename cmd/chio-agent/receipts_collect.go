@@ -51,7 +51,7 @@ func (o *collectOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.nats.CredsFile, "creds-file", "", "NATS .creds `file` (user JWT and seed)")
 	fs.StringVar(&o.nats.CredsEnv, "creds-env", "", "environment `variable` holding a NATS .creds")
 	fs.StringVar(&o.nats.CAFile, "ca-file", "", "CA bundle `file` tls:// servers are checked against (default the system's)")
-	fs.StringVar(&o.metrics, "metrics-listen", "", "serve Prometheus /metrics on this loopback `addr` (default none)")
+	fs.StringVar(&o.metrics, "metrics-listen", "", "serve Prometheus /metrics, and a snapshot of the store at /snapshot, on this loopback `addr` (default none)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 }
@@ -70,7 +70,9 @@ committed it, or kept it aside: a batch refused (a gap, a fork, a forged
 receipt or checkpoint, an untrusted key) or a message that is no batch is
 kept as evidence, never retried. A batch arriving before its predecessor
 waits for it (--gap-wait) before it is kept aside as a gap. Progress
-(stored, refused, lag) is logged every 10s and served as metrics.`,
+(stored, refused, lag) is logged every 10s and served as metrics, beside a
+snapshot of the store (GET /snapshot on --metrics-listen) for reading it while
+the collector holds the file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context(), cmd) },
 	}
@@ -111,7 +113,7 @@ func (o *collectOptions) run(ctx context.Context, cmd *cobra.Command) error {
 	}
 	defer c.Close()
 	if o.metrics != "" {
-		stop, err := serveCollectorMetrics(o.metrics, c)
+		_, stop, err := serveCollectorMetrics(o.metrics, c, s)
 		if err != nil {
 			return err
 		}
@@ -126,25 +128,35 @@ func (o *collectOptions) run(ctx context.Context, cmd *cobra.Command) error {
 	return nil
 }
 
-// serveCollectorMetrics serves c's metrics on addr, a loopback address.
-func serveCollectorMetrics(addr string, c *collect.Collector) (func(), error) {
+// serveCollectorMetrics serves c's metrics on addr, a loopback address,
+// and at /snapshot a consistent copy of its store s (what `receipts list`,
+// `verify` and `prove` read while the collector holds the file).
+// It returns the address it listens on.
+func serveCollectorMetrics(addr string, c *collect.Collector, s *central.Store) (string, func(), error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, usageErrorf("collect: --metrics-listen %q: %v", addr, err)
+		return "", nil, usageErrorf("collect: --metrics-listen %q: %v", addr, err)
 	}
 	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-		return nil, usageErrorf("collect: --metrics-listen %q: want a loopback address", addr)
+		return "", nil, usageErrorf("collect: --metrics-listen %q: want a loopback address", addr)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c.Collectors()...)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("collect: listen for metrics: %w", err)
+		return "", nil, fmt.Errorf("collect: listen for metrics: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /snapshot", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		if _, err := s.Snapshot(w); err != nil {
+			// Headers may be out: a short copy fails the reader's check.
+			http.Error(w, "snapshot central store: "+err.Error(), http.StatusInternalServerError)
+		}
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln) //nolint:errcheck // ErrServerClosed when stopped
 
-	return func() { srv.Close() }, nil
+	return ln.Addr().String(), func() { srv.Close() }, nil
 }

@@ -5,6 +5,10 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"errors"
+	"io"
+	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,6 +19,7 @@ import (
 
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/central"
 	"github.com/backbay-labs/chio-agent/receipts/collect"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
@@ -131,11 +136,11 @@ func TestCollectorMetricsLoopbackOnly(t *testing.T) {
 	}
 	defer c.Close()
 	for _, addr := range []string{"0.0.0.0:0", "example.com:9465", "9465"} {
-		if _, err := serveCollectorMetrics(addr, c); err == nil {
+		if _, _, err := serveCollectorMetrics(addr, c, nil); err == nil {
 			t.Fatalf("metrics served on %s", addr)
 		}
 	}
-	stop, err := serveCollectorMetrics("127.0.0.1:0", c)
+	_, stop, err := serveCollectorMetrics("127.0.0.1:0", c, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +151,80 @@ func TestCollectorMetricsLoopbackOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mfs) != 7 {
-		t.Fatalf("%d metric families, want 7", len(mfs))
+	if len(mfs) != 8 {
+		t.Fatalf("%d metric families, want 8", len(mfs))
+	}
+}
+
+// TestReadCentralStoreHeldByCollector: list and verify on a central store a
+// running collector holds say so (a central store, held by a collector)
+// and what to do, not a local log's "is chio-agent running?"; the snapshot
+// the collector serves reads as the store.
+func TestReadCentralStoreHeldByCollector(t *testing.T) {
+	db, _, pub := nodeLog(t, "held", "30")
+	l, err := receipts.Open(db, receipts.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "central.db")
+	s, err := central.Open(path, central.Options{TrustedKeys: []string{pub}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := l.SealedBatches(context.Background(), 0, func(b receipts.SealedBatch) error {
+		_, err := s.Ingest(context.Background(), b)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	for _, args := range [][]string{
+		{"receipts", "list", "--receipts", path, "--lock-timeout", "100ms"},
+		{"receipts", "verify", "--receipts", path, "--lock-timeout", "100ms", "--trusted-key", pub},
+	} {
+		out, err := runCLI(t, args...)
+		if err == nil {
+			t.Fatalf("%v on a held store succeeded:\n%s", args, out)
+		}
+		msg := err.Error()
+		for _, want := range []string{"central store " + path, "central store held by another process", "receipts collect", "stop it", "/snapshot"} {
+			if !strings.Contains(msg, want) {
+				t.Fatalf("%v: %q does not say %q", args[:2], msg, want)
+			}
+		}
+		if strings.Contains(msg, "receipt log held") || strings.Contains(msg, "chio-agent running") {
+			t.Fatalf("%v: %q speaks of a node's log", args[:2], msg)
+		}
+		if !errors.Is(err, receipts.ErrLocked) {
+			t.Fatalf("%v: %v is not ErrLocked", args[:2], err)
+		}
+	}
+	c, err := collect.New(s, collect.Options{Servers: []string{"nats://127.0.0.1:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addr, stop, err := serveCollectorMetrics("127.0.0.1:0", c, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	resp, err := http.Get("http://" + addr + "/snapshot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	snap := filepath.Join(t.TempDir(), "snapshot.db")
+	data, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /snapshot: %s %v", resp.Status, err)
+	}
+	if err := os.WriteFile(snap, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCLI(t, "receipts", "verify", "--receipts", snap, "--trusted-key", pub)
+	if err != nil || !strings.Contains(out, "30 receipts") {
+		t.Fatalf("verify the snapshot: %v\n%s", err, out)
 	}
 }

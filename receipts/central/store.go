@@ -7,7 +7,9 @@
 // Layout (bbolt): meta (format); logs/<log id>/{head, receipts (seq →
 // canonical receipt), checkpoints (checkpoint_seq → canonical checkpoint),
 // by_end (batch_end_seq → checkpoint_seq)}; ids (receipt id ‖ log id →
-// seq); rejected (SHA-256 of the batch → Rejection).
+// seq); rejected (SHA-256 of the batch → Rejection); gaps (log id ‖
+// checkpoint_seq ‖ SHA-256 → nothing: the rejected batches that were gaps,
+// stored once their predecessor is, see gaps.go).
 package central
 
 import (
@@ -96,6 +98,9 @@ type Result struct {
 	Receipts int `json:"receipts"`
 	// Duplicate: the batch was stored already; nothing changed.
 	Duplicate bool `json:"duplicate,omitempty"`
+	// Resumed are the batches of the same log that had been kept aside as
+	// gaps and were stored after this one, which they follow, in order.
+	Resumed []Result `json:"resumed,omitempty"`
 }
 
 // Rejection is a batch kept aside: when, why, and the batch itself (a
@@ -110,11 +115,23 @@ type Rejection struct {
 }
 
 // IsCentral reports whether the file at path is a central store (a bbolt
-// file whose meta bucket names Format). Any other file, or none, or one
-// another process holds for longer than 100ms, is false.
+// file whose meta bucket names Format), held by another process (a running
+// collector) or not. Any other file, or none, is false.
 func IsCentral(path string) bool {
 	ok, err := probe(path, 100*time.Millisecond)
+	if errors.Is(err, receipts.ErrLocked) {
+		return heldCentral(path)
+	}
 	return ok && err == nil
+}
+
+// lockedErr is the error for a file another process held past wait: a
+// central store (ErrHeld, saying what to do), or some other bbolt file.
+func lockedErr(path string, wait time.Duration) error {
+	if heldCentral(path) {
+		return fmt.Errorf("open central store %s: %w (waited %s): %s", path, ErrHeld, wait, heldHint)
+	}
+	return fmt.Errorf("open central store %s: %w (waited %s)", path, receipts.ErrLocked, wait)
 }
 
 // probe opens path read-only (after the structural check) to read its
@@ -165,6 +182,9 @@ func Open(path string, o Options) (*Store, error) {
 		// store already is left as it is.
 		if !o.ReadOnly && st.Size() > 0 {
 			ok, err := probe(path, o.LockTimeout)
+			if errors.Is(err, receipts.ErrLocked) {
+				return nil, lockedErr(path, o.LockTimeout)
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -177,7 +197,7 @@ func Open(path string, o Options) (*Store, error) {
 		// As the node's log: the map freelist, rebuilt on open, not synced.
 		NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("open central store %s: %w", path, receipts.ErrLocked)
+		return nil, lockedErr(path, o.LockTimeout)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open central store %s: %w", path, err)
@@ -216,7 +236,13 @@ func Open(path string, o Options) (*Store, error) {
 					}
 				}
 			}
-			return check(tx)
+			if err := check(tx); err != nil {
+				return err
+			}
+			if tx.Bucket(bktGaps) == nil {
+				return indexGaps(tx)
+			}
+			return nil
 		})
 	}
 	if err != nil {
@@ -233,12 +259,14 @@ func (s *Store) Close() error { return s.db.Close() }
 func (s *Store) Path() string { return s.path }
 
 // Ingest verifies batch b as a witness and stores it: the key must be
-// trusted, the batch must verify on its own (receipts.VerifyBatch) and
-// continue what is stored for its log. A batch stored already changes
-// nothing (Result.Duplicate). A refused batch is kept aside (Rejections)
-// and Ingest returns its *receipts.BatchError: a gap, a fork (naming both
-// checkpoints), a receipt outside its checkpoint, an untrusted key, a
-// forged receipt or checkpoint.
+// trusted, the batch must verify on its own (receipts.CheckBatch) and
+// continue what is stored for its log (receipts.LinkBatch). A batch stored
+// already changes nothing (Result.Duplicate). A refused batch is kept aside
+// (Rejections) and Ingest returns its *receipts.BatchError: a gap, a fork
+// (naming both checkpoints), a receipt outside its checkpoint, an untrusted
+// key, a forged receipt or checkpoint. Batches kept aside as gaps that
+// follow a stored batch are stored after it (Result.Resumed) and leave the
+// rejections.
 func (s *Store) Ingest(ctx context.Context, b receipts.SealedBatch) (Result, error) {
 	res, errs, err := s.IngestAll(ctx, []receipts.SealedBatch{b})
 	if err != nil {
@@ -249,30 +277,29 @@ func (s *Store) Ingest(ctx context.Context, b receipts.SealedBatch) (Result, err
 
 // IngestAll ingests batches in order in one transaction (one fsync), as
 // Ingest would one by one: a consumer that pulls messages in groups pays the
-// commit once per group instead of once per batch. It returns each batch's
-// result and its *receipts.BatchError, if refused (kept aside as Ingest
-// keeps it); err is for the store itself (a failed commit: nothing of the
-// group is stored).
+// commit once per group instead of once per batch. The batches' own checks
+// run first, on every core, before the store's write lock is taken
+// (CheckAll). It returns each batch's result and its *receipts.BatchError,
+// if refused (kept aside as Ingest keeps it); err is for the store itself (a
+// failed commit: nothing of the group is stored).
 func (s *Store) IngestAll(ctx context.Context, bs []receipts.SealedBatch) ([]Result, []error, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
+	cs := make([]*Checked, len(bs))
+	for i := range bs {
+		cs[i] = Prepare(bs[i])
+	}
+	CheckAll(cs)
 	res := make([]Result, len(bs))
 	errs := make([]error, len(bs))
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		for i := range bs {
-			canon := canonical(bs[i])
-			var refused *receipts.BatchError
-			r, err := s.ingest(tx, &canon)
+	err := s.Update(ctx, func(tx *Tx) error {
+		for i, c := range cs {
+			r, err := tx.Ingest(c)
 			res[i], errs[i] = r, nil
-			if errors.As(err, &refused) {
+			if refused := asBatchError(err); refused != nil {
 				errs[i] = refused
-				if err := s.keepAside(tx, &bs[i], refused); err != nil {
-					return err
-				}
-				continue
-			}
-			if err != nil {
+			} else if err != nil {
 				return err
 			}
 		}
@@ -282,6 +309,15 @@ func (s *Store) IngestAll(ctx context.Context, bs []receipts.SealedBatch) ([]Res
 		return nil, nil, fmt.Errorf("ingest batches: %w", err)
 	}
 	return res, errs, nil
+}
+
+// asBatchError is err as a refused batch, nil when it is none.
+func asBatchError(err error) *receipts.BatchError {
+	var refused *receipts.BatchError
+	if errors.As(err, &refused) {
+		return refused
+	}
+	return nil
 }
 
 // canonical returns b with its receipts and checkpoint in canonical JSON
@@ -305,7 +341,19 @@ func canonical(b receipts.SealedBatch) receipts.SealedBatch {
 	return c
 }
 
-func (s *Store) ingest(tx *bolt.Tx, b *receipts.SealedBatch) (Result, error) {
+// ingest ingests c (ingestOne) and, when it stored it, the batches kept
+// aside as gaps that now follow it (resume).
+func (s *Store) ingest(tx *bolt.Tx, c *Checked) (Result, error) {
+	res, err := s.ingestOne(tx, c)
+	if err != nil || res.Duplicate {
+		return res, err
+	}
+	res.Resumed, err = s.resume(tx, res.LogID)
+	return res, err
+}
+
+func (s *Store) ingestOne(tx *bolt.Tx, c *Checked) (Result, error) {
+	b := c.canonical()
 	res := Result{LogID: b.LogID, Receipts: len(b.Receipts)}
 	bad := func(d receipts.BatchDefect, cp uint64, format string, a ...any) error {
 		return &receipts.BatchError{Defect: d, LogID: b.LogID, CheckpointSeq: cp, Reason: fmt.Sprintf(format, a...)}
@@ -364,8 +412,13 @@ func (s *Store) ingest(tx *bolt.Tx, b *receipts.SealedBatch) (Result, error) {
 		res.Duplicate = true
 		return res, nil
 	}
-	cp, next, err := receipts.VerifyBatch(h.ChainHead, b, nil)
+	err := c.Check()
+	cp := c.cp
 	res.CheckpointSeq = cp.Body.CheckpointSeq
+	if err != nil {
+		return res, err
+	}
+	next, err := receipts.LinkBatch(h.ChainHead, b, &cp)
 	if err != nil {
 		return res, err
 	}
@@ -387,11 +440,7 @@ func (s *Store) ingest(tx *bolt.Tx, b *receipts.SealedBatch) (Result, error) {
 		if err := recs.Put(u64key(seq), r); err != nil {
 			return res, err
 		}
-		e, err := receipts.EntryAt(seq, r)
-		if err != nil {
-			return res, err
-		}
-		if err := ids.Put(idKey(e.ID, b.LogID), u64key(seq)); err != nil {
+		if err := ids.Put(idKey(c.entries[i].ID, b.LogID), u64key(seq)); err != nil {
 			return res, err
 		}
 	}
@@ -431,6 +480,9 @@ func (s *Store) keepAside(tx *bolt.Tx, in *receipts.SealedBatch, why *receipts.B
 	rb := tx.Bucket(bktRejected)
 	if rb.Get(sum[:]) != nil {
 		return nil // kept already
+	}
+	if err := indexGap(tx, &b, why, sum[:]); err != nil {
+		return err
 	}
 	rec, err := marshal(Rejection{SHA256: hex.EncodeToString(sum[:]), ReceivedAt: s.now().Unix(), Error: why, Batch: &b})
 	if err != nil {

@@ -667,7 +667,9 @@ func FuzzIngestMutation(f *testing.F) {
 }
 
 // TestIngestAllAsOneByOne: a group with a duplicate, a gap and the batches
-// that fill it gives each batch the outcome Ingest gives it alone.
+// that fill it gives each batch the outcome Ingest gives it alone: the gap
+// is kept aside, then stored after its predecessor (and gone from the
+// rejections), and comes again as a duplicate.
 func TestIngestAllAsOneByOne(t *testing.T) {
 	k := testKey("all")
 	bs := batchesOf(t, makeLog(t, k, 50, 10, 0))
@@ -681,15 +683,105 @@ func TestIngestAllAsOneByOne(t *testing.T) {
 	if !res[1].Duplicate || !errors.As(errs[2], &be) || be.Defect != receipts.DefectGap {
 		t.Fatalf("group outcomes: %+v %v", res, errs)
 	}
+	if len(res[3].Resumed) != 1 || res[3].Resumed[0].CheckpointSeq != 3 || !res[4].Duplicate {
+		t.Fatalf("the gap was not stored after its predecessor: %+v", res)
+	}
 	for _, i := range []int{0, 1, 3, 4, 5, 6} {
 		if errs[i] != nil {
 			t.Fatalf("batch %d of the group: %v", i, errs[i])
 		}
 	}
-	if countRejected(t, s) != 1 {
-		t.Fatal("the gap was not kept aside")
+	if n := countRejected(t, s); n != 0 {
+		t.Fatalf("%d kept aside after the gap was filled, want none", n)
 	}
 	if rep := mustVerify(t, s); rep.Logs[0].LastSeq != 50 {
 		t.Fatalf("after the group: %+v", rep.Logs[0])
+	}
+}
+
+// TestGapResumedWhenPredecessorStored: batches 3 and 4 come before 2 and
+// are kept aside as gaps; when 2 is stored, 3 and 4 are stored after it
+// (in order, in the same transaction) and leave the rejections, so the
+// log's chain goes on with 5. An equivocating batch 3 (the node's key
+// signed another history) kept aside as a gap beside the real one is
+// refused again, now as the fork it is, and stays.
+func TestGapResumedWhenPredecessorStored(t *testing.T) {
+	k := testKey("resume")
+	bs := batchesOf(t, makeLog(t, k, 50, 10, 0))
+	other := batchesOf(t, makeLog(t, k, 50, 10, 1000))
+	s, _ := openStore(t, k)
+	ingestAll(t, s, bs[:1])
+	for _, b := range []receipts.SealedBatch{bs[3], bs[2], other[2]} {
+		rejected(t, s, b, receipts.DefectGap)
+	}
+	res, err := s.Ingest(context.Background(), bs[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Resumed) != 2 || res.Resumed[0].CheckpointSeq != 3 || res.Resumed[1].CheckpointSeq != 4 {
+		t.Fatalf("storing checkpoint 2 resumed %+v, want checkpoints 3 and 4", res.Resumed)
+	}
+	var left []Rejection
+	_ = s.Rejections(func(r Rejection) error { left = append(left, r); return nil })
+	if len(left) != 1 || left[0].Error.Defect != receipts.DefectFork || left[0].Error.CheckpointSeq != 3 {
+		t.Fatalf("rejections after the gap was filled: %+v, want only the equivocation, as a fork of checkpoint 3", left)
+	}
+	ingestAll(t, s, bs[4:])
+	if rep := mustVerify(t, s); rep.Logs[0].LastSeq != 50 || rep.Rejected != 1 {
+		t.Fatalf("after the chain went on: %+v", rep)
+	}
+}
+
+// TestGapsIndexedOnOpen: a store written before gaps were indexed (its
+// gaps bucket removed here) indexes its kept-aside gaps when opened for
+// writing, and resumes them as usual.
+func TestGapsIndexedOnOpen(t *testing.T) {
+	k := testKey("reindex")
+	bs := batchesOf(t, makeLog(t, k, 30, 10, 0))
+	s, path := openStore(t, k)
+	ingestAll(t, s, bs[:1])
+	rejected(t, s, bs[2], receipts.DefectGap)
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bktGaps) }); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err := Open(path, Options{TrustedKeys: []string{pubHex(k)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if res, err := s.Ingest(context.Background(), bs[1]); err != nil || len(res.Resumed) != 1 {
+		t.Fatalf("ingest checkpoint 2 after reopening: %+v %v, want checkpoint 3 resumed", res, err)
+	}
+	if rep := mustVerify(t, s); rep.Logs[0].LastSeq != 30 || rep.Rejected != 0 {
+		t.Fatalf("after reopening: %+v", rep)
+	}
+}
+
+// TestHeldStoreNamedAsOne: a central store another writer holds is still
+// told apart from a held node log (read from its pages without the lock),
+// and opening it fails with ErrHeld, saying what to do.
+func TestHeldStoreNamedAsOne(t *testing.T) {
+	k := testKey("held")
+	s, path := openStore(t, k)
+	ingestAll(t, s, batchesOf(t, makeLog(t, k, 20, 10, 0)))
+	if !IsCentral(path) {
+		t.Fatal("IsCentral: false for a central store held by a writer")
+	}
+	_, err := Open(path, Options{ReadOnly: true, LockTimeout: 50 * time.Millisecond})
+	if !errors.Is(err, ErrHeld) || !errors.Is(err, receipts.ErrLocked) || !strings.Contains(err.Error(), "receipts collect") {
+		t.Fatalf("open a held central store: %v", err)
+	}
+	local := filepath.Join(t.TempDir(), "node.db")
+	l, err := receipts.Open(local, receipts.Options{Key: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if IsCentral(local) {
+		t.Fatal("IsCentral: true for a node's log held by its writer")
+	}
+	if _, err := Open(local, Options{LockTimeout: 50 * time.Millisecond}); errors.Is(err, ErrHeld) || !errors.Is(err, receipts.ErrLocked) {
+		t.Fatalf("open a held node log as a central store: %v", err)
 	}
 }

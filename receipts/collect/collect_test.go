@@ -66,15 +66,18 @@ func TestCollectOutOfOrder(t *testing.T) {
 	verifyStore(t, store)
 }
 
-// TestCollectGapKeptAside: a batch whose predecessor never comes waits
-// GapWait, then is kept aside as a gap (and acked: not retried forever);
-// the batches before it are stored.
-func TestCollectGapKeptAside(t *testing.T) {
+// TestCollectPredecessorAfterGap: a batch whose predecessor does not come
+// waits GapWait, then is kept aside as a gap (and acked: not retried
+// forever), the batch before it stored; when the predecessor comes after
+// all, the gap is stored after it and leaves the rejections, and the log's
+// chain goes on.
+func TestCollectPredecessorAfterGap(t *testing.T) {
 	c := natscluster.Shared(t)
 	e := newEnv(t, c)
 	key := testKey(t.Name())
-	l := openLog(t, key, 10, 40)
+	l := openLog(t, key, 10, 50)
 	bs := batchesOf(t, l)
+	id := logID(t, l)
 	store := openStore(t, filepath.Join(t.TempDir(), "central.db"), l.KernelKey())
 	e.publish(t, bs[0], "")
 	e.publish(t, bs[2], "")
@@ -85,11 +88,27 @@ func TestCollectGapKeptAside(t *testing.T) {
 	if rj := rejections(t, store); rj[receipts.DefectGap] != 1 || len(rj) != 1 {
 		t.Fatalf("kept aside %v, want one gap", rj)
 	}
-	if n, _ := stored(t, store, logID(t, l)); n != 1 {
+	if n, _ := stored(t, store, id); n != 1 {
 		t.Fatalf("%d batches stored, want 1", n)
 	}
 	if st := col.Stats(); st.Deferred == 0 {
 		t.Fatalf("the gap was kept aside without waiting: %+v", st)
+	}
+	e.publish(t, bs[1], "")
+	waitFor(t, 30*time.Second, "3 batches stored", func() bool { n, _ := stored(t, store, id); return n == 3 })
+	if rj := rejections(t, store); len(rj) != 0 {
+		t.Fatalf("kept aside %v after the gap was filled, want nothing", rj)
+	}
+	for _, b := range bs[3:] {
+		e.publish(t, b, "")
+	}
+	waitFor(t, 30*time.Second, "5 batches stored", func() bool { n, _ := stored(t, store, id); return n == 5 })
+	waitFor(t, 30*time.Second, "the collector counting 5 batches", func() bool { return col.Stats().Batches == 5 })
+	if st := col.Stats(); st.Resumed != 1 || st.Rejected != 1 {
+		t.Fatalf("stats %+v, want one batch resumed after being kept aside", st)
+	}
+	if rep := verifyStore(t, store); rep.Rejected != 0 || rep.Logs[0].Verified != 50 {
+		t.Fatalf("verify report %+v", rep)
 	}
 }
 

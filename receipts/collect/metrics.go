@@ -13,6 +13,7 @@ func (c *Collector) Collectors() []prometheus.Collector {
 		counter("chio_collector_duplicates_total", "Batches delivered again, already stored.", func(s Stats) uint64 { return s.Duplicates }),
 		counter("chio_collector_rejected_total", "Batches (and messages that are none) kept aside as refused.", func(s Stats) uint64 { return s.Rejected }),
 		counter("chio_collector_deferred_total", "Deliveries put back to wait for their predecessor.", func(s Stats) uint64 { return s.Deferred }),
+		counter("chio_collector_resumed_total", "Batches kept aside as gaps, stored once their predecessor was.", func(s Stats) uint64 { return s.Resumed }),
 		counter("chio_collector_errors_total", "Failed fetches and store commits.", func(s Stats) uint64 { return s.Errors }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "chio_collector_lag_messages", Help: "Messages the stream holds past the last delivered."},
 			func() float64 { return float64(c.Stats().Lag) }),
