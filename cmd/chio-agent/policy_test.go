@@ -43,9 +43,9 @@ rules:
 		t.Fatalf("err %v (exit %d), want exit 1", err, exitCode(err))
 	}
 	for _, want := range []string{
-		path + ":4:14: rules.egress.enabled: wrong type",
-		path + ":5:14: rules.egress.default: value not allowed",
-		path + ":6:3: rules.nonexistent_guard: unknown field",
+		path + ":4:14: rules.egress.enabled: invalid type: string \"true\", expected a boolean (true or false) [E001]",
+		path + ":5:14: rules.egress.default: unknown variant `maybe`",
+		path + ":6:3: rules.nonexistent_guard: unknown field `nonexistent_guard`",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -288,14 +289,19 @@ func TestExtendsErrors(t *testing.T) {
 	if _, err := Parse([]byte("hushspec: \"0.1.0\"\nextends: a.yaml\n")); !errors.Is(err, ErrExtendsUnresolved) {
 		t.Errorf("Parse with extends and no base dir: %v", err)
 	}
+	// Core 2.6.2: a leaf with 32 base documents is the longest chain that
+	// resolves; one more hop is refused.
 	var chain = map[string]string{}
-	for i := 0; i < 20; i++ {
-		chain[filepath.Join("c", string(rune('a'+i))+".yaml")] = "hushspec: \"0.1.0\"\nextends: " + string(rune('a'+i+1)) + ".yaml\n"
+	for i := 0; i < 33; i++ {
+		chain[fmt.Sprintf("c/%d.yaml", i)] = fmt.Sprintf("hushspec: \"0.1.0\"\nextends: %d.yaml\n", i+1)
 	}
-	chain[filepath.Join("c", string(rune('a'+20))+".yaml")] = "hushspec: \"0.1.0\"\n"
+	chain["c/33.yaml"] = "hushspec: \"0.1.0\"\n"
 	cdir := writeFiles(t, chain)
-	if _, err := LoadFile(filepath.Join(cdir, "c", "a.yaml")); !errors.Is(err, ErrLimit) {
-		t.Errorf("long chain: %v", err)
+	if _, err := LoadFile(filepath.Join(cdir, "c", "0.yaml")); !errors.Is(err, ErrLimit) {
+		t.Errorf("chain of 33 hops: %v", err)
+	}
+	if _, err := LoadFile(filepath.Join(cdir, "c", "1.yaml")); err != nil {
+		t.Errorf("chain of 32 hops: %v", err)
 	}
 }
 

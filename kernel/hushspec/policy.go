@@ -37,9 +37,23 @@ type Action struct {
 	Type    string
 	Target  string
 	Content string // file_write data scanned for secrets; patch_apply diff
+	// HasContent says Content was supplied, even empty: egress and tool_call
+	// actions are scanned for secrets only then (core 3.4); file_write and
+	// patch_apply always are.
+	HasContent bool
 	// ArgsSize is the size in bytes of a tool call's serialized arguments,
 	// checked against tool_access.max_args_size.
 	ArgsSize int64
+	// URL is a browser_action's destination (core 3.11), "" for none.
+	URL string
+	// Network and TimeoutMS are what a code_exec action requests (core
+	// 3.12); TimeoutMS 0 is no request.
+	Network   bool
+	TimeoutMS int64
+	// Context is the runtime context `when` conditions read (core 3.13):
+	// user, environment, deployment, agent, session, request, custom,
+	// counters and current_time. Nil is an empty context.
+	Context map[string]any
 	// Origin and Posture are accepted for the evaluator-test action model;
 	// the origins and posture extensions are not evaluated by this engine.
 	Origin  *Origin
@@ -237,7 +251,7 @@ func compileGlobs(l []string) (*globSet, error) {
 func compileRegexps(l []string, rule string) ([]indexedRegexp, error) {
 	out := make([]indexedRegexp, 0, len(l))
 	for i, s := range l {
-		re, err := regexp.Compile(s)
+		re, err := compileProfileRegex(s)
 		if err != nil {
 			return nil, fmt.Errorf("compile %s[%d]: %w: %v", rule, i, ErrRegex, err)
 		}
@@ -305,7 +319,7 @@ func compile(tree map[string]any, o options) (*Policy, error) {
 		for _, x := range l {
 			m, _ := x.(map[string]any)
 			name := str(m, "name", "")
-			re, err := regexp.Compile(str(m, "pattern", ""))
+			re, err := compileProfileRegex(str(m, "pattern", ""))
 			if err != nil {
 				return nil, fmt.Errorf("compile secret pattern %q: %w: %v", name, ErrRegex, err)
 			}

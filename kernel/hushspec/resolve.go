@@ -65,7 +65,7 @@ func Parse(data []byte, opts ...Option) (*Policy, error) {
 		if o.baseDir == "" {
 			return nil, fmt.Errorf("parse policy: %w: %q needs a base directory (use LoadFile or WithBaseDir)", ErrExtendsUnresolved, ref)
 		}
-		tree, err = resolveChain(o.ctx, doc, o.baseDir, nil)
+		tree, err = resolveChain(o.ctx, doc, o.baseDir, []string{""})
 		if err != nil {
 			return nil, err
 		}
@@ -140,7 +140,7 @@ func resolveChain(ctx context.Context, doc *Document, dir string, seen []string)
 	if !ok {
 		return withoutExtends(doc.tree), nil
 	}
-	if len(seen) >= maxExtendsDepth {
+	if len(seen) > maxExtendsDepth {
 		return nil, fmt.Errorf("resolve extends %q in %s: %w: chain longer than %d documents", ref, doc.file, ErrLimit, maxExtendsDepth)
 	}
 	if schemeRE.MatchString(ref) {
