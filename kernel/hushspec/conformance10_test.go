@@ -1,8 +1,10 @@
 package hushspec
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -81,6 +83,109 @@ func TestLevel1Invalid(t *testing.T) {
 				if fe.Line == 0 {
 					t.Errorf("error without a line: %v", fe)
 				}
+			}
+		})
+	}
+}
+
+// TestLevel2Merge resolves every child-*.yaml of the pack's core/merge
+// directories and compares the result with its expected-*.yaml; in a
+// directory whose fixture.yaml says reject, every child must be refused
+// (core 8, Level 2). The three-hop chain pins each hop by digest, so the
+// pins are checked on the way.
+func TestLevel2Merge(t *testing.T) {
+	root := filepath.Join(pack10Dir(t), "fixtures", "core", "merge")
+	children := pack10Files(t, "merge/*child-*.yaml", 3)
+	more, err := filepath.Glob(filepath.Join(root, "*", "child-*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	children = append(children, more...)
+	if len(children) != 9 {
+		t.Fatalf("found %d child documents, want 9", len(children))
+	}
+	for _, child := range children {
+		dir := filepath.Dir(child)
+		rel, _ := filepath.Rel(root, child)
+		t.Run(rel, func(t *testing.T) {
+			var fixture struct {
+				Reject bool `yaml:"reject"`
+			}
+			if raw, err := os.ReadFile(filepath.Join(dir, "fixture.yaml")); err == nil {
+				if err := yaml.Unmarshal(raw, &fixture); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := LoadDocument(child)
+			if fixture.Reject {
+				if err == nil {
+					t.Fatal("resolved; the fixture says the chain is refused")
+				}
+				if ErrorCode(err) != CodeExtends || !errors.Is(err, ErrExtendsCycle) {
+					t.Fatalf("refused with %s %v, want E010 for the cycle", ErrorCode(err), err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("resolve: %v", err)
+			}
+			expected := filepath.Join(dir, "expected-"+strings.TrimPrefix(filepath.Base(child), "child-"))
+			data, err := os.ReadFile(expected)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := ParseDocument(data, expected)
+			if err != nil {
+				t.Fatalf("parse expected: %v", err)
+			}
+			if _, ok := got.tree["extends"]; ok {
+				t.Error("resolved document keeps extends")
+			}
+			if _, ok := got.tree["merge_strategy"]; ok {
+				t.Error("resolved document keeps merge_strategy")
+			}
+			if g, w := treeJSON(t, got), treeJSON(t, want); !reflect.DeepEqual(g, w) {
+				t.Errorf("merged document differs:\n got  %v\n want %v", g, w)
+			}
+		})
+	}
+}
+
+// TestExtendsDigestPin: a pin that matches resolves, one that does not is
+// refused as digest_mismatch, and a fragment that is not a well-formed pin
+// is refused as invalid_pin without loading anything (core 2.3). All are
+// E010.
+func TestExtendsDigestPin(t *testing.T) {
+	base := "hushspec: \"0.2.0\"\nname: org-root\ndescription: organisation baseline\nrules:\n  forbidden_paths:\n    patterns:\n      - \"**/.ssh/**\"\n      - \"**/.aws/**\"\n  egress:\n    allow:\n      - \"a.example.com\"\n    default: block\n  tool_access:\n    allow: []\n    block:\n      - shell_exec\n    require_confirmation: []\n    default: allow\n"
+	const good = "69ae80eaa6f6ddb46354215c36fc399036c883c021277ed8e5f9818d42e12b17"
+	bad := strings.Repeat("0", 64)
+	dir := writeFiles(t, map[string]string{"base.yaml": base})
+	for name, tc := range map[string]struct {
+		ref  string
+		want error
+	}{
+		"matching pin":   {"base.yaml#sha256:" + good, nil},
+		"other hash":     {"base.yaml#sha256:" + bad, ErrDigestMismatch},
+		"uppercase algo": {"base.yaml#SHA256:" + good, ErrInvalidPin},
+		"63 digits":      {"base.yaml#sha256:" + good[:63], ErrInvalidPin},
+		"uppercase hex":  {"base.yaml#sha256:" + strings.ToUpper(good), ErrInvalidPin},
+		"not a pin":      {"base.yaml#notes", ErrInvalidPin},
+		"empty fragment": {"base.yaml#", ErrInvalidPin},
+		"builtin":        {"builtin:strict", ErrExtendsUnresolved},
+		"https":          {"https://policies.example.com/base.yaml", ErrExtendsUnresolved},
+		"http":           {"http://policies.example.com/base.yaml", ErrExtendsUnresolved},
+	} {
+		t.Run(name, func(t *testing.T) {
+			child := "hushspec: \"0.2.0\"\nextends: \"" + tc.ref + "\"\n"
+			_, err := Parse([]byte(child), WithBaseDir(dir))
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) || ErrorCode(err) != CodeExtends {
+				t.Fatalf("got %s %v, want E010 %v", ErrorCode(err), err, tc.want)
 			}
 		})
 	}

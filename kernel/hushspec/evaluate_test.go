@@ -248,7 +248,7 @@ extensions:
 	// mid deep-merges onto root (rule blocks replaced whole, extension
 	// mappings merged recursively, root's merge_strategy dropped); leaf
 	// merges with "merge" (extension blocks replaced whole).
-	want := `{"extensions":{"detection":{"prompt_injection":{"block_at_or_above":"high"}}},"hushspec":"0.1.0","merge_strategy":"merge","name":"leaf","rules":{"egress":{"allow":["mid.com"]},"tool_access":{"block":["rm"]}}}`
+	want := `{"extensions":{"detection":{"prompt_injection":{"block_at_or_above":"high"}}},"hushspec":"0.1.0","name":"leaf","rules":{"egress":{"allow":["mid.com"]},"tool_access":{"block":["rm"]}}}`
 	if string(b) != want {
 		t.Errorf("resolved\n got  %s\n want %s", b, want)
 	}

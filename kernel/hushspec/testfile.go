@@ -145,11 +145,9 @@ func LoadTestFile(path string, opts ...Option) (*TestFile, error) {
 				d.errs = append(d.errs, fe)
 			}
 		} else if len(d.errs) == 0 {
-			tree := doc.tree
-			if _, ok := tree["extends"]; ok {
-				if tree, err = resolveChain(o.ctx, doc, filepath.Dir(path), []string{""}); err != nil {
-					return nil, err
-				}
+			tree, err := resolveChain(o.ctx, doc, filepath.Dir(path), []string{""})
+			if err != nil {
+				return nil, err
 			}
 			if tf.Policy, err = compile(tree, o); err != nil {
 				return nil, err
