@@ -28,26 +28,9 @@ func globFixtures(t *testing.T, pattern string, want int) []string {
 	return files
 }
 
-func TestConformanceEvaluation(t *testing.T) {
-	total := 0
-	for _, f := range globFixtures(t, "evaluation/*.test.yaml", 8) {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			tf, err := LoadTestFile(f)
-			if err != nil {
-				t.Fatalf("load: %v", err)
-			}
-			for _, r := range tf.Run() {
-				total++
-				if !r.Passed() {
-					t.Errorf("%s", r)
-				}
-			}
-		})
-	}
-	if total != 32 {
-		t.Errorf("ran %d cases, want the 32 of the fixture set", total)
-	}
-}
+// The 0.1 evaluation vectors are superseded by the 1.0 pack's
+// (TestLevel3Evaluation): 1.0 made guardrail deny, allowlist misses name
+// rules.tool_access.allow and a one-sided patch unbalanced.
 
 func TestConformanceValid(t *testing.T) {
 	for _, f := range globFixtures(t, "valid/*.yaml", 11) {

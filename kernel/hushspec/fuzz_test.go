@@ -78,3 +78,22 @@ func FuzzNormalizeHost(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRegexProfile: the profile parser never panics; a pattern it accepts
+// has a compiled program that matches without panicking.
+func FuzzRegexProfile(f *testing.F) {
+	for _, s := range []string{`(?i)ignore (all )?previous`, `[0-9]{3}-[0-9]{2}`, `\bsecret\b`, `(a+)+`, `[\D]`,
+		`a{,3}`, `(?P<n>x)|[^\s\S]`, `[a-\x7f]`, `(?ims)^.$`, `(?=x)`, `\p{L}`, `[[:alpha:]]`} {
+		f.Add(s, "subject")
+	}
+	f.Fuzz(func(t *testing.T, pattern, subject string) {
+		re, err := compileProfileRegex(pattern)
+		if err != nil {
+			return
+		}
+		if re == nil {
+			t.Fatal("accepted without a program")
+		}
+		re.MatchString(subject)
+	})
+}

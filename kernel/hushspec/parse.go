@@ -206,6 +206,8 @@ func (d *decoder) value(n *yaml.Node, path string, f *field, depth int) (any, bo
 		return d.object(n, path, conditionSchema, depth)
 	case kExtension:
 		return d.extension(n, path, depth)
+	case kAnyValue:
+		return d.freeForm(n, path, depth)
 	case kFreeForm:
 		if n.Kind != yaml.MappingNode {
 			d.fail(n, path, ErrType, "invalid type: %s, expected a mapping", describe(n))

@@ -32,6 +32,7 @@ const (
 	kTimezone                   // IANA name or fixed offset (E004)
 	kDays                       // sequence of day abbreviations (E004)
 	kFreeForm                   // a context mapping: any keys, any YAML values
+	kAnyValue                   // any YAML value (evaluator-test members not compared)
 )
 
 // field describes one position of the HushSpec schema.

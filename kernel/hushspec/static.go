@@ -27,3 +27,37 @@ func (p *Policy) EgressBlockedAddrs() []BlockedAddr {
 	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Less(out[j].Addr) })
 	return out
 }
+
+// IPWildcards returns the egress and browser_automation host patterns, as
+// written, that put a wildcard over an IP address ("10.0.0.*"). Core 3.14.2
+// makes them valid but never matching, which is rarely what their author
+// meant; `policy check` warns about each.
+func (p *Policy) IPWildcards() []string {
+	var out []string
+	for _, s := range []*hostSet{p.egressSet(true), p.egressSet(false), p.browserSet(true), p.browserSet(false)} {
+		if s != nil {
+			out = append(out, s.never...)
+		}
+	}
+	return out
+}
+
+func (p *Policy) egressSet(allow bool) *hostSet {
+	switch {
+	case p.egress == nil:
+		return nil
+	case allow:
+		return p.egress.allow
+	}
+	return p.egress.block
+}
+
+func (p *Policy) browserSet(allow bool) *hostSet {
+	switch {
+	case p.browser == nil:
+		return nil
+	case allow:
+		return p.browser.allowedDomains
+	}
+	return p.browser.blocked
+}

@@ -74,8 +74,8 @@ var (
 		"origin_profile": fString,
 		"posture":        object(map[string]*field{"current": fString, "next": fString}, "current", "next"),
 		// Level 4 expectations (receipt spec): read, not compared.
-		"rule_trace": {kind: kExtension},
-		"receipt":    {kind: kExtension},
+		"rule_trace": {kind: kAnyValue},
+		"receipt":    {kind: kAnyValue},
 	}, "decision")
 	testCaseSchema = object(map[string]*field{
 		"description": fString,
@@ -236,8 +236,8 @@ func (tf *TestFile) Run() []CaseResult {
 		if tc.Expect.OriginProfile != nil {
 			r.Failures = append(r.Failures, "origin_profile: the origins extension is not evaluated by this engine")
 		}
-		if tc.Expect.Posture != nil {
-			r.Failures = append(r.Failures, "posture: the posture extension is not evaluated by this engine")
+		if w := tc.Expect.Posture; w != nil && (got.PostureState != w.Current || got.PostureNext != w.Next) {
+			r.Failures = append(r.Failures, fmt.Sprintf("posture: got %q -> %q, want %q -> %q", got.PostureState, got.PostureNext, w.Current, w.Next))
 		}
 		out = append(out, r)
 	}
