@@ -36,7 +36,7 @@ func and(a, b tri) tri {
 
 type condition struct {
 	window     *timeWindow
-	context    map[string]any
+	context    []contextKey // nil: no context predicate
 	allOf      []*condition
 	anyOf      []*condition
 	not        *condition
@@ -73,7 +73,10 @@ func compileCondition(m map[string]any) *condition {
 		c.window = w
 	}
 	if ctx := sub(m, "context"); ctx != nil {
-		c.context = ctx
+		c.context = make([]contextKey, 0, len(ctx))
+		for k, v := range ctx {
+			c.context = append(c.context, contextKey{path: strings.Split(k, "."), want: v})
+		}
 	}
 	for _, k := range []string{"all_of", "any_of"} {
 		l, _ := m[k].([]any)
@@ -241,35 +244,37 @@ func parseCurrentTime(s string) (time.Time, bool) {
 	return time.Time{}, false
 }
 
+// contextKey is one key of a context predicate: its dotted path, split,
+// and the value expected there.
+type contextKey struct {
+	path []string
+	want any
+}
+
 // evalContext: every key's expected value equals the context value at that
 // dotted path; an absent key makes the condition false.
-func evalContext(want, ctx map[string]any) tri {
-	for k, exp := range want {
-		got, ok := lookupPath(ctx, k)
-		if !ok || !contextMatch(exp, got) {
+func evalContext(keys []contextKey, ctx map[string]any) tri {
+	for _, k := range keys {
+		got, ok := lookupPath(ctx, k.path)
+		if !ok || !contextMatch(k.want, got) {
 			return triFalse
 		}
 	}
 	return triTrue
 }
 
-func lookupPath(ctx map[string]any, path string) (any, bool) {
+func lookupPath(ctx map[string]any, path []string) (any, bool) {
 	var cur any = ctx
-	for {
+	for _, seg := range path {
 		m, ok := cur.(map[string]any)
 		if !ok {
 			return nil, false
 		}
-		seg, rest, more := strings.Cut(path, ".")
-		v, ok := m[seg]
-		if !ok {
+		if cur, ok = m[seg]; !ok {
 			return nil, false
 		}
-		if !more {
-			return v, true
-		}
-		cur, path = v, rest
 	}
+	return cur, true
 }
 
 // contextMatch compares per core 3.13: strings, booleans and numbers only,
