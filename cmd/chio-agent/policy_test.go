@@ -159,3 +159,47 @@ cases:
 		t.Errorf("err %v output:\n%s", err, out)
 	}
 }
+
+// TestPolicyConformance runs the vendored HushSpec 1.0 pack: core reaches
+// level 2, level 3 passes every vector the pack carries and is incomplete
+// for the ones it lacks, and the manifest's hash names the corpus. A copy
+// with one invalid vector altered fails, naming the file.
+func TestPolicyConformance(t *testing.T) {
+	pack := filepath.Join(testutil.ConformanceDir(t), "hushspec-1.0")
+	out, err := run(t, "policy", "conformance", pack)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"manifest sha256 206bfa4198e433d20592fd41e3996677ecf03b732ad42b1e39fdf60b8750627f\n",
+		"core: level 2 reached\n",
+		"  level 1: pass: 47 of 47 vectors passed\n",
+		"  level 2: pass: 9 of 9 vectors passed\n",
+		"  level 3: incomplete: 36 of 36 vectors passed, 9 listed in the manifest missing\n",
+		"posture: not attempted (levels 1-3)\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	js, err := run(t, "policy", "conformance", "--json", pack)
+	if err != nil || !strings.Contains(js, `"module":"core","level_reached":2`) {
+		t.Errorf("--json: %v\n%s", err, js)
+	}
+
+	// A copy whose invalid vector now validates: the hash check and the
+	// vector both fail it.
+	tampered := t.TempDir()
+	if err := os.CopyFS(tampered, os.DirFS(pack)); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(tampered, "fixtures", "core", "invalid", "unknown-top-level.yaml")
+	if err := os.WriteFile(bad, []byte("hushspec: \"0.1.0\"\nname: bad\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run(t, "policy", "conformance", tampered)
+	if exitCode(err) != 1 || !strings.Contains(out, "  level 1: fail: 46 of 47 vectors passed\n") ||
+		!strings.Contains(out, "FAIL fixtures/core/invalid/unknown-top-level.yaml") || !strings.Contains(out, "core: level 0 reached") {
+		t.Errorf("tampered copy: exit %d\n%s", exitCode(err), out)
+	}
+}
