@@ -239,7 +239,7 @@ func TestPolicyEvalUnknownTypeIsUsageError(t *testing.T) {
 		t.Fatalf("eval --type egres: exit %d, %v, output %q", exitCode(err), err, out)
 	}
 	// Flags that changed nothing are gone rather than silently ignored.
-	for _, flag := range []string{"--origin=provider=slack", "--posture-current=x", "--posture-signal=y"} {
+	for _, flag := range []string{"--origin=provider=slack"} {
 		if _, _, err := runSplit(t, "policy", "eval", path, "--type", "egress", "--target", "a.com", flag); exitCode(err) != exitUsage {
 			t.Errorf("eval accepted %s, which the engine does not evaluate", flag)
 		}

@@ -106,6 +106,74 @@ rules:
 	}
 }
 
+// TestPolicyEval10 drives the 1.0 action inputs from the command line:
+// content presence, browser and code actions, the runtime context of when
+// conditions, and the posture state.
+func TestPolicyEval10(t *testing.T) {
+	path := writePolicy(t, "p.yaml", `hushspec: "1.0.0"
+rules:
+  egress:
+    allow: [api.example.com]
+  secret_patterns:
+    patterns:
+      - {name: aws, pattern: "AKIA[0-9A-Z]{16}", severity: critical}
+  shell_commands:
+    when:
+      any_of:
+        - context: {environment: production}
+        - rate: {counter: shell, threshold: 3, comparison: gte}
+    forbidden_patterns: ["rm"]
+  browser_automation:
+    enabled: true
+    blocked_domains: [evil.example]
+  code_execution:
+    enabled: true
+    network_access: false
+    max_execution_time_ms: 100
+extensions:
+  posture:
+    initial: open
+    states:
+      open: {capabilities: [egress, shell, custom]}
+      closed: {capabilities: []}
+    transitions: [{from: open, to: closed, on: alarm}]
+`)
+	for _, tc := range []struct {
+		args           []string
+		decision, rule string
+	}{
+		{[]string{"--type", "egress", "--target", "api.example.com", "--content", "AKIAABCDEFGHIJKLMNOP"}, "deny", "rules.secret_patterns.patterns.aws"},
+		{[]string{"--type", "egress", "--target", "api.example.com", "--content", ""}, "allow", "rules.egress.allow"},
+		{[]string{"--type", "browser_action", "--target", "navigate", "--url", "https://evil.example/x"}, "deny", "rules.browser_automation.blocked_domains"},
+		{[]string{"--type", "code_exec", "--target", "python", "--network"}, "deny", "rules.code_execution.network_access"},
+		{[]string{"--type", "code_exec", "--target", "python", "--timeout-ms", "101"}, "deny", "rules.code_execution.max_execution_time_ms"},
+		{[]string{"--type", "shell_command", "--target", "rm x", "--context", `{"environment":"production","counters":{"shell":1}}`}, "deny", "rules.shell_commands.forbidden_patterns[0]"},
+		{[]string{"--type", "shell_command", "--target", "rm x", "--context", `{"environment":"staging","counters":{"shell":1}}`}, "allow", ""},
+		{[]string{"--type", "shell_command", "--target", "rm x", "--context", `{"environment":"staging","counters":{"shell":1.5}}`}, "deny", "rules.shell_commands.forbidden_patterns[0]"},
+		{[]string{"--type", "custom", "--target", "x"}, "allow", ""},
+		{[]string{"--type", "custom", "--target", "x", "--posture-current", "closed"}, "deny", "extensions.posture.states.closed.capabilities"},
+	} {
+		out, err := run(t, append([]string{"policy", "eval", path}, tc.args...)...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", tc.args, err, out)
+		}
+		var got map[string]any
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("%v: output is not one JSON object: %q", tc.args, out)
+		}
+		if got["decision"] != tc.decision || got["matched_rule"] != tc.rule {
+			t.Errorf("%v: got %v, want %s %q", tc.args, got, tc.decision, tc.rule)
+		}
+	}
+	out, err := run(t, "policy", "eval", path, "--type", "egress", "--target", "api.example.com", "--posture-signal", "alarm")
+	if err != nil || !strings.Contains(out, `"posture_state":"open","posture_next":"closed"`) {
+		t.Errorf("posture signal: %v %s", err, out)
+	}
+	if _, err := run(t, "policy", "eval", path, "--type", "egress", "--context", "[1]"); exitCode(err) != exitUsage {
+		t.Errorf("--context that is not an object: exit %d, %v", exitCode(err), err)
+	}
+}
+
 func TestPolicyEvalPanicSentinel(t *testing.T) {
 	path := writePolicy(t, "p.yaml", "hushspec: \"0.1.0\"\n")
 	sentinel := writePolicy(t, "panic", "")
