@@ -89,20 +89,27 @@ rules:
 		{[]string{"--type", "tool_call", "--target", "x", "--args-size", "101"}, "deny", "rules.tool_access.max_args_size"},
 		{[]string{"--type", "file_write", "--target", "/a", "--content", "k=AKIAABCDEFGHIJKLMNOP"}, "deny", "rules.secret_patterns.patterns.aws"},
 	} {
-		out, err := run(t, append([]string{"policy", "eval", path}, tc.args...)...)
-		if err != nil {
-			t.Fatalf("%v: %v\n%s", tc.args, err, out)
-		}
-		var got map[string]any
-		if err := json.Unmarshal([]byte(out), &got); err != nil {
-			t.Fatalf("%v: output is not one JSON object: %q", tc.args, out)
-		}
-		if got["decision"] != tc.decision || got["matched_rule"] != tc.rule || got["reason"] == "" {
-			t.Errorf("%v: got %v, want %s %s", tc.args, got, tc.decision, tc.rule)
-		}
+		evalCase(t, path, tc.args, tc.decision, tc.rule)
 	}
 	if _, err := run(t, "policy", "eval", path); err == nil {
 		t.Error("eval without --type succeeded")
+	}
+}
+
+// evalCase runs `policy eval path args...` and checks the decision and
+// matched rule of the one JSON object it prints, and that it gave a reason.
+func evalCase(t *testing.T, path string, args []string, decision, rule string) {
+	t.Helper()
+	out, err := run(t, append([]string{"policy", "eval", path}, args...)...)
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", args, err, out)
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("%v: output is not one JSON object: %q", args, out)
+	}
+	if got["decision"] != decision || got["matched_rule"] != rule || got["reason"] == "" {
+		t.Errorf("%v: got %v, want %s %q", args, got, decision, rule)
 	}
 }
 
@@ -153,17 +160,7 @@ extensions:
 		{[]string{"--type", "custom", "--target", "x"}, "allow", ""},
 		{[]string{"--type", "custom", "--target", "x", "--posture-current", "closed"}, "deny", "extensions.posture.states.closed.capabilities"},
 	} {
-		out, err := run(t, append([]string{"policy", "eval", path}, tc.args...)...)
-		if err != nil {
-			t.Fatalf("%v: %v\n%s", tc.args, err, out)
-		}
-		var got map[string]any
-		if err := json.Unmarshal([]byte(out), &got); err != nil {
-			t.Fatalf("%v: output is not one JSON object: %q", tc.args, out)
-		}
-		if got["decision"] != tc.decision || got["matched_rule"] != tc.rule {
-			t.Errorf("%v: got %v, want %s %q", tc.args, got, tc.decision, tc.rule)
-		}
+		evalCase(t, path, tc.args, tc.decision, tc.rule)
 	}
 	out, err := run(t, "policy", "eval", path, "--type", "egress", "--target", "api.example.com", "--posture-signal", "alarm")
 	if err != nil || !strings.Contains(out, `"posture_state":"open","posture_next":"closed"`) {

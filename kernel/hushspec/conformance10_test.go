@@ -9,14 +9,7 @@ import (
 
 func pack10Files(t *testing.T, pattern string, want int) []string {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(pack10Dir(t), "fixtures", "core", pattern))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) != want {
-		t.Fatalf("%s: found %d fixture files, want %d", pattern, len(files), want)
-	}
-	return files
+	return globIn(t, filepath.Join(pack10Dir(t), "fixtures", "core"), pattern, want)
 }
 
 // TestConformanceReport runs the vendored 1.0 pack through RunConformance,

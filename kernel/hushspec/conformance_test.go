@@ -18,7 +18,15 @@ func hushspecDir(t *testing.T) string {
 
 func globFixtures(t *testing.T, pattern string, want int) []string {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(hushspecDir(t), pattern))
+	return globIn(t, hushspecDir(t), pattern, want)
+}
+
+// globIn lists the files matching pattern under dir and fails unless there
+// are exactly want: a test written for one set of fixtures must not
+// silently run on fewer.
+func globIn(t *testing.T, dir, pattern string, want int) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, pattern))
 	if err != nil {
 		t.Fatal(err)
 	}

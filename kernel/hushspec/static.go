@@ -33,31 +33,16 @@ func (p *Policy) EgressBlockedAddrs() []BlockedAddr {
 // makes them valid but never matching, which is rarely what their author
 // meant; `policy check` warns about each.
 func (p *Policy) IPWildcards() []string {
+	var sets []*hostSet
+	if p.egress != nil {
+		sets = append(sets, p.egress.allow, p.egress.block)
+	}
+	if p.browser != nil {
+		sets = append(sets, p.browser.allowedDomains, p.browser.blocked)
+	}
 	var out []string
-	for _, s := range []*hostSet{p.egressSet(true), p.egressSet(false), p.browserSet(true), p.browserSet(false)} {
-		if s != nil {
-			out = append(out, s.never...)
-		}
+	for _, s := range sets {
+		out = append(out, s.never...)
 	}
 	return out
-}
-
-func (p *Policy) egressSet(allow bool) *hostSet {
-	switch {
-	case p.egress == nil:
-		return nil
-	case allow:
-		return p.egress.allow
-	}
-	return p.egress.block
-}
-
-func (p *Policy) browserSet(allow bool) *hostSet {
-	switch {
-	case p.browser == nil:
-		return nil
-	case allow:
-		return p.browser.allowedDomains
-	}
-	return p.browser.blocked
 }
