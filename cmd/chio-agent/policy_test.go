@@ -189,7 +189,7 @@ func TestPolicyTestConformanceFixtures(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if !strings.HasSuffix(out, "198 passed, 0 failed\n") {
+	if !strings.HasSuffix(out, "209 passed, 0 failed\n") {
 		t.Errorf("output %q", out)
 	}
 }
@@ -225,9 +225,8 @@ cases:
 	}
 }
 
-// TestPolicyConformance runs the vendored HushSpec 1.0 pack: core reaches
-// level 2, level 3 passes every vector the pack carries and is incomplete
-// for the ones it lacks, and the manifest's hash names the corpus. A copy
+// TestPolicyConformance runs the vendored HushSpec 1.0 corpus: core reaches
+// level 3, and the manifest's hash names the corpus. A copy
 // with one invalid vector altered fails, naming the file.
 func TestPolicyConformance(t *testing.T) {
 	pack := filepath.Join(testutil.ConformanceDir(t), "hushspec-1.0")
@@ -237,10 +236,10 @@ func TestPolicyConformance(t *testing.T) {
 	}
 	for _, want := range []string{
 		"manifest sha256 206bfa4198e433d20592fd41e3996677ecf03b732ad42b1e39fdf60b8750627f\n",
-		"core: level 2 reached\n",
+		"core: level 3 reached\n",
 		"  level 1: pass: 47 of 47 vectors passed\n",
 		"  level 2: pass: 9 of 9 vectors passed\n",
-		"  level 3: incomplete: 44 of 44 vectors passed, 1 listed in the manifest missing\n",
+		"  level 3: pass: 45 of 45 vectors passed\n",
 		"posture: not attempted (levels 1-3)\n",
 	} {
 		if !strings.Contains(out, want) {
@@ -248,7 +247,7 @@ func TestPolicyConformance(t *testing.T) {
 		}
 	}
 	js, err := run(t, "policy", "conformance", "--json", pack)
-	if err != nil || !strings.Contains(js, `"module":"core","level_reached":2`) {
+	if err != nil || !strings.Contains(js, `"module":"core","level_reached":3`) {
 		t.Errorf("--json: %v\n%s", err, js)
 	}
 
