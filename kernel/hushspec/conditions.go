@@ -233,7 +233,7 @@ func parseCurrentTime(s string) (time.Time, bool) {
 	switch {
 	case rest == "":
 		t, err := time.Parse(layout, s[:19])
-		return t, err == nil
+		return t, err == nil && t.Year() >= 1
 	case rest == "Z", len(rest) == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':':
 		t, err := time.Parse(time.RFC3339Nano, s)
 		if err != nil || t.UTC().Year() < 1 || t.UTC().Year() > 9999 {

@@ -433,6 +433,9 @@ rules:
 		"offset in the time":     {map[string]any{"current_time": "2026-09-14T10:30:00+05:30"}, DecisionDeny},
 		"no offset is UTC":       {map[string]any{"current_time": "2026-09-14T05:00:00"}, DecisionDeny},
 		"time of the wrong type": {map[string]any{"current_time": int64(5)}, DecisionDeny},
+		"year zero":              {map[string]any{"current_time": "0000-09-14T05:00:00"}, DecisionDeny},
+		"leap second":            {map[string]any{"current_time": "2026-09-14T13:59:60Z"}, DecisionDeny},
+		"no seconds":             {map[string]any{"current_time": "2026-09-14T13:00Z"}, DecisionDeny},
 		"role of another type":   {map[string]any{"current_time": "2026-09-14T13:00:00Z", "user": map[string]any{"role": true}}, DecisionAllow},
 	} {
 		deploy.Context = c.ctx
