@@ -2,9 +2,12 @@ package hushspec
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 )
 
 func pack10Files(t *testing.T, pattern string, want int) []string {
@@ -197,5 +200,42 @@ func TestLevel3Evaluation(t *testing.T) {
 	t.Logf("%d of %d cases pass; %d of 45 vectors listed as passing", passed, cases, len(level3Passing))
 	for _, s := range failing {
 		t.Logf("not yet passing: %s", s)
+	}
+}
+
+// TestCanonicalProjection checks the projection behind extends pins against
+// the core hash vectors vendored (Level 4 vectors: canonical text byte for
+// byte, and the content hash): defaults of every rule block, the UTC
+// default of a time window, empty containers dropped.
+func TestCanonicalProjection(t *testing.T) {
+	for _, f := range pack10Files(t, "hash/*.yaml", 3) {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			raw, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var vec struct {
+				Policy      yaml.Node `yaml:"policy"`
+				Canonical   string    `yaml:"canonical"`
+				ContentHash string    `yaml:"content_hash"`
+			}
+			if err := yaml.Unmarshal(raw, &vec); err != nil {
+				t.Fatal(err)
+			}
+			doc, err := documentFromNode(&vec.Policy, f)
+			if err != nil {
+				t.Fatalf("vector policy refused: %v", err)
+			}
+			canon, err := (&Document{tree: canonicalProjection(doc.tree)}).CanonicalJSON()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(canon) != vec.Canonical {
+				t.Errorf("canonical form\n got  %s\n want %s", canon, vec.Canonical)
+			}
+			if h, err := ownContentHash(doc.tree); err != nil || "sha256:"+h != vec.ContentHash {
+				t.Errorf("content hash sha256:%s %v, want %s", h, err, vec.ContentHash)
+			}
+		})
 	}
 }

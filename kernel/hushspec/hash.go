@@ -54,14 +54,23 @@ var ruleDefaults = map[string]map[string]any{
 }
 
 // ownContentHash is the hex SHA-256 a `#sha256:` extends pin names (core
-// 2.3): the document canonicalized on its own, without extends and
-// merge_strategy, with the defaults of every rule block it has made
-// explicit, as RFC 8785 JSON. The projection of the Canonical Form
-// specification is not in the vendored pack; this one reproduces every pin
-// of the core corpus. Where it could differ (documents with extensions,
-// whose defaults it does not fill), a pin fails to match and the chain is
-// refused, which is the fail-closed side.
+// 2.3): the canonical content hash of the document on its own, without
+// extends and merge_strategy (canonicalProjection, RFC 8785, SHA-256).
 func ownContentHash(tree map[string]any) (string, error) {
+	return hashTree(canonicalProjection(tree))
+}
+
+// canonicalProjection is the projection of the Canonical Form specification
+// as far as the core document goes: extends and merge_strategy removed; the
+// schema defaults of every rule block present made explicit, and of every
+// time_window (timezone UTC); empty arrays and objects of fields with no
+// default dropped as if absent (an empty when, days, context, all_of,
+// metadata, extensions). It reproduces the core hash vectors vendored in
+// testdata and every pin of the corpus. Extension bodies are kept as
+// written: their defaults belong to the companion specifications, which are
+// not implemented, so a pin over a document with extensions may fail to
+// match where the reference would accept it (refused: the fail-closed side).
+func canonicalProjection(tree map[string]any) map[string]any {
 	proj := resolved(tree)
 	if rules, ok := proj["rules"].(map[string]any); ok {
 		out := make(map[string]any, len(rules))
@@ -74,9 +83,80 @@ func ownContentHash(tree map[string]any) (string, error) {
 			for k, v := range bm {
 				m[k] = v
 			}
+			if w, ok := m["when"].(map[string]any); ok {
+				if pw := projectCondition(w); len(pw) > 0 {
+					m["when"] = pw
+				} else {
+					delete(m, "when")
+				}
+			}
 			out[name] = m
 		}
 		proj["rules"] = out
 	}
-	return hashTree(proj)
+	if md, ok := proj["metadata"].(map[string]any); ok {
+		out := make(map[string]any, len(md))
+		for k, v := range md {
+			if !emptyContainer(v) {
+				out[k] = v
+			}
+		}
+		proj["metadata"] = out
+	}
+	for _, k := range []string{"rules", "metadata", "extensions"} {
+		if v, ok := proj[k]; ok && emptyContainer(v) {
+			delete(proj, k)
+		}
+	}
+	return proj
+}
+
+// projectCondition projects a `when` condition: timezone defaults to UTC,
+// empty fields are dropped, nested conditions are projected likewise.
+func projectCondition(c map[string]any) map[string]any {
+	out := make(map[string]any, len(c))
+	for k, v := range c {
+		switch k {
+		case "time_window":
+			tw, _ := v.(map[string]any)
+			w := map[string]any{"timezone": "UTC"}
+			for tk, tv := range tw {
+				if !emptyContainer(tv) {
+					w[tk] = tv
+				}
+			}
+			out[k] = w
+		case "all_of", "any_of":
+			l, _ := v.([]any)
+			if len(l) == 0 {
+				continue
+			}
+			pl := make([]any, len(l))
+			for i, x := range l {
+				xm, _ := x.(map[string]any)
+				pl[i] = projectCondition(xm)
+			}
+			out[k] = pl
+		case "not":
+			nm, _ := v.(map[string]any)
+			if pn := projectCondition(nm); len(pn) > 0 {
+				out[k] = pn
+			}
+		default:
+			if !emptyContainer(v) {
+				out[k] = v
+			}
+		}
+	}
+	return out
+}
+
+func emptyContainer(v any) bool {
+	switch x := v.(type) {
+	case map[string]any:
+		return len(x) == 0
+	case []any:
+		return len(x) == 0
+	}
+	return false
 }
