@@ -49,6 +49,9 @@ func (o *policyCheckOptions) run(w, warn io.Writer, file string) error {
 		name = "(unnamed)"
 	}
 	fmt.Fprintf(w, "%s: ok: policy %s, hash %s\n", file, name, p.Hash())
+	for _, pat := range p.DeadPathGlobs() {
+		fmt.Fprintf(warn, "%s: warning: path glob %q can match no path: targets are normalized before matching and patterns are not (HushSpec core 3.14.1; write it without ./, .., // or a trailing /)\n", file, pat)
+	}
 	for _, pat := range p.IPWildcards() {
 		fmt.Fprintf(warn, "%s: warning: host pattern %q puts a wildcard over an IP address: wildcards never match IP literals (HushSpec core 3.14.2), so it matches nothing\n", file, pat)
 	}

@@ -267,3 +267,28 @@ func TestPolicyConformance(t *testing.T) {
 		t.Errorf("tampered copy: exit %d\n%s", exitCode(err), out)
 	}
 }
+
+// TestPolicyCheckWarnsDeadPatterns: patterns that are valid under 1.0 but
+// can never match (a glob a normalized path never equals, a wildcard over
+// an IP address) pass check with a warning naming each.
+func TestPolicyCheckWarnsDeadPatterns(t *testing.T) {
+	path := writePolicy(t, "p.yaml", `hushspec: "0.1.0"
+rules:
+  forbidden_paths:
+    patterns: ["./secrets/**", "**/.env"]
+  egress:
+    block: ["10.0.0.*"]
+`)
+	out, warn, err := runSplit(t, "policy", "check", path)
+	if err != nil || !strings.Contains(out, "ok: policy") {
+		t.Fatalf("check: %v\n%s", err, out)
+	}
+	for _, want := range []string{`path glob "./secrets/**" can match no path`, `host pattern "10.0.0.*" puts a wildcard over an IP address`} {
+		if !strings.Contains(warn, want) {
+			t.Errorf("warnings lack %q:\n%s", want, warn)
+		}
+	}
+	if strings.Contains(warn, `"**/.env"`) {
+		t.Errorf("a live glob was warned about:\n%s", warn)
+	}
+}

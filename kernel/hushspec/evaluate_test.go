@@ -444,3 +444,28 @@ rules:
 		}
 	}
 }
+
+// TestDeadPathGlobs: patterns no normalized target can match are reported
+// (a 0.1 policy's "./secrets/**" no longer forbids anything under 1.0), and
+// they really do match nothing.
+func TestDeadPathGlobs(t *testing.T) {
+	p := mustParse(t, `hushspec: "0.1.0"
+rules:
+  forbidden_paths:
+    patterns: ["./secrets/**", "/a/../b", "/data//x", "C:\\x", "/logs/", "**/.env", "../up/**", "/"]
+  path_allowlist:
+    enabled: true
+    read: ["./src/**", "src/**"]
+`)
+	got := p.DeadPathGlobs()
+	want := []string{"./secrets/**", "/a/../b", "/data//x", `C:\x`, "/logs/", "./src/**"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("DeadPathGlobs() = %q, want %q", got, want)
+	}
+	for _, target := range []string{"./secrets/k", "secrets/k", "/a/../b", "/b", "/data//x", "/data/x", `C:\x`, "C:/x", "/logs/", "/logs"} {
+		if r := p.Evaluate(Action{Type: "file_read", Target: target}); r.MatchedRule == "rules.forbidden_paths.patterns" {
+			t.Errorf("%q matched %s", target, r.Pattern)
+		}
+	}
+	check(t, p, Action{Type: "file_read", Target: "../up/x"}, DecisionDeny, "rules.forbidden_paths.patterns")
+}
