@@ -24,7 +24,7 @@ import (
 )
 
 // DemoPolicy is the HushSpec policy the demo enforces.
-const DemoPolicy = `hushspec: "0.1.0"
+const DemoPolicy = `hushspec: "1.0.0"
 name: demo
 rules:
   egress:

@@ -3,6 +3,7 @@ package kernel
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
@@ -134,6 +135,15 @@ func DecideDNS(pol *hushspec.Policy, seen *Seen) Outcome {
 	if q.RefuseOtherTypes && !dnsAddressTypes[q.Type] {
 		return Outcome{Verdict: VerdictDeny, Guard: GuardDNS,
 			Reason: fmt.Sprintf("%s queries are refused: only A, AAAA, CNAME, HTTPS and SVCB are forwarded", q.Type)}
+	}
+	for _, name := range append([]string{q.Name}, q.Chain...) {
+		// A name in presentation form with an escape ("a\\000.b") is no
+		// host name: the policy, which cuts an egress target at a
+		// backslash as it does a URL, would judge the name before it.
+		if strings.ContainsRune(name, '\\') {
+			return Outcome{Verdict: VerdictDeny, PolicyDecision: hushspec.DecisionDeny, Guard: GuardEgressPolicy,
+				MatchedRule: hushspec.InvalidActionRule, Reason: fmt.Sprintf("DNS name %q holds an escape and is no host name", name)}
+		}
 	}
 	out := outcomeOf(pol.Evaluate(hushspec.Action{Type: "egress", Target: q.Name}), GuardEgressPolicy)
 	if out.Verdict == VerdictDeny {

@@ -232,9 +232,10 @@ func (k *Kernel) PrepareToolCall(ctx context.Context, call ToolCall) (Outcome, *
 	return out, p, nil
 }
 
-// outcomeOf maps a HushSpec result onto an enforced outcome: warn is
-// enforced as allow with the policy's decision kept; anything that is not
-// allow or warn denies.
+// outcomeOf maps a HushSpec result onto an enforced outcome: only allow
+// allows. A warn asks for confirmation, and no enforcement point of this
+// agent has a channel to obtain it, so it is enforced as deny (HushSpec
+// core 6), with the policy's own decision kept in the receipt.
 func outcomeOf(res hushspec.Result, guard string) Outcome {
 	out := Outcome{
 		Verdict:        VerdictDeny,
@@ -244,8 +245,11 @@ func outcomeOf(res hushspec.Result, guard string) Outcome {
 		MatchedRule:    res.MatchedRule,
 		Pattern:        res.Pattern,
 	}
-	if res.Decision == hushspec.DecisionAllow || res.Decision == hushspec.DecisionWarn {
+	switch res.Decision {
+	case hushspec.DecisionAllow:
 		out.Verdict = VerdictAllow
+	case hushspec.DecisionWarn:
+		out.Reason = "confirmation required, and no confirmation channel is configured: " + res.Reason
 	}
 	return out
 }

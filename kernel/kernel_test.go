@@ -141,7 +141,8 @@ func TestEvaluateToolCall(t *testing.T) {
 		{"allowed", "read_file", `{"path": "/workspace/a"}`, VerdictAllow, "allow"},
 		{"blocked", "shell_exec", `{}`, VerdictDeny, "deny"},
 		{"default", "deploy", ``, VerdictDeny, "deny"},
-		{"warn is allowed", "git_push", `{"remote":"origin"}`, VerdictAllow, "warn"},
+		// HushSpec core 6: without a confirmation channel a warn is denied.
+		{"warn is denied", "git_push", `{"remote":"origin"}`, VerdictDeny, "warn"},
 		{"args too large", "read_file", `{"path": "` + strings.Repeat("a", 80) + `"}`, VerdictDeny, "deny"},
 	}
 	for _, c := range cases {

@@ -14,7 +14,7 @@ func newPolicyCommand() *cobra.Command {
 		Use:   "policy",
 		Short: "Check, evaluate and test HushSpec policies",
 	}
-	p.AddCommand(newPolicyCheckCommand(), newPolicyEvalCommand(), newPolicyTestCommand())
+	p.AddCommand(newPolicyCheckCommand(), newPolicyEvalCommand(), newPolicyTestCommand(), newPolicyConformanceCommand())
 	return p
 }
 

@@ -22,12 +22,13 @@ func newPolicyCheckCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "check FILE",
 		Short: "Validate a policy (and its extends chain); print every error with its line",
-		Long: `check loads FILE as a HushSpec 0.1.0 policy, resolves its extends chain and
-compiles it. A valid policy prints its name and hash, and a warning for each
-extension it sets that this engine accepts but does not enforce (posture,
-origins, detection); an invalid one prints
-every problem found, each with its file, line, column and field path, and the
-command exits with status 1.`,
+		Long: `check loads FILE as a HushSpec policy (hushspec 0.1.Z, 0.2.Z or 1.0.Z),
+resolves its extends chain and compiles it. A valid policy prints its name and
+hash, and a warning for each extension it sets that this engine does not
+enforce in full (posture: only states and capabilities; origins, detection:
+not at all); an invalid one prints every problem found, each with its file,
+line, column, field path and HushSpec error code, and the command exits with
+status 1.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return o.run(cmd.OutOrStdout(), cmd.ErrOrStderr(), args[0])
@@ -48,7 +49,17 @@ func (o *policyCheckOptions) run(w, warn io.Writer, file string) error {
 		name = "(unnamed)"
 	}
 	fmt.Fprintf(w, "%s: ok: policy %s, hash %s\n", file, name, p.Hash())
+	for _, pat := range p.DeadPathGlobs() {
+		fmt.Fprintf(warn, "%s: warning: path glob %q can match no path: targets are normalized before matching and patterns are not (HushSpec core 3.14.1; write it without ./, .., // or a trailing /)\n", file, pat)
+	}
+	for _, pat := range p.IPWildcards() {
+		fmt.Fprintf(warn, "%s: warning: host pattern %q puts a wildcard over an IP address: wildcards never match IP literals (HushSpec core 3.14.2), so it matches nothing\n", file, pat)
+	}
 	for _, ext := range unenforcedExtensions(p) {
+		if ext == "posture" {
+			fmt.Fprintf(warn, "%s: warning: extensions.posture is accepted but only partly enforced: states and their capabilities gate actions and conditions; budgets and timeouts are not applied\n", file)
+			continue
+		}
 		fmt.Fprintf(warn, "%s: warning: extensions.%s is accepted but not enforced: this engine decides as if it were absent\n", file, ext)
 	}
 	return nil

@@ -28,7 +28,8 @@ func newPolicyTestCommand() *cobra.Command {
 		Short: "Run HushSpec evaluator-test files; print failing cases and a summary",
 		Long: `test runs HushSpec evaluator-test files (hushspec_test, policy, cases with
 action and expect). Each case is evaluated and compared on decision, and on
-matched_rule and reason where the case gives them. One line is printed per
+matched_rule, reason and posture where the case gives them (the v1 format;
+rule_trace and receipt expectations are read, not compared). One line is printed per
 failing case, then "N passed, M failed". A file that cannot be loaded counts
 as one failure. The exit status is 1 on any failure.`,
 		Args: cobra.MinimumNArgs(1),

@@ -28,7 +28,7 @@ import (
 	"github.com/backbay-labs/chio-agent/receipts"
 )
 
-const policy = `hushspec: "0.1.0"
+const policy = `hushspec: "1.0.0"
 name: inprocess-example
 rules:
   tool_access:

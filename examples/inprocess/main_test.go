@@ -14,7 +14,7 @@ func TestExampleRuns(t *testing.T) {
 	}
 	for _, want := range []string{
 		`(?m)^search_docs\s+allow\s+receipt [0-9a-f]{16} `,
-		`(?m)^shell_exec\s+deny\s+receipt [0-9a-f]{16} \(tool is blocked\)`,
+		`(?m)^shell_exec\s+deny\s+receipt [0-9a-f]{16} \(tool is explicitly blocked\)`,
 		`(?m)^send_email\s+deny\s+receipt [0-9a-f]{16} `,
 		`(?m)^receipt log .* verifies: 3 receipts verified, [1-9]\d* checkpoints$`,
 	} {

@@ -18,7 +18,15 @@ func hushspecDir(t *testing.T) string {
 
 func globFixtures(t *testing.T, pattern string, want int) []string {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(hushspecDir(t), pattern))
+	return globIn(t, hushspecDir(t), pattern, want)
+}
+
+// globIn lists the files matching pattern under dir and fails unless there
+// are exactly want: a test written for one set of fixtures must not
+// silently run on fewer.
+func globIn(t *testing.T, dir, pattern string, want int) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, pattern))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,26 +36,9 @@ func globFixtures(t *testing.T, pattern string, want int) []string {
 	return files
 }
 
-func TestConformanceEvaluation(t *testing.T) {
-	total := 0
-	for _, f := range globFixtures(t, "evaluation/*.test.yaml", 8) {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			tf, err := LoadTestFile(f)
-			if err != nil {
-				t.Fatalf("load: %v", err)
-			}
-			for _, r := range tf.Run() {
-				total++
-				if !r.Passed() {
-					t.Errorf("%s", r)
-				}
-			}
-		})
-	}
-	if total != 32 {
-		t.Errorf("ran %d cases, want the 32 of the fixture set", total)
-	}
-}
+// The 0.1 evaluation vectors are superseded by the 1.0 pack's
+// (TestLevel3Evaluation): 1.0 made guardrail deny, allowlist misses name
+// rules.tool_access.allow and a one-sided patch unbalanced.
 
 func TestConformanceValid(t *testing.T) {
 	for _, f := range globFixtures(t, "valid/*.yaml", 11) {
@@ -139,6 +130,10 @@ func TestConformanceMerge(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parse expected: %v", err)
 			}
+			// The 0.1 fixture keeps merge_strategy in the expected result;
+			// core 1.0 section 2.3 says a resolved document has none, and
+			// versioning.md 4 reads 0.x documents under that meaning.
+			want.tree = resolved(want.tree)
 			if g, w := treeJSON(t, got), treeJSON(t, want); !reflect.DeepEqual(g, w) {
 				t.Errorf("merged document differs:\n got  %v\n want %v", g, w)
 			}

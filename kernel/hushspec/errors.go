@@ -34,8 +34,16 @@ var (
 	ErrNumber = errors.New("number out of range")
 	// ErrPattern is a path glob or host pattern this engine cannot compile.
 	ErrPattern = errors.New("invalid pattern")
-	// ErrVersion is a hushspec version this engine does not support.
+	// ErrVersion is a hushspec value that is not a MAJOR.MINOR.PATCH string
+	// of a minor this engine supports (0.1, 0.2, 1.0).
 	ErrVersion = errors.New("unsupported hushspec version")
+	// ErrConstraint is a structural constraint of core 7 violated by a value
+	// of the right type: a malformed `when` condition, an empty name in a 1.x
+	// document, a control mapping without rule paths.
+	ErrConstraint = errors.New("constraint violation")
+	// ErrDate is a metadata date that is not an ISO 8601 calendar date
+	// (YYYY-MM-DD naming a day that exists).
+	ErrDate = errors.New("invalid governance date")
 	// ErrLimit is input beyond the bounds that keep loading safe on hostile
 	// documents: size, nesting, list length, pattern length or count.
 	ErrLimit = errors.New("limit exceeded")
@@ -45,6 +53,12 @@ var (
 	ErrExtendsCycle = errors.New("extends cycle")
 	// ErrExtendsUnresolved is an extends reference that cannot be loaded.
 	ErrExtendsUnresolved = errors.New("cannot resolve extends")
+	// ErrDigestMismatch is an extends reference whose #sha256: pin names
+	// another content hash than the referenced document's.
+	ErrDigestMismatch = errors.New("digest_mismatch")
+	// ErrInvalidPin is an extends reference whose fragment is not exactly
+	// #sha256: followed by 64 lowercase hex digits.
+	ErrInvalidPin = errors.New("invalid_pin")
 
 	// ErrInvalidHost is an egress target or host pattern that cannot be
 	// normalized to a host name or IP address.
@@ -61,8 +75,64 @@ type FieldError struct {
 	Column int
 	Err    error  // one of the sentinel errors above
 	Detail string // what exactly is wrong
+	// Code is the HushSpec error code (spec/registries/error-codes.yaml)
+	// when it is not the one Err implies (see ErrorCode).
+	Code string
 }
 
+// Registered HushSpec error codes (spec/registries/error-codes.yaml).
+const (
+	CodeIO         = "E000" // input could not be read
+	CodeParse      = "E001" // YAML parse error, profile, unknown field, type, enum
+	CodeVersion    = "E002" // unsupported hushspec version
+	CodeDuplicate  = "E003" // duplicate secret pattern name
+	CodeConstraint = "E004" // constraint violation
+	CodeRegex      = "E005" // regex outside the profile
+	CodeExtends    = "E010" // extends resolution failed
+	CodeDate       = "E011" // invalid governance date
+)
+
+// ErrorCode returns the registered HushSpec error code err carries: the
+// first FieldError's, or the one its sentinel implies; "" for nil.
+func ErrorCode(err error) string {
+	if err == nil {
+		return ""
+	}
+	if fes := FieldErrors(err); len(fes) > 0 {
+		return fes[0].code()
+	}
+	switch {
+	case errors.Is(err, ErrExtendsCycle), errors.Is(err, ErrExtendsUnresolved),
+		errors.Is(err, ErrDigestMismatch), errors.Is(err, ErrInvalidPin):
+		return CodeExtends
+	case errors.Is(err, ErrInvalidPolicy):
+		return CodeParse
+	}
+	return CodeIO
+}
+
+func (e *FieldError) code() string {
+	if e.Code != "" {
+		return e.Code
+	}
+	switch {
+	case errors.Is(e.Err, ErrVersion):
+		return CodeVersion
+	case errors.Is(e.Err, ErrConstraint), errors.Is(e.Err, ErrNumber), errors.Is(e.Err, ErrPattern):
+		return CodeConstraint
+	case errors.Is(e.Err, ErrRegex):
+		return CodeRegex
+	case errors.Is(e.Err, ErrDate):
+		return CodeDate
+	case errors.Is(e.Err, ErrExtendsCycle), errors.Is(e.Err, ErrExtendsUnresolved),
+		errors.Is(e.Err, ErrDigestMismatch), errors.Is(e.Err, ErrInvalidPin):
+		return CodeExtends
+	}
+	return CodeParse
+}
+
+// Error reads "file:line:col: path: detail [code]": the detail names the
+// problem in full, the code is the registered one.
 func (e *FieldError) Error() string {
 	var b strings.Builder
 	if e.File != "" {
@@ -79,11 +149,14 @@ func (e *FieldError) Error() string {
 		b.WriteString(e.Path)
 		b.WriteString(": ")
 	}
-	b.WriteString(e.Err.Error())
 	if e.Detail != "" {
-		b.WriteString(": ")
 		b.WriteString(e.Detail)
+	} else {
+		b.WriteString(e.Err.Error())
 	}
+	b.WriteString(" [")
+	b.WriteString(e.code())
+	b.WriteString("]")
 	return b.String()
 }
 

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -73,14 +74,15 @@ rules:
 `)
 	check(t, p, Action{Type: "file_read", Target: "/home/u/.ssh/id_rsa"}, DecisionDeny, "rules.forbidden_paths.patterns")
 	check(t, p, Action{Type: "file_read", Target: "/home/u/src/../.ssh/id_rsa"}, DecisionDeny, "rules.forbidden_paths.patterns")
-	check(t, p, Action{Type: "file_read", Target: "/home/u/notes"}, DecisionAllow, "rules.path_allowlist.read")
-	check(t, p, Action{Type: "file_read", Target: "/tmp/x"}, DecisionDeny, "rules.path_allowlist.read")
+	check(t, p, Action{Type: "file_read", Target: "/home/u/notes"}, DecisionAllow, "rules.path_allowlist")
+	check(t, p, Action{Type: "file_read", Target: "/tmp/x"}, DecisionDeny, "rules.path_allowlist")
 	check(t, p, Action{Type: "file_read", Target: ""}, DecisionDeny, InvalidActionRule)
 	check(t, p, Action{Type: "file_write", Target: "/home/user/src/a", Content: "TODO"}, DecisionWarn, "rules.secret_patterns.patterns.todo")
 	check(t, p, Action{Type: "file_write", Target: "/home/user/src/a", Content: "TODO KEY-1"}, DecisionDeny, "rules.secret_patterns.patterns.key")
-	check(t, p, Action{Type: "file_write", Target: "/home/other/a"}, DecisionDeny, "rules.path_allowlist.write")
+	check(t, p, Action{Type: "file_write", Target: "/home/other/a"}, DecisionDeny, "rules.path_allowlist")
 	// patch falls back to the write list when patch is empty.
-	check(t, p, Action{Type: "patch_apply", Target: "/home/user/src/a", Content: "+a\n+b"}, DecisionAllow, "rules.path_allowlist.write")
+	check(t, p, Action{Type: "patch_apply", Target: "/home/user/src/a", Content: "+a\n+b"}, DecisionAllow, "rules.path_allowlist")
+	check(t, p, Action{Type: "patch_apply", Target: "/home/other/a", Content: "+a\n+b"}, DecisionDeny, "rules.path_allowlist")
 	check(t, p, Action{Type: "patch_apply", Target: "/home/user/src/a", Content: "--- a/x\n+++ b/x\n@@\n+a\n+b\n+c\n+d"}, DecisionDeny, "rules.patch_integrity.max_additions")
 	check(t, p, Action{Type: "patch_apply", Target: "/home/user/src/a", Content: "-a\n-b"}, DecisionDeny, "rules.patch_integrity.max_deletions")
 	check(t, p, Action{Type: "tool_call", Target: "x", ArgsSize: 11}, DecisionDeny, "rules.tool_access.max_args_size")
@@ -91,13 +93,18 @@ rules:
 	check(t, p, Action{Type: "input_inject", Target: "keyboard"}, DecisionAllow, "rules.input_injection.allowed_types")
 	check(t, p, Action{Type: "input_inject", Target: "mouse"}, DecisionDeny, "rules.input_injection.allowed_types")
 	check(t, p, Action{Type: "custom", Target: "x"}, DecisionDeny, UnknownActionTypeRule)
-	check(t, p, Action{Type: "code_exec"}, DecisionDeny, UnknownActionTypeRule)
-	// No egress block: no rule applies, but an unusable host is still refused.
+	check(t, p, Action{Type: "launch_missiles"}, DecisionDeny, UnknownActionTypeRule)
+	// code_exec is a 1.0 action type; with no code_execution block no rule
+	// applies to it.
+	check(t, p, Action{Type: "code_exec"}, DecisionAllow, "")
+	// No egress block: no rule applies, to a usable host or not.
 	check(t, p, Action{Type: "egress", Target: "example.com"}, DecisionAllow, "")
-	r := check(t, p, Action{Type: "egress", Target: "exa mple.com"}, DecisionDeny, InvalidActionRule)
-	if r.Reason == "" {
-		t.Error("invalid host denied without a reason")
-	}
+	check(t, p, Action{Type: "egress", Target: "exa mple.com"}, DecisionAllow, "")
+	// Core 3.14.2: a target that is no valid host matches no pattern, so the
+	// default decides; a block pattern cannot be dodged by breaking the
+	// target, and an allow pattern cannot be reached that way.
+	e := mustParse(t, "hushspec: \"1.0.0\"\nrules:\n  egress:\n    allow: [\"**\"]\n    default: block\n")
+	check(t, e, Action{Type: "egress", Target: "exa mple.com"}, DecisionDeny, "rules.egress.default")
 }
 
 func TestDisabledBlockIsInert(t *testing.T) {
@@ -247,7 +254,7 @@ extensions:
 	// mid deep-merges onto root (rule blocks replaced whole, extension
 	// mappings merged recursively, root's merge_strategy dropped); leaf
 	// merges with "merge" (extension blocks replaced whole).
-	want := `{"extensions":{"detection":{"prompt_injection":{"block_at_or_above":"high"}}},"hushspec":"0.1.0","merge_strategy":"merge","name":"leaf","rules":{"egress":{"allow":["mid.com"]},"tool_access":{"block":["rm"]}}}`
+	want := `{"extensions":{"detection":{"prompt_injection":{"block_at_or_above":"high"}}},"hushspec":"0.1.0","name":"leaf","rules":{"egress":{"allow":["mid.com"]},"tool_access":{"block":["rm"]}}}`
 	if string(b) != want {
 		t.Errorf("resolved\n got  %s\n want %s", b, want)
 	}
@@ -288,14 +295,19 @@ func TestExtendsErrors(t *testing.T) {
 	if _, err := Parse([]byte("hushspec: \"0.1.0\"\nextends: a.yaml\n")); !errors.Is(err, ErrExtendsUnresolved) {
 		t.Errorf("Parse with extends and no base dir: %v", err)
 	}
+	// Core 2.6.2: a leaf with 32 base documents is the longest chain that
+	// resolves; one more hop is refused.
 	var chain = map[string]string{}
-	for i := 0; i < 20; i++ {
-		chain[filepath.Join("c", string(rune('a'+i))+".yaml")] = "hushspec: \"0.1.0\"\nextends: " + string(rune('a'+i+1)) + ".yaml\n"
+	for i := 0; i < 33; i++ {
+		chain[fmt.Sprintf("c/%d.yaml", i)] = fmt.Sprintf("hushspec: \"0.1.0\"\nextends: %d.yaml\n", i+1)
 	}
-	chain[filepath.Join("c", string(rune('a'+20))+".yaml")] = "hushspec: \"0.1.0\"\n"
+	chain["c/33.yaml"] = "hushspec: \"0.1.0\"\n"
 	cdir := writeFiles(t, chain)
-	if _, err := LoadFile(filepath.Join(cdir, "c", "a.yaml")); !errors.Is(err, ErrLimit) {
-		t.Errorf("long chain: %v", err)
+	if _, err := LoadFile(filepath.Join(cdir, "c", "0.yaml")); !errors.Is(err, ErrLimit) {
+		t.Errorf("chain of 33 hops: %v", err)
+	}
+	if _, err := LoadFile(filepath.Join(cdir, "c", "1.yaml")); err != nil {
+		t.Errorf("chain of 32 hops: %v", err)
 	}
 }
 
@@ -313,4 +325,147 @@ func TestHashStable(t *testing.T) {
 	if want := hex.EncodeToString(sum[:]); a.Hash() != want {
 		t.Errorf("hash %q, want %q", a.Hash(), want)
 	}
+}
+
+// TestEvasionAttempts: targets an agent shapes to slip past a block
+// pattern, a forbidden path or a secret pattern under the 1.0 matching
+// rules (core 3.4, 3.14.1, 3.14.2). Each must still be caught.
+func TestEvasionAttempts(t *testing.T) {
+	p := mustParse(t, `hushspec: "1.0.0"
+rules:
+  egress:
+    allow: ["**"]
+    block: ["blocked.example", "*.evil.example"]
+    default: allow
+  forbidden_paths:
+    patterns: ["**/.env", "/etc/shadow", "/data/café/**"]
+    exceptions: ["/proj/**"]
+  secret_patterns:
+    patterns:
+      - {name: aws, pattern: "AKIA[0-9A-Z]{16}", severity: critical}
+      - {name: note, pattern: "(?i)internal", severity: warn}
+`)
+	for _, target := range []string{
+		`http://blocked.example\@allowed.example/`, // backslash ends the authority
+		`blocked.example\@allowed.example`,
+		`https://user:pw@blocked.example:443/x`,
+		`BLOCKED.EXAMPLE.`,
+		`https://x.evil.example\.allowed.example`,
+	} {
+		check(t, p, Action{Type: "egress", Target: target}, DecisionDeny, "rules.egress.block")
+	}
+	for _, target := range []string{
+		"/proj/../.env",            // an exception escaped with ..
+		`C:\proj\..\.env`,          // backslashes are separators
+		"/proj/x/../../etc/shadow", // .. above the exception
+		"//etc//shadow/",           // repeated and trailing separators
+		"/../../etc/shadow",        // .. above the root is discarded
+		"/data/cafe\u0301/x",       // NFD spelling of a composed pattern
+	} {
+		check(t, p, Action{Type: "file_read", Target: target}, DecisionDeny, "rules.forbidden_paths.patterns")
+	}
+	// An allow from an exception does not end the evaluation: the secret
+	// scan still runs (core 6.1), and a later critical outranks an earlier
+	// warn in one payload (core 3.4).
+	check(t, p, Action{Type: "file_write", Target: "/proj/a", Content: "INTERNAL AKIAABCDEFGHIJKLMNOP"}, DecisionDeny, "rules.secret_patterns.patterns.aws")
+	// Content carried by an egress or a tool call is scanned too.
+	check(t, p, Action{Type: "egress", Target: "ok.example", Content: "AKIAABCDEFGHIJKLMNOP", HasContent: true}, DecisionDeny, "rules.secret_patterns.patterns.aws")
+	check(t, p, Action{Type: "tool_call", Target: "send", Content: "AKIAABCDEFGHIJKLMNOP", HasContent: true}, DecisionDeny, "rules.secret_patterns.patterns.aws")
+	// A wildcard never matches an IP literal; a pattern that looks like an
+	// address range is valid but matches nothing, and is reported.
+	ip := mustParse(t, "hushspec: \"1.0.0\"\nrules:\n  egress:\n    allow: [\"*.example\", \"**\", \"10.0.0.*\"]\n    default: block\n")
+	check(t, ip, Action{Type: "egress", Target: "10.0.0.1"}, DecisionDeny, "rules.egress.default")
+	check(t, ip, Action{Type: "egress", Target: "[::1]:443"}, DecisionDeny, "rules.egress.default")
+	if w := ip.IPWildcards(); len(w) != 1 || w[0] != "10.0.0.*" {
+		t.Errorf("IPWildcards() = %q", w)
+	}
+	// Unknown and custom action types deny (core 5), warn is not allow.
+	check(t, p, Action{Type: "custom", Target: "x"}, DecisionDeny, UnknownActionTypeRule)
+	check(t, p, Action{Type: "EGRESS", Target: "ok.example"}, DecisionDeny, UnknownActionTypeRule)
+}
+
+// TestConditionsFailClosed: a `when` condition that cannot be evaluated
+// leaves its block active; only a false one switches it off (core 3.13).
+func TestConditionsFailClosed(t *testing.T) {
+	p := mustParse(t, `hushspec: "1.0.0"
+rules:
+  shell_commands:
+    when:
+      not:
+        rate: {counter: shell.calls, threshold: 3, comparison: gte}
+    forbidden_patterns: ["rm"]
+  tool_access:
+    when:
+      any_of:
+        - time_window: {start: "09:00", end: "17:00", timezone: "+05:30", days: [MON]}
+        - context: {user.role: [admin, ops]}
+    block: [deploy]
+`)
+	rm := Action{Type: "shell_command", Target: "rm -rf /"}
+	for name, ctx := range map[string]map[string]any{
+		"no counters":      nil,
+		"negative counter": {"counters": map[string]any{"shell.calls": int64(-1)}},
+		"fraction counter": {"counters": map[string]any{"shell.calls": 2.5}},
+		"string counter":   {"counters": map[string]any{"shell.calls": "1"}},
+		"below threshold":  {"counters": map[string]any{"shell.calls": int64(2)}},
+	} {
+		rm.Context = ctx
+		if r := p.Evaluate(rm); r.Decision != DecisionDeny {
+			t.Errorf("%s: %s, want the block active (deny)", name, r.Decision)
+		}
+	}
+	rm.Context = map[string]any{"counters": map[string]any{"shell.calls": int64(3)}}
+	check(t, p, rm, DecisionAllow, "")
+
+	deploy := Action{Type: "tool_call", Target: "deploy"}
+	for name, c := range map[string]struct {
+		ctx  map[string]any
+		want string
+	}{
+		// 2026-09-14 is a Monday; 05:00Z is 10:30 at +05:30.
+		"inside the window":      {map[string]any{"current_time": "2026-09-14T05:00:00Z"}, DecisionDeny},
+		"outside, role absent":   {map[string]any{"current_time": "2026-09-14T13:00:00Z"}, DecisionAllow},
+		"outside, role matches":  {map[string]any{"current_time": "2026-09-14T13:00:00Z", "user": map[string]any{"role": "ops"}}, DecisionDeny},
+		"outside, role differs":  {map[string]any{"current_time": "2026-09-14T13:00:00Z", "user": map[string]any{"role": "dev"}}, DecisionAllow},
+		"a Tuesday":              {map[string]any{"current_time": "2026-09-15T05:00:00Z"}, DecisionAllow},
+		"unparseable time":       {map[string]any{"current_time": "2026-09-14 05:00:00"}, DecisionDeny},
+		"lowercase marker":       {map[string]any{"current_time": "2026-09-14t05:00:00z"}, DecisionDeny},
+		"offset in the time":     {map[string]any{"current_time": "2026-09-14T10:30:00+05:30"}, DecisionDeny},
+		"no offset is UTC":       {map[string]any{"current_time": "2026-09-14T05:00:00"}, DecisionDeny},
+		"time of the wrong type": {map[string]any{"current_time": int64(5)}, DecisionDeny},
+		"year zero":              {map[string]any{"current_time": "0000-09-14T05:00:00"}, DecisionDeny},
+		"leap second":            {map[string]any{"current_time": "2026-09-14T13:59:60Z"}, DecisionDeny},
+		"no seconds":             {map[string]any{"current_time": "2026-09-14T13:00Z"}, DecisionDeny},
+		"role of another type":   {map[string]any{"current_time": "2026-09-14T13:00:00Z", "user": map[string]any{"role": true}}, DecisionAllow},
+	} {
+		deploy.Context = c.ctx
+		if r := p.Evaluate(deploy); r.Decision != c.want {
+			t.Errorf("%s: %s (%s), want %s", name, r.Decision, r.MatchedRule, c.want)
+		}
+	}
+}
+
+// TestDeadPathGlobs: patterns no normalized target can match are reported
+// (a 0.1 policy's "./secrets/**" no longer forbids anything under 1.0), and
+// they really do match nothing.
+func TestDeadPathGlobs(t *testing.T) {
+	p := mustParse(t, `hushspec: "0.1.0"
+rules:
+  forbidden_paths:
+    patterns: ["./secrets/**", "/a/../b", "/data//x", "C:\\x", "/logs/", "**/.env", "../up/**", "/"]
+  path_allowlist:
+    enabled: true
+    read: ["./src/**", "src/**"]
+`)
+	got := p.DeadPathGlobs()
+	want := []string{"./secrets/**", "/a/../b", "/data//x", `C:\x`, "/logs/", "./src/**"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("DeadPathGlobs() = %q, want %q", got, want)
+	}
+	for _, target := range []string{"./secrets/k", "secrets/k", "/a/../b", "/b", "/data//x", "/data/x", `C:\x`, "C:/x", "/logs/", "/logs"} {
+		if r := p.Evaluate(Action{Type: "file_read", Target: target}); r.MatchedRule == "rules.forbidden_paths.patterns" {
+			t.Errorf("%q matched %s", target, r.Pattern)
+		}
+	}
+	check(t, p, Action{Type: "file_read", Target: "../up/x"}, DecisionDeny, "rules.forbidden_paths.patterns")
 }

@@ -11,8 +11,9 @@ import (
 // wraps ErrInvalidPolicy or returns a policy that evaluates without panicking
 // and whose resolved document parses back to the same hash.
 func FuzzParse(f *testing.F) {
-	for _, dir := range []string{"valid", "invalid", "merge"} {
-		files, _ := filepath.Glob(filepath.Join("..", "..", "..", "shared", "conformance", "hushspec", dir, "*.yaml"))
+	// Seeds: every document of the vendored 0.1 and 1.0 packs.
+	for _, pattern := range []string{"hushspec/*/*.yaml", "hushspec-1.0/fixtures/core/*/*.yaml", "hushspec-1.0/fixtures/core/merge/*/*.yaml"} {
+		files, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "conformance", pattern))
 		for _, file := range files {
 			if b, err := os.ReadFile(file); err == nil {
 				f.Add(b)
@@ -29,8 +30,10 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		for _, typ := range []string{"egress", "file_read", "file_write", "patch_apply", "shell_command", "tool_call", "computer_use", "input_inject"} {
-			r := p.Evaluate(Action{Type: typ, Target: "a.b.com", Content: "+x\n-y"})
+		for _, typ := range []string{"egress", "file_read", "file_write", "patch_apply", "shell_command", "tool_call",
+			"computer_use", "input_inject", "browser_action", "code_exec", "custom"} {
+			r := p.Evaluate(Action{Type: typ, Target: "a.b.com", Content: "+x\n-y", HasContent: true, URL: "https://a.b.com/",
+				Context: map[string]any{"environment": "x", "counters": map[string]any{"c": int64(1)}, "current_time": "2026-01-01T00:00:00Z"}})
 			if r.Decision != DecisionAllow && r.Decision != DecisionWarn && r.Decision != DecisionDeny {
 				t.Fatalf("decision %q", r.Decision)
 			}
@@ -76,5 +79,24 @@ func FuzzNormalizeHost(f *testing.F) {
 		if err != nil || again.name != h.name || again.isIP != h.isIP {
 			t.Fatalf("not idempotent: %q -> %q -> %q, %v", s, h.name, again.name, err)
 		}
+	})
+}
+
+// FuzzRegexProfile: the profile parser never panics; a pattern it accepts
+// has a compiled program that matches without panicking.
+func FuzzRegexProfile(f *testing.F) {
+	for _, s := range []string{`(?i)ignore (all )?previous`, `[0-9]{3}-[0-9]{2}`, `\bsecret\b`, `(a+)+`, `[\D]`,
+		`a{,3}`, `(?P<n>x)|[^\s\S]`, `[a-\x7f]`, `(?ims)^.$`, `(?=x)`, `\p{L}`, `[[:alpha:]]`} {
+		f.Add(s, "subject")
+	}
+	f.Fuzz(func(t *testing.T, pattern, subject string) {
+		re, err := compileProfileRegex(pattern)
+		if err != nil {
+			return
+		}
+		if re == nil {
+			t.Fatal("accepted without a program")
+		}
+		re.MatchString(subject)
 	})
 }

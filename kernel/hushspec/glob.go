@@ -1,22 +1,23 @@
 package hushspec
 
 import (
-	"path"
 	"regexp"
 	"strings"
+
+	"golang.org/x/text/unicode/norm"
 )
 
-// globRegexp translates a path glob (core 3.1) into an anchored RE2
-// expression: "*" is any run within one path segment, "**" any run across
-// segments ("**/" also matches no segment at all, so "**/.ssh/**" matches
-// ".ssh/id_rsa"), "?" one character other than '/'. Everything else is
+// globRegexp translates a path glob (core 3.14.1) into an anchored RE2
+// expression: "*" is any run of characters other than '/', "?" one such
+// character, "**/" at the start or after a '/' zero or more whole leading
+// segments, "**" elsewhere any run including '/'. Everything else is
 // literal. RE2 matching is linear in the path, so no glob can blow up.
 func globRegexp(glob string) string {
 	var b strings.Builder
 	b.WriteString(`^`)
 	for i := 0; i < len(glob); {
 		switch {
-		case strings.HasPrefix(glob[i:], "**/"):
+		case strings.HasPrefix(glob[i:], "**/") && (i == 0 || glob[i-1] == '/'):
 			b.WriteString(`(?:.*/)?`)
 			i += 3
 		case strings.HasPrefix(glob[i:], "**"):
@@ -41,14 +42,42 @@ func globRegexp(glob string) string {
 	return b.String()
 }
 
-// cleanPath normalizes a path target or glob lexically ("./src/../x" ->
-// "x"), so that ".." cannot walk a target past a forbidden pattern and
-// "./src/**" matches "src/a". An empty path stays empty.
-func cleanPath(p string) string {
-	if p == "" {
-		return ""
+// nfc is Unicode NFC, with no allocation for text already in NFC (all
+// ASCII text is).
+func nfc(s string) string {
+	if norm.NFC.IsNormalString(s) {
+		return s
 	}
-	return path.Clean(p)
+	return norm.NFC.String(s)
+}
+
+// normalizePath is the target normalization of core 3.14.1: NFC, every
+// '\' a '/', runs of '/' collapsed, "." and ".." resolved lexically (an
+// absolute path never climbs above its root; a relative one keeps a
+// leading ".."), and a trailing '/' removed unless the path is "/".
+func normalizePath(p string) string {
+	p = strings.ReplaceAll(nfc(p), `\`, "/")
+	abs := strings.HasPrefix(p, "/")
+	var out []string
+	for _, seg := range strings.Split(p, "/") {
+		switch seg {
+		case "", ".":
+		case "..":
+			switch {
+			case len(out) > 0 && out[len(out)-1] != "..":
+				out = out[:len(out)-1]
+			case !abs:
+				out = append(out, "..")
+			}
+		default:
+			out = append(out, seg)
+		}
+	}
+	joined := strings.Join(out, "/")
+	if abs {
+		return "/" + joined
+	}
+	return joined
 }
 
 // globSet is a compiled list of path globs, matched in order.

@@ -66,7 +66,7 @@ func TestNormalizeHost(t *testing.T) {
 
 func TestNormalizeHostRejects(t *testing.T) {
 	for _, in := range []string{
-		"", ".", "a..b", "exa mple.com", "a\\b.com", "a%41.com", "a!b.com",
+		"", ".", "a..b", "exa mple.com", "a\\b.com", "\\b.com", "a%41.com", "a!b.com",
 		"-a.com", "a-.com", "ab--c.com", "xn--abc.com", // bad hyphens, bad punycode
 		"127.1", "0x7f.0.0.1", "2130706433", "01.2.3.4", "example.0x10", // numeric hosts
 		"[::1", "[example.com]", "[::1]x", "host:99999", "host:ab", "1:2:3",
@@ -136,12 +136,39 @@ func TestHostPatterns(t *testing.T) {
 
 func TestHostPatternsRejected(t *testing.T) {
 	for _, p := range []string{
-		"a.**.example.com", "**x.example.com", "a**.example.com", "*.1.2.3", "10.0.0.*",
+		"a.**.example.com", "**x.example.com", "a**.example.com",
 		"bü*.example", "*.exa mple.com", "*..example.com", "",
 	} {
 		if err := newHostSet().add(p); err == nil {
 			t.Errorf("pattern %q accepted", p)
 		}
+	}
+}
+
+// TestHostPatternsOverIPs: a wildcard over an IP address is a valid
+// pattern (core 3.14.2) that matches nothing, not even the address it
+// seems to cover.
+func TestHostPatternsOverIPs(t *testing.T) {
+	for _, p := range []string{"*.1.2.3", "10.0.0.*", "10.*.*.1"} {
+		s := newHostSet()
+		if err := s.add(p); err != nil {
+			t.Errorf("pattern %q refused: %v", p, err)
+			continue
+		}
+		for _, target := range []string{"10.0.0.1", "9.1.2.3", "10.7.7.1"} {
+			h, _ := normalizeTarget(target)
+			if got, ok := s.match(h); ok {
+				t.Errorf("%q matched %q", p, got)
+			}
+		}
+		if len(s.never) != 1 {
+			t.Errorf("%q not recorded as never matching", p)
+		}
+	}
+	// In an egress target a backslash ends the authority (core 3.14.2
+	// step 1); NormalizeHost, for host names, refuses it instead.
+	if h, err := normalizeTarget(`a\b.com`); err != nil || h.name != "a" {
+		t.Errorf(`normalizeTarget("a\\b.com") = %q, %v; want "a"`, h.name, err)
 	}
 }
 

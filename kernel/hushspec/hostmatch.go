@@ -14,6 +14,7 @@ type hostSet struct {
 	exact map[string]string     // normalized name -> pattern as written
 	ips   map[netip.Addr]string // address -> pattern as written
 	root  *trieNode             // nil when there is no wildcard pattern
+	never []string              // wildcards over IP addresses, as written: they match nothing
 }
 
 // trieNode is reached by consuming labels of a target from the right.
@@ -43,6 +44,7 @@ const placeholder = "hushspec-wildcard-label"
 type compiledHostPattern struct {
 	h      host     // for patterns without wildcards
 	labels []string // for wildcard patterns, normalized, left to right
+	never  bool     // a wildcard over an IP address: matches nothing
 }
 
 // compileHostPattern normalizes an egress pattern the same way targets are
@@ -91,8 +93,9 @@ func compileHostPattern(p string) (compiledHostPattern, error) {
 			sub[i] = l
 		}
 	}
-	// "10.0.0.*" reads as an address range, but wildcards never match IP
-	// literals; refuse it rather than let it silently match nothing.
+	// "10.0.0.*" reads as an address range, but core 3.14.2 says wildcards
+	// never match IP literals: the document is valid and the pattern
+	// matches nothing (policy check warns about it, see IPWildcards).
 	numeric := true
 	for i, l := range raw {
 		if wild[i] == "" && !looksNumeric(l) {
@@ -100,14 +103,14 @@ func compileHostPattern(p string) (compiledHostPattern, error) {
 		}
 	}
 	if numeric && len(raw) > 1 {
-		return compiledHostPattern{}, fmt.Errorf("wildcards never match IP addresses")
+		return compiledHostPattern{never: true}, nil
 	}
 	h, err := normalizeHostPart(p, strings.Join(sub, "."))
 	if err != nil {
 		return compiledHostPattern{}, err
 	}
 	if h.isIP {
-		return compiledHostPattern{}, fmt.Errorf("wildcards never match IP addresses")
+		return compiledHostPattern{never: true}, nil
 	}
 	labels := strings.Split(h.name, ".")
 	if len(labels) != len(raw) {
@@ -130,6 +133,10 @@ func (s *hostSet) add(p string) error {
 	c, err := compileHostPattern(p)
 	if err != nil {
 		return err
+	}
+	if c.never {
+		s.never = append(s.never, p)
+		return nil
 	}
 	if c.labels == nil {
 		if c.h.isIP {
@@ -193,6 +200,11 @@ func (n *trieNode) step(label string) *trieNode {
 }
 
 // match returns the pattern (as written) that matches h.
+// empty reports whether the set holds no pattern.
+func (s *hostSet) empty() bool {
+	return s == nil || len(s.exact) == 0 && len(s.ips) == 0 && s.root == nil
+}
+
 func (s *hostSet) match(h host) (string, bool) {
 	if s == nil {
 		return "", false

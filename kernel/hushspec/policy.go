@@ -7,6 +7,8 @@ import (
 	"os"
 	"regexp"
 	"syscall"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // Decisions (core 6).
@@ -37,9 +39,23 @@ type Action struct {
 	Type    string
 	Target  string
 	Content string // file_write data scanned for secrets; patch_apply diff
+	// HasContent says Content was supplied, even empty: egress and tool_call
+	// actions are scanned for secrets only then (core 3.4); file_write and
+	// patch_apply always are.
+	HasContent bool
 	// ArgsSize is the size in bytes of a tool call's serialized arguments,
 	// checked against tool_access.max_args_size.
 	ArgsSize int64
+	// URL is a browser_action's destination (core 3.11), "" for none.
+	URL string
+	// Network and TimeoutMS are what a code_exec action requests (core
+	// 3.12); TimeoutMS 0 is no request.
+	Network   bool
+	TimeoutMS int64
+	// Context is the runtime context `when` conditions read (core 3.13):
+	// user, environment, deployment, agent, session, request, custom,
+	// counters and current_time. Nil is an empty context.
+	Context map[string]any
 	// Origin and Posture are accepted for the evaluator-test action model;
 	// the origins and posture extensions are not evaluated by this engine.
 	Origin  *Origin
@@ -79,6 +95,11 @@ type Result struct {
 	Pattern string `json:"pattern,omitempty"`
 	// Host is the normalized egress target.
 	Host string `json:"host,omitempty"`
+	// PostureState and PostureNext are the effective posture state the
+	// action was evaluated in and the state after its signal, when the
+	// policy has a posture extension.
+	PostureState string `json:"posture_state,omitempty"`
+	PostureNext  string `json:"posture_next,omitempty"`
 }
 
 // Policy is a resolved, compiled HushSpec policy. It is immutable and safe
@@ -90,6 +111,9 @@ type Policy struct {
 
 	hash string
 
+	posture *posture // nil: no posture extension
+	hasWhen bool     // some block carries a `when` condition
+
 	forbidden *forbiddenPaths
 	allowlist *pathAllowlist
 	egress    *egressRule
@@ -100,6 +124,8 @@ type Policy struct {
 	computer  *computerUse
 	desktop   *remoteDesktop
 	input     *inputInjection
+	browser   *browserAutomation
+	code      *codeExecution
 }
 
 // Name returns the policy's name field, or "".
@@ -108,22 +134,32 @@ func (p *Policy) Name() string { return p.name }
 // Document returns the resolved document the policy was compiled from.
 func (p *Policy) Document() *Document { return &Document{tree: p.tree} }
 
-type forbiddenPaths struct{ patterns, exceptions *globSet }
+// Every block keeps its `when` condition (nil: always active).
 
-type pathAllowlist struct{ read, write, patch *globSet }
+type forbiddenPaths struct {
+	when                 *condition
+	patterns, exceptions *globSet
+}
+
+type pathAllowlist struct {
+	when               *condition
+	read, write, patch *globSet
+}
 
 type egressRule struct {
+	when         *condition
 	allow, block *hostSet
 	defaultAllow bool
 }
 
 type secretPattern struct {
-	name, rule string
-	re         *regexp.Regexp
-	deny       bool // critical and error deny; warn warns
+	name, rule, reason string
+	re                 *regexp.Regexp
+	severity           int // 3 critical, 2 error, 1 warn
 }
 
 type secretPatterns struct {
+	when     *condition
 	patterns []secretPattern
 	skip     *globSet
 }
@@ -134,35 +170,64 @@ type indexedRegexp struct {
 }
 
 type patchIntegrity struct {
+	when                       *condition
 	maxAdditions, maxDeletions int64
 	forbidden                  []indexedRegexp
 	requireBalance             bool
 	maxImbalance               float64
 }
 
-type shellCommands struct{ forbidden []indexedRegexp }
+type shellCommands struct {
+	when      *condition
+	forbidden []indexedRegexp
+}
 
 type toolAccess struct {
+	when                  *condition
 	allow, block, confirm map[string]struct{}
 	defaultAllow          bool
 	maxArgsSize           int64 // 0: no limit
 }
 
 type computerUse struct {
+	when    *condition
 	mode    string
 	allowed map[string]struct{}
 }
 
 // remoteDesktop maps computer_use targets that name a side channel
 // ("remote.clipboard") to the channel's setting and rule path.
-type remoteDesktop struct{ channels map[string]channel }
+type remoteDesktop struct {
+	when     *condition
+	channels map[string]channel
+}
 
 type channel struct {
 	allowed bool
 	rule    string
 }
 
-type inputInjection struct{ allowed map[string]struct{} }
+type inputInjection struct {
+	when    *condition
+	allowed map[string]struct{}
+}
+
+type browserAutomation struct {
+	when                    *condition
+	allowedDomains, blocked *hostSet
+	allowedVerbs            map[string]struct{}
+	credentialDetection     bool
+	credentialPatterns      []*regexp.Regexp
+}
+
+type codeExecution struct {
+	when           *condition
+	languages      map[string]struct{}
+	modules        []string
+	networkAccess  bool
+	maxExecutionMS int64 // -1: no limit
+	maxScanBytes   int64 // 0: scan everything
+}
 
 // Accessors over a validated tree: validation already fixed every type, so
 // a failed assertion only means "absent".
@@ -212,19 +277,24 @@ func set(l []string) map[string]struct{} {
 	return m
 }
 
-// active returns the block named name when present and enabled.
-func active(rules map[string]any, name string, enabledByDefault bool) map[string]any {
+// active returns the block named name when present and enabled, with its
+// `when` condition compiled (nil when it has none).
+func (p *Policy) active(rules map[string]any, name string, enabledByDefault bool) (map[string]any, *condition) {
 	b := sub(rules, name)
 	if b == nil || !boolean(b, "enabled", enabledByDefault) {
-		return nil
+		return nil, nil
 	}
-	return b
+	c := compileCondition(sub(b, "when"))
+	if c != nil {
+		p.hasWhen = true
+	}
+	return b, c
 }
 
 func compileGlobs(l []string) (*globSet, error) {
 	g := &globSet{}
 	for _, s := range l {
-		re, err := regexp.Compile(globRegexp(cleanPath(s)))
+		re, err := regexp.Compile(globRegexp(norm.NFC.String(s)))
 		if err != nil {
 			return nil, fmt.Errorf("compile glob %q: %w: %v", s, ErrPattern, err)
 		}
@@ -237,7 +307,7 @@ func compileGlobs(l []string) (*globSet, error) {
 func compileRegexps(l []string, rule string) ([]indexedRegexp, error) {
 	out := make([]indexedRegexp, 0, len(l))
 	for i, s := range l {
-		re, err := regexp.Compile(s)
+		re, err := compileProfileRegex(s)
 		if err != nil {
 			return nil, fmt.Errorf("compile %s[%d]: %w: %v", rule, i, ErrRegex, err)
 		}
@@ -256,6 +326,8 @@ func compileHosts(l []string) (*hostSet, error) {
 	return s, nil
 }
 
+var severityRank = map[string]int{"critical": 3, "error": 2, "warn": 1}
+
 // compile builds the matchers of a resolved tree, once, so that Evaluate
 // compiles nothing.
 func compile(tree map[string]any, o options) (*Policy, error) {
@@ -264,9 +336,12 @@ func compile(tree map[string]any, o options) (*Policy, error) {
 	if p.hash, err = hashTree(tree); err != nil {
 		return nil, err
 	}
+	if p.posture, err = compilePosture(sub(sub(tree, "extensions"), "posture")); err != nil {
+		return nil, err
+	}
 	rules := sub(tree, "rules")
-	if b := active(rules, "forbidden_paths", true); b != nil {
-		fp := &forbiddenPaths{}
+	if b, c := p.active(rules, "forbidden_paths", true); b != nil {
+		fp := &forbiddenPaths{when: c}
 		if fp.patterns, err = compileGlobs(strs(b, "patterns")); err != nil {
 			return nil, err
 		}
@@ -275,8 +350,8 @@ func compile(tree map[string]any, o options) (*Policy, error) {
 		}
 		p.forbidden = fp
 	}
-	if b := active(rules, "path_allowlist", false); b != nil {
-		pa := &pathAllowlist{}
+	if b, c := p.active(rules, "path_allowlist", false); b != nil {
+		pa := &pathAllowlist{when: c}
 		if pa.read, err = compileGlobs(strs(b, "read")); err != nil {
 			return nil, err
 		}
@@ -288,9 +363,9 @@ func compile(tree map[string]any, o options) (*Policy, error) {
 		}
 		p.allowlist = pa
 	}
-	if b := active(rules, "egress", true); b != nil {
-		// Core 3.3: an omitted default is "block" (some SDKs allow).
-		e := &egressRule{defaultAllow: str(b, "default", "block") == "allow"}
+	if b, c := p.active(rules, "egress", true); b != nil {
+		// Core 3.3: an omitted default is "block".
+		e := &egressRule{when: c, defaultAllow: str(b, "default", "block") == "allow"}
 		if e.allow, err = compileHosts(strs(b, "allow")); err != nil {
 			return nil, err
 		}
@@ -299,19 +374,20 @@ func compile(tree map[string]any, o options) (*Policy, error) {
 		}
 		p.egress = e
 	}
-	if b := active(rules, "secret_patterns", true); b != nil {
-		sp := &secretPatterns{}
+	if b, c := p.active(rules, "secret_patterns", true); b != nil {
+		sp := &secretPatterns{when: c}
 		l, _ := b["patterns"].([]any)
 		for _, x := range l {
 			m, _ := x.(map[string]any)
 			name := str(m, "name", "")
-			re, err := regexp.Compile(str(m, "pattern", ""))
+			re, err := compileProfileRegex(str(m, "pattern", ""))
 			if err != nil {
 				return nil, fmt.Errorf("compile secret pattern %q: %w: %v", name, ErrRegex, err)
 			}
 			sp.patterns = append(sp.patterns, secretPattern{
 				name: name, rule: "rules.secret_patterns.patterns." + name, re: re,
-				deny: str(m, "severity", "") != "warn",
+				reason:   "content matched secret pattern '" + name + "'",
+				severity: severityRank[str(m, "severity", "")],
 			})
 		}
 		if sp.skip, err = compileGlobs(strs(b, "skip_paths")); err != nil {
@@ -319,8 +395,9 @@ func compile(tree map[string]any, o options) (*Policy, error) {
 		}
 		p.secrets = sp
 	}
-	if b := active(rules, "patch_integrity", true); b != nil {
+	if b, c := p.active(rules, "patch_integrity", true); b != nil {
 		pi := &patchIntegrity{
+			when:           c,
 			maxAdditions:   integer(b, "max_additions", 1000),
 			maxDeletions:   integer(b, "max_deletions", 500),
 			requireBalance: boolean(b, "require_balance", false),
@@ -331,44 +408,95 @@ func compile(tree map[string]any, o options) (*Policy, error) {
 		}
 		p.patch = pi
 	}
-	if b := active(rules, "shell_commands", true); b != nil {
-		sc := &shellCommands{}
+	if b, c := p.active(rules, "shell_commands", true); b != nil {
+		sc := &shellCommands{when: c}
 		if sc.forbidden, err = compileRegexps(strs(b, "forbidden_patterns"), "rules.shell_commands.forbidden_patterns"); err != nil {
 			return nil, err
 		}
 		p.shell = sc
 	}
-	if b := active(rules, "tool_access", true); b != nil {
+	if b, c := p.active(rules, "tool_access", true); b != nil {
 		p.tools = &toolAccess{
-			allow:        set(strs(b, "allow")),
-			block:        set(strs(b, "block")),
-			confirm:      set(strs(b, "require_confirmation")),
+			when:         c,
+			allow:        set(nfcAll(strs(b, "allow"))),
+			block:        set(nfcAll(strs(b, "block"))),
+			confirm:      set(nfcAll(strs(b, "require_confirmation"))),
 			defaultAllow: str(b, "default", "allow") == "allow",
 			maxArgsSize:  integer(b, "max_args_size", 0),
 		}
 	}
-	if b := active(rules, "computer_use", false); b != nil {
-		p.computer = &computerUse{mode: str(b, "mode", "guardrail"), allowed: set(strs(b, "allowed_actions"))}
+	if b, c := p.active(rules, "computer_use", false); b != nil {
+		p.computer = &computerUse{when: c, mode: str(b, "mode", "guardrail"), allowed: set(strs(b, "allowed_actions"))}
 	}
-	if b := active(rules, "remote_desktop_channels", false); b != nil {
-		p.desktop = &remoteDesktop{channels: map[string]channel{}}
-		for _, c := range []struct {
+	if b, c := p.active(rules, "remote_desktop_channels", false); b != nil {
+		p.desktop = &remoteDesktop{when: c, channels: map[string]channel{}}
+		for _, ch := range []struct {
 			name string
 			def  bool
 		}{{"clipboard", false}, {"file_transfer", false}, {"audio", true}, {"drive_mapping", false}} {
-			p.desktop.channels["remote."+c.name] = channel{
-				allowed: boolean(b, c.name, c.def),
-				rule:    "rules.remote_desktop_channels." + c.name,
+			p.desktop.channels["remote."+ch.name] = channel{
+				allowed: boolean(b, ch.name, ch.def),
+				rule:    "rules.remote_desktop_channels." + ch.name,
 			}
 		}
 	}
-	if b := active(rules, "input_injection", false); b != nil {
-		p.input = &inputInjection{allowed: set(strs(b, "allowed_types"))}
+	if b, c := p.active(rules, "input_injection", false); b != nil {
+		p.input = &inputInjection{when: c, allowed: set(strs(b, "allowed_types"))}
 	}
-	// browser_automation and code_execution are validated but no 0.1.0
-	// action type routes to them; their action types are unknown here and
-	// therefore denied.
+	if b, c := p.active(rules, "browser_automation", false); b != nil {
+		ba := &browserAutomation{when: c, allowedVerbs: set(strs(b, "allowed_verbs")),
+			credentialDetection: boolean(b, "credential_detection", true)}
+		if ba.allowedDomains, err = compileHosts(strs(b, "allowed_domains")); err != nil {
+			return nil, err
+		}
+		if ba.blocked, err = compileHosts(strs(b, "blocked_domains")); err != nil {
+			return nil, err
+		}
+		ba.credentialPatterns = append(ba.credentialPatterns, builtinCredentials...)
+		for i, s := range strs(b, "extra_credential_patterns") {
+			re, err := compileProfileRegex(s)
+			if err != nil {
+				return nil, fmt.Errorf("compile rules.browser_automation.extra_credential_patterns[%d]: %w: %v", i, ErrRegex, err)
+			}
+			ba.credentialPatterns = append(ba.credentialPatterns, re)
+		}
+		p.browser = ba
+	}
+	if b, c := p.active(rules, "code_execution", false); b != nil {
+		p.code = &codeExecution{when: c, languages: set(strs(b, "language_allowlist")), modules: strs(b, "module_denylist"),
+			networkAccess: boolean(b, "network_access", false), maxExecutionMS: integer(b, "max_execution_time_ms", -1),
+			maxScanBytes: integer(b, "max_scan_bytes", 0)}
+	}
 	return p, nil
+}
+
+// builtinCredentials are the credential detectors browser_automation applies
+// to typed input besides a policy's extra_credential_patterns (core 3.11
+// asks engines to document theirs): an AWS access key id, a GitHub token, a
+// Slack token and a PEM private key header. A document that needs portable
+// detection lists its patterns itself.
+var builtinCredentials = func() []*regexp.Regexp {
+	var out []*regexp.Regexp
+	for _, s := range []string{
+		`AKIA[0-9A-Z]{16}`,
+		`gh[pousr]_[A-Za-z0-9]{36}`,
+		`xox[abposr]-[A-Za-z0-9-]{10,}`,
+		`-----BEGIN [A-Z ]*PRIVATE KEY-----`,
+	} {
+		re, err := compileProfileRegex(s)
+		if err != nil {
+			panic(err)
+		}
+		out = append(out, re)
+	}
+	return out
+}()
+
+func nfcAll(l []string) []string {
+	for i, s := range l {
+		l[i] = norm.NFC.String(s)
+	}
+	return l
 }
 
 // sentinelPresent stats the panic sentinel. Only a definite "does not

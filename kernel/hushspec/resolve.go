@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 
 	"github.com/backbay-labs/chio-agent/internal/regfile"
 )
@@ -60,15 +61,12 @@ func Parse(data []byte, opts ...Option) (*Policy, error) {
 	if err != nil {
 		return nil, err
 	}
-	tree := doc.tree
-	if ref, ok := tree["extends"].(string); ok {
-		if o.baseDir == "" {
-			return nil, fmt.Errorf("parse policy: %w: %q needs a base directory (use LoadFile or WithBaseDir)", ErrExtendsUnresolved, ref)
-		}
-		tree, err = resolveChain(o.ctx, doc, o.baseDir, nil)
-		if err != nil {
-			return nil, err
-		}
+	if ref, ok := doc.tree["extends"].(string); ok && o.baseDir == "" {
+		return nil, fmt.Errorf("parse policy: %w: %q needs a base directory (use LoadFile or WithBaseDir)", ErrExtendsUnresolved, ref)
+	}
+	tree, err := resolveChain(o.ctx, doc, o.baseDir, []string{""})
+	if err != nil {
+		return nil, err
 	}
 	return compile(tree, o)
 }
@@ -131,25 +129,51 @@ func canonicalPath(path string) (string, error) {
 	return real, nil
 }
 
-var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*:`)
+var (
+	schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*:`)
+	pinRE    = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+)
+
+// splitPin separates an extends reference from its digest pin (core 2.3):
+// every fragment is a pin, and one that is not exactly sha256: and 64
+// lowercase hex digits is refused rather than read as part of the path.
+func splitPin(ref string) (loc, pin string, err error) {
+	i := strings.LastIndexByte(ref, '#')
+	if i < 0 {
+		return ref, "", nil
+	}
+	if !pinRE.MatchString(ref[i+1:]) {
+		return "", "", fmt.Errorf("%w: fragment %q is not sha256: followed by 64 lowercase hex digits", ErrInvalidPin, clip(ref[i+1:]))
+	}
+	return ref[:i], ref[i+len("#sha256:"):], nil
+}
 
 // resolveChain follows doc's extends chain (whose files so far are in seen,
-// as canonical paths) and returns the merged tree.
+// as canonical paths; "" stands for a document that came from memory) and
+// returns the merged tree (core 2.6.2, 4.2). This engine's loader is the
+// filesystem one only: a reference is a path, relative to the directory of
+// the document that names it; built-in names and URLs are refused, since an
+// engine that cannot load a reference must refuse the document rather than
+// evaluate the child alone.
 func resolveChain(ctx context.Context, doc *Document, dir string, seen []string) (map[string]any, error) {
 	ref, ok := doc.tree["extends"].(string)
 	if !ok {
-		return withoutExtends(doc.tree), nil
+		return resolved(doc.tree), nil
 	}
-	if len(seen) >= maxExtendsDepth {
-		return nil, fmt.Errorf("resolve extends %q in %s: %w: chain longer than %d documents", ref, doc.file, ErrLimit, maxExtendsDepth)
+	fail := func(err error) error { return fmt.Errorf("resolve extends %q in %s: %w", ref, doc.file, err) }
+	if len(seen) > maxExtendsDepth {
+		return nil, fail(fmt.Errorf("%w: %w: chain of more than %d extends hops", ErrExtendsUnresolved, ErrLimit, maxExtendsDepth))
 	}
-	if schemeRE.MatchString(ref) {
-		// Built-in names ("hushspec:default") and URLs are resolution
-		// strategies this engine does not offer (core 2.3 leaves them to
-		// engines); refusing is the fail-closed choice.
-		return nil, fmt.Errorf("resolve extends %q in %s: %w: only file paths are supported", ref, doc.file, ErrExtendsUnresolved)
+	loc, pin, err := splitPin(ref)
+	if err != nil {
+		return nil, fail(err)
 	}
-	path := ref
+	if schemeRE.MatchString(loc) && !filepath.IsAbs(loc) {
+		// builtin:, https:// (no HTTPS loader is compiled in), http://
+		// (always refused) and any other scheme.
+		return nil, fail(fmt.Errorf("%w: only file paths are supported (no built-in rulesets, no remote loader)", ErrExtendsUnresolved))
+	}
+	path := loc
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(dir, path)
 	}
@@ -163,16 +187,26 @@ func resolveChain(ctx context.Context, doc *Document, dir string, seen []string)
 	}
 	real, err := canonicalPath(path)
 	if err != nil {
-		return nil, fmt.Errorf("resolve extends %q in %s: %w: %v", ref, doc.file, ErrExtendsUnresolved, err)
+		return nil, fail(fmt.Errorf("%w: %v", ErrExtendsUnresolved, err))
 	}
+	// A cycle is reported before any pin is compared (core 2.6.2 item 1).
 	for _, s := range seen {
 		if s == real {
-			return nil, fmt.Errorf("resolve extends %q in %s: %w: %s is already in the chain", ref, doc.file, ErrExtendsCycle, real)
+			return nil, fail(fmt.Errorf("%w: %s is already in the chain", ErrExtendsCycle, real))
 		}
 	}
 	base, err := readDocument(ctx, path)
 	if err != nil {
-		return nil, fmt.Errorf("resolve extends %q in %s: %w", ref, doc.file, err)
+		return nil, fail(err)
+	}
+	if pin != "" {
+		got, err := ownContentHash(base.tree)
+		if err != nil {
+			return nil, fail(err)
+		}
+		if got != pin {
+			return nil, fail(fmt.Errorf("%w: %s has content hash sha256:%s, the reference pins sha256:%s", ErrDigestMismatch, path, got, pin))
+		}
 	}
 	baseTree, err := resolveChain(ctx, base, filepath.Dir(path), append(seen[:len(seen):len(seen)], real))
 	if err != nil {
@@ -181,36 +215,38 @@ func resolveChain(ctx context.Context, doc *Document, dir string, seen []string)
 	return mergeTrees(baseTree, doc.tree), nil
 }
 
-func withoutExtends(t map[string]any) map[string]any {
+// resolved drops what only says how a document is assembled: a resolved
+// document has neither extends nor merge_strategy (core 2.3).
+func resolved(t map[string]any) map[string]any {
 	out := make(map[string]any, len(t))
 	for k, v := range t {
-		if k != "extends" {
+		if k != "extends" && k != "merge_strategy" {
 			out[k] = v
 		}
 	}
 	return out
 }
 
-// mergeTrees overlays child on an already resolved base (core 4.1). In
-// HushSpec 0.1.0 `merge` and `deep_merge` agree on rules: a rule block the
-// child defines replaces the base's whole block; they differ on extensions,
-// where deep_merge merges mappings recursively and merge replaces each
-// extension block. `replace` keeps the child alone.
+// mergeTrees overlays child on an already resolved base (core 4.1). Under
+// deep_merge (the default) and merge alike, a rule block the child defines
+// replaces the base's whole block, and blocks the child leaves out are kept.
+// They differ on extensions: merge replaces each extension block the child
+// has, deep_merge merges mappings recursively (the companion specifications'
+// field-level rules are not implemented; see docs/policy.md). Under every
+// strategy the child's metadata replaces the base's whole. replace keeps
+// the child alone.
 func mergeTrees(base, child map[string]any) map[string]any {
 	strategy, _ := child["merge_strategy"].(string)
 	if strategy == "replace" {
-		return withoutExtends(child)
+		return resolved(child)
 	}
 	out := make(map[string]any, len(base)+len(child))
 	for k, v := range base {
 		out[k] = v
 	}
-	// The strategy a base declared described how it merged onto its own
-	// base; it says nothing about the result.
-	delete(out, "merge_strategy")
 	for k, v := range child {
 		switch k {
-		case "extends":
+		case "extends", "merge_strategy":
 		case "rules":
 			out[k] = overlay(base[k], v, false)
 		case "extensions":

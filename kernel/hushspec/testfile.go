@@ -3,6 +3,7 @@ package hushspec
 import (
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -10,8 +11,9 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/regfile"
 )
 
-// TestCase is one case of a HushSpec evaluator-test file
-// (hushspec-evaluator-test.v0: hushspec_test, description, policy, cases).
+// TestCase is one case of a HushSpec evaluator-test file (the v1 format:
+// hushspec_test 0.1.Z or 0.2.Z, description, policy, cases; each case a
+// description, optional tags and runtime context, an action and an expect).
 type TestCase struct {
 	Description string
 	Line        int // line of the case in the file
@@ -51,10 +53,13 @@ func (r CaseResult) Passed() bool { return len(r.Failures) == 0 }
 
 var (
 	testActionSchema = object(map[string]*field{
-		"type":      fString,
-		"target":    fString,
-		"content":   fString,
-		"args_size": {kind: kInt, min: 0},
+		"type":       fString,
+		"target":     fString,
+		"content":    fString,
+		"args_size":  fUint,
+		"url":        fString,
+		"network":    fBool,
+		"timeout_ms": fUint,
 		"origin": object(map[string]*field{
 			"provider": fString, "tenant_id": fString, "space_id": fString,
 			"space_type": fString, "visibility": fString, "external_participants": fBool,
@@ -68,12 +73,18 @@ var (
 		"reason":         fString,
 		"origin_profile": fString,
 		"posture":        object(map[string]*field{"current": fString, "next": fString}, "current", "next"),
+		// Level 4 expectations (receipt spec): read, not compared.
+		"rule_trace": {kind: kAnyValue},
+		"receipt":    {kind: kAnyValue},
 	}, "decision")
 	testCaseSchema = object(map[string]*field{
 		"description": fString,
+		"tags":        fStrings,
+		"context":     {kind: kFreeForm},
 		"action":      testActionSchema,
 		"expect":      testExpectSchema,
 	}, "description", "action", "expect")
+	testVersionRE = regexp.MustCompile(`^0\.[12]\.[0-9]+$`)
 )
 
 // LoadTestFile reads an evaluator-test file. Its policy is validated like any
@@ -90,14 +101,11 @@ func LoadTestFile(path string, opts ...Option) (*TestFile, error) {
 	}
 	root, err := decodeYAML(data)
 	if err != nil {
-		return nil, &ValidationError{Errors: []*FieldError{{File: path, Err: ErrSyntax, Detail: err.Error(), Line: yamlErrLine(err)}}}
+		return nil, yamlFieldError(err, path)
 	}
 	d := &decoder{file: path}
 	if root.Kind != yaml.MappingNode {
-		d.fail(root, "", ErrType, "expected a mapping, got %s", describe(root))
-		return nil, &ValidationError{Errors: d.errs}
-	}
-	if !d.keys(root, "") {
+		d.fail(root, "", ErrType, "invalid type: %s, expected a mapping", describe(root))
 		return nil, &ValidationError{Errors: d.errs}
 	}
 	tf := &TestFile{}
@@ -106,9 +114,11 @@ func LoadTestFile(path string, opts ...Option) (*TestFile, error) {
 		k, v := root.Content[i], root.Content[i+1]
 		switch k.Value {
 		case "hushspec_test":
-			d.value(v, k.Value, &field{kind: kVersion}, 1)
+			if s, ok := d.str(v, k.Value, "a version string"); ok && !testVersionRE.MatchString(s) {
+				d.fail(v, k.Value, ErrVersion, "evaluator-test version %q is not 0.1.Z or 0.2.Z", clip(s))
+			}
 		case "description":
-			if s, ok := d.value(v, k.Value, fString, 1).(string); ok {
+			if s, ok := d.str(v, k.Value, "a string"); ok {
 				tf.Description = s
 			}
 		case "policy":
@@ -116,7 +126,7 @@ func LoadTestFile(path string, opts ...Option) (*TestFile, error) {
 		case "cases":
 			casesNode = v
 		default:
-			d.fail(k, k.Value, ErrUnknownField, "not defined by the evaluator-test format")
+			d.fail(k, k.Value, ErrUnknownField, "unknown field `%s` in an evaluator-test file", clip(k.Value))
 		}
 	}
 	for _, req := range []string{"hushspec_test", "description", "policy", "cases"} {
@@ -135,11 +145,9 @@ func LoadTestFile(path string, opts ...Option) (*TestFile, error) {
 				d.errs = append(d.errs, fe)
 			}
 		} else if len(d.errs) == 0 {
-			tree := doc.tree
-			if _, ok := tree["extends"]; ok {
-				if tree, err = resolveChain(o.ctx, doc, filepath.Dir(path), nil); err != nil {
-					return nil, err
-				}
+			tree, err := resolveChain(o.ctx, doc, filepath.Dir(path), []string{""})
+			if err != nil {
+				return nil, err
 			}
 			if tf.Policy, err = compile(tree, o); err != nil {
 				return nil, err
@@ -159,17 +167,24 @@ func (d *decoder) cases(n *yaml.Node) []TestCase {
 	}
 	var out []TestCase
 	for i, c := range n.Content {
-		v, ok := d.value(c, index("cases", i), testCaseSchema, 1).(map[string]any)
+		x, ok := d.value(c, index("cases", i), testCaseSchema, 1)
 		if !ok {
 			continue
 		}
+		v := x.(map[string]any)
 		act, exp := sub(v, "action"), sub(v, "expect")
 		tc := TestCase{Description: str(v, "description", ""), Line: c.Line}
+		_, hasContent := act["content"]
 		tc.Action = Action{
-			Type:     str(act, "type", ""),
-			Target:   str(act, "target", ""),
-			Content:  str(act, "content", ""),
-			ArgsSize: integer(act, "args_size", 0),
+			Type:       str(act, "type", ""),
+			Target:     str(act, "target", ""),
+			Content:    str(act, "content", ""),
+			HasContent: hasContent,
+			ArgsSize:   integer(act, "args_size", 0),
+			URL:        str(act, "url", ""),
+			Network:    boolean(act, "network", false),
+			TimeoutMS:  integer(act, "timeout_ms", 0),
+			Context:    sub(v, "context"),
 		}
 		if o := sub(act, "origin"); o != nil {
 			tc.Action.Origin = &Origin{
@@ -221,8 +236,8 @@ func (tf *TestFile) Run() []CaseResult {
 		if tc.Expect.OriginProfile != nil {
 			r.Failures = append(r.Failures, "origin_profile: the origins extension is not evaluated by this engine")
 		}
-		if tc.Expect.Posture != nil {
-			r.Failures = append(r.Failures, "posture: the posture extension is not evaluated by this engine")
+		if w := tc.Expect.Posture; w != nil && (got.PostureState != w.Current || got.PostureNext != w.Next) {
+			r.Failures = append(r.Failures, fmt.Sprintf("posture: got %q -> %q, want %q -> %q", got.PostureState, got.PostureNext, w.Current, w.Next))
 		}
 		out = append(out, r)
 	}
