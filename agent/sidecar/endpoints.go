@@ -81,6 +81,9 @@ func (s *Server) Health() Health {
 	if p := s.logFailed.Load(); p != nil {
 		h.Problems = append(h.Problems, "receipt log failed and refuses writes until the sidecar restarts: "+(*p).Error())
 	}
+	if err := s.sessions.Err(); err != nil {
+		h.Problems = append(h.Problems, "session journal failed and refuses session-aware requests until the sidecar restarts: "+err.Error())
+	}
 	if err := s.probe.check(); err != nil {
 		h.Problems = append(h.Problems, "receipt log cannot write: "+err.Error())
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/backbay-labs/chio-agent/kernel/session"
 	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
@@ -102,6 +103,7 @@ type Server struct {
 	toolServer string
 	key        ed25519.PrivateKey
 	rlog       *receipts.Log
+	sessions   *session.Journal
 	ship       *ship.Shipper // nil for a local sink
 	engine     atomic.Pointer[engine]
 	proxy      *httputil.ReverseProxy
@@ -210,6 +212,25 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 			s.rlog.Close()
 		}
 	}()
+	if set.Sessions.Header == "" {
+		set.Sessions.Header = config.DefaultSessionHeader
+	}
+	if set.Sessions.JournalPath == "" {
+		set.Sessions.JournalPath = session.DefaultPath(set.ReceiptPath)
+	}
+	s.sessions, err = session.Open(set.Sessions.JournalPath, session.Options{
+		Limits: set.Sessions.Limits,
+		Now:    s.now,
+		Logger: s.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start sidecar: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			s.sessions.Close()
+		}
+	}()
 	// A NATS sink ships the log's sealed batches beside it; decisions
 	// never wait on it. A refused sink or credential stops the start.
 	if o, ok := set.ShipOptions(); ok {
@@ -275,6 +296,9 @@ func (s *Server) Close(ctx context.Context) error {
 		s.rlog.Flush(ctx, true)
 		s.ship.Stop(5 * time.Second)
 	}
+	if serr := s.sessions.Close(); serr != nil && err == nil {
+		err = serr
+	}
 	if lerr := s.rlog.Close(); lerr != nil && err == nil {
 		err = lerr
 	}
@@ -283,6 +307,9 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Sessions is the open session journal (for in-process readers and tests).
+func (s *Server) Sessions() *session.Journal { return s.sessions }
 
 // ReceiptLog is the open receipt log (for in-process readers and tests).
 func (s *Server) ReceiptLog() *receipts.Log { return s.rlog }

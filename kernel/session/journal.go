@@ -394,3 +394,18 @@ func entryKey(id string, seq uint64) []byte {
 	k = append(k, 0)
 	return binary.BigEndian.AppendUint64(k, seq)
 }
+
+// Err is the write failure that stopped the journal (ErrFailed), or nil.
+func (j *Journal) Err() error {
+	if p := j.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// InMemory counts the sessions held in memory.
+func (j *Journal) InMemory() int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return len(j.sessions)
+}
