@@ -101,6 +101,7 @@ an API, or as a Go library linked into a trusted agent.`,
 		newUninstallCommand(),
 		newPolicyCommand(),
 		newReceiptsCommand(),
+		newSessionsCommand(),
 		newKeygenCommand(),
 		newAPICommand(),
 	)

@@ -14,6 +14,8 @@ var (
 	ErrInvalidID = errors.New("invalid session id")
 	// ErrCorrupt: the journal file holds something that is not a journal.
 	ErrCorrupt = errors.New("session journal corrupt")
+	// ErrNotFound: the journal has no such session.
+	ErrNotFound = errors.New("session not found")
 	// ErrLocked: another process holds the journal file.
 	ErrLocked = errors.New("session journal locked by another process")
 )

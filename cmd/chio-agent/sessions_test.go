@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/backbay-labs/chio-agent/kernel/session"
+	"github.com/backbay-labs/chio-agent/receipts"
+)
+
+// sessionsLog writes a receipt log and its session journal beside it, as a
+// sidecar would: two sessions with allowed, settled and denied calls.
+func sessionsLog(t *testing.T) (receiptPath, journalPath string) {
+	t.Helper()
+	for _, n := range config.SessionEnv {
+		t.Setenv(n, "")
+	}
+	t.Setenv(config.EnvKernelConfigPath, "")
+	t.Setenv(config.EnvReceiptSink, "")
+	receiptPath = filepath.Join(t.TempDir(), "chio-receipts.db")
+	journalPath = session.DefaultPath(receiptPath)
+	p, err := hushspec.Parse([]byte("hushspec: \"0.1.0\"\nrules:\n  tool_access:\n    allow: [getPet]\n    default: block\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := kernel.New(kernel.Options{Policy: p, SigningKey: cliKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := receipts.Open(receiptPath, receipts.Options{Key: cliKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := session.Open(journalPath, session.Options{Limits: session.Limits{MaxCalls: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i, c := range []struct{ sid, tool string }{
+		{"run-a", "getPet"}, {"run-a", "deletePet"}, {"run-b", "getPet"}, {"run-a", "getPet"}, {"run-a", "getPet"},
+	} {
+		call := j.Call(session.Request{SessionID: c.sid, ToolServer: "petstore", ToolName: c.tool})
+		_, prep, err := k.PrepareToolCall(ctx, kernel.ToolCall{ToolServer: "petstore", ToolName: c.tool, RequestID: fmt.Sprint(i), Guard: call})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.AppendPrepared(ctx, prep); err != nil {
+			t.Fatal(err)
+		}
+		call.Settle(0, 100)
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return receiptPath, journalPath
+}
+
+func TestSessionsListShowVerify(t *testing.T) {
+	db, journal := sessionsLog(t)
+	out, err := runCLI(t, "sessions", "list", "--receipts", db)
+	if err != nil || !strings.Contains(out, "run-a    1      6        2      2") || !strings.Contains(out, "run-b") {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, "sessions", "show", "run-a", "--journal", journal, "--json")
+	if err != nil {
+		t.Fatalf("show: %v\n%s", err, out)
+	}
+	var shown struct {
+		Head    session.Head    `json:"head"`
+		Entries []session.Entry `json:"entries"`
+	}
+	if err := json.Unmarshal([]byte(out), &shown); err != nil || len(shown.Entries) != 6 || shown.Head.Totals.ResponseBytes != 200 ||
+		shown.Entries[5].Guard != kernel.GuardSession || shown.Entries[2].Guard != kernel.GuardToolAccess {
+		t.Fatalf("show: %v %+v", err, shown)
+	}
+	if out, err := runCLI(t, "sessions", "show", "run-a", "--receipts", db); err != nil || !strings.Contains(out, "deny (ChioSessionGuard)") {
+		t.Fatalf("show text: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, "sessions", "show", "nobody", "--receipts", db); err == nil {
+		t.Fatal("show of an unknown session succeeded")
+	}
+	out, err = runCLI(t, "sessions", "verify", "--receipts", db)
+	if err != nil || !strings.Contains(out, "2 sessions, 8 entries") || !strings.Contains(out, "5 receipts name their entries") {
+		t.Fatalf("verify: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, "sessions", "verify", "run-b", "--receipts", db); err != nil || !strings.Contains(out, "1 sessions, 2 entries") {
+		t.Fatalf("verify run-b: %v\n%s", err, out)
+	}
+}
+
+// TestSessionsVerifyDetectsTampering: a changed, removed or reordered entry
+// fails verify with exit status 2, naming the session and the entry.
+func TestSessionsVerifyDetectsTampering(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(b *bolt.Bucket) error
+		want string
+	}{
+		{"changed", func(b *bolt.Bucket) error {
+			k := append([]byte("run-a\x00"), 0, 0, 0, 0, 0, 0, 0, 2)
+			v := strings.Replace(string(b.Get(k)), `"response_bytes":100`, `"response_bytes":1`, 1)
+			return b.Put(k, []byte(v))
+		}, "session run-a entry 2: entry_hash"},
+		{"removed", func(b *bolt.Bucket) error {
+			return b.Delete(append([]byte("run-a\x00"), 0, 0, 0, 0, 0, 0, 0, 3))
+		}, "session run-a entry 3: entry 3 is missing"},
+		{"reordered", func(b *bolt.Bucket) error {
+			k4, k5 := append([]byte("run-a\x00"), 0, 0, 0, 0, 0, 0, 0, 4), append([]byte("run-a\x00"), 0, 0, 0, 0, 0, 0, 0, 5)
+			v4, v5 := append([]byte(nil), b.Get(k4)...), append([]byte(nil), b.Get(k5)...)
+			b.Put(k4, v5)
+			return b.Put(k5, v4)
+		}, "session run-a entry 4: entry stored as session run-a seq 4 says session run-a seq 5"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db, journal := sessionsLog(t)
+			bdb, err := bolt.Open(journal, 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := bdb.Update(func(tx *bolt.Tx) error { return tc.edit(tx.Bucket([]byte("entries"))) }); err != nil {
+				t.Fatal(err)
+			}
+			bdb.Close()
+			out, err := runCLI(t, "sessions", "verify", "--receipts", db)
+			if exitCode(err) != exitVerifyFailed || !strings.Contains(out, tc.want) || strings.Contains(out, "run-b") {
+				t.Fatalf("verify: %v\n%s", err, out)
+			}
+			if out, err := runCLI(t, "sessions", "verify", "run-b", "--receipts", db); err != nil {
+				t.Fatalf("an untouched session: %v\n%s", err, out)
+			}
+		})
+	}
+}
