@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/backbay-labs/chio-agent/kernel/jcs"
 )
@@ -75,9 +77,9 @@ type Entry struct {
 
 // Hash computes the entry's hash: SHA-256 over the canonical JSON of the
 // entry without entry_hash and receipt_id.
-func (e Entry) Hash() (string, error) {
-	e.EntryHash, e.ReceiptID = "", ""
-	b, err := jcs.Marshal(e)
+func (e *Entry) Hash() (string, error) {
+	var buf [512]byte
+	b, err := e.appendCanonical(buf[:0], false)
 	if err != nil {
 		return "", fmt.Errorf("hash journal entry: %w", err)
 	}
@@ -88,11 +90,55 @@ func (e Entry) Hash() (string, error) {
 // encode is the stored form of an entry: its canonical JSON, hash and
 // receipt id included.
 func (e *Entry) encode() ([]byte, error) {
-	b, err := jcs.Marshal(e)
+	b, err := e.appendCanonical(make([]byte, 0, 512), true)
 	if err != nil {
 		return nil, fmt.Errorf("encode journal entry: %w", err)
 	}
 	return b, nil
+}
+
+// appendCanonical appends the entry's canonical JSON (RFC 8785: members in
+// code-unit order, integers exact, strings escaped by jcs), with entry_hash
+// and receipt_id when full and they are set. It is the one encoder of
+// entries; a test checks it against jcs.Marshal of the struct.
+func (e *Entry) appendCanonical(b []byte, full bool) ([]byte, error) {
+	for _, s := range []string{e.Schema, e.SessionID, e.PrevHash, e.Kind, e.ToolServer, e.ToolName, e.Guard, e.EntryHash, e.ReceiptID} {
+		if !utf8.ValidString(s) {
+			return nil, fmt.Errorf("%w: invalid UTF-8", ErrCorrupt)
+		}
+	}
+	str := func(b []byte, key, v string) []byte {
+		b = append(b, key...)
+		return jcs.AppendString(b, v)
+	}
+	b = append(b, `{"allowed":`...)
+	b = strconv.AppendBool(b, e.Allowed)
+	b = append(b, `,"call_seq":`...)
+	b = strconv.AppendUint(b, e.CallSeq, 10)
+	if full && e.EntryHash != "" {
+		b = str(b, `,"entry_hash":`, e.EntryHash)
+	}
+	b = append(b, `,"epoch":`...)
+	b = strconv.AppendUint(b, e.Epoch, 10)
+	b = str(b, `,"guard":`, e.Guard)
+	b = str(b, `,"kind":`, e.Kind)
+	b = str(b, `,"prev_hash":`, e.PrevHash)
+	if full && e.ReceiptID != "" {
+		b = str(b, `,"receipt_id":`, e.ReceiptID)
+	}
+	b = append(b, `,"request_bytes":`...)
+	b = strconv.AppendInt(b, e.RequestBytes, 10)
+	b = append(b, `,"response_bytes":`...)
+	b = strconv.AppendInt(b, e.ResponseBytes, 10)
+	b = str(b, `,"schema":`, e.Schema)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, e.Seq, 10)
+	b = str(b, `,"session_id":`, e.SessionID)
+	b = append(b, `,"timestamp":`...)
+	b = strconv.AppendInt(b, e.Timestamp, 10)
+	b = str(b, `,"tool_name":`, e.ToolName)
+	b = str(b, `,"tool_server":`, e.ToolServer)
+	return append(b, '}'), nil
 }
 
 func decodeEntry(b []byte) (Entry, error) {

@@ -300,7 +300,7 @@ func (j *Journal) Flush(ctx context.Context) error {
 // fsync and concurrent calls share theirs.
 func (j *Journal) writer() {
 	defer close(j.done)
-	batch := make([]*record, 0, 256)
+	batch := make([]*record, 0, cap(j.queue))
 	for r := range j.queue {
 		batch = append(batch[:0], r)
 	drain:
@@ -332,6 +332,8 @@ func (j *Journal) commit(batch []*record) error {
 	}
 	err := j.db.Update(func(tx *bolt.Tx) error {
 		eb, hb := tx.Bucket(bktEntries), tx.Bucket(bktHeads)
+		// Each session's last head in the batch is the one that counts.
+		heads := make(map[string][]byte, len(batch))
 		for _, r := range batch {
 			if r.key == nil {
 				continue // a Flush barrier
@@ -339,7 +341,10 @@ func (j *Journal) commit(batch []*record) error {
 			if err := eb.Put(r.key, r.entry); err != nil {
 				return err
 			}
-			if err := hb.Put([]byte(r.id), r.head); err != nil {
+			heads[r.id] = r.head
+		}
+		for id, h := range heads {
+			if err := hb.Put([]byte(id), h); err != nil {
 				return err
 			}
 		}

@@ -8,8 +8,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/kernel/jcs"
 )
 
 // TestExactlyOnceAdmission: N concurrent calls of one session against
@@ -243,6 +245,34 @@ func FuzzValidID(f *testing.F) {
 		sid, seq, ok := splitKey(entryKey(id, 42))
 		if !ok || sid != id || seq != 42 {
 			t.Fatalf("key of %q does not split back", id)
+		}
+	})
+}
+
+// FuzzEntryEncodingIsCanonical: the hand-written encoder agrees with
+// jcs.Marshal of the struct, for any strings and integers (the only
+// encoder of entries is checked against the general one).
+func FuzzEntryEncodingIsCanonical(f *testing.F) {
+	f.Add("s", "read", "\u2028\"\\x", int64(-1), uint64(1<<63), true)
+	f.Fuzz(func(t *testing.T, sid, tool, guard string, n int64, u uint64, allowed bool) {
+		e := Entry{Schema: EntrySchema, SessionID: sid, Epoch: u, Seq: u / 3, PrevHash: GenesisHash, Kind: KindCall, Timestamp: n,
+			ToolServer: guard + tool, ToolName: tool, Allowed: allowed, Guard: guard, CallSeq: u % 7, RequestBytes: n, ResponseBytes: -n}
+		for _, full := range []bool{false, true} {
+			if full {
+				e.EntryHash, e.ReceiptID = "h"+sid, tool
+			}
+			got, err := e.appendCanonical(nil, true)
+			if !utf8.ValidString(sid) || !utf8.ValidString(tool) || !utf8.ValidString(guard) {
+				// encoding/json would write U+FFFD; entries refuse instead.
+				if err == nil {
+					t.Fatal("invalid UTF-8 encoded")
+				}
+				return
+			}
+			want, werr := jcs.Marshal(e)
+			if err != nil || werr != nil || string(got) != string(want) {
+				t.Fatalf("\n got %s\nwant %s", got, want)
+			}
 		}
 	})
 }
