@@ -156,7 +156,7 @@ func (c *Call) Bind(receiptID string, err error) {
 		return
 	}
 	c.entry.ReceiptID = receiptID
-	r, perr := c.append(&c.entry)
+	r, perr := c.append(&c.entry, false)
 	if perr != nil {
 		// The receipt is prepared and will be written; the journal refuses
 		// every later call (ErrFailed or ErrClosed), and Durable says so.
@@ -170,9 +170,9 @@ func (c *Call) Bind(receiptID string, err error) {
 	s.lastUse = c.j.opts.Now()
 }
 
-// append applies e to its session's state and queues it for the file.
-// Called with the session locked.
-func (c *Call) append(e *Entry) (*record, error) {
+// append applies e to its session's state and queues it for the file
+// (lazy: nobody will wait for it). Called with the session locked.
+func (c *Call) append(e *Entry, lazy bool) (*record, error) {
 	s := c.s
 	b, err := e.encode()
 	if err != nil {
@@ -183,7 +183,7 @@ func (c *Call) append(e *Entry) (*record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode session head: %w", err)
 	}
-	r := &record{key: entryKey(e.SessionID, e.Seq), entry: b, head: head, id: e.SessionID, s: s, done: make(chan struct{})}
+	r := &record{key: entryKey(e.SessionID, e.Seq), entry: b, head: head, id: e.SessionID, s: s, lazy: lazy, done: make(chan struct{})}
 	if err := c.j.enqueue(r); err != nil {
 		return nil, err
 	}
@@ -260,7 +260,7 @@ func (c *Call) Settle(requestBytes, responseBytes int64) {
 			c.j.log.WithError(err).Error("settle session call")
 			return
 		}
-		if _, err := c.append(&e); err != nil {
+		if _, err := c.append(&e, true); err != nil {
 			c.j.log.WithError(err).Error("settle session call")
 		}
 		s.lastUse = c.j.opts.Now()

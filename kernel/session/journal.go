@@ -103,9 +103,15 @@ type record struct {
 	key, entry, head []byte
 	id               string
 	s                *session
-	done             chan struct{}
-	err              error
+	// lazy records are not waited for (settle entries): the writer may
+	// hold them up to lazyDelay to share a later commit.
+	lazy bool
+	done chan struct{}
+	err  error
 }
+
+// lazyDelay bounds how long an entry nobody waits for may wait for company.
+const lazyDelay = 2 * time.Millisecond
 
 // Open opens (creating) the journal file at path.
 func Open(path string, opts Options) (*Journal, error) {
@@ -301,18 +307,42 @@ func (j *Journal) Flush(ctx context.Context) error {
 func (j *Journal) writer() {
 	defer close(j.done)
 	batch := make([]*record, 0, cap(j.queue))
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for r := range j.queue {
 		batch = append(batch[:0], r)
+		waited := !r.lazy
+		open := true
 	drain:
-		for len(batch) < cap(batch) {
+		for open && len(batch) < cap(batch) {
 			select {
 			case r, ok := <-j.queue:
 				if !ok {
+					open = false
 					break drain
 				}
 				batch = append(batch, r)
+				waited = waited || !r.lazy
 			default:
-				break drain
+				if waited {
+					break drain
+				}
+				// Nobody waits for these (settle entries): hold them a
+				// moment so they share the next call's fsync instead of
+				// making it wait behind one of their own.
+				timer.Reset(lazyDelay)
+				select {
+				case r, ok := <-j.queue:
+					timer.Stop()
+					if !ok {
+						open = false
+						break drain
+					}
+					batch = append(batch, r)
+					waited = waited || !r.lazy
+				case <-timer.C:
+					break drain
+				}
 			}
 		}
 		err := j.commit(batch)
