@@ -40,3 +40,31 @@ func BenchmarkToolCall(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDurableCall is one sequential caller that waits for each call's
+// entry to be in the file, then settles it: with settle entries waiting to
+// share the next call's commit (lazy), and committed at once (eager). Run
+// with -count to alternate them (interleaving calls of both in one loop
+// would hold each lazy settle for the other's call).
+func BenchmarkDurableCall(b *testing.B) {
+	for _, lazy := range []bool{true, false} {
+		b.Run(fmt.Sprintf("lazy=%v", lazy), func(b *testing.B) {
+			h := newHarness(b, Limits{})
+			h.tampered = true
+			if !lazy {
+				h.j.lazyDelay = 0
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				c := h.j.Call(Request{SessionID: fmt.Sprintf("s%d", i%10), ToolServer: "srv", ToolName: "read"})
+				if _, _, err := h.k.PrepareToolCall(context.Background(), kernel.ToolCall{ToolServer: "srv", ToolName: "read", RequestID: fmt.Sprint(i), Guard: c}); err != nil {
+					b.Fatal(err)
+				}
+				if err := c.Durable(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				c.Settle(0, 1)
+			}
+		})
+	}
+}

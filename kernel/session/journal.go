@@ -79,6 +79,9 @@ type Journal struct {
 	done    chan struct{}
 	failed  atomic.Pointer[error]
 	stop    chan struct{}
+	// lazyDelay is how long settle entries may wait to share a commit;
+	// 0 commits them at once (a benchmark's baseline).
+	lazyDelay time.Duration
 }
 
 // session is one session in memory. Every field but the atomics is guarded
@@ -134,7 +137,7 @@ func Open(path string, opts Options) (*Journal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open session journal %s: %w", path, err)
 	}
-	j := &Journal{db: db, path: path, opts: opts, log: nolog.Or(opts.Logger), sessions: map[string]*session{}}
+	j := &Journal{db: db, path: path, opts: opts, log: nolog.Or(opts.Logger), sessions: map[string]*session{}, lazyDelay: lazyDelay}
 	if err := j.init(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open session journal %s: %w", path, err)
@@ -324,13 +327,13 @@ func (j *Journal) writer() {
 				batch = append(batch, r)
 				waited = waited || !r.lazy
 			default:
-				if waited {
+				if waited || j.lazyDelay == 0 {
 					break drain
 				}
 				// Nobody waits for these (settle entries): hold them a
 				// moment so they share the next call's fsync instead of
 				// making it wait behind one of their own.
-				timer.Reset(lazyDelay)
+				timer.Reset(j.lazyDelay)
 				select {
 				case r, ok := <-j.queue:
 					timer.Stop()
