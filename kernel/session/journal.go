@@ -49,6 +49,11 @@ type Options struct {
 	// call (it is read back from the file on its next call). Default: the
 	// idle expiry, else 10 minutes.
 	EvictAfter time.Duration
+	// MaxInMemory bounds the sessions held in memory: past it, sessions
+	// with nothing in flight are dropped (and read back from the file on
+	// their next call), however recently used, so a flood of new session
+	// ids costs file space, not memory. Default 65536.
+	MaxInMemory int
 	// ReadOnly opens the file for reading (the CLI); calls are refused.
 	ReadOnly bool
 	// LockTimeout bounds the wait for another process holding the file.
@@ -129,6 +134,9 @@ func Open(path string, opts Options) (*Journal, error) {
 	}
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = 2 * time.Second
+	}
+	if opts.MaxInMemory <= 0 {
+		opts.MaxInMemory = 1 << 16
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, ReadOnly: opts.ReadOnly, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, berrors.ErrTimeout) {
@@ -228,6 +236,9 @@ func (j *Journal) acquire(id string) (*session, error) {
 		if s == nil {
 			s = &session{id: id}
 			j.sessions[id] = s
+			if len(j.sessions) > j.opts.MaxInMemory {
+				j.shrinkLocked(id)
+			}
 		}
 		j.mu.Unlock()
 		s.mu.Lock()
@@ -424,6 +435,26 @@ func (j *Journal) Sweep() int {
 		s.mu.Unlock()
 	}
 	return len(j.sessions)
+}
+
+// shrinkLocked drops sessions with nothing in flight and nothing to write
+// until a tenth of MaxInMemory is free (keep: the session being added).
+// Called with j.mu held.
+func (j *Journal) shrinkLocked(keep string) {
+	target := j.opts.MaxInMemory - j.opts.MaxInMemory/10 - 1
+	for id, s := range j.sessions {
+		if len(j.sessions) <= target {
+			return
+		}
+		if id == keep || !s.mu.TryLock() {
+			continue
+		}
+		if s.inflight == 0 && s.uncommitted.Load() == 0 {
+			s.evicted = true
+			delete(j.sessions, id)
+		}
+		s.mu.Unlock()
+	}
 }
 
 func entryKey(id string, seq uint64) []byte {

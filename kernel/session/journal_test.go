@@ -276,3 +276,27 @@ func FuzzEntryEncodingIsCanonical(f *testing.F) {
 		}
 	})
 }
+
+// TestSessionFloodBoundsMemory: an attacker naming a new session per call
+// cannot grow the journal's memory past MaxInMemory; dropped sessions come
+// back from the file with their chain and totals.
+func TestSessionFloodBoundsMemory(t *testing.T) {
+	h := newHarness(t, Limits{MaxCalls: 1})
+	h.opts.MaxInMemory = 20
+	h.reopen()
+	for i := range 300 {
+		out, _, c := h.call(fmt.Sprintf("flood-%d", i), "read", 0)
+		if out.Verdict != kernel.VerdictAllow {
+			t.Fatalf("call %d: %+v", i, out)
+		}
+		c.Settle(0, 0)
+		if n := h.j.InMemory(); n > 20 {
+			t.Fatalf("%d sessions in memory, bound 20", n)
+		}
+	}
+	// The first session was dropped long ago: its limit still holds.
+	out, r, _ := h.call("flood-0", "read", 0)
+	if out.Verdict != kernel.VerdictDeny || sessionMeta(t, r)["seq"] != 3.0 {
+		t.Fatalf("flood-0 after eviction: %+v %v", out, sessionMeta(t, r))
+	}
+}
