@@ -295,3 +295,21 @@ func FuzzSessionHeader(f *testing.F) {
 		}
 	})
 }
+
+// TestSessionAdminStatus: the admin status shows the journal and limits.
+func TestSessionAdminStatus(t *testing.T) {
+	token := strings.Repeat("t", 24)
+	f := startFixture(t, func(s *config.SidecarSettings) {
+		s.ControlToken = token
+		s.Sessions.Limits = session.Limits{MaxCalls: 9, IdleExpiry: time.Hour}
+	})
+	f.do("GET", "/pets/1", nil, map[string]string{hdrSession: "s"})
+	resp, body := f.do("GET", PathAdminStatus, nil, map[string]string{"Authorization": "Bearer " + token})
+	var st AdminStatus
+	if err := json.Unmarshal(body, &st); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("status: %d %s", resp.StatusCode, body)
+	}
+	if s := st.Sessions; s.Journal != f.set.Sessions.JournalPath || s.Header != hdrSession || s.MaxCalls != 9 || s.IdleExpiry != "1h0m0s" || s.InMemory != 1 || s.Error != "" {
+		t.Fatalf("sessions status %+v", s)
+	}
+}
