@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
@@ -169,10 +168,7 @@ func startSidecarProcess(b *testing.B, upstream, mode string) string {
 func BenchmarkSidecarAdded(b *testing.B) {
 	for _, mode := range []string{"async", "sync"} {
 		b.Run(mode, func(b *testing.B) {
-			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				io.WriteString(w, "upstream: "+r.Method+" "+r.URL.Path)
-			}))
-			defer up.Close()
+			up := benchUpstream(b)
 			base := startSidecarProcess(b, up.URL, mode)
 			bareAddr, stopBare := startChild(b, envBare+"="+up.URL)
 			defer stopBare()

@@ -2,9 +2,7 @@ package sidecar
 
 import (
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"testing"
 	"time"
 )
@@ -18,30 +16,19 @@ import (
 func BenchmarkSessionJournalAdded(b *testing.B) {
 	for _, mode := range []string{"async", "sync"} {
 		b.Run(mode, func(b *testing.B) {
-			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				io.WriteString(w, "upstream: "+r.Method+" "+r.URL.Path)
-			}))
-			defer up.Close()
+			up := benchUpstream(b)
 			base := startSidecarProcess(b, up.URL, mode)
 			client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 			defer client.CloseIdleConnections()
 			get := func(url, sid string) time.Duration {
-				req, _ := http.NewRequest("GET", url, nil)
-				if sid != "" {
-					req.Header.Set(hdrSession, sid)
-				}
-				start := time.Now()
-				resp, err := client.Do(req)
+				req, err := http.NewRequest("GET", url, nil)
 				if err != nil {
 					b.Fatal(err)
 				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				d := time.Since(start)
-				if resp.StatusCode != 200 {
-					b.Fatalf("GET %s: %d", url, resp.StatusCode)
+				if sid != "" {
+					req.Header.Set(hdrSession, sid)
 				}
-				return d
+				return benchDo(b, client, req)
 			}
 			for _, u := range []string{up.URL, base} {
 				get(u+"/pets/1", "")

@@ -8,12 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -164,45 +161,17 @@ func TestAPIProtectSessionsEndToEnd(t *testing.T) {
 	defer api.Close()
 	os.WriteFile(filepath.Join(dir, "openapi.yaml"), []byte(apiSpec), 0o600)
 	os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(apiPolicy), 0o600)
-	ready := filepath.Join(dir, "ready")
 	db := filepath.Join(dir, "receipts.db")
 	journal := filepath.Join(dir, "journal.db")
-	cmd := exec.Command(bin, "api", "protect", "--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"),
-		"--listen", "127.0.0.1:0", "--ready-file", ready)
-	env := []string{config.EnvPolicySource + "=" + filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink + "=" + db,
+	p := startProtect(t, bin, []string{config.EnvPolicySource + "=" + filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink + "=" + db,
 		config.EnvSigningKey + "=" + strings.Repeat("07", 32), config.EnvKernelConfigPath + "=",
 		config.EnvTrustedIssuerKey + "=", config.EnvTrustedIssuerKeys + "=",
 		config.EnvSessionHeader + "=X-Run", config.EnvSessionJournal + "=file://" + journal, config.EnvSessionMaxCalls + "=2",
-		config.EnvSessionMaxCallsPerTool + "=", config.EnvSessionMaxRequestBytes + "=", config.EnvSessionMaxResponseBytes + "=", config.EnvSessionIdleExpiry + "=1h"}
-	cmd.Env = append(os.Environ(), env...)
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	}()
-	var addr string
-	for addr == "" {
-		if b, err := os.ReadFile(ready); err == nil && strings.HasSuffix(string(b), "\n") {
-			addr = strings.TrimSpace(string(b))
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("sidecar exited before ready: %v\n%s", err, logs.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+		config.EnvSessionMaxCallsPerTool + "=", config.EnvSessionMaxRequestBytes + "=", config.EnvSessionMaxResponseBytes + "=", config.EnvSessionIdleExpiry + "=1h"},
+		"--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"))
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 	for i, want := range []int{200, 200, 403} {
-		req, _ := http.NewRequest("GET", "http://"+addr+"/pets/1", nil)
+		req, _ := http.NewRequest("GET", "http://"+p.addr+"/pets/1", nil)
 		req.Header.Set("X-Run", "nightly-7")
 		resp, err := client.Do(req)
 		if err != nil {
@@ -215,10 +184,7 @@ func TestAPIProtectSessionsEndToEnd(t *testing.T) {
 		}
 	}
 	client.CloseIdleConnections()
-	cmd.Process.Signal(syscall.SIGTERM)
-	if err := <-exited; err != nil {
-		t.Fatalf("sidecar: %v\n%s", err, logs.String())
-	}
+	p.stop(t)
 	t.Setenv(config.EnvSessionJournal, journal)
 	out, err := runCLI(t, "sessions", "list", "--receipts", db)
 	if err != nil || !strings.Contains(out, "nightly-7  1      5        2      1") {
