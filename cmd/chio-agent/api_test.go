@@ -145,13 +145,7 @@ func TestLocalHealthURL(t *testing.T) {
 // clients; then `api health`, a clean stop, and the receipt log verified.
 func TestAPIProtectEndToEnd(t *testing.T) {
 	bin := binary(t)
-	dir := t.TempDir()
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "pets api: "+r.URL.Path)
-	}))
-	defer api.Close()
-	os.WriteFile(filepath.Join(dir, "openapi.yaml"), []byte(apiSpec), 0o600)
-	os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(apiPolicy), 0o600)
+	dir, api := petsAPI(t)
 	keyOut, err := exec.Command(bin, "keygen", "--out", filepath.Join(dir, "kernel.key")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("keygen: %v %s", err, keyOut)
@@ -215,6 +209,19 @@ func TestAPIProtectEndToEnd(t *testing.T) {
 	if err := exec.Command(bin, "api", "health", "--url", "http://"+addr+config.DefaultHealthPath, "--timeout", "2s").Run(); err == nil {
 		t.Fatal("api health passed with the sidecar stopped")
 	}
+}
+
+// petsAPI is a small API on loopback and a directory holding its spec
+// (openapi.yaml) and a policy for it (policy.yaml).
+func petsAPI(t *testing.T) (dir string, api *httptest.Server) {
+	dir = t.TempDir()
+	api = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "pets api: "+r.URL.Path)
+	}))
+	t.Cleanup(api.Close)
+	os.WriteFile(filepath.Join(dir, "openapi.yaml"), []byte(apiSpec), 0o600)
+	os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(apiPolicy), 0o600)
+	return dir, api
 }
 
 // protectProcess is `chio-agent api protect` running as its own process.

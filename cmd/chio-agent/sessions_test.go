@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -154,13 +152,7 @@ func TestSessionsVerifyDetectsTampering(t *testing.T) {
 // sessions commands read and verify what it wrote.
 func TestAPIProtectSessionsEndToEnd(t *testing.T) {
 	bin := binary(t)
-	dir := t.TempDir()
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "pets api: "+r.URL.Path)
-	}))
-	defer api.Close()
-	os.WriteFile(filepath.Join(dir, "openapi.yaml"), []byte(apiSpec), 0o600)
-	os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(apiPolicy), 0o600)
+	dir, api := petsAPI(t)
 	db := filepath.Join(dir, "receipts.db")
 	journal := filepath.Join(dir, "journal.db")
 	p := startProtect(t, bin, []string{config.EnvPolicySource + "=" + filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink + "=" + db,
