@@ -152,6 +152,7 @@ func (s *Server) protect(w http.ResponseWriter, r *http.Request) {
 	}
 	limit := s.set.MaxBodyBytes
 	var body *countingBody
+	orig := w // MaxBytesReader tells the server, through it, to close the connection
 	if v.sess != nil {
 		// In sync mode the call takes effect once its journal entry is
 		// durable, as its receipt is: a restart cannot forget a call that
@@ -179,7 +180,7 @@ func (s *Server) protect(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		r.Body = http.MaxBytesReader(orig, r.Body, limit)
 		if v.sess != nil {
 			body = &countingBody{ReadCloser: r.Body}
 			r.Body = body

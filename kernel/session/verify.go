@@ -39,7 +39,8 @@ type Report struct {
 // OK says whether no problem was found.
 func (r *Report) OK() bool { return len(r.Problems) == 0 }
 
-// Heads returns every session's head, in session id order.
+// Heads returns every session's head as written to the file (a live
+// journal's latest entries may still be on their way), in session id order.
 func (j *Journal) Heads() ([]Head, error) {
 	var out []Head
 	err := j.db.View(func(tx *bolt.Tx) error {
@@ -58,7 +59,8 @@ func (j *Journal) Heads() ([]Head, error) {
 	return out, nil
 }
 
-// Head returns one session's head; ok is false when the journal has none.
+// Head returns one session's head as written to the file; ok is false
+// when the journal has none.
 func (j *Journal) Head(id string) (h Head, ok bool, err error) {
 	err = j.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bktHeads).Get([]byte(id))
