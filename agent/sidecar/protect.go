@@ -140,6 +140,11 @@ func (s *Server) protect(w http.ResponseWriter, r *http.Request) {
 		contentLength: r.ContentLength,
 		sessionHeader: r.Header.Values(s.set.Sessions.Header),
 	})
+	if v.sess != nil {
+		// The receipt is written (durable in sync mode): the journal entry
+		// that names it may go to the file.
+		v.sess.Release()
+	}
 	if v.receiptID != "" {
 		w.Header().Set(HeaderReceiptID, v.receiptID)
 	}

@@ -222,6 +222,10 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		Limits: set.Sessions.Limits,
 		Now:    s.now,
 		Logger: s.log,
+		// An entry reaches the file after its receipt: a crash may lose
+		// an entry whose receipt is durable (a call that never went
+		// upstream), never a receipt whose entry is.
+		HoldUntilReleased: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start sidecar: %w", err)

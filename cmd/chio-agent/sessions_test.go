@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
@@ -184,5 +187,89 @@ func TestAPIProtectSessionsEndToEnd(t *testing.T) {
 	}
 	if out, err := runCLI(t, "sessions", "verify", "--receipts", db); err != nil || !strings.Contains(out, "3 receipts name their entries") {
 		t.Fatalf("verify: %v\n%s", err, out)
+	}
+}
+
+// TestAPIProtectSessionsSurviveKill: a sidecar killed (SIGKILL) in the
+// middle of a session's concurrent calls, then restarted on the same files:
+// the upstream never sees more calls of the session than max_calls, and the
+// journal still verifies against the receipt log (an entry reaches the file
+// only after its receipt).
+func TestAPIProtectSessionsSurviveKill(t *testing.T) {
+	const limit = 40
+	bin := binary(t)
+	var hits atomic.Int64
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		io.WriteString(w, "ok")
+	}))
+	defer api.Close()
+	dir, _ := petsAPI(t)
+	db := filepath.Join(dir, "receipts.db")
+	env := []string{config.EnvPolicySource + "=" + filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink + "=" + db,
+		config.EnvSigningKey + "=" + strings.Repeat("07", 32), config.EnvKernelConfigPath + "=",
+		config.EnvTrustedIssuerKey + "=", config.EnvTrustedIssuerKeys + "=", config.EnvSessionHeader + "=", config.EnvSessionJournal + "=",
+		config.EnvSessionMaxCalls + "=" + fmt.Sprint(limit), config.EnvSessionMaxCallsPerTool + "=", config.EnvSessionMaxRequestBytes + "=",
+		config.EnvSessionMaxResponseBytes + "=", config.EnvSessionIdleExpiry + "="}
+	args := []string{"--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml")}
+	// hammer sends the session's calls from 8 clients until stop says so,
+	// and counts the answers.
+	hammer := func(addr string, stop func(ok, refused int64) bool) (ok, refused int64) {
+		var okN, refusedN atomic.Int64
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+				defer client.CloseIdleConnections()
+				for !stop(okN.Load(), refusedN.Load()) {
+					req, _ := http.NewRequest("GET", "http://"+addr+"/pets/1", nil)
+					req.Header.Set(config.DefaultSessionHeader, "crash-run")
+					resp, err := client.Do(req)
+					if err != nil {
+						return // the sidecar is gone
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					switch resp.StatusCode {
+					case 200:
+						okN.Add(1)
+					case 403:
+						refusedN.Add(1)
+					default:
+						t.Errorf("status %d", resp.StatusCode)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return okN.Load(), refusedN.Load()
+	}
+
+	p := startProtect(t, bin, env, args...)
+	var killOnce sync.Once
+	ok1, _ := hammer(p.addr, func(ok, _ int64) bool {
+		if ok >= limit/2 {
+			killOnce.Do(func() { p.cmd.Process.Kill() })
+			return true
+		}
+		return false
+	})
+	<-p.exited
+
+	p = startProtect(t, bin, env, args...)
+	ok2, refused2 := hammer(p.addr, func(_, refused int64) bool { return refused >= 8 })
+	p.stop(t)
+	if n := hits.Load(); n > limit || ok1+ok2 > limit || refused2 == 0 {
+		t.Fatalf("upstream saw %d calls, clients %d+%d allowed, %d refused after the restart; max_calls %d", n, ok1, ok2, refused2, limit)
+	}
+	t.Logf("before the kill %d allowed; after %d allowed, %d refused; upstream saw %d", ok1, ok2, refused2, hits.Load())
+	if out, err := runCLI(t, "sessions", "verify", "--receipts", db); err != nil {
+		t.Fatalf("sessions verify after a kill: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, "receipts", "verify", "--receipts", db); err != nil {
+		t.Fatalf("receipts verify after a kill: %v\n%s", err, out)
 	}
 }

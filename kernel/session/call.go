@@ -183,11 +183,34 @@ func (c *Call) append(e *Entry, lazy bool) (*record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode session head: %w", err)
 	}
-	r := &record{key: entryKey(e.SessionID, e.Seq), entry: b, head: head, id: e.SessionID, s: s, lazy: lazy, done: make(chan struct{})}
-	if err := c.j.enqueue(r); err != nil {
+	// A call's entry waits for its release when the journal holds them;
+	// a settle is ready (behind its session's held entries).
+	held := !lazy && c.j.opts.HoldUntilReleased
+	r := &record{key: entryKey(e.SessionID, e.Seq), entry: b, head: head, id: e.SessionID, s: s, lazy: lazy, ready: !held, done: make(chan struct{})}
+	if err := c.j.submit(s, r); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// Release lets the call's entry go to the file, with a journal opened with
+// HoldUntilReleased: call it once the call's receipt is durable (or once
+// it is known it never will be: the entry then names a receipt the log
+// lacks, and verify says so). A no-op otherwise, and after the first time.
+func (c *Call) Release() {
+	r := c.rec
+	if r == nil || r.s == nil {
+		return
+	}
+	r.s.mu.Lock()
+	defer r.s.mu.Unlock()
+	if r.ready {
+		return
+	}
+	r.ready = true
+	if err := c.j.flushPending(r.s); err != nil {
+		c.j.log.WithError(err).Error("release session entry")
+	}
 }
 
 // Entry is the call's journal entry (zero before Check).

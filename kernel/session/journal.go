@@ -54,6 +54,13 @@ type Options struct {
 	// their next call), however recently used, so a flood of new session
 	// ids costs file space, not memory. Default 65536.
 	MaxInMemory int
+	// HoldUntilReleased keeps each call's entry from the file until
+	// Call.Release: a caller that writes the call's receipt elsewhere
+	// releases it once the receipt is durable, so a crash never leaves an
+	// entry naming a receipt that was lost (the reverse, a receipt whose
+	// entry was lost, names a call that never took effect). The session's
+	// later entries wait behind it, in chain order.
+	HoldUntilReleased bool
 	// ReadOnly opens the file for reading (the CLI); calls are refused.
 	ReadOnly bool
 	// LockTimeout bounds the wait for another process holding the file.
@@ -103,6 +110,9 @@ type session struct {
 	// records queued for the file. Neither may be lost by an eviction.
 	inflight    int
 	uncommitted atomic.Int64
+	// pending are the session's records not yet sent to the writer, in
+	// chain order: the first may wait for its release.
+	pending []*record
 }
 
 // record is one entry (and the session's head after it) on its way to the
@@ -114,8 +124,10 @@ type record struct {
 	// lazy records are not waited for (settle entries): the writer may
 	// hold them up to lazyDelay to share a later commit.
 	lazy bool
-	done chan struct{}
-	err  error
+	// ready: released to the writer (guarded by the session's mu).
+	ready bool
+	done  chan struct{}
+	err   error
 }
 
 // lazyDelay bounds how long an entry nobody waits for may wait for company.
@@ -208,6 +220,17 @@ func (j *Journal) Close() error {
 	if j.opts.ReadOnly {
 		return j.db.Close()
 	}
+	// Entries still held go now: their callers are gone.
+	j.mu.Lock()
+	for _, s := range j.sessions {
+		s.mu.Lock()
+		for _, r := range s.pending {
+			r.ready = true
+		}
+		j.flushPending(s)
+		s.mu.Unlock()
+	}
+	j.mu.Unlock()
 	j.closeMu.Lock()
 	if j.closed {
 		j.closeMu.Unlock()
@@ -279,16 +302,40 @@ func (j *Journal) load(id string) (*chainState, error) {
 	return st, nil
 }
 
-// enqueue sends a record to the writer. Called with s.mu held, so the
-// records of one session reach the file in chain order.
+// submit queues a session's record behind its pending ones and sends the
+// ready ones to the writer. Called with s.mu held, so the records of one
+// session reach the file in chain order.
+func (j *Journal) submit(s *session, r *record) error {
+	j.closeMu.RLock()
+	closed := j.closed
+	j.closeMu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	s.uncommitted.Add(1)
+	s.pending = append(s.pending, r)
+	return j.flushPending(s)
+}
+
+// flushPending sends the session's ready records, up to the first held
+// one, to the writer. Called with s.mu held.
+func (j *Journal) flushPending(s *session) error {
+	for len(s.pending) > 0 && s.pending[0].ready {
+		if err := j.enqueue(s.pending[0]); err != nil {
+			return err
+		}
+		s.pending[0] = nil
+		s.pending = s.pending[1:]
+	}
+	return nil
+}
+
+// enqueue sends a record to the writer.
 func (j *Journal) enqueue(r *record) error {
 	j.closeMu.RLock()
 	defer j.closeMu.RUnlock()
 	if j.closed {
 		return ErrClosed
-	}
-	if r.s != nil {
-		r.s.uncommitted.Add(1)
 	}
 	j.queue <- r
 	return nil

@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -298,5 +299,45 @@ func TestSessionFloodBoundsMemory(t *testing.T) {
 	out, r, _ := h.call("flood-0", "read", 0)
 	if out.Verdict != kernel.VerdictDeny || sessionMeta(t, r)["seq"] != 3.0 {
 		t.Fatalf("flood-0 after eviction: %+v %v", out, sessionMeta(t, r))
+	}
+}
+
+// TestHoldUntilReleased: with HoldUntilReleased, a call's entry reaches the
+// file only once released, and the session's later entries wait behind it,
+// so the file never holds an entry whose receipt might still be lost.
+func TestHoldUntilReleased(t *testing.T) {
+	h := newHarness(t, Limits{})
+	h.opts.HoldUntilReleased = true
+	h.reopen()
+	ctx := context.Background()
+	calls := make([]*Call, 2)
+	for i := range calls {
+		calls[i] = h.j.Call(Request{SessionID: "held", ToolServer: "srv", ToolName: "read"})
+		_, r, err := h.k.EvaluateToolCall(ctx, kernel.ToolCall{ToolServer: "srv", ToolName: "read", RequestID: newID(), Guard: calls[i]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(r)
+		h.receipts[r.ID] = b
+	}
+	calls[1].Release() // the second is released, but waits behind the first
+	calls[1].Settle(0, 5)
+	if err := h.j.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if es, _ := h.j.Entries("held"); len(es) != 0 {
+		t.Fatalf("%d entries in the file before the first release", len(es))
+	}
+	calls[0].Release()
+	for _, c := range calls {
+		if err := c.Durable(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	calls[0].Settle(0, 5)
+	h.j.Flush(ctx)
+	es, _ := h.j.Entries("held")
+	if len(es) != 4 || es[0].Seq != 1 || es[3].Kind != KindSettle {
+		t.Fatalf("entries %+v", es)
 	}
 }
