@@ -127,6 +127,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case p == "/chio" || strings.HasPrefix(p, reservedPrefix) || strings.HasPrefix(strings.ToLower(r.URL.EscapedPath()), "/chio%2f"):
 		writeJSON(w, http.StatusNotFound, errorBody{Error: codeNotFound, Message: "no sidecar endpoint at " + p + " (paths under /chio/ are the sidecar's and are never forwarded)"})
 	default:
+		if s.replicas != nil && s.route(w, r) {
+			return // forwarded to the session's owner, or refused
+		}
 		s.protect(w, r)
 	}
 }
@@ -374,23 +377,13 @@ func (s *Server) checkCapability(header, tool string) (*kernel.Capability, strin
 	if s.set.CapabilityAuthorityURL != "" {
 		hint = " (capability authority: " + s.set.CapabilityAuthorityURL + ")"
 	}
-	header = strings.TrimSpace(header)
-	if header == "" {
-		return nil, "no capability token: send one in the " + HeaderCapability + " header" + hint
-	}
-	if len(header) > maxCapabilityBytes {
-		return nil, fmt.Sprintf("capability token larger than %d bytes", maxCapabilityBytes)
-	}
-	data := []byte(header)
-	if !strings.HasPrefix(header, "{") {
-		var err error
-		if data, err = decodeBase64(header); err != nil {
-			return nil, "capability token is neither JSON nor base64 of JSON"
-		}
-	}
-	c, err := kernel.ParseCapability(data)
+	c, err := parseCapabilityHeader(header)
 	if err != nil {
-		return nil, "malformed capability token: " + err.Error()
+		msg := err.Error()
+		if strings.HasPrefix(msg, "no capability token") {
+			msg += hint
+		}
+		return nil, msg
 	}
 	res := c.Verify(kernel.CapabilityVerifyOptions{
 		Now:                uint64(max(s.now().Unix(), 0)),

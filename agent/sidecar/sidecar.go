@@ -84,6 +84,10 @@ type Options struct {
 	// Ready, when set, is called once with the listener's address when the
 	// sidecar serves (a --ready-file, tests that listen on port 0).
 	Ready func(net.Addr)
+	// Listener, when set, is served instead of listening on
+	// Settings.Listen (tests that must know replicas' addresses first).
+	// Start takes it over: Close closes it.
+	Listener net.Listener
 }
 
 // engine pairs a policy with the kernel deciding on it, so one request
@@ -104,6 +108,7 @@ type Server struct {
 	key        ed25519.PrivateKey
 	rlog       *receipts.Log
 	sessions   *session.Journal
+	replicas   *replicas     // nil with one replica
 	ship       *ship.Shipper // nil for a local sink
 	engine     atomic.Pointer[engine]
 	proxy      *httputil.ReverseProxy
@@ -251,9 +256,14 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	}()
 	s.probe = newWriteProbe(set.ReceiptPath)
 	s.proxy = s.newProxy()
-	s.ln, err = net.Listen("tcp", set.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("start sidecar: %w: listen on %s: %w", ErrStartup, set.Listen, err)
+	if s.replicas, err = s.newReplicas(); err != nil {
+		return nil, fmt.Errorf("start sidecar: %w", err)
+	}
+	if s.ln = opts.Listener; s.ln == nil {
+		s.ln, err = net.Listen("tcp", set.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("start sidecar: %w: listen on %s: %w", ErrStartup, set.Listen, err)
+		}
 	}
 	t := set.Timeouts
 	s.srv = &http.Server{

@@ -2,8 +2,11 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -20,12 +23,16 @@ const (
 	EnvSessionMaxRequestBytes  = "CHIO_SESSION_MAX_REQUEST_BYTES"
 	EnvSessionMaxResponseBytes = "CHIO_SESSION_MAX_RESPONSE_BYTES"
 	EnvSessionIdleExpiry       = "CHIO_SESSION_IDLE_EXPIRY"
+	EnvSessionPeers            = "CHIO_SESSION_PEERS"
+	EnvSessionSelf             = "CHIO_SESSION_SELF"
+	EnvSessionPeerToken        = "CHIO_SESSION_PEER_TOKEN"
 )
 
 // SessionEnv lists the sessions variables; SidecarEnv ends with them.
 var SessionEnv = []string{
 	EnvSessionHeader, EnvSessionJournal, EnvSessionMaxCalls, EnvSessionMaxCallsPerTool,
 	EnvSessionMaxRequestBytes, EnvSessionMaxResponseBytes, EnvSessionIdleExpiry,
+	EnvSessionPeers, EnvSessionSelf, EnvSessionPeerToken,
 }
 
 // DefaultSessionHeader names a request's session when no capability token
@@ -60,6 +67,13 @@ type Sessions struct {
 	// 1s); the next call naming it starts afresh. Default: never. Env:
 	// CHIO_SESSION_IDLE_EXPIRY.
 	IdleExpiry Duration `yaml:"idle_expiry"`
+	// Peers are the sidecar replicas (host:port each, this one included)
+	// among which each session is owned by one, by rendezvous hashing of
+	// its id; a replica forwards a session's requests to its owner. Empty:
+	// one replica. Env: CHIO_SESSION_PEERS (comma-separated).
+	Peers []string `yaml:"peers"`
+	// Self is this replica's entry in Peers. Env: CHIO_SESSION_SELF.
+	Self string `yaml:"self"`
 }
 
 func (s *Sessions) validate() error {
@@ -74,6 +88,11 @@ func (s *Sessions) validate() error {
 	}{{"max_calls", s.MaxCalls}, {"max_calls_per_tool", s.MaxCallsPerTool}, {"max_request_bytes", s.MaxRequestBytes}, {"max_response_bytes", s.MaxResponseBytes}} {
 		if f.v < 0 {
 			return fmt.Errorf("sessions.%s: must not be negative", f.key)
+		}
+	}
+	for i, p := range s.Peers {
+		if _, _, err := net.SplitHostPort(p); err != nil {
+			return fmt.Errorf("sessions.peers[%d]: %q is not host:port", i, p)
 		}
 	}
 	if s.IdleExpiry != 0 && time.Duration(s.IdleExpiry) < time.Second {
@@ -104,6 +123,13 @@ type ResolvedSessions struct {
 	JournalPath string
 	// Limits bound every session.
 	Limits session.Limits
+	// Peers are the replicas sessions are spread over (host:port); nil
+	// for one replica. Self is this one.
+	Peers []string
+	Self  string
+	// PeerToken authenticates forwarded requests between replicas
+	// (secret; at least MinControlTokenBytes).
+	PeerToken string
 }
 
 // ResolveSessions merges the CHIO_SESSION_* variables over kernel.yaml's
@@ -148,6 +174,31 @@ func ResolveSessions(lookup func(string) (string, bool), s Sessions, receiptPath
 	}
 	if err != nil {
 		return r, err
+	}
+	r.Peers = s.Peers
+	if v := Env(lookup, EnvSessionPeers); v != "" {
+		r.Peers = nil
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				r.Peers = append(r.Peers, p)
+			}
+		}
+	}
+	r.Self = Pick(lookup, "", EnvSessionSelf, s.Self, "")
+	if len(r.Peers) > 0 {
+		for _, p := range r.Peers {
+			if _, _, err := net.SplitHostPort(p); err != nil {
+				return r, fmt.Errorf("%s: %q is not host:port", EnvSessionPeers, p)
+			}
+		}
+		if !slices.Contains(r.Peers, r.Self) {
+			return r, fmt.Errorf("%s %q is not one of the peers %v", EnvSessionSelf, r.Self, r.Peers)
+		}
+		// The token is a secret, from the environment only, taken as set.
+		r.PeerToken, _ = lookup(EnvSessionPeerToken)
+		if len(r.PeerToken) < MinControlTokenBytes {
+			return r, fmt.Errorf("%s must hold at least %d bytes when peers are set: replicas accept forwarded requests only with it", EnvSessionPeerToken, MinControlTokenBytes)
+		}
 	}
 	if v := Env(lookup, EnvSessionIdleExpiry); v != "" {
 		d, perr := time.ParseDuration(v)
