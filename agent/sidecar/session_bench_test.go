@@ -2,9 +2,14 @@ package sidecar
 
 import (
 	"fmt"
+	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/kernel/session"
 )
 
 // BenchmarkSessionJournalAdded reports what the session journal costs a
@@ -53,4 +58,61 @@ func BenchmarkSessionJournalAdded(b *testing.B) {
 			b.ReportMetric(quantile(journaled, 0.50)/quantile(plain, 0.50), "session/nosession-p50")
 		})
 	}
+}
+
+// BenchmarkSessionForwardedHop reports what a request pays when it lands
+// on a replica that does not own its session: two sidecar processes
+// sharing a peer list, sessions all owned by the second, requests sent to
+// the owner and to the other replica (which forwards them) in turn.
+func BenchmarkSessionForwardedHop(b *testing.B) {
+	up := benchUpstream(b)
+	var addrs []string
+	for range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		addrs = append(addrs, ln.Addr().String())
+		ln.Close() // the child listens on it: a free loopback port
+	}
+	peers := []string{config.EnvSessionPeers + "=" + strings.Join(addrs, ","), config.EnvSessionPeerToken + "=" + strings.Repeat("b", 24)}
+	var bases []string
+	for _, a := range addrs {
+		bases = append(bases, startSidecarProcess(b, up.URL, "async", append(peers, envListen+"="+a, config.EnvSessionSelf+"="+a)...))
+	}
+	ring, err := session.NewRing(addrs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ids []string
+	for i := 0; len(ids) < 10; i++ {
+		if id := fmt.Sprintf("hop-%d", i); ring.Owner(id) == addrs[1] {
+			ids = append(ids, id)
+		}
+	}
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	defer client.CloseIdleConnections()
+	get := func(base, sid string) time.Duration {
+		req, err := http.NewRequest("GET", base+"/pets/1", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		req.Header.Set(hdrSession, sid)
+		return benchDo(b, client, req)
+	}
+	get(bases[0], ids[0])
+	get(bases[1], ids[0])
+	owner := make([]time.Duration, 0, b.N)
+	forwarded := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		owner = append(owner, get(bases[1], ids[i%len(ids)]))
+		forwarded = append(forwarded, get(bases[0], ids[i%len(ids)]))
+	}
+	b.StopTimer()
+	reportLatency(b, "owner-", owner)
+	reportLatency(b, "forwarded-", forwarded)
+	b.ReportMetric(quantile(forwarded, 0.50)-quantile(owner, 0.50), "hop-p50-µs")
+	b.ReportMetric(quantile(forwarded, 0.99)-quantile(owner, 0.99), "hop-p99-µs")
+	b.ReportMetric(quantile(forwarded, 0.50)/quantile(owner, 0.50), "forwarded/owner-p50")
 }
