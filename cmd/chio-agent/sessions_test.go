@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -271,5 +272,63 @@ func TestAPIProtectSessionsSurviveKill(t *testing.T) {
 	}
 	if out, err := runCLI(t, "receipts", "verify", "--receipts", db); err != nil {
 		t.Fatalf("receipts verify after a kill: %v\n%s", err, out)
+	}
+}
+
+// TestAPIProtectReplicasEndToEnd: two api protect processes configured as
+// replicas through CHIO_SESSION_PEERS, CHIO_SESSION_SELF and
+// CHIO_SESSION_PEER_TOKEN: a session's requests sent to both alternately
+// are decided by its owner alone, so its limit holds across them.
+func TestAPIProtectReplicasEndToEnd(t *testing.T) {
+	const limit = 3
+	bin := binary(t)
+	dir, api := petsAPI(t)
+	var addrs []string
+	for range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, ln.Addr().String())
+		ln.Close() // a free loopback port for the replica to listen on
+	}
+	var procs []*protectProcess
+	for i, a := range addrs {
+		rdir := t.TempDir()
+		env := []string{config.EnvPolicySource + "=" + filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink + "=" + filepath.Join(rdir, "r.db"),
+			config.EnvSigningKey + "=" + strings.Repeat(fmt.Sprintf("0%d", i+1), 32), config.EnvKernelConfigPath + "=",
+			config.EnvTrustedIssuerKey + "=", config.EnvTrustedIssuerKeys + "=", config.EnvSessionHeader + "=", config.EnvSessionJournal + "=",
+			config.EnvSessionMaxCalls + "=" + fmt.Sprint(limit), config.EnvSessionMaxCallsPerTool + "=", config.EnvSessionMaxRequestBytes + "=",
+			config.EnvSessionMaxResponseBytes + "=", config.EnvSessionIdleExpiry + "=",
+			config.EnvSessionPeers + "=" + strings.Join(addrs, ","), config.EnvSessionSelf + "=" + a,
+			config.EnvSessionPeerToken + "=" + strings.Repeat("s", 20)}
+		// This --listen comes after startProtect's own, and wins.
+		procs = append(procs, startProtect(t, bin, env, "--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"), "--listen", a))
+	}
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	defer client.CloseIdleConnections()
+	for _, sid := range []string{"e2e-a", "e2e-b", "e2e-c", "e2e-d"} {
+		allowed := 0
+		for i := range 2 * limit {
+			req, _ := http.NewRequest("GET", "http://"+addrs[i%2]+"/pets/1", nil)
+			req.Header.Set(config.DefaultSessionHeader, sid)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				allowed++
+			} else if resp.StatusCode != 403 {
+				t.Fatalf("%s: %d", sid, resp.StatusCode)
+			}
+		}
+		if allowed != limit {
+			t.Fatalf("%s: %d calls allowed over two replicas; max_calls %d", sid, allowed, limit)
+		}
+	}
+	for _, p := range procs {
+		p.stop(t)
 	}
 }
