@@ -28,6 +28,7 @@ const (
 const (
 	codeOwnerUnavailable = "chio_session_owner_unavailable"
 	codePeerUnauthorized = "chio_peer_unauthorized"
+	codeSessionElsewhere = "chio_session_elsewhere"
 )
 
 // replicas routes session-aware requests to the replica owning their
@@ -103,6 +104,13 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) bool {
 	owner := rp.ring.Owner(id)
 	if owner == rp.self {
 		return false
+	}
+	if s.set.Sessions.Redirect {
+		// The client goes to the owner itself; nothing is decided here.
+		loc := (&url.URL{Scheme: "http", Host: owner, Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery}).String()
+		w.Header().Set("Location", loc)
+		writeJSON(w, http.StatusTemporaryRedirect, errorBody{Error: codeSessionElsewhere, Message: "session " + id + " is decided by the replica at " + owner})
+		return true
 	}
 	rp.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ownerKey{}, owner)))
 	return true

@@ -27,7 +27,7 @@ type replicaSet struct {
 	token    string
 }
 
-func startReplicas(t *testing.T, limits session.Limits) *replicaSet {
+func startReplicas(t *testing.T, limits session.Limits, redirect ...bool) *replicaSet {
 	rs := &replicaSet{t: t, upstream: map[string]int{}, token: strings.Repeat("k", 24)}
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get(HeaderPeerToken) != "" || r.Header.Get(HeaderForwardedBy) != "" {
@@ -51,7 +51,8 @@ func startReplicas(t *testing.T, limits session.Limits) *replicaSet {
 	for i, ln := range lns {
 		dir, key := t.TempDir(), newKey(t)
 		set := baseSettings(t, dir, up.URL, key)
-		set.Sessions = config.ResolvedSessions{Header: hdrSession, Limits: limits, Peers: rs.addrs, Self: rs.addrs[i], PeerToken: rs.token}
+		set.Sessions = config.ResolvedSessions{Header: hdrSession, Limits: limits, Peers: rs.addrs, Self: rs.addrs[i], PeerToken: rs.token,
+			Redirect: len(redirect) > 0 && redirect[0]}
 		s, err := Start(context.Background(), Options{Settings: set, Listener: ln})
 		if err != nil {
 			t.Fatal(err)
@@ -184,5 +185,35 @@ func TestReplicaForwardingAttacks(t *testing.T) {
 	resp, body := rs.get(client, other, map[string]string{hdrSession: sid})
 	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, codeOwnerUnavailable) {
 		t.Fatalf("owner down: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestReplicaRedirect: in redirect mode a replica that does not own a
+// session answers 307 to its owner and decides nothing; a client that
+// follows it is decided by the owner, and the limit holds.
+func TestReplicaRedirect(t *testing.T) {
+	rs := startReplicas(t, session.Limits{MaxCalls: 2}, true)
+	ring, _ := session.NewRing(rs.addrs)
+	sid := "redirected"
+	other := 0
+	if rs.addrs[0] == ring.Owner(sid) {
+		other = 1
+	}
+	noFollow := &http.Client{Transport: &http.Transport{Proxy: nil}, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	defer noFollow.CloseIdleConnections()
+	resp, body := rs.get(noFollow, other, map[string]string{hdrSession: sid})
+	if resp.StatusCode != http.StatusTemporaryRedirect || resp.Header.Get("Location") != "http://"+ring.Owner(sid)+"/pets/1" || resp.Header.Get(HeaderReceiptID) != "" || !strings.Contains(body, codeSessionElsewhere) {
+		t.Fatalf("redirect: %d %v %s", resp.StatusCode, resp.Header, body)
+	}
+	follow := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	defer follow.CloseIdleConnections()
+	allowed := 0
+	for range 4 {
+		if resp, _ := rs.get(follow, other, map[string]string{hdrSession: sid}); resp.StatusCode == 200 {
+			allowed++
+		}
+	}
+	if allowed != 2 || rs.upstream[sid] != 2 {
+		t.Fatalf("%d allowed through redirects, %d reached the API; max_calls 2", allowed, rs.upstream[sid])
 	}
 }

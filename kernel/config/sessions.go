@@ -26,13 +26,14 @@ const (
 	EnvSessionPeers            = "CHIO_SESSION_PEERS"
 	EnvSessionSelf             = "CHIO_SESSION_SELF"
 	EnvSessionPeerToken        = "CHIO_SESSION_PEER_TOKEN"
+	EnvSessionRedirect         = "CHIO_SESSION_REDIRECT"
 )
 
 // SessionEnv lists the sessions variables; SidecarEnv ends with them.
 var SessionEnv = []string{
 	EnvSessionHeader, EnvSessionJournal, EnvSessionMaxCalls, EnvSessionMaxCallsPerTool,
 	EnvSessionMaxRequestBytes, EnvSessionMaxResponseBytes, EnvSessionIdleExpiry,
-	EnvSessionPeers, EnvSessionSelf, EnvSessionPeerToken,
+	EnvSessionPeers, EnvSessionSelf, EnvSessionPeerToken, EnvSessionRedirect,
 }
 
 // DefaultSessionHeader names a request's session when no capability token
@@ -74,6 +75,10 @@ type Sessions struct {
 	Peers []string `yaml:"peers"`
 	// Self is this replica's entry in Peers. Env: CHIO_SESSION_SELF.
 	Self string `yaml:"self"`
+	// Redirect answers a request for a session another replica owns with
+	// a 307 to that replica (peers must then be addresses clients reach)
+	// instead of forwarding it. Default false. Env: CHIO_SESSION_REDIRECT.
+	Redirect bool `yaml:"redirect"`
 }
 
 func (s *Sessions) validate() error {
@@ -130,6 +135,8 @@ type ResolvedSessions struct {
 	// PeerToken authenticates forwarded requests between replicas
 	// (secret; at least MinControlTokenBytes).
 	PeerToken string
+	// Redirect answers with a redirect to the owner instead of forwarding.
+	Redirect bool
 }
 
 // ResolveSessions merges the CHIO_SESSION_* variables over kernel.yaml's
@@ -185,6 +192,14 @@ func ResolveSessions(lookup func(string) (string, bool), s Sessions, receiptPath
 		}
 	}
 	r.Self = Pick(lookup, "", EnvSessionSelf, s.Self, "")
+	r.Redirect = s.Redirect
+	if v := Env(lookup, EnvSessionRedirect); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return r, fmt.Errorf("%s: %q is neither true nor false", EnvSessionRedirect, v)
+		}
+		r.Redirect = b
+	}
 	if len(r.Peers) > 0 {
 		for _, p := range r.Peers {
 			if _, _, err := net.SplitHostPort(p); err != nil {

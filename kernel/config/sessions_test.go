@@ -58,14 +58,15 @@ func TestResolveSessions(t *testing.T) {
 
 func TestResolveSessionPeers(t *testing.T) {
 	tok := strings.Repeat("p", 16)
-	r, err := ResolveSessions(env(map[string]string{EnvSessionPeers: "a:1, b:2,c:3", EnvSessionSelf: "b:2", EnvSessionPeerToken: tok}), Sessions{}, "r.db")
-	if err != nil || len(r.Peers) != 3 || r.Peers[1] != "b:2" || r.Self != "b:2" || r.PeerToken != tok {
+	r, err := ResolveSessions(env(map[string]string{EnvSessionPeers: "a:1, b:2,c:3", EnvSessionSelf: "b:2", EnvSessionPeerToken: tok, EnvSessionRedirect: "true"}), Sessions{}, "r.db")
+	if err != nil || len(r.Peers) != 3 || r.Peers[1] != "b:2" || r.Self != "b:2" || r.PeerToken != tok || !r.Redirect {
 		t.Fatalf("resolved %+v, %v", r, err)
 	}
 	for _, e := range []map[string]string{
 		{EnvSessionPeers: "a:1,b:2", EnvSessionSelf: "c:3", EnvSessionPeerToken: tok},
 		{EnvSessionPeers: "a:1,b:2", EnvSessionSelf: "a:1", EnvSessionPeerToken: "short"},
 		{EnvSessionPeers: "a:1,nope", EnvSessionSelf: "a:1", EnvSessionPeerToken: tok},
+		{EnvSessionPeers: "a:1", EnvSessionSelf: "a:1", EnvSessionPeerToken: tok, EnvSessionRedirect: "sometimes"},
 	} {
 		if _, err := ResolveSessions(env(e), Sessions{}, "r.db"); err == nil {
 			t.Errorf("%v accepted", e)
