@@ -275,16 +275,27 @@ func TestAPIProtectSessionsSurviveKill(t *testing.T) {
 	}
 }
 
-// TestAPIProtectReplicasEndToEnd: two api protect processes configured as
-// replicas through CHIO_SESSION_PEERS, CHIO_SESSION_SELF and
-// CHIO_SESSION_PEER_TOKEN: a session's requests sent to both alternately
-// are decided by its owner alone, so its limit holds across them.
+// TestAPIProtectReplicasEndToEnd: three api protect processes configured
+// as replicas through CHIO_SESSION_PEERS, CHIO_SESSION_SELF and
+// CHIO_SESSION_PEER_TOKEN, and 1,000 sessions whose concurrent requests
+// hit every replica: no session reaches the API more than max_calls times.
+// Then one replica restarts on its files: its sessions keep their journals
+// and their limits, and every replica's journal verifies.
 func TestAPIProtectReplicasEndToEnd(t *testing.T) {
-	const limit = 3
+	const replicas, sessions, limit = 3, 1000, 2
 	bin := binary(t)
-	dir, api := petsAPI(t)
+	dir, _ := petsAPI(t)
+	var mu sync.Mutex
+	hits := map[string]int{}
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits[r.Header.Get(config.DefaultSessionHeader)]++
+		mu.Unlock()
+		io.WriteString(w, "ok")
+	}))
+	defer api.Close()
 	var addrs []string
-	for range 2 {
+	for range replicas {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -292,43 +303,72 @@ func TestAPIProtectReplicasEndToEnd(t *testing.T) {
 		addrs = append(addrs, ln.Addr().String())
 		ln.Close() // a free loopback port for the replica to listen on
 	}
-	var procs []*protectProcess
-	for i, a := range addrs {
-		rdir := t.TempDir()
-		env := []string{config.EnvPolicySource + "=" + filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink + "=" + filepath.Join(rdir, "r.db"),
+	procs := make([]*protectProcess, replicas)
+	dbs := make([]string, replicas)
+	start := func(i int) {
+		env := []string{config.EnvPolicySource + "=" + filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink + "=" + dbs[i],
 			config.EnvSigningKey + "=" + strings.Repeat(fmt.Sprintf("0%d", i+1), 32), config.EnvKernelConfigPath + "=",
 			config.EnvTrustedIssuerKey + "=", config.EnvTrustedIssuerKeys + "=", config.EnvSessionHeader + "=", config.EnvSessionJournal + "=",
 			config.EnvSessionMaxCalls + "=" + fmt.Sprint(limit), config.EnvSessionMaxCallsPerTool + "=", config.EnvSessionMaxRequestBytes + "=",
-			config.EnvSessionMaxResponseBytes + "=", config.EnvSessionIdleExpiry + "=",
-			config.EnvSessionPeers + "=" + strings.Join(addrs, ","), config.EnvSessionSelf + "=" + a,
+			config.EnvSessionMaxResponseBytes + "=", config.EnvSessionIdleExpiry + "=", config.EnvSessionRedirect + "=",
+			config.EnvSessionPeers + "=" + strings.Join(addrs, ","), config.EnvSessionSelf + "=" + addrs[i],
 			config.EnvSessionPeerToken + "=" + strings.Repeat("s", 20)}
 		// This --listen comes after startProtect's own, and wins.
-		procs = append(procs, startProtect(t, bin, env, "--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"), "--listen", a))
+		procs[i] = startProtect(t, bin, env, "--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"), "--listen", addrs[i])
 	}
-	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
-	defer client.CloseIdleConnections()
-	for _, sid := range []string{"e2e-a", "e2e-b", "e2e-c", "e2e-d"} {
-		allowed := 0
-		for i := range 2 * limit {
-			req, _ := http.NewRequest("GET", "http://"+addrs[i%2]+"/pets/1", nil)
-			req.Header.Set(config.DefaultSessionHeader, sid)
-			resp, err := client.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				allowed++
-			} else if resp.StatusCode != 403 {
-				t.Fatalf("%s: %d", sid, resp.StatusCode)
+	for i := range replicas {
+		dbs[i] = filepath.Join(t.TempDir(), "r.db")
+		start(i)
+	}
+	// round sends n requests per session, spread over every replica, 32
+	// at a time, and checks that the API saw each session max_calls times.
+	round := func(n int) {
+		t.Helper()
+		client := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 32}}
+		defer client.CloseIdleConnections()
+		work := make(chan int)
+		var wg sync.WaitGroup
+		for range 32 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range work {
+					req, _ := http.NewRequest("GET", "http://"+addrs[i%replicas]+"/pets/1", nil)
+					req.Header.Set(config.DefaultSessionHeader, fmt.Sprintf("fleet-%d", (i/replicas)%sessions))
+					resp, err := client.Do(req)
+					if err != nil {
+						t.Error(err)
+						continue
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 && resp.StatusCode != 403 {
+						t.Errorf("status %d", resp.StatusCode)
+					}
+				}
+			}()
+		}
+		for i := range n * sessions {
+			work <- i
+		}
+		close(work)
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range sessions {
+			if sid := fmt.Sprintf("fleet-%d", i); hits[sid] != limit {
+				t.Fatalf("%s reached the API %d times; max_calls %d", sid, hits[sid], limit)
 			}
 		}
-		if allowed != limit {
-			t.Fatalf("%s: %d calls allowed over two replicas; max_calls %d", sid, allowed, limit)
-		}
 	}
-	for _, p := range procs {
-		p.stop(t)
+	round(replicas) // every session's requests hit all three replicas
+	procs[1].stop(t)
+	start(1)
+	round(1)
+	for i := range replicas {
+		procs[i].stop(t)
+		if out, err := runCLI(t, "sessions", "verify", "--receipts", dbs[i]); err != nil {
+			t.Fatalf("replica %d: sessions verify: %v\n%s", i, err, out)
+		}
 	}
 }
