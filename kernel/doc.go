@@ -26,6 +26,9 @@
 //   - egress.go: how one network connection becomes a receipt
 //     (docs/receipts.md documents the mapping).
 //   - capability.go: chio.capability.v1 tokens and trusted issuers.
+//   - session_guard.go: CallGuard, the hook PrepareToolCall consults after
+//     a decision (kernel/session's journal and limits), and a token's
+//     session claim.
 //   - keys.go: loading, generating and printing Ed25519 keys.
 //   - jcs/: RFC 8785 canonical JSON, the bytes every hash and signature
 //     covers.

@@ -147,6 +147,11 @@ type ToolCall struct {
 	// route, capability and request checks): the call is recorded with it
 	// and the policy is not asked. It must deny: what allows is the policy.
 	Decided *Outcome
+	// Guard, when set, is consulted after the decision and before the
+	// receipt is prepared (the session journal, kernel/session): it may
+	// turn an allow into a deny and adds metadata; it learns the receipt's
+	// id once prepared. Nil: no guard.
+	Guard CallGuard
 }
 
 // EvaluateToolCall decides one tool call and returns the outcome with its
@@ -196,22 +201,55 @@ func (k *Kernel) PrepareToolCall(ctx context.Context, call ToolCall) (Outcome, *
 	} else {
 		out = outcomeOf(st.p.Evaluate(hushspec.Action{Type: "tool_call", Target: call.ToolName, ArgsSize: int64(len(canon))}), GuardToolAccess)
 	}
+	now := k.clock()
+	at := now.Unix()
+	if at < 0 {
+		err := fmt.Errorf("%w: clock before 1970", ErrInvalidReceipt)
+		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
+	}
+	var extra map[string]any
+	if call.Guard != nil {
+		// From here the guard holds what it checked (a session's lock)
+		// until Bind, which every return below calls.
+		if extra, err = call.Guard.Check(&out, now); err != nil {
+			call.Guard.Bind("", err)
+			return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
+		}
+	}
+	p, err := k.prepareToolCall(call, canon, out, uint64(at), st.hash, extra)
+	if call.Guard != nil {
+		id := ""
+		if p != nil {
+			id = p.ID()
+		}
+		call.Guard.Bind(id, err)
+	}
+	if err != nil {
+		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
+	}
+	k.logDecision("tool_call", call.ToolName, out, p.ID())
+	return out, p, nil
+}
+
+// prepareToolCall builds a decided tool call's receipt. extra is the
+// guard's metadata; it cannot replace the kernel's own members.
+func (k *Kernel) prepareToolCall(call ToolCall, canon []byte, out Outcome, at uint64, policyHash string, extra map[string]any) (*Prepared, error) {
 	meta := map[string]any{"schema": ToolCallMetadataSchema}
 	putString(meta, "request_id", call.RequestID)
 	putString(meta, "policy_decision", out.PolicyDecision)
 	putString(meta, "matched_rule", out.MatchedRule)
 	putString(meta, "pattern", out.Pattern)
+	for name, v := range extra {
+		if _, taken := meta[name]; !taken {
+			meta[name] = v
+		}
+	}
 	metaJSON, err := jcs.Marshal(meta)
 	if err != nil {
-		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
+		return nil, err
 	}
-	at := k.clock().Unix()
-	if at < 0 {
-		err := fmt.Errorf("%w: clock before 1970", ErrInvalidReceipt)
-		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
-	}
-	p, err := Prepare(Receipt{
-		Timestamp:     uint64(at),
+	return Prepare(Receipt{
+		Timestamp:     at,
 		CapabilityID:  call.CapabilityID,
 		ToolServer:    call.ToolServer,
 		ToolName:      call.ToolName,
@@ -221,15 +259,10 @@ func (k *Kernel) PrepareToolCall(ctx context.Context, call ToolCall) (Outcome, *
 		BoundaryClass: BoundaryPrevent,
 		TrustLevel:    TrustMediated,
 		RedactionMode: "none",
-		PolicyHash:    st.hash,
+		PolicyHash:    policyHash,
 		Evidence:      []Evidence{{GuardName: out.Guard, Verdict: out.Verdict == VerdictAllow, Details: out.details(call.ToolName)}},
 		Metadata:      metaJSON,
 	}, ed25519.PublicKey(k.key[32:]))
-	if err != nil {
-		return failClosed(err), nil, fmt.Errorf("evaluate tool call: %w", err)
-	}
-	k.logDecision("tool_call", call.ToolName, out, p.ID())
-	return out, p, nil
 }
 
 // outcomeOf maps a HushSpec result onto an enforced outcome: only allow

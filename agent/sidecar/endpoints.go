@@ -81,6 +81,9 @@ func (s *Server) Health() Health {
 	if p := s.logFailed.Load(); p != nil {
 		h.Problems = append(h.Problems, "receipt log failed and refuses writes until the sidecar restarts: "+(*p).Error())
 	}
+	if err := s.sessions.Err(); err != nil {
+		h.Problems = append(h.Problems, "session journal failed and refuses session-aware requests until the sidecar restarts: "+err.Error())
+	}
 	if err := s.probe.check(); err != nil {
 		h.Problems = append(h.Problems, "receipt log cannot write: "+err.Error())
 	}
@@ -251,6 +254,23 @@ type AdminStatus struct {
 	// Shipping is the NATS shipper's state (lag, last error); absent when
 	// the sink is local.
 	Shipping *ship.Status `json:"shipping,omitempty"`
+
+	// Sessions are the session journal and its limits (docs/sessions.md).
+	Sessions SessionsStatus `json:"sessions"`
+}
+
+// SessionsStatus is the session journal as the admin status shows it.
+type SessionsStatus struct {
+	Journal  string `json:"journal"`
+	Header   string `json:"header"`
+	InMemory int    `json:"in_memory"`
+	// Limits: 0 is unlimited.
+	MaxCalls         int64  `json:"max_calls"`
+	MaxCallsPerTool  int64  `json:"max_calls_per_tool"`
+	MaxRequestBytes  int64  `json:"max_request_bytes"`
+	MaxResponseBytes int64  `json:"max_response_bytes"`
+	IdleExpiry       string `json:"idle_expiry,omitempty"`
+	Error            string `json:"error,omitempty"`
 }
 
 func (s *Server) serveAdminStatus(w http.ResponseWriter, r *http.Request) {
@@ -275,6 +295,15 @@ func (s *Server) serveAdminStatus(w http.ResponseWriter, r *http.Request) {
 	if s.ship != nil {
 		sh := s.ship.Status()
 		st.Shipping = &sh
+	}
+	l := s.sessions.Limits()
+	st.Sessions = SessionsStatus{Journal: s.sessions.Path(), Header: s.set.Sessions.Header, InMemory: s.sessions.InMemory(),
+		MaxCalls: l.MaxCalls, MaxCallsPerTool: l.MaxCallsPerTool, MaxRequestBytes: l.MaxRequestBytes, MaxResponseBytes: l.MaxResponseBytes}
+	if l.IdleExpiry > 0 {
+		st.Sessions.IdleExpiry = l.IdleExpiry.String()
+	}
+	if err := s.sessions.Err(); err != nil {
+		st.Sessions.Error = err.Error()
 	}
 	writeJSON(w, http.StatusOK, st)
 }

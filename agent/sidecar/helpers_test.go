@@ -18,6 +18,7 @@ import (
 
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/kernel/session"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
 
@@ -163,12 +164,38 @@ func startFixture(t testing.TB, mutate func(*config.SidecarSettings)) *fixture {
 		f.client.CloseIdleConnections()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := s.Close(ctx); err != nil {
+		if err := f.s.Close(ctx); err != nil { // f.s: a test may restart it
 			t.Errorf("close sidecar: %v", err)
 		}
 		verifyLog(t, f.set.ReceiptPath, f.key)
+		verifyJournal(t, f.set.Sessions.JournalPath, f.set.ReceiptPath)
 	})
 	return f
+}
+
+// verifyJournal re-verifies a closed session journal, every entry bound to
+// its receipt in the closed receipt log.
+func verifyJournal(t testing.TB, path, receiptPath string) {
+	t.Helper()
+	j, err := session.Open(path, session.Options{ReadOnly: true})
+	if err != nil {
+		t.Errorf("reopen session journal: %v", err)
+		return
+	}
+	defer j.Close()
+	l, err := receipts.Open(receiptPath, receipts.Options{ReadOnly: true})
+	if err != nil {
+		t.Errorf("reopen receipt log: %v", err)
+		return
+	}
+	defer l.Close()
+	rep, err := j.Verify(context.Background(), "", func(id string) ([]byte, error) {
+		e, err := l.Lookup(id)
+		return e.Receipt, err
+	})
+	if err != nil || !rep.OK() {
+		t.Errorf("session journal does not verify: %v %+v", err, rep.Problems)
+	}
 }
 
 // verifyLog re-verifies a closed receipt log from its first receipt.

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/backbay-labs/chio-agent/internal/tuning"
+	"github.com/backbay-labs/chio-agent/kernel/config"
 )
 
 // The sidecar runs next to an API as its own process. BenchmarkSidecarAdded
@@ -36,6 +36,10 @@ const (
 	envMode     = "CHIO_SIDECAR_BENCH_MODE"
 	envSeed     = "CHIO_SIDECAR_BENCH_SEED"
 	envBare     = "CHIO_SIDECAR_BENCH_BARE" // a bare reverse proxy in front of this upstream
+	// Replicas: the child's listen address and the peers it shares
+	// sessions with (config.EnvSessionPeers, EnvSessionSelf and
+	// EnvSessionPeerToken name the rest).
+	envListen = "CHIO_SIDECAR_BENCH_LISTEN"
 )
 
 func TestMain(m *testing.M) {
@@ -55,6 +59,14 @@ func sidecarChild(dir string) int {
 	defer stop()
 	set := settingsIn(dir, os.Getenv(envUpstream), os.Getenv(envSeed))
 	set.ReceiptMode = os.Getenv(envMode)
+	if l := os.Getenv(envListen); l != "" {
+		set.Listen = l
+	}
+	if peers := os.Getenv(config.EnvSessionPeers); peers != "" {
+		set.Sessions.Peers = strings.Split(peers, ",")
+		set.Sessions.Self = os.Getenv(config.EnvSessionSelf)
+		set.Sessions.PeerToken = os.Getenv(config.EnvSessionPeerToken)
+	}
 	s, err := Start(ctx, Options{Settings: set, Version: "bench"})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sidecar child:", err)
@@ -148,12 +160,12 @@ func startChild(b *testing.B, env ...string) (addr string, stop func()) {
 // startSidecarProcess runs a sidecar in front of upstream in its own
 // process and returns its base URL. At cleanup it stops the process and
 // verifies the receipt log it wrote.
-func startSidecarProcess(b *testing.B, upstream, mode string) string {
+func startSidecarProcess(b *testing.B, upstream, mode string, env ...string) string {
 	dir := b.TempDir()
 	key := newKey(b)
 	baseSettings(b, dir, upstream, key) // writes the policy and spec
-	addr, stop := startChild(b, envChild+"="+dir, envUpstream+"="+upstream, envMode+"="+mode,
-		envSeed+"="+hex.EncodeToString(key.Seed()))
+	addr, stop := startChild(b, append([]string{envChild + "=" + dir, envUpstream + "=" + upstream, envMode + "=" + mode,
+		envSeed + "=" + hex.EncodeToString(key.Seed())}, env...)...)
 	b.Cleanup(func() {
 		stop()
 		verifyLog(b, filepath.Join(dir, "receipts.db"), ed25519.PrivateKey(key))
@@ -169,10 +181,7 @@ func startSidecarProcess(b *testing.B, upstream, mode string) string {
 func BenchmarkSidecarAdded(b *testing.B) {
 	for _, mode := range []string{"async", "sync"} {
 		b.Run(mode, func(b *testing.B) {
-			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				io.WriteString(w, "upstream: "+r.Method+" "+r.URL.Path)
-			}))
-			defer up.Close()
+			up := benchUpstream(b)
 			base := startSidecarProcess(b, up.URL, mode)
 			bareAddr, stopBare := startChild(b, envBare+"="+up.URL)
 			defer stopBare()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/jcs"
+	"github.com/backbay-labs/chio-agent/kernel/session"
 	"github.com/backbay-labs/chio-agent/receipts"
 )
 
@@ -73,6 +74,8 @@ type described struct {
 	capability    string
 	contentLength int64
 	evaluateOnly  bool
+	// sessionHeader holds the session header's values (nil: none).
+	sessionHeader []string
 }
 
 // verdict is the sidecar's decision on one request, with its receipt.
@@ -89,6 +92,9 @@ type verdict struct {
 	signed    kernel.Receipt // the signed receipt, for evaluate-only requests
 	evaluate  bool           // evaluate-only: sign before answering
 	op        *Operation     // nil when no operation matched
+	// sess is the call's session journal entry, nil when the request is
+	// not session-aware. Settle it once the request is over.
+	sess *session.Call
 }
 
 type ctxKey struct{}
@@ -121,6 +127,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case p == "/chio" || strings.HasPrefix(p, reservedPrefix) || strings.HasPrefix(strings.ToLower(r.URL.EscapedPath()), "/chio%2f"):
 		writeJSON(w, http.StatusNotFound, errorBody{Error: codeNotFound, Message: "no sidecar endpoint at " + p + " (paths under /chio/ are the sidecar's and are never forwarded)"})
 	default:
+		if s.replicas != nil && s.route(w, r) {
+			return // forwarded to the session's owner, or refused
+		}
 		s.protect(w, r)
 	}
 }
@@ -132,16 +141,58 @@ func (s *Server) protect(w http.ResponseWriter, r *http.Request) {
 		escapedPath:   r.URL.EscapedPath(),
 		capability:    strings.Join(r.Header.Values(HeaderCapability), ","),
 		contentLength: r.ContentLength,
+		sessionHeader: r.Header.Values(s.set.Sessions.Header),
 	})
+	if v.sess != nil {
+		// The receipt is written (durable in sync mode): the journal entry
+		// that names it may go to the file.
+		v.sess.Release()
+	}
 	if v.receiptID != "" {
 		w.Header().Set(HeaderReceiptID, v.receiptID)
 	}
 	if !v.allow {
+		if v.sess != nil {
+			v.sess.Settle(0, 0) // an allowed call refused after all (no receipt written)
+		}
 		writeJSON(w, v.status, errorBody{Error: v.code, Message: v.message, ReceiptID: v.receiptID})
 		return
 	}
+	limit := s.set.MaxBodyBytes
+	var body *countingBody
+	orig := w // MaxBytesReader tells the server, through it, to close the connection
+	if v.sess != nil {
+		// In sync mode the call takes effect once its journal entry is
+		// durable, as its receipt is: a restart cannot forget a call that
+		// reached the upstream.
+		if s.set.ReceiptMode != "async" {
+			if err := v.sess.Durable(r.Context()); err != nil {
+				v.sess.Settle(0, 0)
+				s.failed.Add(1)
+				s.log.WithError(err).WithField(logFieldReceipt, v.receiptID).Error("session journal not written: request refused")
+				writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: codeSessionFailed, Message: "the session journal could not record the call, so it is refused: " + err.Error(), ReceiptID: v.receiptID})
+				return
+			}
+		}
+		if b := v.sess.BodyLimit(); b >= 0 && b < limit {
+			limit = b
+		}
+		cw := &countingWriter{ResponseWriter: w}
+		w = cw
+		defer func() {
+			var read int64
+			if body != nil {
+				read = body.n
+			}
+			v.sess.Settle(read, cw.n)
+		}()
+	}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = http.MaxBytesReader(w, r.Body, s.set.MaxBodyBytes)
+		r.Body = http.MaxBytesReader(orig, r.Body, limit)
+		if v.sess != nil {
+			body = &countingBody{ReadCloser: r.Body}
+			r.Body = body
+		}
 	}
 	r = r.WithContext(withReceiptID(r.Context(), v.receiptID))
 	s.proxy.ServeHTTP(w, r)
@@ -201,12 +252,29 @@ func (s *Server) decide(ctx context.Context, d described) verdict {
 			params["path_params"] = m.Params
 		}
 	}
+	var capability *kernel.Capability
 	if len(s.set.TrustedIssuerKeys) > 0 {
-		id, problem := s.checkCapability(d.capability, call.ToolName)
+		c, problem := s.checkCapability(d.capability, call.ToolName)
 		if problem != "" {
 			return s.refuse(ctx, eng, call, params, d, GuardCapability, ruleCapability, http.StatusForbidden, codeDenied, problem, m.Op)
 		}
-		call.CapabilityID = id
+		call.CapabilityID, capability = c.ID, c
+	}
+	var sess *session.Call
+	if !d.evaluateOnly {
+		sid, problem, status := s.sessionOf(d, capability)
+		if problem != "" {
+			code := codeDenied
+			if status == http.StatusBadRequest {
+				code = codeBadRequest
+			}
+			return s.refuse(ctx, eng, call, params, d, kernel.GuardSession, ruleSessionIdentity, status, code, problem, m.Op)
+		}
+		if sid != "" {
+			sess = s.sessions.Call(session.Request{SessionID: sid, ToolServer: call.ToolServer, ToolName: call.ToolName,
+				RequestBytes: d.contentLength, MaxBody: s.set.MaxBodyBytes})
+			call.Guard = sess
+		}
 	}
 	args, err := jcs.Marshal(params)
 	if err != nil {
@@ -217,10 +285,13 @@ func (s *Server) decide(ctx context.Context, d described) verdict {
 	if err != nil {
 		return s.internalError(err)
 	}
-	v := verdict{allow: out.Verdict == kernel.VerdictAllow, op: m.Op, prepared: prep, evaluate: d.evaluateOnly}
+	v := verdict{allow: out.Verdict == kernel.VerdictAllow, op: m.Op, prepared: prep, evaluate: d.evaluateOnly, sess: sess}
 	if !v.allow {
 		v.status, v.code = http.StatusForbidden, codeDenied
 		v.message = fmt.Sprintf("the policy denies %s", call.ToolName)
+		if out.Guard == kernel.GuardSession {
+			v.message = fmt.Sprintf("the session guard denies %s", call.ToolName)
+		}
 		if out.Reason != "" {
 			v.message += ": " + out.Reason
 		}
@@ -263,7 +334,7 @@ func (s *Server) record(ctx context.Context, v verdict, tool string) verdict {
 		}
 		s.failed.Add(1)
 		s.log.WithError(err).WithField(logFieldTool, tool).Error("receipt not written: request refused")
-		return verdict{status: http.StatusServiceUnavailable, code: codeReceiptFailed, message: "the decision could not be recorded, so the request is refused: " + err.Error()}
+		return verdict{status: http.StatusServiceUnavailable, code: codeReceiptFailed, message: "the decision could not be recorded, so the request is refused: " + err.Error(), sess: v.sess}
 	}
 	v.receiptID = v.prepared.ID()
 	if v.allow {
@@ -301,28 +372,18 @@ func (s *Server) internalError(err error) verdict {
 // a problem in words. Grants with limits the sidecar cannot enforce
 // (constraints, invocation or cost caps, DPoP) grant nothing here: honouring
 // them partly would fail open.
-func (s *Server) checkCapability(header, tool string) (string, string) {
+func (s *Server) checkCapability(header, tool string) (*kernel.Capability, string) {
 	hint := ""
 	if s.set.CapabilityAuthorityURL != "" {
 		hint = " (capability authority: " + s.set.CapabilityAuthorityURL + ")"
 	}
-	header = strings.TrimSpace(header)
-	if header == "" {
-		return "", "no capability token: send one in the " + HeaderCapability + " header" + hint
-	}
-	if len(header) > maxCapabilityBytes {
-		return "", fmt.Sprintf("capability token larger than %d bytes", maxCapabilityBytes)
-	}
-	data := []byte(header)
-	if !strings.HasPrefix(header, "{") {
-		var err error
-		if data, err = decodeBase64(header); err != nil {
-			return "", "capability token is neither JSON nor base64 of JSON"
-		}
-	}
-	c, err := kernel.ParseCapability(data)
+	c, err := parseCapabilityHeader(header)
 	if err != nil {
-		return "", "malformed capability token: " + err.Error()
+		msg := err.Error()
+		if strings.HasPrefix(msg, "no capability token") {
+			msg += hint
+		}
+		return nil, msg
 	}
 	res := c.Verify(kernel.CapabilityVerifyOptions{
 		Now:                uint64(max(s.now().Unix(), 0)),
@@ -330,7 +391,7 @@ func (s *Server) checkCapability(header, tool string) (string, string) {
 		TrustedIssuers:     s.set.TrustedIssuerKeys,
 	})
 	if !res.OK {
-		return "", fmt.Sprintf("capability %q refused: %s%s", c.ID, strings.Join(res.Problems, "; "), hint)
+		return nil, fmt.Sprintf("capability %q refused: %s%s", c.ID, strings.Join(res.Problems, "; "), hint)
 	}
 	limited := false
 	for _, g := range c.Scope.Grants {
@@ -344,12 +405,12 @@ func (s *Server) checkCapability(header, tool string) (string, string) {
 			limited = true
 			continue
 		}
-		return c.ID, ""
+		return c, ""
 	}
 	if limited {
-		return "", fmt.Sprintf("capability %q grants %s only with constraints, caps or DPoP, which this sidecar cannot enforce", c.ID, tool)
+		return nil, fmt.Sprintf("capability %q grants %s only with constraints, caps or DPoP, which this sidecar cannot enforce", c.ID, tool)
 	}
-	return "", fmt.Sprintf("capability %q does not grant invoke of %s on %s", c.ID, tool, s.toolServer)
+	return nil, fmt.Sprintf("capability %q does not grant invoke of %s on %s", c.ID, tool, s.toolServer)
 }
 
 func decodeBase64(s string) ([]byte, error) {

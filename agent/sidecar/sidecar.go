@@ -23,6 +23,7 @@ import (
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+	"github.com/backbay-labs/chio-agent/kernel/session"
 	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
@@ -83,6 +84,10 @@ type Options struct {
 	// Ready, when set, is called once with the listener's address when the
 	// sidecar serves (a --ready-file, tests that listen on port 0).
 	Ready func(net.Addr)
+	// Listener, when set, is served instead of listening on
+	// Settings.Listen (tests that must know replicas' addresses first).
+	// Start takes it over: Close closes it.
+	Listener net.Listener
 }
 
 // engine pairs a policy with the kernel deciding on it, so one request
@@ -102,6 +107,8 @@ type Server struct {
 	toolServer string
 	key        ed25519.PrivateKey
 	rlog       *receipts.Log
+	sessions   *session.Journal
+	replicas   *replicas     // nil with one replica
 	ship       *ship.Shipper // nil for a local sink
 	engine     atomic.Pointer[engine]
 	proxy      *httputil.ReverseProxy
@@ -210,6 +217,29 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 			s.rlog.Close()
 		}
 	}()
+	if set.Sessions.Header == "" {
+		set.Sessions.Header = config.DefaultSessionHeader
+	}
+	if set.Sessions.JournalPath == "" {
+		set.Sessions.JournalPath = session.DefaultPath(set.ReceiptPath)
+	}
+	s.sessions, err = session.Open(set.Sessions.JournalPath, session.Options{
+		Limits: set.Sessions.Limits,
+		Now:    s.now,
+		Logger: s.log,
+		// An entry reaches the file after its receipt: a crash may lose
+		// an entry whose receipt is durable (a call that never went
+		// upstream), never a receipt whose entry is.
+		HoldUntilReleased: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start sidecar: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			s.sessions.Close()
+		}
+	}()
 	// A NATS sink ships the log's sealed batches beside it; decisions
 	// never wait on it. A refused sink or credential stops the start.
 	if o, ok := set.ShipOptions(); ok {
@@ -226,9 +256,14 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	}()
 	s.probe = newWriteProbe(set.ReceiptPath)
 	s.proxy = s.newProxy()
-	s.ln, err = net.Listen("tcp", set.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("start sidecar: %w: listen on %s: %w", ErrStartup, set.Listen, err)
+	if s.replicas, err = s.newReplicas(); err != nil {
+		return nil, fmt.Errorf("start sidecar: %w", err)
+	}
+	if s.ln = opts.Listener; s.ln == nil {
+		s.ln, err = net.Listen("tcp", set.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("start sidecar: %w: listen on %s: %w", ErrStartup, set.Listen, err)
+		}
 	}
 	t := set.Timeouts
 	s.srv = &http.Server{
@@ -275,6 +310,9 @@ func (s *Server) Close(ctx context.Context) error {
 		s.rlog.Flush(ctx, true)
 		s.ship.Stop(5 * time.Second)
 	}
+	if serr := s.sessions.Close(); serr != nil && err == nil {
+		err = serr
+	}
 	if lerr := s.rlog.Close(); lerr != nil && err == nil {
 		err = lerr
 	}
@@ -283,6 +321,9 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Sessions is the open session journal (for in-process readers and tests).
+func (s *Server) Sessions() *session.Journal { return s.sessions }
 
 // ReceiptLog is the open receipt log (for in-process readers and tests).
 func (s *Server) ReceiptLog() *receipts.Log { return s.rlog }

@@ -57,9 +57,14 @@ POST /chio/verify, and, with CHIO_SIDECAR_CONTROL_TOKEN set, GET
 Flags override the CHIO_* variables (CHIO_LISTEN_ADDR, CHIO_HEALTH_PATH,
 CHIO_KERNEL_CONFIG_PATH, CHIO_POLICY_SOURCE, CHIO_RECEIPT_SINK,
 CHIO_SIGNING_KEY, CHIO_CAPABILITY_AUTHORITY_URL, CHIO_LOG_LEVEL,
-CHIO_TRUSTED_ISSUER_KEY, CHIO_TRUSTED_ISSUER_KEYS, CHIO_SIDECAR_CONTROL_TOKEN),
-which override kernel.yaml. The start fails, saying why, when the policy, the
-spec, the key or the receipt log cannot be loaded. See docs/sidecar.md.`,
+CHIO_TRUSTED_ISSUER_KEY, CHIO_TRUSTED_ISSUER_KEYS, CHIO_SIDECAR_CONTROL_TOKEN,
+and the CHIO_SESSION_* limits), which override kernel.yaml. The start fails,
+saying why, when the policy, the spec, the key, the receipt log or the
+session journal cannot be loaded. See docs/sidecar.md.
+
+A request naming a session (the Chio-Session-Id header, or its capability
+token when tokens are in use) is journaled in the session journal beside the
+receipt log and held to the session limits (docs/sessions.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			set, err := config.ResolveSidecar(o.flags, os.LookupEnv)

@@ -145,49 +145,17 @@ func TestLocalHealthURL(t *testing.T) {
 // clients; then `api health`, a clean stop, and the receipt log verified.
 func TestAPIProtectEndToEnd(t *testing.T) {
 	bin := binary(t)
-	dir := t.TempDir()
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "pets api: "+r.URL.Path)
-	}))
-	defer api.Close()
-	os.WriteFile(filepath.Join(dir, "openapi.yaml"), []byte(apiSpec), 0o600)
-	os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(apiPolicy), 0o600)
+	dir, api := petsAPI(t)
 	keyOut, err := exec.Command(bin, "keygen", "--out", filepath.Join(dir, "kernel.key")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("keygen: %v %s", err, keyOut)
 	}
-	ready := filepath.Join(dir, "ready")
 	db := filepath.Join(dir, "receipts.db")
-	cmd := exec.Command(bin, "api", "protect", "--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"),
-		"--listen", "127.0.0.1:0", "--ready-file", ready, "--key", filepath.Join(dir, "kernel.key"))
-	cmd.Env = append(os.Environ(), config.EnvPolicySource+"="+filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink+"=file://"+db,
-		config.EnvSigningKey+"=", config.EnvTrustedIssuerKey+"=", config.EnvTrustedIssuerKeys+"=", config.EnvKernelConfigPath+"=",
-		config.EnvSidecarControlToken+"=", config.EnvListenAddr+"=", config.EnvHealthPath+"=")
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	}()
-	var addr string
-	for addr == "" {
-		if b, err := os.ReadFile(ready); err == nil && strings.HasSuffix(string(b), "\n") {
-			addr = strings.TrimSpace(string(b))
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("sidecar exited before ready: %v\n%s", err, logs.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	p := startProtect(t, bin, []string{config.EnvPolicySource + "=" + filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink + "=file://" + db,
+		config.EnvSigningKey + "=", config.EnvTrustedIssuerKey + "=", config.EnvTrustedIssuerKeys + "=", config.EnvKernelConfigPath + "=",
+		config.EnvSidecarControlToken + "=", config.EnvListenAddr + "=", config.EnvHealthPath + "="},
+		"--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"), "--key", filepath.Join(dir, "kernel.key"))
+	cmd, logs, addr := p.cmd, p.logs, p.addr
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 	get := func(method, path string) (*http.Response, string) {
 		req, _ := http.NewRequest(method, "http://"+addr+path, nil)
@@ -232,15 +200,7 @@ func TestAPIProtectEndToEnd(t *testing.T) {
 		t.Fatalf("api health: %v %s", err, out)
 	}
 
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("sidecar exit: %v\n%s", err, logs.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("sidecar did not stop on SIGTERM\n%s", logs.String())
-	}
+	p.stop(t)
 	out, err := exec.Command(bin, "receipts", "verify", "--receipts", db).CombinedOutput()
 	if err != nil {
 		t.Fatalf("receipts verify: %v %s", err, out)
@@ -248,6 +208,75 @@ func TestAPIProtectEndToEnd(t *testing.T) {
 	// A sidecar that is gone is not healthy.
 	if err := exec.Command(bin, "api", "health", "--url", "http://"+addr+config.DefaultHealthPath, "--timeout", "2s").Run(); err == nil {
 		t.Fatal("api health passed with the sidecar stopped")
+	}
+}
+
+// petsAPI is a small API on loopback and a directory holding its spec
+// (openapi.yaml) and a policy for it (policy.yaml).
+func petsAPI(t *testing.T) (dir string, api *httptest.Server) {
+	dir = t.TempDir()
+	api = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "pets api: "+r.URL.Path)
+	}))
+	t.Cleanup(api.Close)
+	os.WriteFile(filepath.Join(dir, "openapi.yaml"), []byte(apiSpec), 0o600)
+	os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(apiPolicy), 0o600)
+	return dir, api
+}
+
+// protectProcess is `chio-agent api protect` running as its own process.
+type protectProcess struct {
+	cmd    *exec.Cmd
+	logs   *strings.Builder
+	addr   string
+	exited chan error
+}
+
+// startProtect runs bin api protect on a free loopback port with env added
+// to the test's environment, and waits for its ready file. The process is
+// killed at cleanup unless stop ended it.
+func startProtect(t *testing.T, bin string, env []string, args ...string) *protectProcess {
+	t.Helper()
+	ready := filepath.Join(t.TempDir(), "ready")
+	p := &protectProcess{logs: &strings.Builder{}, exited: make(chan error, 1)}
+	p.cmd = exec.Command(bin, append([]string{"api", "protect", "--listen", "127.0.0.1:0", "--ready-file", ready}, args...)...)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	for p.addr == "" {
+		if b, err := os.ReadFile(ready); err == nil && strings.HasSuffix(string(b), "\n") {
+			p.addr = strings.TrimSpace(string(b))
+			break
+		}
+		select {
+		case err := <-p.exited:
+			t.Fatalf("sidecar exited before ready: %v\n%s", err, p.logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return p
+}
+
+// stop ends the sidecar with SIGTERM and fails the test unless it exits 0.
+func (p *protectProcess) stop(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Fatalf("sidecar exit: %v\n%s", err, p.logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("sidecar did not stop on SIGTERM\n%s", p.logs.String())
 	}
 }
 

@@ -54,6 +54,8 @@ type Config struct {
 	Agent Agent `yaml:"agent"`
 	// Sidecar configures `api protect`; ignored by the node agent.
 	Sidecar Sidecar `yaml:"sidecar"`
+	// Sessions configures session journals and limits (the sidecar).
+	Sessions Sessions `yaml:"sessions"`
 	// Kubernetes, when present, protects the node's pods found through the
 	// CRI (kubernetes.go); nil means no pod discovery.
 	Kubernetes *Kubernetes `yaml:"kubernetes"`
@@ -341,6 +343,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("receipts.checkpoint_every: must not be negative")
 	}
 	if err := c.Sidecar.validate(); err != nil {
+		return err
+	}
+	if err := c.Sessions.validate(); err != nil {
 		return err
 	}
 	if err := c.Agent.DNS.validate(); err != nil {

@@ -29,11 +29,11 @@ const (
 // SidecarEnv is every variable `api protect` reads, in the guide's order.
 // Deployment manifests for the sidecar may name these and no others (their
 // drift tests check it).
-var SidecarEnv = []string{
+var SidecarEnv = append([]string{
 	EnvListenAddr, EnvHealthPath, EnvKernelConfigPath, EnvPolicySource, EnvReceiptSink,
 	EnvSigningKey, EnvCapabilityAuthorityURL, EnvLogLevel, EnvTrustedIssuerKey,
 	EnvTrustedIssuerKeys, EnvSidecarControlToken,
-}
+}, SessionEnv...)
 
 // NodeAgentEnv is the part of the contract `run` and `exec` read: the node
 // agent has no listener of its own to configure, no capability tokens and
@@ -89,6 +89,9 @@ type SidecarSettings struct {
 	MaxBodyBytes int64
 	// Timeouts bound connections.
 	Timeouts ResolvedTimeouts
+	// Sessions say how requests name sessions, where their journal is and
+	// what limits them.
+	Sessions ResolvedSessions
 }
 
 // ResolveSidecar merges flags, the environment and kernel.yaml (named by
@@ -173,6 +176,9 @@ func ResolveSidecar(f SidecarFlags, lookup func(string) (string, bool)) (*Sideca
 		s.MaxBodyBytes = DefaultMaxBodyBytes
 	}
 	s.Timeouts = sc.Timeouts.withDefaults()
+	if s.Sessions, err = ResolveSessions(lookup, cfg.Sessions, s.ReceiptPath); err != nil {
+		return nil, fmt.Errorf("resolve sidecar: sessions: %w", err)
+	}
 	return s, nil
 }
 

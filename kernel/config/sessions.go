@@ -1,0 +1,226 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/backbay-labs/chio-agent/kernel/session"
+)
+
+// The sessions part of the CHIO_* contract (docs/sessions.md).
+const (
+	EnvSessionHeader           = "CHIO_SESSION_HEADER"
+	EnvSessionJournal          = "CHIO_SESSION_JOURNAL"
+	EnvSessionMaxCalls         = "CHIO_SESSION_MAX_CALLS"
+	EnvSessionMaxCallsPerTool  = "CHIO_SESSION_MAX_CALLS_PER_TOOL"
+	EnvSessionMaxRequestBytes  = "CHIO_SESSION_MAX_REQUEST_BYTES"
+	EnvSessionMaxResponseBytes = "CHIO_SESSION_MAX_RESPONSE_BYTES"
+	EnvSessionIdleExpiry       = "CHIO_SESSION_IDLE_EXPIRY"
+	EnvSessionPeers            = "CHIO_SESSION_PEERS"
+	EnvSessionSelf             = "CHIO_SESSION_SELF"
+	EnvSessionPeerToken        = "CHIO_SESSION_PEER_TOKEN"
+	EnvSessionRedirect         = "CHIO_SESSION_REDIRECT"
+)
+
+// SessionEnv lists the sessions variables; SidecarEnv ends with them.
+var SessionEnv = []string{
+	EnvSessionHeader, EnvSessionJournal, EnvSessionMaxCalls, EnvSessionMaxCallsPerTool,
+	EnvSessionMaxRequestBytes, EnvSessionMaxResponseBytes, EnvSessionIdleExpiry,
+	EnvSessionPeers, EnvSessionSelf, EnvSessionPeerToken, EnvSessionRedirect,
+}
+
+// DefaultSessionHeader names a request's session when no capability token
+// does.
+const DefaultSessionHeader = "Chio-Session-Id"
+
+// Sessions configures session journals and their limits (kernel.yaml
+// `sessions:`). Every limit is per session and 0 means unlimited.
+type Sessions struct {
+	// Header is the request header naming a request's session when no
+	// capability token is in use. Default Chio-Session-Id. Env:
+	// CHIO_SESSION_HEADER.
+	Header string `yaml:"header"`
+	// Journal is the session journal's bbolt file (a path or file://).
+	// Default: beside the receipt log (chio-receipts.db →
+	// chio-receipts.sessions.db). Env: CHIO_SESSION_JOURNAL.
+	Journal string `yaml:"journal"`
+	// MaxCalls bounds a session's allowed calls. Env:
+	// CHIO_SESSION_MAX_CALLS.
+	MaxCalls int64 `yaml:"max_calls"`
+	// MaxCallsPerTool bounds a session's allowed calls of one tool. Env:
+	// CHIO_SESSION_MAX_CALLS_PER_TOOL.
+	MaxCallsPerTool int64 `yaml:"max_calls_per_tool"`
+	// MaxRequestBytes bounds a session's request body bytes. Env:
+	// CHIO_SESSION_MAX_REQUEST_BYTES.
+	MaxRequestBytes int64 `yaml:"max_request_bytes"`
+	// MaxResponseBytes bounds a session's response body bytes; the call
+	// that crosses it completes, the next is denied. Env:
+	// CHIO_SESSION_MAX_RESPONSE_BYTES.
+	MaxResponseBytes int64 `yaml:"max_response_bytes"`
+	// IdleExpiry ends a session after this long without a call (at least
+	// 1s); the next call naming it starts afresh. Default: never. Env:
+	// CHIO_SESSION_IDLE_EXPIRY.
+	IdleExpiry Duration `yaml:"idle_expiry"`
+	// Peers are the sidecar replicas (host:port each, this one included)
+	// among which each session is owned by one, by rendezvous hashing of
+	// its id; a replica forwards a session's requests to its owner. Empty:
+	// one replica. Env: CHIO_SESSION_PEERS (comma-separated).
+	Peers []string `yaml:"peers"`
+	// Self is this replica's entry in Peers. Env: CHIO_SESSION_SELF.
+	Self string `yaml:"self"`
+	// Redirect answers a request for a session another replica owns with
+	// a 307 to that replica (peers must then be addresses clients reach)
+	// instead of forwarding it. Default false. Env: CHIO_SESSION_REDIRECT.
+	Redirect bool `yaml:"redirect"`
+}
+
+func (s *Sessions) validate() error {
+	if s.Header != "" {
+		if err := checkSessionHeader(s.Header); err != nil {
+			return fmt.Errorf("sessions.header: %w", err)
+		}
+	}
+	for _, f := range []struct {
+		key string
+		v   int64
+	}{{"max_calls", s.MaxCalls}, {"max_calls_per_tool", s.MaxCallsPerTool}, {"max_request_bytes", s.MaxRequestBytes}, {"max_response_bytes", s.MaxResponseBytes}} {
+		if f.v < 0 {
+			return fmt.Errorf("sessions.%s: must not be negative", f.key)
+		}
+	}
+	for i, p := range s.Peers {
+		if _, _, err := net.SplitHostPort(p); err != nil {
+			return fmt.Errorf("sessions.peers[%d]: %q is not host:port", i, p)
+		}
+	}
+	if s.IdleExpiry != 0 && time.Duration(s.IdleExpiry) < time.Second {
+		return fmt.Errorf("sessions.idle_expiry: %s is below 1s", time.Duration(s.IdleExpiry))
+	}
+	return nil
+}
+
+// checkSessionHeader refuses a header name that is not a token, or one the
+// sidecar reads or writes for another purpose.
+func checkSessionHeader(h string) error {
+	if !httpguts.ValidHeaderFieldName(h) {
+		return fmt.Errorf("%q is not an HTTP header name", h)
+	}
+	switch http.CanonicalHeaderKey(h) {
+	case "X-Chio-Capability", "X-Chio-Receipt-Id", "Authorization", "Host", "Content-Length", "Transfer-Encoding":
+		return fmt.Errorf("%q is a header with another meaning", h)
+	}
+	return nil
+}
+
+// ResolvedSessions are the sessions settings merged from the environment
+// and kernel.yaml, checked.
+type ResolvedSessions struct {
+	// Header names a request's session (canonical form).
+	Header string
+	// JournalPath is the journal's bbolt file.
+	JournalPath string
+	// Limits bound every session.
+	Limits session.Limits
+	// Peers are the replicas sessions are spread over (host:port); nil
+	// for one replica. Self is this one.
+	Peers []string
+	Self  string
+	// PeerToken authenticates forwarded requests between replicas
+	// (secret; at least MinControlTokenBytes).
+	PeerToken string
+	// Redirect answers with a redirect to the owner instead of forwarding.
+	Redirect bool
+}
+
+// ResolveSessions merges the CHIO_SESSION_* variables over kernel.yaml's
+// sessions: section; receiptPath places the journal by default.
+func ResolveSessions(lookup func(string) (string, bool), s Sessions, receiptPath string) (ResolvedSessions, error) {
+	var r ResolvedSessions
+	r.Header = http.CanonicalHeaderKey(Pick(lookup, "", EnvSessionHeader, s.Header, DefaultSessionHeader))
+	if err := checkSessionHeader(r.Header); err != nil {
+		return r, fmt.Errorf("%s: %w", EnvSessionHeader, err)
+	}
+	journal := Pick(lookup, "", EnvSessionJournal, s.Journal, "")
+	if journal == "" {
+		r.JournalPath = session.DefaultPath(receiptPath)
+	} else {
+		p, err := localPath("session journal", journal)
+		if err != nil {
+			return r, err
+		}
+		r.JournalPath = p
+	}
+	if r.JournalPath == receiptPath {
+		return r, fmt.Errorf("session journal %s is the receipt log: give it a file of its own", r.JournalPath)
+	}
+	var err error
+	num := func(env string, file int64) int64 {
+		v := Env(lookup, env)
+		if v == "" || err != nil {
+			return file
+		}
+		n, perr := strconv.ParseInt(v, 10, 64)
+		if perr != nil || n < 0 {
+			err = fmt.Errorf("%s: %q is not a non-negative integer", env, v)
+		}
+		return n
+	}
+	r.Limits = session.Limits{
+		MaxCalls:         num(EnvSessionMaxCalls, s.MaxCalls),
+		MaxCallsPerTool:  num(EnvSessionMaxCallsPerTool, s.MaxCallsPerTool),
+		MaxRequestBytes:  num(EnvSessionMaxRequestBytes, s.MaxRequestBytes),
+		MaxResponseBytes: num(EnvSessionMaxResponseBytes, s.MaxResponseBytes),
+		IdleExpiry:       time.Duration(s.IdleExpiry),
+	}
+	if err != nil {
+		return r, err
+	}
+	r.Peers = s.Peers
+	if v := Env(lookup, EnvSessionPeers); v != "" {
+		r.Peers = nil
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				r.Peers = append(r.Peers, p)
+			}
+		}
+	}
+	r.Self = Pick(lookup, "", EnvSessionSelf, s.Self, "")
+	r.Redirect = s.Redirect
+	if v := Env(lookup, EnvSessionRedirect); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return r, fmt.Errorf("%s: %q is neither true nor false", EnvSessionRedirect, v)
+		}
+		r.Redirect = b
+	}
+	if len(r.Peers) > 0 {
+		for _, p := range r.Peers {
+			if _, _, err := net.SplitHostPort(p); err != nil {
+				return r, fmt.Errorf("%s: %q is not host:port", EnvSessionPeers, p)
+			}
+		}
+		if !slices.Contains(r.Peers, r.Self) {
+			return r, fmt.Errorf("%s %q is not one of the peers %v", EnvSessionSelf, r.Self, r.Peers)
+		}
+		// The token is a secret, from the environment only, taken as set.
+		r.PeerToken, _ = lookup(EnvSessionPeerToken)
+		if len(r.PeerToken) < MinControlTokenBytes {
+			return r, fmt.Errorf("%s must hold at least %d bytes when peers are set: replicas accept forwarded requests only with it", EnvSessionPeerToken, MinControlTokenBytes)
+		}
+	}
+	if v := Env(lookup, EnvSessionIdleExpiry); v != "" {
+		d, perr := time.ParseDuration(v)
+		if perr != nil || (d != 0 && d < time.Second) || d < 0 {
+			return r, fmt.Errorf("%s: %q is not a duration of at least 1s (or 0)", EnvSessionIdleExpiry, v)
+		}
+		r.Limits.IdleExpiry = d
+	}
+	return r, nil
+}
