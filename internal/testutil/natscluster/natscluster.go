@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -213,7 +212,7 @@ func (c *Cluster) spawn(i int) error {
 	c.logs[i] = filepath.Join(c.dir, fmt.Sprintf("n%d", i), "server.log")
 	cmd := exec.Command(c.bin, "-c", c.confPath(i), "-l", c.logs[i])
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := startOnSpawner(cmd); err != nil {
+	if err := testutil.StartChild(cmd); err != nil {
 		return fmt.Errorf("start nats-server n%d: %w", i, err)
 	}
 	done := make(chan struct{})
@@ -386,34 +385,4 @@ func (c *Cluster) Messages(t testing.TB, stream string) []*jetstream.RawStreamMs
 		out = append(out, m)
 	}
 	return out
-}
-
-// Pdeathsig kills a child when the thread that started it ends, and Go
-// ends a thread when a goroutine locked to it (a network namespace
-// helper, say) returns without unlocking. So servers are started from one
-// goroutine locked to its thread for the life of the test binary: they die
-// with the binary, never with an unrelated thread.
-var (
-	spawnOnce sync.Once
-	spawnReqs chan spawnReq
-)
-
-type spawnReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-func startOnSpawner(cmd *exec.Cmd) error {
-	spawnOnce.Do(func() {
-		spawnReqs = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread() // never unlocked: this thread lives as long as the binary
-			for r := range spawnReqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	spawnReqs <- spawnReq{cmd: cmd, done: done}
-	return <-done
 }

@@ -1,0 +1,346 @@
+package policysource
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil/azurite"
+	"github.com/backbay-labs/chio-agent/internal/testutil/emulator"
+	"github.com/backbay-labs/chio-agent/internal/testutil/fakegcs"
+	"github.com/backbay-labs/chio-agent/internal/testutil/fakes3"
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
+)
+
+// backend is one store's emulator, as the tests drive it: a fresh bucket
+// (container) per test, objects written with the cloud's own SDK, and the
+// SDK's environment pointed at the emulator or at a closed port.
+type backend struct {
+	name string
+	// bucket makes t's bucket, points the SDK at the emulator, and
+	// returns the store's base URL and a writer of its objects.
+	bucket func(t *testing.T) (base string, put func(key, data string))
+	// unreachable points the SDK at a loopback port nothing serves.
+	unreachable func(t *testing.T)
+}
+
+var backends = []backend{
+	{
+		name: "s3",
+		bucket: func(t *testing.T) (string, func(string, string)) {
+			s := fakes3.Shared(t)
+			fakes3.Env(t, s.Endpoint())
+			b := s.Bucket(t)
+			return "s3://" + b + "/", func(k, d string) { s.Put(t, b, k, []byte(d)) }
+		},
+		unreachable: func(t *testing.T) { fakes3.Env(t, "http://"+emulator.ClosedAddr(t)) },
+	},
+	{
+		name: "gs",
+		bucket: func(t *testing.T) (string, func(string, string)) {
+			s := fakegcs.Shared(t)
+			b := s.Bucket(t) // sets STORAGE_EMULATOR_HOST
+			return "gs://" + b + "/", func(k, d string) { s.Put(t, b, k, []byte(d)) }
+		},
+		unreachable: func(t *testing.T) { fakegcs.Env(t, emulator.ClosedAddr(t)) },
+	},
+	{
+		name: "azblob",
+		bucket: func(t *testing.T) (string, func(string, string)) {
+			s := azurite.Shared(t)
+			azurite.Env(t, s.Addr())
+			c := s.Container(t)
+			return "azblob://" + azurite.Account + "/" + c + "/", func(k, d string) { s.Put(t, c, k, []byte(d)) }
+		},
+		unreachable: func(t *testing.T) { azurite.Env(t, emulator.ClosedAddr(t)) },
+	},
+}
+
+func forEachStore(t *testing.T, f func(t *testing.T, b backend)) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) { f(t, b) })
+	}
+}
+
+func allowing(host string) string {
+	return "hushspec: \"0.1.0\"\nrules:\n  egress:\n    allow: [" + host + "]\n    default: block\n"
+}
+
+func decide(p *hushspec.Policy, host string) string {
+	return p.Evaluate(hushspec.Action{Type: "egress", Target: host}).Decision
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// TestStoreLoadChangeBreak: a policy loads from the store at start, a change
+// in the store is seen and the new policy decides, a broken replacement is
+// refused (the caller keeps the old) and not retried until it changes again.
+func TestStoreLoadChangeBreak(t *testing.T) {
+	forEachStore(t, func(t *testing.T, b backend) {
+		ctx := ctxT(t)
+		base, put := b.bucket(t)
+		put("policy.yaml", allowing("a.example.com"))
+		src, err := New(base + "policy.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		p, err := src.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if decide(p, "a.example.com") != hushspec.DecisionAllow || decide(p, "b.example.com") != hushspec.DecisionDeny {
+			t.Fatal("the loaded policy does not decide as written")
+		}
+		if c, err := src.Changed(ctx); err != nil || c {
+			t.Fatalf("Changed = %v, %v before any change", c, err)
+		}
+
+		put("policy.yaml", allowing("b.example.com"))
+		if c, err := src.Changed(ctx); err != nil || !c {
+			t.Fatalf("Changed = %v, %v after the object changed", c, err)
+		}
+		p, err = src.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if decide(p, "b.example.com") != hushspec.DecisionAllow || decide(p, "a.example.com") != hushspec.DecisionDeny {
+			t.Fatal("the reloaded policy does not decide as the new object says")
+		}
+
+		put("policy.yaml", "hushspec: \"0.1.0\"\nrules:\n  egres: {}\n")
+		if c, err := src.Changed(ctx); err != nil || !c {
+			t.Fatalf("Changed = %v, %v after the broken write", c, err)
+		}
+		_, err = src.Load(ctx)
+		if err == nil || !errors.Is(err, hushspec.ErrInvalidPolicy) || !strings.Contains(err.Error(), base+"policy.yaml") {
+			t.Fatalf("broken policy: err = %v; want an invalid policy error naming the object", err)
+		}
+		if c, err := src.Changed(ctx); err != nil || c {
+			t.Fatalf("Changed = %v, %v: the refused content must not be retried until it changes", c, err)
+		}
+	})
+}
+
+// TestStoreUnreachableAtStart: no store, no policy; the error names the
+// object and the cause.
+func TestStoreUnreachableAtStart(t *testing.T) {
+	forEachStore(t, func(t *testing.T, b backend) {
+		b.unreachable(t)
+		src, err := New(b.name + "://" + map[string]string{"azblob": azurite.Account + "/c"}[b.name] + pathFor(b.name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		src.Timeout = 5 * time.Second
+		_, err = src.Load(ctxT(t))
+		if err == nil {
+			t.Fatal("loaded a policy from a store nothing serves")
+		}
+		if !strings.Contains(err.Error(), src.Location().String()) || !strings.Contains(err.Error(), "connection refused") {
+			t.Fatalf("err = %v; want it to name %s and the cause (connection refused)", err, src.Location())
+		}
+	})
+}
+
+func pathFor(scheme string) string {
+	if scheme == "azblob" {
+		return "/policy.yaml"
+	}
+	return "bucket/policy.yaml"
+}
+
+// TestStoreMissingObject: a bucket without the object fails closed, naming
+// it.
+func TestStoreMissingObject(t *testing.T) {
+	forEachStore(t, func(t *testing.T, b backend) {
+		base, _ := b.bucket(t)
+		_, err := Load(ctxT(t), base+"absent.yaml")
+		if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), base+"absent.yaml") {
+			t.Fatalf("err = %v; want ErrNotFound naming the object", err)
+		}
+	})
+}
+
+// TestStorePin: a #sha256 pin admits exactly the pinned content.
+func TestStorePin(t *testing.T) {
+	forEachStore(t, func(t *testing.T, b backend) {
+		ctx := ctxT(t)
+		base, put := b.bucket(t)
+		doc := allowing("a.example.com")
+		put("policy.yaml", doc)
+		sum := sha256.Sum256([]byte(doc))
+		pinned := base + "policy.yaml#sha256:" + hex.EncodeToString(sum[:])
+		if _, err := Load(ctx, pinned); err != nil {
+			t.Fatalf("pinned content refused: %v", err)
+		}
+		// The attacker who can write the bucket swaps the policy.
+		put("policy.yaml", allowing("evil.example.com"))
+		_, err := Load(ctx, pinned)
+		if !errors.Is(err, ErrPinMismatch) || !strings.Contains(err.Error(), base+"policy.yaml") {
+			t.Fatalf("err = %v; want ErrPinMismatch naming the object", err)
+		}
+		// A pinned policy cannot pull an unpinned base in.
+		ext := "extends: base.yaml\n" + allowing("a.example.com")
+		put("ext.yaml", ext)
+		put("base.yaml", allowing("b.example.com"))
+		sum = sha256.Sum256([]byte(ext))
+		if _, err := Load(ctx, base+"ext.yaml#sha256:"+hex.EncodeToString(sum[:])); err == nil || !strings.Contains(err.Error(), "pinned policy may not extend") {
+			t.Fatalf("pinned policy with extends: err = %v", err)
+		}
+	})
+}
+
+// TestStoreExtends: extends resolves beside the object in the same store,
+// a change of the base is seen, and references that would leave the store
+// (absolute, above its root, another scheme) are refused.
+func TestStoreExtends(t *testing.T) {
+	forEachStore(t, func(t *testing.T, b backend) {
+		ctx := ctxT(t)
+		base, put := b.bucket(t)
+		put("team/base.yaml", "hushspec: \"0.1.0\"\nrules:\n  egress:\n    allow: [base.example.com]\n    default: block\n  tool_access:\n    block: [shell]\n")
+		put("team/policy.yaml", "hushspec: \"0.1.0\"\nextends: base\nrules:\n  egress:\n    allow: [child.example.com]\n    default: block\n")
+		src, err := New(base + "team/policy.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		p, err := src.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if decide(p, "child.example.com") != hushspec.DecisionAllow {
+			t.Fatal("the child's rule does not decide")
+		}
+		if p.Evaluate(hushspec.Action{Type: "tool_call", Target: "shell"}).Decision != hushspec.DecisionDeny {
+			t.Fatal("the base's rule was not merged in")
+		}
+		// A change of the base alone is a change of the policy.
+		put("team/base.yaml", "hushspec: \"0.1.0\"\nrules:\n  tool_access:\n    block: [other]\n")
+		if c, err := src.Changed(ctx); err != nil || !c {
+			t.Fatalf("Changed = %v, %v after the base changed", c, err)
+		}
+		if p, err = src.Load(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if p.Evaluate(hushspec.Action{Type: "tool_call", Target: "shell"}).Decision != hushspec.DecisionAllow {
+			t.Fatal("the changed base does not decide")
+		}
+
+		for name, ref := range map[string]string{
+			"absolute": "/etc/chio/base.yaml", "above the root": "../../outside.yaml",
+			"another store": "s3://other/base.yaml", "a file URL": "file:///etc/passwd",
+		} {
+			put("escape.yaml", "hushspec: \"0.1.0\"\nextends: "+ref+"\n")
+			_, err := Load(ctx, base+"escape.yaml")
+			if !errors.Is(err, hushspec.ErrExtendsUnresolved) || !strings.Contains(err.Error(), base+"escape.yaml") {
+				t.Errorf("extends %s (%q): err = %v; want ErrExtendsUnresolved naming the object", name, ref, err)
+			}
+		}
+		// A missing base names both objects.
+		put("orphan.yaml", "hushspec: \"0.1.0\"\nextends: nothing.yaml\n")
+		if _, err := Load(ctx, base+"orphan.yaml"); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), base+"nothing.yaml") {
+			t.Errorf("missing base: err = %v", err)
+		}
+		// A cycle is refused, with the store's names, not a local path's.
+		put("x.yaml", "hushspec: \"0.1.0\"\nextends: y.yaml\n")
+		put("y.yaml", "hushspec: \"0.1.0\"\nextends: x.yaml\n")
+		if _, err := Load(ctx, base+"x.yaml"); !errors.Is(err, hushspec.ErrExtendsCycle) || strings.Contains(err.Error(), "chio-policy-") {
+			t.Errorf("cycle: err = %v", err)
+		}
+	})
+}
+
+// TestStoreWatch: Watch calls back once the object changes.
+func TestStoreWatch(t *testing.T) {
+	forEachStore(t, func(t *testing.T, b backend) {
+		ctx := ctxT(t)
+		base, put := b.bucket(t)
+		put("policy.yaml", allowing("a.example.com"))
+		src, err := New(base + "policy.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close()
+		if _, err := src.Load(ctx); err != nil {
+			t.Fatal(err)
+		}
+		changed := make(chan struct{}, 1)
+		var calls atomic.Int32
+		wctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			src.Watch(wctx, 20*time.Millisecond, func() {
+				calls.Add(1)
+				select {
+				case changed <- struct{}{}:
+				default:
+				}
+			}, nil)
+		}()
+		put("policy.yaml", allowing("b.example.com"))
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			t.Fatal("Watch never reported the change")
+		}
+		stop()
+		<-done
+	})
+}
+
+func TestParse(t *testing.T) {
+	pin := strings.Repeat("ab", 32)
+	for _, tc := range []struct {
+		in, bucket, container, key string
+		pinned                     bool
+	}{
+		{in: "s3://b/policy.yaml", bucket: "b", key: "policy.yaml"},
+		{in: "gs://p-chio-config/dir/policy.yaml#sha256:" + pin, bucket: "p-chio-config", key: "dir/policy.yaml", pinned: true},
+		{in: "azblob://acct/cont/a/b.yaml", bucket: "acct", container: "cont", key: "a/b.yaml"},
+		{in: "s3://b/with%3Fquery.yaml", bucket: "b", key: "with?query.yaml"},
+	} {
+		l, err := Parse(tc.in)
+		if err != nil {
+			t.Errorf("%s: %v", tc.in, err)
+			continue
+		}
+		if l.Bucket != tc.bucket || l.Container != tc.container || l.Key != tc.key || (l.Pin != nil) != tc.pinned {
+			t.Errorf("%s: got %+v", tc.in, l)
+		}
+	}
+	for _, bad := range []string{
+		"s3://", "s3:///key", "s3://b", "s3://b/", "s3://b/dir/", "s3://b/../x", "s3://b/a/./x", "s3://b/a//x",
+		"s3://b:9000/k", "s3://user:pw@b/k", "s3://b/k?x=1", "s3://b/k#md5:00", "s3://b/k#sha256:abc",
+		"azblob://acct/cont", "azblob://acct//blob", "http://b/k",
+	} {
+		if _, err := Parse(bad); err == nil {
+			t.Errorf("%s: parsed", bad)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add("s3://b/k.yaml#sha256:" + strings.Repeat("00", 32))
+	f.Add("azblob://a/c/b")
+	f.Fuzz(func(t *testing.T, s string) {
+		l, err := Parse(s)
+		if err != nil {
+			return
+		}
+		// A parsed key never leaves the store's root, and the URL
+		// round-trips to the same object.
+		if !strings.HasPrefix(l.URL(l.Key), l.Base()) || l.Key == "" || strings.HasPrefix(l.Key, "/") || strings.Contains("/"+l.Key+"/", "/../") {
+			t.Fatalf("%q parsed to %+v", s, l)
+		}
+	})
+}
