@@ -119,13 +119,28 @@ override kernel.yaml.`,
 			if _, err := os.Stat(setup.policySource); err == nil {
 				watch = setup.policySource
 			}
+			// An object store policy (s3://, gs://, azblob://) is polled
+			// for its objects' versions; a change reloads it as a changed
+			// file does.
+			var policyChanged chan struct{}
+			if pw := setup.policyWatch; pw.Polled() {
+				policyChanged = make(chan struct{}, 1)
+				wctx, stop := context.WithCancel(ctx)
+				defer stop()
+				go pw.Watch(wctx, func() {
+					select {
+					case policyChanged <- struct{}{}:
+					default: // a reload is pending already
+					}
+				}, func(err error) {
+					setup.logger.WithError(err).Warn("policy source unreachable: the policy in force stays; checking again")
+				})
+			}
 			return agent.RunDaemon(ctx, agent.DaemonOptions{
 				Agent:        opts,
 				Workloads:    workloads,
 				StatusSocket: statusSocket(o.statusSocket, setup.cfg),
-				ReloadPolicy: func(ctx context.Context) (*hushspec.Policy, error) {
-					return config.LoadPolicy(ctx, setup.policySource, setup.cfg.PanicFile)
-				},
+				ReloadPolicy: setup.policyWatch.Load,
 				// SIGHUP reads kernel.yaml's workloads again (its other
 				// settings take a restart).
 				ReloadWorkloads: func(ctx context.Context) ([]agent.WorkloadSpec, error) {
@@ -142,12 +157,13 @@ override kernel.yaml.`,
 					}
 					return ws, nil
 				},
-				WatchFile:   watch,
-				Reload:      reloadSig,
-				ReadyFile:   o.readyFile,
-				MetricsAddr: config.Pick(nil, o.metricsAddr, "", ac.MetricsAddr, ""),
-				Version:     version,
-				Kubernetes:  kube,
+				WatchFile:     watch,
+				PolicyChanged: policyChanged,
+				Reload:        reloadSig,
+				ReadyFile:     o.readyFile,
+				MetricsAddr:   config.Pick(nil, o.metricsAddr, "", ac.MetricsAddr, ""),
+				Version:       version,
+				Kubernetes:    kube,
 			})
 		},
 	}
