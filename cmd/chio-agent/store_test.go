@@ -1,0 +1,192 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/internal/testutil/objstore"
+	"github.com/backbay-labs/chio-agent/kernel/config"
+)
+
+// waitFor polls cond every 20ms for at most 30s: the sidecar's watch acts
+// on its own interval, and the test waits for its effect.
+func waitFor(t *testing.T, what string, logs *syncBuffer, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s\n%s", what, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sidecarEnv is the environment of an `api protect` child: this process's
+// (the store SDK's variables the test set included), the CHIO_* contract
+// cleared, then set.
+func sidecarEnv(set ...string) []string {
+	env := os.Environ()
+	for _, n := range config.SidecarEnv {
+		env = append(env, n+"=")
+	}
+	return append(env, set...)
+}
+
+// TestAPIProtectStorePolicy: `api protect` with CHIO_POLICY_SOURCE naming
+// an object in each store (the guide's Cloud Run gs:// and ECS s3://
+// manifests, and Azure's azblob://) decides by it, follows a change of the
+// object on its own, refuses a broken replacement (logged, the policy in
+// force staying), and its receipts verify.
+func TestAPIProtectStorePolicy(t *testing.T) {
+	bin := binary(t)
+	objstore.Each(t, func(t *testing.T, st objstore.Store) {
+		dir := t.TempDir()
+		base, put := st.Bucket(t)
+		put("chio/policy.yaml", apiPolicy)
+		api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+		defer api.Close()
+		spec := filepath.Join(dir, "openapi.yaml")
+		os.WriteFile(spec, []byte(apiSpec), 0o600)
+		ready, db := filepath.Join(dir, "ready"), filepath.Join(dir, "receipts.db")
+		cmd := exec.Command(bin, "api", "protect", "--upstream", api.URL, "--spec", spec, "--listen", "127.0.0.1:0", "--ready-file", ready)
+		cmd.Env = sidecarEnv(config.EnvPolicySource+"="+base+"chio/policy.yaml", config.EnvPolicyWatchInterval+"=50ms",
+			config.EnvReceiptSink+"="+db, config.EnvSigningKey+"="+strings.Repeat("07", 32))
+		logs := &syncBuffer{}
+		cmd.Stdout, cmd.Stderr = logs, logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		defer func() {
+			if cmd.ProcessState == nil {
+				cmd.Process.Kill()
+				<-exited
+			}
+		}()
+		var addr string
+		waitFor(t, "the sidecar's ready file", logs, func() bool {
+			select {
+			case err := <-exited:
+				t.Fatalf("sidecar exited before ready: %v\n%s", err, logs.String())
+			default:
+			}
+			b, err := os.ReadFile(ready)
+			addr = strings.TrimSpace(string(b))
+			return err == nil && strings.HasSuffix(string(b), "\n")
+		})
+		client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+		code := func(method, path string) int {
+			req, _ := http.NewRequest(method, "http://"+addr+path, nil)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatalf("%s %s: %v", method, path, err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		if code("GET", "/pets/1") != 200 || code("DELETE", "/pets/1") != 403 {
+			t.Fatalf("the store's policy does not decide\n%s", logs.String())
+		}
+		// Changed in the store: getPet is no longer allowed, with no signal.
+		put("chio/policy.yaml", strings.Replace(apiPolicy, "[listPets, getPet]", "[listPets]", 1))
+		waitFor(t, "the changed policy to decide", logs, func() bool { return code("GET", "/pets/1") == 403 })
+		// A broken replacement is refused and the policy in force stays.
+		put("chio/policy.yaml", "hushspec: \"0.1.0\"\nrules: {tool_access: {alow: []}}\n")
+		waitFor(t, "the refusal in the log", logs, func() bool {
+			l := logs.String()
+			return strings.Contains(l, "policy reload (source changed) refused") && strings.Contains(l, base+"chio/policy.yaml")
+		})
+		if code("GET", "/pets") != 200 || code("GET", "/pets/1") != 403 {
+			t.Fatalf("the policy in force changed when a broken one was refused\n%s", logs.String())
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Fatalf("sidecar exit: %v\n%s", err, logs.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("sidecar did not stop on SIGTERM\n%s", logs.String())
+		}
+		if out, err := exec.Command(bin, "receipts", "verify", "--receipts", db).CombinedOutput(); err != nil {
+			t.Fatalf("receipts verify: %v %s", err, out)
+		}
+	})
+}
+
+// TestAPIProtectStoreUnreachable: a store that cannot be reached stops the
+// start (exit non-zero), the error naming the object and the cause.
+func TestAPIProtectStoreUnreachable(t *testing.T) {
+	bin := binary(t)
+	st := objstore.Stores[0] // s3: the SDK gives up within a second
+	src := st.Unreachable(t) + "chio/policy.yaml"
+	dir := t.TempDir()
+	spec := filepath.Join(dir, "openapi.yaml")
+	os.WriteFile(spec, []byte(apiSpec), 0o600)
+	cmd := exec.Command(bin, "api", "protect", "--upstream", "http://127.0.0.1:1", "--spec", spec, "--listen", "127.0.0.1:0")
+	cmd.Env = sidecarEnv(config.EnvPolicySource+"="+src, config.EnvReceiptSink+"="+filepath.Join(dir, "r.db"),
+		config.EnvSigningKey+"="+strings.Repeat("07", 32))
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("api protect started without its policy:\n%s", out)
+	}
+	if !strings.Contains(string(out), src) || !strings.Contains(string(out), "connection refused") {
+		t.Fatalf("output does not name %s and the cause:\n%s", src, out)
+	}
+}
+
+// TestRunStorePolicy: the node agent whose kernel.yaml names its policy in
+// a store decides a protected workload's connections by it, follows a
+// change of the object without a signal, and refuses a broken replacement
+// (in status and the log, the old policy deciding on).
+func TestRunStorePolicy(t *testing.T) {
+	bin, _, pinDir, keyPath := daemonTest(t)
+	port := serveBody(t, "upstream")
+	objstore.Each(t, func(t *testing.T, st objstore.Store) {
+		dir := t.TempDir()
+		cg := testutil.NewCgroup(t, "")
+		base, put := st.Bucket(t)
+		policy := func(allow string) string {
+			return "hushspec: \"0.1.0\"\nname: store\nrules:\n  egress:\n    allow: [" + allow + "]\n    default: block\n"
+		}
+		put("node/policy.yaml", policy("api.allowed.test"))
+		d := newDaemon(t, bin, dir)
+		kcfg := agentYAML(base+"node/policy.yaml", keyPath, filepath.Join(dir, "receipts.db"), pinDir+"-"+st.Scheme, d.socket) +
+			fmt.Sprintf("  hosts: {api.allowed.test: [127.0.0.1]}\n  workloads:\n    - name: store\n      cgroup: %s\n", cg.Path) +
+			"policy_watch_interval: 50ms\n"
+		if err := os.WriteFile(d.config, []byte(kcfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { exec.Command(bin, "uninstall", "--force", "--pin-dir", pinDir+"-"+st.Scheme).Run() })
+		d.start()
+		defer func() {
+			d.signal(syscall.SIGTERM)
+			d.eventually("agent stopped", d.gone)
+		}()
+		curl := func() string { out, _ := curlIn(t, cg, "api.allowed.test", port); return out }
+		if out := curl(); out != "200" {
+			t.Fatalf("allowed by the store's policy: %q\n%s", out, d.logs)
+		}
+		put("node/policy.yaml", policy("other.test"))
+		d.eventually("the changed policy to deny", func() bool { return curl() == "403" })
+		put("node/policy.yaml", "hushspec: \"0.1.0\"\nrules:\n  egres: {}\n")
+		d.eventually("the broken policy's refusal in status", func() bool { return d.statusError("policy reload (source changed) refused") })
+		if out := curl(); out != "403" {
+			t.Fatalf("after a refused reload: %q; want the policy in force's 403", out)
+		}
+		if !strings.Contains(d.logs.String(), base+"node/policy.yaml") {
+			t.Fatalf("the refusal does not name the object:\n%s", d.logs)
+		}
+	})
+}
