@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,9 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
+	"github.com/backbay-labs/chio-agent/internal/policysource"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/internal/testutil/fakegcs"
+	"github.com/backbay-labs/chio-agent/internal/testutil/fakes3"
 	"github.com/backbay-labs/chio-agent/internal/testutil/objstore"
 	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
 // waitFor polls cond every 20ms for at most 30s: the sidecar's watch acts
@@ -189,4 +196,80 @@ func TestRunStorePolicy(t *testing.T) {
 			t.Fatalf("the refusal does not name the object:\n%s", d.logs)
 		}
 	})
+}
+
+// TestDeployStorePolicySources: the Cloud Run and ECS manifests load the
+// policy from a gs:// and an s3:// object, as the guide's do, and those
+// sources work as written: an emulated store holding the named bucket and
+// object serves the policy the sidecar loads.
+func TestDeployStorePolicySources(t *testing.T) {
+	var svc struct {
+		Spec struct {
+			Template struct {
+				Spec k8sPodSpec `yaml:"spec"`
+			} `yaml:"template"`
+		} `yaml:"spec"`
+	}
+	if err := yaml.Unmarshal(readDeploy(t, "cloud-run/service.yaml"), &svc); err != nil {
+		t.Fatal(err)
+	}
+	var cloudRun string
+	for _, c := range svc.Spec.Template.Spec.Containers {
+		if c.Name == "chio-sidecar" {
+			env, _ := c.envMap()
+			cloudRun = env[config.EnvPolicySource]
+		}
+	}
+	var td struct {
+		ContainerDefinitions []struct {
+			Name        string                         `json:"name"`
+			Environment []struct{ Name, Value string } `json:"environment"`
+		} `json:"containerDefinitions"`
+		TaskRoleArn string `json:"taskRoleArn"`
+	}
+	if err := json.Unmarshal(readDeploy(t, "ecs/task-definition.json"), &td); err != nil {
+		t.Fatal(err)
+	}
+	var ecs string
+	for _, c := range td.ContainerDefinitions {
+		for _, e := range c.Environment {
+			if c.Name == "chio-sidecar" && e.Name == config.EnvPolicySource {
+				ecs = e.Value
+			}
+		}
+	}
+	if td.TaskRoleArn == "" {
+		t.Error("ecs: no taskRoleArn: the SDK would have no credentials to read the policy with")
+	}
+	for _, tc := range []struct {
+		manifest, source, scheme string
+		serve                    func(t *testing.T, bucket, key string)
+	}{
+		{"cloud-run", cloudRun, "gs", func(t *testing.T, bucket, key string) {
+			s := fakegcs.Shared(t)
+			s.BucketNamed(t, bucket)
+			s.Put(t, bucket, key, []byte(apiPolicy))
+		}},
+		{"ecs", ecs, "s3", func(t *testing.T, bucket, key string) {
+			s := fakes3.Shared(t)
+			fakes3.Env(t, s.Endpoint())
+			s.BucketNamed(t, bucket)
+			s.Put(t, bucket, key, []byte(apiPolicy))
+		}},
+	} {
+		t.Run(tc.manifest, func(t *testing.T) {
+			l, err := policysource.Parse(tc.source)
+			if err != nil || l.Scheme != tc.scheme {
+				t.Fatalf("%s: %s = %q (%v); want a %s:// object", tc.manifest, config.EnvPolicySource, tc.source, err, tc.scheme)
+			}
+			tc.serve(t, l.Bucket, l.Key)
+			p, err := config.LoadPolicy(t.Context(), tc.source, "")
+			if err != nil {
+				t.Fatalf("%s: load %s: %v", tc.manifest, tc.source, err)
+			}
+			if d := p.Evaluate(hushspec.Action{Type: "tool_call", Target: "listPets"}).Decision; d != hushspec.DecisionAllow {
+				t.Fatalf("%s: the policy served decides listPets %s", tc.manifest, d)
+			}
+		})
+	}
 }

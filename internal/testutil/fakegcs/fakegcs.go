@@ -64,7 +64,13 @@ func (s *Server) client(t testing.TB) *storage.Client {
 // t's STORAGE_EMULATOR_HOST to this server.
 func (s *Server) Bucket(t testing.TB) string {
 	t.Helper()
-	name := emulator.BucketName(t)
+	return s.BucketNamed(t, emulator.BucketName(t))
+}
+
+// BucketNamed makes the bucket name (a manifest's, say) and returns it; it
+// also sets t's STORAGE_EMULATOR_HOST to this server.
+func (s *Server) BucketNamed(t testing.TB, name string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := s.client(t).Bucket(name).Create(ctx, "chio-test", nil); err != nil {

@@ -72,7 +72,12 @@ func Env(t testing.TB, endpoint string) {
 // returns its name.
 func (s *Server) Bucket(t testing.TB) string {
 	t.Helper()
-	name := emulator.BucketName(t)
+	return s.BucketNamed(t, emulator.BucketName(t))
+}
+
+// BucketNamed makes the bucket name (a manifest's, say) and returns it.
+func (s *Server) BucketNamed(t testing.TB, name string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := s.client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
