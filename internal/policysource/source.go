@@ -105,9 +105,10 @@ func (s *Source) bound(ctx context.Context) (context.Context, context.CancelFunc
 // same store), checks the pin, and compiles the policy with opts (a panic
 // sentinel, say). Every error names the object and the cause. Once the
 // objects were read, their versions are remembered even when the policy
-// does not compile, so that Changed reports the next change rather than
-// the same broken content again; a read that fails remembers nothing, and
-// the next Changed tries again.
+// does not compile (or names a base that is missing, or refused), so that
+// Changed reports the next change rather than the same broken content
+// again; a read that fails otherwise (the store unreachable) remembers
+// nothing, and the next Changed tries again.
 func (s *Source) Load(ctx context.Context, opts ...hushspec.Option) (*hushspec.Policy, error) {
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
@@ -116,17 +117,16 @@ func (s *Source) Load(ctx context.Context, opts ...hushspec.Option) (*hushspec.P
 	if err != nil {
 		return nil, fmt.Errorf("load policy %s: %w", url, err)
 	}
-	objs, err := fetchChain(ctx, st, s.loc)
+	objs, versions, err := fetchChain(ctx, st, s.loc)
+	if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, hushspec.ErrExtendsUnresolved) || errors.Is(err, hushspec.ErrLimit) {
+		// The store answered: what it holds is refused until it changes.
+		s.mu.Lock()
+		s.versions = versions
+		s.mu.Unlock()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load policy %s: %w", url, err)
 	}
-	versions := map[string]string{}
-	for _, o := range objs {
-		versions[o.key] = o.version
-	}
-	s.mu.Lock()
-	s.versions = versions
-	s.mu.Unlock()
 
 	root := objs[0]
 	if s.loc.Pin != nil {
@@ -200,49 +200,51 @@ type object struct {
 // objects of its own store, and never a file of the machine reading it).
 // As for files, a name without an extension that does not exist is tried
 // with ".yaml", then ".yml".
-func fetchChain(ctx context.Context, st store, l *Location) ([]object, error) {
-	var objs []object
-	seen := map[string]bool{}
+//
+// versions holds the version of every object read, and "" for one the
+// store does not hold, so that its appearance is a change.
+func fetchChain(ctx context.Context, st store, l *Location) (objs []object, versions map[string]string, err error) {
+	versions = map[string]string{}
 	key := l.Key
 	for {
 		data, version, err := st.get(ctx, key, hushspec.MaxDocumentBytes)
 		if err != nil {
-			if len(objs) == 0 {
-				return nil, fmt.Errorf("read %s: %w", l.URL(key), err)
+			if errors.Is(err, ErrNotFound) {
+				versions[key] = ""
 			}
-			return nil, fmt.Errorf("read %s (extended by %s): %w", l.URL(key), l.URL(objs[len(objs)-1].key), err)
+			if len(objs) == 0 {
+				return nil, versions, fmt.Errorf("read %s: %w", l.URL(key), err)
+			}
+			return nil, versions, fmt.Errorf("read %s (extended by %s): %w", l.URL(key), l.URL(objs[len(objs)-1].key), err)
 		}
 		objs = append(objs, object{key: key, data: data, version: version})
-		seen[key] = true
+		versions[key] = version
 		ref, err := extendsRef(data)
 		if err != nil || ref == "" {
 			// A document that does not parse is hushspec's to report.
-			return objs, nil
+			return objs, versions, nil
 		}
 		from := l.URL(key)
 		if strings.Contains(ref, ":") || strings.HasPrefix(ref, "/") || strings.Contains(ref, `\`) {
-			return nil, fmt.Errorf("resolve extends %q in %s: %w: a policy in a store extends an object beside it by a relative name, within the same store", ref, from, hushspec.ErrExtendsUnresolved)
+			return nil, versions, fmt.Errorf("resolve extends %q in %s: %w: a policy in a store extends an object beside it by a relative name, within the same store", ref, from, hushspec.ErrExtendsUnresolved)
 		}
 		next := path.Clean(path.Join(path.Dir(key), ref))
 		if !filepath.IsLocal(next) {
-			return nil, fmt.Errorf("resolve extends %q in %s: %w: it leaves the root of %s", ref, from, hushspec.ErrExtendsUnresolved, l.Base())
+			return nil, versions, fmt.Errorf("resolve extends %q in %s: %w: it leaves the root of %s", ref, from, hushspec.ErrExtendsUnresolved, l.Base())
 		}
 		if len(objs) >= maxChain {
-			return nil, fmt.Errorf("resolve extends %q in %s: %w: chain longer than %d objects", ref, from, hushspec.ErrLimit, maxChain)
-		}
-		if seen[next] {
-			// hushspec reports the cycle with the chain it merges.
-			return objs, nil
+			return nil, versions, fmt.Errorf("resolve extends %q in %s: %w: chain longer than %d objects", ref, from, hushspec.ErrLimit, maxChain)
 		}
 		if path.Ext(next) == "" {
 			if found, err := firstExisting(ctx, st, next); err != nil {
-				return nil, fmt.Errorf("resolve extends %q in %s: %w", ref, from, err)
+				return nil, nil, fmt.Errorf("resolve extends %q in %s: %w", ref, from, err)
 			} else if found != "" {
 				next = found
 			}
-			if seen[next] {
-				return objs, nil
-			}
+		}
+		if _, seen := versions[next]; seen {
+			// hushspec reports the cycle with the chain it merges.
+			return objs, versions, nil
 		}
 		key = next
 	}
@@ -275,7 +277,8 @@ func extendsRef(data []byte) (string, error) {
 }
 
 // Changed asks the store for the version of every object the last load
-// read, and says whether one differs (or is gone). Before any load that
+// read, and says whether one differs (is gone, or, missing then, is there
+// now). Before any load that
 // read the objects, it says true: there is something to load. An error
 // (the store unreachable) says nothing about a change.
 func (s *Source) Changed(ctx context.Context) (bool, error) {
@@ -294,7 +297,7 @@ func (s *Source) Changed(ctx context.Context) (bool, error) {
 	for key, was := range versions {
 		v, err := st.version(ctx, key)
 		if errors.Is(err, ErrNotFound) {
-			return true, nil
+			v, err = "", nil // gone, or still missing
 		}
 		if err != nil {
 			return false, fmt.Errorf("check %s: %w", s.loc.URL(key), err)

@@ -184,10 +184,26 @@ func TestStoreExtends(t *testing.T) {
 				t.Errorf("extends %s (%q): err = %v; want ErrExtendsUnresolved naming the object", name, ref, err)
 			}
 		}
-		// A missing base names both objects.
+		// A missing base names both objects, is not retried while it is
+		// missing, and its appearance is a change.
 		put("orphan.yaml", "hushspec: \"0.1.0\"\nextends: nothing.yaml\n")
-		if _, err := Load(ctx, base+"orphan.yaml"); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), base+"nothing.yaml") {
+		orphan, err := New(base + "orphan.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer orphan.Close()
+		if _, err := orphan.Load(ctx); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), base+"nothing.yaml") {
 			t.Errorf("missing base: err = %v", err)
+		}
+		if c, err := orphan.Changed(ctx); err != nil || c {
+			t.Errorf("Changed = %v, %v while the base is still missing", c, err)
+		}
+		put("nothing.yaml", allowing("late.example.com"))
+		if c, err := orphan.Changed(ctx); err != nil || !c {
+			t.Errorf("Changed = %v, %v once the base exists", c, err)
+		}
+		if p, err := orphan.Load(ctx); err != nil || decide(p, "late.example.com") != hushspec.DecisionAllow {
+			t.Errorf("once the base exists: %v", err)
 		}
 		// A cycle is refused, with the store's names, not a local path's.
 		put("x.yaml", "hushspec: \"0.1.0\"\nextends: y.yaml\n")
