@@ -27,6 +27,9 @@ func newS3(ctx context.Context, bucket string) (*s3Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
 	}
+	if cfg.Region == "" {
+		return nil, fmt.Errorf("no AWS region: set AWS_REGION (ECS sets it) or region in the shared config")
+	}
 	// An S3-compatible store on an endpoint of its own rarely resolves
 	// bucket.host names: address buckets by path there. (AWS's own
 	// endpoints accept both.)

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil/emulator"
+	"github.com/backbay-labs/chio-agent/internal/testutil/fakes3"
 	"github.com/backbay-labs/chio-agent/internal/testutil/objstore"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
@@ -297,4 +299,16 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("%q parsed to %+v", s, l)
 		}
 	})
+}
+
+// TestS3NoRegion: without a region the SDK could only guess where the
+// bucket is; the load stops, saying what to set, before any request.
+func TestS3NoRegion(t *testing.T) {
+	fakes3.Env(t, "http://"+emulator.ClosedAddr(t))
+	t.Setenv("AWS_REGION", "")
+	t.Setenv("AWS_DEFAULT_REGION", "")
+	_, err := Load(ctxT(t), "s3://bucket/policy.yaml")
+	if err == nil || !strings.Contains(err.Error(), "AWS_REGION") || !strings.Contains(err.Error(), "s3://bucket/policy.yaml") {
+		t.Fatalf("err = %v; want it to name the object and AWS_REGION", err)
+	}
 }
