@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -310,5 +312,58 @@ func TestS3NoRegion(t *testing.T) {
 	_, err := Load(ctxT(t), "s3://bucket/policy.yaml")
 	if err == nil || !strings.Contains(err.Error(), "AWS_REGION") || !strings.Contains(err.Error(), "s3://bucket/policy.yaml") {
 		t.Fatalf("err = %v; want it to name the object and AWS_REGION", err)
+	}
+}
+
+// TestStoreOversizedObject: an object larger than a policy may be is
+// refused without reading it all (a bucket writer cannot exhaust memory).
+func TestStoreOversizedObject(t *testing.T) {
+	objstore.Each(t, func(t *testing.T, b objstore.Store) {
+		base, put := b.Bucket(t)
+		put("huge.yaml", "hushspec: \"0.1.0\"\n#"+strings.Repeat("x", hushspec.MaxDocumentBytes))
+		if _, err := Load(ctxT(t), base+"huge.yaml"); !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), base+"huge.yaml") {
+			t.Fatalf("err = %v; want ErrTooLarge naming the object", err)
+		}
+	})
+}
+
+// TestStoreStalled: a store that accepts and never answers cannot hold the
+// start: the load ends at its timeout, naming the object.
+func TestStoreStalled(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	fakes3.Env(t, "http://"+ln.Addr().String())
+	src, err := New("s3://bucket/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	src.Timeout = time.Second
+	_, err = src.Load(ctxT(t))
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "s3://bucket/policy.yaml") {
+		t.Fatalf("err = %v; want the deadline, naming the object", err)
 	}
 }
