@@ -14,7 +14,6 @@ import (
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
 	"github.com/backbay-labs/chio-agent/kernel/config"
-	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
 type runOptions struct {
@@ -85,9 +84,9 @@ override kernel.yaml.`,
 			}
 			var kube *agent.KubeOptions
 			if k := setup.cfg.Kubernetes; k != nil {
-				load := func(ctx context.Context, src string) (*hushspec.Policy, error) {
-					return config.LoadPolicy(ctx, src, setup.cfg.PanicFile)
-				}
+				// Object store policies are polled as the agent's own is.
+				srcs := config.NewPolicySources(ctx, setup.cfg.PanicFile, setup.policyWatch.Interval())
+				load := srcs.Load
 				// Every pod policy before anything is attached: a missing
 				// or invalid one stops the start (pods stay as the pinned
 				// state left them: refused, never decided by another).
@@ -95,7 +94,7 @@ override kernel.yaml.`,
 				if err != nil {
 					return err
 				}
-				kube = &agent.KubeOptions{Config: k, Policies: pols, LoadPolicy: load,
+				kube = &agent.KubeOptions{Config: k, Policies: pols, LoadPolicy: load, PolicyChanged: srcs.Changed,
 					// SIGHUP reads the section again: its policies,
 					// default_policy and exempt_namespaces.
 					ReloadConfig: func(context.Context) (*config.Kubernetes, error) {

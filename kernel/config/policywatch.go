@@ -2,6 +2,8 @@ package config
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/backbay-labs/chio-agent/internal/policysource"
@@ -75,4 +77,72 @@ func (w *PolicyWatch) Close() error {
 		return nil
 	}
 	return w.store.Close()
+}
+
+// PolicySources loads the many sources of kubernetes.policies (its Load is
+// a PolicyLoader) and polls each object store source among them, from its
+// first load until ctx ends, every interval, as PolicyWatch does for one:
+// Changed says, once per change, that one changed, without blocking.
+type PolicySources struct {
+	ctx       context.Context
+	panicFile string
+	interval  time.Duration
+
+	mu     sync.Mutex
+	stores map[string]*polledSource // by source
+}
+
+type polledSource struct {
+	src   *policysource.Source
+	dirty atomic.Bool
+}
+
+// NewPolicySources makes the loader of many sources; polling stops when ctx
+// ends. interval 0 is policysource.DefaultWatchInterval.
+func NewPolicySources(ctx context.Context, panicFile string, interval time.Duration) *PolicySources {
+	return &PolicySources{ctx: ctx, panicFile: panicFile, interval: interval, stores: map[string]*polledSource{}}
+}
+
+// Load loads source (LoadPolicy's rules); an object store source is polled
+// from its first load on.
+func (p *PolicySources) Load(ctx context.Context, source string) (*hushspec.Policy, error) {
+	if !policysource.IsStore(source) {
+		return LoadPolicy(ctx, source, p.panicFile)
+	}
+	p.mu.Lock()
+	ps := p.stores[source]
+	if ps == nil {
+		src, err := policysource.New(source)
+		if err != nil {
+			p.mu.Unlock()
+			return nil, err
+		}
+		ps = &polledSource{src: src}
+		p.stores[source] = ps
+		interval := p.interval
+		if interval <= 0 {
+			interval = policysource.DefaultWatchInterval
+		}
+		go func() {
+			src.Watch(p.ctx, interval, func() { ps.dirty.Store(true) }, nil)
+			src.Close()
+		}()
+	}
+	p.mu.Unlock()
+	var opts []hushspec.Option
+	if p.panicFile != "" {
+		opts = append(opts, hushspec.WithPanicSentinel(p.panicFile))
+	}
+	// A change seen while this load reads is the next reload's.
+	ps.dirty.Store(false)
+	return ps.src.Load(ctx, opts...)
+}
+
+// Changed says whether the object store source changed since its last
+// load, and forgets it (the caller reloads). False for other sources.
+func (p *PolicySources) Changed(source string) bool {
+	p.mu.Lock()
+	ps := p.stores[source]
+	p.mu.Unlock()
+	return ps != nil && ps.dirty.Swap(false)
 }
