@@ -157,38 +157,10 @@ func TestAPIProtectEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatalf("keygen: %v %s", err, keyOut)
 	}
-	ready := filepath.Join(dir, "ready")
 	db := filepath.Join(dir, "receipts.db")
-	cmd := exec.Command(bin, "api", "protect", "--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"),
-		"--listen", "127.0.0.1:0", "--ready-file", ready, "--key", filepath.Join(dir, "kernel.key"))
-	cmd.Env = append(os.Environ(), config.EnvPolicySource+"="+filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink+"=file://"+db,
-		config.EnvSigningKey+"=", config.EnvTrustedIssuerKey+"=", config.EnvTrustedIssuerKeys+"=", config.EnvKernelConfigPath+"=",
-		config.EnvSidecarControlToken+"=", config.EnvListenAddr+"=", config.EnvHealthPath+"=")
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	}()
-	var addr string
-	for addr == "" {
-		if b, err := os.ReadFile(ready); err == nil && strings.HasSuffix(string(b), "\n") {
-			addr = strings.TrimSpace(string(b))
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("sidecar exited before ready: %v\n%s", err, logs.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	sc := startSidecar(t, bin, sidecarEnv(config.EnvPolicySource+"="+filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink+"=file://"+db),
+		"--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"), "--key", filepath.Join(dir, "kernel.key"))
+	addr, logs := sc.addr, sc.logs
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 	get := func(method, path string) (*http.Response, string) {
 		req, _ := http.NewRequest(method, "http://"+addr+path, nil)
@@ -218,7 +190,7 @@ func TestAPIProtectEndToEnd(t *testing.T) {
 	}
 	// SIGHUP reloads the policy: getPet is no longer allowed.
 	os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(strings.Replace(apiPolicy, "[listPets, getPet]", "[listPets]", 1)), 0o600)
-	cmd.Process.Signal(syscall.SIGHUP)
+	sc.cmd.Process.Signal(syscall.SIGHUP)
 	for i := 0; ; i++ {
 		if resp, _ := get("GET", "/pets/1"); resp.StatusCode == 403 {
 			break
@@ -233,15 +205,7 @@ func TestAPIProtectEndToEnd(t *testing.T) {
 		t.Fatalf("api health: %v %s", err, out)
 	}
 
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("sidecar exit: %v\n%s", err, logs.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("sidecar did not stop on SIGTERM\n%s", logs.String())
-	}
+	sc.stop()
 	out, err := exec.Command(bin, "receipts", "verify", "--receipts", db).CombinedOutput()
 	if err != nil {
 		t.Fatalf("receipts verify: %v %s", err, out)
@@ -431,7 +395,9 @@ func (c *k8sContainer) envMap() (map[string]string, []string) {
 	return m, names
 }
 
-func TestDeployCloudRun(t *testing.T) {
+// cloudRunSidecar is the chio-sidecar container of the Cloud Run service.
+func cloudRunSidecar(t *testing.T) *k8sContainer {
+	t.Helper()
 	var svc struct {
 		Spec struct {
 			Template struct {
@@ -442,15 +408,17 @@ func TestDeployCloudRun(t *testing.T) {
 	if err := yaml.Unmarshal(readDeploy(t, "cloud-run/service.yaml"), &svc); err != nil {
 		t.Fatal(err)
 	}
-	var c *k8sContainer
 	for i := range svc.Spec.Template.Spec.Containers {
 		if svc.Spec.Template.Spec.Containers[i].Name == "chio-sidecar" {
-			c = &svc.Spec.Template.Spec.Containers[i]
+			return &svc.Spec.Template.Spec.Containers[i]
 		}
 	}
-	if c == nil {
-		t.Fatal("cloud-run: no chio-sidecar container")
-	}
+	t.Fatal("cloud-run: no chio-sidecar container")
+	return nil
+}
+
+func TestDeployCloudRun(t *testing.T) {
+	c := cloudRunSidecar(t)
 	env, names := c.envMap()
 	checkEnvNames(t, "cloud-run", names, config.SidecarEnv)
 	checkArgs(t, "cloud-run args", c.Args)

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/backbay-labs/chio-agent/internal/policysource"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/fakegcs"
@@ -35,6 +33,63 @@ func waitFor(t *testing.T, what string, logs *syncBuffer, cond func() bool) {
 			t.Fatalf("timed out waiting for %s\n%s", what, logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// sidecarProc is an `api protect` child serving on a loopback port.
+type sidecarProc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	exited chan error
+	// addr is where it serves, from its ready file.
+	addr string
+}
+
+// startSidecar runs `bin api protect ARGS --listen 127.0.0.1:0 --ready-file
+// F` with env and waits for its ready file; it is killed when t ends
+// unless stop stopped it.
+func startSidecar(t *testing.T, bin string, env []string, args ...string) *sidecarProc {
+	t.Helper()
+	ready := filepath.Join(t.TempDir(), "ready")
+	cmd := exec.Command(bin, append(append([]string{"api", "protect"}, args...), "--listen", "127.0.0.1:0", "--ready-file", ready)...)
+	cmd.Env = env
+	s := &sidecarProc{t: t, cmd: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = s.logs, s.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-s.exited
+		}
+	})
+	waitFor(t, "the sidecar's ready file", s.logs, func() bool {
+		select {
+		case err := <-s.exited:
+			t.Fatalf("sidecar exited before ready: %v\n%s", err, s.logs.String())
+		default:
+		}
+		b, err := os.ReadFile(ready)
+		s.addr = strings.TrimSpace(string(b))
+		return err == nil && strings.HasSuffix(string(b), "\n")
+	})
+	return s
+}
+
+// stop sends SIGTERM and fails t unless the sidecar exits cleanly.
+func (s *sidecarProc) stop() {
+	s.t.Helper()
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.exited:
+		if err != nil {
+			s.t.Fatalf("sidecar exit: %v\n%s", err, s.logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		s.t.Fatalf("sidecar did not stop on SIGTERM\n%s", s.logs.String())
 	}
 }
 
@@ -64,34 +119,11 @@ func TestAPIProtectStorePolicy(t *testing.T) {
 		defer api.Close()
 		spec := filepath.Join(dir, "openapi.yaml")
 		os.WriteFile(spec, []byte(apiSpec), 0o600)
-		ready, db := filepath.Join(dir, "ready"), filepath.Join(dir, "receipts.db")
-		cmd := exec.Command(bin, "api", "protect", "--upstream", api.URL, "--spec", spec, "--listen", "127.0.0.1:0", "--ready-file", ready)
-		cmd.Env = sidecarEnv(config.EnvPolicySource+"="+base+"chio/policy.yaml", config.EnvPolicyWatchInterval+"=50ms",
-			config.EnvReceiptSink+"="+db, config.EnvSigningKey+"="+strings.Repeat("07", 32))
-		logs := &syncBuffer{}
-		cmd.Stdout, cmd.Stderr = logs, logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		defer func() {
-			if cmd.ProcessState == nil {
-				cmd.Process.Kill()
-				<-exited
-			}
-		}()
-		var addr string
-		waitFor(t, "the sidecar's ready file", logs, func() bool {
-			select {
-			case err := <-exited:
-				t.Fatalf("sidecar exited before ready: %v\n%s", err, logs.String())
-			default:
-			}
-			b, err := os.ReadFile(ready)
-			addr = strings.TrimSpace(string(b))
-			return err == nil && strings.HasSuffix(string(b), "\n")
-		})
+		db := filepath.Join(dir, "receipts.db")
+		sc := startSidecar(t, bin, sidecarEnv(config.EnvPolicySource+"="+base+"chio/policy.yaml", config.EnvPolicyWatchInterval+"=50ms",
+			config.EnvReceiptSink+"="+db, config.EnvSigningKey+"="+strings.Repeat("07", 32)),
+			"--upstream", api.URL, "--spec", spec)
+		addr, logs := sc.addr, sc.logs
 		client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 		code := func(method, path string) int {
 			req, _ := http.NewRequest(method, "http://"+addr+path, nil)
@@ -117,15 +149,7 @@ func TestAPIProtectStorePolicy(t *testing.T) {
 		if code("GET", "/pets") != 200 || code("GET", "/pets/1") != 403 {
 			t.Fatalf("the policy in force changed when a broken one was refused\n%s", logs.String())
 		}
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Fatalf("sidecar exit: %v\n%s", err, logs.String())
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("sidecar did not stop on SIGTERM\n%s", logs.String())
-		}
+		sc.stop()
 		if out, err := exec.Command(bin, "receipts", "verify", "--receipts", db).CombinedOutput(); err != nil {
 			t.Fatalf("receipts verify: %v %s", err, out)
 		}
@@ -203,23 +227,8 @@ func TestRunStorePolicy(t *testing.T) {
 // sources work as written: an emulated store holding the named bucket and
 // object serves the policy the sidecar loads.
 func TestDeployStorePolicySources(t *testing.T) {
-	var svc struct {
-		Spec struct {
-			Template struct {
-				Spec k8sPodSpec `yaml:"spec"`
-			} `yaml:"template"`
-		} `yaml:"spec"`
-	}
-	if err := yaml.Unmarshal(readDeploy(t, "cloud-run/service.yaml"), &svc); err != nil {
-		t.Fatal(err)
-	}
-	var cloudRun string
-	for _, c := range svc.Spec.Template.Spec.Containers {
-		if c.Name == "chio-sidecar" {
-			env, _ := c.envMap()
-			cloudRun = env[config.EnvPolicySource]
-		}
-	}
+	env, _ := cloudRunSidecar(t).envMap()
+	cloudRun := env[config.EnvPolicySource]
 	var td struct {
 		ContainerDefinitions []struct {
 			Name        string                         `json:"name"`

@@ -26,6 +26,27 @@ func decide(p *hushspec.Policy, host string) string {
 	return p.Evaluate(hushspec.Action{Type: "egress", Target: host}).Decision
 }
 
+// newSource is New(url) for t, closed when t ends.
+func newSource(t *testing.T, url string) *Source {
+	t.Helper()
+	src, err := New(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src
+}
+
+// mustLoad loads src or fails t.
+func mustLoad(t *testing.T, ctx context.Context, src *Source) *hushspec.Policy {
+	t.Helper()
+	p, err := src.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
@@ -40,15 +61,8 @@ func TestStoreLoadChangeBreak(t *testing.T) {
 		ctx := ctxT(t)
 		base, put := b.Bucket(t)
 		put("policy.yaml", allowing("a.example.com"))
-		src, err := New(base + "policy.yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer src.Close()
-		p, err := src.Load(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		src := newSource(t, base+"policy.yaml")
+		p := mustLoad(t, ctx, src)
 		if decide(p, "a.example.com") != hushspec.DecisionAllow || decide(p, "b.example.com") != hushspec.DecisionDeny {
 			t.Fatal("the loaded policy does not decide as written")
 		}
@@ -60,10 +74,7 @@ func TestStoreLoadChangeBreak(t *testing.T) {
 		if c, err := src.Changed(ctx); err != nil || !c {
 			t.Fatalf("Changed = %v, %v after the object changed", c, err)
 		}
-		p, err = src.Load(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		p = mustLoad(t, ctx, src)
 		if decide(p, "b.example.com") != hushspec.DecisionAllow || decide(p, "a.example.com") != hushspec.DecisionDeny {
 			t.Fatal("the reloaded policy does not decide as the new object says")
 		}
@@ -72,7 +83,7 @@ func TestStoreLoadChangeBreak(t *testing.T) {
 		if c, err := src.Changed(ctx); err != nil || !c {
 			t.Fatalf("Changed = %v, %v after the broken write", c, err)
 		}
-		_, err = src.Load(ctx)
+		_, err := src.Load(ctx)
 		if err == nil || !errors.Is(err, hushspec.ErrInvalidPolicy) || !strings.Contains(err.Error(), base+"policy.yaml") {
 			t.Fatalf("broken policy: err = %v; want an invalid policy error naming the object", err)
 		}
@@ -86,12 +97,9 @@ func TestStoreLoadChangeBreak(t *testing.T) {
 // object and the cause.
 func TestStoreUnreachableAtStart(t *testing.T) {
 	objstore.Each(t, func(t *testing.T, b objstore.Store) {
-		src, err := New(b.Unreachable(t) + "policy.yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
+		src := newSource(t, b.Unreachable(t)+"policy.yaml")
 		src.Timeout = 5 * time.Second
-		_, err = src.Load(ctxT(t))
+		_, err := src.Load(ctxT(t))
 		if err == nil {
 			t.Fatal("loaded a policy from a store nothing serves")
 		}
@@ -151,15 +159,8 @@ func TestStoreExtends(t *testing.T) {
 		base, put := b.Bucket(t)
 		put("team/base.yaml", "hushspec: \"0.1.0\"\nrules:\n  egress:\n    allow: [base.example.com]\n    default: block\n  tool_access:\n    block: [shell]\n")
 		put("team/policy.yaml", "hushspec: \"0.1.0\"\nextends: base\nrules:\n  egress:\n    allow: [child.example.com]\n    default: block\n")
-		src, err := New(base + "team/policy.yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer src.Close()
-		p, err := src.Load(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		src := newSource(t, base+"team/policy.yaml")
+		p := mustLoad(t, ctx, src)
 		if decide(p, "child.example.com") != hushspec.DecisionAllow {
 			t.Fatal("the child's rule does not decide")
 		}
@@ -171,9 +172,7 @@ func TestStoreExtends(t *testing.T) {
 		if c, err := src.Changed(ctx); err != nil || !c {
 			t.Fatalf("Changed = %v, %v after the base changed", c, err)
 		}
-		if p, err = src.Load(ctx); err != nil {
-			t.Fatal(err)
-		}
+		p = mustLoad(t, ctx, src)
 		if p.Evaluate(hushspec.Action{Type: "tool_call", Target: "shell"}).Decision != hushspec.DecisionAllow {
 			t.Fatal("the changed base does not decide")
 		}
@@ -191,11 +190,7 @@ func TestStoreExtends(t *testing.T) {
 		// A missing base names both objects, is not retried while it is
 		// missing, and its appearance is a change.
 		put("orphan.yaml", "hushspec: \"0.1.0\"\nextends: nothing.yaml\n")
-		orphan, err := New(base + "orphan.yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer orphan.Close()
+		orphan := newSource(t, base+"orphan.yaml")
 		if _, err := orphan.Load(ctx); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), base+"nothing.yaml") {
 			t.Errorf("missing base: err = %v", err)
 		}
@@ -224,14 +219,8 @@ func TestStoreWatch(t *testing.T) {
 		ctx := ctxT(t)
 		base, put := b.Bucket(t)
 		put("policy.yaml", allowing("a.example.com"))
-		src, err := New(base + "policy.yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer src.Close()
-		if _, err := src.Load(ctx); err != nil {
-			t.Fatal(err)
-		}
+		src := newSource(t, base+"policy.yaml")
+		mustLoad(t, ctx, src)
 		changed := make(chan struct{}, 1)
 		var calls atomic.Int32
 		wctx, stop := context.WithCancel(ctx)
@@ -356,11 +345,7 @@ func TestStoreStalled(t *testing.T) {
 		}
 	}()
 	fakes3.Env(t, "http://"+ln.Addr().String())
-	src, err := New("s3://bucket/policy.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
+	src := newSource(t, "s3://bucket/policy.yaml")
 	src.Timeout = time.Second
 	_, err = src.Load(ctxT(t))
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "s3://bucket/policy.yaml") {

@@ -1,6 +1,8 @@
 package testutil
 
 import (
+	"fmt"
+	"net"
 	"os/exec"
 	"runtime"
 	"sync"
@@ -37,4 +39,16 @@ func StartChild(cmd *exec.Cmd) error {
 	done := make(chan error, 1)
 	spawnReqs <- spawnReq{cmd: cmd, done: done}
 	return <-done
+}
+
+// FreePort asks the kernel for a free loopback port for a server a test
+// starts. Another process could take it before the server binds; its start
+// then fails, loudly.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("pick a loopback port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }

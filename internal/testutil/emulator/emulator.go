@@ -58,7 +58,7 @@ type Proc struct {
 // Start runs bin with args(port) in dir (its working directory and log
 // file's) on a free loopback port and waits until that port accepts.
 func Start(name, bin, dir string, args func(port int) []string) (*Proc, error) {
-	port, err := FreePort()
+	port, err := testutil.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -136,17 +136,6 @@ func (p *Proc) Stop() {
 	<-done
 }
 
-// FreePort asks the kernel for a free loopback port. Another process could
-// take it before the emulator binds; its start then fails, loudly.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick a loopback port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // Shared starts one emulator per test binary with start, on its first
 // call; later calls return the same one (or its error). The process dies
 // with the test binary (Pdeathsig); its directory is left to the OS's
@@ -178,7 +167,7 @@ func (s *Shared[T]) Get(t testing.TB, start func(dir string) (T, error)) T {
 // a store there is unreachable.
 func ClosedAddr(t testing.TB) string {
 	t.Helper()
-	port, err := FreePort()
+	port, err := testutil.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -132,10 +132,10 @@ func start(bin, dir string, o Options) (*Cluster, error) {
 	c := &Cluster{bin: bin, dir: dir, Token: "chio-test-token", opts: o}
 	for i := 0; i < Size; i++ {
 		var err error
-		if c.ports[i], err = freePort(); err != nil {
+		if c.ports[i], err = testutil.FreePort(); err != nil {
 			return nil, err
 		}
-		if c.routes[i], err = freePort(); err != nil {
+		if c.routes[i], err = testutil.FreePort(); err != nil {
 			return nil, err
 		}
 	}
@@ -155,17 +155,6 @@ func start(bin, dir string, o Options) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
-}
-
-// freePort asks the kernel for a free loopback port. Another process could
-// take it before the server binds; the server's start then fails, loudly.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick a loopback port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func (c *Cluster) writeConfig(i int) error {
