@@ -35,6 +35,10 @@ type DaemonOptions struct {
 	WatchFile string
 	// WatchInterval is how often WatchFile is checked. Default 1s.
 	WatchInterval time.Duration
+	// PolicyChanged, when set, delivers a change of a policy source the
+	// daemon cannot stat (an object store's, polled by its watcher): each
+	// reloads the policy as a changed WatchFile does.
+	PolicyChanged <-chan struct{}
 	// Reload delivers reload requests (SIGHUP).
 	Reload <-chan os.Signal
 	// MetricsAddr, when set, serves Prometheus metrics (GET /metrics) on
@@ -242,6 +246,8 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			reloadAll("signal")
 		case r := <-reloadReqs:
 			r.done <- reloadAll("reload command")
+		case <-o.PolicyChanged:
+			reload("source changed")
 		case <-tick.C:
 			if kc != nil {
 				kc.reloadChanged(ctx) // the pods' policy files (reload.go)

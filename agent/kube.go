@@ -143,6 +143,12 @@ type KubeOptions struct {
 	// LoadPolicy loads a policy source, at start (without Policies) and on
 	// every reload. Default: config.LoadPolicy with no panic file.
 	LoadPolicy config.PolicyLoader
+	// PolicyChanged, when set, says (once per change) that a policy
+	// source the file watch cannot stat, an object store's, changed since
+	// LoadPolicy last loaded it (config.PolicySources.Changed); the file
+	// watch's tick then reloads it as it does a changed file. It must not
+	// block: the store is polled elsewhere.
+	PolicyChanged func(source string) bool
 	// ReloadConfig reads kernel.yaml's kubernetes: section again, on a
 	// reload signal: its policies, default_policy and exempt_namespaces
 	// apply (the others take a restart). Nil: the section is fixed, and a
@@ -217,6 +223,9 @@ type kube struct {
 	// reads the section again (KubeOptions.ReloadConfig), or is nil.
 	load      config.PolicyLoader
 	reloadCfg func(ctx context.Context) (*config.Kubernetes, error)
+	// changed reports a changed object store source
+	// (KubeOptions.PolicyChanged), or is nil.
+	changed func(source string) bool
 	// refuse is the kernel of refuseAllPolicy.
 	refuse *kernel.Kernel
 
@@ -308,7 +317,7 @@ func (a *Agent) startKube(ctx context.Context, o KubeOptions) (*kube, error) {
 	kc := &kube{a: a, k: o.Config, mount: o.Mount, selfUID: o.SelfUID, root: root, client: c,
 		log: a.opts.Logger.WithField("cri_socket", sock), synced: make(chan struct{}),
 		pods: map[string]*podEntry{}, owner: map[string]string{},
-		load: o.LoadPolicy, reloadCfg: o.ReloadConfig, refuse: refuseK, policies: policies}
+		load: o.LoadPolicy, reloadCfg: o.ReloadConfig, changed: o.PolicyChanged, refuse: refuseK, policies: policies}
 	a.mu.Lock()
 	a.kube = kc
 	a.mu.Unlock()

@@ -234,6 +234,10 @@ type kubeDaemon struct {
 	kube      *config.Kubernetes
 	reload    chan os.Signal
 	reloadCfg func(ctx context.Context) (*config.Kubernetes, error)
+	// loadPolicy and policyChanged, when set, are KubeOptions.LoadPolicy
+	// and PolicyChanged (object store policies).
+	loadPolicy    config.PolicyLoader
+	policyChanged func(string) bool
 	// hosts are the anti-spoofing answers; default api.allowed.test at gw.
 	hosts map[string][]netip.Addr
 
@@ -314,7 +318,8 @@ func (kd *kubeDaemon) start() {
 				kd.agent = a
 				kd.mu.Unlock()
 			},
-			Kubernetes: &KubeOptions{SelfUID: kd.selfUID, Config: kc, ReloadConfig: kd.reloadCfg},
+			Kubernetes: &KubeOptions{SelfUID: kd.selfUID, Config: kc, ReloadConfig: kd.reloadCfg,
+				LoadPolicy: kd.loadPolicy, PolicyChanged: kd.policyChanged},
 		})
 	}()
 	done := kd.done

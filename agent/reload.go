@@ -140,7 +140,8 @@ func (kc *kube) reloadAll(ctx context.Context) error {
 }
 
 // reloadChanged reloads the policies whose file changed since it was last
-// loaded (or tried), on the file watch's tick.
+// loaded (or tried), and those in object stores that kc.changed reports, on
+// the file watch's tick.
 func (kc *kube) reloadChanged(ctx context.Context) error {
 	kc.mu.Lock()
 	k := kc.k
@@ -149,15 +150,23 @@ func (kc *kube) reloadChanged(ctx context.Context) error {
 		was  fileStamp
 	}
 	files := map[string]file{}
+	others := map[string]string{} // name -> a source that is no local file
 	for name, pp := range kc.policies {
 		if f := config.PolicyFile(pp.source); f != "" {
 			files[name] = file{f, pp.stamp}
+		} else {
+			others[name] = pp.source
 		}
 	}
 	kc.mu.Unlock()
 	var changed []string
 	for name, f := range files {
 		if st, err := stamp(f.path); err == nil && st != f.was {
+			changed = append(changed, name)
+		}
+	}
+	for name, src := range others {
+		if kc.changed != nil && kc.changed(src) {
 			changed = append(changed, name)
 		}
 	}

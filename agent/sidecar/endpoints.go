@@ -329,7 +329,7 @@ func (s *Server) serveAdminReload(w http.ResponseWriter, r *http.Request) {
 // Reload loads the policy again from its source and puts it in force for
 // every later request. On error the policy in force stays.
 func (s *Server) Reload(ctx context.Context) (prev, next string, err error) {
-	p, err := config.LoadPolicy(ctx, s.set.PolicySource, s.set.PanicFile)
+	p, err := s.pol.Load(ctx)
 	if err != nil {
 		return "", "", fmt.Errorf("reload policy: %w", err)
 	}

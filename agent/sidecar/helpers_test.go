@@ -148,12 +148,23 @@ func settingsIn(dir, upstream, seed string) *config.SidecarSettings {
 // cleanup the sidecar stops and its whole receipt log is verified.
 func startFixture(t testing.TB, mutate func(*config.SidecarSettings)) *fixture {
 	t.Helper()
+	return startFixtureWith(t, mutate, nil)
+}
+
+// startFixtureWith is startFixture with the sidecar's options adjusted by
+// opts (a logger to read, say) too.
+func startFixtureWith(t testing.TB, mutate func(*config.SidecarSettings), opts func(*Options)) *fixture {
+	t.Helper()
 	f := &fixture{t: t, dir: t.TempDir(), upstream: newUpstream(t), key: newKey(t)}
 	f.set = baseSettings(t, f.dir, f.upstream.URL, f.key)
 	if mutate != nil {
 		mutate(f.set)
 	}
-	s, err := Start(context.Background(), Options{Settings: f.set, Version: "v-test"})
+	o := Options{Settings: f.set, Version: "v-test"}
+	if opts != nil {
+		opts(&o)
+	}
+	s, err := Start(context.Background(), o)
 	if err != nil {
 		t.Fatalf("start sidecar: %v", err)
 	}

@@ -119,6 +119,10 @@ type Server struct {
 	probe      *writeProbe
 	started    time.Time
 	serveDone  chan error
+	// pol loads the policy at start and on every reload; stopWatch ends
+	// its polling of an object store source.
+	pol       *config.PolicyWatch
+	stopWatch context.CancelFunc
 
 	// logFailed holds the error once the receipt log refuses all writes
 	// until reopened (receipts.ErrFailed): the sidecar stays unready.
@@ -186,7 +190,15 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err := s.checkEndpoints(); err != nil {
 		return nil, fmt.Errorf("start sidecar: %w", err)
 	}
-	policy, err := config.LoadPolicy(ctx, set.PolicySource, set.PanicFile)
+	if s.pol, err = set.OpenPolicy(); err != nil {
+		return nil, fmt.Errorf("start sidecar: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			s.pol.Close()
+		}
+	}()
+	policy, err := s.pol.Load(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("start sidecar: %w", err)
 	}
@@ -277,6 +289,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	go func() { s.serveDone <- s.srv.Serve(s.ln) }()
+	s.watchPolicy(ctx)
 	if opts.Ready != nil {
 		opts.Ready(s.ln.Addr())
 	}
@@ -294,6 +307,8 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // Close shuts the server down gracefully within ctx, then closes the
 // receipt log (committing and sealing what is queued).
 func (s *Server) Close(ctx context.Context) error {
+	s.stopWatch()
+	defer s.pol.Close()
 	err := s.srv.Shutdown(ctx)
 	if err != nil {
 		s.srv.Close()
@@ -324,6 +339,24 @@ func (s *Server) Close(ctx context.Context) error {
 
 // Sessions is the open session journal (for in-process readers and tests).
 func (s *Server) Sessions() *session.Journal { return s.sessions }
+
+// watchPolicy polls an object store policy source (s3://, gs://, azblob://)
+// until Close: a change is reloaded as a reload request is, and a policy
+// that does not load is refused and logged, the one in force staying.
+func (s *Server) watchPolicy(ctx context.Context) {
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopWatch = cancel
+	if !s.pol.Polled() {
+		return
+	}
+	go s.pol.Watch(wctx, func() {
+		if _, _, err := s.Reload(wctx); err != nil && wctx.Err() == nil {
+			s.log.WithError(err).Error("policy reload (source changed) refused; the previous policy stays in force")
+		}
+	}, func(err error) {
+		s.log.WithError(err).Warn("policy source unreachable: the policy in force stays; checking again")
+	})
+}
 
 // ReceiptLog is the open receipt log (for in-process readers and tests).
 func (s *Server) ReceiptLog() *receipts.Log { return s.rlog }

@@ -458,7 +458,7 @@ func TestStartRefuses(t *testing.T) {
 		{"invalid policy", func(s *config.SidecarSettings) {
 			s.PolicySource = writeFile(t, dir, "bad.yaml", "hushspec: \"0.1.0\"\nrulez: {}\n")
 		}, "rulez"},
-		{"unsupported policy scheme", func(s *config.SidecarSettings) { s.PolicySource = "gs://bucket/policy.yaml" }, "unsupported scheme"},
+		{"unsupported policy scheme", func(s *config.SidecarSettings) { s.PolicySource = "ftp://host/policy.yaml" }, "unsupported scheme"},
 		{"missing spec", func(s *config.SidecarSettings) { s.Spec = dir + "/none.yaml" }, "none.yaml"},
 		{"spec without operationId", func(s *config.SidecarSettings) {
 			s.Spec = writeFile(t, dir, "s1.yaml", "openapi: 3.1.0\npaths:\n  /x:\n    get: {summary: x}\n")

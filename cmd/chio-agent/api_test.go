@@ -72,7 +72,8 @@ func TestAPIProtectRefusesToStart(t *testing.T) {
 		{"no policy", nil, nil, "no policy"},
 		{"missing policy", []string{"--policy", filepath.Join(dir, "absent.yaml")}, nil, "absent.yaml"},
 		{"invalid policy", []string{"--policy", badPolicy}, nil, "tool_acess"},
-		{"gs policy", nil, map[string]string{config.EnvPolicySource: "gs://bucket/policy.yaml"}, `unsupported scheme "gs"`},
+		{"ftp policy", nil, map[string]string{config.EnvPolicySource: "ftp://host/policy.yaml"}, `unsupported scheme "ftp"`},
+		{"gs policy with a query", nil, map[string]string{config.EnvPolicySource: "gs://bucket/policy.yaml?generation=1"}, "a query is not part of an object name"},
 		{"s3 receipts", []string{"--policy", policy, "--receipts", "s3://bucket/receipts"}, nil, `unsupported scheme "s3"`},
 		{"bigquery receipts", []string{"--policy", policy}, map[string]string{config.EnvReceiptSink: "bigquery://p/d"}, `unsupported scheme "bigquery"`},
 		{"missing kernel config", []string{"--policy", policy}, map[string]string{config.EnvKernelConfigPath: filepath.Join(dir, "none.yaml")}, "none.yaml"},
@@ -151,11 +152,9 @@ func TestAPIProtectEndToEnd(t *testing.T) {
 		t.Fatalf("keygen: %v %s", err, keyOut)
 	}
 	db := filepath.Join(dir, "receipts.db")
-	p := startProtect(t, bin, []string{config.EnvPolicySource + "=" + filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink + "=file://" + db,
-		config.EnvSigningKey + "=", config.EnvTrustedIssuerKey + "=", config.EnvTrustedIssuerKeys + "=", config.EnvKernelConfigPath + "=",
-		config.EnvSidecarControlToken + "=", config.EnvListenAddr + "=", config.EnvHealthPath + "="},
+	sc := startProtect(t, bin, sidecarEnv(config.EnvPolicySource+"="+filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink+"=file://"+db),
 		"--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"), "--key", filepath.Join(dir, "kernel.key"))
-	cmd, logs, addr := p.cmd, p.logs, p.addr
+	addr, logs := sc.addr, sc.logs
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 	get := func(method, path string) (*http.Response, string) {
 		req, _ := http.NewRequest(method, "http://"+addr+path, nil)
@@ -185,7 +184,7 @@ func TestAPIProtectEndToEnd(t *testing.T) {
 	}
 	// SIGHUP reloads the policy: getPet is no longer allowed.
 	os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(strings.Replace(apiPolicy, "[listPets, getPet]", "[listPets]", 1)), 0o600)
-	cmd.Process.Signal(syscall.SIGHUP)
+	sc.cmd.Process.Signal(syscall.SIGHUP)
 	for i := 0; ; i++ {
 		if resp, _ := get("GET", "/pets/1"); resp.StatusCode == 403 {
 			break
@@ -200,7 +199,7 @@ func TestAPIProtectEndToEnd(t *testing.T) {
 		t.Fatalf("api health: %v %s", err, out)
 	}
 
-	p.stop(t)
+	sc.stop(t)
 	out, err := exec.Command(bin, "receipts", "verify", "--receipts", db).CombinedOutput()
 	if err != nil {
 		t.Fatalf("receipts verify: %v %s", err, out)
@@ -227,18 +226,19 @@ func petsAPI(t *testing.T) (dir string, api *httptest.Server) {
 // protectProcess is `chio-agent api protect` running as its own process.
 type protectProcess struct {
 	cmd    *exec.Cmd
-	logs   *strings.Builder
+	logs   *syncBuffer
 	addr   string
 	exited chan error
 }
 
 // startProtect runs bin api protect on a free loopback port with env added
-// to the test's environment, and waits for its ready file. The process is
+// to the test's environment (sidecarEnv clears the CHIO_* contract first),
+// and waits for its ready file. The process is
 // killed at cleanup unless stop ended it.
 func startProtect(t *testing.T, bin string, env []string, args ...string) *protectProcess {
 	t.Helper()
 	ready := filepath.Join(t.TempDir(), "ready")
-	p := &protectProcess{logs: &strings.Builder{}, exited: make(chan error, 1)}
+	p := &protectProcess{logs: &syncBuffer{}, exited: make(chan error, 1)}
 	p.cmd = exec.Command(bin, append([]string{"api", "protect", "--listen", "127.0.0.1:0", "--ready-file", ready}, args...)...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
@@ -459,7 +459,9 @@ func (c *k8sContainer) envMap() (map[string]string, []string) {
 	return m, names
 }
 
-func TestDeployCloudRun(t *testing.T) {
+// cloudRunSidecar is the chio-sidecar container of the Cloud Run service.
+func cloudRunSidecar(t *testing.T) *k8sContainer {
+	t.Helper()
 	var svc struct {
 		Spec struct {
 			Template struct {
@@ -470,15 +472,17 @@ func TestDeployCloudRun(t *testing.T) {
 	if err := yaml.Unmarshal(readDeploy(t, "cloud-run/service.yaml"), &svc); err != nil {
 		t.Fatal(err)
 	}
-	var c *k8sContainer
 	for i := range svc.Spec.Template.Spec.Containers {
 		if svc.Spec.Template.Spec.Containers[i].Name == "chio-sidecar" {
-			c = &svc.Spec.Template.Spec.Containers[i]
+			return &svc.Spec.Template.Spec.Containers[i]
 		}
 	}
-	if c == nil {
-		t.Fatal("cloud-run: no chio-sidecar container")
-	}
+	t.Fatal("cloud-run: no chio-sidecar container")
+	return nil
+}
+
+func TestDeployCloudRun(t *testing.T) {
+	c := cloudRunSidecar(t)
 	env, names := c.envMap()
 	checkEnvNames(t, "cloud-run", names, config.SidecarEnv)
 	checkArgs(t, "cloud-run args", c.Args)

@@ -14,7 +14,6 @@ import (
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/cgroupfs"
 	"github.com/backbay-labs/chio-agent/kernel/config"
-	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
 type runOptions struct {
@@ -85,9 +84,9 @@ override kernel.yaml.`,
 			}
 			var kube *agent.KubeOptions
 			if k := setup.cfg.Kubernetes; k != nil {
-				load := func(ctx context.Context, src string) (*hushspec.Policy, error) {
-					return config.LoadPolicy(ctx, src, setup.cfg.PanicFile)
-				}
+				// Object store policies are polled as the agent's own is.
+				srcs := config.NewPolicySources(ctx, setup.cfg.PanicFile, setup.policyWatch.Interval())
+				load := srcs.Load
 				// Every pod policy before anything is attached: a missing
 				// or invalid one stops the start (pods stay as the pinned
 				// state left them: refused, never decided by another).
@@ -95,7 +94,7 @@ override kernel.yaml.`,
 				if err != nil {
 					return err
 				}
-				kube = &agent.KubeOptions{Config: k, Policies: pols, LoadPolicy: load,
+				kube = &agent.KubeOptions{Config: k, Policies: pols, LoadPolicy: load, PolicyChanged: srcs.Changed,
 					// SIGHUP reads the section again: its policies,
 					// default_policy and exempt_namespaces.
 					ReloadConfig: func(context.Context) (*config.Kubernetes, error) {
@@ -119,13 +118,28 @@ override kernel.yaml.`,
 			if _, err := os.Stat(setup.policySource); err == nil {
 				watch = setup.policySource
 			}
+			// An object store policy (s3://, gs://, azblob://) is polled
+			// for its objects' versions; a change reloads it as a changed
+			// file does.
+			var policyChanged chan struct{}
+			if pw := setup.policyWatch; pw.Polled() {
+				policyChanged = make(chan struct{}, 1)
+				wctx, stop := context.WithCancel(ctx)
+				defer stop()
+				go pw.Watch(wctx, func() {
+					select {
+					case policyChanged <- struct{}{}:
+					default: // a reload is pending already
+					}
+				}, func(err error) {
+					setup.logger.WithError(err).Warn("policy source unreachable: the policy in force stays; checking again")
+				})
+			}
 			return agent.RunDaemon(ctx, agent.DaemonOptions{
 				Agent:        opts,
 				Workloads:    workloads,
 				StatusSocket: statusSocket(o.statusSocket, setup.cfg),
-				ReloadPolicy: func(ctx context.Context) (*hushspec.Policy, error) {
-					return config.LoadPolicy(ctx, setup.policySource, setup.cfg.PanicFile)
-				},
+				ReloadPolicy: setup.policyWatch.Load,
 				// SIGHUP reads kernel.yaml's workloads again (its other
 				// settings take a restart).
 				ReloadWorkloads: func(ctx context.Context) ([]agent.WorkloadSpec, error) {
@@ -142,12 +156,13 @@ override kernel.yaml.`,
 					}
 					return ws, nil
 				},
-				WatchFile:   watch,
-				Reload:      reloadSig,
-				ReadyFile:   o.readyFile,
-				MetricsAddr: config.Pick(nil, o.metricsAddr, "", ac.MetricsAddr, ""),
-				Version:     version,
-				Kubernetes:  kube,
+				WatchFile:     watch,
+				PolicyChanged: policyChanged,
+				Reload:        reloadSig,
+				ReadyFile:     o.readyFile,
+				MetricsAddr:   config.Pick(nil, o.metricsAddr, "", ac.MetricsAddr, ""),
+				Version:       version,
+				Kubernetes:    kube,
 			})
 		},
 	}

@@ -53,6 +53,10 @@ type nodeSetup struct {
 	logger       *logrus.Logger
 	shipping     *shipping
 	agentOpts    agent.Options
+
+	// policyWatch loads the policy, at start and on reloads, and polls an
+	// object store source for changes (run).
+	policyWatch *config.PolicyWatch
 }
 
 // nodeDefaults are what run and exec use when nothing names a setting: the
@@ -93,7 +97,10 @@ func (f *nodeFlags) resolve(ctx context.Context, defaultLevel, defaultFormat str
 	if s.logger, err = newLogger(c.LogLevel, config.Pick(nil, f.logFormat, "", "", defaultFormat), stderr); err != nil {
 		return nil, err
 	}
-	s.policy, err = config.LoadPolicy(ctx, s.policySource, c.PanicFile)
+	if s.policyWatch, err = c.OpenPolicy(); err != nil {
+		return nil, err
+	}
+	s.policy, err = s.policyWatch.Load(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -196,6 +203,9 @@ func (s *nodeSetup) defaultResolvers(path string) {
 }
 
 func (s *nodeSetup) close() error {
+	if s.policyWatch != nil {
+		s.policyWatch.Close()
+	}
 	if s.log == nil {
 		return nil
 	}

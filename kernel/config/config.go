@@ -34,8 +34,14 @@ type Config struct {
 	// Version of this format. 1, the default, is the only one.
 	Version int `yaml:"version"`
 	// Policy is where the HushSpec policy comes from: a path, file://PATH,
-	// or http(s)://URL. Env: CHIO_POLICY_SOURCE.
+	// http(s)://URL, or an object store: s3://BUCKET/KEY, gs://BUCKET/OBJECT,
+	// azblob://ACCOUNT/CONTAINER/BLOB (optionally #sha256:HEX pinned).
+	// Env: CHIO_POLICY_SOURCE.
 	Policy string `yaml:"policy"`
+	// PolicyWatchInterval is how often an object store policy's version is
+	// checked (a change reloads it). Default 30s. Env:
+	// CHIO_POLICY_WATCH_INTERVAL.
+	PolicyWatchInterval Duration `yaml:"policy_watch_interval"`
 	// PanicFile is the HushSpec panic sentinel: while it exists, every
 	// decision is deny. Default: none.
 	PanicFile string `yaml:"panic_file"`

@@ -47,8 +47,12 @@ type Common struct {
 	// Config is kernel.yaml as read, or an empty Config when none was.
 	// Never nil.
 	Config *Config
-	// PolicySource is a path, file:// or http(s):// URL (scheme checked).
+	// PolicySource is a path, file:// or http(s):// URL, or an s3://,
+	// gs:// or azblob:// object (scheme and syntax checked).
 	PolicySource string
+	// PolicyWatchInterval is how often an object store policy is checked
+	// for a change; 0 means policysource.DefaultWatchInterval.
+	PolicyWatchInterval time.Duration
 	// PanicFile is the HushSpec panic sentinel, or "".
 	PanicFile string
 	// ReceiptPath is the bbolt file of the receipt log.
@@ -126,6 +130,15 @@ func Resolve(ctx context.Context, f Flags, d Defaults, lookup func(string) (stri
 		return nil, err
 	}
 	c.PanicFile = cfg.PanicFile
+	if v := Env(lookup, EnvPolicyWatchInterval); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("%s: %q is not a positive duration like 30s", EnvPolicyWatchInterval, v)
+		}
+		c.PolicyWatchInterval = d
+	} else {
+		c.PolicyWatchInterval = cfg.PolicyWatchInterval.D(0)
+	}
 
 	path, servers, err := ResolveSink(Pick(lookup, f.Receipts, EnvReceiptSink, cfg.Receipts.Sink, ""), &cfg.Receipts, d.Receipts)
 	if err != nil {

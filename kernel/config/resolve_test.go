@@ -71,7 +71,9 @@ func TestResolveFlagsBeatEnvBeatFile(t *testing.T) {
 		{Flags{Policy: "/p", KeyFile: "/k", LogLevel: "loud"}, nil, "log level"},
 		{Flags{Policy: "/p", KeyFile: "/k", ReceiptMode: "later"}, nil, "receipt mode"},
 		{Flags{Policy: "/p"}, map[string]string{EnvSigningKey: "xyz"}, EnvSigningKey},
-		{Flags{Policy: "s3://b/p", KeyFile: "/k"}, nil, `"s3"`},
+		{Flags{Policy: "ftp://b/p", KeyFile: "/k"}, nil, `"ftp"`},
+		{Flags{Policy: "azblob://account/container", KeyFile: "/k"}, nil, "ACCOUNT/CONTAINER/BLOB"},
+		{Flags{Policy: "s3://b/p", KeyFile: "/k"}, map[string]string{EnvPolicyWatchInterval: "-1s"}, EnvPolicyWatchInterval},
 	} {
 		if _, err := Resolve(context.Background(), tc.f, d, env(tc.e)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v %v: err %v, want %q", tc.f, tc.e, err, tc.want)

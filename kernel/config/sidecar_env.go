@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/backbay-labs/chio-agent/internal/policysource"
 	"github.com/backbay-labs/chio-agent/kernel"
 )
 
@@ -17,6 +18,7 @@ const (
 	EnvHealthPath             = "CHIO_HEALTH_PATH"
 	EnvKernelConfigPath       = "CHIO_KERNEL_CONFIG_PATH"
 	EnvPolicySource           = "CHIO_POLICY_SOURCE"
+	EnvPolicyWatchInterval    = "CHIO_POLICY_WATCH_INTERVAL"
 	EnvReceiptSink            = "CHIO_RECEIPT_SINK"
 	EnvSigningKey             = kernel.EnvSigningKey
 	EnvCapabilityAuthorityURL = "CHIO_CAPABILITY_AUTHORITY_URL"
@@ -30,7 +32,7 @@ const (
 // Deployment manifests for the sidecar may name these and no others (their
 // drift tests check it).
 var SidecarEnv = append([]string{
-	EnvListenAddr, EnvHealthPath, EnvKernelConfigPath, EnvPolicySource, EnvReceiptSink,
+	EnvListenAddr, EnvHealthPath, EnvKernelConfigPath, EnvPolicySource, EnvPolicyWatchInterval, EnvReceiptSink,
 	EnvSigningKey, EnvCapabilityAuthorityURL, EnvLogLevel, EnvTrustedIssuerKey,
 	EnvTrustedIssuerKeys, EnvSidecarControlToken,
 }, SessionEnv...)
@@ -38,7 +40,7 @@ var SidecarEnv = append([]string{
 // NodeAgentEnv is the part of the contract `run` and `exec` read: the node
 // agent has no listener of its own to configure, no capability tokens and
 // no admin surface.
-var NodeAgentEnv = []string{EnvKernelConfigPath, EnvPolicySource, EnvReceiptSink, EnvSigningKey, EnvLogLevel}
+var NodeAgentEnv = []string{EnvKernelConfigPath, EnvPolicySource, EnvPolicyWatchInterval, EnvReceiptSink, EnvSigningKey, EnvLogLevel}
 
 // MinControlTokenBytes is the shortest CHIO_SIDECAR_CONTROL_TOKEN accepted:
 // a short token on a network-reachable admin surface is guessable.
@@ -193,7 +195,13 @@ func CheckPolicyScheme(source string) error {
 	case "file", "http", "https":
 		return nil
 	}
-	return fmt.Errorf("policy source: %w %q in %q (this build reads a path, file:// and http(s)://)", ErrUnsupportedScheme, scheme, source)
+	if policysource.IsStore(source) {
+		if _, err := policysource.Parse(source); err != nil {
+			return fmt.Errorf("policy source: %w", err)
+		}
+		return nil
+	}
+	return fmt.Errorf("policy source: %w %q in %q (%s)", ErrUnsupportedScheme, scheme, source, readsPolicies)
 }
 
 // localPath accepts a path or file://PATH and refuses other schemes.

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/backbay-labs/chio-agent/internal/policysource"
 )
 
 const seedHex = "0101010101010101010101010101010101010101010101010101010101010101"
@@ -116,8 +118,13 @@ func TestResolveSidecarRefuses(t *testing.T) {
 		is     error
 	}{
 		{"no policy", func(f *SidecarFlags, _ map[string]string) { f.Policy = "" }, "no policy", nil},
-		{"gs policy", func(f *SidecarFlags, _ map[string]string) { f.Policy = "gs://b/p.yaml" }, `"gs"`, ErrUnsupportedScheme},
-		{"s3 policy from env", func(f *SidecarFlags, e map[string]string) { f.Policy = ""; e[EnvPolicySource] = "s3://b/p.yaml" }, `"s3"`, ErrUnsupportedScheme},
+		{"ftp policy", func(f *SidecarFlags, _ map[string]string) { f.Policy = "ftp://b/p.yaml" }, `"ftp"`, ErrUnsupportedScheme},
+		{"gs policy above its bucket", func(f *SidecarFlags, _ map[string]string) { f.Policy = "gs://b/../p.yaml" }, "not a clean relative path", policysource.ErrBadSource},
+		{"s3 policy from env with a bad pin", func(f *SidecarFlags, e map[string]string) {
+			f.Policy = ""
+			e[EnvPolicySource] = "s3://b/p.yaml#sha256:00"
+		}, "pin", policysource.ErrBadSource},
+		{"bad watch interval", func(_ *SidecarFlags, e map[string]string) { e[EnvPolicyWatchInterval] = "soon" }, EnvPolicyWatchInterval, nil},
 		{"bigquery sink", func(_ *SidecarFlags, e map[string]string) { e[EnvReceiptSink] = "bigquery://proj/ds" }, `"bigquery"`, ErrUnsupportedScheme},
 		{"dynamodb sink", func(f *SidecarFlags, _ map[string]string) { f.Receipts = "dynamodb://table" }, `"dynamodb"`, ErrUnsupportedScheme},
 		{"http spec", func(f *SidecarFlags, _ map[string]string) { f.Spec = "https://x/spec.yaml" }, "spec", ErrUnsupportedScheme},
@@ -147,7 +154,7 @@ func TestResolveSidecarRefuses(t *testing.T) {
 }
 
 func TestEnvContractLists(t *testing.T) {
-	want := "CHIO_LISTEN_ADDR CHIO_HEALTH_PATH CHIO_KERNEL_CONFIG_PATH CHIO_POLICY_SOURCE CHIO_RECEIPT_SINK CHIO_SIGNING_KEY CHIO_CAPABILITY_AUTHORITY_URL CHIO_LOG_LEVEL CHIO_TRUSTED_ISSUER_KEY CHIO_TRUSTED_ISSUER_KEYS CHIO_SIDECAR_CONTROL_TOKEN CHIO_SESSION_HEADER CHIO_SESSION_JOURNAL CHIO_SESSION_MAX_CALLS CHIO_SESSION_MAX_CALLS_PER_TOOL CHIO_SESSION_MAX_REQUEST_BYTES CHIO_SESSION_MAX_RESPONSE_BYTES CHIO_SESSION_IDLE_EXPIRY CHIO_SESSION_PEERS CHIO_SESSION_SELF CHIO_SESSION_PEER_TOKEN CHIO_SESSION_REDIRECT"
+	want := "CHIO_LISTEN_ADDR CHIO_HEALTH_PATH CHIO_KERNEL_CONFIG_PATH CHIO_POLICY_SOURCE CHIO_POLICY_WATCH_INTERVAL CHIO_RECEIPT_SINK CHIO_SIGNING_KEY CHIO_CAPABILITY_AUTHORITY_URL CHIO_LOG_LEVEL CHIO_TRUSTED_ISSUER_KEY CHIO_TRUSTED_ISSUER_KEYS CHIO_SIDECAR_CONTROL_TOKEN CHIO_SESSION_HEADER CHIO_SESSION_JOURNAL CHIO_SESSION_MAX_CALLS CHIO_SESSION_MAX_CALLS_PER_TOOL CHIO_SESSION_MAX_REQUEST_BYTES CHIO_SESSION_MAX_RESPONSE_BYTES CHIO_SESSION_IDLE_EXPIRY CHIO_SESSION_PEERS CHIO_SESSION_SELF CHIO_SESSION_PEER_TOKEN CHIO_SESSION_REDIRECT"
 	if got := strings.Join(SidecarEnv, " "); got != want {
 		t.Fatalf("SidecarEnv = %s\nwant        %s", got, want)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/internal/policysource"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
@@ -18,10 +19,15 @@ const MaxPolicyBytes = 1 << 20
 // ErrUnsupportedScheme means a source names a scheme this build cannot read.
 var ErrUnsupportedScheme = fmt.Errorf("unsupported scheme")
 
+// readsPolicies names the policy sources this build reads, for errors.
+const readsPolicies = "this build reads a path, file://, http(s)://, s3://, gs:// and azblob://"
+
 // LoadPolicy loads the HushSpec policy a source names: a path, file://PATH,
-// or http(s)://URL (fetched with a timeout and a size bound; such a policy
-// cannot use `extends`, which names files). panicFile, when set, is the
-// panic sentinel.
+// http(s)://URL (fetched with a timeout and a size bound; such a policy
+// cannot use `extends`, which names files), or an object in a store,
+// s3://, gs:// or azblob:// (internal/policysource: the cloud's SDK and
+// default credentials, `extends` within the store, an optional #sha256:
+// pin). panicFile, when set, is the panic sentinel.
 func LoadPolicy(ctx context.Context, source, panicFile string) (*hushspec.Policy, error) {
 	opts := []hushspec.Option{hushspec.WithContext(ctx)}
 	if panicFile != "" {
@@ -47,9 +53,11 @@ func LoadPolicy(ctx context.Context, source, panicFile string) (*hushspec.Policy
 			return nil, err
 		}
 		return hushspec.Parse(data, append(opts, hushspec.WithFilename(source))...)
+	case "s3", "gs", "azblob":
+		return policysource.Load(ctx, source, opts...)
 	default:
 		_ = rest
-		return nil, fmt.Errorf("load policy: %w %q in %q (this build reads a path, file:// and http(s)://)", ErrUnsupportedScheme, scheme, source)
+		return nil, fmt.Errorf("load policy: %w %q in %q (%s)", ErrUnsupportedScheme, scheme, source, readsPolicies)
 	}
 }
 

@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -143,10 +142,10 @@ func start(bin, dir string, o Options) (*Cluster, error) {
 	c := &Cluster{bin: bin, dir: dir, Token: "chio-test-token", opts: o}
 	for i := 0; i < Size; i++ {
 		var err error
-		if c.ports[i], err = freePort(); err != nil {
+		if c.ports[i], err = testutil.FreePort(); err != nil {
 			return nil, err
 		}
-		if c.routes[i], err = freePort(); err != nil {
+		if c.routes[i], err = testutil.FreePort(); err != nil {
 			return nil, err
 		}
 	}
@@ -166,17 +165,6 @@ func start(bin, dir string, o Options) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
-}
-
-// freePort asks the kernel for a free loopback port. Another process could
-// take it before the server binds; the server's start then fails, loudly.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick a loopback port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func (c *Cluster) writeConfig(i int) error {
@@ -223,7 +211,7 @@ func (c *Cluster) spawn(i int) error {
 	c.logs[i] = filepath.Join(c.dir, fmt.Sprintf("n%d", i), "server.log")
 	cmd := exec.Command(c.bin, "-c", c.confPath(i), "-l", c.logs[i])
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := startOnSpawner(cmd); err != nil {
+	if err := testutil.StartChild(cmd); err != nil {
 		return fmt.Errorf("start nats-server n%d: %w", i, err)
 	}
 	done := make(chan struct{})
@@ -396,36 +384,6 @@ func (c *Cluster) Messages(t testing.TB, stream string) []*jetstream.RawStreamMs
 		out = append(out, m)
 	}
 	return out
-}
-
-// Pdeathsig kills a child when the thread that started it ends, and Go
-// ends a thread when a goroutine locked to it (a network namespace
-// helper, say) returns without unlocking. So servers are started from one
-// goroutine locked to its thread for the life of the test binary: they die
-// with the binary, never with an unrelated thread.
-var (
-	spawnOnce sync.Once
-	spawnReqs chan spawnReq
-)
-
-type spawnReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-func startOnSpawner(cmd *exec.Cmd) error {
-	spawnOnce.Do(func() {
-		spawnReqs = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread() // never unlocked: this thread lives as long as the binary
-			for r := range spawnReqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	spawnReqs <- spawnReq{cmd: cmd, done: done}
-	return <-done
 }
 
 // CPUTime is the CPU time (user and system) the running servers have used

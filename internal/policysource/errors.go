@@ -1,0 +1,17 @@
+package policysource
+
+import "errors"
+
+var (
+	// ErrNotStore is a source that names no object store scheme (s3, gs,
+	// azblob).
+	ErrNotStore = errors.New("not an object store source")
+	// ErrBadSource is a store URL that does not name one object.
+	ErrBadSource = errors.New("invalid policy source")
+	// ErrNotFound is an object the store does not hold.
+	ErrNotFound = errors.New("object not found")
+	// ErrPinMismatch is content whose SHA-256 is not the source's pin.
+	ErrPinMismatch = errors.New("content does not match the sha256 pin")
+	// ErrTooLarge is an object larger than a policy may be.
+	ErrTooLarge = errors.New("object too large")
+)

@@ -1,0 +1,127 @@
+package policysource
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"path"
+	"path/filepath"
+	"strings"
+)
+
+// Schemes are the object store schemes a Source reads.
+var Schemes = []string{"s3", "gs", "azblob"}
+
+// IsStore says whether source names an object store scheme.
+func IsStore(source string) bool {
+	scheme, _, ok := strings.Cut(source, "://")
+	if !ok {
+		return false
+	}
+	for _, s := range Schemes {
+		if scheme == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Location is one object in a store, parsed from its URL.
+type Location struct {
+	// Scheme is s3, gs or azblob.
+	Scheme string
+	// Bucket is the S3 or GCS bucket; for azblob the storage account.
+	Bucket string
+	// Container is azblob's container; "" for the others.
+	Container string
+	// Key is the object's name within the bucket (container), a clean
+	// relative path.
+	Key string
+	// Pin is the SHA-256 the content must have, or nil.
+	Pin []byte
+}
+
+// Parse checks a store URL without reaching the store: the scheme, a
+// bucket, an object name that is a clean relative path (no "." or ".."
+// segments, no empty ones: `extends` resolves beside it), no query, and an
+// optional #sha256:<64 hex> pin. Percent-encoding in the name is decoded.
+func Parse(source string) (*Location, error) {
+	if !IsStore(source) {
+		return nil, fmt.Errorf("parse policy source %q: %w", Redact(source), ErrNotStore)
+	}
+	u, err := url.Parse(source)
+	if err != nil {
+		return nil, fmt.Errorf("parse policy source %q: %w: %v", Redact(source), ErrBadSource, err)
+	}
+	bad := func(format string, args ...any) (*Location, error) {
+		return nil, fmt.Errorf("parse policy source %q: %w: %s", Redact(source), ErrBadSource, fmt.Sprintf(format, args...))
+	}
+	if u.User != nil {
+		return bad("credentials do not belong in the URL (each cloud's SDK finds its own)")
+	}
+	if u.Port() != "" {
+		return bad("a bucket name has no port (point the SDK at another endpoint with its environment variable)")
+	}
+	if u.RawQuery != "" || u.ForceQuery {
+		return bad("a query is not part of an object name (percent-encode '?' as %%3F)")
+	}
+	l := &Location{Scheme: u.Scheme, Bucket: u.Host}
+	if l.Bucket == "" {
+		return bad("no bucket")
+	}
+	name := strings.TrimPrefix(u.Path, "/")
+	if l.Scheme == "azblob" {
+		container, blob, ok := strings.Cut(name, "/")
+		if !ok || container == "" {
+			return bad("want azblob://ACCOUNT/CONTAINER/BLOB")
+		}
+		l.Container, name = container, blob
+	}
+	if name == "" {
+		return bad("no object name")
+	}
+	if path.Clean(name) != name || !filepath.IsLocal(name) || strings.HasSuffix(name, "/") {
+		return bad("object name %q is not a clean relative path (no '.', '..' or empty segments)", name)
+	}
+	l.Key = name
+	if u.Fragment != "" {
+		hexPin, ok := strings.CutPrefix(u.Fragment, "sha256:")
+		pin, err := hex.DecodeString(hexPin)
+		if !ok || err != nil || len(pin) != 32 {
+			return bad("fragment %q: the only fragment is a pin, #sha256:<64 hex digits>", u.Fragment)
+		}
+		l.Pin = pin
+	}
+	return l, nil
+}
+
+// Base is the store's root as a URL prefix (ending in "/"): the part of
+// every object URL before its key.
+func (l *Location) Base() string {
+	if l.Container != "" {
+		return l.Scheme + "://" + l.Bucket + "/" + l.Container + "/"
+	}
+	return l.Scheme + "://" + l.Bucket + "/"
+}
+
+// URL names the object key of l's store.
+func (l *Location) URL(key string) string { return l.Base() + key }
+
+// String is l's URL, with its pin.
+func (l *Location) String() string {
+	s := l.URL(l.Key)
+	if l.Pin != nil {
+		s += "#sha256:" + hex.EncodeToString(l.Pin)
+	}
+	return s
+}
+
+// Redact drops anything after the scheme's authority that could be a
+// secret by mistake (user info); object names are no secret.
+func Redact(source string) string {
+	u, err := url.Parse(source)
+	if err != nil || u.User == nil {
+		return source
+	}
+	return u.Redacted()
+}
