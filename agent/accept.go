@@ -81,9 +81,13 @@ type conn struct {
 	// hash.
 	snap kernel.Snapshot
 	// pending says the connection holds a pending slot; relaying says it
-	// holds a relay slot instead.
+	// holds a relay slot instead (or as well, from an early dial until the
+	// decision).
 	pending, relaying bool
 	sniff             sniff.Sniffed
+	// early, when not nil, is where the upstream dial started before the
+	// first bytes arrives (kernel.PreDial); finish takes it on every path.
+	early chan dialResult
 	// eg is the connection as decided: the event (as far as the datapath
 	// told it, until the decision adds what the first bytes said) and the
 	// outcome.
@@ -102,6 +106,17 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, orig bpf.Original, w
 
 	seen := p.seen(cn, c.LocalAddr().(*net.TCPAddr).AddrPort())
 	if !seen.ToOwnListener() {
+		if cn.snap.PreDial(&seen) && p.admitRelay(w) == "" {
+			// The destination is one the workload could reach anyway under
+			// a name it may send (kernel.PreDial): dial it while the first
+			// bytes arrive. finish uses it if they are allowed, and resets
+			// it unused if not. It holds a relay slot from now, as it holds
+			// an upstream socket: a connection that could not have been
+			// relayed is not dialled early (with no slot free, the bound is
+			// applied after the decision, as without an early dial).
+			cn.relaying = true
+			cn.early = p.dialAsync(ctx, cn)
+		}
 		sn, err := sniff.Sniff(c, sniff.Options{Deadline: p.timeouts.FirstBytes, MaxBytes: p.limits.HeadBytes})
 		cn.sniff = sn
 		seen.Sniffed, seen.SniffErr, seen.ClientGone = &cn.sniff, err, err != nil && isClientGone(err)

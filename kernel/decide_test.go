@@ -221,3 +221,101 @@ func TestSnapshotDecidesAndRecordsUnderOnePolicy(t *testing.T) {
 func (e *EgressEvent) sniffedForTest() *sniff.Sniffed {
 	return &sniff.Sniffed{Protocol: sniff.ProtocolTLS, Stop: sniff.StopComplete, SNI: e.SNI}
 }
+
+// TestPreDial is the choice to dial before the first bytes, as a table: it
+// may say yes only where some first message the workload could send is
+// allowed by DecideEgress to the same destination (checked for every yes),
+// so that an early dial reaches nothing the workload could not reach. It may
+// say no where one is (port 0, refused in the kernel anyway).
+func TestPreDial(t *testing.T) {
+	panicFile := filepath.Join(t.TempDir(), "panic")
+	pol, err := hushspec.Parse([]byte(decidePolicy), hushspec.WithPanicSentinel(panicFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := func(ip string, port uint16) EgressEvent {
+		return EgressEvent{IP: netip.MustParseAddr(ip), Port: port, Transport: TransportTCP, Workload: WorkloadIdentity{Name: "unit/wl"}}
+	}
+	defaultAllow, err := hushspec.Parse([]byte(strings.Replace(decidePolicy, "default: block", "default: allow", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	decided := Outcome{Verdict: VerdictDeny, Guard: GuardPodPolicy, Reason: "no such policy"}
+	cases := []struct {
+		name         string
+		seen         Seen
+		names        []string // the names the address belongs to, without a lookup
+		panic        bool
+		defaultAllow bool // decided by decidePolicy with a default of allow
+		want         bool
+	}{
+		{name: "address of an allowed name", seen: Seen{Event: dst("127.0.0.5", 443)}, names: []string{"api.allowed.test"}, want: true},
+		{name: "address of a blocked and an allowed name", seen: Seen{Event: dst("127.0.0.5", 443)}, names: []string{"blocked.test", "api.allowed.test"}, want: true},
+		{name: "address of a blocked name only", seen: Seen{Event: dst("127.0.0.5", 443)}, names: []string{"blocked.test"}},
+		{name: "address of an unlisted name (default block)", seen: Seen{Event: dst("127.0.0.5", 443)}, names: []string{"other.test"}},
+		{name: "address no name owns (an allowed SNI could be sent to it: never dialled early)", seen: Seen{Event: dst("127.0.0.6", 443)}},
+		{name: "allowed IP literal, no name", seen: Seen{Event: dst("127.0.0.7", 22)}, want: true},
+		{name: "allowed IP literal, v4-mapped", seen: Seen{Event: dst("::ffff:127.0.0.7", 22)}, want: true},
+		// Decided as the name it sends, as DecideEgress does (the kernel's
+		// static verdicts refuse the connect itself before the proxy).
+		{name: "blocked IP literal under an allowed name", seen: Seen{Event: dst("127.0.0.9", 443)}, names: []string{"api.allowed.test"}, want: true},
+		{name: "blocked IP literal, no name", seen: Seen{Event: dst("127.0.0.9", 443)}},
+		{name: "allowed name, port not allowed", seen: Seen{Event: dst("127.0.0.5", 25), AllowPorts: []uint16{80, 443}}, names: []string{"api.allowed.test"}},
+		{name: "allowed IP literal, port not allowed", seen: Seen{Event: dst("127.0.0.7", 25), AllowPorts: []uint16{80, 443}}},
+		{name: "allowed name, allowed port", seen: Seen{Event: dst("127.0.0.5", 443), AllowPorts: []uint16{80, 443}}, names: []string{"api.allowed.test"}, want: true},
+		{name: "port 0", seen: Seen{Event: dst("127.0.0.7", 0)}},
+		{name: "the agent's own listener", seen: Seen{Event: dst("127.0.0.7", 15001), Listener: netip.MustParseAddrPort("127.0.0.7:15001")}},
+		{name: "the agent's own listener, v4-mapped", seen: Seen{Event: dst("::ffff:127.0.0.7", 15001), Listener: netip.MustParseAddrPort("127.0.0.7:15001")}},
+		{name: "decided already (a pod with no known policy)", seen: Seen{Event: dst("127.0.0.5", 443), Decided: &decided}, names: []string{"api.allowed.test"}},
+		{name: "panic file", seen: Seen{Event: dst("127.0.0.5", 443)}, names: []string{"api.allowed.test"}, panic: true},
+		{name: "panic file, allowed IP literal", seen: Seen{Event: dst("127.0.0.7", 22)}, panic: true},
+		// Under a default of allow, an address no name owns is reachable by
+		// its literal, but an allowed name spoofed to it must cause no dial.
+		{name: "default allow, address no name owns", seen: Seen{Event: dst("127.0.0.6", 443)}, defaultAllow: true},
+		{name: "default allow, IP literal with a pattern", seen: Seen{Event: dst("127.0.0.7", 443)}, defaultAllow: true, want: true},
+		{name: "default allow, an unlisted name owns it", seen: Seen{Event: dst("127.0.0.6", 443)}, names: []string{"other.test"}, defaultAllow: true, want: true},
+		{name: "default allow, a blocked name owns it", seen: Seen{Event: dst("127.0.0.6", 443)}, names: []string{"blocked.test"}, defaultAllow: true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.panic {
+				if err := os.WriteFile(panicFile, nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				defer os.Remove(panicFile)
+			}
+			pol := pol
+			if c.defaultAllow {
+				pol = defaultAllow
+			}
+			if got := PreDial(pol, &c.seen, c.names); got != c.want {
+				t.Fatalf("PreDial = %v; want %v", got, c.want)
+			}
+			// Every yes is a destination some first message reaches anyway:
+			// one of the names (which own the address) or no name at all.
+			owner := owners{}
+			for _, n := range c.names {
+				owner[n] = []netip.Addr{c.seen.Event.IP.Unmap()}
+			}
+			reachable := false
+			for _, sn := range append([]*sniff.Sniffed{decideSniffed(sniff.ProtocolOpaque, sniff.StopComplete)}, namedHellos(c.names)...) {
+				seen := c.seen
+				seen.Sniffed = sn
+				if DecideEgress(context.Background(), pol, &seen, owner).Verdict == VerdictAllow {
+					reachable = true
+				}
+			}
+			if c.want && !reachable {
+				t.Fatal("PreDial says yes, but no first message the workload could send is allowed there")
+			}
+		})
+	}
+}
+
+func namedHellos(names []string) []*sniff.Sniffed {
+	var out []*sniff.Sniffed
+	for _, n := range names {
+		out = append(out, &sniff.Sniffed{Protocol: sniff.ProtocolTLS, Stop: sniff.StopComplete, SNI: n})
+	}
+	return out
+}
