@@ -9,6 +9,8 @@ import (
 	"net"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/sniff"
 	"github.com/backbay-labs/chio-agent/kernel"
@@ -85,8 +87,8 @@ type conn struct {
 	// decision).
 	pending, relaying bool
 	sniff             sniff.Sniffed
-	// early, when not nil, is where the upstream dial started before the
-	// first bytes arrives (kernel.PreDial); finish takes it on every path.
+	// early, when not nil, holds the upstream dialled before the first
+	// bytes arrived (kernel.PreDial); finish takes it on every path.
 	early chan dialResult
 	// eg is the connection as decided: the event (as far as the datapath
 	// told it, until the decision adds what the first bytes said) and the
@@ -106,14 +108,18 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, orig bpf.Original, w
 
 	seen := p.seen(cn, c.LocalAddr().(*net.TCPAddr).AddrPort())
 	if !seen.ToOwnListener() {
-		if cn.snap.PreDial(&seen) && p.admitRelay(w) == "" {
-			// The destination is one the workload could reach anyway under
-			// a name it may send (kernel.PreDial): dial it while the first
-			// bytes arrive. finish uses it if they are allowed, and resets
-			// it unused if not. It holds a relay slot from now, as it holds
-			// an upstream socket: a connection that could not have been
-			// relayed is not dialled early (with no slot free, the bound is
-			// applied after the decision, as without an early dial).
+		if !firstBytesWaiting(c) && cn.snap.PreDial(&seen) && p.admitRelay(w) == "" {
+			// The client has sent nothing yet, and the destination is one
+			// it could reach anyway under a name it may send
+			// (kernel.PreDial): dial while its first bytes are on their
+			// way, rather than after. finish uses the connection if they
+			// are allowed, and resets it unused if not. It holds a relay
+			// slot from now, as it holds an upstream socket: a connection
+			// that could not have been relayed is not dialled early (with
+			// no slot free, the bound applies after the decision, as
+			// without an early dial). When the bytes are there already,
+			// the dial would only compete with the decision for a
+			// processor: it waits for the decision, in this goroutine.
 			cn.relaying = true
 			cn.early = p.dialAsync(ctx, cn)
 		}
@@ -157,4 +163,22 @@ func newConnectionID() string {
 	var b [16]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// firstBytesWaiting says whether the client's first bytes have arrived
+// already (SIOCINQ); an error counts as yes, which only means no early dial.
+func firstBytesWaiting(c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return true
+	}
+	n := 1
+	if err := rc.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
+			n = v
+		}
+	}); err != nil {
+		return true
+	}
+	return n > 0
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/receipts"
@@ -51,9 +53,33 @@ func (s *sinkServer) connections(first time.Duration) []int64 {
 	}
 }
 
+// lateDelay is how long the late-http attack waits between its connect and
+// its request: a slow client, for which the agent dials early.
+const lateDelay = 500 * time.Millisecond
+
+// attackLateHTTP is http-raw by a client that connects, then takes
+// lateDelay before it sends CHIO_E2E_DATA.
+func attackLateHTTP() (string, error) {
+	fd, sa, outcome, err := openTarget(unix.IPPROTO_TCP)
+	if fd < 0 {
+		return outcome, err
+	}
+	if err := connect(fd, sa); err != nil {
+		unix.Close(fd)
+		return refused(err), nil
+	}
+	time.Sleep(lateDelay)
+	if _, err := write(fd, payload()); err != nil {
+		unix.Close(fd)
+		return refused(err), nil
+	}
+	return answer(fd), nil
+}
+
 // TestAttackPreDial: the agent dials upstream before a connection's first
-// bytes only where the workload could reach that destination anyway under a
-// name it may send (kernel.PreDial). An allowed name sent to an address no
+// bytes (when the client has sent none yet at accept) only where the
+// workload could reach that destination anyway under a name it may send
+// (kernel.PreDial). An allowed name sent to an address no
 // name owns causes no dial at all: the address's listener sees no
 // connection. A forbidden name sent to an address an allowed name owns is
 // refused with a receipt, and the upstream dialled early gets not one byte
@@ -79,6 +105,7 @@ func TestAttackPreDial(t *testing.T) {
 			// 127.0.0.3: no name owns it, and the policy has no pattern for
 			// it (default block).
 			for i, c := range []struct{ attack, env string }{
+				{"late-http", "CHIO_E2E_DATA=" + allowedGet},
 				{"http-raw", "CHIO_E2E_DATA=" + allowedGet},
 				{"tls", "CHIO_E2E_SNI=api.allowed.test"},
 			} {
@@ -93,24 +120,36 @@ func TestAttackPreDial(t *testing.T) {
 				mustNotReach(t, c.attack+" naming api.allowed.test to 127.0.0.3", uid, out, trap)
 			}
 
-			// 127.0.0.1 is api.allowed.test's (agent.hosts): dialled early.
+			// 127.0.0.1 is api.allowed.test's (agent.hosts): dialled early
+			// for a client that has sent nothing at accept (late: exactly
+			// one connection upstream, the control), perhaps for one that
+			// sends at once. Either way not one byte reaches it.
 			sink, sinkAddr := serveSink(t, "127.0.0.1:0")
-			for i, c := range []struct{ attack, env string }{
-				{"http-raw", "CHIO_E2E_DATA=GET /secret HTTP/1.1\r\nHost: forbidden.test\r\nConnection: close\r\n\r\n"},
-				{"tls", "CHIO_E2E_SNI=forbidden.test"},
+			for i, c := range []struct {
+				attack, env, guard string
+				late               bool
+			}{
+				{"late-http", "CHIO_E2E_DATA=GET /secret HTTP/1.1\r\nHost: forbidden.test\r\nConnection: close\r\n\r\n", kernel.GuardEgressPolicy, true},
+				{"late-http", "CHIO_E2E_DATA=GET /secret HTTP/1.1\r\nHost: api.allowed.test\r\nHost: forbidden.test\r\n\r\n", "", true},
+				{"late-http", "CHIO_E2E_DATA=\x16\x03\x01 not a handshake", GuardProtocol, true},
+				{"http-raw", "CHIO_E2E_DATA=GET /secret HTTP/1.1\r\nHost: forbidden.test\r\nConnection: close\r\n\r\n", kernel.GuardEgressPolicy, false},
+				{"tls", "CHIO_E2E_SNI=forbidden.test", kernel.GuardEgressPolicy, false},
 			} {
 				uid := attackUIDs[i%len(attackUIDs)]
 				before := len(e.decisions())
 				e.attack(uid, c.attack, "CHIO_E2E_ADDR="+sinkAddr, c.env)
 				d := denied(before, "a forbidden name to an allowed name's address", uid, netip.MustParseAddrPort(sinkAddr))
-				if d.Guard != kernel.GuardEgressPolicy {
-					t.Fatalf("%s as uid %d: decision %+v; want a refusal by the policy", c.attack, uid, d)
+				if c.guard != "" && d.Guard != c.guard {
+					t.Fatalf("%s %q as uid %d: decision %+v; want a refusal by %s", c.attack, c.env, uid, d, c.guard)
 				}
-				// The early dial is real (the control: one connection), and
-				// carried nothing.
 				conns := sink.connections(5 * time.Second)
-				if len(conns) != 1 || conns[0] != 0 {
-					t.Fatalf("%s as uid %d: the upstream saw connections carrying %v bytes; want one connection, 0 bytes", c.attack, uid, conns)
+				if c.late && len(conns) != 1 || len(conns) > 1 {
+					t.Fatalf("%s %q as uid %d: %d connections upstream; want 1 if late, else at most 1", c.attack, c.env, uid, len(conns))
+				}
+				for _, n := range conns {
+					if n != 0 {
+						t.Fatalf("%s %q as uid %d: %d bytes reached the upstream of a refused connection", c.attack, c.env, uid, n)
+					}
 				}
 			}
 
@@ -118,7 +157,7 @@ func TestAttackPreDial(t *testing.T) {
 			// connection, the request served.
 			shared := serveVhost(t, "tcp4", "127.0.0.1:0", false)
 			before := len(e.decisions())
-			out := e.attack(0, "http-raw", "CHIO_E2E_ADDR="+shared.addr.String(), "CHIO_E2E_DATA="+allowedGet)
+			out := e.attack(0, "late-http", "CHIO_E2E_ADDR="+shared.addr.String(), "CHIO_E2E_DATA="+allowedGet)
 			if !strings.Contains(out, "allowed-content host=api.allowed.test") {
 				t.Fatalf("allowed request: %q", out)
 			}
