@@ -9,8 +9,6 @@ import (
 	"net"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/backbay-labs/chio-agent/bpf"
 	"github.com/backbay-labs/chio-agent/internal/sniff"
 	"github.com/backbay-labs/chio-agent/kernel"
@@ -83,13 +81,9 @@ type conn struct {
 	// hash.
 	snap kernel.Snapshot
 	// pending says the connection holds a pending slot; relaying says it
-	// holds a relay slot instead (or as well, from an early dial until the
-	// decision).
+	// holds a relay slot instead.
 	pending, relaying bool
 	sniff             sniff.Sniffed
-	// early, when not nil, holds the upstream dialled before the first
-	// bytes arrived (kernel.PreDial); finish takes it on every path.
-	early chan dialResult
 	// eg is the connection as decided: the event (as far as the datapath
 	// told it, until the decision adds what the first bytes said) and the
 	// outcome.
@@ -108,21 +102,6 @@ func (p *proxy) handle(ctx context.Context, c *net.TCPConn, orig bpf.Original, w
 
 	seen := p.seen(cn, c.LocalAddr().(*net.TCPAddr).AddrPort())
 	if !seen.ToOwnListener() {
-		if !firstBytesWaiting(c) && cn.snap.PreDial(&seen) && p.admitRelay(w) == "" {
-			// The client has sent nothing yet, and the destination is one
-			// it could reach anyway under a name it may send
-			// (kernel.PreDial): dial while its first bytes are on their
-			// way, rather than after. finish uses the connection if they
-			// are allowed, and resets it unused if not. It holds a relay
-			// slot from now, as it holds an upstream socket: a connection
-			// that could not have been relayed is not dialled early (with
-			// no slot free, the bound applies after the decision, as
-			// without an early dial). When the bytes are there already,
-			// the dial would only compete with the decision for a
-			// processor: it waits for the decision, in this goroutine.
-			cn.relaying = true
-			cn.early = p.dialAsync(ctx, cn)
-		}
 		sn, err := sniff.Sniff(c, sniff.Options{Deadline: p.timeouts.FirstBytes, MaxBytes: p.limits.HeadBytes})
 		cn.sniff = sn
 		seen.Sniffed, seen.SniffErr, seen.ClientGone = &cn.sniff, err, err != nil && isClientGone(err)
@@ -163,22 +142,4 @@ func newConnectionID() string {
 	var b [16]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// firstBytesWaiting says whether the client's first bytes have arrived
-// already (SIOCINQ); an error counts as yes, which only means no early dial.
-func firstBytesWaiting(c *net.TCPConn) bool {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return true
-	}
-	n := 1
-	if err := rc.Control(func(fd uintptr) {
-		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
-			n = v
-		}
-	}); err != nil {
-		return true
-	}
-	return n > 0
 }

@@ -54,7 +54,6 @@ func attackChild() int {
 		"somark":            attackSOMark,
 		"somark-cap-netraw": attackSOMarkWithNetRaw,
 		"http-raw":          attackHTTPRaw,
-		"late-http":         attackLateHTTP,
 		"tls":               attackTLS,
 		"cgroup-escape":     attackCgroupEscape,
 		"flood":             attackFlood,

@@ -22,12 +22,8 @@ import (
 func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	if cn.eg.Outcome.Verdict == kernel.VerdictAllow {
 		// An allowed connection moves from pending to relayed, if a relay
-		// slot is free (one dialled early holds one already); if not, it is
-		// refused, and the receipt says why.
-		if cn.relaying {
-			cn.pending = false
-			p.releasePending(cn.w)
-		} else if bound := p.admitRelay(cn.w); bound != "" {
+		// slot is free; if not, it is refused, and the receipt says why.
+		if bound := p.admitRelay(cn.w); bound != "" {
 			out := cn.eg.Outcome
 			cn.eg = cn.snap.DecideEgress(ctx, kernel.Seen{Event: cn.eg.Event, Decided: &kernel.Outcome{
 				Verdict: kernel.VerdictDeny, PolicyDecision: out.PolicyDecision, Guard: GuardLimit,
@@ -49,14 +45,11 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 		// line below. The dial goes first: on two cores, work beside it
 		// delays the handshake's wakeup more than it saves.
 		if res, err := p.log.Reserve(); err == nil {
-			dialed := cn.early
-			if dialed == nil {
-				up, err := p.dial(ctx, cn)
-				dialed = make(chan dialResult, 1)
-				dialed <- dialResult{up, err}
-			}
+			up, err := p.dial(ctx, cn)
 			p.queueReceipt(ctx, cn, d, res)
 			p.counts.allowed.Add(1)
+			dialed := make(chan dialResult, 1)
+			dialed <- dialResult{up, err}
 			p.connect(ctx, cn, "", dialed)
 			return
 		}
@@ -64,18 +57,16 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	// An allowed connection's upstream dial overlaps the receipt's signing
 	// and commit: nothing is sent upstream until the receipt is written
 	// (durable in sync mode), and if it cannot be written the upstream
-	// connection is closed unused. A dial started before the decision is
-	// reset unused when the decision is a refusal.
-	dialed := cn.early
-	if cn.eg.Outcome.Verdict == kernel.VerdictAllow && dialed == nil {
+	// connection is closed unused.
+	var dialed chan dialResult
+	if cn.eg.Outcome.Verdict == kernel.VerdictAllow {
 		dialed = p.dialAsync(ctx, cn)
-	} else if cn.eg.Outcome.Verdict != kernel.VerdictAllow && dialed != nil {
-		discardDial(dialed)
-		dialed = nil
 	}
 	if err := p.record(ctx, &cn.eg, &d, nil); err != nil {
 		if dialed != nil {
-			discardDial(dialed)
+			if r := <-dialed; r.up != nil {
+				r.up.Close()
+			}
 		}
 		d.Verdict = kernel.VerdictDeny
 		p.counts.failed.Add(1)

@@ -26,18 +26,6 @@ func (p *proxy) dialAsync(ctx context.Context, cn *conn) chan dialResult {
 	return dialed
 }
 
-// discardDial resets the upstream connection of a dial that will not be
-// used, once it completes, with no byte sent (a refused connection whose
-// dial started before its decision, or whose receipt failed). The refusal
-// does not wait for it.
-func discardDial(dialed chan dialResult) {
-	go func() {
-		if r := <-dialed; r.up != nil {
-			resetClose(r.up)
-		}
-	}()
-}
-
 // connect waits for the upstream dial and relays.
 func (p *proxy) connect(ctx context.Context, cn *conn, receiptID string, dialed chan dialResult) {
 	r := <-dialed

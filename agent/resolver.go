@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -23,8 +22,6 @@ import (
 // refused with a receipt that says so.
 type resolver struct {
 	static map[string][]netip.Addr
-	// staticNames is static reversed: address → the names it belongs to.
-	staticNames map[netip.Addr][]string
 	// told, when set (before the first decision), is what the DNS proxy
 	// told each workload (*dnsproxy.Proxy).
 	told    toldAddrs
@@ -39,11 +36,9 @@ type resolver struct {
 }
 
 // toldAddrs answers from what a workload was told: known says whether the
-// workload holds any unexpired address of name, owns whether addr is one;
-// ToldNames lists the names it holds addr for (it may leave names out).
+// workload holds any unexpired address of name, owns whether addr is one.
 type toldAddrs interface {
 	Told(workload uint32, name string, addr netip.Addr) (owns, known bool)
-	ToldNames(workload uint32, addr netip.Addr) []string
 }
 
 type cached struct {
@@ -61,17 +56,10 @@ const (
 
 func newResolver(static map[string][]netip.Addr) *resolver {
 	m := make(map[string][]netip.Addr, len(static))
-	names := map[netip.Addr][]string{}
 	for k, v := range static {
-		k = strings.TrimSuffix(strings.ToLower(k), ".")
-		m[k] = v
-		for _, a := range v {
-			if a := a.Unmap(); !slices.Contains(names[a], k) {
-				names[a] = append(names[a], k)
-			}
-		}
+		m[strings.TrimSuffix(strings.ToLower(k), ".")] = v
 	}
-	return &resolver{static: m, staticNames: names, dns: net.DefaultResolver, timeout: 2 * time.Second, now: time.Now, cache: map[string]cached{}}
+	return &resolver{static: m, dns: net.DefaultResolver, timeout: 2 * time.Second, now: time.Now, cache: map[string]cached{}}
 }
 
 func (r *resolver) lookup(ctx context.Context, name string) ([]netip.Addr, error) {
@@ -125,29 +113,4 @@ func (r *resolver) Owns(ctx context.Context, workload uint32, name string, addr 
 		}
 	}
 	return false, nil
-}
-
-// NamesOf lists the names Owns says addr belongs to for workload without a
-// lookup (kernel.AddressNamer, for the choice to dial before the first
-// bytes): the static names that list addr, and the names the DNS proxy told
-// the workload addr for, but not a told name that is also static (Owns
-// answers those from the static list alone). Never the agent's own DNS: an
-// address only a lookup would name is dialled after the decision.
-func (r *resolver) NamesOf(workload uint32, addr netip.Addr) []string {
-	addr = addr.Unmap()
-	names := r.staticNames[addr]
-	if r.told == nil || workload == 0 {
-		return names
-	}
-	told := r.told.ToldNames(workload, addr)
-	if len(told) == 0 {
-		return names
-	}
-	out := slices.Clip(names)
-	for _, n := range told {
-		if _, ok := r.static[n]; !ok {
-			out = append(out, n)
-		}
-	}
-	return out
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -85,63 +84,6 @@ func (t toldTable) Told(w uint32, name string, addr netip.Addr) (bool, bool) {
 		}
 	}
 	return false, true
-}
-
-func (t toldTable) ToldNames(w uint32, addr netip.Addr) []string {
-	var out []string
-	for n, as := range t[w] {
-		if slices.Contains(as, addr.Unmap()) {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
-// TestResolverNamesOf: the names an address is listed under, for the choice
-// to dial before the first bytes, are exactly names Owns confirms without a
-// lookup: static names, and told names that are not static (a static name
-// is answered from its static list alone, whatever the workload was told);
-// never a name only the agent's own DNS would give, nor another workload's.
-func TestResolverNamesOf(t *testing.T) {
-	addr, queries := countingDNS(t) // answers 192.0.2.10 for api.example.test
-	r := newResolver(map[string][]netip.Addr{"Static.Test.": {netip.MustParseAddr("127.0.0.5")}, "other.test": {netip.MustParseAddr("::ffff:127.0.0.5")}})
-	r.dns = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "udp", addr)
-	}}
-	told := netip.MustParseAddr("198.51.100.7")
-	r.told = toldTable{1: {"told.test": {told}, "static.test": {told}, "both.test": {told, netip.MustParseAddr("127.0.0.5")}}}
-	ctx := context.Background()
-	if ok, _ := r.Owns(ctx, 1, "api.example.test", netip.MustParseAddr("192.0.2.10")); !ok {
-		t.Fatal("the agent's lookup does not own its answer") // now in the cache
-	}
-	cases := []struct {
-		workload uint32
-		addr     string
-		want     []string
-	}{
-		{1, "198.51.100.7", []string{"told.test", "both.test"}}, // not static.test: its static list decides
-		{1, "127.0.0.5", []string{"both.test", "other.test", "static.test"}},
-		{1, "::ffff:127.0.0.5", []string{"both.test", "other.test", "static.test"}},
-		{2, "198.51.100.7", nil}, // another workload's told addresses
-		{0, "127.0.0.5", []string{"other.test", "static.test"}},
-		{1, "192.0.2.10", nil}, // only the agent's own DNS names it
-	}
-	for _, c := range cases {
-		a := netip.MustParseAddr(c.addr)
-		got := r.NamesOf(c.workload, a)
-		slices.Sort(got)
-		slices.Sort(c.want)
-		if !slices.Equal(got, c.want) {
-			t.Errorf("NamesOf(%d, %s) = %v; want %v", c.workload, a, got, c.want)
-		}
-		for _, n := range got {
-			before := queries.Load()
-			if ok, err := r.Owns(ctx, c.workload, n, a); !ok || err != nil || queries.Load() != before {
-				t.Errorf("NamesOf(%d, %s) lists %s, which Owns does not confirm without a lookup (%v, %v)", c.workload, a, n, ok, err)
-			}
-		}
-	}
 }
 
 // TestResolverOwnsToldFirst: a name the workload resolved through the DNS

@@ -49,15 +49,6 @@ type AddressOwner interface {
 	Owns(ctx context.Context, workload uint32, name string, addr netip.Addr) (bool, error)
 }
 
-// AddressNamer is an AddressOwner that can also list the names it says own
-// an address at once, with no lookup: for the node agent, agent.hosts and
-// what its DNS proxy told the workload. Every name it lists must be one for
-// which Owns(workload, name, addr) is true without I/O; it may leave names
-// out (a shorter list only means fewer early dials, see PreDial).
-type AddressNamer interface {
-	NamesOf(workload uint32, addr netip.Addr) []string
-}
-
 // Seen is what the node agent saw of one connection before deciding it.
 type Seen struct {
 	// Event is the connection as the datapath told it: the original
@@ -275,54 +266,4 @@ func protocolGuard(seen *Seen) (Outcome, bool) {
 		return deny(GuardProtocol, fmt.Sprintf("incomplete %s first message (%s)", sn.Protocol, sn.Stop))
 	}
 	return Outcome{}, false
-}
-
-// PreDial says whether a connection may be dialled upstream before its first
-// bytes are read and decided, from what is known at accept: the original
-// destination, the workload's allowed ports and names, the listener. It is
-// true only where the snapshot's policy would allow that destination under
-// some first message the workload could send: its IP literal (an opaque
-// protocol, or no name) is allowed by an allow pattern (not by the default),
-// or one of names is allowed, where names are the
-// names the destination address belongs to for this workload without any
-// lookup (agent.hosts, what the DNS proxy told it: exactly the names with
-// which AddressOwner says yes at once). A dial it allows therefore reaches
-// nothing the workload could not reach by itself by sending that name; the
-// decision on the bytes it does send is made as before, and a denied
-// connection's early upstream is closed with no byte sent. A decision made
-// already (a refusal), the agent's own listener, or a port outside
-// AllowPorts never pre-dials.
-func PreDial(pol *hushspec.Policy, seen *Seen, names []string) bool {
-	if seen.Decided != nil || seen.ToOwnListener() || !seen.Event.IP.IsValid() || seen.Event.Port == 0 {
-		return false
-	}
-	if len(seen.AllowPorts) > 0 && !slices.Contains(seen.AllowPorts, seen.Event.Port) {
-		return false
-	}
-	evaluate := func(target string) (hushspec.Result, bool) {
-		res := pol.Evaluate(hushspec.Action{Type: "egress", Target: target})
-		return res, outcomeOf(res, GuardEgressPolicy).Verdict == VerdictAllow
-	}
-	for _, name := range names {
-		if _, ok := evaluate(name); ok {
-			return true
-		}
-	}
-	// The address as DecideEgress names a connection whose first bytes carry
-	// no name, allowed by a pattern of its own: under a default of allow,
-	// every address not blocked would be dialled early, including one a
-	// spoofed name is sent to, which then sees a connection it would not.
-	res, ok := evaluate(seen.Event.IP.String())
-	return ok && res.Pattern != ""
-}
-
-// PreDial is PreDial under the snapshot's policy, with the names the
-// kernel's AddressOwner gives the destination address when it is an
-// AddressNamer (else the IP literal alone).
-func (s Snapshot) PreDial(seen *Seen) bool {
-	var names []string
-	if n, ok := s.k.owner.(AddressNamer); ok && seen.Event.IP.IsValid() {
-		names = n.NamesOf(seen.WorkloadID, seen.Event.IP)
-	}
-	return PreDial(s.st.p, seen, names)
 }

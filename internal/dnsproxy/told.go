@@ -136,29 +136,6 @@ func (t *told) lookup(workload uint32, name string, addr netip.Addr, now time.Ti
 	return owns, known
 }
 
-// names lists the names workload holds addr for, unexpired; nil when the
-// workload holds more than toldNamesScan names (the scan is bounded: a
-// caller that gets nothing only loses an optimisation).
-func (t *told) names(workload uint32, addr netip.Addr, now time.Time) []string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	ws := t.w[workload]
-	if len(ws) > toldNamesScan {
-		return nil
-	}
-	var out []string
-	for n, as := range ws {
-		if until, ok := as[addr]; ok && now.Before(until) {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
-// toldNamesScan bounds the names told.names scans, under the lock every
-// workload's lookups share.
-const toldNamesScan = 256
-
 // forget drops everything workload was told.
 func (t *told) forget(workload uint32) {
 	t.mu.Lock()
@@ -176,13 +153,6 @@ func (p *Proxy) Told(workload uint32, name string, addr netip.Addr) (owns, known
 		return false, false
 	}
 	return p.told.lookup(workload, n, addr.Unmap().WithZone(""), p.opts.Clock())
-}
-
-// ToldNames lists the names the proxy told workload addr for, whose answer
-// still holds (for the agent's choice to dial before a connection's first
-// bytes); it may leave names out (none for a workload told many names).
-func (p *Proxy) ToldNames(workload uint32, addr netip.Addr) []string {
-	return p.told.names(workload, addr.Unmap().WithZone(""), p.opts.Clock())
 }
 
 // ToldAddrs lists the unexpired addresses workload was told for name, for
