@@ -35,6 +35,7 @@ type clientOptions struct {
 	bytes   int64         // bytes per bulk transfer
 	timeout time.Duration // bound on each connection
 	hold    bool          // wait for stdin EOF after "done"
+	think   time.Duration // CPU spent between connect and request (setup)
 }
 
 func clientMain(args []string) int {
@@ -48,6 +49,7 @@ func clientMain(args []string) int {
 	fs.Int64Var(&o.bytes, "bytes", 1<<30, "bytes per bulk transfer")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "bound on each connection")
 	fs.BoolVar(&o.hold, "hold", false, "after done, wait for stdin to close")
+	fs.DurationVar(&o.think, "think", 0, "CPU time spent between connect and request (setup)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -123,6 +125,11 @@ func setupOnce(o clientOptions, req, buf []byte) (time.Duration, error) {
 	}
 	defer c.Close()
 	c.SetDeadline(start.Add(o.timeout))
+	// A client that computes before its first message (a TLS client's key
+	// share): CPU, not a sleep, so that it competes for the processors as
+	// that work would.
+	for t := time.Now(); time.Since(t) < o.think; {
+	}
 	if _, err := c.Write(req); err != nil {
 		return 0, fmt.Errorf("write request: %w", err)
 	}

@@ -50,6 +50,7 @@ type options struct {
 	timeout    time.Duration
 	runTimeout time.Duration
 	profile    string
+	think      time.Duration
 }
 
 type driver struct {
@@ -85,6 +86,7 @@ func main() {
 	flag.IntVar(&o.bulkRuns, "bulk-runs", 5, "bulk transfers per mode (interleaved)")
 	flag.DurationVar(&o.timeout, "timeout", 20*time.Minute, "bound on the whole run")
 	flag.DurationVar(&o.runTimeout, "run-timeout", 5*time.Minute, "bound on one client process")
+	flag.DurationVar(&o.think, "think", 0, "CPU time each client spends between its connect and its request, as a TLS client making its ClientHello does (0: none, the request follows the connect at once)")
 	flag.StringVar(&o.profile, "profile", "", "write a CPU profile and an execution trace of every measured agent run into this directory (perturbs the figures: for finding where time goes, not for BENCHMARKS.md)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

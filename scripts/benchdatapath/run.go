@@ -64,7 +64,7 @@ type bulkResult struct {
 func (d *driver) runOnce(ctx context.Context, m mode, clientArgs []string) (runResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.opts.runTimeout)
 	defer cancel()
-	args := append([]string{"client", "-addr", m.via, "-host", benchHost}, clientArgs...)
+	args := append([]string{"client", "-addr", m.via, "-host", benchHost, "-think", d.opts.think.String()}, clientArgs...)
 	bin := d.self
 	if m.receipts != "" {
 		logName := cmp.Or(m.log, m.receipts)
