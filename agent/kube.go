@@ -160,7 +160,7 @@ type KubeOptions struct {
 // connections are refused before it is asked (kernel.GuardPodPolicy), and
 // their receipts carry its hash, a policy that refuses everything, rather
 // than one that could have allowed them.
-const refuseAllPolicy = `hushspec: "0.1.0"
+const refuseAllPolicy = `hushspec: "1.0.0"
 name: chio-refuse-all
 rules:
   egress:

@@ -245,7 +245,7 @@ func (d *driver) writeConfig(ctx context.Context) error {
 	d.policyFile = filepath.Join(d.work, "policy.yaml")
 	d.kernelYAML = filepath.Join(d.work, "kernel.yaml")
 	d.keyFile = filepath.Join(d.work, "bench.key")
-	policy := `hushspec: "0.1.0"
+	policy := `hushspec: "1.0.0"
 name: datapath-bench
 rules:
   egress:
