@@ -85,7 +85,7 @@ func TestNodeAgentShipsToNATS(t *testing.T) {
 	}
 }
 
-// TestStatusPrintsShipping: `status` shows the shipper's lag and its error
+// TestStatusPrintsShipping: `status` shows the shipper's lag, its window and its error
 // (the backlog alarm), and nothing about shipping for a local sink.
 func TestStatusPrintsShipping(t *testing.T) {
 	var b strings.Builder
@@ -95,10 +95,10 @@ func TestStatusPrintsShipping(t *testing.T) {
 	}
 	b.Reset()
 	printStatus(&b, agent.Status{Shipping: &ship.Status{Subject: "chio.receipts.local-log-ab", Stream: "CHIO_RECEIPTS",
-		AckedCheckpoint: 7, AckedSeq: 700, LagReceipts: 1234, LagSeconds: 61.5, Errors: 3,
+		AckedCheckpoint: 7, AckedSeq: 700, InFlight: 5, Window: 16, LagReceipts: 1234, LagSeconds: 61.5, Errors: 3,
 		LastError: "receipt backlog of 1234 receipts exceeds max_backlog 1000"}})
 	out := b.String()
-	for _, want := range []string{"chio.receipts.local-log-ab", "DISCONNECTED", "acked checkpoint 7 (seq 700)", "lag 1234 receipts / 61.5s", "exceeds max_backlog 1000"} {
+	for _, want := range []string{"chio.receipts.local-log-ab", "DISCONNECTED", "acked checkpoint 7 (seq 700)", "5 of 16 batches in flight", "lag 1234 receipts / 61.5s", "exceeds max_backlog 1000"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("status lacks %q:\n%s", want, out)
 		}

@@ -185,15 +185,12 @@ func New(store *central.Store, opts Options) (*Collector, error) {
 	// A first attempt tells refused credentials (which stop the collector,
 	// named as well as the client can) from servers not up yet (retried).
 	nc, err := nats.Connect(url, copts...)
-	if err != nil && isAuthError(err) {
+	if err != nil && ship.IsAuthError(err) {
 		lookup := o.Lookup
 		if lookup == nil {
 			lookup = os.LookupEnv
 		}
-		if why := refusedCreds(o.Credentials, lookup, time.Now()); why != "" {
-			return nil, fmt.Errorf("connect receipt stream %s: the servers refuse %s: %w", url, why, err)
-		}
-		return nil, fmt.Errorf("connect receipt stream %s: the servers refuse the credentials: %w", url, err)
+		return nil, fmt.Errorf("connect receipt stream %s: %w", url, ship.Refused(o.Credentials, lookup, time.Now(), err))
 	}
 	if err != nil {
 		o.Logger.WithError(err).Warn("receipt stream unreachable at start; retrying")

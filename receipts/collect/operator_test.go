@@ -80,7 +80,7 @@ func TestCredsOperatorMode(t *testing.T) {
 // JWT past its expiry, a user the account revokes, a user of an account the
 // server does not know, a creds file whose seed is not the JWT's user) stop
 // the shipper and the collector at start with an error saying the servers
-// refuse the credentials; the collector's names what the file shows of why.
+// refuse them and naming what the file shows of why.
 func TestCredsRefusedNamingCause(t *testing.T) {
 	s := startOpServer(t)
 	stranger := mustKey(t, nkeys.CreateAccount)
@@ -103,18 +103,20 @@ func TestCredsRefusedNamingCause(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			creds := ship.Credentials{CredsFile: c.creds}
-			_, err := ship.New(l, ship.Options{Servers: []string{s.URL()}, Credentials: creds, Replicas: 1})
-			if err == nil || !strings.Contains(err.Error(), "refuse the credentials") {
-				t.Fatalf("shipper with %s creds: %v, want the servers refusing the credentials", c.name, err)
-			}
+			_, shipErr := ship.New(l, ship.Options{Servers: []string{s.URL()}, Credentials: creds, Replicas: 1})
 			col, err := New(store, Options{Servers: []string{s.URL()}, Credentials: creds})
 			if err == nil {
 				col.Close()
 				t.Fatalf("collector with %s creds started", c.name)
 			}
-			for _, w := range append([]string{"the servers refuse", "Authorization Violation"}, c.want...) {
-				if !strings.Contains(err.Error(), w) {
-					t.Fatalf("collector with %s creds: %q does not say %q", c.name, err, w)
+			for who, err := range map[string]error{"shipper": shipErr, "collector": err} {
+				if err == nil {
+					t.Fatalf("%s with %s creds started", who, c.name)
+				}
+				for _, w := range append([]string{"the servers refuse", "Authorization Violation"}, c.want...) {
+					if !strings.Contains(err.Error(), w) {
+						t.Fatalf("%s with %s creds: %q does not say %q", who, c.name, err, w)
+					}
 				}
 			}
 		})

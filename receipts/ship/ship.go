@@ -136,8 +136,8 @@ func New(l *receipts.Log, opts Options) (*Shipper, error) {
 	nc, err := nats.Connect(url, copts...)
 	switch {
 	case err == nil:
-	case isAuthError(err):
-		return nil, fmt.Errorf("connect receipt sink %s: the servers refuse the credentials: %w", url, err)
+	case IsAuthError(err):
+		return nil, fmt.Errorf("connect receipt sink %s: %w", url, Refused(o.Credentials, o.Lookup, time.Now(), err))
 	case errors.Is(err, nats.ErrNoServers) || isNetError(err):
 		o.Logger.WithError(err).Warn("receipt sink unreachable at start; receipts stay local and ship when it returns")
 		nc, err = nats.Connect(url, append(copts, nats.RetryOnFailedConnect(true))...)
@@ -158,12 +158,6 @@ func New(l *receipts.Log, opts Options) (*Shipper, error) {
 	}
 	s.nc, s.js = nc, js
 	return s, nil
-}
-
-func isAuthError(err error) bool {
-	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
-		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired) ||
-		strings.Contains(strings.ToLower(err.Error()), "authorization")
 }
 
 func isNetError(err error) bool {

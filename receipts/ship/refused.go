@@ -1,4 +1,4 @@
-package collect
+package ship
 
 import (
 	"encoding/base64"
@@ -11,8 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
-
-	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
 
 // A NATS server refuses every bad user alike ("Authorization Violation"),
@@ -23,16 +21,26 @@ import (
 // the JWT names, or else the user and account to look up in the server's
 // log (unknown account, or revoked).
 
-// isAuthError says the servers refused the credentials.
-func isAuthError(err error) bool {
+// IsAuthError says the servers refused the credentials.
+func IsAuthError(err error) bool {
 	return errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) ||
 		errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAccountAuthExpired) ||
 		strings.Contains(strings.ToLower(err.Error()), "authorization violation")
 }
 
-// refusedCreds explains a refusal of credentials c (now the clock), or ""
-// for credentials that are no .creds file.
-func refusedCreds(c ship.Credentials, lookup func(string) (string, bool), now time.Time) string {
+// Refused is the error for servers refusing credentials c (err, from the
+// client): it names what the .creds file shows (lookup reads the
+// environment; now is the clock), else only "the credentials".
+func Refused(c Credentials, lookup func(string) (string, bool), now time.Time, err error) error {
+	if why := explainCreds(c, lookup, now); why != "" {
+		return fmt.Errorf("the servers refuse %s: %w", why, err)
+	}
+	return fmt.Errorf("the servers refuse the credentials: %w", err)
+}
+
+// explainCreds explains a refusal of credentials c, or "" for
+// credentials that are no .creds file.
+func explainCreds(c Credentials, lookup func(string) (string, bool), now time.Time) string {
 	var data []byte
 	switch {
 	case c.CredsFile != "":
