@@ -3,15 +3,20 @@ package sidecar
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"net/http"
+	"strings"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 	"github.com/sirupsen/logrus"
 
+	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/session"
 )
 
@@ -143,4 +148,122 @@ func TestDNSPeersRefresh(t *testing.T) {
 	if err := q.refresh(ctx); err == nil || none.Load() != nil {
 		t.Fatalf("no ring expected: %v %v", none.Load(), err)
 	}
+}
+
+// listenSamePort listens on one port on each of n loopback addresses
+// (127.0.0.1, .2, ...), as replicas behind a headless Service share a
+// port on distinct addresses.
+func listenSamePort(t *testing.T, n int) []net.Listener {
+	for range 20 {
+		first, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns := []net.Listener{first}
+		_, port, _ := net.SplitHostPort(first.Addr().String())
+		for i := 2; i <= n; i++ {
+			ln, err := net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.0.0.%d", i), port))
+			if err != nil {
+				break
+			}
+			lns = append(lns, ln)
+		}
+		if len(lns) == n {
+			return lns
+		}
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	t.Fatal("no port free on every loopback address")
+	return nil
+}
+
+// TestReplicasFromDNS: three sidecars whose peers come from a DNS name.
+// The name first lists two of them: their sessions are pinned between
+// those two, and the third, left out, refuses session requests rather
+// than deciding them. The answer then adds the third: about a third of
+// the sessions move, all of them to the new replica, and each session's
+// next call is decided by its new owner.
+func TestReplicasFromDNS(t *testing.T) {
+	const sessions = 300
+	lns := listenSamePort(t, 3)
+	var ips []string
+	for _, ln := range lns {
+		ip, _, _ := net.SplitHostPort(ln.Addr().String())
+		ips = append(ips, ip)
+	}
+	_, port, _ := net.SplitHostPort(lns[0].Addr().String())
+	d := startTestDNS(t, ips[0], ips[1])
+	rs := newReplicaSet(t)
+	for i, ln := range lns {
+		rs.addrs = append(rs.addrs, ln.Addr().String())
+		// Refreshed by hand below: the test decides when answers change.
+		rs.start(ln, config.ResolvedSessions{Header: hdrSession, PeersDNS: net.JoinHostPort(testPeersName, port), PeersRefresh: time.Hour,
+			Self: rs.addrs[i], PeerToken: rs.token}, d.resolver())
+	}
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 8}}
+	defer client.CloseIdleConnections()
+	owners := func() map[string]int {
+		out := map[string]int{}
+		for i := range sessions {
+			sid := fmt.Sprintf("dns-%d", i)
+			for k, s := range rs.servers {
+				s.Sessions().Flush(context.Background())
+				if _, ok, _ := s.Sessions().Head(sid); ok {
+					out[sid] |= 1 << k
+				}
+			}
+		}
+		return out
+	}
+	call := func(via int) {
+		for i := range sessions {
+			sid := fmt.Sprintf("dns-%d", i)
+			if resp, body := rs.get(client, via, map[string]string{hdrSession: sid}); resp.StatusCode != 200 {
+				t.Fatalf("%s via replica %d: %d %s", sid, via, resp.StatusCode, body)
+			}
+		}
+	}
+	if resp, body := rs.get(client, 2, map[string]string{hdrSession: "dns-0"}); resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, codeNoPeers) {
+		t.Fatalf("replica left out of the name: %d %s", resp.StatusCode, body)
+	}
+	call(0)
+	two, _ := session.NewRing(rs.addrs[:2])
+	before := owners()
+	if len(before) != sessions {
+		t.Fatalf("%d of %d sessions journaled", len(before), sessions)
+	}
+	for sid, where := range before {
+		if want := 1 << slices.Index(rs.addrs, two.Owner(sid)); where != want {
+			t.Fatalf("%s journaled on replicas %b, owner %s", sid, where, two.Owner(sid))
+		}
+	}
+	// The name now lists the third replica too.
+	d.set(ips...)
+	for k, s := range rs.servers {
+		if err := s.replicas.dns.refresh(context.Background()); err != nil || len(s.replicas.ring.Load().Peers()) != 3 {
+			t.Fatalf("replica %d: refresh %v", k, err)
+		}
+	}
+	call(1)
+	three, _ := session.NewRing(rs.addrs)
+	moved := 0
+	for sid, where := range owners() {
+		now := three.Owner(sid)
+		if now != two.Owner(sid) {
+			moved++
+			if now != rs.addrs[2] {
+				t.Fatalf("%s moved to %s, not to the added replica", sid, now)
+			}
+		}
+		if where&(1<<slices.Index(rs.addrs, now)) == 0 {
+			t.Fatalf("%s: second call not decided by its owner %s (journaled on %b)", sid, now, where)
+		}
+	}
+	// Rendezvous hashing moves about 1/3 of them (100 expected, σ≈8).
+	if moved < sessions/5 || moved > sessions/2 {
+		t.Fatalf("%d of %d sessions moved; about a third expected", moved, sessions)
+	}
+	t.Logf("%d of %d sessions moved to the added replica", moved, sessions)
 }
