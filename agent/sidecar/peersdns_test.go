@@ -228,6 +228,11 @@ func TestReplicasFromDNS(t *testing.T) {
 	if resp, body := rs.get(client, 2, map[string]string{hdrSession: "dns-0"}); resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, codeNoPeers) {
 		t.Fatalf("replica left out of the name: %d %s", resp.StatusCode, body)
 	}
+	var st SessionsStatus
+	rs.servers[2].replicas.status(&st)
+	if st.Peers != nil || st.PeerRefreshFailures != 1 || st.PeersDNS == "" {
+		t.Fatalf("status of the replica left out: %+v", st)
+	}
 	call(0)
 	two, _ := session.NewRing(rs.addrs[:2])
 	before := owners()
@@ -245,6 +250,11 @@ func TestReplicasFromDNS(t *testing.T) {
 		if err := s.replicas.dns.refresh(context.Background()); err != nil || len(s.replicas.ring.Load().Peers()) != 3 {
 			t.Fatalf("replica %d: refresh %v", k, err)
 		}
+	}
+	st = SessionsStatus{}
+	rs.servers[2].replicas.status(&st)
+	if len(st.Peers) != 3 || st.PeerRefreshFailures != 1 {
+		t.Fatalf("status once listed: %+v", st)
 	}
 	call(1)
 	three, _ := session.NewRing(rs.addrs)

@@ -100,6 +100,21 @@ func (s *Server) newReplicas() (*replicas, error) {
 	return rp, nil
 }
 
+// status reports the ring in force and, with peers_dns, its failed
+// refreshes. Nothing with one replica.
+func (rp *replicas) status(st *SessionsStatus) {
+	if rp == nil {
+		return
+	}
+	if r := rp.ring.Load(); r != nil {
+		st.Peers = r.Peers()
+	}
+	if rp.dns != nil {
+		st.PeersDNS = net.JoinHostPort(rp.dns.host, rp.dns.port)
+		st.PeerRefreshFailures = rp.dns.failures.Load()
+	}
+}
+
 // route forwards a request whose session another replica owns, and
 // checks a request another replica forwarded. It returns true when it
 // answered the request.
