@@ -140,6 +140,21 @@ func TestDNSPeersRefresh(t *testing.T) {
 		d.down.Store(false)
 		d.set("10.0.0.2", "10.0.0.1", "fd00::3")
 	}
+	// The periodic refresh picks a new answer up by itself, and stops
+	// with its context.
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { p.run(runCtx, 10*time.Millisecond); close(done) }()
+	d.set("10.0.0.1")
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Equal(peers(), []string{"10.0.0.1:8080"}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("periodic refresh: ring still %v", peers())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+	<-done
 	// A replica whose first resolution fails has no ring: its session
 	// requests are refused (route), not decided locally.
 	var none atomic.Pointer[session.Ring]
