@@ -90,6 +90,7 @@ func TestResolveSessionPeers(t *testing.T) {
 		{EnvSessionPeersDNS: "peers.svc", EnvSessionSelf: "10.0.0.1:8080", EnvSessionPeerToken: tok},
 		{EnvSessionPeersDNS: "peers.svc:0", EnvSessionSelf: "10.0.0.1:8080", EnvSessionPeerToken: tok},
 		{EnvSessionPeersDNS: "peers.svc:8080", EnvSessionPeerToken: tok},
+		{EnvSessionPeersDNS: "peers.svc:8080", EnvSessionSelf: "fd00::1:8080", EnvSessionPeerToken: tok},
 		{EnvSessionPeersDNS: "peers.svc:8080", EnvSessionSelf: "10.0.0.1:8080", EnvSessionPeerToken: "short"},
 		{EnvSessionPeersDNS: "peers.svc:8080", EnvSessionSelf: "10.0.0.1:8080", EnvSessionPeerToken: tok, EnvSessionPeersRefresh: "10ms"},
 	} {
