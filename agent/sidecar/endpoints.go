@@ -271,6 +271,12 @@ type SessionsStatus struct {
 	MaxResponseBytes int64  `json:"max_response_bytes"`
 	IdleExpiry       string `json:"idle_expiry,omitempty"`
 	Error            string `json:"error,omitempty"`
+	// Peers are the replicas' ring in force (none: one replica, or
+	// peers_dns not resolved yet); PeersDNS the name they come from, and
+	// PeerRefreshFailures its resolutions that kept the last ring.
+	Peers               []string `json:"peers,omitempty"`
+	PeersDNS            string   `json:"peers_dns,omitempty"`
+	PeerRefreshFailures uint64   `json:"peer_refresh_failures,omitempty"`
 }
 
 func (s *Server) serveAdminStatus(w http.ResponseWriter, r *http.Request) {
@@ -305,6 +311,7 @@ func (s *Server) serveAdminStatus(w http.ResponseWriter, r *http.Request) {
 	if err := s.sessions.Err(); err != nil {
 		st.Sessions.Error = err.Error()
 	}
+	s.replicas.status(&st.Sessions)
 	writeJSON(w, http.StatusOK, st)
 }
 

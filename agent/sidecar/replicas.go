@@ -11,6 +11,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/backbay-labs/chio-agent/kernel"
@@ -29,12 +30,17 @@ const (
 	codeOwnerUnavailable = "chio_session_owner_unavailable"
 	codePeerUnauthorized = "chio_peer_unauthorized"
 	codeSessionElsewhere = "chio_session_elsewhere"
+	codeNoPeers          = "chio_session_peers_unknown"
 )
 
 // replicas routes session-aware requests to the replica owning their
-// session (session.Ring over sessions.peers). Nil with one replica.
+// session (session.Ring over sessions.peers, or over what
+// sessions.peers_dns resolves to). Nil with one replica.
 type replicas struct {
-	ring      *session.Ring
+	// ring is swapped whole when peers_dns resolves to other peers; nil
+	// until its first good resolution.
+	ring      atomic.Pointer[session.Ring]
+	dns       *dnsPeers // nil for a static list
 	self      string
 	tokenHash [sha256.Size]byte
 	proxy     *httputil.ReverseProxy
@@ -44,14 +50,30 @@ type ownerKey struct{}
 
 func (s *Server) newReplicas() (*replicas, error) {
 	set := s.set.Sessions
-	if len(set.Peers) == 0 {
+	if len(set.Peers) == 0 && set.PeersDNS == "" {
 		return nil, nil
 	}
-	ring, err := session.NewRing(set.Peers)
-	if err != nil {
-		return nil, err
+	rp := &replicas{self: set.Self, tokenHash: sha256.Sum256([]byte(set.PeerToken))}
+	if set.PeersDNS != "" {
+		host, port, err := net.SplitHostPort(set.PeersDNS)
+		if err != nil {
+			return nil, fmt.Errorf("session peers: %q is not name:port", set.PeersDNS)
+		}
+		res := s.opts.Resolver
+		if res == nil {
+			res = net.DefaultResolver
+		}
+		rp.dns = &dnsPeers{host: host, port: port, self: set.Self, resolver: res, log: s.log, ring: &rp.ring}
+		// A first failure is not fatal: the name may not list this pod
+		// yet. Session requests are refused until a ring forms.
+		rp.dns.refresh(context.Background())
+	} else {
+		ring, err := session.NewRing(set.Peers)
+		if err != nil {
+			return nil, err
+		}
+		rp.ring.Store(ring)
 	}
-	rp := &replicas{ring: ring, self: set.Self, tokenHash: sha256.Sum256([]byte(set.PeerToken))}
 	token := set.PeerToken
 	t := s.set.Timeouts
 	dialer := &net.Dialer{Timeout: t.Dial, KeepAlive: 30 * time.Second}
@@ -78,6 +100,21 @@ func (s *Server) newReplicas() (*replicas, error) {
 	return rp, nil
 }
 
+// status reports the ring in force and, with peers_dns, its failed
+// refreshes. Nothing with one replica.
+func (rp *replicas) status(st *SessionsStatus) {
+	if rp == nil {
+		return
+	}
+	if r := rp.ring.Load(); r != nil {
+		st.Peers = r.Peers()
+	}
+	if rp.dns != nil {
+		st.PeersDNS = net.JoinHostPort(rp.dns.host, rp.dns.port)
+		st.PeerRefreshFailures = rp.dns.failures.Load()
+	}
+}
+
 // route forwards a request whose session another replica owns, and
 // checks a request another replica forwarded. It returns true when it
 // answered the request.
@@ -101,7 +138,13 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) bool {
 	if id == "" {
 		return false
 	}
-	owner := rp.ring.Owner(id)
+	ring := rp.ring.Load()
+	if ring == nil {
+		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: codeNoPeers,
+			Message: "this replica does not know its peers yet (" + s.set.Sessions.PeersDNS + " has not resolved to a set including it); the request is refused rather than decided where its session's journal may not be"})
+		return true
+	}
+	owner := ring.Owner(id)
 	if owner == rp.self {
 		return false
 	}

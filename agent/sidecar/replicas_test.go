@@ -25,9 +25,29 @@ type replicaSet struct {
 	mu       sync.Mutex
 	upstream map[string]int // session id → calls that reached the API
 	token    string
+	upURL    string
 }
 
 func startReplicas(t *testing.T, limits session.Limits, redirect ...bool) *replicaSet {
+	rs := newReplicaSet(t)
+	var lns []net.Listener
+	for range 3 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		rs.addrs = append(rs.addrs, ln.Addr().String())
+	}
+	for i, ln := range lns {
+		rs.start(ln, config.ResolvedSessions{Header: hdrSession, Limits: limits, Peers: rs.addrs, Self: rs.addrs[i], PeerToken: rs.token,
+			Redirect: len(redirect) > 0 && redirect[0]}, nil)
+	}
+	return rs
+}
+
+// newReplicaSet starts the upstream the replicas share.
+func newReplicaSet(t *testing.T) *replicaSet {
 	rs := &replicaSet{t: t, upstream: map[string]int{}, token: strings.Repeat("k", 24)}
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get(HeaderPeerToken) != "" || r.Header.Get(HeaderForwardedBy) != "" {
@@ -39,34 +59,30 @@ func startReplicas(t *testing.T, limits session.Limits, redirect ...bool) *repli
 		io.WriteString(w, "ok")
 	}))
 	t.Cleanup(up.Close)
-	var lns []net.Listener
-	for range 3 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, ln)
-		rs.addrs = append(rs.addrs, ln.Addr().String())
-	}
-	for i, ln := range lns {
-		dir, key := t.TempDir(), newKey(t)
-		set := baseSettings(t, dir, up.URL, key)
-		set.Sessions = config.ResolvedSessions{Header: hdrSession, Limits: limits, Peers: rs.addrs, Self: rs.addrs[i], PeerToken: rs.token,
-			Redirect: len(redirect) > 0 && redirect[0]}
-		s, err := Start(context.Background(), Options{Settings: set, Listener: ln})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rs.servers = append(rs.servers, s)
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			s.Close(ctx)
-			verifyLog(t, set.ReceiptPath, key)
-			verifyJournal(t, set.Sessions.JournalPath, set.ReceiptPath)
-		})
-	}
+	rs.upURL = up.URL
 	return rs
+}
+
+// start serves one replica on ln; its journal and log are verified at
+// cleanup.
+func (rs *replicaSet) start(ln net.Listener, sessions config.ResolvedSessions, res *net.Resolver) *Server {
+	t := rs.t
+	dir, key := t.TempDir(), newKey(t)
+	set := baseSettings(t, dir, rs.upURL, key)
+	set.Sessions = sessions
+	s, err := Start(context.Background(), Options{Settings: set, Listener: ln, Resolver: res})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs.servers = append(rs.servers, s)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.Close(ctx)
+		verifyLog(t, set.ReceiptPath, key)
+		verifyJournal(t, set.Sessions.JournalPath, set.ReceiptPath)
+	})
+	return s
 }
 
 func (rs *replicaSet) get(client *http.Client, replica int, hdr map[string]string) (*http.Response, string) {

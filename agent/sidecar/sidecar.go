@@ -88,6 +88,9 @@ type Options struct {
 	// Settings.Listen (tests that must know replicas' addresses first).
 	// Start takes it over: Close closes it.
 	Listener net.Listener
+	// Resolver resolves sessions.peers_dns. Default net.DefaultResolver;
+	// tests pass one dialing their own DNS server.
+	Resolver *net.Resolver
 }
 
 // engine pairs a policy with the kernel deciding on it, so one request
@@ -123,6 +126,8 @@ type Server struct {
 	// its polling of an object store source.
 	pol       *config.PolicyWatch
 	stopWatch context.CancelFunc
+	// stopPeers ends the re-resolution of sessions.peers_dns.
+	stopPeers context.CancelFunc
 
 	// logFailed holds the error once the receipt log refuses all writes
 	// until reopened (receipts.ErrFailed): the sidecar stays unready.
@@ -290,6 +295,12 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	go func() { s.serveDone <- s.srv.Serve(s.ln) }()
 	s.watchPolicy(ctx)
+	s.stopPeers = func() {}
+	if s.replicas != nil && s.replicas.dns != nil {
+		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		s.stopPeers = cancel
+		go s.replicas.dns.run(pctx, set.Sessions.PeersRefresh)
+	}
 	if opts.Ready != nil {
 		opts.Ready(s.ln.Addr())
 	}
@@ -308,6 +319,7 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // receipt log (committing and sealing what is queued).
 func (s *Server) Close(ctx context.Context) error {
 	s.stopWatch()
+	s.stopPeers()
 	defer s.pol.Close()
 	err := s.srv.Shutdown(ctx)
 	if err != nil {

@@ -6,6 +6,10 @@
 // read-only root filesystem switch, and the sidecar writes only to the
 // receipts volume. EmptyDir storage is lost with the replica: mount an Azure
 // Files share at /var/lib/chio to keep receipts.
+// Sessions stay single-tier: replicas are not given one another as peers
+// (CHIO_SESSION_PEERS / _PEERS_DNS), so a session's limits hold across
+// replicas only with session affinity or one replica (docs/sessions.md,
+// "Replicas").
 
 param location string = resourceGroup().location
 param environmentId string

@@ -27,13 +27,19 @@ const (
 	EnvSessionSelf             = "CHIO_SESSION_SELF"
 	EnvSessionPeerToken        = "CHIO_SESSION_PEER_TOKEN"
 	EnvSessionRedirect         = "CHIO_SESSION_REDIRECT"
+	EnvSessionPeersDNS         = "CHIO_SESSION_PEERS_DNS"
+	EnvSessionPeersRefresh     = "CHIO_SESSION_PEERS_REFRESH"
 )
+
+// DefaultPeersRefresh is how often a peers_dns name is re-resolved.
+const DefaultPeersRefresh = 10 * time.Second
 
 // SessionEnv lists the sessions variables; SidecarEnv ends with them.
 var SessionEnv = []string{
 	EnvSessionHeader, EnvSessionJournal, EnvSessionMaxCalls, EnvSessionMaxCallsPerTool,
 	EnvSessionMaxRequestBytes, EnvSessionMaxResponseBytes, EnvSessionIdleExpiry,
 	EnvSessionPeers, EnvSessionSelf, EnvSessionPeerToken, EnvSessionRedirect,
+	EnvSessionPeersDNS, EnvSessionPeersRefresh,
 }
 
 // DefaultSessionHeader names a request's session when no capability token
@@ -73,7 +79,15 @@ type Sessions struct {
 	// its id; a replica forwards a session's requests to its owner. Empty:
 	// one replica. Env: CHIO_SESSION_PEERS (comma-separated).
 	Peers []string `yaml:"peers"`
-	// Self is this replica's entry in Peers. Env: CHIO_SESSION_SELF.
+	// PeersDNS is a name:port whose A/AAAA addresses (each with port)
+	// are the replicas, re-resolved every PeersRefresh: a Kubernetes
+	// headless Service. Exclusive with Peers. Env: CHIO_SESSION_PEERS_DNS.
+	PeersDNS string `yaml:"peers_dns"`
+	// PeersRefresh is how often PeersDNS is re-resolved (at least 1s).
+	// Default 10s. Env: CHIO_SESSION_PEERS_REFRESH.
+	PeersRefresh Duration `yaml:"peers_refresh"`
+	// Self is this replica's entry in Peers (with PeersDNS: its own
+	// address:port as the name resolves to it). Env: CHIO_SESSION_SELF.
 	Self string `yaml:"self"`
 	// Redirect answers a request for a session another replica owns with
 	// a 307 to that replica (peers must then be addresses clients reach)
@@ -100,8 +114,31 @@ func (s *Sessions) validate() error {
 			return fmt.Errorf("sessions.peers[%d]: %q is not host:port", i, p)
 		}
 	}
+	if s.PeersDNS != "" {
+		if len(s.Peers) > 0 {
+			return fmt.Errorf("sessions.peers_dns: set with sessions.peers; give one of them")
+		}
+		if err := checkPeersDNS(s.PeersDNS); err != nil {
+			return fmt.Errorf("sessions.peers_dns: %w", err)
+		}
+	}
+	if s.PeersRefresh != 0 && time.Duration(s.PeersRefresh) < time.Second {
+		return fmt.Errorf("sessions.peers_refresh: %s is below 1s", time.Duration(s.PeersRefresh))
+	}
 	if s.IdleExpiry != 0 && time.Duration(s.IdleExpiry) < time.Second {
 		return fmt.Errorf("sessions.idle_expiry: %s is below 1s", time.Duration(s.IdleExpiry))
+	}
+	return nil
+}
+
+// checkPeersDNS refuses a peers_dns that is not name:port.
+func checkPeersDNS(v string) error {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil || host == "" {
+		return fmt.Errorf("%q is not name:port", v)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not 1-65535", v, port)
 	}
 	return nil
 }
@@ -129,9 +166,13 @@ type ResolvedSessions struct {
 	// Limits bound every session.
 	Limits session.Limits
 	// Peers are the replicas sessions are spread over (host:port); nil
-	// for one replica. Self is this one.
+	// for one replica (or with PeersDNS). Self is this one.
 	Peers []string
 	Self  string
+	// PeersDNS (name:port) resolves to the replicas every PeersRefresh;
+	// exclusive with Peers.
+	PeersDNS     string
+	PeersRefresh time.Duration
 	// PeerToken authenticates forwarded requests between replicas
 	// (secret; at least MinControlTokenBytes).
 	PeerToken string
@@ -200,13 +241,36 @@ func ResolveSessions(lookup func(string) (string, bool), s Sessions, receiptPath
 		}
 		r.Redirect = b
 	}
-	if len(r.Peers) > 0 {
+	r.PeersDNS = Pick(lookup, "", EnvSessionPeersDNS, s.PeersDNS, "")
+	r.PeersRefresh = time.Duration(s.PeersRefresh)
+	if v := Env(lookup, EnvSessionPeersRefresh); v != "" {
+		d, perr := time.ParseDuration(v)
+		if perr != nil || d < time.Second {
+			return r, fmt.Errorf("%s: %q is not a duration of at least 1s", EnvSessionPeersRefresh, v)
+		}
+		r.PeersRefresh = d
+	}
+	if r.PeersRefresh == 0 {
+		r.PeersRefresh = DefaultPeersRefresh
+	}
+	if r.PeersDNS != "" {
+		if len(r.Peers) > 0 {
+			return r, fmt.Errorf("%s and %s are both set: give the replicas one way", EnvSessionPeers, EnvSessionPeersDNS)
+		}
+		if err := checkPeersDNS(r.PeersDNS); err != nil {
+			return r, fmt.Errorf("%s: %w", EnvSessionPeersDNS, err)
+		}
+		if _, _, err := net.SplitHostPort(r.Self); err != nil {
+			return r, fmt.Errorf("%s %q is not host:port: with %s it names this replica's own address (a pod's IP and port)", EnvSessionSelf, r.Self, EnvSessionPeersDNS)
+		}
+	}
+	if len(r.Peers) > 0 || r.PeersDNS != "" {
 		for _, p := range r.Peers {
 			if _, _, err := net.SplitHostPort(p); err != nil {
 				return r, fmt.Errorf("%s: %q is not host:port", EnvSessionPeers, p)
 			}
 		}
-		if !slices.Contains(r.Peers, r.Self) {
+		if r.PeersDNS == "" && !slices.Contains(r.Peers, r.Self) {
 			return r, fmt.Errorf("%s %q is not one of the peers %v", EnvSessionSelf, r.Self, r.Peers)
 		}
 		// The token is a secret, from the environment only, taken as set.

@@ -56,6 +56,25 @@ func TestResolveSessions(t *testing.T) {
 	}
 }
 
+// TestResolveSessionPeersDNS: a DNS name for the replicas, exclusive
+// with the static list; self is this replica's own address.
+func TestResolveSessionPeersDNS(t *testing.T) {
+	tok := strings.Repeat("p", 16)
+	r, err := ResolveSessions(env(map[string]string{EnvSessionPeersDNS: "chio-peers.ns.svc.cluster.local:8080", EnvSessionSelf: "10.1.2.3:8080", EnvSessionPeerToken: tok}), Sessions{}, "r.db")
+	if err != nil || r.PeersDNS != "chio-peers.ns.svc.cluster.local:8080" || r.Peers != nil || r.PeersRefresh != DefaultPeersRefresh || r.PeerToken != tok {
+		t.Fatalf("resolved %+v, %v", r, err)
+	}
+	r, err = ResolveSessions(env(map[string]string{EnvSessionPeersRefresh: "3s", EnvSessionSelf: "10.1.2.3:8080", EnvSessionPeerToken: tok}), Sessions{PeersDNS: "p:1"}, "r.db")
+	if err != nil || r.PeersDNS != "p:1" || r.PeersRefresh != 3*time.Second {
+		t.Fatalf("resolved %+v, %v", r, err)
+	}
+	for _, s := range []Sessions{{PeersDNS: "p:1", Peers: []string{"a:1"}}, {PeersDNS: "p"}, {PeersDNS: "p:1", PeersRefresh: Duration(time.Millisecond)}} {
+		if err := s.validate(); err == nil {
+			t.Errorf("%+v accepted", s)
+		}
+	}
+}
+
 func TestResolveSessionPeers(t *testing.T) {
 	tok := strings.Repeat("p", 16)
 	r, err := ResolveSessions(env(map[string]string{EnvSessionPeers: "a:1, b:2,c:3", EnvSessionSelf: "b:2", EnvSessionPeerToken: tok, EnvSessionRedirect: "true"}), Sessions{}, "r.db")
@@ -67,6 +86,13 @@ func TestResolveSessionPeers(t *testing.T) {
 		{EnvSessionPeers: "a:1,b:2", EnvSessionSelf: "a:1", EnvSessionPeerToken: "short"},
 		{EnvSessionPeers: "a:1,nope", EnvSessionSelf: "a:1", EnvSessionPeerToken: tok},
 		{EnvSessionPeers: "a:1", EnvSessionSelf: "a:1", EnvSessionPeerToken: tok, EnvSessionRedirect: "sometimes"},
+		{EnvSessionPeers: "a:1", EnvSessionPeersDNS: "peers.svc:8080", EnvSessionSelf: "a:1", EnvSessionPeerToken: tok},
+		{EnvSessionPeersDNS: "peers.svc", EnvSessionSelf: "10.0.0.1:8080", EnvSessionPeerToken: tok},
+		{EnvSessionPeersDNS: "peers.svc:0", EnvSessionSelf: "10.0.0.1:8080", EnvSessionPeerToken: tok},
+		{EnvSessionPeersDNS: "peers.svc:8080", EnvSessionPeerToken: tok},
+		{EnvSessionPeersDNS: "peers.svc:8080", EnvSessionSelf: "fd00::1:8080", EnvSessionPeerToken: tok},
+		{EnvSessionPeersDNS: "peers.svc:8080", EnvSessionSelf: "10.0.0.1:8080", EnvSessionPeerToken: "short"},
+		{EnvSessionPeersDNS: "peers.svc:8080", EnvSessionSelf: "10.0.0.1:8080", EnvSessionPeerToken: tok, EnvSessionPeersRefresh: "10ms"},
 	} {
 		if _, err := ResolveSessions(env(e), Sessions{}, "r.db"); err == nil {
 			t.Errorf("%v accepted", e)

@@ -1,0 +1,294 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/sirupsen/logrus"
+
+	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/kernel/session"
+)
+
+// testDNS is a DNS server on loopback answering one name with the
+// addresses the test sets; no test resolves through the machine's
+// resolver.
+type testDNS struct {
+	mu       sync.Mutex
+	name     string
+	addrs    []net.IP
+	servfail bool
+	down     atomic.Bool
+	addr     string
+}
+
+const testPeersName = "chio-peers.chio.test."
+
+func startTestDNS(t *testing.T, addrs ...string) *testDNS {
+	d := &testDNS{name: testPeersName}
+	d.set(addrs...)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.addr = pc.LocalAddr().String()
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(d.serve)}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go srv.ActivateAndServe()
+	<-started
+	t.Cleanup(func() { srv.Shutdown() })
+	return d
+}
+
+func (d *testDNS) set(addrs ...string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.addrs, d.servfail = nil, false
+	for _, a := range addrs {
+		d.addrs = append(d.addrs, net.ParseIP(a))
+	}
+}
+
+func (d *testDNS) serve(w dns.ResponseWriter, q *dns.Msg) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := new(dns.Msg)
+	m.SetReply(q)
+	if d.servfail {
+		m.Rcode = dns.RcodeServerFailure
+		w.WriteMsg(m)
+		return
+	}
+	if len(q.Question) != 1 || q.Question[0].Name != d.name {
+		m.Rcode = dns.RcodeNameError
+		w.WriteMsg(m)
+		return
+	}
+	hdr := dns.RR_Header{Name: d.name, Class: dns.ClassINET, Ttl: 1}
+	for _, ip := range d.addrs {
+		switch v4 := ip.To4(); {
+		case v4 != nil && q.Question[0].Qtype == dns.TypeA:
+			hdr.Rrtype = dns.TypeA
+			m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: v4})
+		case v4 == nil && q.Question[0].Qtype == dns.TypeAAAA:
+			hdr.Rrtype = dns.TypeAAAA
+			m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip})
+		}
+	}
+	w.WriteMsg(m)
+}
+
+// resolver dials the test server whatever the system configures; while
+// down it refuses to dial at all.
+func (d *testDNS) resolver() *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		if d.down.Load() {
+			return nil, errors.New("test dns server down")
+		}
+		var nd net.Dialer
+		return nd.DialContext(ctx, network, d.addr)
+	}}
+}
+
+// TestDNSPeersRefresh: the ring follows the name's answers; a server that
+// is down, fails, answers nothing, or leaves this replica out keeps the
+// last ring and is counted.
+func TestDNSPeersRefresh(t *testing.T) {
+	d := startTestDNS(t, "10.0.0.1", "10.0.0.2")
+	var ring atomic.Pointer[session.Ring]
+	p := &dnsPeers{host: testPeersName, port: "8080", self: "10.0.0.1:8080", resolver: d.resolver(), log: logrus.New(), ring: &ring}
+	ctx := context.Background()
+	peers := func() []string {
+		if r := ring.Load(); r != nil {
+			return r.Peers()
+		}
+		return nil
+	}
+	if err := p.refresh(ctx); err != nil || !slices.Equal(peers(), []string{"10.0.0.1:8080", "10.0.0.2:8080"}) {
+		t.Fatalf("first refresh: %v %v", peers(), err)
+	}
+	d.set("10.0.0.2", "10.0.0.1", "fd00::3")
+	if err := p.refresh(ctx); err != nil || !slices.Equal(peers(), []string{"10.0.0.1:8080", "10.0.0.2:8080", "[fd00::3]:8080"}) {
+		t.Fatalf("answers changed: %v %v", peers(), err)
+	}
+	good := ring.Load()
+	for name, break_ := range map[string]func(){
+		"server down":   func() { d.down.Store(true) },
+		"servfail":      func() { d.mu.Lock(); d.servfail = true; d.mu.Unlock() },
+		"empty answer":  func() { d.set() },
+		"self left out": func() { d.set("10.0.0.2", "10.0.0.9") },
+	} {
+		before := p.failures.Load()
+		break_()
+		if err := p.refresh(ctx); err == nil {
+			t.Fatalf("%s: refresh reported no error", name)
+		}
+		if ring.Load() != good || p.failures.Load() != before+1 {
+			t.Fatalf("%s: ring %v (failures %d→%d); the last good ring must stay", name, peers(), before, p.failures.Load())
+		}
+		d.down.Store(false)
+		d.set("10.0.0.2", "10.0.0.1", "fd00::3")
+	}
+	// The periodic refresh picks a new answer up by itself, and stops
+	// with its context.
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { p.run(runCtx, 10*time.Millisecond); close(done) }()
+	d.set("10.0.0.1")
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Equal(peers(), []string{"10.0.0.1:8080"}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("periodic refresh: ring still %v", peers())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+	<-done
+	// A replica whose first resolution fails has no ring: its session
+	// requests are refused (route), not decided locally.
+	var none atomic.Pointer[session.Ring]
+	d.set("10.0.0.2")
+	q := &dnsPeers{host: testPeersName, port: "8080", self: "10.0.0.1:8080", resolver: d.resolver(), log: logrus.New(), ring: &none}
+	if err := q.refresh(ctx); err == nil || none.Load() != nil {
+		t.Fatalf("no ring expected: %v %v", none.Load(), err)
+	}
+}
+
+// listenSamePort listens on one port on each of n loopback addresses
+// (127.0.0.1, .2, ...), as replicas behind a headless Service share a
+// port on distinct addresses.
+func listenSamePort(t *testing.T, n int) []net.Listener {
+	for range 20 {
+		first, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns := []net.Listener{first}
+		_, port, _ := net.SplitHostPort(first.Addr().String())
+		for i := 2; i <= n; i++ {
+			ln, err := net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.0.0.%d", i), port))
+			if err != nil {
+				break
+			}
+			lns = append(lns, ln)
+		}
+		if len(lns) == n {
+			return lns
+		}
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	t.Fatal("no port free on every loopback address")
+	return nil
+}
+
+// TestReplicasFromDNS: three sidecars whose peers come from a DNS name.
+// The name first lists two of them: their sessions are pinned between
+// those two, and the third, left out, refuses session requests rather
+// than deciding them. The answer then adds the third: about a third of
+// the sessions move, all of them to the new replica, and each session's
+// next call is decided by its new owner.
+func TestReplicasFromDNS(t *testing.T) {
+	const sessions = 300
+	lns := listenSamePort(t, 3)
+	var ips []string
+	for _, ln := range lns {
+		ip, _, _ := net.SplitHostPort(ln.Addr().String())
+		ips = append(ips, ip)
+	}
+	_, port, _ := net.SplitHostPort(lns[0].Addr().String())
+	d := startTestDNS(t, ips[0], ips[1])
+	rs := newReplicaSet(t)
+	for i, ln := range lns {
+		rs.addrs = append(rs.addrs, ln.Addr().String())
+		// Refreshed by hand below: the test decides when answers change.
+		rs.start(ln, config.ResolvedSessions{Header: hdrSession, PeersDNS: net.JoinHostPort(testPeersName, port), PeersRefresh: time.Hour,
+			Self: rs.addrs[i], PeerToken: rs.token}, d.resolver())
+	}
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 8}}
+	defer client.CloseIdleConnections()
+	owners := func() map[string]int {
+		out := map[string]int{}
+		for i := range sessions {
+			sid := fmt.Sprintf("dns-%d", i)
+			for k, s := range rs.servers {
+				s.Sessions().Flush(context.Background())
+				if _, ok, _ := s.Sessions().Head(sid); ok {
+					out[sid] |= 1 << k
+				}
+			}
+		}
+		return out
+	}
+	call := func(via int) {
+		for i := range sessions {
+			sid := fmt.Sprintf("dns-%d", i)
+			if resp, body := rs.get(client, via, map[string]string{hdrSession: sid}); resp.StatusCode != 200 {
+				t.Fatalf("%s via replica %d: %d %s", sid, via, resp.StatusCode, body)
+			}
+		}
+	}
+	if resp, body := rs.get(client, 2, map[string]string{hdrSession: "dns-0"}); resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, codeNoPeers) {
+		t.Fatalf("replica left out of the name: %d %s", resp.StatusCode, body)
+	}
+	var st SessionsStatus
+	rs.servers[2].replicas.status(&st)
+	if st.Peers != nil || st.PeerRefreshFailures != 1 || st.PeersDNS == "" {
+		t.Fatalf("status of the replica left out: %+v", st)
+	}
+	call(0)
+	two, _ := session.NewRing(rs.addrs[:2])
+	before := owners()
+	if len(before) != sessions {
+		t.Fatalf("%d of %d sessions journaled", len(before), sessions)
+	}
+	for sid, where := range before {
+		if want := 1 << slices.Index(rs.addrs, two.Owner(sid)); where != want {
+			t.Fatalf("%s journaled on replicas %b, owner %s", sid, where, two.Owner(sid))
+		}
+	}
+	// The name now lists the third replica too.
+	d.set(ips...)
+	for k, s := range rs.servers {
+		if err := s.replicas.dns.refresh(context.Background()); err != nil || len(s.replicas.ring.Load().Peers()) != 3 {
+			t.Fatalf("replica %d: refresh %v", k, err)
+		}
+	}
+	st = SessionsStatus{}
+	rs.servers[2].replicas.status(&st)
+	if len(st.Peers) != 3 || st.PeerRefreshFailures != 1 {
+		t.Fatalf("status once listed: %+v", st)
+	}
+	call(1)
+	three, _ := session.NewRing(rs.addrs)
+	moved := 0
+	for sid, where := range owners() {
+		now := three.Owner(sid)
+		if now != two.Owner(sid) {
+			moved++
+			if now != rs.addrs[2] {
+				t.Fatalf("%s moved to %s, not to the added replica", sid, now)
+			}
+		}
+		if where&(1<<slices.Index(rs.addrs, now)) == 0 {
+			t.Fatalf("%s: second call not decided by its owner %s (journaled on %b)", sid, now, where)
+		}
+	}
+	// Rendezvous hashing moves about 1/3 of them (100 expected, σ≈8).
+	if moved < sessions/5 || moved > sessions/2 {
+		t.Fatalf("%d of %d sessions moved; about a third expected", moved, sessions)
+	}
+	t.Logf("%d of %d sessions moved to the added replica", moved, sessions)
+}
