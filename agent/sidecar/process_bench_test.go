@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/tuning"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 )
@@ -125,7 +126,7 @@ func startChild(b *testing.B, env ...string) (addr string, stop func()) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	if err := testutil.StartChild(cmd); err != nil {
 		b.Fatalf("start child: %v", err)
 	}
 	stopped := false

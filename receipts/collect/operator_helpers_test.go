@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 )
 
@@ -125,7 +126,7 @@ func (s *opServer) start() {
 	s.t.Helper()
 	s.cmd = exec.Command(s.bin, "-c", filepath.Join(s.dir, "nats.conf"), "-l", filepath.Join(s.dir, "server.log"))
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := s.cmd.Start(); err != nil {
+	if err := testutil.StartChild(s.cmd); err != nil {
 		s.t.Fatalf("start nats-server in operator mode: %v", err)
 	}
 	s.done = make(chan struct{})

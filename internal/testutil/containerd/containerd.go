@@ -190,9 +190,12 @@ func start() (_ *Runtime, err error) {
 	defer logf.Close()
 	r.cmd = exec.Command("containerd", "--config", filepath.Join(dir, "config.toml"))
 	r.cmd.Stdout, r.cmd.Stderr = logf, logf
-	// Gone with the test binary, even when it is killed.
+	// Gone with the test binary, even when it is killed; started on the
+	// binary's spawning thread, since Pdeathsig follows the thread that
+	// started it and a thread some test locked and left is destroyed (a
+	// containerd started from one died mid-run, failing the pods' tests).
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := r.cmd.Start(); err != nil {
+	if err := testutil.StartChild(r.cmd); err != nil {
 		return nil, fmt.Errorf("start containerd: %w", err)
 	}
 	r.exited = make(chan error, 1)
