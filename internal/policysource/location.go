@@ -84,13 +84,8 @@ func Parse(source string) (*Location, error) {
 		return bad("object name %q is not a clean relative path (no '.', '..' or empty segments)", name)
 	}
 	l.Key = name
-	if u.Fragment != "" {
-		hexPin, ok := strings.CutPrefix(u.Fragment, "sha256:")
-		pin, err := hex.DecodeString(hexPin)
-		if !ok || err != nil || len(pin) != 32 {
-			return bad("fragment %q: the only fragment is a pin, #sha256:<64 hex digits>", u.Fragment)
-		}
-		l.Pin = pin
+	if l.Pin, err = ParsePin(u.Fragment); err != nil {
+		return bad("%v", err)
 	}
 	return l, nil
 }

@@ -1,10 +1,7 @@
 package policysource
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -130,9 +127,8 @@ func (s *Source) Load(ctx context.Context, opts ...hushspec.Option) (*hushspec.P
 
 	root := objs[0]
 	if s.loc.Pin != nil {
-		sum := sha256.Sum256(root.data)
-		if !bytes.Equal(sum[:], s.loc.Pin) {
-			return nil, fmt.Errorf("load policy %s: %w: the object's sha256 is %s", url, ErrPinMismatch, hex.EncodeToString(sum[:]))
+		if err := CheckPin(root.data, s.loc.Pin); err != nil {
+			return nil, fmt.Errorf("load policy %s: %w", url, err)
 		}
 		if len(objs) > 1 {
 			return nil, fmt.Errorf("load policy %s: a pinned policy may not extend another object (%s would be unpinned); inline the base", url, s.loc.URL(objs[1].key))

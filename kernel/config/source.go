@@ -23,8 +23,8 @@ var ErrUnsupportedScheme = fmt.Errorf("unsupported scheme")
 const readsPolicies = "this build reads a path, file://, http(s)://, s3://, gs:// and azblob://"
 
 // LoadPolicy loads the HushSpec policy a source names: a path, file://PATH,
-// http(s)://URL (fetched with a timeout and a size bound; such a policy
-// cannot use `extends`, which names files), or an object in a store,
+// http(s)://URL (fetched with a timeout and a size bound, an optional
+// #sha256: pin; such a policy cannot use `extends`, which names files), or an object in a store,
 // s3://, gs:// or azblob:// (internal/policysource: the cloud's SDK and
 // default credentials, `extends` within the store, an optional #sha256:
 // pin). panicFile, when set, is the panic sentinel.
@@ -48,9 +48,20 @@ func LoadPolicy(ctx context.Context, source, panicFile string) (*hushspec.Policy
 		}
 		return hushspec.LoadFile(u.Path, opts...)
 	case "http", "https":
+		u, err := url.Parse(source)
+		if err != nil {
+			return nil, fmt.Errorf("load policy: %q is not a URL: %w", source, err)
+		}
+		pin, err := policysource.ParsePin(u.Fragment)
+		if err != nil {
+			return nil, fmt.Errorf("load policy %s: %w", source, err)
+		}
 		data, err := fetch(ctx, source)
 		if err != nil {
 			return nil, err
+		}
+		if err := policysource.CheckPin(data, pin); err != nil {
+			return nil, fmt.Errorf("load policy %s: %w", source, err)
 		}
 		return hushspec.Parse(data, append(opts, hushspec.WithFilename(source))...)
 	case "s3", "gs", "azblob":
