@@ -19,6 +19,7 @@ import (
 
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/receiptstest"
 	"github.com/backbay-labs/chio-agent/receipts/central"
 	"github.com/backbay-labs/chio-agent/receipts/collect"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
@@ -43,18 +44,8 @@ func TestReceiptsCollectCLI(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer l.Close()
-		for i := 0; i < 250; i++ {
-			data, err := receipts.SyntheticReceipt(key, i, time.Now())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := l.Append(context.Background(), data); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := l.Flush(context.Background(), true); err != nil {
-			t.Fatal(err)
-		}
+		receiptstest.Append(t, l, key, 0, 250)
+		receiptstest.Seal(t, l)
 		s, err := ship.New(l, ship.Options{Servers: strings.Split(c.URLs(), ","), Credentials: ship.Credentials{TokenEnv: "TEST_COLLECT_TOKEN"}})
 		if err != nil {
 			t.Fatal(err)

@@ -8,13 +8,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/backbay-labs/chio-agent/agent"
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/receiptstest"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
 
@@ -47,15 +47,7 @@ func TestNodeAgentShipsToNATS(t *testing.T) {
 		t.Fatalf("log %s, shipper %v; want %s and a shipper", s.log.Path(), s.agentOpts.Shipper, logPath)
 	}
 	const n = 137
-	for i := 0; i < n; i++ {
-		data, err := receipts.SyntheticReceipt(s.key, i, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.log.Append(context.Background(), data); err != nil {
-			t.Fatal(err)
-		}
-	}
+	receiptstest.Append(t, s.log, s.key, 0, n)
 	if err := s.close(); err != nil {
 		t.Fatal(err)
 	}

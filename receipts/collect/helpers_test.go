@@ -20,6 +20,7 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/backbay-labs/chio-agent/receipts/central"
+	"github.com/backbay-labs/chio-agent/receipts/receiptstest"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
 
@@ -32,12 +33,7 @@ var testKey = testutil.Key
 // holding n synthetic receipts, all sealed; closed when t ends.
 func openLog(t testing.TB, key ed25519.PrivateKey, every, n int) *receipts.Log {
 	t.Helper()
-	l, err := receipts.Open(filepath.Join(t.TempDir(), "receipts.db"), receipts.Options{Key: key, Mode: receipts.ModeAsync,
-		CheckpointEvery: every, CheckpointIdle: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := receiptstest.Fresh(t, key, every)
 	appendN(t, l, key, 0, n)
 	return l
 }
@@ -45,19 +41,8 @@ func openLog(t testing.TB, key ed25519.PrivateKey, every, n int) *receipts.Log {
 // appendN appends n synthetic receipts numbered from first and seals them.
 func appendN(t testing.TB, l *receipts.Log, key ed25519.PrivateKey, first, n int) {
 	t.Helper()
-	now := time.Now()
-	for i := first; i < first+n; i++ {
-		data, err := receipts.SyntheticReceipt(key, i, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.Append(context.Background(), data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := l.Flush(context.Background(), true); err != nil {
-		t.Fatal(err)
-	}
+	receiptstest.Append(t, l, key, first, n)
+	receiptstest.Seal(t, l)
 }
 
 // batchesOf reads every sealed batch of l.

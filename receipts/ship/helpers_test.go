@@ -19,6 +19,7 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/receiptstest"
 )
 
 func TestMain(m *testing.M) { os.Exit(natscluster.Main(m)) }
@@ -26,49 +27,20 @@ func TestMain(m *testing.M) { os.Exit(natscluster.Main(m)) }
 // testKey derives a signing key from name (each test its own log id).
 var testKey = testutil.Key
 
-// openLog opens a log at path signed by key, sealing every `every`
-// receipts.
-func openLog(t testing.TB, path string, key ed25519.PrivateKey, every int) *receipts.Log {
-	t.Helper()
-	l, err := receipts.Open(path, receipts.Options{Key: key, Mode: receipts.ModeAsync, CheckpointEvery: every,
-		CheckpointIdle: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
+// The logs these tests ship (receiptstest: async, sealing every `every`
+// receipts and after 50 ms idle).
+var (
+	openLog = receiptstest.Open
+	appendN = receiptstest.Append
+	sealAll = receiptstest.Seal
+)
 
 // logFor opens a fresh log for t, signed by a key of its own (its own log
 // id), sealing every `every` receipts; it is closed when t ends.
 func logFor(t testing.TB, every int) (*receipts.Log, ed25519.PrivateKey) {
 	t.Helper()
 	key := testKey(t.Name())
-	l := openLog(t, tempLog(t), key, every)
-	t.Cleanup(func() { l.Close() })
-	return l, key
-}
-
-// appendN appends n synthetic receipts numbered from first.
-func appendN(t testing.TB, l *receipts.Log, key ed25519.PrivateKey, first, n int) {
-	t.Helper()
-	now := time.Now()
-	for i := first; i < first+n; i++ {
-		data, err := receipts.SyntheticReceipt(key, i, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.Append(context.Background(), data); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// sealAll makes every appended receipt durable and sealed.
-func sealAll(t testing.TB, l *receipts.Log) {
-	t.Helper()
-	if err := l.Flush(context.Background(), true); err != nil {
-		t.Fatal(err)
-	}
+	return receiptstest.Fresh(t, key, every), key
 }
 
 // uniqueNames gives a test its own stream and subject prefix, so tests
