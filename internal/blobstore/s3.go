@@ -1,6 +1,7 @@
-package policysource
+package blobstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,7 +13,7 @@ import (
 	"github.com/aws/smithy-go"
 )
 
-// s3Store reads one S3 bucket. The client comes from the SDK's default
+// s3Store is one S3 bucket. The client comes from the SDK's default
 // configuration: region and credentials from the environment, the shared
 // config files, the ECS task role or web identity (IRSA); the endpoint from
 // AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL when set, which the SDK reads
@@ -43,7 +44,7 @@ func newS3(ctx context.Context, bucket string) (*s3Store, error) {
 	return &s3Store{bucket: bucket, client: client}, nil
 }
 
-func (s *s3Store) get(ctx context.Context, key string, max int64) ([]byte, string, error) {
+func (s *s3Store) Get(ctx context.Context, key string, max int64) ([]byte, string, error) {
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key)})
 	if err != nil {
 		return nil, "", s3Err(err)
@@ -56,7 +57,7 @@ func (s *s3Store) get(ctx context.Context, key string, max int64) ([]byte, strin
 	return data, aws.ToString(out.ETag), nil
 }
 
-func (s *s3Store) version(ctx context.Context, key string) (string, error) {
+func (s *s3Store) Version(ctx context.Context, key string) (string, error) {
 	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key)})
 	if err != nil {
 		return "", s3Err(err)
@@ -64,16 +65,62 @@ func (s *s3Store) version(ctx context.Context, key string) (string, error) {
 	return aws.ToString(out.ETag), nil
 }
 
-func (s *s3Store) close() error { return nil }
+// Create is a conditional PutObject (If-None-Match: *), which S3 answers
+// 412 PreconditionFailed when the key exists.
+func (s *s3Store) Create(ctx context.Context, key string, data []byte) error {
+	_, err := s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key),
+		Body: bytes.NewReader(data), IfNoneMatch: aws.String("*"), ContentType: aws.String(contentType)})
+	return s3Err(err)
+}
+
+func (s *s3Store) List(ctx context.Context, prefix, startAfter string, fn func(string) error) error {
+	in := &s3.ListObjectsV2Input{Bucket: aws.String(s.bucket), Prefix: aws.String(prefix)}
+	if startAfter != "" {
+		in.StartAfter = aws.String(startAfter)
+	}
+	p := s3.NewListObjectsV2Paginator(s.client, in)
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return s3Err(err)
+		}
+		for _, o := range page.Contents {
+			if err := fn(aws.ToString(o.Key)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (s *s3Store) Dirs(ctx context.Context, prefix string) ([]string, error) {
+	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: aws.String(s.bucket), Prefix: aws.String(prefix), Delimiter: aws.String("/")})
+	var out []string
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, s3Err(err)
+		}
+		for _, cp := range page.CommonPrefixes {
+			out = append(out, dirName(prefix, aws.ToString(cp.Prefix)))
+		}
+	}
+	return out, nil
+}
+
+func (s *s3Store) Close() error { return nil }
 
 // s3Err marks a missing object ErrNotFound (GetObject says NoSuchKey,
-// HeadObject, which has no body, NotFound).
+// HeadObject, which has no body, NotFound) and a failed conditional write
+// ErrExists.
 func s3Err(err error) error {
 	var ae smithy.APIError
 	if errors.As(err, &ae) {
 		switch ae.ErrorCode() {
 		case "NoSuchKey", "NotFound":
 			return fmt.Errorf("%w: %w", ErrNotFound, err)
+		case "PreconditionFailed":
+			return fmt.Errorf("%w: %w", ErrExists, err)
 		}
 	}
 	return err
