@@ -12,8 +12,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 )
@@ -107,7 +107,7 @@ func (s *azblobStore) Version(ctx context.Context, key string) (string, error) {
 // BlobAlreadyExists (or 412 ConditionNotMet) when the blob exists.
 func (s *azblobStore) Create(ctx context.Context, key string, data []byte) error {
 	_, err := s.container.NewBlockBlobClient(key).UploadBuffer(ctx, data, &blockblob.UploadBufferOptions{
-		HTTPHeaders: &blob.HTTPHeaders{BlobContentType: to.Ptr(contentType)},
+		HTTPHeaders:      &blob.HTTPHeaders{BlobContentType: to.Ptr(contentType)},
 		AccessConditions: &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfNoneMatch: to.Ptr(azcore.ETagAny)}},
 	})
 	return azErr(err)
