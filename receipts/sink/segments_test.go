@@ -236,7 +236,6 @@ func TestSegmentsDamaged(t *testing.T) {
 			t.Run(c.name, func(t *testing.T) {
 				prefix := fmt.Sprintf("damaged-%d/", len(c.name))
 				sc := openSink(t, url[:len(url)-len("damaged")]+prefix)
-				putAll(t, ctx, sc, bs[:1])
 				put(prefix+c.key, c.data)
 				err := sc.Batches(ctx, id, 0, func(receipts.SealedBatch) error { return nil })
 				if !errors.Is(err, sink.ErrDamagedSegment) || !strings.Contains(err.Error(), prefix+c.key) || !strings.Contains(err.Error(), c.want) {
