@@ -48,7 +48,7 @@ import (
 // shipper resuming) finds it there and succeeds when the stored bytes are
 // the ones it would write; other bytes under the same name (another
 // content for the same checkpoint: a fork, or a log restored from an old
-// copy) are never overwritten, and the put fails with ErrSegmentConflict.
+// copy) are never overwritten, and the put fails with ErrConflict.
 // Overwriting identical content would be idempotent too, but it would also
 // overwrite different content, destroying the evidence stored first.
 
@@ -57,14 +57,6 @@ const (
 	KindReceipt    = "receipt"
 	KindRotation   = "rotation"
 	KindCheckpoint = "checkpoint"
-)
-
-var (
-	// ErrSegmentConflict: the sink holds other bytes for a batch's object.
-	ErrSegmentConflict = errors.New("the sink holds another segment for this checkpoint")
-	// ErrDamagedSegment: an object of the sink is not a segment as Put
-	// writes it (a damaged object, or a foreign one under the prefix).
-	ErrDamagedSegment = errors.New("not a receipt segment")
 )
 
 // maxSegment bounds the object Batches reads (1 GiB, as an evidence
@@ -198,13 +190,13 @@ func EncodeSegment(b *receipts.SealedBatch, cpSeq uint64) ([]byte, error) {
 func DecodeSegment(data []byte, logID string, cpSeq uint64) (receipts.SealedBatch, error) {
 	b := receipts.SealedBatch{LogID: logID}
 	if len(data) == 0 || data[len(data)-1] != '\n' {
-		return b, fmt.Errorf("empty, or does not end with a newline: %w", ErrDamagedSegment)
+		return b, fmt.Errorf("empty, or does not end with a newline: %w", ErrDamaged)
 	}
 	lines := bytes.Split(data[:len(data)-1], []byte{'\n'})
 	var start uint64
 	for i, raw := range lines {
 		bad := func(format string, a ...any) error {
-			return fmt.Errorf("line %d: %s: %w", i+1, fmt.Sprintf(format, a...), ErrDamagedSegment)
+			return fmt.Errorf("line %d: %s: %w", i+1, fmt.Sprintf(format, a...), ErrDamaged)
 		}
 		var l SegmentLine
 		dec := json.NewDecoder(bytes.NewReader(raw))
@@ -249,11 +241,11 @@ func DecodeSegment(data []byte, logID string, cpSeq uint64) (receipts.SealedBatc
 	}
 	cp, err := receipts.ParseCheckpoint(b.Checkpoint)
 	if err != nil {
-		return b, fmt.Errorf("checkpoint line: %v: %w", err, ErrDamagedSegment)
+		return b, fmt.Errorf("checkpoint line: %v: %w", err, ErrDamaged)
 	}
 	if cp.Body.CheckpointSeq != cpSeq || len(b.Receipts) > 0 && start != cp.Body.BatchStartSeq {
 		return b, fmt.Errorf("checkpoint line names checkpoint %d from seq %d; the object is checkpoint %d from seq %d: %w",
-			cp.Body.CheckpointSeq, cp.Body.BatchStartSeq, cpSeq, start, ErrDamagedSegment)
+			cp.Body.CheckpointSeq, cp.Body.BatchStartSeq, cpSeq, start, ErrDamaged)
 	}
 	return b, nil
 }
@@ -277,7 +269,7 @@ func (s *segments) Put(ctx context.Context, b receipts.SealedBatch, cpSeq uint64
 	}
 	if !bytes.Equal(held, data) {
 		return fmt.Errorf("put %s: %w: the object holds %d other bytes than the %d of log %s checkpoint %d (a fork, or a log restored from an old copy?); it is left as it is",
-			s.objectURL(key), ErrSegmentConflict, len(held), len(data), b.LogID, cpSeq)
+			s.objectURL(key), ErrConflict, len(held), len(data), b.LogID, cpSeq)
 	}
 	return nil
 }
@@ -297,7 +289,7 @@ func (s *segments) checkpoints(ctx context.Context, logID string, after uint64) 
 		digits, ok := strings.CutSuffix(name, segmentExt)
 		n, err := strconv.ParseUint(digits, 10, 64)
 		if !ok || len(digits) != 20 || err != nil || n == 0 {
-			return fmt.Errorf("%s: the name is not CHECKPOINT_SEQ%s (20 digits): %w", s.objectURL(key), segmentExt, ErrDamagedSegment)
+			return fmt.Errorf("%s: the name is not CHECKPOINT_SEQ%s (20 digits): %w", s.objectURL(key), segmentExt, ErrDamaged)
 		}
 		if n <= after {
 			return nil
@@ -310,7 +302,7 @@ func (s *segments) checkpoints(ctx context.Context, logID string, after uint64) 
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, ErrDamagedSegment) {
+		if errors.Is(err, ErrDamaged) {
 			return nil, nil, err
 		}
 		return nil, nil, fmt.Errorf("list %s: %w", s.objectURL(dir), err)
@@ -330,7 +322,7 @@ func (s *segments) Logs(ctx context.Context) ([]string, error) {
 	}
 	for _, d := range dirs {
 		if !receipts.ValidLogID(d) {
-			return nil, fmt.Errorf("%s%s/ is not a log's directory (%s followed by 64 hex digits): %w", s.loc.Base(), s.prefix+d, receipts.LogIDPrefix, ErrDamagedSegment)
+			return nil, fmt.Errorf("%s%s/ is not a log's directory (%s followed by 64 hex digits): %w", s.loc.Base(), s.prefix+d, receipts.LogIDPrefix, ErrDamaged)
 		}
 	}
 	slices.Sort(dirs)

@@ -182,7 +182,7 @@ func TestSegmentsRoundTrip(t *testing.T) {
 		// The same checkpoint with other content (the same key's log
 		// written afresh): refused, and the stored object stays.
 		_, fork := sealedLog(t, t.Name()+"/a", 3, false)
-		if err := st.Put(ctx, fork[0], 1); !errors.Is(err, sink.ErrSegmentConflict) || !strings.Contains(err.Error(), sink.SegmentName(idA, 1)) {
+		if err := st.Put(ctx, fork[0], 1); !errors.Is(err, sink.ErrConflict) || !strings.Contains(err.Error(), sink.SegmentName(idA, 1)) {
 			t.Fatalf("put of another checkpoint 1: %v", err)
 		}
 		sameBatches(t, readAll(t, ctx, st, idA, 0), bsA)
@@ -200,7 +200,7 @@ func TestSegmentsRoundTrip(t *testing.T) {
 		if logs, err := openSink(t, base+"chio").Logs(ctx); err != nil || len(logs) != 1 || logs[0] != "receipts" {
 			// The parent prefix lists "receipts" as a directory that is
 			// no log: that is an error, below.
-			if err == nil || !errors.Is(err, sink.ErrDamagedSegment) || !strings.Contains(err.Error(), "chio/receipts/") {
+			if err == nil || !errors.Is(err, sink.ErrDamaged) || !strings.Contains(err.Error(), "chio/receipts/") {
 				t.Fatalf("Logs of the parent prefix = %v, %v", logs, err)
 			}
 		}
@@ -238,13 +238,13 @@ func TestSegmentsDamaged(t *testing.T) {
 				sc := openSink(t, url[:len(url)-len("damaged")]+prefix)
 				put(prefix+c.key, c.data)
 				err := sc.Batches(ctx, id, 0, func(receipts.SealedBatch) error { return nil })
-				if !errors.Is(err, sink.ErrDamagedSegment) || !strings.Contains(err.Error(), prefix+c.key) || !strings.Contains(err.Error(), c.want) {
+				if !errors.Is(err, sink.ErrDamaged) || !strings.Contains(err.Error(), prefix+c.key) || !strings.Contains(err.Error(), c.want) {
 					t.Fatalf("Batches over %s: %v", c.name, err)
 				}
 			})
 		}
 		put("damaged/not-a-log/00000000000000000001.jsonl", string(good))
-		if logs, err := st.Logs(ctx); !errors.Is(err, sink.ErrDamagedSegment) || !strings.Contains(err.Error(), "damaged/not-a-log/") {
+		if logs, err := st.Logs(ctx); !errors.Is(err, sink.ErrDamaged) || !strings.Contains(err.Error(), "damaged/not-a-log/") {
 			t.Fatalf("Logs over a foreign directory = %v, %v", logs, err)
 		}
 	})
