@@ -418,9 +418,9 @@ type k8sContainer struct {
 			Drop []string `yaml:"drop"`
 		} `yaml:"capabilities"`
 	} `yaml:"securityContext"`
-	StartupProbe   *k8sProbe `yaml:"startupProbe"`
-	ReadinessProbe *k8sProbe `yaml:"readinessProbe"`
-	LivenessProbe  *k8sProbe `yaml:"livenessProbe"`
+	StartupProbe   *k8sProbe        `yaml:"startupProbe"`
+	ReadinessProbe *k8sProbe        `yaml:"readinessProbe"`
+	LivenessProbe  *k8sProbe        `yaml:"livenessProbe"`
 	VolumeMounts   []k8sVolumeMount `yaml:"volumeMounts"`
 }
 
