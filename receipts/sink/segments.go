@@ -329,23 +329,67 @@ func (s *segments) Logs(ctx context.Context) ([]string, error) {
 	return dirs, nil
 }
 
+// readAhead is how many segments Batches reads ahead of the one fn is
+// given: a sink of many objects is read at several round trips at a time,
+// with at most this many objects held.
+const readAhead = 8
+
 func (s *segments) Batches(ctx context.Context, logID string, after uint64, fn func(receipts.SealedBatch) error) error {
 	seqs, keys, err := s.checkpoints(ctx, logID, after)
 	if err != nil {
 		return err
 	}
-	for i, key := range keys {
-		data, _, err := s.st.Get(ctx, key, maxSegment)
-		if err != nil {
-			return fmt.Errorf("read %s: %w", s.objectURL(key), err)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops the reads ahead when fn or a read fails
+	type read struct {
+		b   receipts.SealedBatch
+		err error
+	}
+	reads := make([]chan read, len(keys))
+	for i := range reads {
+		reads[i] = make(chan read, 1) // a read never waits for its reader
+	}
+	slots := make(chan struct{}, readAhead)
+	go func() {
+		for i, key := range keys {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			go func() {
+				b, err := s.segment(ctx, key, logID, seqs[i])
+				reads[i] <- read{b, err}
+			}()
 		}
-		b, err := DecodeSegment(data, logID, seqs[i])
-		if err != nil {
-			return fmt.Errorf("read %s: %w", s.objectURL(key), err)
+	}()
+	for i := range keys {
+		var r read
+		select {
+		case r = <-reads[i]:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		if err := fn(b); err != nil {
+		<-slots
+		if r.err != nil {
+			return r.err
+		}
+		if err := fn(r.b); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// segment reads and decodes the object key, checkpoint cpSeq of log logID.
+func (s *segments) segment(ctx context.Context, key, logID string, cpSeq uint64) (receipts.SealedBatch, error) {
+	data, _, err := s.st.Get(ctx, key, maxSegment)
+	if err != nil {
+		return receipts.SealedBatch{}, fmt.Errorf("read %s: %w", s.objectURL(key), err)
+	}
+	b, err := DecodeSegment(data, logID, cpSeq)
+	if err != nil {
+		return b, fmt.Errorf("read %s: %w", s.objectURL(key), err)
+	}
+	return b, nil
 }

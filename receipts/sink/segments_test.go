@@ -39,14 +39,14 @@ func appendN(t *testing.T, l *receipts.Log, key ed25519.PrivateKey, first, n int
 	}
 }
 
-// sealedLog writes a log signed by the key named name: 15 receipts, then
-// (rotate) 12 more by a rotated key, all sealed every 10; it returns the
-// log's sealed batches as the log reads them.
-func sealedLog(t *testing.T, name string, n int, rotate bool) (string, []receipts.SealedBatch) {
+// sealedLog writes a log signed by the key named name: n receipts, then
+// (rotate) 12 more by a rotated key, all sealed every `every`; it returns
+// the log's id and sealed batches as the log reads them.
+func sealedLog(t *testing.T, name string, n, every int, rotate bool) (string, []receipts.SealedBatch) {
 	t.Helper()
 	k1 := testutil.Key(name)
 	path := filepath.Join(t.TempDir(), "receipts.db")
-	l, err := receipts.Open(path, receipts.Options{Key: k1, CheckpointEvery: 10})
+	l, err := receipts.Open(path, receipts.Options{Key: k1, CheckpointEvery: every})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func sealedLog(t *testing.T, name string, n int, rotate bool) (string, []receipt
 	if rotate {
 		l.Close()
 		k2 := testutil.Key(name + "/rotated")
-		if l, err = receipts.Open(path, receipts.Options{Key: k2, RotateKey: true, PreviousKey: k1, CheckpointEvery: 10}); err != nil {
+		if l, err = receipts.Open(path, receipts.Options{Key: k2, RotateKey: true, PreviousKey: k1, CheckpointEvery: every}); err != nil {
 			t.Fatal(err)
 		}
 		appendN(t, l, k2, 100, 12)
@@ -141,8 +141,8 @@ func TestSegmentsRoundTrip(t *testing.T) {
 	objstore.Each(t, func(t *testing.T, b objstore.Store) {
 		ctx := ctxT(t)
 		base, _ := b.Bucket(t)
-		idA, bsA := sealedLog(t, t.Name()+"/a", 15, true)
-		idB, bsB := sealedLog(t, t.Name()+"/b", 5, false)
+		idA, bsA := sealedLog(t, t.Name()+"/a", 15, 10, true)
+		idB, bsB := sealedLog(t, t.Name()+"/b", 5, 10, false)
 		rotated := 0
 		for _, b := range bsA {
 			rotated += len(b.Rotations)
@@ -179,9 +179,24 @@ func TestSegmentsRoundTrip(t *testing.T) {
 		sameBatches(t, readAll(t, ctx, st, idA, 2), bsA[2:])
 		sameBatches(t, readAll(t, ctx, st, idB, 0), bsB)
 
+		// More objects than Batches reads ahead: in order, each once, and
+		// a reader that stops early is told no more.
+		idC, bsC := sealedLog(t, t.Name()+"/c", 30, 1, false)
+		putAll(t, ctx, st, bsC)
+		sameBatches(t, readAll(t, ctx, st, idC, 0), bsC)
+		stop, n3 := errors.New("enough"), 0
+		if err := st.Batches(ctx, idC, 0, func(receipts.SealedBatch) error {
+			if n3++; n3 == 3 {
+				return stop
+			}
+			return nil
+		}); err != stop || n3 != 3 {
+			t.Fatalf("Batches stopped by its reader after %d batches: %v", n3, err)
+		}
+
 		// The same checkpoint with other content (the same key's log
 		// written afresh): refused, and the stored object stays.
-		_, fork := sealedLog(t, t.Name()+"/a", 3, false)
+		_, fork := sealedLog(t, t.Name()+"/a", 3, 10, false)
 		if err := st.Put(ctx, fork[0], 1); !errors.Is(err, sink.ErrConflict) || !strings.Contains(err.Error(), sink.SegmentName(idA, 1)) {
 			t.Fatalf("put of another checkpoint 1: %v", err)
 		}
@@ -215,7 +230,7 @@ func TestSegmentsDamaged(t *testing.T) {
 	objstore.Each(t, func(t *testing.T, b objstore.Store) {
 		ctx := ctxT(t)
 		base, put := b.Bucket(t)
-		id, bs := sealedLog(t, t.Name(), 25, false)
+		id, bs := sealedLog(t, t.Name(), 25, 10, false)
 		url := base + "damaged"
 		st := openSink(t, url)
 		putAll(t, ctx, st, bs[:1])
@@ -258,7 +273,7 @@ func rotateLines(s string) []string {
 
 // TestSegmentLines: the line schema the docs promise BigQuery.
 func TestSegmentLines(t *testing.T) {
-	id, bs := sealedLog(t, t.Name(), 15, true)
+	id, bs := sealedLog(t, t.Name(), 15, 10, true)
 	for i, b := range bs {
 		data, err := sink.EncodeSegment(&b, uint64(i+1))
 		if err != nil {
