@@ -66,10 +66,19 @@ func (s *s3Store) Version(ctx context.Context, key string) (string, error) {
 }
 
 // Create is a conditional PutObject (If-None-Match: *), which S3 answers
-// 412 PreconditionFailed when the key exists.
+// 412 PreconditionFailed when the key exists. Two conditional writes of
+// one key at once may get 409 ConditionalRequestConflict, which S3 asks to
+// retry: Create does, a few times.
 func (s *s3Store) Create(ctx context.Context, key string, data []byte) error {
-	_, err := s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key),
-		Body: bytes.NewReader(data), IfNoneMatch: aws.String("*"), ContentType: aws.String(contentType)})
+	var err error
+	for range 3 {
+		_, err = s.client.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(key),
+			Body: bytes.NewReader(data), IfNoneMatch: aws.String("*"), ContentType: aws.String(contentType)})
+		var ae smithy.APIError
+		if !errors.As(err, &ae) || ae.ErrorCode() != "ConditionalRequestConflict" {
+			break
+		}
+	}
 	return s3Err(err)
 }
 
