@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -76,6 +77,11 @@ func TestReceiptsSinkCLI(t *testing.T) {
 		if err != nil || !strings.Contains(out, "ok: receipt sink "+fleet+": 2 logs") || !strings.Contains(out, "40 receipts (seq 1-40") ||
 			!strings.Contains(out, "25 receipts (seq 1-25") || !strings.Contains(out, "4 checkpoints") {
 			t.Fatalf("verify --sink: %v\n%s", err, out)
+		}
+		var rep sinkReport
+		if err := json.Unmarshal([]byte(out2(t, "receipts", "verify", "--sink", fleet, "--json")), &rep); err != nil ||
+			rep.Sink != fleet || len(rep.Logs) != 2 || rep.Logs[0].Verified+rep.Logs[1].Verified != 65 {
+			t.Fatalf("verify --sink --json: %+v, %v", rep, err)
 		}
 		if _, err := runCLI(t, "receipts", "verify", "--sink", fleet, "--trusted-key", pubA); exitCode(err) != exitVerifyFailed ||
 			!strings.Contains(err.Error(), "untrusted_key") {
