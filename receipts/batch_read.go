@@ -7,12 +7,24 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	bolt "go.etcd.io/bbolt"
 )
 
 // LogIDPrefix starts every log id.
 const LogIDPrefix = "local-log-"
+
+// ValidLogID says whether id has the form of a log id: LogIDPrefix and 64
+// lowercase hex digits.
+func ValidLogID(id string) bool {
+	rest, ok := strings.CutPrefix(id, LogIDPrefix)
+	if !ok || len(rest) != 64 || strings.ToLower(rest) != rest {
+		return false
+	}
+	_, err := hex.DecodeString(rest)
+	return err == nil
+}
 
 // LogIDOf is the id a log signed by kernelKey (hex Ed25519 public key) goes
 // by beyond this node: "local-log-" + hex SHA-256 of the 32 key bytes, as

@@ -24,8 +24,10 @@ import (
 
 	"github.com/backbay-labs/chio-agent/agent/sidecar"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/internal/testutil/azurite"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/receipts/sink"
 )
 
 const apiSpec = `openapi: 3.0.3
@@ -416,13 +418,15 @@ type k8sContainer struct {
 			Drop []string `yaml:"drop"`
 		} `yaml:"capabilities"`
 	} `yaml:"securityContext"`
-	StartupProbe   *k8sProbe `yaml:"startupProbe"`
-	ReadinessProbe *k8sProbe `yaml:"readinessProbe"`
-	LivenessProbe  *k8sProbe `yaml:"livenessProbe"`
-	VolumeMounts   []struct {
-		Name      string `yaml:"name"`
-		MountPath string `yaml:"mountPath"`
-	} `yaml:"volumeMounts"`
+	StartupProbe   *k8sProbe        `yaml:"startupProbe"`
+	ReadinessProbe *k8sProbe        `yaml:"readinessProbe"`
+	LivenessProbe  *k8sProbe        `yaml:"livenessProbe"`
+	VolumeMounts   []k8sVolumeMount `yaml:"volumeMounts"`
+}
+
+type k8sVolumeMount struct {
+	Name      string `yaml:"name"`
+	MountPath string `yaml:"mountPath"`
 }
 
 type k8sProbe struct {
@@ -502,22 +506,35 @@ func TestDeployCloudRun(t *testing.T) {
 	checkReceiptMount(t, "cloud-run", env, c)
 }
 
-// checkReceiptMount: the receipt sink must sit on a mounted volume, since
-// the root filesystem is read-only (or, on Cloud Run, not ours to keep).
+// checkReceiptMount: the receipt log must sit on a mounted volume, since
+// the root filesystem is read-only (or, on Cloud Run, not ours to keep). A
+// store sink (gs://, azblob://) must be a sink URL that checks, and the
+// local log, its first write, stays on the volume the sidecar image
+// declares (/var/lib/chio).
 func checkReceiptMount(t *testing.T, src string, env map[string]string, c *k8sContainer) {
 	t.Helper()
-	sink, err := config.ReceiptPath(env[config.EnvReceiptSink])
+	local := env[config.EnvReceiptSink]
+	if sink.IsStore(local) {
+		if err := sink.Check(fillPlaceholders(local)); err != nil {
+			t.Errorf("%s: %v", src, err)
+		}
+		local = sidecarReceiptDir + "/receipts.db"
+	}
+	path, err := config.ReceiptPath(local)
 	if err != nil {
 		t.Errorf("%s: %v", src, err)
 		return
 	}
 	for _, m := range c.VolumeMounts {
-		if strings.HasPrefix(sink, strings.TrimSuffix(m.MountPath, "/")+"/") {
+		if strings.HasPrefix(path, strings.TrimSuffix(m.MountPath, "/")+"/") {
 			return
 		}
 	}
-	t.Errorf("%s: receipt sink %s is on no mounted volume", src, sink)
+	t.Errorf("%s: receipt log %s is on no mounted volume", src, path)
 }
+
+// sidecarReceiptDir is the sidecar image's receipt volume.
+const sidecarReceiptDir = "/var/lib/chio"
 
 func TestDeployECS(t *testing.T) {
 	var td struct {
@@ -599,26 +616,26 @@ func TestDeployECS(t *testing.T) {
 	}
 }
 
-func TestDeployAzure(t *testing.T) {
-	text := string(readDeploy(t, "azure/container-app.bicep"))
+// azureSidecar reads the chio-sidecar container of the Azure manifest: its
+// block of text, args, environment (values) and variable names.
+func azureSidecar(t *testing.T) (text, block string, args []string, env map[string]string, names []string) {
+	t.Helper()
+	text = string(readDeploy(t, "azure/container-app.bicep"))
 	start := strings.Index(text, "name: 'chio-sidecar'")
 	end := strings.Index(text, "name: 'api'")
 	if start < 0 || end < start {
 		t.Fatal("azure: no chio-sidecar container before the api container")
 	}
-	block := text[start:end]
+	block = text[start:end]
 	quoted := regexp.MustCompile(`'([^']*)'`)
 	argsLine := regexp.MustCompile(`args: \[([^\]]*)\]`).FindStringSubmatch(block)
 	if argsLine == nil {
 		t.Fatal("azure: no args")
 	}
-	var args []string
 	for _, m := range quoted.FindAllStringSubmatch(argsLine[1], -1) {
 		args = append(args, m[1])
 	}
-	checkArgs(t, "azure args", args)
-	env := map[string]string{}
-	var names []string
+	env = map[string]string{}
 	for _, m := range regexp.MustCompile(`\{ name: '([^']+)', (value|secretRef): '([^']*)' \}`).FindAllStringSubmatch(block, -1) {
 		names = append(names, m[1])
 		if m[2] == "value" {
@@ -628,6 +645,12 @@ func TestDeployAzure(t *testing.T) {
 	if len(names) == 0 {
 		t.Fatal("azure: no environment found")
 	}
+	return text, block, args, env, names
+}
+
+func TestDeployAzure(t *testing.T) {
+	text, block, args, env, names := azureSidecar(t)
+	checkArgs(t, "azure args", args)
 	checkEnvNames(t, "azure", names, config.SidecarEnv)
 	path, port := sidecarEndpoint(t, "azure", env)
 	tp := regexp.MustCompile(`targetPort: (\d+)`).FindStringSubmatch(text)
@@ -641,6 +664,37 @@ func TestDeployAzure(t *testing.T) {
 	if probes["Readiness"] != [2]string{path, strconv.Itoa(port)} || probes["Liveness"] != [2]string{sidecar.PathLive, strconv.Itoa(port)} {
 		t.Errorf("azure: probes %v; want readiness %s and liveness %s on %d", probes, path, sidecar.PathLive, port)
 	}
+	// The policy and the receipt sink are in the storage account the
+	// template is given, reached with the app's managed identity.
+	for _, v := range []string{config.EnvPolicySource, config.EnvReceiptSink} {
+		if !strings.HasPrefix(env[v], "azblob://${storageAccount}/") {
+			t.Errorf("azure: %s = %q; want an azblob:// URL in the storageAccount parameter's account", v, env[v])
+		}
+	}
+	if err := sink.Check(fillPlaceholders(env[config.EnvReceiptSink])); err != nil {
+		t.Errorf("azure: %v", err)
+	}
+	for _, want := range []string{"type: 'SystemAssigned'", "principalId: app.identity.principalId", "ba92f5b4-2d11-453d-a403-e96b0029c9fe"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("azure: no %q: the SDK would have no identity with Storage Blob Data Contributor on the account", want)
+		}
+	}
+	checkReceiptMount(t, "azure", env, &k8sContainer{VolumeMounts: azureMounts(block)})
+}
+
+// azureMounts are the volume mounts of a bicep container block.
+func azureMounts(block string) []k8sVolumeMount {
+	var out []k8sVolumeMount
+	for _, m := range regexp.MustCompile(`\{ volumeName: '[^']+', mountPath: '([^']+)' \}`).FindAllStringSubmatch(block, -1) {
+		out = append(out, k8sVolumeMount{MountPath: m[1]})
+	}
+	return out
+}
+
+// fillPlaceholders fills a manifest's placeholders as a user would: the
+// Cloud Run project id and the Azure storage account (Azurite's).
+func fillPlaceholders(s string) string {
+	return strings.NewReplacer("PROJECT_ID", "my-project", "${storageAccount}", azurite.Account).Replace(s)
 }
 
 // dockerfile reads the directives of the final stage of a Dockerfile.

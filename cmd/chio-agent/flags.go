@@ -18,6 +18,7 @@ import (
 //	--receipt-mode    sync or async
 //	--status-socket   the running agent's status socket
 //	--trusted-key     a trusted kernel public key (hex), for verification
+//	--sink            a receipt sink URL to read back (s3://, gs://, azblob://, dynamodb://)
 //
 // Older spellings stay as hidden aliases that warn when used, so that
 // scripts written against them keep working.

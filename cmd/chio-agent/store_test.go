@@ -14,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/backbay-labs/chio-agent/internal/blobstore"
 	"github.com/backbay-labs/chio-agent/internal/policysource"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/internal/testutil/azurite"
 	"github.com/backbay-labs/chio-agent/internal/testutil/fakegcs"
 	"github.com/backbay-labs/chio-agent/internal/testutil/fakes3"
 	"github.com/backbay-labs/chio-agent/internal/testutil/objstore"
@@ -165,13 +167,16 @@ func TestRunStorePolicy(t *testing.T) {
 	})
 }
 
-// TestDeployStorePolicySources: the Cloud Run and ECS manifests load the
-// policy from a gs:// and an s3:// object, as the guide's do, and those
-// sources work as written: an emulated store holding the named bucket and
-// object serves the policy the sidecar loads.
+// TestDeployStorePolicySources: the Cloud Run, ECS and Azure manifests load
+// the policy from a gs://, an s3:// and an azblob:// object, as the guide's
+// do, and those sources work as written (placeholders filled): an emulated
+// store holding the named bucket and object serves the policy the sidecar
+// loads.
 func TestDeployStorePolicySources(t *testing.T) {
 	env, _ := cloudRunSidecar(t).envMap()
-	cloudRun := env[config.EnvPolicySource]
+	cloudRun := fillPlaceholders(env[config.EnvPolicySource])
+	_, _, _, azEnv, _ := azureSidecar(t)
+	az := fillPlaceholders(azEnv[config.EnvPolicySource])
 	var td struct {
 		ContainerDefinitions []struct {
 			Name        string                         `json:"name"`
@@ -208,19 +213,71 @@ func TestDeployStorePolicySources(t *testing.T) {
 			s.BucketNamed(t, bucket)
 			s.Put(t, bucket, key, []byte(apiPolicy))
 		}},
+		{"azure", az, "azblob", func(t *testing.T, container, key string) {
+			s := azurite.Shared(t)
+			azurite.Env(t, s.Addr())
+			s.ContainerNamed(t, container)
+			s.Put(t, container, key, []byte(apiPolicy))
+		}},
 	} {
 		t.Run(tc.manifest, func(t *testing.T) {
 			l, err := policysource.Parse(tc.source)
 			if err != nil || l.Scheme != tc.scheme {
 				t.Fatalf("%s: %s = %q (%v); want a %s:// object", tc.manifest, config.EnvPolicySource, tc.source, err, tc.scheme)
 			}
-			tc.serve(t, l.Bucket, l.Key)
+			bucket := l.Bucket
+			if l.Container != "" {
+				bucket = l.Container
+			}
+			tc.serve(t, bucket, l.Key)
 			p, err := config.LoadPolicy(t.Context(), tc.source, "")
 			if err != nil {
 				t.Fatalf("%s: load %s: %v", tc.manifest, tc.source, err)
 			}
 			if d := p.Evaluate(hushspec.Action{Type: "tool_call", Target: "listPets"}).Decision; d != hushspec.DecisionAllow {
 				t.Fatalf("%s: the policy served decides listPets %s", tc.manifest, d)
+			}
+		})
+	}
+}
+
+// TestDeployStoreReceiptSinks: the Cloud Run and Azure manifests ship
+// receipts to a gs:// and an azblob:// segment sink, and those sinks work as
+// written (placeholders filled): a log's sealed batches put into an
+// emulated store holding the named bucket (container) are what `receipts
+// verify --sink` reads back and verifies.
+func TestDeployStoreReceiptSinks(t *testing.T) {
+	env, _ := cloudRunSidecar(t).envMap()
+	_, _, _, azEnv, _ := azureSidecar(t)
+	db, _, _ := nodeLog(t, "deploy", "30")
+	_, bs := logBatches(t, db)
+	for _, tc := range []struct {
+		manifest, url, scheme string
+		serve                 func(t *testing.T, bucket string)
+	}{
+		{"cloud-run", fillPlaceholders(env[config.EnvReceiptSink]), "gs", func(t *testing.T, bucket string) {
+			fakegcs.Shared(t).BucketNamed(t, bucket)
+		}},
+		{"azure", fillPlaceholders(azEnv[config.EnvReceiptSink]), "azblob", func(t *testing.T, container string) {
+			s := azurite.Shared(t)
+			azurite.Env(t, s.Addr())
+			s.ContainerNamed(t, container)
+		}},
+	} {
+		t.Run(tc.manifest, func(t *testing.T) {
+			u, err := blobstore.ParseURL(tc.url)
+			if err != nil || u.Scheme != tc.scheme || u.Path == "" {
+				t.Fatalf("%s: %s = %q (%v); want a %s:// sink with a prefix", tc.manifest, config.EnvReceiptSink, tc.url, err, tc.scheme)
+			}
+			bucket := u.Bucket
+			if u.Container != "" {
+				bucket = u.Container
+			}
+			tc.serve(t, bucket)
+			shipTo(t, tc.url, bs)
+			out, err := runCLI(t, "receipts", "verify", "--sink", tc.url)
+			if err != nil || !strings.Contains(out, "30 receipts (seq 1-30") {
+				t.Fatalf("%s: verify --sink %s: %v\n%s", tc.manifest, tc.url, err, out)
 			}
 		})
 	}

@@ -1,6 +1,10 @@
 package policysource
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/backbay-labs/chio-agent/internal/blobstore"
+)
 
 var (
 	// ErrNotStore is a source that names no object store scheme (s3, gs,
@@ -9,9 +13,9 @@ var (
 	// ErrBadSource is a store URL that does not name one object.
 	ErrBadSource = errors.New("invalid policy source")
 	// ErrNotFound is an object the store does not hold.
-	ErrNotFound = errors.New("object not found")
+	ErrNotFound = blobstore.ErrNotFound
 	// ErrPinMismatch is content whose SHA-256 is not the source's pin.
 	ErrPinMismatch = errors.New("content does not match the sha256 pin")
 	// ErrTooLarge is an object larger than a policy may be.
-	ErrTooLarge = errors.New("object too large")
+	ErrTooLarge = blobstore.ErrTooLarge
 )

@@ -2,29 +2,20 @@ package policysource
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
-	"net/url"
 	"path"
 	"path/filepath"
 	"strings"
+
+	"github.com/backbay-labs/chio-agent/internal/blobstore"
 )
 
 // Schemes are the object store schemes a Source reads.
-var Schemes = []string{"s3", "gs", "azblob"}
+var Schemes = blobstore.Schemes
 
 // IsStore says whether source names an object store scheme.
-func IsStore(source string) bool {
-	scheme, _, ok := strings.Cut(source, "://")
-	if !ok {
-		return false
-	}
-	for _, s := range Schemes {
-		if scheme == s {
-			return true
-		}
-	}
-	return false
-}
+func IsStore(source string) bool { return blobstore.IsURL(source) }
 
 // Location is one object in a store, parsed from its URL.
 type Location struct {
@@ -49,34 +40,18 @@ func Parse(source string) (*Location, error) {
 	if !IsStore(source) {
 		return nil, fmt.Errorf("parse policy source %q: %w", Redact(source), ErrNotStore)
 	}
-	u, err := url.Parse(source)
-	if err != nil {
-		return nil, fmt.Errorf("parse policy source %q: %w: %v", Redact(source), ErrBadSource, err)
-	}
 	bad := func(format string, args ...any) (*Location, error) {
 		return nil, fmt.Errorf("parse policy source %q: %w: %s", Redact(source), ErrBadSource, fmt.Sprintf(format, args...))
 	}
-	if u.User != nil {
-		return bad("credentials do not belong in the URL (each cloud's SDK finds its own)")
+	u, err := blobstore.ParseURL(source)
+	if errors.Is(err, blobstore.ErrNoContainer) || err == nil && u.Scheme == "azblob" && u.Path == "" {
+		return bad("want azblob://ACCOUNT/CONTAINER/BLOB")
 	}
-	if u.Port() != "" {
-		return bad("a bucket name has no port (point the SDK at another endpoint with its environment variable)")
+	if err != nil {
+		return bad("%v", err)
 	}
-	if u.RawQuery != "" || u.ForceQuery {
-		return bad("a query is not part of an object name (percent-encode '?' as %%3F)")
-	}
-	l := &Location{Scheme: u.Scheme, Bucket: u.Host}
-	if l.Bucket == "" {
-		return bad("no bucket")
-	}
-	name := strings.TrimPrefix(u.Path, "/")
-	if l.Scheme == "azblob" {
-		container, blob, ok := strings.Cut(name, "/")
-		if !ok || container == "" {
-			return bad("want azblob://ACCOUNT/CONTAINER/BLOB")
-		}
-		l.Container, name = container, blob
-	}
+	l := &Location{Scheme: u.Scheme, Bucket: u.Bucket, Container: u.Container}
+	name := u.Path
 	if name == "" {
 		return bad("no object name")
 	}
@@ -93,10 +68,7 @@ func Parse(source string) (*Location, error) {
 // Base is the store's root as a URL prefix (ending in "/"): the part of
 // every object URL before its key.
 func (l *Location) Base() string {
-	if l.Container != "" {
-		return l.Scheme + "://" + l.Bucket + "/" + l.Container + "/"
-	}
-	return l.Scheme + "://" + l.Bucket + "/"
+	return (&blobstore.URL{Scheme: l.Scheme, Bucket: l.Bucket, Container: l.Container}).Base()
 }
 
 // URL names the object key of l's store.
@@ -113,10 +85,4 @@ func (l *Location) String() string {
 
 // Redact drops anything after the scheme's authority that could be a
 // secret by mistake (user info); object names are no secret.
-func Redact(source string) string {
-	u, err := url.Parse(source)
-	if err != nil || u.User == nil {
-		return source
-	}
-	return u.Redacted()
-}
+func Redact(source string) string { return blobstore.Redact(source) }

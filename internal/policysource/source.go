@@ -14,6 +14,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/backbay-labs/chio-agent/internal/blobstore"
 	"github.com/backbay-labs/chio-agent/kernel/hushspec"
 )
 
@@ -39,7 +40,7 @@ type Source struct {
 	Timeout time.Duration
 
 	mu       sync.Mutex
-	st       store
+	st       blobstore.Store
 	versions map[string]string // object key -> version, of the last load that read them
 }
 
@@ -72,16 +73,16 @@ func (s *Source) Close() error {
 	if s.st == nil {
 		return nil
 	}
-	err := s.st.close()
+	err := s.st.Close()
 	s.st = nil
 	return err
 }
 
-func (s *Source) client(ctx context.Context) (store, error) {
+func (s *Source) client(ctx context.Context) (blobstore.Store, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.st == nil {
-		st, err := newStore(ctx, s.loc)
+		st, err := blobstore.Open(ctx, s.loc.Scheme, s.loc.Bucket, s.loc.Container)
 		if err != nil {
 			return nil, err
 		}
@@ -199,11 +200,11 @@ type object struct {
 //
 // versions holds the version of every object read, and "" for one the
 // store does not hold, so that its appearance is a change.
-func fetchChain(ctx context.Context, st store, l *Location) (objs []object, versions map[string]string, err error) {
+func fetchChain(ctx context.Context, st blobstore.Store, l *Location) (objs []object, versions map[string]string, err error) {
 	versions = map[string]string{}
 	key := l.Key
 	for {
-		data, version, err := st.get(ctx, key, hushspec.MaxDocumentBytes)
+		data, version, err := st.Get(ctx, key, hushspec.MaxDocumentBytes)
 		if err != nil {
 			if errors.Is(err, ErrNotFound) {
 				versions[key] = ""
@@ -248,9 +249,9 @@ func fetchChain(ctx context.Context, st store, l *Location) (objs []object, vers
 
 // firstExisting is the first of key, key.yaml and key.yml the store holds,
 // or "" when it holds none.
-func firstExisting(ctx context.Context, st store, key string) (string, error) {
+func firstExisting(ctx context.Context, st blobstore.Store, key string) (string, error) {
 	for _, k := range []string{key, key + ".yaml", key + ".yml"} {
-		if _, err := st.version(ctx, k); err == nil {
+		if _, err := st.Version(ctx, k); err == nil {
 			return k, nil
 		} else if !errors.Is(err, ErrNotFound) {
 			return "", err
@@ -291,7 +292,7 @@ func (s *Source) Changed(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	for key, was := range versions {
-		v, err := st.version(ctx, key)
+		v, err := st.Version(ctx, key)
 		if errors.Is(err, ErrNotFound) {
 			v, err = "", nil // gone, or still missing
 		}

@@ -248,6 +248,68 @@ func (s *Store) Verify(ctx context.Context) (*Report, error) {
 	return rep, err
 }
 
+// follow checks batch b, checkpoint n, as the successor of h, the chain
+// rebuilt so far, as a witness ingesting it afresh would
+// (receipts.VerifyBatch, trust in its key when the store trusts keys, the
+// key that may sign it: acceptKey), and moves h on to it.
+func (s *Store) follow(h *head, b *receipts.SealedBatch, n uint64) error {
+	cp, next, err := receipts.VerifyBatch(h.ChainHead, b, nil)
+	if err != nil {
+		return err
+	}
+	if len(s.trusted) > 0 && !s.trusted[cp.Body.KernelKey] {
+		return &receipts.BatchError{Defect: receipts.DefectUntrustedKey, LogID: b.LogID, CheckpointSeq: n,
+			Reason: fmt.Sprintf("kernel key %s is not a trusted node key", cp.Body.KernelKey)}
+	}
+	if err := s.acceptKey(h, b, n); err != nil {
+		return err
+	}
+	h.ChainHead = next
+	if !slices.Contains(h.Keys, cp.Body.KernelKey) {
+		h.Keys = append(h.Keys, cp.Body.KernelKey)
+	}
+	return nil
+}
+
+// VerifyBatches checks the batches of log logID that src yields from
+// checkpoint 1, as Verify checks each log a store holds (a witness
+// ingesting them afresh): every batch through receipts.VerifyBatch from an
+// empty chain (a checkpoint missing is a gap, naming the one that came
+// instead), the log id against its first key, one key signing at a time
+// (key rotation statements), and, when trusted is not empty, that every
+// signing key is one of them. It reads what a sink holds (receipts/sink)
+// without storing it. The first defect is returned, a
+// *receipts.BatchError naming the log and checkpoint.
+func VerifyBatches(ctx context.Context, logID string, trusted []string, src BatchSource) (*LogReport, error) {
+	w := &Store{trusted: map[string]bool{}} // a witness with no file: follow only reads trusted
+	for _, k := range trusted {
+		w.trusted[k] = true
+	}
+	var h head
+	lr := &LogReport{}
+	var n uint64
+	err := src(ctx, func(b receipts.SealedBatch) error {
+		n++
+		if b.LogID != logID {
+			return &receipts.BatchError{Defect: receipts.DefectMalformed, LogID: logID, CheckpointSeq: n,
+				Reason: fmt.Sprintf("batch of log %s among the batches of log %s", b.LogID, logID)}
+		}
+		if err := w.follow(&h, &b, n); err != nil {
+			return err
+		}
+		lr.Verified += uint64(len(b.Receipts))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("verify log %s: no batches", logID)
+	}
+	lr.LogInfo = LogInfo{LogID: logID, KernelKey: h.KernelKey, Keys: h.Keys, SigningKey: h.SigningKey, Checkpoints: n, LastSeq: h.LastSeq, BodySHA256: h.BodySHA256}
+	return lr, nil
+}
+
 func (s *Store) verifyLog(ctx context.Context, tx *bolt.Tx, lb *bolt.Bucket, id string) (*LogReport, error) {
 	stored, err := readHead(lb, id)
 	if err != nil {
@@ -278,20 +340,8 @@ func (s *Store) verifyLog(ctx context.Context, tx *bolt.Tx, lb *bolt.Bucket, id 
 		for _, r := range batch {
 			b.Receipts = append(b.Receipts, r)
 		}
-		_, next, err := receipts.VerifyBatch(h.ChainHead, &b, nil)
-		if err != nil {
+		if err := s.follow(&h, &b, n); err != nil {
 			return nil, err
-		}
-		if len(s.trusted) > 0 && !s.trusted[cp.Body.KernelKey] {
-			return nil, &receipts.BatchError{Defect: receipts.DefectUntrustedKey, LogID: id, CheckpointSeq: n,
-				Reason: fmt.Sprintf("kernel key %s is not a trusted node key", cp.Body.KernelKey)}
-		}
-		if err := s.acceptKey(&h, &b, n); err != nil {
-			return nil, err
-		}
-		h.ChainHead = next
-		if !slices.Contains(h.Keys, cp.Body.KernelKey) {
-			h.Keys = append(h.Keys, cp.Body.KernelKey)
 		}
 		if e := lb.Bucket(bktByEnd).Get(u64key(cp.Body.BatchEndSeq)); len(e) != 8 || binary.BigEndian.Uint64(e) != n {
 			return nil, fmt.Errorf("verify log %s: end index does not name checkpoint %d at seq %d: %w", id, n, cp.Body.BatchEndSeq, receipts.ErrCorrupt)

@@ -23,7 +23,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -548,14 +547,7 @@ func readHead(lb *bolt.Bucket, id string) (head, error) {
 	return h, nil
 }
 
-func validLogID(id string) bool {
-	rest, ok := strings.CutPrefix(id, receipts.LogIDPrefix)
-	if !ok || len(rest) != 64 || strings.ToLower(rest) != rest {
-		return false
-	}
-	_, err := hex.DecodeString(rest)
-	return err == nil
-}
+func validLogID(id string) bool { return receipts.ValidLogID(id) }
 
 func u64key(v uint64) []byte {
 	b := make([]byte, 8)

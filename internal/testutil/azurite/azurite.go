@@ -69,7 +69,13 @@ func Env(t testing.TB, addr string) {
 // Container makes a container named for t and returns its name.
 func (s *Server) Container(t testing.TB) string {
 	t.Helper()
-	name := emulator.BucketName(t)
+	return s.ContainerNamed(t, emulator.BucketName(t))
+}
+
+// ContainerNamed makes the container name (a manifest's, say) and returns
+// it.
+func (s *Server) ContainerNamed(t testing.TB, name string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := s.client.CreateContainer(ctx, name, nil); err != nil {

@@ -1,4 +1,4 @@
-package policysource
+package blobstore
 
 import (
 	"context"
@@ -7,11 +7,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
-
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 )
 
@@ -23,7 +26,7 @@ import (
 // Azure CLI).
 const EnvAzureConnectionString = "AZURE_STORAGE_CONNECTION_STRING"
 
-// azblobStore reads one container of one storage account.
+// azblobStore is one container of one storage account.
 type azblobStore struct {
 	container *container.Client
 }
@@ -32,7 +35,7 @@ func newAzblob(account, containerName string) (*azblobStore, error) {
 	var client *azblob.Client
 	if cs := os.Getenv(EnvAzureConnectionString); cs != "" {
 		if got := connStringAccount(cs); got != account {
-			return nil, fmt.Errorf("%s names storage account %q, the source %q: refusing to read another account", EnvAzureConnectionString, got, account)
+			return nil, fmt.Errorf("%s names storage account %q, the URL %q: refusing to use another account", EnvAzureConnectionString, got, account)
 		}
 		c, err := azblob.NewClientFromConnectionString(cs, azOptions())
 		if err != nil {
@@ -73,7 +76,7 @@ func connStringAccount(cs string) string {
 	return ""
 }
 
-func (s *azblobStore) get(ctx context.Context, key string, max int64) ([]byte, string, error) {
+func (s *azblobStore) Get(ctx context.Context, key string, max int64) ([]byte, string, error) {
 	resp, err := s.container.NewBlobClient(key).DownloadStream(ctx, nil)
 	if err != nil {
 		return nil, "", azErr(err)
@@ -89,7 +92,7 @@ func (s *azblobStore) get(ctx context.Context, key string, max int64) ([]byte, s
 	return data, string(*resp.ETag), nil
 }
 
-func (s *azblobStore) version(ctx context.Context, key string) (string, error) {
+func (s *azblobStore) Version(ctx context.Context, key string) (string, error) {
 	p, err := s.container.NewBlobClient(key).GetProperties(ctx, nil)
 	if err != nil {
 		return "", azErr(err)
@@ -100,11 +103,60 @@ func (s *azblobStore) version(ctx context.Context, key string) (string, error) {
 	return string(*p.ETag), nil
 }
 
-func (s *azblobStore) close() error { return nil }
+// Create uploads with If-None-Match: *, which Azure answers 409
+// BlobAlreadyExists (or 412 ConditionNotMet) when the blob exists.
+func (s *azblobStore) Create(ctx context.Context, key string, data []byte) error {
+	_, err := s.container.NewBlockBlobClient(key).UploadBuffer(ctx, data, &blockblob.UploadBufferOptions{
+		HTTPHeaders:      &blob.HTTPHeaders{BlobContentType: to.Ptr(contentType)},
+		AccessConditions: &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfNoneMatch: to.Ptr(azcore.ETagAny)}},
+	})
+	return azErr(err)
+}
+
+// List lists the blobs under prefix and leaves out those up to
+// startAfter: Azure's listing has no start-after of its own (its marker is
+// opaque), so a resume lists the prefix whole.
+func (s *azblobStore) List(ctx context.Context, prefix, startAfter string, fn func(string) error) error {
+	p := s.container.NewListBlobsFlatPager(&container.ListBlobsFlatOptions{Prefix: to.Ptr(prefix)})
+	for p.More() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return azErr(err)
+		}
+		for _, b := range page.Segment.BlobItems {
+			if name := *b.Name; name > startAfter {
+				if err := fn(name); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (s *azblobStore) Dirs(ctx context.Context, prefix string) ([]string, error) {
+	p := s.container.NewListBlobsHierarchyPager("/", &container.ListBlobsHierarchyOptions{Prefix: to.Ptr(prefix)})
+	var out []string
+	for p.More() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, azErr(err)
+		}
+		for _, bp := range page.Segment.BlobPrefixes {
+			out = append(out, dirName(prefix, *bp.Name))
+		}
+	}
+	return out, nil
+}
+
+func (s *azblobStore) Close() error { return nil }
 
 func azErr(err error) error {
 	if bloberror.HasCode(err, bloberror.BlobNotFound) {
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	if bloberror.HasCode(err, bloberror.BlobAlreadyExists, bloberror.ConditionNotMet) {
+		return fmt.Errorf("%w: %w", ErrExists, err)
 	}
 	return err
 }
