@@ -19,9 +19,9 @@ import (
 
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/receipts"
-	"github.com/backbay-labs/chio-agent/receipts/receiptstest"
 	"github.com/backbay-labs/chio-agent/receipts/central"
 	"github.com/backbay-labs/chio-agent/receipts/collect"
+	"github.com/backbay-labs/chio-agent/receipts/receiptstest"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
 
