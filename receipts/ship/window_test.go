@@ -129,7 +129,7 @@ func publishHole(t testing.TB, l *receipts.Log, o Options, hole uint64) (markSeq
 		if cp.Body.CheckpointSeq == hole {
 			return nil
 		}
-		f, err := s.publish(b, nil)
+		f, err := s.publish(context.Background(), b, nil)
 		if err == nil && f.wait(ctx, true) {
 			err = f.err
 		}
