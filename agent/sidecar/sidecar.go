@@ -257,8 +257,9 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 			s.sessions.Close()
 		}
 	}()
-	// A NATS sink ships the log's sealed batches beside it; decisions
-	// never wait on it. A refused sink or credential stops the start.
+	// A NATS or store sink ships the log's sealed batches beside it;
+	// decisions never wait on it. A refused sink or credential stops the
+	// start.
 	if o, ok := set.ShipOptions(); ok {
 		o.Logger = s.log
 		if s.ship, err = ship.New(s.rlog, o); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/backbay-labs/chio-agent/receipts"
@@ -46,7 +47,7 @@ func (s *Shipper) put(ctx context.Context, b receipts.SealedBatch, f *flight) {
 		ctx, cancel := context.WithTimeout(ctx, s.o.AckTimeout)
 		defer cancel()
 		err := s.store.Put(ctx, b, f.cpSeq)
-		if err != nil {
+		if err != nil && !strings.Contains(err.Error(), s.store.String()) {
 			err = fmt.Errorf("put to %s: %w", s.store, err)
 		}
 		f.put <- err
