@@ -266,6 +266,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 			return nil, fmt.Errorf("start sidecar: %w", err)
 		}
 		s.ship.Start()
+		s.log.WithField("to", s.ship.Subject()).WithField("servers", s.ship.Status().Servers).Info("shipping sealed receipt batches")
 	}
 	defer func() {
 		if err != nil && s.ship != nil {
