@@ -26,6 +26,7 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/receipts/sink"
 )
 
 const apiSpec = `openapi: 3.0.3
@@ -538,6 +539,7 @@ func TestDeployECS(t *testing.T) {
 			MountPoints []struct {
 				ContainerPath string `json:"containerPath"`
 			} `json:"mountPoints"`
+			WorkingDirectory string `json:"workingDirectory"`
 			HealthCheck *struct {
 				Command []string `json:"command"`
 			} `json:"healthCheck"`
@@ -585,13 +587,23 @@ func TestDeployECS(t *testing.T) {
 		if !slices.Equal(hc.Command[2:4], []string{"api", "health"}) {
 			t.Errorf("ecs: health check runs %v; want api health", hc.Command[2:])
 		}
-		sink, _ := config.ReceiptPath(env[config.EnvReceiptSink])
+		// The local log: the sink itself, or, beside a store sink, the
+		// sidecar's default relative to the working directory.
+		url, logPath := env[config.EnvReceiptSink], ""
+		if sink.IsStore(url) {
+			if err := sink.Check(url); err != nil {
+				t.Errorf("ecs: receipt sink: %v", err)
+			}
+			logPath = filepath.Join(c.WorkingDirectory, config.DefaultSidecarReceipts)
+		} else {
+			logPath, _ = config.ReceiptPath(url)
+		}
 		mounted := false
 		for _, m := range c.MountPoints {
-			mounted = mounted || strings.HasPrefix(sink, m.ContainerPath+"/")
+			mounted = mounted || strings.HasPrefix(logPath, m.ContainerPath+"/")
 		}
-		if !mounted {
-			t.Errorf("ecs: receipt sink %s is on no mount point", sink)
+		if !filepath.IsAbs(logPath) || !mounted {
+			t.Errorf("ecs: receipt log %s is on no mount point", logPath)
 		}
 	}
 	if !found {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil/dynalite"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/ship"
 	"github.com/backbay-labs/chio-agent/receipts/sink"
 	"github.com/backbay-labs/chio-agent/receipts/sink/sinktest"
 )
@@ -172,4 +174,68 @@ func drive(t *testing.T, addr string, sent *atomic.Int64) (stop func()) {
 	}
 	var once sync.Once
 	return func() { once.Do(func() { close(done); wg.Wait(); client.CloseIdleConnections() }) }
+}
+
+// TestDeployECSReceiptSink: the ECS manifest's sink, dynamodb://chio-receipts
+// as the guide writes it, works as written: the sidecar's settings resolved
+// from the manifest's environment (its secrets given) ship a log, kept at
+// the default path in the task's working directory, to that table on
+// dynalite (created beforehand, as the manifest's operator does).
+func TestDeployECSReceiptSink(t *testing.T) {
+	var td struct {
+		ContainerDefinitions []struct {
+			Name             string                         `json:"name"`
+			Command          []string                       `json:"command"`
+			WorkingDirectory string                         `json:"workingDirectory"`
+			Environment      []struct{ Name, Value string } `json:"environment"`
+		} `json:"containerDefinitions"`
+	}
+	if err := json.Unmarshal(readDeploy(t, "ecs/task-definition.json"), &td); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{config.EnvSigningKey: strings.Repeat("07", 32)} // a secret in the manifest
+	workDir := ""
+	for _, c := range td.ContainerDefinitions {
+		if c.Name == "chio-sidecar" {
+			workDir = c.WorkingDirectory
+			for _, e := range c.Environment {
+				env[e.Name] = e.Value
+			}
+		}
+	}
+	url := env[config.EnvReceiptSink]
+	if url != "dynamodb://chio-receipts" {
+		t.Fatalf("ecs: %s = %q, want the guide's dynamodb://chio-receipts", config.EnvReceiptSink, url)
+	}
+	d := dynalite.Shared(t)
+	dynalite.Env(t, d.Endpoint())
+	pre, err := sink.OpenWith(context.Background(), url, sink.OpenOptions{CreateTable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pre.Close()
+	if _, err := pre.Stored(context.Background(), "none", 0); err != nil { // creates the table
+		t.Fatal(err)
+	}
+
+	set, err := config.ResolveSidecar(config.SidecarFlags{Upstream: "http://127.0.0.1:8080", Spec: "/etc/chio/openapi.yaml"},
+		func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, ok := set.ShipOptions()
+	if !ok || o.StoreURL != url || filepath.Join(workDir, set.ReceiptPath) != "/var/lib/chio/"+config.DefaultSidecarReceipts {
+		t.Fatalf("ecs: ship options %+v (%v), local log %s in %s", o, ok, set.ReceiptPath, workDir)
+	}
+	l, key := sinktest.NewLog(t, 10)
+	s, err := ship.New(l, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	sinktest.Append(t, l, key, 0, 45, true)
+	s.Stop(30 * time.Second)
+	if n := sinktest.CheckHolds(t, pre, l); n != 45 {
+		t.Fatalf("the table seals %d receipts, want 45", n)
+	}
 }
