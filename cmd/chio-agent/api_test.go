@@ -540,7 +540,7 @@ func TestDeployECS(t *testing.T) {
 				ContainerPath string `json:"containerPath"`
 			} `json:"mountPoints"`
 			WorkingDirectory string `json:"workingDirectory"`
-			HealthCheck *struct {
+			HealthCheck      *struct {
 				Command []string `json:"command"`
 			} `json:"healthCheck"`
 		} `json:"containerDefinitions"`
