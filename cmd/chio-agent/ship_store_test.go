@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/backbay-labs/chio-agent/internal/testutil/dynalite"
+	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
@@ -237,5 +238,56 @@ func TestDeployECSReceiptSink(t *testing.T) {
 	s.Stop(30 * time.Second)
 	if n := sinktest.CheckHolds(t, pre, l); n != 45 {
 		t.Fatalf("the table seals %d receipts, want 45", n)
+	}
+}
+
+// TestNodeAgentShipsToStore: the node agent's setup (run and exec) with a
+// store sink keeps its log at receipts.path and ships it with
+// receipts.store's options; stopping seals the tail and ships it too, so
+// the table ends with every receipt.
+func TestNodeAgentShipsToStore(t *testing.T) {
+	for _, ss := range storeSinks {
+		t.Run(ss.scheme, func(t *testing.T) {
+			url, storeYAML := ss.setup(t)
+			dir := t.TempDir()
+			key := filepath.Join(dir, "k")
+			if _, err := kernel.GenerateKeyFile(key); err != nil {
+				t.Fatal(err)
+			}
+			policy := filepath.Join(dir, "p.yaml")
+			os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\n"), 0o600)
+			logPath := filepath.Join(dir, "node", "receipts.db")
+			cfg := filepath.Join(dir, "kernel.yaml")
+			os.WriteFile(cfg, []byte("receipts:\n  sink: \""+url+"\"\n  path: "+logPath+"\n  store: "+storeYAML+"\n"), 0o600)
+			f := &nodeFlags{Flags: config.Flags{Config: cfg, Policy: policy, KeyFile: key}}
+			s, err := f.resolve(context.Background(), "warn", "text", t.Output(), func(string) (string, bool) { return "", false })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.log.Path() != logPath || s.agentOpts.Shipper == nil {
+				t.Fatalf("log %s, shipper %v; want %s and a shipper", s.log.Path(), s.agentOpts.Shipper, logPath)
+			}
+			if st := s.agentOpts.Shipper.Status(); len(st.Servers) != 1 || st.Servers[0] != url {
+				t.Fatalf("shipping status names %v, want %s", st.Servers, url)
+			}
+			const n = 137
+			sinktest.Append(t, s.log, s.key, 0, n, false)
+			if err := s.close(); err != nil {
+				t.Fatal(err)
+			}
+			store, err := sink.Open(context.Background(), url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			l, err := receipts.Open(logPath, receipts.Options{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			if got := sinktest.CheckHolds(t, store, l); got != n {
+				t.Fatalf("the store seals %d receipts, want %d (the tail sealed and shipped at stop)", got, n)
+			}
+		})
 	}
 }
