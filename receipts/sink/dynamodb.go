@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
@@ -101,11 +102,15 @@ func openDynamo(ctx context.Context, raw string, o OpenOptions) (Store, error) {
 	// The SDK retries throttling (ProvisionedThroughputExceeded,
 	// ThrottlingException, RequestLimitExceeded) and connection errors
 	// itself, with jittered exponential backoff; more attempts than its
-	// default, as a throttled table is a normal state.
+	// default, as a throttled table is a normal state, and no client-side
+	// retry quota: the shipper bounds the puts in flight and backs off
+	// itself, and a quota spent in an outage would fail puts at once
+	// after it.
 	cfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRetryer(func() aws.Retryer {
 		return retry.NewStandard(func(so *retry.StandardOptions) {
 			so.MaxAttempts = 8
 			so.MaxBackoff = 5 * time.Second
+			so.RateLimiter = ratelimit.None
 		})
 	}))
 	if err != nil {

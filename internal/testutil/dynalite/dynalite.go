@@ -64,14 +64,7 @@ func (s *Server) Endpoint() string { return "http://" + s.Addr() }
 // shared config files or instance metadata (nothing beyond loopback is
 // asked).
 func Env(t testing.TB, endpoint string) {
-	for k, v := range Environ(endpoint) {
-		t.Setenv(k, v)
-	}
-}
-
-// Environ is Env's variables, for a child process.
-func Environ(endpoint string) map[string]string {
-	return map[string]string{
+	for k, v := range map[string]string{
 		"AWS_ENDPOINT_URL_DYNAMODB":   endpoint,
 		"AWS_ENDPOINT_URL":            "",
 		"AWS_REGION":                  "us-east-1",
@@ -82,6 +75,8 @@ func Environ(endpoint string) map[string]string {
 		"AWS_CONFIG_FILE":             "/nonexistent/aws-config",
 		"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
 		"AWS_EC2_METADATA_DISABLED":   "true",
+	} {
+		t.Setenv(k, v)
 	}
 }
 
