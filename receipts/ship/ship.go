@@ -119,7 +119,7 @@ func New(l *receipts.Log, opts Options) (*Shipper, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := newShipper(l, o, Status{Servers: o.Servers, Stream: o.Stream})
+	s, err := newShipper(l, o, nil, Status{Servers: o.Servers, Stream: o.Stream})
 	if err != nil {
 		return nil, err
 	}
@@ -166,23 +166,32 @@ func New(l *receipts.Log, opts Options) (*Shipper, error) {
 	return s, nil
 }
 
-// newShipper makes the shipper of l's log without its sink: its status
-// starts as st, its mark read from the state file.
-func newShipper(l *receipts.Log, o Options, st Status) (*Shipper, error) {
+// newShipper makes the shipper of l's log to store (nil: NATS, connected
+// by the caller): its status starts as st, its mark read from the state
+// file.
+func newShipper(l *receipts.Log, o Options, store sink.Store, st Status) (*Shipper, error) {
 	logID, err := l.LogID()
 	if err != nil {
 		return nil, err
 	}
-	s := &Shipper{log: l, o: o, logID: logID, state: o.StateFile}
+	s := &Shipper{log: l, o: o, logID: logID, store: store, state: o.StateFile}
 	if s.state == "" {
 		s.state = l.Path() + ".shipped"
 	}
 	st.MaxBacklog, st.Window = o.MaxBacklog, o.Window
 	s.st = st
-	if s.st.AckedCheckpoint, s.markSeq, err = readState(s.state, logID); err != nil {
+	if s.st.AckedCheckpoint, s.markSeq, err = readState(s.state, logID, s.sinkID()); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// sinkID names a Store sink in the state file; "" for NATS.
+func (s *Shipper) sinkID() string {
+	if s.store == nil {
+		return ""
+	}
+	return s.store.String()
 }
 
 func isNetError(err error) bool {
@@ -338,7 +347,7 @@ func (s *Shipper) shipOnce(ctx context.Context) error {
 	s.mu.Lock()
 	cp, seq := s.st.AckedCheckpoint, s.markSeq
 	s.mu.Unlock()
-	if werr := writeState(s.state, s.logID, cp, seq); err == nil {
+	if werr := writeState(s.state, s.logID, s.sinkID(), cp, seq); err == nil {
 		err = werr
 	}
 	if err != nil {
@@ -461,7 +470,7 @@ func (s *Shipper) pipeline(ctx context.Context, after uint64, held map[uint64]ui
 			// so it is written a few times a second, not per batch.
 			if time.Since(lastSave) >= stateEvery {
 				lastSave = time.Now()
-				if err := writeState(s.state, s.logID, f.cpSeq, f.streamSeq); err != nil {
+				if err := writeState(s.state, s.logID, s.sinkID(), f.cpSeq, f.streamSeq); err != nil {
 					return err
 				}
 			}
@@ -736,14 +745,18 @@ func (s *Shipper) parseID(id string) (uint64, error) {
 
 // state is the file recording the last acknowledged checkpoint (every
 // checkpoint up to it acknowledged) and the stream sequence of its
-// message.
+// message. Sink names a Store sink the mark is of (empty for NATS).
 type state struct {
 	LogID          string `json:"log_id"`
+	Sink           string `json:"sink,omitempty"`
 	AckedCheckpint uint64 `json:"acked_checkpoint_seq"`
 	StreamSeq      uint64 `json:"stream_seq,omitempty"`
 }
 
-func readState(path, logID string) (cpSeq, streamSeq uint64, err error) {
+// readState reads the mark of log logID shipped to sink ("" for NATS); a
+// mark of another sink (the sink changed) is no mark: the shipper starts
+// over, asking the new sink what it holds.
+func readState(path, logID, sink string) (cpSeq, streamSeq uint64, err error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, 0, nil
@@ -758,13 +771,16 @@ func readState(path, logID string) (cpSeq, streamSeq uint64, err error) {
 	if st.LogID != logID {
 		return 0, 0, fmt.Errorf("read shipping state %s: it is for log %s, not %s", path, st.LogID, logID)
 	}
+	if st.Sink != sink {
+		return 0, 0, nil
+	}
 	return st.AckedCheckpint, st.StreamSeq, nil
 }
 
 // writeState replaces the state file durably (write, fsync, rename, fsync
 // the directory).
-func writeState(path, logID string, cpSeq, streamSeq uint64) error {
-	b, _ := json.Marshal(state{LogID: logID, AckedCheckpint: cpSeq, StreamSeq: streamSeq})
+func writeState(path, logID, sink string, cpSeq, streamSeq uint64) error {
+	b, _ := json.Marshal(state{LogID: logID, Sink: sink, AckedCheckpint: cpSeq, StreamSeq: streamSeq})
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {

@@ -30,12 +30,11 @@ func newStore(l *receipts.Log, o Options) (*Shipper, error) {
 			return nil, err
 		}
 	}
-	s, err := newShipper(l, o, Status{Servers: []string{st.String()}})
+	s, err := newShipper(l, o, st, Status{Servers: []string{st.String()}})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	s.store = st
 	return s, nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -166,4 +168,39 @@ func TestShipStoreWindowAndRetries(t *testing.T) {
 		t.Fatalf("the table seals %d receipts, want 150", n)
 	}
 	t.Logf("%d puts, %d failed (%d after landing), peak %d in flight", f.puts.Load(), f.failed.Load(), f.storedAfterFail.Load(), f.peak.Load())
+}
+
+// TestShipStoreNewSink: the state file's mark is of one sink; a log shipped
+// to one table and then to another is shipped whole to the second, not from
+// the first one's mark.
+func TestShipStoreNewSink(t *testing.T) {
+	d := dynalite.Shared(t)
+	dynalite.Env(t, d.Endpoint())
+	l, key := logFor(t, 10)
+	appendN(t, l, key, 0, 50)
+	sealAll(t, l)
+	for _, url := range []string{"dynamodb://" + dynalite.Table(t), "dynamodb://" + dynalite.Table(t)} {
+		s, err := New(l, Options{StoreURL: url, CreateTable: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err = s.Drain(ctx)
+		cancel()
+		s.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		store, err := sink.Open(context.Background(), url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := sinktest.CheckHolds(t, store, l); n != 50 {
+			t.Fatalf("%s seals %d receipts, want 50", url, n)
+		}
+		store.Close()
+		if b, _ := os.ReadFile(l.Path() + ".shipped"); !strings.Contains(string(b), `"sink":"`+url+`"`) {
+			t.Fatalf("state file %s does not name the sink %s", b, url)
+		}
+	}
 }

@@ -77,7 +77,7 @@ func TestShipResumeOverHole(t *testing.T) {
 			os.Remove(l.Path() + ".shipped")
 			if tc.state {
 				logID, _ := l.LogID()
-				if err := writeState(l.Path()+".shipped", logID, 2, markSeq); err != nil {
+				if err := writeState(l.Path()+".shipped", logID, "", 2, markSeq); err != nil {
 					t.Fatal(err)
 				}
 			}
