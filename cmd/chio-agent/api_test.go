@@ -24,7 +24,6 @@ import (
 
 	"github.com/backbay-labs/chio-agent/agent/sidecar"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
-	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/receipts/sink"
 )
@@ -295,12 +294,7 @@ func TestNodeAgentEnvMatchesRun(t *testing.T) {
 	// Every setting given by a flag: the variables are still read (a flag
 	// beats them), and nothing is left to fail.
 	dir := t.TempDir()
-	key := filepath.Join(dir, "k")
-	if _, err := kernel.GenerateKeyFile(key); err != nil {
-		t.Fatal(err)
-	}
-	policy := filepath.Join(dir, "p.yaml")
-	os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\n"), 0o600)
+	key, policy := nodeKeyAndPolicy(t, dir)
 	f := &nodeFlags{Flags: config.Flags{Policy: policy, KeyFile: key, Receipts: filepath.Join(dir, "r.db")}}
 	s, err := f.resolve(context.Background(), "warn", "text", io.Discard, lookup)
 	if err != nil {

@@ -250,12 +250,7 @@ func TestNodeAgentShipsToStore(t *testing.T) {
 		t.Run(ss.scheme, func(t *testing.T) {
 			url, storeYAML := ss.setup(t)
 			dir := t.TempDir()
-			key := filepath.Join(dir, "k")
-			if _, err := kernel.GenerateKeyFile(key); err != nil {
-				t.Fatal(err)
-			}
-			policy := filepath.Join(dir, "p.yaml")
-			os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\n"), 0o600)
+			key, policy := nodeKeyAndPolicy(t, dir)
 			logPath := filepath.Join(dir, "node", "receipts.db")
 			cfg := filepath.Join(dir, "kernel.yaml")
 			os.WriteFile(cfg, []byte("receipts:\n  sink: \""+url+"\"\n  path: "+logPath+"\n  store: "+storeYAML+"\n"), 0o600)
@@ -290,4 +285,17 @@ func TestNodeAgentShipsToStore(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nodeKeyAndPolicy writes a signing key file and an empty policy into dir
+// for the node agent's setup.
+func nodeKeyAndPolicy(t *testing.T, dir string) (key, policy string) {
+	t.Helper()
+	key = filepath.Join(dir, "k")
+	if _, err := kernel.GenerateKeyFile(key); err != nil {
+		t.Fatal(err)
+	}
+	policy = filepath.Join(dir, "p.yaml")
+	os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\n"), 0o600)
+	return key, policy
 }

@@ -109,27 +109,21 @@ func redactSink(s string) string {
 // Settings of a sink other than the one named (receipts.nats,
 // receipts.store) are refused.
 func ResolveSink(url string, r *Receipts, def string) (path string, servers []string, err error) {
-	if sink.IsStore(url) {
-		if err := sink.Check(url); err != nil {
-			return "", nil, err
-		}
-		if r.NATS != nil {
-			return "", nil, fmt.Errorf("receipt sink %q is a store, but receipts.nats is set (receipts.store configures a store sink)", url)
-		}
-		path, err = ReceiptPath(first(r.Path, def))
-		if err != nil {
-			return "", nil, fmt.Errorf("receipts.path: %w", err)
-		}
-		return path, nil, nil
-	}
-	if r.Store != nil {
+	store := sink.IsStore(url)
+	switch {
+	case store && r.NATS != nil:
+		return "", nil, fmt.Errorf("receipt sink %q is a store, but receipts.nats is set (receipts.store configures a store sink)", url)
+	case !store && r.Store != nil:
 		return "", nil, fmt.Errorf("receipt sink %q is no dynamodb://, s3://, gs:// or azblob:// URL, but receipts.store is set", url)
-	}
-	if IsNATSSink(url) {
+	case store:
+		err = sink.Check(url)
+	case IsNATSSink(url):
 		servers, err = NATSServers(url)
-		if err != nil {
-			return "", nil, err
-		}
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	if store || servers != nil {
 		path, err = ReceiptPath(first(r.Path, def))
 		if err != nil {
 			return "", nil, fmt.Errorf("receipts.path: %w", err)

@@ -12,18 +12,23 @@ import (
 	"github.com/backbay-labs/chio-agent/receipts/sink"
 )
 
+// sinkResolver resolves kernel.yaml's receipts section yaml (after a policy
+// and a key) with environment e, the default log /default/r.db.
+func sinkResolver(t *testing.T) func(t *testing.T, yaml string, e map[string]string) (*Common, error) {
+	dir := t.TempDir()
+	return func(t *testing.T, yaml string, e map[string]string) (*Common, error) {
+		t.Helper()
+		cfg := filepath.Join(dir, "kernel.yaml")
+		os.WriteFile(cfg, []byte("policy: /p.yaml\nsigning_key: /k\n"+yaml), 0o600)
+		return Resolve(context.Background(), Flags{Config: cfg}, Defaults{Receipts: "/default/r.db"}, env(e))
+	}
+}
+
 // TestResolveNATSSink: a nats:// or tls:// sink ships beside a local log
 // whose path is receipts.path, else the shape's default; local sinks keep
 // meaning the log itself; malformed sinks stop the start naming the fault.
 func TestResolveNATSSink(t *testing.T) {
-	dir := t.TempDir()
-	d := Defaults{Receipts: "/default/r.db"}
-	resolve := func(t *testing.T, yaml string, e map[string]string) (*Common, error) {
-		t.Helper()
-		cfg := filepath.Join(dir, "kernel.yaml")
-		os.WriteFile(cfg, []byte("policy: /p.yaml\nsigning_key: /k\n"+yaml), 0o600)
-		return Resolve(context.Background(), Flags{Config: cfg}, d, env(e))
-	}
+	resolve := sinkResolver(t)
 	for _, tc := range []struct {
 		name, yaml string
 		env        map[string]string
@@ -78,14 +83,7 @@ func TestResolveNATSSink(t *testing.T) {
 // malformed store URLs and another sink's settings stop the start naming
 // the fault.
 func TestResolveStoreSink(t *testing.T) {
-	dir := t.TempDir()
-	d := Defaults{Receipts: "/default/r.db"}
-	resolve := func(t *testing.T, yaml string, e map[string]string) (*Common, error) {
-		t.Helper()
-		cfg := filepath.Join(dir, "kernel.yaml")
-		os.WriteFile(cfg, []byte("policy: /p.yaml\nsigning_key: /k\n"+yaml), 0o600)
-		return Resolve(context.Background(), Flags{Config: cfg}, d, env(e))
-	}
+	resolve := sinkResolver(t)
 	c, err := resolve(t, "receipts: {sink: \"dynamodb://chio-receipts\", path: /p/r.db, store: {window: 4, max_backlog: 500, create_table: true}}\n", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/sink/sinktest"
 	"github.com/backbay-labs/chio-agent/receipts/central"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
 )
@@ -45,32 +46,13 @@ func openLog(t testing.TB, key ed25519.PrivateKey, every, n int) *receipts.Log {
 // appendN appends n synthetic receipts numbered from first and seals them.
 func appendN(t testing.TB, l *receipts.Log, key ed25519.PrivateKey, first, n int) {
 	t.Helper()
-	now := time.Now()
-	for i := first; i < first+n; i++ {
-		data, err := receipts.SyntheticReceipt(key, i, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.Append(context.Background(), data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := l.Flush(context.Background(), true); err != nil {
-		t.Fatal(err)
-	}
+	sinktest.Append(t, l, key, first, n, true)
 }
 
 // batchesOf reads every sealed batch of l.
 func batchesOf(t testing.TB, l *receipts.Log) []receipts.SealedBatch {
 	t.Helper()
-	var out []receipts.SealedBatch
-	if err := l.SealedBatches(context.Background(), 0, func(b receipts.SealedBatch) error {
-		out = append(out, b)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return sinktest.Sealed(t, l)
 }
 
 // env is one test's stream on the shared cluster (its own names, so tests

@@ -19,6 +19,7 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/sink/sinktest"
 )
 
 func TestMain(m *testing.M) { os.Exit(natscluster.Main(m)) }
@@ -51,16 +52,7 @@ func logFor(t testing.TB, every int) (*receipts.Log, ed25519.PrivateKey) {
 // appendN appends n synthetic receipts numbered from first.
 func appendN(t testing.TB, l *receipts.Log, key ed25519.PrivateKey, first, n int) {
 	t.Helper()
-	now := time.Now()
-	for i := first; i < first+n; i++ {
-		data, err := receipts.SyntheticReceipt(key, i, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.Append(context.Background(), data); err != nil {
-			t.Fatal(err)
-		}
-	}
+	sinktest.Append(t, l, key, first, n, false)
 }
 
 // sealAll makes every appended receipt durable and sealed.
