@@ -19,9 +19,9 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
 	"github.com/backbay-labs/chio-agent/receipts"
-	"github.com/backbay-labs/chio-agent/receipts/sink/sinktest"
 	"github.com/backbay-labs/chio-agent/receipts/central"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
+	"github.com/backbay-labs/chio-agent/receipts/sink/sinktest"
 )
 
 func TestMain(m *testing.M) { os.Exit(natscluster.Main(m)) }
