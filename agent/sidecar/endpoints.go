@@ -251,7 +251,7 @@ type AdminStatus struct {
 	Failed                 uint64 `json:"failed"`
 	Health                 Health `json:"health"`
 
-	// Shipping is the NATS shipper's state (lag, last error); absent when
+	// Shipping is the NATS or store shipper's state (lag, last error); absent when
 	// the sink is local.
 	Shipping *ship.Status `json:"shipping,omitempty"`
 

@@ -257,14 +257,16 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 			s.sessions.Close()
 		}
 	}()
-	// A NATS sink ships the log's sealed batches beside it; decisions
-	// never wait on it. A refused sink or credential stops the start.
+	// A NATS or store sink ships the log's sealed batches beside it;
+	// decisions never wait on it. A refused sink or credential stops the
+	// start.
 	if o, ok := set.ShipOptions(); ok {
 		o.Logger = s.log
 		if s.ship, err = ship.New(s.rlog, o); err != nil {
 			return nil, fmt.Errorf("start sidecar: %w", err)
 		}
 		s.ship.Start()
+		s.log.WithField("to", s.ship.Subject()).WithField("servers", s.ship.Status().Servers).Info("shipping sealed receipt batches")
 	}
 	defer func() {
 		if err != nil && s.ship != nil {

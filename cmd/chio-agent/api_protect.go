@@ -25,7 +25,7 @@ func (o *apiProtectOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Listen, "listen", "", "address to serve on (default $"+config.EnvListenAddr+", else the config's, else "+config.DefaultSidecarListen+")")
 	fs.StringVar(&f.Config, "config", "", "kernel.yaml (default $"+config.EnvKernelConfigPath+")")
 	fs.StringVar(&f.Policy, "policy", "", "HushSpec policy: a path, file:// or http(s):// URL (default $"+config.EnvPolicySource+", else the config's)")
-	fs.StringVar(&f.Receipts, "receipts", "", "receipt sink: the bbolt log (a path or file:// URL) or nats://host:port[,...] to ship to beside it (default $"+config.EnvReceiptSink+", else the config's, else ./"+config.DefaultSidecarReceipts+")")
+	fs.StringVar(&f.Receipts, "receipts", "", "receipt sink: the bbolt log (a path or file:// URL) or a sink to ship to beside it: nats://host:port[,...], dynamodb://TABLE, s3://, gs://, azblob:// (default $"+config.EnvReceiptSink+", else the config's, else ./"+config.DefaultSidecarReceipts+")")
 	fs.StringVar(&f.ReceiptMode, "receipt-mode", "", "sync (a request goes upstream once its receipt is durable; default) or async")
 	fs.StringVar(&f.KeyFile, "key", "", "Ed25519 signing key `file` written by chio-agent keygen (default $"+config.EnvSigningKey+", a hex seed, else the config's signing_key)")
 	fs.StringVar(&f.LogLevel, "log-level", "", "debug, info, warn or error (default $"+config.EnvLogLevel+", else the config's, else info)")

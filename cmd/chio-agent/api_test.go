@@ -25,7 +25,6 @@ import (
 	"github.com/backbay-labs/chio-agent/agent/sidecar"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/azurite"
-	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/receipts/sink"
 )
@@ -76,8 +75,9 @@ func TestAPIProtectRefusesToStart(t *testing.T) {
 		{"invalid policy", []string{"--policy", badPolicy}, nil, "tool_acess"},
 		{"ftp policy", nil, map[string]string{config.EnvPolicySource: "ftp://host/policy.yaml"}, `unsupported scheme "ftp"`},
 		{"gs policy with a query", nil, map[string]string{config.EnvPolicySource: "gs://bucket/policy.yaml?generation=1"}, "a query is not part of an object name"},
-		{"s3 receipts", []string{"--policy", policy, "--receipts", "s3://bucket/receipts"}, nil, `unsupported scheme "s3"`},
-		{"bigquery receipts", []string{"--policy", policy}, map[string]string{config.EnvReceiptSink: "bigquery://p/d"}, `unsupported scheme "bigquery"`},
+		{"ftp receipts", []string{"--policy", policy, "--receipts", "ftp://host/receipts"}, nil, `unsupported scheme "ftp"`},
+		{"bad dynamodb receipts", []string{"--policy", policy, "--receipts", "dynamodb://x"}, nil, `table name "x"`},
+		{"bigquery receipts", []string{"--policy", policy}, map[string]string{config.EnvReceiptSink: "bigquery://p/d"}, "ship to a gs://BUCKET/PREFIX segment sink"},
 		{"missing kernel config", []string{"--policy", policy}, map[string]string{config.EnvKernelConfigPath: filepath.Join(dir, "none.yaml")}, "none.yaml"},
 		{"invalid kernel config", []string{"--policy", policy, "--config", spec}, nil, `unknown key "openapi"`},
 		{"bad spec", []string{"--policy", policy, "--spec", policy}, nil, "openapi"},
@@ -295,12 +295,7 @@ func TestNodeAgentEnvMatchesRun(t *testing.T) {
 	// Every setting given by a flag: the variables are still read (a flag
 	// beats them), and nothing is left to fail.
 	dir := t.TempDir()
-	key := filepath.Join(dir, "k")
-	if _, err := kernel.GenerateKeyFile(key); err != nil {
-		t.Fatal(err)
-	}
-	policy := filepath.Join(dir, "p.yaml")
-	os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\n"), 0o600)
+	key, policy := nodeKeyAndPolicy(t, dir)
 	f := &nodeFlags{Flags: config.Flags{Policy: policy, KeyFile: key, Receipts: filepath.Join(dir, "r.db")}}
 	s, err := f.resolve(context.Background(), "warn", "text", io.Discard, lookup)
 	if err != nil {
@@ -555,7 +550,8 @@ func TestDeployECS(t *testing.T) {
 			MountPoints []struct {
 				ContainerPath string `json:"containerPath"`
 			} `json:"mountPoints"`
-			HealthCheck *struct {
+			WorkingDirectory string `json:"workingDirectory"`
+			HealthCheck      *struct {
 				Command []string `json:"command"`
 			} `json:"healthCheck"`
 		} `json:"containerDefinitions"`
@@ -602,13 +598,23 @@ func TestDeployECS(t *testing.T) {
 		if !slices.Equal(hc.Command[2:4], []string{"api", "health"}) {
 			t.Errorf("ecs: health check runs %v; want api health", hc.Command[2:])
 		}
-		sink, _ := config.ReceiptPath(env[config.EnvReceiptSink])
+		// The local log: the sink itself, or, beside a store sink, the
+		// sidecar's default relative to the working directory.
+		url, logPath := env[config.EnvReceiptSink], ""
+		if sink.IsStore(url) {
+			if err := sink.Check(url); err != nil {
+				t.Errorf("ecs: receipt sink: %v", err)
+			}
+			logPath = filepath.Join(c.WorkingDirectory, config.DefaultSidecarReceipts)
+		} else {
+			logPath, _ = config.ReceiptPath(url)
+		}
 		mounted := false
 		for _, m := range c.MountPoints {
-			mounted = mounted || strings.HasPrefix(sink, m.ContainerPath+"/")
+			mounted = mounted || strings.HasPrefix(logPath, m.ContainerPath+"/")
 		}
-		if !mounted {
-			t.Errorf("ecs: receipt sink %s is on no mount point", sink)
+		if !filepath.IsAbs(logPath) || !mounted {
+			t.Errorf("ecs: receipt log %s is on no mount point", logPath)
 		}
 	}
 	if !found {

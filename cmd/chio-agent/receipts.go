@@ -62,7 +62,7 @@ type dbOptions struct {
 }
 
 func (o *dbOptions) AddFlags(fs *pflag.FlagSet) {
-	addReceiptsFlag(fs, &o.receipts, "", "receipt log: a bbolt path or file:// URL (default $"+config.EnvReceiptSink+", else the config's receipts.sink, else "+defaultReceiptDB+"; a nats:// sink reads its local log, receipts.path)")
+	addReceiptsFlag(fs, &o.receipts, "", "receipt log: a bbolt path or file:// URL (default $"+config.EnvReceiptSink+", else the config's receipts.sink, else "+defaultReceiptDB+"; a nats:// or store sink reads its local log, receipts.path)")
 	fs.DurationVar(&o.lockTimeout, "lock-timeout", 2*time.Second, "how long to wait for a process holding the log before giving up")
 	o.agentConfig.AddFlags(fs)
 }

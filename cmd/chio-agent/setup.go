@@ -35,7 +35,7 @@ type nodeFlags struct {
 func (f *nodeFlags) AddFlags(fs *pflag.FlagSet) {
 	addConfigFlag(fs, &f.Config)
 	fs.StringVar(&f.Policy, "policy", "", "HushSpec policy: a path, file:// or http(s):// URL (default $"+config.EnvPolicySource+", else the config's)")
-	addReceiptsFlag(fs, &f.Receipts, "", "receipt sink: the bbolt log (a path or file:// URL) or nats://host:port[,...] to ship to beside it (default $"+config.EnvReceiptSink+", else the config's, else "+defaultReceiptDB+")")
+	addReceiptsFlag(fs, &f.Receipts, "", "receipt sink: the bbolt log (a path or file:// URL) or a sink to ship to beside it: nats://host:port[,...], dynamodb://TABLE, s3://, gs://, azblob:// (default $"+config.EnvReceiptSink+", else the config's, else "+defaultReceiptDB+")")
 	addKeyFlag(fs, &f.KeyFile)
 	addReceiptModeFlag(fs, &f.ReceiptMode)
 	fs.StringVar(&f.LogLevel, "log-level", "", "debug, info, warn or error (default $"+config.EnvLogLevel+", else the config's, else warn for exec, info for run)")

@@ -19,9 +19,10 @@ const shipDrain = 5 * time.Second
 // sink.
 type shipping struct{ s *ship.Shipper }
 
-// startShipping starts shipping l's sealed batches when the sink is NATS.
-// A malformed sink, an unreadable credential or servers that refuse it stop
-// the start; unreachable servers do not (the backlog stays local).
+// startShipping starts shipping l's sealed batches when the sink is NATS or
+// a store (dynamodb://, s3://, gs://, azblob://). A malformed sink, an
+// unreadable credential or servers that refuse it stop the start;
+// unreachable servers do not (the backlog stays local).
 func startShipping(l *receipts.Log, c *config.Common, logger logrus.FieldLogger) (*shipping, error) {
 	o, ok := c.ShipOptions()
 	if !ok {
@@ -33,7 +34,7 @@ func startShipping(l *receipts.Log, c *config.Common, logger logrus.FieldLogger)
 		return nil, err
 	}
 	s.Start()
-	logger.WithField("subject", s.Subject()).WithField("servers", o.Servers).Info("shipping sealed receipt batches to NATS")
+	logger.WithField("to", s.Subject()).WithField("servers", s.Status().Servers).Info("shipping sealed receipt batches")
 	return &shipping{s: s}, nil
 }
 

@@ -11,7 +11,6 @@ import (
 
 	"github.com/backbay-labs/chio-agent/agent"
 	"github.com/backbay-labs/chio-agent/internal/testutil/natscluster"
-	"github.com/backbay-labs/chio-agent/kernel"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/backbay-labs/chio-agent/receipts/receiptstest"
@@ -25,12 +24,7 @@ import (
 func TestNodeAgentShipsToNATS(t *testing.T) {
 	c := natscluster.Start(t)
 	dir := t.TempDir()
-	key := filepath.Join(dir, "k")
-	if _, err := kernel.GenerateKeyFile(key); err != nil {
-		t.Fatal(err)
-	}
-	policy := filepath.Join(dir, "p.yaml")
-	os.WriteFile(policy, []byte("hushspec: \"0.1.0\"\n"), 0o600)
+	key, policy := nodeKeyAndPolicy(t, dir)
 	tokenFile := filepath.Join(dir, "token")
 	os.WriteFile(tokenFile, []byte(c.Token+"\n"), 0o600)
 	logPath := filepath.Join(dir, "node", "receipts.db")

@@ -87,8 +87,12 @@ func printStatus(out io.Writer, s agent.Status) {
 		if !sh.Connected {
 			conn = "DISCONNECTED"
 		}
-		fmt.Fprintf(out, "shipping   to %s (%s, %s): acked checkpoint %d (seq %d), %d of %d batches in flight, lag %d receipts / %.1fs, %d errors\n",
-			sh.Subject, sh.Stream, conn, sh.AckedCheckpoint, sh.AckedSeq, sh.InFlight, sh.Window, sh.LagReceipts, sh.LagSeconds, sh.Errors)
+		to := sh.Subject + " (" + sh.Stream + ", " + conn + ")"
+		if sh.Stream == "" { // a store sink
+			to = strings.Join(sh.Servers, ",") + " (" + conn + ")"
+		}
+		fmt.Fprintf(out, "shipping   to %s: acked checkpoint %d (seq %d), %d of %d batches in flight, lag %d receipts / %.1fs, %d errors\n",
+			to, sh.AckedCheckpoint, sh.AckedSeq, sh.InFlight, sh.Window, sh.LagReceipts, sh.LagSeconds, sh.Errors)
 		if sh.LastError != "" {
 			fmt.Fprintf(out, "shipping   error: %s\n", sh.LastError)
 		}

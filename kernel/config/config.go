@@ -70,16 +70,19 @@ type Config struct {
 // Receipts configures the receipt log.
 type Receipts struct {
 	// Sink is where receipts go: the bbolt file (a path or file://PATH),
-	// or NATS servers (nats://host:port[,host:port...], tls:// alike) to
-	// ship sealed batches to, beside the local log. Env:
-	// CHIO_RECEIPT_SINK.
+	// or NATS servers (nats://host:port[,host:port...], tls:// alike) or a
+	// store (dynamodb://TABLE, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX,
+	// azblob://ACCOUNT/CONTAINER/PREFIX) to ship sealed batches to, beside
+	// the local log. Env: CHIO_RECEIPT_SINK.
 	Sink string `yaml:"sink"`
-	// Path is the local bbolt log when Sink is NATS (a local Sink is the
-	// path itself; both given must agree). Default: the shape's default
-	// log path.
+	// Path is the local bbolt log when Sink is NATS or a store (a local
+	// Sink is the path itself; both given must agree). Default: the
+	// shape's default log path.
 	Path string `yaml:"path"`
 	// NATS configures shipping when Sink is NATS (sink.go).
 	NATS *NATS `yaml:"nats"`
+	// Store configures shipping when Sink is a store (sink.go).
+	Store *StoreSink `yaml:"store"`
 	// Mode is sync (default: a decision takes effect only once its receipt
 	// is durable) or async (faster; a crash can lose queued receipts, and
 	// the log then says how many).

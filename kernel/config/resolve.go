@@ -10,6 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/backbay-labs/chio-agent/kernel"
+	"github.com/backbay-labs/chio-agent/receipts/sink"
 )
 
 // Flags are the command line values every shape (node agent and sidecar)
@@ -19,8 +20,8 @@ type Flags struct {
 	Config string
 	// Policy is the policy source (--policy).
 	Policy string
-	// Receipts is the receipt sink: a path, file://PATH or nats:// URLs
-	// (--receipts).
+	// Receipts is the receipt sink: a path, file://PATH, nats:// URLs or
+	// a store sink URL (dynamodb://, s3://, gs://, azblob://) (--receipts).
 	Receipts string
 	// ReceiptMode is sync or async (--receipt-mode).
 	ReceiptMode string
@@ -60,6 +61,10 @@ type Common struct {
 	// ShipServers are the NATS servers sealed batches are shipped to
 	// (Config.Receipts.NATS says how); nil when the sink is local.
 	ShipServers []string
+	// ShipStore is the store sink URL sealed batches are put to
+	// (dynamodb://, s3://, gs://, azblob://; Config.Receipts.Store says
+	// how); "" when the sink is local or NATS.
+	ShipStore string
 	// ReceiptMode is sync or async.
 	ReceiptMode string
 	// CheckpointEvery and CheckpointIdle tune checkpoints; zero means the
@@ -140,11 +145,15 @@ func Resolve(ctx context.Context, f Flags, d Defaults, lookup func(string) (stri
 		c.PolicyWatchInterval = cfg.PolicyWatchInterval.D(0)
 	}
 
-	path, servers, err := ResolveSink(Pick(lookup, f.Receipts, EnvReceiptSink, cfg.Receipts.Sink, ""), &cfg.Receipts, d.Receipts)
+	sinkURL := Pick(lookup, f.Receipts, EnvReceiptSink, cfg.Receipts.Sink, "")
+	path, servers, err := ResolveSink(sinkURL, &cfg.Receipts, d.Receipts)
 	if err != nil {
 		return nil, err
 	}
 	c.ReceiptPath, c.ShipServers = path, servers
+	if sink.IsStore(sinkURL) {
+		c.ShipStore = sinkURL
+	}
 	// No variable names the mode: a flag, else kernel.yaml, else sync.
 	c.ReceiptMode = Pick(lookup, f.ReceiptMode, "", cfg.Receipts.Mode, "sync")
 	if c.ReceiptMode != "sync" && c.ReceiptMode != "async" {

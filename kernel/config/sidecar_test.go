@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/backbay-labs/chio-agent/internal/policysource"
+	"github.com/backbay-labs/chio-agent/receipts/sink"
 )
 
 const seedHex = "0101010101010101010101010101010101010101010101010101010101010101"
@@ -125,8 +126,9 @@ func TestResolveSidecarRefuses(t *testing.T) {
 			e[EnvPolicySource] = "s3://b/p.yaml#sha256:00"
 		}, "pin", policysource.ErrBadSource},
 		{"bad watch interval", func(_ *SidecarFlags, e map[string]string) { e[EnvPolicyWatchInterval] = "soon" }, EnvPolicyWatchInterval, nil},
-		{"bigquery sink", func(_ *SidecarFlags, e map[string]string) { e[EnvReceiptSink] = "bigquery://proj/ds" }, `"bigquery"`, ErrUnsupportedScheme},
-		{"dynamodb sink", func(f *SidecarFlags, _ map[string]string) { f.Receipts = "dynamodb://table" }, `"dynamodb"`, ErrUnsupportedScheme},
+		{"bigquery sink", func(_ *SidecarFlags, e map[string]string) { e[EnvReceiptSink] = "bigquery://proj/ds" }, "gs://BUCKET/PREFIX", sink.ErrBigQuery},
+		{"dynamodb sink with a path", func(f *SidecarFlags, _ map[string]string) { f.Receipts = "dynamodb://table/x" }, "want dynamodb://TABLE", nil},
+		{"ftp sink", func(f *SidecarFlags, _ map[string]string) { f.Receipts = "ftp://h/r.db" }, `"ftp"`, ErrUnsupportedScheme},
 		{"http spec", func(f *SidecarFlags, _ map[string]string) { f.Spec = "https://x/spec.yaml" }, "spec", ErrUnsupportedScheme},
 		{"no upstream", func(f *SidecarFlags, _ map[string]string) { f.Upstream = "" }, "no upstream", nil},
 		{"bad upstream", func(f *SidecarFlags, _ map[string]string) { f.Upstream = "127.0.0.1:8080" }, "upstream", nil},

@@ -5,7 +5,26 @@ import (
 	"strings"
 
 	"github.com/backbay-labs/chio-agent/receipts/ship"
+	"github.com/backbay-labs/chio-agent/receipts/sink"
 )
+
+// StoreSink configures shipping to a store sink (receipts.store), used when
+// receipts.sink is dynamodb://TABLE, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX
+// or azblob://ACCOUNT/CONTAINER/PREFIX. Credentials come from each cloud
+// SDK's default chain, never from kernel.yaml.
+type StoreSink struct {
+	// MaxBacklog is the unshipped receipts past which the shipper raises
+	// its alarm; decisions go on and every receipt stays in the local
+	// log. Default 1000000.
+	MaxBacklog uint64 `yaml:"max_backlog"`
+	// Window is the most batches being put at once. Default 16; 1 puts one
+	// batch at a time.
+	Window int `yaml:"window"`
+	// CreateTable lets a dynamodb:// sink create its table (with its
+	// indexes, on-demand capacity) when missing. Default false: the
+	// table must exist.
+	CreateTable bool `yaml:"create_table"`
+}
 
 // NATS configures shipping receipts to NATS JetStream (receipts.nats),
 // used when receipts.sink is a nats:// or tls:// URL list.
@@ -84,14 +103,27 @@ func redactSink(s string) string {
 // ResolveSink resolves the receipt sink and the local log: sink is the
 // flag, else CHIO_RECEIPT_SINK, else receipts.sink; the local log is a
 // local sink itself, else receipts.path, else def. A nats sink gives the
-// servers to ship to; a local sink and a receipts.path that disagree are
-// refused (which file would the log be?).
-func ResolveSink(sink string, r *Receipts, def string) (path string, servers []string, err error) {
-	if IsNATSSink(sink) {
-		servers, err = NATSServers(sink)
-		if err != nil {
-			return "", nil, err
-		}
+// servers to ship to; a store sink (sink.IsStore) is checked, and ships
+// beside the local log as a nats one does; a local sink and a
+// receipts.path that disagree are refused (which file would the log be?).
+// Settings of a sink other than the one named (receipts.nats,
+// receipts.store) are refused.
+func ResolveSink(url string, r *Receipts, def string) (path string, servers []string, err error) {
+	store := sink.IsStore(url)
+	switch {
+	case store && r.NATS != nil:
+		return "", nil, fmt.Errorf("receipt sink %q is a store, but receipts.nats is set (receipts.store configures a store sink)", url)
+	case !store && r.Store != nil:
+		return "", nil, fmt.Errorf("receipt sink %q is no dynamodb://, s3://, gs:// or azblob:// URL, but receipts.store is set", url)
+	case store:
+		err = sink.Check(url)
+	case IsNATSSink(url):
+		servers, err = NATSServers(url)
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	if store || servers != nil {
 		path, err = ReceiptPath(first(r.Path, def))
 		if err != nil {
 			return "", nil, fmt.Errorf("receipts.path: %w", err)
@@ -99,13 +131,13 @@ func ResolveSink(sink string, r *Receipts, def string) (path string, servers []s
 		return path, servers, nil
 	}
 	if r.NATS != nil {
-		return "", nil, fmt.Errorf("receipt sink %q is no nats:// or tls:// URL, but receipts.nats is set", sink)
+		return "", nil, fmt.Errorf("receipt sink %q is no nats:// or tls:// URL, but receipts.nats is set", url)
 	}
-	path, err = ReceiptPath(first(sink, r.Path, def))
+	path, err = ReceiptPath(first(url, r.Path, def))
 	if err != nil {
 		return "", nil, err
 	}
-	if sink != "" && r.Path != "" {
+	if url != "" && r.Path != "" {
 		p2, err := ReceiptPath(r.Path)
 		if err != nil {
 			return "", nil, fmt.Errorf("receipts.path: %w", err)
@@ -117,9 +149,16 @@ func ResolveSink(sink string, r *Receipts, def string) (path string, servers []s
 	return path, nil, nil
 }
 
-// ShipOptions are the shipper's options for c's NATS sink; ok is false when
-// the sink is local. The caller adds a logger.
+// ShipOptions are the shipper's options for c's NATS or store sink; ok is
+// false when the sink is local. The caller adds a logger.
 func (c *Common) ShipOptions() (o ship.Options, ok bool) {
+	if c.ShipStore != "" {
+		s := c.Config.Receipts.Store
+		if s == nil {
+			s = &StoreSink{}
+		}
+		return ship.Options{StoreURL: c.ShipStore, CreateTable: s.CreateTable, MaxBacklog: s.MaxBacklog, Window: s.Window}, true
+	}
 	if len(c.ShipServers) == 0 {
 		return ship.Options{}, false
 	}

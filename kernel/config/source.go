@@ -98,8 +98,8 @@ func fetch(ctx context.Context, u string) ([]byte, error) {
 }
 
 // ReceiptPath turns a receipt sink into a bbolt file path: a path or
-// file://PATH. Other schemes (gs://, s3://, bigquery://, dynamodb://) are
-// not built and stop the start.
+// file://PATH. Other schemes stop the start (NATS and store sinks ship
+// beside a local log: ResolveSink).
 func ReceiptPath(sink string) (string, error) {
 	if sink == "" {
 		return "", fmt.Errorf("receipt sink: none given")

@@ -22,6 +22,7 @@ import (
 	"github.com/backbay-labs/chio-agent/receipts/central"
 	"github.com/backbay-labs/chio-agent/receipts/receiptstest"
 	"github.com/backbay-labs/chio-agent/receipts/ship"
+	"github.com/backbay-labs/chio-agent/receipts/sink/sinktest"
 )
 
 func TestMain(m *testing.M) { os.Exit(natscluster.Main(m)) }
@@ -48,14 +49,7 @@ func appendN(t testing.TB, l *receipts.Log, key ed25519.PrivateKey, first, n int
 // batchesOf reads every sealed batch of l.
 func batchesOf(t testing.TB, l *receipts.Log) []receipts.SealedBatch {
 	t.Helper()
-	var out []receipts.SealedBatch
-	if err := l.SealedBatches(context.Background(), 0, func(b receipts.SealedBatch) error {
-		out = append(out, b)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return sinktest.Sealed(t, l)
 }
 
 // env is one test's stream on the shared cluster (its own names, so tests

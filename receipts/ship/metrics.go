@@ -20,21 +20,21 @@ func (s *Shipper) Collectors() []prometheus.Collector {
 		return 0
 	}
 	return []prometheus.Collector{
-		g("chio_receipts_ship_lag_receipts", "Receipts in the local log not yet acknowledged by the NATS stream (sealed or not).",
+		g("chio_receipts_ship_lag_receipts", "Receipts in the local log not yet acknowledged by the sink (sealed or not).",
 			func(st Status) float64 { return float64(st.LagReceipts) }),
-		g("chio_receipts_ship_lag_seconds", "Age of the oldest checkpoint not yet acknowledged by the NATS stream (0 when all are).",
+		g("chio_receipts_ship_lag_seconds", "Age of the oldest checkpoint not yet acknowledged by the sink (0 when all are).",
 			func(st Status) float64 { return st.LagSeconds }),
-		g("chio_receipts_ship_acked_checkpoint", "Last checkpoint seq the NATS stream acknowledged.",
+		g("chio_receipts_ship_acked_checkpoint", "Last checkpoint seq the sink acknowledged.",
 			func(st Status) float64 { return float64(st.AckedCheckpoint) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "chio_receipts_ship_batches_total",
-			Help: "Sealed batches the NATS stream acknowledged since start."}, func() float64 { return float64(s.Status().Batches) }),
+			Help: "Sealed batches the sink acknowledged since start."}, func() float64 { return float64(s.Status().Batches) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "chio_receipts_ship_errors_total",
-			Help: "Failed publishes and connection errors since start."}, func() float64 { return float64(s.Status().Errors) }),
-		g("chio_receipts_ship_in_flight", "Batches published to the NATS stream and awaiting their acks (at most receipts.nats.window).",
+			Help: "Failed publishes, puts and connection errors since start."}, func() float64 { return float64(s.Status().Errors) }),
+		g("chio_receipts_ship_in_flight", "Batches published (put) to the sink and awaiting their acks (at most the window).",
 			func(st Status) float64 { return float64(st.InFlight) }),
-		g("chio_receipts_ship_connected", "1 while connected to a NATS server.",
+		g("chio_receipts_ship_connected", "1 while connected to a NATS server (a store sink: while its last request succeeded).",
 			func(st Status) float64 { return b(st.Connected) }),
-		g("chio_receipts_ship_backlog_exceeded", "1 while the unshipped backlog exceeds receipts.nats.max_backlog (decisions go on; everything stays local).",
+		g("chio_receipts_ship_backlog_exceeded", "1 while the unshipped backlog exceeds max_backlog (decisions go on; everything stays local).",
 			func(st Status) float64 { return b(st.BacklogExceeded) }),
 	}
 }

@@ -14,6 +14,11 @@
 // and checked against the stream at every start and after every failure.
 // An outage keeps the backlog in the local log; it ships when the sink
 // returns.
+//
+// A Store sink (receipts/sink: dynamodb://, s3://, gs://, azblob://) is
+// driven alike: up to Window Puts in flight at once, each idempotent, the
+// mark advanced over contiguous successes only, and a resume asks the
+// Store which checkpoints past the mark it holds (Store.Stored).
 package ship
 
 import (
@@ -27,6 +32,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	"github.com/sirupsen/logrus"
+
+	"github.com/backbay-labs/chio-agent/receipts/sink"
 )
 
 // Defaults (docs/receipt-log.md, "Shipping to NATS").
@@ -75,6 +82,17 @@ func (c Credentials) count() int {
 type Options struct {
 	// Servers are the cluster's URLs: nats://host:port or tls://host:port.
 	Servers []string
+	// Store, when set, is the sink instead of NATS: each batch is put to
+	// it (Store.Put, idempotent), and a resume asks it what it holds. The
+	// shipper closes it. Servers, Credentials, CAFile, Stream,
+	// SubjectPrefix, Replicas and Duplicates are then unused.
+	Store sink.Store
+	// StoreURL, when Store is nil, names the Store sink New opens
+	// (sink.OpenWith): dynamodb://TABLE, s3://, gs:// or azblob://.
+	StoreURL string
+	// CreateTable lets a dynamodb:// StoreURL create its table when
+	// missing.
+	CreateTable bool
 	// Credentials authenticate; none means an open server.
 	Credentials Credentials
 	// CAFile, when set, is the CA bundle tls:// servers are checked
@@ -97,7 +115,8 @@ type Options struct {
 	MaxBacklog uint64
 	// Poll is how often new checkpoints are looked for. Default DefaultPoll.
 	Poll time.Duration
-	// AckTimeout bounds one publish's wait for its ack. Default 5s. The
+	// AckTimeout bounds one publish's wait for its ack (a Store: one Put,
+	// and the resume's look). Default 5s (a Store: DefaultStoreTimeout). The
 	// stream's dedup window (Duplicates) must exceed AckTimeout plus the
 	// longest backoff between rounds (2 s): a publish whose ack timed out
 	// may still land, and its re-send must be dropped.
@@ -142,6 +161,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.AckTimeout <= 0 {
 		o.AckTimeout = 5 * time.Second
+		if o.Store != nil || o.StoreURL != "" {
+			o.AckTimeout = DefaultStoreTimeout
+		}
 	}
 	if o.Window <= 0 {
 		o.Window = DefaultWindow

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/sink"
 )
 
 // connectTimeout bounds the first connection attempt at New, which tells a
@@ -40,7 +41,10 @@ type Shipper struct {
 	subject string
 	nc      *nats.Conn
 	js      jetstream.JetStream
-	state   string
+	// store is the sink when it is a Store (o.Store), nil for NATS (nc,
+	// js).
+	store sink.Store
+	state string
 
 	stopRun func() // set by Start
 
@@ -54,11 +58,13 @@ type Shipper struct {
 
 // Status is the shipper's state, for `chio-agent status` and metrics.
 type Status struct {
-	// Servers are the sink's URLs; Stream and Subject where batches go.
+	// Servers are the sink's URLs (a Store sink: its one URL); Stream
+	// and Subject where batches go (NATS only, empty for a Store).
 	Servers []string `json:"servers"`
 	Stream  string   `json:"stream"`
 	Subject string   `json:"subject"`
-	// Connected says the client is connected to a server now.
+	// Connected says the client is connected to a server now (a Store:
+	// its last request succeeded).
 	Connected bool `json:"connected"`
 	// AckedCheckpoint is the last checkpoint the stream acknowledged;
 	// AckedSeq the last receipt it seals.
@@ -91,11 +97,17 @@ type Status struct {
 // credential that cannot be read or parsed, or servers that refuse the
 // credentials stop it with an error; servers that cannot be reached do not
 // (the shipper keeps trying in Run, the backlog staying local).
+//
+// With Options.Store (or StoreURL) set, the sink is that Store instead of
+// NATS; Servers and the NATS options must then be unset.
 func New(l *receipts.Log, opts Options) (*Shipper, error) {
 	if opts.Window < 0 {
 		return nil, fmt.Errorf("check shipping options: window %d: want 1 or more (0 for the default %d)", opts.Window, DefaultWindow)
 	}
 	o := opts.withDefaults()
+	if o.Store != nil || o.StoreURL != "" {
+		return newStore(l, o)
+	}
 	if err := CheckServers(o.Servers); err != nil {
 		return nil, err
 	}
@@ -107,20 +119,14 @@ func New(l *receipts.Log, opts Options) (*Shipper, error) {
 	if err != nil {
 		return nil, err
 	}
-	logID, err := l.LogID()
+	s, err := newShipper(l, o, nil, Status{Servers: o.Servers, Stream: o.Stream})
 	if err != nil {
 		return nil, err
 	}
-	s := &Shipper{log: l, o: o, logID: logID, subject: o.SubjectPrefix + "." + logID, state: o.StateFile}
-	if s.state == "" {
-		s.state = l.Path() + ".shipped"
-	}
-	s.st = Status{Servers: o.Servers, Stream: o.Stream, Subject: s.subject, MaxBacklog: o.MaxBacklog, Window: o.Window}
-	if s.st.AckedCheckpoint, s.markSeq, err = readState(s.state, logID); err != nil {
-		return nil, err
-	}
+	s.subject = o.SubjectPrefix + "." + s.logID
+	s.st.Subject = s.subject
 	copts := append([]nats.Option{
-		nats.Name("chio-agent receipt shipper " + logID),
+		nats.Name("chio-agent receipt shipper " + s.logID),
 		nats.Timeout(connectTimeout),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
@@ -160,6 +166,34 @@ func New(l *receipts.Log, opts Options) (*Shipper, error) {
 	return s, nil
 }
 
+// newShipper makes the shipper of l's log to store (nil: NATS, connected
+// by the caller): its status starts as st, its mark read from the state
+// file.
+func newShipper(l *receipts.Log, o Options, store sink.Store, st Status) (*Shipper, error) {
+	logID, err := l.LogID()
+	if err != nil {
+		return nil, err
+	}
+	s := &Shipper{log: l, o: o, logID: logID, store: store, state: o.StateFile}
+	if s.state == "" {
+		s.state = l.Path() + ".shipped"
+	}
+	st.MaxBacklog, st.Window = o.MaxBacklog, o.Window
+	s.st = st
+	if s.st.AckedCheckpoint, s.markSeq, err = readState(s.state, logID, s.sinkID()); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// sinkID names a Store sink in the state file; "" for NATS.
+func (s *Shipper) sinkID() string {
+	if s.store == nil {
+		return ""
+	}
+	return s.store.String()
+}
+
 func isNetError(err error) bool {
 	msg := err.Error()
 	return strings.Contains(msg, "connection refused") || strings.Contains(msg, "i/o timeout") ||
@@ -169,18 +203,34 @@ func isNetError(err error) bool {
 // LogID is the id the batches go by.
 func (s *Shipper) LogID() string { return s.logID }
 
-// Subject is where this log's batches go.
-func (s *Shipper) Subject() string { return s.subject }
+// Subject is where this log's batches go: its NATS subject, or a Store's
+// URL.
+func (s *Shipper) Subject() string {
+	if s.store != nil {
+		return s.store.String()
+	}
+	return s.subject
+}
 
-// Close closes the connection (Run must have returned).
-func (s *Shipper) Close() { s.nc.Close() }
+// Close closes the connection, or the Store (Run must have returned).
+func (s *Shipper) Close() {
+	if s.store != nil {
+		if err := s.store.Close(); err != nil {
+			s.o.Logger.WithError(err).Warn("close receipt sink")
+		}
+		return
+	}
+	s.nc.Close()
+}
 
 // Status returns the current state, its lag measured now.
 func (s *Shipper) Status() Status {
 	s.mu.Lock()
 	st := s.st
 	s.mu.Unlock()
-	st.Connected = s.nc.IsConnected()
+	if s.store == nil {
+		st.Connected = s.nc.IsConnected()
+	}
 	st.Servers = append([]string(nil), st.Servers...)
 	s.measureLag(&st)
 	return st
@@ -272,15 +322,17 @@ func (s *Shipper) shipOnce(ctx context.Context) error {
 	if last <= acked && known {
 		return nil
 	}
-	if !s.nc.IsConnected() {
+	if s.store == nil && !s.nc.IsConnected() {
 		return errors.New("not connected to any server")
 	}
 	var held map[uint64]uint64
 	if !known {
-		if err := s.ensureStream(ctx); err != nil {
-			return err
+		if s.store != nil {
+			held, err = s.resumeStore(ctx)
+		} else if err = s.ensureStream(ctx); err == nil {
+			held, err = s.resume(ctx)
 		}
-		if held, err = s.resume(ctx); err != nil {
+		if err != nil {
 			return err
 		}
 		s.mu.Lock()
@@ -295,7 +347,7 @@ func (s *Shipper) shipOnce(ctx context.Context) error {
 	s.mu.Lock()
 	cp, seq := s.st.AckedCheckpoint, s.markSeq
 	s.mu.Unlock()
-	if werr := writeState(s.state, s.logID, cp, seq); err == nil {
+	if werr := writeState(s.state, s.logID, s.sinkID(), cp, seq); err == nil {
 		err = werr
 	}
 	if err != nil {
@@ -312,11 +364,15 @@ func (s *Shipper) shipOnce(ctx context.Context) error {
 // settled.
 type flight struct {
 	cpSeq, endSeq uint64
-	paf           jetstream.PubAckFuture // nil: the stream held it already
+	paf           jetstream.PubAckFuture // NATS; nil: the stream held it already
+	put           chan error             // a Store's Put's result; nil: held already
 	streamSeq     uint64                 // the stream's sequence once acknowledged
 	err           error
 	done          bool
 }
+
+// sent says f was published (put), not found held.
+func (f *flight) sent() bool { return f.paf != nil || f.put != nil }
 
 // wait waits for f's ack (or, block false, looks whether it came); false
 // when it has not come (or ctx ended first).
@@ -326,6 +382,26 @@ func (f *flight) wait(ctx context.Context, block bool) bool {
 	}
 	var ack *jetstream.PubAck
 	var err error
+	if f.put != nil {
+		if block {
+			select {
+			case err = <-f.put:
+			case <-ctx.Done():
+				return false
+			}
+		} else {
+			select {
+			case err = <-f.put:
+			default:
+				return false
+			}
+		}
+		if err != nil {
+			f.err = fmt.Errorf("ship checkpoint %d: %w", f.cpSeq, err)
+		}
+		f.done = true
+		return true
+	}
 	if block {
 		select {
 		case ack = <-f.paf.Ok():
@@ -372,6 +448,11 @@ func (s *Shipper) pipeline(ctx context.Context, after uint64, held map[uint64]ui
 	settle := func(block bool) error {
 		for len(q) > 0 && q[0].wait(ctx, block) {
 			f := q[0]
+			if s.store != nil && f.sent() {
+				s.mu.Lock()
+				s.st.Connected = f.err == nil
+				s.mu.Unlock()
+			}
 			if f.err != nil {
 				return f.err
 			}
@@ -389,7 +470,7 @@ func (s *Shipper) pipeline(ctx context.Context, after uint64, held map[uint64]ui
 			// so it is written a few times a second, not per batch.
 			if time.Since(lastSave) >= stateEvery {
 				lastSave = time.Now()
-				if err := writeState(s.state, s.logID, f.cpSeq, f.streamSeq); err != nil {
+				if err := writeState(s.state, s.logID, s.sinkID(), f.cpSeq, f.streamSeq); err != nil {
 					return err
 				}
 			}
@@ -402,13 +483,13 @@ func (s *Shipper) pipeline(ctx context.Context, after uint64, held map[uint64]ui
 				return err
 			}
 		}
-		f, err := s.publish(b, held)
+		f, err := s.publish(ctx, b, held)
 		if err != nil {
 			return err
 		}
 		q = append(q, f)
 		setInFlight()
-		if s.o.OnPublish != nil && f.paf != nil {
+		if s.o.OnPublish != nil && f.sent() {
 			s.o.OnPublish(f.cpSeq, len(q))
 		}
 		return settle(false)
@@ -421,7 +502,7 @@ func (s *Shipper) pipeline(ctx context.Context, after uint64, held map[uint64]ui
 		// look at the stream sees every publish of this one landed or
 		// failed; each ack comes or times out (AckTimeout).
 		for _, f := range q {
-			if f.paf != nil && !f.wait(ctx, true) {
+			if f.sent() && !f.wait(ctx, true) {
 				break
 			}
 		}
@@ -433,7 +514,7 @@ func (s *Shipper) pipeline(ctx context.Context, after uint64, held map[uint64]ui
 
 // publish sends one batch without waiting for its ack, or, when held names
 // it, only notes where the stream holds it.
-func (s *Shipper) publish(b receipts.SealedBatch, held map[uint64]uint64) (*flight, error) {
+func (s *Shipper) publish(ctx context.Context, b receipts.SealedBatch, held map[uint64]uint64) (*flight, error) {
 	var cp receipts.Checkpoint
 	if err := json.Unmarshal(b.Checkpoint, &cp); err != nil {
 		return nil, fmt.Errorf("ship batch: parse checkpoint: %w", err)
@@ -441,6 +522,10 @@ func (s *Shipper) publish(b receipts.SealedBatch, held map[uint64]uint64) (*flig
 	f := &flight{cpSeq: cp.Body.CheckpointSeq, endSeq: cp.Body.BatchEndSeq}
 	if seq, ok := held[f.cpSeq]; ok {
 		f.streamSeq, f.done = seq, true
+		return f, nil
+	}
+	if s.store != nil {
+		s.put(ctx, b, f)
 		return f, nil
 	}
 	msg := &nats.Msg{Subject: s.subject, Data: s.encode(b), Header: nats.Header{}}
@@ -660,14 +745,18 @@ func (s *Shipper) parseID(id string) (uint64, error) {
 
 // state is the file recording the last acknowledged checkpoint (every
 // checkpoint up to it acknowledged) and the stream sequence of its
-// message.
+// message. Sink names a Store sink the mark is of (empty for NATS).
 type state struct {
 	LogID          string `json:"log_id"`
+	Sink           string `json:"sink,omitempty"`
 	AckedCheckpint uint64 `json:"acked_checkpoint_seq"`
 	StreamSeq      uint64 `json:"stream_seq,omitempty"`
 }
 
-func readState(path, logID string) (cpSeq, streamSeq uint64, err error) {
+// readState reads the mark of log logID shipped to sink ("" for NATS); a
+// mark of another sink (the sink changed) is no mark: the shipper starts
+// over, asking the new sink what it holds.
+func readState(path, logID, sink string) (cpSeq, streamSeq uint64, err error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, 0, nil
@@ -682,13 +771,16 @@ func readState(path, logID string) (cpSeq, streamSeq uint64, err error) {
 	if st.LogID != logID {
 		return 0, 0, fmt.Errorf("read shipping state %s: it is for log %s, not %s", path, st.LogID, logID)
 	}
+	if st.Sink != sink {
+		return 0, 0, nil
+	}
 	return st.AckedCheckpint, st.StreamSeq, nil
 }
 
 // writeState replaces the state file durably (write, fsync, rename, fsync
 // the directory).
-func writeState(path, logID string, cpSeq, streamSeq uint64) error {
-	b, _ := json.Marshal(state{LogID: logID, AckedCheckpint: cpSeq, StreamSeq: streamSeq})
+func writeState(path, logID, sink string, cpSeq, streamSeq uint64) error {
+	b, _ := json.Marshal(state{LogID: logID, Sink: sink, AckedCheckpint: cpSeq, StreamSeq: streamSeq})
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {

@@ -211,7 +211,7 @@ func TestShipResendAndLostState(t *testing.T) {
 	}
 	// Re-send checkpoint 3, as after an ack lost on the way back.
 	err = l.SealedBatches(ctx, 2, func(b receipts.SealedBatch) error {
-		f, err := s.publish(b, nil)
+		f, err := s.publish(context.Background(), b, nil)
 		if err == nil && f.wait(ctx, true) {
 			err = f.err
 		}

@@ -77,7 +77,7 @@ func TestShipResumeOverHole(t *testing.T) {
 			os.Remove(l.Path() + ".shipped")
 			if tc.state {
 				logID, _ := l.LogID()
-				if err := writeState(l.Path()+".shipped", logID, 2, markSeq); err != nil {
+				if err := writeState(l.Path()+".shipped", logID, "", 2, markSeq); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -129,7 +129,7 @@ func publishHole(t testing.TB, l *receipts.Log, o Options, hole uint64) (markSeq
 		if cp.Body.CheckpointSeq == hole {
 			return nil
 		}
-		f, err := s.publish(b, nil)
+		f, err := s.publish(context.Background(), b, nil)
 		if err == nil && f.wait(ctx, true) {
 			err = f.err
 		}

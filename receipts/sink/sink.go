@@ -76,16 +76,28 @@ func Check(url string) error {
 	return fmt.Errorf("receipt sink %q: not an s3://, gs://, azblob:// or dynamodb:// URL", url)
 }
 
+// OpenOptions tune OpenWith.
+type OpenOptions struct {
+	// CreateTable lets a dynamodb:// sink create its table (and indexes)
+	// when missing; without it a missing table is an error naming it.
+	CreateTable bool
+}
+
 // Open checks url and makes its store's client with the cloud SDK's default
 // credential chain (and the SDK's own endpoint overrides). It does not
 // require the store to be reachable: an outage is the shipper's to ride
 // out.
 func Open(ctx context.Context, url string) (Store, error) {
+	return OpenWith(ctx, url, OpenOptions{})
+}
+
+// OpenWith is Open with options.
+func OpenWith(ctx context.Context, url string, o OpenOptions) (Store, error) {
 	if err := Check(url); err != nil {
 		return nil, err
 	}
 	if strings.HasPrefix(url, "dynamodb://") {
-		return openDynamo(ctx, url)
+		return openDynamo(ctx, url, o)
 	}
 	return openSegments(ctx, url)
 }

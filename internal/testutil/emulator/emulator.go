@@ -49,6 +49,8 @@ type Proc struct {
 	// Port is the loopback port it serves on.
 	Port int
 	dir  string
+	bin  string
+	args []string
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -62,8 +64,8 @@ func Start(name, bin, dir string, args func(port int) []string) (*Proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proc{Name: name, Port: port, dir: dir, log: filepath.Join(dir, name+".log")}
-	if err := p.spawn(bin, args(port)); err != nil {
+	p := &Proc{Name: name, Port: port, dir: dir, bin: bin, args: args(port), log: filepath.Join(dir, name+".log")}
+	if err := p.spawn(p.bin, p.args); err != nil {
 		return nil, err
 	}
 	if err := p.waitReady(); err != nil {
@@ -134,6 +136,18 @@ func (p *Proc) Stop() {
 	}
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	<-done
+}
+
+// Restart starts the emulator again after Stop, with the same arguments on
+// the same port (its data survives when it keeps it on disk), and waits
+// until it serves. Another process may have taken the port meanwhile: the
+// restart then fails, loudly.
+func (p *Proc) Restart() error {
+	p.Stop()
+	if err := p.spawn(p.bin, p.args); err != nil {
+		return err
+	}
+	return p.waitReady()
 }
 
 // Shared starts one emulator per test binary with start, on its first
