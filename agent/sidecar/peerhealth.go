@@ -1,0 +1,103 @@
+package sidecar
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// peerHealth is which peers this replica sees down: a peer is down from a
+// failed forward, handover request or probe until a probe answers. Down
+// peers own no sessions here (session.Ring.OwnerAmong): each of their
+// sessions goes to its next-highest peer, which takes it (takeSession).
+type peerHealth struct {
+	log  logrus.FieldLogger
+	mu   sync.Mutex
+	down map[string]bool
+}
+
+func (h *peerHealth) up(peer string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !h.down[peer]
+}
+
+func (h *peerHealth) markDown(peer string, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.down == nil {
+		h.down = map[string]bool{}
+	}
+	if !h.down[peer] {
+		h.down[peer] = true
+		h.log.WithError(err).WithField("peer", peer).Warn("session peer down: its sessions go to their next replica")
+	}
+}
+
+func (h *peerHealth) markUp(peer string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.down[peer] {
+		delete(h.down, peer)
+		h.log.WithField("peer", peer).Info("session peer up again: it owns its sessions again")
+	}
+}
+
+// probe checks every peer's PathLive every interval (each probe bounded by
+// the interval) until ctx ends.
+func (rp *replicas) probe(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ring := rp.ring.Load()
+		if ring == nil {
+			continue
+		}
+		var wg sync.WaitGroup
+		for _, p := range ring.Peers() {
+			if p == rp.self {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				pctx, cancel := context.WithTimeout(ctx, every)
+				defer cancel()
+				req, err := http.NewRequestWithContext(pctx, http.MethodGet, "http://"+p+PathLive, nil)
+				if err != nil {
+					return
+				}
+				resp, err := rp.client.Do(req)
+				if err == nil {
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusOK {
+						rp.health.markUp(p)
+						return
+					}
+				}
+				if ctx.Err() == nil {
+					rp.health.markDown(p, err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+}
+
+// dnsServerResolver resolves through the DNS server at addr (ip:port)
+// only: sessions.peers_resolver.
+func dnsServerResolver(addr string) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+}
