@@ -10,7 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -36,7 +36,7 @@ const (
 // Answers of the handover endpoint.
 const (
 	handoverHeld  = "held"  // sealed here for the asker: the transfer follows
-	handoverNone  = "none"  // not here; Holder: the last replica that asked
+	handoverNone  = "none"  // not here; Hints: the replicas that asked before
 	handoverMoved = "moved" // handed over earlier, to Holder
 	handoverBusy  = "busy"  // calls in flight, or being taken: ask again
 )
@@ -47,8 +47,11 @@ type handoverRequest struct {
 }
 
 type handoverAnswer struct {
-	State    string            `json:"state"`
+	State string `json:"state"`
+	// Holder: where a moved session went; Hints: the replicas that asked
+	// for it before (any may hold it).
 	Holder   string            `json:"holder,omitempty"`
+	Hints    []string          `json:"hints,omitempty"`
 	Transfer *session.Transfer `json:"transfer,omitempty"`
 }
 
@@ -124,8 +127,10 @@ func (s *Server) servePeerHandover(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, errorBody{Error: codeBadRequest, Message: "a handover request names a valid session and the replica taking it"})
 		return
 	}
-	if ring := rp.ring.Load(); ring == nil || req.To == rp.self || !slices.Contains(ring.Peers(), req.To) {
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: codeBadRequest, Message: fmt.Sprintf("%q is not another replica of this one's ring", req.To)})
+	// The asker may be in a ring newer than this one's (a replica just
+	// added): any other replica with the peer token may ask.
+	if _, _, err := net.SplitHostPort(req.To); err != nil || req.To == rp.self {
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: codeBadRequest, Message: fmt.Sprintf("%q is not another replica's host:port", req.To)})
 		return
 	}
 	unlock := rp.locks.lock(req.Session, false)
@@ -160,21 +165,21 @@ func (s *Server) answerHandover(ctx context.Context, req handoverRequest) (hando
 		s.log.WithField("session", req.Session).WithField("to", req.To).Info("session handed over")
 		return handoverAnswer{State: handoverHeld, Transfer: t}, nil
 	}
-	if err := s.sessions.SetHint(req.Session, req.To); err != nil {
+	if err := s.sessions.AddHint(req.Session, req.To); err != nil {
 		return handoverAnswer{}, err
 	}
 	if h.Head.Seq > 0 && h.Head.Holder != "" {
-		return handoverAnswer{State: handoverMoved, Holder: h.Head.Holder}, nil
+		return handoverAnswer{State: handoverMoved, Holder: h.Head.Holder, Hints: h.Hints}, nil
 	}
-	return handoverAnswer{State: handoverNone, Holder: h.Hint}, nil
+	return handoverAnswer{State: handoverNone, Hints: h.Hints}, nil
 }
 
 // takeSession makes this replica the holder of session id before it
 // decides a request of it: it asks every other replica of the ring for
 // the session; a holder seals its journal and sends it (the session
 // continues here linked to it). When none holds it and none that might
-// (the last holder known, the replicas last known to ask for it) is
-// unreachable, the session is new. Otherwise its history is unknown: it
+// (the last holder known, the replicas known to have asked for it) is
+// unreachable, and more than half the ring answered, the session is new. Otherwise its history is unknown: it
 // is refused (takeover "refuse"), or continued in an unlinked segment
 // from the figures this journal holds ("unlinked"). It answers the
 // request and returns true when it refused it.
@@ -245,8 +250,8 @@ func (s *Server) acquire(ctx context.Context, id string, h session.Holding) erro
 	}
 	wg.Wait()
 	suspects := map[string]bool{}
-	if h.Hint != "" {
-		suspects[h.Hint] = true
+	for _, p := range h.Hints {
+		suspects[p] = true
 	}
 	if h.Head.Seq > 0 && h.Head.Holder != "" {
 		suspects[h.Head.Holder] = true
@@ -264,14 +269,20 @@ func (s *Server) acquire(ctx context.Context, id string, h session.Holding) erro
 			return nil
 		case rep.ans.State == handoverBusy:
 			return &historyError{busy: true, msg: rep.peer + " is busy with it"}
-		case rep.ans.Holder != "":
-			suspects[rep.ans.Holder] = true
+		default:
+			for _, p := range append(rep.ans.Hints, rep.ans.Holder) {
+				suspects[p] = true
+			}
 		}
 	}
 	delete(suspects, rp.self)
+	// An unreachable replica may hold the session if a hint names it, or
+	// if too few replicas answered for their hints to tell: the replicas
+	// a holder asked before taking it are all that record it.
+	quorum := 2*(len(peers)-len(unreachable)+1) > len(peers)+1
 	var lost []string
 	for _, p := range unreachable {
-		if suspects[p] {
+		if suspects[p] || !quorum {
 			lost = append(lost, p)
 		}
 	}

@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -32,9 +35,9 @@ type Holding struct {
 	Here bool
 	// Head is the session's head in this journal (Seq 0: none).
 	Head Head
-	// Hint names the replica that last asked this one for the session
-	// (it may hold it now); "" when none did.
-	Hint string
+	// Hints name the replicas that asked this one for the session (each
+	// may hold it now, or have held it), in the order they first asked.
+	Hints []string
 }
 
 // heldBy says whether replica self may decide the session's calls: the
@@ -61,7 +64,7 @@ func (j *Journal) Holding(id string) (Holding, error) {
 	s.mu.Unlock()
 	err = j.db.View(func(tx *bolt.Tx) error {
 		if b := tx.Bucket(bktHints); b != nil {
-			h.Hint = string(b.Get([]byte(id)))
+			h.Hints = splitHints(b.Get([]byte(id)))
 		}
 		return nil
 	})
@@ -71,11 +74,18 @@ func (j *Journal) Holding(id string) (Holding, error) {
 	return h, nil
 }
 
-// SetHint records, durably, that replica peer asked for session id: the
-// session may be there from now on.
-func (j *Journal) SetHint(id, peer string) error {
+// AddHint records, durably, that replica peer asked for session id: the
+// session may be there from now on. Hints are never dropped: a replica
+// that asked and was refused stays a suspect (a refusal more, never a
+// session decided twice).
+func (j *Journal) AddHint(id, peer string) error {
 	err := j.db.Batch(func(tx *bolt.Tx) error {
-		return tx.Bucket(bktHints).Put([]byte(id), []byte(peer))
+		b := tx.Bucket(bktHints)
+		hints := splitHints(b.Get([]byte(id)))
+		if slices.Contains(hints, peer) {
+			return nil
+		}
+		return b.Put([]byte(id), []byte(strings.Join(append(hints, peer), "\n")))
 	})
 	if err != nil {
 		return fmt.Errorf("record session hint: %w", err)
@@ -210,6 +220,9 @@ func (j *Journal) Continue(ctx context.Context, id string, t *Transfer) error {
 	case got.Seq != t.Head.Seq || got.Hash != t.Head.Hash || got.Epoch != t.Head.Epoch || !equalTotals(got.Totals, t.Head.Totals):
 		return fmt.Errorf("continue session %s: %w: the transferred head is not what its chain adds up to", id, ErrCorrupt)
 	}
+	if err := j.keepOthers(id, t.Entries); err != nil {
+		return err
+	}
 	s, err := j.acquire(id)
 	if err != nil {
 		return fmt.Errorf("continue session %s: %w", id, err)
@@ -255,6 +268,13 @@ func (j *Journal) appendSegment(ctx context.Context, s *session, e *Entry) error
 	return nil
 }
 
+func splitHints(b []byte) []string {
+	if len(b) == 0 {
+		return nil
+	}
+	return strings.Split(string(b), "\n")
+}
+
 func addTotals(t *Totals, o Totals) {
 	t.Calls += o.Calls
 	t.Denied += o.Denied
@@ -277,19 +297,57 @@ func wait(ctx context.Context, r *record) error {
 	}
 }
 
-// rawEntries returns one session's stored entries, as stored.
+// rawEntries returns one session's history as this replica can prove it:
+// its own entries and those handed to it with the session (bucket
+// others), in seq order; its own win where both have a seq.
 func (j *Journal) rawEntries(id string) ([]json.RawMessage, error) {
-	var out []json.RawMessage
+	byKey := map[string][]byte{}
 	err := j.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bktEntries).Cursor()
 		prefix := append([]byte(id), 0)
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			out = append(out, bytes.Clone(v))
+		for _, name := range [][]byte{bktOthers, bktEntries} {
+			b := tx.Bucket(name)
+			if b == nil {
+				continue
+			}
+			c := b.Cursor()
+			for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+				byKey[string(k)] = bytes.Clone(v)
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read session %s: %w", id, err)
 	}
+	out := make([]json.RawMessage, 0, len(byKey))
+	for _, k := range slices.Sorted(maps.Keys(byKey)) {
+		out = append(out, byKey[k])
+	}
 	return out, nil
+}
+
+// keepOthers stores the entries of a transfer this journal does not have
+// (bucket others), so that its own transfers carry the whole history.
+func (j *Journal) keepOthers(id string, entries []json.RawMessage) error {
+	err := j.db.Batch(func(tx *bolt.Tx) error {
+		own, others := tx.Bucket(bktEntries), tx.Bucket(bktOthers)
+		for _, raw := range entries {
+			e, err := decodeEntry(raw)
+			if err != nil {
+				return err
+			}
+			k := entryKey(id, e.Seq)
+			if own.Get(k) != nil {
+				continue
+			}
+			if err := others.Put(k, raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("keep session %s's history: %w", id, err)
+	}
+	return nil
 }

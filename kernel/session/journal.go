@@ -24,7 +24,8 @@ var (
 	bktEntries = []byte("entries") // session id, 0x00, seq (8 bytes BE) → canonical entry
 	bktHeads   = []byte("heads")   // session id → Head (JSON)
 	bktMeta    = []byte("meta")    // "schema" → FileSchema
-	bktHints   = []byte("hints")   // session id → the replica last known to take it (replicas)
+	bktHints   = []byte("hints")   // session id → the replicas that asked for it, one a line (replicas)
+	bktOthers  = []byte("others")  // as entries: other replicas' entries of sessions handed here
 	keySchema  = []byte("schema")
 )
 
@@ -215,7 +216,10 @@ func (j *Journal) init() error {
 		if err := check(tx); err != nil {
 			return err
 		}
-		_, err := tx.CreateBucketIfNotExists(bktHints)
+		if _, err := tx.CreateBucketIfNotExists(bktHints); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucketIfNotExists(bktOthers)
 		return err
 	})
 }

@@ -155,7 +155,10 @@ func (st *chainState) apply(e *Entry) {
 	t := &h.Totals
 	switch e.Kind {
 	case KindHandover:
+		// Sealed with no call in flight: a call still open was cut by a
+		// crash and is never settled (its reservation stays counted).
 		h.Holder = e.Holder
+		clear(st.open)
 	case KindSegment:
 		// Calls open before it were settled (or never will be) elsewhere.
 		h.Holder, h.Epoch, h.Totals = e.Holder, e.Epoch, Totals{}

@@ -288,8 +288,8 @@ func (v *verifier) entry(keySeq uint64, raw []byte) {
 			return
 		}
 	case KindHandover:
-		if e.Holder == "" || e.ReceiptID != "" || e.Allowed || len(v.st.open) > 0 {
-			v.fail(keySeq, "handover entry without a holder, with a receipt, allowed, or with calls still open")
+		if e.Holder == "" || e.ReceiptID != "" || e.Allowed || e.Link != "" || e.Totals != nil {
+			v.fail(keySeq, "handover entry without a holder, with a receipt, allowed, or with segment fields")
 			return
 		}
 		v.handovers = append(v.handovers, Link{SessionID: v.id, Seq: keySeq, PrevHash: e.PrevHash, Hash: e.EntryHash, Holder: e.Holder})
