@@ -13,8 +13,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/session"
 )
 
