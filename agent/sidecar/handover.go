@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -184,20 +185,21 @@ func (s *Server) answerHandover(ctx context.Context, req handoverRequest) (hando
 // from the figures this journal holds ("unlinked"). It answers the
 // request and returns true when it refused it.
 func (s *Server) takeSession(w http.ResponseWriter, r *http.Request, id string) bool {
-	rp := s.replicas
-	unlock := rp.locks.lock(id, true)
-	defer unlock()
-	h, err := s.sessions.Holding(id)
-	if err == nil && h.Here {
-		return false
-	}
-	if err == nil {
-		err = s.acquire(r.Context(), id, h)
-	}
-	if err == nil {
-		return false
-	}
+	var err error
 	var he *historyError
+	for attempt := range takeAttempts {
+		if attempt > 0 {
+			// Two replicas taking one session (their views differ for a
+			// moment) each find the other busy: back off apart.
+			time.Sleep(time.Duration(attempt*(10+rand.IntN(40))) * time.Millisecond)
+		}
+		if err = s.takeOnce(r.Context(), id); err == nil {
+			return false
+		}
+		if !errors.As(err, &he) || !he.busy {
+			break
+		}
+	}
 	switch {
 	case errors.As(err, &he) && he.busy:
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: codeSessionMoving, Message: "session " + id + " is moving between replicas: " + err.Error() + "; retry"})
@@ -208,6 +210,21 @@ func (s *Server) takeSession(w http.ResponseWriter, r *http.Request, id string) 
 		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: codeSessionFailed, Message: "session " + id + " could not be taken by this replica: " + err.Error()})
 	}
 	return true
+}
+
+// takeAttempts bounds the tries at a session another replica is busy with.
+const takeAttempts = 4
+
+// takeOnce takes session id unless this replica holds it, under the
+// session's lock.
+func (s *Server) takeOnce(ctx context.Context, id string) error {
+	unlock := s.replicas.locks.lock(id, true)
+	defer unlock()
+	h, err := s.sessions.Holding(id)
+	if err != nil || h.Here {
+		return err
+	}
+	return s.acquire(ctx, id, h)
 }
 
 // historyError: the session cannot be taken now (busy) or its history
@@ -225,7 +242,7 @@ func (s *Server) acquire(ctx context.Context, id string, h session.Holding) erro
 	if ring == nil {
 		return &historyError{msg: "this replica does not know its peers yet"}
 	}
-	ctx, cancel := context.WithTimeout(ctx, handoverTimeout)
+	askCtx, cancel := context.WithTimeout(ctx, handoverTimeout)
 	defer cancel()
 	type reply struct {
 		peer string
@@ -244,7 +261,7 @@ func (s *Server) acquire(ctx context.Context, id string, h session.Holding) erro
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ans, err := rp.askHandover(ctx, p, id)
+			ans, err := rp.askHandover(askCtx, p, id)
 			replies[i] = reply{peer: p, ans: ans, err: err}
 		}()
 	}

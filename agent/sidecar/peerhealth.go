@@ -2,23 +2,33 @@ package sidecar
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
 )
 
 // peerHealth is which peers this replica sees down: a peer is down from a
-// failed forward, handover request or probe until a probe answers. Down
+// refused connection (a forward, handover request or probe), or from
+// downAfter failures in a row, until a probe answers. Down
 // peers own no sessions here (session.Ring.OwnerAmong): each of their
 // sessions goes to its next-highest peer, which takes it (takeSession).
 type peerHealth struct {
 	log  logrus.FieldLogger
 	mu   sync.Mutex
 	down map[string]bool
+	// failures counts a peer's failures in a row that did not prove it
+	// down (timeouts: a peer may be slow under load).
+	failures map[string]int
 }
+
+// downAfter is how many failures in a row that are not a refused
+// connection take a peer down.
+const downAfter = 3
 
 func (h *peerHealth) up(peer string) bool {
 	h.mu.Lock()
@@ -26,11 +36,18 @@ func (h *peerHealth) up(peer string) bool {
 	return !h.down[peer]
 }
 
+// markDown counts a failure to reach peer: a refused connection (nothing
+// listens there) takes it down at once, other failures after downAfter
+// in a row.
 func (h *peerHealth) markDown(peer string, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.down == nil {
-		h.down = map[string]bool{}
+		h.down, h.failures = map[string]bool{}, map[string]int{}
+	}
+	h.failures[peer]++
+	if !errors.Is(err, syscall.ECONNREFUSED) && h.failures[peer] < downAfter {
+		return
 	}
 	if !h.down[peer] {
 		h.down[peer] = true
@@ -41,6 +58,7 @@ func (h *peerHealth) markDown(peer string, err error) {
 func (h *peerHealth) markUp(peer string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	delete(h.failures, peer)
 	if h.down[peer] {
 		delete(h.down, peer)
 		h.log.WithField("peer", peer).Info("session peer up again: it owns its sessions again")
