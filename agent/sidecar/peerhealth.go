@@ -68,47 +68,46 @@ func (h *peerHealth) markUp(peer string) {
 // probe checks every peer's PathLive every interval (each probe bounded by
 // the interval) until ctx ends.
 func (rp *replicas) probe(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		ring := rp.ring.Load()
-		if ring == nil {
+	everyTick(ctx, every, func() bool {
+		rp.probeOnce(ctx, every)
+		return true
+	})
+}
+
+// probeOnce probes every peer once, each bounded by timeout.
+func (rp *replicas) probeOnce(ctx context.Context, timeout time.Duration) {
+	ring := rp.ring.Load()
+	if ring == nil {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, p := range ring.Peers() {
+		if p == rp.self {
 			continue
 		}
-		var wg sync.WaitGroup
-		for _, p := range ring.Peers() {
-			if p == rp.self {
-				continue
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			req, err := http.NewRequestWithContext(pctx, http.MethodGet, "http://"+p+PathLive, nil)
+			if err != nil {
+				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				pctx, cancel := context.WithTimeout(ctx, every)
-				defer cancel()
-				req, err := http.NewRequestWithContext(pctx, http.MethodGet, "http://"+p+PathLive, nil)
-				if err != nil {
+			resp, err := rp.client.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					rp.health.markUp(p)
 					return
 				}
-				resp, err := rp.client.Do(req)
-				if err == nil {
-					resp.Body.Close()
-					if resp.StatusCode == http.StatusOK {
-						rp.health.markUp(p)
-						return
-					}
-				}
-				if ctx.Err() == nil {
-					rp.health.markDown(p, err)
-				}
-			}()
-		}
-		wg.Wait()
+			}
+			if ctx.Err() == nil {
+				rp.health.markDown(p, err)
+			}
+		}()
 	}
+	wg.Wait()
 }
 
 // dnsServerResolver resolves through the DNS server at addr (ip:port)

@@ -3,10 +3,8 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -35,15 +33,8 @@ func TestAPIProtectReplicasFailover(t *testing.T) {
 	const sessions, limit = 150, 4
 	bin := binary(t)
 	dir, _ := petsAPI(t)
-	var mu sync.Mutex
-	hits := map[string]int{}
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		hits[r.Header.Get(config.DefaultSessionHeader)]++
-		mu.Unlock()
-		io.WriteString(w, "ok")
-	}))
-	defer api.Close()
+	api := startSessionAPI(t)
+	mu, hits := &api.mu, api.hits
 	ips := []string{"127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"}
 	port := freePortOn(t, ips)
 	addrs := make([]string, len(ips))
@@ -55,14 +46,8 @@ func TestAPIProtectReplicasFailover(t *testing.T) {
 	procs := make([]*protectProcess, len(ips))
 	dbs := make([]string, len(ips))
 	start := func(i int) {
-		env := []string{config.EnvPolicySource + "=" + filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink + "=" + dbs[i],
-			config.EnvSigningKey + "=" + strings.Repeat(fmt.Sprintf("0%d", i+1), 32), config.EnvKernelConfigPath + "=",
-			config.EnvTrustedIssuerKey + "=", config.EnvTrustedIssuerKeys + "=", config.EnvSessionHeader + "=", config.EnvSessionJournal + "=",
-			config.EnvSessionMaxCalls + "=" + fmt.Sprint(limit), config.EnvSessionMaxCallsPerTool + "=", config.EnvSessionMaxRequestBytes + "=",
-			config.EnvSessionMaxResponseBytes + "=", config.EnvSessionIdleExpiry + "=", config.EnvSessionRedirect + "=", config.EnvSessionPeers + "=",
-			config.EnvSessionPeersDNS + "=" + name + ":" + port, config.EnvSessionPeersResolver + "=" + dns.Addr,
-			config.EnvSessionPeersRefresh + "=1s", config.EnvSessionPeerProbe + "=200ms", config.EnvSessionTakeover + "=",
-			config.EnvSessionSelf + "=" + addrs[i], config.EnvSessionPeerToken + "=" + strings.Repeat("s", 20)}
+		env := replicaEnv(dir, dbs[i], i, limit, addrs[i], config.EnvSessionPeersDNS+"="+name+":"+port,
+			config.EnvSessionPeersResolver+"="+dns.Addr, config.EnvSessionPeersRefresh+"=1s", config.EnvSessionPeerProbe+"=200ms")
 		procs[i] = startProtect(t, bin, env, "--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"), "--listen", addrs[i])
 	}
 	for i := range ips {
