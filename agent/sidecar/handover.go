@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -249,23 +250,14 @@ func (s *Server) acquire(ctx context.Context, id string, h session.Holding) erro
 		ans  handoverAnswer
 		err  error
 	}
-	var peers []string
+	inRing := map[string]bool{}
+	var ask []string
 	for _, p := range ring.Peers() {
 		if p != rp.self {
-			peers = append(peers, p)
+			inRing[p] = true
+			ask = append(ask, p)
 		}
 	}
-	replies := make([]reply, len(peers))
-	var wg sync.WaitGroup
-	for i, p := range peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ans, err := rp.askHandover(askCtx, p, id)
-			replies[i] = reply{peer: p, ans: ans, err: err}
-		}()
-	}
-	wg.Wait()
 	suspects := map[string]bool{}
 	for _, p := range h.Hints {
 		suspects[p] = true
@@ -273,30 +265,68 @@ func (s *Server) acquire(ctx context.Context, id string, h session.Holding) erro
 	if h.Head.Seq > 0 && h.Head.Holder != "" {
 		suspects[h.Head.Holder] = true
 	}
+	asked := map[string]bool{rp.self: true}
 	var unreachable []string
-	for _, rep := range replies {
-		switch {
-		case rep.err != nil:
-			unreachable = append(unreachable, rep.peer)
-		case rep.ans.State == handoverHeld:
-			if err := s.sessions.Continue(ctx, id, rep.ans.Transfer); err != nil {
-				return fmt.Errorf("continue the journal %s sent: %w", rep.peer, err)
+	answered := 0 // replicas of the ring that answered
+	// Every replica of the ring, then every replica a hint names that is
+	// not in it (one removed from the name while it held sessions: it
+	// hands them over as it would to a replica added).
+	for round := 0; round < 3; round++ {
+		for p := range suspects {
+			if !asked[p] && !slices.Contains(ask, p) {
+				ask = append(ask, p)
 			}
-			s.log.WithField("session", id).WithField("from", rep.peer).Info("session taken over, journal continued")
-			return nil
-		case rep.ans.State == handoverBusy:
-			return &historyError{busy: true, msg: rep.peer + " is busy with it"}
-		default:
+		}
+		if len(ask) == 0 {
+			break
+		}
+		replies := make([]reply, len(ask))
+		var wg sync.WaitGroup
+		for i, p := range ask {
+			asked[p] = true
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ans, err := rp.askHandover(askCtx, p, id)
+				replies[i] = reply{peer: p, ans: ans, err: err}
+			}()
+		}
+		wg.Wait()
+		ask = nil
+		for _, rep := range replies {
+			switch {
+			case rep.err != nil:
+				unreachable = append(unreachable, rep.peer)
+				continue
+			case rep.ans.State == handoverHeld:
+				if err := s.sessions.Continue(ctx, id, rep.ans.Transfer); err != nil {
+					return fmt.Errorf("continue the journal %s sent: %w", rep.peer, err)
+				}
+				s.log.WithField("session", id).WithField("from", rep.peer).Info("session taken over, journal continued")
+				return nil
+			case rep.ans.State == handoverBusy:
+				return &historyError{busy: true, msg: rep.peer + " is busy with it"}
+			}
+			if inRing[rep.peer] {
+				answered++
+			}
 			for _, p := range append(rep.ans.Hints, rep.ans.Holder) {
-				suspects[p] = true
+				if p != "" {
+					suspects[p] = true
+				}
 			}
+		}
+	}
+	for p := range suspects {
+		if !asked[p] {
+			unreachable = append(unreachable, p) // named only in the last round
 		}
 	}
 	delete(suspects, rp.self)
 	// An unreachable replica may hold the session if a hint names it, or
 	// if too few replicas answered for their hints to tell: the replicas
 	// a holder asked before taking it are all that record it.
-	quorum := 2*(len(peers)-len(unreachable)+1) > len(peers)+1
+	quorum := 2*(answered+1) > len(inRing)+1
 	var lost []string
 	for _, p := range unreachable {
 		if suspects[p] || !quorum {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -122,7 +123,9 @@ func listenSamePort(t *testing.T, n int) []net.Listener {
 // those two, and the third, left out, refuses session requests rather
 // than deciding them. The answer then adds the third: about a third of
 // the sessions move, all of them to the new replica, and each session's
-// next call is decided by its new owner.
+// next call is decided by its new owner. Then the answer drops the first
+// (still up): its sessions are handed to their new owners with their
+// journals, and every session's figures carry over.
 func TestReplicasFromDNS(t *testing.T) {
 	const sessions = 300
 	lns := listenSamePort(t, 3)
@@ -155,12 +158,26 @@ func TestReplicasFromDNS(t *testing.T) {
 		}
 		return out
 	}
+	// call sends one request of every session via one replica, 16 at a
+	// time (a new session's hand-over requests and journal writes are
+	// durable: in parallel they share their commits).
 	call := func(via int) {
-		for i := range sessions {
-			sid := fmt.Sprintf("dns-%d", i)
-			if resp, body := rs.get(client, via, map[string]string{hdrSession: sid}); resp.StatusCode != 200 {
-				t.Fatalf("%s via replica %d: %d %s", sid, via, resp.StatusCode, body)
-			}
+		var wg sync.WaitGroup
+		for w := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < sessions; i += 16 {
+					sid := fmt.Sprintf("dns-%d", i)
+					if resp, body := rs.get(client, via, map[string]string{hdrSession: sid}); resp.StatusCode != 200 {
+						t.Errorf("%s via replica %d: %d %s", sid, via, resp.StatusCode, body)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if t.Failed() {
+			t.FailNow()
 		}
 	}
 	if resp, body := rs.get(client, 2, map[string]string{hdrSession: "dns-0"}); resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, codeNoPeers) {
@@ -214,4 +231,35 @@ func TestReplicasFromDNS(t *testing.T) {
 		t.Fatalf("%d of %d sessions moved; about a third expected", moved, sessions)
 	}
 	t.Logf("%d of %d sessions moved to the added replica", moved, sessions)
+	// The name drops the first replica, still up (drained): its sessions
+	// go to their owners among the other two, which find it through the
+	// hints and take each with its journal. Every session's figures carry
+	// over: three calls, on whichever replicas.
+	d.Set(ips[1:]...)
+	for k, s := range rs.servers[1:] {
+		if err := s.replicas.dns.refresh(context.Background()); err != nil || len(s.replicas.ring.Load().Peers()) != 2 {
+			t.Fatalf("replica %d: refresh %v", k+1, err)
+		}
+	}
+	call(2)
+	last, _ := session.NewRing(rs.addrs[1:])
+	drained := 0
+	for i := range sessions {
+		sid := fmt.Sprintf("dns-%d", i)
+		owner := slices.Index(rs.addrs, last.Owner(sid))
+		h, err := rs.servers[owner].Sessions().Holding(sid)
+		if err != nil || !h.Here || h.Head.Totals.Calls != 3 {
+			t.Fatalf("%s on its owner %d after the drain: %v %+v, want held with 3 calls", sid, owner, err, h.Head)
+		}
+		if three.Owner(sid) == rs.addrs[0] {
+			drained++
+			if h.Head.Segment == nil || h.Head.Segment.Link != session.LinkLinked {
+				t.Fatalf("%s taken from the drained replica without its journal: %+v", sid, h.Head.Segment)
+			}
+		}
+	}
+	if drained == 0 {
+		t.Fatal("no session was on the drained replica")
+	}
+	t.Logf("%d sessions handed over by the drained replica", drained)
 }
