@@ -29,7 +29,7 @@ const (
 	codeSessionMoving  = "chio_session_moving"
 	codeHistoryUnknown = "chio_session_history_unknown"
 	// handoverTimeout bounds one replica's asking its peers for a session.
-	handoverTimeout = 3 * time.Second
+	handoverTimeout = 10 * time.Second
 	maxHandoverBody = 4 << 10
 	// maxTransferBody bounds a handover answer (a session's journal).
 	maxTransferBody = 64 << 20
@@ -266,7 +266,7 @@ func (s *Server) acquire(ctx context.Context, id string, h session.Holding) erro
 		suspects[h.Head.Holder] = true
 	}
 	asked := map[string]bool{rp.self: true}
-	var unreachable []string
+	var unreachable, why []string
 	answered := 0 // replicas of the ring that answered
 	// Every replica of the ring, then every replica a hint names that is
 	// not in it (one removed from the name while it held sessions: it
@@ -297,6 +297,7 @@ func (s *Server) acquire(ctx context.Context, id string, h session.Holding) erro
 			switch {
 			case rep.err != nil:
 				unreachable = append(unreachable, rep.peer)
+				why = append(why, rep.err.Error())
 				continue
 			case rep.ans.State == handoverHeld:
 				if err := s.sessions.Continue(ctx, id, rep.ans.Transfer); err != nil {
@@ -342,7 +343,7 @@ func (s *Server) acquire(ctx context.Context, id string, h session.Holding) erro
 		lost = []string{h.Head.Holder}
 	}
 	if s.set.Sessions.Takeover != config.TakeoverUnlinked {
-		return &historyError{msg: fmt.Sprintf("replicas that may hold it do not answer (%v); takeover %q", lost, s.set.Sessions.Takeover)}
+		return &historyError{msg: fmt.Sprintf("replicas that may hold it do not answer (%v: %s); takeover %q", lost, strings.Join(why, "; "), s.set.Sessions.Takeover)}
 	}
 	s.log.WithField("session", id).WithField("unreachable", lost).Warn("session continued in an unlinked segment")
 	return s.sessions.Start(ctx, id, session.LinkUnlinked)
