@@ -277,6 +277,9 @@ type SessionsStatus struct {
 	Peers               []string `json:"peers,omitempty"`
 	PeersDNS            string   `json:"peers_dns,omitempty"`
 	PeerRefreshFailures uint64   `json:"peer_refresh_failures,omitempty"`
+	// PeersDown are the peers this replica sees down (their sessions go
+	// to their next replica until a probe answers).
+	PeersDown []string `json:"peers_down,omitempty"`
 }
 
 func (s *Server) serveAdminStatus(w http.ResponseWriter, r *http.Request) {

@@ -79,6 +79,14 @@ func (d *dnsPeers) resolve(ctx context.Context) error {
 
 // run refreshes every interval until ctx ends.
 func (d *dnsPeers) run(ctx context.Context, every time.Duration) {
+	everyTick(ctx, every, func() bool {
+		err := d.refresh(ctx)
+		return err == nil || !errors.Is(err, context.Canceled)
+	})
+}
+
+// everyTick calls fn every interval until ctx ends or fn returns false.
+func everyTick(ctx context.Context, every time.Duration, fn func() bool) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -86,7 +94,7 @@ func (d *dnsPeers) run(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := d.refresh(ctx); err != nil && errors.Is(err, context.Canceled) {
+			if !fn() {
 				return
 			}
 		}

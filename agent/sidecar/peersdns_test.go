@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,92 +12,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
 	"github.com/sirupsen/logrus"
 
+	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/kernel/config"
 	"github.com/backbay-labs/chio-agent/kernel/session"
 )
 
-// testDNS is a DNS server on loopback answering one name with the
-// addresses the test sets; no test resolves through the machine's
-// resolver.
-type testDNS struct {
-	mu       sync.Mutex
-	name     string
-	addrs    []net.IP
-	servfail bool
-	down     atomic.Bool
-	addr     string
-}
-
 const testPeersName = "chio-peers.chio.test."
 
-func startTestDNS(t *testing.T, addrs ...string) *testDNS {
-	d := &testDNS{name: testPeersName}
-	d.set(addrs...)
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.addr = pc.LocalAddr().String()
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(d.serve)}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go srv.ActivateAndServe()
-	<-started
-	t.Cleanup(func() { srv.Shutdown() })
-	return d
-}
-
-func (d *testDNS) set(addrs ...string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.addrs, d.servfail = nil, false
-	for _, a := range addrs {
-		d.addrs = append(d.addrs, net.ParseIP(a))
-	}
-}
-
-func (d *testDNS) serve(w dns.ResponseWriter, q *dns.Msg) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	m := new(dns.Msg)
-	m.SetReply(q)
-	if d.servfail {
-		m.Rcode = dns.RcodeServerFailure
-		w.WriteMsg(m)
-		return
-	}
-	if len(q.Question) != 1 || q.Question[0].Name != d.name {
-		m.Rcode = dns.RcodeNameError
-		w.WriteMsg(m)
-		return
-	}
-	hdr := dns.RR_Header{Name: d.name, Class: dns.ClassINET, Ttl: 1}
-	for _, ip := range d.addrs {
-		switch v4 := ip.To4(); {
-		case v4 != nil && q.Question[0].Qtype == dns.TypeA:
-			hdr.Rrtype = dns.TypeA
-			m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: v4})
-		case v4 == nil && q.Question[0].Qtype == dns.TypeAAAA:
-			hdr.Rrtype = dns.TypeAAAA
-			m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: ip})
-		}
-	}
-	w.WriteMsg(m)
-}
-
-// resolver dials the test server whatever the system configures; while
-// down it refuses to dial at all.
-func (d *testDNS) resolver() *net.Resolver {
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		if d.down.Load() {
-			return nil, errors.New("test dns server down")
-		}
-		var nd net.Dialer
-		return nd.DialContext(ctx, network, d.addr)
-	}}
+func startTestDNS(t *testing.T, addrs ...string) *testutil.DNS {
+	return testutil.StartDNS(t, testPeersName, addrs...)
 }
 
 // TestDNSPeersRefresh: the ring follows the name's answers; a server that
@@ -107,7 +31,7 @@ func (d *testDNS) resolver() *net.Resolver {
 func TestDNSPeersRefresh(t *testing.T) {
 	d := startTestDNS(t, "10.0.0.1", "10.0.0.2")
 	var ring atomic.Pointer[session.Ring]
-	p := &dnsPeers{host: testPeersName, port: "8080", self: "10.0.0.1:8080", resolver: d.resolver(), log: logrus.New(), ring: &ring}
+	p := &dnsPeers{host: testPeersName, port: "8080", self: "10.0.0.1:8080", resolver: d.Resolver(), log: logrus.New(), ring: &ring}
 	ctx := context.Background()
 	peers := func() []string {
 		if r := ring.Load(); r != nil {
@@ -118,16 +42,16 @@ func TestDNSPeersRefresh(t *testing.T) {
 	if err := p.refresh(ctx); err != nil || !slices.Equal(peers(), []string{"10.0.0.1:8080", "10.0.0.2:8080"}) {
 		t.Fatalf("first refresh: %v %v", peers(), err)
 	}
-	d.set("10.0.0.2", "10.0.0.1", "fd00::3")
+	d.Set("10.0.0.2", "10.0.0.1", "fd00::3")
 	if err := p.refresh(ctx); err != nil || !slices.Equal(peers(), []string{"10.0.0.1:8080", "10.0.0.2:8080", "[fd00::3]:8080"}) {
 		t.Fatalf("answers changed: %v %v", peers(), err)
 	}
 	good := ring.Load()
 	for name, break_ := range map[string]func(){
-		"server down":   func() { d.down.Store(true) },
-		"servfail":      func() { d.mu.Lock(); d.servfail = true; d.mu.Unlock() },
-		"empty answer":  func() { d.set() },
-		"self left out": func() { d.set("10.0.0.2", "10.0.0.9") },
+		"server down":   func() { d.Down.Store(true) },
+		"servfail":      func() { d.Servfail() },
+		"empty answer":  func() { d.Set() },
+		"self left out": func() { d.Set("10.0.0.2", "10.0.0.9") },
 	} {
 		before := p.failures.Load()
 		break_()
@@ -137,15 +61,15 @@ func TestDNSPeersRefresh(t *testing.T) {
 		if ring.Load() != good || p.failures.Load() != before+1 {
 			t.Fatalf("%s: ring %v (failures %d→%d); the last good ring must stay", name, peers(), before, p.failures.Load())
 		}
-		d.down.Store(false)
-		d.set("10.0.0.2", "10.0.0.1", "fd00::3")
+		d.Down.Store(false)
+		d.Set("10.0.0.2", "10.0.0.1", "fd00::3")
 	}
 	// The periodic refresh picks a new answer up by itself, and stops
 	// with its context.
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { p.run(runCtx, 10*time.Millisecond); close(done) }()
-	d.set("10.0.0.1")
+	d.Set("10.0.0.1")
 	deadline := time.Now().Add(10 * time.Second)
 	for !slices.Equal(peers(), []string{"10.0.0.1:8080"}) {
 		if time.Now().After(deadline) {
@@ -158,8 +82,8 @@ func TestDNSPeersRefresh(t *testing.T) {
 	// A replica whose first resolution fails has no ring: its session
 	// requests are refused (route), not decided locally.
 	var none atomic.Pointer[session.Ring]
-	d.set("10.0.0.2")
-	q := &dnsPeers{host: testPeersName, port: "8080", self: "10.0.0.1:8080", resolver: d.resolver(), log: logrus.New(), ring: &none}
+	d.Set("10.0.0.2")
+	q := &dnsPeers{host: testPeersName, port: "8080", self: "10.0.0.1:8080", resolver: d.Resolver(), log: logrus.New(), ring: &none}
 	if err := q.refresh(ctx); err == nil || none.Load() != nil {
 		t.Fatalf("no ring expected: %v %v", none.Load(), err)
 	}
@@ -199,7 +123,9 @@ func listenSamePort(t *testing.T, n int) []net.Listener {
 // those two, and the third, left out, refuses session requests rather
 // than deciding them. The answer then adds the third: about a third of
 // the sessions move, all of them to the new replica, and each session's
-// next call is decided by its new owner.
+// next call is decided by its new owner. Then the answer drops the first
+// (still up): its sessions are handed to their new owners with their
+// journals, and every session's figures carry over.
 func TestReplicasFromDNS(t *testing.T) {
 	const sessions = 300
 	lns := listenSamePort(t, 3)
@@ -215,7 +141,7 @@ func TestReplicasFromDNS(t *testing.T) {
 		rs.addrs = append(rs.addrs, ln.Addr().String())
 		// Refreshed by hand below: the test decides when answers change.
 		rs.start(ln, config.ResolvedSessions{Header: hdrSession, PeersDNS: net.JoinHostPort(testPeersName, port), PeersRefresh: time.Hour,
-			Self: rs.addrs[i], PeerToken: rs.token}, d.resolver())
+			Self: rs.addrs[i], PeerToken: rs.token}, d.Resolver())
 	}
 	client := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 8}}
 	defer client.CloseIdleConnections()
@@ -232,12 +158,26 @@ func TestReplicasFromDNS(t *testing.T) {
 		}
 		return out
 	}
+	// call sends one request of every session via one replica, 16 at a
+	// time (a new session's hand-over requests and journal writes are
+	// durable: in parallel they share their commits).
 	call := func(via int) {
-		for i := range sessions {
-			sid := fmt.Sprintf("dns-%d", i)
-			if resp, body := rs.get(client, via, map[string]string{hdrSession: sid}); resp.StatusCode != 200 {
-				t.Fatalf("%s via replica %d: %d %s", sid, via, resp.StatusCode, body)
-			}
+		var wg sync.WaitGroup
+		for w := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < sessions; i += 16 {
+					sid := fmt.Sprintf("dns-%d", i)
+					if resp, body := rs.get(client, via, map[string]string{hdrSession: sid}); resp.StatusCode != 200 {
+						t.Errorf("%s via replica %d: %d %s", sid, via, resp.StatusCode, body)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if t.Failed() {
+			t.FailNow()
 		}
 	}
 	if resp, body := rs.get(client, 2, map[string]string{hdrSession: "dns-0"}); resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, codeNoPeers) {
@@ -260,7 +200,7 @@ func TestReplicasFromDNS(t *testing.T) {
 		}
 	}
 	// The name now lists the third replica too.
-	d.set(ips...)
+	d.Set(ips...)
 	for k, s := range rs.servers {
 		if err := s.replicas.dns.refresh(context.Background()); err != nil || len(s.replicas.ring.Load().Peers()) != 3 {
 			t.Fatalf("replica %d: refresh %v", k, err)
@@ -291,4 +231,35 @@ func TestReplicasFromDNS(t *testing.T) {
 		t.Fatalf("%d of %d sessions moved; about a third expected", moved, sessions)
 	}
 	t.Logf("%d of %d sessions moved to the added replica", moved, sessions)
+	// The name drops the first replica, still up (drained): its sessions
+	// go to their owners among the other two, which find it through the
+	// hints and take each with its journal. Every session's figures carry
+	// over: three calls, on whichever replicas.
+	d.Set(ips[1:]...)
+	for k, s := range rs.servers[1:] {
+		if err := s.replicas.dns.refresh(context.Background()); err != nil || len(s.replicas.ring.Load().Peers()) != 2 {
+			t.Fatalf("replica %d: refresh %v", k+1, err)
+		}
+	}
+	call(2)
+	last, _ := session.NewRing(rs.addrs[1:])
+	drained := 0
+	for i := range sessions {
+		sid := fmt.Sprintf("dns-%d", i)
+		owner := slices.Index(rs.addrs, last.Owner(sid))
+		h, err := rs.servers[owner].Sessions().Holding(sid)
+		if err != nil || !h.Here || h.Head.Totals.Calls != 3 {
+			t.Fatalf("%s on its owner %d after the drain: %v %+v, want held with 3 calls", sid, owner, err, h.Head)
+		}
+		if three.Owner(sid) == rs.addrs[0] {
+			drained++
+			if h.Head.Segment == nil || h.Head.Segment.Link != session.LinkLinked {
+				t.Fatalf("%s taken from the drained replica without its journal: %+v", sid, h.Head.Segment)
+			}
+		}
+	}
+	if drained == 0 {
+		t.Fatal("no session was on the drained replica")
+	}
+	t.Logf("%d sessions handed over by the drained replica", drained)
 }

@@ -124,6 +124,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveAdminStatus(w, r)
 	case p == PathAdminReload:
 		s.serveAdminReload(w, r)
+	case p == PathPeerHandover:
+		s.servePeerHandover(w, r)
 	case p == "/chio" || strings.HasPrefix(p, reservedPrefix) || strings.HasPrefix(strings.ToLower(r.URL.EscapedPath()), "/chio%2f"):
 		writeJSON(w, http.StatusNotFound, errorBody{Error: codeNotFound, Message: "no sidecar endpoint at " + p + " (paths under /chio/ are the sidecar's and are never forwarded)"})
 	default:
@@ -282,6 +284,10 @@ func (s *Server) decide(ctx context.Context, d described) verdict {
 	}
 	call.Arguments = args
 	out, prep, err := eng.k.PrepareToolCall(ctx, call)
+	if errors.Is(err, session.ErrNotHeld) {
+		// Handed to another replica after this one took it: decided there.
+		return verdict{status: http.StatusServiceUnavailable, code: codeSessionMoving, message: "the session moved to another replica meanwhile; retry: " + err.Error()}
+	}
 	if err != nil {
 		return s.internalError(err)
 	}

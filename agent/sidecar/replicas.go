@@ -3,7 +3,6 @@ package sidecar
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net"
@@ -42,8 +41,13 @@ type replicas struct {
 	ring      atomic.Pointer[session.Ring]
 	dns       *dnsPeers // nil for a static list
 	self      string
+	token     string
 	tokenHash [sha256.Size]byte
 	proxy     *httputil.ReverseProxy
+	// client asks peers for sessions and probes them.
+	client *http.Client
+	health *peerHealth
+	locks  sessionLocks
 }
 
 type ownerKey struct{}
@@ -53,13 +57,16 @@ func (s *Server) newReplicas() (*replicas, error) {
 	if len(set.Peers) == 0 && set.PeersDNS == "" {
 		return nil, nil
 	}
-	rp := &replicas{self: set.Self, tokenHash: sha256.Sum256([]byte(set.PeerToken))}
+	rp := &replicas{self: set.Self, token: set.PeerToken, tokenHash: sha256.Sum256([]byte(set.PeerToken)), health: &peerHealth{log: s.log}}
 	if set.PeersDNS != "" {
 		host, port, err := net.SplitHostPort(set.PeersDNS)
 		if err != nil {
 			return nil, fmt.Errorf("session peers: %q is not name:port", set.PeersDNS)
 		}
 		res := s.opts.Resolver
+		if res == nil && set.PeersResolver != "" {
+			res = dnsServerResolver(set.PeersResolver)
+		}
 		if res == nil {
 			res = net.DefaultResolver
 		}
@@ -77,6 +84,7 @@ func (s *Server) newReplicas() (*replicas, error) {
 	token := set.PeerToken
 	t := s.set.Timeouts
 	dialer := &net.Dialer{Timeout: t.Dial, KeepAlive: 30 * time.Second}
+	rp.client = &http.Client{Transport: &http.Transport{Proxy: nil, DialContext: dialer.DialContext, MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second}}
 	rp.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			owner, _ := pr.In.Context().Value(ownerKey{}).(string)
@@ -91,6 +99,9 @@ func (s *Server) newReplicas() (*replicas, error) {
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			owner, _ := r.Context().Value(ownerKey{}).(string)
 			s.log.WithError(err).WithField("owner", owner).Warn("session owner did not answer")
+			if r.Context().Err() == nil {
+				rp.health.markDown(owner, err)
+			}
 			writeJSON(w, http.StatusBadGateway, errorBody{Error: codeOwnerUnavailable,
 				Message: fmt.Sprintf("the replica owning this session (%s) did not answer; the request is refused rather than decided here, where the session's journal is not", owner)})
 		},
@@ -108,6 +119,11 @@ func (rp *replicas) status(st *SessionsStatus) {
 	}
 	if r := rp.ring.Load(); r != nil {
 		st.Peers = r.Peers()
+		for _, p := range st.Peers {
+			if p != rp.self && !rp.health.up(p) {
+				st.PeersDown = append(st.PeersDown, p)
+			}
+		}
 	}
 	if rp.dns != nil {
 		st.PeersDNS = net.JoinHostPort(rp.dns.host, rp.dns.port)
@@ -121,9 +137,7 @@ func (rp *replicas) status(st *SessionsStatus) {
 func (s *Server) route(w http.ResponseWriter, r *http.Request) bool {
 	rp := s.replicas
 	if by := r.Header.Values(HeaderForwardedBy); len(by) > 0 {
-		tokens := r.Header.Values(HeaderPeerToken)
-		got := sha256.Sum256([]byte(strings.Join(tokens, ",")))
-		if len(by) != 1 || len(tokens) != 1 || subtle.ConstantTimeCompare(got[:], rp.tokenHash[:]) != 1 {
+		if len(by) != 1 || !rp.peerAuthorized(r) {
 			s.log.WithField(logFieldReason, "forwarded request without a valid peer token").Warn("request refused")
 			writeJSON(w, http.StatusForbidden, errorBody{Error: codePeerUnauthorized, Message: "a request marked as forwarded by a replica must carry the replicas' peer token"})
 			return true
@@ -132,6 +146,9 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) bool {
 		// while replicas disagree on the peers.
 		r.Header.Del(HeaderForwardedBy)
 		r.Header.Del(HeaderPeerToken)
+		if id := s.routingSession(r); id != "" {
+			return s.takeSession(w, r, id)
+		}
 		return false
 	}
 	id := s.routingSession(r)
@@ -144,9 +161,9 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) bool {
 			Message: "this replica does not know its peers yet (" + s.set.Sessions.PeersDNS + " has not resolved to a set including it); the request is refused rather than decided where its session's journal may not be"})
 		return true
 	}
-	owner := ring.Owner(id)
+	owner := ring.OwnerAmong(id, func(p string) bool { return p == rp.self || rp.health.up(p) })
 	if owner == rp.self {
-		return false
+		return s.takeSession(w, r, id)
 	}
 	if s.set.Sessions.Redirect {
 		// The client goes to the owner itself; nothing is decided here.

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -248,6 +249,8 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		// an entry whose receipt is durable (a call that never went
 		// upstream), never a receipt whose entry is.
 		HoldUntilReleased: true,
+		// With replicas, a session is decided only where it is held.
+		Self: replicaSelf(set),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start sidecar: %w", err)
@@ -298,10 +301,13 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	go func() { s.serveDone <- s.srv.Serve(s.ln) }()
 	s.watchPolicy(ctx)
 	s.stopPeers = func() {}
-	if s.replicas != nil && s.replicas.dns != nil {
+	if s.replicas != nil {
 		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		s.stopPeers = cancel
-		go s.replicas.dns.run(pctx, set.Sessions.PeersRefresh)
+		if s.replicas.dns != nil {
+			go s.replicas.dns.run(pctx, set.Sessions.PeersRefresh)
+		}
+		go s.replicas.probe(pctx, cmp.Or(set.Sessions.PeerProbe, config.DefaultPeerProbe))
 	}
 	if opts.Ready != nil {
 		opts.Ready(s.ln.Addr())
@@ -349,6 +355,15 @@ func (s *Server) Close(ctx context.Context) error {
 		return fmt.Errorf("stop sidecar: %w", err)
 	}
 	return nil
+}
+
+// replicaSelf is this replica's name in the journal: sessions.self when
+// sessions are spread over replicas, else "" (one replica).
+func replicaSelf(set *config.SidecarSettings) string {
+	if len(set.Sessions.Peers) == 0 && set.Sessions.PeersDNS == "" {
+		return ""
+	}
+	return set.Sessions.Self
 }
 
 // Sessions is the open session journal (for in-process readers and tests).

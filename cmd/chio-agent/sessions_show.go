@@ -55,8 +55,13 @@ entries in their canonical form, entry hash and receipt id included.`,
 					verdict = "deny (" + e.Guard + ")"
 				}
 				receipt := short(e.ReceiptID)
-				if e.Kind == session.KindSettle {
+				switch e.Kind {
+				case session.KindSettle:
 					verdict, receipt = "-", fmt.Sprintf("settles %d", e.CallSeq)
+				case session.KindSegment:
+					verdict, receipt = "-", fmt.Sprintf("held by %s, %s to %s", e.Holder, e.Link, short(e.PrevHash))
+				case session.KindHandover:
+					verdict, receipt = "-", "handed to "+e.Holder
 				}
 				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", e.Seq, e.Epoch, e.Kind,
 					time.Unix(e.Timestamp, 0).UTC().Format(time.RFC3339), e.ToolName, verdict, e.RequestBytes, e.ResponseBytes,

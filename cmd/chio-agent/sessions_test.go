@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -285,15 +286,8 @@ func TestAPIProtectReplicasEndToEnd(t *testing.T) {
 	const replicas, sessions, limit = 3, 1000, 2
 	bin := binary(t)
 	dir, _ := petsAPI(t)
-	var mu sync.Mutex
-	hits := map[string]int{}
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		hits[r.Header.Get(config.DefaultSessionHeader)]++
-		mu.Unlock()
-		io.WriteString(w, "ok")
-	}))
-	defer api.Close()
+	api := startSessionAPI(t)
+	mu, hits := &api.mu, api.hits
 	var addrs []string
 	for range replicas {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -306,13 +300,7 @@ func TestAPIProtectReplicasEndToEnd(t *testing.T) {
 	procs := make([]*protectProcess, replicas)
 	dbs := make([]string, replicas)
 	start := func(i int) {
-		env := []string{config.EnvPolicySource + "=" + filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink + "=" + dbs[i],
-			config.EnvSigningKey + "=" + strings.Repeat(fmt.Sprintf("0%d", i+1), 32), config.EnvKernelConfigPath + "=",
-			config.EnvTrustedIssuerKey + "=", config.EnvTrustedIssuerKeys + "=", config.EnvSessionHeader + "=", config.EnvSessionJournal + "=",
-			config.EnvSessionMaxCalls + "=" + fmt.Sprint(limit), config.EnvSessionMaxCallsPerTool + "=", config.EnvSessionMaxRequestBytes + "=",
-			config.EnvSessionMaxResponseBytes + "=", config.EnvSessionIdleExpiry + "=", config.EnvSessionRedirect + "=",
-			config.EnvSessionPeers + "=" + strings.Join(addrs, ","), config.EnvSessionSelf + "=" + addrs[i],
-			config.EnvSessionPeerToken + "=" + strings.Repeat("s", 20)}
+		env := replicaEnv(dir, dbs[i], i, limit, addrs[i], config.EnvSessionPeers+"="+strings.Join(addrs, ","))
 		// This --listen comes after startProtect's own, and wins.
 		procs[i] = startProtect(t, bin, env, "--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"), "--listen", addrs[i])
 	}
@@ -333,17 +321,27 @@ func TestAPIProtectReplicasEndToEnd(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				for i := range work {
-					req, _ := http.NewRequest("GET", "http://"+addrs[i%replicas]+"/pets/1", nil)
-					req.Header.Set(config.DefaultSessionHeader, fmt.Sprintf("fleet-%d", (i/replicas)%sessions))
-					resp, err := client.Do(req)
-					if err != nil {
-						t.Error(err)
-						continue
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != 200 && resp.StatusCode != 403 {
-						t.Errorf("status %d", resp.StatusCode)
+					// A session moving between replicas (their views of
+					// each other differ for a moment after the restart) is
+					// refused with 503 chio_session_moving: retry, as told.
+					for try := 0; ; try++ {
+						req, _ := http.NewRequest("GET", "http://"+addrs[i%replicas]+"/pets/1", nil)
+						req.Header.Set(config.DefaultSessionHeader, fmt.Sprintf("fleet-%d", (i/replicas)%sessions))
+						resp, err := client.Do(req)
+						if err != nil {
+							t.Error(err)
+							break
+						}
+						body, _ := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						if resp.StatusCode == 503 && strings.Contains(string(body), "chio_session_moving") && try < 50 {
+							time.Sleep(20 * time.Millisecond)
+							continue
+						}
+						if resp.StatusCode != 200 && resp.StatusCode != 403 {
+							t.Errorf("status %d: %s", resp.StatusCode, body)
+						}
+						break
 					}
 				}
 			}()
@@ -371,4 +369,42 @@ func TestAPIProtectReplicasEndToEnd(t *testing.T) {
 			t.Fatalf("replica %d: sessions verify: %v\n%s", i, err, out)
 		}
 	}
+}
+
+// sessionAPI is an upstream answering "ok" and counting each session's
+// requests (by the session header).
+type sessionAPI struct {
+	*httptest.Server
+	mu   sync.Mutex
+	hits map[string]int
+}
+
+func startSessionAPI(t *testing.T) *sessionAPI {
+	a := &sessionAPI{hits: map[string]int{}}
+	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.mu.Lock()
+		a.hits[r.Header.Get(config.DefaultSessionHeader)]++
+		a.mu.Unlock()
+		io.WriteString(w, "ok")
+	}))
+	t.Cleanup(a.Close)
+	return a
+}
+
+// replicaEnv is the environment of replica i of a test's sidecar replicas:
+// the pets policy in dir, its own receipt log db and key, max_calls limit,
+// self, the replicas' peer token, every other session variable unset, and
+// peers: the peer settings (NAME=VALUE) that say how replicas find each
+// other.
+func replicaEnv(dir, db string, i, limit int, self string, peers ...string) []string {
+	env := []string{config.EnvPolicySource + "=" + filepath.Join(dir, "policy.yaml"), config.EnvReceiptSink + "=" + db,
+		config.EnvSigningKey + "=" + strings.Repeat(fmt.Sprintf("0%d", i+1), 32), config.EnvKernelConfigPath + "=",
+		config.EnvTrustedIssuerKey + "=", config.EnvTrustedIssuerKeys + "=", config.EnvSessionHeader + "=", config.EnvSessionJournal + "=",
+		config.EnvSessionMaxCalls + "=" + fmt.Sprint(limit), config.EnvSessionMaxCallsPerTool + "=", config.EnvSessionMaxRequestBytes + "=",
+		config.EnvSessionMaxResponseBytes + "=", config.EnvSessionIdleExpiry + "=", config.EnvSessionRedirect + "=",
+		config.EnvSessionPeers + "=", config.EnvSessionPeersDNS + "=", config.EnvSessionPeersResolver + "=", config.EnvSessionPeersRefresh + "=",
+		config.EnvSessionPeerProbe + "=", config.EnvSessionTakeover + "=",
+		config.EnvSessionSelf + "=" + self, config.EnvSessionPeerToken + "=" + strings.Repeat("s", 20)}
+	// Later entries win (os/exec keeps the last value of a name).
+	return append(env, peers...)
 }

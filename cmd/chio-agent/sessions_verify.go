@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -85,10 +86,29 @@ each session otherwise.`,
 					bound = "receipts not checked (--chain-only)"
 				}
 				fmt.Fprintf(w, "ok: %s: %d sessions, %d entries, every chain and head checked, %s\n", j.Path(), rep.Sessions, rep.Entries, bound)
+				printLinks(w, &rep)
 			}
 			return nil
 		},
 	}
 	o.AddFlags(cmd.Flags())
 	return cmd
+}
+
+// printLinks reports the segmented chains: each replica's run of a session
+// starts with a segment entry (new, linked to the previous holder's
+// handover hash, or unlinked) and may end with a handover.
+func printLinks(w io.Writer, rep *session.Report) {
+	if len(rep.Links) == 0 && len(rep.Handovers) == 0 {
+		return
+	}
+	count := map[string]int{}
+	for _, l := range rep.Links {
+		count[l.Link]++
+		if l.Link == session.LinkUnlinked {
+			fmt.Fprintf(w, "segment session %s entry %d: unlinked: continues from %s, the last hash %s could prove\n", l.SessionID, l.Seq, l.PrevHash, l.Holder)
+		}
+	}
+	fmt.Fprintf(w, "segments: %d new, %d linked to a handover hash of another replica's journal, %d unlinked; %d handed over\n",
+		count[session.LinkNew], count[session.LinkLinked], count[session.LinkUnlinked], len(rep.Handovers))
 }

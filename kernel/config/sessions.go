@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +30,19 @@ const (
 	EnvSessionRedirect         = "CHIO_SESSION_REDIRECT"
 	EnvSessionPeersDNS         = "CHIO_SESSION_PEERS_DNS"
 	EnvSessionPeersRefresh     = "CHIO_SESSION_PEERS_REFRESH"
+	EnvSessionPeersResolver    = "CHIO_SESSION_PEERS_RESOLVER"
+	EnvSessionPeerProbe        = "CHIO_SESSION_PEER_PROBE"
+	EnvSessionTakeover         = "CHIO_SESSION_TAKEOVER"
+)
+
+// DefaultPeerProbe is how often a replica probes each peer's liveness.
+const DefaultPeerProbe = time.Second
+
+// Takeover policies: what a replica does with a session whose previous
+// holder cannot be reached (docs/sessions.md).
+const (
+	TakeoverRefuse   = "refuse"
+	TakeoverUnlinked = "unlinked"
 )
 
 // DefaultPeersRefresh is how often a peers_dns name is re-resolved.
@@ -39,7 +53,7 @@ var SessionEnv = []string{
 	EnvSessionHeader, EnvSessionJournal, EnvSessionMaxCalls, EnvSessionMaxCallsPerTool,
 	EnvSessionMaxRequestBytes, EnvSessionMaxResponseBytes, EnvSessionIdleExpiry,
 	EnvSessionPeers, EnvSessionSelf, EnvSessionPeerToken, EnvSessionRedirect,
-	EnvSessionPeersDNS, EnvSessionPeersRefresh,
+	EnvSessionPeersDNS, EnvSessionPeersRefresh, EnvSessionPeersResolver, EnvSessionPeerProbe, EnvSessionTakeover,
 }
 
 // DefaultSessionHeader names a request's session when no capability token
@@ -86,6 +100,18 @@ type Sessions struct {
 	// PeersRefresh is how often PeersDNS is re-resolved (at least 1s).
 	// Default 10s. Env: CHIO_SESSION_PEERS_REFRESH.
 	PeersRefresh Duration `yaml:"peers_refresh"`
+	// PeersResolver is the DNS server (ip:port) PeersDNS is resolved
+	// through; default the system's resolver. Env:
+	// CHIO_SESSION_PEERS_RESOLVER.
+	PeersResolver string `yaml:"peers_resolver"`
+	// PeerProbe is how often each peer's liveness is probed (at least
+	// 100ms); a peer that fails a probe or a forward is down until a
+	// probe answers. Default 1s. Env: CHIO_SESSION_PEER_PROBE.
+	PeerProbe Duration `yaml:"peer_probe"`
+	// Takeover is what a replica does with a session whose previous
+	// holder cannot be reached: "refuse" (default) or "unlinked". Env:
+	// CHIO_SESSION_TAKEOVER.
+	Takeover string `yaml:"takeover"`
 	// Self is this replica's entry in Peers (with PeersDNS: its own
 	// address:port as the name resolves to it). Env: CHIO_SESSION_SELF.
 	Self string `yaml:"self"`
@@ -124,6 +150,17 @@ func (s *Sessions) validate() error {
 	}
 	if s.PeersRefresh != 0 && time.Duration(s.PeersRefresh) < time.Second {
 		return fmt.Errorf("sessions.peers_refresh: %s is below 1s", time.Duration(s.PeersRefresh))
+	}
+	if s.PeerProbe != 0 && time.Duration(s.PeerProbe) < 100*time.Millisecond {
+		return fmt.Errorf("sessions.peer_probe: %s is below 100ms", time.Duration(s.PeerProbe))
+	}
+	if s.Takeover != "" && s.Takeover != TakeoverRefuse && s.Takeover != TakeoverUnlinked {
+		return fmt.Errorf("sessions.takeover: %q is neither %q nor %q", s.Takeover, TakeoverRefuse, TakeoverUnlinked)
+	}
+	if s.PeersResolver != "" {
+		if ap, err := netip.ParseAddrPort(s.PeersResolver); err != nil || ap.Port() == 0 {
+			return fmt.Errorf("sessions.peers_resolver: %q is not ip:port", s.PeersResolver)
+		}
 	}
 	if s.IdleExpiry != 0 && time.Duration(s.IdleExpiry) < time.Second {
 		return fmt.Errorf("sessions.idle_expiry: %s is below 1s", time.Duration(s.IdleExpiry))
@@ -173,6 +210,12 @@ type ResolvedSessions struct {
 	// exclusive with Peers.
 	PeersDNS     string
 	PeersRefresh time.Duration
+	// PeersResolver (ip:port) resolves PeersDNS; "" the system's.
+	PeersResolver string
+	// PeerProbe is the liveness probe interval; Takeover the policy for
+	// a session whose previous holder cannot be reached.
+	PeerProbe time.Duration
+	Takeover  string
 	// PeerToken authenticates forwarded requests between replicas
 	// (secret; at least MinControlTokenBytes).
 	PeerToken string
@@ -252,6 +295,27 @@ func ResolveSessions(lookup func(string) (string, bool), s Sessions, receiptPath
 	}
 	if r.PeersRefresh == 0 {
 		r.PeersRefresh = DefaultPeersRefresh
+	}
+	r.PeersResolver = Pick(lookup, "", EnvSessionPeersResolver, s.PeersResolver, "")
+	if r.PeersResolver != "" {
+		if ap, perr := netip.ParseAddrPort(r.PeersResolver); perr != nil || ap.Port() == 0 {
+			return r, fmt.Errorf("%s: %q is not ip:port (the DNS server resolving %s)", EnvSessionPeersResolver, r.PeersResolver, EnvSessionPeersDNS)
+		}
+	}
+	r.PeerProbe = time.Duration(s.PeerProbe)
+	if v := Env(lookup, EnvSessionPeerProbe); v != "" {
+		d, perr := time.ParseDuration(v)
+		if perr != nil || d < 100*time.Millisecond {
+			return r, fmt.Errorf("%s: %q is not a duration of at least 100ms", EnvSessionPeerProbe, v)
+		}
+		r.PeerProbe = d
+	}
+	if r.PeerProbe == 0 {
+		r.PeerProbe = DefaultPeerProbe
+	}
+	r.Takeover = Pick(lookup, "", EnvSessionTakeover, s.Takeover, TakeoverRefuse)
+	if r.Takeover != TakeoverRefuse && r.Takeover != TakeoverUnlinked {
+		return r, fmt.Errorf("%s: %q is neither %q nor %q", EnvSessionTakeover, r.Takeover, TakeoverRefuse, TakeoverUnlinked)
 	}
 	if r.PeersDNS != "" {
 		if len(r.Peers) > 0 {

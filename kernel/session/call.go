@@ -71,6 +71,9 @@ func (c *Call) Check(out *kernel.Outcome, at time.Time) (map[string]any, error) 
 	}
 	c.s = s // Bind unlocks
 	st := s.st
+	if j.opts.Self != "" && !st.heldBy(j.opts.Self) {
+		return nil, fmt.Errorf("session call: %w (%s)", ErrNotHeld, st.whereHeld())
+	}
 	now := at.Unix()
 	epoch, totals := st.head.Epoch, &st.head.Totals
 	if st.expired(now, j.opts.Limits.IdleExpiry) {
@@ -116,6 +119,9 @@ func (c *Call) Check(out *kernel.Outcome, at time.Time) (map[string]any, error) 
 	}
 	for k, v := range figures {
 		meta[k] = v
+	}
+	if g := st.head.Segment; g != nil {
+		meta["segment"] = map[string]any{"start": g.Seq, "link": g.Link, "linked_hash": g.LinkedHash}
 	}
 	return map[string]any{"session": meta}, nil
 }
@@ -173,7 +179,15 @@ func (c *Call) Bind(receiptID string, err error) {
 // append applies e to its session's state and queues it for the file
 // (lazy: nobody will wait for it). Called with the session locked.
 func (c *Call) append(e *Entry, lazy bool) (*record, error) {
-	s := c.s
+	// A call's entry waits for its release when the journal holds them;
+	// a settle is ready (behind its session's held entries).
+	return c.j.appendEntry(c.s, e, lazy, !lazy && c.j.opts.HoldUntilReleased)
+}
+
+// appendEntry applies e to session s's state and queues it for the file,
+// behind the session's pending entries; held entries wait for Release.
+// Called with s locked.
+func (j *Journal) appendEntry(s *session, e *Entry, lazy, held bool) (*record, error) {
 	b, err := e.encode()
 	if err != nil {
 		return nil, err
@@ -183,11 +197,8 @@ func (c *Call) append(e *Entry, lazy bool) (*record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode session head: %w", err)
 	}
-	// A call's entry waits for its release when the journal holds them;
-	// a settle is ready (behind its session's held entries).
-	held := !lazy && c.j.opts.HoldUntilReleased
 	r := &record{key: entryKey(e.SessionID, e.Seq), entry: b, head: head, id: e.SessionID, s: s, lazy: lazy, ready: !held, done: make(chan struct{})}
-	if err := c.j.submit(s, r); err != nil {
+	if err := j.submit(s, r); err != nil {
 		return nil, err
 	}
 	return r, nil

@@ -23,6 +23,27 @@ const (
 	// KindSettle records what an allowed call used once its response was
 	// done: the request bytes actually read and the response bytes written.
 	KindSettle = "settle"
+	// KindHandover closes this replica's run of a session: the session's
+	// journal went to another replica (Holder), which continues it.
+	KindHandover = "handover"
+	// KindSegment starts a replica's run of a session: Holder holds it
+	// from here, with Totals as the figures it starts from. Link says how
+	// it joins what came before (LinkNew, LinkLinked, LinkUnlinked).
+	KindSegment = "segment"
+)
+
+// Links of a segment entry to the history before it.
+const (
+	// LinkNew: a session no replica held; seq 1, prev_hash GenesisHash.
+	LinkNew = "new"
+	// LinkLinked: prev_hash is the hash of the previous holder's handover
+	// entry, fetched with its chain and verified; Totals are that chain's.
+	LinkLinked = "linked"
+	// LinkUnlinked: the previous holder could not be reached. prev_hash is
+	// the last hash this replica can prove (its own last entry of the
+	// session, or GenesisHash) and Totals that entry's figures; whatever
+	// the unreachable holder appended after it is not in this chain.
+	LinkUnlinked = "unlinked"
 )
 
 // GenesisHash is the prev_hash of a session's first entry.
@@ -68,6 +89,13 @@ type Entry struct {
 	// ResponseBytes: in a settle, the response body bytes written to the
 	// client; 0 in a call.
 	ResponseBytes int64 `json:"response_bytes"`
+	// Holder names a replica (sessions.self): in a handover entry the one
+	// the session went to, in a segment entry the one continuing it.
+	Holder string `json:"holder,omitempty"`
+	// Link is a segment entry's link to the history before it.
+	Link string `json:"link,omitempty"`
+	// Totals are the figures a segment entry starts from.
+	Totals *Totals `json:"totals,omitempty"`
 
 	// EntryHash is this entry's hash (see the type's comment).
 	EntryHash string `json:"entry_hash,omitempty"`
@@ -102,7 +130,7 @@ func (e *Entry) encode() ([]byte, error) {
 // and receipt_id when full and they are set. It is the one encoder of
 // entries; a test checks it against jcs.Marshal of the struct.
 func (e *Entry) appendCanonical(b []byte, full bool) ([]byte, error) {
-	for _, s := range []string{e.Schema, e.SessionID, e.PrevHash, e.Kind, e.ToolServer, e.ToolName, e.Guard, e.EntryHash, e.ReceiptID} {
+	for _, s := range []string{e.Schema, e.SessionID, e.PrevHash, e.Kind, e.ToolServer, e.ToolName, e.Guard, e.EntryHash, e.ReceiptID, e.Holder, e.Link} {
 		if !utf8.ValidString(s) {
 			return nil, fmt.Errorf("%w: invalid UTF-8", ErrCorrupt)
 		}
@@ -121,7 +149,13 @@ func (e *Entry) appendCanonical(b []byte, full bool) ([]byte, error) {
 	b = append(b, `,"epoch":`...)
 	b = strconv.AppendUint(b, e.Epoch, 10)
 	b = str(b, `,"guard":`, e.Guard)
+	if e.Holder != "" {
+		b = str(b, `,"holder":`, e.Holder)
+	}
 	b = str(b, `,"kind":`, e.Kind)
+	if e.Link != "" {
+		b = str(b, `,"link":`, e.Link)
+	}
 	b = str(b, `,"prev_hash":`, e.PrevHash)
 	if full && e.ReceiptID != "" {
 		b = str(b, `,"receipt_id":`, e.ReceiptID)
@@ -138,6 +172,16 @@ func (e *Entry) appendCanonical(b []byte, full bool) ([]byte, error) {
 	b = strconv.AppendInt(b, e.Timestamp, 10)
 	b = str(b, `,"tool_name":`, e.ToolName)
 	b = str(b, `,"tool_server":`, e.ToolServer)
+	if e.Totals != nil {
+		raw, err := json.Marshal(e.Totals)
+		if err != nil {
+			return nil, err
+		}
+		b = append(b, `,"totals":`...)
+		if b, err = jcs.Append(b, raw); err != nil {
+			return nil, err
+		}
+	}
 	return append(b, '}'), nil
 }
 

@@ -18,4 +18,10 @@ var (
 	ErrNotFound = errors.New("session not found")
 	// ErrLocked: another process holds the journal file.
 	ErrLocked = errors.New("session journal locked by another process")
+	// ErrNotHeld: another replica holds the session (its journal went
+	// there in a handover), or this replica has not taken it yet.
+	ErrNotHeld = errors.New("session not held by this replica")
+	// ErrBusy: the session has calls in flight; it is handed over only
+	// once they are settled.
+	ErrBusy = errors.New("session has calls in flight")
 )

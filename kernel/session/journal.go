@@ -24,6 +24,8 @@ var (
 	bktEntries = []byte("entries") // session id, 0x00, seq (8 bytes BE) → canonical entry
 	bktHeads   = []byte("heads")   // session id → Head (JSON)
 	bktMeta    = []byte("meta")    // "schema" → FileSchema
+	bktHints   = []byte("hints")   // session id → the replicas that asked for it, one a line (replicas)
+	bktOthers  = []byte("others")  // as entries: other replicas' entries of sessions handed here
 	keySchema  = []byte("schema")
 )
 
@@ -68,6 +70,12 @@ type Options struct {
 	LockTimeout time.Duration
 	// Logger receives failures. Default: discard.
 	Logger logrus.FieldLogger
+	// Self names this replica (sessions.self) when sessions are spread
+	// over replicas: a session is then decided here only once it is held
+	// here (a segment entry naming Self: Start, Continue), and never
+	// after a handover to another replica (Seal). "": one replica, every
+	// session is decided here.
+	Self string
 }
 
 // Journal is the session journals of one sidecar or in-process kernel:
@@ -205,7 +213,14 @@ func (j *Journal) init() error {
 				return err
 			}
 		}
-		return check(tx)
+		if err := check(tx); err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists(bktHints); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucketIfNotExists(bktOthers)
+		return err
 	})
 }
 

@@ -51,6 +51,23 @@ func (r *Ring) Owner(id string) string {
 	return best
 }
 
+// OwnerAmong returns the peer that owns session id among the peers up
+// says are up: the highest-scoring of them, so that taking a peer out
+// moves exactly its sessions, each to its next-highest peer. "" when
+// none is up.
+func (r *Ring) OwnerAmong(id string, up func(string) bool) string {
+	best, bestScore := "", uint64(0)
+	for _, p := range r.peers {
+		if !up(p) {
+			continue
+		}
+		if s := score(p, id); best == "" || s > bestScore {
+			best, bestScore = p, s
+		}
+	}
+	return best
+}
+
 // score is the first 8 bytes of SHA-256(len(peer) || peer || id): the
 // length prefix keeps ("ab","c") and ("a","bc") apart.
 func score(peer, id string) uint64 {

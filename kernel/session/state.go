@@ -2,6 +2,7 @@ package session
 
 import (
 	"fmt"
+	"maps"
 	"time"
 )
 
@@ -58,6 +59,29 @@ type Head struct {
 	// LastActive is the timestamp of the last entry, unix seconds.
 	LastActive int64  `json:"last_active"`
 	Totals     Totals `json:"totals"`
+	// Holder is the replica holding the session as its last handover or
+	// segment entry says; "" when the chain has neither (one replica).
+	// A journal whose Self is another replica decides none of its calls.
+	Holder string `json:"holder,omitempty"`
+	// Segment is where this replica's current run of the session starts
+	// (its last segment entry); nil when the chain has none.
+	Segment *SegmentStart `json:"segment,omitempty"`
+}
+
+// SegmentStart names a segment entry: receipts of calls in the segment
+// carry it in metadata.session.segment.
+type SegmentStart struct {
+	// Seq is the segment entry's seq, Link its link, and LinkedHash its
+	// prev_hash: the last hash its holder could prove.
+	Seq        uint64 `json:"start"`
+	Link       string `json:"link"`
+	LinkedHash string `json:"linked_hash"`
+}
+
+// cloneTotals copies t (its map included).
+func cloneTotals(t Totals) Totals {
+	t.ToolCalls = maps.Clone(t.ToolCalls)
+	return t
 }
 
 // openCall is an allowed call not yet settled.
@@ -130,6 +154,19 @@ func (st *chainState) apply(e *Entry) {
 	h.Seq, h.Hash, h.LastActive = e.Seq, e.EntryHash, e.Timestamp
 	t := &h.Totals
 	switch e.Kind {
+	case KindHandover:
+		// Sealed with no call in flight: a call still open was cut by a
+		// crash and is never settled (its reservation stays counted).
+		h.Holder = e.Holder
+		clear(st.open)
+	case KindSegment:
+		// Calls open before it were settled (or never will be) elsewhere.
+		h.Holder, h.Epoch, h.Totals = e.Holder, e.Epoch, Totals{}
+		h.Segment = &SegmentStart{Seq: e.Seq, Link: e.Link, LinkedHash: e.PrevHash}
+		if e.Totals != nil {
+			h.Totals = cloneTotals(*e.Totals)
+		}
+		clear(st.open)
 	case KindCall:
 		if !e.Allowed {
 			t.Denied++

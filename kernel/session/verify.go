@@ -34,6 +34,27 @@ type Report struct {
 	// them (0 without a lookup).
 	Receipts int       `json:"receipts"`
 	Problems []Problem `json:"problems,omitempty"`
+	// Links are the segment entries found: where a replica's run of a
+	// session starts and how it joins the history before it.
+	Links []Link `json:"links,omitempty"`
+	// Handovers are the handover entries found: where a run ends and
+	// which replica the session went to.
+	Handovers []Link `json:"handovers,omitempty"`
+}
+
+// Link is one segment or handover entry of a chain.
+type Link struct {
+	SessionID string `json:"session_id"`
+	Seq       uint64 `json:"seq"`
+	// Link is the segment's link (LinkNew, LinkLinked, LinkUnlinked);
+	// "" in a handover.
+	Link string `json:"link,omitempty"`
+	// PrevHash is the hash the segment links to (a handover's prev_hash
+	// in another replica's journal, for LinkLinked); Hash is the entry's
+	// own hash (what the next holder's segment links to, for a handover).
+	PrevHash string `json:"prev_hash"`
+	Hash     string `json:"hash"`
+	Holder   string `json:"holder"`
 }
 
 // OK says whether no problem was found.
@@ -176,6 +197,8 @@ func (r *Report) add(v *verifier) {
 	r.Sessions++
 	r.Entries += v.entries
 	r.Receipts += v.receipts
+	r.Links = append(r.Links, v.links...)
+	r.Handovers = append(r.Handovers, v.handovers...)
 	if v.problem != nil {
 		r.Problems = append(r.Problems, *v.problem)
 	}
@@ -189,6 +212,9 @@ type verifier struct {
 	entries  int
 	receipts int
 	problem  *Problem
+	// links and handovers are the segment and handover entries walked.
+	links, handovers []Link
+	ended            bool
 }
 
 func (v *verifier) fail(seq uint64, format string, a ...any) {
@@ -204,13 +230,17 @@ func (v *verifier) entry(keySeq uint64, raw []byte) {
 	}
 	h := &v.st.head
 	want := h.Seq + 1
-	if keySeq != want {
-		v.fail(want, "entry %d is missing (next stored entry is %d)", want, keySeq)
-		return
-	}
 	e, err := decodeEntry(raw)
 	if err != nil {
 		v.fail(keySeq, "%v", err)
+		return
+	}
+	// A segment entry starts a run: the entries before it, down to its
+	// link, are other replicas' (a gap here), and its prev_hash names
+	// the last of them.
+	segment := e.Kind == KindSegment
+	if keySeq != want && !(segment && keySeq > want) {
+		v.fail(want, "entry %d is missing (next stored entry is %d)", want, keySeq)
 		return
 	}
 	switch {
@@ -218,8 +248,11 @@ func (v *verifier) entry(keySeq uint64, raw []byte) {
 		v.fail(keySeq, "schema %q, want %q", e.Schema, EntrySchema)
 	case e.SessionID != v.id || e.Seq != keySeq:
 		v.fail(keySeq, "entry stored as session %s seq %d says session %s seq %d", v.id, keySeq, e.SessionID, e.Seq)
-	case e.PrevHash != h.Hash:
+	case !segment && e.PrevHash != h.Hash:
 		v.fail(keySeq, "prev_hash %s does not name entry %d's hash %s", e.PrevHash, h.Seq, h.Hash)
+	case segment && !v.segmentOK(&e, keySeq):
+	case !segment && v.ended:
+		v.fail(keySeq, "entry after a handover: the session went to another replica")
 	}
 	if v.problem != nil {
 		return
@@ -234,7 +267,7 @@ func (v *verifier) entry(keySeq uint64, raw []byte) {
 			v.fail(keySeq, "epoch %d after epoch %d", e.Epoch, h.Epoch)
 			return
 		}
-		if e.CallSeq != 0 || e.ResponseBytes != 0 || e.RequestBytes < 0 || e.Allowed == (e.Guard != "") {
+		if e.CallSeq != 0 || e.ResponseBytes != 0 || e.RequestBytes < 0 || e.Allowed == (e.Guard != "") || e.Holder != "" || e.Link != "" || e.Totals != nil {
 			v.fail(keySeq, "call entry with settle fields, negative bytes, or a guard that disagrees with allowed")
 			return
 		}
@@ -250,15 +283,46 @@ func (v *verifier) entry(keySeq uint64, raw []byte) {
 			v.fail(keySeq, "settles call %d, which is not an open allowed call", e.CallSeq)
 			return
 		}
-		if e.ReceiptID != "" || !e.Allowed || e.RequestBytes < 0 || e.ResponseBytes < 0 {
+		if e.ReceiptID != "" || !e.Allowed || e.RequestBytes < 0 || e.ResponseBytes < 0 || e.Holder != "" || e.Link != "" || e.Totals != nil {
 			v.fail(keySeq, "settle entry with a receipt id, not allowed, or negative bytes")
 			return
 		}
+	case KindHandover:
+		if e.Holder == "" || e.ReceiptID != "" || e.Allowed || e.Link != "" || e.Totals != nil {
+			v.fail(keySeq, "handover entry without a holder, with a receipt, allowed, or with segment fields")
+			return
+		}
+		v.handovers = append(v.handovers, Link{SessionID: v.id, Seq: keySeq, PrevHash: e.PrevHash, Hash: e.EntryHash, Holder: e.Holder})
+	case KindSegment:
+		v.links = append(v.links, Link{SessionID: v.id, Seq: keySeq, Link: e.Link, PrevHash: e.PrevHash, Hash: e.EntryHash, Holder: e.Holder})
 	default:
 		v.fail(keySeq, "unknown kind %q", e.Kind)
 		return
 	}
 	v.st.apply(&e)
+	v.ended = e.Kind == KindHandover // nothing but a segment may follow
+}
+
+// segmentOK checks a segment entry's own fields and its link.
+func (v *verifier) segmentOK(e *Entry, keySeq uint64) bool {
+	h := &v.st.head
+	switch {
+	case e.Holder == "" || e.Totals == nil || e.ReceiptID != "" || e.Allowed:
+		v.fail(keySeq, "segment entry without a holder or totals, with a receipt, or allowed")
+	case e.Link == LinkNew && (keySeq != 1 || e.PrevHash != GenesisHash || e.Totals.Calls != 0 || e.Totals.Denied != 0 || e.Totals.RequestBytes != 0 || e.Totals.ResponseBytes != 0 || len(e.Totals.ToolCalls) != 0):
+		v.fail(keySeq, "a new session's segment that is not entry 1 from the genesis hash with zero totals")
+	case e.Link == LinkUnlinked && (keySeq != h.Seq+1 || e.PrevHash != h.Hash):
+		v.fail(keySeq, "unlinked segment not continuing this journal's last entry %d (%s)", h.Seq, h.Hash)
+	case e.Link == LinkLinked && keySeq <= h.Seq:
+		v.fail(keySeq, "linked segment at entry %d, not after entry %d", keySeq, h.Seq)
+	case e.Link != LinkNew && e.Link != LinkUnlinked && e.Link != LinkLinked:
+		v.fail(keySeq, "segment link %q", e.Link)
+	case e.Epoch < h.Epoch:
+		v.fail(keySeq, "segment in epoch %d after epoch %d", e.Epoch, h.Epoch)
+	default:
+		return true
+	}
+	return false
 }
 
 // checkReceipt checks a call entry against its receipt.
@@ -330,7 +394,7 @@ func (v *verifier) finish(raw []byte) {
 		v.fail(got.Seq, "head names entry %d (%s) but the chain ends at entry %d (%s)", stored.Seq, stored.Hash, got.Seq, got.Hash)
 		return
 	}
-	if stored.SessionID != got.SessionID || stored.Epoch != got.Epoch || stored.LastActive != got.LastActive || !equalTotals(stored.Totals, got.Totals) {
+	if stored.SessionID != got.SessionID || stored.Epoch != got.Epoch || stored.LastActive != got.LastActive || !equalTotals(stored.Totals, got.Totals) || stored.Holder != got.Holder || (stored.Segment == nil) != (got.Segment == nil) || stored.Segment != nil && *stored.Segment != *got.Segment {
 		v.fail(0, "head's totals or epoch differ from what the chain adds up to")
 	}
 }

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/backbay-labs/chio-agent/internal/testutil"
+	"github.com/backbay-labs/chio-agent/kernel/config"
+	"github.com/backbay-labs/chio-agent/kernel/session"
+)
+
+// TestAPIProtectReplicasFailover: api protect processes whose peers come
+// from a headless-Service-like name served by a DNS server on loopback
+// (CHIO_SESSION_PEERS_DNS through CHIO_SESSION_PEERS_RESOLVER). Sessions
+// with a call limit are spread over every replica. Mid-run one replica is
+// SIGKILLed (it stays listed, as a not-ready pod would: its peers must find
+// it down by themselves) and a fourth is added to the name: no session ever
+// reaches the API more than max_calls times. The killed replica restarts on
+// its files: every session then reaches exactly max_calls, the sessions
+// that moved continue their journals in segments linked to the previous
+// holder's handover, and every replica's journal verifies. Then one
+// replica flaps (SIGSTOP, SIGCONT, three times) while the exhausted sessions are hit on
+// every replica in turn: none reaches the API again.
+func TestAPIProtectReplicasFailover(t *testing.T) {
+	const sessions, limit = 150, 4
+	bin := binary(t)
+	dir, _ := petsAPI(t)
+	api := startSessionAPI(t)
+	mu, hits := &api.mu, api.hits
+	ips := []string{"127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"}
+	port := freePortOn(t, ips)
+	addrs := make([]string, len(ips))
+	for i, ip := range ips {
+		addrs[i] = net.JoinHostPort(ip, port)
+	}
+	const name = "chio-peers.chio.test"
+	dns := testutil.StartDNS(t, name+".", ips[:3]...)
+	procs := make([]*protectProcess, len(ips))
+	dbs := make([]string, len(ips))
+	start := func(i int) {
+		env := replicaEnv(dir, dbs[i], i, limit, addrs[i], config.EnvSessionPeersDNS+"="+name+":"+port,
+			config.EnvSessionPeersResolver+"="+dns.Addr, config.EnvSessionPeersRefresh+"=1s", config.EnvSessionPeerProbe+"=200ms")
+		procs[i] = startProtect(t, bin, env, "--upstream", api.URL, "--spec", filepath.Join(dir, "openapi.yaml"), "--listen", addrs[i])
+	}
+	for i := range ips {
+		dbs[i] = filepath.Join(t.TempDir(), "r.db")
+	}
+	began := time.Now()
+	phase := func(name string) { t.Logf("%s at %v", name, time.Since(began).Round(time.Millisecond)) }
+	for i := range 3 {
+		start(i)
+	}
+	phase("three replicas started")
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 32}}
+	defer client.CloseIdleConnections()
+	var statusMu sync.Mutex
+	statuses := map[string]int{}
+	// send makes n requests per session, 24 at a time, each session's
+	// spread over targets; a replica that is down is a refused connection.
+	send := func(n int, targets []string) {
+		work := make(chan int)
+		var wg sync.WaitGroup
+		for range 24 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range work {
+					s, k := i%sessions, i/sessions // session s's k-th request
+					req, _ := http.NewRequest("GET", "http://"+targets[(s+k)%len(targets)]+"/pets/1", nil)
+					req.Header.Set(config.DefaultSessionHeader, fmt.Sprintf("fo-%d", s))
+					resp, err := client.Do(req)
+					key := "conn-error"
+					if err == nil {
+						var body struct{ Error string }
+						json.NewDecoder(resp.Body).Decode(&body)
+						resp.Body.Close()
+						key = fmt.Sprintf("%d %s", resp.StatusCode, body.Error)
+						switch resp.StatusCode {
+						case 200, 403, 502, 503:
+						default:
+							t.Errorf("status %s", key)
+						}
+					}
+					statusMu.Lock()
+					statuses[key]++
+					statusMu.Unlock()
+				}
+			}()
+		}
+		for i := range n * sessions {
+			work <- i
+		}
+		close(work)
+		wg.Wait()
+	}
+	// check fails when a session reached the API more than max_calls
+	// times, and returns how many sessions reached it exactly max_calls.
+	check := func(phase string) int {
+		t.Helper()
+		mu.Lock()
+		defer mu.Unlock()
+		full := 0
+		for i := range sessions {
+			sid := fmt.Sprintf("fo-%d", i)
+			if hits[sid] > limit {
+				for j := range procs {
+					if procs[j] != nil && procs[j].cmd.ProcessState == nil {
+						procs[j].cmd.Process.Kill()
+						<-procs[j].exited
+					}
+					out, _ := runCLI(t, "sessions", "show", sid, "--json", "--receipts", dbs[j])
+					t.Logf("DEBUG replica %d: %s", j, out)
+				}
+				t.Fatalf("%s: %s reached the API %d times; max_calls %d", phase, sid, hits[sid], limit)
+			}
+			if hits[sid] == limit {
+				full++
+			}
+		}
+		return full
+	}
+	send(2, addrs[:3])
+	check("three replicas")
+	phase("three replicas done")
+	mu.Lock()
+	for i := range sessions {
+		if sid := fmt.Sprintf("fo-%d", i); hits[sid] != 2 {
+			t.Fatalf("%s reached the API %d times with every replica up, want 2; statuses %v", sid, hits[sid], statuses)
+		}
+	}
+	mu.Unlock()
+	// Mid-run: kill replica 1, add replica 3 to the name and start it.
+	var mid sync.WaitGroup
+	mid.Add(1)
+	go func() {
+		defer mid.Done()
+		send(3, addrs)
+	}()
+	procs[1].cmd.Process.Signal(syscall.SIGKILL)
+	<-procs[1].exited
+	dns.Set(ips...)
+	start(3)
+	mid.Wait()
+	phase("kill and add done")
+	send(2, addrs)
+	check("one killed, one added")
+	phase("after kill and add done")
+	// The killed replica comes back on its files: its sessions are
+	// handed over to their owners (or stay), and every session ends at
+	// exactly max_calls.
+	start(1)
+	full := 0
+	for round := 0; round < 20 && full < sessions; round++ {
+		send(1, addrs)
+		full = check("killed replica back")
+	}
+	if full != sessions {
+		for j := range procs {
+			for _, l := range strings.Split(procs[j].logs.String(), "\n") {
+				if strings.Contains(l, `"level":"error"`) {
+					t.Logf("DEBUG %d %s", j, l)
+				}
+			}
+		}
+		t.Fatalf("%d of %d sessions reached max_calls after the killed replica came back; statuses %v", full, sessions, statuses)
+	}
+	phase("killed replica back, every session at max_calls")
+	// The attack of a client while a replica flaps (stopped and resumed,
+	// so its peers see it down, then up): its exhausted sessions hit on
+	// every replica in turn. Another replica deciding them while it is
+	// "down" would be a fresh budget; none may reach the API again.
+	flapDone := make(chan struct{})
+	go func() {
+		defer close(flapDone)
+		for range 3 {
+			procs[0].cmd.Process.Signal(syscall.SIGSTOP)
+			time.Sleep(time.Second) // five probes: its peers see it down
+			procs[0].cmd.Process.Signal(syscall.SIGCONT)
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	for flapping := true; flapping; {
+		select {
+		case <-flapDone:
+			flapping = false
+		default:
+		}
+		send(1, addrs)
+	}
+	if full := check("a replica flapping"); full != sessions {
+		t.Fatalf("%d of %d sessions at max_calls after the flapping", full, sessions)
+	}
+	phase("flapping")
+	t.Logf("statuses over the run: %v", statuses)
+	handovers := map[string]bool{}
+	var linked []session.Link
+	for i := range ips {
+		procs[i].stop(t)
+		out, err := runCLI(t, "sessions", "verify", "--json", "--receipts", dbs[i])
+		if err != nil {
+			t.Fatalf("replica %d: sessions verify: %v\n%s", i, err, out)
+		}
+		var rep session.Report
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("replica %d: %v: %s", i, err, out)
+		}
+		for _, h := range rep.Handovers {
+			handovers[h.Hash] = true
+		}
+		for _, l := range rep.Links {
+			if l.Link == session.LinkLinked {
+				linked = append(linked, l)
+			}
+			if l.Link == session.LinkUnlinked {
+				t.Errorf("replica %d: an unlinked segment with takeover refuse: %+v", i, l)
+			}
+		}
+		t.Logf("replica %d: %d sessions, %d entries, %d segments, %d handovers", i, rep.Sessions, rep.Entries, len(rep.Links), len(rep.Handovers))
+	}
+	if len(linked) == 0 {
+		t.Fatal("no session moved with its journal")
+	}
+	for _, l := range linked {
+		if !handovers[l.PrevHash] {
+			t.Fatalf("segment %+v links to a hash no replica's journal has as a handover", l)
+		}
+	}
+}
+
+// freePortOn returns a TCP port free on every one of ips (loopback).
+func freePortOn(t *testing.T, ips []string) string {
+	t.Helper()
+	for range 20 {
+		ln, err := net.Listen("tcp", ips[0]+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		ok := true
+		for _, ip := range ips[1:] {
+			l, err := net.Listen("tcp", net.JoinHostPort(ip, port))
+			if err != nil {
+				ok = false
+				break
+			}
+			l.Close()
+		}
+		ln.Close()
+		if ok {
+			return port
+		}
+	}
+	t.Fatal("no port free on every loopback address")
+	return ""
+}
