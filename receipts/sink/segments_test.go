@@ -17,6 +17,7 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil/objstore"
 	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/backbay-labs/chio-agent/receipts/sink"
+	"github.com/backbay-labs/chio-agent/receipts/sink/sinktest"
 )
 
 func ctxT(t *testing.T) context.Context {
@@ -130,6 +131,18 @@ func seqs(from, to uint64) []uint64 {
 		out = append(out, i)
 	}
 	return out
+}
+
+// TestSegmentsContract runs the Store contract (sinktest.Contract, which
+// dynamodb:// meets too) against each object store's emulator, a fresh
+// bucket per case.
+func TestSegmentsContract(t *testing.T) {
+	objstore.Each(t, func(t *testing.T, s objstore.Store) {
+		sinktest.Contract(t, func(t *testing.T) sink.Store {
+			base, _ := s.Bucket(t)
+			return openSink(t, base+"chio/receipts/")
+		})
+	})
 }
 
 // TestSegmentsRoundTrip, against each store's emulator through its SDK:
