@@ -48,14 +48,13 @@ func Shared(t testing.TB) *Server {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := emulator.Tool(t, "azurite-blob")
-	dir := t.TempDir()
-	s, err := start(bin, dir, filepath.Join(dir, "data"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Graceful = true
-	t.Cleanup(s.Stop)
-	return s
+	return emulator.Own(t, func(dir string) (*Server, error) {
+		s, err := start(bin, dir, filepath.Join(dir, "data"))
+		if err == nil {
+			s.Graceful = true
+		}
+		return s, err
+	})
 }
 
 // start runs Azurite in dir, in memory or (location set) on disk there.

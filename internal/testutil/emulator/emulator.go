@@ -196,6 +196,18 @@ func (s *Shared[T]) Get(t testing.TB, start func(dir string) (T, error)) T {
 	return s.v
 }
 
+// Own starts an emulator of t's own with start, in a directory of t's; it
+// is stopped when t ends.
+func Own[T interface{ Stop() }](t testing.TB, start func(dir string) (T, error)) T {
+	t.Helper()
+	v, err := start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Stop)
+	return v
+}
+
 // ClosedAddr is a loopback address nothing listens on (a port just freed):
 // a store there is unreachable.
 func ClosedAddr(t testing.TB) string {

@@ -40,13 +40,7 @@ func Shared(t testing.TB) *Server {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := emulator.Tool(t, "fake-gcs-server")
-	dir := t.TempDir()
-	s, err := start(bin, dir, filepath.Join(dir, "data"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
-	return s
+	return emulator.Own(t, func(dir string) (*Server, error) { return start(bin, dir, filepath.Join(dir, "data")) })
 }
 
 // start runs fake-gcs-server in dir, in memory or (root set) on disk

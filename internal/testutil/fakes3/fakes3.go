@@ -42,12 +42,7 @@ func Shared(t testing.TB) *Server {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := emulator.Tool(t, "gofakes3")
-	s, err := start(bin, t.TempDir(), "bolt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
-	return s
+	return emulator.Own(t, func(dir string) (*Server, error) { return start(bin, dir, "bolt") })
 }
 
 // start runs gofakes3 in dir with backend memory, or bolt (a database in
