@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/backbay-labs/chio-agent/internal/testutil/dynalite"
+	"github.com/backbay-labs/chio-agent/internal/testutil/emulator"
+	"github.com/backbay-labs/chio-agent/internal/testutil/objstore"
 	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/backbay-labs/chio-agent/receipts/sink"
 	"github.com/backbay-labs/chio-agent/receipts/sink/sinktest"
@@ -33,14 +35,45 @@ func waitStatus(t testing.TB, s *Shipper, what string, within time.Duration, ok 
 	}
 }
 
-// TestShipStoreOutage ships a log to dynamodb:// on a dynalite of the
-// test's own, stops the emulator mid-stream while receipts keep coming
-// (the lag grows in status, the backlog stays local), restarts it, and the
-// table ends with every sealed batch once, verifying.
+// storeEmulator starts an emulator of t's own keeping its data on disk,
+// points this process's SDK at it, and returns a store sink's URL there
+// and the emulator.
+type storeEmulator func(t *testing.T) (url string, p *emulator.Proc)
+
+// storeEmulators are the store sinks by scheme: dynamodb:// on dynalite,
+// and the object stores' segment sinks (objstore.Stores).
+func storeEmulators() map[string]storeEmulator {
+	m := map[string]storeEmulator{"dynamodb": func(t *testing.T) (string, *emulator.Proc) {
+		d := dynalite.Start(t)
+		dynalite.Env(t, d.Endpoint())
+		return "dynamodb://" + dynalite.Table(t), d.Proc
+	}}
+	for _, s := range objstore.Stores {
+		m[s.Scheme] = func(t *testing.T) (string, *emulator.Proc) {
+			base, p := s.Private(t)
+			return base + "chio/receipts/", p
+		}
+	}
+	return m
+}
+
+// TestShipStoreOutage ships a log to each store sink (dynamodb://, s3://,
+// gs://, azblob://) on an emulator of the test's own, stops the emulator
+// mid-stream while receipts keep coming (the lag grows in status, the
+// backlog stays local), restarts it on the same port with its data, and
+// the store ends with every sealed batch once, verifying.
 func TestShipStoreOutage(t *testing.T) {
-	d := dynalite.Start(t)
-	dynalite.Env(t, d.Endpoint())
-	url := "dynamodb://" + dynalite.Table(t)
+	ems := storeEmulators()
+	for _, scheme := range []string{"dynamodb", "s3", "gs", "azblob"} {
+		t.Run(scheme, func(t *testing.T) { shipStoreOutage(t, ems[scheme]) })
+	}
+	if len(ems) != 4 {
+		t.Fatalf("%d store sinks, the test runs 4: add the new one here", len(ems))
+	}
+}
+
+func shipStoreOutage(t *testing.T, start storeEmulator) {
+	url, d := start(t)
 	l, key := logFor(t, 10)
 	// A short put timeout, so the outage shows in status within seconds
 	// (the SDK's own retries would ride out a short one).
@@ -77,7 +110,7 @@ func TestShipStoreOutage(t *testing.T) {
 	}
 	defer store.Close()
 	if n := sinktest.CheckHolds(t, store, l); n != 600 {
-		t.Fatalf("the table seals %d receipts, want 600", n)
+		t.Fatalf("%s seals %d receipts, want 600", url, n)
 	}
 	if readStateFile(t, l.Path()+".shipped") != 60 {
 		t.Fatalf("state file mark %d, want 60", readStateFile(t, l.Path()+".shipped"))

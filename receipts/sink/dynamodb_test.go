@@ -63,11 +63,7 @@ func TestDynamoItems(t *testing.T) {
 	receiptstest.Seal(t, l)
 	bs := sinktest.Sealed(t, l)
 	ctx := context.Background()
-	for i, b := range bs {
-		if err := st.Put(ctx, b, uint64(i+1)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	sinktest.PutAll(t, ctx, st, bs)
 	c := client(t, dynalite.Shared(t).Endpoint())
 	desc, err := c.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)})
 	if err != nil {
@@ -174,11 +170,7 @@ func TestDynamoThrottled(t *testing.T) {
 	receiptstest.Seal(t, l)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	for i, b := range sinktest.Sealed(t, l) {
-		if err := st.Put(ctx, b, uint64(i+1)); err != nil {
-			t.Fatalf("put through throttling: %v", err)
-		}
-	}
+	sinktest.PutAll(t, ctx, st, sinktest.Sealed(t, l))
 	if throttled.Load() != 2 || writes.Load() <= 2 {
 		t.Fatalf("%d writes throttled of %d: the proxy did not throttle as meant", throttled.Load(), writes.Load())
 	}

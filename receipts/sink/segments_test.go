@@ -3,7 +3,6 @@ package sink_test
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,27 +15,15 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil"
 	"github.com/backbay-labs/chio-agent/internal/testutil/objstore"
 	"github.com/backbay-labs/chio-agent/receipts"
+	"github.com/backbay-labs/chio-agent/receipts/receiptstest"
 	"github.com/backbay-labs/chio-agent/receipts/sink"
+	"github.com/backbay-labs/chio-agent/receipts/sink/sinktest"
 )
 
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// appendN appends n synthetic receipts numbered from first, signed by key.
-func appendN(t *testing.T, l *receipts.Log, key ed25519.PrivateKey, first, n int) {
-	t.Helper()
-	for i := first; i < first+n; i++ {
-		data, err := receipts.SyntheticReceipt(key, i, time.Unix(1_700_000_000, 0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.Append(context.Background(), data); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 // sealedLog writes a log signed by the key named name: n receipts, then
@@ -50,31 +37,22 @@ func sealedLog(t *testing.T, name string, n, every int, rotate bool) (string, []
 	if err != nil {
 		t.Fatal(err)
 	}
-	appendN(t, l, k1, 0, n)
+	receiptstest.Append(t, l, k1, 0, n)
 	if rotate {
 		l.Close()
 		k2 := testutil.Key(name + "/rotated")
 		if l, err = receipts.Open(path, receipts.Options{Key: k2, RotateKey: true, PreviousKey: k1, CheckpointEvery: every}); err != nil {
 			t.Fatal(err)
 		}
-		appendN(t, l, k2, 100, 12)
+		receiptstest.Append(t, l, k2, 100, 12)
 	}
 	defer l.Close()
-	if err := l.Flush(context.Background(), true); err != nil {
-		t.Fatal(err)
-	}
-	var bs []receipts.SealedBatch
-	if err := l.SealedBatches(context.Background(), 0, func(b receipts.SealedBatch) error {
-		bs = append(bs, b)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	receiptstest.Seal(t, l)
 	id, err := l.LogID()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return id, bs
+	return id, sinktest.Sealed(t, l)
 }
 
 func openSink(t *testing.T, url string) sink.Store {
@@ -87,49 +65,24 @@ func openSink(t *testing.T, url string) sink.Store {
 	return st
 }
 
-func putAll(t *testing.T, ctx context.Context, st sink.Store, bs []receipts.SealedBatch) {
-	t.Helper()
-	for i, b := range bs {
-		if err := st.Put(ctx, b, uint64(i+1)); err != nil {
-			t.Fatalf("put checkpoint %d: %v", i+1, err)
-		}
-	}
-}
-
-func readAll(t *testing.T, ctx context.Context, st sink.Store, id string, after uint64) []receipts.SealedBatch {
-	t.Helper()
-	var got []receipts.SealedBatch
-	if err := st.Batches(ctx, id, after, func(b receipts.SealedBatch) error {
-		got = append(got, b)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return got
-}
-
-// sameBatches: byte for byte, field by field (json.Marshal covers every
-// field, the raw messages verbatim).
-func sameBatches(t *testing.T, got, want []receipts.SealedBatch) {
-	t.Helper()
-	if len(got) != len(want) {
-		t.Fatalf("read %d batches, want %d", len(got), len(want))
-	}
-	for i := range want {
-		g, _ := json.Marshal(got[i])
-		w, _ := json.Marshal(want[i])
-		if !bytes.Equal(g, w) {
-			t.Fatalf("batch %d read back differs:\n%s\nwant\n%s", i+1, g, w)
-		}
-	}
-}
-
 func seqs(from, to uint64) []uint64 {
 	var out []uint64
 	for i := from; i <= to; i++ {
 		out = append(out, i)
 	}
 	return out
+}
+
+// TestSegmentsContract runs the Store contract (sinktest.Contract, which
+// dynamodb:// meets too) against each object store's emulator, a fresh
+// bucket per case.
+func TestSegmentsContract(t *testing.T) {
+	objstore.Each(t, func(t *testing.T, s objstore.Store) {
+		sinktest.Contract(t, func(t *testing.T) sink.Store {
+			base, _ := s.Bucket(t)
+			return openSink(t, base+"chio/receipts/")
+		})
+	})
 }
 
 // TestSegmentsRoundTrip, against each store's emulator through its SDK:
@@ -157,9 +110,9 @@ func TestSegmentsRoundTrip(t *testing.T) {
 		if logs, err := st.Logs(ctx); err != nil || len(logs) != 0 {
 			t.Fatalf("Logs of an empty sink = %v, %v", logs, err)
 		}
-		putAll(t, ctx, st, bsA)
-		putAll(t, ctx, st, bsB)
-		putAll(t, ctx, st, bsA) // idempotent
+		sinktest.PutAll(t, ctx, st, bsA)
+		sinktest.PutAll(t, ctx, st, bsB)
+		sinktest.PutAll(t, ctx, st, bsA) // idempotent
 		n := uint64(len(bsA))
 		if got, err := st.Stored(ctx, idA, 0); err != nil || !slices.Equal(got, seqs(1, n)) {
 			t.Fatalf("Stored(0) = %v, %v; want 1..%d", got, err, n)
@@ -175,15 +128,15 @@ func TestSegmentsRoundTrip(t *testing.T) {
 		if logs, err := st.Logs(ctx); err != nil || !slices.Equal(logs, want) {
 			t.Fatalf("Logs = %v, %v; want %v", logs, err, want)
 		}
-		sameBatches(t, readAll(t, ctx, st, idA, 0), bsA)
-		sameBatches(t, readAll(t, ctx, st, idA, 2), bsA[2:])
-		sameBatches(t, readAll(t, ctx, st, idB, 0), bsB)
+		sinktest.CheckSame(t, st, sinktest.ReadAll(t, st, idA), bsA)
+		sinktest.CheckSame(t, st, sinktest.ReadAfter(t, st, idA, 2), bsA[2:])
+		sinktest.CheckSame(t, st, sinktest.ReadAll(t, st, idB), bsB)
 
 		// More objects than Batches reads ahead: in order, each once, and
 		// a reader that stops early is told no more.
 		idC, bsC := sealedLog(t, t.Name()+"/c", 30, 1, false)
-		putAll(t, ctx, st, bsC)
-		sameBatches(t, readAll(t, ctx, st, idC, 0), bsC)
+		sinktest.PutAll(t, ctx, st, bsC)
+		sinktest.CheckSame(t, st, sinktest.ReadAll(t, st, idC), bsC)
 		stop, n3 := errors.New("enough"), 0
 		if err := st.Batches(ctx, idC, 0, func(receipts.SealedBatch) error {
 			if n3++; n3 == 3 {
@@ -200,7 +153,7 @@ func TestSegmentsRoundTrip(t *testing.T) {
 		if err := st.Put(ctx, fork[0], 1); !errors.Is(err, sink.ErrConflict) || !strings.Contains(err.Error(), sink.SegmentName(idA, 1)) {
 			t.Fatalf("put of another checkpoint 1: %v", err)
 		}
-		sameBatches(t, readAll(t, ctx, st, idA, 0), bsA)
+		sinktest.CheckSame(t, st, sinktest.ReadAll(t, st, idA), bsA)
 
 		// A batch put under another checkpoint seq than its own is refused
 		// before anything is written.
@@ -233,7 +186,7 @@ func TestSegmentsDamaged(t *testing.T) {
 		id, bs := sealedLog(t, t.Name(), 25, 10, false)
 		url := base + "damaged"
 		st := openSink(t, url)
-		putAll(t, ctx, st, bs[:1])
+		sinktest.PutAll(t, ctx, st, bs[:1])
 		good, err := sink.EncodeSegment(&bs[0], 1)
 		if err != nil {
 			t.Fatal(err)
@@ -311,7 +264,9 @@ func TestSegmentLines(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sameBatches(t, []receipts.SealedBatch{back}, []receipts.SealedBatch{b})
+		if !sinktest.Same(back, b) {
+			t.Fatalf("checkpoint %d decoded differs from the batch encoded", i+1)
+		}
 	}
 }
 

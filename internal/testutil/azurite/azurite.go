@@ -1,13 +1,15 @@
 // Package azurite runs Microsoft's Azurite blob service (installed from npm
 // into .tools by scripts/deps) on loopback for tests, and writes blobs to it
-// with the Azure SDK itself. One server serves the whole test binary
-// (Shared); each test makes containers of its own.
+// with the Azure SDK itself. One in-memory server serves the whole test
+// binary (Shared), each test making containers of its own; a test that
+// stops and restarts its server starts one of its own on disk (Start).
 package azurite
 
 import (
 	"bytes"
 	"context"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -31,27 +33,51 @@ type Server struct {
 
 var shared emulator.Shared[*Server]
 
-// Shared is the test binary's server, started by its first caller.
+// Shared is the test binary's in-memory server, started by its first
+// caller.
 func Shared(t testing.TB) *Server {
 	t.Helper()
 	bin := emulator.Tool(t, "azurite-blob")
-	return shared.Get(t, func(dir string) (*Server, error) {
-		p, err := emulator.Start("azurite-blob", bin, dir, func(port int) []string {
-			// No telemetry (nothing leaves loopback), in memory, and any
-			// API version the SDK speaks.
-			return []string{"--blobHost", "127.0.0.1", "--blobPort", fmt.Sprint(port),
-				"--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"}
-		})
-		if err != nil {
-			return nil, err
+	return shared.Get(t, func(dir string) (*Server, error) { return start(bin, dir, "") })
+}
+
+// Start runs a server of t's own keeping its containers on disk in a
+// directory of t's, so that they survive Stop and Restart (Stop lets it
+// end gracefully, saving its metadata, see emulator.Proc.Graceful); it is
+// stopped when t ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin := emulator.Tool(t, "azurite-blob")
+	return emulator.Own(t, func(dir string) (*Server, error) {
+		s, err := start(bin, dir, filepath.Join(dir, "data"))
+		if err == nil {
+			s.Graceful = true
 		}
-		c, err := azblob.NewClientFromConnectionString(ConnectionString(p.Addr()), nil)
-		if err != nil {
-			p.Stop()
-			return nil, err
-		}
-		return &Server{Proc: p, client: c}, nil
+		return s, err
 	})
+}
+
+// start runs Azurite in dir, in memory or (location set) on disk there.
+func start(bin, dir, location string) (*Server, error) {
+	p, err := emulator.Start("azurite-blob", bin, dir, func(port int) []string {
+		// No telemetry (nothing leaves loopback), and any API version the
+		// SDK speaks.
+		args := []string{"--blobHost", "127.0.0.1", "--blobPort", fmt.Sprint(port),
+			"--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"}
+		if location == "" {
+			return append(args, "--inMemoryPersistence")
+		}
+		return append(args, "--location", location)
+	})
+	if err != nil {
+		return nil, err
+	}
+	c, err := azblob.NewClientFromConnectionString(ConnectionString(p.Addr()), nil)
+	if err != nil {
+		p.Stop()
+		return nil, err
+	}
+	return &Server{Proc: p, client: c}, nil
 }
 
 // ConnectionString is the development account's connection string for a

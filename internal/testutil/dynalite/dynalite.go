@@ -30,13 +30,7 @@ func Shared(t testing.TB) *Server {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := emulator.Tool(t, "dynalite")
-	dir := t.TempDir()
-	s, err := start(bin, dir, dir+"/data")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
-	return s
+	return emulator.Own(t, func(dir string) (*Server, error) { return start(bin, dir, dir+"/data") })
 }
 
 func start(bin, dir, path string) (*Server, error) {

@@ -48,13 +48,19 @@ type Proc struct {
 	Name string
 	// Port is the loopback port it serves on.
 	Port int
-	dir  string
-	bin  string
-	args []string
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  string
+	// Graceful makes Stop ask the emulator to end (SIGTERM) and wait up to
+	// gracefulTimeout before killing it, for one that writes what it holds
+	// to disk at shutdown and only every few seconds before (Azurite's
+	// LokiJS metadata): killed, it would lose writes it acknowledged, which
+	// the cloud it stands for never does. Set it before Stop is called.
+	Graceful bool
+	dir      string
+	bin      string
+	args     []string
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	done     chan struct{}
+	log      string
 }
 
 // Start runs bin with args(port) in dir (its working directory and log
@@ -125,7 +131,12 @@ func (p *Proc) Log() string {
 	return string(b)
 }
 
-// Stop kills the emulator (process group) and waits for it.
+// gracefulTimeout bounds a Graceful emulator's shutdown before it is
+// killed.
+const gracefulTimeout = 10 * time.Second
+
+// Stop kills the emulator (process group) and waits for it; a Graceful one
+// is asked to end first.
 func (p *Proc) Stop() {
 	p.mu.Lock()
 	cmd, done := p.cmd, p.done
@@ -133,6 +144,14 @@ func (p *Proc) Stop() {
 	p.mu.Unlock()
 	if cmd == nil {
 		return
+	}
+	if p.Graceful {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-done:
+			return
+		case <-time.After(gracefulTimeout):
+		}
 	}
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	<-done
@@ -175,6 +194,18 @@ func (s *Shared[T]) Get(t testing.TB, start func(dir string) (T, error)) T {
 		t.Fatal(s.err)
 	}
 	return s.v
+}
+
+// Own starts an emulator of t's own with start, in a directory of t's; it
+// is stopped when t ends.
+func Own[T interface{ Stop() }](t testing.TB, start func(dir string) (T, error)) T {
+	t.Helper()
+	v, err := start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Stop)
+	return v
 }
 
 // ClosedAddr is a loopback address nothing listens on (a port just freed):

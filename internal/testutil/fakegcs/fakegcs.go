@@ -1,13 +1,15 @@
 // Package fakegcs runs fake-gcs-server (built into .tools/bin by
 // scripts/deps) on loopback for tests, and writes objects to it with the
 // Cloud Storage SDK itself, which STORAGE_EMULATOR_HOST points at it. One
-// server serves the whole test binary (Shared); each test makes buckets of
-// its own.
+// in-memory server serves the whole test binary (Shared), each test making
+// buckets of its own; a test that stops and restarts its server starts one
+// of its own on disk (Start).
 package fakegcs
 
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -24,21 +26,39 @@ type Server struct {
 
 var shared emulator.Shared[*Server]
 
-// Shared is the test binary's server, started by its first caller.
+// Shared is the test binary's in-memory server, started by its first
+// caller.
 func Shared(t testing.TB) *Server {
 	t.Helper()
 	bin := emulator.Tool(t, "fake-gcs-server")
-	return shared.Get(t, func(dir string) (*Server, error) {
-		p, err := emulator.Start("fake-gcs-server", bin, dir, func(port int) []string {
-			addr := fmt.Sprintf("127.0.0.1:%d", port)
-			return []string{"-scheme", "http", "-host", "127.0.0.1", "-port", strconv.Itoa(port),
-				"-backend", "memory", "-public-host", addr, "-external-url", "http://" + addr, "-log-level", "warn"}
-		})
-		if err != nil {
-			return nil, err
+	return shared.Get(t, func(dir string) (*Server, error) { return start(bin, dir, "") })
+}
+
+// Start runs a server of t's own keeping its buckets on disk (the
+// filesystem backend) in a directory of t's, so that they survive Stop and
+// Restart; it is stopped when t ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin := emulator.Tool(t, "fake-gcs-server")
+	return emulator.Own(t, func(dir string) (*Server, error) { return start(bin, dir, filepath.Join(dir, "data")) })
+}
+
+// start runs fake-gcs-server in dir, in memory or (root set) on disk
+// under root.
+func start(bin, dir, root string) (*Server, error) {
+	p, err := emulator.Start("fake-gcs-server", bin, dir, func(port int) []string {
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		args := []string{"-scheme", "http", "-host", "127.0.0.1", "-port", strconv.Itoa(port),
+			"-public-host", addr, "-external-url", "http://" + addr, "-log-level", "warn"}
+		if root == "" {
+			return append(args, "-backend", "memory")
 		}
-		return &Server{Proc: p}, nil
+		return append(args, "-backend", "filesystem", "-filesystem-root", root)
 	})
+	if err != nil {
+		return nil, err
+	}
+	return &Server{Proc: p}, nil
 }
 
 // Env points the Cloud Storage SDK of this process at addr (the server's,

@@ -1,13 +1,15 @@
 // Package fakes3 runs gofakes3 (an S3 API server, built into .tools/bin by
 // scripts/deps) on loopback for tests, and writes objects to it with the
-// AWS SDK itself. One server serves the whole test binary (Shared); each
-// test makes buckets of its own.
+// AWS SDK itself. One in-memory server serves the whole test binary
+// (Shared), each test making buckets of its own; a test that stops and
+// restarts its server starts one of its own on disk (Start).
 package fakes3
 
 import (
 	"bytes"
 	"context"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -26,24 +28,42 @@ type Server struct {
 
 var shared emulator.Shared[*Server]
 
-// Shared is the test binary's server, started by its first caller.
+// Shared is the test binary's in-memory server, started by its first
+// caller.
 func Shared(t testing.TB) *Server {
 	t.Helper()
 	bin := emulator.Tool(t, "gofakes3")
-	return shared.Get(t, func(dir string) (*Server, error) {
-		p, err := emulator.Start("gofakes3", bin, dir, func(port int) []string {
-			return []string{"-backend", "memory", "-host", fmt.Sprintf("127.0.0.1:%d", port), "-quiet"}
-		})
-		if err != nil {
-			return nil, err
+	return shared.Get(t, func(dir string) (*Server, error) { return start(bin, dir, "memory") })
+}
+
+// Start runs a server of t's own keeping its buckets on disk (gofakes3's
+// bolt backend) in a directory of t's, so that they survive Stop and
+// Restart; it is stopped when t ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin := emulator.Tool(t, "gofakes3")
+	return emulator.Own(t, func(dir string) (*Server, error) { return start(bin, dir, "bolt") })
+}
+
+// start runs gofakes3 in dir with backend memory, or bolt (a database in
+// dir).
+func start(bin, dir, backend string) (*Server, error) {
+	p, err := emulator.Start("gofakes3", bin, dir, func(port int) []string {
+		args := []string{"-backend", backend, "-host", fmt.Sprintf("127.0.0.1:%d", port), "-quiet"}
+		if backend == "bolt" {
+			args = append(args, "-bolt.db", filepath.Join(dir, "s3.db"))
 		}
-		return &Server{Proc: p, client: s3.New(s3.Options{
-			BaseEndpoint: aws.String(endpoint(p.Addr())),
-			Region:       "us-east-1",
-			UsePathStyle: true,
-			Credentials:  credentials.NewStaticCredentialsProvider("chio-test", "chio-test-secret", ""),
-		})}, nil
+		return args
 	})
+	if err != nil {
+		return nil, err
+	}
+	return &Server{Proc: p, client: s3.New(s3.Options{
+		BaseEndpoint: aws.String(endpoint(p.Addr())),
+		Region:       "us-east-1",
+		UsePathStyle: true,
+		Credentials:  credentials.NewStaticCredentialsProvider("chio-test", "chio-test-secret", ""),
+	})}, nil
 }
 
 func endpoint(addr string) string { return "http://" + addr }

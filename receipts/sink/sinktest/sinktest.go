@@ -63,10 +63,17 @@ func Sealed(t testing.TB, l *receipts.Log) []receipts.SealedBatch {
 // ReadAll is every batch st holds of logID, in the order Batches gives.
 func ReadAll(t testing.TB, st sink.Store, logID string) []receipts.SealedBatch {
 	t.Helper()
+	return ReadAfter(t, st, logID, 0)
+}
+
+// ReadAfter is every batch st holds of logID past checkpoint after, in the
+// order Batches gives.
+func ReadAfter(t testing.TB, st sink.Store, logID string, after uint64) []receipts.SealedBatch {
+	t.Helper()
 	var bs []receipts.SealedBatch
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := st.Batches(ctx, logID, 0, func(b receipts.SealedBatch) error {
+	if err := st.Batches(ctx, logID, after, func(b receipts.SealedBatch) error {
 		bs = append(bs, b)
 		return nil
 	}); err != nil {
@@ -84,6 +91,31 @@ func Same(a, b receipts.SealedBatch) bool {
 		eq(a.Receipts, b.Receipts) && eq(a.Rotations, b.Rotations)
 }
 
+// PutAll puts bs, the sealed batches of one log from its first
+// checkpoint, in order.
+func PutAll(t testing.TB, ctx context.Context, st sink.Store, bs []receipts.SealedBatch) {
+	t.Helper()
+	for i, b := range bs {
+		if err := st.Put(ctx, b, uint64(i+1)); err != nil {
+			t.Fatalf("put checkpoint %d to %s: %v", i+1, st, err)
+		}
+	}
+}
+
+// CheckSame checks that got, batches read back from st, are want byte for
+// byte: as many (0 lost, 0 duplicated), in the same order.
+func CheckSame(t testing.TB, st sink.Store, got, want []receipts.SealedBatch) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: read back %d batches, want %d (0 lost, 0 duplicated)", st, len(got), len(want))
+	}
+	for i := range want {
+		if !Same(got[i], want[i]) {
+			t.Fatalf("%s: batch %d read back differs from the log's", st, i+1)
+		}
+	}
+}
+
 // CheckHolds checks that st holds exactly l's sealed batches (0 lost, 0
 // duplicated, byte for byte, in checkpoint order), that they verify as one
 // chain with the module's batch verifier (what `receipts verify` and a
@@ -97,14 +129,7 @@ func CheckHolds(t testing.TB, st sink.Store, l *receipts.Log) int {
 	}
 	want := Sealed(t, l)
 	got := ReadAll(t, st, logID)
-	if len(got) != len(want) {
-		t.Fatalf("%s holds %d batches of log %s, the log %d checkpoints (0 lost, 0 duplicated wanted)", st, len(got), logID, len(want))
-	}
-	for i := range want {
-		if !Same(got[i], want[i]) {
-			t.Fatalf("%s: batch %d read back differs from the log's", st, i+1)
-		}
-	}
+	CheckSame(t, st, got, want)
 	n := Verify(t, got)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
