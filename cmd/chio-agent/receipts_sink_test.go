@@ -12,6 +12,7 @@ import (
 	"github.com/backbay-labs/chio-agent/internal/testutil/objstore"
 	"github.com/backbay-labs/chio-agent/receipts"
 	"github.com/backbay-labs/chio-agent/receipts/sink"
+	"github.com/backbay-labs/chio-agent/receipts/sink/sinktest"
 )
 
 // logBatches reads the sealed batches of the log at db.
@@ -26,14 +27,7 @@ func logBatches(t *testing.T, db string) (string, []receipts.SealedBatch) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var bs []receipts.SealedBatch
-	if err := l.SealedBatches(context.Background(), 0, func(b receipts.SealedBatch) error {
-		bs = append(bs, b)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return id, bs
+	return id, sinktest.Sealed(t, l)
 }
 
 // shipTo puts batches into the sink at url, as a shipper does.
