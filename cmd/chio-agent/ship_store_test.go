@@ -148,6 +148,10 @@ func TestAPIProtectShipsToStoreSIGKILL(t *testing.T) {
 			if out, err := exec.Command(bin, "receipts", "verify", "--receipts", db).CombinedOutput(); err != nil {
 				t.Fatalf("receipts verify: %v %s", err, out)
 			}
+			// The sink read back as an auditor would, through the binary.
+			if out, err := exec.Command(bin, "receipts", "verify", "--sink", url).CombinedOutput(); err != nil {
+				t.Fatalf("receipts verify --sink %s: %v %s", url, err, out)
+			}
 			t.Logf("killed after %d requests with %d checkpoints sealed, %d in the store; %d receipts shipped in the end", killedAt, cpsAtKill, heldAtKill, sealed)
 		})
 	}
