@@ -703,18 +703,26 @@ func (s *Shipper) resume(ctx context.Context) (held map[uint64]uint64, err error
 			return nil, fmt.Errorf("read batches of %s: the stream stopped at sequence %d of %d", s.subject, seen, last.Sequence)
 		}
 	}
-	for {
-		seq, ok := held[mark+1]
-		if !ok {
-			break
-		}
-		delete(held, mark+1)
-		mark, from = mark+1, seq
-	}
+	mark, from = advanceMark(mark, from, held)
 	s.mu.Lock()
 	s.st.AckedCheckpoint, s.markSeq = mark, from
 	s.mu.Unlock()
 	return held, s.setAckedSeq(mark)
+}
+
+// advanceMark moves mark over the checkpoints held holds right after it
+// (mark+1, mark+2, ... without a hole), removing them from held, and
+// returns the new mark with the sink position of the last one moved over
+// (pos unchanged when none was): a resume, from a stream or a Store.
+func advanceMark(mark, pos uint64, held map[uint64]uint64) (uint64, uint64) {
+	for {
+		p, ok := held[mark+1]
+		if !ok {
+			return mark, pos
+		}
+		delete(held, mark+1)
+		mark, pos = mark+1, p
+	}
 }
 
 // setAckedSeq sets the status's last acknowledged receipt from checkpoint

@@ -76,13 +76,7 @@ func (s *Shipper) resumeStore(ctx context.Context) (held map[uint64]uint64, err 
 			held[cp] = 0
 		}
 	}
-	for {
-		if _, ok := held[mark+1]; !ok {
-			break
-		}
-		delete(held, mark+1)
-		mark++
-	}
+	mark, _ = advanceMark(mark, 0, held)
 	s.mu.Lock()
 	s.st.AckedCheckpoint, s.markSeq = mark, 0
 	s.mu.Unlock()
