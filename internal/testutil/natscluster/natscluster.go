@@ -328,7 +328,15 @@ func (c *Cluster) ping(ctx context.Context) error {
 	if info == nil {
 		return errors.New("no account info")
 	}
-	return nil
+	// A meta leader answers account requests before it has heard from
+	// every server, and until it has, a stream of Size replicas is refused
+	// ("no suitable peers for placement"). Ready means one can be placed.
+	probe := jetstream.StreamConfig{Name: "NATSCLUSTER_READY_PROBE", Subjects: []string{"natscluster.ready.probe"},
+		Replicas: Size, Storage: jetstream.MemoryStorage}
+	if _, err := js.CreateOrUpdateStream(actx, probe); err != nil {
+		return fmt.Errorf("place a stream of %d replicas: %w", Size, err)
+	}
+	return js.DeleteStream(actx, probe.Name)
 }
 
 // StreamInfo is stream's info, or nil and the error while it cannot be
