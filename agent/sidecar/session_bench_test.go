@@ -80,14 +80,7 @@ func BenchmarkSessionForwardedHop(b *testing.B) {
 	}
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 	defer client.CloseIdleConnections()
-	get := func(base, sid string) time.Duration {
-		req, err := http.NewRequest("GET", base+"/pets/1", nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		req.Header.Set(hdrSession, sid)
-		return benchDo(b, client, req)
-	}
+	get := func(base, sid string) time.Duration { return sessionGet(b, client, base, sid) }
 	get(bases[0], ids[0])
 	get(bases[1], ids[0])
 	owner := make([]time.Duration, 0, b.N)
@@ -120,14 +113,7 @@ func BenchmarkSessionHandover(b *testing.B) {
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 	defer client.CloseIdleConnections()
 	get := func(base, sid string) time.Duration {
-		req, err := http.NewRequest("GET", base+"/pets/1", nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		req.Header.Set(hdrSession, sid)
-		req.Header.Set(HeaderForwardedBy, "bench")
-		req.Header.Set(HeaderPeerToken, benchPeerToken)
-		return benchDo(b, client, req)
+		return sessionGet(b, client, base, sid, HeaderForwardedBy, "bench", HeaderPeerToken, benchPeerToken)
 	}
 	// Sessions in turn, each first taken by replica 0 and moved 20 times
 	// at most: a hand-over sends the session's whole history, so a
@@ -152,6 +138,20 @@ func BenchmarkSessionHandover(b *testing.B) {
 	reportLatency(b, "handover-", moved)
 	b.ReportMetric(quantile(moved, 0.50)-quantile(stay, 0.50), "handover-added-p50-µs")
 	b.ReportMetric(quantile(moved, 0.99)-quantile(stay, 0.99), "handover-added-p99-µs")
+}
+
+// sessionGet times a GET of /pets/1 at base naming session sid, with the
+// header pairs given.
+func sessionGet(b *testing.B, c *http.Client, base, sid string, header ...string) time.Duration {
+	req, err := http.NewRequest("GET", base+"/pets/1", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.Header.Set(hdrSession, sid)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	return benchDo(b, c, req)
 }
 
 // benchPeerToken is the replicas' peer token in the benchmarks.
