@@ -80,14 +80,7 @@ func BenchmarkSessionForwardedHop(b *testing.B) {
 	}
 	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
 	defer client.CloseIdleConnections()
-	get := func(base, sid string) time.Duration {
-		req, err := http.NewRequest("GET", base+"/pets/1", nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		req.Header.Set(hdrSession, sid)
-		return benchDo(b, client, req)
-	}
+	get := func(base, sid string) time.Duration { return sessionGet(b, client, base, sid) }
 	get(bases[0], ids[0])
 	get(bases[1], ids[0])
 	owner := make([]time.Duration, 0, b.N)
@@ -105,6 +98,65 @@ func BenchmarkSessionForwardedHop(b *testing.B) {
 	b.ReportMetric(quantile(forwarded, 0.50)/quantile(owner, 0.50), "forwarded/owner-p50")
 }
 
+// BenchmarkSessionHandover reports what one hand-over costs: two sidecar
+// processes sharing a peer list, and requests marked as forwarded by a
+// replica (so the replica they land on decides them, taking the session
+// first). Each iteration sends one request of a session to the replica
+// holding it (nothing moves) and one to the other replica, which takes the
+// session from its live holder (the holder seals its run and sends its
+// journal; the taker verifies it and continues it) before deciding; the
+// session's next request goes back the other way. The hand-over's cost is
+// the difference of the two quantiles.
+func BenchmarkSessionHandover(b *testing.B) {
+	up := benchUpstream(b)
+	bases, _ := startReplicaProcesses(b, 2, up.URL)
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	defer client.CloseIdleConnections()
+	get := func(base, sid string) time.Duration {
+		return sessionGet(b, client, base, sid, HeaderForwardedBy, "bench", HeaderPeerToken, benchPeerToken)
+	}
+	// Sessions in turn, each first taken by replica 0 and moved 20 times
+	// at most: a hand-over sends the session's whole history, so a
+	// session moved without end would measure its growing journal.
+	sessions := max(10, b.N/10)
+	holder := make([]int, sessions)
+	for i := range sessions {
+		get(bases[0], fmt.Sprintf("ho-%d", i))
+	}
+	stay := make([]time.Duration, 0, b.N)
+	moved := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		k := i % sessions
+		sid := fmt.Sprintf("ho-%d", k)
+		stay = append(stay, get(bases[holder[k]], sid))
+		holder[k] = 1 - holder[k]
+		moved = append(moved, get(bases[holder[k]], sid))
+	}
+	b.StopTimer()
+	reportLatency(b, "held-", stay)
+	reportLatency(b, "handover-", moved)
+	b.ReportMetric(quantile(moved, 0.50)-quantile(stay, 0.50), "handover-added-p50-µs")
+	b.ReportMetric(quantile(moved, 0.99)-quantile(stay, 0.99), "handover-added-p99-µs")
+}
+
+// sessionGet times a GET of /pets/1 at base naming session sid, with the
+// header pairs given.
+func sessionGet(b *testing.B, c *http.Client, base, sid string, header ...string) time.Duration {
+	req, err := http.NewRequest("GET", base+"/pets/1", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.Header.Set(hdrSession, sid)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	return benchDo(b, c, req)
+}
+
+// benchPeerToken is the replicas' peer token in the benchmarks.
+var benchPeerToken = strings.Repeat("b", 24)
+
 // startReplicaProcesses runs n sidecar processes as replicas of one peer
 // list in front of upstream, and returns their base URLs.
 func startReplicaProcesses(b *testing.B, n int, upstream string) ([]string, []string) {
@@ -119,7 +171,7 @@ func startReplicaProcesses(b *testing.B, n int, upstream string) ([]string, []st
 	}
 	var env []string
 	if n > 1 {
-		env = []string{config.EnvSessionPeers + "=" + strings.Join(addrs, ","), config.EnvSessionPeerToken + "=" + strings.Repeat("b", 24)}
+		env = []string{config.EnvSessionPeers + "=" + strings.Join(addrs, ","), config.EnvSessionPeerToken + "=" + benchPeerToken}
 	}
 	var bases []string
 	for _, a := range addrs {

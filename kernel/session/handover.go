@@ -79,7 +79,7 @@ func (j *Journal) Holding(id string) (Holding, error) {
 // that asked and was refused stays a suspect (a refusal more, never a
 // session decided twice).
 func (j *Journal) AddHint(id, peer string) error {
-	err := j.db.Batch(func(tx *bolt.Tx) error {
+	err := j.writeAside(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bktHints)
 		hints := splitHints(b.Get([]byte(id)))
 		if slices.Contains(hints, peer) {
@@ -326,21 +326,26 @@ func (j *Journal) rawEntries(id string) ([]json.RawMessage, error) {
 	return out, nil
 }
 
-// keepOthers stores the entries of a transfer this journal does not have
-// (bucket others), so that its own transfers carry the whole history.
+// keepOthers queues the entries of a transfer this journal does not have
+// for bucket others, so that its own transfers carry the whole history.
+// It does not wait: they are in the file before the segment entry queued
+// after them (Continue waits for that one), usually in its transaction.
 func (j *Journal) keepOthers(id string, entries []json.RawMessage) error {
-	err := j.db.Batch(func(tx *bolt.Tx) error {
+	keys := make([][]byte, len(entries))
+	for i, raw := range entries {
+		e, err := decodeEntry(raw)
+		if err != nil {
+			return fmt.Errorf("keep session %s's history: %w", id, err)
+		}
+		keys[i] = entryKey(id, e.Seq)
+	}
+	_, err := j.queueAside(func(tx *bolt.Tx) error {
 		own, others := tx.Bucket(bktEntries), tx.Bucket(bktOthers)
-		for _, raw := range entries {
-			e, err := decodeEntry(raw)
-			if err != nil {
-				return err
-			}
-			k := entryKey(id, e.Seq)
+		for i, k := range keys {
 			if own.Get(k) != nil {
 				continue
 			}
-			if err := others.Put(k, raw); err != nil {
+			if err := others.Put(k, entries[i]); err != nil {
 				return err
 			}
 		}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/backbay-labs/chio-agent/kernel"
@@ -163,5 +165,68 @@ func TestUnlinkedAndDiverged(t *testing.T) {
 	}
 	if rep := a.report(); len(rep.Links) != 2 || rep.Links[1].Link != LinkLinked || len(rep.Handovers) != 1 || rep.Handovers[0].Hash != toB.Head.Hash {
 		t.Fatalf("a's links %+v handovers %+v", rep.Links, rep.Handovers)
+	}
+}
+
+// TestHintsAndHistoryWrittenAside: hints and the other replicas' entries a
+// hand-over brings are written by the journal's writer (sharing its
+// commits): a hint is in the file when AddHint returns, however many are
+// written at once beside calls; a continued session's whole history is in
+// the file once Continue returns (its next seal sends it after a
+// restart); a read-only journal refuses a hint rather than wait.
+func TestHintsAndHistoryWrittenAside(t *testing.T) {
+	ctx := context.Background()
+	a, b := replica(t, "a:1", Limits{}), replica(t, "b:1", Limits{})
+	if err := a.j.Start(ctx, "s", LinkNew); err != nil {
+		t.Fatal(err)
+	}
+	_, _, c := a.call("s", "read", 0)
+	c.Settle(0, 1)
+	tr, err := a.j.Seal(ctx, "s", "b:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.j.Start(ctx, "own", LinkNew); err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	errs := make(chan error, n+1)
+	for i := range n {
+		go func() {
+			if i%4 == 0 {
+				_, _, c := b.call("own", "read", 0) // calls share the writer
+				c.Settle(0, 1)
+			}
+			errs <- b.j.AddHint(fmt.Sprintf("h-%d", i%10), fmt.Sprintf("p%d:1", i))
+		}()
+	}
+	go func() { errs <- b.j.Continue(ctx, "s", tr) }()
+	for range n + 1 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.reopen()
+	for i := range 10 {
+		h, err := b.j.Holding(fmt.Sprintf("h-%d", i))
+		if err != nil || len(h.Hints) != n/10 {
+			t.Fatalf("h-%d after a restart: hints %v, %v; want %d", i, h.Hints, err, n/10)
+		}
+	}
+	moved, err := b.j.Seal(ctx, "s", "c:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(moved.Entries) != len(tr.Entries)+2 { // a's run, b's segment, b's handover
+		t.Fatalf("b's transfer after a restart has %d entries, want %d", len(moved.Entries), len(tr.Entries)+2)
+	}
+	b.j.Close()
+	ro, err := Open(b.path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if err := ro.AddHint("x", "p:1"); err == nil || !strings.Contains(err.Error(), "read-only") {
+		t.Fatalf("a hint in a read-only journal: %v", err)
 	}
 }

@@ -132,6 +132,9 @@ type record struct {
 	// lazy records are not waited for (settle entries): the writer may
 	// hold them up to lazyDelay to share a later commit.
 	lazy bool
+	// aside, in a record with no entry (key nil), writes something else
+	// in the writer's transaction (writeAside).
+	aside func(*bolt.Tx) error
 	// ready: released to the writer (guarded by the session's mu).
 	ready bool
 	done  chan struct{}
@@ -377,6 +380,36 @@ func (j *Journal) Flush(ctx context.Context) error {
 	}
 }
 
+// writeAside runs put in the writer's next transaction and waits until it
+// is in the file: it shares that transaction's fsync with the entries and
+// other writes queued with it (group commit), and is never held back to
+// wait for company as bbolt's Batch holds its calls (10 ms). An error of
+// put fails the whole transaction, and so the journal (ErrFailed), like
+// an entry that cannot be written: put only stores, what it stores is
+// checked before.
+func (j *Journal) writeAside(put func(*bolt.Tx) error) error {
+	r, err := j.queueAside(put)
+	if err != nil {
+		return err
+	}
+	<-r.done
+	return r.err
+}
+
+// queueAside queues put for the writer's next transaction without waiting:
+// a record queued after it is in the file only once put is (the writer
+// commits in queue order, and stops at its first failure).
+func (j *Journal) queueAside(put func(*bolt.Tx) error) (*record, error) {
+	if j.opts.ReadOnly {
+		return nil, errors.New("the journal is open read-only")
+	}
+	r := &record{aside: put, done: make(chan struct{})}
+	if err := j.enqueue(r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
 // writer commits queued records: whatever is queued when it starts a
 // transaction goes into that one (group commit), so a lone call pays one
 // fsync and concurrent calls share theirs.
@@ -442,7 +475,13 @@ func (j *Journal) commit(batch []*record) error {
 		heads := make(map[string][]byte, len(batch))
 		for _, r := range batch {
 			if r.key == nil {
-				continue // a Flush barrier
+				// A Flush barrier, or a write aside.
+				if r.aside != nil {
+					if err := r.aside(tx); err != nil {
+						return err
+					}
+				}
+				continue
 			}
 			if err := eb.Put(r.key, r.entry); err != nil {
 				return err
