@@ -101,6 +101,10 @@ func (rp *replicas) probeOnce(ctx context.Context, timeout time.Duration) {
 					rp.health.markUp(p)
 					return
 				}
+				if resp.Header.Get(HeaderReplicaState) == replicaLeaving {
+					rp.health.markLeaving(p) // stopping: down at once (drain.go)
+					return
+				}
 			}
 			if ctx.Err() == nil {
 				rp.health.markDown(p, err)
