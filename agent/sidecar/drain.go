@@ -93,29 +93,27 @@ func (s *Server) Drain(ctx context.Context) DrainResult {
 	s.log.Info("replica stopping: handing its sessions to the other replicas")
 	rp.tellLeaving(ctx)
 	var res DrainResult
-	moved := map[string]bool{}
+	seen := map[string]bool{} // held here since the drain began
 	for {
 		held, err := s.heldSessions()
 		if err != nil {
 			s.log.WithError(err).Error("sessions held here not listed: they stay here")
 			break
 		}
-		res.Kept = len(held)
+		for _, id := range held {
+			seen[id] = true
+		}
+		// Handed over: by this drain, or taken by the replica a request
+		// of it was forwarded to.
+		res.Kept, res.HandedOver = len(held), len(seen)-len(held)
 		s.drain.kept.Store(int64(res.Kept))
+		s.drain.handedOver.Store(int64(res.HandedOver))
 		if len(held) == 0 || ctx.Err() != nil {
 			break
 		}
-		handed, asked := s.handOver(ctx, held)
-		if asked == 0 {
+		if s.handOver(ctx, held) == 0 {
 			break // no other replica up to take them
 		}
-		for _, id := range handed {
-			if !moved[id] {
-				moved[id] = true
-				res.HandedOver++
-			}
-		}
-		s.drain.handedOver.Store(int64(res.HandedOver))
 		select {
 		case <-ctx.Done():
 		case <-time.After(drainRetry):
@@ -150,13 +148,13 @@ func (s *Server) heldSessions() ([]string, error) {
 }
 
 // handOver asks each session's next owner to take it, drainWorkers at a
-// time. It returns the sessions no longer held here, and how many it
-// found an owner for.
-func (s *Server) handOver(ctx context.Context, ids []string) (moved []string, asked int) {
+// time. It returns how many it found an owner for.
+func (s *Server) handOver(ctx context.Context, ids []string) int {
 	rp := s.replicas
 	work := make(chan string)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	asked := 0
 	for range min(drainWorkers, len(ids)) {
 		wg.Add(1)
 		go func() {
@@ -171,12 +169,6 @@ func (s *Server) handOver(ctx context.Context, ids []string) (moved []string, as
 				mu.Unlock()
 				if err := rp.askTake(ctx, owner, id); err != nil {
 					s.log.WithError(err).WithField("session", id).WithField("to", owner).Debug("session not handed over yet")
-					continue
-				}
-				if h, err := s.sessions.Holding(id); err == nil && !h.Here {
-					mu.Lock()
-					moved = append(moved, id)
-					mu.Unlock()
 				}
 			}
 		}()
@@ -186,7 +178,7 @@ func (s *Server) handOver(ctx context.Context, ids []string) (moved []string, as
 	}
 	close(work)
 	wg.Wait()
-	return moved, asked
+	return asked
 }
 
 // nextOwner is the owner of session id among the replicas up other than
@@ -330,6 +322,7 @@ func (rp *replicas) postPeer(ctx context.Context, peer, path string, body peerRe
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := rp.client.Do(req)
 	if err != nil {
+		rp.health.markDown(peer, err)
 		return err
 	}
 	defer resp.Body.Close()

@@ -403,7 +403,7 @@ func replicaEnv(dir, db string, i, limit int, self string, peers ...string) []st
 		config.EnvSessionMaxCalls + "=" + fmt.Sprint(limit), config.EnvSessionMaxCallsPerTool + "=", config.EnvSessionMaxRequestBytes + "=",
 		config.EnvSessionMaxResponseBytes + "=", config.EnvSessionIdleExpiry + "=", config.EnvSessionRedirect + "=",
 		config.EnvSessionPeers + "=", config.EnvSessionPeersDNS + "=", config.EnvSessionPeersResolver + "=", config.EnvSessionPeersRefresh + "=",
-		config.EnvSessionPeerProbe + "=", config.EnvSessionTakeover + "=",
+		config.EnvSessionPeerProbe + "=", config.EnvSessionTakeover + "=", config.EnvSessionDrainTimeout + "=",
 		config.EnvSessionSelf + "=" + self, config.EnvSessionPeerToken + "=" + strings.Repeat("s", 20)}
 	// Later entries win (os/exec keeps the last value of a name).
 	return append(env, peers...)
