@@ -283,24 +283,11 @@ func (s *Server) peerRequest(w http.ResponseWriter, r *http.Request, path string
 // tellLeaving tells every peer of the ring this replica is leaving
 // (bounded by leavingNotice; a peer that misses it finds out by probing).
 func (rp *replicas) tellLeaving(ctx context.Context) {
-	ring := rp.ring.Load()
-	if ring == nil {
-		return
-	}
 	ctx, cancel := context.WithTimeout(ctx, leavingNotice)
 	defer cancel()
-	var wg sync.WaitGroup
-	for _, p := range ring.Peers() {
-		if p == rp.self {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rp.postPeer(ctx, p, PathPeerLeaving, peerRequest{Replica: rp.self})
-		}()
-	}
-	wg.Wait()
+	rp.eachPeer(func(p string) {
+		rp.postPeer(ctx, p, PathPeerLeaving, peerRequest{Replica: rp.self})
+	})
 }
 
 // askTake asks peer to take session id (it pulls it from here).

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -37,15 +36,7 @@ func TestAPIProtectReplicasDrain(t *testing.T) {
 	bin := binary(t)
 	dir, _ := petsAPI(t)
 	api := startSessionAPI(t)
-	var addrs []string
-	for range replicas {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs = append(addrs, ln.Addr().String())
-		ln.Close() // a free loopback port for the replica to listen on
-	}
+	addrs := freeLoopbackAddrs(t, replicas)
 	procs := make([]*protectProcess, replicas)
 	dbs := make([]string, replicas)
 	for i := range replicas {

@@ -288,15 +288,7 @@ func TestAPIProtectReplicasEndToEnd(t *testing.T) {
 	dir, _ := petsAPI(t)
 	api := startSessionAPI(t)
 	mu, hits := &api.mu, api.hits
-	var addrs []string
-	for range replicas {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs = append(addrs, ln.Addr().String())
-		ln.Close() // a free loopback port for the replica to listen on
-	}
+	addrs := freeLoopbackAddrs(t, replicas)
 	procs := make([]*protectProcess, replicas)
 	dbs := make([]string, replicas)
 	start := func(i int) {
@@ -389,6 +381,22 @@ func startSessionAPI(t *testing.T) *sessionAPI {
 	}))
 	t.Cleanup(a.Close)
 	return a
+}
+
+// freeLoopbackAddrs returns n free loopback addresses (host:port) for
+// replicas to listen on.
+func freeLoopbackAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, ln.Addr().String())
+		ln.Close()
+	}
+	return addrs
 }
 
 // replicaEnv is the environment of replica i of a test's sidecar replicas:
