@@ -84,6 +84,9 @@ func (s *Server) Health() Health {
 	if err := s.sessions.Err(); err != nil {
 		h.Problems = append(h.Problems, "session journal failed and refuses session-aware requests until the sidecar restarts: "+err.Error())
 	}
+	if s.drain.leaving.Load() {
+		h.Problems = append(h.Problems, "replica stopping: handing its sessions to the other replicas")
+	}
 	if err := s.probe.check(); err != nil {
 		h.Problems = append(h.Problems, "receipt log cannot write: "+err.Error())
 	}
@@ -99,6 +102,12 @@ func (s *Server) Health() Health {
 func (s *Server) serveLive(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		methodNotAllowed(w, "GET")
+		return
+	}
+	if s.drain.leaving.Load() {
+		// Its peers see it down and stop sending it sessions (drain.go).
+		w.Header().Set(HeaderReplicaState, replicaLeaving)
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": replicaLeaving})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -280,6 +289,9 @@ type SessionsStatus struct {
 	// PeersDown are the peers this replica sees down (their sessions go
 	// to their next replica until a probe answers).
 	PeersDown []string `json:"peers_down,omitempty"`
+	// Drain is set once this replica is stopping: the sessions it handed
+	// over so far and those it still holds.
+	Drain *DrainResult `json:"drain,omitempty"`
 }
 
 func (s *Server) serveAdminStatus(w http.ResponseWriter, r *http.Request) {
@@ -315,6 +327,9 @@ func (s *Server) serveAdminStatus(w http.ResponseWriter, r *http.Request) {
 		st.Sessions.Error = err.Error()
 	}
 	s.replicas.status(&st.Sessions)
+	if s.drain.leaving.Load() {
+		st.Sessions.Drain = &DrainResult{HandedOver: int(s.drain.handedOver.Load()), Kept: int(s.drain.kept.Load())}
+	}
 	writeJSON(w, http.StatusOK, st)
 }
 

@@ -225,6 +225,10 @@ func (s *Server) takeOnce(ctx context.Context, id string) error {
 	if err != nil || h.Here {
 		return err
 	}
+	if s.drain.leaving.Load() {
+		// Stopping: it hands sessions over, never takes one (drain.go).
+		return &historyError{busy: true, msg: "this replica is stopping and takes no session"}
+	}
 	return s.acquire(ctx, id, h)
 }
 

@@ -76,36 +76,47 @@ func (rp *replicas) probe(ctx context.Context, every time.Duration) {
 
 // probeOnce probes every peer once, each bounded by timeout.
 func (rp *replicas) probeOnce(ctx context.Context, timeout time.Duration) {
+	rp.eachPeer(func(p string) {
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		req, err := http.NewRequestWithContext(pctx, http.MethodGet, "http://"+p+PathLive, nil)
+		if err != nil {
+			return
+		}
+		resp, err := rp.client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				rp.health.markUp(p)
+				return
+			}
+			if resp.Header.Get(HeaderReplicaState) == replicaLeaving {
+				rp.health.markLeaving(p) // stopping: down at once (drain.go)
+				return
+			}
+		}
+		if ctx.Err() == nil {
+			rp.health.markDown(p, err)
+		}
+	})
+}
+
+// eachPeer calls fn for every other replica of the ring, in parallel, and
+// returns when every call has.
+func (rp *replicas) eachPeer(fn func(peer string)) {
 	ring := rp.ring.Load()
 	if ring == nil {
 		return
 	}
 	var wg sync.WaitGroup
 	for _, p := range ring.Peers() {
-		if p == rp.self {
-			continue
+		if p != rp.self {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				fn(p)
+			}()
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			pctx, cancel := context.WithTimeout(ctx, timeout)
-			defer cancel()
-			req, err := http.NewRequestWithContext(pctx, http.MethodGet, "http://"+p+PathLive, nil)
-			if err != nil {
-				return
-			}
-			resp, err := rp.client.Do(req)
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					rp.health.markUp(p)
-					return
-				}
-			}
-			if ctx.Err() == nil {
-				rp.health.markDown(p, err)
-			}
-		}()
 	}
 	wg.Wait()
 }

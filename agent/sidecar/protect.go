@@ -126,9 +126,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveAdminReload(w, r)
 	case p == PathPeerHandover:
 		s.servePeerHandover(w, r)
+	case p == PathPeerTake:
+		s.servePeerTake(w, r)
+	case p == PathPeerLeaving:
+		s.servePeerLeaving(w, r)
 	case p == "/chio" || strings.HasPrefix(p, reservedPrefix) || strings.HasPrefix(strings.ToLower(r.URL.EscapedPath()), "/chio%2f"):
 		writeJSON(w, http.StatusNotFound, errorBody{Error: codeNotFound, Message: "no sidecar endpoint at " + p + " (paths under /chio/ are the sidecar's and are never forwarded)"})
 	default:
+		if s.replicas != nil && s.drain.leaving.Load() && s.routeLeaving(w, r) {
+			return // a stopping replica's request, forwarded to the session's next owner
+		}
 		if s.replicas != nil && s.route(w, r) {
 			return // forwarded to the session's owner, or refused
 		}

@@ -129,6 +129,8 @@ type Server struct {
 	stopWatch context.CancelFunc
 	// stopPeers ends the re-resolution of sessions.peers_dns.
 	stopPeers context.CancelFunc
+	// drain is the hand-over of this replica's sessions when it stops.
+	drain drainState
 
 	// logFailed holds the error once the receipt log refuses all writes
 	// until reopened (receipts.ErrFailed): the sidecar stays unready.
@@ -163,6 +165,13 @@ wait:
 				s.log.WithError(err).Error("policy reload on SIGHUP refused; the previous policy stays in force")
 			}
 		}
+	}
+	if d := s.set.Sessions.DrainTimeout; d > 0 && s.replicas != nil {
+		// Hand the sessions held here to the replicas that remain first
+		// (a rolling update, a scale-down): none waits for this one.
+		dctx, cancel := context.WithTimeout(context.Background(), d)
+		s.Drain(dctx)
+		cancel()
 	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -440,6 +449,7 @@ func (s *Server) newProxy() *httputil.ReverseProxy {
 			pr.SetURL(up)
 			pr.SetXForwarded()
 			pr.Out.Header.Del(HeaderCapability)
+			pr.Out.Header.Del(headerDrainHop)
 			pr.Out.Header.Set(HeaderReceiptID, receiptIDFrom(pr.In.Context()))
 		},
 		Transport: transport,

@@ -288,15 +288,7 @@ func TestAPIProtectReplicasEndToEnd(t *testing.T) {
 	dir, _ := petsAPI(t)
 	api := startSessionAPI(t)
 	mu, hits := &api.mu, api.hits
-	var addrs []string
-	for range replicas {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs = append(addrs, ln.Addr().String())
-		ln.Close() // a free loopback port for the replica to listen on
-	}
+	addrs := freeLoopbackAddrs(t, replicas)
 	procs := make([]*protectProcess, replicas)
 	dbs := make([]string, replicas)
 	start := func(i int) {
@@ -391,6 +383,22 @@ func startSessionAPI(t *testing.T) *sessionAPI {
 	return a
 }
 
+// freeLoopbackAddrs returns n free loopback addresses (host:port) for
+// replicas to listen on.
+func freeLoopbackAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, ln.Addr().String())
+		ln.Close()
+	}
+	return addrs
+}
+
 // replicaEnv is the environment of replica i of a test's sidecar replicas:
 // the pets policy in dir, its own receipt log db and key, max_calls limit,
 // self, the replicas' peer token, every other session variable unset, and
@@ -403,7 +411,7 @@ func replicaEnv(dir, db string, i, limit int, self string, peers ...string) []st
 		config.EnvSessionMaxCalls + "=" + fmt.Sprint(limit), config.EnvSessionMaxCallsPerTool + "=", config.EnvSessionMaxRequestBytes + "=",
 		config.EnvSessionMaxResponseBytes + "=", config.EnvSessionIdleExpiry + "=", config.EnvSessionRedirect + "=",
 		config.EnvSessionPeers + "=", config.EnvSessionPeersDNS + "=", config.EnvSessionPeersResolver + "=", config.EnvSessionPeersRefresh + "=",
-		config.EnvSessionPeerProbe + "=", config.EnvSessionTakeover + "=",
+		config.EnvSessionPeerProbe + "=", config.EnvSessionTakeover + "=", config.EnvSessionDrainTimeout + "=",
 		config.EnvSessionSelf + "=" + self, config.EnvSessionPeerToken + "=" + strings.Repeat("s", 20)}
 	// Later entries win (os/exec keeps the last value of a name).
 	return append(env, peers...)

@@ -33,6 +33,7 @@ const (
 	EnvSessionPeersResolver    = "CHIO_SESSION_PEERS_RESOLVER"
 	EnvSessionPeerProbe        = "CHIO_SESSION_PEER_PROBE"
 	EnvSessionTakeover         = "CHIO_SESSION_TAKEOVER"
+	EnvSessionDrainTimeout     = "CHIO_SESSION_DRAIN_TIMEOUT"
 )
 
 // DefaultPeerProbe is how often a replica probes each peer's liveness.
@@ -45,6 +46,11 @@ const (
 	TakeoverUnlinked = "unlinked"
 )
 
+// DefaultDrainTimeout bounds a stopping replica's handing its sessions to
+// the replicas that remain: with the 10s the sidecar then gives requests
+// in flight, it stays under Kubernetes' default 30s grace period.
+const DefaultDrainTimeout = 15 * time.Second
+
 // DefaultPeersRefresh is how often a peers_dns name is re-resolved.
 const DefaultPeersRefresh = 10 * time.Second
 
@@ -54,6 +60,7 @@ var SessionEnv = []string{
 	EnvSessionMaxRequestBytes, EnvSessionMaxResponseBytes, EnvSessionIdleExpiry,
 	EnvSessionPeers, EnvSessionSelf, EnvSessionPeerToken, EnvSessionRedirect,
 	EnvSessionPeersDNS, EnvSessionPeersRefresh, EnvSessionPeersResolver, EnvSessionPeerProbe, EnvSessionTakeover,
+	EnvSessionDrainTimeout,
 }
 
 // DefaultSessionHeader names a request's session when no capability token
@@ -112,6 +119,11 @@ type Sessions struct {
 	// holder cannot be reached: "refuse" (default) or "unlinked". Env:
 	// CHIO_SESSION_TAKEOVER.
 	Takeover string `yaml:"takeover"`
+	// DrainTimeout bounds how long a replica stopping (SIGTERM) hands the
+	// sessions it holds to their next owners before it exits; what is
+	// left stays in its journal. 0: no hand-over on stop. Default 15s.
+	// Env: CHIO_SESSION_DRAIN_TIMEOUT.
+	DrainTimeout *Duration `yaml:"drain_timeout"`
 	// Self is this replica's entry in Peers (with PeersDNS: its own
 	// address:port as the name resolves to it). Env: CHIO_SESSION_SELF.
 	Self string `yaml:"self"`
@@ -156,6 +168,9 @@ func (s *Sessions) validate() error {
 	}
 	if s.Takeover != "" && s.Takeover != TakeoverRefuse && s.Takeover != TakeoverUnlinked {
 		return fmt.Errorf("sessions.takeover: %q is neither %q nor %q", s.Takeover, TakeoverRefuse, TakeoverUnlinked)
+	}
+	if s.DrainTimeout != nil && *s.DrainTimeout < 0 {
+		return fmt.Errorf("sessions.drain_timeout: %s is negative", time.Duration(*s.DrainTimeout))
 	}
 	if s.PeersResolver != "" {
 		if ap, err := netip.ParseAddrPort(s.PeersResolver); err != nil || ap.Port() == 0 {
@@ -216,6 +231,9 @@ type ResolvedSessions struct {
 	// a session whose previous holder cannot be reached.
 	PeerProbe time.Duration
 	Takeover  string
+	// DrainTimeout bounds the hand-over of this replica's sessions when
+	// it stops; 0: none.
+	DrainTimeout time.Duration
 	// PeerToken authenticates forwarded requests between replicas
 	// (secret; at least MinControlTokenBytes).
 	PeerToken string
@@ -316,6 +334,17 @@ func ResolveSessions(lookup func(string) (string, bool), s Sessions, receiptPath
 	r.Takeover = Pick(lookup, "", EnvSessionTakeover, s.Takeover, TakeoverRefuse)
 	if r.Takeover != TakeoverRefuse && r.Takeover != TakeoverUnlinked {
 		return r, fmt.Errorf("%s: %q is neither %q nor %q", EnvSessionTakeover, r.Takeover, TakeoverRefuse, TakeoverUnlinked)
+	}
+	r.DrainTimeout = DefaultDrainTimeout
+	if s.DrainTimeout != nil {
+		r.DrainTimeout = time.Duration(*s.DrainTimeout)
+	}
+	if v := Env(lookup, EnvSessionDrainTimeout); v != "" {
+		d, perr := time.ParseDuration(v)
+		if perr != nil || d < 0 {
+			return r, fmt.Errorf("%s: %q is not a duration (0 or more; 0: no hand-over on stop)", EnvSessionDrainTimeout, v)
+		}
+		r.DrainTimeout = d
 	}
 	if r.PeersDNS != "" {
 		if len(r.Peers) > 0 {

@@ -99,3 +99,36 @@ func TestResolveSessionPeers(t *testing.T) {
 		}
 	}
 }
+
+// TestResolveSessionDrainTimeout: 15s by default, kernel.yaml's
+// drain_timeout under the variable, 0 turns the hand-over on stop off,
+// and a negative or malformed value stops the start.
+func TestResolveSessionDrainTimeout(t *testing.T) {
+	c, err := Parse([]byte("sessions: {drain_timeout: 25s}\n"), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		yaml Sessions
+		env  map[string]string
+		want time.Duration
+	}{
+		{Sessions{}, nil, DefaultDrainTimeout},
+		{c.Sessions, nil, 25 * time.Second},
+		{c.Sessions, map[string]string{EnvSessionDrainTimeout: "5s"}, 5 * time.Second},
+		{Sessions{}, map[string]string{EnvSessionDrainTimeout: "0"}, 0},
+	} {
+		r, err := ResolveSessions(env(tc.env), tc.yaml, "r.db")
+		if err != nil || r.DrainTimeout != tc.want {
+			t.Errorf("%v %v: drain timeout %s, %v; want %s", tc.yaml, tc.env, r.DrainTimeout, err, tc.want)
+		}
+	}
+	for _, v := range []string{"-1s", "soon"} {
+		if _, err := ResolveSessions(env(map[string]string{EnvSessionDrainTimeout: v}), Sessions{}, "r.db"); err == nil || !strings.Contains(err.Error(), EnvSessionDrainTimeout) {
+			t.Errorf("%s: err %v", v, err)
+		}
+	}
+	if _, err := Parse([]byte("sessions: {drain_timeout: -2s}\n"), env(nil)); err == nil || !strings.Contains(err.Error(), "sessions.drain_timeout") {
+		t.Errorf("a negative drain_timeout: err %v", err)
+	}
+}
