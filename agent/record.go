@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"runtime"
-	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -46,7 +44,7 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 		// delays the handshake's wakeup more than it saves.
 		if res, err := p.log.Reserve(); err == nil {
 			up, err := p.dial(ctx, cn)
-			p.queueReceipt(ctx, cn, d, res)
+			p.queueReceipt(cn, d, res)
 			p.counts.allowed.Add(1)
 			dialed := make(chan dialResult, 1)
 			dialed <- dialResult{up, err}
@@ -85,80 +83,25 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	p.connect(ctx, cn, d.ReceiptID, dialed)
 }
 
-// asyncReceipts are the receipts of allowed connections already being
-// relayed (async mode), waiting to be made, signed and queued for the log.
-// One goroutine at a time works through them, started by the first receipt
-// queued while none runs. It lingers (asyncReceiptLinger) before taking what
-// is queued, so that at a steady trickle of connections it is woken once per
-// few receipts instead of a new goroutine being started, and an idle thread
-// woken to run it, for every connection; between receipts it yields, so
-// that a batch's signatures (tens of microseconds each) do not hold a
-// processor while relays wait for one. The log's reservations (Reserve)
-// bound how many can wait: past that, receipts are written in line.
-type asyncReceipts struct {
-	mu      sync.Mutex
-	queue   []asyncReceipt
-	running bool
-}
-
-type asyncReceipt struct {
-	cn  *conn
-	d   Decision
-	res *receipts.Reservation
-}
-
-// asyncReceiptLinger is how long the receipt writer waits for more receipts
-// before it takes what is queued. It widens what a crash can lose by as much
-// (the log counts such losses).
-const asyncReceiptLinger = 2 * time.Millisecond
-
-// queueReceipt queues the receipt of an allowed connection, for which res
-// holds the place, and starts the writer if none runs.
-func (p *proxy) queueReceipt(ctx context.Context, cn *conn, d Decision, res *receipts.Reservation) {
-	q := &p.async
-	q.mu.Lock()
-	q.queue = append(q.queue, asyncReceipt{cn: cn, d: d, res: res})
-	start := !q.running
-	q.running = true
-	q.mu.Unlock()
-	if start {
-		p.wg.Add(1)
-		go p.writeReceipts(ctx)
-	}
-}
-
-// writeReceipts writes the queued receipts until none is left.
-func (p *proxy) writeReceipts(ctx context.Context) {
-	defer p.wg.Done()
-	q := &p.async
-	var batch []asyncReceipt
-	for {
-		time.Sleep(asyncReceiptLinger)
-		q.mu.Lock()
-		batch, q.queue = q.queue, batch[:0]
-		if len(batch) == 0 {
-			q.running = false
-			q.mu.Unlock()
-			return
+// queueReceipt hands the receipt of an allowed connection, for which res
+// holds the place, to the log's committer (async mode): the committer makes
+// and signs it in the batch it commits next, on its own thread (locked, at
+// low priority), and the decision is reported once its receipt is made.
+// Nothing of the receipt runs on the connection's goroutines, and no
+// goroutine wakes for it but the committer, once per batch. The log's
+// reservations (Reserve) bound what can wait: past that, receipts are
+// written in line.
+func (p *proxy) queueReceipt(cn *conn, d Decision, res *receipts.Reservation) {
+	res.AppendLater(func() (*kernel.Prepared, error) {
+		prep, err := cn.eg.Receipt()
+		if err != nil {
+			p.receiptFailed(&d, err)
+		} else {
+			d.ReceiptID = prep.ID()
 		}
-		q.mu.Unlock()
-		for i := range batch {
-			if i > 0 {
-				runtime.Gosched()
-			}
-			r := &batch[i]
-			p.finishReceipt(ctx, r.cn, r.d, r.res)
-			*r = asyncReceipt{} // the connection is not held past its receipt
-		}
-	}
-}
-
-// finishReceipt writes, in the place res holds, the receipt of an allowed
-// connection that is already being relayed (async mode), then reports the
-// decision.
-func (p *proxy) finishReceipt(ctx context.Context, cn *conn, d Decision, res *receipts.Reservation) {
-	p.record(ctx, &cn.eg, &d, res)
-	p.report(d)
+		p.report(d)
+		return prep, err
+	})
 }
 
 func (p *proxy) report(d Decision) {
@@ -194,14 +137,20 @@ func (p *proxy) record(ctx context.Context, eg *kernel.Egress, d *Decision, res 
 	id, seq, err := p.receipt(context.WithoutCancel(ctx), eg, res)
 	d.ReceiptID, d.Seq = id, seq
 	if err != nil {
-		p.counts.receiptErrors.Add(1)
-		if p.metrics != nil {
-			p.metrics.receiptErrors.Inc()
-		}
-		p.errs.add(fmt.Errorf("receipt for %s: %w", d.Dst, err))
-		d.Err = "receipt not written: " + err.Error()
+		p.receiptFailed(d, err)
 	}
 	return err
+}
+
+// receiptFailed counts a receipt that could not be written, keeps it among
+// the last errors and notes it in d.
+func (p *proxy) receiptFailed(d *Decision, err error) {
+	p.counts.receiptErrors.Add(1)
+	if p.metrics != nil {
+		p.metrics.receiptErrors.Inc()
+	}
+	p.errs.add(fmt.Errorf("receipt for %s: %w", d.Dst, err))
+	d.Err = "receipt not written: " + err.Error()
 }
 
 // decision describes cn, decided as out, for reports.
