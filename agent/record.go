@@ -60,7 +60,7 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	if cn.eg.Outcome.Verdict == kernel.VerdictAllow {
 		dialed = p.dialAsync(ctx, cn)
 	}
-	if err := p.record(ctx, &cn.eg, &d, nil); err != nil {
+	if err := p.record(ctx, &cn.eg, &d); err != nil {
 		if dialed != nil {
 			if r := <-dialed; r.up != nil {
 				r.up.Close()
@@ -133,8 +133,8 @@ func (p *proxy) report(d Decision) {
 // down): once a receipt is queued the log writes it, and an error here must
 // mean that it was not written. Close waits for these writes; a log that is
 // closed or failed still answers at once.
-func (p *proxy) record(ctx context.Context, eg *kernel.Egress, d *Decision, res *receipts.Reservation) error {
-	id, seq, err := p.receipt(context.WithoutCancel(ctx), eg, res)
+func (p *proxy) record(ctx context.Context, eg *kernel.Egress, d *Decision) error {
+	id, seq, err := p.receipt(context.WithoutCancel(ctx), eg)
 	d.ReceiptID, d.Seq = id, seq
 	if err != nil {
 		p.receiptFailed(d, err)
@@ -172,20 +172,12 @@ func (cn *conn) decision(at time.Time, name string, out kernel.Outcome) Decision
 }
 
 // receipt makes and appends the receipt of one decision, returning its id
-// and sequence number: in the place res holds when it is not nil (async
-// mode, beside the relay), else through Log.AppendPrepared, which returns
-// once the receipt is durable in sync mode and once it is accepted in async
-// mode.
-func (p *proxy) receipt(ctx context.Context, eg *kernel.Egress, res *receipts.Reservation) (string, uint64, error) {
+// and sequence number, through Log.AppendPrepared: it returns once the
+// receipt is durable in sync mode and once it is accepted in async mode.
+func (p *proxy) receipt(ctx context.Context, eg *kernel.Egress) (string, uint64, error) {
 	prep, err := eg.Receipt()
-	switch {
-	case err != nil:
-		if res != nil {
-			res.Abandon(err)
-		}
+	if err != nil {
 		return "", 0, err
-	case res != nil:
-		return prep.ID(), 0, res.AppendPrepared(prep)
 	}
 	seq, err := p.log.AppendPrepared(ctx, prep)
 	return prep.ID(), seq, err
