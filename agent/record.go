@@ -36,8 +36,8 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	d := cn.decision(start, firstNonEmpty(cn.sniff.SNI, cn.sniff.Host), cn.eg.Outcome)
 	if cn.eg.Outcome.Verdict == kernel.VerdictAllow && p.log.Mode() == receipts.ModeAsync {
 		// Async receipts do not hold the decision up, so neither does
-		// making and signing them: that runs beside the relay, in a place
-		// reserved in the log first, so that a crash before the receipt is
+		// making and signing them: the log's committer does both
+		// (queueReceipt), in a place reserved in the log first, so that a crash before the receipt is
 		// written is still counted as a loss. The log bounds the places;
 		// past the bound (or if the log refuses) the receipt is written in
 		// line below. The dial goes first: on two cores, work beside it
