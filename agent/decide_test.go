@@ -122,7 +122,7 @@ func TestReloadBetweenDecideAndReceipt(t *testing.T) {
 		t.Fatalf("outcome = %+v; want policy a's allow", out)
 	}
 	d := cn.decision(time.Now(), "api.allowed.test", out)
-	if err := p.record(context.Background(), &cn.eg, &d, nil); err != nil {
+	if err := p.record(context.Background(), &cn.eg, &d); err != nil {
 		t.Fatal(err)
 	}
 	if got := receiptPolicyHash(t, log, d.Seq); got != polA.Hash() {
@@ -219,7 +219,7 @@ func TestWrittenReceiptNeverReportedUnwritten(t *testing.T) {
 		ev.ConnectionID = newConnectionID()
 		var d Decision
 		eg := p.kern.Snapshot().DecideEgress(ctx, kernel.Seen{Event: ev, Decided: &out})
-		err := p.record(ctx, &eg, &d, nil)
+		err := p.record(ctx, &eg, &d)
 		if err != nil {
 			t.Fatalf("receipt %d reported as %q", i, d.Err)
 		}

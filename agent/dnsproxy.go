@@ -37,7 +37,7 @@ func (a *Agent) newDNSProxy(o dnsproxy.Options, res *resolver) (*dnsproxy.Proxy,
 		if n > 1 { // one query is not an aggregate: Count stays 0
 			d.Count = uint32(min(n, 1<<32-1))
 		}
-		err := a.proxy.record(ctx, eg, &d, nil)
+		err := a.proxy.record(ctx, eg, &d)
 		a.proxy.report(d)
 		return err
 	}

@@ -267,7 +267,7 @@ func (g *httpGate) switchProtocols(ctx context.Context, req *http.Request, statu
 		Reason: fmt.Sprintf("%s: the server answered %q; the rest of the connection is relayed without HTTP inspection", what, status)}
 	ev := g.requestEvent(req)
 	d := g.cn.decision(g.p.now(), ev.HTTPHost, out)
-	if err := g.p.record(ctx, g.decided(ctx, ev, out), &d, nil); err != nil {
+	if err := g.p.record(ctx, g.decided(ctx, ev, out), &d); err != nil {
 		d.Verdict = kernel.VerdictDeny
 		g.p.counts.failed.Add(1)
 		g.p.report(d)
@@ -387,7 +387,7 @@ func (g *httpGate) refuse(ctx context.Context, req *http.Request, guard, reason 
 	ev := g.requestEvent(req)
 	out := kernel.Outcome{Verdict: kernel.VerdictDeny, Guard: guard, Reason: reason}
 	d := g.cn.decision(g.p.now(), ev.HTTPHost, out)
-	g.p.record(ctx, g.decided(ctx, ev, out), &d, nil)
+	g.p.record(ctx, g.decided(ctx, ev, out), &d)
 	g.p.counts.denied.Add(1)
 	g.p.report(d)
 	resetClose(g.cn.client)

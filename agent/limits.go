@@ -253,7 +253,7 @@ func (o *overflow) flush(ctx context.Context, p *proxy) {
 		d := cn.decision(e.at, "", out)
 		d.Count = e.count
 		eg := cn.snap.DecideEgress(ctx, kernel.Seen{Event: cn.eg.Event, Decided: &out})
-		p.record(ctx, &eg, &d, nil)
+		p.record(ctx, &eg, &d)
 		p.counts.denied.Add(uint64(e.count))
 		p.report(d)
 	}

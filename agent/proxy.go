@@ -105,9 +105,6 @@ type proxy struct {
 	pending, relays atomic.Int64
 	// overflow aggregates the receipts of connections refused at accept.
 	overflow *overflow
-	// async holds the receipts of allowed connections waiting to be
-	// written beside their relays (async mode).
-	async asyncReceipts
 
 	wg sync.WaitGroup
 }

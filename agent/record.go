@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"runtime"
-	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -38,15 +36,15 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	d := cn.decision(start, firstNonEmpty(cn.sniff.SNI, cn.sniff.Host), cn.eg.Outcome)
 	if cn.eg.Outcome.Verdict == kernel.VerdictAllow && p.log.Mode() == receipts.ModeAsync {
 		// Async receipts do not hold the decision up, so neither does
-		// making and signing them: that runs beside the relay, in a place
-		// reserved in the log first, so that a crash before the receipt is
+		// making and signing them: the log's committer does both
+		// (queueReceipt), in a place reserved in the log first, so that a crash before the receipt is
 		// written is still counted as a loss. The log bounds the places;
 		// past the bound (or if the log refuses) the receipt is written in
 		// line below. The dial goes first: on two cores, work beside it
 		// delays the handshake's wakeup more than it saves.
 		if res, err := p.log.Reserve(); err == nil {
 			up, err := p.dial(ctx, cn)
-			p.queueReceipt(ctx, cn, d, res)
+			p.queueReceipt(cn, d, res)
 			p.counts.allowed.Add(1)
 			dialed := make(chan dialResult, 1)
 			dialed <- dialResult{up, err}
@@ -62,7 +60,7 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	if cn.eg.Outcome.Verdict == kernel.VerdictAllow {
 		dialed = p.dialAsync(ctx, cn)
 	}
-	if err := p.record(ctx, &cn.eg, &d, nil); err != nil {
+	if err := p.record(ctx, &cn.eg, &d); err != nil {
 		if dialed != nil {
 			if r := <-dialed; r.up != nil {
 				r.up.Close()
@@ -85,80 +83,25 @@ func (p *proxy) finish(ctx context.Context, cn *conn, start time.Time) {
 	p.connect(ctx, cn, d.ReceiptID, dialed)
 }
 
-// asyncReceipts are the receipts of allowed connections already being
-// relayed (async mode), waiting to be made, signed and queued for the log.
-// One goroutine at a time works through them, started by the first receipt
-// queued while none runs. It lingers (asyncReceiptLinger) before taking what
-// is queued, so that at a steady trickle of connections it is woken once per
-// few receipts instead of a new goroutine being started, and an idle thread
-// woken to run it, for every connection; between receipts it yields, so
-// that a batch's signatures (tens of microseconds each) do not hold a
-// processor while relays wait for one. The log's reservations (Reserve)
-// bound how many can wait: past that, receipts are written in line.
-type asyncReceipts struct {
-	mu      sync.Mutex
-	queue   []asyncReceipt
-	running bool
-}
-
-type asyncReceipt struct {
-	cn  *conn
-	d   Decision
-	res *receipts.Reservation
-}
-
-// asyncReceiptLinger is how long the receipt writer waits for more receipts
-// before it takes what is queued. It widens what a crash can lose by as much
-// (the log counts such losses).
-const asyncReceiptLinger = 2 * time.Millisecond
-
-// queueReceipt queues the receipt of an allowed connection, for which res
-// holds the place, and starts the writer if none runs.
-func (p *proxy) queueReceipt(ctx context.Context, cn *conn, d Decision, res *receipts.Reservation) {
-	q := &p.async
-	q.mu.Lock()
-	q.queue = append(q.queue, asyncReceipt{cn: cn, d: d, res: res})
-	start := !q.running
-	q.running = true
-	q.mu.Unlock()
-	if start {
-		p.wg.Add(1)
-		go p.writeReceipts(ctx)
-	}
-}
-
-// writeReceipts writes the queued receipts until none is left.
-func (p *proxy) writeReceipts(ctx context.Context) {
-	defer p.wg.Done()
-	q := &p.async
-	var batch []asyncReceipt
-	for {
-		time.Sleep(asyncReceiptLinger)
-		q.mu.Lock()
-		batch, q.queue = q.queue, batch[:0]
-		if len(batch) == 0 {
-			q.running = false
-			q.mu.Unlock()
-			return
+// queueReceipt hands the receipt of an allowed connection, for which res
+// holds the place, to the log's committer (async mode): the committer makes
+// and signs it in the batch it commits next, on its own thread (locked, at
+// low priority), and the decision is reported once its receipt is made.
+// Nothing of the receipt runs on the connection's goroutines, and no
+// goroutine wakes for it but the committer, once per batch. The log's
+// reservations (Reserve) bound what can wait: past that, receipts are
+// written in line.
+func (p *proxy) queueReceipt(cn *conn, d Decision, res *receipts.Reservation) {
+	res.AppendLater(func() (*kernel.Prepared, error) {
+		prep, err := cn.eg.Receipt()
+		if err != nil {
+			p.receiptFailed(&d, err)
+		} else {
+			d.ReceiptID = prep.ID()
 		}
-		q.mu.Unlock()
-		for i := range batch {
-			if i > 0 {
-				runtime.Gosched()
-			}
-			r := &batch[i]
-			p.finishReceipt(ctx, r.cn, r.d, r.res)
-			*r = asyncReceipt{} // the connection is not held past its receipt
-		}
-	}
-}
-
-// finishReceipt writes, in the place res holds, the receipt of an allowed
-// connection that is already being relayed (async mode), then reports the
-// decision.
-func (p *proxy) finishReceipt(ctx context.Context, cn *conn, d Decision, res *receipts.Reservation) {
-	p.record(ctx, &cn.eg, &d, res)
-	p.report(d)
+		p.report(d)
+		return prep, err
+	})
 }
 
 func (p *proxy) report(d Decision) {
@@ -190,18 +133,24 @@ func (p *proxy) report(d Decision) {
 // down): once a receipt is queued the log writes it, and an error here must
 // mean that it was not written. Close waits for these writes; a log that is
 // closed or failed still answers at once.
-func (p *proxy) record(ctx context.Context, eg *kernel.Egress, d *Decision, res *receipts.Reservation) error {
-	id, seq, err := p.receipt(context.WithoutCancel(ctx), eg, res)
+func (p *proxy) record(ctx context.Context, eg *kernel.Egress, d *Decision) error {
+	id, seq, err := p.receipt(context.WithoutCancel(ctx), eg)
 	d.ReceiptID, d.Seq = id, seq
 	if err != nil {
-		p.counts.receiptErrors.Add(1)
-		if p.metrics != nil {
-			p.metrics.receiptErrors.Inc()
-		}
-		p.errs.add(fmt.Errorf("receipt for %s: %w", d.Dst, err))
-		d.Err = "receipt not written: " + err.Error()
+		p.receiptFailed(d, err)
 	}
 	return err
+}
+
+// receiptFailed counts a receipt that could not be written, keeps it among
+// the last errors and notes it in d.
+func (p *proxy) receiptFailed(d *Decision, err error) {
+	p.counts.receiptErrors.Add(1)
+	if p.metrics != nil {
+		p.metrics.receiptErrors.Inc()
+	}
+	p.errs.add(fmt.Errorf("receipt for %s: %w", d.Dst, err))
+	d.Err = "receipt not written: " + err.Error()
 }
 
 // decision describes cn, decided as out, for reports.
@@ -223,20 +172,12 @@ func (cn *conn) decision(at time.Time, name string, out kernel.Outcome) Decision
 }
 
 // receipt makes and appends the receipt of one decision, returning its id
-// and sequence number: in the place res holds when it is not nil (async
-// mode, beside the relay), else through Log.AppendPrepared, which returns
-// once the receipt is durable in sync mode and once it is accepted in async
-// mode.
-func (p *proxy) receipt(ctx context.Context, eg *kernel.Egress, res *receipts.Reservation) (string, uint64, error) {
+// and sequence number, through Log.AppendPrepared: it returns once the
+// receipt is durable in sync mode and once it is accepted in async mode.
+func (p *proxy) receipt(ctx context.Context, eg *kernel.Egress) (string, uint64, error) {
 	prep, err := eg.Receipt()
-	switch {
-	case err != nil:
-		if res != nil {
-			res.Abandon(err)
-		}
+	if err != nil {
 		return "", 0, err
-	case res != nil:
-		return prep.ID(), 0, res.AppendPrepared(prep)
 	}
 	seq, err := p.log.AppendPrepared(ctx, prep)
 	return prep.ID(), seq, err

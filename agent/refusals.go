@@ -70,7 +70,7 @@ func (a *Agent) receiptRefusal(e bpf.Event, w *workload) error {
 	}
 	// Not a.ctx: the receipts of refusals are what stopping waits for.
 	ctx, cancel := context.WithTimeout(context.Background(), refusalReceiptTimeout)
-	err := a.proxy.record(ctx, &eg, &d, nil)
+	err := a.proxy.record(ctx, &eg, &d)
 	cancel()
 	a.proxy.counts.denied.Add(uint64(max(e.Count, 1)))
 	a.proxy.report(d)

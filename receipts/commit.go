@@ -324,6 +324,7 @@ func (l *Log) run() {
 // back with the transaction, so the next batch continues from what is on
 // disk, without a gap.
 func (l *Log) commit(batch []*request) {
+	l.buildLater(batch)
 	l.ids.fold()
 	saved := l.st.clone()
 	res := make([]result, len(batch))
@@ -340,7 +341,7 @@ func (l *Log) commit(batch []*request) {
 			case reqSeal:
 				sealAfter = true
 				continue
-			case reqFlush:
+			case reqFlush, reqAbandoned:
 				continue
 			}
 			idb := arena.take(32)

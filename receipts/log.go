@@ -20,6 +20,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/backbay-labs/chio-agent/internal/nolog"
+	"github.com/backbay-labs/chio-agent/kernel"
 )
 
 // FormatVersion is written in every log's header. Open refuses any other,
@@ -231,6 +232,10 @@ const (
 	reqAppend reqKind = iota
 	reqFlush          // reply once everything queued before it is durable
 	reqSeal           // like reqFlush, and checkpoint the tail
+	// reqAbandoned is an AppendLater whose receipt could not be made or
+	// signed: nothing is stored, and the crash-loss mark keeps counting it
+	// as lost (as Reservation.Abandon does).
+	reqAbandoned
 )
 
 type request struct {
@@ -241,6 +246,10 @@ type request struct {
 	// counted: the accepted mark already counts it (AppendPrepared counts
 	// a receipt when it accepts it, before it is signed).
 	counted bool
+	// build, when set (Reservation.AppendLater), makes the receipt: the
+	// committer calls it and signs what it returns, in its batch, before
+	// the transaction; entry and leaf are empty until then.
+	build func() (*kernel.Prepared, error)
 }
 
 type result struct {

@@ -119,6 +119,62 @@ func (r *Reservation) append(p *kernel.Prepared) error {
 	return nil
 }
 
+// AppendLater queues, in the place held, a receipt that the committer
+// makes and signs itself: it calls build, checks and signs what it returns
+// with the log's key, and stores it in the batch it is committing. The
+// caller's goroutine does none of the receipt's work, and no goroutine of
+// its own wakes for it: the committer, woken once per batch, builds and
+// signs the batch's receipts on its thread (locked, at low priority in async
+// mode) before the batch's one transaction.
+//
+// build runs on the committer's goroutine, once, and must not block or
+// append to this log. If it fails, or what it returns cannot be signed for
+// this log, the receipt is not stored and stays counted as lost, as with
+// Abandon, and the error is logged.
+func (r *Reservation) AppendLater(build func() (*kernel.Prepared, error)) {
+	l := r.l
+	l.queue <- &request{kind: reqAppend, build: build, counted: true} // the queue closes only after every reservation ends
+	if len(l.queue) >= l.opts.MaxBatch {
+		l.kickCommitter()
+	}
+	r.release()
+}
+
+// buildLater makes and signs the receipts of the batch's AppendLater
+// requests, in place. One that cannot be made is abandoned (counted as
+// lost, never stored).
+func (l *Log) buildLater(batch []*request) {
+	for _, r := range batch {
+		if r.build == nil {
+			continue
+		}
+		build := r.build
+		r.build = nil // the caller's state is not held past its receipt
+		req, err := l.builtRequest(build)
+		if err != nil {
+			r.kind = reqAbandoned
+			l.log.WithError(err).Error("receipt log: a reserved receipt was not written; counted as lost")
+			continue
+		}
+		r.entry, r.leaf = req.entry, req.leaf
+	}
+}
+
+func (l *Log) builtRequest(build func() (*kernel.Prepared, error)) (*request, error) {
+	p, err := build()
+	if err != nil {
+		return nil, fmt.Errorf("append receipt: %w", err)
+	}
+	if err := l.checkPrepared(p); err != nil {
+		return nil, err
+	}
+	req, err := l.signedRequest(p)
+	if err != nil {
+		return nil, fmt.Errorf("append receipt %s: %w", p.ID(), err)
+	}
+	return req, nil
+}
+
 // Abandon gives the place up without a receipt, because err kept the
 // caller from making one. The receipt stays counted by the crash-loss mark:
 // a decision was taken without its receipt, which is a loss, and the next

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -204,4 +205,60 @@ func TestReservationWrongKey(t *testing.T) {
 func openSync(t *testing.T) *Log {
 	l, _ := openTest(t, Options{Mode: ModeSync})
 	return l
+}
+
+// AppendLater's receipts are made and signed by the committer, once each,
+// and stored in order; one whose build fails, or that was made for another
+// key, is not stored and stays counted as lost; Flush waits for a
+// reservation appended later.
+func TestReservationAppendLater(t *testing.T) {
+	l, path := openTest(t, Options{Mode: ModeAsync})
+	other, _ := openTest(t, Options{Mode: ModeAsync, Key: testKey("other")})
+	reserve := func() *Reservation {
+		t.Helper()
+		res, err := l.Reserve()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	kept, failed, wrongKey, late := reserve(), reserve(), reserve(), reserve()
+	p1 := prepared(t, l, 1)
+	var builds atomic.Int32
+	kept.AppendLater(func() (*kernel.Prepared, error) {
+		builds.Add(1)
+		return p1, nil
+	})
+	failed.AppendLater(func() (*kernel.Prepared, error) { return nil, errors.New("test: no receipt") })
+	wrongKey.AppendLater(func() (*kernel.Prepared, error) { return prepared(t, other, 3), nil })
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		late.AppendLater(func() (*kernel.Prepared, error) { return prepared(t, l, 2), nil })
+	}()
+	if err := l.Flush(context.Background(), false); err != nil { // waits for late
+		t.Fatal(err)
+	}
+	if got := l.LastSeq(); got != 2 {
+		t.Fatalf("after Flush: last seq %d, want 2 (kept and late)", got)
+	}
+	if n := builds.Load(); n != 1 {
+		t.Fatalf("build called %d times, want once", n)
+	}
+	if _, err := l.Lookup(p1.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := Open(path, Options{Key: l.opts.Key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	if rec := l2.Recovery(); rec.LastSeq != 2 || rec.Lost != 2 {
+		t.Fatalf("reopened: %+v, want last seq 2 and the two receipts not made lost", rec)
+	}
+	if rep, err := l2.Verify(context.Background(), VerifyOptions{}); err != nil || rep.Verified != 2 {
+		t.Fatalf("verify: %+v, %v; want 2 receipts verified", rep, err)
+	}
 }
