@@ -207,7 +207,7 @@ func (o *sessionsVerifyOptions) replicas() ([]replicaFiles, error) {
 
 // severalReport is the JSON of a verification of several journals.
 type severalReport struct {
-	Journals []journalReport  `json:"journals"`
+	Journals []journalReport   `json:"journals"`
 	Stitched *session.Stitched `json:"stitched"`
 }
 
