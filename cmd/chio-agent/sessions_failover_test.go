@@ -170,6 +170,26 @@ func TestAPIProtectReplicasFailover(t *testing.T) {
 				}
 			}
 		}
+		// Where the sessions short of max_calls are, over every journal.
+		for j := range procs {
+			if procs[j].cmd.ProcessState == nil {
+				procs[j].cmd.Process.Kill()
+				<-procs[j].exited
+			}
+		}
+		mu.Lock()
+		for i, shown := 0, 0; i < sessions && shown < 3; i++ {
+			if sid := fmt.Sprintf("fo-%d", i); hits[sid] < limit {
+				shown++
+				args := []string{"sessions", "verify", sid, "--chain-only", "--json"}
+				for _, db := range dbs {
+					args = append(args, "--journal", session.DefaultPath(db))
+				}
+				out, _ := runCLI(t, args...)
+				t.Logf("DEBUG %s reached the API %d times; its runs over every journal: %.4000s", sid, hits[sid], out[strings.Index(out, `"stitched"`)+1:])
+			}
+		}
+		mu.Unlock()
 		t.Fatalf("%d of %d sessions reached max_calls after the killed replica came back; statuses %v", full, sessions, statuses)
 	}
 	phase("killed replica back, every session at max_calls")
