@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -131,4 +132,35 @@ func (o *agentConfig) socket(c *config.Config) string { return statusSocket(o.st
 // that talk to it: the flag, else kernel.yaml's, else the default.
 func statusSocket(flag string, c *config.Config) string {
 	return config.Pick(nil, flag, "", c.Agent.StatusSocket, agent.DefaultStatusSocket)
+}
+
+// repeated is a string flag given once or several times: the flag's own
+// variable keeps the first value (so one value works as before), all
+// gets every one in order.
+type repeated struct {
+	first *string
+	all   *[]string
+}
+
+func (r *repeated) Set(v string) error {
+	if len(*r.all) == 0 {
+		*r.first = v
+	}
+	*r.all = append(*r.all, v)
+	return nil
+}
+func (r *repeated) String() string { return strings.Join(*r.all, ",") }
+func (r *repeated) Type() string   { return "stringArray" }
+
+// repeatable lets flag name of fs (and its aliases) be repeated, each
+// value appended to *all; usage says what a repetition means.
+func repeatable(fs *pflag.FlagSet, name string, first *string, all *[]string, usage string) {
+	f := fs.Lookup(name)
+	old, r := f.Value, &repeated{first: first, all: all}
+	fs.VisitAll(func(g *pflag.Flag) {
+		if g.Value == old {
+			g.Value = r
+		}
+	})
+	f.Usage += "; " + usage
 }

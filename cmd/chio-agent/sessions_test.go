@@ -51,19 +51,10 @@ func sessionsLog(t *testing.T) (receiptPath, journalPath string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	for i, c := range []struct{ sid, tool string }{
 		{"run-a", "getPet"}, {"run-a", "deletePet"}, {"run-b", "getPet"}, {"run-a", "getPet"}, {"run-a", "getPet"},
 	} {
-		call := j.Call(session.Request{SessionID: c.sid, ToolServer: "petstore", ToolName: c.tool})
-		_, prep, err := k.PrepareToolCall(ctx, kernel.ToolCall{ToolServer: "petstore", ToolName: c.tool, RequestID: fmt.Sprint(i), Guard: call})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.AppendPrepared(ctx, prep); err != nil {
-			t.Fatal(err)
-		}
-		call.Settle(0, 100)
+		logCall(t, k, l, j, c.sid, c.tool, fmt.Sprint(i))
 	}
 	if err := j.Close(); err != nil {
 		t.Fatal(err)
@@ -72,6 +63,22 @@ func sessionsLog(t *testing.T) (receiptPath, journalPath string) {
 		t.Fatal(err)
 	}
 	return receiptPath, journalPath
+}
+
+// logCall decides a call of session sid through kernel k with journal j,
+// appends its receipt to l and settles it, as a sidecar does.
+func logCall(t *testing.T, k *kernel.Kernel, l *receipts.Log, j *session.Journal, sid, tool, requestID string) {
+	t.Helper()
+	ctx := context.Background()
+	call := j.Call(session.Request{SessionID: sid, ToolServer: "petstore", ToolName: tool})
+	_, prep, err := k.PrepareToolCall(ctx, kernel.ToolCall{ToolServer: "petstore", ToolName: tool, RequestID: requestID, Guard: call})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.AppendPrepared(ctx, prep); err != nil {
+		t.Fatal(err)
+	}
+	call.Settle(0, 100)
 }
 
 func TestSessionsListShowVerify(t *testing.T) {

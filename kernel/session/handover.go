@@ -232,9 +232,21 @@ func (j *Journal) Continue(ctx context.Context, id string, t *Transfer) error {
 		s.mu.Unlock()
 		return fmt.Errorf("continue session %s: held here already", id)
 	}
+	totals, epoch := carried(got, local, local.Seq > 0 && hashes[local.Seq] != local.Hash)
+	e := Entry{Schema: EntrySchema, SessionID: id, Kind: KindSegment, Holder: j.opts.Self, Link: LinkLinked,
+		Seq: max(local.Seq, got.Seq) + 1, PrevHash: got.Hash, Epoch: epoch, Totals: &totals,
+		Timestamp: max(j.opts.Now().Unix(), got.LastActive, local.LastActive)}
+	return j.appendSegment(ctx, s, &e)
+}
+
+// carried returns the figures and epoch a linked segment starts from: the
+// handed-over chain's head (got), and, when the taker's own last entry of
+// the session (local) is not in that chain (diverged), its figures too:
+// added in the same epoch, instead in a later one. Continue writes them,
+// Stitch checks them.
+func carried(got, local Head, diverged bool) (Totals, uint64) {
 	totals, epoch := cloneTotals(got.Totals), got.Epoch
-	if local.Seq > 0 && hashes[local.Seq] != local.Hash {
-		// Diverged: this journal's entries are not in the transfer.
+	if diverged {
 		switch {
 		case local.Epoch > epoch:
 			totals, epoch = cloneTotals(local.Totals), local.Epoch
@@ -242,10 +254,7 @@ func (j *Journal) Continue(ctx context.Context, id string, t *Transfer) error {
 			addTotals(&totals, local.Totals)
 		}
 	}
-	e := Entry{Schema: EntrySchema, SessionID: id, Kind: KindSegment, Holder: j.opts.Self, Link: LinkLinked,
-		Seq: max(local.Seq, got.Seq) + 1, PrevHash: got.Hash, Epoch: epoch, Totals: &totals,
-		Timestamp: max(j.opts.Now().Unix(), got.LastActive, local.LastActive)}
-	return j.appendSegment(ctx, s, &e)
+	return totals, epoch
 }
 
 // appendSegment appends segment entry e to the locked session s, unlocks

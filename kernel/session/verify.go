@@ -215,6 +215,9 @@ type verifier struct {
 	// links and handovers are the segment and handover entries walked.
 	links, handovers []Link
 	ended            bool
+	// seen, when set, is told of each entry that extends the chain, with
+	// the session's head before it (Stitch follows runs with it).
+	seen func(e *Entry, before Head)
 }
 
 func (v *verifier) fail(seq uint64, format string, a ...any) {
@@ -299,8 +302,16 @@ func (v *verifier) entry(keySeq uint64, raw []byte) {
 		v.fail(keySeq, "unknown kind %q", e.Kind)
 		return
 	}
+	var before Head
+	if v.seen != nil {
+		before = v.st.head
+		before.Totals = cloneTotals(before.Totals)
+	}
 	v.st.apply(&e)
 	v.ended = e.Kind == KindHandover // nothing but a segment may follow
+	if v.seen != nil {
+		v.seen(&e, before)
+	}
 }
 
 // segmentOK checks a segment entry's own fields and its link.
@@ -313,6 +324,8 @@ func (v *verifier) segmentOK(e *Entry, keySeq uint64) bool {
 		v.fail(keySeq, "a new session's segment that is not entry 1 from the genesis hash with zero totals")
 	case e.Link == LinkUnlinked && (keySeq != h.Seq+1 || e.PrevHash != h.Hash):
 		v.fail(keySeq, "unlinked segment not continuing this journal's last entry %d (%s)", h.Seq, h.Hash)
+	case e.Link == LinkUnlinked && (e.Epoch != max(h.Epoch, 1) || !equalTotals(*e.Totals, h.Totals)):
+		v.fail(keySeq, "unlinked segment starts from other figures than this journal's last entry %d", h.Seq)
 	case e.Link == LinkLinked && keySeq <= h.Seq:
 		v.fail(keySeq, "linked segment at entry %d, not after entry %d", keySeq, h.Seq)
 	case e.Link != LinkNew && e.Link != LinkUnlinked && e.Link != LinkLinked:
