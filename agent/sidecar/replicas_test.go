@@ -39,9 +39,13 @@ func startReplicas(t *testing.T, limits session.Limits, redirect ...bool) *repli
 		lns = append(lns, ln)
 		rs.addrs = append(rs.addrs, ln.Addr().String())
 	}
+	// These tests are not about finding a peer down by its silence (a
+	// stopped replica refuses connections: down at once), and a probe
+	// bounded by the default second times out on a loaded machine, moving
+	// sessions (503 chio_session_moving) the test does not expect.
 	for i, ln := range lns {
 		rs.start(ln, config.ResolvedSessions{Header: hdrSession, Limits: limits, Peers: rs.addrs, Self: rs.addrs[i], PeerToken: rs.token,
-			Redirect: len(redirect) > 0 && redirect[0]}, nil)
+			Redirect: len(redirect) > 0 && redirect[0], PeerProbe: 10 * time.Second}, nil)
 	}
 	return rs
 }
