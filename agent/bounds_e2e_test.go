@@ -128,9 +128,9 @@ func heapInuse() uint64 {
 // TestEndlessHeaderOnLaterRequestRefused: a client's second request on a
 // kept-alive connection sends a header that never ends. The gate must refuse
 // it once it passes the head bound, with a receipt naming the bound, and the
-// agent's heap must not grow with what the client sends.
+// agent's heap must not grow with what the client sends. Sequential: it
+// measures the whole test process's heap.
 func TestEndlessHeaderOnLaterRequestRefused(t *testing.T) {
-	t.Parallel()
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
