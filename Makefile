@@ -24,10 +24,13 @@ demo: deps build
 test: deps-test lint check-generate test-go bench-smoke fuzz-smoke
 
 # go test's own output; under CI=true a skipped test fails the run, because
-# CI runs as root and every privileged test must run there.
+# CI runs as root and every privileged test must run there. -parallel 4: up
+# to four t.Parallel() tests of a package at once (the default is the 2
+# cores), since the agent's end-to-end tests mostly wait, not compute
+# (docs/development.md says which tests may be parallel).
 test-go:
 	@mkdir -p .tmp
-	set -o pipefail; $(GO) test -race -count=1 -v -timeout 30m ./... 2>&1 | tee .tmp/test.log
+	set -o pipefail; $(GO) test -race -count=1 -v -parallel 4 -timeout 30m ./... 2>&1 | tee .tmp/test.log
 	@if [ "$$CI" = "true" ] && grep -q -- '--- SKIP' .tmp/test.log; then \
 		echo "CI=true: these tests skipped, and CI must run them all:"; grep -- '--- SKIP' .tmp/test.log; exit 1; fi
 

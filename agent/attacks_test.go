@@ -270,6 +270,7 @@ const allowedGet = "GET /attack HTTP/1.1\r\nHost: api.allowed.test\r\nConnection
 // any connect: a forbidden address sees nothing, and an allowed request
 // still goes through the proxy.
 func TestAttackTCPFastOpen(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t, e2eOptions{})
 	plain := testutil.NewCgroup(t, e.parent.Path)
 	for _, uid := range attackUIDs {
@@ -293,6 +294,7 @@ func TestAttackTCPFastOpen(t *testing.T) {
 // connect for a blocked literal), and native IPv6 to ::1 is decided too: a
 // port outside the workload's egress ports is refused with a receipt.
 func TestAttackIPv6AndV4Mapped(t *testing.T) {
+	t.Parallel()
 	// Servers made before the agent, so that the workload's egress ports can
 	// name them: listed6 is allowed; unlisted6 is on a port not listed.
 	listed6 := serveVhost(t, "tcp6", "[::1]:0", false)
@@ -355,6 +357,7 @@ func TestAttackIPv6AndV4Mapped(t *testing.T) {
 // (EPERM) with a receipt whatever syscall sends it, IPv4, IPv6 and
 // v4-mapped, and on a socket connected to the resolver.
 func TestAttackUDPEverySyscall(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t, e2eOptions{})
 	serveDNS(e.dns)
 	dns := "CHIO_E2E_DNS=" + e.dns.LocalAddr().String()
@@ -418,6 +421,7 @@ func TestAttackUDPEverySyscall(t *testing.T) {
 // forbidden address is redirected and refused with a receipt, with connect()
 // and with MSG_FASTOPEN; to an allowed server it is relayed.
 func TestAttackMPTCP(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t, e2eOptions{})
 	plain := testutil.NewCgroup(t, e.parent.Path)
 	for _, uid := range attackUIDs {
@@ -448,6 +452,7 @@ func TestAttackMPTCP(t *testing.T) {
 // connect hook, and IORING_OP_SENDMSG the sendmsg hook: a forbidden TCP
 // server sees nothing and UDP is refused, each with a receipt.
 func TestAttackIOURing(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t, e2eOptions{})
 	disabled, _ := os.ReadFile("/proc/sys/kernel/io_uring_disabled")
 	plain := testutil.NewCgroup(t, e.parent.Path)
@@ -490,6 +495,7 @@ func TestAttackIOURing(t *testing.T) {
 // default, or CAP_NET_ADMIN) sets it in vain: the hooks honour it only on
 // the agent's own process's sockets, so the connection is still decided.
 func TestAttackSOMark(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t, e2eOptions{})
 	mark := "CHIO_E2E_MARK=" + strconv.Itoa(DefaultAgentMark)
 	plain := testutil.NewCgroup(t, e.parent.Path)
@@ -523,6 +529,7 @@ func TestAttackSOMark(t *testing.T) {
 // still decided. A root workload can, and is then unprotected: root is
 // outside the guarantee (docs/datapath.md); only logged here.
 func TestAttackCgroupEscape(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t, e2eOptions{})
 	plain := testutil.NewCgroup(t, e.parent.Path)
 	trap := serveVhost(t, "tcp4", "127.0.0.2:0", true)
@@ -592,6 +599,7 @@ rules:
 
 // address, are refused by the anti-spoofing check.
 func TestAttackHostTricks(t *testing.T) {
+	t.Parallel()
 	e := newSharedEdgeE2E(t)
 	shared := serveVhost(t, "tcp4", "127.0.0.1:0", false)
 	// Control: the shared server does serve forbidden.test to an
@@ -662,6 +670,7 @@ func TestAttackHostTricks(t *testing.T) {
 // is decided on forbidden.test; the allowed name in SNI to the forbidden
 // address is refused by the anti-spoofing check. Never a server's answer.
 func TestAttackSNITricks(t *testing.T) {
+	t.Parallel()
 	e := newSharedEdgeE2E(t)
 	spoofed := e.serveHTTPS("tcp4", "127.0.0.2:0", "forbidden-server")
 	for _, c := range []struct {
@@ -694,6 +703,7 @@ func TestAttackSNITricks(t *testing.T) {
 // nothing, allows and refusals add up to the attempts, and the agent still
 // answers afterwards.
 func TestAttackFlood(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t, e2eOptions{limits: Limits{PendingPerWorkload: 24, RelaysPerWorkload: 24}})
 	allowed, accepted := countingServer(t)
 	trap := serveVhost(t, "tcp4", "127.0.0.2:0", true)

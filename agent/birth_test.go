@@ -22,6 +22,7 @@ import (
 // a cgroup made again at the same path is refused again, and the agent
 // (outside the root) keeps working throughout.
 func TestBirthRootRefusesUnclassifiedWithReceipts(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3", "curl")
 	e := newE2E(t, e2eOptions{})
 	root := testutil.NewCgroup(t, e.parent.Path)

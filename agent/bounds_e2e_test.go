@@ -128,7 +128,8 @@ func heapInuse() uint64 {
 // TestEndlessHeaderOnLaterRequestRefused: a client's second request on a
 // kept-alive connection sends a header that never ends. The gate must refuse
 // it once it passes the head bound, with a receipt naming the bound, and the
-// agent's heap must not grow with what the client sends.
+// agent's heap must not grow with what the client sends. Sequential: it
+// measures the whole test process's heap.
 func TestEndlessHeaderOnLaterRequestRefused(t *testing.T) {
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
@@ -177,6 +178,7 @@ except OSError as e:
 // bound is refused at once and accounted for in (aggregated) receipts, and
 // the connections held before the flood are still decided.
 func TestPendingFloodRefusedWithReceipts(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3")
 	const held, flood = 4, 20
 	e := newE2E(t, e2eOptions{firstBytes: 30 * time.Second, limits: Limits{PendingPerWorkload: held}})
@@ -239,6 +241,7 @@ for i, c in enumerate(held):
 // server. Both after the answer, and pipelined behind the Upgrade request;
 // likewise after a CONNECT the server refused.
 func TestUpgradeWithoutSwitchKeepsDeciding(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
@@ -278,6 +281,7 @@ for mode in ("after", "pipelined", "connect"):
 // TestWebSocketSwitchRelayed: a real protocol switch (101) still works, and
 // is itself decided and receipted.
 func TestWebSocketSwitchRelayed(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
@@ -313,6 +317,7 @@ print("echo ok" if got == frame else "echo bad %%r" %% got)
 // connection halfway through a later request made no request; it must not
 // get a deny receipt for a "malformed" one.
 func TestClientResetMidRequestIsNotMalformed(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
@@ -351,6 +356,7 @@ print("reset")
 // later head each just under the head bound), floods past them, and checks
 // the agent's heap and stacks grew by less than Limits.MemoryCeiling allows
 // for connections: the documented ceiling is an upper bound, not a guess.
+// Sequential: it measures the whole test process's heap.
 func TestMemoryUnderCeilingWithEveryBoundFull(t *testing.T) {
 	testutil.RequireTools(t, "python3")
 	const n = 32

@@ -104,6 +104,7 @@ func (e *e2e) allowsTo(dst netip.AddrPort) int64 {
 // kernel (with a deny receipt) until the agent has protected the new cgroup,
 // then decided again; status shows the new cgroup id.
 func TestRecreatedCgroupRefusedUntilReprotected(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	srv, accepts := countingServer(t)
@@ -188,6 +189,7 @@ func TestRecreatedCgroupRefusedUntilReprotected(t *testing.T) {
 // agent protects the new cgroup under the same workload id, receipts the
 // refusal made while it was down, and drops the removed cgroup's entry.
 func TestRecreatedWhileAgentDownStaysRefused(t *testing.T) {
+	t.Parallel()
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	parent := testutil.NewCgroup(t, "")
@@ -286,6 +288,7 @@ func TestRecreatedWhileAgentDownStaysRefused(t *testing.T) {
 // reload: the new cgroup is protected under the same id, the old one is let
 // go, and dropping the workload unprotects it.
 func TestSetWorkloadsMovesAWorkloadWithoutAGap(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	other := testutil.NewCgroup(t, e.parent.Path)

@@ -155,6 +155,7 @@ func (e *e2e) dnsChild(netns, mode string, dst netip.AddrPort) string {
 // DNS message reach the handler too (which refuses them: no answer, the TCP
 // connection closed); the resolver itself never sees a packet.
 func TestDNSReachesTheAgentNotTheResolver(t *testing.T) {
+	t.Parallel()
 	h := &recordingDNS{}
 	trap := newTrapResolver(t)
 	e := newE2E(t, e2eOptions{dns: h})
@@ -211,6 +212,7 @@ func TestDNSReachesTheAgentNotTheResolver(t *testing.T) {
 // (it has no record) is not taken for a workload: the handler never sees
 // it.
 func TestAttackDNSAroundTheListener(t *testing.T) {
+	t.Parallel()
 	h := &recordingDNS{}
 	trap := newTrapResolver(t)
 	e := newE2E(t, e2eOptions{dns: h})
@@ -268,6 +270,7 @@ func TestAttackDNSAroundTheListener(t *testing.T) {
 // the DNS listener the agent opened there, for a resolver address of that
 // namespace, over UDP and TCP.
 func TestDNSInWorkloadNetns(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "ip")
 	ns := testutil.NewNetNS(t)
 	h := &recordingDNS{}
@@ -310,6 +313,7 @@ func (h *blockingDNS) Answer(ctx context.Context, _ dnsproxy.Query) []byte {
 // handler at once; the rest are dropped and counted, and every datagram is
 // either held or counted.
 func TestDNSInFlightBoundedPerWorkload(t *testing.T) {
+	t.Parallel()
 	h := &blockingDNS{release: make(chan struct{})}
 	e := newE2E(t, e2eOptions{dns: h})
 	defer close(h.release)
@@ -450,6 +454,7 @@ func TestDNSSocketLookupFindsTheSender(t *testing.T) {
 // TestExecDNSGoesToTheHandler: exec's command, like a listed workload and a
 // pod, has its DNS (UDP and TCP to port 53) answered by the agent's handler.
 func TestExecDNSGoesToTheHandler(t *testing.T) {
+	t.Parallel()
 	testutil.RequireRoot(t)
 	policy, key, log := agentBasics(t, e2ePolicy)
 	h := &recordingDNS{}

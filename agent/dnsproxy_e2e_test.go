@@ -68,6 +68,7 @@ print(line)
 // entry, no system DNS) is allowed to the address the workload was given
 // and refused to another.
 func TestDNSProxyDecidesAndTells(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t, e2eOptions{dnsProxy: true})
 	var mu sync.Mutex
 	var asked []string
@@ -196,6 +197,7 @@ print(" ".join("%s=%d" % (k, v) for k, v in sorted(rc.items(), key=str)))
 // reaches the upstream, the rest are REFUSED, and the receipts, aggregated
 // where the flood is, stand for every query exactly once.
 func TestDNSProxyBoundsATunnel(t *testing.T) {
+	t.Parallel()
 	const n = 10000
 	e := newE2E(t, e2eOptions{dnsProxy: true})
 	var mu sync.Mutex

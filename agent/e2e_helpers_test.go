@@ -74,6 +74,15 @@ type e2eOptions struct {
 	dnsProxy bool
 }
 
+// newE2E starts an agent attached to a fresh cgroup of the test's own, with
+// servers on kernel-chosen loopback ports and a resolver on a random
+// 127.x.y.z address: nothing two such tests share, so the tests built on it
+// call t.Parallel() (their time is mostly spent waiting on children and
+// connections, not on the CPU). A test stays sequential when it measures the
+// whole test process (socket descriptors, the Go heap), touches cgroups or
+// pins beyond its own (the agent's own cgroup, exec runs), or drives the
+// shared containerd (the kube tests); sequential tests never overlap the
+// parallel ones, which wait until every sequential test has finished.
 func newE2E(t *testing.T, o e2eOptions) *e2e {
 	t.Helper()
 	testutil.RequireRoot(t)

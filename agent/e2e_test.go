@@ -24,6 +24,7 @@ import (
 )
 
 func TestCurlHTTPSAllowedByName(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	out, code := e.run("curl", "-sS", "--max-time", "10", "--cacert", e.ca,
@@ -51,6 +52,7 @@ func TestCurlHTTPSAllowedByName(t *testing.T) {
 }
 
 func TestCurlHTTPSDeniedGetsTLSAlert(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	// forbidden.test is served by the same server, on an address it owns.
@@ -68,6 +70,7 @@ func TestCurlHTTPSDeniedGetsTLSAlert(t *testing.T) {
 }
 
 func TestCurlHTTPDeniedGets403WithReceiptID(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	out, code := e.run("curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}",
@@ -95,6 +98,7 @@ func TestCurlHTTPDeniedGets403WithReceiptID(t *testing.T) {
 }
 
 func TestSNISpoofRefused(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	// A forbidden server on 127.0.0.2; the client names an allowed host in
@@ -125,6 +129,7 @@ func TestSNISpoofRefused(t *testing.T) {
 }
 
 func TestPythonURLLibAndSSL(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	// urllib over HTTP with an allowed Host header, and stdlib ssl with an
@@ -160,6 +165,7 @@ except urllib.error.HTTPError as err:
 }
 
 func TestIPv6Loopback(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	a6 := e.serveHTTP("tcp6", "[::1]:0", "v6-api")
@@ -180,6 +186,7 @@ func TestIPv6Loopback(t *testing.T) {
 }
 
 func TestStaticBlockRefusedAtConnect(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	// 127.0.0.9 is an IP literal of the block list: refused in the kernel,
@@ -199,6 +206,7 @@ func TestStaticBlockRefusedAtConnect(t *testing.T) {
 }
 
 func TestClientSendingNothingIsReceipted(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	// Connect and send nothing until the proxy's first-bytes deadline (2s).
@@ -217,6 +225,7 @@ print("eof" if s.recv(10) == b"" else "data")
 }
 
 func TestAsyncReceiptsStillVerify(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{mode: receipts.ModeAsync})
 	for i := 0; i < 5; i++ {
@@ -237,6 +246,7 @@ func TestAsyncReceiptsStillVerify(t *testing.T) {
 }
 
 func TestGoClientHTTPS(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t, e2eOptions{})
 	cmd := []string{"env", "CHIO_E2E_CHILD=https", "CHIO_E2E_CA=" + e.ca, "CHIO_E2E_ADDR=" + e.tlsAddr.String(),
 		"CHIO_E2E_URL=" + e.httpsURL, os.Args[0], "-test.run=^$"}
@@ -251,6 +261,7 @@ func TestGoClientHTTPS(t *testing.T) {
 }
 
 func TestUDPRefusedWhileDNSWorks(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t, e2eOptions{})
 	serveDNS(e.dns)
 	out, code := e.run("env", "CHIO_E2E_CHILD=dns-udp", "CHIO_E2E_DNS="+e.dns.LocalAddr().String(), "CHIO_E2E_UDP=127.0.0.1:443", os.Args[0], "-test.run=^$")
@@ -269,7 +280,8 @@ func TestUDPRefusedWhileDNSWorks(t *testing.T) {
 
 // TestTenThousandConnectionsLeaveNothingBehind drives 10,000 connections
 // through the proxy and checks that the BPF maps and the agent's file
-// descriptors are as they were.
+// descriptors are as they were. Sequential: it counts the whole test
+// process's sockets.
 func TestTenThousandConnectionsLeaveNothingBehind(t *testing.T) {
 	e := newE2E(t, e2eOptions{})
 	url := fmt.Sprintf("http://api.allowed.test:%d/n", e.httpAddr.Port())
@@ -348,6 +360,7 @@ func countFDs(t *testing.T) int {
 }
 
 func TestIdleConnectionClosed(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{idle: 300 * time.Millisecond})
 	// An upstream that answers and then holds the connection open forever.
@@ -376,6 +389,7 @@ except socket.timeout:
 }
 
 func TestHTTPKeepAliveRequestsAreEachChecked(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	srv := serveKeepAlive(t)
@@ -405,6 +419,7 @@ for path, host in (("/one", "api.allowed.test"), ("/two", "api.allowed.test"), (
 }
 
 func TestHTTPBodiesThroughTheRequestGate(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -439,6 +454,7 @@ func TestHTTPBodiesThroughTheRequestGate(t *testing.T) {
 // TestNoReceiptNoConnection closes the receipt log under a running agent:
 // an allowed connection must then be refused, never relayed unreceipted.
 func TestNoReceiptNoConnection(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	url := fmt.Sprintf("http://api.allowed.test:%d/", e.httpAddr.Port())
@@ -463,6 +479,7 @@ func TestNoReceiptNoConnection(t *testing.T) {
 }
 
 func TestMetricsCountDecisions(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	e := newE2E(t, e2eOptions{})
 	resolve := fmt.Sprintf("api.allowed.test:%d:127.0.0.1", e.httpAddr.Port())

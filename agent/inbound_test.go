@@ -64,6 +64,7 @@ print(read_all(c).split(b"\r\n\r\n", 1)[1].decode())
 // a port the configuration allows works, and so does the workload's
 // ordinary outbound HTTPS through the proxy.
 func TestInboundRefusedWithReceiptExceptAllowedPort(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3", "curl")
 	// Free ports, for the workload to try.
 	lnFixed, fixed := listenLoopback(t)
@@ -165,6 +166,7 @@ func TestInboundRefusedWithReceiptExceptAllowedPort(t *testing.T) {
 // A listener the workload opened before it was protected, which no hook
 // saw, is refused when protection starts: receipted, and no peer gets in.
 func TestInboundListenerOpenedBeforeProtectionRefused(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	late := testutil.NewCgroup(t, e.parent.Path)

@@ -20,6 +20,7 @@ import (
 // proves the dial happened inside the workload's namespace. No packet leaves
 // the two namespaces the test made.
 func TestWorkloadInItsOwnNetns(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl", "ip")
 	wlNS := testutil.NewNetNS(t)
 	srvNS := testutil.NewNetNS(t)

@@ -34,6 +34,7 @@ func serveOn(t *testing.T, ln net.Listener, body string) {
 // An allowed name on a port the workload does not allow is refused, with a
 // receipt naming the port rule and the port; on an allowed port it passes.
 func TestEgressPortsRestrictAnAllowedName(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "curl")
 	lnP, p := listenLoopback(t)
 	lnQ, q := listenLoopback(t)

@@ -58,6 +58,7 @@ func (e *e2e) verifiedReceipt(d Decision) string {
 // connect or sendmsg hook run: they are refused at socket(), each with a
 // deny receipt that verifies.
 func TestICMPAndRawSocketsRefusedWithReceipts(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3", "ip")
 	ns := testutil.NewPingNetNS(t)
 	e := newE2E(t, e2eOptions{netns: ns.Path})
@@ -133,6 +134,7 @@ print("connected")
 // protection) is refused in the kernel, and its deny receipt is written and
 // verifies (it used to fail: "destination port 0").
 func TestPortZeroRefusedWithReceipt(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3", "ip")
 	ns := testutil.NewPingNetNS(t)
 	e := newE2E(t, e2eOptions{netns: ns.Path})
@@ -202,6 +204,7 @@ print(refused)
 // the refusals the kernel counted as lost equal the attempts, exactly, and
 // status and the metrics show the loss.
 func TestEveryKernelRefusalAccounted(t *testing.T) {
+	t.Parallel()
 	testutil.RequireTools(t, "python3")
 	e := newE2E(t, e2eOptions{})
 	const n = 20000
