@@ -169,14 +169,7 @@ func TestReservation(t *testing.T) {
 	if _, err := l.Lookup(p.ID()); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	l2, err := Open(path, Options{Key: l.opts.Key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l2.Close()
+	l2 := reopen(t, l, path)
 	if rec := l2.Recovery(); rec.LastSeq != 2 || rec.Lost != 1 {
 		t.Fatalf("reopened: %+v, want last seq 2 and the abandoned receipt lost", rec)
 	}
@@ -247,6 +240,19 @@ func TestReservationAppendLater(t *testing.T) {
 	if _, err := l.Lookup(p1.ID()); err != nil {
 		t.Fatal(err)
 	}
+	l2 := reopen(t, l, path)
+	if rec := l2.Recovery(); rec.LastSeq != 2 || rec.Lost != 2 {
+		t.Fatalf("reopened: %+v, want last seq 2 and the two receipts not made lost", rec)
+	}
+	if rep, err := l2.Verify(context.Background(), VerifyOptions{}); err != nil || rep.Verified != 2 {
+		t.Fatalf("verify: %+v, %v; want 2 receipts verified", rep, err)
+	}
+}
+
+// reopen closes l and opens the log at path again with its key; the log
+// reopened is closed when t ends.
+func reopen(t *testing.T, l *Log, path string) *Log {
+	t.Helper()
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -254,11 +260,6 @@ func TestReservationAppendLater(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l2.Close()
-	if rec := l2.Recovery(); rec.LastSeq != 2 || rec.Lost != 2 {
-		t.Fatalf("reopened: %+v, want last seq 2 and the two receipts not made lost", rec)
-	}
-	if rep, err := l2.Verify(context.Background(), VerifyOptions{}); err != nil || rep.Verified != 2 {
-		t.Fatalf("verify: %+v, %v; want 2 receipts verified", rep, err)
-	}
+	t.Cleanup(func() { l2.Close() })
+	return l2
 }

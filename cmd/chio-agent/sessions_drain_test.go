@@ -69,16 +69,7 @@ func TestAPIProtectReplicasDrain(t *testing.T) {
 	// once it is gone, 503 chio_session_moving only while it drains.
 	get := func(addr, s string) {
 		after := exited.Load()
-		req, _ := http.NewRequest("GET", "http://"+addr+"/pets/1", nil)
-		req.Header.Set(config.DefaultSessionHeader, s)
-		resp, err := client.Do(req)
-		key := "conn-error"
-		if err == nil {
-			var body struct{ Error string }
-			json.NewDecoder(resp.Body).Decode(&body)
-			resp.Body.Close()
-			key = fmt.Sprintf("%d %s", resp.StatusCode, body.Error)
-		}
+		key, _ := sessionRequest(client, addr, s)
 		phase := "drain"
 		if after {
 			phase = "after"

@@ -82,15 +82,9 @@ func TestAPIProtectReplicasFailover(t *testing.T) {
 				defer wg.Done()
 				for i := range work {
 					s, k := i%sessions, i/sessions // session s's k-th request
-					req, _ := http.NewRequest("GET", "http://"+targets[(s+k)%len(targets)]+"/pets/1", nil)
-					req.Header.Set(config.DefaultSessionHeader, fmt.Sprintf("fo-%d", s))
-					resp, err := client.Do(req)
-					key := "conn-error"
-					if err == nil {
-						var body struct{ Error string }
-						json.NewDecoder(resp.Body).Decode(&body)
-						resp.Body.Close()
-						key = fmt.Sprintf("%d %s", resp.StatusCode, body.Error)
+					sid := fmt.Sprintf("fo-%d", s)
+					key, resp := sessionRequest(client, targets[(s+k)%len(targets)], sid)
+					if resp != nil {
 						switch resp.StatusCode {
 						case 200, 403, 502, 503:
 						default:
@@ -99,8 +93,8 @@ func TestAPIProtectReplicasFailover(t *testing.T) {
 					}
 					statusMu.Lock()
 					statuses[key]++
-					if err == nil && resp.StatusCode == 403 {
-						limited[req.Header.Get(config.DefaultSessionHeader)] = true
+					if resp != nil && resp.StatusCode == 403 {
+						limited[sid] = true
 					}
 					statusMu.Unlock()
 				}

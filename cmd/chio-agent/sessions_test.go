@@ -392,6 +392,22 @@ func startSessionAPI(t *testing.T) *sessionAPI {
 
 // freeLoopbackAddrs returns n free loopback addresses (host:port) for
 // replicas to listen on.
+// sessionRequest makes one GET /pets/1 of session sid at addr and returns
+// "STATUS ERROR-CODE" ("200 " when allowed), or "conn-error" when no answer
+// came.
+func sessionRequest(client *http.Client, addr, sid string) (string, *http.Response) {
+	req, _ := http.NewRequest("GET", "http://"+addr+"/pets/1", nil)
+	req.Header.Set(config.DefaultSessionHeader, sid)
+	resp, err := client.Do(req)
+	if err != nil {
+		return "conn-error", nil
+	}
+	var body struct{ Error string }
+	json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	return fmt.Sprintf("%d %s", resp.StatusCode, body.Error), resp
+}
+
 func freeLoopbackAddrs(t *testing.T, n int) []string {
 	t.Helper()
 	var addrs []string
