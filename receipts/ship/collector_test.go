@@ -170,6 +170,7 @@ func TestShipLeaderKilledFullWindow(t *testing.T) {
 	if err := c.WaitReady(); err != nil {
 		t.Fatal(err)
 	}
+	c.WaitStreamCurrent(t, o.Stream)
 	if n := ship.CheckStreamAnyOrder(t, c, o.Stream, l); n != 7040 {
 		t.Fatalf("stream holds %d receipts, want 7040", n)
 	}

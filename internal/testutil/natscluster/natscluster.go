@@ -360,6 +360,31 @@ func (c *Cluster) StreamInfo(stream string) (*jetstream.StreamInfo, error) {
 	return st.Info(ctx)
 }
 
+// WaitStreamCurrent waits, up to a minute, until stream has a leader and
+// every one of its replicas is current: a server restarted on its store
+// has caught up with what was stored while it was down. A test reads the
+// stream only then.
+func (c *Cluster) WaitStreamCurrent(t testing.TB, stream string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		info, err := c.StreamInfo(stream)
+		if err == nil && info.Cluster != nil && info.Cluster.Leader != "" && len(info.Cluster.Replicas) == info.Config.Replicas-1 {
+			current := true
+			for _, r := range info.Cluster.Replicas {
+				current = current && r.Current && !r.Offline && r.Lag == 0
+			}
+			if current {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stream %s: replicas not current after a minute: %+v %v", stream, info, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // Messages reads every message stream holds, in stream order; any error
 // fails t.
 func (c *Cluster) Messages(t testing.TB, stream string) []*jetstream.RawStreamMsg {

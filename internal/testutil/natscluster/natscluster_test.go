@@ -50,6 +50,7 @@ func TestClusterSurvivesOneServerAndRestarts(t *testing.T) {
 	if err := c.WaitReady(); err != nil {
 		t.Fatal(err)
 	}
+	c.WaitStreamCurrent(t, "T")
 	s, err := js.Stream(ctx, "T")
 	if err != nil {
 		t.Fatal(err)
