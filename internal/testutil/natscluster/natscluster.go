@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -138,14 +139,45 @@ func stopShared() {
 	}
 }
 
+// start starts a cluster in dir. A server that cannot join (its port
+// taken between the pick and its start, seen in CI as a cluster that never
+// places a stream of Size replicas) fails the attempt; the cluster is then
+// started again on new ports and fresh stores, up to three times.
 func start(bin, dir string, o Options) (*Cluster, error) {
+	var errs []error
+	for attempt := range 3 {
+		c, err := startOnce(bin, filepath.Join(dir, fmt.Sprintf("a%d", attempt)), o)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, fmt.Errorf("attempt %d: %w", attempt+1, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// clusterPort picks a loopback port that is free now, below the kernel's
+// ephemeral range (32768 and up), so that no client connection of another
+// test can take it before the server listens.
+func clusterPort() (int, error) {
+	for range 100 {
+		p := 10000 + rand.IntN(22000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			l.Close()
+			return p, nil
+		}
+	}
+	return testutil.FreePort()
+}
+
+func startOnce(bin, dir string, o Options) (*Cluster, error) {
 	c := &Cluster{bin: bin, dir: dir, Token: "chio-test-token", opts: o}
 	for i := 0; i < Size; i++ {
 		var err error
-		if c.ports[i], err = testutil.FreePort(); err != nil {
+		if c.ports[i], err = clusterPort(); err != nil {
 			return nil, err
 		}
-		if c.routes[i], err = testutil.FreePort(); err != nil {
+		if c.routes[i], err = clusterPort(); err != nil {
 			return nil, err
 		}
 	}
@@ -160,9 +192,14 @@ func start(bin, dir string, o Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	if err := c.WaitReady(); err != nil {
+	if err := c.waitReady(30 * time.Second); err != nil {
+		var logs []string
+		for i := 0; i < Size; i++ {
+			l := c.Log(i)
+			logs = append(logs, fmt.Sprintf("n%d: %s", i, l[max(0, len(l)-600):]))
+		}
 		c.StopAll()
-		return nil, err
+		return nil, fmt.Errorf("%w; servers' logs (ends): %s", err, strings.Join(logs, " | "))
 	}
 	return c, nil
 }
@@ -279,10 +316,12 @@ func (c *Cluster) Connect() (*nats.Conn, error) {
 		nats.ReconnectWait(50*time.Millisecond), nats.Timeout(2*time.Second))
 }
 
-// WaitReady waits until the cluster answers JetStream account requests,
-// which needs a meta leader: polling, bounded by a minute.
-func (c *Cluster) WaitReady() error {
-	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+// WaitReady waits until the cluster answers JetStream account requests and
+// places a stream of Size replicas: polling, bounded by a minute.
+func (c *Cluster) WaitReady() error { return c.waitReady(readyTimeout) }
+
+func (c *Cluster) waitReady(within time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	var last error
 	for {
