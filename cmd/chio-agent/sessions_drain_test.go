@@ -89,23 +89,10 @@ func TestAPIProtectReplicasDrain(t *testing.T) {
 	// send makes n requests of each session in [from, sessions), 24 at a
 	// time, each session's spread over targets.
 	send := func(n, from int, targets []string) {
-		work := make(chan int)
-		var wg sync.WaitGroup
-		for range 24 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range work {
-					s, k := from+i%(sessions-from), i/(sessions-from)
-					get(targets[(s+k)%len(targets)], sid(s))
-				}
-			}()
-		}
-		for i := range n * (sessions - from) {
-			work <- i
-		}
-		close(work)
-		wg.Wait()
+		inParallel(n*(sessions-from), 24, func(i int) {
+			s, k := from+i%(sessions-from), i/(sessions-from)
+			get(targets[(s+k)%len(targets)], sid(s))
+		})
 	}
 	// check fails when a session reached the API more than max_calls
 	// times, and returns how many reached it exactly.

@@ -74,37 +74,24 @@ func TestAPIProtectReplicasFailover(t *testing.T) {
 	// send makes n requests per session, 24 at a time, each session's
 	// spread over targets; a replica that is down is a refused connection.
 	send := func(n int, targets []string) {
-		work := make(chan int)
-		var wg sync.WaitGroup
-		for range 24 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range work {
-					s, k := i%sessions, i/sessions // session s's k-th request
-					sid := fmt.Sprintf("fo-%d", s)
-					key, resp := sessionRequest(client, targets[(s+k)%len(targets)], sid)
-					if resp != nil {
-						switch resp.StatusCode {
-						case 200, 403, 502, 503:
-						default:
-							t.Errorf("status %s", key)
-						}
-					}
-					statusMu.Lock()
-					statuses[key]++
-					if resp != nil && resp.StatusCode == 403 {
-						limited[sid] = true
-					}
-					statusMu.Unlock()
+		inParallel(n*sessions, 24, func(i int) {
+			s, k := i%sessions, i/sessions // session s's k-th request
+			sid := fmt.Sprintf("fo-%d", s)
+			key, resp := sessionRequest(client, targets[(s+k)%len(targets)], sid)
+			if resp != nil {
+				switch resp.StatusCode {
+				case 200, 403, 502, 503:
+				default:
+					t.Errorf("status %s", key)
 				}
-			}()
-		}
-		for i := range n * sessions {
-			work <- i
-		}
-		close(work)
-		wg.Wait()
+			}
+			statusMu.Lock()
+			statuses[key]++
+			if resp != nil && resp.StatusCode == 403 {
+				limited[sid] = true
+			}
+			statusMu.Unlock()
+		})
 	}
 	// check fails when a session reached the API more than max_calls
 	// times, and returns how many sessions reached it exactly max_calls.

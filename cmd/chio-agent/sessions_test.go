@@ -408,6 +408,27 @@ func sessionRequest(client *http.Client, addr, sid string) (string, *http.Respon
 	return fmt.Sprintf("%d %s", resp.StatusCode, body.Error), resp
 }
 
+// inParallel calls fn(i) for every i in [0, n), from workers goroutines,
+// and returns when every call has.
+func inParallel(n, workers int, fn func(i int)) {
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				fn(i)
+			}
+		}()
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+}
+
 func freeLoopbackAddrs(t *testing.T, n int) []string {
 	t.Helper()
 	var addrs []string
